@@ -1,0 +1,482 @@
+//! Verifying and opening one callback, and sealing simulated ones: signatures, crypto and
+//! envelopes put together the way each kind of account and each mode requires.
+//!
+//! The rules (protocol notes §1, §2, §6, §11):
+//! * the account's configured mode decides, never the request's `encrypt_type` (no downgrade);
+//! * an encrypted body is authenticated by `msg_signature` over its `Encrypt`; a clear body by
+//!   `signature` (which covers only token, timestamp and nonce);
+//! * safe mode and WeCom accept encrypted bodies only; compatible mode takes either;
+//! * GET handshake: official accounts and mini programs echo the plain `echostr` after checking
+//!   `signature`; WeCom signs and encrypts `echostr` and wants its plaintext back.
+//!
+//! Query values are percent-decoded but `+` stays `+`: base64 travels in the query, and turning
+//! `+` into a space breaks it (pitfall 5). The proxy replays the raw query string, not this parse.
+
+use std::borrow::Cow;
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+
+use super::crypto::{AesKey, CryptoError};
+use super::envelope::{
+    Envelope, EnvelopeError, Format, encrypted_request_json, encrypted_request_xml,
+};
+use super::signature::{msg_signature, signature};
+
+/// Which WeChat product sends the callbacks: decides the handshake and whether encryption is implied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    OfficialAccount,
+    MiniProgram,
+    WeCom,
+}
+
+/// The message encryption mode set in the WeChat console (WeCom is always encrypted).
+#[derive(Debug, Clone)]
+pub enum Security {
+    Plaintext,
+    /// Bodies carry clear fields and `Encrypt`; clear bodies are still accepted.
+    Compatible(AesKey),
+    /// Bodies carry `Encrypt` only.
+    Safe(AesKey),
+}
+
+impl Security {
+    /// The key, when the mode has one.
+    pub fn key(&self) -> Option<&AesKey> {
+        match self {
+            Security::Plaintext => None,
+            Security::Compatible(key) | Security::Safe(key) => Some(key),
+        }
+    }
+}
+
+/// What it takes to verify one account's callbacks. `Debug` never shows the token or key.
+#[derive(Clone)]
+pub struct Credentials {
+    pub kind: Kind,
+    pub token: String,
+    /// App id (official account, mini program), corp id or suite id (WeCom), `""` for WeCom bots:
+    /// the id that WeChat appends to every encrypted message.
+    pub receive_id: String,
+    pub security: Security,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mode = match self.security {
+            Security::Plaintext => "plaintext",
+            Security::Compatible(_) => "compatible",
+            Security::Safe(_) => "safe",
+        };
+        f.debug_struct("Credentials")
+            .field("kind", &self.kind)
+            .field("receive_id", &self.receive_id)
+            .field("security", &mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The query parameters WeChat sends, percent-decoded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallbackQuery<'a> {
+    pub signature: Option<Cow<'a, str>>,
+    pub msg_signature: Option<Cow<'a, str>>,
+    pub timestamp: Option<Cow<'a, str>>,
+    pub nonce: Option<Cow<'a, str>>,
+    pub echostr: Option<Cow<'a, str>>,
+    pub encrypt_type: Option<Cow<'a, str>>,
+    pub openid: Option<Cow<'a, str>>,
+}
+
+impl<'a> CallbackQuery<'a> {
+    /// Parses a raw query string (without `?`). A parameter given twice is refused: the proxy and a
+    /// downstream SDK could otherwise read different values.
+    pub fn parse(raw: &'a str) -> Result<CallbackQuery<'a>, VerifyError> {
+        let mut query = CallbackQuery::default();
+        for pair in raw.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let slot = match key {
+                "signature" => &mut query.signature,
+                "msg_signature" => &mut query.msg_signature,
+                "timestamp" => &mut query.timestamp,
+                "nonce" => &mut query.nonce,
+                "echostr" => &mut query.echostr,
+                "encrypt_type" => &mut query.encrypt_type,
+                "openid" => &mut query.openid,
+                _ => continue,
+            };
+            if slot.is_some() {
+                return Err(VerifyError::BadQuery("a parameter appears twice"));
+            }
+            let decoded = percent_decode_str(value)
+                .decode_utf8()
+                .map_err(|_| VerifyError::BadQuery("a parameter is not UTF-8"))?;
+            *slot = Some(decoded);
+        }
+        Ok(query)
+    }
+
+    fn require<'q>(field: &'q Option<Cow<'a, str>>, name: &'static str) -> Result<&'q str, VerifyError> {
+        field.as_deref().ok_or(VerifyError::MissingParameter(name))
+    }
+}
+
+/// Why a callback or handshake was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("malformed query string: {0}")]
+    BadQuery(&'static str),
+    #[error("missing query parameter {0}")]
+    MissingParameter(&'static str),
+    #[error("signature does not match")]
+    Signature,
+    #[error("msg_signature does not match")]
+    MsgSignature,
+    #[error("the account is in safe mode but the body is not encrypted")]
+    NotEncrypted,
+    #[error("decryption failed: {0}")]
+    Crypto(#[from] CryptoError),
+    #[error("{0}")]
+    Envelope(#[from] EnvelopeError),
+}
+
+impl VerifyError {
+    /// A short, stable label for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            VerifyError::BadQuery(_) => "bad_query",
+            VerifyError::MissingParameter(_) => "missing_parameter",
+            VerifyError::Signature => "bad_signature",
+            VerifyError::MsgSignature => "bad_msg_signature",
+            VerifyError::NotEncrypted => "not_encrypted",
+            VerifyError::Crypto(e) => e.reason(),
+            VerifyError::Envelope(e) => e.reason(),
+        }
+    }
+
+    /// Did the request fail authentication (as opposed to being malformed)?
+    pub fn is_unauthorized(&self) -> bool {
+        matches!(
+            self,
+            VerifyError::MissingParameter(_)
+                | VerifyError::Signature
+                | VerifyError::MsgSignature
+                | VerifyError::Crypto(_)
+        )
+    }
+}
+
+/// A callback that passed verification: what the proxy routes and dedupes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    /// Fields of the message itself: the decrypted one when the body was encrypted.
+    pub envelope: Envelope,
+    /// The decrypted message, when the body was encrypted.
+    pub decrypted: Option<Vec<u8>>,
+}
+
+impl Opened {
+    /// The message as WeChat wrote it: decrypted, or the body itself.
+    pub fn message<'b>(&'b self, body: &'b [u8]) -> &'b [u8] {
+        self.decrypted.as_deref().unwrap_or(body)
+    }
+}
+
+/// Answers the GET URL-verification handshake: the bytes to send back with 200.
+pub fn verify_url(
+    credentials: &Credentials,
+    query: &CallbackQuery<'_>,
+) -> Result<Vec<u8>, VerifyError> {
+    let timestamp = CallbackQuery::require(&query.timestamp, "timestamp")?;
+    let nonce = CallbackQuery::require(&query.nonce, "nonce")?;
+    let echostr = CallbackQuery::require(&query.echostr, "echostr")?;
+    match credentials.kind {
+        Kind::OfficialAccount | Kind::MiniProgram => {
+            // echostr is plain and unsigned in all three modes.
+            let provided = CallbackQuery::require(&query.signature, "signature")?;
+            if !signature(&credentials.token, timestamp, nonce).matches(provided) {
+                return Err(VerifyError::Signature);
+            }
+            Ok(echostr.as_bytes().to_vec())
+        }
+        Kind::WeCom => {
+            let provided = CallbackQuery::require(&query.msg_signature, "msg_signature")?;
+            if !msg_signature(&credentials.token, timestamp, nonce, echostr).matches(provided) {
+                return Err(VerifyError::MsgSignature);
+            }
+            let key = credentials
+                .security
+                .key()
+                .ok_or(VerifyError::NotEncrypted)?;
+            Ok(key.decrypt(echostr, &credentials.receive_id)?)
+        }
+    }
+}
+
+/// Verifies a POSTed callback and reads its routing fields, decrypting when the body is encrypted.
+pub fn open_callback(
+    credentials: &Credentials,
+    query: &CallbackQuery<'_>,
+    body: &[u8],
+) -> Result<Opened, VerifyError> {
+    let outer = Envelope::parse(body)?;
+    let encrypted_only =
+        matches!(credentials.security, Security::Safe(_)) || credentials.kind == Kind::WeCom;
+    let (key, encrypt) = match (credentials.security.key(), outer.encrypt.as_deref()) {
+        (Some(key), Some(encrypt)) => (key, encrypt),
+        (Some(_), None) if encrypted_only => return Err(VerifyError::NotEncrypted),
+        (None, _) if credentials.kind == Kind::WeCom => return Err(VerifyError::NotEncrypted),
+        // Plaintext mode, or a clear body in compatible mode: `signature` is all there is.
+        _ => {
+            let timestamp = CallbackQuery::require(&query.timestamp, "timestamp")?;
+            let nonce = CallbackQuery::require(&query.nonce, "nonce")?;
+            let provided = CallbackQuery::require(&query.signature, "signature")?;
+            if !signature(&credentials.token, timestamp, nonce).matches(provided) {
+                return Err(VerifyError::Signature);
+            }
+            return Ok(Opened {
+                envelope: outer,
+                decrypted: None,
+            });
+        }
+    };
+    let timestamp = CallbackQuery::require(&query.timestamp, "timestamp")?;
+    let nonce = CallbackQuery::require(&query.nonce, "nonce")?;
+    let provided = CallbackQuery::require(&query.msg_signature, "msg_signature")?;
+    if !msg_signature(&credentials.token, timestamp, nonce, encrypt).matches(provided) {
+        return Err(VerifyError::MsgSignature);
+    }
+    let decrypted = key.decrypt(encrypt, &credentials.receive_id)?;
+    let envelope = Envelope::parse(&decrypted)?;
+    Ok(Opened {
+        envelope,
+        decrypted: Some(decrypted),
+    })
+}
+
+/// A callback built as WeChat would send it: the query string (without `?`) and the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedRequest {
+    pub query: String,
+    pub body: String,
+    pub content_type: &'static str,
+}
+
+/// What goes into a simulated callback besides the message.
+#[derive(Debug, Clone, Copy)]
+pub struct SealParams<'a> {
+    pub timestamp: &'a str,
+    pub nonce: &'a str,
+    /// Official accounts and mini programs add the sender's openid to the query.
+    pub openid: Option<&'a str>,
+    /// `ToUserName` of the encrypted envelope (the account's original id, or the corp id).
+    pub to_user_name: &'a str,
+    /// WeCom puts the app's `AgentID` beside `Encrypt`.
+    pub agent_id: Option<&'a str>,
+}
+
+/// Query values are digits, letters, `-`, `_` in practice; encode anything else.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.');
+
+/// Signs (and, in compatible/safe mode, encrypts) `message` exactly as WeChat would deliver it to
+/// this account: the basis of `simulate` and of the tests.
+pub fn seal_callback(
+    credentials: &Credentials,
+    message: &str,
+    params: SealParams<'_>,
+) -> SealedRequest {
+    let format = match message.trim_start().as_bytes().first() {
+        Some(b'{') => Format::Json,
+        _ => Format::Xml,
+    };
+    let content_type = match format {
+        Format::Json => "application/json",
+        Format::Xml => "text/xml",
+    };
+    let mut query = String::new();
+    let mut push = |key: &str, value: &str| {
+        if !query.is_empty() {
+            query.push('&');
+        }
+        query.push_str(key);
+        query.push('=');
+        query.extend(utf8_percent_encode(value, QUERY_VALUE));
+    };
+    let (timestamp, nonce) = (params.timestamp, params.nonce);
+    let clear_signature = signature(&credentials.token, timestamp, nonce);
+    let key = match (&credentials.security, credentials.kind) {
+        (Security::Plaintext, _) => {
+            push("signature", clear_signature.as_str());
+            push("timestamp", timestamp);
+            push("nonce", nonce);
+            if let Some(openid) = params.openid {
+                push("openid", openid);
+            }
+            return SealedRequest {
+                query,
+                body: message.to_owned(),
+                content_type,
+            };
+        }
+        (Security::Compatible(key) | Security::Safe(key), _) => key,
+    };
+    let encrypt = key.encrypt(message.as_bytes(), &credentials.receive_id);
+    let sealed_signature = msg_signature(&credentials.token, timestamp, nonce, &encrypt);
+    let body = match (&credentials.security, format) {
+        (Security::Compatible(_), Format::Xml) => with_encrypt_element(message, &encrypt),
+        (_, Format::Json) => encrypted_request_json(params.to_user_name, &encrypt),
+        (_, Format::Xml) => encrypted_request_xml(params.to_user_name, params.agent_id, &encrypt),
+    };
+    if credentials.kind == Kind::WeCom {
+        push("msg_signature", sealed_signature.as_str());
+        push("timestamp", timestamp);
+        push("nonce", nonce);
+    } else {
+        push("signature", clear_signature.as_str());
+        push("timestamp", timestamp);
+        push("nonce", nonce);
+        if let Some(openid) = params.openid {
+            push("openid", openid);
+        }
+        push("encrypt_type", "aes");
+        push("msg_signature", sealed_signature.as_str());
+    }
+    SealedRequest {
+        query,
+        body,
+        content_type,
+    }
+}
+
+/// Compatible mode: the clear message with `<Encrypt>` added as the root's last child.
+fn with_encrypt_element(message: &str, encrypt: &str) -> String {
+    let element = format!("<Encrypt><![CDATA[{encrypt}]]></Encrypt>");
+    match message.rfind("</") {
+        Some(at) => format!("{}{element}{}", &message[..at], &message[at..]),
+        None => message.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
+    const TEXT: &str = "<xml><ToUserName><![CDATA[gh_1]]></ToUserName><FromUserName><![CDATA[o1]]></FromUserName><CreateTime>1714037059</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[你好]]></Content><MsgId>42</MsgId></xml>";
+
+    fn creds(kind: Kind, security: fn(AesKey) -> Security) -> Credentials {
+        Credentials {
+            kind,
+            token: "QDG6eK".into(),
+            receive_id: "wx5823bf96d3bd56c7".into(),
+            security: security(AesKey::from_encoding_aes_key(KEY).unwrap()),
+        }
+    }
+
+    fn params() -> SealParams<'static> {
+        SealParams {
+            timestamp: "1409659813",
+            nonce: "1372623149",
+            openid: Some("o1"),
+            to_user_name: "gh_1",
+            agent_id: None,
+        }
+    }
+
+    #[test]
+    fn every_kind_and_mode_round_trips() {
+        let modes: [fn(AesKey) -> Security; 3] = [
+            |_| Security::Plaintext,
+            Security::Compatible,
+            Security::Safe,
+        ];
+        for kind in [Kind::OfficialAccount, Kind::MiniProgram, Kind::WeCom] {
+            for (i, mode) in modes.iter().enumerate() {
+                if kind == Kind::WeCom && i == 0 {
+                    continue;
+                }
+                let c = creds(kind, *mode);
+                let sealed = seal_callback(&c, TEXT, params());
+                let query = CallbackQuery::parse(&sealed.query).unwrap();
+                let opened = open_callback(&c, &query, sealed.body.as_bytes()).unwrap();
+                assert_eq!(
+                    opened.envelope.msg_id.as_deref(),
+                    Some("42"),
+                    "{kind:?} {i}"
+                );
+                assert_eq!(opened.message(sealed.body.as_bytes()), TEXT.as_bytes());
+            }
+        }
+    }
+
+    #[test]
+    fn the_request_cannot_downgrade_safe_mode() {
+        let c = creds(Kind::OfficialAccount, Security::Safe);
+        let plain = seal_callback(
+            &creds(Kind::OfficialAccount, |_| Security::Plaintext),
+            TEXT,
+            params(),
+        );
+        let query = CallbackQuery::parse(&plain.query).unwrap();
+        assert_eq!(
+            open_callback(&c, &query, plain.body.as_bytes()),
+            Err(VerifyError::NotEncrypted)
+        );
+    }
+
+    #[test]
+    fn tampered_encrypt_fails_msg_signature() {
+        let c = creds(Kind::OfficialAccount, Security::Safe);
+        let sealed = seal_callback(&c, TEXT, params());
+        let query = CallbackQuery::parse(&sealed.query).unwrap();
+        let tampered = sealed
+            .body
+            .replacen("<Encrypt><![CDATA[", "<Encrypt><![CDATA[A", 1);
+        assert_eq!(
+            open_callback(&c, &query, tampered.as_bytes()),
+            Err(VerifyError::MsgSignature)
+        );
+    }
+
+    #[test]
+    fn query_keeps_plus_and_refuses_repeats() {
+        let q = CallbackQuery::parse("echostr=a+b%2Bc%3D&nonce=1").unwrap();
+        assert_eq!(q.echostr.as_deref(), Some("a+b+c="));
+        assert!(CallbackQuery::parse("nonce=1&nonce=2").is_err());
+        // `nonce[]=x` is not `nonce`: it is simply absent.
+        assert_eq!(CallbackQuery::parse("nonce[]=x").unwrap().nonce, None);
+    }
+
+    #[test]
+    fn handshakes() {
+        let oa = creds(Kind::OfficialAccount, |_| Security::Plaintext);
+        let sig = signature("QDG6eK", "1", "2");
+        let raw = format!("signature={sig}&timestamp=1&nonce=2&echostr=4375120948345356249");
+        assert_eq!(
+            verify_url(&oa, &CallbackQuery::parse(&raw).unwrap()).unwrap(),
+            b"4375120948345356249"
+        );
+        let bad =
+            "signature=0000000000000000000000000000000000000000&timestamp=1&nonce=2&echostr=x";
+        assert_eq!(
+            verify_url(&oa, &CallbackQuery::parse(bad).unwrap()),
+            Err(VerifyError::Signature)
+        );
+
+        let wecom = creds(Kind::WeCom, Security::Safe);
+        let echostr = wecom
+            .security
+            .key()
+            .unwrap()
+            .encrypt(b"1616140317555161061", "wx5823bf96d3bd56c7");
+        let sig = msg_signature("QDG6eK", "1", "2", &echostr);
+        let raw = format!(
+            "msg_signature={sig}&timestamp=1&nonce=2&echostr={}",
+            utf8_percent_encode(&echostr, QUERY_VALUE)
+        );
+        assert_eq!(
+            verify_url(&wecom, &CallbackQuery::parse(&raw).unwrap()).unwrap(),
+            b"1616140317555161061"
+        );
+    }
+}

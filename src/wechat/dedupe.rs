@@ -1,0 +1,113 @@
+//! The dedupe key: which callbacks are WeChat's resends of one another.
+//!
+//! WeChat resends a callback up to three times when it gets no answer in 5 s. Messages are
+//! identified by `MsgId`, events by `FromUserName + CreateTime` (DOC-OA-REPLY). SDK reports add
+//! two refinements: `MsgId` collided between users in one burst, so the sender is part of the key
+//! (WxJava #333); WeCom sends events identical but for `AgentID`, and an event type plus its key
+//! tell apart events of one second (chanjarster #66). A body with neither (platform notices,
+//! cloud-hosting probes) is keyed by a hash of the message itself.
+//!
+//! Every part is length-prefixed, so no value can imitate a separator, and the account id comes
+//! first: accounts never dedupe against each other.
+
+use sha1::{Digest, Sha1};
+
+use super::envelope::Envelope;
+
+/// The dedupe key of one callback of `account`; `message` is the (decrypted) message bytes.
+pub fn dedupe_key(account: &str, envelope: &Envelope, message: &[u8]) -> String {
+    let mut key = String::with_capacity(96);
+    push_part(&mut key, account);
+    let from = envelope.from_user_name.as_deref().unwrap_or_default();
+    if let Some(msg_id) = envelope.msg_id.as_deref() {
+        key.push('m');
+        push_part(&mut key, from);
+        push_part(&mut key, msg_id);
+    } else if let (Some(from), Some(time)) = (
+        envelope.from_user_name.as_deref(),
+        envelope.create_time.as_deref(),
+    ) {
+        key.push('e');
+        push_part(&mut key, from);
+        push_part(&mut key, time);
+        // Event names differ in case on the wire but mean the same event.
+        push_part(
+            &mut key,
+            &envelope
+                .event
+                .as_deref()
+                .unwrap_or_default()
+                .to_ascii_lowercase(),
+        );
+        push_part(&mut key, envelope.event_key.as_deref().unwrap_or_default());
+        push_part(&mut key, envelope.agent_id.as_deref().unwrap_or_default());
+    } else {
+        key.push('h');
+        let digest = Sha1::digest(message);
+        for byte in digest {
+            key.push_str(&format!("{byte:02x}"));
+        }
+    }
+    key
+}
+
+fn push_part(key: &mut String, value: &str) {
+    key.push_str(&value.len().to_string());
+    key.push(':');
+    key.push_str(value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(xml: &str) -> Envelope {
+        Envelope::parse(xml.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn message_key_includes_sender() {
+        let a = env(
+            "<xml><FromUserName>u1</FromUserName><CreateTime>1</CreateTime><MsgId>7</MsgId></xml>",
+        );
+        let b = env(
+            "<xml><FromUserName>u2</FromUserName><CreateTime>1</CreateTime><MsgId>7</MsgId></xml>",
+        );
+        assert_eq!(dedupe_key("main", &a, b""), "4:mainm2:u11:7");
+        assert_ne!(dedupe_key("main", &a, b""), dedupe_key("main", &b, b""));
+        assert_ne!(dedupe_key("main", &a, b""), dedupe_key("other", &a, b""));
+    }
+
+    #[test]
+    fn events_differ_by_type_key_and_agent() {
+        let base = "<xml><FromUserName>u1</FromUserName><CreateTime>1</CreateTime><MsgType>event</MsgType>";
+        let sub = env(&format!("{base}<Event>subscribe</Event></xml>"));
+        let unsub = env(&format!("{base}<Event>unsubscribe</Event></xml>"));
+        let unsub_agent = env(&format!(
+            "{base}<Event>unsubscribe</Event><AgentID>2</AgentID></xml>"
+        ));
+        let sub_upper = env(&format!("{base}<Event>SUBSCRIBE</Event></xml>"));
+        let keys = [&sub, &unsub, &unsub_agent].map(|e| dedupe_key("a", e, b""));
+        assert!(keys[0] != keys[1] && keys[1] != keys[2] && keys[0] != keys[2]);
+        assert_eq!(dedupe_key("a", &sub, b""), dedupe_key("a", &sub_upper, b""));
+    }
+
+    #[test]
+    fn separators_cannot_be_forged() {
+        let a = env(
+            "<xml><FromUserName>u</FromUserName><CreateTime>1</CreateTime><EventKey>x</EventKey><AgentID>1:y</AgentID></xml>",
+        );
+        let b = env(
+            "<xml><FromUserName>u</FromUserName><CreateTime>1</CreateTime><EventKey>x1:y</EventKey><AgentID></AgentID></xml>",
+        );
+        assert_ne!(dedupe_key("a", &a, b""), dedupe_key("a", &b, b""));
+    }
+
+    #[test]
+    fn bodies_without_ids_use_a_hash_of_the_message() {
+        let probe = env("<xml><action>CheckContainerPath</action></xml>");
+        let k1 = dedupe_key("a", &probe, b"one");
+        assert_eq!(k1, dedupe_key("a", &probe, b"one"));
+        assert_ne!(k1, dedupe_key("a", &probe, b"two"));
+    }
+}

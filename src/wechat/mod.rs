@@ -1,0 +1,22 @@
+//! The WeChat callback protocol, as pure functions over bytes: no I/O, no clocks, no logging.
+//!
+//! `signature` and `crypto` are the primitives; `envelope` reads and builds bodies; `callback`
+//! combines them per account kind and mode (verify, open, handshake, seal); `dedupe` says which
+//! callbacks are resends of one another. The server uses this to verify and route callbacks; the
+//! CLI uses it to sign and encrypt simulated ones. Facts and sources:
+//! `shared/docs/wechat-protocol.md`.
+
+pub mod callback;
+pub mod crypto;
+pub mod dedupe;
+pub mod envelope;
+pub mod signature;
+
+pub use callback::{
+    CallbackQuery, Credentials, Kind, Opened, SealParams, SealedRequest, Security, VerifyError,
+    open_callback, seal_callback, verify_url,
+};
+pub use crypto::{AesKey, CryptoError};
+pub use dedupe::dedupe_key;
+pub use envelope::{Envelope, EnvelopeError, Format, Sealed};
+pub use signature::{Signature, msg_signature, signature};
