@@ -116,7 +116,10 @@ impl<'a> CallbackQuery<'a> {
         Ok(query)
     }
 
-    fn require<'q>(field: &'q Option<Cow<'a, str>>, name: &'static str) -> Result<&'q str, VerifyError> {
+    fn require<'q>(
+        field: &'q Option<Cow<'a, str>>,
+        name: &'static str,
+    ) -> Result<&'q str, VerifyError> {
         field.as_deref().ok_or(VerifyError::MissingParameter(name))
     }
 }

@@ -156,20 +156,20 @@ impl Envelope {
                     }
                 }
                 Event::End(_) => {
-                    if depth == 2 {
-                        if let Some((field, value)) = current.take() {
-                            envelope.set(field, value)?;
-                        }
+                    if depth == 2
+                        && let Some((field, value)) = current.take()
+                    {
+                        envelope.set(field, value)?;
                     }
                     depth = depth.saturating_sub(1);
                 }
                 Event::Empty(empty) => {
                     if depth == 0 {
                         roots += 1;
-                    } else if depth == 1 {
-                        if let Some(field) = Field::from_name(empty.name().as_ref()) {
-                            envelope.set(field, String::new())?;
-                        }
+                    } else if depth == 1
+                        && let Some(field) = Field::from_name(empty.name().as_ref())
+                    {
+                        envelope.set(field, String::new())?;
                     }
                 }
                 Event::Text(text) if depth == 2 => {
@@ -272,7 +272,8 @@ fn resolve_reference(reference: &quick_xml::events::BytesRef<'_>) -> Result<char
             )),
         };
     }
-    match reference.as_ref() {
+    let name: &[u8] = reference;
+    match name {
         b"lt" => Ok('<'),
         b"gt" => Ok('>'),
         b"amp" => Ok('&'),
@@ -305,10 +306,10 @@ impl<'de> Visitor<'de> for JsonEnvelope {
                 continue;
             };
             let JsonScalar(value) = map.next_value()?;
-            if let Some(value) = value {
-                if let Err(e) = envelope.set(field, value) {
-                    return Ok(Err(e));
-                }
+            if let Some(value) = value
+                && let Err(e) = envelope.set(field, value)
+            {
+                return Ok(Err(e));
             }
         }
         Ok(Ok(envelope))

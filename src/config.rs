@@ -1,0 +1,560 @@
+//! Configuration: compiled-in defaults (`config/default.toml`) → the TOML file → environment
+//! (`WECHAT_FANOUT_<SECTION>__<KEY>`), extracted with figment, then [`Config::validate`] checks the
+//! rules that span fields and resolves secrets given by environment variable name.
+//!
+//! Every error names the offending key (`accounts[1].encoding_aes_key: …`) so `check-config` and
+//! `serve` can say exactly what to fix; the binary exits 64 on any of them before binding a port.
+//! Secrets are never printed: [`Config::redacted_toml`] replaces them.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format as _, Toml};
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::wechat::{AesKey, Credentials, Kind, Security};
+
+/// The documented defaults, compiled in so the binary needs no file to know them.
+pub const DEFAULTS: &str = include_str!("../config/default.toml");
+
+const REDACTED: &str = "<redacted>";
+
+/// A configuration that cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0}: not found")]
+    NotFound(PathBuf),
+    #[error("{0}")]
+    Load(Box<figment::Error>),
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// A duration written in milliseconds in TOML.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Millis(pub u64);
+
+impl Millis {
+    pub fn duration(self) -> Duration {
+        Duration::from_millis(self.0)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub delivery: DeliveryConfig,
+    pub target_defaults: TargetDefaults,
+    #[serde(default)]
+    pub accounts: Vec<AccountConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub reply_deadline_ms: Millis,
+    pub max_timestamp_skew_secs: u64,
+    pub header_read_timeout_ms: Millis,
+    pub body_read_timeout_ms: Millis,
+    pub shutdown_grace_ms: Millis,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub synchronous: Synchronous,
+    pub delivered_retention_secs: u64,
+}
+
+/// How hard SQLite pushes a commit to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    Full,
+    Normal,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    pub poll_interval_ms: Millis,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetDefaults {
+    pub timeout_ms: Millis,
+    pub max_attempts: u32,
+    pub backoff_initial_ms: Millis,
+    pub backoff_max_ms: Millis,
+    pub max_concurrency: usize,
+}
+
+/// The WeChat console's encryption mode for an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Plaintext,
+    Compatible,
+    Safe,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountKind {
+    OfficialAccount,
+    MiniProgram,
+    Wecom,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    /// The callback URL path segment: `/wechat/{id}`.
+    pub id: String,
+    pub kind: AccountKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+    /// The receive id: app id, corp id or suite id; `""` for WeCom bots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding_aes_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding_aes_key_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
+    #[serde(default)]
+    pub targets: Vec<TargetConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    pub name: String,
+    pub url: Url,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_initial_ms: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_max_ms: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub msg_types: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<String>>,
+}
+
+/// A target's settings with the defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetSettings {
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub max_concurrency: usize,
+}
+
+impl Config {
+    /// Loads defaults, then `path` (which must exist), then the environment, and validates.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::new().merge(Toml::string(DEFAULTS));
+        if let Some(path) = path {
+            if !path.is_file() {
+                return Err(ConfigError::NotFound(path.to_path_buf()));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        // Only SECTION__KEY variables are configuration; other WECHAT_FANOUT_* variables (the
+        // config path, secrets named by token_env) are not.
+        figment = figment.merge(
+            Env::prefixed("WECHAT_FANOUT_")
+                .filter(|key| key.as_str().contains("__"))
+                .split("__"),
+        );
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML text layered over the defaults (no file, no environment): for tests and tools.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = Figment::new()
+            .merge(Toml::string(DEFAULTS))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The rules serde cannot express; resolves nothing permanently, so it can run again on reload.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let server = &self.server;
+        if server.max_body_bytes == 0 {
+            return Err(invalid("server.max_body_bytes", "must be greater than 0"));
+        }
+        if server.reply_deadline_ms.0 == 0 || server.reply_deadline_ms.0 >= 5000 {
+            return Err(invalid(
+                "server.reply_deadline_ms",
+                "must be between 1 and 4999 (WeChat gives up at 5000 ms)",
+            ));
+        }
+        for (key, value) in [
+            (
+                "server.header_read_timeout_ms",
+                server.header_read_timeout_ms,
+            ),
+            ("server.body_read_timeout_ms", server.body_read_timeout_ms),
+            ("delivery.poll_interval_ms", self.delivery.poll_interval_ms),
+        ] {
+            if value.0 == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if self.store.path.as_os_str().is_empty() {
+            return Err(invalid("store.path", "must not be empty"));
+        }
+        if self.store.delivered_retention_secs < 60 {
+            return Err(invalid(
+                "store.delivered_retention_secs",
+                "must be at least 60 (it is also the dedupe window for WeChat's resends)",
+            ));
+        }
+        self.target_defaults.check("target_defaults")?;
+        if self.accounts.is_empty() {
+            return Err(invalid("accounts", "no account is configured"));
+        }
+        let mut ids = HashSet::new();
+        for (i, account) in self.accounts.iter().enumerate() {
+            let key = format!("accounts[{i}]");
+            if !ids.insert(account.id.as_str()) {
+                return Err(invalid(
+                    format!("{key}.id"),
+                    format!("duplicate account id {:?}", account.id),
+                ));
+            }
+            account.validate(&key, &self.target_defaults)?;
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, with tokens and keys replaced by `<redacted>`.
+    pub fn redacted_toml(&self) -> String {
+        let mut copy = self.clone();
+        for account in &mut copy.accounts {
+            for secret in [&mut account.token, &mut account.encoding_aes_key] {
+                if secret.is_some() {
+                    *secret = Some(REDACTED.to_owned());
+                }
+            }
+        }
+        toml::to_string_pretty(&copy)
+            .unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
+    }
+}
+
+impl TargetDefaults {
+    fn check(&self, key: &str) -> Result<(), ConfigError> {
+        TargetSettings {
+            timeout: self.timeout_ms.duration(),
+            max_attempts: self.max_attempts,
+            backoff_initial: self.backoff_initial_ms.duration(),
+            backoff_max: self.backoff_max_ms.duration(),
+            max_concurrency: self.max_concurrency,
+        }
+        .check(key)
+    }
+}
+
+impl TargetSettings {
+    fn check(&self, key: &str) -> Result<(), ConfigError> {
+        if self.timeout.is_zero() {
+            return Err(invalid(
+                format!("{key}.timeout_ms"),
+                "must be greater than 0",
+            ));
+        }
+        if self.max_attempts == 0 {
+            return Err(invalid(format!("{key}.max_attempts"), "must be at least 1"));
+        }
+        if self.backoff_initial.is_zero() {
+            return Err(invalid(
+                format!("{key}.backoff_initial_ms"),
+                "must be greater than 0",
+            ));
+        }
+        if self.backoff_max < self.backoff_initial {
+            return Err(invalid(
+                format!("{key}.backoff_max_ms"),
+                "must not be less than backoff_initial_ms",
+            ));
+        }
+        if self.max_concurrency == 0 {
+            return Err(invalid(
+                format!("{key}.max_concurrency"),
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl AccountConfig {
+    fn validate(&self, key: &str, defaults: &TargetDefaults) -> Result<(), ConfigError> {
+        let id_ok = !self.id.is_empty()
+            && self.id.len() <= 64
+            && self
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !id_ok {
+            return Err(invalid(
+                format!("{key}.id"),
+                "must be 1 to 64 characters of A-Z, a-z, 0-9, '-' or '_' (it is a URL path segment)",
+            ));
+        }
+        self.credentials(key)?;
+        let mut names = HashSet::new();
+        for (j, target) in self.targets.iter().enumerate() {
+            let tkey = format!("{key}.targets[{j}]");
+            if target.name.is_empty() || target.name.chars().any(char::is_control) {
+                return Err(invalid(format!("{tkey}.name"), "must be a non-empty name"));
+            }
+            if !names.insert(target.name.as_str()) {
+                return Err(invalid(
+                    format!("{tkey}.name"),
+                    format!("duplicate target name {:?} in this account", target.name),
+                ));
+            }
+            if !matches!(target.url.scheme(), "http" | "https") {
+                return Err(invalid(
+                    format!("{tkey}.url"),
+                    "must be an http:// or https:// URL",
+                ));
+            }
+            target.settings(defaults).check(&tkey)?;
+        }
+        if let Some(primary) = &self.primary
+            && !names.contains(primary.as_str())
+        {
+            return Err(invalid(
+                format!("{key}.primary"),
+                format!("names no target of this account: {primary:?}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The account's credentials, with secrets read from the environment where so configured.
+    pub fn credentials(&self, key: &str) -> Result<Credentials, ConfigError> {
+        let token = secret(
+            key,
+            "token",
+            self.token.as_deref(),
+            self.token_env.as_deref(),
+        )?
+        .ok_or_else(|| invalid(format!("{key}.token"), "is required (or token_env)"))?;
+        if token.is_empty() {
+            return Err(invalid(format!("{key}.token"), "must not be empty"));
+        }
+        let aes = secret(
+            key,
+            "encoding_aes_key",
+            self.encoding_aes_key.as_deref(),
+            self.encoding_aes_key_env.as_deref(),
+        )?;
+        let aes_key = aes
+            .map(|k| AesKey::from_encoding_aes_key(&k))
+            .transpose()
+            .map_err(|_| {
+                invalid(
+                    format!("{key}.encoding_aes_key"),
+                    "must be 43 characters of base64 (A-Z, a-z, 0-9)",
+                )
+            })?;
+        let mode = match (self.mode, &aes_key) {
+            (Some(mode), _) => mode,
+            (None, Some(_)) => Mode::Safe,
+            (None, None) => Mode::Plaintext,
+        };
+        let kind = match self.kind {
+            AccountKind::OfficialAccount => Kind::OfficialAccount,
+            AccountKind::MiniProgram => Kind::MiniProgram,
+            AccountKind::Wecom => Kind::WeCom,
+        };
+        if kind == Kind::WeCom && mode != Mode::Safe {
+            return Err(invalid(
+                format!("{key}.mode"),
+                "WeCom callbacks are always encrypted: use mode = \"safe\" with encoding_aes_key",
+            ));
+        }
+        let security = match (mode, aes_key) {
+            (Mode::Plaintext, _) => Security::Plaintext,
+            (Mode::Compatible, Some(k)) => Security::Compatible(k),
+            (Mode::Safe, Some(k)) => Security::Safe(k),
+            (_, None) => {
+                return Err(invalid(
+                    format!("{key}.encoding_aes_key"),
+                    "is required in compatible and safe mode (or encoding_aes_key_env)",
+                ));
+            }
+        };
+        let receive_id = match (&security, &self.app_id) {
+            (Security::Plaintext, id) => id.clone().unwrap_or_default(),
+            (_, Some(id)) => id.clone(),
+            (_, None) => {
+                return Err(invalid(
+                    format!("{key}.app_id"),
+                    "is required with encryption: the app id, corp id or suite id (\"\" for WeCom bots)",
+                ));
+            }
+        };
+        Ok(Credentials {
+            kind,
+            token,
+            receive_id,
+            security,
+        })
+    }
+}
+
+/// A secret given inline or by the name of an environment variable, never both.
+fn secret(
+    key: &str,
+    name: &str,
+    inline: Option<&str>,
+    env: Option<&str>,
+) -> Result<Option<String>, ConfigError> {
+    match (inline, env) {
+        (Some(_), Some(_)) => Err(invalid(
+            format!("{key}.{name}"),
+            format!("set either {name} or {name}_env, not both"),
+        )),
+        (Some(value), None) => Ok(Some(value.to_owned())),
+        (None, Some(var)) => match std::env::var(var) {
+            Ok(value) => Ok(Some(value)),
+            Err(_) => Err(invalid(
+                format!("{key}.{name}_env"),
+                format!("environment variable {var} is not set (or not UTF-8)"),
+            )),
+        },
+        (None, None) => Ok(None),
+    }
+}
+
+impl TargetConfig {
+    /// The settings of this target, unset keys taken from `[target_defaults]`.
+    pub fn settings(&self, defaults: &TargetDefaults) -> TargetSettings {
+        TargetSettings {
+            timeout: self.timeout_ms.unwrap_or(defaults.timeout_ms).duration(),
+            max_attempts: self.max_attempts.unwrap_or(defaults.max_attempts),
+            backoff_initial: self
+                .backoff_initial_ms
+                .unwrap_or(defaults.backoff_initial_ms)
+                .duration(),
+            backoff_max: self
+                .backoff_max_ms
+                .unwrap_or(defaults.backoff_max_ms)
+                .duration(),
+            max_concurrency: self.max_concurrency.unwrap_or(defaults.max_concurrency),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [[accounts]]
+        id = "main"
+        kind = "official_account"
+        token = "tok"
+        [[accounts.targets]]
+        name = "bot"
+        url = "http://127.0.0.1:9001/wx"
+    "#;
+
+    fn error_of(text: &str) -> String {
+        Config::from_toml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_apply_and_targets_inherit_them() {
+        let config = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(config.server.max_body_bytes, 65536);
+        assert_eq!(config.server.reply_deadline_ms, Millis(4000));
+        let settings = config.accounts[0].targets[0].settings(&config.target_defaults);
+        assert_eq!(settings.max_attempts, 8);
+        assert_eq!(settings.timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let bad_key = MINIMAL.replace(
+            "token = \"tok\"",
+            "token = \"tok\"\nencoding_aes_key = \"short\"\napp_id = \"wx1\"",
+        );
+        assert_eq!(
+            error_of(&bad_key),
+            "accounts[0].encoding_aes_key: must be 43 characters of base64 (A-Z, a-z, 0-9)"
+        );
+        let bad_primary = MINIMAL.replace("token = \"tok\"", "token = \"tok\"\nprimary = \"nope\"");
+        assert!(error_of(&bad_primary).starts_with("accounts[0].primary:"));
+        let typo = format!("{MINIMAL}\n[server]\nlisten_addr = \"x\"");
+        assert!(
+            error_of(&typo).contains("listen_addr"),
+            "{}",
+            error_of(&typo)
+        );
+        let deadline = format!("{MINIMAL}\n[server]\nreply_deadline_ms = 5000");
+        assert!(error_of(&deadline).starts_with("server.reply_deadline_ms:"));
+        let wecom_plain = MINIMAL.replace("official_account", "wecom");
+        assert!(error_of(&wecom_plain).starts_with("accounts[0].mode:"));
+        let dup = MINIMAL.replace(
+            "[[accounts.targets]]",
+            "[[accounts.targets]]\nname = \"bot\"\nurl = \"http://a/\"\n[[accounts.targets]]",
+        );
+        assert!(error_of(&dup).starts_with("accounts[0].targets[1].name:"));
+    }
+
+    #[test]
+    fn redaction_hides_secrets() {
+        let text = MINIMAL.replace(
+            "token = \"tok\"",
+            "token = \"very-secret-token\"\napp_id = \"wx1\"\nencoding_aes_key = \"jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C\"",
+        );
+        let printed = Config::from_toml(&text).unwrap().redacted_toml();
+        assert!(!printed.contains("very-secret-token"));
+        assert!(!printed.contains("jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C"));
+        assert!(printed.contains("<redacted>"));
+    }
+}

@@ -1,0 +1,215 @@
+//! The outbound request: the callback exactly as WeChat sent it, to one target.
+//!
+//! Same body bytes, same raw query string (so the target's WeChat SDK verifies `signature` /
+//! `msg_signature` itself), same Content-Type, plus headers that name the delivery, the attempt
+//! and the account, so a target can drop the duplicates that at-least-once delivery implies.
+//! One pooled `reqwest::Client` serves every target; redirects are not followed and no proxy from
+//! the environment is used. Used by the primary relay in `ingress` and by `delivery`, so neither
+//! imports the other.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+
+use crate::retry::{self, Verdict};
+use crate::store::{AttemptReport, Disposition, Job};
+use crate::targets::Target;
+
+/// Names the delivery (the job id): the same for every attempt of one delivery.
+pub const DELIVERY_HEADER: &str = "x-wechat-fanout-delivery";
+/// Counts attempts from 1.
+pub const ATTEMPT_HEADER: &str = "x-wechat-fanout-attempt";
+/// The account id the callback came in for.
+pub const ACCOUNT_HEADER: &str = "x-wechat-fanout-account";
+
+/// A target's answer body is read up to this size (a passive reply is a few KiB at most).
+const MAX_RESPONSE_BYTES: usize = 1 << 20;
+
+/// The outcome of one attempt.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub verdict: Verdict,
+    pub status: Option<u16>,
+    /// Set when the target answered 2xx: its body and content type (for the primary relay).
+    pub reply: Option<(Option<String>, Bytes)>,
+    pub error: Option<String>,
+    pub elapsed: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Downstream {
+    client: reqwest::Client,
+}
+
+impl Downstream {
+    pub fn new() -> Result<Downstream, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .user_agent(concat!("wechat-fanout/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Downstream { client })
+    }
+
+    /// Sends `job` to `target` once, within the target's timeout.
+    pub async fn attempt(&self, target: &Target, job: &Job) -> Attempt {
+        let started = std::time::Instant::now();
+        let request = &job.request;
+        let mut url = String::with_capacity(target.url.len() + request.query.len() + 1);
+        url.push_str(&target.url);
+        if !request.query.is_empty() {
+            url.push(if target.url.contains('?') { '&' } else { '?' });
+            url.push_str(&request.query);
+        }
+        let mut builder = self
+            .client
+            .post(url)
+            .timeout(target.settings.timeout)
+            .header(DELIVERY_HEADER, job.id)
+            .header(ATTEMPT_HEADER, job.attempts + 1)
+            .header(ACCOUNT_HEADER, &*job.key.account)
+            .body(request.body.clone());
+        if let Some(content_type) = request
+            .content_type
+            .as_deref()
+            .and_then(|v| HeaderValue::from_str(v).ok())
+        {
+            builder = builder.header(CONTENT_TYPE, content_type);
+        }
+        let result = async {
+            let mut response = builder.send().await?;
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let content_type = response
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            // Read the body even when it is not needed, so the connection can be reused.
+            let mut body = BytesMut::new();
+            while let Some(chunk) = response.chunk().await? {
+                if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                    break;
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok::<_, reqwest::Error>((status, retry_after, content_type, body.freeze()))
+        }
+        .await;
+        let elapsed = started.elapsed();
+        match result {
+            Ok((status, retry_after, content_type, body)) => {
+                let verdict =
+                    retry::classify_status(status, retry_after.as_deref(), SystemTime::now());
+                let delivered = verdict == Verdict::Delivered;
+                Attempt {
+                    verdict,
+                    status: Some(status),
+                    reply: delivered.then_some((content_type, body)),
+                    error: (!delivered).then(|| format!("target answered {status}")),
+                    elapsed,
+                }
+            }
+            Err(e) => Attempt {
+                verdict: Verdict::Retry { after: None },
+                status: e.status().map(|s| s.as_u16()),
+                reply: None,
+                error: Some(describe(&e)),
+                elapsed,
+            },
+        }
+    }
+}
+
+impl Attempt {
+    /// What the store should record for this attempt of `job`.
+    pub fn report(&self, target: &Target, job: &Job, now_ms: i64) -> AttemptReport {
+        let attempt = job.attempts + 1;
+        AttemptReport {
+            job: job.id,
+            attempt,
+            at_ms: now_ms,
+            status: self.status,
+            error: self.error.clone(),
+            disposition: retry::disposition(
+                &target.settings,
+                attempt,
+                self.verdict,
+                now_ms,
+                rand::random(),
+            ),
+        }
+    }
+}
+
+/// One log line per attempt: the delivery outcome.
+pub fn log_attempt(target: &Target, job: &Job, attempt: &Attempt, report: &AttemptReport) {
+    let outcome = match report.disposition {
+        Disposition::Delivered => "delivered",
+        Disposition::RetryAt(_) => "retry",
+        Disposition::Dead => "dead",
+    };
+    let elapsed_ms = attempt.elapsed.as_millis() as u64;
+    let (account, name) = (&*target.key.account, &*target.key.target);
+    match report.disposition {
+        Disposition::Delivered => tracing::info!(
+            account,
+            target = name,
+            delivery = job.id,
+            attempt = report.attempt,
+            status = attempt.status,
+            elapsed_ms,
+            outcome,
+            "delivery"
+        ),
+        _ => tracing::warn!(
+            account,
+            target = name,
+            delivery = job.id,
+            attempt = report.attempt,
+            status = attempt.status,
+            error = attempt.error.as_deref().unwrap_or("-"),
+            elapsed_ms,
+            outcome,
+            "delivery"
+        ),
+    }
+}
+
+/// A short reason without the URL (which may carry signatures) for logs and the store.
+fn describe(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "connection failed"
+    } else if error.is_body() || error.is_decode() {
+        "reading the answer failed"
+    } else {
+        "request failed"
+    };
+    let mut source = std::error::Error::source(error);
+    let mut innermost = None;
+    while let Some(s) = source {
+        innermost = Some(s.to_string());
+        source = s.source();
+    }
+    match innermost {
+        Some(cause) => format!("{kind}: {cause}"),
+        None => kind.to_owned(),
+    }
+}
+
+/// Milliseconds since the Unix epoch: the store's clock.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

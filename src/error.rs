@@ -1,0 +1,81 @@
+//! Why a request to the WeChat port was refused, and the one place that maps each reason to an
+//! HTTP status, a log level and a metric label.
+//!
+//! A refused callback was neither stored nor delivered; WeChat resends on anything but 200, so a
+//! status that invites a resend (503) is used only when the fault is ours.
+
+use http::StatusCode;
+
+use crate::store::StoreError;
+use crate::wechat::VerifyError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    #[error("no such account")]
+    UnknownAccount,
+    #[error("method not allowed")]
+    Method,
+    #[error("body larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("body not received in time")]
+    BodyTimeout,
+    #[error("reading the body failed: {0}")]
+    Body(String),
+    #[error("timestamp outside the allowed window")]
+    StaleTimestamp,
+    #[error("{0}")]
+    Verify(#[from] VerifyError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("internal error")]
+    Internal,
+}
+
+/// How loudly to log a rejection: client mistakes are routine, our faults are not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Warn,
+    Error,
+}
+
+impl Rejection {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Rejection::UnknownAccount => StatusCode::NOT_FOUND,
+            Rejection::Method => StatusCode::METHOD_NOT_ALLOWED,
+            Rejection::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Rejection::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Rejection::Body(_) => StatusCode::BAD_REQUEST,
+            Rejection::StaleTimestamp => StatusCode::UNAUTHORIZED,
+            Rejection::Verify(e) if e.is_unauthorized() => StatusCode::UNAUTHORIZED,
+            Rejection::Verify(_) => StatusCode::BAD_REQUEST,
+            Rejection::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn level(&self) -> Level {
+        match self {
+            Rejection::Store(_) | Rejection::Internal => Level::Error,
+            Rejection::Verify(e) if e.is_unauthorized() => Level::Warn,
+            Rejection::StaleTimestamp => Level::Warn,
+            _ => Level::Info,
+        }
+    }
+
+    /// A short, stable label for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::UnknownAccount => "unknown_account",
+            Rejection::Method => "method",
+            Rejection::TooLarge(_) => "too_large",
+            Rejection::BodyTimeout => "body_timeout",
+            Rejection::Body(_) => "body",
+            Rejection::StaleTimestamp => "stale_timestamp",
+            Rejection::Verify(e) => e.reason(),
+            Rejection::Store(_) => "store",
+            Rejection::Internal => "internal",
+        }
+    }
+}

@@ -1,0 +1,454 @@
+//! The WeChat-facing server: request in, answer out.
+//!
+//! `/wechat/{account}`: GET answers the URL-verification handshake locally; POST runs
+//! verify → buffer → dedupe → persist → reply. The answer is `success` once the callback and its
+//! jobs are stored, or the primary target's 2xx answer when it comes within the reply deadline.
+//! Other targets are never waited for: their jobs are stored due and their workers are woken.
+//!
+//! Once a callback is verified, the rest of its handling runs in its own task, so a client that
+//! hangs up cannot leave a stored callback half-handled.
+
+mod body;
+mod resends;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::config::ServerConfig;
+use crate::downstream::{Downstream, now_ms};
+use crate::error::{Level, Rejection};
+use crate::store::{Accepted, Answer, Job, NewCallback, NewJob, Replay, Store};
+use crate::targets::{Account, Routes, Target};
+use crate::wechat::{CallbackQuery, Envelope, dedupe_key, open_callback, verify_url};
+use resends::{Resends, Role};
+
+const SUCCESS: &[u8] = b"success";
+const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
+
+/// Everything a request needs, shared by all connections.
+pub struct Ingress {
+    routes: Arc<ArcSwap<Routes>>,
+    store: Arc<dyn Store>,
+    downstream: Downstream,
+    settings: ServerConfig,
+    resends: Arc<Resends>,
+    /// Primary attempts that outlive their request, and answers being saved.
+    tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for Ingress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingress")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ingress {
+    pub fn new(
+        routes: Arc<ArcSwap<Routes>>,
+        store: Arc<dyn Store>,
+        downstream: Downstream,
+        settings: ServerConfig,
+        tasks: TaskTracker,
+    ) -> Ingress {
+        Ingress {
+            routes,
+            store,
+            downstream,
+            settings,
+            resends: Arc::default(),
+            tasks,
+        }
+    }
+
+    async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let started = Instant::now();
+        let account = account_id(request.uri().path()).map(str::to_owned);
+        let method = request.method().clone();
+        match self.route(request, started).await {
+            Ok(response) => response,
+            Err(rejection) => {
+                let account = account.as_deref().unwrap_or("-");
+                let reason = rejection.reason();
+                match rejection.level() {
+                    Level::Info => info!(account, %method, reason, error = %rejection, "rejected"),
+                    Level::Warn => warn!(account, %method, reason, error = %rejection, "rejected"),
+                    Level::Error => {
+                        error!(account, %method, reason, error = %rejection, "rejected")
+                    }
+                }
+                let mut response = text(rejection.status(), format!("{rejection}\n"));
+                if matches!(rejection, Rejection::Method) {
+                    response
+                        .headers_mut()
+                        .insert(ALLOW, http::HeaderValue::from_static("GET, POST"));
+                }
+                response
+            }
+        }
+    }
+
+    async fn route(
+        self: &Arc<Self>,
+        request: Request<Incoming>,
+        started: Instant,
+    ) -> Result<Response<Full<Bytes>>, Rejection> {
+        let account = {
+            let routes = self.routes.load();
+            let id = account_id(request.uri().path()).ok_or(Rejection::UnknownAccount)?;
+            routes
+                .account(id)
+                .cloned()
+                .ok_or(Rejection::UnknownAccount)?
+        };
+        match *request.method() {
+            Method::GET => {
+                let query = CallbackQuery::parse(request.uri().query().unwrap_or(""))?;
+                let echo = verify_url(&account.credentials, &query)?;
+                info!(account = &*account.id, "URL verification answered");
+                Ok(text(StatusCode::OK, echo))
+            }
+            Method::POST => self.callback(account, request, started).await,
+            _ => Err(Rejection::Method),
+        }
+    }
+
+    async fn callback(
+        self: &Arc<Self>,
+        account: Arc<Account>,
+        request: Request<Incoming>,
+        started: Instant,
+    ) -> Result<Response<Full<Bytes>>, Rejection> {
+        let (parts, body) = request.into_parts();
+        let declared = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let body = body::read(
+            body,
+            declared,
+            self.settings.max_body_bytes,
+            self.settings.body_read_timeout_ms.duration(),
+        )
+        .await?;
+        let raw_query = parts.uri.query().unwrap_or("");
+        let query = CallbackQuery::parse(raw_query)?;
+        let opened = open_callback(&account.credentials, &query, &body)?;
+        if self.settings.max_timestamp_skew_secs > 0 {
+            check_freshness(
+                query.timestamp.as_deref(),
+                self.settings.max_timestamp_skew_secs,
+            )?;
+        }
+        let key = dedupe_key(&account.id, &opened.envelope, opened.message(&body));
+        let replay = Arc::new(Replay {
+            query: raw_query.to_owned(),
+            content_type: parts
+                .headers
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            body,
+        });
+        let this = self.clone();
+        let span = info_span!("callback", account = &*account.id);
+        // From here on the callback may be stored: finish even if WeChat hangs up.
+        let handled = tokio::spawn(
+            async move {
+                this.accept(account, opened.envelope, key, replay, started)
+                    .await
+            }
+            .instrument(span),
+        );
+        match handled.await {
+            Ok(result) => result.map(|answer| answer_response(&answer)),
+            Err(e) => {
+                error!(error = %e, "callback task failed");
+                Err(Rejection::Internal)
+            }
+        }
+    }
+
+    async fn accept(
+        self: Arc<Self>,
+        account: Arc<Account>,
+        envelope: Envelope,
+        key: String,
+        replay: Arc<Replay>,
+        started: Instant,
+    ) -> Result<Answer, Rejection> {
+        let deadline = started + self.settings.reply_deadline_ms.duration();
+        let leader = match self.resends.join(&key) {
+            Role::Leader(leader) => leader,
+            Role::Follower(receiver) => {
+                let answer =
+                    tokio::time::timeout_at(deadline.into(), resends::follow(receiver)).await;
+                return match answer {
+                    Ok(Some(answer)) => {
+                        info!(dedupe_key = %key, outcome = "duplicate", "resend answered like its first copy");
+                        Ok(answer)
+                    }
+                    // Not stored (yet): make WeChat try again rather than claim success.
+                    _ => Err(Rejection::Store(crate::store::StoreError::Other(
+                        "the first copy of this callback was not stored".into(),
+                    ))),
+                };
+            }
+        };
+        let matched: Vec<&Arc<Target>> = account
+            .targets
+            .iter()
+            .filter(|t| t.accepts(&envelope))
+            .collect();
+        // The primary relay takes from the primary's concurrency budget; without a permit the
+        // primary is delivered like any other target and the answer is `success`.
+        let relay = account
+            .primary
+            .as_ref()
+            .filter(|p| matched.iter().any(|t| Arc::ptr_eq(t, p)))
+            .and_then(|p| Some((p.clone(), p.permits.clone().try_acquire_owned().ok()?)));
+        let jobs = matched
+            .iter()
+            .map(|t| NewJob {
+                target: t.key.target.clone(),
+                leased: relay.as_ref().is_some_and(|(p, _)| Arc::ptr_eq(t, p)),
+            })
+            .collect();
+        let accepted = self
+            .store
+            .accept(NewCallback {
+                account: account.id.clone(),
+                dedupe_key: key.clone(),
+                received_at_ms: now_ms(),
+                msg_type: envelope.msg_type.clone(),
+                event: envelope.event.clone(),
+                request: replay.clone(),
+                jobs,
+            })
+            .await?;
+        let (callback, job_ids) = match accepted {
+            Accepted::Duplicate { answer, .. } => {
+                let answer = answer.unwrap_or_else(success);
+                leader.publish(answer.clone());
+                info!(dedupe_key = %key, outcome = "duplicate", "resend of a stored callback");
+                return Ok(answer);
+            }
+            Accepted::New { callback, jobs } => (callback, jobs),
+        };
+        let mut relay_job = None;
+        for (target, id) in matched.iter().zip(&job_ids) {
+            match &relay {
+                Some((primary, _)) if Arc::ptr_eq(target, primary) => relay_job = Some(*id),
+                _ => target.wake.notify_one(),
+            }
+        }
+        let relayed = match (relay, relay_job) {
+            (Some((primary, permit)), Some(job_id)) => {
+                let job = Job {
+                    id: job_id,
+                    callback,
+                    key: primary.key.clone(),
+                    attempts: 0,
+                    request: replay,
+                };
+                self.relay(primary, permit, job, deadline).await
+            }
+            _ => None,
+        };
+        let target_names: Vec<&str> = matched.iter().map(|t| &*t.key.target).collect();
+        info!(
+            msg_type = envelope.msg_type.as_deref().unwrap_or("-"),
+            event = envelope.event.as_deref().unwrap_or("-"),
+            dedupe_key = %key,
+            targets = ?target_names,
+            outcome = "accepted",
+            answer = if relayed.is_some() { "relayed" } else { "success" },
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "callback"
+        );
+        let answer = match relayed {
+            Some(answer) => {
+                leader.publish(answer.clone());
+                // Keep leading until the answer is saved, so no resend can miss it.
+                let store = self.store.clone();
+                let saved = answer.clone();
+                self.tasks.spawn(async move {
+                    if let Err(e) = store.save_answer(callback, saved).await {
+                        warn!(error = %e, "could not save the relayed answer; a late resend will get success");
+                    }
+                    drop(leader);
+                });
+                answer
+            }
+            None => {
+                let answer = success();
+                leader.publish(answer.clone());
+                answer
+            }
+        };
+        Ok(answer)
+    }
+
+    /// Sends the primary's job now and waits for its answer until `deadline`; the attempt goes on
+    /// (and is recorded) past the deadline, like any delivery.
+    async fn relay(
+        &self,
+        target: Arc<Target>,
+        permit: OwnedSemaphorePermit,
+        job: Job,
+        deadline: Instant,
+    ) -> Option<Answer> {
+        let (reply, answer) = oneshot::channel();
+        let store = self.store.clone();
+        let downstream = self.downstream.clone();
+        self.tasks.spawn(
+            async move {
+                let attempt = downstream.attempt(&target, &job).await;
+                drop(permit);
+                let _ = reply.send(attempt.reply.clone());
+                let report = attempt.report(&target, &job, now_ms());
+                crate::downstream::log_attempt(&target, &job, &attempt, &report);
+                if let Err(e) = store.record(report).await {
+                    error!(error = %e, "could not record a primary attempt; it will be retried after a restart");
+                }
+                // A retry is now scheduled: let the target's worker see when it is due.
+                target.wake.notify_one();
+            }
+            .in_current_span(),
+        );
+        match tokio::time::timeout_at(deadline.into(), answer).await {
+            Ok(Ok(Some((content_type, body)))) => Some(Answer { content_type, body }),
+            Ok(_) => None,
+            Err(_) => {
+                debug!("primary did not answer before the reply deadline");
+                None
+            }
+        }
+    }
+}
+
+/// Serves `listener` until `shutdown` fires, then lets open connections finish within `grace`.
+pub async fn serve(
+    listener: TcpListener,
+    ingress: Arc<Ingress>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(ingress.settings.header_read_timeout_ms.duration())
+        .keep_alive(true);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(connection) => connection,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let ingress = ingress.clone();
+        let service = service_fn(move |request| {
+            let ingress = ingress.clone();
+            async move { Ok::<_, Infallible>(ingress.handle(request).await) }
+        });
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!("connections still open after the grace period; closing them");
+    }
+}
+
+/// `/wechat/{id}` (a trailing slash allowed) → `id`.
+fn account_id(path: &str) -> Option<&str> {
+    let id = path.strip_prefix("/wechat/")?;
+    let id = id.strip_suffix('/').unwrap_or(id);
+    (!id.is_empty() && !id.contains('/')).then_some(id)
+}
+
+fn check_freshness(timestamp: Option<&str>, max_skew_secs: u64) -> Result<(), Rejection> {
+    let sent: i64 = timestamp
+        .and_then(|t| t.parse().ok())
+        .ok_or(Rejection::StaleTimestamp)?;
+    let now = now_ms() / 1000;
+    if sent.abs_diff(now) > max_skew_secs {
+        return Err(Rejection::StaleTimestamp);
+    }
+    Ok(())
+}
+
+fn success() -> Answer {
+    Answer {
+        content_type: Some(TEXT_PLAIN.to_owned()),
+        body: Bytes::from_static(SUCCESS),
+    }
+}
+
+fn answer_response(answer: &Answer) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(answer.body.clone()));
+    if let Some(value) = answer
+        .content_type
+        .as_deref()
+        .and_then(|v| http::HeaderValue::from_str(v).ok())
+    {
+        response.headers_mut().insert(CONTENT_TYPE, value);
+    }
+    response
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, http::HeaderValue::from_static(TEXT_PLAIN));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_paths() {
+        assert_eq!(account_id("/wechat/main"), Some("main"));
+        assert_eq!(account_id("/wechat/main/"), Some("main"));
+        assert_eq!(account_id("/wechat/"), None);
+        assert_eq!(account_id("/wechat/a/b"), None);
+        assert_eq!(account_id("/other/main"), None);
+    }
+}

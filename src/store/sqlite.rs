@@ -1,0 +1,455 @@
+//! The embedded default store: one SQLite file in WAL mode, written by one thread.
+//!
+//! Every operation is a command sent to the writer thread, which takes whatever has queued up
+//! (up to [`MAX_BATCH`]) and runs it in one transaction, then answers all of them. Under load one
+//! disk flush thus covers many callbacks (group commit); when idle, a lone callback commits at
+//! once. Answers are sent only after the commit, so "accepted" always means "on disk".
+//!
+//! The file belongs to one process at a time (a lock file next to it says so), which is what makes
+//! it safe to turn jobs left in flight by a crash back into due jobs on open.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    Accepted, Answer, AttemptReport, CallbackId, Disposition, Job, NewCallback, Replay, Store,
+    StoreError, TargetKey,
+};
+use crate::config::Synchronous;
+
+/// Most commands in one transaction: bounds the latency a large group adds to its first member.
+const MAX_BATCH: usize = 1024;
+/// Commands waiting for the writer; senders wait when it is full (backpressure on ingress).
+const QUEUE: usize = 8192;
+
+const PENDING: i64 = 0;
+const IN_FLIGHT: i64 = 1;
+const DEAD: i64 = 3;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS callbacks (
+    id INTEGER PRIMARY KEY,
+    account TEXT NOT NULL,
+    dedupe_key TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    msg_type TEXT,
+    event TEXT,
+    query TEXT NOT NULL,
+    content_type TEXT,
+    body BLOB NOT NULL,
+    answer_type TEXT,
+    answer BLOB,
+    UNIQUE (account, dedupe_key)
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    callback_id INTEGER NOT NULL,
+    account TEXT NOT NULL,
+    target TEXT NOT NULL,
+    state INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    last_status INTEGER,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs (account, target, next_at) WHERE state = 0;
+CREATE INDEX IF NOT EXISTS jobs_by_callback ON jobs (callback_id);
+CREATE TABLE IF NOT EXISTS attempts (
+    job_id INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    status INTEGER,
+    error TEXT,
+    PRIMARY KEY (job_id, attempt)
+) WITHOUT ROWID;
+";
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+enum Command {
+    Accept(NewCallback, Reply<Accepted>),
+    SaveAnswer(CallbackId, Answer, Reply<()>),
+    Lease(TargetKey, i64, usize, Reply<Vec<Job>>),
+    NextDue(TargetKey, Reply<Option<i64>>),
+    Record(AttemptReport, Reply<()>),
+    Purge(i64, Reply<u64>),
+    Check(Reply<()>),
+}
+
+/// A finished command waiting for the commit before its answer is sent.
+enum Done {
+    Accept(Reply<Accepted>, Result<Accepted, StoreError>),
+    Unit(Reply<()>, Result<(), StoreError>),
+    Lease(Reply<Vec<Job>>, Result<Vec<Job>, StoreError>),
+    NextDue(Reply<Option<i64>>, Result<Option<i64>, StoreError>),
+    Count(Reply<u64>, Result<u64, StoreError>),
+}
+
+impl Done {
+    fn send(self, commit: &Result<(), String>) {
+        fn finish<T>(reply: Reply<T>, result: Result<T, StoreError>, commit: &Result<(), String>) {
+            let result = match commit {
+                Ok(()) => result,
+                Err(e) => Err(StoreError::Other(format!("commit failed: {e}"))),
+            };
+            // The requester may have gone away (client disconnected); nothing to do then.
+            let _ = reply.send(result);
+        }
+        match self {
+            Done::Accept(r, v) => finish(r, v, commit),
+            Done::Unit(r, v) => finish(r, v, commit),
+            Done::Lease(r, v) => finish(r, v, commit),
+            Done::NextDue(r, v) => finish(r, v, commit),
+            Done::Count(r, v) => finish(r, v, commit),
+        }
+    }
+}
+
+/// The SQLite store. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct SqliteStore {
+    commands: mpsc::Sender<Command>,
+    path: PathBuf,
+    /// Held for the life of the store: the exclusive lock on `<path>.lock`.
+    _lock: File,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path`, takes its lock, and returns jobs left in
+    /// flight by a previous run to the due queue.
+    pub fn open(path: &Path, synchronous: Synchronous) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let lock_path = lock_path(path);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)?;
+        lock.try_lock().map_err(|_| {
+            StoreError::Other(format!(
+                "{} is in use by another wechat-fanout process",
+                path.display()
+            ))
+        })?;
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let sync = match synchronous {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", sync)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        // Single owner (the lock above): whatever was in flight died with the previous process.
+        conn.execute(
+            "UPDATE jobs SET state = ?1 WHERE state = ?2",
+            params![PENDING, IN_FLIGHT],
+        )?;
+        let (commands, receiver) = mpsc::channel(QUEUE);
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || Writer { conn }.run(receiver))?;
+        Ok(SqliteStore {
+            commands,
+            path: path.to_path_buf(),
+            _lock: lock,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(make(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn accept(&self, callback: NewCallback) -> Result<Accepted, StoreError> {
+        self.call(|r| Command::Accept(callback, r)).await
+    }
+
+    async fn save_answer(&self, callback: CallbackId, answer: Answer) -> Result<(), StoreError> {
+        self.call(|r| Command::SaveAnswer(callback, answer, r))
+            .await
+    }
+
+    async fn lease_due(
+        &self,
+        key: &TargetKey,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        self.call(|r| Command::Lease(key.clone(), now_ms, limit, r))
+            .await
+    }
+
+    async fn next_due(&self, key: &TargetKey) -> Result<Option<i64>, StoreError> {
+        self.call(|r| Command::NextDue(key.clone(), r)).await
+    }
+
+    async fn record(&self, report: AttemptReport) -> Result<(), StoreError> {
+        self.call(|r| Command::Record(report, r)).await
+    }
+
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        self.call(Command::Check).await
+    }
+
+    async fn purge_delivered(&self, older_than_ms: i64) -> Result<u64, StoreError> {
+        self.call(|r| Command::Purge(older_than_ms, r)).await
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        // Commands run in order, so an empty transaction after them commits after them.
+        self.call(Command::Check).await
+    }
+}
+
+struct Writer {
+    conn: Connection,
+}
+
+impl Writer {
+    fn run(mut self, mut receiver: mpsc::Receiver<Command>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut done = Vec::with_capacity(MAX_BATCH);
+        while let Some(first) = receiver.blocking_recv() {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match receiver.try_recv() {
+                    Ok(command) => batch.push(command),
+                    Err(_) => break,
+                }
+            }
+            let commit = self.run_batch(&mut batch, &mut done);
+            for finished in done.drain(..) {
+                finished.send(&commit);
+            }
+        }
+    }
+
+    fn run_batch(&mut self, batch: &mut Vec<Command>, done: &mut Vec<Done>) -> Result<(), String> {
+        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+            let message = e.to_string();
+            for command in batch.drain(..) {
+                done.push(self.fail(command, &message));
+            }
+            return Err(message);
+        }
+        for command in batch.drain(..) {
+            done.push(self.execute(command));
+        }
+        match self.conn.execute_batch("COMMIT") {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e.to_string())
+            }
+        }
+    }
+
+    fn fail(&self, command: Command, message: &str) -> Done {
+        fn err<T>(message: &str) -> Result<T, StoreError> {
+            Err(StoreError::Other(message.to_owned()))
+        }
+        match command {
+            Command::Accept(_, r) => Done::Accept(r, err(message)),
+            Command::SaveAnswer(_, _, r) | Command::Record(_, r) | Command::Check(r) => {
+                Done::Unit(r, err(message))
+            }
+            Command::Lease(_, _, _, r) => Done::Lease(r, err(message)),
+            Command::NextDue(_, r) => Done::NextDue(r, err(message)),
+            Command::Purge(_, r) => Done::Count(r, err(message)),
+        }
+    }
+
+    fn execute(&mut self, command: Command) -> Done {
+        match command {
+            Command::Accept(callback, r) => Done::Accept(r, self.accept(&callback)),
+            Command::SaveAnswer(id, answer, r) => Done::Unit(r, self.save_answer(id, &answer)),
+            Command::Lease(key, now, limit, r) => Done::Lease(r, self.lease(&key, now, limit)),
+            Command::NextDue(key, r) => Done::NextDue(r, self.next_due(&key)),
+            Command::Record(report, r) => Done::Unit(r, self.record(&report)),
+            Command::Purge(before, r) => Done::Count(r, self.purge(before)),
+            // A write that touches nothing still needs the transaction to commit.
+            Command::Check(r) => Done::Unit(r, Ok(())),
+        }
+    }
+
+    fn accept(&mut self, callback: &NewCallback) -> Result<Accepted, StoreError> {
+        let request = &callback.request;
+        let inserted: Option<CallbackId> = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO callbacks (account, dedupe_key, received_at, msg_type, event, query, content_type, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (account, dedupe_key) DO NOTHING RETURNING id",
+            )?
+            .query_row(
+                params![
+                    &*callback.account,
+                    callback.dedupe_key,
+                    callback.received_at_ms,
+                    callback.msg_type,
+                    callback.event,
+                    request.query,
+                    request.content_type,
+                    &request.body[..],
+                ],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let Some(id) = inserted else {
+            let (id, answer_type, answer): (CallbackId, Option<String>, Option<Vec<u8>>) = self
+                .conn
+                .prepare_cached("SELECT id, answer_type, answer FROM callbacks WHERE account = ?1 AND dedupe_key = ?2")?
+                .query_row(params![&*callback.account, callback.dedupe_key], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })?;
+            let answer = answer.map(|body| Answer {
+                content_type: answer_type,
+                body: Bytes::from(body),
+            });
+            return Ok(Accepted::Duplicate {
+                callback: id,
+                answer,
+            });
+        };
+        let mut insert_job = self.conn.prepare_cached(
+            "INSERT INTO jobs (callback_id, account, target, state, attempts, next_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5)",
+        )?;
+        let mut jobs = Vec::with_capacity(callback.jobs.len());
+        for job in &callback.jobs {
+            let state = if job.leased { IN_FLIGHT } else { PENDING };
+            insert_job.execute(params![
+                id,
+                &*callback.account,
+                &*job.target,
+                state,
+                callback.received_at_ms
+            ])?;
+            jobs.push(self.conn.last_insert_rowid());
+        }
+        Ok(Accepted::New { callback: id, jobs })
+    }
+
+    fn save_answer(&mut self, id: CallbackId, answer: &Answer) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("UPDATE callbacks SET answer_type = ?2, answer = ?3 WHERE id = ?1")?
+            .execute(params![id, answer.content_type, &answer.body[..]])?;
+        Ok(())
+    }
+
+    fn lease(&mut self, key: &TargetKey, now: i64, limit: usize) -> Result<Vec<Job>, StoreError> {
+        let mut select = self.conn.prepare_cached(
+            "SELECT j.id, j.callback_id, j.attempts, c.query, c.content_type, c.body
+             FROM jobs j JOIN callbacks c ON c.id = j.callback_id
+             WHERE j.account = ?1 AND j.target = ?2 AND j.state = 0 AND j.next_at <= ?3
+             ORDER BY j.next_at LIMIT ?4",
+        )?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let jobs = select
+            .query_map(params![&*key.account, &*key.target, now, limit], |row| {
+                Ok(Job {
+                    id: row.get(0)?,
+                    callback: row.get(1)?,
+                    key: key.clone(),
+                    attempts: row.get(2)?,
+                    request: Arc::new(Replay {
+                        query: row.get(3)?,
+                        content_type: row.get(4)?,
+                        body: Bytes::from(row.get::<_, Vec<u8>>(5)?),
+                    }),
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        drop(select);
+        let mut mark = self
+            .conn
+            .prepare_cached("UPDATE jobs SET state = ?2 WHERE id = ?1")?;
+        for job in &jobs {
+            mark.execute(params![job.id, IN_FLIGHT])?;
+        }
+        Ok(jobs)
+    }
+
+    fn next_due(&mut self, key: &TargetKey) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT MIN(next_at) FROM jobs WHERE account = ?1 AND target = ?2 AND state = 0",
+            )?
+            .query_row(params![&*key.account, &*key.target], |row| row.get(0))?)
+    }
+
+    fn record(&mut self, report: &AttemptReport) -> Result<(), StoreError> {
+        let (state, next_at) = match report.disposition {
+            Disposition::Delivered => {
+                self.conn
+                    .prepare_cached("DELETE FROM jobs WHERE id = ?1")?
+                    .execute(params![report.job])?;
+                return Ok(());
+            }
+            Disposition::RetryAt(at) => (PENDING, at),
+            Disposition::Dead => (DEAD, report.at_ms),
+        };
+        self.conn
+            .prepare_cached(
+                "UPDATE jobs SET state = ?2, attempts = ?3, next_at = ?4, updated_at = ?5, last_status = ?6, last_error = ?7
+                 WHERE id = ?1",
+            )?
+            .execute(params![
+                report.job,
+                state,
+                report.attempt,
+                next_at,
+                report.at_ms,
+                report.status,
+                report.error
+            ])?;
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO attempts (job_id, attempt, at, status, error) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![report.job, report.attempt, report.at_ms, report.status, report.error])?;
+        Ok(())
+    }
+
+    fn purge(&mut self, before: i64) -> Result<u64, StoreError> {
+        let deleted = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM callbacks WHERE id IN (
+                    SELECT c.id FROM callbacks c
+                    WHERE c.received_at < ?1 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.callback_id = c.id)
+                    LIMIT 10000)",
+            )?
+            .execute(params![before])?;
+        Ok(deleted as u64)
+    }
+}

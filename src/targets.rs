@@ -1,0 +1,167 @@
+//! The routing table: accounts and their targets, built once from the config so that a request
+//! needs one hash lookup and no parsing of settings.
+//!
+//! Each [`Target`] also carries what ingress and delivery share at run time: the bound on
+//! requests in flight (a semaphore: the primary relay takes from the same budget) and the bell
+//! that tells the target's worker new jobs are due.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::{Notify, Semaphore};
+
+use crate::config::{Config, ConfigError, TargetSettings};
+use crate::store::TargetKey;
+use crate::wechat::{Credentials, Envelope};
+
+#[derive(Debug)]
+pub struct Routes {
+    accounts: HashMap<String, Arc<Account>>,
+}
+
+#[derive(Debug)]
+pub struct Account {
+    pub id: Arc<str>,
+    pub credentials: Credentials,
+    pub targets: Vec<Arc<Target>>,
+    /// The target whose answer becomes the passive reply.
+    pub primary: Option<Arc<Target>>,
+}
+
+#[derive(Debug)]
+pub struct Target {
+    pub key: TargetKey,
+    /// The target's URL; the callback's query string is appended to it.
+    pub url: String,
+    pub settings: TargetSettings,
+    filter: Filter,
+    /// Requests in flight to this target, at most `settings.max_concurrency`.
+    pub permits: Arc<Semaphore>,
+    /// Rung when jobs for this target are stored as due.
+    pub wake: Arc<Notify>,
+}
+
+/// Lower-cased allow lists; `None` lets everything through.
+#[derive(Debug, Default)]
+struct Filter {
+    msg_types: Option<Vec<String>>,
+    events: Option<Vec<String>>,
+}
+
+impl Routes {
+    pub fn from_config(config: &Config) -> Result<Routes, ConfigError> {
+        let mut accounts = HashMap::with_capacity(config.accounts.len());
+        for (i, account) in config.accounts.iter().enumerate() {
+            let credentials = account.credentials(&format!("accounts[{i}]"))?;
+            let id: Arc<str> = Arc::from(account.id.as_str());
+            let lower = |list: &Option<Vec<String>>| {
+                list.as_ref()
+                    .map(|l| l.iter().map(|s| s.to_ascii_lowercase()).collect())
+            };
+            let targets: Vec<Arc<Target>> = account
+                .targets
+                .iter()
+                .map(|t| {
+                    let settings = t.settings(&config.target_defaults);
+                    Arc::new(Target {
+                        key: TargetKey {
+                            account: id.clone(),
+                            target: Arc::from(t.name.as_str()),
+                        },
+                        url: t.url.to_string(),
+                        permits: Arc::new(Semaphore::new(settings.max_concurrency)),
+                        settings,
+                        filter: Filter {
+                            msg_types: lower(&t.msg_types),
+                            events: lower(&t.events),
+                        },
+                        wake: Arc::new(Notify::new()),
+                    })
+                })
+                .collect();
+            let primary = account
+                .primary
+                .as_deref()
+                .and_then(|name| targets.iter().find(|t| &*t.key.target == name).cloned());
+            accounts.insert(
+                account.id.clone(),
+                Arc::new(Account {
+                    id,
+                    credentials,
+                    targets,
+                    primary,
+                }),
+            );
+        }
+        Ok(Routes { accounts })
+    }
+
+    pub fn account(&self, id: &str) -> Option<&Arc<Account>> {
+        self.accounts.get(id)
+    }
+
+    /// Every target of every account.
+    pub fn targets(&self) -> impl Iterator<Item = &Arc<Target>> {
+        self.accounts.values().flat_map(|a| a.targets.iter())
+    }
+}
+
+impl Target {
+    /// Does this target want this callback? `MsgType` and `Event` compare ignoring ASCII case;
+    /// the event filter applies to events only.
+    pub fn accepts(&self, envelope: &Envelope) -> bool {
+        let listed = |list: &[String], value: Option<&str>| {
+            value.is_some_and(|v| list.iter().any(|item| item.eq_ignore_ascii_case(v)))
+        };
+        if let Some(types) = &self.filter.msg_types
+            && !listed(types, envelope.msg_type.as_deref())
+        {
+            return false;
+        }
+        if let Some(events) = &self.filter.events
+            && envelope.is_msg_type("event")
+            && !listed(events, envelope.event.as_deref())
+        {
+            return false;
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_by_type_and_event_ignoring_case() {
+        let config = Config::from_toml(
+            r#"
+            [[accounts]]
+            id = "a"
+            kind = "official_account"
+            token = "t"
+            [[accounts.targets]]
+            name = "all"
+            url = "http://127.0.0.1:1/"
+            [[accounts.targets]]
+            name = "subs"
+            url = "http://127.0.0.1:2/"
+            msg_types = ["TEXT", "event"]
+            events = ["subscribe", "SCAN"]
+            "#,
+        )
+        .unwrap();
+        let routes = Routes::from_config(&config).unwrap();
+        let account = routes.account("a").unwrap();
+        let env = |xml: &str| Envelope::parse(xml.as_bytes()).unwrap();
+        let (all, subs) = (&account.targets[0], &account.targets[1]);
+        let text = env("<xml><MsgType>text</MsgType></xml>");
+        let scan = env("<xml><MsgType>event</MsgType><Event>scan</Event></xml>");
+        let click = env("<xml><MsgType>event</MsgType><Event>CLICK</Event></xml>");
+        let image = env("<xml><MsgType>image</MsgType></xml>");
+        assert!(all.accepts(&click) && all.accepts(&image));
+        assert!(subs.accepts(&text) && subs.accepts(&scan));
+        assert!(!subs.accepts(&click) && !subs.accepts(&image));
+        assert!(account.primary.is_none());
+    }
+}
