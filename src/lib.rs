@@ -23,6 +23,7 @@ pub mod error;
 pub mod ingress;
 pub mod retry;
 pub mod shutdown;
+pub mod simulate;
 pub mod store;
 pub mod targets;
 pub mod telemetry;

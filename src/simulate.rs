@@ -1,0 +1,1 @@
+//! Simulated WeChat callbacks (being written).
