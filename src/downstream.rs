@@ -12,8 +12,11 @@ use std::time::{Duration, SystemTime};
 use bytes::{Bytes, BytesMut};
 use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 
+use std::sync::Arc;
+
+use crate::metrics::Metrics;
 use crate::retry::{self, Verdict};
-use crate::store::{AttemptReport, Disposition, Job};
+use crate::store::{AttemptReport, Disposition, Job, Store};
 use crate::targets::Target;
 
 /// Names the delivery (the job id): the same for every attempt of one delivery.
@@ -40,10 +43,11 @@ pub struct Attempt {
 #[derive(Debug, Clone)]
 pub struct Downstream {
     client: reqwest::Client,
+    metrics: Arc<Metrics>,
 }
 
 impl Downstream {
-    pub fn new() -> Result<Downstream, reqwest::Error> {
+    pub fn new(metrics: Arc<Metrics>) -> Result<Downstream, reqwest::Error> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
@@ -51,7 +55,7 @@ impl Downstream {
             .pool_idle_timeout(Duration::from_secs(60))
             .user_agent(concat!("wechat-fanout/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Downstream { client })
+        Ok(Downstream { client, metrics })
     }
 
     /// Sends `job` to `target` once, within the target's timeout.
@@ -131,16 +135,15 @@ impl Downstream {
 impl Attempt {
     /// What the store should record for this attempt of `job`.
     pub fn report(&self, target: &Target, job: &Job, now_ms: i64) -> AttemptReport {
-        let attempt = job.attempts + 1;
         AttemptReport {
             job: job.id,
-            attempt,
+            attempt: job.attempts + 1,
             at_ms: now_ms,
             status: self.status,
             error: self.error.clone(),
             disposition: retry::disposition(
                 &target.settings,
-                attempt,
+                job.attempt_in_round(),
                 self.verdict,
                 now_ms,
                 rand::random(),
@@ -149,37 +152,58 @@ impl Attempt {
     }
 }
 
-/// One log line per attempt: the delivery outcome.
-pub fn log_attempt(target: &Target, job: &Job, attempt: &Attempt, report: &AttemptReport) {
-    let outcome = match report.disposition {
-        Disposition::Delivered => "delivered",
-        Disposition::RetryAt(_) => "retry",
-        Disposition::Dead => "dead",
-    };
-    let elapsed_ms = attempt.elapsed.as_millis() as u64;
-    let (account, name) = (&*target.key.account, &*target.key.target);
-    match report.disposition {
-        Disposition::Delivered => tracing::info!(
-            account,
-            target = name,
-            delivery = job.id,
-            attempt = report.attempt,
-            status = attempt.status,
-            elapsed_ms,
-            outcome,
-            "delivery"
-        ),
-        _ => tracing::warn!(
-            account,
-            target = name,
-            delivery = job.id,
-            attempt = report.attempt,
-            status = attempt.status,
-            error = attempt.error.as_deref().unwrap_or("-"),
-            elapsed_ms,
-            outcome,
-            "delivery"
-        ),
+impl Downstream {
+    /// Ends an attempt the same way for the primary relay and the workers: decides what becomes
+    /// of the job, logs one line, counts it, and records it in the store.
+    pub async fn finish(
+        &self,
+        store: &dyn Store,
+        target: &Target,
+        job: &Job,
+        attempt: &Attempt,
+    ) -> Disposition {
+        let report = attempt.report(target, job, now_ms());
+        let disposition = report.disposition;
+        let result = match disposition {
+            Disposition::Delivered => "delivered",
+            Disposition::RetryAt(_) => "retry",
+            Disposition::Dead => "dead",
+        };
+        let elapsed = attempt.elapsed;
+        let (account, name) = (&*target.key.account, &*target.key.target);
+        let elapsed_ms = elapsed.as_millis() as u64;
+        if disposition == Disposition::Delivered {
+            tracing::info!(
+                account,
+                target = name,
+                callback = job.callback,
+                delivery = job.id,
+                attempt = report.attempt,
+                status = attempt.status,
+                elapsed_ms,
+                outcome = result,
+                "delivery"
+            );
+        } else {
+            tracing::warn!(
+                account,
+                target = name,
+                callback = job.callback,
+                delivery = job.id,
+                attempt = report.attempt,
+                status = attempt.status,
+                error = attempt.error.as_deref().unwrap_or("-"),
+                elapsed_ms,
+                outcome = result,
+                "delivery"
+            );
+        }
+        self.metrics
+            .attempt(account, name, result, elapsed.as_secs_f64());
+        if let Err(e) = store.record(report).await {
+            tracing::error!(delivery = job.id, error = %e, "could not record an attempt; it will be sent again after a restart");
+        }
+        disposition
     }
 }
 

@@ -21,6 +21,7 @@ pub mod delivery;
 pub mod downstream;
 pub mod error;
 pub mod ingress;
+pub mod metrics;
 pub mod retry;
 pub mod shutdown;
 pub mod simulate;
@@ -42,6 +43,7 @@ use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::downstream::{Downstream, now_ms};
 use crate::ingress::Ingress;
+use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::targets::Routes;
 
@@ -58,7 +60,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let routes = Arc::new(ArcSwap::from_pointee(Routes::from_config(&config)?));
-    let downstream = Downstream::new()?;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    let downstream = Downstream::new(metrics.clone())?;
     let tasks = TaskTracker::new();
     let grace = config.server.shutdown_grace_ms.duration();
 
@@ -87,6 +91,7 @@ pub async fn run(
         downstream,
         config.server.clone(),
         tasks.clone(),
+        metrics,
     ));
     info!(address = %listener.local_addr()?, "listening for WeChat callbacks");
     ingress::serve(listener, ingress, shutdown, grace).await;

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info_span};
 
-use crate::downstream::{Downstream, log_attempt, now_ms};
+use crate::downstream::{Downstream, now_ms};
 use crate::store::{Disposition, Job, Store};
 use crate::targets::Target;
 
@@ -115,13 +115,11 @@ impl Delivery {
     async fn deliver(self, target: Arc<Target>, job: Job, permit: OwnedSemaphorePermit) {
         let attempt = self.downstream.attempt(&target, &job).await;
         drop(permit);
-        let report = attempt.report(&target, &job, now_ms());
-        log_attempt(&target, &job, &attempt, &report);
-        let retry = matches!(report.disposition, Disposition::RetryAt(_));
-        if let Err(e) = self.store.record(report).await {
-            error!(delivery = job.id, error = %e, "could not record an attempt; it will be sent again after a restart");
-        }
-        if retry {
+        let disposition = self
+            .downstream
+            .finish(&*self.store, &target, &job, &attempt)
+            .await;
+        if matches!(disposition, Disposition::RetryAt(_)) {
             // The worker may be asleep for a whole poll interval; let it see the new due time.
             target.wake.notify_one();
         }

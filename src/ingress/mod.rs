@@ -32,8 +32,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::config::ServerConfig;
-use crate::downstream::{Downstream, now_ms};
+use crate::downstream::{Attempt, Downstream, now_ms};
 use crate::error::{Level, Rejection};
+use crate::metrics::{CallbackOutcome, Metrics};
 use crate::store::{Accepted, Answer, Job, NewCallback, NewJob, Replay, Store};
 use crate::targets::{Account, Routes, Target};
 use crate::wechat::{CallbackQuery, Envelope, dedupe_key, open_callback, verify_url};
@@ -51,6 +52,7 @@ pub struct Ingress {
     resends: Arc<Resends>,
     /// Primary attempts that outlive their request, and answers being saved.
     tasks: TaskTracker,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Ingress {
@@ -68,6 +70,7 @@ impl Ingress {
         downstream: Downstream,
         settings: ServerConfig,
         tasks: TaskTracker,
+        metrics: Arc<Metrics>,
     ) -> Ingress {
         Ingress {
             routes,
@@ -76,6 +79,7 @@ impl Ingress {
             settings,
             resends: Arc::default(),
             tasks,
+            metrics,
         }
     }
 
@@ -86,8 +90,15 @@ impl Ingress {
         match self.route(request, started).await {
             Ok(response) => response,
             Err(rejection) => {
-                let account = account.as_deref().unwrap_or("-");
                 let reason = rejection.reason();
+                // An unknown id is the caller's text: never a metric label (unbounded cardinality).
+                let label = match rejection {
+                    Rejection::UnknownAccount => "",
+                    _ => account.as_deref().unwrap_or(""),
+                };
+                self.metrics
+                    .callback(label, CallbackOutcome::Rejected(reason));
+                let account = account.as_deref().unwrap_or("-");
                 match rejection.level() {
                     Level::Info => info!(account, %method, reason, error = %rejection, "rejected"),
                     Level::Warn => warn!(account, %method, reason, error = %rejection, "rejected"),
@@ -205,6 +216,10 @@ impl Ingress {
                 return match answer {
                     Ok(Some(answer)) => {
                         info!(dedupe_key = %key, outcome = "duplicate", "resend answered like its first copy");
+                        self.metrics
+                            .callback(&account.id, CallbackOutcome::Duplicate);
+                        self.metrics
+                            .answered(&account.id, started.elapsed().as_secs_f64());
                         Ok(answer)
                     }
                     // Not stored (yet): make WeChat try again rather than claim success.
@@ -250,6 +265,10 @@ impl Ingress {
                 let answer = answer.unwrap_or_else(success);
                 leader.publish(answer.clone());
                 info!(dedupe_key = %key, outcome = "duplicate", "resend of a stored callback");
+                self.metrics
+                    .callback(&account.id, CallbackOutcome::Duplicate);
+                self.metrics
+                    .answered(&account.id, started.elapsed().as_secs_f64());
                 return Ok(answer);
             }
             Accepted::New { callback, jobs } => (callback, jobs),
@@ -268,11 +287,22 @@ impl Ingress {
                     callback,
                     key: primary.key.clone(),
                     attempts: 0,
+                    retry_base: 0,
                     request: replay,
                 };
                 self.relay(primary, permit, job, deadline).await
             }
-            _ => None,
+            (Some(_), None) => None,
+            (None, _) => {
+                if account
+                    .primary
+                    .as_ref()
+                    .is_some_and(|p| matched.iter().any(|t| Arc::ptr_eq(t, p)))
+                {
+                    self.metrics.primary(&account.id, "skipped");
+                }
+                None
+            }
         };
         let target_names: Vec<&str> = matched.iter().map(|t| &*t.key.target).collect();
         info!(
@@ -305,6 +335,10 @@ impl Ingress {
                 answer
             }
         };
+        self.metrics
+            .callback(&account.id, CallbackOutcome::Accepted);
+        self.metrics
+            .answered(&account.id, started.elapsed().as_secs_f64());
         Ok(answer)
     }
 
@@ -317,6 +351,7 @@ impl Ingress {
         job: Job,
         deadline: Instant,
     ) -> Option<Answer> {
+        let account = target.key.account.clone();
         let (reply, answer) = oneshot::channel();
         let store = self.store.clone();
         let downstream = self.downstream.clone();
@@ -324,25 +359,26 @@ impl Ingress {
             async move {
                 let attempt = downstream.attempt(&target, &job).await;
                 drop(permit);
-                let _ = reply.send(attempt.reply.clone());
-                let report = attempt.report(&target, &job, now_ms());
-                crate::downstream::log_attempt(&target, &job, &attempt, &report);
-                if let Err(e) = store.record(report).await {
-                    error!(error = %e, "could not record a primary attempt; it will be retried after a restart");
-                }
-                // A retry is now scheduled: let the target's worker see when it is due.
+                let _ = reply.send(attempt.clone());
+                downstream.finish(&*store, &target, &job, &attempt).await;
+                // A retry may now be scheduled: let the target's worker see when it is due.
                 target.wake.notify_one();
             }
             .in_current_span(),
         );
-        match tokio::time::timeout_at(deadline.into(), answer).await {
-            Ok(Ok(Some((content_type, body)))) => Some(Answer { content_type, body }),
-            Ok(_) => None,
+        let (outcome, answer) = match tokio::time::timeout_at(deadline.into(), answer).await {
+            Ok(Ok(Attempt {
+                reply: Some((content_type, body)),
+                ..
+            })) => ("relayed", Some(Answer { content_type, body })),
+            Ok(_) => ("failed", None),
             Err(_) => {
                 debug!("primary did not answer before the reply deadline");
-                None
+                ("timed_out", None)
             }
-        }
+        };
+        self.metrics.primary(&account, outcome);
+        answer
     }
 }
 

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 mod sqlite;
 
@@ -88,9 +89,76 @@ pub struct Job {
     pub id: JobId,
     pub callback: CallbackId,
     pub key: TargetKey,
-    /// Attempts made before this one.
+    /// Attempts made before this one, over the job's whole life.
     pub attempts: u32,
+    /// `attempts` when the job was last replayed from the dead letters: a replay gets a fresh
+    /// allowance of `max_attempts`, while attempt numbers keep counting.
+    pub retry_base: u32,
     pub request: Arc<Replay>,
+}
+
+impl Job {
+    /// This attempt's number within the current allowance (from 1).
+    pub fn attempt_in_round(&self) -> u32 {
+        (self.attempts + 1).saturating_sub(self.retry_base)
+    }
+}
+
+/// How many jobs one target has, by state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueueDepth {
+    pub account: String,
+    pub target: String,
+    pub pending: i64,
+    pub in_flight: i64,
+    pub dead: i64,
+}
+
+/// Which dead letters an operation applies to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterFilter {
+    pub account: Option<String>,
+    pub target: Option<String>,
+    /// Died at or after this time (Unix ms).
+    pub since_ms: Option<i64>,
+    /// Died before this time (Unix ms).
+    pub until_ms: Option<i64>,
+    /// At most this many (listing only; default 100).
+    pub limit: Option<usize>,
+}
+
+/// A dead letter as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeadLetter {
+    pub id: JobId,
+    pub callback: CallbackId,
+    pub account: String,
+    pub target: String,
+    pub msg_type: Option<String>,
+    pub event: Option<String>,
+    pub received_at_ms: i64,
+    pub died_at_ms: i64,
+    pub attempts: u32,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+}
+
+/// One failed attempt of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub at_ms: i64,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+}
+
+/// A dead letter with what it would send and every failed attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterDetail {
+    pub letter: DeadLetter,
+    pub request: Replay,
+    pub attempts: Vec<AttemptRecord>,
 }
 
 /// What became of a job after an attempt.
@@ -161,4 +229,29 @@ pub trait Store: Send + Sync + 'static {
 
     /// Waits until everything queued before this call is committed.
     async fn flush(&self) -> Result<(), StoreError>;
+
+    /// Jobs per target and state, for metrics.
+    async fn queue_depths(&self) -> Result<Vec<QueueDepth>, StoreError>;
+
+    /// Dead letters matching `filter`, most recent death first.
+    async fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// One dead letter with its request and attempts; `None` if `id` is not a dead letter.
+    async fn dead_letter(&self, id: JobId) -> Result<Option<DeadLetterDetail>, StoreError>;
+
+    /// Makes dead letters due again at `now_ms` with a fresh allowance of attempts: the one with
+    /// `id`, or all matching `filter`. Returns the targets affected (one entry per job).
+    async fn replay_dead(
+        &self,
+        id: Option<JobId>,
+        filter: &DeadLetterFilter,
+        now_ms: i64,
+    ) -> Result<Vec<TargetKey>, StoreError>;
+
+    /// Deletes dead letters: the one with `id`, or all matching `filter`. Returns how many.
+    async fn purge_dead(
+        &self,
+        id: Option<JobId>,
+        filter: &DeadLetterFilter,
+    ) -> Result<u64, StoreError>;
 }

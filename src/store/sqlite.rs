@@ -14,12 +14,15 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use rusqlite::{Connection, OptionalExtension, params};
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Accepted, Answer, AttemptReport, CallbackId, Disposition, Job, NewCallback, Replay, Store,
-    StoreError, TargetKey,
+    Accepted, Answer, AttemptRecord, AttemptReport, CallbackId, DeadLetter, DeadLetterDetail,
+    DeadLetterFilter, Disposition, Job, JobId, NewCallback, QueueDepth, Replay, Store, StoreError,
+    TargetKey,
 };
 use crate::config::Synchronous;
 
@@ -54,6 +57,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     target TEXT NOT NULL,
     state INTEGER NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
+    retry_base INTEGER NOT NULL DEFAULT 0,
     next_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL,
     last_status INTEGER,
@@ -80,6 +84,8 @@ enum Command {
     NextDue(TargetKey, Reply<Option<i64>>),
     Record(AttemptReport, Reply<()>),
     Purge(i64, Reply<u64>),
+    ReplayDead(Option<JobId>, DeadLetterFilter, i64, Reply<Vec<TargetKey>>),
+    PurgeDead(Option<JobId>, DeadLetterFilter, Reply<u64>),
     Check(Reply<()>),
 }
 
@@ -90,6 +96,7 @@ enum Done {
     Lease(Reply<Vec<Job>>, Result<Vec<Job>, StoreError>),
     NextDue(Reply<Option<i64>>, Result<Option<i64>, StoreError>),
     Count(Reply<u64>, Result<u64, StoreError>),
+    Keys(Reply<Vec<TargetKey>>, Result<Vec<TargetKey>, StoreError>),
 }
 
 impl Done {
@@ -108,6 +115,7 @@ impl Done {
             Done::Lease(r, v) => finish(r, v, commit),
             Done::NextDue(r, v) => finish(r, v, commit),
             Done::Count(r, v) => finish(r, v, commit),
+            Done::Keys(r, v) => finish(r, v, commit),
         }
     }
 }
@@ -116,6 +124,9 @@ impl Done {
 #[derive(Debug)]
 pub struct SqliteStore {
     commands: mpsc::Sender<Command>,
+    /// A second connection for the slow reads of the admin side (counts, listings), so they
+    /// never hold up the writer: WAL lets readers and the writer run at once.
+    reader: Arc<Mutex<Connection>>,
     path: PathBuf,
     /// Held for the life of the store: the exclusive lock on `<path>.lock`.
     _lock: File,
@@ -154,12 +165,15 @@ impl SqliteStore {
             "UPDATE jobs SET state = ?1 WHERE state = ?2",
             params![PENDING, IN_FLIGHT],
         )?;
+        let reader = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        reader.busy_timeout(std::time::Duration::from_secs(5))?;
         let (commands, receiver) = mpsc::channel(QUEUE);
         std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || Writer { conn }.run(receiver))?;
         Ok(SqliteStore {
             commands,
+            reader: Arc::new(Mutex::new(reader)),
             path: path.to_path_buf(),
             _lock: lock,
         })
@@ -168,6 +182,22 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Runs a read on the reader connection, off the async threads.
+    async fn read<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            query(&conn)
+        })
+        .await
+        .map_err(|e| StoreError::Other(format!("read task failed: {e}")))?
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
@@ -227,6 +257,156 @@ impl Store for SqliteStore {
         // Commands run in order, so an empty transaction after them commits after them.
         self.call(Command::Check).await
     }
+
+    async fn queue_depths(&self) -> Result<Vec<QueueDepth>, StoreError> {
+        self.read(|conn| {
+            let mut depths: Vec<QueueDepth> = Vec::new();
+            let mut statement = conn.prepare_cached(
+                "SELECT account, target, state, COUNT(*) FROM jobs GROUP BY account, target, state",
+            )?;
+            let rows = statement.query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, i64>(3)?,
+                ))
+            })?;
+            for row in rows {
+                let (account, target, state, count) = row?;
+                let depth = match depths
+                    .iter_mut()
+                    .find(|d| d.account == account && d.target == target)
+                {
+                    Some(depth) => depth,
+                    None => {
+                        depths.push(QueueDepth {
+                            account,
+                            target,
+                            pending: 0,
+                            in_flight: 0,
+                            dead: 0,
+                        });
+                        depths
+                            .last_mut()
+                            .ok_or_else(|| StoreError::Other("unreachable".into()))?
+                    }
+                };
+                match state {
+                    PENDING => depth.pending += count,
+                    IN_FLIGHT => depth.in_flight += count,
+                    DEAD => depth.dead += count,
+                    _ => {}
+                }
+            }
+            Ok(depths)
+        })
+        .await
+    }
+
+    async fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>, StoreError> {
+        let filter = filter.clone();
+        self.read(move |conn| {
+            let limit = i64::try_from(filter.limit.unwrap_or(100)).unwrap_or(i64::MAX);
+            let mut statement = conn.prepare_cached(&format!(
+                "SELECT {DEAD_LETTER_COLUMNS} FROM jobs j JOIN callbacks c ON c.id = j.callback_id
+                 WHERE {DEAD_LETTER_MATCH} ORDER BY j.updated_at DESC, j.id DESC LIMIT ?6"
+            ))?;
+            let letters = statement
+                .query_map(
+                    params![
+                        None::<i64>,
+                        filter.account,
+                        filter.target,
+                        filter.since_ms,
+                        filter.until_ms,
+                        limit
+                    ],
+                    dead_letter_row,
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(letters)
+        })
+        .await
+    }
+
+    async fn dead_letter(&self, id: JobId) -> Result<Option<DeadLetterDetail>, StoreError> {
+        self.read(move |conn| {
+            let found = conn
+                .prepare_cached(&format!(
+                    "SELECT {DEAD_LETTER_COLUMNS}, c.query, c.content_type, c.body
+                     FROM jobs j JOIN callbacks c ON c.id = j.callback_id WHERE j.id = ?1 AND j.state = 3"
+                ))?
+                .query_row(params![id], |row| {
+                    Ok((
+                        dead_letter_row(row)?,
+                        Replay {
+                            query: row.get(11)?,
+                            content_type: row.get(12)?,
+                            body: Bytes::from(row.get::<_, Vec<u8>>(13)?),
+                        },
+                    ))
+                })
+                .optional()?;
+            let Some((letter, request)) = found else {
+                return Ok(None);
+            };
+            let attempts = conn
+                .prepare_cached("SELECT attempt, at, status, error FROM attempts WHERE job_id = ?1 ORDER BY attempt")?
+                .query_map(params![id], |row| {
+                    Ok(AttemptRecord { attempt: row.get(0)?, at_ms: row.get(1)?, status: row.get(2)?, error: row.get(3)? })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Some(DeadLetterDetail { letter, request, attempts }))
+        })
+        .await
+    }
+
+    async fn replay_dead(
+        &self,
+        id: Option<JobId>,
+        filter: &DeadLetterFilter,
+        now_ms: i64,
+    ) -> Result<Vec<TargetKey>, StoreError> {
+        let filter = filter.clone();
+        self.call(|r| Command::ReplayDead(id, filter, now_ms, r))
+            .await
+    }
+
+    async fn purge_dead(
+        &self,
+        id: Option<JobId>,
+        filter: &DeadLetterFilter,
+    ) -> Result<u64, StoreError> {
+        let filter = filter.clone();
+        self.call(|r| Command::PurgeDead(id, filter, r)).await
+    }
+}
+
+/// The columns [`dead_letter_row`] reads, in its order.
+const DEAD_LETTER_COLUMNS: &str =
+    "j.id, j.callback_id, j.account, j.target, c.msg_type, c.event, c.received_at,
+    j.updated_at, j.attempts, j.last_status, j.last_error";
+
+/// Dead jobs selected by id (?1) or by account (?2), target (?3), died since (?4) and until (?5);
+/// a NULL parameter does not filter.
+const DEAD_LETTER_MATCH: &str = "j.state = 3 AND (?1 IS NULL OR j.id = ?1) AND (?2 IS NULL OR j.account = ?2)
+    AND (?3 IS NULL OR j.target = ?3) AND (?4 IS NULL OR j.updated_at >= ?4) AND (?5 IS NULL OR j.updated_at < ?5)";
+
+fn dead_letter_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetter> {
+    Ok(DeadLetter {
+        id: row.get(0)?,
+        callback: row.get(1)?,
+        account: row.get(2)?,
+        target: row.get(3)?,
+        msg_type: row.get(4)?,
+        event: row.get(5)?,
+        received_at_ms: row.get(6)?,
+        died_at_ms: row.get(7)?,
+        attempts: row.get(8)?,
+        last_status: row.get(9)?,
+        last_error: row.get(10)?,
+    })
 }
 
 struct Writer {
@@ -283,7 +463,8 @@ impl Writer {
             }
             Command::Lease(_, _, _, r) => Done::Lease(r, err(message)),
             Command::NextDue(_, r) => Done::NextDue(r, err(message)),
-            Command::Purge(_, r) => Done::Count(r, err(message)),
+            Command::Purge(_, r) | Command::PurgeDead(_, _, r) => Done::Count(r, err(message)),
+            Command::ReplayDead(_, _, _, r) => Done::Keys(r, err(message)),
         }
     }
 
@@ -295,6 +476,10 @@ impl Writer {
             Command::NextDue(key, r) => Done::NextDue(r, self.next_due(&key)),
             Command::Record(report, r) => Done::Unit(r, self.record(&report)),
             Command::Purge(before, r) => Done::Count(r, self.purge(before)),
+            Command::ReplayDead(id, filter, now, r) => {
+                Done::Keys(r, self.replay_dead(id, &filter, now))
+            }
+            Command::PurgeDead(id, filter, r) => Done::Count(r, self.purge_dead(id, &filter)),
             // A write that touches nothing still needs the transaction to commit.
             Command::Check(r) => Done::Unit(r, Ok(())),
         }
@@ -367,7 +552,7 @@ impl Writer {
 
     fn lease(&mut self, key: &TargetKey, now: i64, limit: usize) -> Result<Vec<Job>, StoreError> {
         let mut select = self.conn.prepare_cached(
-            "SELECT j.id, j.callback_id, j.attempts, c.query, c.content_type, c.body
+            "SELECT j.id, j.callback_id, j.attempts, j.retry_base, c.query, c.content_type, c.body
              FROM jobs j JOIN callbacks c ON c.id = j.callback_id
              WHERE j.account = ?1 AND j.target = ?2 AND j.state = 0 AND j.next_at <= ?3
              ORDER BY j.next_at LIMIT ?4",
@@ -380,10 +565,11 @@ impl Writer {
                     callback: row.get(1)?,
                     key: key.clone(),
                     attempts: row.get(2)?,
+                    retry_base: row.get(3)?,
                     request: Arc::new(Replay {
-                        query: row.get(3)?,
-                        content_type: row.get(4)?,
-                        body: Bytes::from(row.get::<_, Vec<u8>>(5)?),
+                        query: row.get(4)?,
+                        content_type: row.get(5)?,
+                        body: Bytes::from(row.get::<_, Vec<u8>>(6)?),
                     }),
                 })
             })?
@@ -413,6 +599,12 @@ impl Writer {
                 self.conn
                     .prepare_cached("DELETE FROM jobs WHERE id = ?1")?
                     .execute(params![report.job])?;
+                if report.attempt > 1 {
+                    // Earlier attempts failed and were recorded; the job is done, so are they.
+                    self.conn
+                        .prepare_cached("DELETE FROM attempts WHERE job_id = ?1")?
+                        .execute(params![report.job])?;
+                }
                 return Ok(());
             }
             Disposition::RetryAt(at) => (PENDING, at),
@@ -438,6 +630,67 @@ impl Writer {
             )?
             .execute(params![report.job, report.attempt, report.at_ms, report.status, report.error])?;
         Ok(())
+    }
+
+    fn replay_dead(
+        &mut self,
+        id: Option<JobId>,
+        filter: &DeadLetterFilter,
+        now: i64,
+    ) -> Result<Vec<TargetKey>, StoreError> {
+        let mut statement = self.conn.prepare_cached(&format!(
+            "UPDATE jobs AS j SET state = 0, next_at = ?6, updated_at = ?6, retry_base = attempts
+             WHERE {DEAD_LETTER_MATCH} RETURNING account, target"
+        ))?;
+        let keys = statement
+            .query_map(
+                params![
+                    id,
+                    filter.account,
+                    filter.target,
+                    filter.since_ms,
+                    filter.until_ms,
+                    now
+                ],
+                |row| {
+                    Ok(TargetKey {
+                        account: Arc::from(row.get::<_, String>(0)?),
+                        target: Arc::from(row.get::<_, String>(1)?),
+                    })
+                },
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(keys)
+    }
+
+    fn purge_dead(
+        &mut self,
+        id: Option<JobId>,
+        filter: &DeadLetterFilter,
+    ) -> Result<u64, StoreError> {
+        let ids = self
+            .conn
+            .prepare_cached(&format!(
+                "DELETE FROM jobs AS j WHERE {DEAD_LETTER_MATCH} RETURNING id"
+            ))?
+            .query_map(
+                params![
+                    id,
+                    filter.account,
+                    filter.target,
+                    filter.since_ms,
+                    filter.until_ms
+                ],
+                |row| row.get::<_, JobId>(0),
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut attempts = self
+            .conn
+            .prepare_cached("DELETE FROM attempts WHERE job_id = ?1")?;
+        for id in &ids {
+            attempts.execute(params![id])?;
+        }
+        Ok(ids.len() as u64)
     }
 
     fn purge(&mut self, before: i64) -> Result<u64, StoreError> {
