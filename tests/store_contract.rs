@@ -7,7 +7,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use wechat_fanout::config::Synchronous;
 use wechat_fanout::store::{
-    Accepted, Answer, AttemptReport, Disposition, NewCallback, NewJob, Replay, SqliteStore, Store, TargetKey,
+    Accepted, Answer, AttemptReport, Disposition, NewCallback, NewJob, Replay, SqliteStore, Store,
+    TargetKey,
 };
 
 fn callback(key: &str, targets: &[(&str, bool)]) -> NewCallback {
@@ -52,22 +53,40 @@ fn report(job: i64, attempt: u32, disposition: Disposition) -> AttemptReport {
 
 /// Accepting twice yields one callback; the second sees the saved answer.
 async fn insert_if_absent_is_the_dedupe(store: Arc<dyn Store>) {
-    let first = store.accept(callback("k1", &[("a", false), ("b", false)])).await.unwrap();
+    let first = store
+        .accept(callback("k1", &[("a", false), ("b", false)]))
+        .await
+        .unwrap();
     let Accepted::New { callback: id, jobs } = first else {
         panic!("first accept must be new: {first:?}")
     };
     assert_eq!(jobs.len(), 2);
     let again = store.accept(callback("k1", &[("a", false)])).await.unwrap();
-    assert_eq!(again, Accepted::Duplicate { callback: id, answer: None });
+    assert_eq!(
+        again,
+        Accepted::Duplicate {
+            callback: id,
+            answer: None
+        }
+    );
     let answer = Answer {
         content_type: Some("text/xml".into()),
         body: Bytes::from_static(b"<xml>reply</xml>"),
     };
     store.save_answer(id, answer.clone()).await.unwrap();
     let third = store.accept(callback("k1", &[("a", false)])).await.unwrap();
-    assert_eq!(third, Accepted::Duplicate { callback: id, answer: Some(answer) });
+    assert_eq!(
+        third,
+        Accepted::Duplicate {
+            callback: id,
+            answer: Some(answer)
+        }
+    );
     // Only the first accept created jobs.
-    assert_eq!(store.lease_due(&key("a"), 10_000, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        store.lease_due(&key("a"), 10_000, 10).await.unwrap().len(),
+        1
+    );
 }
 
 /// Concurrent accepts of one key: exactly one is new.
@@ -75,7 +94,12 @@ async fn concurrent_resends_create_one_callback(store: Arc<dyn Store>) {
     let tasks: Vec<_> = (0..16)
         .map(|_| {
             let store = store.clone();
-            tokio::spawn(async move { store.accept(callback("same", &[("a", false)])).await.unwrap() })
+            tokio::spawn(async move {
+                store
+                    .accept(callback("same", &[("a", false)]))
+                    .await
+                    .unwrap()
+            })
         })
         .collect();
     let mut new = 0;
@@ -85,12 +109,18 @@ async fn concurrent_resends_create_one_callback(store: Arc<dyn Store>) {
         }
     }
     assert_eq!(new, 1);
-    assert_eq!(store.lease_due(&key("a"), 10_000, 100).await.unwrap().len(), 1);
+    assert_eq!(
+        store.lease_due(&key("a"), 10_000, 100).await.unwrap().len(),
+        1
+    );
 }
 
 /// Leasing returns the original bytes, never the same job twice, and leased jobs are not due.
 async fn lease_returns_original_bytes_once(store: Arc<dyn Store>) {
-    store.accept(callback("k2", &[("a", false), ("b", true)])).await.unwrap();
+    store
+        .accept(callback("k2", &[("a", false), ("b", true)]))
+        .await
+        .unwrap();
     let jobs = store.lease_due(&key("a"), 10_000, 10).await.unwrap();
     assert_eq!(jobs.len(), 1);
     let job = &jobs[0];
@@ -99,31 +129,82 @@ async fn lease_returns_original_bytes_once(store: Arc<dyn Store>) {
     assert_eq!(job.request.query, "signature=abc&timestamp=1&nonce=2");
     assert_eq!(job.request.content_type.as_deref(), Some("text/xml"));
     assert_eq!(&job.request.body[..], b"<xml><MsgId>k2</MsgId></xml>");
-    assert!(store.lease_due(&key("a"), 10_000, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .lease_due(&key("a"), 10_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // "b" was stored in flight for its caller: no worker may lease it.
-    assert!(store.lease_due(&key("b"), 10_000, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .lease_due(&key("b"), 10_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // Not due before it was received.
     store.accept(callback("k3", &[("c", false)])).await.unwrap();
-    assert!(store.lease_due(&key("c"), 999, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .lease_due(&key("c"), 999, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(store.next_due(&key("c")).await.unwrap(), Some(1_000));
 }
 
 /// Retry reschedules with the attempt count; dead stays out of the queue; delivered disappears.
 async fn record_reschedules_buries_and_removes(store: Arc<dyn Store>) {
     store.accept(callback("k4", &[("a", false)])).await.unwrap();
-    let job = store.lease_due(&key("a"), 10_000, 1).await.unwrap().remove(0);
-    store.record(report(job.id, 1, Disposition::RetryAt(5_000))).await.unwrap();
+    let job = store
+        .lease_due(&key("a"), 10_000, 1)
+        .await
+        .unwrap()
+        .remove(0);
+    store
+        .record(report(job.id, 1, Disposition::RetryAt(5_000)))
+        .await
+        .unwrap();
     assert_eq!(store.next_due(&key("a")).await.unwrap(), Some(5_000));
-    assert!(store.lease_due(&key("a"), 4_999, 1).await.unwrap().is_empty());
-    let again = store.lease_due(&key("a"), 5_000, 1).await.unwrap().remove(0);
+    assert!(
+        store
+            .lease_due(&key("a"), 4_999, 1)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = store
+        .lease_due(&key("a"), 5_000, 1)
+        .await
+        .unwrap()
+        .remove(0);
     assert_eq!((again.id, again.attempts), (job.id, 1));
-    store.record(report(job.id, 2, Disposition::Dead)).await.unwrap();
+    store
+        .record(report(job.id, 2, Disposition::Dead))
+        .await
+        .unwrap();
     assert_eq!(store.next_due(&key("a")).await.unwrap(), None);
-    assert!(store.lease_due(&key("a"), i64::MAX, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .lease_due(&key("a"), i64::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     store.accept(callback("k5", &[("d", false)])).await.unwrap();
-    let job = store.lease_due(&key("d"), 10_000, 1).await.unwrap().remove(0);
-    store.record(report(job.id, 1, Disposition::Delivered)).await.unwrap();
+    let job = store
+        .lease_due(&key("d"), 10_000, 1)
+        .await
+        .unwrap()
+        .remove(0);
+    store
+        .record(report(job.id, 1, Disposition::Delivered))
+        .await
+        .unwrap();
     assert_eq!(store.next_due(&key("d")).await.unwrap(), None);
 }
 
@@ -134,8 +215,14 @@ async fn purge_keeps_undelivered(store: Arc<dyn Store>) {
     assert_eq!(store.purge_delivered(500).await.unwrap(), 0);
     assert_eq!(store.purge_delivered(2_000).await.unwrap(), 1);
     // p2 is gone, so it is new again; p1 (pending) is still a duplicate.
-    assert!(matches!(store.accept(callback("p2", &[])).await.unwrap(), Accepted::New { .. }));
-    assert!(matches!(store.accept(callback("p1", &[])).await.unwrap(), Accepted::Duplicate { .. }));
+    assert!(matches!(
+        store.accept(callback("p2", &[])).await.unwrap(),
+        Accepted::New { .. }
+    ));
+    assert!(matches!(
+        store.accept(callback("p1", &[])).await.unwrap(),
+        Accepted::Duplicate { .. }
+    ));
     store.check_writable().await.unwrap();
     store.flush().await.unwrap();
 }
@@ -189,9 +276,19 @@ async fn sqlite_reopen_resumes_jobs_in_flight_and_refuses_a_second_owner() {
     {
         let store = SqliteStore::open(&path, Synchronous::Full).unwrap();
         let err = SqliteStore::open(&path, Synchronous::Full).unwrap_err();
-        assert!(err.to_string().contains("in use by another wechat-fanout process"), "{err}");
-        store.accept(callback("r1", &[("a", true), ("b", false)])).await.unwrap();
-        assert_eq!(store.lease_due(&key("b"), 10_000, 10).await.unwrap().len(), 1);
+        assert!(
+            err.to_string()
+                .contains("in use by another wechat-fanout process"),
+            "{err}"
+        );
+        store
+            .accept(callback("r1", &[("a", true), ("b", false)]))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.lease_due(&key("b"), 10_000, 10).await.unwrap().len(),
+            1
+        );
         store.flush().await.unwrap();
     }
     // The writer thread holds the connection until its channel closes; give it a moment.
@@ -201,6 +298,20 @@ async fn sqlite_reopen_resumes_jobs_in_flight_and_refuses_a_second_owner() {
             Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
         }
     };
-    assert_eq!(reopened.lease_due(&key("a"), 10_000, 10).await.unwrap().len(), 1);
-    assert_eq!(reopened.lease_due(&key("b"), 10_000, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        reopened
+            .lease_due(&key("a"), 10_000, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        reopened
+            .lease_due(&key("b"), 10_000, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
