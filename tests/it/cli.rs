@@ -1,0 +1,114 @@
+//! The command line as an operator meets it: `check-config` and `serve` with good and bad files.
+
+use wechat_fanout::config::Mode;
+use wechat_fanout::wechat::Kind;
+
+use crate::support::binary::run;
+use crate::support::{Wx, free_addr};
+
+/// A config file in `dir` with one safe-mode official account; `listen` and `store` set.
+fn config(dir: &std::path::Path, listen: std::net::SocketAddr, account_extra: &str) -> String {
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
+    format!(
+        "[server]\nlisten = \"{listen}\"\n[store]\npath = \"{}\"\n{}{}",
+        dir.join("data").join("fanout.db").display(),
+        wx.account("main", account_extra),
+        Wx::target("bot", "http://127.0.0.1:9/wx", ""),
+    )
+}
+
+fn write(dir: &std::path::Path, text: &str) -> String {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+/// A bad key exits 64 and the message names it, for a wrong value and for a typo alike.
+#[test]
+fn check_config_on_a_bad_config_exits_64_and_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = config(dir.path(), free_addr(), "");
+    let cases = [
+        (
+            good.replace(wx_key(), "tooShort"),
+            "accounts[0].encoding_aes_key",
+        ),
+        (
+            format!("{good}\n[delivery]\npoll_interval_ms = 0\n"),
+            "delivery.poll_interval_ms",
+        ),
+        (
+            good.replace("[server]\n", "[server]\nreply_deadline_ms = 6000\n"),
+            "server.reply_deadline_ms",
+        ),
+        (
+            good.replace("[server]\n", "[server]\nlisten_addr = \"x\"\n"),
+            "listen_addr",
+        ),
+    ];
+    for (text, key) in cases {
+        let path = write(dir.path(), &text);
+        let output = run(&["check-config", "--config", &path]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{key}: {stderr}");
+        assert!(stderr.contains(key), "stderr does not name {key}: {stderr}");
+    }
+}
+
+fn wx_key() -> &'static str {
+    crate::support::wx::AES_KEY
+}
+
+/// A good config is printed in full, the token and the AES key replaced by `<redacted>`.
+#[test]
+fn check_config_prints_the_effective_config_with_secrets_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), &config(dir.path(), free_addr(), ""));
+    let output = run(&["check-config", "--config", &path]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("token = \"<redacted>\""), "{stdout}");
+    assert!(
+        stdout.contains("encoding_aes_key = \"<redacted>\""),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(crate::support::wx::TOKEN), "{stdout}");
+    assert!(!stdout.contains(wx_key()), "{stdout}");
+    // The effective config: the file's values and the defaults it did not set.
+    assert!(stdout.contains("id = \"main\""), "{stdout}");
+    assert!(stdout.contains("max_attempts = 8"), "{stdout}");
+    assert!(
+        !dir.path().join("data").exists(),
+        "check-config opens no store"
+    );
+}
+
+/// `serve` with a bad config exits 64 before binding its port or opening its store. Even with
+/// the port taken by someone else it says 64 (the config is checked first), not a bind error.
+#[test]
+fn serve_with_a_bad_config_exits_64_without_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let bad = config(dir.path(), listen, "primary = \"nobody\"");
+    let path = write(dir.path(), &bad);
+
+    let output = run(&["serve", "--config", &path]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("accounts[0].primary"), "{stderr}");
+    assert!(!stderr.contains("listening"), "{stderr}");
+    assert!(!dir.path().join("data").exists(), "no store was opened");
+    std::net::TcpListener::bind(listen).expect("the port stayed free");
+
+    let taken = std::net::TcpListener::bind(listen).unwrap();
+    let output = run(&["serve", "--config", &path]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(!stderr.contains("binding"), "{stderr}");
+    drop(taken);
+}

@@ -1,0 +1,153 @@
+//! Delivery to targets that fail: retried from the store with backoff, given up on after
+//! `max_attempts` (a dead letter in the SQLite file), at once when the target says the request
+//! will never succeed, and after the delay a throttling target asks for.
+
+use std::time::Duration;
+
+use wechat_fanout::config::Mode;
+use wechat_fanout::wechat::Kind;
+
+use crate::support::{
+    DEAD, FAST, Proxy, Target, Wx, attempts, eventually, free_addr, jobs, settle, text_xml,
+};
+
+/// A target that is down when the callback arrives gets it once it comes up, on the same port:
+/// the refused attempts were recorded and retried, and the same delivery id arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_was_down_gets_the_callback_when_it_comes_up() {
+    let down = free_addr();
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let toml = format!(
+        "{FAST}{}{}",
+        wx.account("main", ""),
+        Wx::target("t", &format!("http://{down}/hook"), "max_attempts = 1000"),
+    );
+    let proxy = Proxy::start(&toml).await;
+
+    let sealed = wx.seal(&text_xml("while you were down"));
+    proxy.post("main", &sealed).await.assert_success();
+
+    let refused = eventually("two refused attempts recorded", || {
+        jobs(&proxy.db)
+            .into_iter()
+            .find(|j| j.attempts >= 2 && j.state != DEAD)
+    })
+    .await;
+    let error = refused.last_error.clone().unwrap_or_default();
+    assert!(error.contains("connection failed"), "last_error: {error:?}");
+    assert_eq!(refused.last_status, None);
+
+    let target = Target::start_on(down, 200).await;
+    let got = target.wait_for(1).await;
+    assert_eq!(got[0].body, sealed.body.as_bytes());
+    assert_eq!(got[0].delivery(), refused.id, "the same delivery");
+    assert!(got[0].attempt() >= 3, "attempt {}", got[0].attempt());
+    eventually("the delivery recorded", || {
+        jobs(&proxy.db).is_empty().then_some(())
+    })
+    .await;
+    settle().await;
+    assert_eq!(target.count(), 1);
+}
+
+/// A target that keeps answering 500 gets exactly `max_attempts` attempts, numbered 1..=n, all
+/// of one delivery; then the job is a dead letter (state 3) with every attempt recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_answering_500_becomes_a_dead_letter_after_max_attempts() {
+    let target = Target::start(500).await;
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Compatible);
+    let toml = format!(
+        "{FAST}{}{}",
+        wx.account("main", ""),
+        Wx::target("t", &target.url("/t"), "max_attempts = 4"),
+    );
+    let proxy = Proxy::start(&toml).await;
+
+    let sealed = wx.seal(&text_xml("doomed"));
+    proxy.post("main", &sealed).await.assert_success();
+
+    let dead = eventually("a dead letter in the store", || {
+        jobs(&proxy.db).into_iter().find(|j| j.state == DEAD)
+    })
+    .await;
+    settle().await;
+    let got = target.received();
+    assert_eq!(
+        got.iter().map(|r| r.attempt()).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+    for request in &got {
+        assert_eq!(request.delivery(), dead.id);
+        assert_eq!(request.body, sealed.body.as_bytes());
+    }
+    assert_eq!((dead.attempts, dead.last_status), (4, Some(500)));
+    assert_eq!(jobs(&proxy.db).len(), 1);
+    assert_eq!(
+        attempts(&proxy.db, dead.id),
+        (1..=4).map(|n| (n, Some(500))).collect::<Vec<_>>()
+    );
+}
+
+/// 400 means the target will never take this request: a dead letter after one attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_answering_400_is_given_up_on_after_one_attempt() {
+    let target = Target::start(400).await;
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let toml = format!(
+        "{FAST}{}{}",
+        wx.account("main", ""),
+        Wx::target("t", &target.url("/t"), "max_attempts = 5"),
+    );
+    let proxy = Proxy::start(&toml).await;
+
+    proxy
+        .post("main", &wx.seal(&text_xml("rejected")))
+        .await
+        .assert_success();
+    let dead = eventually("a dead letter in the store", || {
+        jobs(&proxy.db).into_iter().find(|j| j.state == DEAD)
+    })
+    .await;
+    settle().await;
+    assert_eq!(target.count(), 1, "{:?}", target.received());
+    assert_eq!((dead.attempts, dead.last_status), (1, Some(400)));
+}
+
+/// 429 with `Retry-After: 1` is retried, and not before the second it asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_answering_429_is_retried_after_its_retry_after() {
+    let target = Target::start(429).await;
+    target.set_header("Retry-After", "1");
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let toml = format!(
+        "{FAST}{}{}",
+        wx.account("main", ""),
+        Wx::target(
+            "t",
+            &target.url("/t"),
+            "max_attempts = 5\nbackoff_max_ms = 5000"
+        ),
+    );
+    let proxy = Proxy::start(&toml).await;
+
+    let sealed = wx.seal(&text_xml("throttled"));
+    proxy.post("main", &sealed).await.assert_success();
+    let first = target.wait_for(1).await.remove(0);
+    target.set_status(200);
+
+    let got = target.wait_for(2).await;
+    let gap = got[1].at - first.at;
+    assert!(
+        gap >= Duration::from_millis(950),
+        "retried after {gap:?}, before Retry-After: 1"
+    );
+    assert_eq!((got[0].attempt(), got[1].attempt()), (1, 2));
+    assert_eq!(got[1].delivery(), first.delivery());
+    assert_eq!(got[1].body, sealed.body.as_bytes());
+    eventually("the delivery recorded", || {
+        jobs(&proxy.db).is_empty().then_some(())
+    })
+    .await;
+    settle().await;
+    assert_eq!(target.count(), 2);
+}

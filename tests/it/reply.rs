@@ -1,0 +1,195 @@
+//! The answer WeChat gets: in time, the same for every resend, and the primary target's reply
+//! when it has one ready before the deadline.
+
+use std::time::Duration;
+
+use wechat_fanout::config::Mode;
+use wechat_fanout::wechat::Kind;
+
+use crate::support::{FAST, Proxy, Target, Wx, eventually, jobs, settle, text_xml};
+
+/// WeChat resends a callback it got no answer for, possibly while the first copy is still being
+/// handled. Three copies sent at once get the same answer, and each target gets it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_concurrent_resends_get_one_answer_and_one_delivery_per_target() {
+    let a = Target::start(200).await;
+    let b = Target::start(200).await;
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
+    let toml = format!(
+        "{FAST}{}{}{}",
+        wx.account("main", ""),
+        Wx::target("a", &a.url("/a"), ""),
+        Wx::target("b", &b.url("/b"), ""),
+    );
+    let proxy = Proxy::start(&toml).await;
+
+    let sealed = wx.seal(&text_xml("sent three times"));
+    let (one, two, three) = tokio::join!(
+        proxy.post("main", &sealed),
+        proxy.post("main", &sealed),
+        proxy.post("main", &sealed),
+    );
+    for answer in [&one, &two, &three] {
+        answer.assert_success();
+        assert_eq!(answer.header("content-type"), one.header("content-type"));
+    }
+
+    a.wait_for(1).await;
+    b.wait_for(1).await;
+    settle().await;
+    for target in [&a, &b] {
+        let got = target.received();
+        assert_eq!(got.len(), 1, "exactly one delivery: {got:?}");
+        assert_eq!(got[0].body, sealed.body.as_bytes());
+    }
+    assert_eq!(crate::support::callbacks(&proxy.db), 1);
+}
+
+/// With a primary, the three copies all get the primary's reply, the primary is asked once, and
+/// the other target gets one delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_concurrent_resends_all_get_the_primarys_reply() {
+    let bot = Target::start(200).await;
+    bot.set_reply("application/xml", "<xml><MsgType>text</MsgType></xml>");
+    bot.set_delay(Duration::from_millis(100));
+    let other = Target::start(200).await;
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let toml = format!(
+        "{FAST}{}{}{}",
+        wx.account("main", "primary = \"bot\""),
+        Wx::target("bot", &bot.url("/bot"), ""),
+        Wx::target("other", &other.url("/other"), ""),
+    );
+    let proxy = Proxy::start(&toml).await;
+
+    let sealed = wx.seal(&text_xml("sent three times"));
+    let (one, two, three) = tokio::join!(
+        proxy.post("main", &sealed),
+        proxy.post("main", &sealed),
+        proxy.post("main", &sealed),
+    );
+    for answer in [&one, &two, &three] {
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert_eq!(answer.text(), "<xml><MsgType>text</MsgType></xml>");
+        assert_eq!(answer.header("content-type"), Some("application/xml"));
+    }
+
+    // A late resend, after the first copy is fully handled, is answered the same way.
+    eventually("the primary's delivery recorded", || {
+        jobs(&proxy.db).is_empty().then_some(())
+    })
+    .await;
+    let late = proxy.post("main", &sealed).await;
+    assert_eq!((late.status, late.text()), (200, one.text()));
+    assert_eq!(late.header("content-type"), Some("application/xml"));
+
+    other.wait_for(1).await;
+    settle().await;
+    assert_eq!(
+        bot.count(),
+        1,
+        "the primary is asked once: {:?}",
+        bot.received()
+    );
+    assert_eq!(other.count(), 1, "{:?}", other.received());
+}
+
+/// The primary's 2xx answer is WeChat's answer: its body and its Content-Type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primarys_reply_is_relayed_as_the_answer() {
+    let bot = Target::start(200).await;
+    let reply =
+        "<xml><ToUserName><![CDATA[o1]]></ToUserName><Content><![CDATA[嗨]]></Content></xml>";
+    bot.set_reply("text/xml; charset=utf-8", reply);
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let toml = format!(
+        "{FAST}{}{}",
+        wx.account("main", "primary = \"bot\""),
+        Wx::target("bot", &bot.url("/bot"), ""),
+    );
+    let proxy = Proxy::start(&toml).await;
+
+    let sealed = wx.seal(&text_xml("hello bot"));
+    let answer = proxy.post("main", &sealed).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.body, reply.as_bytes());
+    assert_eq!(
+        answer.header("content-type"),
+        Some("text/xml; charset=utf-8")
+    );
+
+    let got = bot.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body, sealed.body.as_bytes());
+    assert_eq!(got[0].attempt(), 1);
+    eventually("the primary's delivery recorded", || {
+        jobs(&proxy.db).is_empty().then_some(())
+    })
+    .await;
+    settle().await;
+    assert_eq!(bot.count(), 1, "delivered once, not again by a worker");
+}
+
+/// A primary slower than `reply_deadline_ms`: WeChat gets `success` at the deadline, and the
+/// primary still gets the callback, recorded as delivered when it finally answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_primary_gets_success_sent_at_the_deadline_and_is_still_delivered() {
+    let bot = Target::start(200).await;
+    bot.set_reply("text/xml", "<xml>too late</xml>");
+    bot.set_delay(Duration::from_millis(1500));
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let toml = format!(
+        "{FAST}[server]\nreply_deadline_ms = 300\n{}{}",
+        wx.account("main", "primary = \"bot\""),
+        Wx::target("bot", &bot.url("/bot"), "timeout_ms = 5000"),
+    );
+    let proxy = Proxy::start(&toml).await;
+
+    let sealed = wx.seal(&text_xml("slow bot"));
+    let answer = proxy.post("main", &sealed).await;
+    answer.assert_success();
+    assert!(
+        answer.elapsed >= Duration::from_millis(250)
+            && answer.elapsed < Duration::from_millis(1000),
+        "answered after {:?}; the deadline is 300 ms",
+        answer.elapsed
+    );
+    assert_eq!(bot.count(), 1, "the primary got it at once");
+
+    eventually("the slow primary's delivery recorded", || {
+        jobs(&proxy.db).is_empty().then_some(())
+    })
+    .await;
+    settle().await;
+    assert_eq!(bot.count(), 1, "delivered once: {:?}", bot.received());
+}
+
+/// A target that never answers (not the primary) does not hold up WeChat's answer, nor the
+/// other targets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_target_does_not_delay_the_answer() {
+    let hanging = Target::start(200).await;
+    hanging.hang();
+    let fine = Target::start(200).await;
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let toml = format!(
+        "{FAST}{}{}{}",
+        wx.account("main", ""),
+        Wx::target("hanging", &hanging.url("/h"), "timeout_ms = 5000"),
+        Wx::target("fine", &fine.url("/f"), ""),
+    );
+    let proxy = Proxy::start(&toml).await;
+
+    for n in 0..3 {
+        let sealed = wx.seal(&text_xml(&format!("message {n}")));
+        let answer = proxy.post("main", &sealed).await;
+        answer.assert_success();
+        assert!(
+            answer.elapsed < Duration::from_millis(1000),
+            "answered after {:?} with a target hanging for 5 s",
+            answer.elapsed
+        );
+    }
+    hanging.wait_for(3).await;
+    fine.wait_for(3).await;
+}

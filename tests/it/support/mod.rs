@@ -1,0 +1,335 @@
+//! The harness every integration test stands on: a proxy started in-process on `127.0.0.1:0`
+//! ([`Proxy`]), fake downstream services that record what they receive ([`Target`]), a simulated
+//! WeChat that signs and encrypts callbacks like the real one ([`Wx`]), the real binary
+//! ([`Binary`]), and a read-only look into the SQLite file ([`jobs`]).
+//!
+//! Every wait is bounded: [`eventually`] polls until a condition holds or [`WAIT`] passes, and
+//! then fails the test with what it was waiting for. Nothing sleeps and hopes, except
+//! [`settle`], which gives a proxy that should do *nothing* a fair chance to misbehave.
+
+pub(crate) mod binary;
+mod target;
+pub(crate) mod wx;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use reqwest::header::{CONTENT_TYPE, HeaderMap};
+use rusqlite::{Connection, OpenFlags};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use wechat_fanout::config::Config;
+use wechat_fanout::store::SqliteStore;
+use wechat_fanout::wechat::SealedRequest;
+
+pub(crate) use binary::Binary;
+pub(crate) use target::Target;
+pub(crate) use wx::{Wx, event_xml, text_json, text_xml};
+
+/// The longest any test waits for something that should happen.
+pub(crate) const WAIT: Duration = Duration::from_secs(10);
+
+/// How long a test watches for something that must NOT happen (a delivery, a retry): many poll
+/// intervals and backoffs of [`FAST`].
+pub(crate) const SETTLE: Duration = Duration::from_millis(400);
+
+/// Settings that make every test fast: workers poll every 20 ms, retries start after 10 ms.
+/// Tests add their own `[server]` table and accounts after it; per-target keys override these.
+pub(crate) const FAST: &str = r#"
+[delivery]
+poll_interval_ms = 20
+
+[target_defaults]
+timeout_ms = 2000
+max_attempts = 5
+backoff_initial_ms = 10
+backoff_max_ms = 50
+"#;
+
+/// Polls `check` every 10 ms until it returns `Some`, for at most [`WAIT`]; fails the test with
+/// `what` otherwise.
+pub(crate) async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gave up after {WAIT:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Gives the proxy [`SETTLE`] to do something it must not do.
+pub(crate) async fn settle() {
+    tokio::time::sleep(SETTLE).await;
+}
+
+/// A local address where nothing listens (bound, then released): a target that is down.
+pub(crate) fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local address")
+}
+
+/// The proxy, running in this test's runtime with its own SQLite file in a temporary folder.
+pub(crate) struct Proxy {
+    pub(crate) addr: SocketAddr,
+    /// The SQLite file, for [`jobs`].
+    pub(crate) db: PathBuf,
+    shutdown: CancellationToken,
+    run: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    client: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    /// Starts `wechat_fanout::run` with `toml` layered over the defaults; the store path is
+    /// replaced by a file in a fresh temporary folder.
+    pub(crate) async fn start(toml: &str) -> Proxy {
+        let mut config = Config::from_toml(toml)
+            .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{toml}"));
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let db = dir.path().join("fanout.db");
+        config.store.path = db.clone();
+        let store = SqliteStore::open(&db, config.store.synchronous).expect("open the store");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local address");
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn(wechat_fanout::run(
+            config,
+            std::sync::Arc::new(store),
+            listener,
+            shutdown.clone(),
+        ));
+        Proxy {
+            addr,
+            db,
+            shutdown,
+            run: Some(run),
+            client: client(),
+            _dir: dir,
+        }
+    }
+
+    /// Sends a sealed callback to `/wechat/{account}` as WeChat would.
+    pub(crate) async fn post(&self, account: &str, sealed: &SealedRequest) -> Answer {
+        self.post_raw(
+            account,
+            &sealed.query,
+            sealed.content_type,
+            sealed.body.clone(),
+        )
+        .await
+    }
+
+    /// A POST with exactly this query string, Content-Type and body.
+    pub(crate) async fn post_raw(
+        &self,
+        account: &str,
+        query: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Answer {
+        let request = self
+            .client
+            .post(format!("http://{}/wechat/{account}?{query}", self.addr))
+            .header(CONTENT_TYPE, content_type)
+            .body(body);
+        send(request).await
+    }
+
+    /// A GET with exactly this query string.
+    pub(crate) async fn get(&self, account: &str, query: &str) -> Answer {
+        send(
+            self.client
+                .get(format!("http://{}/wechat/{account}?{query}", self.addr)),
+        )
+        .await
+    }
+
+    /// Any other request.
+    pub(crate) async fn request(&self, method: reqwest::Method, path_and_query: &str) -> Answer {
+        send(
+            self.client
+                .request(method, format!("http://{}{path_and_query}", self.addr)),
+        )
+        .await
+    }
+
+    /// Cancels the shutdown token and waits for `run` to return: its result and how long it took.
+    pub(crate) async fn stop(mut self) -> (anyhow::Result<()>, Duration) {
+        let started = Instant::now();
+        self.shutdown.cancel();
+        let run = self.run.take().expect("running");
+        let result = tokio::time::timeout(WAIT, run)
+            .await
+            .expect("run returned within the wait limit")
+            .expect("run did not panic");
+        (result, started.elapsed())
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(WAIT)
+        .build()
+        .expect("HTTP client")
+}
+
+/// What the proxy answered, and how long the answer took.
+#[derive(Debug, Clone)]
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+    pub(crate) elapsed: Duration,
+}
+
+impl Answer {
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts the plain `success` WeChat expects.
+    pub(crate) fn assert_success(&self) {
+        assert_eq!(
+            (self.status, self.text().as_str()),
+            (200, "success"),
+            "expected 200 success, got {self:?}"
+        );
+    }
+}
+
+async fn send(request: reqwest::RequestBuilder) -> Answer {
+    let started = Instant::now();
+    let response = request.send().await.expect("the proxy answers");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.bytes().await.expect("the answer's body");
+    Answer {
+        status,
+        headers,
+        body,
+        elapsed: started.elapsed(),
+    }
+}
+
+/// One row of the `jobs` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct JobRow {
+    pub(crate) id: i64,
+    pub(crate) target: String,
+    /// 0 pending, 1 in flight, 3 dead.
+    pub(crate) state: i64,
+    pub(crate) attempts: i64,
+    pub(crate) last_status: Option<i64>,
+    pub(crate) last_error: Option<String>,
+}
+
+pub(crate) const DEAD: i64 = 3;
+
+/// The `jobs` table as it is on disk now (delivered jobs are deleted), read through a read-only
+/// connection of our own.
+pub(crate) fn jobs(db: &Path) -> Vec<JobRow> {
+    let conn = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .expect("open the store read-only");
+    conn.busy_timeout(Duration::from_secs(5))
+        .expect("busy timeout");
+    let mut select = conn
+        .prepare(
+            "SELECT id, target, state, attempts, last_status, last_error FROM jobs ORDER BY id",
+        )
+        .expect("query jobs");
+    select
+        .query_map([], |row| {
+            Ok(JobRow {
+                id: row.get(0)?,
+                target: row.get(1)?,
+                state: row.get(2)?,
+                attempts: row.get(3)?,
+                last_status: row.get(4)?,
+                last_error: row.get(5)?,
+            })
+        })
+        .expect("read jobs")
+        .collect::<Result<_, _>>()
+        .expect("read jobs")
+}
+
+/// The attempt numbers recorded in the `attempts` table for one job.
+pub(crate) fn attempts(db: &Path, job: i64) -> Vec<(i64, Option<i64>)> {
+    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .expect("open the store read-only");
+    let mut select = conn
+        .prepare("SELECT attempt, status FROM attempts WHERE job_id = ?1 ORDER BY attempt")
+        .expect("query attempts");
+    select
+        .query_map([job], |row| Ok((row.get(0)?, row.get(1)?)))
+        .expect("read attempts")
+        .collect::<Result<_, _>>()
+        .expect("read attempts")
+}
+
+/// Number of stored callbacks.
+pub(crate) fn callbacks(db: &Path) -> i64 {
+    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .expect("open the store read-only");
+    conn.query_row("SELECT COUNT(*) FROM callbacks", [], |row| row.get(0))
+        .expect("count callbacks")
+}
+
+/// Writes a whole HTTP/1.1 request on a fresh connection and reads the answer until the server
+/// closes it: for what `reqwest` will not send (chunked bodies of our choosing).
+pub(crate) async fn raw_http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write the request");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("no complete answer within {WAIT:?}: {answer:?}"),
+        }
+    }
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {text:?}"));
+    (status, text)
+}
+
+/// `body` in chunks of `size` bytes, chunked-encoded, with the final empty chunk.
+pub(crate) fn chunked(body: &[u8], size: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for chunk in body.chunks(size) {
+        out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        out.extend_from_slice(chunk);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}

@@ -1,0 +1,251 @@
+//! A fake downstream service: a real HTTP/1.1 server (hyper) on a local port that records every
+//! request it gets (method, path and query, headers, body bytes, arrival time) before answering
+//! as told. What it answers (status, extra headers, body, delay) can change mid-test, to play a
+//! service that fails, recovers, throttles, is slow, or never answers. Dropping it stops it.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use reqwest::header::HeaderMap;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::eventually;
+
+/// One request as the target saw it.
+#[derive(Debug, Clone)]
+pub(crate) struct Received {
+    pub(crate) method: String,
+    /// The path and the raw query string, byte for byte as sent.
+    pub(crate) path_and_query: String,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+    pub(crate) at: Instant,
+}
+
+impl Received {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// `x-wechat-fanout-delivery`: the delivery (job) id.
+    pub(crate) fn delivery(&self) -> i64 {
+        self.header("x-wechat-fanout-delivery")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no numeric delivery header: {self:?}"))
+    }
+
+    /// `x-wechat-fanout-attempt`: counts from 1.
+    pub(crate) fn attempt(&self) -> u32 {
+        self.header("x-wechat-fanout-attempt")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no numeric attempt header: {self:?}"))
+    }
+}
+
+/// How the target answers the next requests.
+#[derive(Debug, Clone)]
+struct Behaviour {
+    status: u16,
+    delay: Duration,
+    content_type: Option<String>,
+    body: Bytes,
+    headers: Vec<(String, String)>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    behaviour: Mutex<Behaviour>,
+    received: Mutex<Vec<Received>>,
+}
+
+/// A running fake service; see the module docs.
+#[derive(Debug)]
+pub(crate) struct Target {
+    pub(crate) addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+}
+
+impl Target {
+    /// A target on a fresh port answering `status` with an empty body.
+    pub(crate) async fn start(status: u16) -> Target {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Target::serve(listener, status)
+    }
+
+    /// A target on `addr`: a port that refused connections until now comes up.
+    pub(crate) async fn start_on(addr: SocketAddr, status: u16) -> Target {
+        let listener = TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| panic!("bind {addr} again: {e}"));
+        Target::serve(listener, status)
+    }
+
+    fn serve(listener: TcpListener, status: u16) -> Target {
+        let addr = listener.local_addr().expect("local address");
+        let shared = Arc::new(Shared {
+            behaviour: Mutex::new(Behaviour {
+                status,
+                delay: Duration::ZERO,
+                content_type: None,
+                body: Bytes::new(),
+                headers: Vec::new(),
+            }),
+            received: Mutex::new(Vec::new()),
+        });
+        let stop = CancellationToken::new();
+        tokio::spawn(accept_loop(listener, shared.clone(), stop.clone()));
+        Target { addr, shared, stop }
+    }
+
+    /// The URL of `path` on this target, for a `[[accounts.targets]]` table.
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn behave(&self, change: impl FnOnce(&mut Behaviour)) {
+        change(&mut self.shared.behaviour.lock().expect("behaviour lock"));
+    }
+
+    pub(crate) fn set_status(&self, status: u16) {
+        self.behave(|b| b.status = status);
+    }
+
+    /// Answers only after `delay` (a request still counts as received at once).
+    pub(crate) fn set_delay(&self, delay: Duration) {
+        self.behave(|b| b.delay = delay);
+    }
+
+    /// Never answers within any test's lifetime.
+    pub(crate) fn hang(&self) {
+        self.set_delay(Duration::from_secs(3600));
+    }
+
+    /// Answers with this Content-Type and body.
+    pub(crate) fn set_reply(&self, content_type: &str, body: &str) {
+        let body = Bytes::copy_from_slice(body.as_bytes());
+        self.behave(|b| {
+            b.content_type = Some(content_type.to_owned());
+            b.body = body;
+        });
+    }
+
+    /// Adds a header to every answer (`Retry-After`, …).
+    pub(crate) fn set_header(&self, name: &str, value: &str) {
+        self.behave(|b| b.headers.push((name.to_owned(), value.to_owned())));
+    }
+
+    /// Every request received so far, in arrival order.
+    pub(crate) fn received(&self) -> Vec<Received> {
+        self.shared.received.lock().expect("received lock").clone()
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.shared.received.lock().expect("received lock").len()
+    }
+
+    /// Waits (bounded) until at least `n` requests arrived; returns all of them.
+    pub(crate) async fn wait_for(&self, n: usize) -> Vec<Received> {
+        eventually(
+            &format!("{n} request(s) at the target {}", self.addr),
+            || {
+                let received = self.received();
+                (received.len() >= n).then_some(received)
+            },
+        )
+        .await
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+            () = stop.cancelled() => return,
+        };
+        let (shared, stop) = (shared.clone(), stop.clone());
+        tokio::spawn(async move {
+            let handler_stop = stop.clone();
+            let service = service_fn(move |request| {
+                let (shared, stop) = (shared.clone(), handler_stop.clone());
+                async move { Ok::<_, Infallible>(answer(&shared, &stop, request).await) }
+            });
+            let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = connection => {}
+                () = stop.cancelled() => {}
+            }
+        });
+    }
+}
+
+async fn answer(
+    shared: &Shared,
+    stop: &CancellationToken,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let at = Instant::now();
+    let (parts, body) = request.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    shared
+        .received
+        .lock()
+        .expect("received lock")
+        .push(Received {
+            method: parts.method.to_string(),
+            path_and_query: parts
+                .uri
+                .path_and_query()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            headers: parts.headers,
+            body,
+            at,
+        });
+    let behaviour = shared.behaviour.lock().expect("behaviour lock").clone();
+    if !behaviour.delay.is_zero() {
+        tokio::select! {
+            () = tokio::time::sleep(behaviour.delay) => {}
+            () = stop.cancelled() => {}
+        }
+    }
+    let mut response = Response::new(Full::new(behaviour.body));
+    *response.status_mut() = hyper::StatusCode::from_u16(behaviour.status).expect("a valid status");
+    let headers = response.headers_mut();
+    if let Some(content_type) = behaviour.content_type {
+        headers.insert(
+            hyper::header::CONTENT_TYPE,
+            content_type.parse().expect("a valid content type"),
+        );
+    }
+    for (name, value) in behaviour.headers {
+        headers.append(
+            hyper::header::HeaderName::from_bytes(name.as_bytes()).expect("a header name"),
+            value.parse().expect("a header value"),
+        );
+    }
+    response
+}
