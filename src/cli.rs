@@ -1,8 +1,13 @@
-//! The command line: `serve`, `check-config`.
+//! The command line. Every command reads the same configuration (`--config` or
+//! `WECHAT_FANOUT_CONFIG`); commands other than `serve` talk to a running proxy through its admin
+//! API or, for `simulate`, through its WeChat port, exactly as WeChat would.
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::LogFormat;
+use crate::simulate::SimulateArgs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -11,21 +16,89 @@ use clap::{Parser, Subcommand};
     about = "One WeChat callback URL, many downstream services."
 )]
 pub struct Cli {
+    /// The TOML configuration file (layered over the compiled-in defaults).
+    #[arg(long, global = true, env = "WECHAT_FANOUT_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Log format; overrides `log.format`.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the proxy.
-    Serve(ConfigArg),
+    /// Run the proxy (SIGINT/SIGTERM stop it gracefully, SIGHUP reloads the config).
+    Serve,
     /// Validate the configuration and print it, secrets redacted.
-    CheckConfig(ConfigArg),
+    CheckConfig,
+    /// Exit 0 if the running proxy's admin API answers /healthz (or /readyz), else 1.
+    Healthcheck(HealthcheckArgs),
+    /// List, show, replay or purge dead letters through the running proxy's admin API.
+    #[command(subcommand)]
+    DeadLetters(DeadLettersCommand),
+    /// Send a realistic, signed (and encrypted) callback for an account, as WeChat would.
+    Simulate(SimulateArgs),
 }
 
-#[derive(Debug, clap::Args)]
-pub struct ConfigArg {
-    /// The TOML configuration file (layered over the compiled-in defaults).
-    #[arg(long, env = "WECHAT_FANOUT_CONFIG", value_name = "PATH")]
-    pub config: PathBuf,
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// Check readiness (the store commits writes) instead of liveness.
+    #[arg(long)]
+    pub ready: bool,
+    /// The admin API's base URL; default: from `admin.listen`.
+    #[arg(long)]
+    pub admin_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadLettersCommand {
+    /// List dead letters, newest first.
+    List {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print the admin API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one dead letter: its request, headers, body and every failed attempt.
+    Show { id: i64 },
+    /// Deliver dead letters again (same bytes, fresh attempts): one by id, or all that match.
+    Replay {
+        id: Option<i64>,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Replay every dead letter (needed when no id and no filter is given).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete dead letters: one by id, or all that match.
+    Purge {
+        id: Option<i64>,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Purge every dead letter (needed when no id and no filter is given).
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Debug, Args, Default)]
+pub struct FilterArgs {
+    #[arg(long)]
+    pub account: Option<String>,
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Died at or after this time (Unix milliseconds).
+    #[arg(long)]
+    pub since_ms: Option<i64>,
+    /// Died before this time (Unix milliseconds).
+    #[arg(long)]
+    pub until_ms: Option<i64>,
+    /// The admin API's base URL; default: from `admin.listen`.
+    #[arg(long)]
+    pub admin_url: Option<String>,
 }

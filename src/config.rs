@@ -56,6 +56,8 @@ impl Millis {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
     pub store: StoreConfig,
     pub delivery: DeliveryConfig,
     pub target_defaults: TargetDefaults,
@@ -63,7 +65,7 @@ pub struct Config {
     pub accounts: Vec<AccountConfig>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -75,7 +77,27 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: Millis,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     pub path: PathBuf,
@@ -238,6 +260,15 @@ impl Config {
             if value.0 == 0 {
                 return Err(invalid(key, "must be greater than 0"));
             }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
+            return Err(invalid("log.filter", format!("not a valid filter: {e}")));
+        }
+        if self.admin.listen == self.server.listen {
+            return Err(invalid(
+                "admin.listen",
+                "must differ from server.listen: the admin API has no authentication",
+            ));
         }
         if self.store.path.as_os_str().is_empty() {
             return Err(invalid("store.path", "must not be empty"));

@@ -10,11 +10,15 @@
 //! - [`retry`]: which answers are retried, and when; [`downstream`]: the byte-identical replay.
 //! - [`ingress`]: the WeChat-facing server: verify, buffer, persist, answer in time.
 //! - [`delivery`]: one worker per target: lease due jobs, send, record.
-//! - [`error`], [`shutdown`], [`telemetry`], [`cli`]: rejection mapping, signals, logging, commands.
+//! - [`admin`]: health, readiness, metrics, dead letters, on a separate port; [`metrics`].
+//! - [`error`], [`shutdown`], [`telemetry`]: rejection mapping, signals, logging.
+//! - [`cli`], [`admin_client`], [`simulate`]: the commands besides `serve`.
 //!
 //! `ingress` and `delivery` never import each other: the stored job is their shared vocabulary.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod admin_client;
 pub mod cli;
 pub mod config;
 pub mod delivery;
@@ -30,6 +34,7 @@ pub mod targets;
 pub mod telemetry;
 pub mod wechat;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,8 +42,9 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
+use crate::admin::Admin;
 use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::downstream::{Downstream, now_ms};
@@ -50,13 +56,37 @@ use crate::targets::Routes;
 /// How often delivered callbacks older than the retention are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 
-/// Runs the proxy on an already-bound `listener` with an opened `store` until `shutdown` fires,
-/// then drains: connections and attempts in flight get `server.shutdown_grace_ms`, the store
-/// commits what it has, and whatever is undelivered resumes on the next start.
+/// The sockets the proxy serves, bound by the caller (tests bind `127.0.0.1:0`).
+#[derive(Debug)]
+pub struct Listeners {
+    /// Where WeChat's callbacks arrive.
+    pub wechat: TcpListener,
+    /// Health, metrics and dead letters; `None` runs without them.
+    pub admin: Option<TcpListener>,
+}
+
+/// Runs the proxy on an already-bound `listener` without the admin API and without reload.
 pub async fn run(
     config: Config,
     store: Arc<dyn Store>,
     listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let listeners = Listeners {
+        wechat: listener,
+        admin: None,
+    };
+    run_with(config, store, listeners, None, shutdown).await
+}
+
+/// Runs the proxy with an opened `store` until `shutdown` fires, then drains: connections and
+/// attempts in flight get `server.shutdown_grace_ms`, the store commits what it has, and whatever
+/// is undelivered resumes on the next start. With `reload_from`, SIGHUP re-reads that file.
+pub async fn run_with(
+    config: Config,
+    store: Arc<dyn Store>,
+    listeners: Listeners,
+    reload_from: Option<PathBuf>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let routes = Arc::new(ArcSwap::from_pointee(Routes::from_config(&config)?));
@@ -66,40 +96,58 @@ pub async fn run(
     let tasks = TaskTracker::new();
     let grace = config.server.shutdown_grace_ms.duration();
 
-    let delivery = Delivery {
-        store: store.clone(),
-        downstream: downstream.clone(),
-        poll_interval: config.delivery.poll_interval_ms.duration(),
-        tasks: tasks.clone(),
+    let mut workers = Workers {
+        delivery: Delivery {
+            store: store.clone(),
+            downstream: downstream.clone(),
+            poll_interval: config.delivery.poll_interval_ms.duration(),
+            tasks: tasks.clone(),
+        },
+        parent: shutdown.clone(),
+        generation: shutdown.child_token(),
+        handles: Vec::new(),
     };
-    let workers_stop = shutdown.child_token();
-    let workers: Vec<_> = routes
-        .load()
-        .targets()
-        .map(|target| delivery.spawn_worker(target.clone(), workers_stop.clone()))
-        .collect();
+    workers.start(&routes.load());
 
     let purge = tokio::spawn(purge_loop(
         store.clone(),
         Duration::from_secs(config.store.delivered_retention_secs),
         shutdown.clone(),
     ));
-
+    let admin = listeners.admin.map(|listener| {
+        let admin = Arc::new(Admin {
+            store: store.clone(),
+            routes: routes.clone(),
+            registry,
+            metrics: metrics.clone(),
+        });
+        tokio::spawn(admin::serve(listener, admin, shutdown.clone()))
+    });
     let ingress = Arc::new(Ingress::new(
-        routes,
+        routes.clone(),
         store.clone(),
         downstream,
         config.server.clone(),
         tasks.clone(),
         metrics,
     ));
-    info!(address = %listener.local_addr()?, "listening for WeChat callbacks");
-    ingress::serve(listener, ingress, shutdown, grace).await;
+    info!(address = %listeners.wechat.local_addr()?, "listening for WeChat callbacks");
+    let server = tokio::spawn(ingress::serve(
+        listeners.wechat,
+        ingress,
+        shutdown.clone(),
+        grace,
+    ));
 
-    for worker in workers {
-        let _ = worker.await;
+    if let Some(path) = reload_from {
+        reload_on_hangup(&path, config, &routes, &mut workers, &shutdown).await;
     }
+    let _ = server.await;
+    workers.stop().await;
     let _ = purge.await;
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     tasks.close();
     if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
         warn!("deliveries still in flight after the grace period; they resume on the next start");
@@ -107,6 +155,93 @@ pub async fn run(
     store.flush().await?;
     info!("stopped");
     Ok(())
+}
+
+/// The delivery workers of the current routing table; replaced as a whole on reload.
+struct Workers {
+    delivery: Delivery,
+    parent: CancellationToken,
+    generation: CancellationToken,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Workers {
+    fn start(&mut self, routes: &Routes) {
+        self.handles = routes
+            .targets()
+            .map(|target| {
+                self.delivery
+                    .spawn_worker(target.clone(), self.generation.clone())
+            })
+            .collect();
+    }
+
+    /// Stops the workers; attempts they started go on (and are recorded) in the task tracker.
+    async fn stop(&mut self) {
+        self.generation.cancel();
+        for handle in self.handles.drain(..) {
+            let _ = handle.await;
+        }
+    }
+
+    async fn restart(&mut self, routes: &Routes) {
+        self.stop().await;
+        self.generation = self.parent.child_token();
+        self.start(routes);
+    }
+}
+
+/// Until shutdown: on SIGHUP, re-reads `path`; a valid config replaces accounts and targets
+/// (work in flight finishes under the old ones), an invalid one is refused and the old one stays.
+async fn reload_on_hangup(
+    path: &Path,
+    mut current: Config,
+    routes: &ArcSwap<Routes>,
+    workers: &mut Workers,
+    shutdown: &CancellationToken,
+) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGHUP: configuration reload is off");
+                shutdown.cancelled().await;
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                received = hangups.recv() => if received.is_none() { break },
+                () = shutdown.cancelled() => break,
+            }
+            let loaded = Config::load(Some(path))
+                .and_then(|config| Ok((Routes::from_config(&config)?, config)));
+            let (new_routes, config) = match loaded {
+                Ok(loaded) => loaded,
+                Err(e) => {
+                    error!(path = %path.display(), "configuration reload refused, keeping the current one: {e}");
+                    continue;
+                }
+            };
+            if config.server != current.server
+                || config.admin != current.admin
+                || config.store != current.store
+            {
+                warn!("changes to [server], [admin] and [store] take effect only after a restart");
+            }
+            routes.store(Arc::new(new_routes));
+            workers.restart(&routes.load()).await;
+            info!(path = %path.display(), accounts = config.accounts.len(), "configuration reloaded");
+            current = config;
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, current, routes, workers);
+        shutdown.cancelled().await;
+    }
 }
 
 async fn purge_loop(store: Arc<dyn Store>, retention: Duration, shutdown: CancellationToken) {

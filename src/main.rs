@@ -1,5 +1,6 @@
 //! The binary: parse the command line, load the config (exit 64 if it is bad, before any port is
-//! bound), open the store, bind, and hand over to [`wechat_fanout::run`].
+//! bound), set up logging, and run the command; `serve` opens the store, binds both listeners and
+//! hands over to [`wechat_fanout::run_with`].
 #![forbid(unsafe_code)]
 // The binary decides exit codes and prints the one-line reason a person reads first.
 #![allow(clippy::print_stderr)]
@@ -13,48 +14,78 @@ use tokio_util::sync::CancellationToken;
 use wechat_fanout::cli::{Cli, Command};
 use wechat_fanout::config::Config;
 use wechat_fanout::store::SqliteStore;
+use wechat_fanout::{Listeners, admin_client, simulate};
 
 /// EX_USAGE from sysexits.h: every configuration error exits with it, before any port is bound.
 const EXIT_BAD_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    wechat_fanout::telemetry::init();
-    let (Command::Serve(arg) | Command::CheckConfig(arg)) = &cli.command;
-    let config = match Config::load(Some(&arg.config)) {
+    let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("wechat-fanout: invalid configuration: {e}");
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    match cli.command {
-        Command::CheckConfig(_) => {
-            print!("{}", config.redacted_toml());
-            ExitCode::SUCCESS
+    if let Command::CheckConfig = cli.command {
+        print!("{}", config.redacted_toml());
+        return ExitCode::SUCCESS;
+    }
+    wechat_fanout::telemetry::init(
+        cli.log_format.unwrap_or(config.log.format),
+        &config.log.filter,
+    );
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+        .and_then(|runtime| runtime.block_on(execute(cli, config)));
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("wechat-fanout: {e:#}");
+            ExitCode::FAILURE
         }
-        Command::Serve(_) => match serve(config) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("wechat-fanout: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
     }
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let store = SqliteStore::open(&config.store.path, config.store.synchronous)
-            .with_context(|| format!("opening the store at {}", config.store.path.display()))?;
-        let listener = tokio::net::TcpListener::bind(config.server.listen)
-            .await
-            .with_context(|| format!("binding {}", config.server.listen))?;
-        let shutdown = CancellationToken::new();
-        tokio::spawn(wechat_fanout::shutdown::on_signal(shutdown.clone()));
-        wechat_fanout::run(config, Arc::new(store), listener, shutdown).await
-    })
+/// Runs a command; `Ok(false)` means it ran but the answer was a failure (exit 1).
+async fn execute(cli: Cli, config: Config) -> anyhow::Result<bool> {
+    let mut out = std::io::stdout();
+    match cli.command {
+        Command::CheckConfig => Ok(true),
+        Command::Serve => {
+            serve(config, cli.config).await?;
+            Ok(true)
+        }
+        Command::Healthcheck(args) => {
+            let base = admin_client::base_url(&config, args.admin_url.as_deref());
+            admin_client::healthcheck(&base, args.ready, &mut out).await
+        }
+        Command::DeadLetters(command) => {
+            admin_client::dead_letters(&config, &command, &mut out).await?;
+            Ok(true)
+        }
+        Command::Simulate(args) => simulate::run(&config, &args, &mut out).await,
+    }
+}
+
+async fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    let store = SqliteStore::open(&config.store.path, config.store.synchronous)
+        .with_context(|| format!("opening the store at {}", config.store.path.display()))?;
+    let wechat = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("binding server.listen {}", config.server.listen))?;
+    let admin = tokio::net::TcpListener::bind(config.admin.listen)
+        .await
+        .with_context(|| format!("binding admin.listen {}", config.admin.listen))?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(wechat_fanout::shutdown::on_signal(shutdown.clone()));
+    let listeners = Listeners {
+        wechat,
+        admin: Some(admin),
+    };
+    wechat_fanout::run_with(config, Arc::new(store), listeners, config_path, shutdown).await
 }

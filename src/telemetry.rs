@@ -1,16 +1,31 @@
-//! Logging: tracing to stderr, filtered by `RUST_LOG` (default `info`).
+//! Logging: tracing to stderr, human-readable or JSON, filtered by `RUST_LOG` or `log.filter`.
 //!
-//! What is logged is decided where it happens; the rule everywhere is that tokens, AES keys and
-//! decrypted message content never appear at info level or above.
+//! A callback's lines run inside a `callback` span that carries its store id once it is stored,
+//! and every delivery line names the same id, so one callback's story can be followed by that id
+//! (JSON lines include the span's fields). What is logged is decided where it happens; the rule
+//! everywhere is that tokens, AES keys and decrypted message content never appear at info level.
 
 use tracing_subscriber::EnvFilter;
 
-pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+use crate::config::LogFormat;
+
+/// Installs the global subscriber; a second call does nothing.
+pub fn init(format: LogFormat, filter: &str) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
 }

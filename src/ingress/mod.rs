@@ -181,7 +181,11 @@ impl Ingress {
             body,
         });
         let this = self.clone();
-        let span = info_span!("callback", account = &*account.id);
+        let span = info_span!(
+            "callback",
+            account = &*account.id,
+            callback = tracing::field::Empty
+        );
         // From here on the callback may be stored: finish even if WeChat hangs up.
         let handled = tokio::spawn(
             async move {
@@ -261,7 +265,8 @@ impl Ingress {
             })
             .await?;
         let (callback, job_ids) = match accepted {
-            Accepted::Duplicate { answer, .. } => {
+            Accepted::Duplicate { answer, callback } => {
+                tracing::Span::current().record("callback", callback);
                 let answer = answer.unwrap_or_else(success);
                 leader.publish(answer.clone());
                 info!(dedupe_key = %key, outcome = "duplicate", "resend of a stored callback");
@@ -273,6 +278,8 @@ impl Ingress {
             }
             Accepted::New { callback, jobs } => (callback, jobs),
         };
+        // Every later line of this callback, and each delivery line, carries this id.
+        tracing::Span::current().record("callback", callback);
         let mut relay_job = None;
         for (target, id) in matched.iter().zip(&job_ids) {
             match &relay {

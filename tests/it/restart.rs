@@ -82,7 +82,7 @@ async fn sigkill_with_a_backlog_loses_no_accepted_callback() {
     drop(first);
 
     let target = Target::start_on(down, 200).await;
-    let second = Binary::serve(&config, listen, &dir.path().join("second.log")).await;
+    let mut second = Binary::serve(&config, listen, &dir.path().join("second.log")).await;
     eventually("all 50 callbacks at the target", || {
         let bodies: HashSet<String> = target
             .received()
@@ -103,7 +103,20 @@ async fn sigkill_with_a_backlog_loses_no_accepted_callback() {
         jobs(&dir.path().join("fanout.db")).is_empty().then_some(())
     })
     .await;
-    drop(second);
+
+    // Idle, it stops at once on SIGTERM.
+    second.terminate();
+    let (status, took) = second.wait_exit().await;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status {status}:\n{}",
+        second.log()
+    );
+    assert!(
+        took < Duration::from_millis(1000),
+        "idle shutdown took {took:?}"
+    );
 }
 
 /// Joins futures without a dependency on `futures`: all are polled concurrently by a task each.
@@ -120,22 +133,11 @@ where
     out
 }
 
-/// SIGTERM with a delivery in flight to a target that never answers: the binary stops within the
-/// grace period (1 s) and exits 0; the undelivered job stays in the store.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_exits_0_within_the_grace_period() {
-    let hanging = Target::start(200).await;
-    hanging.hang();
-    let dir = tempfile::tempdir().unwrap();
+/// The real binary with one callback being delivered to `hanging`, which never answers.
+async fn binary_with_a_delivery_in_flight(dir: &Path, hanging: &Target) -> (Binary, SocketAddr) {
     let listen = free_addr();
-    let config = write_config(
-        dir.path(),
-        listen,
-        &hanging.url("/hook"),
-        "timeout_ms = 30000",
-    );
-    let mut binary = Binary::serve(&config, listen, &dir.path().join("serve.log")).await;
-
+    let config = write_config(dir, listen, &hanging.url("/hook"), "timeout_ms = 30000");
+    let binary = Binary::serve(&config, listen, &dir.join("serve.log")).await;
     let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
     let sealed = wx.seal(&text_xml("in flight at shutdown"));
     let answer = client()
@@ -147,7 +149,12 @@ async fn sigterm_exits_0_within_the_grace_period() {
         .unwrap();
     assert_eq!(answer.status(), 200);
     hanging.wait_for(1).await;
+    (binary, listen)
+}
 
+/// SIGTERM, then waits for the exit: it must be 0 and come within the 1 s grace period (plus
+/// 500 ms for the process to start and end).
+async fn terminate_within_the_grace_period(binary: &mut Binary, listen: SocketAddr) {
     binary.terminate();
     let (status, took) = binary.wait_exit().await;
     assert_eq!(
@@ -157,7 +164,7 @@ async fn sigterm_exits_0_within_the_grace_period() {
         binary.log()
     );
     assert!(
-        took < Duration::from_millis(3000),
+        took < Duration::from_millis(1500),
         "took {took:?} with a 1 s grace period:\n{}",
         binary.log()
     );
@@ -165,8 +172,39 @@ async fn sigterm_exits_0_within_the_grace_period() {
         std::net::TcpStream::connect(listen).is_err(),
         "nothing listens after the exit"
     );
+}
+
+/// SIGTERM with a delivery in flight to a target that never answers: the binary stops within the
+/// grace period and exits 0; the undelivered job stays in the store for the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_0_within_the_grace_period() {
+    let hanging = Target::start(200).await;
+    hanging.hang();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut binary, listen) = binary_with_a_delivery_in_flight(dir.path(), &hanging).await;
+
+    terminate_within_the_grace_period(&mut binary, listen).await;
     let left = jobs(&dir.path().join("fanout.db"));
     assert_eq!(left.len(), 1, "the undelivered job is kept: {left:?}");
+}
+
+/// The same, with also a client that is slowly sending a request (headers sent, body not yet)
+/// when SIGTERM arrives: the grace period bounds the whole shutdown, not each of its steps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: shutdown waits shutdown_grace_ms for connections, then shutdown_grace_ms again for deliveries (2x grace)"]
+async fn sigterm_with_a_slow_client_and_a_delivery_in_flight_exits_within_the_grace_period() {
+    use tokio::io::AsyncWriteExt as _;
+    let hanging = Target::start(200).await;
+    hanging.hang();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut binary, listen) = binary_with_a_delivery_in_flight(dir.path(), &hanging).await;
+    let mut slow = tokio::net::TcpStream::connect(listen).await.unwrap();
+    slow.write_all(b"POST /wechat/main HTTP/1.1\r\nHost: wx\r\nContent-Length: 100\r\n\r\n<xml>")
+        .await
+        .unwrap();
+
+    terminate_within_the_grace_period(&mut binary, listen).await;
+    drop(slow);
 }
 
 /// The library's shutdown token does the same for an embedded proxy: `run` returns `Ok` within
@@ -181,23 +219,66 @@ async fn cancelling_the_shutdown_token_stops_run_within_the_grace_period() {
         wx.account("main", ""),
         Wx::target("t", &hanging.url("/h"), "timeout_ms = 30000"),
     );
-    let proxy = Proxy::start(&toml).await;
+    let mut proxy = Proxy::start(&toml).await;
     proxy
         .post("main", &wx.seal(&text_xml("in flight")))
         .await
         .assert_success();
     hanging.wait_for(1).await;
 
-    let addr = proxy.addr;
     let (result, took) = proxy.stop().await;
     result.expect("run ends with Ok");
     assert!(
-        took < Duration::from_millis(2500),
+        took < Duration::from_millis(1000),
         "took {took:?} with a 500 ms grace"
     );
     settle().await;
     assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
+        tokio::net::TcpStream::connect(proxy.addr).await.is_err(),
         "the listener is closed"
     );
+}
+
+/// An embedded proxy stopped with a delivery still in flight can be started again on the same
+/// store once `run` has returned, and the undelivered callback is delivered by the new run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: run returns while delivery attempts it spawned still run and hold the store (locked until the target times out)"]
+async fn after_run_returns_the_store_can_be_opened_again_and_the_backlog_resumes() {
+    let target = Target::start(200).await;
+    target.hang();
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let toml = format!(
+        "{FAST}[server]\nshutdown_grace_ms = 200\n{}{}",
+        wx.account("main", ""),
+        Wx::target("t", &target.url("/h"), "timeout_ms = 30000"),
+    );
+    let mut proxy = Proxy::start(&toml).await;
+    let sealed = wx.seal(&text_xml("resume me"));
+    proxy.post("main", &sealed).await.assert_success();
+    target.wait_for(1).await;
+    proxy.stop().await.0.expect("run ends with Ok");
+
+    // The next start, in the same process, on the same file.
+    target.set_delay(Duration::ZERO);
+    let mut config = wechat_fanout::config::Config::from_toml(&toml).unwrap();
+    config.store.path = proxy.db.clone();
+    let store = wechat_fanout::store::SqliteStore::open(&proxy.db, config.store.synchronous)
+        .expect("the store is free once run has returned");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let again = tokio::spawn(wechat_fanout::run(
+        config,
+        std::sync::Arc::new(store),
+        listener,
+        shutdown.clone(),
+    ));
+    let got = target.wait_for(2).await;
+    assert_eq!(got[1].body, sealed.body.as_bytes());
+    assert_eq!(got[1].delivery(), got[0].delivery());
+    eventually("the delivery recorded", || {
+        jobs(&proxy.db).is_empty().then_some(())
+    })
+    .await;
+    shutdown.cancel();
+    again.await.unwrap().unwrap();
 }

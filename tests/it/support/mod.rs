@@ -161,10 +161,11 @@ impl Proxy {
     }
 
     /// Cancels the shutdown token and waits for `run` to return: its result and how long it took.
-    pub(crate) async fn stop(mut self) -> (anyhow::Result<()>, Duration) {
+    /// The store's file stays for inspection until the `Proxy` is dropped.
+    pub(crate) async fn stop(&mut self) -> (anyhow::Result<()>, Duration) {
         let started = Instant::now();
         self.shutdown.cancel();
-        let run = self.run.take().expect("running");
+        let run = self.run.take().expect("the proxy is running");
         let result = tokio::time::timeout(WAIT, run)
             .await
             .expect("run returned within the wait limit")

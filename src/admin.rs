@@ -1,0 +1,319 @@
+//! The admin listener, separate from the WeChat port: health, readiness, metrics, dead letters.
+//!
+//! - `GET /healthz`: the process is alive.
+//! - `GET /readyz`: the store commits a write within 2 s (and a config is loaded): 200, else 503.
+//! - `GET /metrics`: Prometheus text format; queue depths are read from the store at scrape time.
+//! - `GET /dead-letters?account=&target=&since_ms=&until_ms=&limit=`: list, newest first.
+//! - `GET /dead-letters/{id}`: one, with the request it replays and every failed attempt.
+//! - `POST /dead-letters/{id}/replay`, `POST /dead-letters/replay?filters`: due again now, with a
+//!   fresh allowance of attempts; the same bytes are sent.
+//! - `DELETE /dead-letters/{id}`, `DELETE /dead-letters?filters` (`all=true` for no filter).
+//!
+//! It must never listen on the public WeChat port: it has no authentication.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::downstream::{ACCOUNT_HEADER, now_ms};
+use crate::metrics::Metrics;
+use crate::store::{DeadLetterFilter, Store, StoreError};
+use crate::targets::Routes;
+
+const JSON: &str = "application/json";
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct Admin {
+    pub store: Arc<dyn Store>,
+    pub routes: Arc<ArcSwap<Routes>>,
+    pub registry: Registry,
+    pub metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin").finish_non_exhaustive()
+    }
+}
+
+/// Serves the admin API on `listener` until `shutdown` fires.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
+    if let Ok(address) = listener.local_addr() {
+        info!(%address, "admin listening (health, metrics, dead letters)");
+    }
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let admin = admin.clone();
+        let service = service_fn(move |request| {
+            let admin = admin.clone();
+            async move { Ok::<_, Infallible>(admin.handle(request).await) }
+        });
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                result = connection => if let Err(e) = result { debug!(error = %e, "admin connection error") },
+                () = shutdown.cancelled() => {}
+            }
+        });
+    }
+}
+
+impl Admin {
+    async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let path = request.uri().path().trim_end_matches('/').to_owned();
+        let query = request.uri().query().unwrap_or("").to_owned();
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let result = match (request.method().clone(), segments.as_slice()) {
+            (Method::GET, ["healthz"]) => Ok(text(StatusCode::OK, "ok\n")),
+            (Method::GET, ["readyz"]) => Ok(self.ready().await),
+            (Method::GET, ["metrics"]) => Ok(self.scrape().await),
+            (Method::GET, ["dead-letters"]) => self.list(&query).await,
+            (Method::GET, ["dead-letters", id]) => self.show(id).await,
+            (Method::POST, ["dead-letters", "replay"]) => self.replay(None, &query).await,
+            (Method::POST, ["dead-letters", id, "replay"]) => self.replay(Some(id), "").await,
+            (Method::DELETE, ["dead-letters"]) => self.purge(None, &query).await,
+            (Method::DELETE, ["dead-letters", id]) => self.purge(Some(id), "").await,
+            _ => Err((StatusCode::NOT_FOUND, "no such admin endpoint".to_owned())),
+        };
+        result.unwrap_or_else(|(status, message)| {
+            json(status, &serde_json::json!({ "error": message }))
+        })
+    }
+
+    async fn ready(&self) -> Response<Full<Bytes>> {
+        match tokio::time::timeout(READY_TIMEOUT, self.store.check_writable()).await {
+            Ok(Ok(())) => text(StatusCode::OK, "ready\n"),
+            Ok(Err(e)) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
+            Err(_) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: the store did not commit within 2 s\n",
+            ),
+        }
+    }
+
+    async fn scrape(&self) -> Response<Full<Bytes>> {
+        match tokio::time::timeout(READY_TIMEOUT, self.store.queue_depths()).await {
+            Ok(Ok(depths)) => self.metrics.set_queue(
+                depths
+                    .into_iter()
+                    .map(|d| (d.account, d.target, [d.pending, d.in_flight, d.dead])),
+            ),
+            Ok(Err(e)) => warn!(error = %e, "reading queue depths for metrics failed"),
+            Err(_) => warn!("reading queue depths for metrics timed out"),
+        }
+        let mut response = Response::new(Full::new(Bytes::from(crate::metrics::encode(
+            &self.registry,
+        ))));
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            http::HeaderValue::from_static(
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ),
+        );
+        response
+    }
+
+    async fn list(&self, query: &str) -> Result<Response<Full<Bytes>>, (StatusCode, String)> {
+        let filter = parse_filter(query)?;
+        let letters = self
+            .store
+            .dead_letters(&filter)
+            .await
+            .map_err(store_error)?;
+        Ok(json(StatusCode::OK, &letters))
+    }
+
+    async fn show(&self, id: &str) -> Result<Response<Full<Bytes>>, (StatusCode, String)> {
+        let id = parse_id(id)?;
+        let Some(detail) = self.store.dead_letter(id).await.map_err(store_error)? else {
+            return Err((StatusCode::NOT_FOUND, format!("no dead letter {id}")));
+        };
+        #[derive(Serialize)]
+        struct Shown<'a> {
+            #[serde(flatten)]
+            letter: &'a crate::store::DeadLetter,
+            request: ShownRequest<'a>,
+            attempt_log: &'a [crate::store::AttemptRecord],
+        }
+        #[derive(Serialize)]
+        struct ShownRequest<'a> {
+            method: &'static str,
+            query: &'a str,
+            headers: Vec<(&'static str, String)>,
+            /// The body as text (lossy if it is not UTF-8) and exactly, in base64.
+            body: String,
+            body_base64: String,
+        }
+        let request = &detail.request;
+        let mut headers = vec![(ACCOUNT_HEADER, detail.letter.account.clone())];
+        if let Some(content_type) = &request.content_type {
+            headers.insert(0, ("content-type", content_type.clone()));
+        }
+        let shown = Shown {
+            letter: &detail.letter,
+            request: ShownRequest {
+                method: "POST",
+                query: &request.query,
+                headers,
+                body: String::from_utf8_lossy(&request.body).into_owned(),
+                body_base64: base64::engine::general_purpose::STANDARD.encode(&request.body),
+            },
+            attempt_log: &detail.attempts,
+        };
+        Ok(json(StatusCode::OK, &shown))
+    }
+
+    async fn replay(
+        &self,
+        id: Option<&str>,
+        query: &str,
+    ) -> Result<Response<Full<Bytes>>, (StatusCode, String)> {
+        let id = id.map(parse_id).transpose()?;
+        let filter = parse_filter(query)?;
+        let keys = self
+            .store
+            .replay_dead(id, &filter, now_ms())
+            .await
+            .map_err(store_error)?;
+        if id.is_some() && keys.is_empty() {
+            return Err((
+                StatusCode::NOT_FOUND,
+                format!("no dead letter {}", id.unwrap_or_default()),
+            ));
+        }
+        // Wake each affected target's worker so the replay starts now, not at the next poll.
+        let routes = self.routes.load();
+        for target in routes.targets() {
+            if keys.contains(&target.key) {
+                target.wake.notify_one();
+            }
+        }
+        info!(replayed = keys.len(), "dead letters replayed");
+        Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({ "replayed": keys.len() }),
+        ))
+    }
+
+    async fn purge(
+        &self,
+        id: Option<&str>,
+        query: &str,
+    ) -> Result<Response<Full<Bytes>>, (StatusCode, String)> {
+        let id = id.map(parse_id).transpose()?;
+        let all =
+            url::form_urlencoded::parse(query.as_bytes()).any(|(k, v)| k == "all" && v == "true");
+        let filter = parse_filter(query)?;
+        if id.is_none() && filter == DeadLetterFilter::default() && !all {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "purging every dead letter needs all=true (or a filter)".into(),
+            ));
+        }
+        let purged = self
+            .store
+            .purge_dead(id, &filter)
+            .await
+            .map_err(store_error)?;
+        if id.is_some() && purged == 0 {
+            return Err((
+                StatusCode::NOT_FOUND,
+                format!("no dead letter {}", id.unwrap_or_default()),
+            ));
+        }
+        info!(purged, "dead letters purged");
+        Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({ "purged": purged }),
+        ))
+    }
+}
+
+fn parse_id(id: &str) -> Result<i64, (StatusCode, String)> {
+    id.parse().map_err(|_| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("not a dead-letter id: {id:?}"),
+        )
+    })
+}
+
+fn parse_filter(query: &str) -> Result<DeadLetterFilter, (StatusCode, String)> {
+    let mut filter = DeadLetterFilter::default();
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        let number = |name: &str| {
+            value
+                .parse::<i64>()
+                .map_err(|_| (StatusCode::BAD_REQUEST, format!("{name} must be a number")))
+        };
+        match &*key {
+            "account" => filter.account = Some(value.into_owned()),
+            "target" => filter.target = Some(value.into_owned()),
+            "since_ms" => filter.since_ms = Some(number("since_ms")?),
+            "until_ms" => filter.until_ms = Some(number("until_ms")?),
+            "limit" => filter.limit = Some(usize::try_from(number("limit")?).unwrap_or(0)),
+            "all" => {}
+            other => {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown parameter {other:?}"),
+                ));
+            }
+        }
+    }
+    Ok(filter)
+}
+
+fn store_error(e: StoreError) -> (StatusCode, String) {
+    (StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+}
+
+fn json(status: StatusCode, value: &impl Serialize) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, http::HeaderValue::from_static(JSON));
+    response
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
