@@ -36,12 +36,11 @@ pub mod wechat;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::admin::Admin;
@@ -50,6 +49,7 @@ use crate::delivery::Delivery;
 use crate::downstream::{Downstream, now_ms};
 use crate::ingress::Ingress;
 use crate::metrics::Metrics;
+use crate::shutdown::InFlight;
 use crate::store::Store;
 use crate::targets::Routes;
 
@@ -80,8 +80,9 @@ pub async fn run(
 }
 
 /// Runs the proxy with an opened `store` until `shutdown` fires, then drains: connections and
-/// attempts in flight get `server.shutdown_grace_ms`, the store commits what it has, and whatever
-/// is undelivered resumes on the next start. With `reload_from`, SIGHUP re-reads that file.
+/// attempts in flight get `server.shutdown_grace_ms` in all, the store commits what it has, and
+/// whatever is undelivered resumes on the next start. When it returns, nothing it started holds
+/// the store any more. With `reload_from`, SIGHUP re-reads that file.
 pub async fn run_with(
     config: Config,
     store: Arc<dyn Store>,
@@ -93,7 +94,7 @@ pub async fn run_with(
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
     let downstream = Downstream::new(metrics.clone())?;
-    let tasks = TaskTracker::new();
+    let in_flight = InFlight::default();
     let grace = config.server.shutdown_grace_ms.duration();
 
     let mut workers = Workers {
@@ -101,7 +102,7 @@ pub async fn run_with(
             store: store.clone(),
             downstream: downstream.clone(),
             poll_interval: config.delivery.poll_interval_ms.duration(),
-            tasks: tasks.clone(),
+            in_flight: in_flight.clone(),
         },
         parent: shutdown.clone(),
         generation: shutdown.child_token(),
@@ -128,7 +129,7 @@ pub async fn run_with(
         store.clone(),
         downstream,
         config.server.clone(),
-        tasks.clone(),
+        in_flight.clone(),
         metrics,
     ));
     info!(address = %listeners.wechat.local_addr()?, "listening for WeChat callbacks");
@@ -141,16 +142,21 @@ pub async fn run_with(
 
     if let Some(path) = reload_from {
         reload_on_hangup(&path, config, &routes, &mut workers, &shutdown).await;
+    } else {
+        shutdown.cancelled().await;
     }
+    // One grace period bounds the whole shutdown, not each of its steps.
+    let deadline = Instant::now() + grace;
     let _ = server.await;
     workers.stop().await;
     let _ = purge.await;
     if let Some(admin) = admin {
         let _ = admin.await;
     }
-    tasks.close();
-    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
-        warn!("deliveries still in flight after the grace period; they resume on the next start");
+    if !in_flight.drain(deadline).await {
+        warn!(
+            "work still in flight after the grace period was dropped; it resumes on the next start"
+        );
     }
     store.flush().await?;
     info!("stopped");

@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info_span};
 
 use crate::downstream::{Downstream, now_ms};
+use crate::shutdown::InFlight;
 use crate::store::{Disposition, Job, Store};
 use crate::targets::Target;
 
@@ -28,8 +28,8 @@ pub struct Delivery {
     pub store: Arc<dyn Store>,
     pub downstream: Downstream,
     pub poll_interval: Duration,
-    /// Attempts in flight, so shutdown can wait for them.
-    pub tasks: TaskTracker,
+    /// Attempts in flight, so shutdown can wait for them (and abandon them after the grace).
+    pub in_flight: InFlight,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -89,7 +89,7 @@ impl Delivery {
                         Err(_) => return,
                     },
                 };
-                self.tasks.spawn(
+                self.in_flight.spawn(
                     self.clone()
                         .deliver(target.clone(), job, permit)
                         .in_current_span(),

@@ -28,13 +28,13 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::config::ServerConfig;
 use crate::downstream::{Attempt, Downstream, now_ms};
 use crate::error::{Level, Rejection};
 use crate::metrics::{CallbackOutcome, Metrics};
+use crate::shutdown::InFlight;
 use crate::store::{Accepted, Answer, Job, NewCallback, NewJob, Replay, Store};
 use crate::targets::{Account, Routes, Target};
 use crate::wechat::{CallbackQuery, Envelope, dedupe_key, open_callback, verify_url};
@@ -50,8 +50,8 @@ pub struct Ingress {
     downstream: Downstream,
     settings: ServerConfig,
     resends: Arc<Resends>,
-    /// Primary attempts that outlive their request, and answers being saved.
-    tasks: TaskTracker,
+    /// Connections, primary attempts that outlive their request, and answers being saved.
+    in_flight: InFlight,
     metrics: Arc<Metrics>,
 }
 
@@ -69,7 +69,7 @@ impl Ingress {
         store: Arc<dyn Store>,
         downstream: Downstream,
         settings: ServerConfig,
-        tasks: TaskTracker,
+        in_flight: InFlight,
         metrics: Arc<Metrics>,
     ) -> Ingress {
         Ingress {
@@ -78,7 +78,7 @@ impl Ingress {
             downstream,
             settings,
             resends: Arc::default(),
-            tasks,
+            in_flight,
             metrics,
         }
     }
@@ -328,7 +328,7 @@ impl Ingress {
                 // Keep leading until the answer is saved, so no resend can miss it.
                 let store = self.store.clone();
                 let saved = answer.clone();
-                self.tasks.spawn(async move {
+                self.in_flight.spawn(async move {
                     if let Err(e) = store.save_answer(callback, saved).await {
                         warn!(error = %e, "could not save the relayed answer; a late resend will get success");
                     }
@@ -362,7 +362,7 @@ impl Ingress {
         let (reply, answer) = oneshot::channel();
         let store = self.store.clone();
         let downstream = self.downstream.clone();
-        self.tasks.spawn(
+        self.in_flight.spawn(
             async move {
                 let attempt = downstream.attempt(&target, &job).await;
                 drop(permit);
@@ -415,13 +415,15 @@ pub async fn serve(
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
+        let in_flight = ingress.in_flight.clone();
         let ingress = ingress.clone();
         let service = service_fn(move |request| {
             let ingress = ingress.clone();
             async move { Ok::<_, Infallible>(ingress.handle(request).await) }
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
+        // Tracked, so a connection still open after the grace period is closed, not leaked.
+        in_flight.spawn(async move {
             if let Err(e) = connection.await {
                 debug!(%peer, error = %e, "connection ended with an error");
             }

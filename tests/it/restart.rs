@@ -191,7 +191,6 @@ async fn sigterm_exits_0_within_the_grace_period() {
 /// The same, with also a client that is slowly sending a request (headers sent, body not yet)
 /// when SIGTERM arrives: the grace period bounds the whole shutdown, not each of its steps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: shutdown waits shutdown_grace_ms for connections, then shutdown_grace_ms again for deliveries (2x grace)"]
 async fn sigterm_with_a_slow_client_and_a_delivery_in_flight_exits_within_the_grace_period() {
     use tokio::io::AsyncWriteExt as _;
     let hanging = Target::start(200).await;
@@ -242,7 +241,6 @@ async fn cancelling_the_shutdown_token_stops_run_within_the_grace_period() {
 /// An embedded proxy stopped with a delivery still in flight can be started again on the same
 /// store once `run` has returned, and the undelivered callback is delivered by the new run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: run returns while delivery attempts it spawned still run and hold the store (locked until the target times out)"]
 async fn after_run_returns_the_store_can_be_opened_again_and_the_backlog_resumes() {
     let target = Target::start(200).await;
     target.hang();
