@@ -326,3 +326,62 @@ async fn filters_route_by_msg_type_and_event_inside_encrypted_bodies() {
     })
     .await;
 }
+
+/// Slowloris: a client that sends its headers or its body a trickle at a time is cut off after
+/// the configured read timeouts, and what it sent is never stored or delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_and_slow_bodies_are_cut_off_and_nothing_is_stored() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let target = Target::start(200).await;
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let toml = format!(
+        "{FAST}[server]\nheader_read_timeout_ms = 300\nbody_read_timeout_ms = 300\n{}{}",
+        wx.account("main", ""),
+        Wx::target("t", &target.url("/t"), "")
+    );
+    let proxy = Proxy::start(&toml).await;
+    let sealed = wx.seal(&text_xml("slow"));
+
+    // Headers never finished: the connection is closed without an answer to act on.
+    let started = std::time::Instant::now();
+    let mut slow = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    slow.write_all(
+        format!(
+            "POST /wechat/main?{} HTTP/1.1\r\nHost: wx\r\n",
+            sealed.query
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        slow.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the proxy closes a connection whose headers never end")
+    .ok();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(!answer.contains(" 200 "), "{answer}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+
+    // Headers complete, body declared but never finished: 408 with the reason.
+    let mut partial = format!(
+        "POST /wechat/main?{} HTTP/1.1\r\nHost: wx\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n",
+        sealed.query,
+        sealed.body.len()
+    )
+    .into_bytes();
+    partial.extend_from_slice(&sealed.body.as_bytes()[..sealed.body.len() / 2]);
+    let (status, text) = raw_http(proxy.addr, &partial).await;
+    assert_eq!(status, 408, "{text}");
+
+    // The same callback sent properly afterwards is accepted: nothing of the slow ones was kept.
+    proxy.post("main", &sealed).await.assert_success();
+    let got = target.wait_for(1).await;
+    assert_eq!(got[0].body, sealed.body.as_bytes());
+    settle().await;
+    assert_eq!(target.count(), 1);
+    assert_eq!(crate::support::callbacks(&proxy.db), 1);
+}
