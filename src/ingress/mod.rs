@@ -42,6 +42,9 @@ use resends::{Resends, Role};
 
 const SUCCESS: &[u8] = b"success";
 const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
+/// How long past the leader's deadline a concurrent copy waits for the leader's answer: the
+/// leader publishes as soon as its deadline passes, so this covers scheduling, not work.
+const FOLLOWER_SLACK: Duration = Duration::from_millis(200);
 
 /// Everything a request needs, shared by all connections.
 pub struct Ingress {
@@ -212,11 +215,16 @@ impl Ingress {
         started: Instant,
     ) -> Result<Answer, Rejection> {
         let deadline = started + self.settings.reply_deadline_ms.duration();
-        let leader = match self.resends.join(&key) {
+        let leader = match self.resends.join(&key, deadline) {
             Role::Leader(leader) => leader,
-            Role::Follower(receiver) => {
+            Role::Follower {
+                leader_deadline,
+                outcome,
+            } => {
+                // The leader answers by its own deadline, which may be later than ours.
+                let wait_until = deadline.max(leader_deadline) + FOLLOWER_SLACK;
                 let answer =
-                    tokio::time::timeout_at(deadline.into(), resends::follow(receiver)).await;
+                    tokio::time::timeout_at(wait_until.into(), resends::follow(outcome)).await;
                 return match answer {
                     Ok(Some(answer)) => {
                         info!(dedupe_key = %key, outcome = "duplicate", "resend answered like its first copy");

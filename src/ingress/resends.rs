@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::sync::watch;
 
@@ -21,28 +22,37 @@ pub(super) enum State {
 
 #[derive(Debug, Default)]
 pub(super) struct Resends {
-    inflight: Mutex<HashMap<String, watch::Receiver<State>>>,
+    /// Per dedupe key: when its leader will have answered at the latest, and its outcome.
+    inflight: Mutex<HashMap<String, (Instant, watch::Receiver<State>)>>,
 }
 
 #[derive(Debug)]
 pub(super) enum Role {
     /// The first copy: it stores the callback and publishes the answer through the guard.
     Leader(Leader),
-    /// A copy of one being handled now: wait for the leader's answer.
-    Follower(watch::Receiver<State>),
+    /// A copy of one being handled now: wait for the leader's answer, which comes by the
+    /// leader's reply deadline (a copy can start reading before the leader yet join after it).
+    Follower {
+        leader_deadline: Instant,
+        outcome: watch::Receiver<State>,
+    },
 }
 
 impl Resends {
-    pub(super) fn join(self: &Arc<Self>, key: &str) -> Role {
+    /// Joins the copies of `key` being handled; `deadline` is when this copy must answer.
+    pub(super) fn join(self: &Arc<Self>, key: &str, deadline: Instant) -> Role {
         let mut inflight = self
             .inflight
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(existing) = inflight.get(key) {
-            return Role::Follower(existing.clone());
+        if let Some((leader_deadline, outcome)) = inflight.get(key) {
+            return Role::Follower {
+                leader_deadline: *leader_deadline,
+                outcome: outcome.clone(),
+            };
         }
         let (sender, receiver) = watch::channel(State::Pending);
-        inflight.insert(key.to_owned(), receiver);
+        inflight.insert(key.to_owned(), (deadline, receiver));
         Role::Leader(Leader {
             resends: self.clone(),
             key: key.to_owned(),

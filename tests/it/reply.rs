@@ -193,3 +193,59 @@ async fn a_hanging_target_does_not_delay_the_answer() {
     hanging.wait_for(3).await;
     fine.wait_for(3).await;
 }
+
+/// Regression: a resend that started reading before the first copy but finished after it used
+/// its own, earlier deadline to wait for the first copy's answer, and got a 503 a moment before
+/// the first copy answered `success` (seen with a primary slower than the deadline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_that_started_first_but_joined_second_gets_the_first_copys_answer() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let bot = Target::start(200).await;
+    bot.hang();
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let toml = format!(
+        "{FAST}[server]\nreply_deadline_ms = 600\n{}{}",
+        wx.account("main", "primary = \"bot\""),
+        Wx::target("bot", &bot.url("/bot"), "timeout_ms = 5000"),
+    );
+    let proxy = Proxy::start(&toml).await;
+    let sealed = wx.seal(&text_xml("early but slow"));
+    let body = sealed.body.as_bytes();
+
+    // Copy A: its clock starts now, but its body arrives only after copy B has taken the lead.
+    let mut early = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    early
+        .write_all(
+            format!(
+                "POST /wechat/main?{} HTTP/1.1\r\nHost: wx\r\nContent-Type: text/xml\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n",
+                sealed.query,
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    early.write_all(&body[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let leader = {
+        let proxy = &proxy;
+        let sealed = &sealed;
+        async move { proxy.post("main", sealed).await }
+    };
+    let follower = async {
+        bot.wait_for(1).await; // copy B leads and is waiting for the primary
+        early.write_all(&body[10..]).await.unwrap();
+        let mut answer = Vec::new();
+        early.read_to_end(&mut answer).await.unwrap();
+        String::from_utf8(answer).unwrap()
+    };
+    let (leader, follower) = tokio::join!(leader, follower);
+    leader.assert_success();
+    assert!(
+        follower.starts_with("HTTP/1.1 200") && follower.ends_with("success"),
+        "the copy that joined second answers like the first: {follower}"
+    );
+    assert_eq!(bot.count(), 1, "one callback, one delivery");
+}
