@@ -227,6 +227,37 @@ async fn purge_keeps_undelivered(store: Arc<dyn Store>) {
     store.flush().await.unwrap();
 }
 
+/// Regression: a delivered job's row was deleted and its id handed to the next job, so a target
+/// that dedupes on the delivery id would have dropped a new callback. Ids are never reused, not
+/// after delivery, and not after purging every callback.
+async fn delivery_ids_are_never_reused(store: Arc<dyn Store>) {
+    let mut seen = std::collections::HashSet::new();
+    for n in 0..3 {
+        let Accepted::New { callback, jobs } = store
+            .accept(callback(&format!("r{n}"), &[("a", false)]))
+            .await
+            .unwrap()
+        else {
+            panic!("r{n} is new");
+        };
+        assert!(seen.insert(jobs[0]), "job id {} handed out twice", jobs[0]);
+        assert!(
+            seen.insert(-callback),
+            "callback id {callback} handed out twice"
+        );
+        let job = store
+            .lease_due(&key("a"), 10_000, 1)
+            .await
+            .unwrap()
+            .remove(0);
+        store
+            .record(report(job.id, 1, Disposition::Delivered))
+            .await
+            .unwrap();
+        store.purge_delivered(i64::MAX).await.unwrap();
+    }
+}
+
 macro_rules! contract {
     ($backend:ident, $open:expr) => {
         mod $backend {
@@ -255,6 +286,11 @@ macro_rules! contract {
             async fn purge_keeps_undelivered() {
                 let (store, _guard) = $open;
                 super::purge_keeps_undelivered(store).await;
+            }
+            #[tokio::test]
+            async fn delivery_ids_are_never_reused() {
+                let (store, _guard) = $open;
+                super::delivery_ids_are_never_reused(store).await;
             }
         }
     };

@@ -35,9 +35,12 @@ const PENDING: i64 = 0;
 const IN_FLIGHT: i64 = 1;
 const DEAD: i64 = 3;
 
+// AUTOINCREMENT: ids are never reused, though delivered jobs and purged callbacks are deleted.
+// A job's id is the delivery id targets dedupe on, so a reused id would make a target drop a
+// new callback as a duplicate of an old one.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS callbacks (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     account TEXT NOT NULL,
     dedupe_key TEXT NOT NULL,
     received_at INTEGER NOT NULL,
@@ -51,7 +54,7 @@ CREATE TABLE IF NOT EXISTS callbacks (
     UNIQUE (account, dedupe_key)
 );
 CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     callback_id INTEGER NOT NULL,
     account TEXT NOT NULL,
     target TEXT NOT NULL,
