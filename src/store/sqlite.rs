@@ -51,7 +51,9 @@ CREATE TABLE IF NOT EXISTS callbacks (
     UNIQUE (account, dedupe_key)
 );
 CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY,
+    -- The delivery id targets dedupe by: AUTOINCREMENT, or SQLite would hand out the id of the
+    -- newest job again once it is delivered (deleted).
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     callback_id INTEGER NOT NULL,
     account TEXT NOT NULL,
     target TEXT NOT NULL,
