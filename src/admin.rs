@@ -123,11 +123,25 @@ impl Admin {
 
     async fn scrape(&self) -> Response<Full<Bytes>> {
         match tokio::time::timeout(READY_TIMEOUT, self.store.queue_depths()).await {
-            Ok(Ok(depths)) => self.metrics.set_queue(
-                depths
-                    .into_iter()
-                    .map(|d| (d.account, d.target, [d.pending, d.in_flight, d.dead])),
-            ),
+            Ok(Ok(depths)) => {
+                // Every configured target gets its gauges, at 0 when it has no jobs: an alert on
+                // `pending` or `dead` must read 0, not "no data". Targets no longer configured
+                // appear while the store still holds jobs of theirs.
+                let mut queue: Vec<(String, String, [i64; 3])> = (self.routes.load().targets())
+                    .map(|t| (t.key.account.to_string(), t.key.target.to_string(), [0; 3]))
+                    .collect();
+                for d in depths {
+                    let counts = [d.pending, d.in_flight, d.dead];
+                    match queue
+                        .iter_mut()
+                        .find(|(a, t, _)| *a == d.account && *t == d.target)
+                    {
+                        Some(row) => row.2 = counts,
+                        None => queue.push((d.account, d.target, counts)),
+                    }
+                }
+                self.metrics.set_queue(queue);
+            }
             Ok(Err(e)) => warn!(error = %e, "reading queue depths for metrics failed"),
             Err(_) => warn!("reading queue depths for metrics timed out"),
         }
@@ -199,7 +213,7 @@ impl Admin {
         query: &str,
     ) -> Result<Response<Full<Bytes>>, (StatusCode, String)> {
         let id = id.map(parse_id).transpose()?;
-        let filter = parse_filter(query)?;
+        let filter = parse_scope(query)?;
         let keys = self
             .store
             .replay_dead(id, &filter, now_ms())
@@ -233,7 +247,7 @@ impl Admin {
         let id = id.map(parse_id).transpose()?;
         let all =
             url::form_urlencoded::parse(query.as_bytes()).any(|(k, v)| k == "all" && v == "true");
-        let filter = parse_filter(query)?;
+        let filter = parse_scope(query)?;
         if id.is_none() && filter == DeadLetterFilter::default() && !all {
             return Err((
                 StatusCode::BAD_REQUEST,
@@ -290,6 +304,19 @@ fn parse_filter(query: &str) -> Result<DeadLetterFilter, (StatusCode, String)> {
                 ));
             }
         }
+    }
+    Ok(filter)
+}
+
+/// The filter of a replay or purge: `limit` is refused, as neither honours it (a "limited"
+/// purge would otherwise pass the all=true guard and delete every dead letter).
+fn parse_scope(query: &str) -> Result<DeadLetterFilter, (StatusCode, String)> {
+    let filter = parse_filter(query)?;
+    if filter.limit.is_some() {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "limit applies to listing only; replay or purge by id or filter".into(),
+        ));
     }
     Ok(filter)
 }

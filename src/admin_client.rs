@@ -100,8 +100,8 @@ pub async fn dead_letters(
             }
             writeln!(out, "{} dead letter(s)", rows.len())?;
         }
-        DeadLettersCommand::Show { id } => {
-            let base = base_url(config, None);
+        DeadLettersCommand::Show { id, admin_url } => {
+            let base = base_url(config, admin_url.as_deref());
             let letter = call(client.get(format!("{base}/dead-letters/{id}"))).await?;
             writeln!(out, "{}", serde_json::to_string_pretty(&letter)?)?;
         }

@@ -65,7 +65,12 @@ pub enum DeadLettersCommand {
         json: bool,
     },
     /// Show one dead letter: its request, headers, body and every failed attempt.
-    Show { id: i64 },
+    Show {
+        id: i64,
+        /// The admin API's base URL; default: from `admin.listen`.
+        #[arg(long)]
+        admin_url: Option<String>,
+    },
     /// Deliver dead letters again (same bytes, fresh attempts): one by id, or all that match.
     Replay {
         id: Option<i64>,

@@ -34,7 +34,7 @@ pub mod targets;
 pub mod telemetry;
 pub mod wechat;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -82,12 +82,12 @@ pub async fn run(
 /// Runs the proxy with an opened `store` until `shutdown` fires, then drains: connections and
 /// attempts in flight get `server.shutdown_grace_ms` in all, the store commits what it has, and
 /// whatever is undelivered resumes on the next start. When it returns, nothing it started holds
-/// the store any more. With `reload_from`, SIGHUP re-reads that file.
+/// the store any more. With `reload`, SIGHUP re-reads its file.
 pub async fn run_with(
     config: Config,
     store: Arc<dyn Store>,
     listeners: Listeners,
-    reload_from: Option<PathBuf>,
+    reload: Option<Reload>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let routes = Arc::new(ArcSwap::from_pointee(Routes::from_config(&config)?));
@@ -140,8 +140,8 @@ pub async fn run_with(
         grace,
     ));
 
-    if let Some(path) = reload_from {
-        reload_on_hangup(&path, config, &routes, &mut workers, &shutdown).await;
+    if let Some(reload) = reload {
+        reload_on_hangup(reload, config, &routes, &mut workers, &shutdown).await;
     } else {
         shutdown.cancelled().await;
     }
@@ -161,6 +161,27 @@ pub async fn run_with(
     store.flush().await?;
     info!("stopped");
     Ok(())
+}
+
+/// Configuration reload: the file SIGHUP re-reads, and SIGHUP itself, caught from the moment this
+/// exists. Create it before binding any port: until a handler is installed, SIGHUP's default
+/// action ends the process, so a reload sent just after a start would kill it.
+#[derive(Debug)]
+pub struct Reload {
+    path: PathBuf,
+    #[cfg(unix)]
+    hangups: tokio::signal::unix::Signal,
+}
+
+impl Reload {
+    /// Starts catching SIGHUP for a reload of `path`; must be called inside the runtime.
+    pub fn on_hangup(path: PathBuf) -> std::io::Result<Reload> {
+        Ok(Reload {
+            path,
+            #[cfg(unix)]
+            hangups: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?,
+        })
+    }
 }
 
 /// The delivery workers of the current routing table; replaced as a whole on reload.
@@ -197,26 +218,19 @@ impl Workers {
     }
 }
 
-/// Until shutdown: on SIGHUP, re-reads `path`; a valid config replaces accounts and targets
+/// Until shutdown: on SIGHUP, re-reads the file; a valid config replaces accounts and targets
 /// (work in flight finishes under the old ones), an invalid one is refused and the old one stays.
 async fn reload_on_hangup(
-    path: &Path,
+    reload: Reload,
     mut current: Config,
     routes: &ArcSwap<Routes>,
     workers: &mut Workers,
     shutdown: &CancellationToken,
 ) {
+    let path = reload.path.as_path();
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hangups = match signal(SignalKind::hangup()) {
-            Ok(hangups) => hangups,
-            Err(e) => {
-                warn!(error = %e, "cannot listen for SIGHUP: configuration reload is off");
-                shutdown.cancelled().await;
-                return;
-            }
-        };
+        let mut hangups = reload.hangups;
         loop {
             tokio::select! {
                 received = hangups.recv() => if received.is_none() { break },
@@ -227,7 +241,11 @@ async fn reload_on_hangup(
             let (new_routes, config) = match loaded {
                 Ok(loaded) => loaded,
                 Err(e) => {
-                    error!(path = %path.display(), "configuration reload refused, keeping the current one: {e}");
+                    // One line: a TOML error spans several (a snippet and a caret), which a
+                    // line-based log (journald, `grep`) would split from its level and path.
+                    let message = e.to_string();
+                    let reason = message.split_whitespace().collect::<Vec<_>>().join(" ");
+                    error!(path = %path.display(), "configuration reload refused, keeping the current one: {reason}");
                     continue;
                 }
             };

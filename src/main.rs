@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use wechat_fanout::cli::{Cli, Command};
 use wechat_fanout::config::Config;
 use wechat_fanout::store::SqliteStore;
-use wechat_fanout::{Listeners, admin_client, simulate};
+use wechat_fanout::{Listeners, Reload, admin_client, simulate};
 
 /// EX_USAGE from sysexits.h: every configuration error exits with it, before any port is bound.
 const EXIT_BAD_CONFIG: u8 = 64;
@@ -73,6 +73,14 @@ async fn execute(cli: Cli, config: Config) -> anyhow::Result<bool> {
 }
 
 async fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    // Before any port is bound: from then on a SIGHUP must reload, not end the process.
+    let reload = match config_path.map(Reload::on_hangup).transpose() {
+        Ok(reload) => reload,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: configuration reload is off");
+            None
+        }
+    };
     let store = SqliteStore::open(&config.store.path, config.store.synchronous)
         .with_context(|| format!("opening the store at {}", config.store.path.display()))?;
     let wechat = tokio::net::TcpListener::bind(config.server.listen)
@@ -87,5 +95,5 @@ async fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> anyho
         wechat,
         admin: Some(admin),
     };
-    wechat_fanout::run_with(config, Arc::new(store), listeners, config_path, shutdown).await
+    wechat_fanout::run_with(config, Arc::new(store), listeners, reload, shutdown).await
 }

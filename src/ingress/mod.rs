@@ -226,7 +226,8 @@ impl Ingress {
                 let answer =
                     tokio::time::timeout_at(wait_until.into(), resends::follow(outcome)).await;
                 return match answer {
-                    Ok(Some(answer)) => {
+                    Ok(Some((callback, answer))) => {
+                        tracing::Span::current().record("callback", callback);
                         info!(dedupe_key = %key, outcome = "duplicate", "resend answered like its first copy");
                         self.metrics
                             .callback(&account.id, CallbackOutcome::Duplicate);
@@ -276,7 +277,7 @@ impl Ingress {
             Accepted::Duplicate { answer, callback } => {
                 tracing::Span::current().record("callback", callback);
                 let answer = answer.unwrap_or_else(success);
-                leader.publish(answer.clone());
+                leader.publish(callback, answer.clone());
                 info!(dedupe_key = %key, outcome = "duplicate", "resend of a stored callback");
                 self.metrics
                     .callback(&account.id, CallbackOutcome::Duplicate);
@@ -332,7 +333,7 @@ impl Ingress {
         );
         let answer = match relayed {
             Some(answer) => {
-                leader.publish(answer.clone());
+                leader.publish(callback, answer.clone());
                 // Keep leading until the answer is saved, so no resend can miss it.
                 let store = self.store.clone();
                 let saved = answer.clone();
@@ -346,7 +347,7 @@ impl Ingress {
             }
             None => {
                 let answer = success();
-                leader.publish(answer.clone());
+                leader.publish(callback, answer.clone());
                 answer
             }
         };

@@ -11,12 +11,13 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
-use crate::store::Answer;
+use crate::store::{Answer, CallbackId};
 
 #[derive(Debug, Clone)]
 pub(super) enum State {
     Pending,
-    Answered(Answer),
+    /// The stored callback's id (followers log under it too) and its answer.
+    Answered(CallbackId, Answer),
     Failed,
 }
 
@@ -70,8 +71,8 @@ pub(super) struct Leader {
 }
 
 impl Leader {
-    pub(super) fn publish(&self, answer: Answer) {
-        self.sender.send_replace(State::Answered(answer));
+    pub(super) fn publish(&self, callback: CallbackId, answer: Answer) {
+        self.sender.send_replace(State::Answered(callback, answer));
     }
 }
 
@@ -96,14 +97,14 @@ impl Drop for Leader {
     }
 }
 
-/// Waits for the leader's outcome: `None` if it failed.
-pub(super) async fn follow(mut receiver: watch::Receiver<State>) -> Option<Answer> {
+/// Waits for the leader's outcome, the callback's id and answer: `None` if it failed.
+pub(super) async fn follow(mut receiver: watch::Receiver<State>) -> Option<(CallbackId, Answer)> {
     match receiver
         .wait_for(|state| !matches!(state, State::Pending))
         .await
     {
         Ok(state) => match &*state {
-            State::Answered(answer) => Some(answer.clone()),
+            State::Answered(callback, answer) => Some((*callback, answer.clone())),
             _ => None,
         },
         Err(_) => None,

@@ -151,3 +151,36 @@ async fn a_target_answering_429_is_retried_after_its_retry_after() {
     settle().await;
     assert_eq!(target.count(), 2);
 }
+
+/// `x-wechat-fanout-delivery` is what a target dedupes at-least-once deliveries by, so a new
+/// callback must never get the id of an earlier, finished delivery. SQLite hands out the
+/// highest rowid + 1 again once the newest job is deleted (delivered), which made every
+/// callback after an idle moment arrive as "delivery 1" and be dropped as a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_ids_are_not_reused_after_the_queue_empties() {
+    let target = Target::start(200).await;
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let toml = format!(
+        "{FAST}{}{}",
+        wx.account("main", ""),
+        Wx::target("t", &target.url("/t"), ""),
+    );
+    let proxy = Proxy::start(&toml).await;
+
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        let sealed = wx.seal(&text_xml(&format!("message {n}")));
+        proxy.post("main", &sealed).await.assert_success();
+        let got = target.wait_for(n).await;
+        assert_eq!(got[n - 1].body, sealed.body.as_bytes());
+        ids.push(got[n - 1].delivery());
+        eventually("the delivery recorded", || {
+            jobs(&proxy.db).is_empty().then_some(())
+        })
+        .await;
+    }
+    let mut distinct = ids.clone();
+    distinct.dedup();
+    assert_eq!(distinct, ids, "a delivery id was handed out twice: {ids:?}");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+}

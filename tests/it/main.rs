@@ -3,7 +3,7 @@
 //! One test binary (`cargo test --test it`). Each test starts its own proxy in-process on
 //! `127.0.0.1:0` with its own SQLite file ([`support::Proxy`]), fake downstream services that
 //! record every byte they get ([`support::Target`]), and callbacks signed and encrypted exactly as
-//! WeChat sends them ([`support::Wx`]); the restart, signal and CLI tests run the real binary.
+//! WeChat sends them ([`support::Wx`]); the restart, CLI and operations tests run the real binary.
 //! Tests are named after what a user would see; each asserts status codes, bytes on the wire and
 //! what every target received. Timing is made fast by configuration (20 ms polls, 10 ms backoffs),
 //! and every wait is bounded.
@@ -14,5 +14,6 @@ mod support;
 mod cli;
 mod delivery;
 mod ingress;
+mod operate;
 mod reply;
 mod restart;

@@ -13,13 +13,15 @@ use crate::support::{
     Binary, FAST, Proxy, Target, Wx, eventually, free_addr, jobs, settle, text_xml,
 };
 
-/// A config file for the real binary: `listen`, the store in `dir`, one official account whose
-/// single target is `target`, and `extra` keys for that target.
+/// A config file for the real binary: `listen`, the admin API on a free port (binaries of
+/// parallel tests must not share the default one), the store in `dir`, one official account
+/// whose single target is `target`, and `extra` keys for that target.
 fn write_config(dir: &Path, listen: SocketAddr, target: &str, extra: &str) -> std::path::PathBuf {
     let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
     let text = format!(
         "{FAST}[server]\nlisten = \"{listen}\"\nshutdown_grace_ms = 1000\n\
-         [store]\npath = \"{}\"\n{}{}",
+         [admin]\nlisten = \"{}\"\n[store]\npath = \"{}\"\n{}{}",
+        free_addr(),
         dir.join("fanout.db").display(),
         wx.account("main", ""),
         Wx::target("t", target, extra),

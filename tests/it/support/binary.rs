@@ -31,6 +31,55 @@ pub(crate) fn run(args: &[&str]) -> Output {
         .expect("run the binary")
 }
 
+/// What a command printed and how it ended, as the person who typed it sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct Ran {
+    /// `None` if a signal ended it.
+    pub(crate) code: Option<i32>,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+impl Ran {
+    /// Asserts exit 0 and returns stdout.
+    pub(crate) fn ok(&self) -> &str {
+        assert_eq!(self.code, Some(0), "expected exit 0: {self:#?}");
+        &self.stdout
+    }
+}
+
+/// Runs the binary to completion off the async threads (a proxy may be serving on them). A
+/// command still running after [`WAIT`] is killed and fails the test.
+pub(crate) async fn run_async(args: &[&str]) -> Ran {
+    let child = command(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the binary");
+    let pid = child.id();
+    let waiting = tokio::task::spawn_blocking(move || child.wait_with_output());
+    let output = match tokio::time::timeout(WAIT, waiting).await {
+        Ok(output) => output
+            .expect("the command's thread")
+            .expect("the command's output"),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!(
+                "`wechat-fanout {}` still ran after {WAIT:?}",
+                args.join(" ")
+            );
+        }
+    };
+    Ran {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
 /// A running `wechat-fanout serve`.
 #[derive(Debug)]
 pub(crate) struct Binary {
@@ -42,34 +91,67 @@ pub(crate) struct Binary {
 impl Binary {
     /// Starts `serve --config <config>` and waits (bounded) until `addr` accepts connections.
     pub(crate) async fn serve(config: &Path, addr: SocketAddr, log: &Path) -> Binary {
+        Binary::serve_with(config, addr, log, &[], &[]).await
+    }
+
+    /// The same with more arguments before `serve` (`--log-format json`) and environment
+    /// variables (`RUST_LOG`).
+    pub(crate) async fn serve_with(
+        config: &Path,
+        addr: SocketAddr,
+        log: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Binary {
+        let mut binary = Binary::spawn(config, log, args, env);
+        binary.wait_for_port(addr, Duration::from_millis(20)).await;
+        binary
+    }
+
+    /// Starts `serve` without waiting for anything.
+    pub(crate) fn spawn(config: &Path, log: &Path, args: &[&str], env: &[(&str, &str)]) -> Binary {
         let file = std::fs::File::create(log).expect("create the log file");
-        let child = command(&["serve", "--config", &config.to_string_lossy()])
+        let config = config.to_string_lossy();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["serve", "--config", &config]);
+        let mut command = command(&all);
+        command.envs(env.iter().copied());
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
             .expect("spawn the binary");
-        let mut binary = Binary {
+        Binary {
             child,
             log: log.to_path_buf(),
-        };
+        }
+    }
+
+    /// Waits (bounded) until `addr` accepts connections, trying every `every` (zero: as fast as
+    /// connections are refused, to catch the first moment the port is open).
+    pub(crate) async fn wait_for_port(&mut self, addr: SocketAddr, every: Duration) {
         let deadline = Instant::now() + WAIT;
         loop {
-            if let Some(status) = binary.child.try_wait().expect("poll the child") {
+            if let Some(status) = self.child.try_wait().expect("poll the child") {
                 panic!(
                     "the binary exited with {status} before listening:\n{}",
-                    binary.log()
+                    self.log()
                 );
             }
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return binary;
+                return;
             }
             assert!(
                 Instant::now() < deadline,
                 "the binary did not listen on {addr} within {WAIT:?}:\n{}",
-                binary.log()
+                self.log()
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            if every.is_zero() {
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep(every).await;
+            }
         }
     }
 
@@ -88,13 +170,47 @@ impl Binary {
         self.child.wait().expect("reap the child")
     }
 
+    /// Waits (bounded by [`WAIT`]) until the log satisfies `check`; returns the log. Fails at
+    /// once, with the log, if the process exits meanwhile.
+    pub(crate) async fn wait_log(&mut self, what: &str, check: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let log = self.log();
+            if check(&log) {
+                return log;
+            }
+            if let Some(status) = self.child.try_wait().expect("poll the child") {
+                panic!("waiting for {what}, the binary exited with {status}:\n{log}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gave up after {WAIT:?} waiting for the log to show {what}:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Is the process still running?
+    pub(crate) fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("poll the child").is_none()
+    }
+
     /// SIGTERM, as `docker stop` or systemd send.
     pub(crate) fn terminate(&self) {
+        self.signal("-TERM");
+    }
+
+    /// SIGHUP, as `systemctl reload` sends: re-read the config.
+    pub(crate) fn hangup(&self) {
+        self.signal("-HUP");
+    }
+
+    fn signal(&self, which: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args([which, &self.pid().to_string()])
             .status()
             .expect("run kill");
-        assert!(status.success(), "kill -TERM failed: {status}");
+        assert!(status.success(), "kill {which} failed: {status}");
     }
 
     /// Waits (bounded by [`WAIT`]) for the process to exit: its status and how long it took.

@@ -1,13 +1,16 @@
 //! The harness every integration test stands on: a proxy started in-process on `127.0.0.1:0`
-//! ([`Proxy`]), fake downstream services that record what they receive ([`Target`]), a simulated
-//! WeChat that signs and encrypts callbacks like the real one ([`Wx`]), the real binary
-//! ([`Binary`]), and a read-only look into the SQLite file ([`jobs`]).
+//! ([`Proxy`], with its admin listener when asked), fake downstream services that record what
+//! they receive ([`Target`]), a simulated WeChat that signs and encrypts callbacks like the real
+//! one ([`Wx`]), the real binary ([`Binary`], and its other commands through
+//! [`binary::run_async`]), a read-only look into the SQLite file ([`jobs`]), and a parser for
+//! what `/metrics` serves ([`scrape`]).
 //!
 //! Every wait is bounded: [`eventually`] polls until a condition holds or [`WAIT`] passes, and
 //! then fails the test with what it was waiting for. Nothing sleeps and hopes, except
 //! [`settle`], which gives a proxy that should do *nothing* a fair chance to misbehave.
 
 pub(crate) mod binary;
+pub(crate) mod scrape;
 mod target;
 pub(crate) mod wx;
 
@@ -64,6 +67,26 @@ pub(crate) async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<
     }
 }
 
+/// [`eventually`] for checks that must await (an HTTP request): polls every 10 ms, each check
+/// included, for at most [`WAIT`].
+pub(crate) async fn eventually_async<T, F>(what: &str, mut check: impl FnMut() -> F) -> T
+where
+    F: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Ok(Some(value)) = tokio::time::timeout(left, check()).await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gave up after {WAIT:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Gives the proxy [`SETTLE`] to do something it must not do.
 pub(crate) async fn settle() {
     tokio::time::sleep(SETTLE).await;
@@ -78,8 +101,12 @@ pub(crate) fn free_addr() -> SocketAddr {
 /// The proxy, running in this test's runtime with its own SQLite file in a temporary folder.
 pub(crate) struct Proxy {
     pub(crate) addr: SocketAddr,
+    /// The admin listener, for proxies started with [`Proxy::start_with_admin`].
+    pub(crate) admin: Option<SocketAddr>,
     /// The SQLite file, for [`jobs`].
     pub(crate) db: PathBuf,
+    /// The effective configuration, with the real addresses: what [`Proxy::write_config`] writes.
+    config: Config,
     shutdown: CancellationToken,
     run: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     client: reqwest::Client,
@@ -87,9 +114,18 @@ pub(crate) struct Proxy {
 }
 
 impl Proxy {
-    /// Starts `wechat_fanout::run` with `toml` layered over the defaults; the store path is
-    /// replaced by a file in a fresh temporary folder.
+    /// Starts the proxy (`wechat_fanout::run_with`, no admin listener, no reload) with `toml`
+    /// layered over the defaults; the store path is replaced by a file in a fresh temporary folder.
     pub(crate) async fn start(toml: &str) -> Proxy {
+        Proxy::launch(toml, false).await
+    }
+
+    /// The same, with the admin listener (health, metrics, dead letters) on its own port.
+    pub(crate) async fn start_with_admin(toml: &str) -> Proxy {
+        Proxy::launch(toml, true).await
+    }
+
+    async fn launch(toml: &str, with_admin: bool) -> Proxy {
         let mut config = Config::from_toml(toml)
             .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{toml}"));
         let dir = tempfile::tempdir().expect("temporary folder");
@@ -98,16 +134,35 @@ impl Proxy {
         let store = SqliteStore::open(&db, config.store.synchronous).expect("open the store");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local address");
+        config.server.listen = addr;
+        let admin_listener = if with_admin {
+            Some(TcpListener::bind("127.0.0.1:0").await.expect("bind admin"))
+        } else {
+            None
+        };
+        let admin = admin_listener
+            .as_ref()
+            .map(|l| l.local_addr().expect("local address"));
+        if let Some(admin) = admin {
+            config.admin.listen = admin;
+        }
         let shutdown = CancellationToken::new();
-        let run = tokio::spawn(wechat_fanout::run(
-            config,
+        let listeners = wechat_fanout::Listeners {
+            wechat: listener,
+            admin: admin_listener,
+        };
+        let run = tokio::spawn(wechat_fanout::run_with(
+            config.clone(),
             std::sync::Arc::new(store),
-            listener,
+            listeners,
+            None,
             shutdown.clone(),
         ));
         Proxy {
             addr,
+            admin,
             db,
+            config,
             shutdown,
             run: Some(run),
             client: client(),
@@ -158,6 +213,29 @@ impl Proxy {
                 .request(method, format!("http://{}{path_and_query}", self.addr)),
         )
         .await
+    }
+
+    /// `http://127.0.0.1:port` of the admin listener.
+    pub(crate) fn admin_url(&self) -> String {
+        let admin = self
+            .admin
+            .expect("the proxy was started with an admin listener");
+        format!("http://{admin}")
+    }
+
+    /// A request to the admin API: `path_and_query` starts with `/`.
+    pub(crate) async fn admin(&self, method: reqwest::Method, path_and_query: &str) -> Answer {
+        let url = format!("{}{path_and_query}", self.admin_url());
+        send(self.client.request(method, url)).await
+    }
+
+    /// Writes this proxy's effective configuration (secrets, real `server.listen` and
+    /// `admin.listen` included) to `dir/config.toml`, for the CLI commands that talk to it.
+    pub(crate) fn write_config(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("config.toml");
+        let text = toml::to_string(&self.config).expect("the config serializes");
+        std::fs::write(&path, text).expect("write the config");
+        path
     }
 
     /// Cancels the shutdown token and waits for `run` to return: its result and how long it took.
@@ -295,6 +373,21 @@ pub(crate) fn callbacks(db: &Path) -> i64 {
         .expect("open the store read-only");
     conn.query_row("SELECT COUNT(*) FROM callbacks", [], |row| row.get(0))
         .expect("count callbacks")
+}
+
+/// The raw query and body of every stored callback of `account`, in arrival order: exactly what
+/// the proxy received.
+pub(crate) fn stored(db: &Path, account: &str) -> Vec<(String, Vec<u8>)> {
+    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .expect("open the store read-only");
+    let mut select = conn
+        .prepare("SELECT query, body FROM callbacks WHERE account = ?1 ORDER BY id")
+        .expect("query callbacks");
+    select
+        .query_map([account], |row| Ok((row.get(0)?, row.get(1)?)))
+        .expect("read callbacks")
+        .collect::<Result<_, _>>()
+        .expect("read callbacks")
 }
 
 /// Writes a whole HTTP/1.1 request on a fresh connection and reads the answer until the server

@@ -1,0 +1,60 @@
+//! Operating the proxy in production, as an on-call engineer meets it: the admin listener
+//! (health, readiness, metrics, dead letters), the commands besides `serve` (`dead-letters`,
+//! `simulate`, `healthcheck`), the logs, and configuration reload on SIGHUP.
+//!
+//! The CLI commands are always the real binary, run against a proxy that is really serving:
+//! in-process ([`Proxy::start_with_admin`](crate::support::Proxy::start_with_admin), its
+//! effective config written to a file the CLI reads) or the binary itself for logs and signals.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use wechat_fanout::wechat::SealedRequest;
+
+use crate::support::{FAST, WAIT, free_addr};
+
+mod dead_letters;
+mod health;
+mod logs;
+mod metrics;
+mod reload;
+mod simulate;
+
+/// Writes `dir/config.toml` for the real binary: the WeChat port `listen`, the admin port on a
+/// free port of its own (never the shared default), the store in `dir`, fast delivery, then
+/// `rest` (accounts and targets).
+fn write_binary_config(dir: &Path, listen: SocketAddr, rest: &str) -> PathBuf {
+    let text = format!(
+        "{FAST}[server]\nlisten = \"{listen}\"\nshutdown_grace_ms = 1000\n\
+         [admin]\nlisten = \"{}\"\n[store]\npath = \"{}\"\n{rest}",
+        free_addr(),
+        dir.join("fanout.db").display(),
+    );
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).expect("write the config");
+    path
+}
+
+/// POSTs `sealed` to `/wechat/main` of the binary listening on `listen`, as WeChat would: the
+/// answer's status and body.
+async fn post_to_binary(listen: SocketAddr, sealed: &SealedRequest) -> (u16, String) {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(WAIT)
+        .build()
+        .expect("HTTP client");
+    let answer = client
+        .post(format!("http://{listen}/wechat/main?{}", sealed.query))
+        .header("content-type", sealed.content_type)
+        .body(sealed.body.clone())
+        .send()
+        .await
+        .expect("the binary answers");
+    let status = answer.status().as_u16();
+    (status, answer.text().await.expect("the answer's body"))
+}
+
+/// Milliseconds since the Unix epoch: the clock the store records deaths with.
+fn now_ms() -> i64 {
+    wechat_fanout::downstream::now_ms()
+}

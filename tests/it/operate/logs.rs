@@ -1,0 +1,179 @@
+//! The logs of the real binary, as whoever greps them at 3 a.m. needs them: one callback's story
+//! (its answer, its resends, every delivery attempt) found by one id, JSON on request, filtered
+//! like `RUST_LOG` says, and never a token, an AES key or a decrypted message in them.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+use wechat_fanout::config::Mode;
+use wechat_fanout::wechat::Kind;
+
+use super::{post_to_binary as post, write_binary_config};
+use crate::support::wx::{AES_KEY, TOKEN};
+use crate::support::{Binary, Target, Wx, eventually, free_addr, jobs, text_xml};
+
+/// The callback id a JSON line carries: in its `callback` span, or as a field.
+fn callback_of(line: &Value) -> Option<i64> {
+    line["span"]["callback"]
+        .as_i64()
+        .or_else(|| line["fields"]["callback"].as_i64())
+}
+
+/// The incident: a user says the bot answered twice. With `--log-format json`, every line about
+/// that callback — accepted, the resend WeChat sent while the slow bot thought (answered like the
+/// first copy), the late resend (answered from the store), each delivery attempt to the bot and
+/// to the flaky CRM, retries included — carries the same callback id, so one filter finds the
+/// whole story. No line holds the token, the AES key or what the user wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_tell_one_callbacks_story_under_one_id_without_secrets() {
+    let bot = Target::start(200).await;
+    bot.set_reply("text/plain", "success");
+    bot.set_delay(Duration::from_millis(1500));
+    let crm = Target::start(500).await;
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let accounts = format!(
+        "{}{}{}",
+        wx.account("main", "primary = \"bot\""),
+        Wx::target("bot", &bot.url("/bot"), "timeout_ms = 5000"),
+        Wx::target("crm", &crm.url("/crm"), "max_attempts = 1000"),
+    );
+    let config = write_binary_config(dir.path(), listen, &accounts);
+    let log = dir.path().join("serve.log");
+    let mut binary =
+        Binary::serve_with(&config, listen, &log, &["--log-format", "json"], &[]).await;
+    binary
+        .wait_log("the WeChat port", |log| {
+            log.contains("listening for WeChat callbacks")
+        })
+        .await;
+
+    let private = "my secret diary, page 42";
+    let sealed = wx.seal(&text_xml(private));
+    let first = tokio::spawn({
+        let sealed = sealed.clone();
+        async move { post(listen, &sealed).await }
+    });
+    bot.wait_for(1).await;
+    // WeChat's resend while the bot is still thinking.
+    assert_eq!(post(listen, &sealed).await, (200, "success".to_owned()));
+    assert_eq!(first.await.unwrap(), (200, "success".to_owned()));
+    crm.wait_for(1).await;
+    crm.set_status(200);
+    let db = dir.path().join("fanout.db");
+    eventually("every delivery recorded", || {
+        jobs(&db).is_empty().then_some(())
+    })
+    .await;
+    // A late resend, answered from the store.
+    assert_eq!(post(listen, &sealed).await, (200, "success".to_owned()));
+
+    let text = binary
+        .wait_log("the late resend", |log| {
+            log.contains("resend of a stored callback")
+        })
+        .await;
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let accepted: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "callback")
+        .collect();
+    assert_eq!(accepted.len(), 1, "{text}");
+    let id = callback_of(accepted[0]).unwrap_or_else(|| panic!("no id: {text}"));
+
+    // Which lines are about a callback: those in its span, deliveries, and resends.
+    let mut story: BTreeMap<String, usize> = BTreeMap::new();
+    for line in &lines {
+        let message = line["fields"]["message"].as_str().unwrap_or_default();
+        let about = line["span"]["name"] == "callback"
+            || message == "delivery"
+            || line["fields"]["dedupe_key"].is_string();
+        if about {
+            assert_eq!(
+                callback_of(line),
+                Some(id),
+                "a line without the id {id}: {line}"
+            );
+            *story.entry(message.to_owned()).or_default() += 1;
+        }
+    }
+    let resends = story
+        .iter()
+        .filter(|(m, _)| m.starts_with("resend"))
+        .map(|(_, n)| n)
+        .sum::<usize>();
+    assert_eq!(resends, 2, "{story:?}\n{text}");
+    assert_eq!(story.get("callback"), Some(&1), "{story:?}");
+    let deliveries = story.get("delivery").copied().unwrap_or_default();
+    assert_eq!(deliveries, bot.count() + crm.count(), "{story:?}\n{text}");
+    assert!(crm.count() >= 2, "the CRM's retry is in the story");
+
+    for secret in [TOKEN, AES_KEY, private] {
+        assert!(!text.contains(secret), "{secret:?} is in the log:\n{text}");
+    }
+    binary.terminate();
+    binary.wait_exit().await;
+}
+
+/// `RUST_LOG` decides what is written, with per-module directives, and the default format is
+/// text a person reads, not JSON. Here: warnings everywhere, plus info from ingress only. The
+/// callback's info line and the CRM's failed attempt (a warning) are written; the startup lines
+/// and the delivered attempt (info, from elsewhere) are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_log_filters_by_level_and_module_and_text_is_the_default() {
+    let crm = Target::start(500).await;
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let accounts = format!(
+        "{}{}",
+        wx.account("main", ""),
+        Wx::target("crm", &crm.url("/crm"), "max_attempts = 1000"),
+    );
+    let config = write_binary_config(dir.path(), listen, &accounts);
+    let log = dir.path().join("serve.log");
+    let filter = [("RUST_LOG", "warn,wechat_fanout::ingress=info")];
+    let mut binary = Binary::serve_with(&config, listen, &log, &[], &filter).await;
+
+    let sealed = wx.seal(&text_xml("filtered"));
+    assert_eq!(post(listen, &sealed).await, (200, "success".to_owned()));
+    crm.wait_for(1).await;
+    crm.set_status(200);
+    let db = dir.path().join("fanout.db");
+    eventually("the delivery recorded", || {
+        jobs(&db).is_empty().then_some(())
+    })
+    .await;
+    let text = binary
+        .wait_log("the accepted callback and the retry", |log| {
+            log.contains(" INFO ") && log.contains(" WARN ")
+        })
+        .await;
+
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.iter().all(|l| !l.starts_with('{')), "{text}");
+    let info: Vec<&&str> = lines.iter().filter(|l| l.contains(" INFO ")).collect();
+    assert_eq!(info.len(), 1, "{text}");
+    assert!(
+        info[0].contains("callback{account=\"main\" callback=1}: callback")
+            && info[0].contains("outcome=\"accepted\""),
+        "{text}"
+    );
+    let warn: Vec<&&str> = lines.iter().filter(|l| l.contains(" WARN ")).collect();
+    assert!(!warn.is_empty(), "{text}");
+    for line in &warn {
+        assert!(
+            line.contains("delivery") && line.contains("callback=1") && line.contains("status=500"),
+            "{text}"
+        );
+    }
+    assert!(!text.contains("listening"), "{text}");
+    assert!(!text.contains("outcome=\"delivered\""), "{text}");
+    binary.terminate();
+    binary.wait_exit().await;
+}

@@ -1,0 +1,157 @@
+//! Configuration reload on SIGHUP, with the real binary: a valid file replaces accounts and
+//! targets without dropping work in flight; an invalid one is refused, said so in one clear log
+//! line, and the old configuration keeps routing.
+
+use std::time::Duration;
+
+use wechat_fanout::config::Mode;
+use wechat_fanout::wechat::Kind;
+
+use super::{post_to_binary, write_binary_config};
+use crate::support::{Binary, Target, Wx, eventually, free_addr, jobs, text_xml};
+
+/// A new text callback to `main`, which must be answered `success`; returns its body.
+async fn post(listen: std::net::SocketAddr, wx: &Wx, text: &str) -> String {
+    let sealed = wx.seal(&text_xml(text));
+    let answer = post_to_binary(listen, &sealed).await;
+    assert_eq!(answer, (200, "success".to_owned()));
+    sealed.body
+}
+
+fn count(log: &str, needle: &str) -> usize {
+    log.matches(needle).count()
+}
+
+/// The incident: a new consumer (`b`) must start getting callbacks without a restart. The
+/// operator adds it to the file and sends SIGHUP while a delivery to the slow `a` is in flight:
+/// the reload is logged, that delivery still completes (once), and new callbacks reach both.
+/// Then a botched edit (a TOML syntax error, then a primary that names no target) is refused
+/// with a log line naming the problem; the process keeps running on the last good config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_a_valid_config_and_refuses_an_invalid_one() {
+    let a = Target::start(200).await;
+    a.set_delay(Duration::from_millis(1500));
+    let b = Target::start(200).await;
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let only_a = format!(
+        "{}{}",
+        wx.account("main", ""),
+        Wx::target("a", &a.url("/a"), "")
+    );
+    let config = write_binary_config(dir.path(), listen, &only_a);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let mut binary = Binary::serve(&config, listen, &dir.path().join("serve.log")).await;
+    binary
+        .wait_log("the proxy announcing its WeChat port", |log| {
+            log.contains("listening for WeChat callbacks")
+        })
+        .await;
+
+    let in_flight = post(listen, &wx, "in flight during the reload").await;
+    a.wait_for(1).await;
+
+    let with_b = format!("{text}{}", Wx::target("b", &b.url("/b"), ""));
+    std::fs::write(&config, &with_b).unwrap();
+    binary.hangup();
+    let log = binary
+        .wait_log("the reload", |log| log.contains("configuration reloaded"))
+        .await;
+    assert!(!log.contains("take effect only after a restart"), "{log}");
+
+    // The delivery that was in flight when the workers were replaced completes and is recorded.
+    let db = dir.path().join("fanout.db");
+    eventually("the in-flight delivery recorded", || {
+        jobs(&db).is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(a.received()[0].body, in_flight.as_bytes());
+    a.set_delay(Duration::ZERO);
+
+    let after = post(listen, &wx, "after the reload").await;
+    assert_eq!(a.wait_for(2).await[1].body, after.as_bytes());
+    assert_eq!(b.wait_for(1).await[0].body, after.as_bytes());
+    eventually("both deliveries recorded", || {
+        jobs(&db).is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(a.count(), 2, "no delivery was repeated: {:?}", a.received());
+
+    // Botched edits: each is refused with the reason, and the process keeps running.
+    let botched = [
+        (
+            format!("{with_b}\n[[accounts.targets]\n"),
+            "TOML parse error",
+        ),
+        (
+            with_b.replace("mode = \"safe\"", "mode = \"safe\"\nprimary = \"nobody\""),
+            "accounts[0].primary",
+        ),
+    ];
+    for (n, (bad, reason)) in botched.iter().enumerate() {
+        std::fs::write(&config, bad).unwrap();
+        binary.hangup();
+        let log = binary
+            .wait_log("the reload refused", |log| {
+                count(log, "configuration reload refused, keeping the current one") == n + 1
+            })
+            .await;
+        let line = log
+            .lines()
+            .filter(|l| l.contains("configuration reload refused"))
+            .nth(n)
+            .unwrap();
+        assert!(line.contains("ERROR"), "{line}");
+        assert!(line.contains(reason), "the line names the problem: {line}");
+        assert!(line.contains(&*config.to_string_lossy()), "{line}");
+        assert_eq!(count(&log, "configuration reloaded"), 1, "{log}");
+        assert!(binary.is_running(), "{log}");
+
+        // The last good config (a and b) still routes.
+        let still = post(listen, &wx, &format!("after botched edit {n}")).await;
+        assert_eq!(a.wait_for(3 + n).await[2 + n].body, still.as_bytes());
+        assert_eq!(b.wait_for(2 + n).await[1 + n].body, still.as_bytes());
+    }
+
+    binary.terminate();
+    let (status, _) = binary.wait_exit().await;
+    assert_eq!(status.code(), Some(0), "{}", binary.log());
+}
+
+/// A reload sent the moment the WeChat port answers, as a deploy script that restarts and then
+/// reloads does: SIGHUP's default action is to end the process, so the handler must be in place
+/// before the proxy is reachable, and the reload must happen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_right_after_start_reloads_instead_of_killing_the_process() {
+    let a = Target::start(200).await;
+    let b = Target::start(200).await;
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let only_a = format!(
+        "{}{}",
+        wx.account("main", ""),
+        Wx::target("a", &a.url("/a"), "")
+    );
+    let config = write_binary_config(dir.path(), listen, &only_a);
+    let text = std::fs::read_to_string(&config).unwrap();
+    // The file already names b when the process starts; the reload reads it again.
+    std::fs::write(
+        &config,
+        format!("{text}{}", Wx::target("b", &b.url("/b"), "")),
+    )
+    .unwrap();
+    let mut binary = Binary::spawn(&config, &dir.path().join("serve.log"), &[], &[]);
+    // Not a poll every 20 ms: the signal goes out the moment the port opens.
+    binary.wait_for_port(listen, Duration::ZERO).await;
+    binary.hangup();
+
+    binary
+        .wait_log("the reload", |log| log.contains("configuration reloaded"))
+        .await;
+    assert!(binary.is_running(), "{}", binary.log());
+    let sent = post(listen, &wx, "after an early reload").await;
+    assert_eq!(b.wait_for(1).await[0].body, sent.as_bytes());
+    assert_eq!(a.wait_for(1).await[0].body, sent.as_bytes());
+}
