@@ -80,9 +80,10 @@ fn main() {
 
     // envelope: bodies as WeChat sends them, clear and encrypted, XML and JSON.
     let encrypt = key.encrypt(OA_TEXT.as_bytes(), RECEIVE_ID);
+    let reply_signature = msg_signature(TOKEN, "1409659813", "1372623149", &encrypt);
     let reply = Sealed {
         encrypt: &encrypt,
-        msg_signature: msg_signature(TOKEN, "1409659813", "1372623149", &encrypt).as_str(),
+        msg_signature: reply_signature.as_str(),
         timestamp: "1409659813",
         nonce: "1372623149",
     };
@@ -96,9 +97,18 @@ fn main() {
         ("mp_event.json", MP_JSON.to_owned()),
         ("mp_text.json", MP_JSON_TEXT.to_owned()),
         ("wecom_lowercase.json", WECOM_JSON.to_owned()),
-        ("safe_request.xml", encrypted_request_xml("gh_1", None, &encrypt)),
-        ("wecom_request.xml", encrypted_request_xml("ww1", Some("1000002"), &encrypt)),
-        ("mp_safe_request.json", encrypted_request_json("gh_1", &encrypt)),
+        (
+            "safe_request.xml",
+            encrypted_request_xml("gh_1", None, &encrypt),
+        ),
+        (
+            "wecom_request.xml",
+            encrypted_request_xml("ww1", Some("1000002"), &encrypt),
+        ),
+        (
+            "mp_safe_request.json",
+            encrypted_request_json("gh_1", &encrypt),
+        ),
         ("encrypted_reply.xml", reply.reply_xml()),
         ("encrypted_reply.json", reply.reply_json()),
     ] {
@@ -109,13 +119,29 @@ fn main() {
     // empty receive id), then the input.
     let with_mode = |mode: u8, bytes: &[u8]| [&[mode][..], bytes].concat();
     let aligned = b"hello world!"; // 20 + 12 + 0 = 32: a full pad block of 32 for receive id "".
-    write(decrypt, "text_ciphertext", &with_mode(0, encrypt.as_bytes()));
+    write(
+        decrypt,
+        "text_ciphertext",
+        &with_mode(0, encrypt.as_bytes()),
+    );
     let bot = key.encrypt(aligned, "");
-    write(decrypt, "text_ciphertext_bot_full_pad", &with_mode(0x80, bot.as_bytes()));
+    write(
+        decrypt,
+        "text_ciphertext_bot_full_pad",
+        &with_mode(0x80, bot.as_bytes()),
+    );
     let raw = base64_decode(&encrypt);
     write(decrypt, "bytes_ciphertext", &with_mode(1, &raw));
-    write(decrypt, "plaintext", &with_mode(2, &plaintext(OA_TEXT.as_bytes(), RECEIVE_ID)));
-    write(decrypt, "plaintext_bot_full_pad", &with_mode(0x82, &plaintext(aligned, "")));
+    write(
+        decrypt,
+        "plaintext",
+        &with_mode(2, &plaintext(OA_TEXT.as_bytes(), RECEIVE_ID)),
+    );
+    write(
+        decrypt,
+        "plaintext_bot_full_pad",
+        &with_mode(0x82, &plaintext(aligned, "")),
+    );
     write(decrypt, "round_trip", &with_mode(3, MP_JSON.as_bytes()));
 
     // callback: mode byte (0 as given, 1 harness signs, 2 harness seals the body), query, NUL,
@@ -144,7 +170,11 @@ fn main() {
             let sealed = seal_callback(&credentials(kind, mode), message, params);
             let name = format!("{kind_name}_{mode_name}");
             write(callback, &name, &request(0, &sealed.query, &sealed.body));
-            write(callback, &format!("{name}_resigned"), &request(1, &sealed.query, &sealed.body));
+            write(
+                callback,
+                &format!("{name}_resigned"),
+                &request(1, &sealed.query, &sealed.body),
+            );
         }
     }
     let echostr = "4375120948345356249";
@@ -157,17 +187,28 @@ fn main() {
     let query = format!(
         "msg_signature={}&timestamp=1&nonce=2&echostr={}",
         msg_signature(TOKEN, "1", "2", &wecom_echostr),
-        wecom_echostr.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D")
+        wecom_echostr
+            .replace('+', "%2B")
+            .replace('/', "%2F")
+            .replace('=', "%3D")
     );
     write(callback, "wecom_handshake", &request(0, &query, ""));
-    write(callback, "handshake_resigned", &request(1, "timestamp=1&nonce=2&echostr=a+b%2F", ""));
+    write(
+        callback,
+        "handshake_resigned",
+        &request(1, "timestamp=1&nonce=2&echostr=a+b%2F", ""),
+    );
     for (name, body) in [
         ("sealed_oa_text", OA_TEXT),
         ("sealed_scancode", OA_SCANCODE),
         ("sealed_mp_json", MP_JSON),
         ("sealed_entities", ENTITIES),
     ] {
-        write(callback, name, &request(2, "timestamp=1409659813&nonce=1372623149", body));
+        write(
+            callback,
+            name,
+            &request(2, "timestamp=1409659813&nonce=1372623149", body),
+        );
     }
 }
 
