@@ -2,16 +2,21 @@
 //! needs one hash lookup and no parsing of settings.
 //!
 //! Each [`Target`] also carries what ingress and delivery share at run time: the bound on
-//! requests in flight (a semaphore: the primary relay takes from the same budget) and the bell
-//! that tells the target's worker new jobs are due.
+//! requests in flight (a semaphore: the primary relay takes from the same budget), the bell
+//! that tells the target's worker new jobs are due in the store, and the handoff through which
+//! ingress passes new jobs straight to the worker.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, mpsc};
 
 use crate::config::{Config, ConfigError, TargetSettings};
-use crate::store::TargetKey;
+use crate::store::{Job, TargetKey};
+
+/// Jobs that can wait in a target's handoff, per request it may have in flight. Past that,
+/// ingress stores new jobs as pending and the worker leases them when it catches up.
+const HANDOFF_PER_PERMIT: usize = 4;
 use crate::wechat::{Credentials, Envelope};
 
 #[derive(Debug)]
@@ -39,6 +44,11 @@ pub struct Target {
     pub permits: Arc<Semaphore>,
     /// Rung when jobs for this target are stored as due.
     pub wake: Arc<Notify>,
+    /// New jobs that ingress stored as already in flight, with the request it holds in memory:
+    /// the common case costs no lease through the store and no second copy of the body.
+    pub handoff: mpsc::Sender<Job>,
+    /// The receiving end of `handoff`, taken by the target's worker when it starts.
+    pub inbox: Mutex<Option<mpsc::Receiver<Job>>>,
 }
 
 /// Lower-cased allow lists; `None` lets everything through.
@@ -63,6 +73,8 @@ impl Routes {
                 .iter()
                 .map(|t| {
                     let settings = t.settings(&config.target_defaults);
+                    let (handoff, inbox) =
+                        mpsc::channel(settings.max_concurrency.max(1) * HANDOFF_PER_PERMIT);
                     Arc::new(Target {
                         key: TargetKey {
                             account: id.clone(),
@@ -76,6 +88,8 @@ impl Routes {
                             events: lower(&t.events),
                         },
                         wake: Arc::new(Notify::new()),
+                        handoff,
+                        inbox: Mutex::new(Some(inbox)),
                     })
                 })
                 .collect();

@@ -258,6 +258,33 @@ async fn delivery_ids_are_never_reused(store: Arc<dyn Store>) {
     }
 }
 
+/// Jobs stored as in flight (handed to a worker) that the worker gives back are due again, and
+/// releasing a job that is no longer in flight changes nothing.
+async fn release_returns_jobs_in_flight_to_the_queue(store: Arc<dyn Store>) {
+    let Accepted::New { jobs, .. } = store
+        .accept(callback("h1", &[("a", true), ("b", false)]))
+        .await
+        .unwrap()
+    else {
+        panic!("h1 is new");
+    };
+    assert!(
+        store
+            .lease_due(&key("a"), i64::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store.release(vec![jobs[0], jobs[1]], 3_000).await.unwrap();
+    assert_eq!(store.next_due(&key("a")).await.unwrap(), Some(3_000));
+    // b was pending, not in flight: it keeps its due time.
+    assert_eq!(store.next_due(&key("b")).await.unwrap(), Some(1_000));
+    let leased = store.lease_due(&key("a"), 3_000, 10).await.unwrap();
+    assert_eq!(leased.len(), 1);
+    assert_eq!((leased[0].id, leased[0].attempts), (jobs[0], 0));
+    assert_eq!(&leased[0].request.body[..], b"<xml><MsgId>h1</MsgId></xml>");
+}
+
 macro_rules! contract {
     ($backend:ident, $open:expr) => {
         mod $backend {
@@ -291,6 +318,11 @@ macro_rules! contract {
             async fn delivery_ids_are_never_reused() {
                 let (store, _guard) = $open;
                 super::delivery_ids_are_never_reused(store).await;
+            }
+            #[tokio::test]
+            async fn release_returns_jobs_in_flight_to_the_queue() {
+                let (store, _guard) = $open;
+                super::release_returns_jobs_in_flight_to_the_queue(store).await;
             }
         }
     };

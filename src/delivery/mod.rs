@@ -1,26 +1,41 @@
-//! Delivery: one worker per target leases due jobs from the store, sends each once through
-//! [`Downstream`], and records the outcome, which removes, reschedules or buries the job.
+//! Delivery: one worker per target sends each job once through [`Downstream`] and records the
+//! outcome, which removes, reschedules or buries the job.
 //!
-//! The store is the queue and the retry timer: a worker holds no job it has not leased, sleeps
-//! until it is rung (new jobs), the earliest due retry, or the poll interval, and never sleeps
-//! on behalf of a job. At most `max_concurrency` requests are in flight per target, a budget the
-//! primary relay in ingress shares. On shutdown workers stop leasing; attempts in flight finish
-//! (the caller bounds that by the grace period) and anything unfinished is due again on restart.
+//! Jobs come two ways. New ones arrive through the target's handoff: ingress stored them as in
+//! flight and passes the request it already holds, so the common case costs no lease through the
+//! store and no copy of the body. Everything else (retries, a backlog that overflowed the
+//! handoff, jobs from a previous run, replayed dead letters) is leased from the store, which is
+//! the queue and the retry timer: a worker sleeps until it is rung, the earliest due retry, or the
+//! poll interval, and never sleeps on behalf of a job. At most `max_concurrency` requests are in
+//! flight per target, a budget the primary relay in ingress shares. On stop, jobs still in the
+//! handoff go back to the store as due; attempts in flight finish (the caller bounds that by the
+//! grace period) and anything unfinished is due again on restart.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, error, info_span};
+use tracing::{Instrument, error, info_span, warn};
 
 use crate::downstream::{Downstream, now_ms};
 use crate::shutdown::InFlight;
-use crate::store::{Disposition, Job, Store};
+use crate::store::{Disposition, Job, JobId, Store};
 use crate::targets::Target;
 
 /// Most jobs leased at once, however large the target's concurrency.
 const LEASE_BATCH: usize = 256;
+/// How long a stopping worker waits for jobs that ingress is handing over at that moment.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
+
+/// What a look into the store found.
+enum Lease {
+    /// As many jobs as were asked for: there may be more.
+    Full,
+    /// Fewer: look again after this long, or when rung.
+    Done(Duration),
+    Stopped,
+}
 
 /// What every worker shares.
 #[derive(Clone)]
@@ -57,58 +72,118 @@ impl Delivery {
     }
 
     async fn work(self, target: Arc<Target>, stop: CancellationToken) {
+        let Some(mut inbox) = target.inbox.lock().ok().and_then(|mut inbox| inbox.take()) else {
+            error!("the target's handoff is taken by another worker");
+            return;
+        };
+        // Look in the store at start (jobs left by a previous run), when rung (jobs stored as
+        // pending, retries rescheduled) and at the earliest due time or poll interval.
+        let mut look_in_store = true;
+        let mut next_look = tokio::time::Instant::now();
         loop {
-            // Hold one permit while leasing, so a lease never outruns the concurrency budget.
-            let first = tokio::select! {
-                permit = target.permits.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => return,
-                },
-                () = stop.cancelled() => return,
-            };
-            let want = (1 + target.permits.available_permits()).min(LEASE_BATCH);
-            let jobs = match self.store.lease_due(&target.key, now_ms(), want).await {
-                Ok(jobs) => jobs,
-                Err(e) => {
-                    error!(error = %e, "leasing due jobs failed");
-                    drop(first);
-                    tokio::select! {
-                        () = tokio::time::sleep(self.poll_interval) => continue,
-                        () = stop.cancelled() => return,
+            if look_in_store {
+                look_in_store = false;
+                match self.lease_from_store(&target, &stop).await {
+                    Lease::Full => {
+                        look_in_store = true;
+                        continue;
                     }
+                    Lease::Stopped => break,
+                    Lease::Done(wait) => next_look = tokio::time::Instant::now() + wait,
                 }
-            };
-            let full = jobs.len() == want;
-            let mut first = Some(first);
-            for job in jobs {
-                let permit = match first.take() {
-                    Some(permit) => permit,
-                    // Leased jobs are always attempted, even if stop fires meanwhile.
-                    None => match target.permits.clone().acquire_owned().await {
-                        Ok(permit) => permit,
-                        Err(_) => return,
-                    },
-                };
-                self.in_flight.spawn(
-                    self.clone()
-                        .deliver(target.clone(), job, permit)
-                        .in_current_span(),
-                );
             }
-            drop(first);
-            if full {
-                continue;
-            }
-            let wait = match self.store.next_due(&target.key).await {
-                Ok(Some(at)) => Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0))
-                    .min(self.poll_interval),
-                _ => self.poll_interval,
-            };
             tokio::select! {
-                () = target.wake.notified() => {}
-                () = tokio::time::sleep(wait) => {}
-                () = stop.cancelled() => return,
+                job = inbox.recv() => {
+                    let Some(job) = job else { break };
+                    let permit = tokio::select! {
+                        permit = target.permits.clone().acquire_owned() => permit,
+                        () = stop.cancelled() => {
+                            self.release(&mut inbox, vec![job.id]).await;
+                            return;
+                        }
+                    };
+                    let Ok(permit) = permit else { break };
+                    self.spawn_attempt(&target, job, permit);
+                }
+                () = target.wake.notified() => look_in_store = true,
+                () = tokio::time::sleep_until(next_look) => look_in_store = true,
+                () = stop.cancelled() => break,
             }
+        }
+        self.release(&mut inbox, Vec::new()).await;
+    }
+
+    /// Leases due jobs from the store, at most as many as there are free permits, and starts
+    /// their attempts; says how long until the store should be looked at again.
+    async fn lease_from_store(&self, target: &Arc<Target>, stop: &CancellationToken) -> Lease {
+        // Hold one permit while leasing, so a lease never outruns the concurrency budget.
+        let first = tokio::select! {
+            permit = target.permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return Lease::Stopped,
+            },
+            () = stop.cancelled() => return Lease::Stopped,
+        };
+        let want = (1 + target.permits.available_permits()).min(LEASE_BATCH);
+        let jobs = match self.store.lease_due(&target.key, now_ms(), want).await {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                error!(error = %e, "leasing due jobs failed");
+                return Lease::Done(self.poll_interval);
+            }
+        };
+        let full = jobs.len() == want;
+        let mut first = Some(first);
+        for job in jobs {
+            let permit = match first.take() {
+                Some(permit) => permit,
+                // Leased jobs are always attempted, even if stop fires meanwhile.
+                None => match target.permits.clone().acquire_owned().await {
+                    Ok(permit) => permit,
+                    Err(_) => return Lease::Stopped,
+                },
+            };
+            self.spawn_attempt(target, job, permit);
+        }
+        if full {
+            return Lease::Full;
+        }
+        Lease::Done(match self.store.next_due(&target.key).await {
+            Ok(Some(at)) => Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0))
+                .min(self.poll_interval),
+            _ => self.poll_interval,
+        })
+    }
+
+    fn spawn_attempt(&self, target: &Arc<Target>, job: Job, permit: OwnedSemaphorePermit) {
+        self.in_flight.spawn(
+            self.clone()
+                .deliver(target.clone(), job, permit)
+                .in_current_span(),
+        );
+    }
+
+    /// On stop: jobs still in the handoff go back to the store as due, so the next worker (after
+    /// a reload) or the next start sends them. Closing first makes ingress store new jobs as
+    /// pending instead; jobs it is handing over right now are waited for, briefly.
+    async fn release(&self, inbox: &mut mpsc::Receiver<Job>, mut jobs: Vec<JobId>) {
+        inbox.close();
+        let drained = tokio::time::timeout(RELEASE_WAIT, async {
+            while let Some(job) = inbox.recv().await {
+                jobs.push(job.id);
+            }
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                "jobs still being handed over after {RELEASE_WAIT:?}; they resume on the next start"
+            );
+        }
+        if jobs.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.release(jobs, now_ms()).await {
+            warn!(error = %e, "could not return handed-over jobs to the queue; they resume on the next start");
         }
     }
 

@@ -26,6 +26,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc::OwnedPermit;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
@@ -254,11 +255,21 @@ impl Ingress {
             .as_ref()
             .filter(|p| matched.iter().any(|t| Arc::ptr_eq(t, p)))
             .and_then(|p| Some((p.clone(), p.permits.clone().try_acquire_owned().ok()?)));
+        // Every other target gets its job handed straight to its worker when there is room in
+        // its handoff: the job is stored as in flight, and the worker needs no lease for it.
+        let mut handoffs: Vec<Option<OwnedPermit<Job>>> = matched
+            .iter()
+            .map(|t| match &relay {
+                Some((primary, _)) if Arc::ptr_eq(t, primary) => None,
+                _ => t.handoff.clone().try_reserve_owned().ok(),
+            })
+            .collect();
         let jobs = matched
             .iter()
-            .map(|t| NewJob {
+            .zip(&handoffs)
+            .map(|(t, handoff)| NewJob {
                 target: t.key.target.clone(),
-                leased: relay.as_ref().is_some_and(|(p, _)| Arc::ptr_eq(t, p)),
+                leased: handoff.is_some() || relay.as_ref().is_some_and(|(p, _)| Arc::ptr_eq(t, p)),
             })
             .collect();
         let accepted = self
@@ -290,10 +301,20 @@ impl Ingress {
         // Every later line of this callback, and each delivery line, carries this id.
         tracing::Span::current().record("callback", callback);
         let mut relay_job = None;
-        for (target, id) in matched.iter().zip(&job_ids) {
-            match &relay {
-                Some((primary, _)) if Arc::ptr_eq(target, primary) => relay_job = Some(*id),
-                _ => target.wake.notify_one(),
+        for ((target, id), handoff) in matched.iter().zip(&job_ids).zip(&mut handoffs) {
+            match (&relay, handoff.take()) {
+                (Some((primary, _)), _) if Arc::ptr_eq(target, primary) => relay_job = Some(*id),
+                (_, Some(handoff)) => {
+                    handoff.send(Job {
+                        id: *id,
+                        callback,
+                        key: target.key.clone(),
+                        attempts: 0,
+                        retry_base: 0,
+                        request: replay.clone(),
+                    });
+                }
+                (_, None) => target.wake.notify_one(),
             }
         }
         let relayed = match (relay, relay_job) {

@@ -220,6 +220,10 @@ pub trait Store: Send + Sync + 'static {
     /// Records the end of an attempt: removes, reschedules or buries the job.
     async fn record(&self, report: AttemptReport) -> Result<(), StoreError>;
 
+    /// Returns jobs in flight that will not be attempted after all (a worker stopping with jobs
+    /// handed to it) to the due queue, due at `now_ms`.
+    async fn release(&self, jobs: Vec<JobId>, now_ms: i64) -> Result<(), StoreError>;
+
     /// Succeeds when a write can be committed now (readiness).
     async fn check_writable(&self) -> Result<(), StoreError>;
 

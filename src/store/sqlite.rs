@@ -86,6 +86,7 @@ enum Command {
     Lease(TargetKey, i64, usize, Reply<Vec<Job>>),
     NextDue(TargetKey, Reply<Option<i64>>),
     Record(AttemptReport, Reply<()>),
+    Release(Vec<JobId>, i64, Reply<()>),
     Purge(i64, Reply<u64>),
     ReplayDead(Option<JobId>, DeadLetterFilter, i64, Reply<Vec<TargetKey>>),
     PurgeDead(Option<JobId>, DeadLetterFilter, Reply<u64>),
@@ -246,6 +247,10 @@ impl Store for SqliteStore {
 
     async fn record(&self, report: AttemptReport) -> Result<(), StoreError> {
         self.call(|r| Command::Record(report, r)).await
+    }
+
+    async fn release(&self, jobs: Vec<JobId>, now_ms: i64) -> Result<(), StoreError> {
+        self.call(|r| Command::Release(jobs, now_ms, r)).await
     }
 
     async fn check_writable(&self) -> Result<(), StoreError> {
@@ -461,9 +466,10 @@ impl Writer {
         }
         match command {
             Command::Accept(_, r) => Done::Accept(r, err(message)),
-            Command::SaveAnswer(_, _, r) | Command::Record(_, r) | Command::Check(r) => {
-                Done::Unit(r, err(message))
-            }
+            Command::SaveAnswer(_, _, r)
+            | Command::Record(_, r)
+            | Command::Release(_, _, r)
+            | Command::Check(r) => Done::Unit(r, err(message)),
             Command::Lease(_, _, _, r) => Done::Lease(r, err(message)),
             Command::NextDue(_, r) => Done::NextDue(r, err(message)),
             Command::Purge(_, r) | Command::PurgeDead(_, _, r) => Done::Count(r, err(message)),
@@ -478,6 +484,7 @@ impl Writer {
             Command::Lease(key, now, limit, r) => Done::Lease(r, self.lease(&key, now, limit)),
             Command::NextDue(key, r) => Done::NextDue(r, self.next_due(&key)),
             Command::Record(report, r) => Done::Unit(r, self.record(&report)),
+            Command::Release(jobs, now, r) => Done::Unit(r, self.release(&jobs, now)),
             Command::Purge(before, r) => Done::Count(r, self.purge(before)),
             Command::ReplayDead(id, filter, now, r) => {
                 Done::Keys(r, self.replay_dead(id, &filter, now))
@@ -550,6 +557,16 @@ impl Writer {
         self.conn
             .prepare_cached("UPDATE callbacks SET answer_type = ?2, answer = ?3 WHERE id = ?1")?
             .execute(params![id, answer.content_type, &answer.body[..]])?;
+        Ok(())
+    }
+
+    fn release(&mut self, jobs: &[JobId], now: i64) -> Result<(), StoreError> {
+        let mut release = self.conn.prepare_cached(
+            "UPDATE jobs SET state = ?2, next_at = ?3, updated_at = ?3 WHERE id = ?1 AND state = ?4",
+        )?;
+        for job in jobs {
+            release.execute(params![job, PENDING, now, IN_FLIGHT])?;
+        }
         Ok(())
     }
 

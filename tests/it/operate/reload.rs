@@ -155,3 +155,45 @@ async fn a_sighup_right_after_start_reloads_instead_of_killing_the_process() {
     assert_eq!(b.wait_for(1).await[0].body, sent.as_bytes());
     assert_eq!(a.wait_for(1).await[0].body, sent.as_bytes());
 }
+
+/// Jobs waiting in a target's handoff when its worker is replaced are not stranded in flight:
+/// the old worker gives them back to the store and the new one delivers each of them once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_with_jobs_waiting_for_a_slow_target_delivers_each_once() {
+    let a = Target::start(200).await;
+    a.set_delay(Duration::from_millis(700));
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let account = format!(
+        "{}{}",
+        wx.account("main", ""),
+        Wx::target("a", &a.url("/a"), "max_concurrency = 1")
+    );
+    let config = write_binary_config(dir.path(), listen, &account);
+    let mut binary = Binary::serve(&config, listen, &dir.path().join("serve.log")).await;
+    binary
+        .wait_log("the proxy announcing its WeChat port", |log| {
+            log.contains("listening for WeChat callbacks")
+        })
+        .await;
+
+    let mut sent = Vec::new();
+    for n in 0..5 {
+        sent.push(post(listen, &wx, &format!("queued {n}")).await);
+    }
+    a.wait_for(1).await; // one in flight, the others waiting behind max_concurrency = 1
+    binary.hangup();
+    binary
+        .wait_log("the reload", |log| log.contains("configuration reloaded"))
+        .await;
+    a.set_delay(Duration::ZERO);
+
+    let db = dir.path().join("fanout.db");
+    eventually("every job delivered", || jobs(&db).is_empty().then_some(())).await;
+    let mut got: Vec<Vec<u8>> = a.received().into_iter().map(|r| r.body.to_vec()).collect();
+    got.sort();
+    let mut want: Vec<Vec<u8>> = sent.into_iter().map(String::into_bytes).collect();
+    want.sort();
+    assert_eq!(got, want, "each callback exactly once");
+}
