@@ -1,12 +1,14 @@
 -- wrk script of the load benchmark: every request is a distinct, correctly signed WeChat
 -- callback (the proxy dedupes by MsgId, so a fixed body would measure one delivery).
 --
---   wrk ... -s callbacks.lua http://127.0.0.1:PORT/wechat/bench -- DATA_FILE THREADS
+--   wrk ... -s callbacks.lua http://127.0.0.1:PORT/wechat/bench -- DATA_FILE THREADS [OFFSET]
 --
 -- DATA_FILE comes from `load-gen wrk-data` (see benches/load/corpus.rs for the scheme):
 --   plain: the body suffix, then 1000 "query<TAB>body prefix" variants; callback n uses variant
 --          n % 1000 and MsgId "240" .. n. Thread t numbers its callbacks from (t + 1) * 10^13, so
 --          threads never collide and n always has 14 digits (tostring writes it in full).
+--          OFFSET (< 10^13, default 0) is added to n, so that consecutive wrk runs against one
+--          proxy send new callbacks rather than resends.
 --   safe:  whole encrypted callbacks, one a line; thread t starts at its share of the pool and
 --          cycles (past the pool's end callbacks repeat, and the proxy answers them as resends).
 -- done() prints one line "WRK {json}" for run.sh.
@@ -27,7 +29,7 @@ local heads, pool = {}, {}
 local counter, base, pos, count = 0, 0, 1, 0
 
 function init(args)
-  local path, threads = args[1], tonumber(args[2] or "1")
+  local path, threads, offset = args[1], tonumber(args[2] or "1"), tonumber(args[3] or "0")
   local head = "POST " .. wrk.path .. "?%s HTTP/1.1\r\nHost: " .. wrk.host .. ":" .. wrk.port
     .. "\r\nContent-Type: text/xml\r\nContent-Length: "
   local lines = io.lines(path)
@@ -46,7 +48,7 @@ function init(args)
       pool[#pool + 1] = head:format(query) .. #body .. "\r\n\r\n" .. body
     end
   end
-  base = (tid + 1) * 1e13
+  base = (tid + 1) * 1e13 + offset
   count = #pool
   if count > 0 then
     pos = math.floor(tid * count / threads) + 1

@@ -40,6 +40,17 @@ def identity:
     | if $bad == 0 then "all \($good) ✓" else "\($bad) differ ✗" end
   end;
 
+# Where the server core's time went during the load (medians over runs), in percent.
+def core:
+  if all(.cpu != null) then
+    "\(map(.cpu.server) | median) · \(map(.cpu.sinks) | median) · \(map(.cpu.other) | median) · \(map(.cpu.idle) | median)"
+  else "–" end;
+
+# Answers other than 200 (or failed requests), when there were any.
+def errors:
+  sum(.wrk.status_errors) + sum(.wrk.connect_errors) + sum(.wrk.read_errors) + sum(.wrk.timeouts)
+  | if . > 0 then " (\(.) errors)" else "" end;
+
 def drain:
   map(.drain | select(. != null)) | if length == 0 then "–"
   elif any(. == "timeout") then "timeout"
@@ -50,17 +61,19 @@ def drain:
 | [ $order[] as $s | $runs | map(select(.scenario == $s)) ] as $groups
 | (reduce $groups[] as $g ({}; .[$g[0].scenario] = ($g | map(rps) | median))) as $med
 | (reduce $groups[] as $g ({}; .[$g[0].scenario] = ($g | map(.wrk.p99_us) | median))) as $p99
-| "| scenario | requests/s (median) | spread (min–max) | p50 answer | p99 answer | deliveries per sink vs accepted | byte-identical | drain after load | proxy RSS (peak) | × hyper | × nginx |",
-  "|---|---:|---:|---:|---:|---|---|---:|---:|---:|---:|",
+| "| scenario | requests/s (median) | spread (min–max) | p50 answer | p99 answer | deliveries per sink vs accepted | byte-identical | drain after load | proxy RSS (peak) | core 0 %: server · sinks · other · idle | × hyper | × nginx |",
+  "|---|---:|---:|---:|---:|---|---|---:|---:|---|---:|---:|",
   ( $groups[] as $g
     | ($g | map(rps)) as $r
     | $g[0].scenario as $s
-    | "| \($s | title) | \($r | median | int) | \($r | min | int)–\($r | max | int) "
+    | "| \($s | title) | \($r | median | int)\($g | errors) | \($r | min | int)–\($r | max | int) "
       + "| \($g | map(.wrk.p50_us) | median | ms) | \($g | map(.wrk.p99_us) | median | ms) "
       + "| \($g | deliveries) | \($g | identity) | \(if $s == "bare" then "–" else ($g | drain) end) "
       + "| \($g | map(.hwm_kib // empty) | if length == 0 then "–" else (max / 1024 | floor | tostring) + " MiB" end) "
-      + "| \(if $med.bare and $s != "bare" then ($r | median) / $med.bare | ratio else "–" end) "
-      + "| \(if $med.nginx and $s != "nginx" then ($r | median) / $med.nginx | ratio else "–" end) |"
+      + "| \($g | core) "
+      # A fixed rate is not a capacity: no ratio.
+      + "| \(if $med.bare and ($s | IN("bare", "rate") | not) then ($r | median) / $med.bare | ratio else "–" end) "
+      + "| \(if $med.nginx and ($s | IN("nginx", "rate") | not) then ($r | median) / $med.nginx | ratio else "–" end) |"
   ),
   "",
   "Targets of the issue (measured here, on this machine):",

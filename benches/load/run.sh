@@ -4,7 +4,8 @@
 #   bash benches/load/run.sh              # every scenario, 3 runs of 10 s each (~15 min)
 #   QUICK=1 bash benches/load/run.sh      # smoke run: 1 run of 3 s each, small safe-mode pool
 #   BACKLOG=1 bash benches/load/run.sh    # adds the 1,000,000-callback backlog (memory) scenario
-#   SCENARIOS="fast down" bash benches/load/run.sh   # a subset (bare nginx fast slow down safe rate)
+#   SCENARIOS="fast down" bash benches/load/run.sh   # a subset of: bare nginx fast slow down safe rate
+#   BACKLOG=1 SCENARIOS= bash benches/load/run.sh    # the backlog scenario alone
 #
 # It installs what is missing (wrk, nginx-light, libnginx-mod-http-echo, curl, jq; apt-get, as
 # root), builds the release binary and the helpers (examples load-sink, load-bare, load-gen), then
@@ -35,7 +36,7 @@ else
 fi
 CONNS=${CONNS:-64}
 RATE=${RATE:-2000}
-SCENARIOS=${SCENARIOS:-bare nginx fast slow down safe rate}
+SCENARIOS=${SCENARIOS-bare nginx fast slow down safe rate}
 BACKLOG=${BACKLOG:-0}
 BACKLOG_TARGET=${BACKLOG_TARGET:-1000000}
 BACKLOG_CHUNK=${BACKLOG_CHUNK:-10}
@@ -153,10 +154,12 @@ if (($(nproc) >= 2)); then
     SERVER_CPU="taskset -c 0"
     CLIENT_CPU="taskset -c 1"
     PINNING="server side (server + sinks) on core 0, load generator on core 1"
+    CORE_LINE=cpu0
 else
     SERVER_CPU=""
     CLIENT_CPU=""
     PINNING="one core: not pinned"
+    CORE_LINE=cpu
 fi
 for port in "$P_BARE" "$P_NGINX" "$P_PROXY" "$P_ADMIN" "$P_SINK_A" "$P_SINK_B"; do
     port_free "$port" || { echo "port $port is in use (set PORT_BASE)" >&2; exit 1; }
@@ -171,11 +174,12 @@ if [[ " $SCENARIOS " == *" safe "* ]]; then
 fi
 
 # --- measuring ------------------------------------------------------------------------------------
-# wrk against $1 with data file $2 for $3 seconds (default DURATION); prints its JSON summary.
+# wrk against $1 with data file $2 for $3 seconds (default DURATION), callback numbers shifted by
+# $4 (default 0); prints its JSON summary.
 wrk_json() {
-    local url=$1 data=$2 seconds=${3:-$DURATION} out
+    local url=$1 data=$2 seconds=${3:-$DURATION} offset=${4:-0} out
     out=$($CLIENT_CPU wrk -t1 -c"$CONNS" -d"${seconds}s" --timeout 10s \
-        -s "$HERE/callbacks.lua" "$url" -- "$data" 1)
+        -s "$HERE/callbacks.lua" "$url" -- "$data" 1 "$offset")
     grep '^WRK ' <<<"$out" | cut -c5-
 }
 
@@ -191,6 +195,29 @@ accepted() { metric wechat_fanout_callbacks_total 'outcome="accepted"'; }
 duplicates() { metric wechat_fanout_callbacks_total 'outcome="duplicate"'; }
 
 rss_kib() { awk -v f="$2" '$1 == f":" { print $2 }' "/proc/$1/status"; }
+
+# CPU use on the server core, in clock ticks: "core_total core_idle server sink_a sink_b", where
+# server is the sum over the pids given (nginx: master and worker). "other" (the core's busy time
+# that none of these account for) shows interference from anything else on the machine.
+cpu_snapshot() {
+    local p server=0
+    for p in "$@"; do server=$((server + $(proc_ticks "$p"))); done
+    echo "$(awk -v line="$CORE_LINE" '$1 == line { t = 0; for (i = 2; i <= NF; i++) t += $i; print t, $5 + $6 }' /proc/stat)" \
+        "$server $(proc_ticks "${PIDS[sink_a]:-}") $(proc_ticks "${PIDS[sink_b]:-}")"
+}
+proc_ticks() { # utime + stime of every thread of pid $1 (0 when it is not running)
+    if [[ -n $1 && -r /proc/$1/stat ]]; then awk '{ print $14 + $15 }' "/proc/$1/stat"; else echo 0; fi
+}
+cpu_json() { # $1, $2: snapshots before and after; prints shares of the core in percent
+    local t0 i0 s0 a0 b0 t1 i1 s1 a1 b1
+    read -r t0 i0 s0 a0 b0 <<<"$1"
+    read -r t1 i1 s1 a1 b1 <<<"$2"
+    jq -nc --argjson t $((t1 - t0)) --argjson idle $((i1 - i0)) --argjson s $((s1 - s0)) \
+        --argjson sinks $((a1 - a0 + b1 - b0)) \
+        'def pct: . * 1000 / ([$t, 1] | max) | round / 10;
+         {server: ($s | pct), sinks: ($sinks | pct), idle: ($idle | pct),
+          other: (([$t - $idle - $s - $sinks, 0] | max) | pct)}'
+}
 
 # Waits until sinks $2... hold $1 distinct callbacks each; prints the seconds it took, or "timeout".
 wait_drained() {
@@ -272,14 +299,16 @@ sink_json() { # $1: port; prints its stats, or nulls when it is not running
 }
 
 run_reference() { # $1: bare|nginx; $2: run number
-    local kind=$1 i=$2 dir=$WORK/runs/$1-$2 w a b
+    local kind=$1 i=$2 dir=$WORK/runs/$1-$2 w a b c0 cpu nginx_pids
     mkdir -p "$dir"
     if [[ $kind == bare ]]; then
         start bare "$dir/bare.log" "$BIN/examples/load-bare" --listen "127.0.0.1:$P_BARE"
         wait_http "http://127.0.0.1:$P_BARE/" bare
+        c0=$(cpu_snapshot "${PIDS[bare]}")
         w=$(wrk_json "http://127.0.0.1:$P_BARE/wechat/bench" "$PLAIN_DATA")
+        cpu=$(cpu_json "$c0" "$(cpu_snapshot "${PIDS[bare]}")")
         stop bare
-        record "{\"scenario\":\"bare\",\"run\":$i,\"wrk\":$w}"
+        record "{\"scenario\":\"bare\",\"run\":$i,\"wrk\":$w,\"cpu\":$cpu}"
         return
     fi
     start_sinks plain "$dir" ab
@@ -288,7 +317,12 @@ run_reference() { # $1: bare|nginx; $2: run number
         -e "s|@SINK_B@|$P_SINK_B|g" "$HERE/nginx.conf" >"$dir/nginx/nginx.conf"
     start nginx "$dir/nginx/stderr.log" nginx -p "$dir/nginx" -c "$dir/nginx/nginx.conf" -e "$dir/nginx/error.log"
     wait_http "http://127.0.0.1:$P_NGINX/" nginx
+    nginx_pids="${PIDS[nginx]} $(pgrep -P "${PIDS[nginx]}" | tr '\n' ' ')"
+    # shellcheck disable=SC2086 # one word per pid
+    c0=$(cpu_snapshot $nginx_pids)
     w=$(wrk_json "http://127.0.0.1:$P_NGINX/wechat/bench" "$PLAIN_DATA")
+    # shellcheck disable=SC2086
+    cpu=$(cpu_json "$c0" "$(cpu_snapshot $nginx_pids)")
     local answered drain
     answered=$(jq .requests <<<"$w")
     # nginx answers after its mirrors finish, so the sinks hold every answered callback already.
@@ -298,12 +332,12 @@ run_reference() { # $1: bare|nginx; $2: run number
     stop nginx
     stop sink_a
     stop sink_b
-    record "{\"scenario\":\"nginx\",\"run\":$i,\"wrk\":$w,\"accepted\":$answered,\"drain\":\"$drain\",\"a\":$a,\"b\":$b}"
+    record "{\"scenario\":\"nginx\",\"run\":$i,\"wrk\":$w,\"cpu\":$cpu,\"accepted\":$answered,\"drain\":\"$drain\",\"a\":$a,\"b\":$b}"
 }
 
 run_proxy() { # $1: fast|slow|down|safe|rate; $2: run number
     local scenario=$1 i=$2 dir=$WORK/runs/$1-$2 expect=plain mode=plaintext data=$PLAIN_DATA
-    local w acc dup rss hwm drain a b
+    local w acc dup rss hwm drain a b c0 cpu
     mkdir -p "$dir"
     if [[ $scenario == safe ]]; then expect=safe mode=safe data=$SAFE_DATA; fi
     case $scenario in
@@ -318,6 +352,7 @@ run_proxy() { # $1: fast|slow|down|safe|rate; $2: run number
             >"$dir/perf.log" 2>&1 &
         PIDS[perf]=$!
     fi
+    c0=$(cpu_snapshot "$pid")
     if [[ $scenario == rate ]]; then
         local r
         r=$($CLIENT_CPU "$BIN/examples/load-gen" rate --addr "127.0.0.1:$P_PROXY" --rate "$RATE" \
@@ -327,11 +362,20 @@ run_proxy() { # $1: fast|slow|down|safe|rate; $2: run number
     else
         w=$(wrk_json "http://127.0.0.1:$P_PROXY/wechat/bench" "$data")
     fi
+    cpu=$(cpu_json "$c0" "$(cpu_snapshot "$pid")")
     if [[ -n ${PIDS[perf]:-} ]]; then
         wait "${PIDS[perf]}" 2>/dev/null || true
         unset "PIDS[perf]"
-        perf report -i "$OUT/perf-fast.data" --no-children --percent-limit 1 --stdio -g none \
-            2>/dev/null | grep -v '^$' | head -60 >"$OUT/perf-fast.txt" || true
+        {
+            echo "# by thread"
+            perf report -i "$OUT/perf-fast.data" --no-children --sort comm --stdio -g none 2>/dev/null
+            echo "# by symbol, self time"
+            perf report -i "$OUT/perf-fast.data" --no-children --sort dso,sym --stdio -g none \
+                --percent-limit 0.7 2>/dev/null
+            echo "# by symbol, including callees"
+            perf report -i "$OUT/perf-fast.data" --children --sort sym --stdio -g none \
+                --percent-limit 3 2>/dev/null
+        } | grep -v -E -e '^#($| [A-Z.(])' -e '^$' >"$OUT/perf-fast.txt" || true
     fi
     acc=$(accepted)
     dup=$(duplicates)
@@ -348,7 +392,7 @@ run_proxy() { # $1: fast|slow|down|safe|rate; $2: run number
     stop proxy
     stop sink_a
     stop sink_b
-    record "{\"scenario\":\"$scenario\",\"run\":$i,\"wrk\":$w,\"accepted\":$acc,\"duplicates\":$dup,
+    record "{\"scenario\":\"$scenario\",\"run\":$i,\"wrk\":$w,\"cpu\":$cpu,\"accepted\":$acc,\"duplicates\":$dup,
         \"rss_kib\":$rss,\"hwm_kib\":$hwm,\"drain\":\"$drain\",\"a\":$a,\"b\":$b}"
 }
 
@@ -366,17 +410,18 @@ run_backlog() {
         echo
         echo "Proxy RSS at start: $((base / 1024)) MiB."
         echo
-        echo "| chunk | backlog (accepted, undelivered to b) | accepted/s in chunk | p99 answer | proxy RSS |"
-        echo "|---:|---:|---:|---:|---:|"
+        echo "| chunk | backlog (accepted, undelivered to b) | accepted/s in chunk | resends | p99 answer | proxy RSS |"
+        echo "|---:|---:|---:|---:|---:|---:|"
     } >"$OUT/backlog.md"
     while ((acc < BACKLOG_TARGET && chunk < 200)); do
         chunk=$((chunk + 1))
-        w=$(wrk_json "http://127.0.0.1:$P_PROXY/wechat/bench" "$PLAIN_DATA" "$BACKLOG_CHUNK")
+        # Each chunk numbers its callbacks from chunk × 10^10: new callbacks, never resends.
+        w=$(wrk_json "http://127.0.0.1:$P_PROXY/wechat/bench" "$PLAIN_DATA" "$BACKLOG_CHUNK" "${chunk}0000000000")
         acc=$(accepted)
         rate=$(((acc - prev) / BACKLOG_CHUNK))
         prev=$acc
         rss=$(rss_kib "$pid" VmRSS)
-        printf '| %d | %d | %d | %s ms | %d MiB |\n' "$chunk" "$acc" "$rate" \
+        printf '| %d | %d | %d | %d | %s ms | %d MiB |\n' "$chunk" "$acc" "$rate" "$(duplicates)" \
             "$(jq '.p99_us / 1000' <<<"$w")" "$((rss / 1024))" >>"$OUT/backlog.md"
         log "backlog: $acc accepted, $rate/s, RSS $((rss / 1024)) MiB"
     done
@@ -412,7 +457,7 @@ if [[ $BACKLOG == 1 ]]; then
 fi
 
 # --- the report ---------------------------------------------------------------------------------------
-{
+if [[ -s $RESULTS ]]; then {
     echo "## wechat-fanout load benchmark"
     echo
     echo "$(date -u +%F) · $(nproc) cores ($PINNING) · $RUNS run(s) × ${DURATION}s · wrk -t1 -c$CONNS ·" \
@@ -420,7 +465,15 @@ fi
         "safe pool $SAFE_POOL · rate scenario $RATE/s (load-gen, open loop)"
     echo
     jq -rs --arg slow "$SLOW_MS" -f "$HERE/report.jq" "$RESULTS"
-} | tee "$OUT/report.md"
+    echo
+    echo "requests/s: answered callbacks (wrk; load-gen for the fixed rate), median of the runs;" \
+        "p50/p99: median over runs of each run's answer latency (wrk: closed loop, $CONNS connections;" \
+        "fixed rate: from each callback's scheduled send time). Deliveries: distinct callbacks each" \
+        "sink received, summed over runs, after the backlog drained, against callbacks the proxy" \
+        "accepted (nginx: answered). Core 0 %: where the server core's time went during the load:" \
+        "the server, both sinks, anything else (kernel threads, other users of the machine: a high" \
+        "value marks a noisy run), idle."
+} | tee "$OUT/report.md"; fi
 [[ -f $OUT/backlog.md ]] && { echo; cat "$OUT/backlog.md"; } | tee -a "$OUT/report.md"
 if [[ -f $OUT/perf-fast.txt ]]; then
     echo
