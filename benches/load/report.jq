@@ -27,8 +27,11 @@ def deliveries:
     | (sum(.a.duplicates) + sum(.b.duplicates)) as $dup
     | (map(select(.drain == "timeout")) | length) as $late
     | (if .[0].scenario == "nginx" then ($a >= $acc and $b >= $acc) else ($a == $acc and $b == $acc) end) as $ok
+    | (sum(.duplicates)) as $resends
     | "a \($a) · b \($b) of \($acc)"
       + (if $dup > 0 then " (\($dup) dup)" else "" end)
+      # A safe-mode pool smaller than the run: wrk cycled and the proxy answered resends.
+      + (if $resends > 0 then " · \($resends) resends answered" else "" end)
       + (if $late > 0 then " · \($late) run(s) not drained" else "" end)
       + (if $ok and $late == 0 then " ✓" else " ✗" end)
   end;
