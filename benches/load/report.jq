@@ -32,6 +32,8 @@ def deliveries:
       + (if $dup > 0 then " (\($dup) dup)" else "" end)
       # A safe-mode pool smaller than the run: wrk cycled and the proxy answered resends.
       + (if $resends > 0 then " · \($resends) resends answered" else "" end)
+      # nginx: does it keep its upstream connections alive?
+      + (if .[0].scenario == "nginx" then " · \(sum(.a.connections) + sum(.b.connections)) sink connections" else "" end)
       + (if $late > 0 then " · \($late) run(s) not drained" else "" end)
       + (if $ok and $late == 0 then " ✓" else " ✗" end)
   end;

@@ -71,6 +71,8 @@ const SAMPLES: usize = 3;
 /// What the sink has seen; every field is reported by `/_sink/stats`.
 #[derive(Debug, Default)]
 struct Counters {
+    /// Connections accepted: a client that does not keep connections alive shows here.
+    connections: AtomicU64,
     /// Deliveries (requests outside `/_sink/`).
     requests: AtomicU64,
     /// Query plus body bytes of those requests.
@@ -184,6 +186,7 @@ impl Sink {
         let c = &self.counters;
         let unique = c.seen.lock().expect("not poisoned").len();
         serde_json::json!({
+            "connections": c.connections.load(Ordering::Relaxed),
             "requests": c.requests.load(Ordering::Relaxed),
             "bytes": c.bytes.load(Ordering::Relaxed),
             "identical": c.identical.load(Ordering::Relaxed),
@@ -279,6 +282,7 @@ async fn main() -> anyhow::Result<()> {
             }
         };
         let _ = stream.set_nodelay(true);
+        sink.counters.connections.fetch_add(1, Ordering::Relaxed);
         let sink = sink.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
