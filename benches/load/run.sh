@@ -86,9 +86,10 @@ stop() {
 }
 
 cleanup() {
-    local name
+    local status=$? name
     for name in "${!PIDS[@]}"; do stop "$name"; done
-    if [[ $KEEP == 1 ]]; then
+    if [[ $KEEP == 1 || $status != 0 ]]; then
+        # A failed run keeps its logs (runs/*/proxy.log, sink-*.log, nginx/error.log).
         log "kept $WORK"
     else
         # Results stay when OUT is outside the temp folder.
