@@ -1,0 +1,98 @@
+# The load benchmark's report: reads the array of run records that run.sh wrote (one object per
+# run: scenario, wrk summary, accepted, sink counters, RSS, drain time) and prints markdown.
+
+def median: sort | if length == 0 then null
+  elif length % 2 == 1 then .[length / 2 | floor]
+  else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+def rps: if .wrk.rps then .wrk.rps else .wrk.requests / (.wrk.duration_us / 1e6) end;
+def int: if . == null then "–" else (. + 0.5 | floor | tostring) end;
+def ms: if . == null then "–" else (. / 1000 * 100 | round / 100 | tostring) + " ms" end;
+def ratio: if . == null then "–" else (. * 100 | round / 100 | tostring) + "×" end;
+def sum(f): map(f // 0) | add;
+
+def title:
+  { bare: "hyper ceiling (buffer + `success`)",
+    nginx: "nginx mirror → 2 sinks",
+    fast: "wechat-fanout, 2 fast targets",
+    slow: "wechat-fanout, target b slow (\($slow) ms)",
+    down: "wechat-fanout, target b down",
+    safe: "wechat-fanout, safe mode (AES)",
+    rate: "wechat-fanout at a fixed rate" }[.] // .;
+
+# Deliveries column: what each sink received (distinct callbacks) against what was accepted.
+def deliveries:
+  if .[0].scenario == "bare" then "–"
+  else
+    (sum(.accepted)) as $acc | (sum(.a.unique)) as $a | (sum(.b.unique)) as $b
+    | (sum(.a.duplicates) + sum(.b.duplicates)) as $dup
+    | (map(select(.drain == "timeout")) | length) as $late
+    | (if .[0].scenario == "nginx" then ($a >= $acc and $b >= $acc) else ($a == $acc and $b == $acc) end) as $ok
+    | (sum(.duplicates)) as $resends
+    | "a \($a) · b \($b) of \($acc)"
+      + (if $dup > 0 then " (\($dup) dup)" else "" end)
+      # A safe-mode pool smaller than the run: wrk cycled and the proxy answered resends.
+      + (if $resends > 0 then " · \($resends) resends answered" else "" end)
+      # nginx: does it keep its upstream connections alive?
+      + (if .[0].scenario == "nginx" then " · \(sum(.a.connections) + sum(.b.connections)) sink connections" else "" end)
+      + (if $late > 0 then " · \($late) run(s) not drained" else "" end)
+      + (if $ok and $late == 0 then " ✓" else " ✗" end)
+  end;
+
+def identity:
+  if .[0].scenario == "bare" then "–"
+  else (sum(.a.mismatched) + sum(.b.mismatched)) as $bad
+    | (sum(.a.identical) + sum(.b.identical)) as $good
+    | if $bad == 0 then "all \($good) ✓" else "\($bad) differ ✗" end
+  end;
+
+# Where the server core's time went during the load (medians over runs), in percent.
+def core:
+  if all(.cpu != null) then
+    "\(map(.cpu.server) | median) · \(map(.cpu.sinks) | median) · \(map(.cpu.other) | median) · \(map(.cpu.idle) | median)"
+  else "–" end;
+
+# Answers other than 200 (or failed requests), when there were any.
+def errors:
+  sum(.wrk.status_errors) + sum(.wrk.connect_errors) + sum(.wrk.read_errors) + sum(.wrk.timeouts)
+  | if . > 0 then " (\(.) errors)" else "" end;
+
+def drain:
+  map(.drain | select(. != null)) | if length == 0 then "–"
+  elif any(. == "timeout") then "timeout"
+  else map(tonumber) | max | tostring + " s" end;
+
+. as $runs
+| (reduce $runs[] as $r ([]; if index([$r.scenario]) then . else . + [$r.scenario] end)) as $order
+| [ $order[] as $s | $runs | map(select(.scenario == $s)) ] as $groups
+| (reduce $groups[] as $g ({}; .[$g[0].scenario] = ($g | map(rps) | median))) as $med
+| (reduce $groups[] as $g ({}; .[$g[0].scenario] = ($g | map(.wrk.p99_us) | median))) as $p99
+| "| scenario | requests/s (median) | spread (min–max) | p50 answer | p99 answer | deliveries per sink vs accepted | byte-identical | drain after load | proxy RSS (peak) | core 0 %: server · sinks · other · idle | × hyper | × nginx |",
+  "|---|---:|---:|---:|---:|---|---|---:|---:|---|---:|---:|",
+  ( $groups[] as $g
+    | ($g | map(rps)) as $r
+    | $g[0].scenario as $s
+    | "| \($s | title) | \($r | median | int)\($g | errors) | \($r | min | int)–\($r | max | int) "
+      + "| \($g | map(.wrk.p50_us) | median | ms) | \($g | map(.wrk.p99_us) | median | ms) "
+      + "| \($g | deliveries) | \($g | identity) | \(if $s == "bare" then "–" else ($g | drain) end) "
+      + "| \($g | map(.hwm_kib // empty) | if length == 0 then "–" else (max / 1024 | floor | tostring) + " MiB" end) "
+      + "| \($g | core) "
+      # A fixed rate is not a capacity: no ratio.
+      + "| \(if $med.bare and ($s | IN("bare", "rate") | not) then ($r | median) / $med.bare | ratio else "–" end) "
+      + "| \(if $med.nginx and ($s | IN("nginx", "rate") | not) then ($r | median) / $med.nginx | ratio else "–" end) |"
+  ),
+  "",
+  "Targets of the issue (measured here, on this machine):",
+  "",
+  ( def verdict(ok): if ok then "met" else "NOT met" end;
+    ( if $med.fast then
+        "- fast, saturated: \($med.fast | int)/s ≥ 20,000/s: \(verdict($med.fast >= 20000))"
+        + (if $med.nginx then "; \($med.fast / $med.nginx | ratio) nginx ≥ 3.7×: \(verdict($med.fast >= 3.7 * $med.nginx))" else "" end)
+      else empty end ),
+    ( ["slow", "down"][] as $s
+      | if $med[$s] and $med.fast then
+          "- \($s): \($med[$s] / $med.fast * 100 | round)% of fast ≥ 90%: \(verdict($med[$s] >= 0.9 * $med.fast)); p99 answer \($p99[$s] | ms) vs \($p99.fast | ms) when fast"
+        else empty end ),
+    ( if $p99.rate then
+        "- p99 answer at a fixed \($med.rate | int)/s: \($p99.rate | ms) ≤ 2 ms: \(verdict($p99.rate <= 2000))"
+      else empty end )
+  )

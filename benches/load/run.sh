@@ -1,0 +1,488 @@
+#!/usr/bin/env bash
+# Load benchmark of wechat-fanout (issue "Measured speed"); not part of `cargo test`.
+#
+#   bash benches/load/run.sh              # every scenario, 3 runs of 10 s each (~15 min)
+#   QUICK=1 bash benches/load/run.sh      # smoke run: 1 run of 3 s each, small safe-mode pool
+#   BACKLOG=1 bash benches/load/run.sh    # adds the 1,000,000-callback backlog (memory) scenario
+#   SCENARIOS="fast down" bash benches/load/run.sh   # a subset of: bare nginx fast slow down safe rate
+#   BACKLOG=1 SCENARIOS= bash benches/load/run.sh    # the backlog scenario alone
+#
+# It installs what is missing (wrk, nginx-light, libnginx-mod-http-echo, curl, jq; apt-get, as
+# root), builds the release binary and the helpers (examples load-sink, load-bare, load-gen), then
+# runs each scenario with the server side (proxy or reference, and both sinks) pinned to core 0 and
+# the load generator to core 1 (when there are two cores), all on 127.0.0.1. Every run gets a
+# fresh store and fresh sinks; after the load the script waits (bounded) until both sinks hold
+# every accepted callback, checks that each delivery was byte-identical, and reads the proxy's RSS
+# from /proc. It prints a markdown table (also written to $OUT/report.md, raw runs in
+# $OUT/runs.jsonl). Knobs (environment): DURATION (s), RUNS, CONNS (wrk connections), RATE
+# (latency scenario, callbacks/s), SAFE_POOL (distinct encrypted callbacks), LOG_FILTER (proxy
+# log filter, default "warn": at "info" it logs a line per callback and per delivery), SYNC
+# (store.synchronous, default "full"), DRAIN_TIMEOUT (s), PORT_BASE, PERF=1 (perf profile of the
+# proxy during the first fast run), OUT (results folder), KEEP=1 (keep the temp folder).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+HERE=$ROOT/benches/load
+BIN=$ROOT/target/release
+QUICK=${QUICK:-0}
+if [[ $QUICK == 1 ]]; then
+    DURATION=${DURATION:-3}
+    RUNS=${RUNS:-1}
+    SAFE_POOL=${SAFE_POOL:-60000}
+else
+    DURATION=${DURATION:-10}
+    RUNS=${RUNS:-3}
+    SAFE_POOL=${SAFE_POOL:-$((25000 * DURATION))}
+fi
+CONNS=${CONNS:-64}
+RATE=${RATE:-2000}
+SCENARIOS=${SCENARIOS-bare nginx fast slow down safe rate}
+BACKLOG=${BACKLOG:-0}
+BACKLOG_TARGET=${BACKLOG_TARGET:-1000000}
+BACKLOG_CHUNK=${BACKLOG_CHUNK:-10}
+LOG_FILTER=${LOG_FILTER:-warn}
+SYNC=${SYNC:-full}
+DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-180}
+PORT_BASE=${PORT_BASE:-17100}
+PERF=${PERF:-0}
+KEEP=${KEEP:-0}
+SLOW_MS=2000
+
+P_BARE=$PORT_BASE
+P_NGINX=$((PORT_BASE + 1))
+P_PROXY=$((PORT_BASE + 2))
+P_ADMIN=$((PORT_BASE + 3))
+P_SINK_A=$((PORT_BASE + 4))
+P_SINK_B=$((PORT_BASE + 5))
+ECHO_MODULE=/usr/lib/nginx/modules/ngx_http_echo_module.so
+# Bench-only credentials; the same as benches/load/corpus.rs.
+TOKEN=fanoutLoadBench2024
+APP_ID=wx5823bf96d3bd56c7
+AES_KEY=jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/wechat-fanout-load.XXXXXX")
+chmod 755 "$WORK" # nginx's worker (nobody) must reach its folder
+OUT=${OUT:-$WORK/results}
+mkdir -p "$OUT"
+RESULTS=$OUT/runs.jsonl
+: >"$RESULTS"
+
+log() { printf '[load %s] %s\n' "$(date +%T)" "$*" >&2; }
+
+# --- processes: every one we start is recorded by name and stopped by its pid -------------------
+declare -A PIDS=()
+
+stop() {
+    local name=$1 pid=${PIDS[$1]:-}
+    [[ -n $pid ]] || return 0
+    unset "PIDS[$name]"
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for _ in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local status=$? name
+    for name in "${!PIDS[@]}"; do stop "$name"; done
+    if [[ $KEEP == 1 || $status != 0 ]]; then
+        # A failed run keeps its logs (runs/*/proxy.log, sink-*.log, nginx/error.log).
+        log "kept $WORK"
+    else
+        # Results stay when OUT is outside the temp folder.
+        rm -rf "$WORK/runs" "$WORK"/*.dat
+        [[ $OUT == "$WORK"/* ]] || rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Starts a server-side process pinned to the server core; its output goes to $2.
+start() {
+    local name=$1 logfile=$2
+    shift 2
+    $SERVER_CPU "$@" >"$logfile" 2>&1 &
+    PIDS[$name]=$!
+}
+
+wait_http() {
+    local url=$1 name=$2
+    for _ in $(seq 200); do
+        if curl -s -o /dev/null "$url"; then return 0; fi
+        if [[ -n ${PIDS[$name]:-} ]] && ! kill -0 "${PIDS[$name]}" 2>/dev/null; then
+            log "$name exited during start"
+            return 1
+        fi
+        sleep 0.05
+    done
+    log "$name did not answer at $url"
+    return 1
+}
+
+port_free() {
+    ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# --- setup ----------------------------------------------------------------------------------------
+install_tools() {
+    local missing=()
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v nginx >/dev/null || missing+=(nginx-light)
+    [[ -f $ECHO_MODULE ]] || missing+=(libnginx-mod-http-echo)
+    command -v curl >/dev/null || missing+=(curl)
+    command -v jq >/dev/null || missing+=(jq)
+    command -v taskset >/dev/null || missing+=(util-linux)
+    if [[ $PERF == 1 ]] && ! command -v perf >/dev/null; then missing+=(linux-perf); fi
+    ((${#missing[@]} == 0)) && return 0
+    log "installing ${missing[*]}"
+    if [[ $(id -u) != 0 ]]; then
+        echo "run as root, or install: ${missing[*]}" >&2
+        exit 1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+install_tools
+log "building release binaries"
+(cd "$ROOT" && cargo build --release --locked --quiet --bin wechat-fanout \
+    --example load-sink --example load-bare --example load-gen)
+
+if (($(nproc) >= 2)); then
+    SERVER_CPU="taskset -c 0"
+    CLIENT_CPU="taskset -c 1"
+    PINNING="server side (server + sinks) on core 0, load generator on core 1"
+    CORE_LINE=cpu0
+else
+    SERVER_CPU=""
+    CLIENT_CPU=""
+    PINNING="one core: not pinned"
+    CORE_LINE=cpu
+fi
+for port in "$P_BARE" "$P_NGINX" "$P_PROXY" "$P_ADMIN" "$P_SINK_A" "$P_SINK_B"; do
+    port_free "$port" || { echo "port $port is in use (set PORT_BASE)" >&2; exit 1; }
+done
+
+PLAIN_DATA=$WORK/plain.dat
+SAFE_DATA=$WORK/safe.dat
+"$BIN/examples/load-gen" wrk-data --scheme plain --out "$PLAIN_DATA"
+if [[ " $SCENARIOS " == *" safe "* ]]; then
+    log "sealing $SAFE_POOL distinct safe-mode callbacks"
+    "$BIN/examples/load-gen" wrk-data --scheme safe --pool "$SAFE_POOL" --out "$SAFE_DATA"
+fi
+
+# --- measuring ------------------------------------------------------------------------------------
+# wrk against $1 with data file $2 for $3 seconds (default DURATION), callback numbers shifted by
+# $4 (default 0); prints its JSON summary.
+wrk_json() {
+    local url=$1 data=$2 seconds=${3:-$DURATION} offset=${4:-0} out
+    out=$($CLIENT_CPU wrk -t1 -c"$CONNS" -d"${seconds}s" --timeout 10s \
+        -s "$HERE/callbacks.lua" "$url" -- "$data" 1 "$offset")
+    grep '^WRK ' <<<"$out" | cut -c5-
+}
+
+sink_stats() { curl -s "http://127.0.0.1:$1/_sink/stats"; }
+sink_unique() { sink_stats "$1" | jq -r .unique; }
+
+# Sum of a proxy metric's samples whose labels contain $2.
+metric() {
+    curl -s "http://127.0.0.1:$P_ADMIN/metrics" |
+        awk -v name="$1" -v want="$2" 'index($1, name) == 1 && index($0, want) { s += $NF } END { printf "%d\n", s }'
+}
+accepted() { metric wechat_fanout_callbacks_total 'outcome="accepted"'; }
+duplicates() { metric wechat_fanout_callbacks_total 'outcome="duplicate"'; }
+
+rss_kib() { awk -v f="$2" '$1 == f":" { print $2 }' "/proc/$1/status"; }
+
+# CPU use on the server core, in clock ticks: "core_total core_idle server sink_a sink_b", where
+# server is the sum over the pids given (nginx: master and worker). "other" (the core's busy time
+# that none of these account for) shows interference from anything else on the machine.
+cpu_snapshot() {
+    local p server=0
+    for p in "$@"; do server=$((server + $(proc_ticks "$p"))); done
+    echo "$(awk -v line="$CORE_LINE" '$1 == line { t = 0; for (i = 2; i <= NF; i++) t += $i; print t, $5 + $6 }' /proc/stat)" \
+        "$server $(proc_ticks "${PIDS[sink_a]:-}") $(proc_ticks "${PIDS[sink_b]:-}")"
+}
+proc_ticks() { # utime + stime of every thread of pid $1 (0 when it is not running)
+    if [[ -n $1 && -r /proc/$1/stat ]]; then awk '{ print $14 + $15 }' "/proc/$1/stat"; else echo 0; fi
+}
+cpu_json() { # $1, $2: snapshots before and after; prints shares of the core in percent
+    local t0 i0 s0 a0 b0 t1 i1 s1 a1 b1
+    read -r t0 i0 s0 a0 b0 <<<"$1"
+    read -r t1 i1 s1 a1 b1 <<<"$2"
+    jq -nc --argjson t $((t1 - t0)) --argjson idle $((i1 - i0)) --argjson s $((s1 - s0)) \
+        --argjson sinks $((a1 - a0 + b1 - b0)) \
+        'def pct: . * 1000 / ([$t, 1] | max) | round / 10;
+         {server: ($s | pct), sinks: ($sinks | pct), idle: ($idle | pct),
+          other: (([$t - $idle - $s - $sinks, 0] | max) | pct)}'
+}
+
+# Waits until sinks $2... hold $1 distinct callbacks each; prints the seconds it took, or "timeout".
+wait_drained() {
+    local want=$1 started=$SECONDS port done
+    shift
+    while ((SECONDS - started < DRAIN_TIMEOUT)); do
+        done=1
+        for port in "$@"; do
+            (($(sink_unique "$port") >= want)) || { done=0; break; }
+        done
+        if ((done)); then
+            echo $((SECONDS - started))
+            return 0
+        fi
+        sleep 0.5
+    done
+    echo timeout
+}
+
+start_sinks() { # $1: expect (plain|safe); $2: run folder; $3: which (ab|a); $4: delay of b in ms
+    local pool=()
+    [[ $1 == safe ]] && pool=(--pool "$SAFE_POOL")
+    start sink_a "$2/sink-a.log" "$BIN/examples/load-sink" --listen "127.0.0.1:$P_SINK_A" --expect "$1" "${pool[@]}"
+    wait_http "http://127.0.0.1:$P_SINK_A/_sink/stats" sink_a
+    if [[ $3 == ab ]]; then
+        start_sink_b "$1" "$2" "${4:-0}"
+    fi
+}
+
+start_sink_b() {
+    local pool=()
+    [[ $1 == safe ]] && pool=(--pool "$SAFE_POOL")
+    start sink_b "$2/sink-b.log" "$BIN/examples/load-sink" --listen "127.0.0.1:$P_SINK_B" --expect "$1" \
+        --delay-ms "$3" "${pool[@]}"
+    wait_http "http://127.0.0.1:$P_SINK_B/_sink/stats" sink_b
+}
+
+start_proxy() { # $1: mode (plaintext|safe); $2: run folder
+    local dir=$2 key=""
+    [[ $1 == safe ]] && key="encoding_aes_key = \"$AES_KEY\""
+    mkdir -p "$dir/store"
+    cat >"$dir/fanout.toml" <<EOF
+[server]
+listen = "127.0.0.1:$P_PROXY"
+[admin]
+listen = "127.0.0.1:$P_ADMIN"
+[log]
+filter = "$LOG_FILTER"
+[store]
+path = "$dir/store/fanout.db"
+synchronous = "$SYNC"
+[target_defaults]
+# No dead letters during a bench: the down target must get everything once it is back.
+max_attempts = 50
+
+[[accounts]]
+id = "bench"
+kind = "official_account"
+token = "$TOKEN"
+app_id = "$APP_ID"
+$key
+mode = "$1"
+[[accounts.targets]]
+name = "a"
+url = "http://127.0.0.1:$P_SINK_A/wx"
+[[accounts.targets]]
+name = "b"
+url = "http://127.0.0.1:$P_SINK_B/wx"
+EOF
+    start proxy "$dir/proxy.log" "$BIN/wechat-fanout" serve --config "$dir/fanout.toml" --log-format text
+    wait_http "http://127.0.0.1:$P_ADMIN/readyz" proxy
+}
+
+# Appends one run's record to $RESULTS; $1 is a JSON object.
+record() { jq -c . <<<"$1" >>"$RESULTS"; }
+
+sink_json() { # $1: port; prints its stats, or nulls when it is not running
+    sink_stats "$1" 2>/dev/null || echo '{"requests":null,"unique":null,"duplicates":null,"mismatched":null,"samples":[]}'
+}
+
+run_reference() { # $1: bare|nginx; $2: run number
+    local kind=$1 i=$2 dir=$WORK/runs/$1-$2 w a b c0 cpu nginx_pids
+    mkdir -p "$dir"
+    if [[ $kind == bare ]]; then
+        start bare "$dir/bare.log" "$BIN/examples/load-bare" --listen "127.0.0.1:$P_BARE"
+        wait_http "http://127.0.0.1:$P_BARE/" bare
+        c0=$(cpu_snapshot "${PIDS[bare]}")
+        w=$(wrk_json "http://127.0.0.1:$P_BARE/wechat/bench" "$PLAIN_DATA")
+        cpu=$(cpu_json "$c0" "$(cpu_snapshot "${PIDS[bare]}")")
+        stop bare
+        record "{\"scenario\":\"bare\",\"run\":$i,\"wrk\":$w,\"cpu\":$cpu}"
+        return
+    fi
+    start_sinks plain "$dir" ab
+    mkdir -p "$dir/nginx"
+    sed -e "s|@DIR@|$dir/nginx|g" -e "s|@PORT@|$P_NGINX|g" -e "s|@SINK_A@|$P_SINK_A|g" \
+        -e "s|@SINK_B@|$P_SINK_B|g" "$HERE/nginx.conf" >"$dir/nginx/nginx.conf"
+    start nginx "$dir/nginx/stderr.log" nginx -p "$dir/nginx" -c "$dir/nginx/nginx.conf" -e "$dir/nginx/error.log"
+    wait_http "http://127.0.0.1:$P_NGINX/" nginx
+    nginx_pids="${PIDS[nginx]} $(pgrep -P "${PIDS[nginx]}" | tr '\n' ' ')"
+    # shellcheck disable=SC2086 # one word per pid
+    c0=$(cpu_snapshot $nginx_pids)
+    w=$(wrk_json "http://127.0.0.1:$P_NGINX/wechat/bench" "$PLAIN_DATA")
+    # shellcheck disable=SC2086
+    cpu=$(cpu_json "$c0" "$(cpu_snapshot $nginx_pids)")
+    local answered drain
+    answered=$(jq .requests <<<"$w")
+    # nginx answers after its mirrors finish, so the sinks hold every answered callback already.
+    drain=$(wait_drained "$answered" "$P_SINK_A" "$P_SINK_B")
+    a=$(sink_json "$P_SINK_A")
+    b=$(sink_json "$P_SINK_B")
+    stop nginx
+    stop sink_a
+    stop sink_b
+    record "{\"scenario\":\"nginx\",\"run\":$i,\"wrk\":$w,\"cpu\":$cpu,\"accepted\":$answered,\"drain\":\"$drain\",\"a\":$a,\"b\":$b}"
+}
+
+run_proxy() { # $1: fast|slow|down|safe|rate; $2: run number
+    local scenario=$1 i=$2 dir=$WORK/runs/$1-$2 expect=plain mode=plaintext data=$PLAIN_DATA
+    local w acc dup rss hwm drain a b c0 cpu
+    mkdir -p "$dir"
+    if [[ $scenario == safe ]]; then expect=safe mode=safe data=$SAFE_DATA; fi
+    case $scenario in
+        slow) start_sinks "$expect" "$dir" ab "$SLOW_MS" ;;
+        down) start_sinks "$expect" "$dir" a ;;
+        *) start_sinks "$expect" "$dir" ab ;;
+    esac
+    start_proxy "$mode" "$dir"
+    local pid=${PIDS[proxy]}
+    if [[ $PERF == 1 && $scenario == fast && $i == 1 ]]; then
+        $CLIENT_CPU perf record -F 999 -g -p "$pid" -o "$OUT/perf-fast.data" -- sleep "$DURATION" \
+            >"$dir/perf.log" 2>&1 &
+        PIDS[perf]=$!
+    fi
+    c0=$(cpu_snapshot "$pid")
+    if [[ $scenario == rate ]]; then
+        local r
+        r=$($CLIENT_CPU "$BIN/examples/load-gen" rate --addr "127.0.0.1:$P_PROXY" --rate "$RATE" \
+            --duration "$DURATION" | grep '^RATE ' | cut -c6-)
+        w=$(jq -c '{requests: .ok, duration_us: 0, status_errors: .failed, p50_us, p90_us, p99_us,
+            max_us, rps: .achieved_rps, pacer_late}' <<<"$r")
+    else
+        w=$(wrk_json "http://127.0.0.1:$P_PROXY/wechat/bench" "$data")
+    fi
+    cpu=$(cpu_json "$c0" "$(cpu_snapshot "$pid")")
+    if [[ -n ${PIDS[perf]:-} ]]; then
+        wait "${PIDS[perf]}" 2>/dev/null || true
+        unset "PIDS[perf]"
+        {
+            echo "# by thread"
+            perf report -i "$OUT/perf-fast.data" --no-children --sort comm --stdio -g none 2>/dev/null
+            echo "# by symbol, self time"
+            perf report -i "$OUT/perf-fast.data" --no-children --sort dso,sym --stdio -g none \
+                --percent-limit 0.7 2>/dev/null
+            echo "# by symbol, including callees"
+            perf report -i "$OUT/perf-fast.data" --children --sort sym --stdio -g none \
+                --percent-limit 3 2>/dev/null
+        } | grep -v -E -e '^#($| [A-Z.(])' -e '^$' >"$OUT/perf-fast.txt" || true
+    fi
+    acc=$(accepted)
+    dup=$(duplicates)
+    rss=$(rss_kib "$pid" VmRSS)
+    hwm=$(rss_kib "$pid" VmHWM)
+    # The slow or down target recovers; everything it missed must now arrive.
+    case $scenario in
+        slow) curl -s -X POST "http://127.0.0.1:$P_SINK_B/_sink/set?delay_ms=0" >/dev/null ;;
+        down) start_sink_b "$expect" "$dir" 0 ;;
+    esac
+    drain=$(wait_drained "$acc" "$P_SINK_A" "$P_SINK_B")
+    a=$(sink_json "$P_SINK_A")
+    b=$(sink_json "$P_SINK_B")
+    stop proxy
+    stop sink_a
+    stop sink_b
+    record "{\"scenario\":\"$scenario\",\"run\":$i,\"wrk\":$w,\"cpu\":$cpu,\"accepted\":$acc,\"duplicates\":$dup,
+        \"rss_kib\":$rss,\"hwm_kib\":$hwm,\"drain\":\"$drain\",\"a\":$a,\"b\":$b}"
+}
+
+# The 1,000,000-callback backlog: target b is down while wrk sends in chunks; after each chunk,
+# the proxy's RSS and the chunk's accepting rate. Then b comes back and the backlog drains.
+run_backlog() {
+    local dir=$WORK/runs/backlog pid acc=0 prev=0 chunk=0 w rate rss base drained rates=() fast
+    mkdir -p "$dir"
+    start_sinks plain "$dir" a
+    start_proxy plaintext "$dir"
+    pid=${PIDS[proxy]}
+    base=$(rss_kib "$pid" VmRSS)
+    {
+        echo "### Backlog: target b down, $BACKLOG_TARGET callbacks"
+        echo
+        echo "Proxy RSS at start: $((base / 1024)) MiB."
+        echo
+        echo "| chunk | backlog (accepted, undelivered to b) | accepted/s in chunk | resends | p99 answer | proxy RSS |"
+        echo "|---:|---:|---:|---:|---:|---:|"
+    } >"$OUT/backlog.md"
+    while ((acc < BACKLOG_TARGET && chunk < 200)); do
+        chunk=$((chunk + 1))
+        # Each chunk numbers its callbacks from chunk × 10^10: new callbacks, never resends.
+        w=$(wrk_json "http://127.0.0.1:$P_PROXY/wechat/bench" "$PLAIN_DATA" "$BACKLOG_CHUNK" "${chunk}0000000000")
+        acc=$(accepted)
+        rate=$(((acc - prev) / BACKLOG_CHUNK))
+        prev=$acc
+        rates+=("$rate")
+        rss=$(rss_kib "$pid" VmRSS)
+        printf '| %d | %d | %d | %d | %s ms | %d MiB |\n' "$chunk" "$acc" "$rate" "$(duplicates)" \
+            "$(jq '.p99_us / 1000' <<<"$w")" "$((rss / 1024))" >>"$OUT/backlog.md"
+        log "backlog: $acc accepted, $rate/s, RSS $((rss / 1024)) MiB"
+    done
+    start_sink_b plain "$dir" 0
+    drained=$(DRAIN_TIMEOUT=$((DRAIN_TIMEOUT * 5)) wait_drained "$acc" "$P_SINK_A" "$P_SINK_B")
+    {
+        echo
+        echo "Peak RSS (VmHWM): $(($(rss_kib "$pid" VmHWM) / 1024)) MiB. Target b back after" \
+            "chunk $chunk: backlog drained in ${drained}s (bound $((DRAIN_TIMEOUT * 5))s);" \
+            "sink b: $(sink_json "$P_SINK_B" | jq -c '{unique, duplicates, mismatched}')."
+        # "Keeps accepting at full speed": the chunks' median rate against the fast scenario's.
+        fast=$(jq -s '[.[] | select(.scenario == "fast") | .wrk.requests / (.wrk.duration_us / 1e6)]
+            | sort | if length == 0 then 0 else .[length / 2 | floor] | round end' "$RESULTS")
+        printf 'Accepting while the backlog grew: median %d/s over the chunks' \
+            "$(printf '%s\n' "${rates[@]}" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')"
+        if ((fast > 0)); then printf ' (fast scenario: %d/s).\n' "$fast"; else echo .; fi
+    } >>"$OUT/backlog.md"
+    stop proxy
+    stop sink_a
+    stop sink_b
+}
+
+# --- the runs ---------------------------------------------------------------------------------------
+log "results in $OUT; $PINNING; $RUNS run(s) of ${DURATION}s, $CONNS connections"
+for scenario in $SCENARIOS; do
+    for i in $(seq "$RUNS"); do
+        log "$scenario, run $i/$RUNS"
+        case $scenario in
+            bare | nginx) run_reference "$scenario" "$i" ;;
+            fast | slow | down | safe | rate) run_proxy "$scenario" "$i" ;;
+            *) echo "unknown scenario $scenario" >&2; exit 1 ;;
+        esac
+    done
+done
+if [[ $BACKLOG == 1 ]]; then
+    log "backlog scenario ($BACKLOG_TARGET callbacks, target b down)"
+    run_backlog
+fi
+
+# --- the report ---------------------------------------------------------------------------------------
+if [[ -s $RESULTS ]]; then {
+    echo "## wechat-fanout load benchmark"
+    echo
+    echo "$(date -u +%F) · $(nproc) cores ($PINNING) · $RUNS run(s) × ${DURATION}s · wrk -t1 -c$CONNS ·" \
+        "store.synchronous=$SYNC on $(df -T "$WORK" | awk 'NR==2 {print $2}') · log filter $LOG_FILTER ·" \
+        "safe pool $SAFE_POOL · rate scenario $RATE/s (load-gen, open loop)"
+    echo
+    jq -rs --arg slow "$SLOW_MS" -f "$HERE/report.jq" "$RESULTS"
+    echo
+    echo "requests/s: answered callbacks (wrk; load-gen for the fixed rate), median of the runs;" \
+        "p50/p99: median over runs of each run's answer latency (wrk: closed loop, $CONNS connections;" \
+        "fixed rate: from each callback's scheduled send time). Deliveries: distinct callbacks each" \
+        "sink received, summed over runs, after the backlog drained, against callbacks the proxy" \
+        "accepted (nginx: answered). Core 0 %: where the server core's time went during the load:" \
+        "the server, both sinks, anything else (kernel threads, other users of the machine: a high" \
+        "value marks a noisy run), idle."
+} | tee "$OUT/report.md"; fi
+[[ -f $OUT/backlog.md ]] && { echo; cat "$OUT/backlog.md"; } | tee -a "$OUT/report.md"
+if [[ -f $OUT/perf-fast.txt ]]; then
+    echo
+    echo "perf profile of the proxy (fast scenario, run 1): $OUT/perf-fast.txt"
+fi
