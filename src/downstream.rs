@@ -162,8 +162,21 @@ impl Downstream {
         job: &Job,
         attempt: &Attempt,
     ) -> Disposition {
-        let report = attempt.report(target, job, now_ms());
+        let now = now_ms();
+        let report = attempt.report(target, job, now);
         let disposition = report.disposition;
+        if let Some(cool_down) = target
+            .breaker
+            .record(attempt.verdict, now, &target.settings)
+        {
+            tracing::warn!(
+                account = &*target.key.account,
+                target = &*target.key.target,
+                cool_down_ms = cool_down.as_millis() as u64,
+                "target failed {} attempts in a row: pausing its deliveries",
+                crate::retry::TRIP_AFTER
+            );
+        }
         let result = match disposition {
             Disposition::Delivered => "delivered",
             Disposition::RetryAt(_) => "retry",

@@ -7,9 +7,12 @@
 //!   random ("equal jitter"), so a recovering target is not hit by every retry at the same instant;
 //!   a `Retry-After` is honoured up to `backoff_max`.
 //! * after `max_attempts` attempts in all, the job is a dead letter.
+//! * a target that fails [`TRIP_AFTER`] attempts in a row is left alone for a cool-down (the
+//!   [`Breaker`]), so a target that is down costs a few probes, not an attempt per due job.
 //!
 //! Pure functions over numbers; the caller supplies the clock and the randomness.
 
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::config::TargetSettings;
@@ -80,6 +83,60 @@ pub fn disposition(
             let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
             Disposition::RetryAt(now_ms.saturating_add(delay_ms))
         }
+    }
+}
+
+/// Failed attempts in a row (retryable failures: connection errors, timeouts, 5xx, 408, 429) that
+/// open a target's circuit.
+pub const TRIP_AFTER: u32 = 5;
+/// The longest cool-down, however often the circuit trips: a target that comes back is found
+/// within this long.
+const MAX_COOL_DOWN: Duration = Duration::from_secs(30);
+
+/// A target's circuit breaker, shared by its worker and the primary relay. Open, the worker
+/// starts no attempts until the cool-down ends; then attempts resume, and [`TRIP_AFTER`] more
+/// failures in a row open it again for twice as long (from `backoff_initial`, at most
+/// [`MAX_COOL_DOWN`]). Any other outcome closes it. Jobs are untouched: they wait in the store.
+#[derive(Debug, Default)]
+pub struct Breaker {
+    failures: AtomicU32,
+    trips: AtomicU32,
+    open_until_ms: AtomicI64,
+}
+
+impl Breaker {
+    /// Counts an attempt's outcome at `now_ms`; returns the cool-down if this one opened it.
+    pub fn record(
+        &self,
+        verdict: Verdict,
+        now_ms: i64,
+        settings: &TargetSettings,
+    ) -> Option<Duration> {
+        if !matches!(verdict, Verdict::Retry { .. }) {
+            self.failures.store(0, Ordering::Relaxed);
+            self.trips.store(0, Ordering::Relaxed);
+            self.open_until_ms.store(0, Ordering::Relaxed);
+            return None;
+        }
+        if self.failures.fetch_add(1, Ordering::Relaxed) + 1 < TRIP_AFTER {
+            return None;
+        }
+        self.failures.store(0, Ordering::Relaxed);
+        let trips = self.trips.fetch_add(1, Ordering::Relaxed).min(16);
+        let cool_down = settings
+            .backoff_initial
+            .saturating_mul(1 << trips)
+            .min(settings.backoff_max)
+            .min(MAX_COOL_DOWN);
+        let until = now_ms.saturating_add(i64::try_from(cool_down.as_millis()).unwrap_or(i64::MAX));
+        self.open_until_ms.store(until, Ordering::Relaxed);
+        Some(cool_down)
+    }
+
+    /// How long the circuit stays open from `now_ms`, if it is open.
+    pub fn open_for(&self, now_ms: i64) -> Option<Duration> {
+        let until = self.open_until_ms.load(Ordering::Relaxed);
+        (until > now_ms).then(|| Duration::from_millis(u64::try_from(until - now_ms).unwrap_or(0)))
     }
 }
 
@@ -168,5 +225,50 @@ mod tests {
             prop_assert!(d >= s.backoff_initial / 2);
             prop_assert!(backoff(&s, attempt + 1, jitter) >= d || d > s.backoff_max / 2);
         }
+    }
+
+    #[test]
+    fn breaker_opens_after_failures_in_a_row_doubles_and_closes_on_success() {
+        let settings = TargetSettings {
+            timeout: Duration::from_secs(1),
+            max_attempts: 8,
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(600),
+            max_concurrency: 4,
+        };
+        let breaker = Breaker::default();
+        let fail = Verdict::Retry { after: None };
+        for _ in 1..TRIP_AFTER {
+            assert_eq!(breaker.record(fail, 0, &settings), None);
+        }
+        assert_eq!(breaker.open_for(0), None);
+        assert_eq!(
+            breaker.record(fail, 0, &settings),
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(breaker.open_for(40), Some(Duration::from_millis(60)));
+        assert_eq!(breaker.open_for(100), None);
+        for _ in 1..TRIP_AFTER {
+            breaker.record(fail, 100, &settings);
+        }
+        assert_eq!(
+            breaker.record(fail, 100, &settings),
+            Some(Duration::from_millis(200))
+        );
+        // A 4xx (the target is up, it refuses this request) closes it, like a success.
+        assert_eq!(breaker.record(Verdict::GiveUp, 150, &settings), None);
+        assert_eq!(breaker.open_for(150), None);
+        for _ in 1..TRIP_AFTER {
+            breaker.record(fail, 200, &settings);
+        }
+        assert_eq!(
+            breaker.record(fail, 200, &settings),
+            Some(Duration::from_millis(100))
+        );
+        // However often it trips, the cool-down stays at most 30 s.
+        for _ in 0..20 * TRIP_AFTER {
+            breaker.record(fail, 0, &settings);
+        }
+        assert_eq!(breaker.open_for(0), Some(MAX_COOL_DOWN));
     }
 }

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, Semaphore, mpsc};
 
 use crate::config::{Config, ConfigError, TargetSettings};
+use crate::retry::Breaker;
 use crate::store::{Job, TargetKey};
 
 /// Jobs that can wait in a target's handoff, per request it may have in flight. Past that,
@@ -49,6 +50,8 @@ pub struct Target {
     pub handoff: mpsc::Sender<Job>,
     /// The receiving end of `handoff`, taken by the target's worker when it starts.
     pub inbox: Mutex<Option<mpsc::Receiver<Job>>>,
+    /// Open while the target keeps failing: its worker then starts no attempts.
+    pub breaker: Breaker,
 }
 
 /// Lower-cased allow lists; `None` lets everything through.
@@ -90,6 +93,7 @@ impl Routes {
                         wake: Arc::new(Notify::new()),
                         handoff,
                         inbox: Mutex::new(Some(inbox)),
+                        breaker: Breaker::default(),
                     })
                 })
                 .collect();

@@ -7,7 +7,8 @@
 //! handoff, jobs from a previous run, replayed dead letters) is leased from the store, which is
 //! the queue and the retry timer: a worker sleeps until it is rung, the earliest due retry, or the
 //! poll interval, and never sleeps on behalf of a job. At most `max_concurrency` requests are in
-//! flight per target, a budget the primary relay in ingress shares. On stop, jobs still in the
+//! flight per target, a budget the primary relay in ingress shares; while the target's circuit
+//! breaker is open (it keeps failing), the worker starts nothing. On stop, jobs still in the
 //! handoff go back to the store as due; attempts in flight finish (the caller bounds that by the
 //! grace period) and anything unfinished is due again on restart.
 
@@ -81,6 +82,16 @@ impl Delivery {
         let mut look_in_store = true;
         let mut next_look = tokio::time::Instant::now();
         loop {
+            if let Some(cool_down) = target.breaker.open_for(now_ms()) {
+                // The target keeps failing: start nothing until the cool-down ends. New jobs
+                // wait in the handoff, then in the store.
+                tokio::select! {
+                    () = tokio::time::sleep(cool_down) => {}
+                    () = stop.cancelled() => break,
+                }
+                look_in_store = true;
+                continue;
+            }
             if look_in_store {
                 look_in_store = false;
                 match self.lease_from_store(&target, &stop).await {

@@ -248,12 +248,14 @@ impl Ingress {
             .iter()
             .filter(|t| t.accepts(&envelope))
             .collect();
-        // The primary relay takes from the primary's concurrency budget; without a permit the
-        // primary is delivered like any other target and the answer is `success`.
+        // The primary relay takes from the primary's concurrency budget; without a permit, or
+        // while the primary's circuit is open (it keeps failing), the primary is delivered like
+        // any other target and the answer is `success` at once.
         let relay = account
             .primary
             .as_ref()
             .filter(|p| matched.iter().any(|t| Arc::ptr_eq(t, p)))
+            .filter(|p| p.breaker.open_for(now_ms()).is_none())
             .and_then(|p| Some((p.clone(), p.permits.clone().try_acquire_owned().ok()?)));
         // Every other target gets its job handed straight to its worker when there is room in
         // its handoff: the job is stored as in flight, and the worker needs no lease for it.

@@ -184,3 +184,57 @@ async fn delivery_ids_are_not_reused_after_the_queue_empties() {
     assert_eq!(distinct, ids, "a delivery id was handed out twice: {ids:?}");
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
 }
+
+/// A target that fails every attempt is not hammered with one attempt per due job: after
+/// `TRIP_AFTER` failures in a row its worker pauses for a cool-down, and when the target is
+/// back every callback is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_target_is_paused_after_failures_in_a_row_then_gets_everything() {
+    let target = Target::start(503).await;
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let toml = format!(
+        "{FAST}{}{}",
+        wx.account("main", ""),
+        Wx::target(
+            "t",
+            &target.url("/t"),
+            "max_concurrency = 1\nmax_attempts = 100\nbackoff_initial_ms = 2000\nbackoff_max_ms = 2000"
+        ),
+    );
+    let proxy = Proxy::start(&toml).await;
+    let mut sent = Vec::new();
+    for n in 0..20 {
+        let sealed = wx.seal(&text_xml(&format!("backlog {n}")));
+        proxy.post("main", &sealed).await.assert_success();
+        sent.push(sealed.body);
+    }
+
+    let trip = wechat_fanout::retry::TRIP_AFTER as usize;
+    target.wait_for(trip).await;
+    settle().await;
+    // One more may have started before the last failure was counted (one request in flight).
+    let tried = target.count();
+    assert!(
+        (trip..=trip + 1).contains(&tried),
+        "{tried} attempts for 20 due jobs while the circuit is open"
+    );
+
+    target.set_status(200);
+    eventually("every callback delivered once the target is back", || {
+        jobs(&proxy.db).is_empty().then_some(())
+    })
+    .await;
+    let delivered: std::collections::HashSet<Vec<u8>> = target
+        .received()
+        .into_iter()
+        .map(|r| r.body.to_vec())
+        .collect();
+    assert_eq!(
+        delivered.len(),
+        20,
+        "each callback arrived (and was recorded as delivered)"
+    );
+    for body in &sent {
+        assert!(delivered.contains(body.as_bytes()));
+    }
+}
