@@ -27,6 +27,10 @@ pub enum Rejection {
     Verify(#[from] VerifyError),
     #[error("{0}")]
     Store(#[from] StoreError),
+    /// The store did not answer before WeChat would give up; the callback may still be stored
+    /// (its resend then gets the stored answer).
+    #[error("the store did not answer in time")]
+    StoreTooSlow,
     #[error("internal error")]
     Internal,
 }
@@ -50,14 +54,14 @@ impl Rejection {
             Rejection::StaleTimestamp => StatusCode::UNAUTHORIZED,
             Rejection::Verify(e) if e.is_unauthorized() => StatusCode::UNAUTHORIZED,
             Rejection::Verify(_) => StatusCode::BAD_REQUEST,
-            Rejection::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::Store(_) | Rejection::StoreTooSlow => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     pub fn level(&self) -> Level {
         match self {
-            Rejection::Store(_) | Rejection::Internal => Level::Error,
+            Rejection::Store(_) | Rejection::StoreTooSlow | Rejection::Internal => Level::Error,
             Rejection::Verify(e) if e.is_unauthorized() => Level::Warn,
             Rejection::StaleTimestamp => Level::Warn,
             _ => Level::Info,
@@ -75,6 +79,7 @@ impl Rejection {
             Rejection::StaleTimestamp => "stale_timestamp",
             Rejection::Verify(e) => e.reason(),
             Rejection::Store(_) => "store",
+            Rejection::StoreTooSlow => "store_too_slow",
             Rejection::Internal => "internal",
         }
     }

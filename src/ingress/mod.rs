@@ -46,6 +46,8 @@ const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 /// How long past the leader's deadline a concurrent copy waits for the leader's answer: the
 /// leader publishes as soon as its deadline passes, so this covers scheduling, not work.
 const FOLLOWER_SLACK: Duration = Duration::from_millis(200);
+/// WeChat gives up on an answer after 5 s; whatever happens, answer a little before that.
+const ANSWER_WITHIN: Duration = Duration::from_millis(4800);
 
 /// Everything a request needs, shared by all connections.
 pub struct Ingress {
@@ -198,12 +200,17 @@ impl Ingress {
             }
             .instrument(span),
         );
-        match handled.await {
-            Ok(result) => result.map(|answer| answer_response(&answer)),
-            Err(e) => {
+        // A stalled store must not keep WeChat waiting past its 5 s: answer 503 by then and let
+        // the task finish (stored callbacks are delivered; the resend gets the stored answer).
+        let reply_deadline = started + self.settings.reply_deadline_ms.duration();
+        let answer_by = (started + ANSWER_WITHIN).max(reply_deadline + FOLLOWER_SLACK);
+        match tokio::time::timeout_at(answer_by.into(), handled).await {
+            Ok(Ok(result)) => result.map(|answer| answer_response(&answer)),
+            Ok(Err(e)) => {
                 error!(error = %e, "callback task failed");
                 Err(Rejection::Internal)
             }
+            Err(_) => Err(Rejection::StoreTooSlow),
         }
     }
 

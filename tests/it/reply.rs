@@ -249,3 +249,52 @@ async fn a_resend_that_started_first_but_joined_second_gets_the_first_copys_answ
     );
     assert_eq!(bot.count(), 1, "one callback, one delivery");
 }
+
+/// A store that stalls (here: another connection holds SQLite's write lock) must not keep
+/// WeChat waiting past its 5 s: the answer is 503 just before, and once the store is back the
+/// resend is answered `success` and the target gets the callback once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_store_answers_503_before_wechat_gives_up_and_the_resend_succeeds() {
+    let target = Target::start(200).await;
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let toml = format!(
+        "{FAST}{}{}",
+        wx.account("main", ""),
+        Wx::target("t", &target.url("/t"), "")
+    );
+    let proxy = Proxy::start(&toml).await;
+    let holder = rusqlite::Connection::open(&proxy.db).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+    let sealed = wx.seal(&text_xml("while the disk stalls"));
+    let answer = proxy.post("main", &sealed).await;
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert!(
+        answer.elapsed >= Duration::from_millis(4500) && answer.elapsed < Duration::from_secs(5),
+        "answered after {:?}: before WeChat's 5 s, not before the reply deadline",
+        answer.elapsed
+    );
+
+    holder.execute_batch("ROLLBACK").unwrap();
+    let resend = eventually_resend(&proxy, &sealed).await;
+    resend.assert_success();
+    let got = target.wait_for(1).await;
+    assert_eq!(got[0].body, sealed.body.as_bytes());
+    settle().await;
+    assert_eq!(target.count(), 1, "one callback, one delivery");
+}
+
+/// WeChat's resend: repeated (as WeChat would) until the proxy answers 200.
+async fn eventually_resend(
+    proxy: &Proxy,
+    sealed: &wechat_fanout::wechat::SealedRequest,
+) -> crate::support::Answer {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = proxy.post("main", sealed).await;
+        if answer.status == 200 || std::time::Instant::now() > deadline {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
