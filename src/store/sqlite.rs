@@ -30,10 +30,6 @@ use crate::config::Synchronous;
 const MAX_BATCH: usize = 1024;
 /// Commands waiting for the writer; senders wait when it is full (backpressure on ingress).
 const QUEUE: usize = 8192;
-/// How often committed WAL pages are copied into the database file.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
-/// The WAL is truncated back to this many bytes after a checkpoint emptied it.
-const WAL_SIZE_LIMIT: i64 = 64 << 20;
 
 const PENDING: i64 = 0;
 const IN_FLIGHT: i64 = 1;
@@ -138,8 +134,6 @@ pub struct SqliteStore {
     path: PathBuf,
     /// Held for the life of the store: the exclusive lock on `<path>.lock`.
     _lock: File,
-    /// Dropped with the store, which ends the checkpoint thread.
-    _stop_checkpoints: std::sync::mpsc::Sender<()>,
 }
 
 impl SqliteStore {
@@ -168,10 +162,6 @@ impl SqliteStore {
             Synchronous::Normal => "NORMAL",
         };
         conn.pragma_update(None, "synchronous", sync)?;
-        // Checkpoints run on their own thread (below), never inside a commit that callbacks
-        // wait for; after one, a WAL grown by a burst is cut back to this size.
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
         // Single owner (the lock above): whatever was in flight died with the previous process.
@@ -185,14 +175,7 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || Writer { conn }.run(receiver))?;
-        let checkpointer = Connection::open(path)?;
-        checkpointer.busy_timeout(std::time::Duration::from_secs(5))?;
-        let (stop_checkpoints, stopped) = std::sync::mpsc::channel::<()>();
-        std::thread::Builder::new()
-            .name("store-checkpoint".into())
-            .spawn(move || checkpoint_until_stopped(&checkpointer, &stopped))?;
         Ok(SqliteStore {
-            _stop_checkpoints: stop_checkpoints,
             commands,
             reader: Arc::new(Mutex::new(reader)),
             path: path.to_path_buf(),
@@ -228,18 +211,6 @@ impl SqliteStore {
             .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
-    }
-}
-
-/// Copies committed WAL pages into the database every [`CHECKPOINT_EVERY`], on a connection of
-/// its own: a PASSIVE checkpoint never blocks the writer, so commits (and the answers waiting on
-/// them) do not pay for it, and the WAL stays small because it is emptied this often.
-fn checkpoint_until_stopped(conn: &Connection, stop: &std::sync::mpsc::Receiver<()>) {
-    use std::sync::mpsc::RecvTimeoutError;
-    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
-        }
     }
 }
 
