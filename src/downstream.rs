@@ -3,14 +3,22 @@
 //! Same body bytes, same raw query string (so the target's WeChat SDK verifies `signature` /
 //! `msg_signature` itself), same Content-Type, plus headers that name the delivery, the attempt
 //! and the account, so a target can drop the duplicates that at-least-once delivery implies.
-//! One pooled `reqwest::Client` serves every target; redirects are not followed and no proxy from
-//! the environment is used. Used by the primary relay in `ingress` and by `delivery`, so neither
-//! imports the other.
+//! One pooled hyper client serves every target (HTTP/1.1 keep-alive, TLS by rustls with
+//! Mozilla's roots for `https` targets); redirects are not followed and no proxy from the
+//! environment is used. It is hyper's own client rather than reqwest because this is the hot
+//! path: reqwest re-parses every URL with the `url` crate and adds layers the fan-out does not
+//! use. Used by the primary relay in `ingress` and by `delivery`, so neither imports the other.
 
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER, USER_AGENT};
+use http::{Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use std::sync::Arc;
 
@@ -28,6 +36,7 @@ pub const ACCOUNT_HEADER: &str = "x-wechat-fanout-account";
 
 /// A target's answer body is read up to this size (a passive reply is a few KiB at most).
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
+const USER_AGENT_VALUE: &str = concat!("wechat-fanout/", env!("CARGO_PKG_VERSION"));
 
 /// The outcome of one attempt.
 #[derive(Debug, Clone)]
@@ -42,71 +51,51 @@ pub struct Attempt {
 
 #[derive(Debug, Clone)]
 pub struct Downstream {
-    client: reqwest::Client,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     metrics: Arc<Metrics>,
 }
 
+/// Why an attempt got no answer; never names the URL (its query carries signatures).
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("the target's URL with the callback's query is not a valid URI: {0}")]
+    Uri(#[from] http::Error),
+    #[error("timed out after {0:?}")]
+    TimedOut(Duration),
+    #[error("{}", describe("connection failed", .0))]
+    Connect(hyper_util::client::legacy::Error),
+    #[error("{}", describe("request failed", .0))]
+    Request(hyper_util::client::legacy::Error),
+    #[error("{}", describe("reading the answer failed", .0))]
+    Body(hyper::Error),
+}
+
 impl Downstream {
-    pub fn new(metrics: Arc<Metrics>) -> Result<Downstream, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .tcp_nodelay(true)
+    pub fn new(metrics: Arc<Metrics>) -> Downstream {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        // The TLS layer takes `https` URLs; plain ones pass through.
+        http.enforce_http(false);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .user_agent(concat!("wechat-fanout/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Downstream { client, metrics })
+            .pool_timer(TokioTimer::new())
+            .build(https);
+        Downstream { client, metrics }
     }
 
     /// Sends `job` to `target` once, within the target's timeout.
     pub async fn attempt(&self, target: &Target, job: &Job) -> Attempt {
         let started = std::time::Instant::now();
-        let request = &job.request;
-        let mut url = String::with_capacity(target.url.len() + request.query.len() + 1);
-        url.push_str(&target.url);
-        if !request.query.is_empty() {
-            url.push(if target.url.contains('?') { '&' } else { '?' });
-            url.push_str(&request.query);
-        }
-        let mut builder = self
-            .client
-            .post(url)
-            .timeout(target.settings.timeout)
-            .header(DELIVERY_HEADER, job.id)
-            .header(ATTEMPT_HEADER, job.attempts + 1)
-            .header(ACCOUNT_HEADER, &*job.key.account)
-            .body(request.body.clone());
-        if let Some(content_type) = request
-            .content_type
-            .as_deref()
-            .and_then(|v| HeaderValue::from_str(v).ok())
-        {
-            builder = builder.header(CONTENT_TYPE, content_type);
-        }
-        let result = async {
-            let mut response = builder.send().await?;
-            let status = response.status().as_u16();
-            let retry_after = response
-                .headers()
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let content_type = response
-                .headers()
-                .get(CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            // Read the body even when it is not needed, so the connection can be reused.
-            let mut body = BytesMut::new();
-            while let Some(chunk) = response.chunk().await? {
-                if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                    break;
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok::<_, reqwest::Error>((status, retry_after, content_type, body.freeze()))
-        }
-        .await;
+        let timeout = target.settings.timeout;
+        let result = match tokio::time::timeout(timeout, self.exchange(target, job)).await {
+            Ok(result) => result,
+            Err(_) => Err(Failure::TimedOut(timeout)),
+        };
         let elapsed = started.elapsed();
         match result {
             Ok((status, retry_after, content_type, body)) => {
@@ -123,12 +112,70 @@ impl Downstream {
             }
             Err(e) => Attempt {
                 verdict: Verdict::Retry { after: None },
-                status: e.status().map(|s| s.as_u16()),
+                status: None,
                 reply: None,
-                error: Some(describe(&e)),
+                error: Some(e.to_string()),
                 elapsed,
             },
         }
+    }
+
+    /// One request and its answer: status, `Retry-After`, Content-Type and body.
+    async fn exchange(
+        &self,
+        target: &Target,
+        job: &Job,
+    ) -> Result<(u16, Option<String>, Option<String>, Bytes), Failure> {
+        let request = &job.request;
+        let mut url = String::with_capacity(target.url.len() + request.query.len() + 1);
+        url.push_str(&target.url);
+        if !request.query.is_empty() {
+            url.push(if target.url.contains('?') { '&' } else { '?' });
+            url.push_str(&request.query);
+        }
+        let mut builder = Request::post(Uri::try_from(url).map_err(http::Error::from)?)
+            .header(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE))
+            .header(DELIVERY_HEADER, job.id)
+            .header(ATTEMPT_HEADER, job.attempts + 1)
+            .header(ACCOUNT_HEADER, &*job.key.account);
+        if let Some(content_type) = request
+            .content_type
+            .as_deref()
+            .and_then(|v| HeaderValue::from_str(v).ok())
+        {
+            builder = builder.header(CONTENT_TYPE, content_type);
+        }
+        let request = builder.body(Full::new(request.body.clone()))?;
+        let response = self.client.request(request).await.map_err(|e| {
+            if e.is_connect() {
+                Failure::Connect(e)
+            } else {
+                Failure::Request(e)
+            }
+        })?;
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let status = response.status().as_u16();
+        let retry_after = header(RETRY_AFTER);
+        let content_type = header(CONTENT_TYPE);
+        // Read the body even when it is not needed, so the connection can be reused.
+        let mut incoming = response.into_body();
+        let mut body = BytesMut::new();
+        while let Some(frame) = incoming.frame().await {
+            let Ok(chunk) = frame.map_err(Failure::Body)?.into_data() else {
+                continue;
+            };
+            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                break;
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((status, retry_after, content_type, body.freeze()))
     }
 }
 
@@ -220,21 +267,13 @@ impl Downstream {
     }
 }
 
-/// A short reason without the URL (which may carry signatures) for logs and the store.
-fn describe(error: &reqwest::Error) -> String {
-    let kind = if error.is_timeout() {
-        "timed out"
-    } else if error.is_connect() {
-        "connection failed"
-    } else if error.is_body() || error.is_decode() {
-        "reading the answer failed"
-    } else {
-        "request failed"
-    };
-    let mut source = std::error::Error::source(error);
+/// `kind` and the innermost cause, the most specific of the error's chain (e.g. "connection
+/// refused").
+fn describe(kind: &str, error: &(dyn std::error::Error + 'static)) -> String {
     let mut innermost = None;
+    let mut source = error.source();
     while let Some(s) = source {
-        innermost = Some(s.to_string());
+        innermost = Some(s);
         source = s.source();
     }
     match innermost {

@@ -93,7 +93,7 @@ pub async fn run_with(
     let routes = Arc::new(ArcSwap::from_pointee(Routes::from_config(&config)?));
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
-    let downstream = Downstream::new(metrics.clone())?;
+    let downstream = Downstream::new(metrics.clone());
     let in_flight = InFlight::default();
     let grace = config.server.shutdown_grace_ms.duration();
 

@@ -23,7 +23,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 HERE=$ROOT/benches/load
-BIN=$ROOT/target/release
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 QUICK=${QUICK:-0}
 if [[ $QUICK == 1 ]]; then
     DURATION=${DURATION:-3}
