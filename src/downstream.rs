@@ -26,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::retry::{self, Verdict};
 use crate::store::{AttemptReport, Disposition, Job, Store};
 use crate::targets::Target;
+use crate::telemetry::event_at;
 
 /// Names the delivery (the job id): the same for every attempt of one delivery.
 pub const DELIVERY_HEADER: &str = "x-wechat-fanout-delivery";
@@ -232,32 +233,24 @@ impl Downstream {
         let elapsed = attempt.elapsed;
         let (account, name) = (&*target.key.account, &*target.key.target);
         let elapsed_ms = elapsed.as_millis() as u64;
-        if disposition == Disposition::Delivered {
-            tracing::info!(
-                account,
-                target = name,
-                callback = job.callback,
-                delivery = job.id,
-                attempt = report.attempt,
-                status = attempt.status,
-                elapsed_ms,
-                outcome = result,
-                "delivery"
-            );
-        } else {
-            tracing::warn!(
-                account,
-                target = name,
-                callback = job.callback,
-                delivery = job.id,
-                attempt = report.attempt,
-                status = attempt.status,
-                error = attempt.error.as_deref().unwrap_or("-"),
-                elapsed_ms,
-                outcome = result,
-                "delivery"
-            );
-        }
+        // A failed attempt is worth a warning; the error field is absent on success.
+        let level = match disposition {
+            Disposition::Delivered => tracing::Level::INFO,
+            _ => tracing::Level::WARN,
+        };
+        event_at!(
+            level,
+            account,
+            target = name,
+            callback = job.callback,
+            delivery = job.id,
+            attempt = report.attempt,
+            status = attempt.status,
+            error = attempt.error.as_deref(),
+            elapsed_ms,
+            outcome = result,
+            "delivery"
+        );
         self.metrics
             .attempt(account, name, result, elapsed.as_secs_f64());
         if let Err(e) = store.record(report).await {

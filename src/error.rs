@@ -5,6 +5,7 @@
 //! status that invites a resend (503) is used only when the fault is ours.
 
 use http::StatusCode;
+use tracing::Level;
 
 use crate::store::StoreError;
 use crate::wechat::VerifyError;
@@ -35,14 +36,6 @@ pub enum Rejection {
     Internal,
 }
 
-/// How loudly to log a rejection: client mistakes are routine, our faults are not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
-    Info,
-    Warn,
-    Error,
-}
-
 impl Rejection {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -59,12 +52,13 @@ impl Rejection {
         }
     }
 
+    /// How loudly to log a rejection: client mistakes are routine, our faults are not.
     pub fn level(&self) -> Level {
         match self {
-            Rejection::Store(_) | Rejection::StoreTooSlow | Rejection::Internal => Level::Error,
-            Rejection::Verify(e) if e.is_unauthorized() => Level::Warn,
-            Rejection::StaleTimestamp => Level::Warn,
-            _ => Level::Info,
+            Rejection::Store(_) | Rejection::StoreTooSlow | Rejection::Internal => Level::ERROR,
+            Rejection::Verify(e) if e.is_unauthorized() => Level::WARN,
+            Rejection::StaleTimestamp => Level::WARN,
+            _ => Level::INFO,
         }
     }
 

@@ -7,6 +7,20 @@
 
 use tracing_subscriber::EnvFilter;
 
+/// Logs one event at a level chosen at run time: tracing's macros take a constant level.
+macro_rules! event_at {
+    ($level:expr, $($event:tt)+) => {
+        match $level {
+            tracing::Level::ERROR => tracing::error!($($event)+),
+            tracing::Level::WARN => tracing::warn!($($event)+),
+            tracing::Level::INFO => tracing::info!($($event)+),
+            tracing::Level::DEBUG => tracing::debug!($($event)+),
+            _ => tracing::trace!($($event)+),
+        }
+    };
+}
+pub(crate) use event_at;
+
 use crate::config::LogFormat;
 
 /// Installs the global subscriber; a second call does nothing.

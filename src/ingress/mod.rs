@@ -33,11 +33,12 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::config::ServerConfig;
 use crate::downstream::{Attempt, Downstream, now_ms};
-use crate::error::{Level, Rejection};
+use crate::error::Rejection;
 use crate::metrics::{CallbackOutcome, Metrics};
 use crate::shutdown::InFlight;
 use crate::store::{Accepted, Answer, Job, NewCallback, NewJob, Replay, Store};
 use crate::targets::{Account, Routes, Target};
+use crate::telemetry::event_at;
 use crate::wechat::{CallbackQuery, Envelope, dedupe_key, open_callback, verify_url};
 use resends::{Resends, Role};
 
@@ -105,13 +106,7 @@ impl Ingress {
                 self.metrics
                     .callback(label, CallbackOutcome::Rejected(reason));
                 let account = account.as_deref().unwrap_or("-");
-                match rejection.level() {
-                    Level::Info => info!(account, %method, reason, error = %rejection, "rejected"),
-                    Level::Warn => warn!(account, %method, reason, error = %rejection, "rejected"),
-                    Level::Error => {
-                        error!(account, %method, reason, error = %rejection, "rejected")
-                    }
-                }
+                event_at!(rejection.level(), account, %method, reason, error = %rejection, "rejected");
                 let mut response = text(rejection.status(), format!("{rejection}\n"));
                 if matches!(rejection, Rejection::Method) {
                     response

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use std::sync::Mutex;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params, params_from_iter};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
@@ -322,14 +322,7 @@ impl Store for SqliteStore {
             ))?;
             let letters = statement
                 .query_map(
-                    params![
-                        None::<i64>,
-                        filter.account,
-                        filter.target,
-                        filter.since_ms,
-                        filter.until_ms,
-                        limit
-                    ],
+                    params_from_iter(matching(&None, &filter).into_iter().chain([&limit as _])),
                     dead_letter_row,
                 )?
                 .collect::<Result<Vec<_>, _>>()?;
@@ -400,6 +393,17 @@ const DEAD_LETTER_COLUMNS: &str =
 /// a NULL parameter does not filter.
 const DEAD_LETTER_MATCH: &str = "j.state = 3 AND (?1 IS NULL OR j.id = ?1) AND (?2 IS NULL OR j.account = ?2)
     AND (?3 IS NULL OR j.target = ?3) AND (?4 IS NULL OR j.updated_at >= ?4) AND (?5 IS NULL OR j.updated_at < ?5)";
+
+/// The parameters of [`DEAD_LETTER_MATCH`], in its order.
+fn matching<'a>(id: &'a Option<JobId>, filter: &'a DeadLetterFilter) -> [&'a dyn ToSql; 5] {
+    [
+        id,
+        &filter.account,
+        &filter.target,
+        &filter.since_ms,
+        &filter.until_ms,
+    ]
+}
 
 fn dead_letter_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetter> {
     Ok(DeadLetter {
@@ -668,14 +672,7 @@ impl Writer {
         ))?;
         let keys = statement
             .query_map(
-                params![
-                    id,
-                    filter.account,
-                    filter.target,
-                    filter.since_ms,
-                    filter.until_ms,
-                    now
-                ],
+                params_from_iter(matching(&id, filter).into_iter().chain([&now as _])),
                 |row| {
                     Ok(TargetKey {
                         account: Arc::from(row.get::<_, String>(0)?),
@@ -697,16 +694,7 @@ impl Writer {
             .prepare_cached(&format!(
                 "DELETE FROM jobs AS j WHERE {DEAD_LETTER_MATCH} RETURNING id"
             ))?
-            .query_map(
-                params![
-                    id,
-                    filter.account,
-                    filter.target,
-                    filter.since_ms,
-                    filter.until_ms
-                ],
-                |row| row.get::<_, JobId>(0),
-            )?
+            .query_map(matching(&id, filter), |row| row.get::<_, JobId>(0))?
             .collect::<Result<Vec<_>, _>>()?;
         let mut attempts = self
             .conn
