@@ -146,11 +146,7 @@ pub async fn dead_letters(
 }
 
 fn require_scope(filter: &FilterArgs, all: bool, verb: &str) -> anyhow::Result<()> {
-    let filtered = filter.account.is_some()
-        || filter.target.is_some()
-        || filter.since_ms.is_some()
-        || filter.until_ms.is_some();
-    if !filtered && !all {
+    if filter_query(filter).is_empty() && !all {
         bail!(
             "name a dead letter id, a filter (--account, --target, --since-ms, --until-ms), or --all to {verb} every one"
         );
