@@ -353,6 +353,11 @@ pub(crate) fn jobs(db: &Path) -> Vec<JobRow> {
         .expect("read jobs")
 }
 
+/// Waits (bounded) until the `jobs` table is empty: every delivery done and recorded.
+pub(crate) async fn no_jobs_left(db: &Path, what: &str) {
+    eventually(what, || jobs(db).is_empty().then_some(())).await;
+}
+
 /// The attempt numbers recorded in the `attempts` table for one job.
 pub(crate) fn attempts(db: &Path, job: i64) -> Vec<(i64, Option<i64>)> {
     let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
@@ -414,6 +419,12 @@ pub(crate) async fn raw_http(addr: SocketAddr, request: &[u8]) -> (u16, String) 
         .and_then(|code| code.parse().ok())
         .unwrap_or_else(|| panic!("not an HTTP answer: {text:?}"));
     (status, text)
+}
+
+/// The head of a raw POST of `query` to `/wechat/main`: the request line and `Host`, then
+/// `headers` as given (the blank line that ends the head is the caller's, who may leave it out).
+pub(crate) fn raw_post_head(query: &str, headers: &str) -> Vec<u8> {
+    format!("POST /wechat/main?{query} HTTP/1.1\r\nHost: wx\r\n{headers}").into_bytes()
 }
 
 /// `body` in chunks of `size` bytes, chunked-encoded, with the final empty chunk.
