@@ -302,6 +302,15 @@ impl Report {
     }
 }
 
+/// Runs `check` on every entry of `[[table]]`, then fails once, listing every failed check.
+fn check_every<T>(table: &str, entries: &[T], check: fn(&mut Report, &T)) {
+    let mut r = Report::default();
+    for v in entries {
+        check(&mut r, v);
+    }
+    r.finish(table, entries.len());
+}
+
 /// PKCS#7 pad WeChat uses: to a 32-byte block, 1..=32 bytes.
 fn pad_from_lengths(message_len: usize, receive_id_len: usize) -> usize {
     32 - (20 + message_len + receive_id_len) % 32
@@ -625,12 +634,7 @@ fn every_msg_signature_vector() {
 
 #[test]
 fn every_decrypt_vector() {
-    let vectors = &fixture().decrypt;
-    let mut r = Report::default();
-    for v in vectors {
-        check_decrypt(&mut r, v);
-    }
-    r.finish("decrypt", vectors.len());
+    check_every("decrypt", &fixture().decrypt, check_decrypt);
 }
 
 fn check_decrypt(r: &mut Report, v: &DecryptVector) {
@@ -857,12 +861,7 @@ fn every_wecom_echostr_vector() {
 
 #[test]
 fn every_json_message() {
-    let vectors = &fixture().json_message;
-    let mut r = Report::default();
-    for v in vectors {
-        check_json_message(&mut r, v);
-    }
-    r.finish("json_message", vectors.len());
+    check_every("json_message", &fixture().json_message, check_json_message);
 }
 
 fn check_json_message(r: &mut Report, v: &JsonMessage) {
@@ -1048,12 +1047,7 @@ fn check_json_message(r: &mut Report, v: &JsonMessage) {
 
 #[test]
 fn every_xml_message() {
-    let vectors = &fixture().xml_message;
-    let mut r = Report::default();
-    for v in vectors {
-        check_xml_message(&mut r, v);
-    }
-    r.finish("xml_message", vectors.len());
+    check_every("xml_message", &fixture().xml_message, check_xml_message);
 }
 
 fn check_xml_message(r: &mut Report, v: &XmlMessage) {
