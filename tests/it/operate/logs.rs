@@ -44,11 +44,7 @@ async fn json_logs_tell_one_callbacks_story_under_one_id_without_secrets() {
     let log = dir.path().join("serve.log");
     let mut binary =
         Binary::serve_with(&config, listen, &log, &["--log-format", "json"], &[]).await;
-    binary
-        .wait_log("the WeChat port", |log| {
-            log.contains("listening for WeChat callbacks")
-        })
-        .await;
+    binary.wait_listening().await;
 
     let private = "my secret diary, page 42";
     let sealed = wx.seal(&text_xml(private));

@@ -43,11 +43,7 @@ async fn sighup_reloads_a_valid_config_and_refuses_an_invalid_one() {
     let config = write_binary_config(dir.path(), listen, &only_a);
     let text = std::fs::read_to_string(&config).unwrap();
     let mut binary = Binary::serve(&config, listen, &dir.path().join("serve.log")).await;
-    binary
-        .wait_log("the proxy announcing its WeChat port", |log| {
-            log.contains("listening for WeChat callbacks")
-        })
-        .await;
+    binary.wait_listening().await;
 
     let in_flight = post(listen, &wx, "in flight during the reload").await;
     a.wait_for(1).await;
@@ -166,11 +162,7 @@ async fn a_reload_with_jobs_waiting_for_a_slow_target_delivers_each_once() {
     );
     let config = write_binary_config(dir.path(), listen, &account);
     let mut binary = Binary::serve(&config, listen, &dir.path().join("serve.log")).await;
-    binary
-        .wait_log("the proxy announcing its WeChat port", |log| {
-            log.contains("listening for WeChat callbacks")
-        })
-        .await;
+    binary.wait_listening().await;
 
     let mut sent = Vec::new();
     for n in 0..5 {
