@@ -67,12 +67,7 @@ fn params() -> SealParams<'static> {
 fn callback(c: &mut Criterion) {
     let mut group = c.benchmark_group("callback");
     group.throughput(Throughput::Elements(1));
-    for (name, security) in [
-        ("plaintext", Security::Plaintext),
-        ("safe", Security::Safe(key())),
-    ] {
-        let creds = credentials(security);
-        let sealed = sealed(&creds);
+    for (name, creds, sealed) in plaintext_and_safe() {
         let query = CallbackQuery::parse(&sealed.query).expect("sealed query parses");
         group.bench_function(name, |b| {
             b.iter(|| open_callback(&creds, black_box(&query), black_box(sealed.body.as_bytes())))
@@ -86,12 +81,7 @@ fn callback(c: &mut Criterion) {
 fn ingress(c: &mut Criterion) {
     let mut group = c.benchmark_group("ingress");
     group.throughput(Throughput::Elements(1));
-    for (name, security) in [
-        ("plaintext", Security::Plaintext),
-        ("safe", Security::Safe(key())),
-    ] {
-        let creds = credentials(security);
-        let sealed = sealed(&creds);
+    for (name, creds, sealed) in plaintext_and_safe() {
         group.bench_function(name, |b| {
             b.iter(|| {
                 let query = CallbackQuery::parse(black_box(&sealed.query))?;
@@ -103,6 +93,20 @@ fn ingress(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+/// The two cases of `callback` and `ingress`: a plaintext and a safe-mode account, each with the
+/// text message sealed for it.
+fn plaintext_and_safe() -> [(&'static str, Credentials, SealedRequest); 2] {
+    [
+        ("plaintext", Security::Plaintext),
+        ("safe", Security::Safe(key())),
+    ]
+    .map(|(name, security)| {
+        let creds = credentials(security);
+        let sealed = sealed(&creds);
+        (name, creds, sealed)
+    })
 }
 
 /// The text message sealed for `creds`, checked to open, so no benchmark times an error path.

@@ -170,7 +170,7 @@ impl Admin {
     async fn show(&self, id: &str) -> Result<Response<Full<Bytes>>, (StatusCode, String)> {
         let id = parse_id(id)?;
         let Some(detail) = self.store.dead_letter(id).await.map_err(store_error)? else {
-            return Err((StatusCode::NOT_FOUND, format!("no dead letter {id}")));
+            return Err(not_found(id));
         };
         #[derive(Serialize)]
         struct Shown<'a> {
@@ -219,11 +219,10 @@ impl Admin {
             .replay_dead(id, &filter, now_ms())
             .await
             .map_err(store_error)?;
-        if id.is_some() && keys.is_empty() {
-            return Err((
-                StatusCode::NOT_FOUND,
-                format!("no dead letter {}", id.unwrap_or_default()),
-            ));
+        if let Some(id) = id
+            && keys.is_empty()
+        {
+            return Err(not_found(id));
         }
         // Wake each affected target's worker so the replay starts now, not at the next poll.
         let routes = self.routes.load();
@@ -259,11 +258,10 @@ impl Admin {
             .purge_dead(id, &filter)
             .await
             .map_err(store_error)?;
-        if id.is_some() && purged == 0 {
-            return Err((
-                StatusCode::NOT_FOUND,
-                format!("no dead letter {}", id.unwrap_or_default()),
-            ));
+        if let Some(id) = id
+            && purged == 0
+        {
+            return Err(not_found(id));
         }
         info!(purged, "dead letters purged");
         Ok(json(
@@ -280,6 +278,10 @@ fn parse_id(id: &str) -> Result<i64, (StatusCode, String)> {
             format!("not a dead-letter id: {id:?}"),
         )
     })
+}
+
+fn not_found(id: i64) -> (StatusCode, String) {
+    (StatusCode::NOT_FOUND, format!("no dead letter {id}"))
 }
 
 fn parse_filter(query: &str) -> Result<DeadLetterFilter, (StatusCode, String)> {

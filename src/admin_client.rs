@@ -4,7 +4,7 @@
 //! keeps one writer, wakes the right workers on replay, and works with any store backend.
 
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -20,14 +20,20 @@ pub fn base_url(config: &Config, explicit: Option<&str>) -> String {
     if let Some(url) = explicit {
         return url.trim_end_matches('/').to_owned();
     }
-    let mut address: SocketAddr = config.admin.listen;
+    format!("http://{}", reachable(config.admin.listen))
+}
+
+/// Where a client on this machine reaches a server listening on `listen`: a wildcard address
+/// (`0.0.0.0`, `[::]`) is reached on loopback of the same family.
+pub(crate) fn reachable(listen: SocketAddr) -> SocketAddr {
+    let mut address = listen;
     if address.ip().is_unspecified() {
         address.set_ip(match address {
-            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
         });
     }
-    format!("http://{address}")
+    address
 }
 
 fn client() -> anyhow::Result<reqwest::Client> {
@@ -140,11 +146,7 @@ pub async fn dead_letters(
 }
 
 fn require_scope(filter: &FilterArgs, all: bool, verb: &str) -> anyhow::Result<()> {
-    let filtered = filter.account.is_some()
-        || filter.target.is_some()
-        || filter.since_ms.is_some()
-        || filter.until_ms.is_some();
-    if !filtered && !all {
+    if filter_query(filter).is_empty() && !all {
         bail!(
             "name a dead letter id, a filter (--account, --target, --since-ms, --until-ms), or --all to {verb} every one"
         );

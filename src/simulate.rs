@@ -13,19 +13,22 @@
 
 use std::fmt::Write as _;
 use std::io::Write;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, anyhow, bail};
 use bytes::Bytes;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use percent_encoding::utf8_percent_encode;
 use quick_xml::Reader;
 use quick_xml::events::Event;
 use reqwest::StatusCode;
 use reqwest::header::CONTENT_TYPE;
 use url::Url;
 
+use crate::admin_client::reachable;
 use crate::config::{AccountKind, Config};
+use crate::wechat::callback::QUERY_VALUE;
+use crate::wechat::envelope::push_cdata_element as push_cdata;
 use crate::wechat::{
     Credentials, Kind, SealParams, Security, msg_signature, seal_callback, signature,
 };
@@ -42,8 +45,6 @@ const FAKE_ORIGINAL_ID: &str = "gh_000000000000";
 const TIMEOUT: Duration = Duration::from_secs(10);
 const POST_PATIENCE: Duration = Duration::from_secs(5);
 const WECOM_HANDSHAKE_PATIENCE: Duration = Duration::from_secs(1);
-/// Base64 travels in the WeCom `echostr`: `+`, `/` and `=` must be percent-encoded.
-const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.');
 
 /// Send one simulated WeChat callback (or the URL handshake) and check the answer.
 #[derive(Debug, clap::Args)]
@@ -289,14 +290,7 @@ async fn exchange(
 
 /// `http://{listen}/wechat/{id}`; a wildcard listen address is reached on loopback.
 fn default_url(listen: SocketAddr, id: &str) -> anyhow::Result<Url> {
-    let mut addr = listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(match addr {
-            SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
-            SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
-        });
-    }
-    let text = format!("http://{addr}/wechat/{id}");
+    let text = format!("http://{}/wechat/{id}", reachable(listen));
     Url::parse(&text).with_context(|| format!("building the callback URL {text}"))
 }
 
@@ -434,12 +428,6 @@ impl Message<'_> {
         out.push('}');
         out
     }
-}
-
-fn push_cdata(out: &mut String, name: &str, value: &str) {
-    // "]]>" cannot stand inside CDATA: end the section between "]]" and ">" and start another.
-    let value = value.replace("]]>", "]]]]><![CDATA[>");
-    let _ = write!(out, "<{name}><![CDATA[{value}]]></{name}>");
 }
 
 /// The answer's fields if it is an encrypted reply: XML or JSON with `Encrypt`. Parsed here

@@ -285,45 +285,31 @@ async fn release_returns_jobs_in_flight_to_the_queue(store: Arc<dyn Store>) {
     assert_eq!(&leased[0].request.body[..], b"<xml><MsgId>h1</MsgId></xml>");
 }
 
+/// The suite for one backend: `mod $backend` with one test per contract function, each on a
+/// fresh store from `$open` (the store and a guard that keeps its files alive).
 macro_rules! contract {
     ($backend:ident, $open:expr) => {
+        contract!(@suite $backend, $open,
+            #[tokio::test] insert_if_absent_is_the_dedupe,
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            concurrent_resends_create_one_callback,
+            #[tokio::test] lease_returns_original_bytes_once,
+            #[tokio::test] record_reschedules_buries_and_removes,
+            #[tokio::test] purge_keeps_undelivered,
+            #[tokio::test] delivery_ids_are_never_reused,
+            #[tokio::test] release_returns_jobs_in_flight_to_the_queue,
+        );
+    };
+    (@suite $backend:ident, $open:expr, $(#[$runtime:meta] $test:ident,)*) => {
         mod $backend {
             use super::*;
-            #[tokio::test]
-            async fn insert_if_absent_is_the_dedupe() {
-                let (store, _guard) = $open;
-                super::insert_if_absent_is_the_dedupe(store).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn concurrent_resends_create_one_callback() {
-                let (store, _guard) = $open;
-                super::concurrent_resends_create_one_callback(store).await;
-            }
-            #[tokio::test]
-            async fn lease_returns_original_bytes_once() {
-                let (store, _guard) = $open;
-                super::lease_returns_original_bytes_once(store).await;
-            }
-            #[tokio::test]
-            async fn record_reschedules_buries_and_removes() {
-                let (store, _guard) = $open;
-                super::record_reschedules_buries_and_removes(store).await;
-            }
-            #[tokio::test]
-            async fn purge_keeps_undelivered() {
-                let (store, _guard) = $open;
-                super::purge_keeps_undelivered(store).await;
-            }
-            #[tokio::test]
-            async fn delivery_ids_are_never_reused() {
-                let (store, _guard) = $open;
-                super::delivery_ids_are_never_reused(store).await;
-            }
-            #[tokio::test]
-            async fn release_returns_jobs_in_flight_to_the_queue() {
-                let (store, _guard) = $open;
-                super::release_returns_jobs_in_flight_to_the_queue(store).await;
-            }
+            $(
+                #[$runtime]
+                async fn $test() {
+                    let (store, _guard) = $open;
+                    super::$test(store).await;
+                }
+            )*
         }
     };
 }

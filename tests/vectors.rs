@@ -165,36 +165,56 @@ fn fixture() -> &'static Vectors {
     })
 }
 
-fn decrypt_named(name: &str) -> &'static DecryptVector {
-    fixture()
-        .decrypt
+/// What every fixture entry has: a name unique in its table, and where its values come from.
+trait Entry {
+    fn name(&self) -> &str;
+    fn source(&self) -> &str;
+}
+
+macro_rules! entry {
+    ($($vector:ty),*) => {
+        $(impl Entry for $vector {
+            fn name(&self) -> &str {
+                &self.name
+            }
+            fn source(&self) -> &str {
+                &self.source
+            }
+        })*
+    };
+}
+
+entry!(
+    SignatureVector,
+    MsgSignatureVector,
+    DecryptVector,
+    EchostrVector,
+    JsonMessage,
+    XmlMessage
+);
+
+/// The entry of `[[table]]` called `name`.
+fn named<T: Entry>(entries: &'static [T], table: &str, name: &str) -> &'static T {
+    entries
         .iter()
-        .find(|v| v.name == name)
-        .unwrap_or_else(|| panic!("no [[decrypt]] named {name}"))
+        .find(|v| v.name() == name)
+        .unwrap_or_else(|| panic!("no [[{table}]] named {name}"))
+}
+
+fn decrypt_named(name: &str) -> &'static DecryptVector {
+    named(&fixture().decrypt, "decrypt", name)
 }
 
 fn echostr_named(name: &str) -> &'static EchostrVector {
-    fixture()
-        .wecom_echostr
-        .iter()
-        .find(|v| v.name == name)
-        .unwrap_or_else(|| panic!("no [[wecom_echostr]] named {name}"))
+    named(&fixture().wecom_echostr, "wecom_echostr", name)
 }
 
 fn json_named(name: &str) -> &'static JsonMessage {
-    fixture()
-        .json_message
-        .iter()
-        .find(|v| v.name == name)
-        .unwrap_or_else(|| panic!("no [[json_message]] named {name}"))
+    named(&fixture().json_message, "json_message", name)
 }
 
 fn xml_named(name: &str) -> &'static XmlMessage {
-    fixture()
-        .xml_message
-        .iter()
-        .find(|v| v.name == name)
-        .unwrap_or_else(|| panic!("no [[xml_message]] named {name}"))
+    named(&fixture().xml_message, "xml_message", name)
 }
 
 /// The independent origin of a vector, from the leading part of its `source`. The WeCom C# sample
@@ -280,6 +300,15 @@ impl Report {
             self.checks
         );
     }
+}
+
+/// Runs `check` on every entry of `[[table]]`, then fails once, listing every failed check.
+fn check_every<T>(table: &str, entries: &[T], check: fn(&mut Report, &T)) {
+    let mut r = Report::default();
+    for v in entries {
+        check(&mut r, v);
+    }
+    r.finish(table, entries.len());
 }
 
 /// PKCS#7 pad WeChat uses: to a 32-byte block, 1..=32 bytes.
@@ -605,12 +634,7 @@ fn every_msg_signature_vector() {
 
 #[test]
 fn every_decrypt_vector() {
-    let vectors = &fixture().decrypt;
-    let mut r = Report::default();
-    for v in vectors {
-        check_decrypt(&mut r, v);
-    }
-    r.finish("decrypt", vectors.len());
+    check_every("decrypt", &fixture().decrypt, check_decrypt);
 }
 
 fn check_decrypt(r: &mut Report, v: &DecryptVector) {
@@ -837,12 +861,7 @@ fn every_wecom_echostr_vector() {
 
 #[test]
 fn every_json_message() {
-    let vectors = &fixture().json_message;
-    let mut r = Report::default();
-    for v in vectors {
-        check_json_message(&mut r, v);
-    }
-    r.finish("json_message", vectors.len());
+    check_every("json_message", &fixture().json_message, check_json_message);
 }
 
 fn check_json_message(r: &mut Report, v: &JsonMessage) {
@@ -1028,12 +1047,7 @@ fn check_json_message(r: &mut Report, v: &JsonMessage) {
 
 #[test]
 fn every_xml_message() {
-    let vectors = &fixture().xml_message;
-    let mut r = Report::default();
-    for v in vectors {
-        check_xml_message(&mut r, v);
-    }
-    r.finish("xml_message", vectors.len());
+    check_every("xml_message", &fixture().xml_message, check_xml_message);
 }
 
 fn check_xml_message(r: &mut Report, v: &XmlMessage) {
@@ -1143,49 +1157,16 @@ fn check_xml_message(r: &mut Report, v: &XmlMessage) {
 #[test]
 fn decrypt_vectors_cover_at_least_three_sources() {
     let all = fixture();
-    let kinds: [(&str, Vec<(&str, &str)>); 6] = [
-        (
-            "signature",
-            all.signature
-                .iter()
-                .map(|v| (v.name.as_str(), v.source.as_str()))
-                .collect(),
-        ),
-        (
-            "msg_signature",
-            all.msg_signature
-                .iter()
-                .map(|v| (v.name.as_str(), v.source.as_str()))
-                .collect(),
-        ),
-        (
-            "decrypt",
-            all.decrypt
-                .iter()
-                .map(|v| (v.name.as_str(), v.source.as_str()))
-                .collect(),
-        ),
-        (
-            "wecom_echostr",
-            all.wecom_echostr
-                .iter()
-                .map(|v| (v.name.as_str(), v.source.as_str()))
-                .collect(),
-        ),
-        (
-            "json_message",
-            all.json_message
-                .iter()
-                .map(|v| (v.name.as_str(), v.source.as_str()))
-                .collect(),
-        ),
-        (
-            "xml_message",
-            all.xml_message
-                .iter()
-                .map(|v| (v.name.as_str(), v.source.as_str()))
-                .collect(),
-        ),
+    fn names_and_sources<T: Entry>(entries: &[T]) -> Vec<(&str, &str)> {
+        entries.iter().map(|v| (v.name(), v.source())).collect()
+    }
+    let kinds = [
+        ("signature", names_and_sources(&all.signature)),
+        ("msg_signature", names_and_sources(&all.msg_signature)),
+        ("decrypt", names_and_sources(&all.decrypt)),
+        ("wecom_echostr", names_and_sources(&all.wecom_echostr)),
+        ("json_message", names_and_sources(&all.json_message)),
+        ("xml_message", names_and_sources(&all.xml_message)),
     ];
     let mut total = 0;
     for (kind, entries) in &kinds {

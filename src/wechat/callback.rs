@@ -278,8 +278,9 @@ pub struct SealParams<'a> {
     pub agent_id: Option<&'a str>,
 }
 
-/// Query values are digits, letters, `-`, `_` in practice; encode anything else.
-const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.');
+/// Query values are digits, letters, `-`, `_` in practice; encode anything else (base64's `+`,
+/// `/` and `=` above all).
+pub const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.');
 
 /// Signs (and, in compatible/safe mode, encrypts) `message` exactly as WeChat would deliver it to
 /// this account: the basis of `simulate` and of the tests.

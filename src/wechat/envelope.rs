@@ -437,7 +437,8 @@ pub fn encrypted_request_json(to_user_name: &str, encrypt: &str) -> String {
     serde_json::json!({ "ToUserName": to_user_name, "Encrypt": encrypt }).to_string()
 }
 
-fn push_cdata_element(out: &mut String, name: &str, value: &str) {
+/// Appends `<name><![CDATA[value]]></name>`, as WeChat writes string fields.
+pub fn push_cdata_element(out: &mut String, name: &str, value: &str) {
     let _ = write!(out, "<{name}><![CDATA[");
     // "]]>" cannot appear inside CDATA: close the section and reopen it between "]]" and ">".
     out.push_str(&value.replace("]]>", "]]]]><![CDATA[>"));

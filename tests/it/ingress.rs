@@ -8,7 +8,8 @@ use wechat_fanout::config::Mode;
 use wechat_fanout::wechat::Kind;
 
 use crate::support::{
-    FAST, Proxy, Target, Wx, chunked, event_xml, eventually, raw_http, settle, text_json, text_xml,
+    FAST, Proxy, Target, Wx, chunked, event_xml, no_jobs_left, raw_http, raw_post_head, settle,
+    text_json, text_xml,
 };
 
 /// Every kind of account in every mode it can be configured in, and both body formats of mini
@@ -263,12 +264,10 @@ async fn oversize_bodies_get_413_with_content_length_and_chunked() {
     assert!(declared.text().contains("1024"), "{declared:?}");
 
     let request = |sealed: &wechat_fanout::wechat::SealedRequest| {
-        let mut bytes = format!(
-            "POST /wechat/main?{} HTTP/1.1\r\nHost: {}\r\nContent-Type: text/xml\r\n\
-             Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
-            sealed.query, proxy.addr
-        )
-        .into_bytes();
+        let mut bytes = raw_post_head(
+            &sealed.query,
+            "Content-Type: text/xml\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        );
         bytes.extend(chunked(sealed.body.as_bytes(), 300));
         bytes
     };
@@ -321,10 +320,7 @@ async fn filters_route_by_msg_type_and_event_inside_encrypted_bodies() {
     assert_eq!(got.len(), 1, "only the subscribe event: {got:?}");
     assert_eq!(got[0].body, subscribe.body.as_bytes());
     assert_eq!(everything.count(), 3);
-    eventually("all jobs delivered", || {
-        crate::support::jobs(&proxy.db).is_empty().then_some(())
-    })
-    .await;
+    no_jobs_left(&proxy.db, "all jobs delivered").await;
 }
 
 /// Slowloris: a client that sends its headers or its body a trickle at a time is cut off after
@@ -345,15 +341,9 @@ async fn slow_headers_and_slow_bodies_are_cut_off_and_nothing_is_stored() {
     // Headers never finished: the connection is closed without an answer to act on.
     let started = std::time::Instant::now();
     let mut slow = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    slow.write_all(
-        format!(
-            "POST /wechat/main?{} HTTP/1.1\r\nHost: wx\r\n",
-            sealed.query
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
+    slow.write_all(&raw_post_head(&sealed.query, ""))
+        .await
+        .unwrap();
     let mut answer = Vec::new();
     tokio::time::timeout(
         std::time::Duration::from_secs(5),
@@ -367,12 +357,13 @@ async fn slow_headers_and_slow_bodies_are_cut_off_and_nothing_is_stored() {
     assert!(started.elapsed() >= std::time::Duration::from_millis(250));
 
     // Headers complete, body declared but never finished: 408 with the reason.
-    let mut partial = format!(
-        "POST /wechat/main?{} HTTP/1.1\r\nHost: wx\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n",
-        sealed.query,
-        sealed.body.len()
-    )
-    .into_bytes();
+    let mut partial = raw_post_head(
+        &sealed.query,
+        &format!(
+            "Content-Type: text/xml\r\nContent-Length: {}\r\n\r\n",
+            sealed.body.len()
+        ),
+    );
     partial.extend_from_slice(&sealed.body.as_bytes()[..sealed.body.len() / 2]);
     let (status, text) = raw_http(proxy.addr, &partial).await;
     assert_eq!(status, 408, "{text}");

@@ -6,7 +6,9 @@ use std::time::Duration;
 use wechat_fanout::config::Mode;
 use wechat_fanout::wechat::Kind;
 
-use crate::support::{FAST, Proxy, Target, Wx, eventually, jobs, settle, text_xml};
+use crate::support::{
+    FAST, Proxy, Target, Wx, eventually_async, no_jobs_left, raw_post_head, settle, text_xml,
+};
 
 /// WeChat resends a callback it got no answer for, possibly while the first copy is still being
 /// handled. Three copies sent at once get the same answer, and each target gets it once.
@@ -75,10 +77,7 @@ async fn three_concurrent_resends_all_get_the_primarys_reply() {
     }
 
     // A late resend, after the first copy is fully handled, is answered the same way.
-    eventually("the primary's delivery recorded", || {
-        jobs(&proxy.db).is_empty().then_some(())
-    })
-    .await;
+    no_jobs_left(&proxy.db, "the primary's delivery recorded").await;
     let late = proxy.post("main", &sealed).await;
     assert_eq!((late.status, late.text()), (200, one.text()));
     assert_eq!(late.header("content-type"), Some("application/xml"));
@@ -122,10 +121,7 @@ async fn the_primarys_reply_is_relayed_as_the_answer() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].body, sealed.body.as_bytes());
     assert_eq!(got[0].attempt(), 1);
-    eventually("the primary's delivery recorded", || {
-        jobs(&proxy.db).is_empty().then_some(())
-    })
-    .await;
+    no_jobs_left(&proxy.db, "the primary's delivery recorded").await;
     settle().await;
     assert_eq!(bot.count(), 1, "delivered once, not again by a worker");
 }
@@ -156,10 +152,7 @@ async fn a_slow_primary_gets_success_sent_at_the_deadline_and_is_still_delivered
     );
     assert_eq!(bot.count(), 1, "the primary got it at once");
 
-    eventually("the slow primary's delivery recorded", || {
-        jobs(&proxy.db).is_empty().then_some(())
-    })
-    .await;
+    no_jobs_left(&proxy.db, "the slow primary's delivery recorded").await;
     settle().await;
     assert_eq!(bot.count(), 1, "delivered once: {:?}", bot.received());
 }
@@ -214,16 +207,12 @@ async fn a_resend_that_started_first_but_joined_second_gets_the_first_copys_answ
 
     // Copy A: its clock starts now, but its body arrives only after copy B has taken the lead.
     let mut early = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let head = format!(
+        "Content-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
     early
-        .write_all(
-            format!(
-                "POST /wechat/main?{} HTTP/1.1\r\nHost: wx\r\nContent-Type: text/xml\r\n\
-                 Content-Length: {}\r\nConnection: close\r\n\r\n",
-                sealed.query,
-                body.len()
-            )
-            .as_bytes(),
-        )
+        .write_all(&raw_post_head(&sealed.query, &head))
         .await
         .unwrap();
     early.write_all(&body[..10]).await.unwrap();
@@ -276,25 +265,15 @@ async fn a_stalled_store_answers_503_before_wechat_gives_up_and_the_resend_succe
     );
 
     holder.execute_batch("ROLLBACK").unwrap();
-    let resend = eventually_resend(&proxy, &sealed).await;
+    // WeChat's resend, repeated (as WeChat would) until the proxy answers 200.
+    let resend = eventually_async("a resend answered 200", || async {
+        let answer = proxy.post("main", &sealed).await;
+        (answer.status == 200).then_some(answer)
+    })
+    .await;
     resend.assert_success();
     let got = target.wait_for(1).await;
     assert_eq!(got[0].body, sealed.body.as_bytes());
     settle().await;
     assert_eq!(target.count(), 1, "one callback, one delivery");
-}
-
-/// WeChat's resend: repeated (as WeChat would) until the proxy answers 200.
-async fn eventually_resend(
-    proxy: &Proxy,
-    sealed: &wechat_fanout::wechat::SealedRequest,
-) -> crate::support::Answer {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let answer = proxy.post("main", sealed).await;
-        if answer.status == 200 || std::time::Instant::now() > deadline {
-            return answer;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }

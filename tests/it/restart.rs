@@ -10,7 +10,7 @@ use wechat_fanout::config::Mode;
 use wechat_fanout::wechat::Kind;
 
 use crate::support::{
-    Binary, FAST, Proxy, Target, Wx, eventually, free_addr, jobs, settle, text_xml,
+    Binary, FAST, Proxy, Target, Wx, eventually, free_addr, jobs, no_jobs_left, settle, text_xml,
 };
 
 /// A config file for the real binary: `listen`, the admin API on a free port (binaries of
@@ -101,10 +101,7 @@ async fn sigkill_with_a_backlog_loses_no_accepted_callback() {
         .collect();
     assert_eq!(bodies, sent, "exactly the accepted callbacks arrived");
     assert!(received.len() >= 50);
-    eventually("no job left in the store", || {
-        jobs(&dir.path().join("fanout.db")).is_empty().then_some(())
-    })
-    .await;
+    no_jobs_left(&dir.path().join("fanout.db"), "no job left in the store").await;
 
     // Idle, it stops at once on SIGTERM.
     second.terminate();
@@ -275,10 +272,7 @@ async fn after_run_returns_the_store_can_be_opened_again_and_the_backlog_resumes
     let got = target.wait_for(2).await;
     assert_eq!(got[1].body, sealed.body.as_bytes());
     assert_eq!(got[1].delivery(), got[0].delivery());
-    eventually("the delivery recorded", || {
-        jobs(&proxy.db).is_empty().then_some(())
-    })
-    .await;
+    no_jobs_left(&proxy.db, "the delivery recorded").await;
     shutdown.cancel();
     again.await.unwrap().unwrap();
 }

@@ -11,7 +11,7 @@ use wechat_fanout::wechat::Kind;
 
 use super::{post_to_binary as post, write_binary_config};
 use crate::support::wx::{AES_KEY, TOKEN};
-use crate::support::{Binary, Target, Wx, eventually, free_addr, jobs, text_xml};
+use crate::support::{Binary, Target, Wx, free_addr, no_jobs_left, text_xml};
 
 /// The callback id a JSON line carries: in its `callback` span, or as a field.
 fn callback_of(line: &Value) -> Option<i64> {
@@ -44,11 +44,7 @@ async fn json_logs_tell_one_callbacks_story_under_one_id_without_secrets() {
     let log = dir.path().join("serve.log");
     let mut binary =
         Binary::serve_with(&config, listen, &log, &["--log-format", "json"], &[]).await;
-    binary
-        .wait_log("the WeChat port", |log| {
-            log.contains("listening for WeChat callbacks")
-        })
-        .await;
+    binary.wait_listening().await;
 
     let private = "my secret diary, page 42";
     let sealed = wx.seal(&text_xml(private));
@@ -63,10 +59,7 @@ async fn json_logs_tell_one_callbacks_story_under_one_id_without_secrets() {
     crm.wait_for(1).await;
     crm.set_status(200);
     let db = dir.path().join("fanout.db");
-    eventually("every delivery recorded", || {
-        jobs(&db).is_empty().then_some(())
-    })
-    .await;
+    no_jobs_left(&db, "every delivery recorded").await;
     // A late resend, answered from the store.
     assert_eq!(post(listen, &sealed).await, (200, "success".to_owned()));
 
@@ -145,10 +138,7 @@ async fn rust_log_filters_by_level_and_module_and_text_is_the_default() {
     crm.wait_for(1).await;
     crm.set_status(200);
     let db = dir.path().join("fanout.db");
-    eventually("the delivery recorded", || {
-        jobs(&db).is_empty().then_some(())
-    })
-    .await;
+    no_jobs_left(&db, "the delivery recorded").await;
     let text = binary
         .wait_log("the accepted callback and the retry", |log| {
             log.contains(" INFO ") && log.contains(" WARN ")

@@ -8,7 +8,7 @@ use wechat_fanout::config::Mode;
 use wechat_fanout::wechat::Kind;
 
 use super::{post_to_binary, write_binary_config};
-use crate::support::{Binary, Target, Wx, eventually, free_addr, jobs, text_xml};
+use crate::support::{Binary, Target, Wx, free_addr, no_jobs_left, text_xml};
 
 /// A new text callback to `main`, which must be answered `success`; returns its body.
 async fn post(listen: std::net::SocketAddr, wx: &Wx, text: &str) -> String {
@@ -43,11 +43,7 @@ async fn sighup_reloads_a_valid_config_and_refuses_an_invalid_one() {
     let config = write_binary_config(dir.path(), listen, &only_a);
     let text = std::fs::read_to_string(&config).unwrap();
     let mut binary = Binary::serve(&config, listen, &dir.path().join("serve.log")).await;
-    binary
-        .wait_log("the proxy announcing its WeChat port", |log| {
-            log.contains("listening for WeChat callbacks")
-        })
-        .await;
+    binary.wait_listening().await;
 
     let in_flight = post(listen, &wx, "in flight during the reload").await;
     a.wait_for(1).await;
@@ -62,20 +58,14 @@ async fn sighup_reloads_a_valid_config_and_refuses_an_invalid_one() {
 
     // The delivery that was in flight when the workers were replaced completes and is recorded.
     let db = dir.path().join("fanout.db");
-    eventually("the in-flight delivery recorded", || {
-        jobs(&db).is_empty().then_some(())
-    })
-    .await;
+    no_jobs_left(&db, "the in-flight delivery recorded").await;
     assert_eq!(a.received()[0].body, in_flight.as_bytes());
     a.set_delay(Duration::ZERO);
 
     let after = post(listen, &wx, "after the reload").await;
     assert_eq!(a.wait_for(2).await[1].body, after.as_bytes());
     assert_eq!(b.wait_for(1).await[0].body, after.as_bytes());
-    eventually("both deliveries recorded", || {
-        jobs(&db).is_empty().then_some(())
-    })
-    .await;
+    no_jobs_left(&db, "both deliveries recorded").await;
     assert_eq!(a.count(), 2, "no delivery was repeated: {:?}", a.received());
 
     // Botched edits: each is refused with the reason, and the process keeps running.
@@ -172,11 +162,7 @@ async fn a_reload_with_jobs_waiting_for_a_slow_target_delivers_each_once() {
     );
     let config = write_binary_config(dir.path(), listen, &account);
     let mut binary = Binary::serve(&config, listen, &dir.path().join("serve.log")).await;
-    binary
-        .wait_log("the proxy announcing its WeChat port", |log| {
-            log.contains("listening for WeChat callbacks")
-        })
-        .await;
+    binary.wait_listening().await;
 
     let mut sent = Vec::new();
     for n in 0..5 {
@@ -190,7 +176,7 @@ async fn a_reload_with_jobs_waiting_for_a_slow_target_delivers_each_once() {
     a.set_delay(Duration::ZERO);
 
     let db = dir.path().join("fanout.db");
-    eventually("every job delivered", || jobs(&db).is_empty().then_some(())).await;
+    no_jobs_left(&db, "every job delivered").await;
     let mut got: Vec<Vec<u8>> = a.received().into_iter().map(|r| r.body.to_vec()).collect();
     got.sort();
     let mut want: Vec<Vec<u8>> = sent.into_iter().map(String::into_bytes).collect();

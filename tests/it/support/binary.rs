@@ -190,6 +190,14 @@ impl Binary {
         }
     }
 
+    /// Waits (bounded) for the log line announcing the WeChat port: the proxy is serving.
+    pub(crate) async fn wait_listening(&mut self) {
+        self.wait_log("the proxy announcing its WeChat port", |log| {
+            log.contains("listening for WeChat callbacks")
+        })
+        .await;
+    }
+
     /// Is the process still running?
     pub(crate) fn is_running(&mut self) -> bool {
         self.child.try_wait().expect("poll the child").is_none()

@@ -308,6 +308,18 @@ async fn send(request: reqwest::RequestBuilder) -> Answer {
     }
 }
 
+/// A read-only connection of our own to the proxy's SQLite file, waiting out its writer's locks.
+fn read_only(db: &Path) -> Connection {
+    let conn = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .expect("open the store read-only");
+    conn.busy_timeout(Duration::from_secs(5))
+        .expect("busy timeout");
+    conn
+}
+
 /// One row of the `jobs` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct JobRow {
@@ -325,13 +337,7 @@ pub(crate) const DEAD: i64 = 3;
 /// The `jobs` table as it is on disk now (delivered jobs are deleted), read through a read-only
 /// connection of our own.
 pub(crate) fn jobs(db: &Path) -> Vec<JobRow> {
-    let conn = Connection::open_with_flags(
-        db,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .expect("open the store read-only");
-    conn.busy_timeout(Duration::from_secs(5))
-        .expect("busy timeout");
+    let conn = read_only(db);
     let mut select = conn
         .prepare(
             "SELECT id, target, state, attempts, last_status, last_error FROM jobs ORDER BY id",
@@ -353,10 +359,14 @@ pub(crate) fn jobs(db: &Path) -> Vec<JobRow> {
         .expect("read jobs")
 }
 
+/// Waits (bounded) until the `jobs` table is empty: every delivery done and recorded.
+pub(crate) async fn no_jobs_left(db: &Path, what: &str) {
+    eventually(what, || jobs(db).is_empty().then_some(())).await;
+}
+
 /// The attempt numbers recorded in the `attempts` table for one job.
 pub(crate) fn attempts(db: &Path, job: i64) -> Vec<(i64, Option<i64>)> {
-    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .expect("open the store read-only");
+    let conn = read_only(db);
     let mut select = conn
         .prepare("SELECT attempt, status FROM attempts WHERE job_id = ?1 ORDER BY attempt")
         .expect("query attempts");
@@ -369,8 +379,7 @@ pub(crate) fn attempts(db: &Path, job: i64) -> Vec<(i64, Option<i64>)> {
 
 /// Number of stored callbacks.
 pub(crate) fn callbacks(db: &Path) -> i64 {
-    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .expect("open the store read-only");
+    let conn = read_only(db);
     conn.query_row("SELECT COUNT(*) FROM callbacks", [], |row| row.get(0))
         .expect("count callbacks")
 }
@@ -378,8 +387,7 @@ pub(crate) fn callbacks(db: &Path) -> i64 {
 /// The raw query and body of every stored callback of `account`, in arrival order: exactly what
 /// the proxy received.
 pub(crate) fn stored(db: &Path, account: &str) -> Vec<(String, Vec<u8>)> {
-    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .expect("open the store read-only");
+    let conn = read_only(db);
     let mut select = conn
         .prepare("SELECT query, body FROM callbacks WHERE account = ?1 ORDER BY id")
         .expect("query callbacks");
@@ -414,6 +422,12 @@ pub(crate) async fn raw_http(addr: SocketAddr, request: &[u8]) -> (u16, String) 
         .and_then(|code| code.parse().ok())
         .unwrap_or_else(|| panic!("not an HTTP answer: {text:?}"));
     (status, text)
+}
+
+/// The head of a raw POST of `query` to `/wechat/main`: the request line and `Host`, then
+/// `headers` as given (the blank line that ends the head is the caller's, who may leave it out).
+pub(crate) fn raw_post_head(query: &str, headers: &str) -> Vec<u8> {
+    format!("POST /wechat/main?{query} HTTP/1.1\r\nHost: wx\r\n{headers}").into_bytes()
 }
 
 /// `body` in chunks of `size` bytes, chunked-encoded, with the final empty chunk.
