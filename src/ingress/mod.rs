@@ -253,10 +253,11 @@ impl Ingress {
         // The primary relay takes from the primary's concurrency budget; without a permit, or
         // while the primary's circuit is open (it keeps failing), the primary is delivered like
         // any other target and the answer is `success` at once.
-        let relay = account
+        let primary = account
             .primary
             .as_ref()
-            .filter(|p| matched.iter().any(|t| Arc::ptr_eq(t, p)))
+            .filter(|p| matched.iter().any(|t| Arc::ptr_eq(t, p)));
+        let relay = primary
             .filter(|p| p.breaker.open_for(now_ms()).is_none())
             .and_then(|p| Some((p.clone(), p.permits.clone().try_acquire_owned().ok()?)));
         // Every other target gets its job handed straight to its worker when there is room in
@@ -335,22 +336,18 @@ impl Ingress {
             }
             (Some(_), None) => None,
             (None, _) => {
-                if account
-                    .primary
-                    .as_ref()
-                    .is_some_and(|p| matched.iter().any(|t| Arc::ptr_eq(t, p)))
-                {
+                if primary.is_some() {
                     self.metrics.primary(&account.id, "skipped");
                 }
                 None
             }
         };
-        let target_names: Vec<&str> = matched.iter().map(|t| &*t.key.target).collect();
         info!(
             msg_type = envelope.msg_type.as_deref().unwrap_or("-"),
             event = envelope.event.as_deref().unwrap_or("-"),
             dedupe_key = %key,
-            targets = ?target_names,
+            // Evaluated only when the line is logged.
+            targets = ?matched.iter().map(|t| &*t.key.target).collect::<Vec<_>>(),
             outcome = "accepted",
             answer = if relayed.is_some() { "relayed" } else { "success" },
             elapsed_us = started.elapsed().as_micros() as u64,
