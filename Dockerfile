@@ -16,6 +16,7 @@ WORKDIR /build
 # Dependencies first, against stub sources: this layer is reused until Cargo.toml or Cargo.lock
 # change. benches/ is copied because Cargo.toml declares a bench target that must exist.
 COPY Cargo.toml Cargo.lock ./
+COPY .cargo .cargo
 COPY benches benches
 RUN mkdir src \
     && echo 'fn main() {}' > src/main.rs \
