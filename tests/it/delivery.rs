@@ -12,6 +12,45 @@ use crate::support::{
     text_xml,
 };
 
+/// An `https` target goes through TLS: a server that answers the handshake with plain HTTP is a
+/// failed connection, recorded with the TLS reason and retried, and never receives the callback
+/// in clear text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_target_is_reached_over_tls_only() {
+    let plain = Target::start(200).await;
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let toml = format!(
+        "{FAST}{}{}",
+        wx.account("main", ""),
+        Wx::target(
+            "t",
+            &format!("https://{}/hook", plain.addr),
+            "max_attempts = 1000"
+        ),
+    );
+    let proxy = Proxy::start(&toml).await;
+
+    proxy
+        .post("main", &wx.seal(&text_xml("over tls")))
+        .await
+        .assert_success();
+
+    let failed = eventually("two failed TLS attempts recorded", || {
+        jobs(&proxy.db).into_iter().find(|j| j.attempts >= 2)
+    })
+    .await;
+    let error = failed.last_error.clone().unwrap_or_default();
+    assert!(
+        error.starts_with("connection failed: "),
+        "last_error: {error:?}"
+    );
+    assert_eq!(failed.last_status, None);
+    assert!(
+        plain.received().is_empty(),
+        "the callback went out in clear text"
+    );
+}
+
 /// A target that is down when the callback arrives gets it once it comes up, on the same port:
 /// the refused attempts were recorded and retried, and the same delivery id arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
