@@ -226,15 +226,31 @@ impl Admin {
         }
         // Wake each affected target's worker so the replay starts now, not at the next poll.
         let routes = self.routes.load();
+        let mut replayed = 0;
         for target in routes.targets() {
-            if keys.contains(&target.key) {
+            let jobs = keys.iter().filter(|k| **k == target.key).count();
+            if jobs > 0 {
+                replayed += jobs;
                 target.wake.notify_one();
             }
         }
-        info!(replayed = keys.len(), "dead letters replayed");
+        // A target that is not configured has no worker: its letters stay dead.
+        let not_configured = keys.len() - replayed;
+        if not_configured > 0 {
+            let routed = routes.targets().map(|t| t.key.clone()).collect();
+            self.store
+                .bury_unrouted(routed, crate::UNROUTED_REASON, now_ms())
+                .await
+                .map_err(store_error)?;
+            warn!(
+                not_configured,
+                "dead letters of targets that are not configured were not replayed"
+            );
+        }
+        info!(replayed, "dead letters replayed");
         Ok(json(
             StatusCode::OK,
-            &serde_json::json!({ "replayed": keys.len() }),
+            &serde_json::json!({ "replayed": replayed, "not_configured": not_configured }),
         ))
     }
 

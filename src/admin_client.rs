@@ -124,6 +124,13 @@ pub async fn dead_letters(
             };
             let result = call(request).await?;
             writeln!(out, "replayed {}", result["replayed"])?;
+            let not_configured = result["not_configured"].as_u64().unwrap_or(0);
+            if not_configured > 0 {
+                writeln!(
+                    out,
+                    "not replayed {not_configured}: their targets are not configured"
+                )?;
+            }
         }
         DeadLettersCommand::Purge { id, filter, all } => {
             let base = base_url(config, filter.admin_url.as_deref());

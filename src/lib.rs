@@ -55,6 +55,8 @@ use crate::targets::Routes;
 
 /// How often delivered callbacks older than the retention are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
+/// The last error of a job whose target was removed from the configuration.
+pub const UNROUTED_REASON: &str = "target is no longer configured";
 
 /// The sockets the proxy serves, bound by the caller (tests bind `127.0.0.1:0`).
 #[derive(Debug)]
@@ -109,6 +111,8 @@ pub async fn run_with(
         handles: Vec::new(),
     };
     workers.start(&routes.load());
+    // In the background: the WeChat port must not wait for it if the store is slow.
+    in_flight.spawn(bury_unrouted(store.clone(), routes.load_full()));
 
     let purge = tokio::spawn(purge_loop(
         store.clone(),
@@ -257,6 +261,7 @@ async fn reload_on_hangup(
             }
             routes.store(Arc::new(new_routes));
             workers.restart(&routes.load()).await;
+            bury_unrouted(workers.delivery.store.clone(), routes.load_full()).await;
             info!(path = %path.display(), accounts = config.accounts.len(), "configuration reloaded");
             current = config;
         }
@@ -265,6 +270,29 @@ async fn reload_on_hangup(
     {
         let _ = (path, current, routes, workers);
         shutdown.cancelled().await;
+    }
+}
+
+/// Pending jobs of targets that are no longer configured become dead letters, with a warning:
+/// no worker would ever send them, and they would keep their callbacks from being purged. They
+/// can be listed, and replayed once the target is back in the config, or purged.
+async fn bury_unrouted(store: Arc<dyn Store>, routes: Arc<Routes>) {
+    let routed = routes.targets().map(|t| t.key.clone()).collect();
+    match store.bury_unrouted(routed, UNROUTED_REASON, now_ms()).await {
+        Ok(buried) => {
+            for (key, jobs) in buried {
+                warn!(
+                    account = &*key.account,
+                    target = &*key.target,
+                    jobs,
+                    "pending jobs of a target that is no longer configured are now dead letters; \
+                     add the target back and replay them, or purge them"
+                );
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "could not look for jobs of targets that are no longer configured")
+        }
     }
 }
 

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use wechat_fanout::config::Synchronous;
 use wechat_fanout::store::{
-    Accepted, Answer, AttemptReport, Disposition, NewCallback, NewJob, Replay, SqliteStore, Store,
-    TargetKey,
+    Accepted, Answer, AttemptReport, DeadLetterFilter, Disposition, NewCallback, NewJob, Replay,
+    SqliteStore, Store, TargetKey,
 };
 
 fn callback(key: &str, targets: &[(&str, bool)]) -> NewCallback {
@@ -285,6 +285,58 @@ async fn release_returns_jobs_in_flight_to_the_queue(store: Arc<dyn Store>) {
     assert_eq!(&leased[0].request.body[..], b"<xml><MsgId>h1</MsgId></xml>");
 }
 
+/// Pending jobs of targets that are not routed become dead letters with the reason; routed
+/// targets and jobs in flight are untouched, and a second call finds nothing more to do.
+async fn bury_unrouted_turns_orphaned_jobs_into_dead_letters(store: Arc<dyn Store>) {
+    let Accepted::New { jobs, .. } = store
+        .accept(callback(
+            "o1",
+            &[("kept", false), ("gone", false), ("running", true)],
+        ))
+        .await
+        .unwrap()
+    else {
+        panic!("o1 is new");
+    };
+    store
+        .accept(callback("o2", &[("gone", false)]))
+        .await
+        .unwrap();
+
+    let buried = store
+        .bury_unrouted(vec![key("kept")], "retired", 5_000)
+        .await
+        .unwrap();
+    assert_eq!(buried, vec![(key("gone"), 2)]);
+    assert_eq!(store.next_due(&key("kept")).await.unwrap(), Some(1_000));
+    assert_eq!(store.next_due(&key("gone")).await.unwrap(), None);
+
+    let letters = store
+        .dead_letters(&DeadLetterFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    for letter in &letters {
+        assert_eq!(letter.target, "gone");
+        assert_eq!(letter.died_at_ms, 5_000);
+        assert_eq!(letter.last_error.as_deref(), Some("retired"));
+    }
+    assert_eq!(letters[1].id, jobs[1]);
+
+    // The job in flight finishes its attempt as usual.
+    store
+        .record(report(jobs[2], 1, Disposition::Delivered))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .bury_unrouted(vec![key("kept")], "retired", 6_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 /// The suite for one backend: `mod $backend` with one test per contract function, each on a
 /// fresh store from `$open` (the store and a guard that keeps its files alive).
 macro_rules! contract {
@@ -298,6 +350,7 @@ macro_rules! contract {
             #[tokio::test] purge_keeps_undelivered,
             #[tokio::test] delivery_ids_are_never_reused,
             #[tokio::test] release_returns_jobs_in_flight_to_the_queue,
+            #[tokio::test] bury_unrouted_turns_orphaned_jobs_into_dead_letters,
         );
     };
     (@suite $backend:ident, $open:expr, $(#[$runtime:meta] $test:ident,)*) => {

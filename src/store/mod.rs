@@ -224,6 +224,18 @@ pub trait Store: Send + Sync + 'static {
     /// handed to it) to the due queue, due at `now_ms`.
     async fn release(&self, jobs: Vec<JobId>, now_ms: i64) -> Result<(), StoreError>;
 
+    /// Turns the pending jobs of every target not in `routed` into dead letters with `reason` as
+    /// their last error: a target removed from the configuration has no worker, and its jobs
+    /// would otherwise wait, and keep their callbacks, forever. Jobs in flight are left to their
+    /// attempt (one that fails is pending again, and buried by the next call). Returns the
+    /// targets affected and how many jobs each.
+    async fn bury_unrouted(
+        &self,
+        routed: Vec<TargetKey>,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<Vec<(TargetKey, u64)>, StoreError>;
+
     /// Succeeds when a write can be committed now (readiness).
     async fn check_writable(&self) -> Result<(), StoreError>;
 

@@ -87,6 +87,7 @@ enum Command {
     NextDue(TargetKey, Reply<Option<i64>>),
     Record(AttemptReport, Reply<()>),
     Release(Vec<JobId>, i64, Reply<()>),
+    BuryUnrouted(Vec<TargetKey>, String, i64, Reply<Vec<(TargetKey, u64)>>),
     Purge(i64, Reply<u64>),
     ReplayDead(Option<JobId>, DeadLetterFilter, i64, Reply<Vec<TargetKey>>),
     PurgeDead(Option<JobId>, DeadLetterFilter, Reply<u64>),
@@ -101,6 +102,10 @@ enum Done {
     NextDue(Reply<Option<i64>>, Result<Option<i64>, StoreError>),
     Count(Reply<u64>, Result<u64, StoreError>),
     Keys(Reply<Vec<TargetKey>>, Result<Vec<TargetKey>, StoreError>),
+    Buried(
+        Reply<Vec<(TargetKey, u64)>>,
+        Result<Vec<(TargetKey, u64)>, StoreError>,
+    ),
 }
 
 impl Done {
@@ -120,6 +125,7 @@ impl Done {
             Done::NextDue(r, v) => finish(r, v, commit),
             Done::Count(r, v) => finish(r, v, commit),
             Done::Keys(r, v) => finish(r, v, commit),
+            Done::Buried(r, v) => finish(r, v, commit),
         }
     }
 }
@@ -251,6 +257,17 @@ impl Store for SqliteStore {
 
     async fn release(&self, jobs: Vec<JobId>, now_ms: i64) -> Result<(), StoreError> {
         self.call(|r| Command::Release(jobs, now_ms, r)).await
+    }
+
+    async fn bury_unrouted(
+        &self,
+        routed: Vec<TargetKey>,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<Vec<(TargetKey, u64)>, StoreError> {
+        let reason = reason.to_owned();
+        self.call(|r| Command::BuryUnrouted(routed, reason, now_ms, r))
+            .await
     }
 
     async fn check_writable(&self) -> Result<(), StoreError> {
@@ -482,6 +499,7 @@ impl Writer {
             Command::NextDue(_, r) => Done::NextDue(r, err(message)),
             Command::Purge(_, r) | Command::PurgeDead(_, _, r) => Done::Count(r, err(message)),
             Command::ReplayDead(_, _, _, r) => Done::Keys(r, err(message)),
+            Command::BuryUnrouted(_, _, _, r) => Done::Buried(r, err(message)),
         }
     }
 
@@ -498,6 +516,9 @@ impl Writer {
                 Done::Keys(r, self.replay_dead(id, &filter, now))
             }
             Command::PurgeDead(id, filter, r) => Done::Count(r, self.purge_dead(id, &filter)),
+            Command::BuryUnrouted(routed, reason, now, r) => {
+                Done::Buried(r, self.bury_unrouted(&routed, &reason, now))
+            }
             // A write that touches nothing still needs the transaction to commit.
             Command::Check(r) => Done::Unit(r, Ok(())),
         }
@@ -658,6 +679,54 @@ impl Writer {
             )?
             .execute(params![report.job, report.attempt, report.at_ms, report.status, report.error])?;
         Ok(())
+    }
+
+    fn bury_unrouted(
+        &mut self,
+        routed: &[TargetKey],
+        reason: &str,
+        now: i64,
+    ) -> Result<Vec<(TargetKey, u64)>, StoreError> {
+        // The targets with pending jobs: one seek each in the due index rather than a scan of
+        // every job (a target that is down may have millions).
+        let mut next_target = self.conn.prepare_cached(
+            "SELECT account, target FROM jobs WHERE state = 0 AND (account, target) > (?1, ?2)
+             ORDER BY account, target LIMIT 1",
+        )?;
+        let mut pending = Vec::new();
+        let (mut account, mut target) = (String::new(), String::new());
+        while let Some(next) = next_target
+            .query_row(params![account, target], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+            })
+            .optional()?
+        {
+            (account, target) = next;
+            pending.push((account.clone(), target.clone()));
+        }
+        drop(next_target);
+        let mut bury = self.conn.prepare_cached(
+            "UPDATE jobs SET state = ?3, updated_at = ?4, last_error = ?5
+             WHERE account = ?1 AND target = ?2 AND state = ?6",
+        )?;
+        let mut buried = Vec::new();
+        for (account, target) in pending {
+            if routed
+                .iter()
+                .any(|k| *k.account == account && *k.target == target)
+            {
+                continue;
+            }
+            let n = bury.execute(params![account, target, DEAD, now, reason, PENDING])?;
+            buried.push((
+                TargetKey {
+                    account: Arc::from(account),
+                    target: Arc::from(target),
+                },
+                n as u64,
+            ));
+        }
+        Ok(buried)
     }
 
     fn replay_dead(

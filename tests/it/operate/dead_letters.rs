@@ -505,7 +505,7 @@ async fn the_dead_letter_api_filters_by_account_target_and_time() {
         .await;
     assert_eq!(
         (answer.status, answer.text().replace([' ', '\n'], "")),
-        (200, "{\"replayed\":1}".into())
+        (200, "{\"not_configured\":0,\"replayed\":1}".into())
     );
     let got = lake.wait_for(2).await;
     assert_eq!(got[1].body, order.body.as_bytes());
