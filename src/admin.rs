@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::downstream::{ACCOUNT_HEADER, now_ms};
+use crate::ingress::text;
 use crate::metrics::Metrics;
 use crate::store::{DeadLetterFilter, Store, StoreError};
 use crate::targets::Routes;
@@ -90,18 +91,22 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: Cancellat
 
 impl Admin {
     async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
-        let path = request.uri().path().trim_end_matches('/').to_owned();
-        let query = request.uri().query().unwrap_or("").to_owned();
-        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let query = request.uri().query().unwrap_or("");
+        let segments: Vec<&str> = request
+            .uri()
+            .path()
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .collect();
         let result = match (request.method().clone(), segments.as_slice()) {
             (Method::GET, ["healthz"]) => Ok(text(StatusCode::OK, "ok\n")),
             (Method::GET, ["readyz"]) => Ok(self.ready().await),
             (Method::GET, ["metrics"]) => Ok(self.scrape().await),
-            (Method::GET, ["dead-letters"]) => self.list(&query).await,
+            (Method::GET, ["dead-letters"]) => self.list(query).await,
             (Method::GET, ["dead-letters", id]) => self.show(id).await,
-            (Method::POST, ["dead-letters", "replay"]) => self.replay(None, &query).await,
+            (Method::POST, ["dead-letters", "replay"]) => self.replay(None, query).await,
             (Method::POST, ["dead-letters", id, "replay"]) => self.replay(Some(id), "").await,
-            (Method::DELETE, ["dead-letters"]) => self.purge(None, &query).await,
+            (Method::DELETE, ["dead-letters"]) => self.purge(None, query).await,
             (Method::DELETE, ["dead-letters", id]) => self.purge(Some(id), "").await,
             _ => Err((StatusCode::NOT_FOUND, "no such admin endpoint".to_owned())),
         };
@@ -214,43 +219,37 @@ impl Admin {
     ) -> Result<Response<Full<Bytes>>, (StatusCode, String)> {
         let id = id.map(parse_id).transpose()?;
         let filter = parse_scope(query)?;
-        let keys = self
+        let routes = self.routes.load();
+        let replayed = self
             .store
-            .replay_dead(id, &filter, now_ms())
+            .replay_dead(id, &filter, routes.keys(), now_ms())
             .await
             .map_err(store_error)?;
         if let Some(id) = id
-            && keys.is_empty()
+            && replayed.targets.is_empty()
+            && replayed.not_routed == 0
         {
             return Err(not_found(id));
         }
         // Wake each affected target's worker so the replay starts now, not at the next poll.
-        let routes = self.routes.load();
-        let mut replayed = 0;
         for target in routes.targets() {
-            let jobs = keys.iter().filter(|k| **k == target.key).count();
-            if jobs > 0 {
-                replayed += jobs;
+            if replayed.targets.contains(&target.key) {
                 target.wake.notify_one();
             }
         }
-        // A target that is not configured has no worker: its letters stay dead.
-        let not_configured = keys.len() - replayed;
-        if not_configured > 0 {
-            let routed = routes.targets().map(|t| t.key.clone()).collect();
-            self.store
-                .bury_unrouted(routed, crate::UNROUTED_REASON, now_ms())
-                .await
-                .map_err(store_error)?;
+        if replayed.not_routed > 0 {
             warn!(
-                not_configured,
+                not_configured = replayed.not_routed,
                 "dead letters of targets that are not configured were not replayed"
             );
         }
-        info!(replayed, "dead letters replayed");
+        info!(replayed = replayed.targets.len(), "dead letters replayed");
         Ok(json(
             StatusCode::OK,
-            &serde_json::json!({ "replayed": replayed, "not_configured": not_configured }),
+            &serde_json::json!({
+                "replayed": replayed.targets.len(),
+                "not_configured": replayed.not_routed,
+            }),
         ))
     }
 
@@ -350,15 +349,5 @@ fn json(status: StatusCode, value: &impl Serialize) -> Response<Full<Bytes>> {
     response
         .headers_mut()
         .insert(CONTENT_TYPE, http::HeaderValue::from_static(JSON));
-    response
-}
-
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(body.into()));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
     response
 }

@@ -57,9 +57,9 @@ pub async fn healthcheck(base: &str, ready: bool, out: &mut impl Write) -> anyho
     Ok(status.is_success())
 }
 
-/// Runs a `dead-letters` subcommand and prints its result.
+/// Runs a `dead-letters` subcommand against the admin API at `base` and prints its result.
 pub async fn dead_letters(
-    config: &Config,
+    base: &str,
     command: &DeadLettersCommand,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
@@ -70,7 +70,6 @@ pub async fn dead_letters(
             limit,
             json,
         } => {
-            let base = base_url(config, filter.admin_url.as_deref());
             let mut query = filter_query(filter);
             query.push(("limit".into(), limit.to_string()));
             let letters = call(client.get(format!("{base}/dead-letters")).query(&query)).await?;
@@ -106,13 +105,11 @@ pub async fn dead_letters(
             }
             writeln!(out, "{} dead letter(s)", rows.len())?;
         }
-        DeadLettersCommand::Show { id, admin_url } => {
-            let base = base_url(config, admin_url.as_deref());
+        DeadLettersCommand::Show { id } => {
             let letter = call(client.get(format!("{base}/dead-letters/{id}"))).await?;
             writeln!(out, "{}", serde_json::to_string_pretty(&letter)?)?;
         }
         DeadLettersCommand::Replay { id, filter, all } => {
-            let base = base_url(config, filter.admin_url.as_deref());
             let request = match id {
                 Some(id) => client.post(format!("{base}/dead-letters/{id}/replay")),
                 None => {
@@ -133,7 +130,6 @@ pub async fn dead_letters(
             }
         }
         DeadLettersCommand::Purge { id, filter, all } => {
-            let base = base_url(config, filter.admin_url.as_deref());
             let request = match id {
                 Some(id) => client.delete(format!("{base}/dead-letters/{id}")),
                 None => {

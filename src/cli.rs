@@ -19,6 +19,10 @@ pub struct Cli {
     /// The TOML configuration file (layered over the compiled-in defaults).
     #[arg(long, global = true, env = "WECHAT_FANOUT_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// The admin API's base URL, for `healthcheck` and `dead-letters`; default: from
+    /// `admin.listen`.
+    #[arg(long, global = true, value_name = "URL")]
+    pub admin_url: Option<String>,
     /// Log format; overrides `log.format`.
     #[arg(long, global = true, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -46,9 +50,6 @@ pub struct HealthcheckArgs {
     /// Check readiness (the store commits writes) instead of liveness.
     #[arg(long)]
     pub ready: bool,
-    /// The admin API's base URL; default: from `admin.listen`.
-    #[arg(long)]
-    pub admin_url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -65,12 +66,7 @@ pub enum DeadLettersCommand {
         json: bool,
     },
     /// Show one dead letter: its request, headers, body and every failed attempt.
-    Show {
-        id: i64,
-        /// The admin API's base URL; default: from `admin.listen`.
-        #[arg(long)]
-        admin_url: Option<String>,
-    },
+    Show { id: i64 },
     /// Deliver dead letters again (same bytes, fresh attempts): one by id, or all that match.
     Replay {
         id: Option<i64>,
@@ -103,7 +99,4 @@ pub struct FilterArgs {
     /// Died before this time (Unix milliseconds).
     #[arg(long)]
     pub until_ms: Option<i64>,
-    /// The admin API's base URL; default: from `admin.listen`.
-    #[arg(long)]
-    pub admin_url: Option<String>,
 }

@@ -178,29 +178,7 @@ impl Downstream {
         }
         Ok((status, retry_after, content_type, body.freeze()))
     }
-}
 
-impl Attempt {
-    /// What the store should record for this attempt of `job`.
-    pub fn report(&self, target: &Target, job: &Job, now_ms: i64) -> AttemptReport {
-        AttemptReport {
-            job: job.id,
-            attempt: job.attempts + 1,
-            at_ms: now_ms,
-            status: self.status,
-            error: self.error.clone(),
-            disposition: retry::disposition(
-                &target.settings,
-                job.attempt_in_round(),
-                self.verdict,
-                now_ms,
-                rand::random(),
-            ),
-        }
-    }
-}
-
-impl Downstream {
     /// Ends an attempt the same way for the primary relay and the workers: decides what becomes
     /// of the job, logs one line, counts it, and records it in the store.
     pub async fn finish(
@@ -257,6 +235,26 @@ impl Downstream {
             tracing::error!(delivery = job.id, error = %e, "could not record an attempt; it will be sent again after a restart");
         }
         disposition
+    }
+}
+
+impl Attempt {
+    /// What the store should record for this attempt of `job`.
+    pub fn report(&self, target: &Target, job: &Job, now_ms: i64) -> AttemptReport {
+        AttemptReport {
+            job: job.id,
+            attempt: job.attempts + 1,
+            at_ms: now_ms,
+            status: self.status,
+            error: self.error.clone(),
+            disposition: retry::disposition(
+                &target.settings,
+                job.attempt_in_round(),
+                self.verdict,
+                now_ms,
+                rand::random(),
+            ),
+        }
     }
 }
 

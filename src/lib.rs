@@ -56,7 +56,7 @@ use crate::targets::Routes;
 /// How often delivered callbacks older than the retention are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 /// The last error of a job whose target was removed from the configuration.
-pub const UNROUTED_REASON: &str = "target is no longer configured";
+const UNROUTED_REASON: &str = "target is no longer configured";
 
 /// The sockets the proxy serves, bound by the caller (tests bind `127.0.0.1:0`).
 #[derive(Debug)]
@@ -277,8 +277,10 @@ async fn reload_on_hangup(
 /// no worker would ever send them, and they would keep their callbacks from being purged. They
 /// can be listed, and replayed once the target is back in the config, or purged.
 async fn bury_unrouted(store: Arc<dyn Store>, routes: Arc<Routes>) {
-    let routed = routes.targets().map(|t| t.key.clone()).collect();
-    match store.bury_unrouted(routed, UNROUTED_REASON, now_ms()).await {
+    match store
+        .bury_unrouted(routes.keys(), UNROUTED_REASON, now_ms())
+        .await
+    {
         Ok(buried) => {
             for (key, jobs) in buried {
                 warn!(

@@ -61,11 +61,12 @@ async fn execute(cli: Cli, config: Config) -> anyhow::Result<bool> {
             Ok(true)
         }
         Command::Healthcheck(args) => {
-            let base = admin_client::base_url(&config, args.admin_url.as_deref());
+            let base = admin_client::base_url(&config, cli.admin_url.as_deref());
             admin_client::healthcheck(&base, args.ready, &mut out).await
         }
         Command::DeadLetters(command) => {
-            admin_client::dead_letters(&config, &command, &mut out).await?;
+            let base = admin_client::base_url(&config, cli.admin_url.as_deref());
+            admin_client::dead_letters(&base, &command, &mut out).await?;
             Ok(true)
         }
         Command::Simulate(args) => simulate::run(&config, &args, &mut out).await,

@@ -122,6 +122,11 @@ impl Routes {
     pub fn targets(&self) -> impl Iterator<Item = &Arc<Target>> {
         self.accounts.values().flat_map(|a| a.targets.iter())
     }
+
+    /// The key of every target: what the store calls routed.
+    pub fn keys(&self) -> Vec<TargetKey> {
+        self.targets().map(|t| t.key.clone()).collect()
+    }
 }
 
 impl Target {

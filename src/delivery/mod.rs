@@ -81,6 +81,8 @@ impl Delivery {
         // pending, retries rescheduled) and at the earliest due time or poll interval.
         let mut look_in_store = true;
         let mut next_look = tokio::time::Instant::now();
+        // A job taken from the handoff but not started when stop fired: it goes back too.
+        let mut unstarted = Vec::new();
         loop {
             if let Some(cool_down) = target.breaker.open_for(now_ms()) {
                 // The target keeps failing: start nothing until the cool-down ends. New jobs
@@ -106,22 +108,22 @@ impl Delivery {
             tokio::select! {
                 job = inbox.recv() => {
                     let Some(job) = job else { break };
-                    let permit = tokio::select! {
-                        permit = target.permits.clone().acquire_owned() => permit,
-                        () = stop.cancelled() => {
-                            self.release(&mut inbox, vec![job.id]).await;
-                            return;
+                    tokio::select! {
+                        Ok(permit) = target.permits.clone().acquire_owned() => {
+                            self.spawn_attempt(&target, job, permit);
                         }
-                    };
-                    let Ok(permit) = permit else { break };
-                    self.spawn_attempt(&target, job, permit);
+                        () = stop.cancelled() => {
+                            unstarted.push(job.id);
+                            break;
+                        }
+                    }
                 }
                 () = target.wake.notified() => look_in_store = true,
                 () = tokio::time::sleep_until(next_look) => look_in_store = true,
                 () = stop.cancelled() => break,
             }
         }
-        self.release(&mut inbox, Vec::new()).await;
+        self.release(&mut inbox, unstarted).await;
     }
 
     /// Leases due jobs from the store, at most as many as there are free permits, and starts

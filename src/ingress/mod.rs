@@ -92,20 +92,22 @@ impl Ingress {
 
     async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Full<Bytes>> {
         let started = Instant::now();
-        let account = account_id(request.uri().path()).map(str::to_owned);
+        // Kept for the rejection line; a clone of the request's URI shares its bytes.
+        let uri = request.uri().clone();
+        let account = account_id(uri.path());
         let method = request.method().clone();
-        match self.route(request, started).await {
+        match self.route(request, account, started).await {
             Ok(response) => response,
             Err(rejection) => {
                 let reason = rejection.reason();
                 // An unknown id is the caller's text: never a metric label (unbounded cardinality).
                 let label = match rejection {
                     Rejection::UnknownAccount => "",
-                    _ => account.as_deref().unwrap_or(""),
+                    _ => account.unwrap_or(""),
                 };
                 self.metrics
                     .callback(label, CallbackOutcome::Rejected(reason));
-                let account = account.as_deref().unwrap_or("-");
+                let account = account.unwrap_or("-");
                 event_at!(rejection.level(), account, %method, reason, error = %rejection, "rejected");
                 let mut response = text(rejection.status(), format!("{rejection}\n"));
                 if matches!(rejection, Rejection::Method) {
@@ -121,11 +123,12 @@ impl Ingress {
     async fn route(
         self: &Arc<Self>,
         request: Request<Incoming>,
+        account: Option<&str>,
         started: Instant,
     ) -> Result<Response<Full<Bytes>>, Rejection> {
         let account = {
             let routes = self.routes.load();
-            let id = account_id(request.uri().path()).ok_or(Rejection::UnknownAccount)?;
+            let id = account.ok_or(Rejection::UnknownAccount)?;
             routes
                 .account(id)
                 .cloned()
@@ -250,31 +253,37 @@ impl Ingress {
             .iter()
             .filter(|t| t.accepts(&envelope))
             .collect();
-        // The primary relay takes from the primary's concurrency budget; without a permit, or
-        // while the primary's circuit is open (it keeps failing), the primary is delivered like
-        // any other target and the answer is `success` at once.
         let primary = account
             .primary
             .as_ref()
             .filter(|p| matched.iter().any(|t| Arc::ptr_eq(t, p)));
-        let relay = primary
-            .filter(|p| p.breaker.open_for(now_ms()).is_none())
-            .and_then(|p| Some((p.clone(), p.permits.clone().try_acquire_owned().ok()?)));
-        // Every other target gets its job handed straight to its worker when there is room in
-        // its handoff: the job is stored as in flight, and the worker needs no lease for it.
-        let mut handoffs: Vec<Option<OwnedPermit<Job>>> = matched
+        // How each job starts, decided before it is stored (a job started at once is stored in
+        // flight, so no worker leases it twice). The primary relay takes from the primary's
+        // concurrency budget; without a permit, or while its circuit is open (it keeps failing),
+        // the primary is delivered like any other target and the answer is `success` at once.
+        // Other targets get their job handed straight to their worker when its handoff has room:
+        // the worker then needs no lease and no second copy of the body.
+        let starts: Vec<Start> = matched
             .iter()
-            .map(|t| match &relay {
-                Some((primary, _)) if Arc::ptr_eq(t, primary) => None,
-                _ => t.handoff.clone().try_reserve_owned().ok(),
+            .map(|t| {
+                let relay = primary
+                    .filter(|p| Arc::ptr_eq(t, p) && p.breaker.open_for(now_ms()).is_none())
+                    .and_then(|p| p.permits.clone().try_acquire_owned().ok());
+                match relay {
+                    Some(permit) => Start::Relay(permit),
+                    None => match t.handoff.clone().try_reserve_owned() {
+                        Ok(handoff) => Start::Handoff(handoff),
+                        Err(_) => Start::Stored,
+                    },
+                }
             })
             .collect();
         let jobs = matched
             .iter()
-            .zip(&handoffs)
-            .map(|(t, handoff)| NewJob {
+            .zip(&starts)
+            .map(|(t, start)| NewJob {
                 target: t.key.target.clone(),
-                leased: handoff.is_some() || relay.as_ref().is_some_and(|(p, _)| Arc::ptr_eq(t, p)),
+                leased: !matches!(start, Start::Stored),
             })
             .collect();
         let accepted = self
@@ -305,37 +314,29 @@ impl Ingress {
         };
         // Every later line of this callback, and each delivery line, carries this id.
         tracing::Span::current().record("callback", callback);
-        let mut relay_job = None;
-        for ((target, id), handoff) in matched.iter().zip(&job_ids).zip(&mut handoffs) {
-            match (&relay, handoff.take()) {
-                (Some((primary, _)), _) if Arc::ptr_eq(target, primary) => relay_job = Some(*id),
-                (_, Some(handoff)) => {
-                    handoff.send(Job {
-                        id: *id,
-                        callback,
-                        key: target.key.clone(),
-                        attempts: 0,
-                        retry_base: 0,
-                        request: replay.clone(),
-                    });
+        let new_job = |target: &Target, id| Job {
+            id,
+            callback,
+            key: target.key.clone(),
+            attempts: 0,
+            retry_base: 0,
+            request: replay.clone(),
+        };
+        let mut relay = None;
+        for ((target, id), start) in matched.iter().zip(job_ids).zip(starts) {
+            match start {
+                Start::Relay(permit) => relay = Some((*target, permit, new_job(target, id))),
+                Start::Handoff(handoff) => {
+                    handoff.send(new_job(target, id));
                 }
-                (_, None) => target.wake.notify_one(),
+                Start::Stored => target.wake.notify_one(),
             }
         }
-        let relayed = match (relay, relay_job) {
-            (Some((primary, permit)), Some(job_id)) => {
-                let job = Job {
-                    id: job_id,
-                    callback,
-                    key: primary.key.clone(),
-                    attempts: 0,
-                    retry_base: 0,
-                    request: replay,
-                };
-                self.relay(primary, permit, job, deadline).await
+        let relayed = match relay {
+            Some((primary, permit, job)) => {
+                self.relay(primary.clone(), permit, job, deadline).await
             }
-            (Some(_), None) => None,
-            (None, _) => {
+            None => {
                 if primary.is_some() {
                     self.metrics.primary(&account.id, "skipped");
                 }
@@ -469,6 +470,16 @@ pub async fn serve(
     }
 }
 
+/// How a new job starts once its callback is stored.
+enum Start {
+    /// The primary's, sent by ingress now; its answer may become the passive reply.
+    Relay(OwnedSemaphorePermit),
+    /// Handed to the target's worker with the request in memory.
+    Handoff(OwnedPermit<Job>),
+    /// Left in the store as due; the target's worker is rung.
+    Stored,
+}
+
 /// `/wechat/{id}` (a trailing slash allowed) → `id`.
 fn account_id(path: &str) -> Option<&str> {
     let id = path.strip_prefix("/wechat/")?;
@@ -506,7 +517,8 @@ fn answer_response(answer: &Answer) -> Response<Full<Bytes>> {
     response
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+/// A plain-text response (also the admin API's).
+pub(crate) fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     response

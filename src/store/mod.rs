@@ -161,6 +161,15 @@ pub struct DeadLetterDetail {
     pub attempts: Vec<AttemptRecord>,
 }
 
+/// What a replay of dead letters did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// The target of each job made due again, one entry per job.
+    pub targets: Vec<TargetKey>,
+    /// Matching letters left dead because their target is not routed.
+    pub not_routed: u64,
+}
+
 /// What became of a job after an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {
@@ -256,13 +265,15 @@ pub trait Store: Send + Sync + 'static {
     async fn dead_letter(&self, id: JobId) -> Result<Option<DeadLetterDetail>, StoreError>;
 
     /// Makes dead letters due again at `now_ms` with a fresh allowance of attempts: the one with
-    /// `id`, or all matching `filter`. Returns the targets affected (one entry per job).
+    /// `id`, or all matching `filter`, of the targets in `routed`. Letters of other targets stay
+    /// as they are: no worker would send them (see [`Store::bury_unrouted`]).
     async fn replay_dead(
         &self,
         id: Option<JobId>,
         filter: &DeadLetterFilter,
+        routed: Vec<TargetKey>,
         now_ms: i64,
-    ) -> Result<Vec<TargetKey>, StoreError>;
+    ) -> Result<Replayed, StoreError>;
 
     /// Deletes dead letters: the one with `id`, or all matching `filter`. Returns how many.
     async fn purge_dead(

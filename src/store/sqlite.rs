@@ -21,8 +21,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Accepted, Answer, AttemptRecord, AttemptReport, CallbackId, DeadLetter, DeadLetterDetail,
-    DeadLetterFilter, Disposition, Job, JobId, NewCallback, QueueDepth, Replay, Store, StoreError,
-    TargetKey,
+    DeadLetterFilter, Disposition, Job, JobId, NewCallback, QueueDepth, Replay, Replayed, Store,
+    StoreError, TargetKey,
 };
 use crate::config::Synchronous;
 
@@ -89,7 +89,13 @@ enum Command {
     Release(Vec<JobId>, i64, Reply<()>),
     BuryUnrouted(Vec<TargetKey>, String, i64, Reply<Vec<(TargetKey, u64)>>),
     Purge(i64, Reply<u64>),
-    ReplayDead(Option<JobId>, DeadLetterFilter, i64, Reply<Vec<TargetKey>>),
+    ReplayDead(
+        Option<JobId>,
+        DeadLetterFilter,
+        Vec<TargetKey>,
+        i64,
+        Reply<Replayed>,
+    ),
     PurgeDead(Option<JobId>, DeadLetterFilter, Reply<u64>),
     Check(Reply<()>),
 }
@@ -101,7 +107,7 @@ enum Done {
     Lease(Reply<Vec<Job>>, Result<Vec<Job>, StoreError>),
     NextDue(Reply<Option<i64>>, Result<Option<i64>, StoreError>),
     Count(Reply<u64>, Result<u64, StoreError>),
-    Keys(Reply<Vec<TargetKey>>, Result<Vec<TargetKey>, StoreError>),
+    Replayed(Reply<Replayed>, Result<Replayed, StoreError>),
     Buried(
         Reply<Vec<(TargetKey, u64)>>,
         Result<Vec<(TargetKey, u64)>, StoreError>,
@@ -124,7 +130,7 @@ impl Done {
             Done::Lease(r, v) => finish(r, v, commit),
             Done::NextDue(r, v) => finish(r, v, commit),
             Done::Count(r, v) => finish(r, v, commit),
-            Done::Keys(r, v) => finish(r, v, commit),
+            Done::Replayed(r, v) => finish(r, v, commit),
             Done::Buried(r, v) => finish(r, v, commit),
         }
     }
@@ -384,10 +390,11 @@ impl Store for SqliteStore {
         &self,
         id: Option<JobId>,
         filter: &DeadLetterFilter,
+        routed: Vec<TargetKey>,
         now_ms: i64,
-    ) -> Result<Vec<TargetKey>, StoreError> {
+    ) -> Result<Replayed, StoreError> {
         let filter = filter.clone();
-        self.call(|r| Command::ReplayDead(id, filter, now_ms, r))
+        self.call(|r| Command::ReplayDead(id, filter, routed, now_ms, r))
             .await
     }
 
@@ -420,6 +427,13 @@ fn matching<'a>(id: &'a Option<JobId>, filter: &'a DeadLetterFilter) -> [&'a dyn
         &filter.since_ms,
         &filter.until_ms,
     ]
+}
+
+/// The key in `routed` for `account`'s `target`, if it is there.
+fn routed_key<'a>(routed: &'a [TargetKey], account: &str, target: &str) -> Option<&'a TargetKey> {
+    routed
+        .iter()
+        .find(|k| &*k.account == account && &*k.target == target)
 }
 
 fn dead_letter_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetter> {
@@ -498,7 +512,7 @@ impl Writer {
             Command::Lease(_, _, _, r) => Done::Lease(r, err(message)),
             Command::NextDue(_, r) => Done::NextDue(r, err(message)),
             Command::Purge(_, r) | Command::PurgeDead(_, _, r) => Done::Count(r, err(message)),
-            Command::ReplayDead(_, _, _, r) => Done::Keys(r, err(message)),
+            Command::ReplayDead(_, _, _, _, r) => Done::Replayed(r, err(message)),
             Command::BuryUnrouted(_, _, _, r) => Done::Buried(r, err(message)),
         }
     }
@@ -512,8 +526,8 @@ impl Writer {
             Command::Record(report, r) => Done::Unit(r, self.record(&report)),
             Command::Release(jobs, now, r) => Done::Unit(r, self.release(&jobs, now)),
             Command::Purge(before, r) => Done::Count(r, self.purge(before)),
-            Command::ReplayDead(id, filter, now, r) => {
-                Done::Keys(r, self.replay_dead(id, &filter, now))
+            Command::ReplayDead(id, filter, routed, now, r) => {
+                Done::Replayed(r, self.replay_dead(id, &filter, &routed, now))
             }
             Command::PurgeDead(id, filter, r) => Done::Count(r, self.purge_dead(id, &filter)),
             Command::BuryUnrouted(routed, reason, now, r) => {
@@ -711,10 +725,7 @@ impl Writer {
         )?;
         let mut buried = Vec::new();
         for (account, target) in pending {
-            if routed
-                .iter()
-                .any(|k| *k.account == account && *k.target == target)
-            {
+            if routed_key(routed, &account, &target).is_some() {
                 continue;
             }
             let n = bury.execute(params![account, target, DEAD, now, reason, PENDING])?;
@@ -733,24 +744,32 @@ impl Writer {
         &mut self,
         id: Option<JobId>,
         filter: &DeadLetterFilter,
+        routed: &[TargetKey],
         now: i64,
-    ) -> Result<Vec<TargetKey>, StoreError> {
-        let mut statement = self.conn.prepare_cached(&format!(
-            "UPDATE jobs AS j SET state = 0, next_at = ?6, updated_at = ?6, retry_base = attempts
-             WHERE {DEAD_LETTER_MATCH} RETURNING account, target"
-        ))?;
-        let keys = statement
-            .query_map(
-                params_from_iter(matching(&id, filter).into_iter().chain([&now as _])),
-                |row| {
-                    Ok(TargetKey {
-                        account: Arc::from(row.get::<_, String>(0)?),
-                        target: Arc::from(row.get::<_, String>(1)?),
-                    })
-                },
-            )?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(keys)
+    ) -> Result<Replayed, StoreError> {
+        let letters = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT j.id, j.account, j.target FROM jobs j WHERE {DEAD_LETTER_MATCH}"
+            ))?
+            .query_map(matching(&id, filter), |row| {
+                Ok((row.get::<_, JobId>(0)?, row.get(1)?, row.get(2)?))
+            })?
+            .collect::<Result<Vec<(JobId, String, String)>, _>>()?;
+        let mut replay = self.conn.prepare_cached(
+            "UPDATE jobs SET state = ?2, next_at = ?3, updated_at = ?3, retry_base = attempts WHERE id = ?1",
+        )?;
+        let mut replayed = Replayed::default();
+        for (job, account, target) in letters {
+            match routed_key(routed, &account, &target) {
+                Some(key) => {
+                    replay.execute(params![job, PENDING, now])?;
+                    replayed.targets.push(key.clone());
+                }
+                None => replayed.not_routed += 1,
+            }
+        }
+        Ok(replayed)
     }
 
     fn purge_dead(
