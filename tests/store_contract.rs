@@ -8,7 +8,7 @@ use bytes::Bytes;
 use wechat_fanout::config::Synchronous;
 use wechat_fanout::store::{
     Accepted, Answer, AttemptReport, DeadLetterFilter, Disposition, NewCallback, NewJob, Replay,
-    SqliteStore, Store, TargetKey,
+    Replayed, SqliteStore, Store, TargetKey,
 };
 
 fn callback(key: &str, targets: &[(&str, bool)]) -> NewCallback {
@@ -337,6 +337,46 @@ async fn bury_unrouted_turns_orphaned_jobs_into_dead_letters(store: Arc<dyn Stor
     );
 }
 
+/// A replay makes the dead letters of routed targets due again with a fresh allowance, and
+/// leaves those of other targets exactly as they were (still dead, same time of death).
+async fn replay_dead_replays_letters_of_routed_targets_only(store: Arc<dyn Store>) {
+    store
+        .accept(callback("d1", &[("a", false), ("gone", false)]))
+        .await
+        .unwrap();
+    for target in ["a", "gone"] {
+        let job = store
+            .lease_due(&key(target), 10_000, 1)
+            .await
+            .unwrap()
+            .remove(0);
+        store
+            .record(report(job.id, 1, Disposition::Dead))
+            .await
+            .unwrap();
+    }
+
+    let everything = DeadLetterFilter::default();
+    let replayed = store
+        .replay_dead(None, &everything, vec![key("a")], 7_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        replayed,
+        Replayed {
+            targets: vec![key("a")],
+            not_routed: 1
+        }
+    );
+    assert_eq!(store.next_due(&key("a")).await.unwrap(), Some(7_000));
+    let again = store.lease_due(&key("a"), 7_000, 1).await.unwrap();
+    assert_eq!((again[0].attempts, again[0].attempt_in_round()), (1, 1));
+    let left = store.dead_letters(&everything).await.unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!((&*left[0].target, left[0].died_at_ms), ("gone", 2_000));
+    assert_eq!(store.next_due(&key("gone")).await.unwrap(), None);
+}
+
 /// The suite for one backend: `mod $backend` with one test per contract function, each on a
 /// fresh store from `$open` (the store and a guard that keeps its files alive).
 macro_rules! contract {
@@ -351,6 +391,7 @@ macro_rules! contract {
             #[tokio::test] delivery_ids_are_never_reused,
             #[tokio::test] release_returns_jobs_in_flight_to_the_queue,
             #[tokio::test] bury_unrouted_turns_orphaned_jobs_into_dead_letters,
+            #[tokio::test] replay_dead_replays_letters_of_routed_targets_only,
         );
     };
     (@suite $backend:ident, $open:expr, $(#[$runtime:meta] $test:ident,)*) => {

@@ -2,6 +2,7 @@
 //! targets without dropping work in flight; an invalid one is refused, said so in one clear log
 //! line, and the old configuration keeps routing.
 
+use std::path::Path;
 use std::time::Duration;
 
 use wechat_fanout::config::Mode;
@@ -10,7 +11,7 @@ use wechat_fanout::wechat::Kind;
 use super::{post_to_binary, write_binary_config};
 use crate::support::binary::run_async;
 use crate::support::{
-    Binary, DEAD, Target, Wx, eventually, free_addr, jobs, no_jobs_left, text_xml,
+    Binary, DEAD, JobRow, Target, Wx, eventually, free_addr, jobs, no_jobs_left, text_xml,
 };
 
 /// A new text callback to `main`, which must be answered `success`; returns its body.
@@ -187,6 +188,45 @@ async fn a_reload_with_jobs_waiting_for_a_slow_target_delivers_each_once() {
     assert_eq!(got, want, "each callback exactly once");
 }
 
+/// Target `b` at `addr`, which is down: after its first refused attempt, its job waits a
+/// minute for the next one, so it is certainly pending (not in flight) when `b` is retired.
+fn retiring_target(addr: std::net::SocketAddr) -> String {
+    Wx::target(
+        "b",
+        &format!("http://{addr}/b"),
+        "max_attempts = 100\nbackoff_initial_ms = 60000\nbackoff_max_ms = 60000",
+    )
+}
+
+/// Waits for `b`'s job to be pending after one refused attempt; returns it.
+async fn refused_once(db: &Path) -> JobRow {
+    eventually("b's job pending after a refused attempt", || {
+        jobs(db)
+            .into_iter()
+            .find(|j| j.target == "b" && j.attempts == 1 && j.state == 0)
+    })
+    .await
+}
+
+/// `log` warns about `b`'s one retired job, and that job (`id`) is the store's only one, dead,
+/// with the reason.
+fn assert_retired(log: &str, db: &Path, id: i64) {
+    let warning = log
+        .lines()
+        .find(|l| l.contains("no longer configured are now dead letters"))
+        .unwrap_or_else(|| panic!("a warning names the retired target's jobs: {log}"));
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(warning.contains("target=\"b\""), "{warning}");
+    assert!(warning.contains("jobs=1"), "{warning}");
+    let buried = jobs(db);
+    assert_eq!(buried.len(), 1, "{buried:?}");
+    assert_eq!((buried[0].id, buried[0].state), (id, DEAD));
+    assert_eq!(
+        buried[0].last_error.as_deref(),
+        Some("target is no longer configured")
+    );
+}
+
 /// The incident: a consumer (`b`) is retired, taken out of the file while it is down with a
 /// callback queued for it. Its pending job becomes a dead letter that says why, named in a
 /// warning, instead of waiting forever for a worker that no longer exists. Replaying it is
@@ -198,12 +238,7 @@ async fn a_removed_target_leaves_its_pending_jobs_as_dead_letters() {
     let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
     let dir = tempfile::tempdir().unwrap();
     let listen = free_addr();
-    // After its first refused attempt, b's job waits a minute for the next one.
-    let b = Wx::target(
-        "b",
-        &format!("http://{b_addr}/b"),
-        "max_attempts = 100\nbackoff_initial_ms = 60000\nbackoff_max_ms = 60000",
-    );
+    let b = retiring_target(b_addr);
     let account = format!(
         "{}{}{b}",
         wx.account("main", ""),
@@ -217,49 +252,20 @@ async fn a_removed_target_leaves_its_pending_jobs_as_dead_letters() {
     let sent = post(listen, &wx, "for a consumer about to be retired").await;
     a.wait_for(1).await;
     let db = dir.path().join("fanout.db");
-    let waiting = eventually("b's job pending after a refused attempt", || {
-        jobs(&db)
-            .into_iter()
-            .find(|j| j.target == "b" && j.attempts == 1 && j.state == 0)
-    })
-    .await;
+    let waiting = refused_once(&db).await;
 
     std::fs::write(&config, with_b.replace(&b, "")).unwrap();
     binary.hangup();
     let log = binary
         .wait_log("the reload", |log| log.contains("configuration reloaded"))
         .await;
-    let warning = log
-        .lines()
-        .find(|l| l.contains("no longer configured are now dead letters"))
-        .unwrap_or_else(|| panic!("a warning names the retired target's jobs: {log}"));
-    assert!(warning.contains("WARN"), "{warning}");
-    assert!(
-        warning.contains("target=\"b\"") || warning.contains("target=b"),
-        "{warning}"
-    );
-    assert!(warning.contains("jobs=1"), "{warning}");
-    let buried = &jobs(&db)[..];
-    assert_eq!(buried.len(), 1, "{buried:?}");
-    assert_eq!((buried[0].id, buried[0].state), (waiting.id, DEAD));
-    assert_eq!(
-        buried[0].last_error.as_deref(),
-        Some("target is no longer configured")
-    );
+    assert_retired(&log, &db, waiting.id);
 
+    let config_arg = config.to_string_lossy();
     let id = waiting.id.to_string();
-    let replay = [
-        "--config",
-        &*config.to_string_lossy(),
-        "dead-letters",
-        "replay",
-        &id,
-    ]
-    .map(str::to_owned);
-    let replay: Vec<&str> = replay.iter().map(String::as_str).collect();
-    let refused = run_async(&replay).await;
+    let replay = ["--config", &config_arg, "dead-letters", "replay", &id];
     assert_eq!(
-        refused.ok(),
+        run_async(&replay).await.ok(),
         "replayed 0\nnot replayed 1: their targets are not configured\n"
     );
     assert_eq!(jobs(&db)[0].state, DEAD, "still a dead letter");
@@ -283,46 +289,27 @@ async fn a_removed_target_leaves_its_pending_jobs_as_dead_letters() {
 /// pending job as a dead letter, with the warning, when the proxy starts again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_removed_while_stopped_leaves_its_pending_jobs_as_dead_letters() {
-    let b_addr = free_addr();
     let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
     let dir = tempfile::tempdir().unwrap();
     let listen = free_addr();
-    let b = Wx::target(
-        "b",
-        &format!("http://{b_addr}/b"),
-        "max_attempts = 100\nbackoff_initial_ms = 60000\nbackoff_max_ms = 60000",
-    );
-    let config = write_binary_config(
-        dir.path(),
-        listen,
-        &format!("{}{b}", wx.account("main", "")),
-    );
+    let b = retiring_target(free_addr());
+    let account = format!("{}{b}", wx.account("main", ""));
+    let config = write_binary_config(dir.path(), listen, &account);
     let with_b = std::fs::read_to_string(&config).unwrap();
     let mut first = Binary::serve(&config, listen, &dir.path().join("first.log")).await;
     first.wait_listening().await;
     post(listen, &wx, "queued for b").await;
     let db = dir.path().join("fanout.db");
-    let waiting = eventually("b's job pending after a refused attempt", || {
-        jobs(&db)
-            .into_iter()
-            .find(|j| j.attempts == 1 && j.state == 0)
-    })
-    .await;
+    let waiting = refused_once(&db).await;
     first.terminate();
     assert_eq!(first.wait_exit().await.0.code(), Some(0), "{}", first.log());
 
     std::fs::write(&config, with_b.replace(&b, "")).unwrap();
     let mut second = Binary::serve(&config, listen, &dir.path().join("second.log")).await;
-    second
+    let log = second
         .wait_log("the warning", |log| {
             log.contains("no longer configured are now dead letters")
         })
         .await;
-    let buried = jobs(&db);
-    assert_eq!(buried.len(), 1, "{buried:?}");
-    assert_eq!((buried[0].id, buried[0].state), (waiting.id, DEAD));
-    assert_eq!(
-        buried[0].last_error.as_deref(),
-        Some("target is no longer configured")
-    );
+    assert_retired(&log, &db, waiting.id);
 }
