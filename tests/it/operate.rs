@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use wechat_fanout::wechat::SealedRequest;
 
+use crate::support::binary::{Ran, run_async};
 use crate::support::{FAST, WAIT, free_addr};
 
 mod dead_letters;
@@ -52,6 +53,14 @@ async fn post_to_binary(listen: SocketAddr, sealed: &SealedRequest) -> (u16, Str
         .expect("the binary answers");
     let status = answer.status().as_u16();
     (status, answer.text().await.expect("the answer's body"))
+}
+
+/// `wechat-fanout --config <config> <command> <args…>`, run to completion as an operator would.
+async fn run_command(config: &Path, command: &str, args: &[&str]) -> Ran {
+    let config = config.to_string_lossy();
+    let mut all = vec!["--config", &config, command];
+    all.extend(args);
+    run_async(&all).await
 }
 
 /// Milliseconds since the Unix epoch: the clock the store records deaths with.

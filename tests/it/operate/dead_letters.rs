@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 use wechat_fanout::config::Mode;
 use wechat_fanout::wechat::{Kind, SealedRequest};
 
-use super::now_ms;
-use crate::support::binary::{Ran, run_async};
+use super::{now_ms, run_command};
+use crate::support::binary::Ran;
 use crate::support::scrape::Scrape;
 use crate::support::{
     DEAD, FAST, JobRow, Proxy, Target, Wx, eventually, jobs, text_json, text_xml,
@@ -19,10 +19,7 @@ use crate::support::{
 
 /// `wechat-fanout --config <config> dead-letters <args…>`.
 async fn dead_letters(config: &Path, args: &[&str]) -> Ran {
-    let config = config.to_string_lossy();
-    let mut all = vec!["--config", &config, "dead-letters"];
-    all.extend(args);
-    run_async(&all).await
+    run_command(config, "dead-letters", args).await
 }
 
 /// Waits until the jobs in the store are exactly `expected` (target, state, attempts), in any
