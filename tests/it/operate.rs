@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use wechat_fanout::wechat::SealedRequest;
 
 use crate::support::binary::{Ran, run_async};
-use crate::support::{FAST, WAIT, free_addr};
+use crate::support::{FAST, JobRow, WAIT, eventually, free_addr, jobs};
 
 mod dead_letters;
 mod health;
@@ -61,6 +61,26 @@ async fn run_command(config: &Path, command: &str, args: &[&str]) -> Ran {
     let mut all = vec!["--config", &config, command];
     all.extend(args);
     run_async(&all).await
+}
+
+/// Waits until the jobs in the store are exactly `expected` (target, state, attempts), in any
+/// order; returns them ordered by id.
+async fn jobs_become(db: &Path, expected: &[(&str, i64, i64)]) -> Vec<JobRow> {
+    let mut expected: Vec<(String, i64, i64)> = expected
+        .iter()
+        .map(|(t, s, a)| ((*t).to_owned(), *s, *a))
+        .collect();
+    expected.sort();
+    eventually(&format!("the jobs to be {expected:?}"), || {
+        let rows = jobs(db);
+        let mut seen: Vec<(String, i64, i64)> = rows
+            .iter()
+            .map(|j| (j.target.clone(), j.state, j.attempts))
+            .collect();
+        seen.sort();
+        (seen == expected).then_some(rows)
+    })
+    .await
 }
 
 /// Milliseconds since the Unix epoch: the clock the store records deaths with.
