@@ -23,8 +23,8 @@ mod simulate;
 
 /// Writes `dir/config.toml` for the real binary: the WeChat port `listen`, the admin port on a
 /// free port of its own (never the shared default), the store in `dir`, fast delivery, then
-/// `rest` (accounts and targets).
-fn write_binary_config(dir: &Path, listen: SocketAddr, rest: &str) -> PathBuf {
+/// `rest` (accounts and targets). Also used by the restart tests.
+pub(crate) fn write_binary_config(dir: &Path, listen: SocketAddr, rest: &str) -> PathBuf {
     let text = format!(
         "{FAST}[server]\nlisten = \"{listen}\"\nshutdown_grace_ms = 1000\n\
          [admin]\nlisten = \"{}\"\n[store]\npath = \"{}\"\n{rest}",
@@ -38,7 +38,7 @@ fn write_binary_config(dir: &Path, listen: SocketAddr, rest: &str) -> PathBuf {
 
 /// POSTs `sealed` to `/wechat/main` of the binary listening on `listen`, as WeChat would: the
 /// answer's status and body.
-async fn post_to_binary(listen: SocketAddr, sealed: &SealedRequest) -> (u16, String) {
+pub(crate) async fn post_to_binary(listen: SocketAddr, sealed: &SealedRequest) -> (u16, String) {
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(WAIT)
