@@ -82,8 +82,3 @@ async fn jobs_become(db: &Path, expected: &[(&str, i64, i64)]) -> Vec<JobRow> {
     })
     .await
 }
-
-/// Milliseconds since the Unix epoch: the clock the store records deaths with.
-fn now_ms() -> i64 {
-    wechat_fanout::downstream::now_ms()
-}

@@ -8,9 +8,10 @@ use base64::Engine as _;
 use reqwest::Method;
 use serde_json::{Value, json};
 use wechat_fanout::config::Mode;
+use wechat_fanout::downstream::now_ms;
 use wechat_fanout::wechat::{Kind, SealedRequest};
 
-use super::{jobs_become, now_ms, run_command};
+use super::{jobs_become, run_command};
 use crate::support::binary::Ran;
 use crate::support::scrape::Scrape;
 use crate::support::{
