@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 
 use wechat_fanout::wechat::SealedRequest;
 
-use crate::support::{FAST, WAIT, free_addr};
+use crate::support::binary::{Ran, run_async};
+use crate::support::{FAST, JobRow, WAIT, eventually, free_addr, jobs};
 
 mod dead_letters;
 mod health;
@@ -22,8 +23,8 @@ mod simulate;
 
 /// Writes `dir/config.toml` for the real binary: the WeChat port `listen`, the admin port on a
 /// free port of its own (never the shared default), the store in `dir`, fast delivery, then
-/// `rest` (accounts and targets).
-fn write_binary_config(dir: &Path, listen: SocketAddr, rest: &str) -> PathBuf {
+/// `rest` (accounts and targets). Also used by the restart tests.
+pub(crate) fn write_binary_config(dir: &Path, listen: SocketAddr, rest: &str) -> PathBuf {
     let text = format!(
         "{FAST}[server]\nlisten = \"{listen}\"\nshutdown_grace_ms = 1000\n\
          [admin]\nlisten = \"{}\"\n[store]\npath = \"{}\"\n{rest}",
@@ -37,7 +38,7 @@ fn write_binary_config(dir: &Path, listen: SocketAddr, rest: &str) -> PathBuf {
 
 /// POSTs `sealed` to `/wechat/main` of the binary listening on `listen`, as WeChat would: the
 /// answer's status and body.
-async fn post_to_binary(listen: SocketAddr, sealed: &SealedRequest) -> (u16, String) {
+pub(crate) async fn post_to_binary(listen: SocketAddr, sealed: &SealedRequest) -> (u16, String) {
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(WAIT)
@@ -54,7 +55,30 @@ async fn post_to_binary(listen: SocketAddr, sealed: &SealedRequest) -> (u16, Str
     (status, answer.text().await.expect("the answer's body"))
 }
 
-/// Milliseconds since the Unix epoch: the clock the store records deaths with.
-fn now_ms() -> i64 {
-    wechat_fanout::downstream::now_ms()
+/// `wechat-fanout --config <config> <command> <args…>`, run to completion as an operator would.
+async fn run_command(config: &Path, command: &str, args: &[&str]) -> Ran {
+    let config = config.to_string_lossy();
+    let mut all = vec!["--config", &config, command];
+    all.extend(args);
+    run_async(&all).await
+}
+
+/// Waits until the jobs in the store are exactly `expected` (target, state, attempts), in any
+/// order; returns them ordered by id.
+async fn jobs_become(db: &Path, expected: &[(&str, i64, i64)]) -> Vec<JobRow> {
+    let mut expected: Vec<(String, i64, i64)> = expected
+        .iter()
+        .map(|(t, s, a)| ((*t).to_owned(), *s, *a))
+        .collect();
+    expected.sort();
+    eventually(&format!("the jobs to be {expected:?}"), || {
+        let rows = jobs(db);
+        let mut seen: Vec<(String, i64, i64)> = rows
+            .iter()
+            .map(|j| (j.target.clone(), j.state, j.attempts))
+            .collect();
+        seen.sort();
+        (seen == expected).then_some(rows)
+    })
+    .await
 }

@@ -3,40 +3,27 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use wechat_fanout::config::Mode;
-use wechat_fanout::wechat::Kind;
+use wechat_fanout::wechat::{Kind, SealedRequest};
 
+use crate::operate::{post_to_binary, write_binary_config};
 use crate::support::{
     Binary, FAST, Proxy, Target, Wx, eventually, free_addr, jobs, no_jobs_left, settle, text_xml,
 };
 
-/// A config file for the real binary: `listen`, the admin API on a free port (binaries of
-/// parallel tests must not share the default one), the store in `dir`, one official account
+/// A config file for the real binary (see [`write_binary_config`]) with one official account
 /// whose single target is `target`, and `extra` keys for that target.
-fn write_config(dir: &Path, listen: SocketAddr, target: &str, extra: &str) -> std::path::PathBuf {
+fn write_config(dir: &Path, listen: SocketAddr, target: &str, extra: &str) -> PathBuf {
     let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
-    let text = format!(
-        "{FAST}[server]\nlisten = \"{listen}\"\nshutdown_grace_ms = 1000\n\
-         [admin]\nlisten = \"{}\"\n[store]\npath = \"{}\"\n{}{}",
-        free_addr(),
-        dir.join("fanout.db").display(),
+    let account = format!(
+        "{}{}",
         wx.account("main", ""),
-        Wx::target("t", target, extra),
+        Wx::target("t", target, extra)
     );
-    let path = dir.join("config.toml");
-    std::fs::write(&path, text).expect("write the config");
-    path
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(crate::support::WAIT)
-        .build()
-        .expect("HTTP client")
+    write_binary_config(dir, listen, &account)
 }
 
 /// The incident: the target is down, 50 callbacks pile up (each answered 200), the process is
@@ -56,24 +43,15 @@ async fn sigkill_with_a_backlog_loses_no_accepted_callback() {
     let mut first = Binary::serve(&config, listen, &dir.path().join("first.log")).await;
 
     let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
-    let client = client();
-    let url = format!("http://{listen}/wechat/main");
     let mut sent = HashSet::new();
     for batch in 0..5 {
         let sealed: Vec<_> = (0..10)
             .map(|n| wx.seal(&text_xml(&format!("backlog {batch}-{n}"))))
             .collect();
-        let answers = sealed.iter().map(|s| {
-            client
-                .post(format!("{url}?{}", s.query))
-                .header("content-type", s.content_type)
-                .body(s.body.clone())
-                .send()
-        });
+        let answers =
+            (sealed.iter().cloned()).map(|s| async move { post_to_binary(listen, &s).await });
         for (s, answer) in sealed.iter().zip(futures_join_all(answers).await) {
-            let answer = answer.expect("the binary answers");
-            assert_eq!(answer.status(), 200);
-            assert_eq!(answer.text().await.unwrap(), "success");
+            assert_eq!(answer, (200, "success".to_owned()));
             sent.insert(s.body.clone());
         }
     }
@@ -85,22 +63,16 @@ async fn sigkill_with_a_backlog_loses_no_accepted_callback() {
 
     let target = Target::start_on(down, 200).await;
     let mut second = Binary::serve(&config, listen, &dir.path().join("second.log")).await;
-    eventually("all 50 callbacks at the target", || {
+    let bodies = eventually("all 50 callbacks at the target", || {
         let bodies: HashSet<String> = target
             .received()
             .iter()
             .map(|r| String::from_utf8_lossy(&r.body).into_owned())
             .collect();
-        (bodies.len() >= 50).then_some(())
+        (bodies.len() >= 50).then_some(bodies)
     })
     .await;
-    let received = target.received();
-    let bodies: HashSet<String> = received
-        .iter()
-        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
-        .collect();
     assert_eq!(bodies, sent, "exactly the accepted callbacks arrived");
-    assert!(received.len() >= 50);
     no_jobs_left(&dir.path().join("fanout.db"), "no job left in the store").await;
 
     // Idle, it stops at once on SIGTERM.
@@ -139,14 +111,10 @@ async fn binary_with_a_delivery_in_flight(dir: &Path, hanging: &Target) -> (Bina
     let binary = Binary::serve(&config, listen, &dir.join("serve.log")).await;
     let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
     let sealed = wx.seal(&text_xml("in flight at shutdown"));
-    let answer = client()
-        .post(format!("http://{listen}/wechat/main?{}", sealed.query))
-        .header("content-type", sealed.content_type)
-        .body(sealed.body.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 200);
+    assert_eq!(
+        post_to_binary(listen, &sealed).await,
+        (200, "success".to_owned())
+    );
     hanging.wait_for(1).await;
     (binary, listen)
 }
@@ -205,24 +173,32 @@ async fn sigterm_with_a_slow_client_and_a_delivery_in_flight_exits_within_the_gr
     drop(slow);
 }
 
+/// An embedded proxy with a shutdown grace of `grace_ms` and one callback being delivered to
+/// `hanging`, which never answers: the proxy, its config and the callback.
+async fn proxy_with_a_delivery_in_flight(
+    hanging: &Target,
+    grace_ms: u64,
+) -> (Proxy, String, SealedRequest) {
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let toml = format!(
+        "{FAST}[server]\nshutdown_grace_ms = {grace_ms}\n{}{}",
+        wx.account("main", ""),
+        Wx::target("t", &hanging.url("/h"), "timeout_ms = 30000"),
+    );
+    let proxy = Proxy::start(&toml).await;
+    let sealed = wx.seal(&text_xml("in flight"));
+    proxy.post("main", &sealed).await.assert_success();
+    hanging.wait_for(1).await;
+    (proxy, toml, sealed)
+}
+
 /// The library's shutdown token does the same for an embedded proxy: `run` returns `Ok` within
 /// the grace period though a delivery hangs, and the port is closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_the_shutdown_token_stops_run_within_the_grace_period() {
     let hanging = Target::start(200).await;
     hanging.hang();
-    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
-    let toml = format!(
-        "{FAST}[server]\nshutdown_grace_ms = 500\n{}{}",
-        wx.account("main", ""),
-        Wx::target("t", &hanging.url("/h"), "timeout_ms = 30000"),
-    );
-    let mut proxy = Proxy::start(&toml).await;
-    proxy
-        .post("main", &wx.seal(&text_xml("in flight")))
-        .await
-        .assert_success();
-    hanging.wait_for(1).await;
+    let (mut proxy, _, _) = proxy_with_a_delivery_in_flight(&hanging, 500).await;
 
     let (result, took) = proxy.stop().await;
     result.expect("run ends with Ok");
@@ -243,16 +219,7 @@ async fn cancelling_the_shutdown_token_stops_run_within_the_grace_period() {
 async fn after_run_returns_the_store_can_be_opened_again_and_the_backlog_resumes() {
     let target = Target::start(200).await;
     target.hang();
-    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
-    let toml = format!(
-        "{FAST}[server]\nshutdown_grace_ms = 200\n{}{}",
-        wx.account("main", ""),
-        Wx::target("t", &target.url("/h"), "timeout_ms = 30000"),
-    );
-    let mut proxy = Proxy::start(&toml).await;
-    let sealed = wx.seal(&text_xml("resume me"));
-    proxy.post("main", &sealed).await.assert_success();
-    target.wait_for(1).await;
+    let (mut proxy, toml, sealed) = proxy_with_a_delivery_in_flight(&target, 200).await;
     proxy.stop().await.0.expect("run ends with Ok");
 
     // The next start, in the same process, on the same file.

@@ -8,10 +8,11 @@ use base64::Engine as _;
 use reqwest::Method;
 use serde_json::{Value, json};
 use wechat_fanout::config::Mode;
+use wechat_fanout::downstream::now_ms;
 use wechat_fanout::wechat::{Kind, SealedRequest};
 
-use super::now_ms;
-use crate::support::binary::{Ran, run_async};
+use super::{jobs_become, run_command};
+use crate::support::binary::Ran;
 use crate::support::scrape::Scrape;
 use crate::support::{
     DEAD, FAST, JobRow, Proxy, Target, Wx, eventually, jobs, text_json, text_xml,
@@ -19,30 +20,7 @@ use crate::support::{
 
 /// `wechat-fanout --config <config> dead-letters <args…>`.
 async fn dead_letters(config: &Path, args: &[&str]) -> Ran {
-    let config = config.to_string_lossy();
-    let mut all = vec!["--config", &config, "dead-letters"];
-    all.extend(args);
-    run_async(&all).await
-}
-
-/// Waits until the jobs in the store are exactly `expected` (target, state, attempts), in any
-/// order; returns them ordered by id.
-async fn jobs_become(db: &Path, expected: &[(&str, i64, i64)]) -> Vec<JobRow> {
-    let mut expected: Vec<(String, i64, i64)> = expected
-        .iter()
-        .map(|(t, s, a)| ((*t).to_owned(), *s, *a))
-        .collect();
-    expected.sort();
-    eventually(&format!("the jobs to be {expected:?}"), || {
-        let rows = jobs(db);
-        let mut seen: Vec<(String, i64, i64)> = rows
-            .iter()
-            .map(|j| (j.target.clone(), j.state, j.attempts))
-            .collect();
-        seen.sort();
-        (seen == expected).then_some(rows)
-    })
-    .await
+    run_command(config, "dead-letters", args).await
 }
 
 /// The `nth` job of `target` in `rows` (ordered by id, so by arrival).
@@ -254,7 +232,7 @@ async fn a_night_of_dead_letters_is_listed_replayed_and_purged_with_the_cli() {
         ],
     )
     .await;
-    let m = Scrape::parse(&proxy.admin(Method::GET, "/metrics").await.text());
+    let m = Scrape::fetch(&proxy).await;
     assert_eq!(
         m.value(
             "wechat_fanout_delivery_attempts_total",

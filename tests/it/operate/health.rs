@@ -10,14 +10,12 @@ use rusqlite::Connection;
 use wechat_fanout::config::Mode;
 use wechat_fanout::wechat::Kind;
 
-use crate::support::binary::{Ran, run_async};
+use super::run_command;
+use crate::support::binary::Ran;
 use crate::support::{FAST, Proxy, Target, Wx, eventually_async, free_addr, text_xml};
 
 async fn healthcheck(config: &Path, args: &[&str]) -> Ran {
-    let config = config.to_string_lossy();
-    let mut all = vec!["--config", &config, "healthcheck"];
-    all.extend(args);
-    run_async(&all).await
+    run_command(config, "healthcheck", args).await
 }
 
 async fn proxy() -> (Proxy, Target, Wx) {

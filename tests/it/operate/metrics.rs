@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use reqwest::Method;
 use wechat_fanout::config::Mode;
 use wechat_fanout::wechat::Kind;
 
+use super::jobs_become;
 use crate::support::scrape::{Scrape, family};
-use crate::support::{FAST, Proxy, Target, Wx, eventually, free_addr, jobs, text_xml};
+use crate::support::{DEAD, FAST, Proxy, Target, Wx, free_addr, text_xml};
 
 /// The main account's targets, in the order of the config.
 const TARGETS: [&str; 5] = ["bot", "ok", "flaky", "bad", "down"];
@@ -45,7 +45,7 @@ async fn metrics_after_a_busy_hour_count_exactly_what_happened() {
     let proxy = Proxy::start_with_admin(&toml).await;
 
     // Before any traffic, every configured target already has its queue gauges, at 0.
-    let idle = scrape(&proxy).await;
+    let idle = Scrape::fetch(&proxy).await;
     for target in TARGETS {
         for state in ["dead", "in_flight", "pending"] {
             let labels = format!("account=main,state={state},target={target}");
@@ -86,25 +86,15 @@ async fn metrics_after_a_busy_hour_count_exactly_what_happened() {
 
     // Every delivery has come to rest: the slow bot answered, flaky used its three attempts,
     // `down` failed once per callback and waits a minute for the next attempt.
-    let mut expected_jobs: Vec<(String, i64, i64)> = [("bot", 3, 1)]
+    let at_rest: Vec<(&str, i64, i64)> = [("bot", DEAD, 1)]
         .into_iter()
-        .chain([("flaky", 3, 3); 3])
-        .chain([("bad", 3, 1); 3])
+        .chain([("flaky", DEAD, 3); 3])
+        .chain([("bad", DEAD, 1); 3])
         .chain([("down", 0, 1); 3])
-        .map(|(t, state, attempts)| (t.to_owned(), state, attempts))
         .collect();
-    expected_jobs.sort();
-    eventually("every delivery at rest", || {
-        let mut left: Vec<(String, i64, i64)> = jobs(&proxy.db)
-            .into_iter()
-            .map(|j| (j.target, j.state, j.attempts))
-            .collect();
-        left.sort();
-        (left == expected_jobs).then_some(())
-    })
-    .await;
+    jobs_become(&proxy.db, &at_rest).await;
 
-    let m = scrape(&proxy).await;
+    let m = Scrape::fetch(&proxy).await;
     assert_eq!(
         m.family("wechat_fanout_callbacks_total"),
         family(&[
@@ -194,15 +184,4 @@ async fn metrics_after_a_busy_hour_count_exactly_what_happened() {
         "{}",
         m.text
     );
-}
-
-async fn scrape(proxy: &Proxy) -> Scrape {
-    let answer = proxy.admin(Method::GET, "/metrics").await;
-    assert_eq!(answer.status, 200, "{answer:?}");
-    let content_type = answer.header("content-type").unwrap_or_default();
-    assert!(
-        content_type.starts_with("application/openmetrics-text"),
-        "{content_type}"
-    );
-    Scrape::parse(&answer.text())
 }

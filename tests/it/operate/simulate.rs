@@ -9,15 +9,13 @@ use wechat_fanout::wechat::{
     AesKey, CallbackQuery, Envelope, Kind, Sealed, msg_signature, open_callback,
 };
 
-use crate::support::binary::{Ran, run_async};
+use super::run_command;
+use crate::support::binary::Ran;
 use crate::support::wx::{AES_KEY, RECEIVE_ID, TOKEN};
 use crate::support::{FAST, Proxy, Target, Wx, callbacks, stored};
 
 async fn simulate(config: &Path, args: &[&str]) -> Ran {
-    let config = config.to_string_lossy();
-    let mut all = vec!["--config", &config, "simulate"];
-    all.extend(args);
-    run_async(&all).await
+    run_command(config, "simulate", args).await
 }
 
 /// `reply` encrypted and signed for the test account, as a bot writes a passive reply.

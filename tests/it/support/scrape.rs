@@ -4,6 +4,10 @@
 
 use std::collections::BTreeMap;
 
+use reqwest::Method;
+
+use super::Proxy;
+
 /// Every sample of one scrape.
 #[derive(Debug, Clone)]
 pub(crate) struct Scrape {
@@ -13,6 +17,19 @@ pub(crate) struct Scrape {
 }
 
 impl Scrape {
+    /// `GET /metrics` on the proxy's admin listener: asserts 200 and the OpenMetrics content
+    /// type Prometheus asks for, then parses.
+    pub(crate) async fn fetch(proxy: &Proxy) -> Scrape {
+        let answer = proxy.admin(Method::GET, "/metrics").await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        let content_type = answer.header("content-type").unwrap_or_default();
+        assert!(
+            content_type.starts_with("application/openmetrics-text"),
+            "{content_type}"
+        );
+        Scrape::parse(&answer.text())
+    }
+
     pub(crate) fn parse(text: &str) -> Scrape {
         let samples = text
             .lines()
