@@ -29,9 +29,7 @@ use crate::admin_client::reachable;
 use crate::config::{AccountKind, Config};
 use crate::wechat::callback::QUERY_VALUE;
 use crate::wechat::envelope::push_cdata_element as push_cdata;
-use crate::wechat::{
-    Credentials, Kind, SealParams, Security, msg_signature, seal_callback, signature,
-};
+use crate::wechat::{Credentials, Kind, SealParams, msg_signature, seal_callback, signature};
 
 const DEFAULT_TEXT: &str = "hello from wechat-fanout simulate";
 /// Shaped like a real openid (28 characters, leading `o`), and plainly fake.
@@ -118,7 +116,7 @@ pub async fn run(
         Some(url) => url.clone(),
         None => default_url(config.server.listen, &account.id)?,
     };
-    let mode = mode_name(&credentials.security);
+    let mode = credentials.security.name();
     writeln!(out, "account   {} ({kind}, {mode} mode)", account.id)?;
     if args.verify_url {
         return handshake(&credentials, &url, out).await;
@@ -327,14 +325,6 @@ fn kind_name(kind: AccountKind) -> &'static str {
         AccountKind::OfficialAccount => "official_account",
         AccountKind::MiniProgram => "mini_program",
         AccountKind::Wecom => "wecom",
-    }
-}
-
-fn mode_name(security: &Security) -> &'static str {
-    match security {
-        Security::Plaintext => "plaintext",
-        Security::Compatible(_) => "compatible",
-        Security::Safe(_) => "safe",
     }
 }
 

@@ -41,6 +41,15 @@ pub enum Security {
 }
 
 impl Security {
+    /// The mode's name in the configuration: `plaintext`, `compatible` or `safe`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Security::Plaintext => "plaintext",
+            Security::Compatible(_) => "compatible",
+            Security::Safe(_) => "safe",
+        }
+    }
+
     /// The key, when the mode has one.
     pub fn key(&self) -> Option<&AesKey> {
         match self {
@@ -63,15 +72,10 @@ pub struct Credentials {
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mode = match self.security {
-            Security::Plaintext => "plaintext",
-            Security::Compatible(_) => "compatible",
-            Security::Safe(_) => "safe",
-        };
         f.debug_struct("Credentials")
             .field("kind", &self.kind)
             .field("receive_id", &self.receive_id)
-            .field("security", &mode)
+            .field("security", &self.security.name())
             .finish_non_exhaustive()
     }
 }

@@ -8,8 +8,7 @@ use std::time::Duration;
 use wechat_fanout::config::Mode;
 use wechat_fanout::wechat::Kind;
 
-use super::{post_to_binary, write_binary_config};
-use crate::support::binary::run_async;
+use super::{post_to_binary, run_command, write_binary_config};
 use crate::support::{
     Binary, DEAD, JobRow, Target, Wx, eventually, free_addr, jobs, no_jobs_left, text_xml,
 };
@@ -261,11 +260,10 @@ async fn a_removed_target_leaves_its_pending_jobs_as_dead_letters() {
         .await;
     assert_retired(&log, &db, waiting.id);
 
-    let config_arg = config.to_string_lossy();
     let id = waiting.id.to_string();
-    let replay = ["--config", &config_arg, "dead-letters", "replay", &id];
+    let replay = ["replay", id.as_str()];
     assert_eq!(
-        run_async(&replay).await.ok(),
+        run_command(&config, "dead-letters", &replay).await.ok(),
         "replayed 0\nnot replayed 1: their targets are not configured\n"
     );
     assert_eq!(jobs(&db)[0].state, DEAD, "still a dead letter");
@@ -278,7 +276,10 @@ async fn a_removed_target_leaves_its_pending_jobs_as_dead_letters() {
             log.matches("configuration reloaded").count() == 2
         })
         .await;
-    assert_eq!(run_async(&replay).await.ok(), "replayed 1\n");
+    assert_eq!(
+        run_command(&config, "dead-letters", &replay).await.ok(),
+        "replayed 1\n"
+    );
     let got = b_back.wait_for(1).await;
     assert_eq!(got[0].body, sent.as_bytes());
     assert_eq!(got[0].delivery(), waiting.id, "the same delivery");
