@@ -1,7 +1,8 @@
 //! The admin listener, separate from the WeChat port: health, readiness, metrics, dead letters.
 //!
 //! - `GET /healthz`: the process is alive.
-//! - `GET /readyz`: the store commits a write within 2 s (and a config is loaded): 200, else 503.
+//! - `GET /readyz`: the store could take a callback now (it commits a test row as large as the
+//!   largest callback within 2 s, its file is in place, the disk has room): 200, else 503.
 //! - `GET /metrics`: Prometheus text format; queue depths are read from the store at scrape time.
 //! - `GET /dead-letters?account=&target=&since_ms=&until_ms=&limit=`: list, newest first.
 //! - `GET /dead-letters/{id}`: one, with the request it replays and every failed attempt.

@@ -41,6 +41,15 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// The longest URI the HTTP client can send (the `http` crate's limit): a target's URL, `?` and
+/// the callback's query must fit in it, or no attempt could ever be made.
+pub const MAX_URI_BYTES: usize = u16::MAX as usize - 1;
+/// WeChat's own queries (signature, timestamp, nonce, openid, encrypt_type, msg_signature) take
+/// about 250 bytes: a smaller `server.max_query_bytes` would refuse real callbacks.
+const MIN_QUERY_BYTES: usize = 512;
+/// Far beyond any disk: a larger `store.min_free_bytes` is a typo that would never be ready.
+const MAX_MIN_FREE_BYTES: u64 = 1 << 50;
+
 /// A duration written in milliseconds in TOML.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -70,6 +79,8 @@ pub struct Config {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
+    /// Longest query string accepted: every target gets it appended to its URL.
+    pub max_query_bytes: usize,
     pub reply_deadline_ms: Millis,
     pub max_timestamp_skew_secs: u64,
     pub header_read_timeout_ms: Millis,
@@ -103,6 +114,8 @@ pub struct StoreConfig {
     pub path: PathBuf,
     pub synchronous: Synchronous,
     pub delivered_retention_secs: u64,
+    /// Below this many free bytes on the store's file system, `/readyz` says 503 (0: no check).
+    pub min_free_bytes: u64,
 }
 
 /// How hard SQLite pushes a commit to disk.
@@ -243,6 +256,15 @@ impl Config {
         if server.max_body_bytes == 0 {
             return Err(invalid("server.max_body_bytes", "must be greater than 0"));
         }
+        if server.max_query_bytes < MIN_QUERY_BYTES || server.max_query_bytes > MAX_URI_BYTES / 2 {
+            return Err(invalid(
+                "server.max_query_bytes",
+                format!(
+                    "must be between {MIN_QUERY_BYTES} (WeChat's queries take ~250 bytes) and {}",
+                    MAX_URI_BYTES / 2
+                ),
+            ));
+        }
         if server.reply_deadline_ms.0 == 0 || server.reply_deadline_ms.0 >= 5000 {
             return Err(invalid(
                 "server.reply_deadline_ms",
@@ -279,6 +301,12 @@ impl Config {
                 "must be at least 60 (it is also the dedupe window for WeChat's resends)",
             ));
         }
+        if self.store.min_free_bytes > MAX_MIN_FREE_BYTES {
+            return Err(invalid(
+                "store.min_free_bytes",
+                format!("must be at most {MAX_MIN_FREE_BYTES} (1 PiB); 0 turns the check off"),
+            ));
+        }
         self.target_defaults.check("target_defaults")?;
         if self.accounts.is_empty() {
             return Err(invalid("accounts", "no account is configured"));
@@ -292,7 +320,7 @@ impl Config {
                     format!("duplicate account id {:?}", account.id),
                 ));
             }
-            account.validate(&key, &self.target_defaults)?;
+            account.validate(&key, &self.target_defaults, server.max_query_bytes)?;
         }
         Ok(())
     }
@@ -359,7 +387,12 @@ impl TargetSettings {
 }
 
 impl AccountConfig {
-    fn validate(&self, key: &str, defaults: &TargetDefaults) -> Result<(), ConfigError> {
+    fn validate(
+        &self,
+        key: &str,
+        defaults: &TargetDefaults,
+        max_query_bytes: usize,
+    ) -> Result<(), ConfigError> {
         let id_ok = !self.id.is_empty()
             && self.id.len() <= 64
             && self
@@ -389,6 +422,24 @@ impl AccountConfig {
                 return Err(invalid(
                     format!("{tkey}.url"),
                     "must be an http:// or https:// URL",
+                ));
+            }
+            // The callback's query is appended: after a fragment it would not be sent at all.
+            if target.url.fragment().is_some() {
+                return Err(invalid(
+                    format!("{tkey}.url"),
+                    "must not have a #fragment (the callback's query is appended to the URL)",
+                ));
+            }
+            // Every accepted query must fit, so that no accepted callback is undeliverable.
+            let longest = target.url.as_str().len() + 1 + max_query_bytes;
+            if longest > MAX_URI_BYTES {
+                return Err(invalid(
+                    format!("{tkey}.url"),
+                    format!(
+                        "with a query of server.max_query_bytes ({max_query_bytes}) appended, \
+                         the URL would be {longest} bytes, over the {MAX_URI_BYTES} a request can have"
+                    ),
                 ));
             }
             target.settings(defaults).check(&tkey)?;
@@ -542,6 +593,8 @@ mod tests {
     fn defaults_apply_and_targets_inherit_them() {
         let config = Config::from_toml(MINIMAL).unwrap();
         assert_eq!(config.server.max_body_bytes, 65536);
+        assert_eq!(config.server.max_query_bytes, 4096);
+        assert_eq!(config.store.min_free_bytes, 33_554_432);
         assert_eq!(config.server.reply_deadline_ms, Millis(4000));
         let settings = config.accounts[0].targets[0].settings(&config.target_defaults);
         assert_eq!(settings.max_attempts, 8);
@@ -570,11 +623,53 @@ mod tests {
         assert!(error_of(&deadline).starts_with("server.reply_deadline_ms:"));
         let wecom_plain = MINIMAL.replace("official_account", "wecom");
         assert!(error_of(&wecom_plain).starts_with("accounts[0].mode:"));
+        let short = format!("{MINIMAL}\n[server]\nmax_query_bytes = 100");
+        assert!(error_of(&short).starts_with("server.max_query_bytes: must be between 512"));
+        let huge = format!("{MINIMAL}\n[store]\nmin_free_bytes = 2251799813685248");
+        assert!(error_of(&huge).starts_with("store.min_free_bytes:"));
         let dup = MINIMAL.replace(
             "[[accounts.targets]]",
             "[[accounts.targets]]\nname = \"bot\"\nurl = \"http://a/\"\n[[accounts.targets]]",
         );
         assert!(error_of(&dup).starts_with("accounts[0].targets[1].name:"));
+    }
+
+    /// No accepted query may make a target's URL invalid: a fragment would swallow it, and the
+    /// URL plus the longest accepted query must stay a URI the client can send.
+    #[test]
+    fn every_target_url_has_room_for_the_longest_accepted_query() {
+        let fragment = MINIMAL.replace("/wx\"", "/wx#part\"");
+        assert!(
+            error_of(&fragment)
+                .starts_with("accounts[0].targets[0].url: must not have a #fragment")
+        );
+        let path = "p".repeat(40_000);
+        let long = MINIMAL.replace("/wx\"", &format!("/{path}\""));
+        Config::from_toml(&long).expect("a long URL with the default 4096-byte queries fits");
+        let longer = format!("{long}\n[server]\nmax_query_bytes = 30000");
+        assert!(
+            error_of(&longer).starts_with(
+                "accounts[0].targets[0].url: with a query of server.max_query_bytes (30000)"
+            ),
+            "{}",
+            error_of(&longer)
+        );
+
+        // At the limit, the URL a delivery builds (as `downstream` builds it) is a valid URI.
+        let max = MAX_URI_BYTES / 2;
+        let config =
+            Config::from_toml(&format!("{MINIMAL}\n[server]\nmax_query_bytes = {max}")).unwrap();
+        let base = "http://127.0.0.1:9001/".to_owned() + &"p".repeat(MAX_URI_BYTES - max - 23);
+        let url = Url::parse(&base).unwrap();
+        assert_eq!(url.as_str().len() + 1 + max, MAX_URI_BYTES);
+        let query = "a=%E4%BD%A0+b".repeat(max / 13) + &"c".repeat(max % 13);
+        assert_eq!(query.len(), config.server.max_query_bytes);
+        let uri = format!("{url}?{query}");
+        assert!(http::Uri::try_from(uri.as_str()).is_ok());
+        assert!(
+            http::Uri::try_from(format!("{uri}x").as_str()).is_err(),
+            "one more byte is too long"
+        );
     }
 
     #[test]

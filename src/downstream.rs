@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use crate::metrics::Metrics;
 use crate::retry::{self, Verdict};
-use crate::store::{AttemptReport, Disposition, Job, Store};
+use crate::store::{AttemptReport, Disposition, Job, JobId, Store, StoreError};
 use crate::targets::Target;
 use crate::telemetry::event_at;
 
@@ -37,6 +37,9 @@ pub const ACCOUNT_HEADER: &str = "x-wechat-fanout-account";
 
 /// A target's answer body is read up to this size (a passive reply is a few KiB at most).
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
+/// How long after a failed record of an outcome it is tried again, doubling up to the second.
+const RECORD_RETRY_FIRST: Duration = Duration::from_millis(100);
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(5);
 const USER_AGENT_VALUE: &str = concat!("wechat-fanout/", env!("CARGO_PKG_VERSION"));
 
 /// The outcome of one attempt.
@@ -48,6 +51,9 @@ pub struct Attempt {
     pub reply: Option<(Option<String>, Bytes)>,
     pub error: Option<String>,
     pub elapsed: Duration,
+    /// The failure belongs to this request, not to the target (its URL could not be built; the
+    /// target refused it as too large): the target's circuit breaker does not count it.
+    pub request_fault: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -109,15 +115,26 @@ impl Downstream {
                     reply: delivered.then_some((content_type, body)),
                     error: (!delivered).then(|| format!("target answered {status}")),
                     elapsed,
+                    request_fault: retry::refuses_the_request(status),
                 }
             }
-            Err(e) => Attempt {
-                verdict: Verdict::Retry { after: None },
-                status: None,
-                reply: None,
-                error: Some(e.to_string()),
-                elapsed,
-            },
+            Err(e) => {
+                // A request that cannot be built fails the same way on every attempt, at any
+                // target: give up at once, and do not hold it against the target.
+                let request_fault = matches!(e, Failure::Uri(_));
+                Attempt {
+                    verdict: if request_fault {
+                        Verdict::GiveUp
+                    } else {
+                        Verdict::Retry { after: None }
+                    },
+                    status: None,
+                    reply: None,
+                    error: Some(e.to_string()),
+                    elapsed,
+                    request_fault,
+                }
+            }
         }
     }
 
@@ -191,10 +208,14 @@ impl Downstream {
         let now = now_ms();
         let report = attempt.report(target, job, now);
         let disposition = report.disposition;
-        if let Some(cool_down) = target
-            .breaker
-            .record(attempt.verdict, now, &target.settings)
-        {
+        let tripped = (!attempt.request_fault)
+            .then(|| {
+                target
+                    .breaker
+                    .record(attempt.verdict, now, &target.settings)
+            })
+            .flatten();
+        if let Some(cool_down) = tripped {
             tracing::warn!(
                 account = &*target.key.account,
                 target = &*target.key.target,
@@ -231,10 +252,42 @@ impl Downstream {
         );
         self.metrics
             .attempt(account, name, result, elapsed.as_secs_f64());
-        if let Err(e) = store.record(report).await {
-            tracing::error!(delivery = job.id, error = %e, "could not record an attempt; it will be sent again after a restart");
-        }
+        record_until_stored(store, job.id, report).await;
         disposition
+    }
+}
+
+/// Records an attempt's outcome, trying again with backoff until the store takes it: until then
+/// the job stays in flight, and only a restart would send it again (a full disk refuses every
+/// write for a while). Recording the same outcome twice changes nothing. Gives up only when the
+/// store is closed; shutdown abandons it after the grace period; the next start resends the job.
+async fn record_until_stored(store: &dyn Store, delivery: JobId, report: AttemptReport) {
+    let mut delay = RECORD_RETRY_FIRST;
+    let mut tries = 1u32;
+    loop {
+        match store.record(report.clone()).await {
+            Ok(()) => {
+                if tries > 1 {
+                    tracing::info!(delivery, tries, "attempt recorded once the store took it");
+                }
+                return;
+            }
+            Err(StoreError::Closed) => {
+                tracing::error!(
+                    delivery,
+                    "could not record an attempt: the store is closed; it will be sent again after a restart"
+                );
+                return;
+            }
+            Err(e) => {
+                if tries == 1 {
+                    tracing::error!(delivery, error = %e, "could not record an attempt; trying again until the store takes it");
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(RECORD_RETRY_MAX);
+                tries = tries.saturating_add(1);
+            }
+        }
     }
 }
 

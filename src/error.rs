@@ -18,6 +18,9 @@ pub enum Rejection {
     Method,
     #[error("body larger than {0} bytes")]
     TooLarge(usize),
+    /// Every target gets the query appended to its URL: a longer one could never be delivered.
+    #[error("query longer than {0} bytes")]
+    QueryTooLong(usize),
     #[error("body not received in time")]
     BodyTimeout,
     #[error("reading the body failed: {0}")]
@@ -42,6 +45,7 @@ impl Rejection {
             Rejection::UnknownAccount => StatusCode::NOT_FOUND,
             Rejection::Method => StatusCode::METHOD_NOT_ALLOWED,
             Rejection::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Rejection::QueryTooLong(_) => StatusCode::URI_TOO_LONG,
             Rejection::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Rejection::Body(_) => StatusCode::BAD_REQUEST,
             Rejection::StaleTimestamp => StatusCode::UNAUTHORIZED,
@@ -68,6 +72,7 @@ impl Rejection {
             Rejection::UnknownAccount => "unknown_account",
             Rejection::Method => "method",
             Rejection::TooLarge(_) => "too_large",
+            Rejection::QueryTooLong(_) => "query_too_long",
             Rejection::BodyTimeout => "body_timeout",
             Rejection::Body(_) => "body",
             Rejection::StaleTimestamp => "stale_timestamp",

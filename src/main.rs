@@ -13,7 +13,7 @@ use clap::Parser as _;
 use tokio_util::sync::CancellationToken;
 use wechat_fanout::cli::{Cli, Command};
 use wechat_fanout::config::Config;
-use wechat_fanout::store::SqliteStore;
+use wechat_fanout::store::{Readiness, SqliteStore};
 use wechat_fanout::{Listeners, Reload, admin_client, simulate};
 
 /// EX_USAGE from sysexits.h: every configuration error exits with it, before any port is bound.
@@ -83,7 +83,12 @@ async fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> anyho
         }
     };
     let store = SqliteStore::open(&config.store.path, config.store.synchronous)
-        .with_context(|| format!("opening the store at {}", config.store.path.display()))?;
+        .with_context(|| format!("opening the store at {}", config.store.path.display()))?
+        .with_readiness(Readiness {
+            min_free_bytes: config.store.min_free_bytes,
+            // As large as the largest callback the server accepts.
+            probe_bytes: config.server.max_body_bytes + config.server.max_query_bytes,
+        });
     let wechat = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("binding server.listen {}", config.server.listen))?;

@@ -8,7 +8,9 @@
 //!   a `Retry-After` is honoured up to `backoff_max`.
 //! * after `max_attempts` attempts in all, the job is a dead letter.
 //! * a target that fails [`TRIP_AFTER`] attempts in a row is left alone for a cool-down (the
-//!   [`Breaker`]), so a target that is down costs a few probes, not an attempt per due job.
+//!   [`Breaker`]), so a target that is down costs a few probes, not an attempt per due job. A
+//!   failure that belongs to one request (its URL cannot be built; 413, 414, 431) is not counted:
+//!   it says nothing about the target.
 //!
 //! Pure functions over numbers; the caller supplies the clock and the randomness.
 
@@ -39,6 +41,12 @@ pub fn classify_status(
         },
         _ => Verdict::GiveUp,
     }
+}
+
+/// Statuses by which a target refuses one request as too large (413 body, 414 URI, 431 headers):
+/// they say nothing about the target's health, so its breaker does not count them.
+pub fn refuses_the_request(status: u16) -> bool {
+    matches!(status, 413 | 414 | 431)
 }
 
 /// `Retry-After` as delta-seconds or an HTTP date.
@@ -176,6 +184,11 @@ mod tests {
         );
         assert_eq!(classify_status(404, None, now), Verdict::GiveUp);
         assert_eq!(classify_status(302, None, now), Verdict::GiveUp);
+        for status in [413, 414, 431] {
+            assert_eq!(classify_status(status, None, now), Verdict::GiveUp);
+            assert!(refuses_the_request(status));
+        }
+        assert!(!refuses_the_request(400) && !refuses_the_request(503));
     }
 
     #[test]

@@ -134,6 +134,12 @@ impl Ingress {
                 .cloned()
                 .ok_or(Rejection::UnknownAccount)?
         };
+        // Before the body is read: a target gets the query appended to its URL, and a query this
+        // long is never WeChat's; storing it would answer 200 for what can never be delivered.
+        let max_query = self.settings.max_query_bytes;
+        if request.uri().query().is_some_and(|q| q.len() > max_query) {
+            return Err(Rejection::QueryTooLong(max_query));
+        }
         match *request.method() {
             Method::GET => {
                 let query = CallbackQuery::parse(request.uri().query().unwrap_or(""))?;

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 mod sqlite;
 
-pub use sqlite::SqliteStore;
+pub use sqlite::{Readiness, SqliteStore};
 
 pub type CallbackId = i64;
 pub type JobId = i64;

@@ -7,6 +7,15 @@
 //!
 //! The file belongs to one process at a time (a lock file next to it says so), which is what makes
 //! it safe to turn jobs left in flight by a crash back into due jobs on open.
+//!
+//! A batch commits all its commands or none: if one fails (the disk is full), the transaction is
+//! rolled back and every command in it is answered with the error, so a failure never leaves half
+//! of a callback stored. After each batch that stored callbacks, the writer checks that the path
+//! still leads to the file it opened: a file deleted or replaced under the running process would
+//! take the callbacks with it at the next start, so they are answered with an error instead (and
+//! an ERROR names the path). Readiness ([`Store::check_writable`]) also checks that, the free
+//! space of the file system, and the commits that failed in a row, and then writes and deletes a
+//! row as large as the largest callback, in a transaction of its own.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -30,6 +39,12 @@ use crate::config::Synchronous;
 const MAX_BATCH: usize = 1024;
 /// Commands waiting for the writer; senders wait when it is full (backpressure on ingress).
 const QUEUE: usize = 8192;
+/// Commits failed in a row after which readiness says 503 until one succeeds (its own probe's
+/// included): the disk just refused real writes.
+const NOT_READY_AFTER: u32 = 3;
+/// The probe's row by default: the default largest body (`server.max_body_bytes`) and query
+/// (`server.max_query_bytes`).
+const DEFAULT_PROBE_BYTES: usize = 65536 + 4096;
 
 const PENDING: i64 = 0;
 const IN_FLIGHT: i64 = 1;
@@ -68,6 +83,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (account, target, next_at) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS jobs_by_callback ON jobs (callback_id);
+CREATE TABLE IF NOT EXISTS readiness_probe (body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS attempts (
     job_id INTEGER NOT NULL,
     attempt INTEGER NOT NULL,
@@ -97,7 +113,10 @@ enum Command {
         Reply<Replayed>,
     ),
     PurgeDead(Option<JobId>, DeadLetterFilter, Reply<u64>),
-    Check(Reply<()>),
+    /// Commits with the commands before it (a flush).
+    Flush(Reply<()>),
+    /// Readiness: answered after the batch it came in, by a probe of its own.
+    Probe(Readiness, Reply<()>),
 }
 
 /// A finished command waiting for the commit before its answer is sent.
@@ -115,6 +134,22 @@ enum Done {
 }
 
 impl Done {
+    /// The command's own error, if it failed.
+    fn error(&self) -> Option<String> {
+        fn of<T>(result: &Result<T, StoreError>) -> Option<String> {
+            result.as_ref().err().map(ToString::to_string)
+        }
+        match self {
+            Done::Accept(_, v) => of(v),
+            Done::Unit(_, v) => of(v),
+            Done::Lease(_, v) => of(v),
+            Done::NextDue(_, v) => of(v),
+            Done::Count(_, v) => of(v),
+            Done::Replayed(_, v) => of(v),
+            Done::Buried(_, v) => of(v),
+        }
+    }
+
     fn send(self, commit: &Result<(), String>) {
         fn finish<T>(reply: Reply<T>, result: Result<T, StoreError>, commit: &Result<(), String>) {
             let result = match commit {
@@ -136,10 +171,29 @@ impl Done {
     }
 }
 
+/// What readiness asks of the store besides a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Readiness {
+    /// Below this many free bytes on the store's file system, not ready (0: no check).
+    pub min_free_bytes: u64,
+    /// The size of the row the probe writes and deletes: the largest callback that can come.
+    pub probe_bytes: usize,
+}
+
+impl Default for Readiness {
+    fn default() -> Readiness {
+        Readiness {
+            min_free_bytes: 0,
+            probe_bytes: DEFAULT_PROBE_BYTES,
+        }
+    }
+}
+
 /// The SQLite store. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct SqliteStore {
     commands: mpsc::Sender<Command>,
+    readiness: Readiness,
     /// A second connection for the slow reads of the admin side (counts, listings), so they
     /// never hold up the writer: WAL lets readers and the writer run at once.
     reader: Arc<Mutex<Connection>>,
@@ -183,16 +237,35 @@ impl SqliteStore {
         )?;
         let reader = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         reader.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Held open, so the inode cannot be reused while the path is compared with it.
+        let file = File::open(path)?;
+        let identity = file_identity(&file.metadata()?);
+        let writer = Writer {
+            conn,
+            file,
+            path: path.to_path_buf(),
+            identity,
+            lost: None,
+            failed_in_a_row: 0,
+            last_failure: String::new(),
+        };
         let (commands, receiver) = mpsc::channel(QUEUE);
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || Writer { conn }.run(receiver))?;
+            .spawn(move || writer.run(receiver))?;
         Ok(SqliteStore {
             commands,
+            readiness: Readiness::default(),
             reader: Arc::new(Mutex::new(reader)),
             path: path.to_path_buf(),
             _lock: lock,
         })
+    }
+
+    /// Sets what readiness checks besides a commit: the free space, the size of the probe's row.
+    pub fn with_readiness(mut self, readiness: Readiness) -> SqliteStore {
+        self.readiness = readiness;
+        self
     }
 
     /// The database file.
@@ -277,7 +350,8 @@ impl Store for SqliteStore {
     }
 
     async fn check_writable(&self) -> Result<(), StoreError> {
-        self.call(Command::Check).await
+        let readiness = self.readiness;
+        self.call(|r| Command::Probe(readiness, r)).await
     }
 
     async fn purge_delivered(&self, older_than_ms: i64) -> Result<u64, StoreError> {
@@ -286,7 +360,7 @@ impl Store for SqliteStore {
 
     async fn flush(&self) -> Result<(), StoreError> {
         // Commands run in order, so an empty transaction after them commits after them.
-        self.call(Command::Check).await
+        self.call(Command::Flush).await
     }
 
     async fn queue_depths(&self) -> Result<Vec<QueueDepth>, StoreError> {
@@ -452,14 +526,50 @@ fn dead_letter_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetter> {
     })
 }
 
+/// (device, inode) of a file: what the path must still lead to.
+#[cfg(unix)]
+fn file_identity(metadata: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt as _;
+    (metadata.dev(), metadata.ino())
+}
+
+#[cfg(not(unix))]
+fn file_identity(_: &std::fs::Metadata) -> (u64, u64) {
+    (0, 0)
+}
+
+/// Bytes an unprivileged process may still write on the file system of `file`.
+#[cfg(unix)]
+fn free_bytes(file: &File) -> std::io::Result<u64> {
+    let stat = rustix::fs::fstatvfs(file)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+#[cfg(not(unix))]
+fn free_bytes(_: &File) -> std::io::Result<u64> {
+    Ok(u64::MAX)
+}
+
 struct Writer {
     conn: Connection,
+    /// The database file as opened, kept open: its inode stays what the path is compared with,
+    /// and its file system is the one whose free space counts.
+    file: File,
+    path: PathBuf,
+    /// (device, inode) of `file`.
+    identity: (u64, u64),
+    /// Why the path no longer leads to `file`, while that is so (logged when it starts).
+    lost: Option<String>,
+    /// Transactions in a row that failed, and the last one's error: readiness reports them.
+    failed_in_a_row: u32,
+    last_failure: String,
 }
 
 impl Writer {
     fn run(mut self, mut receiver: mpsc::Receiver<Command>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut done = Vec::with_capacity(MAX_BATCH);
+        let mut probes = Vec::new();
         while let Some(first) = receiver.blocking_recv() {
             batch.push(first);
             // Let the threads that send commands run once before taking the batch: on a busy
@@ -472,31 +582,168 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let commit = self.run_batch(&mut batch, &mut done);
+            let commit = self.run_batch(&mut batch, &mut done, &mut probes);
             for finished in done.drain(..) {
                 finished.send(&commit);
+            }
+            // After the batch's answers: a probe never delays, nor fails, real commands.
+            if let Some(&(readiness, _)) = probes.first() {
+                let ready = self.probe(readiness);
+                for (_, reply) in probes.drain(..) {
+                    let _ = reply.send(ready.clone().map_err(StoreError::Other));
+                }
             }
         }
     }
 
-    fn run_batch(&mut self, batch: &mut Vec<Command>, done: &mut Vec<Done>) -> Result<(), String> {
-        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
-            let message = e.to_string();
-            for command in batch.drain(..) {
-                done.push(self.fail(command, &message));
-            }
-            return Err(message);
-        }
+    /// Runs `batch` in one transaction, all or nothing; readiness probes go to `probes`.
+    fn run_batch(
+        &mut self,
+        batch: &mut Vec<Command>,
+        done: &mut Vec<Done>,
+        probes: &mut Vec<(Readiness, Reply<()>)>,
+    ) -> Result<(), String> {
+        let began = self.conn.execute_batch("BEGIN IMMEDIATE");
+        let changes = self.conn.total_changes();
+        let mut failure = began.err().map(|e| e.to_string());
+        let mut accepts = false;
         for command in batch.drain(..) {
-            done.push(self.execute(command));
-        }
-        match self.conn.execute_batch("COMMIT") {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
-                Err(e.to_string())
+            match command {
+                Command::Probe(readiness, reply) => probes.push((readiness, reply)),
+                command => {
+                    accepts |= matches!(command, Command::Accept(..));
+                    let finished = match &failure {
+                        Some(message) => self.fail(command, message),
+                        None => self.execute(command),
+                    };
+                    if failure.is_none() {
+                        failure = finished.error();
+                    }
+                    done.push(finished);
+                }
             }
         }
+        let committed = match failure {
+            // One command failed: the others are not committed either, so that nothing is
+            // half-stored (a callback without its jobs would be answered as a duplicate later).
+            // SQLite may have rolled back already (a full disk does that).
+            Some(message) => {
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                Err(message)
+            }
+            None => self.conn.execute_batch("COMMIT").map_err(|e| {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                e.to_string()
+            }),
+        };
+        match &committed {
+            Err(message) => self.failed(message),
+            // A transaction that wrote nothing (a lease that found no job) needs no disk space:
+            // it proves nothing about the next real write.
+            Ok(()) if self.conn.total_changes() > changes => self.failed_in_a_row = 0,
+            Ok(()) => {}
+        }
+        if accepts && committed.is_ok() && self.check_file().is_some() {
+            // Stored in a file that is gone from its path: lost at the next start. Not accepted.
+            let lost = self.lost.clone().unwrap_or_default();
+            for finished in done.iter_mut() {
+                if let Done::Accept(_, result) = finished {
+                    *result = Err(StoreError::Other(lost.clone()));
+                }
+            }
+        }
+        committed
+    }
+
+    fn failed(&mut self, message: &str) {
+        self.failed_in_a_row = self.failed_in_a_row.saturating_add(1);
+        message.clone_into(&mut self.last_failure);
+    }
+
+    /// Is the path still the file this store opened? `Some(why not)` if not; an ERROR names the
+    /// path when that starts, and a warning when it ends.
+    fn check_file(&mut self) -> Option<&str> {
+        let path = self.path.display();
+        let now = match std::fs::metadata(&self.path) {
+            Ok(metadata) if file_identity(&metadata) == self.identity => None,
+            Ok(_) => Some(format!(
+                "the store's file {path} was replaced while running: callbacks are refused until a restart"
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(format!(
+                "the store's file {path} was deleted while running: callbacks are refused until a restart"
+            )),
+            Err(e) => Some(format!(
+                "the store's file {path} cannot be checked ({e}): callbacks are refused"
+            )),
+        };
+        match (&self.lost, &now) {
+            (None, Some(reason)) => tracing::error!(
+                path = %path,
+                "{reason}; what was accepted before is still delivered from the open file, \
+                 and lost at the next start if undelivered by then"
+            ),
+            (Some(_), None) => tracing::warn!(path = %path, "the store's file is back at its path"),
+            _ => {}
+        }
+        self.lost = now;
+        self.lost.as_deref()
+    }
+
+    /// Readiness: the file is where it was, the file system has `min_free_bytes`, the last
+    /// commits did not all fail, and a row of `probe_bytes` can be written and deleted now.
+    fn probe(&mut self, readiness: Readiness) -> Result<(), String> {
+        if let Some(lost) = self.check_file() {
+            return Err(lost.to_owned());
+        }
+        if readiness.min_free_bytes > 0 {
+            let free = free_bytes(&self.file).map_err(|e| {
+                format!("cannot read the free space of the store's file system: {e}")
+            })?;
+            if free < readiness.min_free_bytes {
+                return Err(format!(
+                    "{free} bytes free on the store's file system, below store.min_free_bytes ({})",
+                    readiness.min_free_bytes
+                ));
+            }
+        }
+        let failed_before = self.failed_in_a_row;
+        if let Err(e) = self.write_probe(readiness.probe_bytes) {
+            self.failed(&e);
+            return Err(format!(
+                "a test write of {} bytes failed: {e}",
+                readiness.probe_bytes
+            ));
+        }
+        self.failed_in_a_row = 0;
+        if failed_before >= NOT_READY_AFTER {
+            return Err(format!(
+                "the last {failed_before} commits failed ({}); a test write just succeeded",
+                self.last_failure
+            ));
+        }
+        Ok(())
+    }
+
+    /// Writes and deletes a row of `bytes` in a transaction of its own: as much new data as
+    /// the largest callback, so it fails when the disk could not take that callback.
+    fn write_probe(&mut self, bytes: usize) -> Result<(), String> {
+        let conn = &self.conn;
+        let result = (|| -> rusqlite::Result<()> {
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            conn.prepare_cached("INSERT INTO readiness_probe (body) VALUES (zeroblob(?1))")?
+                .execute(params![i64::try_from(bytes).unwrap_or(i64::MAX)])?;
+            conn.prepare_cached("DELETE FROM readiness_probe")?
+                .execute([])?;
+            conn.execute_batch("COMMIT")
+        })();
+        result.map_err(|e| {
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            e.to_string()
+        })
     }
 
     fn fail(&self, command: Command, message: &str) -> Done {
@@ -508,7 +755,8 @@ impl Writer {
             Command::SaveAnswer(_, _, r)
             | Command::Record(_, r)
             | Command::Release(_, _, r)
-            | Command::Check(r) => Done::Unit(r, err(message)),
+            | Command::Flush(r)
+            | Command::Probe(_, r) => Done::Unit(r, err(message)),
             Command::Lease(_, _, _, r) => Done::Lease(r, err(message)),
             Command::NextDue(_, r) => Done::NextDue(r, err(message)),
             Command::Purge(_, r) | Command::PurgeDead(_, _, r) => Done::Count(r, err(message)),
@@ -533,8 +781,11 @@ impl Writer {
             Command::BuryUnrouted(routed, reason, now, r) => {
                 Done::Buried(r, self.bury_unrouted(&routed, &reason, now))
             }
-            // A write that touches nothing still needs the transaction to commit.
-            Command::Check(r) => Done::Unit(r, Ok(())),
+            // Nothing to do but to be in the transaction: its answer waits for the commit.
+            Command::Flush(r) => Done::Unit(r, Ok(())),
+            // `run_batch` takes probes out of the batch; one that got here is answered after
+            // the commit like a flush.
+            Command::Probe(_, r) => Done::Unit(r, Ok(())),
         }
     }
 
@@ -673,10 +924,13 @@ impl Writer {
             Disposition::RetryAt(at) => (PENDING, at),
             Disposition::Dead => (DEAD, report.at_ms),
         };
-        self.conn
+        // Only the job's attempt in flight: an outcome recorded again (retried after a commit
+        // that was reported failed but did reach the disk) must not undo a later lease.
+        let updated = self
+            .conn
             .prepare_cached(
                 "UPDATE jobs SET state = ?2, attempts = ?3, next_at = ?4, updated_at = ?5, last_status = ?6, last_error = ?7
-                 WHERE id = ?1",
+                 WHERE id = ?1 AND state = ?8 AND attempts < ?3",
             )?
             .execute(params![
                 report.job,
@@ -685,8 +939,12 @@ impl Writer {
                 next_at,
                 report.at_ms,
                 report.status,
-                report.error
+                report.error,
+                IN_FLIGHT
             ])?;
+        if updated == 0 {
+            return Ok(());
+        }
         self.conn
             .prepare_cached(
                 "INSERT OR REPLACE INTO attempts (job_id, attempt, at, status, error) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -804,5 +1062,105 @@ impl Writer {
             )?
             .execute(params![before])?;
         Ok(deleted as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::NewJob;
+
+    fn callback(key: &str) -> NewCallback {
+        NewCallback {
+            account: Arc::from("a"),
+            dedupe_key: key.to_owned(),
+            received_at_ms: 0,
+            msg_type: None,
+            event: None,
+            request: Arc::new(Replay {
+                query: "q".into(),
+                content_type: None,
+                body: Bytes::from_static(b"<xml/>"),
+            }),
+            jobs: vec![NewJob {
+                target: Arc::from("t"),
+                leased: false,
+            }],
+        }
+    }
+
+    fn key() -> TargetKey {
+        TargetKey {
+            account: Arc::from("a"),
+            target: Arc::from("t"),
+        }
+    }
+
+    fn report(job: JobId, attempt: u32, disposition: Disposition) -> AttemptReport {
+        AttemptReport {
+            job,
+            attempt,
+            at_ms: 0,
+            status: Some(503),
+            error: Some("target answered 503".into()),
+            disposition,
+        }
+    }
+
+    /// The probe must need as much new space as the largest callback: an empty transaction
+    /// (what readiness used to commit) writes nothing, and so succeeds on a full disk.
+    #[tokio::test]
+    async fn the_readiness_probe_writes_a_row_of_its_size_to_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let store = SqliteStore::open(&path, Synchronous::Full)
+            .unwrap()
+            .with_readiness(Readiness {
+                min_free_bytes: 0,
+                probe_bytes: 256 * 1024,
+            });
+        let wal = dir.path().join("store.db-wal");
+        let before = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        store.check_writable().await.unwrap();
+        let after = std::fs::metadata(&wal).unwrap().len();
+        assert!(
+            after >= before + 256 * 1024,
+            "the WAL grew from {before} to {after} bytes only"
+        );
+        let rows: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM readiness_probe", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(
+            rows, 0,
+            "the probe's row is deleted in the same transaction"
+        );
+    }
+
+    /// An outcome recorded twice (retried after a commit that was reported failed but reached
+    /// the disk) must not undo what happened since: here, the retry was leased again.
+    #[tokio::test]
+    async fn an_outcome_recorded_again_does_not_undo_a_later_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("store.db"), Synchronous::Full).unwrap();
+        store.accept(callback("k")).await.unwrap();
+        let job = store.lease_due(&key(), 0, 1).await.unwrap().remove(0);
+        let first = report(job.id, 1, Disposition::RetryAt(10));
+        store.record(first.clone()).await.unwrap();
+        let again = store.lease_due(&key(), 10, 1).await.unwrap().remove(0);
+        assert_eq!((again.id, again.attempts), (job.id, 1));
+
+        store.record(first).await.unwrap();
+        assert_eq!(
+            store.next_due(&key()).await.unwrap(),
+            None,
+            "still in flight"
+        );
+        assert!(store.lease_due(&key(), 10, 1).await.unwrap().is_empty());
+        store
+            .record(report(job.id, 2, Disposition::Delivered))
+            .await
+            .unwrap();
+        assert!(store.queue_depths().await.unwrap().is_empty());
     }
 }

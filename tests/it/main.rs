@@ -17,3 +17,5 @@ mod ingress;
 mod operate;
 mod reply;
 mod restart;
+mod store_faults;
+mod undeliverable;

@@ -1,0 +1,296 @@
+//! The store's disk fails under the running binary: it fills up, runs low on space, or the
+//! SQLite file is deleted. Whatever happens, no callback is answered 200 unless it is durably
+//! stored, `/readyz` says 503 while a real callback could not be stored (so a load balancer
+//! sends WeChat elsewhere), and what was delivered meanwhile is recorded once the disk is back.
+//!
+//! The full and nearly full disks are real: a small tmpfs mounted for the test (the tests run as
+//! root, as CI does; a mount that fails fails the test).
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use wechat_fanout::config::Mode;
+use wechat_fanout::wechat::Kind;
+
+use crate::operate::{post_to_binary, write_binary_config};
+use crate::support::{
+    Binary, Target, WAIT, Wx, eventually, eventually_async, free_addr, jobs, settle, text_xml,
+};
+
+/// A tmpfs of a given size mounted on a fresh temporary folder, unmounted when dropped.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mount -t tmpfs failed ({status}): these tests need root, as CI has"
+        );
+        Tmpfs { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes `bytes` of zeros to a new file `name`; returns its path.
+    fn write(&self, name: &str, bytes: usize) -> PathBuf {
+        let path = self.path().join(name);
+        let mut file = std::fs::File::create(&path).expect("create the filler");
+        file.write_all(&vec![0u8; bytes]).expect("write the filler");
+        file.sync_all().expect("sync the filler");
+        path
+    }
+
+    /// Fills the file system to the last byte with a new file `name`; returns its path.
+    fn fill(&self, name: &str) -> PathBuf {
+        let path = self.path().join(name);
+        let mut file = std::fs::File::create(&path).expect("create the filler");
+        for chunk in [1 << 16, 1 << 12, 1] {
+            let zeros = vec![0u8; chunk];
+            while file.write_all(&zeros).is_ok() {}
+        }
+        let free = rustix::fs::statvfs(self.path()).expect("statvfs");
+        assert_eq!(free.f_bavail, 0, "the tmpfs is full");
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount").arg(self.dir.path()).status();
+        if !matches!(unmounted, Ok(status) if status.success()) {
+            // Something still holds it open: detach it now, the kernel frees it when released.
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+}
+
+/// A config for the real binary with its store (and config file) in `store_dir`; `store` is put
+/// into its `[store]` table, then one safe-mode account whose only target is `target`.
+fn config(store_dir: &Path, listen: SocketAddr, store: &str, target: &str) -> PathBuf {
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
+    // `write_binary_config` ends with the `[store]` table: the first lines here land in it.
+    let rest = format!(
+        "{store}\n{}{}",
+        wx.account("main", ""),
+        Wx::target("t", target, "timeout_ms = 10000\nmax_attempts = 1000"),
+    );
+    write_binary_config(store_dir, listen, &rest)
+}
+
+/// `GET /readyz` on the binary's admin port: status and body.
+async fn readyz(admin: SocketAddr) -> (u16, String) {
+    let answer = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(WAIT)
+        .build()
+        .expect("HTTP client")
+        .get(format!("http://{admin}/readyz"))
+        .send()
+        .await
+        .expect("the admin port answers");
+    let status = answer.status().as_u16();
+    (status, answer.text().await.expect("the answer's body"))
+}
+
+/// The admin address the config file names.
+fn admin_of(config: &Path) -> SocketAddr {
+    let text = std::fs::read_to_string(config).expect("read the config");
+    let config: toml::Value = toml::from_str(&text).expect("the config parses");
+    config["admin"]["listen"]
+        .as_str()
+        .expect("admin.listen")
+        .parse()
+        .expect("an address")
+}
+
+async fn wait_ready(admin: SocketAddr, what: &str) -> (u16, String) {
+    eventually_async(what, || async {
+        let answer = readyz(admin).await;
+        (answer.0 == 200).then_some(answer)
+    })
+    .await
+}
+
+/// How many requests with this body the target got.
+fn copies(target: &Target, body: &str) -> usize {
+    target
+        .received()
+        .iter()
+        .filter(|r| r.body == body.as_bytes())
+        .count()
+}
+
+/// The incident: the store's disk fills up. Every callback gets 503 (WeChat resends it), and
+/// `/readyz` must say 503 too (it used to commit an empty transaction, which needs no space,
+/// and said 200). A delivery that was under way succeeds meanwhile: its outcome cannot be
+/// written, and used to stay "in flight" until a restart sent it again. Once space is freed:
+/// ready again, the resend is accepted and delivered, the earlier delivery is recorded, and a
+/// restart sends nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_turns_readyz_503_and_what_was_delivered_meanwhile_is_recorded() {
+    let disk = Tmpfs::mount("4m");
+    let target = Target::start(200).await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let config = config(
+        disk.path(),
+        listen,
+        "min_free_bytes = 0",
+        &target.url("/hook"),
+    );
+    let admin = admin_of(&config);
+    let log = dir.path().join("serve.log");
+    let mut binary = Binary::serve(&config, listen, &log).await;
+    binary.wait_listening().await;
+    assert_eq!(readyz(admin).await, (200, "ready\n".to_owned()));
+
+    // A callback whose delivery is under way when the disk fills up.
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
+    target.set_delay(Duration::from_millis(1500));
+    let during = wx.seal(&text_xml("delivered while the disk is full"));
+    assert_eq!(
+        post_to_binary(listen, &during).await,
+        (200, "success".to_owned())
+    );
+    target.wait_for(1).await;
+    let filler = disk.fill("filler");
+
+    let refused = wx.seal(&text_xml("arrives on a full disk"));
+    let (status, text) = post_to_binary(listen, &refused).await;
+    assert_eq!(status, 503, "{text}\n{}", binary.log());
+    let (status, text) = readyz(admin).await;
+    assert_eq!(status, 503, "/readyz on a full disk: {text}");
+    assert!(text.starts_with("not ready: "), "{text}");
+
+    // The delivery under way succeeds, and its outcome cannot be written yet.
+    binary
+        .wait_log("the outcome that cannot be recorded", |log| {
+            log.contains("could not record an attempt")
+        })
+        .await;
+    let db = disk.path().join("fanout.db");
+    assert_eq!(jobs(&db).len(), 1, "the delivered job is still in flight");
+
+    std::fs::remove_file(&filler).unwrap();
+    wait_ready(admin, "/readyz to say 200 once space is back").await;
+    eventually("the delivery made on the full disk to be recorded", || {
+        jobs(&db).is_empty().then_some(())
+    })
+    .await;
+    // WeChat's resend of the refused callback.
+    assert_eq!(
+        post_to_binary(listen, &refused).await,
+        (200, "success".to_owned())
+    );
+    eventually("the resend at the target", || {
+        (copies(&target, &refused.body) == 1).then_some(())
+    })
+    .await;
+    eventually("every job recorded", || jobs(&db).is_empty().then_some(())).await;
+
+    // A restart sends nothing again: every outcome was recorded.
+    binary.terminate();
+    let (status, _) = binary.wait_exit().await;
+    assert_eq!(status.code(), Some(0), "{}", binary.log());
+    let mut again = Binary::serve(&config, listen, &dir.path().join("again.log")).await;
+    again.wait_listening().await;
+    settle().await;
+    assert_eq!(copies(&target, &during.body), 1, "{:?}", target.received());
+    assert_eq!(copies(&target, &refused.body), 1, "{:?}", target.received());
+    assert_eq!(target.count(), 2);
+    drop(again);
+    drop(binary);
+}
+
+/// `store.min_free_bytes`: below it `/readyz` says 503 and why, before the disk is actually
+/// full (callbacks are still stored meanwhile), and 200 again once space is freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_while_free_space_is_below_min_free_bytes() {
+    let disk = Tmpfs::mount("8m");
+    let target = Target::start(200).await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let config = config(
+        disk.path(),
+        listen,
+        "min_free_bytes = 4194304",
+        &target.url("/hook"),
+    );
+    let admin = admin_of(&config);
+    let mut binary = Binary::serve(&config, listen, &dir.path().join("serve.log")).await;
+    binary.wait_listening().await;
+    assert_eq!(readyz(admin).await, (200, "ready\n".to_owned()));
+
+    let filler = disk.write("filler", 5 << 20);
+    let (status, text) = readyz(admin).await;
+    assert_eq!(status, 503, "{text}");
+    assert!(
+        text.contains("below store.min_free_bytes (4194304)"),
+        "the reason names the key: {text}"
+    );
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
+    let sealed = wx.seal(&text_xml("low on space, not out of it"));
+    assert_eq!(
+        post_to_binary(listen, &sealed).await,
+        (200, "success".to_owned())
+    );
+    target.wait_for(1).await;
+
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(readyz(admin).await, (200, "ready\n".to_owned()));
+    drop(binary);
+}
+
+/// The incident: someone deletes the SQLite file under the running proxy. New callbacks used to
+/// get 200 and went into the deleted file, lost at the next restart. Now they get 503 (WeChat
+/// resends them), `/readyz` says 503, and the log has an ERROR naming the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_store_file_refuses_callbacks_and_turns_readyz_503() {
+    let target = Target::start(200).await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let config = config(dir.path(), listen, "", &target.url("/hook"));
+    let admin = admin_of(&config);
+    let mut binary = Binary::serve(&config, listen, &dir.path().join("serve.log")).await;
+    binary.wait_listening().await;
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
+    let before = wx.seal(&text_xml("before the deletion"));
+    assert_eq!(
+        post_to_binary(listen, &before).await,
+        (200, "success".to_owned())
+    );
+    target.wait_for(1).await;
+    assert_eq!(readyz(admin).await, (200, "ready\n".to_owned()));
+
+    let db = dir.path().join("fanout.db");
+    std::fs::remove_file(&db).unwrap();
+    let after = wx.seal(&text_xml("after the deletion"));
+    let (status, text) = post_to_binary(listen, &after).await;
+    assert_eq!(status, 503, "{text}\n{}", binary.log());
+    let (status, text) = readyz(admin).await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains(&db.display().to_string()), "{text}");
+    let log = binary
+        .wait_log("an ERROR naming the deleted file", |log| {
+            log.lines()
+                .any(|l| l.contains("ERROR") && l.contains(&db.display().to_string()))
+        })
+        .await;
+    assert!(!log.contains("panicked"), "{log}");
+}
