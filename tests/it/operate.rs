@@ -39,18 +39,32 @@ pub(crate) fn write_binary_config(dir: &Path, listen: SocketAddr, rest: &str) ->
 /// POSTs `sealed` to `/wechat/main` of the binary listening on `listen`, as WeChat would: the
 /// answer's status and body.
 pub(crate) async fn post_to_binary(listen: SocketAddr, sealed: &SealedRequest) -> (u16, String) {
-    let client = reqwest::Client::builder()
+    let request = client()
+        .post(format!("http://{listen}/wechat/main?{}", sealed.query))
+        .header("content-type", sealed.content_type)
+        .body(sealed.body.clone());
+    status_and_text(request).await
+}
+
+/// `GET path` on the admin listener of the binary started with `config` (written by
+/// [`write_binary_config`]): the answer's status and body.
+pub(crate) async fn get_admin_of_binary(config: &Path, path: &str) -> (u16, String) {
+    let text = std::fs::read_to_string(config).expect("read the config");
+    let parsed: toml::Value = toml::from_str(&text).expect("the config parses");
+    let admin = parsed["admin"]["listen"].as_str().expect("admin.listen");
+    status_and_text(client().get(format!("http://{admin}{path}"))).await
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
         .no_proxy()
         .timeout(WAIT)
         .build()
-        .expect("HTTP client");
-    let answer = client
-        .post(format!("http://{listen}/wechat/main?{}", sealed.query))
-        .header("content-type", sealed.content_type)
-        .body(sealed.body.clone())
-        .send()
-        .await
-        .expect("the binary answers");
+        .expect("HTTP client")
+}
+
+async fn status_and_text(request: reqwest::RequestBuilder) -> (u16, String) {
+    let answer = request.send().await.expect("the binary answers");
     let status = answer.status().as_u16();
     (status, answer.text().await.expect("the answer's body"))
 }

@@ -15,9 +15,9 @@ use std::time::Duration;
 use wechat_fanout::config::Mode;
 use wechat_fanout::wechat::Kind;
 
-use crate::operate::{post_to_binary, write_binary_config};
+use crate::operate::{get_admin_of_binary, post_to_binary, write_binary_config};
 use crate::support::{
-    Binary, Target, WAIT, Wx, eventually, eventually_async, free_addr, jobs, settle, text_xml,
+    Binary, Target, Wx, eventually, eventually_async, free_addr, jobs, settle, text_xml,
 };
 
 /// A tmpfs of a given size mounted on a fresh temporary folder, unmounted when dropped.
@@ -80,51 +80,42 @@ impl Drop for Tmpfs {
     }
 }
 
-/// A config for the real binary with its store (and config file) in `store_dir`; `store` is put
-/// into its `[store]` table, then one safe-mode account whose only target is `target`.
-fn config(store_dir: &Path, listen: SocketAddr, store: &str, target: &str) -> PathBuf {
+/// The real binary with its store (and config file) in `store_dir`, `store` added to its
+/// `[store]` table, and one safe-mode account whose only target is `target`; its log is
+/// `log_dir/serve.log`. Returns it, its WeChat port and its config file.
+async fn serve(
+    store_dir: &Path,
+    log_dir: &Path,
+    store: &str,
+    target: &Target,
+) -> (Binary, SocketAddr, PathBuf) {
     let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
     // `write_binary_config` ends with the `[store]` table: the first lines here land in it.
     let rest = format!(
         "{store}\n{}{}",
         wx.account("main", ""),
-        Wx::target("t", target, "timeout_ms = 10000\nmax_attempts = 1000"),
+        Wx::target(
+            "t",
+            &target.url("/hook"),
+            "timeout_ms = 10000\nmax_attempts = 1000"
+        ),
     );
-    write_binary_config(store_dir, listen, &rest)
+    let listen = free_addr();
+    let config = write_binary_config(store_dir, listen, &rest);
+    let mut binary = Binary::serve(&config, listen, &log_dir.join("serve.log")).await;
+    binary.wait_listening().await;
+    (binary, listen, config)
 }
 
-/// `GET /readyz` on the binary's admin port: status and body.
-async fn readyz(admin: SocketAddr) -> (u16, String) {
-    let answer = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(WAIT)
-        .build()
-        .expect("HTTP client")
-        .get(format!("http://{admin}/readyz"))
-        .send()
-        .await
-        .expect("the admin port answers");
-    let status = answer.status().as_u16();
-    (status, answer.text().await.expect("the answer's body"))
+async fn readyz(config: &Path) -> (u16, String) {
+    get_admin_of_binary(config, "/readyz").await
 }
 
-/// The admin address the config file names.
-fn admin_of(config: &Path) -> SocketAddr {
-    let text = std::fs::read_to_string(config).expect("read the config");
-    let config: toml::Value = toml::from_str(&text).expect("the config parses");
-    config["admin"]["listen"]
-        .as_str()
-        .expect("admin.listen")
-        .parse()
-        .expect("an address")
-}
-
-async fn wait_ready(admin: SocketAddr, what: &str) -> (u16, String) {
+async fn wait_ready(config: &Path, what: &str) {
     eventually_async(what, || async {
-        let answer = readyz(admin).await;
-        (answer.0 == 200).then_some(answer)
+        (readyz(config).await.0 == 200).then_some(())
     })
-    .await
+    .await;
 }
 
 /// How many requests with this body the target got.
@@ -147,18 +138,9 @@ async fn a_full_disk_turns_readyz_503_and_what_was_delivered_meanwhile_is_record
     let disk = Tmpfs::mount("4m");
     let target = Target::start(200).await;
     let dir = tempfile::tempdir().unwrap();
-    let listen = free_addr();
-    let config = config(
-        disk.path(),
-        listen,
-        "min_free_bytes = 0",
-        &target.url("/hook"),
-    );
-    let admin = admin_of(&config);
-    let log = dir.path().join("serve.log");
-    let mut binary = Binary::serve(&config, listen, &log).await;
-    binary.wait_listening().await;
-    assert_eq!(readyz(admin).await, (200, "ready\n".to_owned()));
+    let (mut binary, listen, config) =
+        serve(disk.path(), dir.path(), "min_free_bytes = 0", &target).await;
+    assert_eq!(readyz(&config).await, (200, "ready\n".to_owned()));
 
     // A callback whose delivery is under way when the disk fills up.
     let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
@@ -174,7 +156,7 @@ async fn a_full_disk_turns_readyz_503_and_what_was_delivered_meanwhile_is_record
     let refused = wx.seal(&text_xml("arrives on a full disk"));
     let (status, text) = post_to_binary(listen, &refused).await;
     assert_eq!(status, 503, "{text}\n{}", binary.log());
-    let (status, text) = readyz(admin).await;
+    let (status, text) = readyz(&config).await;
     assert_eq!(status, 503, "/readyz on a full disk: {text}");
     assert!(text.starts_with("not ready: "), "{text}");
 
@@ -188,7 +170,7 @@ async fn a_full_disk_turns_readyz_503_and_what_was_delivered_meanwhile_is_record
     assert_eq!(jobs(&db).len(), 1, "the delivered job is still in flight");
 
     std::fs::remove_file(&filler).unwrap();
-    wait_ready(admin, "/readyz to say 200 once space is back").await;
+    wait_ready(&config, "/readyz to say 200 once space is back").await;
     eventually("the delivery made on the full disk to be recorded", || {
         jobs(&db).is_empty().then_some(())
     })
@@ -225,20 +207,12 @@ async fn readyz_is_503_while_free_space_is_below_min_free_bytes() {
     let disk = Tmpfs::mount("8m");
     let target = Target::start(200).await;
     let dir = tempfile::tempdir().unwrap();
-    let listen = free_addr();
-    let config = config(
-        disk.path(),
-        listen,
-        "min_free_bytes = 4194304",
-        &target.url("/hook"),
-    );
-    let admin = admin_of(&config);
-    let mut binary = Binary::serve(&config, listen, &dir.path().join("serve.log")).await;
-    binary.wait_listening().await;
-    assert_eq!(readyz(admin).await, (200, "ready\n".to_owned()));
+    let (binary, listen, config) =
+        serve(disk.path(), dir.path(), "min_free_bytes = 4194304", &target).await;
+    assert_eq!(readyz(&config).await, (200, "ready\n".to_owned()));
 
     let filler = disk.write("filler", 5 << 20);
-    let (status, text) = readyz(admin).await;
+    let (status, text) = readyz(&config).await;
     assert_eq!(status, 503, "{text}");
     assert!(
         text.contains("below store.min_free_bytes (4194304)"),
@@ -253,7 +227,7 @@ async fn readyz_is_503_while_free_space_is_below_min_free_bytes() {
     target.wait_for(1).await;
 
     std::fs::remove_file(&filler).unwrap();
-    assert_eq!(readyz(admin).await, (200, "ready\n".to_owned()));
+    assert_eq!(readyz(&config).await, (200, "ready\n".to_owned()));
     drop(binary);
 }
 
@@ -264,11 +238,7 @@ async fn readyz_is_503_while_free_space_is_below_min_free_bytes() {
 async fn a_deleted_store_file_refuses_callbacks_and_turns_readyz_503() {
     let target = Target::start(200).await;
     let dir = tempfile::tempdir().unwrap();
-    let listen = free_addr();
-    let config = config(dir.path(), listen, "", &target.url("/hook"));
-    let admin = admin_of(&config);
-    let mut binary = Binary::serve(&config, listen, &dir.path().join("serve.log")).await;
-    binary.wait_listening().await;
+    let (mut binary, listen, config) = serve(dir.path(), dir.path(), "", &target).await;
     let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
     let before = wx.seal(&text_xml("before the deletion"));
     assert_eq!(
@@ -276,14 +246,14 @@ async fn a_deleted_store_file_refuses_callbacks_and_turns_readyz_503() {
         (200, "success".to_owned())
     );
     target.wait_for(1).await;
-    assert_eq!(readyz(admin).await, (200, "ready\n".to_owned()));
+    assert_eq!(readyz(&config).await, (200, "ready\n".to_owned()));
 
     let db = dir.path().join("fanout.db");
     std::fs::remove_file(&db).unwrap();
     let after = wx.seal(&text_xml("after the deletion"));
     let (status, text) = post_to_binary(listen, &after).await;
     assert_eq!(status, 503, "{text}\n{}", binary.log());
-    let (status, text) = readyz(admin).await;
+    let (status, text) = readyz(&config).await;
     assert_eq!(status, 503, "{text}");
     assert!(text.contains(&db.display().to_string()), "{text}");
     let log = binary

@@ -7,26 +7,32 @@
 //! a target that was fine.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, params};
 use wechat_fanout::config::Mode;
 use wechat_fanout::wechat::Kind;
 
-use crate::operate::{post_to_binary, write_binary_config};
+use crate::operate::{get_admin_of_binary, post_to_binary, write_binary_config};
 use crate::support::scrape::Scrape;
 use crate::support::{
     Binary, DEAD, Target, WAIT, Wx, callbacks, eventually, free_addr, jobs, settle, text_xml,
 };
 
-/// The admin address a config file written by [`write_binary_config`] names.
-fn admin_of(config: &std::path::Path) -> SocketAddr {
-    let text = std::fs::read_to_string(config).expect("read the config");
-    let config: toml::Value = toml::from_str(&text).expect("the config parses");
-    config["admin"]["listen"]
-        .as_str()
-        .expect("admin.listen")
-        .parse()
-        .expect("an address")
+/// The real binary with one safe-mode account whose only target is `target` (with `extra`
+/// keys), its store in `dir`: it, its WeChat port and its config file.
+async fn serve(dir: &Path, target: &Target, extra: &str) -> (Binary, SocketAddr, PathBuf) {
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
+    let listen = free_addr();
+    let accounts = format!(
+        "{}{}",
+        wx.account("main", ""),
+        Wx::target("t", &target.url("/hook"), extra)
+    );
+    let config = write_binary_config(dir, listen, &accounts);
+    let mut binary = Binary::serve(&config, listen, &dir.join("serve.log")).await;
+    binary.wait_listening().await;
+    (binary, listen, config)
 }
 
 /// A validly signed callback with 10 KiB more of query (`server.max_query_bytes` is 4096 by
@@ -35,17 +41,9 @@ fn admin_of(config: &std::path::Path) -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callback_with_a_10_kib_query_gets_414_and_is_neither_stored_nor_delivered() {
     let target = Target::start(200).await;
-    let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
     let dir = tempfile::tempdir().unwrap();
-    let listen = free_addr();
-    let accounts = format!(
-        "{}{}",
-        wx.account("main", ""),
-        Wx::target("t", &target.url("/hook"), "")
-    );
-    let config = write_binary_config(dir.path(), listen, &accounts);
-    let mut binary = Binary::serve(&config, listen, &dir.path().join("serve.log")).await;
-    binary.wait_listening().await;
+    let (mut binary, listen, config) = serve(dir.path(), &target, "").await;
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
 
     let mut long = wx.seal(&text_xml("a query that no target could be sent"));
     long.query = format!("{}&pad={}", long.query, "a".repeat(10 * 1024));
@@ -70,12 +68,8 @@ async fn a_callback_with_a_10_kib_query_gets_414_and_is_neither_stored_nor_deliv
         })
         .await;
     assert!(log.contains("rejected"), "{log}");
-    let metrics = reqwest::get(format!("http://{}/metrics", admin_of(&config)))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
+    let (status, metrics) = get_admin_of_binary(&config, "/metrics").await;
+    assert_eq!(status, 200, "{metrics}");
     let scrape = Scrape::parse(&metrics);
     assert_eq!(
         scrape.value(
@@ -89,7 +83,7 @@ async fn a_callback_with_a_10_kib_query_gets_414_and_is_neither_stored_nor_deliv
 
 /// Stores a callback for `main`/`t` the way an older version did, with `query` as it came,
 /// and its job due now, straight into the proxy's SQLite file.
-fn store_legacy_callback(db: &std::path::Path, n: usize, query: &str) {
+fn store_legacy_callback(db: &Path, n: usize, query: &str) {
     let conn = Connection::open(db).unwrap();
     conn.busy_timeout(WAIT).unwrap();
     conn.execute(
@@ -114,17 +108,9 @@ const PAUSED: &str = "pausing its deliveries";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_of_one_request_never_open_the_targets_breaker_but_target_failures_do() {
     let target = Target::start(200).await;
-    let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
     let dir = tempfile::tempdir().unwrap();
-    let listen = free_addr();
-    let accounts = format!(
-        "{}{}",
-        wx.account("main", ""),
-        Wx::target("t", &target.url("/hook"), "max_attempts = 1")
-    );
-    let config = write_binary_config(dir.path(), listen, &accounts);
-    let mut binary = Binary::serve(&config, listen, &dir.path().join("serve.log")).await;
-    binary.wait_listening().await;
+    let (mut binary, listen, _) = serve(dir.path(), &target, "max_attempts = 1").await;
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
     let db = dir.path().join("fanout.db");
 
     let too_long = "a".repeat(70_000);
