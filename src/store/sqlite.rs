@@ -39,8 +39,8 @@ use crate::config::Synchronous;
 const MAX_BATCH: usize = 1024;
 /// Commands waiting for the writer; senders wait when it is full (backpressure on ingress).
 const QUEUE: usize = 8192;
-/// Commits failed in a row after which readiness says 503 until one succeeds (its own probe's
-/// included): the disk just refused real writes.
+/// Commits failed in a row after which readiness says 503 once more even if its own probe
+/// succeeds (which resets the count): the disk just refused real writes.
 const NOT_READY_AFTER: u32 = 3;
 /// The probe's row by default: the default largest body (`server.max_body_bytes`) and query
 /// (`server.max_query_bytes`).
@@ -603,6 +603,17 @@ impl Writer {
         done: &mut Vec<Done>,
         probes: &mut Vec<(Readiness, Reply<()>)>,
     ) -> Result<(), String> {
+        if batch
+            .iter()
+            .all(|command| matches!(command, Command::Probe(..)))
+        {
+            // Nothing to commit: the probe's own transaction is all there is to wait for.
+            probes.extend(batch.drain(..).filter_map(|command| match command {
+                Command::Probe(readiness, reply) => Some((readiness, reply)),
+                _ => None,
+            }));
+            return Ok(());
+        }
         let began = self.conn.execute_batch("BEGIN IMMEDIATE");
         let changes = self.conn.total_changes();
         let mut failure = began.err().map(|e| e.to_string());
@@ -708,9 +719,10 @@ impl Writer {
                 ));
             }
         }
+        // Real commits that failed in a row (the probe's own failures are not counted: they
+        // answer 503 by themselves). Its success resets them, so the next answer can be 200.
         let failed_before = self.failed_in_a_row;
         if let Err(e) = self.write_probe(readiness.probe_bytes) {
-            self.failed(&e);
             return Err(format!(
                 "a test write of {} bytes failed: {e}",
                 readiness.probe_bytes
@@ -728,7 +740,7 @@ impl Writer {
 
     /// Writes and deletes a row of `bytes` in a transaction of its own: as much new data as
     /// the largest callback, so it fails when the disk could not take that callback.
-    fn write_probe(&mut self, bytes: usize) -> Result<(), String> {
+    fn write_probe(&self, bytes: usize) -> Result<(), String> {
         let conn = &self.conn;
         let result = (|| -> rusqlite::Result<()> {
             conn.execute_batch("BEGIN IMMEDIATE")?;

@@ -1,5 +1,5 @@
-//! The store's disk fails under the running binary: it fills up, runs low on space, or the
-//! SQLite file is deleted. Whatever happens, no callback is answered 200 unless it is durably
+//! The store's disk fails under the running binary (and, for the details of readiness, under
+//! the store alone): it fills up, runs low on space, or the SQLite file is deleted. Whatever happens, no callback is answered 200 unless it is durably
 //! stored, `/readyz` says 503 while a real callback could not be stored (so a load balancer
 //! sends WeChat elsewhere), and what was delivered meanwhile is recorded once the disk is back.
 //!
@@ -10,9 +10,14 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
-use wechat_fanout::config::Mode;
+use bytes::Bytes;
+use wechat_fanout::config::{Mode, Synchronous};
+use wechat_fanout::store::{
+    Accepted, NewCallback, NewJob, Readiness, Replay, SqliteStore, Store as _,
+};
 use wechat_fanout::wechat::Kind;
 
 use crate::operate::{get_admin_of_binary, post_to_binary, write_binary_config};
@@ -263,4 +268,60 @@ async fn a_deleted_store_file_refuses_callbacks_and_turns_readyz_503() {
         })
         .await;
     assert!(!log.contains("panicked"), "{log}");
+}
+
+/// A callback for account `main` with one job for `t`, as ingress hands it to the store.
+fn new_callback(dedupe_key: &str) -> NewCallback {
+    NewCallback {
+        account: Arc::from("main"),
+        dedupe_key: dedupe_key.to_owned(),
+        received_at_ms: 1_000,
+        msg_type: Some("text".into()),
+        event: None,
+        request: Arc::new(Replay {
+            query: "signature=abc&timestamp=1&nonce=2".into(),
+            content_type: Some("text/xml".into()),
+            body: Bytes::from(format!("<xml><MsgId>{dedupe_key}</MsgId></xml>")),
+        }),
+        jobs: vec![NewJob {
+            target: Arc::from("t"),
+            leased: false,
+        }],
+    }
+}
+
+/// The store itself on a full disk: three callbacks fail to commit, and readiness fails with
+/// its own test write. Once space is back, readiness reports the failed commits once more
+/// (its test write succeeds and resets them), then says ready, and callbacks commit again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_commits_fail_in_a_row_readiness_says_so_once_more_then_recovers() {
+    let disk = Tmpfs::mount("2m");
+    let store = SqliteStore::open(&disk.path().join("store.db"), Synchronous::Full)
+        .unwrap()
+        .with_readiness(Readiness {
+            min_free_bytes: 0,
+            probe_bytes: 8192,
+        });
+    store.check_writable().await.unwrap();
+    let filler = disk.fill("filler");
+    for n in 0..3 {
+        let refused = store.accept(new_callback(&format!("full-{n}"))).await;
+        let error = refused.expect_err("no callback commits on a full disk");
+        assert!(error.to_string().contains("full"), "{error}");
+    }
+    let not_ready = store.check_writable().await.unwrap_err().to_string();
+    assert!(
+        not_ready.contains("a test write of 8192 bytes failed"),
+        "{not_ready}"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let once_more = store.check_writable().await.unwrap_err().to_string();
+    assert!(
+        once_more.contains("the last 3 commits failed"),
+        "{once_more}"
+    );
+    store.check_writable().await.unwrap();
+    let stored = store.accept(new_callback("full-0")).await.unwrap();
+    assert!(matches!(stored, Accepted::New { .. }), "{stored:?}");
 }
