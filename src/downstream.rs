@@ -37,7 +37,7 @@ pub const ACCOUNT_HEADER: &str = "x-wechat-fanout-account";
 
 /// A target's answer body is read up to this size (a passive reply is a few KiB at most).
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
-/// How long after a failed record of an outcome it is tried again, doubling up to the second.
+/// How long after a failed record of an outcome it is tried again, doubling up to the maximum.
 const RECORD_RETRY_FIRST: Duration = Duration::from_millis(100);
 const RECORD_RETRY_MAX: Duration = Duration::from_secs(5);
 const USER_AGENT_VALUE: &str = concat!("wechat-fanout/", env!("CARGO_PKG_VERSION"));
@@ -208,13 +208,14 @@ impl Downstream {
         let now = now_ms();
         let report = attempt.report(target, job, now);
         let disposition = report.disposition;
-        let tripped = (!attempt.request_fault)
-            .then(|| {
-                target
-                    .breaker
-                    .record(attempt.verdict, now, &target.settings)
-            })
-            .flatten();
+        // A failure of this one request says nothing about the target: its breaker never sees it.
+        let tripped = if attempt.request_fault {
+            None
+        } else {
+            target
+                .breaker
+                .record(attempt.verdict, now, &target.settings)
+        };
         if let Some(cool_down) = tripped {
             tracing::warn!(
                 account = &*target.key.account,
