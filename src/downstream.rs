@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use crate::metrics::Metrics;
 use crate::retry::{self, Verdict};
-use crate::store::{AttemptReport, Disposition, Job, Store};
+use crate::store::{AttemptReport, Disposition, Job, Recorded, Store};
 use crate::targets::Target;
 use crate::telemetry::event_at;
 
@@ -205,7 +205,7 @@ impl Downstream {
         }
         let result = match disposition {
             Disposition::Delivered => "delivered",
-            Disposition::RetryAt(_) => "retry",
+            Disposition::RetryIn(_) => "retry",
             Disposition::Dead => "dead",
         };
         let elapsed = attempt.elapsed;
@@ -231,8 +231,19 @@ impl Downstream {
         );
         self.metrics
             .attempt(account, name, result, elapsed.as_secs_f64());
-        if let Err(e) = store.record(report).await {
-            tracing::error!(delivery = job.id, error = %e, "could not record an attempt; it will be sent again after a restart");
+        match store.record(report).await {
+            Ok(Recorded::Applied) => {}
+            Ok(Recorded::LeaseLost) => tracing::warn!(
+                account,
+                target = name,
+                delivery = job.id,
+                outcome = result,
+                "the job's lease expired during the attempt and another attempt owns it now; \
+                 this outcome was not recorded"
+            ),
+            Err(e) => {
+                tracing::error!(delivery = job.id, error = %e, "could not record an attempt; it will be sent again after its lease expires or after a restart")
+            }
         }
         disposition
     }
@@ -242,7 +253,9 @@ impl Attempt {
     /// What the store should record for this attempt of `job`.
     pub fn report(&self, target: &Target, job: &Job, now_ms: i64) -> AttemptReport {
         AttemptReport {
+            key: job.key.clone(),
             job: job.id,
+            lease: job.lease,
             attempt: job.attempts + 1,
             at_ms: now_ms,
             status: self.status,
@@ -251,7 +264,6 @@ impl Attempt {
                 &target.settings,
                 job.attempt_in_round(),
                 self.verdict,
-                now_ms,
                 rand::random(),
             ),
         }
