@@ -22,6 +22,9 @@ pub enum Rejection {
     BodyTimeout,
     #[error("reading the body failed: {0}")]
     Body(String),
+    /// A header that could not be forwarded exactly as received.
+    #[error("{0}")]
+    ContentType(&'static str),
     #[error("timestamp outside the allowed window")]
     StaleTimestamp,
     #[error("{0}")]
@@ -43,7 +46,7 @@ impl Rejection {
             Rejection::Method => StatusCode::METHOD_NOT_ALLOWED,
             Rejection::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Rejection::Body(_) => StatusCode::BAD_REQUEST,
+            Rejection::Body(_) | Rejection::ContentType(_) => StatusCode::BAD_REQUEST,
             Rejection::StaleTimestamp => StatusCode::UNAUTHORIZED,
             Rejection::Verify(e) if e.is_unauthorized() => StatusCode::UNAUTHORIZED,
             Rejection::Verify(_) => StatusCode::BAD_REQUEST,
@@ -70,6 +73,7 @@ impl Rejection {
             Rejection::TooLarge(_) => "too_large",
             Rejection::BodyTimeout => "body_timeout",
             Rejection::Body(_) => "body",
+            Rejection::ContentType(_) => "bad_content_type",
             Rejection::StaleTimestamp => "stale_timestamp",
             Rejection::Verify(e) => e.reason(),
             Rejection::Store(_) => "store",

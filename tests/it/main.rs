@@ -15,5 +15,6 @@ mod cli;
 mod delivery;
 mod ingress;
 mod operate;
+mod refusals;
 mod reply;
 mod restart;
