@@ -27,9 +27,11 @@ pub enum Rejection {
     ContentType(&'static str),
     #[error("timestamp outside the allowed window")]
     StaleTimestamp,
-    #[error("{0}")]
+    // Transparent: the message is the inner one, and so is the source, so a chain printer
+    // (`{:#}`) does not print the cause twice.
+    #[error(transparent)]
     Verify(#[from] VerifyError),
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
     /// The store did not answer before WeChat would give up; the callback may still be stored
     /// (its resend then gets the stored answer).
@@ -79,6 +81,36 @@ impl Rejection {
             Rejection::Store(_) => "store",
             Rejection::StoreTooSlow => "store_too_slow",
             Rejection::Internal => "internal",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wechat::{CryptoError, Envelope};
+
+    /// Each cause appears once when the whole chain is printed, as `main` prints errors.
+    #[test]
+    fn a_printed_chain_names_each_cause_once() {
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let envelope = Envelope::parse(b"<xml><a>&x;</a></xml>").unwrap_err();
+        for (rejection, cause) in [
+            (
+                Rejection::Store(StoreError::Io(denied)),
+                "permission denied",
+            ),
+            (
+                Rejection::Verify(VerifyError::Crypto(CryptoError::Padding)),
+                "invalid PKCS#7 padding",
+            ),
+            (
+                Rejection::Verify(VerifyError::Envelope(envelope)),
+                "unknown XML entity &x;",
+            ),
+        ] {
+            let chain = format!("{:#}", anyhow::Error::from(rejection));
+            assert_eq!(chain.matches(cause).count(), 1, "{chain}");
         }
     }
 }

@@ -206,10 +206,18 @@ pub enum VerifyError {
     MsgSignature,
     #[error("the account is in safe mode but the body is not encrypted")]
     NotEncrypted,
+    // The message names the cause, so the cause is not also the source (a chain printer would
+    // print it twice).
     #[error("decryption failed: {0}")]
-    Crypto(#[from] CryptoError),
-    #[error("{0}")]
+    Crypto(CryptoError),
+    #[error(transparent)]
     Envelope(#[from] EnvelopeError),
+}
+
+impl From<CryptoError> for VerifyError {
+    fn from(e: CryptoError) -> VerifyError {
+        VerifyError::Crypto(e)
+    }
 }
 
 impl VerifyError {
