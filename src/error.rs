@@ -7,6 +7,7 @@
 use http::StatusCode;
 use tracing::Level;
 
+use crate::escape::Excerpt;
 use crate::store::StoreError;
 use crate::wechat::VerifyError;
 
@@ -21,7 +22,7 @@ pub enum Rejection {
     #[error("body not received in time")]
     BodyTimeout,
     #[error("reading the body failed: {0}")]
-    Body(String),
+    Body(Excerpt),
     /// A header that could not be forwarded exactly as received.
     #[error("{0}")]
     ContentType(&'static str),

@@ -10,6 +10,9 @@
 
 use std::fmt;
 
+/// How much of a message that may quote a caller (a parser's, a connection's) an error keeps.
+pub const MESSAGE_EXCERPT: usize = 80;
+
 /// Characters never written as themselves: C0 and C1 controls (newlines and terminal escapes
 /// among them), the Unicode line and paragraph separators, and the bidi controls that change the
 /// order in which a line is displayed.

@@ -16,12 +16,10 @@ use quick_xml::Reader;
 use quick_xml::events::Event;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 
-use crate::escape::Excerpt;
+use crate::escape::{Excerpt, MESSAGE_EXCERPT};
 
 /// How much of an unknown entity's name an error quotes.
 const ENTITY_EXCERPT: usize = 24;
-/// How much of a parser's message (which may quote the body) an error quotes.
-const PARSER_EXCERPT: usize = 80;
 
 /// How a body is encoded. WeChat official accounts and WeCom use XML; mini programs may use JSON.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -228,7 +226,7 @@ impl Envelope {
         let mut de = serde_json::Deserializer::from_slice(body);
         de.deserialize_map(JsonEnvelope)
             .and_then(|envelope| de.end().map(|()| envelope))
-            .map_err(|e| EnvelopeError::Json(Excerpt::new(&e.to_string(), PARSER_EXCERPT)))?
+            .map_err(|e| EnvelopeError::Json(Excerpt::new(&e.to_string(), MESSAGE_EXCERPT)))?
     }
 
     /// Is this an event named `name`? Event names differ in case on the wire (`SCAN`, `subscribe`),
@@ -270,7 +268,7 @@ impl Envelope {
 }
 
 fn xml_error(message: &str) -> EnvelopeError {
-    EnvelopeError::Xml(Excerpt::new(message, PARSER_EXCERPT))
+    EnvelopeError::Xml(Excerpt::new(message, MESSAGE_EXCERPT))
 }
 
 fn entity_error(name: &[u8]) -> EnvelopeError {
