@@ -83,7 +83,8 @@ fn with(sealed: &SealedRequest, query: Option<String>, body: Option<String>) -> 
 /// `Encrypt`, and quotes a short, escaped excerpt of what it could not parse; a validly signed
 /// plaintext callback (its signature does not cover the body) carries the forged line in its
 /// `MsgId`, which the callback's log line escapes; an unknown account's path carries a NEL and a
-/// bidi override. No line of the log is the forged one, every line is the proxy's own, and each
+/// bidi override; a query that does not parse and a method of the caller's own are refused
+/// without quoting either. No line of the log is the forged one, every line is the proxy's own, and each
 /// answer quotes at most a short excerpt with its newline escaped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caller_bytes_never_forge_a_log_line_in_either_log_format() {
@@ -137,9 +138,23 @@ async fn caller_bytes_never_forge_a_log_line_in_either_log_format() {
         let (status, _) = raw_http(listen, request.as_bytes()).await;
         assert_eq!(status, 404, "{format}");
 
+        // A query that does not parse, with the forged line percent-encoded in a value, and a
+        // method of the caller's choosing: the answers and log lines quote neither.
+        let encoded = FORGED_LINE.replace(' ', "%20").replace('"', "%22");
+        let query = format!("signature=%0A{encoded}&signature=x");
+        let (status, text) = post_to_binary(listen, &with(&sealed, Some(query), None)).await;
+        assert_eq!(
+            (status, text.as_str()),
+            (400, "malformed query string: a parameter appears twice\n"),
+            "{format}"
+        );
+        let request = "FORGED /wechat/main HTTP/1.1\r\nHost: wx\r\nConnection: close\r\n\r\n";
+        let (status, _) = raw_http(listen, request.as_bytes()).await;
+        assert_eq!(status, 405, "{format}");
+
         let text = binary
-            .wait_log("the four probes", |log| {
-                log.matches("rejected").count() >= 3 && log.contains("outcome")
+            .wait_log("the six probes", |log| {
+                log.matches("rejected").count() >= 5 && log.contains("outcome")
             })
             .await;
         for line in text.lines() {
