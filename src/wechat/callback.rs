@@ -16,7 +16,7 @@
 //!
 //! Where the mode allows it (plaintext, and compatible mode, which may carry a clear body), the
 //! query's `signature` is checked before the body is parsed: an unsigned request never gets its
-//! body read. Safe mode and WeCom must read `Encrypt` out of the body before `msg_signature`
+//! body looked at. Safe mode and WeCom must read `Encrypt` out of the body before `msg_signature`
 //! can be checked.
 
 use std::borrow::Cow;
@@ -273,10 +273,7 @@ pub fn verify_url(
     match credentials.kind {
         Kind::OfficialAccount | Kind::MiniProgram => {
             // echostr is plain and unsigned in all three modes.
-            let provided = CallbackQuery::require(&query.signature, "signature")?;
-            if !signature(&credentials.token, timestamp, nonce).matches(provided) {
-                return Err(VerifyError::Signature);
-            }
+            check_signature(credentials, query)?;
             Ok(echostr.as_bytes().to_vec())
         }
         Kind::WeCom => {
@@ -293,6 +290,20 @@ pub fn verify_url(
     }
 }
 
+/// Checks the query's `signature`: `sha1(sorted(token, timestamp, nonce))`.
+fn check_signature(
+    credentials: &Credentials,
+    query: &CallbackQuery<'_>,
+) -> Result<(), VerifyError> {
+    let timestamp = CallbackQuery::require(&query.timestamp, "timestamp")?;
+    let nonce = CallbackQuery::require(&query.nonce, "nonce")?;
+    let provided = CallbackQuery::require(&query.signature, "signature")?;
+    if !signature(&credentials.token, timestamp, nonce).matches(provided) {
+        return Err(VerifyError::Signature);
+    }
+    Ok(())
+}
+
 /// Verifies a POSTed callback and reads its routing fields, decrypting when the body is encrypted.
 pub fn open_callback(
     credentials: &Credentials,
@@ -304,12 +315,7 @@ pub fn open_callback(
     // Plaintext, or compatible mode (whose body may be clear): `signature` covers only the query,
     // so it is checked before the body is parsed. WeChat sends it in both modes.
     if !encrypted_only {
-        let timestamp = CallbackQuery::require(&query.timestamp, "timestamp")?;
-        let nonce = CallbackQuery::require(&query.nonce, "nonce")?;
-        let provided = CallbackQuery::require(&query.signature, "signature")?;
-        if !signature(&credentials.token, timestamp, nonce).matches(provided) {
-            return Err(VerifyError::Signature);
-        }
+        check_signature(credentials, query)?;
     }
     let outer = Envelope::parse(body)?;
     let (key, encrypt) = match (credentials.security.key(), outer.encrypt.as_deref()) {
