@@ -194,16 +194,30 @@ pub struct AttemptReport {
     pub disposition: Disposition,
 }
 
+/// The message names the cause itself, so the cause is not also its `source()`: a chain
+/// printer (`{:#}` of anyhow) would print it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
     #[error("store: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("store is closed")]
     Closed,
     #[error("store: {0}")]
     Other(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite(e)
+    }
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> StoreError {
+        StoreError::Io(e)
+    }
 }
 
 #[async_trait]
