@@ -7,6 +7,7 @@
 use http::StatusCode;
 use tracing::Level;
 
+use crate::escape::Excerpt;
 use crate::store::StoreError;
 use crate::wechat::VerifyError;
 
@@ -24,12 +25,17 @@ pub enum Rejection {
     #[error("body not received in time")]
     BodyTimeout,
     #[error("reading the body failed: {0}")]
-    Body(String),
+    Body(Excerpt),
+    /// A header that could not be forwarded exactly as received.
+    #[error("{0}")]
+    ContentType(&'static str),
     #[error("timestamp outside the allowed window")]
     StaleTimestamp,
-    #[error("{0}")]
+    // Transparent: the message is the inner one, and so is the source, so a chain printer
+    // (`{:#}`) does not print the cause twice.
+    #[error(transparent)]
     Verify(#[from] VerifyError),
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
     /// The store did not answer before WeChat would give up; the callback may still be stored
     /// (its resend then gets the stored answer).
@@ -47,7 +53,7 @@ impl Rejection {
             Rejection::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::QueryTooLong(_) => StatusCode::URI_TOO_LONG,
             Rejection::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Rejection::Body(_) => StatusCode::BAD_REQUEST,
+            Rejection::Body(_) | Rejection::ContentType(_) => StatusCode::BAD_REQUEST,
             Rejection::StaleTimestamp => StatusCode::UNAUTHORIZED,
             Rejection::Verify(e) if e.is_unauthorized() => StatusCode::UNAUTHORIZED,
             Rejection::Verify(_) => StatusCode::BAD_REQUEST,
@@ -75,11 +81,42 @@ impl Rejection {
             Rejection::QueryTooLong(_) => "query_too_long",
             Rejection::BodyTimeout => "body_timeout",
             Rejection::Body(_) => "body",
+            Rejection::ContentType(_) => "bad_content_type",
             Rejection::StaleTimestamp => "stale_timestamp",
             Rejection::Verify(e) => e.reason(),
             Rejection::Store(_) => "store",
             Rejection::StoreTooSlow => "store_too_slow",
             Rejection::Internal => "internal",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wechat::{CryptoError, Envelope};
+
+    /// Each cause appears once when the whole chain is printed, as `main` prints errors.
+    #[test]
+    fn a_printed_chain_names_each_cause_once() {
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let envelope = Envelope::parse(b"<xml><a>&x;</a></xml>").unwrap_err();
+        for (rejection, cause) in [
+            (
+                Rejection::Store(StoreError::Io(denied)),
+                "permission denied",
+            ),
+            (
+                Rejection::Verify(VerifyError::Crypto(CryptoError::Padding)),
+                "invalid PKCS#7 padding",
+            ),
+            (
+                Rejection::Verify(VerifyError::Envelope(envelope)),
+                "unknown XML entity &x;",
+            ),
+        ] {
+            let chain = format!("{:#}", anyhow::Error::from(rejection));
+            assert_eq!(chain.matches(cause).count(), 1, "{chain}");
         }
     }
 }

@@ -11,7 +11,8 @@
 //! - [`ingress`]: the WeChat-facing server: verify, buffer, persist, answer in time.
 //! - [`delivery`]: one worker per target: lease due jobs, send, record.
 //! - [`admin`]: health, readiness, metrics, dead letters, on a separate port; [`metrics`].
-//! - [`error`], [`shutdown`], [`telemetry`]: rejection mapping, signals, logging.
+//! - [`error`], [`shutdown`], [`telemetry`]: rejection mapping, signals, logging; [`escape`]:
+//!   caller text made safe for a log line or an error message.
 //! - [`cli`], [`admin_client`], [`simulate`]: the commands besides `serve`.
 //!
 //! `ingress` and `delivery` never import each other: the stored job is their shared vocabulary.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod delivery;
 pub mod downstream;
 pub mod error;
+pub mod escape;
 pub mod ingress;
 pub mod metrics;
 pub mod retry;

@@ -752,20 +752,40 @@ fn query_value() -> impl Strategy<Value = String> {
     prop_oneof![any::<String>(), "[a-z0-9+/=%& ]{0,12}"]
 }
 
-/// `(raw query, the values it encodes, which parameter it repeats)`: the known parameters
-/// percent-encoded (`+` sometimes left raw, an empty value sometimes without `=`), unknown
-/// parameters and empty pairs among them, all in any order.
-fn encoded_query() -> impl Strategy<Value = (String, [Option<String>; 7], Option<usize>)> {
+/// One of WeChat's parameter names spelled so that some target's parser reads it as that name:
+/// percent-encoded, upper case (ASP.NET), with PHP's mangling, or behind a `;`.
+fn disguised(name: &str, how: usize) -> String {
+    let (first, rest) = name.split_at(1);
+    match how {
+        0 => format!("%{:02X}{rest}", first.as_bytes()[0]),
+        1 => name.to_ascii_uppercase(),
+        2 => format!("+{name}"),
+        3 => format!("{name}[]"),
+        4 if name.contains('_') => name.replace('_', "."),
+        4 => format!("%20{name}"),
+        _ => format!("x=1;{name}"),
+    }
+}
+
+/// `(raw query, the values it encodes, which parameter it repeats, whether it also carries a
+/// disguised spelling of one)`: the known parameters percent-encoded (`+` sometimes left raw, an
+/// empty value sometimes without `=`), unknown parameters (names nobody reads as WeChat's) and
+/// empty pairs among them, all in any order.
+fn encoded_query() -> impl Strategy<Value = (String, [Option<String>; 7], Option<usize>, bool)> {
     (
         proptest::array::uniform7(proptest::option::of(query_value())),
         vec(
-            "(x|Signature|nonce\\[\\]|msg_signature_|)(=[a-z0-9%+]{0,6})?",
+            "(x|signatures|nonce-x|sign\\+ature|msg_signature_|)(=[a-z0-9%+]{0,6})?",
             0..4,
         ),
         any::<bool>(),
         proptest::option::of(0usize..7),
+        proptest::option::of((0usize..7, 0usize..6)),
     )
-        .prop_flat_map(|(values, mut pairs, raw_plus, repeated)| {
+        .prop_flat_map(|(values, mut pairs, raw_plus, repeated, disguise)| {
+            if let Some((i, how)) = disguise {
+                pairs.push(format!("{}=v", disguised(PARAMETERS[i], how)));
+            }
             for (name, value) in PARAMETERS.iter().zip(&values) {
                 let Some(value) = value else { continue };
                 let mut encoded: String = utf8_percent_encode(value, NON_ALPHANUMERIC).collect();
@@ -782,9 +802,16 @@ fn encoded_query() -> impl Strategy<Value = (String, [Option<String>; 7], Option
                 pairs.push(format!("{}=", PARAMETERS[i]));
                 pairs.push(format!("{}=again", PARAMETERS[i]));
             }
-            (Just(pairs).prop_shuffle(), Just(values), Just(repeated))
+            (
+                Just(pairs).prop_shuffle(),
+                Just(values),
+                Just(repeated),
+                Just(disguise.is_some()),
+            )
         })
-        .prop_map(|(pairs, values, repeated)| (pairs.join("&"), values, repeated))
+        .prop_map(|(pairs, values, repeated, disguised)| {
+            (pairs.join("&"), values, repeated, disguised)
+        })
 }
 
 fn sha1_hex_of_sorted(parts: &mut [&str]) -> String {
@@ -799,10 +826,16 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     /// What was percent-encoded is read back, whatever the order and the company; a known
-    /// parameter given twice is refused.
+    /// parameter given twice, or spelled in a way some parser reads as it, is refused.
     #[test]
-    fn query_parser_reads_back_what_was_encoded((raw, values, repeated) in encoded_query()) {
+    fn query_parser_reads_back_what_was_encoded(
+        (raw, values, repeated, disguised) in encoded_query()
+    ) {
         let parsed = CallbackQuery::parse(&raw);
+        if disguised {
+            prop_assert!(matches!(parsed, Err(VerifyError::BadQuery(_))), "{}", raw);
+            return Ok(());
+        }
         match repeated {
             Some(_) => {
                 let refused = Err(VerifyError::BadQuery("a parameter appears twice"));

@@ -263,6 +263,8 @@ start_proxy() { # $1: mode (plaintext|safe); $2: run folder
     cat >"$dir/fanout.toml" <<EOF
 [server]
 listen = "127.0.0.1:$P_PROXY"
+# The corpus is built once with fixed timestamps (benches/load/corpus.rs).
+max_timestamp_skew_secs = 0
 [admin]
 listen = "127.0.0.1:$P_ADMIN"
 [log]

@@ -10,6 +10,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
 use crate::error::Rejection;
+use crate::escape::{Excerpt, MESSAGE_EXCERPT};
 
 pub(super) async fn read(
     body: Incoming,
@@ -25,7 +26,10 @@ pub(super) async fn read(
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
             Err(Rejection::TooLarge(max))
         }
-        Ok(Err(e)) => Err(Rejection::Body(e.to_string())),
+        Ok(Err(e)) => Err(Rejection::Body(Excerpt::new(
+            &e.to_string(),
+            MESSAGE_EXCERPT,
+        ))),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
     }
 }

@@ -265,18 +265,38 @@ pub enum Recorded {
     LeaseLost,
 }
 
+/// The message names the cause itself, so the cause is not also its `source()`: a chain
+/// printer (`{:#}` of anyhow) would print it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
     #[error("store: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("store: {0}")]
-    Redis(#[from] ::redis::RedisError),
+    Redis(::redis::RedisError),
     #[error("store is closed")]
     Closed,
     #[error("store: {0}")]
     Other(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite(e)
+    }
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> StoreError {
+        StoreError::Io(e)
+    }
+}
+
+impl From<::redis::RedisError> for StoreError {
+    fn from(e: ::redis::RedisError) -> StoreError {
+        StoreError::Redis(e)
+    }
 }
 
 #[async_trait]

@@ -10,7 +10,14 @@
 //!   `signature`; WeCom signs and encrypts `echostr` and wants its plaintext back.
 //!
 //! Query values are percent-decoded but `+` stays `+`: base64 travels in the query, and turning
-//! `+` into a space breaks it (pitfall 5). The proxy replays the raw query string, not this parse.
+//! `+` into a space breaks it (pitfall 5). The proxy replays the raw query string, not this parse,
+//! so a parameter name that a target's parser could read as one of WeChat's is refused unless it
+//! is spelled plainly (see [`CallbackQuery::parse`]).
+//!
+//! Where the mode allows it (plaintext, and compatible mode, which may carry a clear body), the
+//! query's `signature` is checked before the body is parsed: an unsigned request never gets its
+//! body looked at. Safe mode and WeCom must read `Encrypt` out of the body before `msg_signature`
+//! can be checked.
 
 use std::borrow::Cow;
 
@@ -94,11 +101,23 @@ pub struct CallbackQuery<'a> {
 
 impl<'a> CallbackQuery<'a> {
     /// Parses a raw query string (without `?`). A parameter given twice is refused: the proxy and a
-    /// downstream SDK could otherwise read different values.
+    /// downstream SDK could otherwise read different values. So is any other spelling of one of
+    /// WeChat's parameter names (WeChat writes them plainly), because the proxy replays the raw
+    /// query and a target's parser reads names its own way: see [`reads_as_wechat_parameter`].
     pub fn parse(raw: &'a str) -> Result<CallbackQuery<'a>, VerifyError> {
         let mut query = CallbackQuery::default();
         for pair in raw.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            // Some parsers also split on `;` (older Python and Go): `x=1;signature=…` would
+            // give them a second signature.
+            if pair.split(';').skip(1).any(|piece| {
+                let name = piece.split_once('=').map_or(piece, |(name, _)| name);
+                reads_as_wechat_parameter(name)
+            }) {
+                return Err(VerifyError::BadQuery(
+                    "a WeChat parameter follows a `;` (some parsers split there)",
+                ));
+            }
             let slot = match key {
                 "signature" => &mut query.signature,
                 "msg_signature" => &mut query.msg_signature,
@@ -107,6 +126,11 @@ impl<'a> CallbackQuery<'a> {
                 "echostr" => &mut query.echostr,
                 "encrypt_type" => &mut query.encrypt_type,
                 "openid" => &mut query.openid,
+                _ if reads_as_wechat_parameter(key) => {
+                    return Err(VerifyError::BadQuery(
+                        "a WeChat parameter name is encoded or spelled differently",
+                    ));
+                }
                 _ => continue,
             };
             if slot.is_some() {
@@ -128,6 +152,47 @@ impl<'a> CallbackQuery<'a> {
     }
 }
 
+/// The query parameters WeChat sends, spelled as it spells them.
+const WECHAT_PARAMETERS: [&str; 7] = [
+    "signature",
+    "msg_signature",
+    "timestamp",
+    "nonce",
+    "echostr",
+    "encrypt_type",
+    "openid",
+];
+
+/// Could a target's query parser take `name` (as written in the query) for one of WeChat's
+/// parameters? Names are read as form parsers read them: `+` is a space (as in
+/// `application/x-www-form-urlencoded`; unlike values, where the proxy keeps `+` for base64),
+/// then `%XX` is decoded; ASP.NET compares names ignoring case; PHP drops leading spaces, turns
+/// spaces, dots and an unmatched `[` into `_`, and files `name[…]` under `name`. So
+/// `%73ignature`, `Signature`, `+signature`, `msg.signature` and `signature[]` all count, while
+/// `sign+ature` (`sign ature`) names nothing of WeChat's.
+fn reads_as_wechat_parameter(name: &str) -> bool {
+    // The common case, an ordinary name: lower-case letters, digits, `_`, `-` are read as such.
+    if name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    {
+        return WECHAT_PARAMETERS.contains(&name);
+    }
+    let spaced = name.replace('+', " ");
+    let decoded = percent_decode_str(&spaced)
+        .decode_utf8_lossy()
+        .to_ascii_lowercase();
+    let trimmed = decoded.trim_start_matches(' ');
+    let array = trimmed.split('[').next().unwrap_or_default();
+    let mangled: String = trimmed
+        .chars()
+        .map(|c| if matches!(c, ' ' | '.' | '[') { '_' } else { c })
+        .collect();
+    [trimmed, array, mangled.as_str()]
+        .iter()
+        .any(|candidate| WECHAT_PARAMETERS.contains(candidate))
+}
+
 /// Why a callback or handshake was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
@@ -141,10 +206,18 @@ pub enum VerifyError {
     MsgSignature,
     #[error("the account is in safe mode but the body is not encrypted")]
     NotEncrypted,
+    // The message names the cause, so the cause is not also the source (a chain printer would
+    // print it twice).
     #[error("decryption failed: {0}")]
-    Crypto(#[from] CryptoError),
-    #[error("{0}")]
+    Crypto(CryptoError),
+    #[error(transparent)]
     Envelope(#[from] EnvelopeError),
+}
+
+impl From<CryptoError> for VerifyError {
+    fn from(e: CryptoError) -> VerifyError {
+        VerifyError::Crypto(e)
+    }
 }
 
 impl VerifyError {
@@ -200,10 +273,7 @@ pub fn verify_url(
     match credentials.kind {
         Kind::OfficialAccount | Kind::MiniProgram => {
             // echostr is plain and unsigned in all three modes.
-            let provided = CallbackQuery::require(&query.signature, "signature")?;
-            if !signature(&credentials.token, timestamp, nonce).matches(provided) {
-                return Err(VerifyError::Signature);
-            }
+            check_signature(credentials, query)?;
             Ok(echostr.as_bytes().to_vec())
         }
         Kind::WeCom => {
@@ -220,27 +290,41 @@ pub fn verify_url(
     }
 }
 
+/// Checks the query's `signature`: `sha1(sorted(token, timestamp, nonce))`.
+fn check_signature(
+    credentials: &Credentials,
+    query: &CallbackQuery<'_>,
+) -> Result<(), VerifyError> {
+    let timestamp = CallbackQuery::require(&query.timestamp, "timestamp")?;
+    let nonce = CallbackQuery::require(&query.nonce, "nonce")?;
+    let provided = CallbackQuery::require(&query.signature, "signature")?;
+    if !signature(&credentials.token, timestamp, nonce).matches(provided) {
+        return Err(VerifyError::Signature);
+    }
+    Ok(())
+}
+
 /// Verifies a POSTed callback and reads its routing fields, decrypting when the body is encrypted.
 pub fn open_callback(
     credentials: &Credentials,
     query: &CallbackQuery<'_>,
     body: &[u8],
 ) -> Result<Opened, VerifyError> {
-    let outer = Envelope::parse(body)?;
     let encrypted_only =
         matches!(credentials.security, Security::Safe(_)) || credentials.kind == Kind::WeCom;
+    // Plaintext, or compatible mode (whose body may be clear): `signature` covers only the query,
+    // so it is checked before the body is parsed. WeChat sends it in both modes.
+    if !encrypted_only {
+        check_signature(credentials, query)?;
+    }
+    let outer = Envelope::parse(body)?;
     let (key, encrypt) = match (credentials.security.key(), outer.encrypt.as_deref()) {
         (Some(key), Some(encrypt)) => (key, encrypt),
         (Some(_), None) if encrypted_only => return Err(VerifyError::NotEncrypted),
         (None, _) if credentials.kind == Kind::WeCom => return Err(VerifyError::NotEncrypted),
-        // Plaintext mode, or a clear body in compatible mode: `signature` is all there is.
+        // Plaintext mode, or a clear body in compatible mode: `signature` (checked above) is all
+        // there is.
         _ => {
-            let timestamp = CallbackQuery::require(&query.timestamp, "timestamp")?;
-            let nonce = CallbackQuery::require(&query.nonce, "nonce")?;
-            let provided = CallbackQuery::require(&query.signature, "signature")?;
-            if !signature(&credentials.token, timestamp, nonce).matches(provided) {
-                return Err(VerifyError::Signature);
-            }
             return Ok(Opened {
                 envelope: outer,
                 decrypted: None,
@@ -451,8 +535,78 @@ mod tests {
         let q = CallbackQuery::parse("echostr=a+b%2Bc%3D&nonce=1").unwrap();
         assert_eq!(q.echostr.as_deref(), Some("a+b+c="));
         assert!(CallbackQuery::parse("nonce=1&nonce=2").is_err());
-        // `nonce[]=x` is not `nonce`: it is simply absent.
-        assert_eq!(CallbackQuery::parse("nonce[]=x").unwrap().nonce, None);
+    }
+
+    #[test]
+    fn other_spellings_of_wechat_parameter_names_are_refused() {
+        let sig = "c0ffee0000000000000000000000000000000000";
+        let ffff = "ffffffffffffffffffffffffffffffffffffffff";
+        for smuggled in [
+            // Percent-encoded, whole or in part, in either case of hex digit.
+            format!("%73ignature={ffff}"),
+            format!("sign%61ture={ffff}"),
+            format!("%73%69%67%6E%61%74%75%72%65={ffff}"),
+            "%74imestamp=1".to_owned(),
+            "msg_signatur%65=1".to_owned(),
+            // Case (ASP.NET), a leading `+` or space (PHP drops it), PHP's arrays and mangling.
+            format!("Signature={ffff}"),
+            "TIMESTAMP=1".to_owned(),
+            format!("+signature={ffff}"),
+            format!("%20signature={ffff}"),
+            "nonce[]=x".to_owned(),
+            "nonce%5B%5D=x".to_owned(),
+            "nonce[a]=x".to_owned(),
+            "msg.signature=1".to_owned(),
+            "msg+signature=1".to_owned(),
+            "msg[signature=1".to_owned(),
+            // Behind a `;`, which some parsers treat as `&`.
+            format!("x=1;signature={ffff}"),
+            "openid=o1;%74imestamp=2".to_owned(),
+        ] {
+            let raw = format!("signature={sig}&timestamp=1&nonce=2&{smuggled}");
+            assert!(
+                matches!(CallbackQuery::parse(&raw), Err(VerifyError::BadQuery(_))),
+                "{smuggled} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn other_parameters_are_left_alone() {
+        // Names no parser reads as WeChat's: kept in the raw query, ignored here.
+        let raw = "signature=abc&timestamp=1&nonce=2&x=%E4%BD%A0+%2b%20&sign+ature=1&signatures=1\
+                   &my_signature=1&a.b=1&x=1;y=2&%7A=1&timestamp_ms=5";
+        let q = CallbackQuery::parse(raw).unwrap();
+        assert_eq!(
+            (q.signature.as_deref(), q.timestamp.as_deref()),
+            (Some("abc"), Some("1"))
+        );
+    }
+
+    #[test]
+    fn a_bad_signature_is_refused_before_the_body_is_parsed() {
+        let query = CallbackQuery::parse(
+            "signature=0000000000000000000000000000000000000000&timestamp=1&nonce=2",
+        )
+        .unwrap();
+        let body = b"<xml><a>&x\n2026-01-01 ERROR forged</a></xml>";
+        let modes: [fn(AesKey) -> Security; 2] = [|_| Security::Plaintext, Security::Compatible];
+        for security in modes {
+            let c = creds(Kind::OfficialAccount, security);
+            assert_eq!(
+                open_callback(&c, &query, body),
+                Err(VerifyError::Signature),
+                "{}",
+                c.security.name()
+            );
+        }
+        // Without a signature, nothing is parsed either.
+        let bare = CallbackQuery::parse("timestamp=1&nonce=2").unwrap();
+        let plain = creds(Kind::OfficialAccount, |_| Security::Plaintext);
+        assert_eq!(
+            open_callback(&plain, &bare, body),
+            Err(VerifyError::MissingParameter("signature"))
+        );
     }
 
     #[test]

@@ -16,6 +16,11 @@ use quick_xml::Reader;
 use quick_xml::events::Event;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 
+use crate::escape::{Excerpt, MESSAGE_EXCERPT};
+
+/// How much of an unknown entity's name an error quotes.
+const ENTITY_EXCERPT: usize = 24;
+
 /// How a body is encoded. WeChat official accounts and WeCom use XML; mini programs may use JSON.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum Format {
@@ -42,7 +47,9 @@ pub struct Envelope {
     pub encrypt: Option<String>,
 }
 
-/// Why a body is not a usable envelope.
+/// Why a body is not a usable envelope. The body may not be authenticated yet (safe mode reads
+/// `Encrypt` out of it before checking `msg_signature`): what it says is quoted only as an
+/// [`Excerpt`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EnvelopeError {
     #[error("empty body")]
@@ -52,13 +59,13 @@ pub enum EnvelopeError {
     #[error("XML with a DOCTYPE is refused")]
     Doctype,
     #[error("unknown XML entity &{0};")]
-    Entity(String),
+    Entity(Excerpt),
     #[error("element {0} appears twice")]
     DuplicateField(&'static str),
     #[error("malformed XML: {0}")]
-    Xml(String),
+    Xml(Excerpt),
     #[error("malformed JSON: {0}")]
-    Json(String),
+    Json(Excerpt),
 }
 
 impl EnvelopeError {
@@ -142,9 +149,7 @@ impl Envelope {
         // The field being read (a child of the root) and its text so far.
         let mut current: Option<(Field, String)> = None;
         loop {
-            let event = reader
-                .read_event()
-                .map_err(|e| EnvelopeError::Xml(e.to_string()))?;
+            let event = reader.read_event().map_err(|e| xml_error(&e.to_string()))?;
             match event {
                 Event::Start(start) => {
                     depth += 1;
@@ -176,20 +181,20 @@ impl Envelope {
                     if let Some((_, value)) = current.as_mut() {
                         let text = text
                             .xml10_content()
-                            .map_err(|e| EnvelopeError::Xml(e.to_string()))?;
+                            .map_err(|e| xml_error(&e.to_string()))?;
                         value.push_str(&text);
                     }
                 }
                 Event::Text(text) => {
                     // Only white space may stand outside the root element.
                     if depth == 0 && text.iter().any(|b| !b.is_ascii_whitespace()) {
-                        return Err(EnvelopeError::Xml("text outside the root element".into()));
+                        return Err(xml_error("text outside the root element"));
                     }
                 }
                 Event::CData(cdata) if depth == 2 => {
                     if let Some((_, value)) = current.as_mut() {
                         let text = std::str::from_utf8(&cdata)
-                            .map_err(|_| EnvelopeError::Xml("CDATA is not UTF-8".into()))?;
+                            .map_err(|_| xml_error("CDATA is not UTF-8"))?;
                         value.push_str(text);
                     }
                 }
@@ -200,7 +205,7 @@ impl Envelope {
                             value.push(resolved);
                         }
                     } else if depth == 0 {
-                        return Err(EnvelopeError::Xml("text outside the root element".into()));
+                        return Err(xml_error("text outside the root element"));
                     }
                 }
                 Event::DocType(_) => return Err(EnvelopeError::Doctype),
@@ -210,9 +215,9 @@ impl Envelope {
         }
         match (roots, depth) {
             (1, 0) => Ok(envelope),
-            (0, _) => Err(EnvelopeError::Xml("no root element".into())),
-            (_, 0) => Err(EnvelopeError::Xml("more than one root element".into())),
-            _ => Err(EnvelopeError::Xml("unclosed element".into())),
+            (0, _) => Err(xml_error("no root element")),
+            (_, 0) => Err(xml_error("more than one root element")),
+            _ => Err(xml_error("unclosed element")),
         }
     }
 
@@ -221,7 +226,7 @@ impl Envelope {
         let mut de = serde_json::Deserializer::from_slice(body);
         de.deserialize_map(JsonEnvelope)
             .and_then(|envelope| de.end().map(|()| envelope))
-            .map_err(|e| EnvelopeError::Json(e.to_string()))?
+            .map_err(|e| EnvelopeError::Json(Excerpt::new(&e.to_string(), MESSAGE_EXCERPT)))?
     }
 
     /// Is this an event named `name`? Event names differ in case on the wire (`SCAN`, `subscribe`),
@@ -262,14 +267,20 @@ impl Envelope {
     }
 }
 
+fn xml_error(message: &str) -> EnvelopeError {
+    EnvelopeError::Xml(Excerpt::new(message, MESSAGE_EXCERPT))
+}
+
+fn entity_error(name: &[u8]) -> EnvelopeError {
+    EnvelopeError::Entity(Excerpt::new(&String::from_utf8_lossy(name), ENTITY_EXCERPT))
+}
+
 /// Resolves `&name;` and `&#…;`; any other entity could only come from a DOCTYPE, which is refused.
 fn resolve_reference(reference: &quick_xml::events::BytesRef<'_>) -> Result<char, EnvelopeError> {
     if reference.is_char_ref() {
         return match reference.resolve_char_ref() {
             Ok(Some(c)) => Ok(c),
-            _ => Err(EnvelopeError::Entity(
-                String::from_utf8_lossy(reference).into_owned(),
-            )),
+            _ => Err(entity_error(reference)),
         };
     }
     let name: &[u8] = reference;
@@ -279,9 +290,7 @@ fn resolve_reference(reference: &quick_xml::events::BytesRef<'_>) -> Result<char
         b"amp" => Ok('&'),
         b"apos" => Ok('\''),
         b"quot" => Ok('"'),
-        other => Err(EnvelopeError::Entity(
-            String::from_utf8_lossy(other).into_owned(),
-        )),
+        other => Err(entity_error(other)),
     }
 }
 
@@ -309,6 +318,9 @@ impl<'de> Visitor<'de> for JsonEnvelope {
             if let Some(value) = value
                 && let Err(e) = envelope.set(field, value)
             {
+                // Read the rest of the object, so the error is this one and not the parser's
+                // complaint about where it was left (`trailing comma`).
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
                 return Ok(Err(e));
             }
         }
@@ -491,8 +503,30 @@ mod tests {
         assert_eq!(Envelope::parse(xxe), Err(EnvelopeError::Doctype));
         let undeclared = b"<xml><MsgType>&xxe;</MsgType></xml>";
         assert_eq!(
-            Envelope::parse(undeclared),
-            Err(EnvelopeError::Entity("xxe".into()))
+            Envelope::parse(undeclared).map_err(|e| e.to_string()),
+            Err("unknown XML entity &xxe;".into())
+        );
+    }
+
+    #[test]
+    fn errors_quote_the_body_only_as_a_short_escaped_excerpt() {
+        let forged = "2026-01-01T00:00:00.000000Z ERROR FORGED log line account=\"admin\";";
+        let body = format!("<xml><a>&x\n{forged}</a></xml>");
+        let error = Envelope::parse(body.as_bytes()).unwrap_err().to_string();
+        assert_eq!(error, "unknown XML entity &x\\n2026-01-01T00:00:00.00…;");
+        let long_name = format!("<xml><{}\n></b></xml>", "a".repeat(500));
+        let error = Envelope::parse(long_name.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.chars().count() < 120 && !error.contains('\n'),
+            "{error}"
+        );
+        let json = format!("{{\"a\":\"{}\u{1b}", "b".repeat(500));
+        let error = Envelope::parse(json.as_bytes()).unwrap_err().to_string();
+        assert!(
+            error.chars().count() < 120 && !error.contains('\u{1b}'),
+            "{error}"
         );
     }
 
@@ -526,6 +560,12 @@ mod tests {
             Err(EnvelopeError::DuplicateField("MsgType"))
         );
         let json = br#"{"MsgType":"text","msgtype":"event"}"#;
+        assert_eq!(
+            Envelope::parse(json),
+            Err(EnvelopeError::DuplicateField("MsgType"))
+        );
+        // With more keys after the duplicate: still the duplicate, not `trailing comma`.
+        let json = br#"{"MsgType":"text","MsgType":"event","Content":{"a":[1]},"MsgId":1}"#;
         assert_eq!(
             Envelope::parse(json),
             Err(EnvelopeError::DuplicateField("MsgType"))

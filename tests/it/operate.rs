@@ -39,8 +39,17 @@ pub(crate) fn write_binary_config(dir: &Path, listen: SocketAddr, rest: &str) ->
 /// POSTs `sealed` to `/wechat/main` of the binary listening on `listen`, as WeChat would: the
 /// answer's status and body.
 pub(crate) async fn post_to_binary(listen: SocketAddr, sealed: &SealedRequest) -> (u16, String) {
+    post_to_binary_account(listen, "main", sealed).await
+}
+
+/// The same to `/wechat/{account}`.
+pub(crate) async fn post_to_binary_account(
+    listen: SocketAddr,
+    account: &str,
+    sealed: &SealedRequest,
+) -> (u16, String) {
     let request = client()
-        .post(format!("http://{listen}/wechat/main?{}", sealed.query))
+        .post(format!("http://{listen}/wechat/{account}?{}", sealed.query))
         .header("content-type", sealed.content_type)
         .body(sealed.body.clone());
     status_and_text(request).await
