@@ -36,10 +36,10 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 mod ids;
-
+mod redis;
 mod sqlite;
 
-
+pub use self::redis::{RedisOptions, RedisStore, redact_url};
 pub use ids::IdGenerator;
 pub use sqlite::SqliteStore;
 
