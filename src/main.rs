@@ -6,14 +6,12 @@
 #![allow(clippy::print_stderr)]
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser as _;
 use tokio_util::sync::CancellationToken;
 use wechat_fanout::cli::{Cli, Command};
 use wechat_fanout::config::Config;
-use wechat_fanout::store::SqliteStore;
 use wechat_fanout::{Listeners, Reload, admin_client, simulate};
 
 /// EX_USAGE from sysexits.h: every configuration error exits with it, before any port is bound.
@@ -82,8 +80,9 @@ async fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> anyho
             None
         }
     };
-    let store = SqliteStore::open(&config.store.path, config.store.synchronous)
-        .with_context(|| format!("opening the store at {}", config.store.path.display()))?;
+    let store = wechat_fanout::store::open(&config.store)
+        .await
+        .context("opening the store")?;
     let wechat = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("binding server.listen {}", config.server.listen))?;
@@ -96,5 +95,5 @@ async fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> anyho
         wechat,
         admin: Some(admin),
     };
-    wechat_fanout::run_with(config, Arc::new(store), listeners, reload, shutdown).await
+    wechat_fanout::run_with(config, store, listeners, reload, shutdown).await
 }

@@ -35,13 +35,49 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::config::{Backend, StoreConfig, redact_url};
+
 mod ids;
 mod redis;
 mod sqlite;
 
-pub use self::redis::{RedisOptions, RedisStore, redact_url};
+pub use self::redis::{RedisOptions, RedisStore};
 pub use ids::IdGenerator;
 pub use sqlite::SqliteStore;
+
+/// Opens the store `config` names: the one place that knows every backend.
+pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match config.backend {
+        Backend::Sqlite => Arc::new(
+            SqliteStore::open(&config.path, config.synchronous).map_err(|e| {
+                StoreError::Other(format!("opening {}: {e}", config.path.display()))
+            })?,
+        ),
+        Backend::Redis => {
+            let redis = &config.redis;
+            let options = RedisOptions {
+                urls: redis.urls.clone(),
+                cluster: redis.cluster,
+                key_prefix: redis.key_prefix.clone(),
+                lease_ms: redis.lease_ms.0,
+                password: redis
+                    .password()
+                    .map_err(|e| StoreError::Other(e.to_string()))?,
+            };
+            Arc::new(RedisStore::open(&options).await.map_err(|e| {
+                StoreError::Other(format!(
+                    "opening redis at {}: {e}",
+                    redis
+                        .urls
+                        .iter()
+                        .map(|u| redact_url(u))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?)
+        }
+    })
+}
 
 pub type CallbackId = i64;
 pub type JobId = i64;

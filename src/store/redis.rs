@@ -42,6 +42,8 @@ use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, Sl
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, Script, Value};
 use tracing::{info, warn};
 
+use crate::config::redact_url;
+
 use super::{
     Accepted, Answer, AttemptRecord, AttemptReport, CallbackId, DeadLetter, DeadLetterDetail,
     DeadLetterFilter, Disposition, IdGenerator, Job, JobId, Leased, NewCallback, QueueDepth,
@@ -80,20 +82,6 @@ impl std::fmt::Debug for RedisOptions {
             .field("key_prefix", &self.key_prefix)
             .field("lease_ms", &self.lease_ms)
             .finish_non_exhaustive()
-    }
-}
-
-/// `url` with its password (and user) replaced, for logs and `check-config`.
-pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) => {
-            if parsed.password().is_some() {
-                let _ = parsed.set_password(Some("<redacted>"));
-            }
-            parsed.to_string()
-        }
-        // Not a URL: it might still hold a secret; show nothing of it.
-        Err(_) => "<unparsable URL>".to_owned(),
     }
 }
 
@@ -1345,17 +1333,6 @@ return counts
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_are_redacted_from_urls() {
-        assert_eq!(
-            redact_url("redis://:s3cret@127.0.0.1:6379/0"),
-            "redis://:%3Credacted%3E@127.0.0.1:6379/0"
-        );
-        assert!(!redact_url("rediss://user:s3cret@host:6380").contains("s3cret"));
-        assert_eq!(redact_url("redis://127.0.0.1"), "redis://127.0.0.1");
-        assert_eq!(redact_url("not a url s3cret"), "<unparsable URL>");
-    }
 
     #[test]
     fn persistence_risks_name_what_a_crash_can_lose() {

@@ -158,7 +158,9 @@ impl RedisServer {
     }
 
     fn answers_ping(&self) -> bool {
-        command_at(self.port, "PING").is_some_and(|r| r.starts_with("+PONG"))
+        // A server with `--requirepass` answers NOAUTH: it is up all the same.
+        command_at(self.port, "PING")
+            .is_some_and(|r| r.starts_with("+PONG") || r.starts_with("-NOAUTH"))
     }
 }
 
