@@ -88,6 +88,12 @@ async fn the_binary_on_redis_delivers_reports_ready_and_lists_dead_letters() {
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(log.contains("store: redis"), "{log}");
     assert!(!log.contains(PASSWORD), "{log}");
+    // AOF always and noeviction: nothing to warn about.
+    assert!(
+        !log.lines()
+            .any(|l| l.contains(" WARN ") && l.contains("store:")),
+        "{log}"
+    );
 }
 
 /// Redis is down when the proxy starts: `serve` ends with an error naming Redis (its URL
@@ -110,4 +116,47 @@ async fn serve_without_redis_fails_at_start_and_prints_no_password() {
     assert!(ran.stderr.contains(&nobody.to_string()), "{ran:#?}");
     assert!(!ran.stderr.contains(PASSWORD), "{ran:#?}");
     assert!(!ran.stdout.contains(PASSWORD), "{ran:#?}");
+}
+
+/// Redis runs with `appendfsync everysec` and an eviction policy: at start, one WARN line says
+/// what a crash can lose and that eviction can drop callbacks. With `always` and `noeviction`
+/// (the other tests' servers), nothing is said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_can_lose_callbacks_is_named_in_one_warning_at_start() {
+    let server = RedisServer::start(&[
+        "--appendfsync",
+        "everysec",
+        "--maxmemory-policy",
+        "allkeys-lru",
+    ]);
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let rest = format!(
+        "backend = \"redis\"\n[store.redis]\nurls = [\"{}\"]\n{}{}",
+        server.url(),
+        wx.account("main", ""),
+        Wx::target("crm", "http://127.0.0.1:9/crm", ""),
+    );
+    let config = write_binary_config(dir.path(), listen, &rest);
+    let log = dir.path().join("serve.log");
+    let mut binary = Binary::serve(&config, listen, &log).await;
+    let text = binary
+        .wait_log("the persistence warning", |log| {
+            log.contains("listening for WeChat callbacks")
+        })
+        .await;
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains("store:"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{text}");
+    assert!(
+        warnings[0].contains("appendfsync everysec")
+            && warnings[0].contains("up to about 1 s of accepted callbacks")
+            && warnings[0].contains("maxmemory-policy allkeys-lru"),
+        "{text}"
+    );
+    binary.terminate();
+    binary.wait_exit().await;
 }
