@@ -761,3 +761,41 @@ async fn sqlite_file_from_before_lease_tokens_opens_and_its_jobs_resume() {
     };
     assert!(jobs[0] > 1);
 }
+
+/// Redis only: SIGKILLed and started again (AOF `always`), Redis keeps every accepted callback;
+/// while it is down the store fails (it never claims a write), and the same store value works
+/// again once Redis is back, without being reopened.
+#[tokio::test]
+async fn redis_killed_and_restarted_keeps_what_was_accepted_and_the_store_recovers() {
+    let mut server = RedisServer::start(&[]);
+    let store = open_redis(vec![server.url()], false, &prefix(), 30_000).await;
+    let kept = callback(&store, "before", &[("a", false)]);
+    store.accept(kept.clone()).await.unwrap();
+
+    server.signal("KILL");
+    let down = store
+        .accept(callback(&store, "during", &[("a", false)]))
+        .await;
+    assert!(down.is_err(), "{down:?}");
+    assert!(store.check_writable().await.is_err());
+
+    server.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.check_writable().await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let job = lease_one(&store, "a").await;
+    assert_eq!(job.id, kept.jobs[0].id);
+    assert_eq!(&job.request.body[..], b"<xml><MsgId>before</MsgId></xml>");
+    assert!(matches!(
+        store
+            .accept(callback(&store, "during", &[("a", false)]))
+            .await
+            .unwrap(),
+        Accepted::New { .. }
+    ));
+}

@@ -1369,6 +1369,21 @@ mod tests {
         );
     }
 
+    /// `rediss://` is TLS (the crate's rustls feature is built in): the URL is accepted as a
+    /// TLS address rather than refused.
+    #[test]
+    fn rediss_urls_are_tls_addresses() {
+        let info = "rediss://:pw@redis.example:6380/0"
+            .into_connection_info()
+            .unwrap();
+        assert!(
+            matches!(info.addr(), redis::ConnectionAddr::TcpTls { host, port: 6380, .. } if host == "redis.example"),
+            "{:?}",
+            info.addr()
+        );
+        assert_eq!(info.redis_settings().password(), Some("pw"));
+    }
+
     #[test]
     fn versions_are_read_from_info() {
         assert_eq!(
