@@ -393,6 +393,123 @@ async fn replay_dead_replays_letters_of_routed_targets_only(store: Arc<dyn Store
     assert!(store.dead_letter(again.id).await.unwrap().is_none());
 }
 
+/// Purging dead letters deletes them, by id or by filter, and nothing else; a callback whose
+/// last letter is purged is forgotten by the next retention purge.
+async fn purge_dead_deletes_letters_by_id_and_by_filter(store: Arc<dyn Store>) {
+    let mut letters = Vec::new();
+    for (key, targets) in [
+        ("e1", &[("a", false), ("b", false)][..]),
+        ("e2", &[("a", false)]),
+    ] {
+        store.accept(callback(&*store, key, targets)).await.unwrap();
+        for (target, _) in targets {
+            let job = lease_one(&*store, target).await;
+            record(&*store, report(&job, 1, Disposition::Dead)).await;
+            letters.push(job.id);
+        }
+    }
+    let everything = DeadLetterFilter::default();
+    assert_eq!(
+        store
+            .purge_dead(Some(letters[0]), &everything)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(store.dead_letter(letters[0]).await.unwrap().is_none());
+    assert_eq!(
+        store
+            .purge_dead(Some(letters[0]), &everything)
+            .await
+            .unwrap(),
+        0
+    );
+    let only_a = DeadLetterFilter {
+        target: Some("a".into()),
+        ..DeadLetterFilter::default()
+    };
+    // By id, a letter of another target than the filter's is left alone.
+    assert_eq!(
+        store.purge_dead(Some(letters[1]), &only_a).await.unwrap(),
+        0
+    );
+    assert_eq!(store.purge_dead(None, &only_a).await.unwrap(), 1);
+    let left = store.dead_letters(&everything).await.unwrap();
+    assert_eq!(
+        left.iter().map(|l| l.id).collect::<Vec<_>>(),
+        vec![letters[1]]
+    );
+    // e2 has no job left; e1 still has its letter for b.
+    assert_eq!(store.purge_delivered(i64::MAX).await.unwrap(), 1);
+    assert_eq!(store.purge_dead(None, &everything).await.unwrap(), 1);
+    assert_eq!(store.purge_delivered(i64::MAX).await.unwrap(), 1);
+    assert!(store.dead_letters(&everything).await.unwrap().is_empty());
+}
+
+/// Dead letters are listed newest death first, filtered by account, target and time of death
+/// (since inclusive, until exclusive), at most `limit`.
+async fn dead_letters_are_filtered_and_newest_first(store: Arc<dyn Store>) {
+    let mut died = Vec::new();
+    for (n, (target, at_ms)) in [("a", 2_000), ("b", 3_000), ("a", 4_000)]
+        .into_iter()
+        .enumerate()
+    {
+        store
+            .accept(callback(&*store, &format!("f{n}"), &[(target, false)]))
+            .await
+            .unwrap();
+        let job = lease_one(&*store, target).await;
+        let mut dead = report(&job, 1, Disposition::Dead);
+        dead.at_ms = at_ms;
+        record(&*store, dead).await;
+        died.push(job.id);
+    }
+    let list = |filter: DeadLetterFilter| {
+        let store = store.clone();
+        async move {
+            let letters = store.dead_letters(&filter).await.unwrap();
+            letters.iter().map(|l| l.id).collect::<Vec<_>>()
+        }
+    };
+    let all = DeadLetterFilter::default();
+    assert_eq!(list(all.clone()).await, vec![died[2], died[1], died[0]]);
+    let since = DeadLetterFilter {
+        since_ms: Some(3_000),
+        ..all.clone()
+    };
+    assert_eq!(list(since).await, vec![died[2], died[1]]);
+    let until = DeadLetterFilter {
+        until_ms: Some(3_000),
+        ..all.clone()
+    };
+    assert_eq!(list(until).await, vec![died[0]]);
+    let target = DeadLetterFilter {
+        target: Some("a".into()),
+        ..all.clone()
+    };
+    assert_eq!(list(target).await, vec![died[2], died[0]]);
+    let limit = DeadLetterFilter {
+        limit: Some(1),
+        ..all.clone()
+    };
+    assert_eq!(list(limit).await, vec![died[2]]);
+    let other = DeadLetterFilter {
+        account: Some("other".into()),
+        ..all.clone()
+    };
+    assert!(list(other).await.is_empty());
+    let letter = &store.dead_letters(&all).await.unwrap()[0];
+    assert_eq!(
+        (
+            letter.account.as_str(),
+            letter.msg_type.as_deref(),
+            letter.received_at_ms
+        ),
+        ("main", Some("text"), 1_000)
+    );
+    assert_eq!((letter.attempts, letter.last_status), (1, Some(500)));
+}
+
 /// An outcome is applied only under the lease its attempt ran under: a stale token (a lease that
 /// expired and was taken again) writes nothing, and the job stays with its current holder.
 async fn record_with_a_stale_token_is_not_applied(store: Arc<dyn Store>) {
@@ -515,6 +632,8 @@ macro_rules! contract {
             #[tokio::test] release_returns_jobs_in_flight_to_the_queue,
             #[tokio::test] bury_unrouted_turns_orphaned_jobs_into_dead_letters,
             #[tokio::test] replay_dead_replays_letters_of_routed_targets_only,
+            #[tokio::test] purge_dead_deletes_letters_by_id_and_by_filter,
+            #[tokio::test] dead_letters_are_filtered_and_newest_first,
             #[tokio::test] record_with_a_stale_token_is_not_applied,
             #[tokio::test] accept_sent_twice_writes_once,
             #[tokio::test] duplicate_sees_the_pending_answer,

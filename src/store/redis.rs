@@ -428,6 +428,30 @@ impl RedisStore {
             .collect()
     }
 
+    /// The dead letters an operation applies to: the one with `id` (if it also matches
+    /// `filter`), or all that match `filter`, deployment-wide.
+    async fn selected_letters(
+        &self,
+        id: Option<JobId>,
+        filter: &DeadLetterFilter,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let Some(id) = id else {
+            let mut all = Vec::new();
+            for account in self.accounts_for(&filter.account).await? {
+                all.extend(self.letters_of(&account, filter, None).await?);
+            }
+            return Ok(all);
+        };
+        let Some((account, row)) = self.find_letter(id).await? else {
+            return Ok(Vec::new());
+        };
+        let letter = letter(&account, &row[..LETTER_FIELDS.min(row.len())])?;
+        Ok(matching_filter(&letter, filter)
+            .then_some(letter)
+            .into_iter()
+            .collect())
+    }
+
     /// Which account holds job `id` as a dead letter, and that letter's fields.
     async fn find_letter(
         &self,
@@ -811,25 +835,7 @@ impl Store for RedisStore {
         filter: &DeadLetterFilter,
         routed: Vec<TargetKey>,
     ) -> Result<Replayed, StoreError> {
-        let letters = match id {
-            Some(id) => match self.find_letter(id).await? {
-                Some((account, row)) => {
-                    let letter = letter(&account, &row[..LETTER_FIELDS.min(row.len())])?;
-                    matching_filter(&letter, filter)
-                        .then_some(letter)
-                        .into_iter()
-                        .collect()
-                }
-                None => Vec::new(),
-            },
-            None => {
-                let mut all = Vec::new();
-                for account in self.accounts_for(&filter.account).await? {
-                    all.extend(self.letters_of(&account, filter, None).await?);
-                }
-                all
-            }
-        };
+        let letters = self.selected_letters(id, filter).await?;
         let mut replayed = Replayed::default();
         let mut by_account: BTreeMap<String, Vec<&DeadLetter>> = BTreeMap::new();
         for letter in &letters {
@@ -869,25 +875,7 @@ impl Store for RedisStore {
         id: Option<JobId>,
         filter: &DeadLetterFilter,
     ) -> Result<u64, StoreError> {
-        let letters = match id {
-            Some(id) => match self.find_letter(id).await? {
-                Some((account, row)) => {
-                    let letter = letter(&account, &row[..LETTER_FIELDS.min(row.len())])?;
-                    matching_filter(&letter, filter)
-                        .then_some(letter)
-                        .into_iter()
-                        .collect()
-                }
-                None => Vec::new(),
-            },
-            None => {
-                let mut all = Vec::new();
-                for account in self.accounts_for(&filter.account).await? {
-                    all.extend(self.letters_of(&account, filter, None).await?);
-                }
-                all
-            }
-        };
+        let letters = self.selected_letters(id, filter).await?;
         let mut by_account: BTreeMap<&str, Vec<&DeadLetter>> = BTreeMap::new();
         for letter in &letters {
             by_account.entry(&letter.account).or_default().push(letter);
