@@ -23,8 +23,10 @@
 //!
 //! **Durability** is Redis's: with `appendfsync always` an accepted callback is on disk when the
 //! script returns; where the server has `WAITAOF` (Redis ≥ 7.2, Valkey) and AOF is on, a new
-//! accept also waits for its fsync. At open, one WARN line says what a crash of Redis can lose
-//! with its settings.
+//! accept also waits for its fsync. `WAITAOF` covers the writes of the connection that sends it,
+//! so a duplicate (which wrote nothing) is not covered by it: with `everysec`, a resend answered
+//! from a first copy that another instance stored a moment ago may be answered before that copy
+//! is on disk. At open, one WARN line says what a crash of Redis can lose with its settings.
 //!
 //! **Why the `redis` crate**: it is actively released, and has what this needs in one crate: a
 //! reconnecting connection manager, the async Cluster client, scripts with EVALSHA and a NOSCRIPT
