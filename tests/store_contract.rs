@@ -1,17 +1,25 @@
 //! The store contract: what ingress and delivery rely on, run against every backend.
-//! Each backend gets the same suite through `contract!` (today: the embedded SQLite store).
+//! Each backend gets the same suite through `contract!`: the embedded SQLite store, a standalone
+//! Redis and a 3-master Redis Cluster (real servers, started once per test binary; each test has
+//! its own key prefix). Behaviour only several processes can show (a lease expiring and another
+//! instance taking the job) runs on Redis through `instances!`, two stores on one server.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use wechat_fanout::config::Synchronous;
 use wechat_fanout::store::{
     Accepted, Answer, AttemptReport, DeadLetterFilter, Disposition, Job, JobId, LeaseToken, Leased,
-    NewCallback, NewJob, Recorded, Replay, Replayed, SqliteStore, Store, TargetKey,
-    new_lease_token,
+    NewCallback, NewJob, Recorded, RedisOptions, RedisStore, Replay, Replayed, SqliteStore, Store,
+    TargetKey, new_lease_token,
 };
+
+#[path = "support/redis.rs"]
+mod redis_server;
+use redis_server::{RedisCluster, RedisServer};
 
 /// A callback for account `main` with ids from `store`; `(target, true)` is stored leased (with
 /// a fresh token, in `jobs[i].lease`).
@@ -385,6 +393,123 @@ async fn replay_dead_replays_letters_of_routed_targets_only(store: Arc<dyn Store
     assert!(store.dead_letter(again.id).await.unwrap().is_none());
 }
 
+/// Purging dead letters deletes them, by id or by filter, and nothing else; a callback whose
+/// last letter is purged is forgotten by the next retention purge.
+async fn purge_dead_deletes_letters_by_id_and_by_filter(store: Arc<dyn Store>) {
+    let mut letters = Vec::new();
+    for (key, targets) in [
+        ("e1", &[("a", false), ("b", false)][..]),
+        ("e2", &[("a", false)]),
+    ] {
+        store.accept(callback(&*store, key, targets)).await.unwrap();
+        for (target, _) in targets {
+            let job = lease_one(&*store, target).await;
+            record(&*store, report(&job, 1, Disposition::Dead)).await;
+            letters.push(job.id);
+        }
+    }
+    let everything = DeadLetterFilter::default();
+    assert_eq!(
+        store
+            .purge_dead(Some(letters[0]), &everything)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(store.dead_letter(letters[0]).await.unwrap().is_none());
+    assert_eq!(
+        store
+            .purge_dead(Some(letters[0]), &everything)
+            .await
+            .unwrap(),
+        0
+    );
+    let only_a = DeadLetterFilter {
+        target: Some("a".into()),
+        ..DeadLetterFilter::default()
+    };
+    // By id, a letter of another target than the filter's is left alone.
+    assert_eq!(
+        store.purge_dead(Some(letters[1]), &only_a).await.unwrap(),
+        0
+    );
+    assert_eq!(store.purge_dead(None, &only_a).await.unwrap(), 1);
+    let left = store.dead_letters(&everything).await.unwrap();
+    assert_eq!(
+        left.iter().map(|l| l.id).collect::<Vec<_>>(),
+        vec![letters[1]]
+    );
+    // e2 has no job left; e1 still has its letter for b.
+    assert_eq!(store.purge_delivered(i64::MAX).await.unwrap(), 1);
+    assert_eq!(store.purge_dead(None, &everything).await.unwrap(), 1);
+    assert_eq!(store.purge_delivered(i64::MAX).await.unwrap(), 1);
+    assert!(store.dead_letters(&everything).await.unwrap().is_empty());
+}
+
+/// Dead letters are listed newest death first, filtered by account, target and time of death
+/// (since inclusive, until exclusive), at most `limit`.
+async fn dead_letters_are_filtered_and_newest_first(store: Arc<dyn Store>) {
+    let mut died = Vec::new();
+    for (n, (target, at_ms)) in [("a", 2_000), ("b", 3_000), ("a", 4_000)]
+        .into_iter()
+        .enumerate()
+    {
+        store
+            .accept(callback(&*store, &format!("f{n}"), &[(target, false)]))
+            .await
+            .unwrap();
+        let job = lease_one(&*store, target).await;
+        let mut dead = report(&job, 1, Disposition::Dead);
+        dead.at_ms = at_ms;
+        record(&*store, dead).await;
+        died.push(job.id);
+    }
+    let list = |filter: DeadLetterFilter| {
+        let store = store.clone();
+        async move {
+            let letters = store.dead_letters(&filter).await.unwrap();
+            letters.iter().map(|l| l.id).collect::<Vec<_>>()
+        }
+    };
+    let all = DeadLetterFilter::default();
+    assert_eq!(list(all.clone()).await, vec![died[2], died[1], died[0]]);
+    let since = DeadLetterFilter {
+        since_ms: Some(3_000),
+        ..all.clone()
+    };
+    assert_eq!(list(since).await, vec![died[2], died[1]]);
+    let until = DeadLetterFilter {
+        until_ms: Some(3_000),
+        ..all.clone()
+    };
+    assert_eq!(list(until).await, vec![died[0]]);
+    let target = DeadLetterFilter {
+        target: Some("a".into()),
+        ..all.clone()
+    };
+    assert_eq!(list(target).await, vec![died[2], died[0]]);
+    let limit = DeadLetterFilter {
+        limit: Some(1),
+        ..all.clone()
+    };
+    assert_eq!(list(limit).await, vec![died[2]]);
+    let other = DeadLetterFilter {
+        account: Some("other".into()),
+        ..all.clone()
+    };
+    assert!(list(other).await.is_empty());
+    let letter = &store.dead_letters(&all).await.unwrap()[0];
+    assert_eq!(
+        (
+            letter.account.as_str(),
+            letter.msg_type.as_deref(),
+            letter.received_at_ms
+        ),
+        ("main", Some("text"), 1_000)
+    );
+    assert_eq!((letter.attempts, letter.last_status), (1, Some(500)));
+}
+
 /// An outcome is applied only under the lease its attempt ran under: a stale token (a lease that
 /// expired and was taken again) writes nothing, and the job stays with its current holder.
 async fn record_with_a_stale_token_is_not_applied(store: Arc<dyn Store>) {
@@ -507,6 +632,8 @@ macro_rules! contract {
             #[tokio::test] release_returns_jobs_in_flight_to_the_queue,
             #[tokio::test] bury_unrouted_turns_orphaned_jobs_into_dead_letters,
             #[tokio::test] replay_dead_replays_letters_of_routed_targets_only,
+            #[tokio::test] purge_dead_deletes_letters_by_id_and_by_filter,
+            #[tokio::test] dead_letters_are_filtered_and_newest_first,
             #[tokio::test] record_with_a_stale_token_is_not_applied,
             #[tokio::test] accept_sent_twice_writes_once,
             #[tokio::test] duplicate_sees_the_pending_answer,
@@ -533,6 +660,156 @@ fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
 }
 
 contract!(sqlite, sqlite());
+
+static STANDALONE: OnceLock<RedisServer> = OnceLock::new();
+static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
+
+/// A key prefix no other test of this run uses.
+fn prefix() -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "contract-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn open_redis(urls: Vec<String>, cluster: bool, prefix: &str, lease_ms: u64) -> RedisStore {
+    RedisStore::open(&RedisOptions {
+        urls,
+        cluster,
+        key_prefix: prefix.to_owned(),
+        lease_ms,
+        password: None,
+    })
+    .await
+    .expect("the store opens on the test's redis")
+}
+
+fn standalone_urls() -> Vec<String> {
+    vec![STANDALONE.get_or_init(|| RedisServer::start(&[])).url()]
+}
+
+fn cluster_urls() -> Vec<String> {
+    CLUSTER.get_or_init(|| RedisCluster::start(3)).urls()
+}
+
+async fn redis_standalone() -> (Arc<dyn Store>, ()) {
+    let store = open_redis(standalone_urls(), false, &prefix(), 30_000).await;
+    (Arc::new(store), ())
+}
+
+async fn redis_cluster() -> (Arc<dyn Store>, ()) {
+    let store = open_redis(cluster_urls(), true, &prefix(), 30_000).await;
+    (Arc::new(store), ())
+}
+
+contract!(redis_standalone, redis_standalone().await);
+contract!(redis_cluster, redis_cluster().await);
+
+/// How long a lease lasts in the tests of several instances.
+const SHORT_LEASE: Duration = Duration::from_millis(400);
+
+/// Two instances (two stores, one server and prefix) with [`SHORT_LEASE`].
+async fn two_instances(urls: Vec<String>, cluster: bool) -> (Arc<dyn Store>, Arc<dyn Store>) {
+    let prefix = prefix();
+    let lease_ms = SHORT_LEASE.as_millis() as u64;
+    let a = open_redis(urls.clone(), cluster, &prefix, lease_ms).await;
+    let b = open_redis(urls, cluster, &prefix, lease_ms).await;
+    (Arc::new(a), Arc::new(b))
+}
+
+/// An instance that took a job (here: handed over in memory at accept) and died: once its lease
+/// expires, another instance leases the same job (same delivery id, same bytes), and the dead
+/// one's late outcome is not applied.
+async fn lease_expiry_hands_the_job_to_another_instance(a: Arc<dyn Store>, b: Arc<dyn Store>) {
+    let new = callback(&*a, "x1", &[("a", true)]);
+    let (job_id, token) = (new.jobs[0].id, new.jobs[0].lease.unwrap());
+    a.accept(new).await.unwrap();
+    assert!(b.lease_due(&key("a"), 10).await.unwrap().is_empty());
+    assert_eq!(b.next_due(&key("a")).await.unwrap(), None);
+    tokio::time::sleep(SHORT_LEASE + Duration::from_millis(100)).await;
+    let taken = lease_one(&*b, "a").await;
+    assert_eq!((taken.id, taken.attempts), (job_id, 0));
+    assert_eq!(&taken.request.body[..], b"<xml><MsgId>x1</MsgId></xml>");
+    assert_ne!(taken.lease, token);
+    assert_eq!(
+        a.record(report_for("a", job_id, token, 1, Disposition::Delivered))
+            .await
+            .unwrap(),
+        Recorded::LeaseLost
+    );
+    record(&*b, report(&taken, 1, Disposition::Delivered)).await;
+    assert!(a.lease_due(&key("a"), 10).await.unwrap().is_empty());
+}
+
+/// An attempt longer than the lease renews it, so no other instance takes the job meanwhile; a
+/// lease that was lost is reported by renew.
+async fn renew_keeps_a_lease(a: Arc<dyn Store>, b: Arc<dyn Store>) {
+    a.accept(callback(&*a, "y1", &[("a", false)]))
+        .await
+        .unwrap();
+    let job = lease_one(&*a, "a").await;
+    for _ in 0..4 {
+        tokio::time::sleep(SHORT_LEASE / 2).await;
+        assert!(a.renew(&[job.leased()]).await.unwrap().is_empty());
+        assert!(b.lease_due(&key("a"), 10).await.unwrap().is_empty());
+    }
+    // Twice the lease has passed since it was taken: only renewals kept it.
+    tokio::time::sleep(SHORT_LEASE + Duration::from_millis(100)).await;
+    let taken = lease_one(&*b, "a").await;
+    assert_eq!(taken.id, job.id);
+    assert_eq!(a.renew(&[job.leased()]).await.unwrap(), vec![job.id]);
+    record(&*b, report(&taken, 1, Disposition::Delivered)).await;
+}
+
+/// Dead letters, queue depths and purges cover the whole deployment, not one instance's work:
+/// what one instance buried, another lists, shows, counts and replays.
+async fn every_instance_sees_the_whole_deployment(a: Arc<dyn Store>, b: Arc<dyn Store>) {
+    let mut other = callback(&*a, "z1", &[("a", false)]);
+    other.account = Arc::from("second");
+    a.accept(other).await.unwrap();
+    a.accept(callback(&*a, "z2", &[("a", false)]))
+        .await
+        .unwrap();
+    let job = lease_one(&*a, "a").await;
+    record(&*a, report(&job, 1, Disposition::Dead)).await;
+
+    let depths = b.queue_depths().await.unwrap();
+    assert_eq!(depths.len(), 2, "{depths:?}");
+    let letters = b.dead_letters(&DeadLetterFilter::default()).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].id, job.id);
+    assert!(b.dead_letter(job.id).await.unwrap().is_some());
+    let replayed = b
+        .replay_dead(Some(job.id), &DeadLetterFilter::default(), vec![key("a")])
+        .await
+        .unwrap();
+    assert_eq!(replayed.targets, vec![key("a")]);
+    assert_eq!(lease_one(&*a, "a").await.id, job.id);
+}
+
+/// Tests of several instances for one Redis deployment: `mod $backend` with one test each.
+macro_rules! instances {
+    ($backend:ident, $urls:expr, $cluster:expr) => {
+        mod $backend {
+            use super::*;
+            instances!(@test $urls, $cluster, lease_expiry_hands_the_job_to_another_instance);
+            instances!(@test $urls, $cluster, renew_keeps_a_lease);
+            instances!(@test $urls, $cluster, every_instance_sees_the_whole_deployment);
+        }
+    };
+    (@test $urls:expr, $cluster:expr, $test:ident) => {
+        #[tokio::test]
+        async fn $test() {
+            let (a, b) = two_instances($urls, $cluster).await;
+            super::$test(a, b).await;
+        }
+    };
+}
+
+instances!(redis_standalone_instances, standalone_urls(), false);
+instances!(redis_cluster_instances, cluster_urls(), true);
 
 /// SQLite only: the file has one owner, and jobs in flight at a crash are due again on reopen.
 #[tokio::test]
@@ -602,4 +879,42 @@ async fn sqlite_file_from_before_lease_tokens_opens_and_its_jobs_resume() {
         panic!("new is new");
     };
     assert!(jobs[0] > 1);
+}
+
+/// Redis only: SIGKILLed and started again (AOF `always`), Redis keeps every accepted callback;
+/// while it is down the store fails (it never claims a write), and the same store value works
+/// again once Redis is back, without being reopened.
+#[tokio::test]
+async fn redis_killed_and_restarted_keeps_what_was_accepted_and_the_store_recovers() {
+    let mut server = RedisServer::start(&[]);
+    let store = open_redis(vec![server.url()], false, &prefix(), 30_000).await;
+    let kept = callback(&store, "before", &[("a", false)]);
+    store.accept(kept.clone()).await.unwrap();
+
+    server.signal("KILL");
+    let down = store
+        .accept(callback(&store, "during", &[("a", false)]))
+        .await;
+    assert!(down.is_err(), "{down:?}");
+    assert!(store.check_writable().await.is_err());
+
+    server.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.check_writable().await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let job = lease_one(&store, "a").await;
+    assert_eq!(job.id, kept.jobs[0].id);
+    assert_eq!(&job.request.body[..], b"<xml><MsgId>before</MsgId></xml>");
+    assert!(matches!(
+        store
+            .accept(callback(&store, "during", &[("a", false)]))
+            .await
+            .unwrap(),
+        Accepted::New { .. }
+    ));
 }

@@ -35,12 +35,42 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-mod ids;
+use crate::config::{Backend, StoreConfig};
 
+mod ids;
+mod redis;
 mod sqlite;
 
+pub use self::redis::{RedisOptions, RedisStore};
 pub use ids::IdGenerator;
 pub use sqlite::{Readiness, SqliteStore};
+
+/// Opens the store `config` names: the one place that knows every backend. Its errors do not
+/// say which store: [`StoreConfig::location`] does. `readiness` is what
+/// the embedded store's readiness probe checks besides a commit.
+pub async fn open(
+    config: &StoreConfig,
+    readiness: Readiness,
+) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match config.backend {
+        Backend::Sqlite => {
+            Arc::new(SqliteStore::open(&config.path, config.synchronous)?.with_readiness(readiness))
+        }
+        Backend::Redis => {
+            let redis = &config.redis;
+            let options = RedisOptions {
+                urls: redis.urls.clone(),
+                cluster: redis.cluster,
+                key_prefix: redis.key_prefix.clone(),
+                lease_ms: redis.lease_ms.0,
+                password: redis
+                    .password()
+                    .map_err(|e| StoreError::Other(e.to_string()))?,
+            };
+            Arc::new(RedisStore::open(&options).await?)
+        }
+    })
+}
 
 pub type CallbackId = i64;
 pub type JobId = i64;

@@ -45,6 +45,19 @@ fn check_config_on_a_bad_config_exits_64_and_names_the_key() {
             good.replace("[server]\n", "[server]\nlisten_addr = \"x\"\n"),
             "listen_addr",
         ),
+        (
+            format!("{good}\n[store.redis]\nurls = [\"redis://a:1\", \"redis://b:1\"]\n"),
+            "store.redis.urls",
+        ),
+        (
+            format!("{good}\n[store.redis]\nurls = [\"http://:pw@a:1\"]\n"),
+            "store.redis.urls[0]",
+        ),
+        (
+            good.replace("[store]\n", "[store]\nbackend = \"redis\"\n")
+                + "\n[store.redis]\npassword_env = \"WECHAT_FANOUT_IT_NO_SUCH_VARIABLE\"\n",
+            "store.redis.password_env",
+        ),
     ];
     for (text, key) in cases {
         let path = write(dir.path(), &text);
