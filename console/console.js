@@ -163,7 +163,7 @@ function addRow(event, cls, answer, jobs) {
   }
   if (state.showContent) {
     const content = cls === 'callback' ? [event.from, event.content].filter(Boolean).join('\n') : '';
-    tr.append(el('td', { class: 'mono' }, el('pre', {}, content)));
+    tr.append(el('td', { class: 'mono content' }, el('pre', {}, content)));
   }
   if (cls === 'callback') state.rows.set(event.callback, row);
   const body = $('#live-table tbody');

@@ -62,7 +62,8 @@ impl std::fmt::Debug for Admin {
     }
 }
 
-/// Serves the admin API on `listener` until `shutdown` fires.
+/// Serves the admin API on `listener` until `shutdown` fires; returns once every connection it
+/// served (event streams included) has ended, so none still holds the store.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
     if let Ok(address) = listener.local_addr() {
         info!(%address, "admin listening (health, metrics, dead letters, console)");
@@ -70,6 +71,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: Cancellat
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10));
+    let connections = tokio_util::task::TaskTracker::new();
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -80,7 +82,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: Cancellat
                     continue;
                 }
             },
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => break,
         };
         let admin = admin.clone();
         let service = service_fn(move |request| {
@@ -89,13 +91,16 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: Cancellat
         });
         let connection = http.serve_connection(TokioIo::new(stream), service);
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             tokio::select! {
                 result = connection => if let Err(e) = result { debug!(error = %e, "admin connection error") },
                 () = shutdown.cancelled() => {}
             }
         });
     }
+    // Every connection ends at shutdown (see the select above): this waits for no request.
+    connections.close();
+    connections.wait().await;
 }
 
 impl Admin {
