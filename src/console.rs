@@ -511,6 +511,40 @@ mod tests {
 
     const TOKEN: &str = "0123456789abcdef-token";
 
+    /// A connection that reads nothing holds back only itself: publishing never waits, and
+    /// when it reads again it is told how many events it lost, then gets the newest.
+    #[tokio::test]
+    async fn a_stalled_stream_loses_events_and_is_told_so_while_publishing_goes_on() {
+        let feed = crate::events::LocalFeed::new(8, false);
+        let (sender, mut receiver) = mpsc::channel(1);
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stream_events(feed.subscribe(), sender, shutdown.clone()));
+        let rejected = |n| Event::Rejected {
+            at_ms: n,
+            account: "main".into(),
+            reason: "bad_signature".into(),
+        };
+        let started = std::time::Instant::now();
+        for n in 0..1000 {
+            feed.publish(rejected(n));
+        }
+        assert!(started.elapsed() < Duration::from_secs(1));
+        let mut text = String::new();
+        while let Ok(Some(message)) =
+            tokio::time::timeout(Duration::from_millis(200), receiver.recv()).await
+        {
+            text.push_str(&String::from_utf8_lossy(&message));
+        }
+        assert!(text.starts_with("retry: 1000"), "{text}");
+        assert!(text.contains(r#"{"kind":"dropped","count":"#), "{text}");
+        assert!(
+            text.contains(r#""at_ms":999,"#),
+            "the newest event arrives: {text}"
+        );
+        assert!(text.matches("data: ").count() <= 8 + 3, "{text}");
+        shutdown.cancel();
+    }
+
     #[test]
     fn a_cross_origin_post_is_refused_even_without_a_token() {
         let open = console(None);

@@ -309,3 +309,95 @@ async fn the_stream_reconnects_after_the_proxy_restarts() {
     browser.screenshot("live-after-restart").await;
     browser.quit().await;
 }
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("HTTP client")
+}
+
+/// With `admin.token`, scripts and the CLI need it: health and readiness stay open, metrics
+/// too unless `admin.protect_metrics`; the CLI sends the config's token by default, and a wrong
+/// `--admin-token` says 401 and how to give the right one.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_api_asks_scripts_and_the_cli_for_the_token() {
+    let target = Target::start(200).await;
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let proxy = Proxy::start_with_admin(&config(&wx, &target, "", "")).await;
+    let get = |path: &'static str, token: Option<&'static str>| {
+        let url = format!("{}{path}", proxy.admin_url());
+        async move {
+            let mut request = client().get(url);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            request
+                .send()
+                .await
+                .expect("the admin API answers")
+                .status()
+                .as_u16()
+        }
+    };
+    for path in ["/healthz", "/readyz", "/metrics", "/", "/console.js"] {
+        assert_eq!(get(path, None).await, 200, "{path}");
+    }
+    for path in [
+        "/dead-letters",
+        "/console/targets",
+        "/console/session",
+        "/console/events",
+    ] {
+        assert_eq!(get(path, None).await, 401, "{path}");
+        assert_eq!(
+            get(path, Some("not-the-token-at-all-000")).await,
+            401,
+            "{path}"
+        );
+    }
+    assert_eq!(get("/dead-letters", Some(TOKEN)).await, 200);
+    assert_eq!(get("/console/targets", Some(TOKEN)).await, 200);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = proxy.write_config(dir.path());
+    let path = path.to_string_lossy();
+    let listed =
+        crate::support::binary::run_async(&["--config", &path, "dead-letters", "list"]).await;
+    assert!(listed.ok().contains("0 dead letter(s)"), "{listed:?}");
+    let refused = crate::support::binary::run_async(&[
+        "--config",
+        &path,
+        "--admin-token",
+        "not-the-token-at-all-000",
+        "dead-letters",
+        "list",
+    ])
+    .await;
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+    assert!(
+        refused.stderr.contains("401") && refused.stderr.contains("--admin-token"),
+        "{refused:?}"
+    );
+    drop(proxy);
+
+    let protected =
+        Proxy::start_with_admin(&config(&wx, &target, "", "protect_metrics = true")).await;
+    let scrape = |token: Option<&'static str>| {
+        let url = format!("{}/metrics", protected.admin_url());
+        async move {
+            let mut request = client().get(url);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            request
+                .send()
+                .await
+                .expect("the admin API answers")
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(scrape(None).await, 401);
+    assert_eq!(scrape(Some(TOKEN)).await, 200);
+}
