@@ -503,7 +503,7 @@ mod tests {
             auth: token.map(Auth::new),
             protect_metrics: false,
             show_content: false,
-            feed: crate::events::silent(),
+            feed: Arc::new(crate::events::LocalFeed::new(1, false)),
             stats: Arc::default(),
             shutdown: CancellationToken::new(),
         }

@@ -174,11 +174,6 @@ impl EventFeed for LocalFeed {
     }
 }
 
-/// A feed nobody reads: for embedding the proxy without the admin listener.
-pub fn silent() -> Arc<dyn EventFeed> {
-    Arc::new(LocalFeed::new(1, false))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -310,11 +310,18 @@ async fn the_stream_reconnects_after_the_proxy_restarts() {
     browser.quit().await;
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+/// The status of `GET base+path`, with `token` as a bearer token if given.
+async fn status_of(base: &str, path: &str, token: Option<&str>) -> u16 {
+    let client = reqwest::Client::builder()
         .no_proxy()
         .build()
-        .expect("HTTP client")
+        .expect("HTTP client");
+    let mut request = client.get(format!("{base}{path}"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("the admin API answers");
+    response.status().as_u16()
 }
 
 /// With `admin.token`, scripts and the CLI need it: health and readiness stay open, metrics
@@ -325,21 +332,8 @@ async fn the_admin_api_asks_scripts_and_the_cli_for_the_token() {
     let target = Target::start(200).await;
     let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
     let proxy = Proxy::start_with_admin(&config(&wx, &target, "", "")).await;
-    let get = |path: &'static str, token: Option<&'static str>| {
-        let url = format!("{}{path}", proxy.admin_url());
-        async move {
-            let mut request = client().get(url);
-            if let Some(token) = token {
-                request = request.bearer_auth(token);
-            }
-            request
-                .send()
-                .await
-                .expect("the admin API answers")
-                .status()
-                .as_u16()
-        }
-    };
+    let base = proxy.admin_url();
+    let get = |path: &'static str, token: Option<&'static str>| status_of(&base, path, token);
     for path in ["/healthz", "/readyz", "/metrics", "/", "/console.js"] {
         assert_eq!(get(path, None).await, 200, "{path}");
     }
@@ -383,21 +377,7 @@ async fn the_admin_api_asks_scripts_and_the_cli_for_the_token() {
 
     let protected =
         Proxy::start_with_admin(&config(&wx, &target, "", "protect_metrics = true")).await;
-    let scrape = |token: Option<&'static str>| {
-        let url = format!("{}/metrics", protected.admin_url());
-        async move {
-            let mut request = client().get(url);
-            if let Some(token) = token {
-                request = request.bearer_auth(token);
-            }
-            request
-                .send()
-                .await
-                .expect("the admin API answers")
-                .status()
-                .as_u16()
-        }
-    };
-    assert_eq!(scrape(None).await, 401);
-    assert_eq!(scrape(Some(TOKEN)).await, 200);
+    let base = protected.admin_url();
+    assert_eq!(status_of(&base, "/metrics", None).await, 401);
+    assert_eq!(status_of(&base, "/metrics", Some(TOKEN)).await, 200);
 }
