@@ -149,4 +149,17 @@ fn serve_refuses_a_public_admin_address_without_a_token() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     assert!(!stdout.contains("0123456789abcdef0123"), "{stdout}");
+    // An inline token is printed redacted.
+    let path = write(
+        dir.path(),
+        &public.replace(
+            "[admin]\n",
+            "[admin]\ntoken = \"inline-admin-token-0123\"\n",
+        ),
+    );
+    let output = run(&["check-config", "--config", &path]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(!stdout.contains("inline-admin-token"), "{stdout}");
+    assert!(stdout.contains("token = \"<redacted>\""), "{stdout}");
 }
