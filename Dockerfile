@@ -24,6 +24,7 @@ RUN mkdir src \
     && cargo build --release --locked \
     && rm -rf src
 COPY config config
+COPY console console
 COPY src src
 # COPY keeps the sources' older mtimes; touch them so cargo rebuilds over the stubs.
 RUN touch src/main.rs src/lib.rs \
@@ -42,6 +43,7 @@ COPY --from=build /usr/local/bin/wechat-fanout /usr/local/bin/wechat-fanout
 # WECHAT_FANOUT_CONFIG at the file in it.
 COPY config/ /etc/wechat-fanout/
 # Inside a container the listeners must not be on loopback, and the store lives on the volume.
+# An admin listener off loopback needs admin.token (or admin.token_env): pass it at run time.
 # These environment variables override the same keys of the config file.
 ENV WECHAT_FANOUT_CONFIG=/etc/wechat-fanout/example.toml \
     WECHAT_FANOUT_SERVER__LISTEN=0.0.0.0:8080 \

@@ -10,7 +10,11 @@
 //!   fresh allowance of attempts; the same bytes are sent.
 //! - `DELETE /dead-letters/{id}`, `DELETE /dead-letters?filters` (`all=true` for no filter).
 //!
-//! It must never listen on the public WeChat port: it has no authentication.
+//! - The live console in the browser and its event stream: see [`crate::console`], which also
+//!   decides who gets in (`admin.token`): everything above but health and readiness (and
+//!   metrics, unless `admin.protect_metrics`) answers 401 without the token.
+//!
+//! It never listens on the WeChat port.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,7 +25,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -32,7 +36,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::downstream::ACCOUNT_HEADER;
+use crate::console::{Body, Console};
+use crate::downstream::{ACCOUNT_HEADER, now_ms};
+use crate::events::Event;
 use crate::ingress::text;
 use crate::metrics::Metrics;
 use crate::store::{DeadLetterFilter, Store, StoreError};
@@ -46,6 +52,8 @@ pub struct Admin {
     pub routes: Arc<ArcSwap<Routes>>,
     pub registry: Registry,
     pub metrics: Arc<Metrics>,
+    /// The console, its login and its event stream.
+    pub console: Console,
 }
 
 impl std::fmt::Debug for Admin {
@@ -54,14 +62,16 @@ impl std::fmt::Debug for Admin {
     }
 }
 
-/// Serves the admin API on `listener` until `shutdown` fires.
+/// Serves the admin API on `listener` until `shutdown` fires; returns once every connection it
+/// served (event streams included) has ended, so none still holds the store.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
     if let Ok(address) = listener.local_addr() {
-        info!(%address, "admin listening (health, metrics, dead letters)");
+        info!(%address, "admin listening (health, metrics, dead letters, console)");
     }
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10));
+    let connections = tokio_util::task::TaskTracker::new();
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -72,7 +82,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: Cancellat
                     continue;
                 }
             },
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => break,
         };
         let admin = admin.clone();
         let service = service_fn(move |request| {
@@ -81,39 +91,105 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: Cancellat
         });
         let connection = http.serve_connection(TokioIo::new(stream), service);
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             tokio::select! {
                 result = connection => if let Err(e) = result { debug!(error = %e, "admin connection error") },
                 () = shutdown.cancelled() => {}
             }
         });
     }
+    // Every connection ends at shutdown (see the select above): this waits for no request.
+    connections.close();
+    connections.wait().await;
 }
 
 impl Admin {
-    async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
-        let query = request.uri().query().unwrap_or("");
-        let segments: Vec<&str> = request
-            .uri()
-            .path()
-            .split('/')
-            .filter(|s| !s.is_empty())
-            .collect();
-        let result = match (request.method().clone(), segments.as_slice()) {
-            (Method::GET, ["healthz"]) => Ok(text(StatusCode::OK, "ok\n")),
-            (Method::GET, ["readyz"]) => Ok(self.ready().await),
+    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+        let uri = request.uri().clone();
+        let query = uri.query().unwrap_or("");
+        let segments: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
+        let method = request.method().clone();
+        if let (&Method::POST, ["console", "login"]) = (&method, segments.as_slice()) {
+            return self.console.login(request).await.map(Either::Left);
+        }
+        // Open to all: liveness, readiness, the page (it holds no data) and the login.
+        let open = match (&method, segments.as_slice()) {
+            (&Method::GET, ["healthz"]) => Some(text(StatusCode::OK, "ok\n")),
+            (&Method::GET, ["readyz"]) => Some(self.ready().await),
+            (&Method::GET, ["metrics"]) if !self.console.protects_metrics() => {
+                Some(self.scrape().await)
+            }
+            (&Method::GET, path) => Console::asset(path),
+            (&Method::POST, ["console", "logout"]) => Some(self.console.logout()),
+            _ => None,
+        };
+        if let Some(response) = open {
+            return response.map(Either::Left);
+        }
+        let caller = match self.console.admit(&request) {
+            Ok(caller) => caller,
+            Err(refused) => {
+                debug!(path = uri.path(), reason = ?refused, "admin request refused");
+                return refused.response().map(Either::Left);
+            }
+        };
+        if let (&Method::GET, ["console", "events"]) = (&method, segments.as_slice()) {
+            return self.console.events();
+        }
+        let result = match (method, segments.as_slice()) {
             (Method::GET, ["metrics"]) => Ok(self.scrape().await),
+            (Method::GET, ["console", "session"]) => Ok(self.console.session(&caller)),
+            (Method::GET, ["console", "targets"]) => self.targets().await,
+            (Method::GET, ["console", "dead-letters", id]) => self.show(id, true).await,
             (Method::GET, ["dead-letters"]) => self.list(query).await,
-            (Method::GET, ["dead-letters", id]) => self.show(id).await,
+            (Method::GET, ["dead-letters", id]) => self.show(id, false).await,
             (Method::POST, ["dead-letters", "replay"]) => self.replay(None, query).await,
             (Method::POST, ["dead-letters", id, "replay"]) => self.replay(Some(id), "").await,
             (Method::DELETE, ["dead-letters"]) => self.purge(None, query).await,
             (Method::DELETE, ["dead-letters", id]) => self.purge(Some(id), "").await,
             _ => Err((StatusCode::NOT_FOUND, "no such admin endpoint".to_owned())),
         };
-        result.unwrap_or_else(|(status, message)| {
-            json(status, &serde_json::json!({ "error": message }))
-        })
+        result
+            .unwrap_or_else(|(status, message)| {
+                json(status, &serde_json::json!({ "error": message }))
+            })
+            .map(Either::Left)
+    }
+
+    /// The targets view: per configured target, its jobs by state, recent outcomes, circuit
+    /// breaker and last error.
+    async fn targets(&self) -> Result<Response<Full<Bytes>>, (StatusCode, String)> {
+        let depths = tokio::time::timeout(READY_TIMEOUT, self.store.queue_depths())
+            .await
+            .map_err(|_| {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the store did not answer within 2 s".to_owned(),
+                )
+            })?
+            .map_err(store_error)?;
+        let now = now_ms();
+        let rows: Vec<serde_json::Value> = (self.routes.load().targets())
+            .map(|target| {
+                let (account, name) = (&*target.key.account, &*target.key.target);
+                let depth = depths
+                    .iter()
+                    .find(|d| d.account == account && d.target == name);
+                let count = |pick: fn(&crate::store::QueueDepth) -> i64| depth.map_or(0, pick);
+                let open_for = target.breaker.open_for(now);
+                serde_json::json!({
+                    "account": account,
+                    "target": name,
+                    "pending": count(|d| d.pending),
+                    "in_flight": count(|d| d.in_flight),
+                    "dead": count(|d| d.dead),
+                    "breaker": if open_for.is_some() { "open" } else { "closed" },
+                    "breaker_open_ms": open_for.map(|d| d.as_millis() as u64),
+                    "recent": self.console.recent(account, name),
+                })
+            })
+            .collect();
+        Ok(json(StatusCode::OK, &rows))
     }
 
     async fn ready(&self) -> Response<Full<Bytes>> {
@@ -173,7 +249,13 @@ impl Admin {
         Ok(json(StatusCode::OK, &letters))
     }
 
-    async fn show(&self, id: &str) -> Result<Response<Full<Bytes>>, (StatusCode, String)> {
+    /// One dead letter; for the console (`console`), without openid and body unless
+    /// `admin.show_content`, and then with the decrypted message of a safe-mode account.
+    async fn show(
+        &self,
+        id: &str,
+        console: bool,
+    ) -> Result<Response<Full<Bytes>>, (StatusCode, String)> {
         let id = parse_id(id)?;
         let Some(detail) = self.store.dead_letter(id).await.map_err(store_error)? else {
             return Err(not_found(id));
@@ -182,35 +264,59 @@ impl Admin {
         struct Shown<'a> {
             #[serde(flatten)]
             letter: &'a crate::store::DeadLetter,
-            request: ShownRequest<'a>,
+            request: ShownRequest,
             attempt_log: &'a [crate::store::AttemptRecord],
         }
         #[derive(Serialize)]
-        struct ShownRequest<'a> {
+        struct ShownRequest {
             method: &'static str,
-            query: &'a str,
+            query: String,
             headers: Vec<(&'static str, String)>,
             /// The body as text (lossy if it is not UTF-8) and exactly, in base64.
             body: String,
             body_base64: String,
+            /// The decrypted message of an encrypted body (console, with content shown).
+            #[serde(skip_serializing_if = "Option::is_none")]
+            decrypted: Option<String>,
         }
         let request = &detail.request;
         let mut headers = vec![(ACCOUNT_HEADER, detail.letter.account.clone())];
         if let Some(content_type) = &request.content_type {
             headers.insert(0, ("content-type", content_type.clone()));
         }
+        let mut shown_request = ShownRequest {
+            method: "POST",
+            query: request.query.clone(),
+            headers,
+            body: String::from_utf8_lossy(&request.body).into_owned(),
+            body_base64: base64::engine::general_purpose::STANDARD.encode(&request.body),
+            decrypted: None,
+        };
+        if console && !self.console.show_content() {
+            shown_request.query = without_openid(&request.query);
+            shown_request.body = HIDDEN.to_owned();
+            shown_request.body_base64 = String::new();
+        } else if console {
+            shown_request.decrypted = self.decrypt(&detail.letter.account, request);
+        }
         let shown = Shown {
             letter: &detail.letter,
-            request: ShownRequest {
-                method: "POST",
-                query: &request.query,
-                headers,
-                body: String::from_utf8_lossy(&request.body).into_owned(),
-                body_base64: base64::engine::general_purpose::STANDARD.encode(&request.body),
-            },
+            request: shown_request,
             attempt_log: &detail.attempts,
         };
         Ok(json(StatusCode::OK, &shown))
+    }
+
+    /// The message inside an encrypted callback of `account`, as text; `None` for plaintext
+    /// (its body is the message) or when the account's credentials no longer open it.
+    fn decrypt(&self, account: &str, request: &crate::store::Replay) -> Option<String> {
+        let routes = self.routes.load();
+        let credentials = &routes.account(account)?.credentials;
+        let query = crate::wechat::CallbackQuery::parse(&request.query).ok()?;
+        let opened = crate::wechat::open_callback(credentials, &query, &request.body).ok()?;
+        opened
+            .decrypted
+            .map(|message| String::from_utf8_lossy(&message).into_owned())
     }
 
     async fn replay(
@@ -245,6 +351,11 @@ impl Admin {
             );
         }
         info!(replayed = replayed.targets.len(), "dead letters replayed");
+        self.console.publish(Event::Replayed {
+            at_ms: now_ms(),
+            job: id.filter(|_| !replayed.targets.is_empty()),
+            count: replayed.targets.len(),
+        });
         Ok(json(
             StatusCode::OK,
             &serde_json::json!({
@@ -285,6 +396,22 @@ impl Admin {
             &serde_json::json!({ "purged": purged }),
         ))
     }
+}
+
+/// What the console shows instead of a body while `admin.show_content` is off.
+const HIDDEN: &str = "(message content hidden: admin.show_content is off)";
+
+/// A query string with the openid's value hidden.
+fn without_openid(query: &str) -> String {
+    let mut shown = url::form_urlencoded::Serializer::new(String::new());
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        if key == "openid" {
+            shown.append_pair(&key, "(hidden)");
+        } else {
+            shown.append_pair(&key, &value);
+        }
+    }
+    shown.finish()
 }
 
 fn parse_id(id: &str) -> Result<i64, (StatusCode, String)> {

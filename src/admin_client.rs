@@ -36,17 +36,26 @@ pub(crate) fn reachable(listen: SocketAddr) -> SocketAddr {
     address
 }
 
-fn client() -> anyhow::Result<reqwest::Client> {
+/// An HTTP client that sends `token` as a bearer token with every request, if there is one.
+fn client(token: Option<&str>) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("the admin token is not a valid header value")?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
     Ok(reqwest::Client::builder()
         .timeout(TIMEOUT)
         .no_proxy()
+        .default_headers(headers)
         .build()?)
 }
 
 /// Liveness (or readiness) of the running proxy: Ok(true) when it answered 200.
 pub async fn healthcheck(base: &str, ready: bool, out: &mut impl Write) -> anyhow::Result<bool> {
     let url = format!("{base}/{}", if ready { "readyz" } else { "healthz" });
-    let response = client()?
+    let response = client(None)?
         .get(&url)
         .send()
         .await
@@ -60,10 +69,11 @@ pub async fn healthcheck(base: &str, ready: bool, out: &mut impl Write) -> anyho
 /// Runs a `dead-letters` subcommand against the admin API at `base` and prints its result.
 pub async fn dead_letters(
     base: &str,
+    token: Option<&str>,
     command: &DeadLettersCommand,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let client = client()?;
+    let client = client(token)?;
     match command {
         DeadLettersCommand::List {
             filter,
@@ -186,6 +196,11 @@ async fn call(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
         .context("reading the admin API's answer")?;
     let body: Value = serde_json::from_slice(&bytes)
         .context("the admin API answered something other than JSON")?;
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        bail!(
+            "admin API answered {status}: give the admin token (--admin-token or WECHAT_FANOUT_ADMIN_TOKEN)"
+        );
+    }
     if !status.is_success() {
         bail!(
             "admin API answered {status}: {}",

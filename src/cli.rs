@@ -23,6 +23,16 @@ pub struct Cli {
     /// `admin.listen`.
     #[arg(long, global = true, value_name = "URL")]
     pub admin_url: Option<String>,
+    /// The admin token, for `dead-letters` against a proxy with `admin.token` set; default: the
+    /// configuration's `admin.token` (or `admin.token_env`).
+    #[arg(
+        long,
+        global = true,
+        env = "WECHAT_FANOUT_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
     /// Log format; overrides `log.format`.
     #[arg(long, global = true, value_enum)]
     pub log_format: Option<LogFormat>,

@@ -50,6 +50,9 @@ const MIN_QUERY_BYTES: usize = 512;
 /// Far beyond any disk: a larger `store.min_free_bytes` is a typo that would never be ready.
 const MAX_MIN_FREE_BYTES: u64 = 1 << 50;
 
+/// A shorter admin token is guessable: refuse it rather than protect the admin API with it.
+const MIN_ADMIN_TOKEN_BYTES: usize = 16;
+
 /// A duration written in milliseconds in TOML.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -92,6 +95,39 @@ pub struct ServerConfig {
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// The token the console and the admin API ask for (`Authorization: Bearer`, or the console's
+    /// session cookie); none: the admin API is open, which only a loopback `listen` allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// The name of an environment variable that holds the token, instead of `token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+    /// `/metrics` asks for the token too (scrapers send it as a bearer token).
+    pub protect_metrics: bool,
+    /// The console shows openids and message content (decrypted, for safe-mode accounts).
+    pub show_content: bool,
+}
+
+impl AdminConfig {
+    /// The admin token, read from the environment where so configured.
+    pub fn token(&self) -> Result<Option<String>, ConfigError> {
+        let token = secret(
+            "admin",
+            "token",
+            self.token.as_deref(),
+            self.token_env.as_deref(),
+        )?;
+        if token
+            .as_deref()
+            .is_some_and(|t| t.len() < MIN_ADMIN_TOKEN_BYTES)
+        {
+            return Err(invalid(
+                "admin.token",
+                format!("must be at least {MIN_ADMIN_TOKEN_BYTES} characters"),
+            ));
+        }
+        Ok(token)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -398,7 +434,18 @@ impl Config {
         if self.admin.listen == self.server.listen {
             return Err(invalid(
                 "admin.listen",
-                "must differ from server.listen: the admin API has no authentication",
+                "must differ from server.listen: WeChat's port must not serve the admin API",
+            ));
+        }
+        let admin_token = self.admin.token()?;
+        if admin_token.is_none() && !self.admin.listen.ip().is_loopback() {
+            return Err(invalid(
+                "admin.token",
+                format!(
+                    "must be set (or admin.token_env) when admin.listen ({}) is not a loopback \
+                     address: the console and the dead-letter API would be open to the network",
+                    self.admin.listen
+                ),
             ));
         }
         if self.store.path.as_os_str().is_empty() {
@@ -441,6 +488,9 @@ impl Config {
         let mut copy = self.clone();
         for url in &mut copy.store.redis.urls {
             *url = redact_url(url);
+        }
+        if copy.admin.token.is_some() {
+            copy.admin.token = Some(REDACTED.to_owned());
         }
         for account in &mut copy.accounts {
             for secret in [&mut account.token, &mut account.encoding_aes_key] {

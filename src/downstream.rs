@@ -22,6 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use std::sync::Arc;
 
+use crate::events::{AttemptEvent, Event, EventFeed};
 use crate::metrics::Metrics;
 use crate::retry::{self, Verdict};
 use crate::store::{AttemptReport, Disposition, Job, JobId, Recorded, Store, StoreError};
@@ -60,6 +61,8 @@ pub struct Attempt {
 pub struct Downstream {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     metrics: Arc<Metrics>,
+    /// Every attempt's outcome, for the live console.
+    events: Arc<dyn EventFeed>,
 }
 
 /// Why an attempt got no answer; never names the URL (its query carries signatures).
@@ -78,7 +81,7 @@ enum Failure {
 }
 
 impl Downstream {
-    pub fn new(metrics: Arc<Metrics>) -> Downstream {
+    pub fn new(metrics: Arc<Metrics>, events: Arc<dyn EventFeed>) -> Downstream {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         // The TLS layer takes `https` URLs; plain ones pass through.
@@ -92,7 +95,11 @@ impl Downstream {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_timer(TokioTimer::new())
             .build(https);
-        Downstream { client, metrics }
+        Downstream {
+            client,
+            metrics,
+            events,
+        }
     }
 
     /// Sends `job` to `target` once, within the target's timeout.
@@ -253,7 +260,33 @@ impl Downstream {
         );
         self.metrics
             .attempt(account, name, result, elapsed.as_secs_f64());
+        // Published once recorded: a console that shows `dead` finds the dead letter.
+        let event = Event::Attempt(AttemptEvent {
+            at_ms: now,
+            account: account.to_owned(),
+            target: name.to_owned(),
+            callback: job.callback,
+            job: job.id,
+            attempt: report.attempt,
+            outcome: if result == "retry" {
+                "retrying"
+            } else {
+                result
+            }
+            .to_owned(),
+            status: attempt.status,
+            error: attempt.error.clone(),
+            // For people: this machine's clock, near enough to the store's.
+            next_at_ms: match disposition {
+                Disposition::RetryIn(delay) => {
+                    Some(now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)))
+                }
+                _ => None,
+            },
+            elapsed_ms,
+        });
         record_until_stored(store, job.id, report).await;
+        self.events.publish(event);
         disposition
     }
 }

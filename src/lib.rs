@@ -11,7 +11,9 @@
 //! - [`retry`]: which answers are retried, and when; [`downstream`]: the byte-identical replay.
 //! - [`ingress`]: the WeChat-facing server: verify, buffer, persist, answer in time.
 //! - [`delivery`]: one worker per target: lease due jobs, send, record.
-//! - [`admin`]: health, readiness, metrics, dead letters, on a separate port; [`metrics`].
+//! - [`events`]: what happened, for the live console: ingress and delivery publish, never wait.
+//! - [`admin`]: health, readiness, metrics, dead letters, on a separate port; [`metrics`];
+//!   [`console`]: the live console in the browser, its login and its event stream.
 //! - [`error`], [`shutdown`], [`telemetry`]: rejection mapping, signals, logging; [`escape`]:
 //!   caller text made safe for a log line or an error message.
 //! - [`cli`], [`admin_client`], [`simulate`]: the commands besides `serve`.
@@ -23,10 +25,12 @@ pub mod admin;
 pub mod admin_client;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod delivery;
 pub mod downstream;
 pub mod error;
 pub mod escape;
+pub mod events;
 pub mod ingress;
 pub mod metrics;
 pub mod retry;
@@ -50,6 +54,7 @@ use crate::admin::Admin;
 use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::downstream::{Downstream, now_ms};
+use crate::events::{EventFeed, LocalFeed};
 use crate::ingress::Ingress;
 use crate::metrics::Metrics;
 use crate::shutdown::InFlight;
@@ -98,7 +103,9 @@ pub async fn run_with(
     let routes = Arc::new(ArcSwap::from_pointee(Routes::from_config(&config)?));
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
-    let downstream = Downstream::new(metrics.clone());
+    let events: Arc<dyn EventFeed> =
+        Arc::new(LocalFeed::new(events::BUFFER, config.admin.show_content));
+    let downstream = Downstream::new(metrics.clone(), events.clone());
     let in_flight = InFlight::default();
     let grace = config.server.shutdown_grace_ms.duration();
 
@@ -122,15 +129,23 @@ pub async fn run_with(
         Duration::from_secs(config.store.delivered_retention_secs),
         shutdown.clone(),
     ));
-    let admin = listeners.admin.map(|listener| {
-        let admin = Arc::new(Admin {
-            store: store.clone(),
-            routes: routes.clone(),
-            registry,
-            metrics: metrics.clone(),
-        });
-        tokio::spawn(admin::serve(listener, admin, shutdown.clone()))
-    });
+    let admin = match listeners.admin {
+        Some(listener) => {
+            let admin = Arc::new(Admin {
+                store: store.clone(),
+                routes: routes.clone(),
+                registry,
+                metrics: metrics.clone(),
+                console: console::Console::new(&config.admin, events.clone(), shutdown.clone())?,
+            });
+            Some(tokio::spawn(admin::serve(
+                listener,
+                admin,
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
     let ingress = Arc::new(Ingress::new(
         routes.clone(),
         store.clone(),
@@ -138,6 +153,7 @@ pub async fn run_with(
         config.server.clone(),
         in_flight.clone(),
         metrics,
+        events,
     ));
     info!(address = %listeners.wechat.local_addr()?, "listening for WeChat callbacks");
     let server = tokio::spawn(ingress::serve(

@@ -65,7 +65,11 @@ async fn execute(cli: Cli, config: Config) -> anyhow::Result<bool> {
         }
         Command::DeadLetters(command) => {
             let base = admin_client::base_url(&config, cli.admin_url.as_deref());
-            admin_client::dead_letters(&base, &command, &mut out).await?;
+            let token = match cli.admin_token {
+                Some(token) => Some(token),
+                None => config.admin.token()?,
+            };
+            admin_client::dead_letters(&base, token.as_deref(), &command, &mut out).await?;
             Ok(true)
         }
         Command::Simulate(args) => simulate::run(&config, &args, &mut out).await,

@@ -34,6 +34,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::config::ServerConfig;
 use crate::downstream::{Attempt, Downstream, now_ms};
 use crate::error::Rejection;
+use crate::events::{CallbackEvent, Event, EventFeed, JobRef};
 use crate::metrics::{CallbackOutcome, Metrics};
 use crate::shutdown::InFlight;
 use crate::store::{Accepted, Answer, Job, NewCallback, NewJob, Replay, Store, new_lease_token};
@@ -60,6 +61,8 @@ pub struct Ingress {
     /// Connections, primary attempts that outlive their request, and answers being saved.
     in_flight: InFlight,
     metrics: Arc<Metrics>,
+    /// Accepted and rejected callbacks, for the live console.
+    events: Arc<dyn EventFeed>,
 }
 
 impl std::fmt::Debug for Ingress {
@@ -78,6 +81,7 @@ impl Ingress {
         settings: ServerConfig,
         in_flight: InFlight,
         metrics: Arc<Metrics>,
+        events: Arc<dyn EventFeed>,
     ) -> Ingress {
         Ingress {
             routes,
@@ -87,6 +91,7 @@ impl Ingress {
             resends: Arc::default(),
             in_flight,
             metrics,
+            events,
         }
     }
 
@@ -107,6 +112,11 @@ impl Ingress {
                 };
                 self.metrics
                     .callback(label, CallbackOutcome::Rejected(reason));
+                self.events.publish(Event::Rejected {
+                    at_ms: now_ms(),
+                    account: if label.is_empty() { "-" } else { label }.to_owned(),
+                    reason: reason.to_owned(),
+                });
                 let account = account.unwrap_or("-");
                 event_at!(rejection.level(), account, %method, reason, error = %rejection, "rejected");
                 let mut response = text(rejection.status(), format!("{rejection}\n"));
@@ -178,6 +188,8 @@ impl Ingress {
         let opened = open_callback(&account.credentials, &query, &body)?;
         self.check_freshness(&query)?;
         let key = dedupe_key(&account.id, &opened.envelope, opened.message(&body));
+        let content = (self.events.carries_content())
+            .then(|| String::from_utf8_lossy(opened.message(&body)).into_owned());
         let replay = Arc::new(Replay {
             query: raw_query.to_owned(),
             content_type,
@@ -192,7 +204,7 @@ impl Ingress {
         // From here on the callback may be stored: finish even if WeChat hangs up.
         let handled = tokio::spawn(
             async move {
-                this.accept(account, opened.envelope, key, replay, started)
+                this.accept(account, opened.envelope, key, replay, started, content)
                     .await
             }
             .instrument(span),
@@ -227,6 +239,7 @@ impl Ingress {
         key: String,
         replay: Arc<Replay>,
         started: Instant,
+        content: Option<String>,
     ) -> Result<Answer, Rejection> {
         let deadline = started + self.settings.reply_deadline_ms.duration();
         let leader = match self.resends.join(&key, deadline) {
@@ -243,6 +256,8 @@ impl Ingress {
                     Ok(Some((callback, answer))) => {
                         tracing::Span::current().record("callback", callback);
                         info!(dedupe_key = %key, outcome = "duplicate", "resend answered like its first copy");
+                        self.events
+                            .publish(duplicate(&account.id, callback, &envelope));
                         self.metrics
                             .callback(&account.id, CallbackOutcome::Duplicate);
                         self.metrics
@@ -327,6 +342,8 @@ impl Ingress {
                 let answer = answer.unwrap_or_else(success);
                 leader.publish(callback, answer.clone());
                 info!(dedupe_key = %key, outcome = "duplicate", "resend of a stored callback");
+                self.events
+                    .publish(duplicate(&account.id, callback, &envelope));
                 self.metrics
                     .callback(&account.id, CallbackOutcome::Duplicate);
                 self.metrics
@@ -337,6 +354,26 @@ impl Ingress {
         };
         // Every later line of this callback, and each delivery line, carries this id.
         tracing::Span::current().record("callback", callback);
+        // Before any job starts, so the console has the row when the first attempt ends.
+        self.events.publish(Event::Callback(CallbackEvent {
+            at_ms: now_ms(),
+            account: account.id.to_string(),
+            callback,
+            msg_type: envelope.msg_type.clone(),
+            event: envelope.event.clone(),
+            msg_id: envelope.msg_id.clone(),
+            jobs: (matched.iter().zip(&job_ids))
+                .map(|(t, &job)| JobRef {
+                    job,
+                    target: t.key.target.to_string(),
+                })
+                .collect(),
+            from: content
+                .is_some()
+                .then(|| envelope.from_user_name.clone())
+                .flatten(),
+            content,
+        }));
         let new_job = |target: &Target, id, lease: Option<u64>| Job {
             id,
             callback,
@@ -379,6 +416,15 @@ impl Ingress {
             elapsed_us = started.elapsed().as_micros() as u64,
             "callback"
         );
+        self.events.publish(Event::Answered {
+            callback,
+            answer: if relayed.is_some() {
+                "relayed"
+            } else {
+                "success"
+            }
+            .to_owned(),
+        });
         let answer = match relayed {
             Some(answer) => {
                 leader.publish(callback, answer.clone());
@@ -556,6 +602,18 @@ fn check_freshness(timestamp: Option<&str>, max_skew_secs: u64) -> Result<(), Re
         return Err(Rejection::StaleTimestamp);
     }
     Ok(())
+}
+
+/// The console's line for a resend: the ids of what was resent, nothing personal.
+fn duplicate(account: &str, callback: i64, envelope: &Envelope) -> Event {
+    Event::Duplicate {
+        at_ms: now_ms(),
+        account: account.to_owned(),
+        callback,
+        msg_type: envelope.msg_type.clone(),
+        event: envelope.event.clone(),
+        msg_id: envelope.msg_id.clone(),
+    }
 }
 
 fn success() -> Answer {

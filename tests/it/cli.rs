@@ -151,3 +151,54 @@ fn every_shipped_config_passes_check_config() {
     checked.sort();
     assert_eq!(checked, ["example.toml", "redis.toml"]);
 }
+
+/// Issue 11: an admin listener on a public address without `admin.token` would open the console
+/// and the dead-letter API to the network: `serve` refuses it (64, naming the key) before binding
+/// anything. A token too short to resist guessing is refused the same way.
+#[test]
+fn serve_refuses_a_public_admin_address_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = config(dir.path(), free_addr(), "");
+    let public = format!(
+        "{good}\n[admin]\nlisten = \"0.0.0.0:{}\"\n",
+        free_addr().port()
+    );
+    let short = format!("{good}\n[admin]\ntoken = \"short\"\n");
+    for (text, key, says) in [
+        (&public, "admin.token", "not a loopback address"),
+        (&short, "admin.token", "at least 16 characters"),
+    ] {
+        let path = write(dir.path(), text);
+        let output = run(&["serve", "--config", &path]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{stderr}");
+        assert!(stderr.contains(key) && stderr.contains(says), "{stderr}");
+        assert!(!stderr.contains("listening"), "{stderr}");
+        assert!(!dir.path().join("data").exists(), "no store was opened");
+    }
+    // The token may come from the environment; check-config prints it redacted.
+    let path = write(
+        dir.path(),
+        &public.replace("[admin]\n", "[admin]\ntoken_env = \"CONSOLE_TEST_TOKEN\"\n"),
+    );
+    let output = crate::support::binary::command(&["check-config", "--config", &path])
+        .env("CONSOLE_TEST_TOKEN", "0123456789abcdef0123")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(!stdout.contains("0123456789abcdef0123"), "{stdout}");
+    // An inline token is printed redacted.
+    let path = write(
+        dir.path(),
+        &public.replace(
+            "[admin]\n",
+            "[admin]\ntoken = \"inline-admin-token-0123\"\n",
+        ),
+    );
+    let output = run(&["check-config", "--config", &path]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(!stdout.contains("inline-admin-token"), "{stdout}");
+    assert!(stdout.contains("token = \"<redacted>\""), "{stdout}");
+}

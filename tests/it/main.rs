@@ -12,6 +12,7 @@
 mod support;
 
 mod cli;
+mod console;
 mod delivery;
 mod ingress;
 mod operate;

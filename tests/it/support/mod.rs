@@ -10,6 +10,7 @@
 //! [`settle`], which gives a proxy that should do *nothing* a fair chance to misbehave.
 
 pub(crate) mod binary;
+pub(crate) mod browser;
 /// Real `redis-server`s (standalone and Cluster), shared with the store contract.
 #[path = "../../support/redis.rs"]
 pub(crate) mod redis;
@@ -243,6 +244,29 @@ impl Proxy {
 
     /// Cancels the shutdown token and waits for `run` to return: its result and how long it took.
     /// The store's file stays for inspection until the `Proxy` is dropped.
+    /// Stops the proxy and starts it again on the same ports with the same store, as a restart
+    /// of the process would.
+    pub(crate) async fn restart(&mut self) {
+        let (result, _) = self.stop().await;
+        result.expect("the proxy stopped cleanly");
+        let store =
+            SqliteStore::open(&self.db, self.config.store.synchronous).expect("reopen the store");
+        let wechat = TcpListener::bind(self.addr).await.expect("rebind");
+        let admin = match self.admin {
+            Some(admin) => Some(TcpListener::bind(admin).await.expect("rebind admin")),
+            None => None,
+        };
+        self.shutdown = CancellationToken::new();
+        let listeners = wechat_fanout::Listeners { wechat, admin };
+        self.run = Some(tokio::spawn(wechat_fanout::run_with(
+            self.config.clone(),
+            std::sync::Arc::new(store),
+            listeners,
+            None,
+            self.shutdown.clone(),
+        )));
+    }
+
     pub(crate) async fn stop(&mut self) -> (anyhow::Result<()>, Duration) {
         let started = Instant::now();
         self.shutdown.cancel();

@@ -1,0 +1,609 @@
+//! The live console in the browser, served by the admin listener: its page (plain HTML, CSS and
+//! JavaScript from `console/`, compiled in), its login, the event stream it reads, and the
+//! per-target figures of its targets view.
+//!
+//! - `GET /`, `/console.css`, `/console.js`: the page; it holds no data, so it is always served.
+//! - `POST /console/login` `{"token": …}`: a session cookie; `POST /console/logout` ends it.
+//! - `GET /console/session`: whether the caller is in, the CSRF token, whether content is shown.
+//! - `GET /console/events`: Server-Sent Events, one JSON [`Event`] per message; a client that
+//!   cannot keep up gets `{"kind":"dropped","count":n}` instead of what it missed.
+//! - `GET /console/targets`: queue depths, recent outcomes, circuit breaker, last error.
+//! - `GET /console/dead-letters/{id}`: one dead letter, its openid and body hidden unless
+//!   `admin.show_content`.
+//!
+//! Access ([`Console::admit`]): with `admin.token` set, everything but health, readiness, the
+//! page itself and the login (and `/metrics`, unless `admin.protect_metrics`) needs the token as
+//! a bearer token or a session cookie; a request that changes state with a cookie must carry the
+//! session's CSRF token. Whatever the auth, a state-changing request from another origin (its
+//! `Origin` is not this host) is refused.
+
+mod auth;
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, COOKIE, HOST, ORIGIN, SET_COOKIE, WWW_AUTHENTICATE,
+};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Either, Full, Limited};
+use hyper::body::{Frame, Incoming};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use auth::{Auth, CSRF_HEADER, Session};
+
+use crate::config::{AdminConfig, ConfigError};
+use crate::downstream::now_ms;
+use crate::events::{Event, EventFeed, Received};
+
+/// The body of an admin response: whole, or the event stream.
+pub type Body = Either<Full<Bytes>, EventStream>;
+
+const INDEX_HTML: &str = include_str!("../console/index.html");
+const CONSOLE_CSS: &str = include_str!("../console/console.css");
+const CONSOLE_JS: &str = include_str!("../console/console.js");
+
+/// A login's body is a small JSON object.
+const MAX_LOGIN_BYTES: usize = 4096;
+/// A failed login waits this long: guessing stays slow without holding anyone else up.
+const LOGIN_FAILURE_DELAY: Duration = Duration::from_millis(300);
+/// A comment line this often keeps idle streams open through proxies and finds closed ones.
+const HEARTBEAT: Duration = Duration::from_secs(15);
+/// Messages queued for one stream's connection; past that, its subscription falls behind.
+const STREAM_QUEUE: usize = 64;
+/// How many minutes of attempt outcomes the targets view keeps per target.
+const STATS_MINUTES: usize = 5;
+
+/// The console's share of the admin listener.
+#[derive(Debug)]
+pub struct Console {
+    /// `None`: no token is configured (only a loopback `admin.listen` allows that).
+    auth: Option<Auth>,
+    protect_metrics: bool,
+    show_content: bool,
+    feed: Arc<dyn EventFeed>,
+    stats: Arc<Mutex<Stats>>,
+    /// Ends the event streams when the proxy stops.
+    shutdown: CancellationToken,
+}
+
+/// Who is asking, once admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// No token is configured.
+    Open,
+    /// `Authorization: Bearer` with the token.
+    Bearer,
+    /// The console's session cookie.
+    Session(Session),
+}
+
+impl Console {
+    /// Reads the token (it may come from the environment) and starts counting attempt outcomes.
+    pub fn new(
+        config: &AdminConfig,
+        feed: Arc<dyn EventFeed>,
+        shutdown: CancellationToken,
+    ) -> Result<Console, ConfigError> {
+        let auth = config.token()?.map(|token| Auth::new(&token));
+        let stats = Arc::new(Mutex::new(Stats::default()));
+        tokio::spawn(count_outcomes(
+            feed.subscribe(),
+            stats.clone(),
+            shutdown.clone(),
+        ));
+        Ok(Console {
+            auth,
+            protect_metrics: config.protect_metrics,
+            show_content: config.show_content,
+            feed,
+            stats,
+            shutdown,
+        })
+    }
+
+    /// Publishes an operator's action (a replay) to the live view.
+    pub fn publish(&self, event: Event) {
+        self.feed.publish(event);
+    }
+
+    pub fn show_content(&self) -> bool {
+        self.show_content
+    }
+
+    pub fn protects_metrics(&self) -> bool {
+        self.protect_metrics && self.auth.is_some()
+    }
+
+    /// The page and its assets, for paths that name one.
+    pub fn asset(path: &[&str]) -> Option<Response<Full<Bytes>>> {
+        let (body, content_type) = match path {
+            [] | ["index.html"] => (INDEX_HTML, "text/html; charset=utf-8"),
+            ["console.css"] => (CONSOLE_CSS, "text/css; charset=utf-8"),
+            ["console.js"] => (CONSOLE_JS, "text/javascript; charset=utf-8"),
+            _ => return None,
+        };
+        let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        // Everything the page loads comes from here; it is never framed by another site.
+        headers.insert(
+            "content-security-policy",
+            HeaderValue::from_static(
+                "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+            ),
+        );
+        headers.insert(
+            "x-content-type-options",
+            HeaderValue::from_static("nosniff"),
+        );
+        headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+        Some(response)
+    }
+
+    /// Lets a request through, or says why not (401, or 403 for a cross-site or CSRF failure).
+    pub fn admit<B>(&self, request: &Request<B>) -> Result<Caller, Refusal> {
+        let changes_state = !matches!(*request.method(), Method::GET | Method::HEAD);
+        if changes_state && !same_origin(request) {
+            return Err(Refusal::CrossOrigin);
+        }
+        let Some(auth) = &self.auth else {
+            return Ok(Caller::Open);
+        };
+        let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+        if header(AUTHORIZATION.as_str()).is_some_and(|value| auth.is_bearer(value)) {
+            return Ok(Caller::Bearer);
+        }
+        let session = header(COOKIE.as_str()).and_then(|cookie| auth.session_of(cookie, now_s()));
+        let Some(session) = session else {
+            return Err(Refusal::NoToken);
+        };
+        if changes_state && !header(CSRF_HEADER).is_some_and(|given| auth.is_csrf(&session, given))
+        {
+            return Err(Refusal::Csrf);
+        }
+        Ok(Caller::Session(session))
+    }
+
+    /// `POST /console/login`: checks the token and sets the session cookie.
+    pub async fn login(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        if !same_origin(&request) {
+            return refuse(StatusCode::FORBIDDEN, "cross-origin login refused");
+        }
+        let Some(auth) = &self.auth else {
+            return json(StatusCode::OK, &self.session_info(&Caller::Open));
+        };
+        let body = match Limited::new(request.into_body(), MAX_LOGIN_BYTES)
+            .collect()
+            .await
+        {
+            Ok(body) => body.to_bytes(),
+            Err(_) => return refuse(StatusCode::BAD_REQUEST, "the login body is too large"),
+        };
+        #[derive(serde::Deserialize)]
+        struct Login {
+            token: String,
+        }
+        let given = serde_json::from_slice::<Login>(&body).map(|login| login.token);
+        if !given.is_ok_and(|token| auth.is_token(&token)) {
+            warn!(reason = "bad_token", "console login refused");
+            tokio::time::sleep(LOGIN_FAILURE_DELAY).await;
+            return refuse(StatusCode::UNAUTHORIZED, "wrong token");
+        }
+        let (cookie, session) = auth.open_session(now_s());
+        info!("console login");
+        let mut response = json(
+            StatusCode::OK,
+            &self.session_info(&Caller::Session(session)),
+        );
+        if let Ok(value) = HeaderValue::from_str(&auth::set_cookie(&cookie, auth::SESSION)) {
+            response.headers_mut().insert(SET_COOKIE, value);
+        }
+        response
+    }
+
+    /// `POST /console/logout`: the browser forgets its cookie. (Only changing the token ends
+    /// every session: they hold no server state.)
+    pub fn logout(&self) -> Response<Full<Bytes>> {
+        let mut response = json(StatusCode::OK, &serde_json::json!({ "logged_out": true }));
+        if let Ok(value) = HeaderValue::from_str(&auth::set_cookie("", Duration::ZERO)) {
+            response.headers_mut().insert(SET_COOKIE, value);
+        }
+        response
+    }
+
+    /// `GET /console/session`.
+    pub fn session(&self, caller: &Caller) -> Response<Full<Bytes>> {
+        json(StatusCode::OK, &self.session_info(caller))
+    }
+
+    fn session_info(&self, caller: &Caller) -> serde_json::Value {
+        serde_json::json!({
+            "login_required": self.auth.is_some(),
+            "csrf": match caller {
+                Caller::Session(session) => session.csrf.as_str(),
+                _ => "",
+            },
+            "expires_s": match caller {
+                Caller::Session(session) => Some(session.expires_s),
+                _ => None,
+            },
+            "show_content": self.show_content,
+        })
+    }
+
+    /// `GET /console/events`: the live stream of this caller, until it hangs up or the proxy
+    /// stops.
+    pub fn events(&self) -> Response<Body> {
+        let (sender, receiver) = mpsc::channel(STREAM_QUEUE);
+        tokio::spawn(stream_events(
+            self.feed.subscribe(),
+            sender,
+            self.shutdown.clone(),
+        ));
+        let mut response = Response::new(Either::Right(EventStream { receiver }));
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+
+    /// Delivered and failed attempts of the last minute and the last few, and the last error,
+    /// of one target.
+    pub fn recent(&self, account: &str, target: &str) -> Recent {
+        let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let minute = now_ms() / 60_000;
+        let mut recent = Recent::default();
+        if let Some(target) = stats.targets.get(&(account.to_owned(), target.to_owned())) {
+            for bucket in &target.minutes {
+                if bucket.minute > minute - STATS_MINUTES as i64 {
+                    recent.delivered_5m += bucket.delivered;
+                    recent.failed_5m += bucket.failed;
+                }
+                if bucket.minute == minute {
+                    recent.delivered_1m += bucket.delivered;
+                    recent.failed_1m += bucket.failed;
+                }
+            }
+            recent.last_error = target.last_error.clone();
+            recent.last_error_at_ms = target.last_error_at_ms;
+        }
+        recent
+    }
+}
+
+/// Why a request was not let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Neither the token nor a valid session: 401.
+    NoToken,
+    /// A state-changing request whose `Origin` is another site: 403.
+    CrossOrigin,
+    /// A state-changing request with a session cookie but without its CSRF token: 403.
+    Csrf,
+}
+
+impl Refusal {
+    pub fn response(self) -> Response<Full<Bytes>> {
+        match self {
+            Refusal::NoToken => {
+                let mut response = refuse(StatusCode::UNAUTHORIZED, "the admin token is required");
+                response.headers_mut().insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"wechat-fanout admin\""),
+                );
+                response
+            }
+            Refusal::CrossOrigin => refuse(
+                StatusCode::FORBIDDEN,
+                "cross-origin requests may not change anything",
+            ),
+            Refusal::Csrf => refuse(
+                StatusCode::FORBIDDEN,
+                "missing or wrong CSRF token (reload the console)",
+            ),
+        }
+    }
+}
+
+/// What the targets view shows of a target's recent attempts.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct Recent {
+    pub delivered_1m: u64,
+    pub failed_1m: u64,
+    pub delivered_5m: u64,
+    pub failed_5m: u64,
+    pub last_error: Option<String>,
+    pub last_error_at_ms: Option<i64>,
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    targets: HashMap<(String, String), TargetStats>,
+}
+
+#[derive(Debug, Default)]
+struct TargetStats {
+    minutes: VecDeque<Bucket>,
+    last_error: Option<String>,
+    last_error_at_ms: Option<i64>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    minute: i64,
+    delivered: u64,
+    failed: u64,
+}
+
+/// Counts every attempt's outcome per target and minute, from the feed (so, with a feed shared
+/// by several instances, theirs too).
+async fn count_outcomes(
+    mut subscription: crate::events::Subscription,
+    stats: Arc<Mutex<Stats>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let received = tokio::select! {
+            received = subscription.next() => received,
+            () = shutdown.cancelled() => return,
+        };
+        let attempt = match received {
+            Received::Event(event) => match &*event {
+                Event::Attempt(attempt) => attempt.clone(),
+                _ => continue,
+            },
+            Received::Dropped(n) => {
+                warn!(
+                    dropped = n,
+                    "the targets view missed attempt outcomes (too many at once)"
+                );
+                continue;
+            }
+            Received::Closed => return,
+        };
+        let mut stats = stats.lock().unwrap_or_else(|e| e.into_inner());
+        let target = stats
+            .targets
+            .entry((attempt.account, attempt.target))
+            .or_default();
+        let minute = attempt.at_ms / 60_000;
+        if target.minutes.back().is_none_or(|b| b.minute != minute) {
+            target.minutes.push_back(Bucket {
+                minute,
+                delivered: 0,
+                failed: 0,
+            });
+            if target.minutes.len() > STATS_MINUTES {
+                target.minutes.pop_front();
+            }
+        }
+        if let Some(bucket) = target.minutes.back_mut() {
+            if attempt.outcome == "delivered" {
+                bucket.delivered += 1;
+            } else {
+                bucket.failed += 1;
+            }
+        }
+        if let Some(error) = attempt.error {
+            target.last_error = Some(error);
+            target.last_error_at_ms = Some(attempt.at_ms);
+        }
+    }
+}
+
+/// Feeds one event stream: each event as a JSON message, a `dropped` message when this
+/// connection fell behind, a comment now and then. Waiting for a slow connection only makes its
+/// own subscription fall behind; publishers never wait.
+async fn stream_events(
+    mut subscription: crate::events::Subscription,
+    sender: mpsc::Sender<Bytes>,
+    shutdown: CancellationToken,
+) {
+    // `retry`: the browser reconnects after a second when the connection drops.
+    let mut message = Bytes::from_static(b"retry: 1000\n: connected\n\n");
+    loop {
+        tokio::select! {
+            sent = sender.send(message.clone()) => if sent.is_err() { return },
+            () = shutdown.cancelled() => return,
+        }
+        message = tokio::select! {
+            received = subscription.next() => match received {
+                Received::Event(event) => match serde_json::to_string(&*event) {
+                    Ok(json) => Bytes::from(format!("data: {json}\n\n")),
+                    Err(_) => continue,
+                },
+                Received::Dropped(n) => {
+                    Bytes::from(format!("data: {{\"kind\":\"dropped\",\"count\":{n}}}\n\n"))
+                }
+                Received::Closed => return,
+            },
+            () = tokio::time::sleep(HEARTBEAT) => Bytes::from_static(b": ping\n\n"),
+            () = sender.closed() => return,
+            () = shutdown.cancelled() => return,
+        };
+    }
+}
+
+/// The body of an event stream: what [`stream_events`] queues, as it comes.
+#[derive(Debug)]
+pub struct EventStream {
+    receiver: mpsc::Receiver<Bytes>,
+}
+
+impl hyper::body::Body for EventStream {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.receiver
+            .poll_recv(cx)
+            .map(|message| message.map(|bytes| Ok(Frame::data(bytes))))
+    }
+}
+
+/// A request with no `Origin` (scripts, the CLI) or one naming this host (the console itself).
+/// Browsers send `Origin` with every cross-origin POST and DELETE.
+fn same_origin<B>(request: &Request<B>) -> bool {
+    let Some(origin) = request.headers().get(ORIGIN) else {
+        return true;
+    };
+    let host = request.headers().get(HOST).and_then(|v| v.to_str().ok());
+    let origin = origin.to_str().unwrap_or("");
+    let origin_host = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    matches!((origin_host, host), (Some(a), Some(b)) if a.eq_ignore_ascii_case(b))
+}
+
+fn now_s() -> u64 {
+    u64::try_from(now_ms() / 1000).unwrap_or(0)
+}
+
+fn refuse(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+fn json(status: StatusCode, value: &impl Serialize) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: Method, headers: &[(&str, &str)]) -> Request<()> {
+        let mut builder = Request::builder().method(method).uri("/dead-letters/1");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap_or_default()
+    }
+
+    fn console(token: Option<&str>) -> Console {
+        Console {
+            auth: token.map(Auth::new),
+            protect_metrics: false,
+            show_content: false,
+            feed: Arc::new(crate::events::LocalFeed::new(1, false)),
+            stats: Arc::default(),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    const TOKEN: &str = "0123456789abcdef-token";
+
+    /// A connection that reads nothing holds back only itself: publishing never waits, and
+    /// when it reads again it is told how many events it lost, then gets the newest.
+    #[tokio::test]
+    async fn a_stalled_stream_loses_events_and_is_told_so_while_publishing_goes_on() {
+        let feed = crate::events::LocalFeed::new(8, false);
+        let (sender, mut receiver) = mpsc::channel(1);
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stream_events(feed.subscribe(), sender, shutdown.clone()));
+        let rejected = |n| Event::Rejected {
+            at_ms: n,
+            account: "main".into(),
+            reason: "bad_signature".into(),
+        };
+        let started = std::time::Instant::now();
+        for n in 0..1000 {
+            feed.publish(rejected(n));
+        }
+        assert!(started.elapsed() < Duration::from_secs(1));
+        let mut text = String::new();
+        while let Ok(Some(message)) =
+            tokio::time::timeout(Duration::from_millis(200), receiver.recv()).await
+        {
+            text.push_str(&String::from_utf8_lossy(&message));
+        }
+        assert!(text.starts_with("retry: 1000"), "{text}");
+        assert!(text.contains(r#"{"kind":"dropped","count":"#), "{text}");
+        assert!(
+            text.contains(r#""at_ms":999,"#),
+            "the newest event arrives: {text}"
+        );
+        assert!(text.matches("data: ").count() <= 8 + 3, "{text}");
+        shutdown.cancel();
+    }
+
+    #[test]
+    fn a_cross_origin_post_is_refused_even_without_a_token() {
+        let open = console(None);
+        let status = |r: Result<Caller, Refusal>| r.map_err(|e| e.response().status());
+        let evil = [
+            ("host", "127.0.0.1:9090"),
+            ("origin", "http://evil.example"),
+        ];
+        assert_eq!(
+            status(open.admit(&request(Method::POST, &evil))),
+            Err(StatusCode::FORBIDDEN)
+        );
+        let same = [
+            ("host", "127.0.0.1:9090"),
+            ("origin", "http://127.0.0.1:9090"),
+        ];
+        assert_eq!(
+            status(open.admit(&request(Method::POST, &same))),
+            Ok(Caller::Open)
+        );
+        assert_eq!(
+            status(open.admit(&request(Method::GET, &evil))),
+            Ok(Caller::Open)
+        );
+    }
+
+    #[test]
+    fn a_session_changes_state_only_with_its_csrf_token() {
+        let console = console(Some(TOKEN));
+        let auth = Auth::new(TOKEN);
+        let (cookie, session) = auth.open_session(now_s());
+        let cookie = format!("wf_console={cookie}");
+        let status = |r: Result<Caller, Refusal>| r.map(|_| ()).map_err(|e| e.response().status());
+        assert_eq!(
+            status(console.admit(&request(Method::GET, &[("cookie", &cookie)]))),
+            Ok(())
+        );
+        assert_eq!(
+            status(console.admit(&request(Method::POST, &[("cookie", &cookie)]))),
+            Err(StatusCode::FORBIDDEN)
+        );
+        let with_csrf = [("cookie", cookie.as_str()), (CSRF_HEADER, &session.csrf)];
+        assert_eq!(
+            status(console.admit(&request(Method::POST, &with_csrf))),
+            Ok(())
+        );
+        assert_eq!(
+            status(console.admit(&request(Method::GET, &[]))),
+            Err(StatusCode::UNAUTHORIZED)
+        );
+        let bearer = format!("Bearer {TOKEN}");
+        assert_eq!(
+            status(console.admit(&request(Method::DELETE, &[("authorization", &bearer)]))),
+            Ok(())
+        );
+        let wrong = [("authorization", "Bearer 0123456789abcdef-tokem")];
+        assert_eq!(
+            status(console.admit(&request(Method::GET, &wrong))),
+            Err(StatusCode::UNAUTHORIZED)
+        );
+    }
+}
