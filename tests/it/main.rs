@@ -14,6 +14,7 @@ mod support;
 mod cli;
 mod delivery;
 mod ingress;
+mod instances;
 mod operate;
 mod refusals;
 mod reply;

@@ -1,0 +1,138 @@
+//! The leases this process holds, kept alive while it holds them.
+//!
+//! On a store whose leases expire (Redis, shared by several instances), a job in flight is
+//! another instance's to take once its lease runs out: that is how the jobs of an instance that
+//! died get delivered. A live instance must therefore renew what it still holds, or a job
+//! waiting in a worker's handoff, or an attempt that outlasts the lease (a target with a long
+//! timeout), is sent twice. Every job taken under a lease (stored in flight by ingress for the
+//! primary relay or a handoff, or leased from the store by a worker) is [`Leases::hold`]en when
+//! taken and [`Leases::let_go`] when its outcome is recorded or it is released; one background
+//! task ([`Leases::keep`]) renews everything held in one batch per account. Leases the store
+//! reports lost (expired and taken by another instance, e.g. after Redis was unreachable for
+//! longer than a lease) are logged and forgotten: that job may now be delivered twice.
+//!
+//! On a store whose leases never expire (SQLite: one process owns it) this holds nothing and the
+//! task ends at once. Shared by `ingress` and `delivery`, so it belongs to neither.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::store::{Job, JobId, LeaseToken, Leased, Store};
+
+/// Most leases renewed by one call (one script per account), so Redis is never busy long.
+const RENEW_BATCH: usize = 512;
+
+/// This process's leases; cheap to clone, all clones share one set.
+#[derive(Clone, Debug, Default)]
+pub struct Leases {
+    /// Job → the lease it is held under; `None` when leases do not expire.
+    held: Option<Arc<Mutex<HashMap<JobId, Leased>>>>,
+    /// How long a lease lasts, when they expire.
+    lease: Duration,
+}
+
+impl Leases {
+    /// Leases lasting `lease` (the store's [`Store::lease_duration`]); `None`: nothing to keep.
+    pub fn new(lease: Option<Duration>) -> Leases {
+        match lease {
+            Some(lease) => Leases {
+                held: Some(Arc::default()),
+                lease,
+            },
+            None => Leases::default(),
+        }
+    }
+
+    /// `job` is held by this process from now until [`Leases::let_go`].
+    pub fn hold(&self, job: &Job) {
+        if let Some(held) = &self.held {
+            lock(held).insert(job.id, job.leased());
+        }
+    }
+
+    /// The lease `token` of `job` is no longer held (its outcome is recorded, or it was
+    /// released). A newer lease of the same job (retried and leased again meanwhile) stays.
+    pub fn let_go(&self, job: JobId, token: LeaseToken) {
+        if let Some(held) = &self.held {
+            let mut held = lock(held);
+            if held.get(&job).is_some_and(|l| l.token == token) {
+                held.remove(&job);
+            }
+        }
+    }
+
+    /// How many leases are held now.
+    pub fn len(&self) -> usize {
+        self.held.as_ref().map_or(0, |held| lock(held).len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Renews every held lease every third of the lease, until `stop`. A third, not a half: a
+    /// renewal that fails or comes late (Redis busy, a reconnect) leaves two more tries before
+    /// the lease runs out, and one round trip is small next to any lease worth configuring.
+    pub async fn keep(self, store: Arc<dyn Store>, stop: CancellationToken) {
+        let Some(held) = self.held else { return };
+        let mut ticks = tokio::time::interval(self.lease / 3);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            let batch: Vec<Leased> = lock(&held).values().cloned().collect();
+            let mut failed = None;
+            for chunk in batch.chunks(RENEW_BATCH) {
+                match store.renew(chunk).await {
+                    Ok(lost) => forget_lost(&held, chunk, &lost),
+                    Err(e) => failed = Some(e),
+                }
+            }
+            match failed {
+                Some(e) if !failing => {
+                    failing = true;
+                    warn!(error = %e, held = batch.len(), "could not renew the leases of jobs in flight; \
+                          if this lasts longer than a lease, other instances may deliver them again");
+                }
+                Some(_) => {}
+                None if failing => {
+                    failing = false;
+                    info!(held = batch.len(), "leases of jobs in flight renewed again");
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+/// Forgets the leases of `renewed` that the store reported `lost`, if they are still the ones
+/// held: a job let go while the renewal ran (its outcome recorded) is not lost, only done.
+fn forget_lost(held: &Mutex<HashMap<JobId, Leased>>, renewed: &[Leased], lost: &[JobId]) {
+    if lost.is_empty() {
+        return;
+    }
+    let mut held = lock(held);
+    for leased in renewed.iter().filter(|l| lost.contains(&l.job)) {
+        if held.get(&leased.job) == Some(leased) {
+            held.remove(&leased.job);
+            warn!(
+                account = &*leased.key.account,
+                target = &*leased.key.target,
+                delivery = leased.job,
+                "the lease of a job in flight was lost (it expired and another instance took the \
+                 job): the job may be delivered twice"
+            );
+        }
+    }
+}
+
+fn lock(held: &Mutex<HashMap<JobId, Leased>>) -> std::sync::MutexGuard<'_, HashMap<JobId, Leased>> {
+    held.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
