@@ -136,3 +136,70 @@ fn forget_lost(held: &Mutex<HashMap<JobId, Leased>>, renewed: &[Leased], lost: &
 fn lock(held: &Mutex<HashMap<JobId, Leased>>) -> std::sync::MutexGuard<'_, HashMap<JobId, Leased>> {
     held.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Replay, TargetKey};
+
+    fn job(id: JobId, lease: LeaseToken) -> Job {
+        Job {
+            id,
+            callback: 1,
+            key: TargetKey {
+                account: Arc::from("main"),
+                target: Arc::from("crm"),
+            },
+            lease,
+            attempts: 0,
+            retry_base: 0,
+            request: Arc::new(Replay {
+                query: String::new(),
+                content_type: None,
+                body: bytes::Bytes::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_store_whose_leases_never_expire_holds_nothing() {
+        let leases = Leases::new(None);
+        leases.hold(&job(1, 7));
+        assert!(leases.is_empty());
+    }
+
+    /// A job retried and leased again before the old attempt let go keeps its new lease.
+    #[test]
+    fn letting_go_of_an_old_lease_keeps_the_new_one() {
+        let leases = Leases::new(Some(Duration::from_secs(1)));
+        leases.hold(&job(1, 7));
+        leases.hold(&job(2, 8));
+        leases.hold(&job(1, 9));
+        leases.let_go(1, 7);
+        assert_eq!(leases.len(), 2);
+        leases.let_go(1, 9);
+        leases.let_go(2, 8);
+        assert!(leases.is_empty());
+    }
+
+    /// Reported lost: forgotten if still held under that token; a job let go meanwhile, or held
+    /// under a newer lease, is not touched.
+    #[test]
+    fn only_leases_still_held_are_forgotten_as_lost() {
+        let leases = Leases::new(Some(Duration::from_secs(1)));
+        let held = leases.held.clone().unwrap();
+        for (id, token) in [(1, 7), (2, 8), (3, 9)] {
+            leases.hold(&job(id, token));
+        }
+        let renewed: Vec<Leased> = [(1, 7), (2, 8), (3, 9), (4, 10)]
+            .iter()
+            .map(|(id, token)| job(*id, *token).leased())
+            .collect();
+        leases.hold(&job(2, 11));
+        forget_lost(&held, &renewed, &[1, 2, 4]);
+        let mut left: Vec<(JobId, LeaseToken)> =
+            lock(&held).values().map(|l| (l.job, l.token)).collect();
+        left.sort_unstable();
+        assert_eq!(left, [(2, 11), (3, 9)]);
+    }
+}
