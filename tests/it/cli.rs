@@ -125,3 +125,29 @@ fn serve_with_a_bad_config_exits_64_without_binding() {
     assert!(!stderr.contains("binding"), "{stderr}");
     drop(taken);
 }
+
+/// Every configuration shipped in `config/` is one a newcomer can start from: `check-config`
+/// accepts each (the Redis example names no password variable, so it needs none set). The
+/// defaults file is not one: it has no account, and is compiled in under every other.
+#[test]
+fn every_shipped_config_passes_check_config() {
+    let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(&folder).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") || path.ends_with("default.toml") {
+            continue;
+        }
+        let output = run(&["check-config", "--config", &path.to_string_lossy()]);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        checked.push(path.file_name().unwrap().to_string_lossy().into_owned());
+    }
+    checked.sort();
+    assert_eq!(checked, ["example.toml", "redis.toml"]);
+}
