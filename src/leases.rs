@@ -6,10 +6,11 @@
 //! waiting in a worker's handoff, or an attempt that outlasts the lease (a target with a long
 //! timeout), is sent twice. Every job taken under a lease (stored in flight by ingress for the
 //! primary relay or a handoff, or leased from the store by a worker) is [`Leases::hold`]en when
-//! taken and [`Leases::let_go`] when its outcome is recorded or it is released; one background
-//! task ([`Leases::keep`]) renews everything held in one batch per account. Leases the store
-//! reports lost (expired and taken by another instance, e.g. after Redis was unreachable for
-//! longer than a lease) are logged and forgotten: that job may now be delivered twice.
+//! taken and [`Leases::let_go`] once its outcome is recorded (an outcome the store refused is
+//! retried, and its lease must outlive the retries) or it is released; one background task
+//! ([`Leases::keep`]) renews everything held in one batch per account. A lease the store
+//! reports lost (it expired and another instance took the job, e.g. after Redis was unreachable
+//! for longer than a lease) is logged and forgotten: that job may now be delivered twice.
 //!
 //! On a store whose leases never expire (SQLite: one process owns it) this holds nothing and the
 //! task ends at once. Shared by `ingress` and `delivery`, so it belongs to neither.
@@ -82,16 +83,21 @@ impl Leases {
         let mut ticks = tokio::time::interval(self.lease / 3);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
+        // Reported lost by the last round; see [`confirm_lost`].
+        let mut suspects = Vec::new();
         loop {
             tokio::select! {
                 _ = ticks.tick() => {}
                 () = stop.cancelled() => return,
             }
+            confirm_lost(&held, std::mem::take(&mut suspects));
             let batch: Vec<Leased> = lock(&held).values().cloned().collect();
             let mut failed = None;
             for chunk in batch.chunks(RENEW_BATCH) {
                 match store.renew(chunk).await {
-                    Ok(lost) => forget_lost(&held, chunk, &lost),
+                    Ok(lost) => {
+                        suspects.extend(chunk.iter().filter(|l| lost.contains(&l.job)).cloned())
+                    }
                     Err(e) => failed = Some(e),
                 }
             }
@@ -112,15 +118,17 @@ impl Leases {
     }
 }
 
-/// Forgets the leases of `renewed` that the store reported `lost`, if they are still the ones
-/// held: a job let go while the renewal ran (its outcome recorded) is not lost, only done.
-fn forget_lost(held: &Mutex<HashMap<JobId, Leased>>, renewed: &[Leased], lost: &[JobId]) {
-    if lost.is_empty() {
+/// Forgets the leases reported lost by the previous round that are still held under the same
+/// token, with a warning. Confirming one round later tells a lost lease from a job whose outcome
+/// was recorded just before the renewal (its lease is gone from the store, so it is reported
+/// lost too) but let go only after: that one is no longer held by now.
+fn confirm_lost(held: &Mutex<HashMap<JobId, Leased>>, suspects: Vec<Leased>) {
+    if suspects.is_empty() {
         return;
     }
     let mut held = lock(held);
-    for leased in renewed.iter().filter(|l| lost.contains(&l.job)) {
-        if held.get(&leased.job) == Some(leased) {
+    for leased in suspects {
+        if held.get(&leased.job) == Some(&leased) {
             held.remove(&leased.job);
             warn!(
                 account = &*leased.key.account,
@@ -182,21 +190,22 @@ mod tests {
         assert!(leases.is_empty());
     }
 
-    /// Reported lost: forgotten if still held under that token; a job let go meanwhile, or held
-    /// under a newer lease, is not touched.
+    /// Reported lost: forgotten if still held under that token a round later; a job let go
+    /// meanwhile, or held under a newer lease, is not touched.
     #[test]
     fn only_leases_still_held_are_forgotten_as_lost() {
         let leases = Leases::new(Some(Duration::from_secs(1)));
         let held = leases.held.clone().unwrap();
-        for (id, token) in [(1, 7), (2, 8), (3, 9)] {
+        for (id, token) in [(1, 7), (2, 8), (3, 9), (4, 10)] {
             leases.hold(&job(id, token));
         }
-        let renewed: Vec<Leased> = [(1, 7), (2, 8), (3, 9), (4, 10)]
+        let suspects: Vec<Leased> = [(1, 7), (2, 8), (4, 10)]
             .iter()
             .map(|(id, token)| job(*id, *token).leased())
             .collect();
         leases.hold(&job(2, 11));
-        forget_lost(&held, &renewed, &[1, 2, 4]);
+        leases.let_go(4, 10);
+        confirm_lost(&held, suspects);
         let mut left: Vec<(JobId, LeaseToken)> =
             lock(&held).values().map(|l| (l.job, l.token)).collect();
         left.sort_unstable();

@@ -211,11 +211,11 @@ impl Delivery {
     async fn deliver(self, target: Arc<Target>, job: Job, permit: OwnedSemaphorePermit) {
         let attempt = self.downstream.attempt(&target, &job).await;
         drop(permit);
-        self.leases.let_go(job.id, job.lease);
         let disposition = self
             .downstream
             .finish(&*self.store, &target, &job, &attempt)
             .await;
+        self.leases.let_go(job.id, job.lease);
         if matches!(disposition, Disposition::RetryIn(_)) {
             // The worker may be asleep for a whole poll interval; let it see the new due time.
             target.wake.notify_one();

@@ -477,9 +477,9 @@ impl Ingress {
             async move {
                 let attempt = downstream.attempt(&target, &job).await;
                 drop(permit);
-                leases.let_go(job.id, job.lease);
                 let _ = reply.send(attempt.clone());
                 downstream.finish(&*store, &target, &job, &attempt).await;
+                leases.let_go(job.id, job.lease);
                 // A retry may now be scheduled: let the target's worker see when it is due.
                 target.wake.notify_one();
             }
