@@ -29,8 +29,13 @@ const LEASE_MS: u64 = 1000;
 /// The `[store]` keys that put an instance on `redis` (they continue the `[store]` table that
 /// [`write_binary_config`] opens).
 fn on_redis(redis: &RedisServer) -> String {
+    on_redis_with_lease(redis, LEASE_MS)
+}
+
+/// The same with leases of `lease_ms`.
+fn on_redis_with_lease(redis: &RedisServer, lease_ms: u64) -> String {
     format!(
-        "backend = \"redis\"\n[store.redis]\nurls = [\"{}\"]\nkey_prefix = \"it\"\nlease_ms = {LEASE_MS}\n",
+        "backend = \"redis\"\n[store.redis]\nurls = [\"{}\"]\nkey_prefix = \"it\"\nlease_ms = {lease_ms}\n",
         redis.url()
     )
 }
