@@ -373,8 +373,15 @@ impl Ingress {
                     relay = Some((*target, permit, job))
                 }
                 Start::Handoff(handoff) => {
+                    // Held before it is sent: the worker may be done with it at once.
                     self.leases.hold(&job);
-                    handoff.send(job);
+                    let (id, lease) = (job.id, job.lease);
+                    if handoff.send(job).is_closed() {
+                        // The worker is stopping: it returns the jobs it still drains to the
+                        // store as due, and one it no longer drains is due once its lease runs
+                        // out. Neither needs renewing, and nothing here would let go of it.
+                        self.leases.let_go(id, lease);
+                    }
                 }
                 Start::Stored => target.wake.notify_one(),
             }
