@@ -9,6 +9,7 @@
 //! - [`store`]: the durable queue and dedupe, one trait: SQLite (default, one instance) or Redis
 //!   (shared by several instances; leases with tokens, the store's clock).
 //! - [`retry`]: which answers are retried, and when; [`downstream`]: the byte-identical replay.
+//! - [`leases`]: keeps alive the leases this process holds (on a store where they expire).
 //! - [`ingress`]: the WeChat-facing server: verify, buffer, persist, answer in time.
 //! - [`delivery`]: one worker per target: lease due jobs, send, record.
 //! - [`events`]: what happened, for the live console: ingress and delivery publish, never wait.
@@ -32,6 +33,7 @@ pub mod error;
 pub mod escape;
 pub mod events;
 pub mod ingress;
+pub mod leases;
 pub mod metrics;
 pub mod retry;
 pub mod shutdown;
@@ -56,6 +58,7 @@ use crate::delivery::Delivery;
 use crate::downstream::{Downstream, now_ms};
 use crate::events::{EventFeed, LocalFeed};
 use crate::ingress::Ingress;
+use crate::leases::Leases;
 use crate::metrics::Metrics;
 use crate::shutdown::InFlight;
 use crate::store::Store;
@@ -108,6 +111,10 @@ pub async fn run_with(
     let downstream = Downstream::new(metrics.clone(), events.clone());
     let in_flight = InFlight::default();
     let grace = config.server.shutdown_grace_ms.duration();
+    // Renews the leases of jobs in flight until the attempts are done or abandoned.
+    let leases = Leases::new(store.lease_duration());
+    let keeper_stop = CancellationToken::new();
+    let keeper = tokio::spawn(leases.clone().keep(store.clone(), keeper_stop.clone()));
 
     let mut workers = Workers {
         delivery: Delivery {
@@ -115,6 +122,7 @@ pub async fn run_with(
             downstream: downstream.clone(),
             poll_interval: config.delivery.poll_interval_ms.duration(),
             in_flight: in_flight.clone(),
+            leases: leases.clone(),
         },
         parent: shutdown.clone(),
         generation: shutdown.child_token(),
@@ -152,6 +160,7 @@ pub async fn run_with(
         downstream,
         config.server.clone(),
         in_flight.clone(),
+        leases,
         metrics,
         events,
     ));
@@ -178,9 +187,12 @@ pub async fn run_with(
     }
     if !in_flight.drain(deadline).await {
         warn!(
-            "work still in flight after the grace period was dropped; it resumes on the next start"
+            "work still in flight after the grace period was dropped; it resumes on the next start \
+             (on a shared store: on another instance once its lease expires)"
         );
     }
+    keeper_stop.cancel();
+    let _ = keeper.await;
     store.flush().await?;
     info!("stopped");
     Ok(())

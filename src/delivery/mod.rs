@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info_span, warn};
 
 use crate::downstream::{Downstream, now_ms};
+use crate::leases::Leases;
 use crate::shutdown::InFlight;
 use crate::store::{Disposition, Job, Leased, Store};
 use crate::targets::Target;
@@ -46,6 +47,8 @@ pub struct Delivery {
     pub poll_interval: Duration,
     /// Attempts in flight, so shutdown can wait for them (and abandon them after the grace).
     pub in_flight: InFlight,
+    /// Leases of jobs leased here, handed over or running, kept alive until they end.
+    pub leases: Leases,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -146,6 +149,9 @@ impl Delivery {
             }
         };
         let full = jobs.len() == want;
+        for job in &jobs {
+            self.leases.hold(job);
+        }
         let mut first = Some(first);
         for job in jobs {
             let permit = match first.take() {
@@ -194,6 +200,9 @@ impl Delivery {
         if jobs.is_empty() {
             return;
         }
+        for job in &jobs {
+            self.leases.let_go(job.job, job.token);
+        }
         if let Err(e) = self.store.release(jobs).await {
             warn!(error = %e, "could not return handed-over jobs to the queue; they resume on the next start");
         }
@@ -206,6 +215,7 @@ impl Delivery {
             .downstream
             .finish(&*self.store, &target, &job, &attempt)
             .await;
+        self.leases.let_go(job.id, job.lease);
         if matches!(disposition, Disposition::RetryIn(_)) {
             // The worker may be asleep for a whole poll interval; let it see the new due time.
             target.wake.notify_one();

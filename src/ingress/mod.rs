@@ -35,9 +35,12 @@ use crate::config::ServerConfig;
 use crate::downstream::{Attempt, Downstream, now_ms};
 use crate::error::Rejection;
 use crate::events::{CallbackEvent, Event, EventFeed, JobRef};
+use crate::leases::Leases;
 use crate::metrics::{CallbackOutcome, Metrics};
 use crate::shutdown::InFlight;
-use crate::store::{Accepted, Answer, Job, NewCallback, NewJob, Replay, Store, new_lease_token};
+use crate::store::{
+    Accepted, Answer, CallbackId, Job, NewCallback, NewJob, Replay, Store, new_lease_token,
+};
 use crate::targets::{Account, Routes, Target};
 use crate::telemetry::event_at;
 use crate::wechat::{CallbackQuery, Envelope, dedupe_key, open_callback, verify_url};
@@ -50,6 +53,8 @@ const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 const FOLLOWER_SLACK: Duration = Duration::from_millis(200);
 /// WeChat gives up on an answer after 5 s; whatever happens, answer a little before that.
 const ANSWER_WITHIN: Duration = Duration::from_millis(4800);
+/// How often a resend polls the store for the answer of its first copy on another instance.
+const ANSWER_POLL: Duration = Duration::from_millis(25);
 
 /// Everything a request needs, shared by all connections.
 pub struct Ingress {
@@ -60,6 +65,8 @@ pub struct Ingress {
     resends: Arc<Resends>,
     /// Connections, primary attempts that outlive their request, and answers being saved.
     in_flight: InFlight,
+    /// Jobs stored in flight (relayed or handed over) are held here until their attempt ends.
+    leases: Leases,
     metrics: Arc<Metrics>,
     /// Accepted and rejected callbacks, for the live console.
     events: Arc<dyn EventFeed>,
@@ -80,6 +87,7 @@ impl Ingress {
         downstream: Downstream,
         settings: ServerConfig,
         in_flight: InFlight,
+        leases: Leases,
         metrics: Arc<Metrics>,
         events: Arc<dyn EventFeed>,
     ) -> Ingress {
@@ -90,6 +98,7 @@ impl Ingress {
             settings,
             resends: Arc::default(),
             in_flight,
+            leases,
             metrics,
             events,
         }
@@ -336,10 +345,19 @@ impl Ingress {
             .await?;
         let (callback, job_ids) = match accepted {
             Accepted::Duplicate {
-                answer, callback, ..
+                answer,
+                callback,
+                answer_pending,
             } => {
                 tracing::Span::current().record("callback", callback);
-                let answer = answer.unwrap_or_else(success);
+                let answer = match (answer, answer_pending) {
+                    (Some(answer), _) => answer,
+                    (None, Some(pending)) => {
+                        self.first_answer(&account.id, callback, pending, deadline)
+                            .await
+                    }
+                    (None, None) => success(),
+                };
                 leader.publish(callback, answer.clone());
                 info!(dedupe_key = %key, outcome = "duplicate", "resend of a stored callback");
                 self.events
@@ -385,12 +403,22 @@ impl Ingress {
         };
         let mut relay = None;
         for (((target, id), start), stored) in matched.iter().zip(job_ids).zip(starts).zip(&jobs) {
+            let job = new_job(target, id, stored.lease);
             match start {
                 Start::Relay(permit) => {
-                    relay = Some((*target, permit, new_job(target, id, stored.lease)))
+                    self.leases.hold(&job);
+                    relay = Some((*target, permit, job))
                 }
                 Start::Handoff(handoff) => {
-                    handoff.send(new_job(target, id, stored.lease));
+                    // Held before it is sent: the worker may be done with it at once.
+                    self.leases.hold(&job);
+                    let (id, lease) = (job.id, job.lease);
+                    if handoff.send(job).is_closed() {
+                        // The worker is stopping: it returns the jobs it still drains to the
+                        // store as due, and one it no longer drains is due once its lease runs
+                        // out. Neither needs renewing, and nothing here would let go of it.
+                        self.leases.let_go(id, lease);
+                    }
                 }
                 Start::Stored => target.wake.notify_one(),
             }
@@ -425,32 +453,63 @@ impl Ingress {
             }
             .to_owned(),
         });
-        let answer = match relayed {
-            Some(answer) => {
-                leader.publish(callback, answer.clone());
-                // Keep leading until the answer is saved, so no resend can miss it.
-                let store = self.store.clone();
-                let saved = answer.clone();
-                let account_id = account.id.clone();
-                self.in_flight.spawn(async move {
-                    if let Err(e) = store.save_answer(&account_id, callback, saved).await {
-                        warn!(error = %e, "could not save the relayed answer; a late resend will get success");
-                    }
-                    drop(leader);
-                });
-                answer
-            }
-            None => {
-                let answer = success();
-                leader.publish(callback, answer.clone());
-                answer
-            }
-        };
+        let answer = relayed.unwrap_or_else(success);
+        leader.publish(callback, answer.clone());
+        if answer_pending_ms.is_some() {
+            // Resends were told an answer may come (`answer_pending`): save the one WeChat got,
+            // the primary's or `success` when it did not answer in time, so that copies waiting
+            // on other instances stop at once with the same bytes. Keep leading until it is
+            // saved, so no resend here can miss it.
+            let store = self.store.clone();
+            let saved = answer.clone();
+            let account_id = account.id.clone();
+            self.in_flight.spawn(async move {
+                if let Err(e) = store.save_answer(&account_id, callback, saved).await {
+                    warn!(error = %e, "could not save the answer; a resend will get success");
+                }
+                drop(leader);
+            });
+        }
         self.metrics
             .callback(&account.id, CallbackOutcome::Accepted);
         self.metrics
             .answered(&account.id, started.elapsed().as_secs_f64());
         Ok(answer)
+    }
+
+    /// The answer a resend gets while the first copy of its callback may still be relaying the
+    /// primary's answer, here or on another instance: polls the store for the answer the first
+    /// copy saves, until it is due (`pending`, by the store's clock, plus a little for the save
+    /// to land) or this copy's own deadline passes. Then `success`: the callback is stored, and a
+    /// 5xx would only make WeChat resend it again.
+    async fn first_answer(
+        &self,
+        account: &str,
+        callback: CallbackId,
+        pending: Duration,
+        deadline: Instant,
+    ) -> Answer {
+        // Well inside the 503 that `callback` answers at `deadline + FOLLOWER_SLACK` at the
+        // earliest.
+        let until = (Instant::now() + pending + FOLLOWER_SLACK).min(deadline + FOLLOWER_SLACK / 2);
+        loop {
+            match tokio::time::timeout_at(until.into(), self.store.answer(account, callback)).await
+            {
+                Ok(Ok(Some(answer))) => {
+                    debug!("the first copy's answer arrived");
+                    return answer;
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => debug!(error = %e, "could not read the first copy's answer"),
+                Err(_) => break,
+            }
+            if Instant::now() + ANSWER_POLL >= until {
+                break;
+            }
+            tokio::time::sleep(ANSWER_POLL).await;
+        }
+        info!("the first copy's answer did not come in time; answering success");
+        success()
     }
 
     /// Sends the primary's job now and waits for its answer until `deadline`; the attempt goes on
@@ -466,12 +525,14 @@ impl Ingress {
         let (reply, answer) = oneshot::channel();
         let store = self.store.clone();
         let downstream = self.downstream.clone();
+        let leases = self.leases.clone();
         self.in_flight.spawn(
             async move {
                 let attempt = downstream.attempt(&target, &job).await;
                 drop(permit);
                 let _ = reply.send(attempt.clone());
                 downstream.finish(&*store, &target, &job, &attempt).await;
+                leases.let_go(job.id, job.lease);
                 // A retry may now be scheduled: let the target's worker see when it is due.
                 target.wake.notify_one();
             }

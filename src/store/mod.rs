@@ -373,6 +373,12 @@ pub trait Store: Send + Sync + 'static {
     /// the jobs whose lease was lost meanwhile.
     async fn renew(&self, jobs: &[Leased]) -> Result<Vec<JobId>, StoreError>;
 
+    /// How long a lease lasts unless [`Store::renew`]ed, after which another process may take
+    /// the job; `None` when leases never expire (one process owns the store).
+    fn lease_duration(&self) -> Option<Duration> {
+        None
+    }
+
     /// Turns the pending jobs of every target not in `routed` into dead letters with `reason` as
     /// their last error: a target removed from the configuration has no worker, and its jobs
     /// would otherwise wait, and keep their callbacks, forever. Jobs in flight are left to their

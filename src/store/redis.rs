@@ -689,6 +689,10 @@ impl Store for RedisStore {
         Ok(lost)
     }
 
+    fn lease_duration(&self) -> Option<Duration> {
+        Some(Duration::from_millis(self.lease_ms))
+    }
+
     async fn bury_unrouted(
         &self,
         routed: Vec<TargetKey>,

@@ -406,6 +406,11 @@ impl Store for SqliteStore {
         Ok(Vec::new())
     }
 
+    fn lease_duration(&self) -> Option<Duration> {
+        // The same reason: a lease here lasts until its outcome or the next open.
+        None
+    }
+
     async fn bury_unrouted(
         &self,
         routed: Vec<TargetKey>,

@@ -15,6 +15,7 @@ mod cli;
 mod console;
 mod delivery;
 mod ingress;
+mod instances;
 mod operate;
 mod refusals;
 mod reply;

@@ -32,7 +32,7 @@ use wechat_fanout::store::SqliteStore;
 use wechat_fanout::wechat::SealedRequest;
 
 pub(crate) use binary::Binary;
-pub(crate) use target::Target;
+pub(crate) use target::{Received, Target};
 pub(crate) use wx::{Wx, event_xml, text_json, text_xml};
 
 /// The longest any test waits for something that should happen.
