@@ -23,9 +23,10 @@ use redis_server::{RedisCluster, RedisServer};
 
 /// A callback for account `main` with ids from `store`; `(target, true)` is stored leased (with
 /// a fresh token, in `jobs[i].lease`).
-fn callback(store: &dyn Store, key: &str, targets: &[(&str, bool)]) -> NewCallback {
+async fn callback(store: &dyn Store, key: &str, targets: &[(&str, bool)]) -> NewCallback {
+    let mut ids = store.next_ids(1 + targets.len()).await.unwrap().into_iter();
     NewCallback {
-        id: store.next_id(),
+        id: ids.next().unwrap(),
         account: Arc::from("main"),
         dedupe_key: key.to_owned(),
         received_at_ms: 1_000,
@@ -38,8 +39,9 @@ fn callback(store: &dyn Store, key: &str, targets: &[(&str, bool)]) -> NewCallba
         }),
         jobs: targets
             .iter()
-            .map(|(name, leased)| NewJob {
-                id: store.next_id(),
+            .zip(ids)
+            .map(|((name, leased), id)| NewJob {
+                id,
                 target: Arc::from(*name),
                 lease: leased.then(new_lease_token),
             })
@@ -94,7 +96,7 @@ async fn lease_one(store: &dyn Store, target: &str) -> Job {
 /// Accepting twice yields one callback; the second sees the saved answer.
 async fn insert_if_absent_is_the_dedupe(store: Arc<dyn Store>) {
     let first = store
-        .accept(callback(&*store, "k1", &[("a", false), ("b", false)]))
+        .accept(callback(&*store, "k1", &[("a", false), ("b", false)]).await)
         .await
         .unwrap();
     let Accepted::New { callback: id, jobs } = first else {
@@ -102,7 +104,7 @@ async fn insert_if_absent_is_the_dedupe(store: Arc<dyn Store>) {
     };
     assert_eq!(jobs.len(), 2);
     let again = store
-        .accept(callback(&*store, "k1", &[("a", false)]))
+        .accept(callback(&*store, "k1", &[("a", false)]).await)
         .await
         .unwrap();
     assert_eq!(
@@ -119,7 +121,7 @@ async fn insert_if_absent_is_the_dedupe(store: Arc<dyn Store>) {
     };
     store.save_answer("main", id, answer.clone()).await.unwrap();
     let third = store
-        .accept(callback(&*store, "k1", &[("a", false)]))
+        .accept(callback(&*store, "k1", &[("a", false)]).await)
         .await
         .unwrap();
     assert_eq!(
@@ -141,7 +143,7 @@ async fn concurrent_resends_create_one_callback(store: Arc<dyn Store>) {
             let store = store.clone();
             tokio::spawn(async move {
                 store
-                    .accept(callback(&*store, "same", &[("a", false)]))
+                    .accept(callback(&*store, "same", &[("a", false)]).await)
                     .await
                     .unwrap()
             })
@@ -160,7 +162,7 @@ async fn concurrent_resends_create_one_callback(store: Arc<dyn Store>) {
 /// Leasing returns the original bytes, never the same job twice, and leased jobs are not due.
 async fn lease_returns_original_bytes_once(store: Arc<dyn Store>) {
     store
-        .accept(callback(&*store, "k2", &[("a", false), ("b", true)]))
+        .accept(callback(&*store, "k2", &[("a", false), ("b", true)]).await)
         .await
         .unwrap();
     let job = lease_one(&*store, "a").await;
@@ -176,7 +178,7 @@ async fn lease_returns_original_bytes_once(store: Arc<dyn Store>) {
     assert_eq!(store.next_due(&key("b")).await.unwrap(), None);
     // A new job is due at once.
     store
-        .accept(callback(&*store, "k3", &[("c", false)]))
+        .accept(callback(&*store, "k3", &[("c", false)]).await)
         .await
         .unwrap();
     assert_eq!(
@@ -189,7 +191,7 @@ async fn lease_returns_original_bytes_once(store: Arc<dyn Store>) {
 /// delivered disappears.
 async fn record_reschedules_buries_and_removes(store: Arc<dyn Store>) {
     store
-        .accept(callback(&*store, "k4", &[("a", false)]))
+        .accept(callback(&*store, "k4", &[("a", false)]).await)
         .await
         .unwrap();
     let job = lease_one(&*store, "a").await;
@@ -207,7 +209,7 @@ async fn record_reschedules_buries_and_removes(store: Arc<dyn Store>) {
     assert!(store.lease_due(&key("a"), 10).await.unwrap().is_empty());
 
     store
-        .accept(callback(&*store, "k5", &[("d", false)]))
+        .accept(callback(&*store, "k5", &[("d", false)]).await)
         .await
         .unwrap();
     let job = lease_one(&*store, "d").await;
@@ -219,19 +221,28 @@ async fn record_reschedules_buries_and_removes(store: Arc<dyn Store>) {
 /// Delivered callbacks are purged after retention; undelivered ones never are.
 async fn purge_keeps_undelivered(store: Arc<dyn Store>) {
     store
-        .accept(callback(&*store, "p1", &[("a", false)]))
+        .accept(callback(&*store, "p1", &[("a", false)]).await)
         .await
         .unwrap();
-    store.accept(callback(&*store, "p2", &[])).await.unwrap();
+    store
+        .accept(callback(&*store, "p2", &[]).await)
+        .await
+        .unwrap();
     assert_eq!(store.purge_delivered(500).await.unwrap(), 0);
     assert_eq!(store.purge_delivered(2_000).await.unwrap(), 1);
     // p2 is gone, so it is new again; p1 (pending) is still a duplicate.
     assert!(matches!(
-        store.accept(callback(&*store, "p2", &[])).await.unwrap(),
+        store
+            .accept(callback(&*store, "p2", &[]).await)
+            .await
+            .unwrap(),
         Accepted::New { .. }
     ));
     assert!(matches!(
-        store.accept(callback(&*store, "p1", &[])).await.unwrap(),
+        store
+            .accept(callback(&*store, "p1", &[]).await)
+            .await
+            .unwrap(),
         Accepted::Duplicate { .. }
     ));
     store.check_writable().await.unwrap();
@@ -245,7 +256,7 @@ async fn delivery_ids_are_never_reused(store: Arc<dyn Store>) {
     let mut seen = std::collections::HashSet::new();
     for n in 0..3 {
         let Accepted::New { callback, jobs } = store
-            .accept(callback(&*store, &format!("r{n}"), &[("a", false)]))
+            .accept(callback(&*store, &format!("r{n}"), &[("a", false)]).await)
             .await
             .unwrap()
         else {
@@ -262,10 +273,27 @@ async fn delivery_ids_are_never_reused(store: Arc<dyn Store>) {
     }
 }
 
+/// Regression: ids were 63-bit numbers, which a browser (the console) and `jq` read as doubles,
+/// rounded: two jobs of one callback showed as one, and a listed dead letter's id named another.
+/// Ids strictly increase within one store and stay exact as a JSON number read as a double.
+async fn ids_increase_and_survive_a_double(store: Arc<dyn Store>) {
+    let mut last = 0;
+    for n in [1, 3, 1000, 2, 5000, 1] {
+        let ids = store.next_ids(n).await.unwrap();
+        assert_eq!(ids.len(), n);
+        for id in ids {
+            assert!(id > last, "{id} after {last}");
+            assert_eq!(id as f64 as i64, id, "{id} is not exact as a double");
+            assert!(id < 1 << 53, "{id}");
+            last = id;
+        }
+    }
+}
+
 /// Jobs stored as in flight (handed to a worker) that the worker gives back are due again;
 /// releasing a job that is not in flight, or under another lease, changes nothing.
 async fn release_returns_jobs_in_flight_to_the_queue(store: Arc<dyn Store>) {
-    let new = callback(&*store, "h1", &[("a", true), ("b", false), ("c", true)]);
+    let new = callback(&*store, "h1", &[("a", true), ("b", false), ("c", true)]).await;
     let tokens: Vec<Option<LeaseToken>> = new.jobs.iter().map(|j| j.lease).collect();
     let Accepted::New { jobs, .. } = store.accept(new).await.unwrap() else {
         panic!("h1 is new");
@@ -304,13 +332,14 @@ async fn bury_unrouted_turns_orphaned_jobs_into_dead_letters(store: Arc<dyn Stor
         &*store,
         "o1",
         &[("kept", false), ("gone", false), ("running", true)],
-    );
+    )
+    .await;
     let running = new.jobs[2].lease.unwrap();
     let Accepted::New { jobs, .. } = store.accept(new).await.unwrap() else {
         panic!("o1 is new");
     };
     store
-        .accept(callback(&*store, "o2", &[("gone", false)]))
+        .accept(callback(&*store, "o2", &[("gone", false)]).await)
         .await
         .unwrap();
 
@@ -356,7 +385,7 @@ async fn bury_unrouted_turns_orphaned_jobs_into_dead_letters(store: Arc<dyn Stor
 /// leaves those of other targets exactly as they were (still dead, same time of death).
 async fn replay_dead_replays_letters_of_routed_targets_only(store: Arc<dyn Store>) {
     store
-        .accept(callback(&*store, "d1", &[("a", false), ("gone", false)]))
+        .accept(callback(&*store, "d1", &[("a", false), ("gone", false)]).await)
         .await
         .unwrap();
     for target in ["a", "gone"] {
@@ -401,7 +430,10 @@ async fn purge_dead_deletes_letters_by_id_and_by_filter(store: Arc<dyn Store>) {
         ("e1", &[("a", false), ("b", false)][..]),
         ("e2", &[("a", false)]),
     ] {
-        store.accept(callback(&*store, key, targets)).await.unwrap();
+        store
+            .accept(callback(&*store, key, targets).await)
+            .await
+            .unwrap();
         for (target, _) in targets {
             let job = lease_one(&*store, target).await;
             record(&*store, report(&job, 1, Disposition::Dead)).await;
@@ -455,7 +487,7 @@ async fn dead_letters_are_filtered_and_newest_first(store: Arc<dyn Store>) {
         .enumerate()
     {
         store
-            .accept(callback(&*store, &format!("f{n}"), &[(target, false)]))
+            .accept(callback(&*store, &format!("f{n}"), &[(target, false)]).await)
             .await
             .unwrap();
         let job = lease_one(&*store, target).await;
@@ -514,7 +546,7 @@ async fn dead_letters_are_filtered_and_newest_first(store: Arc<dyn Store>) {
 /// expired and was taken again) writes nothing, and the job stays with its current holder.
 async fn record_with_a_stale_token_is_not_applied(store: Arc<dyn Store>) {
     store
-        .accept(callback(&*store, "s1", &[("a", false)]))
+        .accept(callback(&*store, "s1", &[("a", false)]).await)
         .await
         .unwrap();
     let job = lease_one(&*store, "a").await;
@@ -555,7 +587,7 @@ async fn record_with_a_stale_token_is_not_applied(store: Arc<dyn Store>) {
 /// The same accept sent twice (a resend after a reconnect, with the same client-made ids) writes
 /// once and answers `New` with the same ids both times; another copy is a duplicate.
 async fn accept_sent_twice_writes_once(store: Arc<dyn Store>) {
-    let new = callback(&*store, "t1", &[("a", false), ("b", true)]);
+    let new = callback(&*store, "t1", &[("a", false), ("b", true)]).await;
     let first = store.accept(new.clone()).await.unwrap();
     let expected = Accepted::New {
         callback: new.id,
@@ -566,7 +598,7 @@ async fn accept_sent_twice_writes_once(store: Arc<dyn Store>) {
     assert_eq!(store.lease_due(&key("a"), 10).await.unwrap().len(), 1);
     assert!(store.lease_due(&key("b"), 10).await.unwrap().is_empty());
     assert!(matches!(
-        store.accept(callback(&*store, "t1", &[("a", false)])).await.unwrap(),
+        store.accept(callback(&*store, "t1", &[("a", false)]).await).await.unwrap(),
         Accepted::Duplicate { callback, .. } if callback == new.id
     ));
 }
@@ -574,7 +606,7 @@ async fn accept_sent_twice_writes_once(store: Arc<dyn Store>) {
 /// While the first copy's primary relay may still answer, a resend hears how long it may take,
 /// and can read the answer once it is saved.
 async fn duplicate_sees_the_pending_answer(store: Arc<dyn Store>) {
-    let mut new = callback(&*store, "w1", &[("primary", true)]);
+    let mut new = callback(&*store, "w1", &[("primary", true)]).await;
     new.answer_pending_ms = Some(5_000);
     let id = new.id;
     store.accept(new).await.unwrap();
@@ -583,7 +615,7 @@ async fn duplicate_sees_the_pending_answer(store: Arc<dyn Store>) {
         answer: None,
         answer_pending: Some(left),
     } = store
-        .accept(callback(&*store, "w1", &[("primary", true)]))
+        .accept(callback(&*store, "w1", &[("primary", true)]).await)
         .await
         .unwrap()
     else {
@@ -606,7 +638,7 @@ async fn duplicate_sees_the_pending_answer(store: Arc<dyn Store>) {
     );
     assert_eq!(
         store
-            .accept(callback(&*store, "w1", &[("primary", true)]))
+            .accept(callback(&*store, "w1", &[("primary", true)]).await)
             .await
             .unwrap(),
         Accepted::Duplicate {
@@ -629,6 +661,7 @@ macro_rules! contract {
             #[tokio::test] record_reschedules_buries_and_removes,
             #[tokio::test] purge_keeps_undelivered,
             #[tokio::test] delivery_ids_are_never_reused,
+            #[tokio::test] ids_increase_and_survive_a_double,
             #[tokio::test] release_returns_jobs_in_flight_to_the_queue,
             #[tokio::test] bury_unrouted_turns_orphaned_jobs_into_dead_letters,
             #[tokio::test] replay_dead_replays_letters_of_routed_targets_only,
@@ -723,7 +756,7 @@ async fn two_instances(urls: Vec<String>, cluster: bool) -> (Arc<dyn Store>, Arc
 /// expires, another instance leases the same job (same delivery id, same bytes), and the dead
 /// one's late outcome is not applied.
 async fn lease_expiry_hands_the_job_to_another_instance(a: Arc<dyn Store>, b: Arc<dyn Store>) {
-    let new = callback(&*a, "x1", &[("a", true)]);
+    let new = callback(&*a, "x1", &[("a", true)]).await;
     let (job_id, token) = (new.jobs[0].id, new.jobs[0].lease.unwrap());
     a.accept(new).await.unwrap();
     assert!(b.lease_due(&key("a"), 10).await.unwrap().is_empty());
@@ -746,7 +779,7 @@ async fn lease_expiry_hands_the_job_to_another_instance(a: Arc<dyn Store>, b: Ar
 /// An attempt longer than the lease renews it, so no other instance takes the job meanwhile; a
 /// lease that was lost is reported by renew.
 async fn renew_keeps_a_lease(a: Arc<dyn Store>, b: Arc<dyn Store>) {
-    a.accept(callback(&*a, "y1", &[("a", false)]))
+    a.accept(callback(&*a, "y1", &[("a", false)]).await)
         .await
         .unwrap();
     let job = lease_one(&*a, "a").await;
@@ -766,10 +799,10 @@ async fn renew_keeps_a_lease(a: Arc<dyn Store>, b: Arc<dyn Store>) {
 /// Dead letters, queue depths and purges cover the whole deployment, not one instance's work:
 /// what one instance buried, another lists, shows, counts and replays.
 async fn every_instance_sees_the_whole_deployment(a: Arc<dyn Store>, b: Arc<dyn Store>) {
-    let mut other = callback(&*a, "z1", &[("a", false)]);
+    let mut other = callback(&*a, "z1", &[("a", false)]).await;
     other.account = Arc::from("second");
     a.accept(other).await.unwrap();
-    a.accept(callback(&*a, "z2", &[("a", false)]))
+    a.accept(callback(&*a, "z2", &[("a", false)]).await)
         .await
         .unwrap();
     let job = lease_one(&*a, "a").await;
@@ -789,6 +822,26 @@ async fn every_instance_sees_the_whole_deployment(a: Arc<dyn Store>, b: Arc<dyn 
     assert_eq!(lease_one(&*a, "a").await.id, job.id);
 }
 
+/// Two instances taking ids at once, in blocks and one by one, never get the same id.
+async fn instances_never_share_an_id(a: Arc<dyn Store>, b: Arc<dyn Store>) {
+    let take = |store: Arc<dyn Store>| {
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for n in [1, 700, 3, 2000, 1] {
+                ids.extend(store.next_ids(n).await.unwrap());
+            }
+            ids
+        })
+    };
+    let (from_a, from_b) = (take(a), take(b));
+    let (from_a, from_b) = (from_a.await.unwrap(), from_b.await.unwrap());
+    let mut all: std::collections::HashSet<i64> = from_a.iter().copied().collect();
+    assert_eq!(all.len(), from_a.len());
+    for id in from_b {
+        assert!(all.insert(id), "id {id} handed to both instances");
+    }
+}
+
 /// Tests of several instances for one Redis deployment: `mod $backend` with one test each.
 macro_rules! instances {
     ($backend:ident, $urls:expr, $cluster:expr) => {
@@ -797,6 +850,7 @@ macro_rules! instances {
             instances!(@test $urls, $cluster, lease_expiry_hands_the_job_to_another_instance);
             instances!(@test $urls, $cluster, renew_keeps_a_lease);
             instances!(@test $urls, $cluster, every_instance_sees_the_whole_deployment);
+            instances!(@test $urls, $cluster, instances_never_share_an_id);
         }
     };
     (@test $urls:expr, $cluster:expr, $test:ident) => {
@@ -825,7 +879,7 @@ async fn sqlite_reopen_resumes_jobs_in_flight_and_refuses_a_second_owner() {
             "{err}"
         );
         store
-            .accept(callback(&store, "r1", &[("a", true), ("b", false)]))
+            .accept(callback(&store, "r1", &[("a", true), ("b", false)]).await)
             .await
             .unwrap();
         assert_eq!(store.lease_due(&key("b"), 10).await.unwrap().len(), 1);
@@ -872,7 +926,7 @@ async fn sqlite_file_from_before_lease_tokens_opens_and_its_jobs_resume() {
     assert_eq!((job.id, &job.request.body[..]), (1, &b"<xml/>"[..]));
     record(&store, report(&job, 1, Disposition::Delivered)).await;
     let Accepted::New { jobs, .. } = store
-        .accept(callback(&store, "new", &[("a", false)]))
+        .accept(callback(&store, "new", &[("a", false)]).await)
         .await
         .unwrap()
     else {
@@ -888,12 +942,12 @@ async fn sqlite_file_from_before_lease_tokens_opens_and_its_jobs_resume() {
 async fn redis_killed_and_restarted_keeps_what_was_accepted_and_the_store_recovers() {
     let mut server = RedisServer::start(&[]);
     let store = open_redis(vec![server.url()], false, &prefix(), 30_000).await;
-    let kept = callback(&store, "before", &[("a", false)]);
+    let kept = callback(&store, "before", &[("a", false)]).await;
     store.accept(kept.clone()).await.unwrap();
 
     server.signal("KILL");
     let down = store
-        .accept(callback(&store, "during", &[("a", false)]))
+        .accept(callback(&store, "during", &[("a", false)]).await)
         .await;
     assert!(down.is_err(), "{down:?}");
     assert!(store.check_writable().await.is_err());
@@ -912,7 +966,7 @@ async fn redis_killed_and_restarted_keeps_what_was_accepted_and_the_store_recove
     assert_eq!(&job.request.body[..], b"<xml><MsgId>before</MsgId></xml>");
     assert!(matches!(
         store
-            .accept(callback(&store, "during", &[("a", false)]))
+            .accept(callback(&store, "during", &[("a", false)]).await)
             .await
             .unwrap(),
         Accepted::New { .. }

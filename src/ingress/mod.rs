@@ -81,6 +81,9 @@ impl std::fmt::Debug for Ingress {
 }
 
 impl Ingress {
+    // Each is one of the process's shared parts, handed in by `run_with`; a struct of them
+    // would only name the same eight things again.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         routes: Arc<ArcSwap<Routes>>,
         store: Arc<dyn Store>,
@@ -310,11 +313,15 @@ impl Ingress {
                 }
             })
             .collect();
+        // Made before the write, so a write sent twice (a reconnect) carries the same ids.
+        let mut ids = self.store.next_ids(1 + matched.len()).await?.into_iter();
+        let callback_id = ids.next().unwrap_or_default();
         let jobs: Vec<NewJob> = matched
             .iter()
             .zip(&starts)
-            .map(|(t, start)| NewJob {
-                id: self.store.next_id(),
+            .zip(ids)
+            .map(|((t, start), id)| NewJob {
+                id,
                 target: t.key.target.clone(),
                 lease: (!matches!(start, Start::Stored)).then(new_lease_token),
             })
@@ -328,7 +335,6 @@ impl Ingress {
             )
             .unwrap_or(u64::MAX)
         });
-        let callback_id = self.store.next_id();
         let accepted = self
             .store
             .accept(NewCallback {

@@ -1,60 +1,89 @@
 //! Ids made by the caller before a write, so a write sent twice carries the same ids.
 //!
-//! An id is 63 bits: milliseconds since 2025-01-01 (41 bits, enough until 2094), a node number
-//! fixed per process (10 bits) and a sequence within the millisecond (12 bits). Ids of one
-//! process strictly increase (the clock going back, or 4,096 ids in one millisecond, borrow
-//! from the next millisecond); processes sharing a store get different node numbers from it
-//! (Redis) or own the store alone (SQLite), so no two writes ever get the same id. Old SQLite
-//! rows (AUTOINCREMENT, small numbers) cannot collide with them either.
+//! Ids are plain counters, never above 2^53: a callback or delivery id is read by browsers (the
+//! console) and `jq`, which hold JSON numbers as doubles, and an id they round is a replay of the
+//! wrong dead letter. The store hands them out from [`IdBlocks`]: each backend reserves a block
+//! of ids where its writes are counted (SQLite: the file's own high-water mark, read once at
+//! open, since one process owns the file; Redis: `INCRBY` on one counter shared by every
+//! instance), and the process gives them out from memory, so an id costs no round trip.
+//! Ids of one process strictly increase; ids of different processes never meet, since each block
+//! is reserved once.
 
+use std::future::Future;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-/// 2025-01-01T00:00:00Z in Unix milliseconds.
-const EPOCH_MS: u64 = 1_735_689_600_000;
-const NODE_BITS: u32 = 10;
-const SEQUENCE_BITS: u32 = 12;
-/// How many node numbers there are.
-pub(super) const NODES: u64 = 1 << NODE_BITS;
+use super::StoreError;
 
-/// Makes ids for one process.
+/// The ids a store has reserved and not handed out yet.
 #[derive(Debug)]
-pub struct IdGenerator {
-    node: u64,
-    /// The millisecond and sequence of the last id handed out.
-    last: Mutex<(u64, u64)>,
+pub struct IdBlocks {
+    /// The next id to hand out and the last one reserved (`next > last`: none left).
+    range: Mutex<(i64, i64)>,
+    /// One reservation at a time: two at once would waste a block and could hand out a lower
+    /// block after a higher one.
+    reserving: tokio::sync::Mutex<()>,
 }
 
-impl IdGenerator {
-    /// A generator for node `node` (taken modulo [`NODES`]).
-    pub fn new(node: u64) -> IdGenerator {
-        IdGenerator {
-            node: node % NODES,
-            last: Mutex::new((0, 0)),
+impl IdBlocks {
+    /// No ids reserved yet.
+    pub fn empty() -> IdBlocks {
+        IdBlocks {
+            range: Mutex::new((1, 0)),
+            reserving: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// The next id: greater than every id this generator made before.
-    pub fn next(&self) -> i64 {
-        let clock = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0)
-            .saturating_sub(EPOCH_MS);
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        let (mut ms, mut sequence) = *last;
-        if clock > ms {
-            (ms, sequence) = (clock, 0);
-        } else {
-            sequence += 1;
-            if sequence == 1 << SEQUENCE_BITS {
-                (ms, sequence) = (ms + 1, 0);
-            }
+    /// Every id after `last`: a store that alone counts its ids (one process owns the file).
+    pub fn after(last: i64) -> IdBlocks {
+        let blocks = IdBlocks::empty();
+        blocks.install(last.saturating_add(1), i64::MAX);
+        blocks
+    }
+
+    /// `n` ids from what is reserved, if enough is left.
+    fn take(&self, n: usize) -> Option<Vec<i64>> {
+        let mut range = self.range.lock().unwrap_or_else(|p| p.into_inner());
+        let (next, last) = *range;
+        let n = i64::try_from(n).ok()?;
+        let end = next.checked_add(n)?;
+        if end.checked_sub(1)? > last {
+            return None;
         }
-        *last = (ms, sequence);
-        let id = (ms << (NODE_BITS + SEQUENCE_BITS)) | (self.node << SEQUENCE_BITS) | sequence;
-        // 41 bits of milliseconds: positive as an i64 until 2094.
-        i64::try_from(id & (u64::MAX >> 1)).unwrap_or(i64::MAX)
+        range.0 = end;
+        Some((next..end).collect())
+    }
+
+    fn install(&self, first: i64, last: i64) {
+        *self.range.lock().unwrap_or_else(|p| p.into_inner()) = (first, last);
+    }
+
+    /// `n` fresh ids. When the reserved ones run out, `reserve(count)` reserves `count` more
+    /// where the store counts them and answers the last id of the block it got.
+    pub async fn next<F, Fut>(
+        &self,
+        n: usize,
+        block: u64,
+        reserve: F,
+    ) -> Result<Vec<i64>, StoreError>
+    where
+        F: FnOnce(u64) -> Fut,
+        Fut: Future<Output = Result<i64, StoreError>>,
+    {
+        if let Some(ids) = self.take(n) {
+            return Ok(ids);
+        }
+        let _one_at_a_time = self.reserving.lock().await;
+        // Another task may have reserved a block while this one waited.
+        if let Some(ids) = self.take(n) {
+            return Ok(ids);
+        }
+        let count = block.max(u64::try_from(n).unwrap_or(u64::MAX));
+        let last = reserve(count).await?;
+        let count =
+            i64::try_from(count).map_err(|_| StoreError::Other("id block too large".into()))?;
+        self.install(last - count + 1, last);
+        self.take(n)
+            .ok_or_else(|| StoreError::Other("the reserved id block is too small".into()))
     }
 }
 
@@ -62,22 +91,39 @@ impl IdGenerator {
 mod tests {
     use super::*;
 
-    #[test]
-    fn ids_strictly_increase_even_past_4096_in_one_millisecond() {
-        let ids = IdGenerator::new(5);
+    #[tokio::test]
+    async fn ids_come_from_reserved_blocks_and_strictly_increase() {
+        let blocks = IdBlocks::empty();
+        let mut counter = 0i64;
+        let mut reserved = 0;
         let mut last = 0;
-        for _ in 0..20_000 {
-            let id = ids.next();
-            assert!(id > last, "{id} after {last}");
-            last = id;
+        for n in [1, 3, 2, 5, 1, 4, 7, 2] {
+            let ids = blocks
+                .next(n, 4, |count| {
+                    reserved += 1;
+                    counter += i64::try_from(count).unwrap_or(0);
+                    let at = counter;
+                    async move { Ok(at) }
+                })
+                .await
+                .unwrap_or_default();
+            assert_eq!(ids.len(), n);
+            for id in ids {
+                assert!(id > last, "{id} after {last}");
+                last = id;
+            }
         }
+        // Blocks of 4, or of n when n is larger; what is left of a block too small is skipped.
+        assert_eq!((last, counter, reserved), (30, 32, 7));
     }
 
-    #[test]
-    fn nodes_never_share_an_id() {
-        let (a, b) = (IdGenerator::new(1), IdGenerator::new(2));
-        let mine: std::collections::HashSet<i64> = (0..5000).map(|_| a.next()).collect();
-        assert!((0..5000).all(|_| !mine.contains(&b.next())));
-        assert_eq!((a.next() >> 12) & 1023, 1);
+    #[tokio::test]
+    async fn a_store_that_owns_its_counter_continues_after_its_last_id() {
+        let blocks = IdBlocks::after(41);
+        let ids = blocks
+            .next(3, 1, |_| async { Err(StoreError::Closed) })
+            .await
+            .unwrap_or_default();
+        assert_eq!(ids, [42, 43, 44]);
     }
 }

@@ -10,7 +10,7 @@
 //!
 //! Several processes may share one store (Redis), so the trait is built for that:
 //!
-//! * **Ids are made by the caller** ([`Store::next_id`], before the write): a write sent twice (a
+//! * **Ids are made by the caller** ([`Store::next_ids`], before the write): a write sent twice (a
 //!   resend after a reconnect) recognises its own earlier copy, and [`Store::accept`] answers
 //!   `New` with the same ids again rather than `Duplicate`. Job ids are the delivery ids targets
 //!   dedupe on: never reused.
@@ -42,7 +42,7 @@ mod redis;
 mod sqlite;
 
 pub use self::redis::{RedisOptions, RedisStore};
-pub use ids::IdGenerator;
+pub use ids::IdBlocks;
 pub use sqlite::{Readiness, SqliteStore};
 
 /// Opens the store `config` names: the one place that knows every backend. Its errors do not
@@ -87,7 +87,7 @@ pub struct TargetKey {
 /// A verified callback, ready to be stored.
 #[derive(Debug, Clone)]
 pub struct NewCallback {
-    /// Made by [`Store::next_id`]: the same value on a resend of this very write.
+    /// Made by [`Store::next_ids`]: the same value on a resend of this very write.
     pub id: CallbackId,
     pub account: Arc<str>,
     pub dedupe_key: String,
@@ -106,7 +106,7 @@ pub struct NewCallback {
 /// One target to deliver a new callback to.
 #[derive(Debug, Clone)]
 pub struct NewJob {
-    /// Made by [`Store::next_id`]; the delivery id.
+    /// Made by [`Store::next_ids`]; the delivery id.
     pub id: JobId,
     pub target: Arc<str>,
     /// `Some`: the caller attempts this job at once itself (primary relay, in-memory hand-off)
@@ -331,8 +331,9 @@ impl From<::redis::RedisError> for StoreError {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// A fresh id for a callback or a job: unique in the whole store, never reused.
-    fn next_id(&self) -> i64;
+    /// `n` fresh ids for a callback and its jobs: unique in the whole store, never reused, below
+    /// 2^53 (see [`IdBlocks`]).
+    async fn next_ids(&self, n: usize) -> Result<Vec<i64>, StoreError>;
 
     /// Records the callback and its jobs unless its (account, dedupe key) is known already. The
     /// same write sent again (same callback id) answers `New` again and writes nothing more.

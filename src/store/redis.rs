@@ -13,9 +13,9 @@
 //! idempotently.
 //!
 //! **Clocks.** Due times and lease expiries are Redis's `TIME`, read inside the scripts: the
-//! instances' clocks never meet. Ids are made by the caller ([`super::IdGenerator`], a node
-//! number per instance from `INCR <prefix>:nodes`), and never pass through a Lua number (a
-//! double): they stay strings inside the scripts.
+//! instances' clocks never meet. Ids are made by the caller, from blocks each instance
+//! reserves with `INCRBY <prefix>:ids` ([`super::IdBlocks`]); they stay strings inside the
+//! scripts.
 //!
 //! **Twice is once.** Every script can run twice with the same arguments (a resend after a
 //! reconnect): accept recognises its own callback id, a lease is taken with a new token that an
@@ -48,14 +48,16 @@ use crate::config::redact_url;
 
 use super::{
     Accepted, Answer, AttemptRecord, AttemptReport, CallbackId, DeadLetter, DeadLetterDetail,
-    DeadLetterFilter, Disposition, IdGenerator, Job, JobId, Leased, NewCallback, QueueDepth,
-    Recorded, Replay, Replayed, Store, StoreError, TargetKey, new_lease_token,
+    DeadLetterFilter, Disposition, IdBlocks, Job, JobId, Leased, NewCallback, QueueDepth, Recorded,
+    Replay, Replayed, Store, StoreError, TargetKey, new_lease_token,
 };
 
 /// How long to wait for a connection, and for any answer: below the 4.8 s after which ingress
 /// answers 503 anyway, so an unreachable Redis is an error in time, not a hang.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How many ids an instance reserves at once: one `INCRBY` per this many callbacks and jobs.
+const ID_BLOCK: u64 = 1024;
 /// How long a new accept waits for `WAITAOF` (its fsync).
 const WAITAOF_TIMEOUT_MS: u64 = 2000;
 /// Callbacks purged per account per call (one script; bounds how long Redis is busy).
@@ -145,7 +147,8 @@ pub struct RedisStore {
     conn: Conn,
     prefix: String,
     lease_ms: u64,
-    ids: IdGenerator,
+    /// Ids reserved from `<prefix>:ids`, [`ID_BLOCK`] at a time.
+    ids: IdBlocks,
     /// The server has `WAITAOF` and AOF is on: new accepts wait for their fsync.
     waitaof: bool,
     scripts: Scripts,
@@ -164,7 +167,7 @@ impl std::fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
-    /// Connects, takes a node number for ids, and reads the server's persistence settings (one
+    /// Connects and reads the server's persistence settings (one
     /// WARN line if a crash of Redis can lose accepted callbacks).
     pub async fn open(options: &RedisOptions) -> Result<RedisStore, StoreError> {
         let mut infos = Vec::with_capacity(options.urls.len());
@@ -202,17 +205,12 @@ impl RedisStore {
         let mut store = RedisStore {
             conn,
             lease_ms: options.lease_ms,
-            ids: IdGenerator::new(0),
+            ids: IdBlocks::empty(),
             waitaof: false,
             scripts: Scripts::new(),
             listed: Mutex::new(HashSet::new()),
             prefix,
         };
-        let node: u64 = redis::cmd("INCR")
-            .arg(format!("{}:nodes", store.prefix))
-            .query_async(&mut store.conn())
-            .await?;
-        store.ids = IdGenerator::new(node);
         store.waitaof = store.check_persistence().await;
         info!(
             cluster = options.cluster,
@@ -477,8 +475,19 @@ impl RedisStore {
 
 #[async_trait]
 impl Store for RedisStore {
-    fn next_id(&self) -> i64 {
-        self.ids.next()
+    async fn next_ids(&self, n: usize) -> Result<Vec<i64>, StoreError> {
+        let key = format!("{}:ids", self.prefix);
+        let mut conn = self.conn();
+        self.ids
+            .next(n, ID_BLOCK, |count| async move {
+                let last: i64 = redis::cmd("INCRBY")
+                    .arg(key)
+                    .arg(count)
+                    .query_async(&mut conn)
+                    .await?;
+                Ok(last)
+            })
+            .await
     }
 
     async fn accept(&self, callback: NewCallback) -> Result<Accepted, StoreError> {
@@ -741,7 +750,7 @@ impl Store for RedisStore {
     async fn check_writable(&self) -> Result<(), StoreError> {
         let () = redis::cmd("SET")
             .arg(format!("{}:writable", self.prefix))
-            .arg(self.ids.next())
+            .arg(rand::random::<u64>())
             .arg("PX")
             .arg(60_000)
             .query_async(&mut self.conn())

@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Accepted, Answer, AttemptRecord, AttemptReport, CallbackId, DeadLetter, DeadLetterDetail,
-    DeadLetterFilter, Disposition, IdGenerator, Job, JobId, LeaseToken, Leased, NewCallback,
+    DeadLetterFilter, Disposition, IdBlocks, Job, JobId, LeaseToken, Leased, NewCallback,
     QueueDepth, Recorded, Replay, Replayed, Store, StoreError, TargetKey, new_lease_token,
 };
 use crate::config::Synchronous;
@@ -215,7 +215,8 @@ pub struct SqliteStore {
     reader: Arc<Mutex<Connection>>,
     path: PathBuf,
     /// One owner per file, so any node number will do.
-    ids: IdGenerator,
+    /// Every id after the highest this file ever used: one process owns it.
+    ids: IdBlocks,
     /// Held for the life of the store: the exclusive lock on `<path>.lock`.
     _lock: File,
 }
@@ -254,6 +255,14 @@ impl SqliteStore {
             "UPDATE jobs SET state = ?1 WHERE state = ?2",
             params![PENDING, IN_FLIGHT],
         )?;
+        // AUTOINCREMENT keeps the highest id ever used, also of rows since deleted.
+        let last_id: i64 = conn.query_row(
+            "SELECT MAX(m) FROM (SELECT COALESCE(MAX(seq), 0) AS m FROM sqlite_sequence
+             UNION ALL SELECT COALESCE(MAX(id), 0) FROM callbacks
+             UNION ALL SELECT COALESCE(MAX(id), 0) FROM jobs)",
+            [],
+            |row| row.get(0),
+        )?;
         let reader = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         reader.busy_timeout(std::time::Duration::from_secs(5))?;
         // Held open, so the inode cannot be reused while the path is compared with it.
@@ -277,7 +286,7 @@ impl SqliteStore {
             readiness: Readiness::default(),
             reader: Arc::new(Mutex::new(reader)),
             path: path.to_path_buf(),
-            ids: IdGenerator::new(rand::random()),
+            ids: IdBlocks::after(last_id),
             _lock: lock,
         })
     }
@@ -344,8 +353,13 @@ fn lock_path(path: &Path) -> PathBuf {
 
 #[async_trait]
 impl Store for SqliteStore {
-    fn next_id(&self) -> i64 {
-        self.ids.next()
+    async fn next_ids(&self, n: usize) -> Result<Vec<i64>, StoreError> {
+        // Never reserves: every id after the last one is this process's.
+        self.ids
+            .next(n, 0, |_| async {
+                Err(StoreError::Other("no ids left".into()))
+            })
+            .await
     }
 
     async fn accept(&self, callback: NewCallback) -> Result<Accepted, StoreError> {

@@ -271,9 +271,10 @@ async fn a_deleted_store_file_refuses_callbacks_and_turns_readyz_503() {
 }
 
 /// A callback for account `main` with one job for `t`, as ingress hands it to the store.
-fn new_callback(store: &SqliteStore, dedupe_key: &str) -> NewCallback {
+async fn new_callback(store: &SqliteStore, dedupe_key: &str) -> NewCallback {
+    let ids = store.next_ids(2).await.unwrap();
     NewCallback {
-        id: store.next_id(),
+        id: ids[0],
         account: Arc::from("main"),
         dedupe_key: dedupe_key.to_owned(),
         received_at_ms: 1_000,
@@ -285,7 +286,7 @@ fn new_callback(store: &SqliteStore, dedupe_key: &str) -> NewCallback {
             body: Bytes::from(format!("<xml><MsgId>{dedupe_key}</MsgId></xml>")),
         }),
         jobs: vec![NewJob {
-            id: store.next_id(),
+            id: ids[1],
             target: Arc::from("t"),
             lease: None,
         }],
@@ -309,7 +310,7 @@ async fn after_commits_fail_in_a_row_readiness_says_so_once_more_then_recovers()
     let filler = disk.fill("filler");
     for n in 0..3 {
         let refused = store
-            .accept(new_callback(&store, &format!("full-{n}")))
+            .accept(new_callback(&store, &format!("full-{n}")).await)
             .await;
         let error = refused.expect_err("no callback commits on a full disk");
         assert!(error.to_string().contains("full"), "{error}");
@@ -327,6 +328,9 @@ async fn after_commits_fail_in_a_row_readiness_says_so_once_more_then_recovers()
         "{once_more}"
     );
     store.check_writable().await.unwrap();
-    let stored = store.accept(new_callback(&store, "full-0")).await.unwrap();
+    let stored = store
+        .accept(new_callback(&store, "full-0").await)
+        .await
+        .unwrap();
     assert!(matches!(stored, Accepted::New { .. }), "{stored:?}");
 }

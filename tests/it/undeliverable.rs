@@ -87,16 +87,22 @@ fn store_legacy_callback(db: &Path, n: usize, query: &str) {
     let conn = Connection::open(db).unwrap();
     conn.busy_timeout(WAIT).unwrap();
     conn.execute(
-        "INSERT INTO callbacks (account, dedupe_key, received_at, query, body) VALUES ('main', ?1, 0, ?2, x'3c786d6c2f3e')",
-        params![format!("legacy-{n}"), query],
+        "INSERT INTO callbacks (id, account, dedupe_key, received_at, query, body) VALUES (?3, 'main', ?1, 0, ?2, x'3c786d6c2f3e')",
+        params![format!("legacy-{n}"), query, legacy_id(n)],
     )
     .unwrap();
     conn.execute(
-        "INSERT INTO jobs (callback_id, account, target, state, attempts, next_at, updated_at)
-         VALUES (last_insert_rowid(), 'main', 't', 0, 0, 0, 0)",
-        [],
+        "INSERT INTO jobs (id, callback_id, account, target, state, attempts, next_at, updated_at)
+         VALUES (?1, ?1, 'main', 't', 0, 0, 0, 0)",
+        params![legacy_id(n)],
     )
     .unwrap();
+}
+
+/// Ids far above the running store's own (it counts from the highest id in the file at open,
+/// and these rows are written behind its back).
+fn legacy_id(n: usize) -> i64 {
+    1_000_000 + n as i64
 }
 
 /// The warning a target's breaker logs when it opens.
