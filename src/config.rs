@@ -99,6 +99,8 @@ pub struct AdminConfig {
 pub struct LogConfig {
     pub format: LogFormat,
     pub filter: String,
+    /// Log openids and dedupe keys as they are, instead of their keyed hash (for debugging).
+    pub show_user_ids: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

@@ -12,7 +12,8 @@
 //! - [`delivery`]: one worker per target: lease due jobs, send, record.
 //! - [`admin`]: health, readiness, metrics, dead letters, on a separate port; [`metrics`].
 //! - [`error`], [`shutdown`], [`telemetry`]: rejection mapping, signals, logging; [`escape`]:
-//!   caller text made safe for a log line or an error message.
+//!   caller text made safe for a log line or an error message; [`privacy`]: users named in logs
+//!   only by a keyed hash.
 //! - [`cli`], [`admin_client`], [`simulate`]: the commands besides `serve`.
 //!
 //! `ingress` and `delivery` never import each other: the stored job is their shared vocabulary.
@@ -28,6 +29,7 @@ pub mod error;
 pub mod escape;
 pub mod ingress;
 pub mod metrics;
+pub mod privacy;
 pub mod retry;
 pub mod shutdown;
 pub mod simulate;

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, Semaphore, mpsc};
 
 use crate::config::{Config, ConfigError, TargetSettings};
+use crate::privacy::UserIds;
 use crate::retry::Breaker;
 use crate::store::{Job, TargetKey};
 
@@ -32,6 +33,8 @@ pub struct Account {
     pub targets: Vec<Arc<Target>>,
     /// The target whose answer becomes the passive reply.
     pub primary: Option<Arc<Target>>,
+    /// How log lines name this account's users (a keyed hash unless `log.show_user_ids`).
+    pub user_ids: UserIds,
 }
 
 #[derive(Debug)]
@@ -105,6 +108,7 @@ impl Routes {
                 account.id.clone(),
                 Arc::new(Account {
                     id,
+                    user_ids: UserIds::new(&credentials.token, config.log.show_user_ids),
                     credentials,
                     targets,
                     primary,

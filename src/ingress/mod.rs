@@ -242,7 +242,7 @@ impl Ingress {
                 return match answer {
                     Ok(Some((callback, answer))) => {
                         tracing::Span::current().record("callback", callback);
-                        info!(dedupe_key = %key, outcome = "duplicate", "resend answered like its first copy");
+                        info!(dedupe_key = %account.user_ids.show(&key), outcome = "duplicate", "resend answered like its first copy");
                         self.metrics
                             .callback(&account.id, CallbackOutcome::Duplicate);
                         self.metrics
@@ -311,7 +311,7 @@ impl Ingress {
                 tracing::Span::current().record("callback", callback);
                 let answer = answer.unwrap_or_else(success);
                 leader.publish(callback, answer.clone());
-                info!(dedupe_key = %key, outcome = "duplicate", "resend of a stored callback");
+                info!(dedupe_key = %account.user_ids.show(&key), outcome = "duplicate", "resend of a stored callback");
                 self.metrics
                     .callback(&account.id, CallbackOutcome::Duplicate);
                 self.metrics
@@ -354,7 +354,9 @@ impl Ingress {
         info!(
             msg_type = envelope.msg_type.as_deref().unwrap_or("-"),
             event = envelope.event.as_deref().unwrap_or("-"),
-            dedupe_key = %key,
+            // Both embed the openid: a keyed hash unless `log.show_user_ids` is set.
+            user = %account.user_ids.show(envelope.from_user_name.as_deref().unwrap_or("-")),
+            dedupe_key = %account.user_ids.show(&key),
             targets = %TargetNames(&matched),
             outcome = "accepted",
             answer = if relayed.is_some() { "relayed" } else { "success" },
