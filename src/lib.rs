@@ -14,7 +14,7 @@
 //! - [`error`], [`shutdown`], [`telemetry`]: rejection mapping, signals, logging; [`escape`]:
 //!   caller text made safe for a log line or an error message; [`privacy`]: users named in logs
 //!   only by a keyed hash.
-//! - [`cli`], [`admin_client`], [`simulate`]: the commands besides `serve`.
+//! - [`cli`], [`admin_client`], [`simulate`], [`probe`]: the commands besides `serve`.
 //!
 //! `ingress` and `delivery` never import each other: the stored job is their shared vocabulary.
 #![forbid(unsafe_code)]
@@ -30,6 +30,7 @@ pub mod escape;
 pub mod ingress;
 pub mod metrics;
 pub mod privacy;
+pub mod probe;
 pub mod retry;
 pub mod shutdown;
 pub mod simulate;

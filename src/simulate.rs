@@ -18,7 +18,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, anyhow, bail};
 use bytes::Bytes;
-use percent_encoding::utf8_percent_encode;
 use quick_xml::Reader;
 use quick_xml::events::Event;
 use reqwest::StatusCode;
@@ -27,9 +26,8 @@ use url::Url;
 
 use crate::admin_client::reachable;
 use crate::config::{AccountKind, Config};
-use crate::wechat::callback::QUERY_VALUE;
 use crate::wechat::envelope::push_cdata_element as push_cdata;
-use crate::wechat::{Credentials, Kind, SealParams, msg_signature, seal_callback, signature};
+use crate::wechat::{Credentials, Kind, SealParams, msg_signature, seal_callback, seal_handshake};
 
 const DEFAULT_TEXT: &str = "hello from wechat-fanout simulate";
 /// Shaped like a real openid (28 characters, leading `o`), and plainly fake.
@@ -205,24 +203,10 @@ async fn handshake(
     let (timestamp, nonce) = (unix_now().to_string(), random_nonce());
     // Numeric like WeChat's own, e.g. 4375120948345356249.
     let expected = rand::random::<u64>().to_string();
-    let token = credentials.token.as_str();
-    let (query, patience) = match credentials.security.key() {
-        Some(key) if credentials.kind == Kind::WeCom => {
-            let echostr = key.encrypt(expected.as_bytes(), &credentials.receive_id);
-            let sig = msg_signature(token, &timestamp, &nonce, &echostr);
-            let echostr = utf8_percent_encode(&echostr, QUERY_VALUE);
-            let query = format!(
-                "msg_signature={sig}&timestamp={timestamp}&nonce={nonce}&echostr={echostr}"
-            );
-            (query, WECOM_HANDSHAKE_PATIENCE)
-        }
-        // Official accounts and mini programs: echostr is plain and unsigned in every mode.
-        _ => {
-            let sig = signature(token, &timestamp, &nonce);
-            let query =
-                format!("signature={sig}&timestamp={timestamp}&nonce={nonce}&echostr={expected}");
-            (query, POST_PATIENCE)
-        }
+    let query = seal_handshake(credentials, &expected, &timestamp, &nonce);
+    let patience = match credentials.kind {
+        Kind::WeCom => WECOM_HANDSHAKE_PATIENCE,
+        _ => POST_PATIENCE,
     };
     let target = with_query(url, &query);
     writeln!(out, "GET       {}", shown(&target))?;

@@ -122,6 +122,11 @@ impl Routes {
         self.accounts.get(id)
     }
 
+    /// Every account.
+    pub fn accounts(&self) -> impl Iterator<Item = &Arc<Account>> {
+        self.accounts.values()
+    }
+
     /// Every target of every account.
     pub fn targets(&self) -> impl Iterator<Item = &Arc<Target>> {
         self.accounts.values().flat_map(|a| a.targets.iter())
@@ -134,6 +139,11 @@ impl Routes {
 }
 
 impl Target {
+    /// The credentials this target verifies WeChat's requests with: the account's.
+    pub fn signing_credentials<'a>(&'a self, account: &'a Credentials) -> &'a Credentials {
+        account
+    }
+
     /// Does this target want this callback? `MsgType` and `Event` compare ignoring ASCII case;
     /// the event filter applies to events only.
     pub fn accepts(&self, envelope: &Envelope) -> bool {

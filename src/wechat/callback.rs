@@ -440,6 +440,33 @@ pub fn seal_callback(
     }
 }
 
+/// The query (without `?`) of the GET URL-verification handshake WeChat sends this account when
+/// its URL is saved, carrying `echo`: official accounts and mini programs sign with `signature`
+/// and send `echo` plainly; WeCom encrypts it for the receive id and signs with `msg_signature`.
+/// The right answer is `echo` itself, byte for byte.
+pub fn seal_handshake(
+    credentials: &Credentials,
+    echo: &str,
+    timestamp: &str,
+    nonce: &str,
+) -> String {
+    let token = credentials.token.as_str();
+    match credentials.security.key() {
+        Some(key) if credentials.kind == Kind::WeCom => {
+            let echostr = key.encrypt(echo.as_bytes(), &credentials.receive_id);
+            let sig = msg_signature(token, timestamp, nonce, &echostr);
+            let echostr = utf8_percent_encode(&echostr, QUERY_VALUE);
+            format!("msg_signature={sig}&timestamp={timestamp}&nonce={nonce}&echostr={echostr}")
+        }
+        // Official accounts and mini programs: echostr is plain and unsigned in every mode.
+        _ => {
+            let sig = signature(token, timestamp, nonce);
+            let echo = utf8_percent_encode(echo, QUERY_VALUE);
+            format!("signature={sig}&timestamp={timestamp}&nonce={nonce}&echostr={echo}")
+        }
+    }
+}
+
 /// Compatible mode: the clear message with `<Encrypt>` added as the root's last child.
 fn with_encrypt_element(message: &str, encrypt: &str) -> String {
     let element = format!("<Encrypt><![CDATA[{encrypt}]]></Encrypt>");
