@@ -205,6 +205,18 @@ pub struct TargetConfig {
     pub msg_types: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events: Option<Vec<String>>,
+    /// The target's own token (and key): its deliveries are re-signed (and re-encrypted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resign: Option<ResignConfig>,
+}
+
+/// A target's own credentials, by the names of the environment variables that hold them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResignConfig {
+    pub token_env: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding_aes_key_env: Option<String>,
 }
 
 /// A target's settings with the defaults applied.
@@ -445,6 +457,7 @@ impl AccountConfig {
                 ));
             }
             target.settings(defaults).check(&tkey)?;
+            target.credentials(&tkey, &self.credentials(key)?)?;
         }
         if let Some(primary) = &self.primary
             && !names.contains(primary.as_str())
@@ -555,6 +568,63 @@ fn secret(
 }
 
 impl TargetConfig {
+    /// With `resign`: the credentials this target verifies with (its token; its key, else the
+    /// account's; the account's kind, mode and receive id) and whether the key is its own.
+    pub fn credentials(
+        &self,
+        key: &str,
+        account: &Credentials,
+    ) -> Result<Option<(Credentials, bool)>, ConfigError> {
+        let Some(resign) = &self.resign else {
+            return Ok(None);
+        };
+        let key = format!("{key}.resign");
+        let token = secret(&key, "token", None, Some(&resign.token_env))?.unwrap_or_default();
+        if token.is_empty() {
+            return Err(invalid(
+                format!("{key}.token_env"),
+                "names an empty environment variable",
+            ));
+        }
+        let aes = secret(
+            &key,
+            "encoding_aes_key",
+            None,
+            resign.encoding_aes_key_env.as_deref(),
+        )?;
+        let own_key = aes.is_some();
+        let security = match (aes, &account.security) {
+            (None, security) => security.clone(),
+            (Some(_), Security::Plaintext) => {
+                return Err(invalid(
+                    format!("{key}.encoding_aes_key_env"),
+                    "the account is in plaintext mode: there is nothing to encrypt",
+                ));
+            }
+            (Some(text), security) => {
+                let aes_key = AesKey::from_encoding_aes_key(&text).map_err(|_| {
+                    invalid(
+                        format!("{key}.encoding_aes_key_env"),
+                        "must hold 43 characters of base64 (A-Z, a-z, 0-9)",
+                    )
+                })?;
+                match security {
+                    Security::Compatible(_) => Security::Compatible(aes_key),
+                    _ => Security::Safe(aes_key),
+                }
+            }
+        };
+        Ok(Some((
+            Credentials {
+                kind: account.kind,
+                token,
+                receive_id: account.receive_id.clone(),
+                security,
+            },
+            own_key,
+        )))
+    }
+
     /// The settings of this target, unset keys taken from `[target_defaults]`.
     pub fn settings(&self, defaults: &TargetDefaults) -> TargetSettings {
         TargetSettings {
@@ -634,6 +704,23 @@ mod tests {
             "[[accounts.targets]]\nname = \"bot\"\nurl = \"http://a/\"\n[[accounts.targets]]",
         );
         assert!(error_of(&dup).starts_with("accounts[0].targets[1].name:"));
+        let resign = MINIMAL.replace(
+            "url = \"http://127.0.0.1:9001/wx\"",
+            "url = \"http://127.0.0.1:9001/wx\"\nresign = { token_env = \"WF_TEST_NEVER_SET_1\" }",
+        );
+        assert_eq!(
+            error_of(&resign),
+            "accounts[0].targets[0].resign.token_env: environment variable WF_TEST_NEVER_SET_1 is not set (or not UTF-8)"
+        );
+        let unknown = MINIMAL.replace(
+            "url = \"http://127.0.0.1:9001/wx\"",
+            "url = \"http://127.0.0.1:9001/wx\"\nresign = { token = \"inline\" }",
+        );
+        assert!(
+            error_of(&unknown).contains("token"),
+            "{}",
+            error_of(&unknown)
+        );
     }
 
     /// No accepted query may make a target's URL invalid: a fragment would swallow it, and the

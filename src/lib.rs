@@ -7,7 +7,8 @@
 //! - [`wechat`]: the protocol as pure functions (signatures, AES, envelopes, dedupe keys).
 //! - [`targets`]: the routing table built from the config: accounts, targets, filters.
 //! - [`store`]: the durable queue and dedupe (SQLite by default), one trait per backend.
-//! - [`retry`]: which answers are retried, and when; [`downstream`]: the byte-identical replay.
+//! - [`retry`]: which answers are retried, and when; [`downstream`]: the byte-identical replay,
+//!   or, for a target with its own credentials, the re-signed one ([`resign`]).
 //! - [`ingress`]: the WeChat-facing server: verify, buffer, persist, answer in time.
 //! - [`delivery`]: one worker per target: lease due jobs, send, record.
 //! - [`admin`]: health, readiness, metrics, dead letters, on a separate port; [`metrics`].
@@ -31,6 +32,7 @@ pub mod ingress;
 pub mod metrics;
 pub mod privacy;
 pub mod probe;
+pub mod resign;
 pub mod retry;
 pub mod shutdown;
 pub mod simulate;

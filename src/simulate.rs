@@ -18,15 +18,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, anyhow, bail};
 use bytes::Bytes;
-use quick_xml::Reader;
-use quick_xml::events::Event;
 use reqwest::StatusCode;
 use reqwest::header::CONTENT_TYPE;
 use url::Url;
 
 use crate::admin_client::reachable;
 use crate::config::{AccountKind, Config};
-use crate::wechat::envelope::push_cdata_element as push_cdata;
+use crate::wechat::envelope::{encrypted_reply, push_cdata_element as push_cdata};
 use crate::wechat::{Credentials, Kind, SealParams, msg_signature, seal_callback, seal_handshake};
 
 const DEFAULT_TEXT: &str = "hello from wechat-fanout simulate";
@@ -402,64 +400,6 @@ impl Message<'_> {
         out.push('}');
         out
     }
-}
-
-/// The answer's fields if it is an encrypted reply: XML or JSON with `Encrypt`. Parsed here
-/// because `Envelope` keeps only `Encrypt`.
-fn encrypted_reply(body: &[u8]) -> Option<Vec<(String, String)>> {
-    let fields = match body.iter().find(|b| !b.is_ascii_whitespace()) {
-        Some(b'<') => xml_fields(body)?,
-        Some(b'{') => json_fields(body)?,
-        _ => return None,
-    };
-    let encrypted = fields
-        .iter()
-        .any(|(k, _)| k.eq_ignore_ascii_case("Encrypt"));
-    encrypted.then_some(fields)
-}
-
-/// The root's direct children and their text (CDATA or bare); `None` if the XML is malformed.
-fn xml_fields(body: &[u8]) -> Option<Vec<(String, String)>> {
-    let mut reader = Reader::from_reader(body);
-    let mut fields: Vec<(String, String)> = Vec::new();
-    let mut depth = 0usize;
-    loop {
-        match reader.read_event().ok()? {
-            Event::Start(start) => {
-                depth += 1;
-                if depth == 2 {
-                    let name = String::from_utf8_lossy(start.name().as_ref()).into_owned();
-                    fields.push((name, String::new()));
-                }
-            }
-            Event::End(_) => depth = depth.checked_sub(1)?,
-            Event::Text(text) if depth == 2 => {
-                fields.last_mut()?.1.push_str(&text.xml10_content().ok()?);
-            }
-            Event::CData(cdata) if depth == 2 => {
-                fields
-                    .last_mut()?
-                    .1
-                    .push_str(std::str::from_utf8(&cdata).ok()?);
-            }
-            Event::Eof => return Some(fields),
-            _ => {}
-        }
-    }
-}
-
-/// Top-level string and number values of a JSON object; `None` if it is not one.
-fn json_fields(body: &[u8]) -> Option<Vec<(String, String)>> {
-    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
-    let fields = map
-        .into_iter()
-        .filter_map(|(key, value)| match value {
-            serde_json::Value::String(s) => Some((key, s)),
-            serde_json::Value::Number(n) => Some((key, n.to_string())),
-            _ => None,
-        })
-        .collect();
-    Some(fields)
 }
 
 /// Checks the reply's `MsgSignature` with the account token and decrypts it, as WeChat does.

@@ -13,6 +13,7 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 
 use crate::config::{Config, ConfigError, TargetSettings};
 use crate::privacy::UserIds;
+use crate::resign::Resign;
 use crate::retry::Breaker;
 use crate::store::{Job, TargetKey};
 
@@ -55,6 +56,8 @@ pub struct Target {
     pub inbox: Mutex<Option<mpsc::Receiver<Job>>>,
     /// Open while the target keeps failing: its worker then starts no attempts.
     pub breaker: Breaker,
+    /// The target's own credentials (`resign`): its deliveries are re-signed.
+    pub resign: Option<Resign>,
 }
 
 /// Lower-cased allow lists; `None` lets everything through.
@@ -77,11 +80,19 @@ impl Routes {
             let targets: Vec<Arc<Target>> = account
                 .targets
                 .iter()
-                .map(|t| {
+                .enumerate()
+                .map(|(j, t)| {
+                    let resign = t
+                        .credentials(&format!("accounts[{i}].targets[{j}]"), &credentials)?
+                        .map(|(target, own_key)| Resign {
+                            account: credentials.clone(),
+                            target,
+                            own_key,
+                        });
                     let settings = t.settings(&config.target_defaults);
                     let (handoff, inbox) =
                         mpsc::channel(settings.max_concurrency.max(1) * HANDOFF_PER_PERMIT);
-                    Arc::new(Target {
+                    Ok(Arc::new(Target {
                         key: TargetKey {
                             account: id.clone(),
                             target: Arc::from(t.name.as_str()),
@@ -97,9 +108,10 @@ impl Routes {
                         handoff,
                         inbox: Mutex::new(Some(inbox)),
                         breaker: Breaker::default(),
-                    })
+                        resign,
+                    }))
                 })
-                .collect();
+                .collect::<Result<_, ConfigError>>()?;
             let primary = account
                 .primary
                 .as_deref()
@@ -139,9 +151,10 @@ impl Routes {
 }
 
 impl Target {
-    /// The credentials this target verifies WeChat's requests with: the account's.
+    /// The credentials this target verifies WeChat's requests with: its own (`resign`), else
+    /// the account's.
     pub fn signing_credentials<'a>(&'a self, account: &'a Credentials) -> &'a Credentials {
-        account
+        self.resign.as_ref().map_or(account, |r| &r.target)
     }
 
     /// Does this target want this callback? `MsgType` and `Event` compare ignoring ASCII case;

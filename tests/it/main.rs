@@ -18,6 +18,7 @@ mod operate;
 mod probe;
 mod refusals;
 mod reply;
+mod resign;
 mod restart;
 mod store_faults;
 mod undeliverable;
