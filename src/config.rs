@@ -16,12 +16,17 @@ use figment::providers::{Env, Format as _, Toml};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use crate::sources::{Allowed, Cidr};
 use crate::wechat::{AesKey, Credentials, Kind, Security};
+use crate::wechat_api::ApiAccount;
 
 /// The documented defaults, compiled in so the binary needs no file to know them.
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
 
 const REDACTED: &str = "<redacted>";
+/// `wechat_api_base`'s default (as `Url` writes it), and where WeCom's API is instead.
+const DEFAULT_API_BASE: &str = "https://api.weixin.qq.com/";
+const WECOM_API_BASE: &str = "https://qyapi.weixin.qq.com/";
 
 /// A configuration that cannot be used; the message names the key.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +75,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub delivery: DeliveryConfig,
     pub target_defaults: TargetDefaults,
+    /// WeChat's API (access tokens, callback IPs); an account may override it.
+    pub wechat_api_base: Url,
     #[serde(default)]
     pub accounts: Vec<AccountConfig>,
 }
@@ -86,6 +93,8 @@ pub struct ServerConfig {
     pub header_read_timeout_ms: Millis,
     pub body_read_timeout_ms: Millis,
     pub shutdown_grace_ms: Millis,
+    /// Peers whose `X-Forwarded-For` / `X-Real-IP` name the client (CIDRs).
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,6 +191,17 @@ pub struct AccountConfig {
     pub mode: Option<Mode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary: Option<String>,
+    /// Only these sources (CIDRs, and/or `"wechat"`: WeChat's callback IP list) may call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_sources: Option<Vec<String>>,
+    /// For WeChat's API (the callback IP list): the AppSecret (WeCom: the app's secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_secret_env: Option<String>,
+    /// Overrides the top-level `wechat_api_base` for this account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wechat_api_base: Option<Url>,
     #[serde(default)]
     pub targets: Vec<TargetConfig>,
 }
@@ -322,6 +342,20 @@ impl Config {
             ));
         }
         self.target_defaults.check("target_defaults")?;
+        for (i, proxy) in server.trusted_proxies.iter().enumerate() {
+            if Cidr::parse(proxy).is_none() {
+                return Err(invalid(
+                    format!("server.trusted_proxies[{i}]"),
+                    format!("{proxy:?} is not an address or CIDR block (\"10.0.0.0/8\")"),
+                ));
+            }
+        }
+        if !matches!(self.wechat_api_base.scheme(), "http" | "https") {
+            return Err(invalid(
+                "wechat_api_base",
+                "must be an http:// or https:// URL",
+            ));
+        }
         if self.accounts.is_empty() {
             return Err(invalid("accounts", "no account is configured"));
         }
@@ -343,7 +377,11 @@ impl Config {
     pub fn redacted_toml(&self) -> String {
         let mut copy = self.clone();
         for account in &mut copy.accounts {
-            for secret in [&mut account.token, &mut account.encoding_aes_key] {
+            for secret in [
+                &mut account.token,
+                &mut account.encoding_aes_key,
+                &mut account.app_secret,
+            ] {
                 if secret.is_some() {
                     *secret = Some(REDACTED.to_owned());
                 }
@@ -420,6 +458,7 @@ impl AccountConfig {
             ));
         }
         self.credentials(key)?;
+        self.allowed_sources(key)?;
         let mut names = HashSet::new();
         for (j, target) in self.targets.iter().enumerate() {
             let tkey = format!("{key}.targets[{j}]");
@@ -468,6 +507,89 @@ impl AccountConfig {
             ));
         }
         Ok(())
+    }
+
+    /// `allowed_sources`, parsed: `None` when the account takes requests from anywhere.
+    pub fn allowed_sources(&self, key: &str) -> Result<Option<Allowed>, ConfigError> {
+        let Some(list) = &self.allowed_sources else {
+            return Ok(None);
+        };
+        let mut allowed = Allowed::default();
+        for (k, entry) in list.iter().enumerate() {
+            if entry == "wechat" {
+                allowed.wechat = true;
+            } else {
+                allowed.blocks.push(Cidr::parse(entry).ok_or_else(|| {
+                    invalid(
+                        format!("{key}.allowed_sources[{k}]"),
+                        format!("{entry:?} is neither \"wechat\" nor an address or CIDR block"),
+                    )
+                })?);
+            }
+        }
+        if list.is_empty() {
+            return Err(invalid(
+                format!("{key}.allowed_sources"),
+                "is empty, which would refuse every request; leave it out to allow all",
+            ));
+        }
+        if allowed.wechat {
+            let app_id = self.app_id.as_deref().unwrap_or_default();
+            if app_id.is_empty() {
+                return Err(invalid(
+                    format!("{key}.app_id"),
+                    "is required for allowed_sources = [\"wechat\"] (WeChat's API needs it)",
+                ));
+            }
+            let secret = secret(
+                key,
+                "app_secret",
+                self.app_secret.as_deref(),
+                self.app_secret_env.as_deref(),
+            )?;
+            if secret.is_none_or(|s| s.is_empty()) {
+                return Err(invalid(
+                    format!("{key}.app_secret"),
+                    "is required for allowed_sources = [\"wechat\"] (or app_secret_env)",
+                ));
+            }
+        }
+        Ok(Some(allowed))
+    }
+
+    /// What WeChat's API needs for this account, when its `allowed_sources` lists `"wechat"`.
+    /// WeCom's API lives elsewhere: without an account-level `wechat_api_base`, WeCom accounts
+    /// call `https://qyapi.weixin.qq.com` when the top-level one is the default.
+    pub fn api_account(
+        &self,
+        key: &str,
+        default_base: &Url,
+    ) -> Result<Option<ApiAccount>, ConfigError> {
+        if !self.allowed_sources(key)?.is_some_and(|a| a.wechat) {
+            return Ok(None);
+        }
+        let app_secret = secret(
+            key,
+            "app_secret",
+            self.app_secret.as_deref(),
+            self.app_secret_env.as_deref(),
+        )?
+        .unwrap_or_default();
+        let kind = self.credentials(key)?.kind;
+        let base = match (&self.wechat_api_base, kind) {
+            (Some(base), _) => base.clone(),
+            (None, Kind::WeCom) if default_base.as_str() == DEFAULT_API_BASE => {
+                Url::parse(WECOM_API_BASE).map_err(|e| invalid("wechat_api_base", e.to_string()))?
+            }
+            (None, _) => default_base.clone(),
+        };
+        Ok(Some(ApiAccount {
+            id: self.id.clone(),
+            kind,
+            base,
+            app_id: self.app_id.clone().unwrap_or_default(),
+            app_secret,
+        }))
     }
 
     /// The account's credentials, with secrets read from the environment where so configured.
@@ -721,6 +843,22 @@ mod tests {
             "{}",
             error_of(&unknown)
         );
+        let sources = |list: &str| {
+            MINIMAL.replace(
+                "token = \"tok\"",
+                &format!("token = \"tok\"\nallowed_sources = {list}"),
+            )
+        };
+        assert!(
+            error_of(&sources("[\"10.0.0.0/33\"]")).starts_with("accounts[0].allowed_sources[0]:")
+        );
+        assert!(error_of(&sources("[]")).starts_with("accounts[0].allowed_sources:"));
+        assert!(error_of(&sources("[\"wechat\"]")).starts_with("accounts[0].app_id:"));
+        let no_secret = sources("[\"wechat\"]").replace("kind", "app_id = \"wx1\"\nkind");
+        assert!(error_of(&no_secret).starts_with("accounts[0].app_secret:"));
+        Config::from_toml(&sources("[\"10.0.0.0/8\", \"203.0.113.7\"]")).unwrap();
+        let proxies = format!("{MINIMAL}\n[server]\ntrusted_proxies = [\"x\"]");
+        assert!(error_of(&proxies).starts_with("server.trusted_proxies[0]:"));
     }
 
     /// No accepted query may make a target's URL invalid: a fragment would swallow it, and the

@@ -9,7 +9,8 @@
 //! - [`store`]: the durable queue and dedupe (SQLite by default), one trait per backend.
 //! - [`retry`]: which answers are retried, and when; [`downstream`]: the byte-identical replay,
 //!   or, for a target with its own credentials, the re-signed one ([`resign`]).
-//! - [`ingress`]: the WeChat-facing server: verify, buffer, persist, answer in time.
+//! - [`ingress`]: the WeChat-facing server: verify, buffer, persist, answer in time; only from
+//!   allowed sources ([`sources`], with WeChat's callback IPs from [`wechat_api`]).
 //! - [`delivery`]: one worker per target: lease due jobs, send, record.
 //! - [`admin`]: health, readiness, metrics, dead letters, on a separate port; [`metrics`].
 //! - [`error`], [`shutdown`], [`telemetry`]: rejection mapping, signals, logging; [`escape`]:
@@ -36,10 +37,12 @@ pub mod resign;
 pub mod retry;
 pub mod shutdown;
 pub mod simulate;
+pub mod sources;
 pub mod store;
 pub mod targets;
 pub mod telemetry;
 pub mod wechat;
+pub mod wechat_api;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -57,8 +60,10 @@ use crate::downstream::{Downstream, now_ms};
 use crate::ingress::Ingress;
 use crate::metrics::Metrics;
 use crate::shutdown::InFlight;
+use crate::sources::Sources;
 use crate::store::Store;
 use crate::targets::Routes;
+use crate::wechat_api::WechatApi;
 
 /// How often delivered callbacks older than the retention are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
@@ -135,14 +140,18 @@ pub async fn run_with(
         });
         tokio::spawn(admin::serve(listener, admin, shutdown.clone()))
     });
-    let ingress = Arc::new(Ingress::new(
-        routes.clone(),
-        store.clone(),
-        downstream,
-        config.server.clone(),
-        in_flight.clone(),
-        metrics,
-    ));
+    let sources = start_sources(&config, &shutdown)?;
+    let ingress = Arc::new(
+        Ingress::new(
+            routes.clone(),
+            store.clone(),
+            downstream,
+            config.server.clone(),
+            in_flight.clone(),
+            metrics,
+        )
+        .with_sources(sources),
+    );
     info!(address = %listeners.wechat.local_addr()?, "listening for WeChat callbacks");
     let server = tokio::spawn(ingress::serve(
         listeners.wechat,
@@ -172,6 +181,35 @@ pub async fn run_with(
     store.flush().await?;
     info!("stopped");
     Ok(())
+}
+
+/// The lists `allowed_sources` are checked against: `server.trusted_proxies`, and WeChat's
+/// callback IPs for the accounts that list `"wechat"`, refreshed in the background.
+fn start_sources(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<Arc<Sources>> {
+    let trusted = config
+        .server
+        .trusted_proxies
+        .iter()
+        .filter_map(|proxy| sources::Cidr::parse(proxy))
+        .collect();
+    let sources = Arc::new(Sources::new(trusted));
+    let mut accounts = Vec::new();
+    for (i, account) in config.accounts.iter().enumerate() {
+        let key = format!("accounts[{i}]");
+        if let Some(api) = account.api_account(&key, &config.wechat_api_base)? {
+            accounts.push(api);
+        }
+    }
+    if !accounts.is_empty() {
+        tokio::spawn(sources::refresh_loop(
+            sources.clone(),
+            Arc::new(WechatApi::new()),
+            accounts,
+            sources::list_file(&config.store.path),
+            shutdown.clone(),
+        ));
+    }
+    Ok(sources)
 }
 
 /// Configuration reload: the file SIGHUP re-reads, and SIGHUP itself, caught from the moment this

@@ -15,6 +15,7 @@ use crate::config::{Config, ConfigError, TargetSettings};
 use crate::privacy::UserIds;
 use crate::resign::Resign;
 use crate::retry::Breaker;
+use crate::sources::Allowed;
 use crate::store::{Job, TargetKey};
 
 /// Jobs that can wait in a target's handoff, per request it may have in flight. Past that,
@@ -36,6 +37,8 @@ pub struct Account {
     pub primary: Option<Arc<Target>>,
     /// How log lines name this account's users (a keyed hash unless `log.show_user_ids`).
     pub user_ids: UserIds,
+    /// `allowed_sources`: only these clients may call (`None`: anyone).
+    pub allowed: Option<Allowed>,
 }
 
 #[derive(Debug)]
@@ -72,6 +75,7 @@ impl Routes {
         let mut accounts = HashMap::with_capacity(config.accounts.len());
         for (i, account) in config.accounts.iter().enumerate() {
             let credentials = account.credentials(&format!("accounts[{i}]"))?;
+            let allowed = account.allowed_sources(&format!("accounts[{i}]"))?;
             let id: Arc<str> = Arc::from(account.id.as_str());
             let lower = |list: &Option<Vec<String>>| {
                 list.as_ref()
@@ -121,6 +125,7 @@ impl Routes {
                 Arc::new(Account {
                     id,
                     user_ids: UserIds::new(&credentials.token, config.log.show_user_ids),
+                    allowed,
                     credentials,
                     targets,
                     primary,

@@ -12,6 +12,7 @@ mod body;
 mod resends;
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,7 @@ use crate::downstream::{Attempt, Downstream, now_ms};
 use crate::error::Rejection;
 use crate::metrics::{CallbackOutcome, Metrics};
 use crate::shutdown::InFlight;
+use crate::sources::Sources;
 use crate::store::{Accepted, Answer, Job, NewCallback, NewJob, Replay, Store};
 use crate::targets::{Account, Routes, Target};
 use crate::telemetry::event_at;
@@ -60,6 +62,8 @@ pub struct Ingress {
     /// Connections, primary attempts that outlive their request, and answers being saved.
     in_flight: InFlight,
     metrics: Arc<Metrics>,
+    /// Trusted proxies and WeChat's callback IPs, for accounts with `allowed_sources`.
+    sources: Arc<Sources>,
 }
 
 impl std::fmt::Debug for Ingress {
@@ -87,16 +91,27 @@ impl Ingress {
             resends: Arc::default(),
             in_flight,
             metrics,
+            sources: Arc::default(),
         }
     }
 
-    async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    /// The lists that `allowed_sources` are checked against (none by default).
+    pub fn with_sources(mut self, sources: Arc<Sources>) -> Ingress {
+        self.sources = sources;
+        self
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        peer: IpAddr,
+    ) -> Response<Full<Bytes>> {
         let started = Instant::now();
         // Kept for the rejection line; a clone of the request's URI shares its bytes.
         let uri = request.uri().clone();
         let account = account_id(uri.path());
         let method = request.method().clone();
-        match self.route(request, account, started).await {
+        match self.route(request, account, peer, started).await {
             Ok(response) => response,
             Err(rejection) => {
                 let reason = rejection.reason();
@@ -124,6 +139,7 @@ impl Ingress {
         self: &Arc<Self>,
         request: Request<Incoming>,
         account: Option<&str>,
+        peer: IpAddr,
         started: Instant,
     ) -> Result<Response<Full<Bytes>>, Rejection> {
         let account = {
@@ -134,6 +150,11 @@ impl Ingress {
                 .cloned()
                 .ok_or(Rejection::UnknownAccount)?
         };
+        // Before anything else is looked at: a refused client is never stored.
+        if let Some(allowed) = &account.allowed {
+            self.sources
+                .check(&account.id, allowed, peer, request.headers())?;
+        }
         // Before the body is read: a target gets the query appended to its URL, and a query this
         // long is never WeChat's; storing it would answer 200 for what can never be delivered.
         let max_query = self.settings.max_query_bytes;
@@ -460,7 +481,7 @@ pub async fn serve(
         let ingress = ingress.clone();
         let service = service_fn(move |request| {
             let ingress = ingress.clone();
-            async move { Ok::<_, Infallible>(ingress.handle(request).await) }
+            async move { Ok::<_, Infallible>(ingress.handle(request, peer.ip()).await) }
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         // Tracked, so a connection still open after the grace period is closed, not leaked.

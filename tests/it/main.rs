@@ -20,5 +20,6 @@ mod refusals;
 mod reply;
 mod resign;
 mod restart;
+mod sources;
 mod store_faults;
 mod undeliverable;

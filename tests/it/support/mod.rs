@@ -12,6 +12,7 @@
 pub(crate) mod binary;
 pub(crate) mod scrape;
 mod target;
+pub(crate) mod wechat_api;
 pub(crate) mod wx;
 
 use std::net::SocketAddr;
