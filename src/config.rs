@@ -46,6 +46,9 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// `{authorizer}` in a target URL, as the URL parser writes it in a path.
+pub const AUTHORIZER_IN_URL: &str = "%7Bauthorizer%7D";
+
 /// The longest URI the HTTP client can send (the `http` crate's limit): a target's URL, `?` and
 /// the callback's query must fit in it, or no attempt could ever be made.
 pub const MAX_URI_BYTES: usize = u16::MAX as usize - 1;
@@ -168,6 +171,7 @@ pub enum AccountKind {
     OfficialAccount,
     MiniProgram,
     Wecom,
+    OpenPlatform,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -225,6 +229,12 @@ pub struct TargetConfig {
     pub msg_types: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events: Option<Vec<String>>,
+    /// Open platform: only authorization events of these `InfoType`s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info_types: Option<Vec<String>>,
+    /// Open platform: only callbacks of these authorizer app ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorizers: Option<Vec<String>>,
     /// The target's own token (and key): its deliveries are re-signed (and re-encrypted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resign: Option<ResignConfig>,
@@ -485,7 +495,9 @@ impl AccountConfig {
                 ));
             }
             // Every accepted query must fit, so that no accepted callback is undeliverable.
-            let longest = target.url.as_str().len() + 1 + max_query_bytes;
+            // `{authorizer}` is replaced by an app id of up to 64 bytes.
+            let templated = target.url.as_str().matches(AUTHORIZER_IN_URL).count();
+            let longest = target.url.as_str().len() + 1 + max_query_bytes + templated * 48;
             if longest > MAX_URI_BYTES {
                 return Err(invalid(
                     format!("{tkey}.url"),
@@ -497,6 +509,22 @@ impl AccountConfig {
             }
             target.settings(defaults).check(&tkey)?;
             target.credentials(&tkey, &self.credentials(key)?)?;
+            if self.kind != AccountKind::OpenPlatform {
+                let templated = target.url.as_str().contains(AUTHORIZER_IN_URL);
+                for (name, set) in [
+                    ("info_types", target.info_types.is_some()),
+                    ("authorizers", target.authorizers.is_some()),
+                    ("url", templated),
+                ] {
+                    if set {
+                        return Err(invalid(
+                            format!("{tkey}.{name}"),
+                            "info_types, authorizers and {authorizer} in the URL are for \
+                             kind = \"open_platform\" accounts only",
+                        ));
+                    }
+                }
+            }
         }
         if let Some(primary) = &self.primary
             && !names.contains(primary.as_str())
@@ -628,7 +656,15 @@ impl AccountConfig {
             AccountKind::OfficialAccount => Kind::OfficialAccount,
             AccountKind::MiniProgram => Kind::MiniProgram,
             AccountKind::Wecom => Kind::WeCom,
+            AccountKind::OpenPlatform => Kind::OpenPlatform,
         };
+        if kind == Kind::OpenPlatform && mode != Mode::Safe {
+            return Err(invalid(
+                format!("{key}.mode"),
+                "open platform callbacks are always encrypted: use mode = \"safe\" with the \
+                 component's encoding_aes_key",
+            ));
+        }
         if kind == Kind::WeCom && mode != Mode::Safe {
             return Err(invalid(
                 format!("{key}.mode"),
@@ -857,6 +893,20 @@ mod tests {
         let no_secret = sources("[\"wechat\"]").replace("kind", "app_id = \"wx1\"\nkind");
         assert!(error_of(&no_secret).starts_with("accounts[0].app_secret:"));
         Config::from_toml(&sources("[\"10.0.0.0/8\", \"203.0.113.7\"]")).unwrap();
+        let info = MINIMAL.replace(
+            "url = \"http://127.0.0.1:9001/wx\"",
+            "url = \"http://127.0.0.1:9001/wx\"\ninfo_types = [\"authorized\"]",
+        );
+        assert!(error_of(&info).starts_with("accounts[0].targets[0].info_types: "));
+        let templated = MINIMAL.replace("/wx\"", "/wx/{authorizer}\"");
+        assert!(error_of(&templated).starts_with("accounts[0].targets[0].url: "));
+        let open_plain = MINIMAL.replace("official_account", "open_platform");
+        assert!(error_of(&open_plain).starts_with("accounts[0].mode: open platform"));
+        let open = templated.replace("official_account", "open_platform").replace(
+            "token = \"tok\"",
+            "token = \"tok\"\napp_id = \"wx1\"\nencoding_aes_key = \"jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C\"",
+        );
+        Config::from_toml(&open).unwrap();
         let proxies = format!("{MINIMAL}\n[server]\ntrusted_proxies = [\"x\"]");
         assert!(error_of(&proxies).starts_with("server.trusted_proxies[0]:"));
     }

@@ -22,6 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use std::sync::Arc;
 
+use crate::authorizer::{self, AUTHORIZER_HEADER};
 use crate::metrics::Metrics;
 use crate::resign::{self, ResignError};
 use crate::retry::{self, Verdict};
@@ -153,19 +154,22 @@ impl Downstream {
         job: &Job,
     ) -> Result<(u16, Option<String>, Option<String>, Bytes), Failure> {
         let request = &job.request;
+        // Open platform: the authorized account travels in front of WeChat's query.
+        let (authorizer, wechat_query) = authorizer::split(&request.query);
         // A target with its own credentials gets a copy re-signed for this attempt.
         let resigned = match &target.resign {
-            Some(resign) => Some(resign::for_attempt(resign, &request.query, &request.body)?),
+            Some(resign) => Some(resign::for_attempt(resign, wechat_query, &request.body)?),
             None => None,
         };
         let (query, body) = match &resigned {
             Some((query, body)) => (query.as_str(), body.clone()),
-            None => (request.query.as_str(), request.body.clone()),
+            None => (wechat_query, request.body.clone()),
         };
-        let mut url = String::with_capacity(target.url.len() + query.len() + 1);
-        url.push_str(&target.url);
+        let base = target.url_for(authorizer);
+        let mut url = String::with_capacity(base.len() + query.len() + 1);
+        url.push_str(&base);
         if !query.is_empty() {
-            url.push(if target.url.contains('?') { '&' } else { '?' });
+            url.push(if base.contains('?') { '&' } else { '?' });
             url.push_str(query);
         }
         let mut builder = Request::post(Uri::try_from(url).map_err(http::Error::from)?)
@@ -173,6 +177,9 @@ impl Downstream {
             .header(DELIVERY_HEADER, job.id)
             .header(ATTEMPT_HEADER, job.attempts + 1)
             .header(ACCOUNT_HEADER, &*job.key.account);
+        if let Some(appid) = authorizer {
+            builder = builder.header(AUTHORIZER_HEADER, appid);
+        }
         if let Some(content_type) = request
             .content_type
             .as_deref()

@@ -5,7 +5,8 @@
 //!
 //! - [`config`]: defaults → file → environment, validated; names the bad key.
 //! - [`wechat`]: the protocol as pure functions (signatures, AES, envelopes, dedupe keys).
-//! - [`targets`]: the routing table built from the config: accounts, targets, filters.
+//! - [`targets`]: the routing table built from the config: accounts, targets, filters;
+//!   [`authorizer`]: which account an open platform callback concerns, carried to targets.
 //! - [`store`]: the durable queue and dedupe (SQLite by default), one trait per backend.
 //! - [`retry`]: which answers are retried, and when; [`downstream`]: the byte-identical replay,
 //!   or, for a target with its own credentials, the re-signed one ([`resign`]).
@@ -23,6 +24,7 @@
 
 pub mod admin;
 pub mod admin_client;
+pub mod authorizer;
 pub mod cli;
 pub mod config;
 pub mod delivery;

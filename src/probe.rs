@@ -17,6 +17,8 @@ use crate::wechat::seal_handshake;
 /// Marks a probe, so a target's logs can tell it from WeChat's own handshake.
 pub const PROBE_HEADER: &str = "x-wechat-fanout-probe";
 const USER_AGENT: &str = concat!("wechat-fanout/", env!("CARGO_PKG_VERSION"), " (probe)");
+/// The authorizer a `{authorizer}` URL is probed for when the target lists none.
+const PLACEHOLDER_APPID: &str = "wx0000000000000000";
 /// An answer is read up to this size: an `echostr` is 20 bytes.
 const MAX_ANSWER_BYTES: usize = 4096;
 
@@ -141,8 +143,11 @@ async fn probe_one(client: &reqwest::Client, account: &Account, target: &Target)
     let nonce = rand::random_range(100_000_000u64..10_000_000_000).to_string();
     let credentials = target.signing_credentials(&account.credentials);
     let query = seal_handshake(credentials, &echo, &timestamp, &nonce);
-    let separator = if target.url.contains('?') { '&' } else { '?' };
-    let url = format!("{}{separator}{query}", target.url);
+    // A URL with `{authorizer}` is probed for the first authorizer it filters on, else for a
+    // placeholder app id.
+    let base = target.url_for(Some(target.probe_authorizer().unwrap_or(PLACEHOLDER_APPID)));
+    let separator = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{separator}{query}");
     let timeout = target.settings.timeout;
     let started = Instant::now();
     let answer = tokio::time::timeout(timeout, async {

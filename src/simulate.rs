@@ -307,6 +307,7 @@ fn kind_name(kind: AccountKind) -> &'static str {
         AccountKind::OfficialAccount => "official_account",
         AccountKind::MiniProgram => "mini_program",
         AccountKind::Wecom => "wecom",
+        AccountKind::OpenPlatform => "open_platform",
     }
 }
 

@@ -6,12 +6,13 @@
 //! that tells the target's worker new jobs are due in the store, and the handoff through which
 //! ingress passes new jobs straight to the worker.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, Semaphore, mpsc};
 
-use crate::config::{Config, ConfigError, TargetSettings};
+use crate::config::{AUTHORIZER_IN_URL, Config, ConfigError, TargetSettings};
 use crate::privacy::UserIds;
 use crate::resign::Resign;
 use crate::retry::Breaker;
@@ -68,6 +69,12 @@ pub struct Target {
 struct Filter {
     msg_types: Option<Vec<String>>,
     events: Option<Vec<String>>,
+    /// Open platform: only authorization events of these types.
+    info_types: Option<Vec<String>>,
+    /// Open platform: only callbacks about these authorizers (app ids, exact).
+    authorizers: Option<Vec<String>>,
+    /// The URL has `{authorizer}`: only callbacks with an authorizer can be sent.
+    needs_authorizer: bool,
 }
 
 impl Routes {
@@ -107,6 +114,9 @@ impl Routes {
                         filter: Filter {
                             msg_types: lower(&t.msg_types),
                             events: lower(&t.events),
+                            info_types: lower(&t.info_types),
+                            authorizers: t.authorizers.clone(),
+                            needs_authorizer: t.url.as_str().contains(AUTHORIZER_IN_URL),
                         },
                         wake: Arc::new(Notify::new()),
                         handoff,
@@ -156,18 +166,51 @@ impl Routes {
 }
 
 impl Target {
+    /// The URL to send a callback about `authorizer` to: `{authorizer}` replaced by it.
+    pub fn url_for(&self, authorizer: Option<&str>) -> Cow<'_, str> {
+        match authorizer {
+            Some(appid) if self.filter.needs_authorizer => {
+                Cow::Owned(self.url.replace(AUTHORIZER_IN_URL, appid))
+            }
+            _ => Cow::Borrowed(&self.url),
+        }
+    }
+
+    /// An authorizer to probe this target for: the first it filters on (its URL may need one).
+    pub fn probe_authorizer(&self) -> Option<&str> {
+        self.filter
+            .authorizers
+            .as_ref()
+            .and_then(|list| list.first())
+            .map(String::as_str)
+    }
+
     /// The credentials this target verifies WeChat's requests with: its own (`resign`), else
     /// the account's.
     pub fn signing_credentials<'a>(&'a self, account: &'a Credentials) -> &'a Credentials {
         self.resign.as_ref().map_or(account, |r| &r.target)
     }
 
-    /// Does this target want this callback? `MsgType` and `Event` compare ignoring ASCII case;
-    /// the event filter applies to events only.
-    pub fn accepts(&self, envelope: &Envelope) -> bool {
+    /// Does this target want this callback (about `authorizer`, on an open platform)? `MsgType`,
+    /// `Event` and `InfoType` compare ignoring ASCII case; the event filter applies to events
+    /// only; `info_types` and `authorizers` let through only callbacks that have one listed.
+    pub fn accepts(&self, envelope: &Envelope, authorizer: Option<&str>) -> bool {
         let listed = |list: &[String], value: Option<&str>| {
             value.is_some_and(|v| list.iter().any(|item| item.eq_ignore_ascii_case(v)))
         };
+        if self.filter.needs_authorizer && authorizer.is_none() {
+            return false;
+        }
+        if let Some(types) = &self.filter.info_types
+            && !listed(types, envelope.info_type.as_deref())
+        {
+            return false;
+        }
+        if let Some(appids) = &self.filter.authorizers
+            && !authorizer.is_some_and(|a| appids.iter().any(|item| item == a))
+        {
+            return false;
+        }
         if let Some(types) = &self.filter.msg_types
             && !listed(types, envelope.msg_type.as_deref())
         {
@@ -214,9 +257,9 @@ mod tests {
         let scan = env("<xml><MsgType>event</MsgType><Event>scan</Event></xml>");
         let click = env("<xml><MsgType>event</MsgType><Event>CLICK</Event></xml>");
         let image = env("<xml><MsgType>image</MsgType></xml>");
-        assert!(all.accepts(&click) && all.accepts(&image));
-        assert!(subs.accepts(&text) && subs.accepts(&scan));
-        assert!(!subs.accepts(&click) && !subs.accepts(&image));
+        assert!(all.accepts(&click, None) && all.accepts(&image, None));
+        assert!(subs.accepts(&text, None) && subs.accepts(&scan, None));
+        assert!(!subs.accepts(&click, None) && !subs.accepts(&image, None));
         assert!(account.primary.is_none());
     }
 }

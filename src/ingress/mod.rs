@@ -11,6 +11,7 @@
 mod body;
 mod resends;
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::authorizer;
 use crate::config::ServerConfig;
 use crate::downstream::{Attempt, Downstream, now_ms};
 use crate::error::Rejection;
@@ -41,7 +43,7 @@ use crate::sources::Sources;
 use crate::store::{Accepted, Answer, Job, NewCallback, NewJob, Replay, Store};
 use crate::targets::{Account, Routes, Target};
 use crate::telemetry::event_at;
-use crate::wechat::{CallbackQuery, Envelope, dedupe_key, open_callback, verify_url};
+use crate::wechat::{CallbackQuery, Envelope, Kind, dedupe_key, open_callback, verify_url};
 use resends::{Resends, Role};
 
 const SUCCESS: &[u8] = b"success";
@@ -109,9 +111,15 @@ impl Ingress {
         let started = Instant::now();
         // Kept for the rejection line; a clone of the request's URI shares its bytes.
         let uri = request.uri().clone();
-        let account = account_id(uri.path());
+        let (account, authorizer) = match account_id(uri.path()) {
+            Some((account, authorizer)) => (Some(account), authorizer),
+            None => (None, None),
+        };
         let method = request.method().clone();
-        match self.route(request, account, peer, started).await {
+        match self
+            .route(request, account, authorizer, peer, started)
+            .await
+        {
             Ok(response) => response,
             Err(rejection) => {
                 let reason = rejection.reason();
@@ -139,6 +147,7 @@ impl Ingress {
         self: &Arc<Self>,
         request: Request<Incoming>,
         account: Option<&str>,
+        authorizer: Option<&str>,
         peer: IpAddr,
         started: Instant,
     ) -> Result<Response<Full<Bytes>>, Rejection> {
@@ -150,6 +159,12 @@ impl Ingress {
                 .cloned()
                 .ok_or(Rejection::UnknownAccount)?
         };
+        // `/wechat/{id}/{authorizer_appid}`: an open platform's message URL, nobody else's.
+        if authorizer.is_some_and(|appid| {
+            account.credentials.kind != Kind::OpenPlatform || !authorizer::is_app_id(appid)
+        }) {
+            return Err(Rejection::UnknownAccount);
+        }
         // Before anything else is looked at: a refused client is never stored.
         if let Some(allowed) = &account.allowed {
             self.sources
@@ -169,7 +184,7 @@ impl Ingress {
                 info!(account = &*account.id, "URL verification answered");
                 Ok(text(StatusCode::OK, echo))
             }
-            Method::POST => self.callback(account, request, started).await,
+            Method::POST => self.callback(account, authorizer, request, started).await,
             _ => Err(Rejection::Method),
         }
     }
@@ -177,6 +192,7 @@ impl Ingress {
     async fn callback(
         self: &Arc<Self>,
         account: Arc<Account>,
+        authorizer: Option<&str>,
         request: Request<Incoming>,
         started: Instant,
     ) -> Result<Response<Full<Bytes>>, Rejection> {
@@ -198,9 +214,20 @@ impl Ingress {
         let query = CallbackQuery::parse(raw_query)?;
         let opened = open_callback(&account.credentials, &query, &body)?;
         self.check_freshness(&query)?;
-        let key = dedupe_key(&account.id, &opened.envelope, opened.message(&body));
+        // Open platform: the authorized account from the message URL's path, or the one an
+        // authorization event names; its callbacks dedupe apart from other authorizers'.
+        let authorizer = authorizer.map(str::to_owned).or_else(|| {
+            (opened.envelope.authorizer_appid.as_deref())
+                .filter(|appid| authorizer::is_app_id(appid))
+                .map(str::to_owned)
+        });
+        let scope = match (&authorizer, opened.envelope.info_type.is_none()) {
+            (Some(appid), true) => Cow::Owned(format!("{}/{appid}", account.id)),
+            _ => Cow::Borrowed(&*account.id),
+        };
+        let key = dedupe_key(&scope, &opened.envelope, opened.message(&body));
         let replay = Arc::new(Replay {
-            query: raw_query.to_owned(),
+            query: authorizer::tag(authorizer.as_deref(), raw_query),
             content_type,
             body,
         });
@@ -213,7 +240,7 @@ impl Ingress {
         // From here on the callback may be stored: finish even if WeChat hangs up.
         let handled = tokio::spawn(
             async move {
-                this.accept(account, opened.envelope, key, replay, started)
+                this.accept(account, opened.envelope, authorizer, key, replay, started)
                     .await
             }
             .instrument(span),
@@ -245,6 +272,7 @@ impl Ingress {
         self: Arc<Self>,
         account: Arc<Account>,
         envelope: Envelope,
+        authorizer: Option<String>,
         key: String,
         replay: Arc<Replay>,
         started: Instant,
@@ -280,7 +308,7 @@ impl Ingress {
         let matched: Vec<&Arc<Target>> = account
             .targets
             .iter()
-            .filter(|t| t.accepts(&envelope))
+            .filter(|t| t.accepts(&envelope, authorizer.as_deref()))
             .collect();
         let primary = account
             .primary
@@ -525,11 +553,16 @@ enum Start {
     Stored,
 }
 
-/// `/wechat/{id}` (a trailing slash allowed) → `id`.
-fn account_id(path: &str) -> Option<&str> {
-    let id = path.strip_prefix("/wechat/")?;
-    let id = id.strip_suffix('/').unwrap_or(id);
-    (!id.is_empty() && !id.contains('/')).then_some(id)
+/// `/wechat/{id}` (a trailing slash allowed) → `id`; `/wechat/{id}/{authorizer}` → both.
+fn account_id(path: &str) -> Option<(&str, Option<&str>)> {
+    let rest = path.strip_prefix("/wechat/")?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (id, authorizer) = match rest.split_once('/') {
+        Some((id, authorizer)) => (id, Some(authorizer)),
+        None => (rest, None),
+    };
+    let ok = !id.is_empty() && authorizer.is_none_or(|a| !a.is_empty() && !a.contains('/'));
+    ok.then_some((id, authorizer))
 }
 
 /// The Content-Type to replay, as WeChat sent it (`text/xml`, `application/json`). Two of them,
@@ -597,10 +630,13 @@ mod tests {
 
     #[test]
     fn account_paths() {
-        assert_eq!(account_id("/wechat/main"), Some("main"));
-        assert_eq!(account_id("/wechat/main/"), Some("main"));
+        assert_eq!(account_id("/wechat/main"), Some(("main", None)));
+        assert_eq!(account_id("/wechat/main/"), Some(("main", None)));
         assert_eq!(account_id("/wechat/"), None);
-        assert_eq!(account_id("/wechat/a/b"), None);
+        assert_eq!(account_id("/wechat/a/b"), Some(("a", Some("b"))));
+        assert_eq!(account_id("/wechat/a/b/"), Some(("a", Some("b"))));
+        assert_eq!(account_id("/wechat/a/b/c"), None);
+        assert_eq!(account_id("/wechat/a//"), None);
         assert_eq!(account_id("/other/main"), None);
     }
 }

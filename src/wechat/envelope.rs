@@ -45,6 +45,11 @@ pub struct Envelope {
     pub agent_id: Option<String>,
     /// The base64 ciphertext of compatible/safe mode, exactly as in the body.
     pub encrypt: Option<String>,
+    /// Open platform authorization events: the component's `AppId`, the `InfoType`
+    /// (`component_verify_ticket`, `authorized`, …) and the `AuthorizerAppid` they concern.
+    pub app_id: Option<String>,
+    pub info_type: Option<String>,
+    pub authorizer_appid: Option<String>,
 }
 
 /// Why a body is not a usable envelope. The body may not be authenticated yet (safe mode reads
@@ -94,6 +99,9 @@ enum Field {
     MsgId,
     AgentId,
     Encrypt,
+    AppId,
+    InfoType,
+    AuthorizerAppid,
 }
 
 impl Field {
@@ -109,6 +117,9 @@ impl Field {
             b"MsgId" | b"MsgID" | b"msgid" => Field::MsgId,
             b"AgentID" | b"AgentId" | b"agentid" => Field::AgentId,
             b"Encrypt" | b"encrypt" => Field::Encrypt,
+            b"AppId" => Field::AppId,
+            b"InfoType" => Field::InfoType,
+            b"AuthorizerAppid" => Field::AuthorizerAppid,
             _ => return None,
         })
     }
@@ -124,6 +135,9 @@ impl Field {
             Field::MsgId => "MsgId",
             Field::AgentId => "AgentID",
             Field::Encrypt => "Encrypt",
+            Field::AppId => "AppId",
+            Field::InfoType => "InfoType",
+            Field::AuthorizerAppid => "AuthorizerAppid",
         }
     }
 }
@@ -257,6 +271,9 @@ impl Envelope {
             Field::MsgId => &mut self.msg_id,
             Field::AgentId => &mut self.agent_id,
             Field::Encrypt => &mut self.encrypt,
+            Field::AppId => &mut self.app_id,
+            Field::InfoType => &mut self.info_type,
+            Field::AuthorizerAppid => &mut self.authorizer_appid,
         };
         // Two values for one field would let the proxy and a downstream SDK route differently.
         if slot.is_some() {

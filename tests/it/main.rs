@@ -14,6 +14,7 @@ mod support;
 mod cli;
 mod delivery;
 mod ingress;
+mod open_platform;
 mod operate;
 mod probe;
 mod refusals;
