@@ -183,3 +183,84 @@ async fn an_open_platforms_two_urls_reach_the_targets_that_want_them() {
         .await;
     assert_eq!(answer.status, 404);
 }
+
+/// `simulate` plays both of an open platform's URLs: a ticket and an authorization at the
+/// authorization-event URL, a message at the message URL; the proxy takes each, and the
+/// targets get what they filter for, with the authorizer. Without `--authorizer` or
+/// `--info-type` it says which is needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulate_plays_both_urls_of_an_open_platform() {
+    let wx = Wx::new(Kind::OpenPlatform, Mode::Safe);
+    let tickets = Target::start(200).await;
+    let svc = Target::start(200).await;
+    let proxy = Proxy::start(&format!(
+        "{FAST}{}{}{}",
+        wx.account("op", ""),
+        Wx::target(
+            "tickets",
+            &tickets.url("/ticket"),
+            "info_types = [\"component_verify_ticket\"]"
+        ),
+        Wx::target("svc", &svc.url("/wx/{authorizer}"), ""),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = proxy.write_config(dir.path());
+    let simulate = |args: &'static [&'static str]| {
+        let config = config.clone();
+        async move { crate::operate::run_command(&config, "simulate", args).await }
+    };
+
+    let ran = simulate(&["--account", "op", "--info-type", "component_verify_ticket"]).await;
+    assert_eq!(ran.code, Some(0), "{ran:#?}");
+    assert!(
+        ran.stdout
+            .contains("authorization event component_verify_ticket"),
+        "{ran:#?}"
+    );
+    assert!(ran.stdout.contains("/wechat/op?"), "{ran:#?}");
+    let got = tickets.wait_for(1).await;
+    assert!(String::from_utf8_lossy(&got[0].body).starts_with("<xml><AppId>"));
+
+    let ran = simulate(&[
+        "--account",
+        "op",
+        "--authorizer",
+        AUTHORIZER_A,
+        "--text",
+        "hi",
+    ])
+    .await;
+    assert_eq!(ran.code, Some(0), "{ran:#?}");
+    assert!(
+        ran.stdout.contains(&format!("/wechat/op/{AUTHORIZER_A}?")),
+        "{ran:#?}"
+    );
+    let ran = simulate(&[
+        "--account",
+        "op",
+        "--info-type",
+        "unauthorized",
+        "--authorizer",
+        AUTHORIZER_B,
+    ])
+    .await;
+    assert_eq!(ran.code, Some(0), "{ran:#?}");
+    let got = svc.wait_for(2).await;
+    let mut paths: Vec<&str> = got
+        .iter()
+        .map(|r| r.path_and_query.split('?').next().unwrap())
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [format!("/wx/{AUTHORIZER_A}"), format!("/wx/{AUTHORIZER_B}")]
+    );
+    assert_eq!(callbacks(&proxy.db), 3);
+
+    let ran = simulate(&["--account", "op"]).await;
+    assert_eq!(ran.code, Some(1), "{ran:#?}");
+    assert!(ran.stderr.contains("--authorizer APPID"), "{ran:#?}");
+    let ran = simulate(&["--account", "op", "--info-type", "authorized"]).await;
+    assert!(ran.stderr.contains("needs --authorizer"), "{ran:#?}");
+}
