@@ -46,8 +46,16 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
-/// `{authorizer}` in a target URL, as the URL parser writes it in a path.
-pub const AUTHORIZER_IN_URL: &str = "%7Bauthorizer%7D";
+/// `{authorizer}` in a target URL, as the URL parser writes it in a path and in a query.
+pub const AUTHORIZER_IN_URL: [&str; 2] = ["%7Bauthorizer%7D", "{authorizer}"];
+
+/// How many `{authorizer}` placeholders a target URL has.
+pub fn authorizer_placeholders(url: &str) -> usize {
+    AUTHORIZER_IN_URL
+        .iter()
+        .map(|p| url.matches(p).count())
+        .sum()
+}
 
 /// The longest URI the HTTP client can send (the `http` crate's limit): a target's URL, `?` and
 /// the callback's query must fit in it, or no attempt could ever be made.
@@ -496,7 +504,7 @@ impl AccountConfig {
             }
             // Every accepted query must fit, so that no accepted callback is undeliverable.
             // `{authorizer}` is replaced by an app id of up to 64 bytes.
-            let templated = target.url.as_str().matches(AUTHORIZER_IN_URL).count();
+            let templated = authorizer_placeholders(target.url.as_str());
             let longest = target.url.as_str().len() + 1 + max_query_bytes + templated * 48;
             if longest > MAX_URI_BYTES {
                 return Err(invalid(
@@ -510,7 +518,7 @@ impl AccountConfig {
             target.settings(defaults).check(&tkey)?;
             target.credentials(&tkey, &self.credentials(key)?)?;
             if self.kind != AccountKind::OpenPlatform {
-                let templated = target.url.as_str().contains(AUTHORIZER_IN_URL);
+                let templated = authorizer_placeholders(target.url.as_str()) > 0;
                 for (name, set) in [
                     ("info_types", target.info_types.is_some()),
                     ("authorizers", target.authorizers.is_some()),

@@ -142,7 +142,9 @@ pub async fn run_with(
         });
         tokio::spawn(admin::serve(listener, admin, shutdown.clone()))
     });
-    let sources = start_sources(&config, &shutdown)?;
+    // One access-token cache for every caller of WeChat's API.
+    let wechat_api = Arc::new(WechatApi::new());
+    let sources = start_sources(&config, wechat_api, &shutdown)?;
     let ingress = Arc::new(
         Ingress::new(
             routes.clone(),
@@ -187,7 +189,11 @@ pub async fn run_with(
 
 /// The lists `allowed_sources` are checked against: `server.trusted_proxies`, and WeChat's
 /// callback IPs for the accounts that list `"wechat"`, refreshed in the background.
-fn start_sources(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<Arc<Sources>> {
+fn start_sources(
+    config: &Config,
+    wechat_api: Arc<WechatApi>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Arc<Sources>> {
     let trusted = config
         .server
         .trusted_proxies
@@ -205,7 +211,7 @@ fn start_sources(config: &Config, shutdown: &CancellationToken) -> anyhow::Resul
     if !accounts.is_empty() {
         tokio::spawn(sources::refresh_loop(
             sources.clone(),
-            Arc::new(WechatApi::new()),
+            wechat_api,
             accounts,
             sources::list_file(&config.store.path),
             shutdown.clone(),

@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, Semaphore, mpsc};
 
-use crate::config::{AUTHORIZER_IN_URL, Config, ConfigError, TargetSettings};
+use crate::config::{
+    AUTHORIZER_IN_URL, Config, ConfigError, TargetSettings, authorizer_placeholders,
+};
 use crate::privacy::UserIds;
 use crate::resign::Resign;
 use crate::retry::Breaker;
@@ -116,7 +118,7 @@ impl Routes {
                             events: lower(&t.events),
                             info_types: lower(&t.info_types),
                             authorizers: t.authorizers.clone(),
-                            needs_authorizer: t.url.as_str().contains(AUTHORIZER_IN_URL),
+                            needs_authorizer: authorizer_placeholders(t.url.as_str()) > 0,
                         },
                         wake: Arc::new(Notify::new()),
                         handoff,
@@ -169,9 +171,11 @@ impl Target {
     /// The URL to send a callback about `authorizer` to: `{authorizer}` replaced by it.
     pub fn url_for(&self, authorizer: Option<&str>) -> Cow<'_, str> {
         match authorizer {
-            Some(appid) if self.filter.needs_authorizer => {
-                Cow::Owned(self.url.replace(AUTHORIZER_IN_URL, appid))
-            }
+            Some(appid) if self.filter.needs_authorizer => Cow::Owned(
+                AUTHORIZER_IN_URL
+                    .iter()
+                    .fold(self.url.clone(), |url, p| url.replace(p, appid)),
+            ),
             _ => Cow::Borrowed(&self.url),
         }
     }
@@ -261,5 +265,35 @@ mod tests {
         assert!(subs.accepts(&text, None) && subs.accepts(&scan, None));
         assert!(!subs.accepts(&click, None) && !subs.accepts(&image, None));
         assert!(account.primary.is_none());
+    }
+
+    /// `{authorizer}` is replaced in the path (where the URL parser percent-encodes the braces)
+    /// and in the query (where it does not); without an authorizer such a target takes nothing.
+    #[test]
+    fn the_authorizer_fills_its_placeholders_in_path_and_query() {
+        let config = Config::from_toml(
+            r#"
+            [[accounts]]
+            id = "op"
+            kind = "open_platform"
+            token = "t"
+            app_id = "wx1"
+            encoding_aes_key = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C"
+            [[accounts.targets]]
+            name = "svc"
+            url = "http://127.0.0.1:1/wx/{authorizer}?app={authorizer}"
+            "#,
+        )
+        .unwrap();
+        let routes = Routes::from_config(&config).unwrap();
+        let svc = &routes.account("op").unwrap().targets[0];
+        assert_eq!(
+            svc.url_for(Some("wxA")),
+            "http://127.0.0.1:1/wx/wxA?app=wxA"
+        );
+        let ticket =
+            Envelope::parse(b"<xml><InfoType>component_verify_ticket</InfoType></xml>").unwrap();
+        assert!(!svc.accepts(&ticket, None));
+        assert!(svc.accepts(&ticket, Some("wxA")));
     }
 }
