@@ -961,10 +961,11 @@ mod tests {
     fn redaction_hides_secrets() {
         let text = MINIMAL.replace(
             "token = \"tok\"",
-            "token = \"very-secret-token\"\napp_id = \"wx1\"\nencoding_aes_key = \"jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C\"",
+            "token = \"very-secret-token\"\napp_id = \"wx1\"\napp_secret = \"very-secret-app-secret\"\nencoding_aes_key = \"jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C\"",
         );
         let printed = Config::from_toml(&text).unwrap().redacted_toml();
         assert!(!printed.contains("very-secret-token"));
+        assert!(!printed.contains("very-secret-app-secret"));
         assert!(!printed.contains("jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C"));
         assert!(printed.contains("<redacted>"));
     }
