@@ -9,6 +9,8 @@
 //! - `POST /dead-letters/{id}/replay`, `POST /dead-letters/replay?filters`: due again now, with a
 //!   fresh allowance of attempts; the same bytes are sent.
 //! - `DELETE /dead-letters/{id}`, `DELETE /dead-letters?filters` (`all=true` for no filter).
+//! - `POST /targets/probe?account=&target=`: the URL-verification GET sent to each target now
+//!   (see [`crate::probe`]); 200 with each target's result, `"ok"` only if all echoed.
 //!
 //! - The live console in the browser and its event stream: see [`crate::console`], which also
 //!   decides who gets in (`admin.token`): everything above but health and readiness (and
@@ -147,6 +149,7 @@ impl Admin {
             (Method::POST, ["dead-letters", id, "replay"]) => self.replay(Some(id), "").await,
             (Method::DELETE, ["dead-letters"]) => self.purge(None, query).await,
             (Method::DELETE, ["dead-letters", id]) => self.purge(Some(id), "").await,
+            (Method::POST, ["targets", "probe"]) => self.probe(query).await,
             _ => Err((StatusCode::NOT_FOUND, "no such admin endpoint".to_owned())),
         };
         result
@@ -190,6 +193,27 @@ impl Admin {
             })
             .collect();
         Ok(json(StatusCode::OK, &rows))
+    }
+
+    async fn probe(&self, query: &str) -> Result<Response<Full<Bytes>>, (StatusCode, String)> {
+        let (mut account, mut target) = (None, None);
+        for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            match &*key {
+                "account" => account = Some(value.into_owned()),
+                "target" => target = Some(value.into_owned()),
+                _ => {
+                    return Err((
+                        StatusCode::BAD_REQUEST,
+                        format!("unknown parameter {key:?}"),
+                    ));
+                }
+            }
+        }
+        let routes = self.routes.load_full();
+        let results = crate::probe::probe(&routes, account.as_deref(), target.as_deref())
+            .await
+            .map_err(|e| (StatusCode::NOT_FOUND, e.to_string()))?;
+        Ok(json(StatusCode::OK, &crate::probe::report(&results)))
     }
 
     async fn ready(&self) -> Response<Full<Bytes>> {

@@ -53,6 +53,22 @@ pub enum Command {
     DeadLetters(DeadLettersCommand),
     /// Send a realistic, signed (and encrypted) callback for an account, as WeChat would.
     Simulate(SimulateArgs),
+    /// Check that every target answers WeChat's URL-verification GET (signed, fresh echostr)
+    /// before pointing the console at the proxy; exit 0 only if all echo it exactly.
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// Only this account's targets.
+    #[arg(long)]
+    pub account: Option<String>,
+    /// Only targets with this name.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Print the results as JSON (as `POST /targets/probe` answers) instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -16,12 +16,17 @@ use figment::providers::{Env, Format as _, Toml};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use crate::sources::{Allowed, Cidr};
 use crate::wechat::{AesKey, Credentials, Kind, Security};
+use crate::wechat_api::ApiAccount;
 
 /// The documented defaults, compiled in so the binary needs no file to know them.
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
 
 const REDACTED: &str = "<redacted>";
+/// `wechat_api_base`'s default (as `Url` writes it), and where WeCom's API is instead.
+const DEFAULT_API_BASE: &str = "https://api.weixin.qq.com/";
+const WECOM_API_BASE: &str = "https://qyapi.weixin.qq.com/";
 
 /// A configuration that cannot be used; the message names the key.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +44,17 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
         key: key.into(),
         message: message.into(),
     }
+}
+
+/// `{authorizer}` in a target URL, as the URL parser writes it in a path and in a query.
+pub const AUTHORIZER_IN_URL: [&str; 2] = ["%7Bauthorizer%7D", "{authorizer}"];
+
+/// How many `{authorizer}` placeholders a target URL has.
+pub fn authorizer_placeholders(url: &str) -> usize {
+    AUTHORIZER_IN_URL
+        .iter()
+        .map(|p| url.matches(p).count())
+        .sum()
 }
 
 /// The longest URI the HTTP client can send (the `http` crate's limit): a target's URL, `?` and
@@ -73,6 +89,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub delivery: DeliveryConfig,
     pub target_defaults: TargetDefaults,
+    /// WeChat's API (access tokens, callback IPs); an account may override it.
+    pub wechat_api_base: Url,
     #[serde(default)]
     pub accounts: Vec<AccountConfig>,
 }
@@ -89,6 +107,8 @@ pub struct ServerConfig {
     pub header_read_timeout_ms: Millis,
     pub body_read_timeout_ms: Millis,
     pub shutdown_grace_ms: Millis,
+    /// Peers whose `X-Forwarded-For` / `X-Real-IP` name the client (CIDRs).
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,6 +155,8 @@ impl AdminConfig {
 pub struct LogConfig {
     pub format: LogFormat,
     pub filter: String,
+    /// Log openids and dedupe keys as they are, instead of their keyed hash (for debugging).
+    pub show_user_ids: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -302,6 +324,7 @@ pub enum AccountKind {
     OfficialAccount,
     MiniProgram,
     Wecom,
+    OpenPlatform,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -325,6 +348,17 @@ pub struct AccountConfig {
     pub mode: Option<Mode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary: Option<String>,
+    /// Only these sources (CIDRs, and/or `"wechat"`: WeChat's callback IP list) may call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_sources: Option<Vec<String>>,
+    /// For WeChat's API (the callback IP list): the AppSecret (WeCom: the app's secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_secret_env: Option<String>,
+    /// Overrides the top-level `wechat_api_base` for this account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wechat_api_base: Option<Url>,
     #[serde(default)]
     pub targets: Vec<TargetConfig>,
 }
@@ -348,6 +382,24 @@ pub struct TargetConfig {
     pub msg_types: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events: Option<Vec<String>>,
+    /// Open platform: only authorization events of these `InfoType`s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info_types: Option<Vec<String>>,
+    /// Open platform: only callbacks of these authorizer app ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorizers: Option<Vec<String>>,
+    /// The target's own token (and key): its deliveries are re-signed (and re-encrypted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resign: Option<ResignConfig>,
+}
+
+/// A target's own credentials, by the names of the environment variables that hold them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResignConfig {
+    pub token_env: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding_aes_key_env: Option<String>,
 }
 
 /// A target's settings with the defaults applied.
@@ -465,6 +517,20 @@ impl Config {
             ));
         }
         self.target_defaults.check("target_defaults")?;
+        for (i, proxy) in server.trusted_proxies.iter().enumerate() {
+            if Cidr::parse(proxy).is_none() {
+                return Err(invalid(
+                    format!("server.trusted_proxies[{i}]"),
+                    format!("{proxy:?} is not an address or CIDR block (\"10.0.0.0/8\")"),
+                ));
+            }
+        }
+        if !matches!(self.wechat_api_base.scheme(), "http" | "https") {
+            return Err(invalid(
+                "wechat_api_base",
+                "must be an http:// or https:// URL",
+            ));
+        }
         if self.accounts.is_empty() {
             return Err(invalid("accounts", "no account is configured"));
         }
@@ -493,7 +559,11 @@ impl Config {
             copy.admin.token = Some(REDACTED.to_owned());
         }
         for account in &mut copy.accounts {
-            for secret in [&mut account.token, &mut account.encoding_aes_key] {
+            for secret in [
+                &mut account.token,
+                &mut account.encoding_aes_key,
+                &mut account.app_secret,
+            ] {
                 if secret.is_some() {
                     *secret = Some(REDACTED.to_owned());
                 }
@@ -570,6 +640,7 @@ impl AccountConfig {
             ));
         }
         self.credentials(key)?;
+        self.allowed_sources(key)?;
         let mut names = HashSet::new();
         for (j, target) in self.targets.iter().enumerate() {
             let tkey = format!("{key}.targets[{j}]");
@@ -596,7 +667,9 @@ impl AccountConfig {
                 ));
             }
             // Every accepted query must fit, so that no accepted callback is undeliverable.
-            let longest = target.url.as_str().len() + 1 + max_query_bytes;
+            // `{authorizer}` is replaced by an app id of up to 64 bytes.
+            let templated = authorizer_placeholders(target.url.as_str());
+            let longest = target.url.as_str().len() + 1 + max_query_bytes + templated * 48;
             if longest > MAX_URI_BYTES {
                 return Err(invalid(
                     format!("{tkey}.url"),
@@ -607,6 +680,23 @@ impl AccountConfig {
                 ));
             }
             target.settings(defaults).check(&tkey)?;
+            target.credentials(&tkey, &self.credentials(key)?)?;
+            if self.kind != AccountKind::OpenPlatform {
+                let templated = authorizer_placeholders(target.url.as_str()) > 0;
+                for (name, set) in [
+                    ("info_types", target.info_types.is_some()),
+                    ("authorizers", target.authorizers.is_some()),
+                    ("url", templated),
+                ] {
+                    if set {
+                        return Err(invalid(
+                            format!("{tkey}.{name}"),
+                            "info_types, authorizers and {authorizer} in the URL are for \
+                             kind = \"open_platform\" accounts only",
+                        ));
+                    }
+                }
+            }
         }
         if let Some(primary) = &self.primary
             && !names.contains(primary.as_str())
@@ -617,6 +707,89 @@ impl AccountConfig {
             ));
         }
         Ok(())
+    }
+
+    /// `allowed_sources`, parsed: `None` when the account takes requests from anywhere.
+    pub fn allowed_sources(&self, key: &str) -> Result<Option<Allowed>, ConfigError> {
+        let Some(list) = &self.allowed_sources else {
+            return Ok(None);
+        };
+        let mut allowed = Allowed::default();
+        for (k, entry) in list.iter().enumerate() {
+            if entry == "wechat" {
+                allowed.wechat = true;
+            } else {
+                allowed.blocks.push(Cidr::parse(entry).ok_or_else(|| {
+                    invalid(
+                        format!("{key}.allowed_sources[{k}]"),
+                        format!("{entry:?} is neither \"wechat\" nor an address or CIDR block"),
+                    )
+                })?);
+            }
+        }
+        if list.is_empty() {
+            return Err(invalid(
+                format!("{key}.allowed_sources"),
+                "is empty, which would refuse every request; leave it out to allow all",
+            ));
+        }
+        if allowed.wechat {
+            let app_id = self.app_id.as_deref().unwrap_or_default();
+            if app_id.is_empty() {
+                return Err(invalid(
+                    format!("{key}.app_id"),
+                    "is required for allowed_sources = [\"wechat\"] (WeChat's API needs it)",
+                ));
+            }
+            let secret = secret(
+                key,
+                "app_secret",
+                self.app_secret.as_deref(),
+                self.app_secret_env.as_deref(),
+            )?;
+            if secret.is_none_or(|s| s.is_empty()) {
+                return Err(invalid(
+                    format!("{key}.app_secret"),
+                    "is required for allowed_sources = [\"wechat\"] (or app_secret_env)",
+                ));
+            }
+        }
+        Ok(Some(allowed))
+    }
+
+    /// What WeChat's API needs for this account, when its `allowed_sources` lists `"wechat"`.
+    /// WeCom's API lives elsewhere: without an account-level `wechat_api_base`, WeCom accounts
+    /// call `https://qyapi.weixin.qq.com` when the top-level one is the default.
+    pub fn api_account(
+        &self,
+        key: &str,
+        default_base: &Url,
+    ) -> Result<Option<ApiAccount>, ConfigError> {
+        if !self.allowed_sources(key)?.is_some_and(|a| a.wechat) {
+            return Ok(None);
+        }
+        let app_secret = secret(
+            key,
+            "app_secret",
+            self.app_secret.as_deref(),
+            self.app_secret_env.as_deref(),
+        )?
+        .unwrap_or_default();
+        let kind = self.credentials(key)?.kind;
+        let base = match (&self.wechat_api_base, kind) {
+            (Some(base), _) => base.clone(),
+            (None, Kind::WeCom) if default_base.as_str() == DEFAULT_API_BASE => {
+                Url::parse(WECOM_API_BASE).map_err(|e| invalid("wechat_api_base", e.to_string()))?
+            }
+            (None, _) => default_base.clone(),
+        };
+        Ok(Some(ApiAccount {
+            id: self.id.clone(),
+            kind,
+            base,
+            app_id: self.app_id.clone().unwrap_or_default(),
+            app_secret,
+        }))
     }
 
     /// The account's credentials, with secrets read from the environment where so configured.
@@ -655,7 +828,15 @@ impl AccountConfig {
             AccountKind::OfficialAccount => Kind::OfficialAccount,
             AccountKind::MiniProgram => Kind::MiniProgram,
             AccountKind::Wecom => Kind::WeCom,
+            AccountKind::OpenPlatform => Kind::OpenPlatform,
         };
+        if kind == Kind::OpenPlatform && mode != Mode::Safe {
+            return Err(invalid(
+                format!("{key}.mode"),
+                "open platform callbacks are always encrypted: use mode = \"safe\" with the \
+                 component's encoding_aes_key",
+            ));
+        }
         if kind == Kind::WeCom && mode != Mode::Safe {
             return Err(invalid(
                 format!("{key}.mode"),
@@ -717,6 +898,63 @@ fn secret(
 }
 
 impl TargetConfig {
+    /// With `resign`: the credentials this target verifies with (its token; its key, else the
+    /// account's; the account's kind, mode and receive id) and whether the key is its own.
+    pub fn credentials(
+        &self,
+        key: &str,
+        account: &Credentials,
+    ) -> Result<Option<(Credentials, bool)>, ConfigError> {
+        let Some(resign) = &self.resign else {
+            return Ok(None);
+        };
+        let key = format!("{key}.resign");
+        let token = secret(&key, "token", None, Some(&resign.token_env))?.unwrap_or_default();
+        if token.is_empty() {
+            return Err(invalid(
+                format!("{key}.token_env"),
+                "names an empty environment variable",
+            ));
+        }
+        let aes = secret(
+            &key,
+            "encoding_aes_key",
+            None,
+            resign.encoding_aes_key_env.as_deref(),
+        )?;
+        let own_key = aes.is_some();
+        let security = match (aes, &account.security) {
+            (None, security) => security.clone(),
+            (Some(_), Security::Plaintext) => {
+                return Err(invalid(
+                    format!("{key}.encoding_aes_key_env"),
+                    "the account is in plaintext mode: there is nothing to encrypt",
+                ));
+            }
+            (Some(text), security) => {
+                let aes_key = AesKey::from_encoding_aes_key(&text).map_err(|_| {
+                    invalid(
+                        format!("{key}.encoding_aes_key_env"),
+                        "must hold 43 characters of base64 (A-Z, a-z, 0-9)",
+                    )
+                })?;
+                match security {
+                    Security::Compatible(_) => Security::Compatible(aes_key),
+                    _ => Security::Safe(aes_key),
+                }
+            }
+        };
+        Ok(Some((
+            Credentials {
+                kind: account.kind,
+                token,
+                receive_id: account.receive_id.clone(),
+                security,
+            },
+            own_key,
+        )))
+    }
+
     /// The settings of this target, unset keys taken from `[target_defaults]`.
     pub fn settings(&self, defaults: &TargetDefaults) -> TargetSettings {
         TargetSettings {
@@ -796,6 +1034,53 @@ mod tests {
             "[[accounts.targets]]\nname = \"bot\"\nurl = \"http://a/\"\n[[accounts.targets]]",
         );
         assert!(error_of(&dup).starts_with("accounts[0].targets[1].name:"));
+        let resign = MINIMAL.replace(
+            "url = \"http://127.0.0.1:9001/wx\"",
+            "url = \"http://127.0.0.1:9001/wx\"\nresign = { token_env = \"WF_TEST_NEVER_SET_1\" }",
+        );
+        assert_eq!(
+            error_of(&resign),
+            "accounts[0].targets[0].resign.token_env: environment variable WF_TEST_NEVER_SET_1 is not set (or not UTF-8)"
+        );
+        let unknown = MINIMAL.replace(
+            "url = \"http://127.0.0.1:9001/wx\"",
+            "url = \"http://127.0.0.1:9001/wx\"\nresign = { token = \"inline\" }",
+        );
+        assert!(
+            error_of(&unknown).contains("token"),
+            "{}",
+            error_of(&unknown)
+        );
+        let sources = |list: &str| {
+            MINIMAL.replace(
+                "token = \"tok\"",
+                &format!("token = \"tok\"\nallowed_sources = {list}"),
+            )
+        };
+        assert!(
+            error_of(&sources("[\"10.0.0.0/33\"]")).starts_with("accounts[0].allowed_sources[0]:")
+        );
+        assert!(error_of(&sources("[]")).starts_with("accounts[0].allowed_sources:"));
+        assert!(error_of(&sources("[\"wechat\"]")).starts_with("accounts[0].app_id:"));
+        let no_secret = sources("[\"wechat\"]").replace("kind", "app_id = \"wx1\"\nkind");
+        assert!(error_of(&no_secret).starts_with("accounts[0].app_secret:"));
+        Config::from_toml(&sources("[\"10.0.0.0/8\", \"203.0.113.7\"]")).unwrap();
+        let info = MINIMAL.replace(
+            "url = \"http://127.0.0.1:9001/wx\"",
+            "url = \"http://127.0.0.1:9001/wx\"\ninfo_types = [\"authorized\"]",
+        );
+        assert!(error_of(&info).starts_with("accounts[0].targets[0].info_types: "));
+        let templated = MINIMAL.replace("/wx\"", "/wx/{authorizer}\"");
+        assert!(error_of(&templated).starts_with("accounts[0].targets[0].url: "));
+        let open_plain = MINIMAL.replace("official_account", "open_platform");
+        assert!(error_of(&open_plain).starts_with("accounts[0].mode: open platform"));
+        let open = templated.replace("official_account", "open_platform").replace(
+            "token = \"tok\"",
+            "token = \"tok\"\napp_id = \"wx1\"\nencoding_aes_key = \"jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C\"",
+        );
+        Config::from_toml(&open).unwrap();
+        let proxies = format!("{MINIMAL}\n[server]\ntrusted_proxies = [\"x\"]");
+        assert!(error_of(&proxies).starts_with("server.trusted_proxies[0]:"));
     }
 
     /// No accepted query may make a target's URL invalid: a fragment would swallow it, and the
@@ -840,10 +1125,11 @@ mod tests {
     fn redaction_hides_secrets() {
         let text = MINIMAL.replace(
             "token = \"tok\"",
-            "token = \"very-secret-token\"\napp_id = \"wx1\"\nencoding_aes_key = \"jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C\"",
+            "token = \"very-secret-token\"\napp_id = \"wx1\"\napp_secret = \"very-secret-app-secret\"\nencoding_aes_key = \"jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C\"",
         );
         let printed = Config::from_toml(&text).unwrap().redacted_toml();
         assert!(!printed.contains("very-secret-token"));
+        assert!(!printed.contains("very-secret-app-secret"));
         assert!(!printed.contains("jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C"));
         assert!(printed.contains("<redacted>"));
     }

@@ -22,8 +22,10 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use std::sync::Arc;
 
+use crate::authorizer::{self, AUTHORIZER_HEADER};
 use crate::events::{AttemptEvent, Event, EventFeed};
 use crate::metrics::Metrics;
+use crate::resign::{self, ResignError};
 use crate::retry::{self, Verdict};
 use crate::store::{AttemptReport, Disposition, Job, JobId, Recorded, Store, StoreError};
 use crate::targets::Target;
@@ -72,6 +74,8 @@ enum Failure {
     Uri(#[from] http::Error),
     #[error("timed out after {0:?}")]
     TimedOut(Duration),
+    #[error(transparent)]
+    Resign(#[from] ResignError),
     #[error("{}", describe("connection failed", .0))]
     Connect(hyper_util::client::legacy::Error),
     #[error("{}", describe("request failed", .0))]
@@ -116,10 +120,15 @@ impl Downstream {
                 let verdict =
                     retry::classify_status(status, retry_after.as_deref(), SystemTime::now());
                 let delivered = verdict == Verdict::Delivered;
+                // A reply sealed with the target's own key is sealed again with the account's.
+                let reply = match &target.resign {
+                    Some(resign) if delivered => resign.reply(&body).map(|b| (content_type, b)),
+                    _ => delivered.then_some((content_type, body)),
+                };
                 Attempt {
                     verdict,
                     status: Some(status),
-                    reply: delivered.then_some((content_type, body)),
+                    reply,
                     error: (!delivered).then(|| format!("target answered {status}")),
                     elapsed,
                     request_fault: retry::refuses_the_request(status),
@@ -128,7 +137,7 @@ impl Downstream {
             Err(e) => {
                 // A request that cannot be built fails the same way on every attempt, at any
                 // target: give up at once, and do not hold it against the target.
-                let request_fault = matches!(e, Failure::Uri(_));
+                let request_fault = matches!(e, Failure::Uri(_) | Failure::Resign(_));
                 Attempt {
                     verdict: if request_fault {
                         Verdict::GiveUp
@@ -152,17 +161,32 @@ impl Downstream {
         job: &Job,
     ) -> Result<(u16, Option<String>, Option<String>, Bytes), Failure> {
         let request = &job.request;
-        let mut url = String::with_capacity(target.url.len() + request.query.len() + 1);
-        url.push_str(&target.url);
-        if !request.query.is_empty() {
-            url.push(if target.url.contains('?') { '&' } else { '?' });
-            url.push_str(&request.query);
+        // Open platform: the authorized account travels in front of WeChat's query.
+        let (authorizer, wechat_query) = authorizer::split(&request.query);
+        // A target with its own credentials gets a copy re-signed for this attempt.
+        let resigned = match &target.resign {
+            Some(resign) => Some(resign::for_attempt(resign, wechat_query, &request.body)?),
+            None => None,
+        };
+        let (query, body) = match &resigned {
+            Some((query, body)) => (query.as_str(), body.clone()),
+            None => (wechat_query, request.body.clone()),
+        };
+        let base = target.url_for(authorizer);
+        let mut url = String::with_capacity(base.len() + query.len() + 1);
+        url.push_str(&base);
+        if !query.is_empty() {
+            url.push(if base.contains('?') { '&' } else { '?' });
+            url.push_str(query);
         }
         let mut builder = Request::post(Uri::try_from(url).map_err(http::Error::from)?)
             .header(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE))
             .header(DELIVERY_HEADER, job.id)
             .header(ATTEMPT_HEADER, job.attempts + 1)
             .header(ACCOUNT_HEADER, &*job.key.account);
+        if let Some(appid) = authorizer {
+            builder = builder.header(AUTHORIZER_HEADER, appid);
+        }
         if let Some(content_type) = request
             .content_type
             .as_deref()
@@ -170,7 +194,7 @@ impl Downstream {
         {
             builder = builder.header(CONTENT_TYPE, content_type);
         }
-        let request = builder.body(Full::new(request.body.clone()))?;
+        let request = builder.body(Full::new(body))?;
         let response = self.client.request(request).await.map_err(|e| {
             if e.is_connect() {
                 Failure::Connect(e)

@@ -8,6 +8,7 @@ use http::StatusCode;
 use tracing::Level;
 
 use crate::escape::Excerpt;
+use crate::sources::Denied;
 use crate::store::StoreError;
 use crate::wechat::VerifyError;
 
@@ -31,6 +32,9 @@ pub enum Rejection {
     ContentType(&'static str),
     #[error("timestamp outside the allowed window")]
     StaleTimestamp,
+    /// Not one of the account's `allowed_sources`.
+    #[error(transparent)]
+    Source(#[from] Denied),
     // Transparent: the message is the inner one, and so is the source, so a chain printer
     // (`{:#}`) does not print the cause twice.
     #[error(transparent)]
@@ -55,6 +59,7 @@ impl Rejection {
             Rejection::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Rejection::Body(_) | Rejection::ContentType(_) => StatusCode::BAD_REQUEST,
             Rejection::StaleTimestamp => StatusCode::UNAUTHORIZED,
+            Rejection::Source(_) => StatusCode::FORBIDDEN,
             Rejection::Verify(e) if e.is_unauthorized() => StatusCode::UNAUTHORIZED,
             Rejection::Verify(_) => StatusCode::BAD_REQUEST,
             Rejection::Store(_) | Rejection::StoreTooSlow => StatusCode::SERVICE_UNAVAILABLE,
@@ -67,7 +72,7 @@ impl Rejection {
         match self {
             Rejection::Store(_) | Rejection::StoreTooSlow | Rejection::Internal => Level::ERROR,
             Rejection::Verify(e) if e.is_unauthorized() => Level::WARN,
-            Rejection::StaleTimestamp => Level::WARN,
+            Rejection::StaleTimestamp | Rejection::Source(_) => Level::WARN,
             _ => Level::INFO,
         }
     }
@@ -83,6 +88,9 @@ impl Rejection {
             Rejection::Body(_) => "body",
             Rejection::ContentType(_) => "bad_content_type",
             Rejection::StaleTimestamp => "stale_timestamp",
+            Rejection::Source(Denied::NotAllowed(_)) => "source_not_allowed",
+            Rejection::Source(Denied::ListUnknown(_)) => "source_list_unknown",
+            Rejection::Source(Denied::BadHeader(_)) => "bad_forwarded_header",
             Rejection::Verify(e) => e.reason(),
             Rejection::Store(_) => "store",
             Rejection::StoreTooSlow => "store_too_slow",

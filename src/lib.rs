@@ -5,25 +5,30 @@
 //!
 //! - [`config`]: defaults → file → environment, validated; names the bad key.
 //! - [`wechat`]: the protocol as pure functions (signatures, AES, envelopes, dedupe keys).
-//! - [`targets`]: the routing table built from the config: accounts, targets, filters.
+//! - [`targets`]: the routing table built from the config: accounts, targets, filters;
+//!   [`authorizer`]: which account an open platform callback concerns, carried to targets.
 //! - [`store`]: the durable queue and dedupe, one trait: SQLite (default, one instance) or Redis
 //!   (shared by several instances; leases with tokens, the store's clock).
-//! - [`retry`]: which answers are retried, and when; [`downstream`]: the byte-identical replay.
+//! - [`retry`]: which answers are retried, and when; [`downstream`]: the byte-identical replay,
+//!   or, for a target with its own credentials, the re-signed one ([`resign`]).
 //! - [`leases`]: keeps alive the leases this process holds (on a store where they expire).
-//! - [`ingress`]: the WeChat-facing server: verify, buffer, persist, answer in time.
+//! - [`ingress`]: the WeChat-facing server: verify, buffer, persist, answer in time; only from
+//!   allowed sources ([`sources`], with WeChat's callback IPs from [`wechat_api`]).
 //! - [`delivery`]: one worker per target: lease due jobs, send, record.
 //! - [`events`]: what happened, for the live console: ingress and delivery publish, never wait.
 //! - [`admin`]: health, readiness, metrics, dead letters, on a separate port; [`metrics`];
 //!   [`console`]: the live console in the browser, its login and its event stream.
 //! - [`error`], [`shutdown`], [`telemetry`]: rejection mapping, signals, logging; [`escape`]:
-//!   caller text made safe for a log line or an error message.
-//! - [`cli`], [`admin_client`], [`simulate`]: the commands besides `serve`.
+//!   caller text made safe for a log line or an error message; [`privacy`]: users named in logs
+//!   only by a keyed hash.
+//! - [`cli`], [`admin_client`], [`simulate`], [`probe`]: the commands besides `serve`.
 //!
 //! `ingress` and `delivery` never import each other: the stored job is their shared vocabulary.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod admin_client;
+pub mod authorizer;
 pub mod cli;
 pub mod config;
 pub mod console;
@@ -35,13 +40,18 @@ pub mod events;
 pub mod ingress;
 pub mod leases;
 pub mod metrics;
+pub mod privacy;
+pub mod probe;
+pub mod resign;
 pub mod retry;
 pub mod shutdown;
 pub mod simulate;
+pub mod sources;
 pub mod store;
 pub mod targets;
 pub mod telemetry;
 pub mod wechat;
+pub mod wechat_api;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -61,8 +71,10 @@ use crate::ingress::Ingress;
 use crate::leases::Leases;
 use crate::metrics::Metrics;
 use crate::shutdown::InFlight;
+use crate::sources::Sources;
 use crate::store::Store;
 use crate::targets::Routes;
+use crate::wechat_api::WechatApi;
 
 /// How often delivered callbacks older than the retention are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
@@ -154,16 +166,22 @@ pub async fn run_with(
         }
         None => None,
     };
-    let ingress = Arc::new(Ingress::new(
-        routes.clone(),
-        store.clone(),
-        downstream,
-        config.server.clone(),
-        in_flight.clone(),
-        leases,
-        metrics,
-        events,
-    ));
+    // One access-token cache for every caller of WeChat's API.
+    let wechat_api = Arc::new(WechatApi::new());
+    let sources = start_sources(&config, wechat_api, &shutdown)?;
+    let ingress = Arc::new(
+        Ingress::new(
+            routes.clone(),
+            store.clone(),
+            downstream,
+            config.server.clone(),
+            in_flight.clone(),
+            leases,
+            metrics,
+            events,
+        )
+        .with_sources(sources),
+    );
     info!(address = %listeners.wechat.local_addr()?, "listening for WeChat callbacks");
     let server = tokio::spawn(ingress::serve(
         listeners.wechat,
@@ -196,6 +214,39 @@ pub async fn run_with(
     store.flush().await?;
     info!("stopped");
     Ok(())
+}
+
+/// The lists `allowed_sources` are checked against: `server.trusted_proxies`, and WeChat's
+/// callback IPs for the accounts that list `"wechat"`, refreshed in the background.
+fn start_sources(
+    config: &Config,
+    wechat_api: Arc<WechatApi>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Arc<Sources>> {
+    let trusted = config
+        .server
+        .trusted_proxies
+        .iter()
+        .filter_map(|proxy| sources::Cidr::parse(proxy))
+        .collect();
+    let sources = Arc::new(Sources::new(trusted));
+    let mut accounts = Vec::new();
+    for (i, account) in config.accounts.iter().enumerate() {
+        let key = format!("accounts[{i}]");
+        if let Some(api) = account.api_account(&key, &config.wechat_api_base)? {
+            accounts.push(api);
+        }
+    }
+    if !accounts.is_empty() {
+        tokio::spawn(sources::refresh_loop(
+            sources.clone(),
+            wechat_api,
+            accounts,
+            sources::list_file(&config.store.path),
+            shutdown.clone(),
+        ));
+    }
+    Ok(sources)
 }
 
 /// Configuration reload: the file SIGHUP re-reads, and SIGHUP itself, caught from the moment this

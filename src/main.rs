@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use wechat_fanout::cli::{Cli, Command};
 use wechat_fanout::config::Config;
 use wechat_fanout::store::Readiness;
-use wechat_fanout::{Listeners, Reload, admin_client, simulate};
+use wechat_fanout::{Listeners, Reload, admin_client, probe, simulate};
 
 /// EX_USAGE from sysexits.h: every configuration error exits with it, before any port is bound.
 const EXIT_BAD_CONFIG: u8 = 64;
@@ -73,6 +73,7 @@ async fn execute(cli: Cli, config: Config) -> anyhow::Result<bool> {
             Ok(true)
         }
         Command::Simulate(args) => simulate::run(&config, &args, &mut out).await,
+        Command::Probe(args) => probe::run(&config, &args, &mut out).await,
     }
 }
 

@@ -18,18 +18,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, anyhow, bail};
 use bytes::Bytes;
-use percent_encoding::utf8_percent_encode;
-use quick_xml::Reader;
-use quick_xml::events::Event;
 use reqwest::StatusCode;
 use reqwest::header::CONTENT_TYPE;
 use url::Url;
 
 use crate::admin_client::reachable;
 use crate::config::{AccountKind, Config};
-use crate::wechat::callback::QUERY_VALUE;
-use crate::wechat::envelope::push_cdata_element as push_cdata;
-use crate::wechat::{Credentials, Kind, SealParams, msg_signature, seal_callback, signature};
+use crate::wechat::envelope::{encrypted_reply, push_cdata_element as push_cdata};
+use crate::wechat::{Credentials, Kind, SealParams, msg_signature, seal_callback, seal_handshake};
 
 const DEFAULT_TEXT: &str = "hello from wechat-fanout simulate";
 /// Shaped like a real openid (28 characters, leading `o`), and plainly fake.
@@ -77,6 +73,14 @@ pub struct SimulateArgs {
     /// Do the GET URL-verification handshake instead of a POST.
     #[arg(long, conflicts_with_all = ["text", "event", "msg_id"])]
     pub verify_url: bool,
+    /// Open platform: the authorized account (its app id). Messages go to the message URL
+    /// `/wechat/{ID}/{APPID}`; an authorization event names it as `AuthorizerAppid`.
+    #[arg(long, value_name = "APPID")]
+    pub authorizer: Option<String>,
+    /// Open platform: send an authorization event to `/wechat/{ID}` instead of a message:
+    /// component_verify_ticket, authorized, updateauthorized, unauthorized.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["text", "event", "msg_id", "verify_url"])]
+    pub info_type: Option<String>,
 }
 
 /// The data format of a simulated body.
@@ -112,9 +116,33 @@ pub async fn run(
             account.id
         );
     }
+    let open_platform = credentials.kind == Kind::OpenPlatform;
+    if !open_platform && (args.authorizer.is_some() || args.info_type.is_some()) {
+        bail!(
+            "--authorizer and --info-type are for open_platform accounts; account {:?} is {kind}",
+            account.id
+        );
+    }
+    if let Some(appid) = &args.authorizer
+        && !crate::authorizer::is_app_id(appid)
+    {
+        bail!("--authorizer {appid:?}: not an app id (letters, digits, '-', '_')");
+    }
+    let path = match (&args.authorizer, &args.info_type) {
+        // The message URL: what the console's `$APPID$` becomes.
+        (Some(appid), None) => format!("{}/{appid}", account.id),
+        _ => account.id.clone(),
+    };
+    if open_platform && !args.verify_url && path == account.id && args.info_type.is_none() {
+        bail!(
+            "account {:?} is an open platform: give --authorizer APPID for a message to an \
+             authorized account, or --info-type for an authorization event",
+            account.id
+        );
+    }
     let url = match &args.url {
         Some(url) => url.clone(),
-        None => default_url(config.server.listen, &account.id)?,
+        None => default_url(config.server.listen, &path)?,
     };
     let mode = credentials.security.name();
     writeln!(out, "account   {} ({kind}, {mode} mode)", account.id)?;
@@ -123,6 +151,32 @@ pub async fn run(
     }
 
     let now = unix_now();
+    if let Some(info_type) = &args.info_type {
+        let text = authorization_xml(
+            &credentials.receive_id,
+            now,
+            info_type,
+            args.authorizer.as_deref(),
+        )?;
+        let (timestamp, nonce) = (now.to_string(), random_nonce());
+        let params = SealParams {
+            timestamp: &timestamp,
+            nonce: &nonce,
+            openid: None,
+            to_user_name: &credentials.receive_id,
+            agent_id: None,
+        };
+        let mut sealed = seal_callback(&credentials, &text, params);
+        // Authorization events carry the component's `AppId` beside `Encrypt`.
+        sealed.body = sealed.body.replace("ToUserName>", "AppId>");
+        let target = with_query(&url, &sealed.query);
+        writeln!(
+            out,
+            "message   authorization event {info_type}\n{text}\nPOST      {}",
+            shown(&target)
+        )?;
+        return post_sealed(&credentials, &url, target, sealed, out).await;
+    }
     let action = match &args.event {
         Some(name) => Action::Event {
             name,
@@ -171,17 +225,29 @@ pub async fn run(
         "message   {summary}\n{text}\nPOST      {}",
         shown(&target)
     )?;
+    post_sealed(&credentials, &url, target, sealed, out).await
+}
+
+/// POSTs a sealed callback to `target` (`url` with its query) and checks the answer as WeChat
+/// would.
+async fn post_sealed(
+    credentials: &Credentials,
+    url: &Url,
+    target: Url,
+    sealed: crate::wechat::SealedRequest,
+    out: &mut impl Write,
+) -> anyhow::Result<bool> {
     let (ctype, size) = (sealed.content_type, sealed.body.len());
     writeln!(out, "sent      {ctype}, {size} bytes")?;
     let request = client()?
         .post(target)
         .header(CONTENT_TYPE, ctype)
         .body(sealed.body);
-    let (status, answer) = exchange(request, "posting to", &url, POST_PATIENCE, out).await?;
+    let (status, answer) = exchange(request, "posting to", url, POST_PATIENCE, out).await?;
 
     let mut ok = status == StatusCode::OK;
     if let Some(reply) = encrypted_reply(&answer) {
-        match open_reply(&credentials, &reply) {
+        match open_reply(credentials, &reply) {
             Ok(plain) => {
                 let plain = String::from_utf8_lossy(&plain);
                 writeln!(out, "decrypted reply (MsgSignature verified):\n{plain}")?;
@@ -205,24 +271,10 @@ async fn handshake(
     let (timestamp, nonce) = (unix_now().to_string(), random_nonce());
     // Numeric like WeChat's own, e.g. 4375120948345356249.
     let expected = rand::random::<u64>().to_string();
-    let token = credentials.token.as_str();
-    let (query, patience) = match credentials.security.key() {
-        Some(key) if credentials.kind == Kind::WeCom => {
-            let echostr = key.encrypt(expected.as_bytes(), &credentials.receive_id);
-            let sig = msg_signature(token, &timestamp, &nonce, &echostr);
-            let echostr = utf8_percent_encode(&echostr, QUERY_VALUE);
-            let query = format!(
-                "msg_signature={sig}&timestamp={timestamp}&nonce={nonce}&echostr={echostr}"
-            );
-            (query, WECOM_HANDSHAKE_PATIENCE)
-        }
-        // Official accounts and mini programs: echostr is plain and unsigned in every mode.
-        _ => {
-            let sig = signature(token, &timestamp, &nonce);
-            let query =
-                format!("signature={sig}&timestamp={timestamp}&nonce={nonce}&echostr={expected}");
-            (query, POST_PATIENCE)
-        }
+    let query = seal_handshake(credentials, &expected, &timestamp, &nonce);
+    let patience = match credentials.kind {
+        Kind::WeCom => WECOM_HANDSHAKE_PATIENCE,
+        _ => POST_PATIENCE,
     };
     let target = with_query(url, &query);
     writeln!(out, "GET       {}", shown(&target))?;
@@ -325,6 +377,7 @@ fn kind_name(kind: AccountKind) -> &'static str {
         AccountKind::OfficialAccount => "official_account",
         AccountKind::MiniProgram => "mini_program",
         AccountKind::Wecom => "wecom",
+        AccountKind::OpenPlatform => "open_platform",
     }
 }
 
@@ -342,6 +395,49 @@ fn random_nonce() -> String {
 /// A random id below 2^63: Java SDKs (WxJava) read `MsgId` into a signed `Long`.
 fn random_msg_id() -> u64 {
     rand::random::<u64>() >> 1
+}
+
+/// An open platform's authorization event, as WeChat writes it (bare text, no CDATA).
+fn authorization_xml(
+    component: &str,
+    create_time: u64,
+    info_type: &str,
+    authorizer: Option<&str>,
+) -> anyhow::Result<String> {
+    let mut out = format!(
+        "<xml><AppId>{component}</AppId><CreateTime>{create_time}</CreateTime><InfoType>{info_type}</InfoType>"
+    );
+    match (info_type, authorizer) {
+        ("component_verify_ticket", _) => {
+            let ticket = rand::random::<u64>();
+            let _ = write!(
+                out,
+                "<ComponentVerifyTicket>ticket@@@simulated-{ticket}</ComponentVerifyTicket>"
+            );
+        }
+        ("authorized" | "updateauthorized", Some(appid)) => {
+            let _ = write!(
+                out,
+                "<AuthorizerAppid>{appid}</AuthorizerAppid>\
+                 <AuthorizationCode>queryauthcode@@@simulated</AuthorizationCode>\
+                 <AuthorizationCodeExpiredTime>{}</AuthorizationCodeExpiredTime>\
+                 <PreAuthCode>preauthcode@@@simulated</PreAuthCode>",
+                create_time + 3600
+            );
+        }
+        ("unauthorized", Some(appid)) => {
+            let _ = write!(out, "<AuthorizerAppid>{appid}</AuthorizerAppid>");
+        }
+        ("authorized" | "updateauthorized" | "unauthorized", None) => {
+            bail!("--info-type {info_type} needs --authorizer APPID (the account it concerns)")
+        }
+        (other, _) => bail!(
+            "--info-type {other:?}: one of component_verify_ticket, authorized, \
+             updateauthorized, unauthorized"
+        ),
+    }
+    out.push_str("</xml>");
+    Ok(out)
 }
 
 /// What the simulated user did.
@@ -418,64 +514,6 @@ impl Message<'_> {
         out.push('}');
         out
     }
-}
-
-/// The answer's fields if it is an encrypted reply: XML or JSON with `Encrypt`. Parsed here
-/// because `Envelope` keeps only `Encrypt`.
-fn encrypted_reply(body: &[u8]) -> Option<Vec<(String, String)>> {
-    let fields = match body.iter().find(|b| !b.is_ascii_whitespace()) {
-        Some(b'<') => xml_fields(body)?,
-        Some(b'{') => json_fields(body)?,
-        _ => return None,
-    };
-    let encrypted = fields
-        .iter()
-        .any(|(k, _)| k.eq_ignore_ascii_case("Encrypt"));
-    encrypted.then_some(fields)
-}
-
-/// The root's direct children and their text (CDATA or bare); `None` if the XML is malformed.
-fn xml_fields(body: &[u8]) -> Option<Vec<(String, String)>> {
-    let mut reader = Reader::from_reader(body);
-    let mut fields: Vec<(String, String)> = Vec::new();
-    let mut depth = 0usize;
-    loop {
-        match reader.read_event().ok()? {
-            Event::Start(start) => {
-                depth += 1;
-                if depth == 2 {
-                    let name = String::from_utf8_lossy(start.name().as_ref()).into_owned();
-                    fields.push((name, String::new()));
-                }
-            }
-            Event::End(_) => depth = depth.checked_sub(1)?,
-            Event::Text(text) if depth == 2 => {
-                fields.last_mut()?.1.push_str(&text.xml10_content().ok()?);
-            }
-            Event::CData(cdata) if depth == 2 => {
-                fields
-                    .last_mut()?
-                    .1
-                    .push_str(std::str::from_utf8(&cdata).ok()?);
-            }
-            Event::Eof => return Some(fields),
-            _ => {}
-        }
-    }
-}
-
-/// Top-level string and number values of a JSON object; `None` if it is not one.
-fn json_fields(body: &[u8]) -> Option<Vec<(String, String)>> {
-    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
-    let fields = map
-        .into_iter()
-        .filter_map(|(key, value)| match value {
-            serde_json::Value::String(s) => Some((key, s)),
-            serde_json::Value::Number(n) => Some((key, n.to_string())),
-            _ => None,
-        })
-        .collect();
-    Some(fields)
 }
 
 /// Checks the reply's `MsgSignature` with the account token and decrypts it, as WeChat does.

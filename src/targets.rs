@@ -6,13 +6,19 @@
 //! that tells the target's worker new jobs are due in the store, and the handoff through which
 //! ingress passes new jobs straight to the worker.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, Semaphore, mpsc};
 
-use crate::config::{Config, ConfigError, TargetSettings};
+use crate::config::{
+    AUTHORIZER_IN_URL, Config, ConfigError, TargetSettings, authorizer_placeholders,
+};
+use crate::privacy::UserIds;
+use crate::resign::Resign;
 use crate::retry::Breaker;
+use crate::sources::Allowed;
 use crate::store::{Job, TargetKey};
 
 /// Jobs that can wait in a target's handoff, per request it may have in flight. Past that,
@@ -32,6 +38,10 @@ pub struct Account {
     pub targets: Vec<Arc<Target>>,
     /// The target whose answer becomes the passive reply.
     pub primary: Option<Arc<Target>>,
+    /// How log lines name this account's users (a keyed hash unless `log.show_user_ids`).
+    pub user_ids: UserIds,
+    /// `allowed_sources`: only these clients may call (`None`: anyone).
+    pub allowed: Option<Allowed>,
 }
 
 #[derive(Debug)]
@@ -52,6 +62,8 @@ pub struct Target {
     pub inbox: Mutex<Option<mpsc::Receiver<Job>>>,
     /// Open while the target keeps failing: its worker then starts no attempts.
     pub breaker: Breaker,
+    /// The target's own credentials (`resign`): its deliveries are re-signed.
+    pub resign: Option<Resign>,
 }
 
 /// Lower-cased allow lists; `None` lets everything through.
@@ -59,6 +71,12 @@ pub struct Target {
 struct Filter {
     msg_types: Option<Vec<String>>,
     events: Option<Vec<String>>,
+    /// Open platform: only authorization events of these types.
+    info_types: Option<Vec<String>>,
+    /// Open platform: only callbacks about these authorizers (app ids, exact).
+    authorizers: Option<Vec<String>>,
+    /// The URL has `{authorizer}`: only callbacks with an authorizer can be sent.
+    needs_authorizer: bool,
 }
 
 impl Routes {
@@ -66,6 +84,7 @@ impl Routes {
         let mut accounts = HashMap::with_capacity(config.accounts.len());
         for (i, account) in config.accounts.iter().enumerate() {
             let credentials = account.credentials(&format!("accounts[{i}]"))?;
+            let allowed = account.allowed_sources(&format!("accounts[{i}]"))?;
             let id: Arc<str> = Arc::from(account.id.as_str());
             let lower = |list: &Option<Vec<String>>| {
                 list.as_ref()
@@ -74,11 +93,19 @@ impl Routes {
             let targets: Vec<Arc<Target>> = account
                 .targets
                 .iter()
-                .map(|t| {
+                .enumerate()
+                .map(|(j, t)| {
+                    let resign = t
+                        .credentials(&format!("accounts[{i}].targets[{j}]"), &credentials)?
+                        .map(|(target, own_key)| Resign {
+                            account: credentials.clone(),
+                            target,
+                            own_key,
+                        });
                     let settings = t.settings(&config.target_defaults);
                     let (handoff, inbox) =
                         mpsc::channel(settings.max_concurrency.max(1) * HANDOFF_PER_PERMIT);
-                    Arc::new(Target {
+                    Ok(Arc::new(Target {
                         key: TargetKey {
                             account: id.clone(),
                             target: Arc::from(t.name.as_str()),
@@ -89,14 +116,18 @@ impl Routes {
                         filter: Filter {
                             msg_types: lower(&t.msg_types),
                             events: lower(&t.events),
+                            info_types: lower(&t.info_types),
+                            authorizers: t.authorizers.clone(),
+                            needs_authorizer: authorizer_placeholders(t.url.as_str()) > 0,
                         },
                         wake: Arc::new(Notify::new()),
                         handoff,
                         inbox: Mutex::new(Some(inbox)),
                         breaker: Breaker::default(),
-                    })
+                        resign,
+                    }))
                 })
-                .collect();
+                .collect::<Result<_, ConfigError>>()?;
             let primary = account
                 .primary
                 .as_deref()
@@ -105,6 +136,8 @@ impl Routes {
                 account.id.clone(),
                 Arc::new(Account {
                     id,
+                    user_ids: UserIds::new(&credentials.token, config.log.show_user_ids),
+                    allowed,
                     credentials,
                     targets,
                     primary,
@@ -116,6 +149,11 @@ impl Routes {
 
     pub fn account(&self, id: &str) -> Option<&Arc<Account>> {
         self.accounts.get(id)
+    }
+
+    /// Every account.
+    pub fn accounts(&self) -> impl Iterator<Item = &Arc<Account>> {
+        self.accounts.values()
     }
 
     /// Every target of every account.
@@ -130,12 +168,53 @@ impl Routes {
 }
 
 impl Target {
-    /// Does this target want this callback? `MsgType` and `Event` compare ignoring ASCII case;
-    /// the event filter applies to events only.
-    pub fn accepts(&self, envelope: &Envelope) -> bool {
+    /// The URL to send a callback about `authorizer` to: `{authorizer}` replaced by it.
+    pub fn url_for(&self, authorizer: Option<&str>) -> Cow<'_, str> {
+        match authorizer {
+            Some(appid) if self.filter.needs_authorizer => Cow::Owned(
+                AUTHORIZER_IN_URL
+                    .iter()
+                    .fold(self.url.clone(), |url, p| url.replace(p, appid)),
+            ),
+            _ => Cow::Borrowed(&self.url),
+        }
+    }
+
+    /// An authorizer to probe this target for: the first it filters on (its URL may need one).
+    pub fn probe_authorizer(&self) -> Option<&str> {
+        self.filter
+            .authorizers
+            .as_ref()
+            .and_then(|list| list.first())
+            .map(String::as_str)
+    }
+
+    /// The credentials this target verifies WeChat's requests with: its own (`resign`), else
+    /// the account's.
+    pub fn signing_credentials<'a>(&'a self, account: &'a Credentials) -> &'a Credentials {
+        self.resign.as_ref().map_or(account, |r| &r.target)
+    }
+
+    /// Does this target want this callback (about `authorizer`, on an open platform)? `MsgType`,
+    /// `Event` and `InfoType` compare ignoring ASCII case; the event filter applies to events
+    /// only; `info_types` and `authorizers` let through only callbacks that have one listed.
+    pub fn accepts(&self, envelope: &Envelope, authorizer: Option<&str>) -> bool {
         let listed = |list: &[String], value: Option<&str>| {
             value.is_some_and(|v| list.iter().any(|item| item.eq_ignore_ascii_case(v)))
         };
+        if self.filter.needs_authorizer && authorizer.is_none() {
+            return false;
+        }
+        if let Some(types) = &self.filter.info_types
+            && !listed(types, envelope.info_type.as_deref())
+        {
+            return false;
+        }
+        if let Some(appids) = &self.filter.authorizers
+            && !authorizer.is_some_and(|a| appids.iter().any(|item| item == a))
+        {
+            return false;
+        }
         if let Some(types) = &self.filter.msg_types
             && !listed(types, envelope.msg_type.as_deref())
         {
@@ -182,9 +261,39 @@ mod tests {
         let scan = env("<xml><MsgType>event</MsgType><Event>scan</Event></xml>");
         let click = env("<xml><MsgType>event</MsgType><Event>CLICK</Event></xml>");
         let image = env("<xml><MsgType>image</MsgType></xml>");
-        assert!(all.accepts(&click) && all.accepts(&image));
-        assert!(subs.accepts(&text) && subs.accepts(&scan));
-        assert!(!subs.accepts(&click) && !subs.accepts(&image));
+        assert!(all.accepts(&click, None) && all.accepts(&image, None));
+        assert!(subs.accepts(&text, None) && subs.accepts(&scan, None));
+        assert!(!subs.accepts(&click, None) && !subs.accepts(&image, None));
         assert!(account.primary.is_none());
+    }
+
+    /// `{authorizer}` is replaced in the path (where the URL parser percent-encodes the braces)
+    /// and in the query (where it does not); without an authorizer such a target takes nothing.
+    #[test]
+    fn the_authorizer_fills_its_placeholders_in_path_and_query() {
+        let config = Config::from_toml(
+            r#"
+            [[accounts]]
+            id = "op"
+            kind = "open_platform"
+            token = "t"
+            app_id = "wx1"
+            encoding_aes_key = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C"
+            [[accounts.targets]]
+            name = "svc"
+            url = "http://127.0.0.1:1/wx/{authorizer}?app={authorizer}"
+            "#,
+        )
+        .unwrap();
+        let routes = Routes::from_config(&config).unwrap();
+        let svc = &routes.account("op").unwrap().targets[0];
+        assert_eq!(
+            svc.url_for(Some("wxA")),
+            "http://127.0.0.1:1/wx/wxA?app=wxA"
+        );
+        let ticket =
+            Envelope::parse(b"<xml><InfoType>component_verify_ticket</InfoType></xml>").unwrap();
+        assert!(!svc.accepts(&ticket, None));
+        assert!(svc.accepts(&ticket, Some("wxA")));
     }
 }

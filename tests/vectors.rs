@@ -433,6 +433,7 @@ fn kind_of(platform: &str) -> Kind {
         "oa" => Kind::OfficialAccount,
         "miniprogram" => Kind::MiniProgram,
         "wecom" => Kind::WeCom,
+        "open_platform" => Kind::OpenPlatform,
         other => panic!("unknown platform {other}"),
     }
 }
@@ -479,6 +480,9 @@ fn envelope_slot<'e>(envelope: &'e Envelope, field: &str) -> Option<Option<&'e s
         "MsgId" | "MsgID" | "msgid" => &envelope.msg_id,
         "AgentID" | "AgentId" | "agentid" => &envelope.agent_id,
         "Encrypt" | "encrypt" => &envelope.encrypt,
+        "AppId" => &envelope.app_id,
+        "InfoType" => &envelope.info_type,
+        "AuthorizerAppid" => &envelope.authorizer_appid,
         _ => return None,
     };
     Some(slot.as_deref())
@@ -1680,5 +1684,97 @@ fn wecom_official_python_json_sample_malformed_payload_is_refused_after_authenti
     assert!(
         matches!(result, Err(VerifyError::Envelope(EnvelopeError::Json(_)))),
         "{result:?}"
+    );
+}
+
+/// An open platform's two URLs with the doc's values: the message URL's request (the doc's
+/// `$APPID$` is wxba5fad812f8e6fb9; the receive id inside is the platform's own app id) opens
+/// with the platform's credentials and dedupes per authorizer; the ticket pushed to the
+/// authorization-event URL, encrypted twice with different random prefixes (as two pushes of
+/// the same ticket are), opens to the same dedupe key, keyed on AppId + CreateTime + InfoType.
+#[test]
+fn open_platform_doc_vectors_through_both_urls() {
+    let d = decrypt_named("op_doc_xml_request");
+    let (token, timestamp, nonce, sig) = (
+        d.token.as_deref().unwrap(),
+        d.timestamp.as_deref().unwrap(),
+        d.nonce.as_deref().unwrap(),
+        d.msg_signature.as_deref().unwrap(),
+    );
+    let creds = credentials(
+        Kind::OpenPlatform,
+        token,
+        &d.receive_id,
+        safe(&d.encoding_aes_key),
+    );
+    let raw_query = query(&[
+        (
+            "signature",
+            Some("cc0c594499c1634947d5b502f158ee518947db27"),
+        ),
+        ("timestamp", Some(timestamp)),
+        ("nonce", Some(nonce)),
+        ("openid", Some("o9AgO5Kd5ggOC-bXrbNODIiE3bGY")),
+        ("encrypt_type", Some("aes")),
+        ("msg_signature", Some(sig)),
+    ]);
+    let q = CallbackQuery::parse(&raw_query).unwrap();
+    let body = outer_body(&d.message, "gh_97417a04a28d", &d.encrypt);
+    let opened = open_callback(&creds, &q, body.as_bytes()).unwrap();
+    assert_eq!(opened.message(body.as_bytes()), d.message.as_bytes());
+    let message = opened.message(body.as_bytes());
+    assert_ne!(
+        dedupe_key("op/wxba5fad812f8e6fb9", &opened.envelope, message),
+        dedupe_key("op/wxother", &opened.envelope, message),
+        "the same message at two authorizers is two callbacks"
+    );
+    // The authorizer's app id is not the receive id: decrypting for it fails.
+    let as_authorizer = credentials(
+        Kind::OpenPlatform,
+        token,
+        "wxba5fad812f8e6fb9",
+        safe(&d.encoding_aes_key),
+    );
+    assert!(open_callback(&as_authorizer, &q, body.as_bytes()).is_err());
+    // Open platforms are safe mode only: a clear body is refused even with a good signature.
+    assert_eq!(
+        open_callback(&creds, &q, d.message.as_bytes()).unwrap_err(),
+        VerifyError::NotEncrypted
+    );
+
+    let ticket = xml_named("op_doc_component_verify_ticket");
+    let key = AesKey::from_encoding_aes_key(&d.encoding_aes_key).unwrap();
+    let keys: Vec<String> = [[1u8; 16], [2u8; 16]]
+        .iter()
+        .map(|random| {
+            let encrypt = key.encrypt_with_random(ticket.body.as_bytes(), &d.receive_id, *random);
+            let sig = msg_signature(token, "1413192605", "77", &encrypt);
+            let raw_query = query(&[
+                (
+                    "signature",
+                    Some(signature(token, "1413192605", "77").as_str()),
+                ),
+                ("timestamp", Some("1413192605")),
+                ("nonce", Some("77")),
+                ("encrypt_type", Some("aes")),
+                ("msg_signature", Some(sig.as_str())),
+            ]);
+            let body = format!(
+                "<xml><AppId><![CDATA[{}]]></AppId><Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>",
+                d.receive_id
+            );
+            let q = CallbackQuery::parse(&raw_query).unwrap();
+            let opened = open_callback(&creds, &q, body.as_bytes()).unwrap();
+            assert_eq!(
+                opened.envelope.info_type.as_deref(),
+                Some("component_verify_ticket")
+            );
+            dedupe_key("op", &opened.envelope, opened.message(body.as_bytes()))
+        })
+        .collect();
+    assert_eq!(keys[0], keys[1], "one ticket, however it is encrypted");
+    assert_eq!(
+        keys[0],
+        "2:opi10:some_appid10:141319260523:component_verify_ticket0:"
     );
 }

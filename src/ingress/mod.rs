@@ -11,7 +11,9 @@
 mod body;
 mod resends;
 
+use std::borrow::Cow;
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +33,7 @@ use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::authorizer;
 use crate::config::ServerConfig;
 use crate::downstream::{Attempt, Downstream, now_ms};
 use crate::error::Rejection;
@@ -38,12 +41,13 @@ use crate::events::{CallbackEvent, Event, EventFeed, JobRef};
 use crate::leases::Leases;
 use crate::metrics::{CallbackOutcome, Metrics};
 use crate::shutdown::InFlight;
+use crate::sources::Sources;
 use crate::store::{
     Accepted, Answer, CallbackId, Job, NewCallback, NewJob, Replay, Store, new_lease_token,
 };
 use crate::targets::{Account, Routes, Target};
 use crate::telemetry::event_at;
-use crate::wechat::{CallbackQuery, Envelope, dedupe_key, open_callback, verify_url};
+use crate::wechat::{CallbackQuery, Envelope, Kind, dedupe_key, open_callback, verify_url};
 use resends::{Resends, Role};
 
 const SUCCESS: &[u8] = b"success";
@@ -70,6 +74,8 @@ pub struct Ingress {
     metrics: Arc<Metrics>,
     /// Accepted and rejected callbacks, for the live console.
     events: Arc<dyn EventFeed>,
+    /// Trusted proxies and WeChat's callback IPs, for accounts with `allowed_sources`.
+    sources: Arc<Sources>,
 }
 
 impl std::fmt::Debug for Ingress {
@@ -104,16 +110,33 @@ impl Ingress {
             leases,
             metrics,
             events,
+            sources: Arc::default(),
         }
     }
 
-    async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    /// The lists that `allowed_sources` are checked against (none by default).
+    pub fn with_sources(mut self, sources: Arc<Sources>) -> Ingress {
+        self.sources = sources;
+        self
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        peer: IpAddr,
+    ) -> Response<Full<Bytes>> {
         let started = Instant::now();
         // Kept for the rejection line; a clone of the request's URI shares its bytes.
         let uri = request.uri().clone();
-        let account = account_id(uri.path());
+        let (account, authorizer) = match account_id(uri.path()) {
+            Some((account, authorizer)) => (Some(account), authorizer),
+            None => (None, None),
+        };
         let method = request.method().clone();
-        match self.route(request, account, started).await {
+        match self
+            .route(request, account, authorizer, peer, started)
+            .await
+        {
             Ok(response) => response,
             Err(rejection) => {
                 let reason = rejection.reason();
@@ -146,6 +169,8 @@ impl Ingress {
         self: &Arc<Self>,
         request: Request<Incoming>,
         account: Option<&str>,
+        authorizer: Option<&str>,
+        peer: IpAddr,
         started: Instant,
     ) -> Result<Response<Full<Bytes>>, Rejection> {
         let account = {
@@ -156,6 +181,17 @@ impl Ingress {
                 .cloned()
                 .ok_or(Rejection::UnknownAccount)?
         };
+        // `/wechat/{id}/{authorizer_appid}`: an open platform's message URL, nobody else's.
+        if authorizer.is_some_and(|appid| {
+            account.credentials.kind != Kind::OpenPlatform || !authorizer::is_app_id(appid)
+        }) {
+            return Err(Rejection::UnknownAccount);
+        }
+        // Before anything else is looked at: a refused client is never stored.
+        if let Some(allowed) = &account.allowed {
+            self.sources
+                .check(&account.id, allowed, peer, request.headers())?;
+        }
         // Before the body is read: a target gets the query appended to its URL, and a query this
         // long is never WeChat's; storing it would answer 200 for what can never be delivered.
         let max_query = self.settings.max_query_bytes;
@@ -170,7 +206,7 @@ impl Ingress {
                 info!(account = &*account.id, "URL verification answered");
                 Ok(text(StatusCode::OK, echo))
             }
-            Method::POST => self.callback(account, request, started).await,
+            Method::POST => self.callback(account, authorizer, request, started).await,
             _ => Err(Rejection::Method),
         }
     }
@@ -178,6 +214,7 @@ impl Ingress {
     async fn callback(
         self: &Arc<Self>,
         account: Arc<Account>,
+        authorizer: Option<&str>,
         request: Request<Incoming>,
         started: Instant,
     ) -> Result<Response<Full<Bytes>>, Rejection> {
@@ -199,11 +236,22 @@ impl Ingress {
         let query = CallbackQuery::parse(raw_query)?;
         let opened = open_callback(&account.credentials, &query, &body)?;
         self.check_freshness(&query)?;
-        let key = dedupe_key(&account.id, &opened.envelope, opened.message(&body));
+        // Open platform: the authorized account from the message URL's path, or the one an
+        // authorization event names; its callbacks dedupe apart from other authorizers'.
+        let authorizer = authorizer.map(str::to_owned).or_else(|| {
+            (opened.envelope.authorizer_appid.as_deref())
+                .filter(|appid| authorizer::is_app_id(appid))
+                .map(str::to_owned)
+        });
+        let scope = match (&authorizer, opened.envelope.info_type.is_none()) {
+            (Some(appid), true) => Cow::Owned(format!("{}/{appid}", account.id)),
+            _ => Cow::Borrowed(&*account.id),
+        };
+        let key = dedupe_key(&scope, &opened.envelope, opened.message(&body));
         let content = (self.events.carries_content())
             .then(|| String::from_utf8_lossy(opened.message(&body)).into_owned());
         let replay = Arc::new(Replay {
-            query: raw_query.to_owned(),
+            query: authorizer::tag(authorizer.as_deref(), raw_query),
             content_type,
             body,
         });
@@ -216,8 +264,16 @@ impl Ingress {
         // From here on the callback may be stored: finish even if WeChat hangs up.
         let handled = tokio::spawn(
             async move {
-                this.accept(account, opened.envelope, key, replay, started, content)
-                    .await
+                this.accept(
+                    account,
+                    opened.envelope,
+                    authorizer,
+                    key,
+                    replay,
+                    started,
+                    content,
+                )
+                .await
             }
             .instrument(span),
         );
@@ -248,6 +304,7 @@ impl Ingress {
         self: Arc<Self>,
         account: Arc<Account>,
         envelope: Envelope,
+        authorizer: Option<String>,
         key: String,
         replay: Arc<Replay>,
         started: Instant,
@@ -267,7 +324,7 @@ impl Ingress {
                 return match answer {
                     Ok(Some((callback, answer))) => {
                         tracing::Span::current().record("callback", callback);
-                        info!(dedupe_key = %key, outcome = "duplicate", "resend answered like its first copy");
+                        info!(dedupe_key = %account.user_ids.show(&key), outcome = "duplicate", "resend answered like its first copy");
                         self.events
                             .publish(duplicate(&account.id, callback, &envelope));
                         self.metrics
@@ -286,7 +343,7 @@ impl Ingress {
         let matched: Vec<&Arc<Target>> = account
             .targets
             .iter()
-            .filter(|t| t.accepts(&envelope))
+            .filter(|t| t.accepts(&envelope, authorizer.as_deref()))
             .collect();
         let primary = account
             .primary
@@ -365,7 +422,7 @@ impl Ingress {
                     (None, None) => success(),
                 };
                 leader.publish(callback, answer.clone());
-                info!(dedupe_key = %key, outcome = "duplicate", "resend of a stored callback");
+                info!(dedupe_key = %account.user_ids.show(&key), outcome = "duplicate", "resend of a stored callback");
                 self.events
                     .publish(duplicate(&account.id, callback, &envelope));
                 self.metrics
@@ -443,7 +500,9 @@ impl Ingress {
         info!(
             msg_type = envelope.msg_type.as_deref().unwrap_or("-"),
             event = envelope.event.as_deref().unwrap_or("-"),
-            dedupe_key = %key,
+            // Both embed the openid: a keyed hash unless `log.show_user_ids` is set.
+            user = %account.user_ids.show(envelope.from_user_name.as_deref().unwrap_or("-")),
+            dedupe_key = %account.user_ids.show(&key),
             targets = %TargetNames(&matched),
             outcome = "accepted",
             answer = if relayed.is_some() { "relayed" } else { "success" },
@@ -590,7 +649,7 @@ pub async fn serve(
         let ingress = ingress.clone();
         let service = service_fn(move |request| {
             let ingress = ingress.clone();
-            async move { Ok::<_, Infallible>(ingress.handle(request).await) }
+            async move { Ok::<_, Infallible>(ingress.handle(request, peer.ip()).await) }
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         // Tracked, so a connection still open after the grace period is closed, not leaked.
@@ -634,11 +693,16 @@ enum Start {
     Stored,
 }
 
-/// `/wechat/{id}` (a trailing slash allowed) → `id`.
-fn account_id(path: &str) -> Option<&str> {
-    let id = path.strip_prefix("/wechat/")?;
-    let id = id.strip_suffix('/').unwrap_or(id);
-    (!id.is_empty() && !id.contains('/')).then_some(id)
+/// `/wechat/{id}` (a trailing slash allowed) → `id`; `/wechat/{id}/{authorizer}` → both.
+fn account_id(path: &str) -> Option<(&str, Option<&str>)> {
+    let rest = path.strip_prefix("/wechat/")?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (id, authorizer) = match rest.split_once('/') {
+        Some((id, authorizer)) => (id, Some(authorizer)),
+        None => (rest, None),
+    };
+    let ok = !id.is_empty() && authorizer.is_none_or(|a| !a.is_empty() && !a.contains('/'));
+    ok.then_some((id, authorizer))
 }
 
 /// The Content-Type to replay, as WeChat sent it (`text/xml`, `application/json`). Two of them,
@@ -718,10 +782,13 @@ mod tests {
 
     #[test]
     fn account_paths() {
-        assert_eq!(account_id("/wechat/main"), Some("main"));
-        assert_eq!(account_id("/wechat/main/"), Some("main"));
+        assert_eq!(account_id("/wechat/main"), Some(("main", None)));
+        assert_eq!(account_id("/wechat/main/"), Some(("main", None)));
         assert_eq!(account_id("/wechat/"), None);
-        assert_eq!(account_id("/wechat/a/b"), None);
+        assert_eq!(account_id("/wechat/a/b"), Some(("a", Some("b"))));
+        assert_eq!(account_id("/wechat/a/b/"), Some(("a", Some("b"))));
+        assert_eq!(account_id("/wechat/a/b/c"), None);
+        assert_eq!(account_id("/wechat/a//"), None);
         assert_eq!(account_id("/other/main"), None);
     }
 }

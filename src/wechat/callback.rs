@@ -35,6 +35,9 @@ pub enum Kind {
     OfficialAccount,
     MiniProgram,
     WeCom,
+    /// A third-party platform (第三方平台): safe mode only, the component's key and app id for
+    /// its authorization events and for the messages of every account it is authorized for.
+    OpenPlatform,
 }
 
 /// The message encryption mode set in the WeChat console (WeCom is always encrypted).
@@ -271,7 +274,7 @@ pub fn verify_url(
     let nonce = CallbackQuery::require(&query.nonce, "nonce")?;
     let echostr = CallbackQuery::require(&query.echostr, "echostr")?;
     match credentials.kind {
-        Kind::OfficialAccount | Kind::MiniProgram => {
+        Kind::OfficialAccount | Kind::MiniProgram | Kind::OpenPlatform => {
             // echostr is plain and unsigned in all three modes.
             check_signature(credentials, query)?;
             Ok(echostr.as_bytes().to_vec())
@@ -310,8 +313,8 @@ pub fn open_callback(
     query: &CallbackQuery<'_>,
     body: &[u8],
 ) -> Result<Opened, VerifyError> {
-    let encrypted_only =
-        matches!(credentials.security, Security::Safe(_)) || credentials.kind == Kind::WeCom;
+    let encrypted_only = matches!(credentials.security, Security::Safe(_))
+        || matches!(credentials.kind, Kind::WeCom | Kind::OpenPlatform);
     // Plaintext, or compatible mode (whose body may be clear): `signature` covers only the query,
     // so it is checked before the body is parsed. WeChat sends it in both modes.
     if !encrypted_only {
@@ -437,6 +440,33 @@ pub fn seal_callback(
         query,
         body,
         content_type,
+    }
+}
+
+/// The query (without `?`) of the GET URL-verification handshake WeChat sends this account when
+/// its URL is saved, carrying `echo`: official accounts and mini programs sign with `signature`
+/// and send `echo` plainly; WeCom encrypts it for the receive id and signs with `msg_signature`.
+/// The right answer is `echo` itself, byte for byte.
+pub fn seal_handshake(
+    credentials: &Credentials,
+    echo: &str,
+    timestamp: &str,
+    nonce: &str,
+) -> String {
+    let token = credentials.token.as_str();
+    match credentials.security.key() {
+        Some(key) if credentials.kind == Kind::WeCom => {
+            let echostr = key.encrypt(echo.as_bytes(), &credentials.receive_id);
+            let sig = msg_signature(token, timestamp, nonce, &echostr);
+            let echostr = utf8_percent_encode(&echostr, QUERY_VALUE);
+            format!("msg_signature={sig}&timestamp={timestamp}&nonce={nonce}&echostr={echostr}")
+        }
+        // Official accounts and mini programs: echostr is plain and unsigned in every mode.
+        _ => {
+            let sig = signature(token, timestamp, nonce);
+            let echo = utf8_percent_encode(echo, QUERY_VALUE);
+            format!("signature={sig}&timestamp={timestamp}&nonce={nonce}&echostr={echo}")
+        }
     }
 }
 

@@ -5,7 +5,8 @@
 //! two refinements: `MsgId` collided between users in one burst, so the sender is part of the key
 //! (WxJava #333); WeCom sends events identical but for `AgentID`, and an event type plus its key
 //! tell apart events of one second (chanjarster #66). A body with neither (platform notices,
-//! cloud-hosting probes) is keyed by a hash of the message itself.
+//! cloud-hosting probes) is keyed by a hash of the message itself; open platform authorization
+//! events (no sender, no MsgId) by `AppId + CreateTime + InfoType` (and `AuthorizerAppid`).
 //!
 //! Every part is length-prefixed, so no value can imitate a separator, and the account id comes
 //! first: accounts never dedupe against each other.
@@ -41,6 +42,21 @@ pub fn dedupe_key(account: &str, envelope: &Envelope, message: &[u8]) -> String 
         );
         push_part(&mut key, envelope.event_key.as_deref().unwrap_or_default());
         push_part(&mut key, envelope.agent_id.as_deref().unwrap_or_default());
+    } else if let (Some(info_type), Some(time)) = (
+        envelope.info_type.as_deref(),
+        envelope.create_time.as_deref(),
+    ) {
+        // Open platform authorization events (a ticket every ten minutes) have no sender and
+        // no MsgId: the component, the time and the type name one push; the authorizer tells
+        // apart two authorizations in one second.
+        key.push('i');
+        push_part(&mut key, envelope.app_id.as_deref().unwrap_or_default());
+        push_part(&mut key, time);
+        push_part(&mut key, info_type);
+        push_part(
+            &mut key,
+            envelope.authorizer_appid.as_deref().unwrap_or_default(),
+        );
     } else {
         key.push('h');
         let digest = Sha1::digest(message);
@@ -101,6 +117,35 @@ mod tests {
             "<xml><FromUserName>u</FromUserName><CreateTime>1</CreateTime><EventKey>x1:y</EventKey><AgentID></AgentID></xml>",
         );
         assert_ne!(dedupe_key("a", &a, b""), dedupe_key("a", &b, b""));
+    }
+
+    #[test]
+    fn open_platform_pushes_are_keyed_by_app_time_and_info_type() {
+        let ticket = |time: &str, ticket: &str| {
+            env(&format!(
+                "<xml><AppId>wx134c8103faa5a59e</AppId><CreateTime>{time}</CreateTime>\
+                 <InfoType>component_verify_ticket</InfoType>\
+                 <ComponentVerifyTicket>{ticket}</ComponentVerifyTicket></xml>"
+            ))
+        };
+        let first = dedupe_key("op", &ticket("1413192605", "a"), b"one");
+        assert_eq!(
+            first,
+            "2:opi18:wx134c8103faa5a59e10:141319260523:component_verify_ticket0:"
+        );
+        // A resend is the same push, whatever its bytes (a fresh encryption differs).
+        assert_eq!(first, dedupe_key("op", &ticket("1413192605", "a"), b"two"));
+        assert_ne!(first, dedupe_key("op", &ticket("1413193205", "b"), b"one"));
+        let authorized = |appid: &str| {
+            env(&format!(
+                "<xml><AppId>wx134c8103faa5a59e</AppId><CreateTime>1413192760</CreateTime>\
+                 <InfoType>authorized</InfoType><AuthorizerAppid>{appid}</AuthorizerAppid></xml>"
+            ))
+        };
+        assert_ne!(
+            dedupe_key("op", &authorized("wxa"), b""),
+            dedupe_key("op", &authorized("wxb"), b"")
+        );
     }
 
     #[test]

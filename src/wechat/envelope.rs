@@ -45,6 +45,11 @@ pub struct Envelope {
     pub agent_id: Option<String>,
     /// The base64 ciphertext of compatible/safe mode, exactly as in the body.
     pub encrypt: Option<String>,
+    /// Open platform authorization events: the component's `AppId`, the `InfoType`
+    /// (`component_verify_ticket`, `authorized`, …) and the `AuthorizerAppid` they concern.
+    pub app_id: Option<String>,
+    pub info_type: Option<String>,
+    pub authorizer_appid: Option<String>,
 }
 
 /// Why a body is not a usable envelope. The body may not be authenticated yet (safe mode reads
@@ -94,6 +99,9 @@ enum Field {
     MsgId,
     AgentId,
     Encrypt,
+    AppId,
+    InfoType,
+    AuthorizerAppid,
 }
 
 impl Field {
@@ -109,6 +117,9 @@ impl Field {
             b"MsgId" | b"MsgID" | b"msgid" => Field::MsgId,
             b"AgentID" | b"AgentId" | b"agentid" => Field::AgentId,
             b"Encrypt" | b"encrypt" => Field::Encrypt,
+            b"AppId" => Field::AppId,
+            b"InfoType" => Field::InfoType,
+            b"AuthorizerAppid" => Field::AuthorizerAppid,
             _ => return None,
         })
     }
@@ -124,6 +135,9 @@ impl Field {
             Field::MsgId => "MsgId",
             Field::AgentId => "AgentID",
             Field::Encrypt => "Encrypt",
+            Field::AppId => "AppId",
+            Field::InfoType => "InfoType",
+            Field::AuthorizerAppid => "AuthorizerAppid",
         }
     }
 }
@@ -257,6 +271,9 @@ impl Envelope {
             Field::MsgId => &mut self.msg_id,
             Field::AgentId => &mut self.agent_id,
             Field::Encrypt => &mut self.encrypt,
+            Field::AppId => &mut self.app_id,
+            Field::InfoType => &mut self.info_type,
+            Field::AuthorizerAppid => &mut self.authorizer_appid,
         };
         // Two values for one field would let the proxy and a downstream SDK route differently.
         if slot.is_some() {
@@ -429,6 +446,65 @@ impl Sealed<'_> {
         })
         .to_string()
     }
+}
+
+/// The answer's fields if it is an encrypted reply: XML or JSON with `Encrypt`. Parsed apart
+/// from [`Envelope`], which keeps only `Encrypt`. Used by `simulate` and to re-seal a target's
+/// reply for WeChat.
+pub fn encrypted_reply(body: &[u8]) -> Option<Vec<(String, String)>> {
+    let fields = match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'<') => xml_fields(body)?,
+        Some(b'{') => json_fields(body)?,
+        _ => return None,
+    };
+    let encrypted = fields
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("Encrypt"));
+    encrypted.then_some(fields)
+}
+
+/// The root's direct children and their text (CDATA or bare); `None` if the XML is malformed.
+fn xml_fields(body: &[u8]) -> Option<Vec<(String, String)>> {
+    let mut reader = Reader::from_reader(body);
+    let mut fields: Vec<(String, String)> = Vec::new();
+    let mut depth = 0usize;
+    loop {
+        match reader.read_event().ok()? {
+            Event::Start(start) => {
+                depth += 1;
+                if depth == 2 {
+                    let name = String::from_utf8_lossy(start.name().as_ref()).into_owned();
+                    fields.push((name, String::new()));
+                }
+            }
+            Event::End(_) => depth = depth.checked_sub(1)?,
+            Event::Text(text) if depth == 2 => {
+                fields.last_mut()?.1.push_str(&text.xml10_content().ok()?);
+            }
+            Event::CData(cdata) if depth == 2 => {
+                fields
+                    .last_mut()?
+                    .1
+                    .push_str(std::str::from_utf8(&cdata).ok()?);
+            }
+            Event::Eof => return Some(fields),
+            _ => {}
+        }
+    }
+}
+
+/// Top-level string and number values of a JSON object; `None` if it is not one.
+fn json_fields(body: &[u8]) -> Option<Vec<(String, String)>> {
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
+    let fields = map
+        .into_iter()
+        .filter_map(|(key, value)| match value {
+            serde_json::Value::String(s) => Some((key, s)),
+            serde_json::Value::Number(n) => Some((key, n.to_string())),
+            _ => None,
+        })
+        .collect();
+    Some(fields)
 }
 
 /// The body WeChat POSTs in safe mode: `<xml><ToUserName>…</ToUserName>[<AgentID>…</AgentID>]<Encrypt>…</Encrypt></xml>`.

@@ -14,7 +14,7 @@ pub mod signature;
 
 pub use callback::{
     CallbackQuery, Credentials, Kind, Opened, SealParams, SealedRequest, Security, VerifyError,
-    open_callback, seal_callback, verify_url,
+    open_callback, seal_callback, seal_handshake, verify_url,
 };
 pub use crypto::{AesKey, CryptoError};
 pub use dedupe::dedupe_key;

@@ -80,7 +80,7 @@ async fn status_and_text(request: reqwest::RequestBuilder) -> (u16, String) {
 }
 
 /// `wechat-fanout --config <config> <command> <args…>`, run to completion as an operator would.
-async fn run_command(config: &Path, command: &str, args: &[&str]) -> Ran {
+pub(crate) async fn run_command(config: &Path, command: &str, args: &[&str]) -> Ran {
     let config = config.to_string_lossy();
     let mut all = vec!["--config", &config, command];
     all.extend(args);

@@ -64,7 +64,10 @@ async fn plaintext_binary(
     );
     let config = write_binary_config(dir.path(), listen, &accounts);
     let log = dir.path().join("serve.log");
-    let mut binary = Binary::serve_with(&config, listen, &log, args, &[]).await;
+    // The dedupe key carries caller bytes (a `MsgId`): shown as it is, so that the escaping of
+    // what a caller sends is what these tests see (by default it is a keyed hash).
+    let show = [("WECHAT_FANOUT_LOG__SHOW_USER_IDS", "true")];
+    let mut binary = Binary::serve_with(&config, listen, &log, args, &show).await;
     binary.wait_listening().await;
     (dir, listen, binary)
 }

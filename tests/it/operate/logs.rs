@@ -10,8 +10,9 @@ use wechat_fanout::config::Mode;
 use wechat_fanout::wechat::Kind;
 
 use super::{post_to_binary as post, write_binary_config};
+use crate::support::wx::unique;
 use crate::support::wx::{AES_KEY, TOKEN};
-use crate::support::{Binary, Target, Wx, free_addr, no_jobs_left, text_xml};
+use crate::support::{Binary, Target, Wx, event_xml, free_addr, no_jobs_left, text_xml};
 
 /// The callback id a JSON line carries: in its `callback` span, or as a field.
 fn callback_of(line: &Value) -> Option<i64> {
@@ -171,4 +172,156 @@ async fn rust_log_filters_by_level_and_module_and_text_is_the_default() {
     assert!(!text.contains("outcome=\"delivered\""), "{text}");
     binary.terminate();
     binary.wait_exit().await;
+}
+
+/// A message from `openid` saying `content`, sealed as WeChat sends it to `wx`'s account (the
+/// openid also in the query, as official accounts send it).
+fn from_user(wx: &Wx, openid: &str, content: &str) -> wechat_fanout::wechat::SealedRequest {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let message = format!(
+        "<xml><ToUserName><![CDATA[gh_a6a3d5e8ae7e]]></ToUserName>\
+         <FromUserName><![CDATA[{openid}]]></FromUserName><CreateTime>{now}</CreateTime>\
+         <MsgType><![CDATA[text]]></MsgType><Content><![CDATA[{content}]]></Content>\
+         <MsgId>{}</MsgId></xml>",
+        unique()
+    );
+    let nonce = unique().to_string();
+    wechat_fanout::wechat::seal_callback(
+        &wx.credentials,
+        &message,
+        wechat_fanout::wechat::SealParams {
+            timestamp: &now,
+            nonce: &nonce,
+            openid: Some(openid),
+            to_user_name: "gh_a6a3d5e8ae7e",
+            agent_id: None,
+        },
+    )
+}
+
+/// Runs the binary with JSON logs (`extra` added to `[log]`), sends callbacks from three users
+/// (messages, a subscribe event, a resend, one with a bad signature, deliveries that fail and
+/// are retried) and returns every log line, parsed.
+async fn run_with_users(log_extra: &str, users: &[(&str, &str)]) -> Vec<Value> {
+    let crm = Target::start(500).await;
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Compatible);
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let accounts = format!(
+        "[log]\nformat = \"json\"\n{log_extra}\n{}{}",
+        wx.account("main", ""),
+        Wx::target("crm", &crm.url("/crm"), "max_attempts = 1000"),
+    );
+    let config = write_binary_config(dir.path(), listen, &accounts);
+    let log = dir.path().join("serve.log");
+    let mut binary = Binary::serve_with(&config, listen, &log, &[], &[]).await;
+    binary.wait_listening().await;
+
+    let mut sent = 0;
+    for (openid, content) in users {
+        let sealed = from_user(&wx, openid, content);
+        assert_eq!(post(listen, &sealed).await, (200, "success".to_owned()));
+        sent += 1;
+        // WeChat's resend of the same message.
+        assert_eq!(post(listen, &sealed).await, (200, "success".to_owned()));
+        // A forged copy: the openid in the query and the body, a spoilt signature.
+        let mut forged = from_user(&wx, openid, content);
+        forged.query = forged.query.replacen("signature=", "signature=0", 1);
+        assert_eq!(post(listen, &forged).await.0, 401);
+    }
+    let subscribe = event_from(&wx, users[0].0);
+    assert_eq!(post(listen, &subscribe).await, (200, "success".to_owned()));
+    sent += 1;
+    crm.wait_for(sent + 1).await;
+    crm.set_status(200);
+    let db = dir.path().join("fanout.db");
+    no_jobs_left(&db, "every delivery recorded").await;
+    let text = binary
+        .wait_log("every delivery logged", |log| {
+            log.matches("\"outcome\":\"delivered\"").count() >= sent
+        })
+        .await;
+    binary.terminate();
+    binary.wait_exit().await;
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// A subscribe event from `openid`: its dedupe key embeds the openid.
+fn event_from(wx: &Wx, openid: &str) -> wechat_fanout::wechat::SealedRequest {
+    let xml = event_xml("subscribe", "qrscene_1").replacen(
+        "<![CDATA[o",
+        &format!("<![CDATA[{openid}-"),
+        1,
+    );
+    let mut sealed = wx.seal(&xml);
+    sealed.query = sealed.query.replace("oUpF8uMuAJO_M2pxb1Q9zNjWeS6o", openid);
+    sealed
+}
+
+/// The privacy incident: a support engineer forwards a log excerpt to a vendor, and with it
+/// every subscriber's openid and what they wrote. By default no line at info or warn — accepted
+/// callbacks, resends, refused forgeries, failed and retried deliveries — holds an openid, a
+/// message's content or a dedupe key; a user is named by a keyed hash that is the same on each
+/// of their lines. With `log.show_user_ids = true` the openids are back, which also shows that
+/// the scan finds them when they are there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_name_users_only_by_a_keyed_hash_unless_asked() {
+    let users = [
+        ("oAliceOpenid0000000000000001", "my bank pin is 4321"),
+        ("oBobOpenid000000000000000002", "call me at 555-0199"),
+        ("oAliceOpenid0000000000000001", "second message from alice"),
+    ];
+    let lines = run_with_users("", &users).await;
+    assert!(lines.len() > 10, "{lines:?}");
+    for line in &lines {
+        let text = line.to_string();
+        for (openid, content) in &users {
+            assert!(!text.contains(openid), "{openid} in a log line: {text}");
+            assert!(!text.contains(content), "{content:?} in a log line: {text}");
+        }
+        assert!(
+            !text.contains("AliceOpenid") && !text.contains("BobOpenid"),
+            "{text}"
+        );
+    }
+    let accepted: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "callback")
+        .collect();
+    assert_eq!(accepted.len(), 4, "three messages and one event");
+    let user = |l: &Value| l["fields"]["user"].as_str().unwrap_or_default().to_owned();
+    for line in &accepted {
+        assert!(
+            user(line).starts_with("h:") && user(line).len() == 18,
+            "{line}"
+        );
+        let key = line["fields"]["dedupe_key"].as_str().unwrap_or_default();
+        assert!(key.starts_with("h:"), "{line}");
+    }
+    assert_eq!(user(accepted[0]), user(accepted[2]), "alice, twice");
+    assert_ne!(user(accepted[0]), user(accepted[1]), "alice is not bob");
+    let resends = lines
+        .iter()
+        .filter(|l| l["fields"]["outcome"] == "duplicate")
+        .count();
+    assert_eq!(resends, 3, "{lines:?}");
+
+    let shown = run_with_users("show_user_ids = true", &users).await;
+    let alice = shown
+        .iter()
+        .filter(|l| l["fields"]["user"] == users[0].0)
+        .count();
+    assert_eq!(alice, 2, "alice's two messages name her when asked to");
+    assert!(
+        shown.iter().any(|l| l["fields"]["dedupe_key"]
+            .as_str()
+            .is_some_and(|k| k.contains(users[0].0))),
+        "the event's dedupe key shows the openid when asked to"
+    );
 }

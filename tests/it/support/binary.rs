@@ -51,7 +51,13 @@ impl Ran {
 /// Runs the binary to completion off the async threads (a proxy may be serving on them). A
 /// command still running after [`WAIT`] is killed and fails the test.
 pub(crate) async fn run_async(args: &[&str]) -> Ran {
+    run_async_with_env(args, &[]).await
+}
+
+/// [`run_async`] with these environment variables set (secrets named by `*_env` keys).
+pub(crate) async fn run_async_with_env(args: &[&str], env: &[(&str, &str)]) -> Ran {
     let child = command(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

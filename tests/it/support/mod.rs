@@ -16,6 +16,7 @@ pub(crate) mod browser;
 pub(crate) mod redis;
 pub(crate) mod scrape;
 mod target;
+pub(crate) mod wechat_api;
 pub(crate) mod wx;
 
 use std::net::SocketAddr;

@@ -18,6 +18,7 @@ use hyper_util::rt::TokioIo;
 use reqwest::header::HeaderMap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use wechat_fanout::wechat::{CallbackQuery, Credentials, open_callback, verify_url};
 
 use super::eventually;
 
@@ -30,6 +31,9 @@ pub(crate) struct Received {
     pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
     pub(crate) at: Instant,
+    /// For a target playing a stock SDK ([`Target::start_sdk`]): what its check made of the
+    /// request: the message (decrypted when encrypted; the echo for a handshake) or why it failed.
+    pub(crate) verified: Option<Result<Vec<u8>, String>>,
 }
 
 impl Received {
@@ -60,6 +64,8 @@ struct Behaviour {
     content_type: Option<String>,
     body: Bytes,
     headers: Vec<(String, String)>,
+    /// Verify every request with these credentials, as a stock WeChat SDK does.
+    sdk: Option<Credentials>,
 }
 
 #[derive(Debug)]
@@ -100,12 +106,23 @@ impl Target {
                 content_type: None,
                 body: Bytes::new(),
                 headers: Vec::new(),
+                sdk: None,
             }),
             received: Mutex::new(Vec::new()),
         });
         let stop = CancellationToken::new();
         tokio::spawn(accept_loop(listener, shared.clone(), stop.clone()));
         Target { addr, shared, stop }
+    }
+
+    /// A target that checks every request as a stock WeChat SDK set up with `credentials` does:
+    /// the GET handshake is answered with the `echostr` plaintext, a callback with `success`,
+    /// both only if the signature (and, encrypted, `msg_signature` and decryption) hold; 403
+    /// otherwise. What it made of each request is in [`Received::verified`].
+    pub(crate) async fn start_sdk(credentials: Credentials) -> Target {
+        let target = Target::start(200).await;
+        target.behave(|b| b.sdk = Some(credentials));
+        target
     }
 
     /// The URL of `path` on this target, for a `[[accounts.targets]]` table.
@@ -221,11 +238,39 @@ async fn answer(
                 .path_and_query()
                 .map(ToString::to_string)
                 .unwrap_or_default(),
-            headers: parts.headers,
-            body,
+            headers: parts.headers.clone(),
+            body: body.clone(),
             at,
+            verified: None,
         });
     let behaviour = shared.behaviour.lock().expect("behaviour lock").clone();
+    if let Some(credentials) = &behaviour.sdk {
+        let query = parts.uri.query().unwrap_or("");
+        let verified = CallbackQuery::parse(query)
+            .map_err(|e| e.to_string())
+            .and_then(|query| {
+                if parts.method == hyper::Method::GET {
+                    verify_url(credentials, &query).map_err(|e| e.to_string())
+                } else {
+                    open_callback(credentials, &query, &body)
+                        .map(|opened| opened.message(&body).to_vec())
+                        .map_err(|e| e.to_string())
+                }
+            });
+        let mut received = shared.received.lock().expect("received lock");
+        if let Some(last) = received.last_mut() {
+            last.verified = Some(verified.clone());
+        }
+        drop(received);
+        let (status, answer) = match verified {
+            Ok(echo) if parts.method == hyper::Method::GET => (200, echo),
+            Ok(_) => (200, b"success".to_vec()),
+            Err(e) => (403, e.into_bytes()),
+        };
+        let mut response = Response::new(Full::new(Bytes::from(answer)));
+        *response.status_mut() = hyper::StatusCode::from_u16(status).expect("a valid status");
+        return response;
+    }
     if !behaviour.delay.is_zero() {
         tokio::select! {
             () = tokio::time::sleep(behaviour.delay) => {}

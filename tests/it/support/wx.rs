@@ -59,6 +59,7 @@ impl Wx {
             Kind::OfficialAccount => "official_account",
             Kind::MiniProgram => "mini_program",
             Kind::WeCom => "wecom",
+            Kind::OpenPlatform => "open_platform",
         };
         let mode = match self.mode {
             Mode::Plaintext => "plaintext",
@@ -112,7 +113,7 @@ impl Wx {
             }
         };
         match self.kind {
-            Kind::OfficialAccount | Kind::MiniProgram => {
+            Kind::OfficialAccount | Kind::MiniProgram | Kind::OpenPlatform => {
                 let sig = signature(TOKEN, &timestamp, &nonce);
                 format!(
                     "signature={}&timestamp={timestamp}&nonce={nonce}&echostr={echo}",

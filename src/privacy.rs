@@ -1,0 +1,129 @@
+//! Who a log line names: WeChat users only as a keyed hash, unless `log.show_user_ids` is set.
+//!
+//! An openid (`FromUserName`) is personal data, and so is the dedupe key, which embeds it for
+//! events and messages. Lines that need to name a user or a callback's key carry
+//! `HMAC-SHA1(account key, value)` cut to 16 hex digits instead: the same user gets the same
+//! value on every line and every instance of one deployment, so lines can still be matched, but
+//! the value means nothing outside it. The key is derived from the account's token, a secret
+//! every instance shares and no log shows; a changed token changes the hashes.
+//!
+//! Message content is never logged at all: nothing here shows it.
+
+use std::fmt;
+
+use sha1::{Digest, Sha1};
+
+/// SHA-1's block size, for HMAC.
+const BLOCK: usize = 64;
+/// Hex digits kept of a hash: 64 bits, plenty to tell users apart in a log.
+const SHOWN_HEX: usize = 16;
+
+/// How one account names users in logs.
+#[derive(Clone)]
+pub struct UserIds {
+    /// `None`: show values as they are (`log.show_user_ids = true`).
+    key: Option<[u8; 20]>,
+}
+
+impl fmt::Debug for UserIds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserIds")
+            .field("hashed", &self.key.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl UserIds {
+    /// Hashes with a key derived from `secret` (the account's token), or shows values as they
+    /// are when `show` is set.
+    pub fn new(secret: &str, show: bool) -> UserIds {
+        let key = (!show).then(|| {
+            Sha1::new()
+                .chain_update(b"wechat-fanout user ids\0")
+                .chain_update(secret.as_bytes())
+                .finalize()
+                .into()
+        });
+        UserIds { key }
+    }
+
+    /// `value` as a log line may show it.
+    pub fn show<'a>(&self, value: &'a str) -> Shown<'a> {
+        match &self.key {
+            None => Shown::Plain(value),
+            Some(key) => Shown::Hashed(hmac_sha1(key, value.as_bytes())),
+        }
+    }
+}
+
+/// A value for a log field: as it is, or its keyed hash (`h:` and 16 hex digits).
+#[derive(Debug, Clone, Copy)]
+pub enum Shown<'a> {
+    Plain(&'a str),
+    Hashed([u8; 20]),
+}
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Shown::Plain(value) => f.write_str(value),
+            Shown::Hashed(digest) => {
+                f.write_str("h:")?;
+                for byte in &digest[..SHOWN_HEX / 2] {
+                    write!(f, "{byte:02x}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// HMAC-SHA1 (RFC 2104) with a key no longer than one block.
+fn hmac_sha1(key: &[u8; 20], message: &[u8]) -> [u8; 20] {
+    let mut inner_pad = [0x36u8; BLOCK];
+    let mut outer_pad = [0x5cu8; BLOCK];
+    for (i, byte) in key.iter().enumerate() {
+        inner_pad[i] ^= byte;
+        outer_pad[i] ^= byte;
+    }
+    let inner = Sha1::new()
+        .chain_update(inner_pad)
+        .chain_update(message)
+        .finalize();
+    Sha1::new()
+        .chain_update(outer_pad)
+        .chain_update(inner)
+        .finalize()
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_matches_rfc_2202_test_case_1() {
+        let digest = hmac_sha1(&[0x0b; 20], b"Hi There");
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, "b617318655057264e28bc0b6fb378c8ef146be00");
+    }
+
+    #[test]
+    fn hashes_are_stable_per_secret_and_hide_the_value() {
+        let a = UserIds::new("token-a", false);
+        let shown = a.show("oUpF8uMuAJO_M2pxb1Q9zNjWeS6o").to_string();
+        assert_eq!(shown.len(), 2 + SHOWN_HEX);
+        assert!(shown.starts_with("h:") && !shown.contains("oUpF8"));
+        assert_eq!(
+            shown,
+            UserIds::new("token-a", false)
+                .show("oUpF8uMuAJO_M2pxb1Q9zNjWeS6o")
+                .to_string()
+        );
+        assert_ne!(shown, a.show("oOther").to_string());
+        let b = UserIds::new("token-b", false);
+        assert_ne!(shown, b.show("oUpF8uMuAJO_M2pxb1Q9zNjWeS6o").to_string());
+        let shown_plain = UserIds::new("token-a", true).show("o1").to_string();
+        assert_eq!(shown_plain, "o1");
+    }
+}

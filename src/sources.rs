@@ -1,0 +1,349 @@
+//! Only WeChat's addresses (`allowed_sources`, opt-in per account): which client sent a request,
+//! and whether the account takes requests from it.
+//!
+//! The client is the socket peer, or, when the peer is one of `server.trusted_proxies`, the
+//! right-most address of `X-Forwarded-For` that is not itself a trusted proxy (each proxy appends
+//! the address it saw, so only the entries to the right of the last untrusted one can be
+//! believed; a forged entry on the left changes nothing), else `X-Real-IP`, else the peer. A
+//! peer that is not trusted cannot claim anything with these headers.
+//!
+//! An account's list holds CIDR blocks (or single addresses) and/or `"wechat"`: WeChat's callback
+//! IP list, fetched with the account's access token ([`crate::wechat_api`]) at start and every
+//! hour, and kept in a small JSON file next to the store (`<store.path>.wechat-ips.json`), so
+//! that a restart while the API is unreachable still has the last list. Until some list is known,
+//! `"wechat"` admits nobody (fail closed).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::wechat_api::{ApiAccount, WechatApi};
+
+/// How often WeChat's callback IP list is fetched again.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(3600);
+/// After a failed fetch, the next try comes sooner.
+const RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// An address block: `101.226.103.0/25`, `2001:db8::/32`, or one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(text: &str) -> Option<Cidr> {
+        let (address, prefix) = match text.trim().split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix.parse::<u8>().ok()?)),
+            None => (text.trim(), None),
+        };
+        let network: IpAddr = address.parse().ok()?;
+        let network = network.to_canonical();
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(Cidr { network, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.network, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+fn listed(list: &[Cidr], ip: IpAddr) -> bool {
+    list.iter().any(|c| c.contains(ip))
+}
+
+/// The client that sent a request, as far as it can be believed; `Err` when a trusted proxy's
+/// header does not parse.
+pub fn client_address(
+    peer: IpAddr,
+    headers: &http::HeaderMap,
+    trusted: &[Cidr],
+) -> Result<IpAddr, &'static str> {
+    if !listed(trusted, peer) {
+        return Ok(peer);
+    }
+    let forwarded: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .map(|v| v.to_str().map_err(|_| "X-Forwarded-For is not ASCII"))
+        .collect::<Result<_, _>>()?;
+    let mut hops = Vec::new();
+    for value in forwarded {
+        for hop in value.split(',') {
+            let ip: IpAddr = hop
+                .trim()
+                .parse()
+                .map_err(|_| "X-Forwarded-For holds something that is not an address")?;
+            hops.push(ip);
+        }
+    }
+    if let Some(client) = hops.iter().rev().find(|ip| !listed(trusted, **ip)) {
+        return Ok(*client);
+    }
+    if let Some(first) = hops.first() {
+        // Every hop is a trusted proxy: the first one is where the request entered.
+        return Ok(*first);
+    }
+    if let Some(real) = headers.get("x-real-ip") {
+        return real
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or("X-Real-IP is not an address");
+    }
+    Ok(peer)
+}
+
+/// One account's `allowed_sources`.
+#[derive(Debug, Clone, Default)]
+pub struct Allowed {
+    pub blocks: Vec<Cidr>,
+    /// `"wechat"` is listed: WeChat's callback IP list also admits.
+    pub wechat: bool,
+}
+
+/// Why a client was refused (the 403's body and the log line).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    #[error("source {0} is not in the account's allowed_sources")]
+    NotAllowed(IpAddr),
+    #[error("source {0} is not in allowed_sources, and WeChat's callback IP list is not known yet")]
+    ListUnknown(IpAddr),
+    #[error("cannot tell the source: {0}")]
+    BadHeader(&'static str),
+}
+
+/// The lists every account's check reads: trusted proxies, and WeChat's callback IPs per account.
+#[derive(Debug, Default)]
+pub struct Sources {
+    pub trusted: Vec<Cidr>,
+    /// Account id → WeChat's callback IP list, as last fetched (or loaded from the file).
+    wechat: ArcSwap<HashMap<String, Arc<Vec<Cidr>>>>,
+}
+
+impl Sources {
+    pub fn new(trusted: Vec<Cidr>) -> Sources {
+        Sources {
+            trusted,
+            wechat: ArcSwap::default(),
+        }
+    }
+
+    /// Does `account` take a request from `peer` with these headers?
+    pub fn check(
+        &self,
+        account: &str,
+        allowed: &Allowed,
+        peer: IpAddr,
+        headers: &http::HeaderMap,
+    ) -> Result<(), Denied> {
+        let client = client_address(peer, headers, &self.trusted).map_err(Denied::BadHeader)?;
+        if listed(&allowed.blocks, client) {
+            return Ok(());
+        }
+        if !allowed.wechat {
+            return Err(Denied::NotAllowed(client));
+        }
+        match self.wechat.load().get(account) {
+            Some(list) if listed(list, client) => Ok(()),
+            Some(_) => Err(Denied::NotAllowed(client)),
+            None => Err(Denied::ListUnknown(client)),
+        }
+    }
+
+    fn set(&self, account: &str, list: Vec<Cidr>) {
+        let mut all = HashMap::clone(&self.wechat.load());
+        all.insert(account.to_owned(), Arc::new(list));
+        self.wechat.store(Arc::new(all));
+    }
+}
+
+/// The file that keeps the last lists: `<store.path>.wechat-ips.json`.
+pub fn list_file(store_path: &Path) -> PathBuf {
+    let mut name = store_path.as_os_str().to_owned();
+    name.push(".wechat-ips.json");
+    PathBuf::from(name)
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Saved {
+    /// Account id → the list as WeChat wrote it, and when it was fetched (Unix ms).
+    accounts: HashMap<String, SavedList>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedList {
+    ip_list: Vec<String>,
+    fetched_at_ms: i64,
+}
+
+fn parse_list(ip_list: &[String]) -> Vec<Cidr> {
+    ip_list
+        .iter()
+        .filter_map(|entry| Cidr::parse(entry))
+        .collect()
+}
+
+/// Until `shutdown`: loads the saved lists, then fetches each account's list now and every
+/// [`REFRESH_EVERY`] (after a failure, again in a minute; the last list stays in force).
+pub async fn refresh_loop(
+    sources: Arc<Sources>,
+    api: Arc<WechatApi>,
+    accounts: Vec<ApiAccount>,
+    file: PathBuf,
+    shutdown: CancellationToken,
+) {
+    let mut saved: Saved = std::fs::read(&file)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
+    for account in &accounts {
+        if let Some(list) = saved.accounts.get(&account.id) {
+            sources.set(&account.id, parse_list(&list.ip_list));
+            info!(
+                account = %account.id,
+                addresses = list.ip_list.len(),
+                fetched_at_ms = list.fetched_at_ms,
+                "WeChat's callback IP list loaded from the last fetch"
+            );
+        }
+    }
+    loop {
+        let mut all_ok = true;
+        for account in &accounts {
+            match api.callback_ips(account).await {
+                Ok(ip_list) => {
+                    sources.set(&account.id, parse_list(&ip_list));
+                    info!(account = %account.id, addresses = ip_list.len(), "WeChat's callback IP list fetched");
+                    saved.accounts.insert(
+                        account.id.clone(),
+                        SavedList {
+                            ip_list,
+                            fetched_at_ms: crate::downstream::now_ms(),
+                        },
+                    );
+                }
+                Err(e) => {
+                    all_ok = false;
+                    warn!(account = %account.id, error = %e, "could not fetch WeChat's callback IP list; keeping the last one");
+                }
+            }
+        }
+        if let Err(e) = save(&file, &saved) {
+            warn!(path = %file.display(), error = %e, "could not save WeChat's callback IP lists");
+        }
+        let wait = if all_ok { REFRESH_EVERY } else { RETRY_AFTER };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Writes the lists to a temporary file and renames it over the old one: a crash leaves either.
+fn save(file: &Path, saved: &Saved) -> std::io::Result<()> {
+    let mut temporary = file.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
+    std::fs::write(&temporary, serde_json::to_vec_pretty(saved)?)?;
+    std::fs::rename(&temporary, file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn blocks_contain_their_addresses_only() {
+        let block = Cidr::parse("101.226.103.0/25").unwrap();
+        assert!(block.contains(ip("101.226.103.0")) && block.contains(ip("101.226.103.127")));
+        assert!(!block.contains(ip("101.226.103.128")));
+        assert!(
+            block.contains(ip("::ffff:101.226.103.5")),
+            "IPv4-mapped peers"
+        );
+        let one = Cidr::parse("203.0.113.7").unwrap();
+        assert!(one.contains(ip("203.0.113.7")) && !one.contains(ip("203.0.113.8")));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
+        assert!(
+            Cidr::parse("2001:db8::/32")
+                .unwrap()
+                .contains(ip("2001:db8::1"))
+        );
+        for bad in [
+            "",
+            "1.2.3.4/33",
+            "1.2.3/24",
+            "wechat",
+            "::1/129",
+            "1.2.3.4/x",
+        ] {
+            assert_eq!(Cidr::parse(bad), None, "{bad}");
+        }
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        let mut map = http::HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn the_client_is_the_rightmost_untrusted_hop_behind_a_trusted_proxy() {
+        let trusted = [Cidr::parse("10.0.0.0/8").unwrap()];
+        let from = |peer: &str, pairs: &[(&str, &str)]| {
+            client_address(ip(peer), &headers(pairs), &trusted)
+        };
+        let forged = [("x-forwarded-for", "101.226.103.5")];
+        assert_eq!(
+            from("198.51.100.1", &forged),
+            Ok(ip("198.51.100.1")),
+            "untrusted peer"
+        );
+        assert_eq!(from("10.0.0.1", &forged), Ok(ip("101.226.103.5")));
+        let chain = [("x-forwarded-for", "101.226.103.5, 198.51.100.9, 10.0.0.2")];
+        assert_eq!(from("10.0.0.1", &chain), Ok(ip("198.51.100.9")));
+        let split = [
+            ("x-forwarded-for", "101.226.103.5"),
+            ("x-forwarded-for", "198.51.100.9"),
+        ];
+        assert_eq!(from("10.0.0.1", &split), Ok(ip("198.51.100.9")));
+        assert_eq!(
+            from("10.0.0.1", &[("x-real-ip", "101.226.103.6")]),
+            Ok(ip("101.226.103.6"))
+        );
+        assert_eq!(from("10.0.0.1", &[]), Ok(ip("10.0.0.1")));
+        assert!(from("10.0.0.1", &[("x-forwarded-for", "a, b")]).is_err());
+    }
+}
