@@ -264,16 +264,15 @@ impl Ingress {
         // From here on the callback may be stored: finish even if WeChat hangs up.
         let handled = tokio::spawn(
             async move {
-                this.accept(
+                let verified = Verified {
                     account,
-                    opened.envelope,
+                    envelope: opened.envelope,
                     authorizer,
                     key,
                     replay,
-                    started,
                     content,
-                )
-                .await
+                };
+                this.accept(verified, started).await
             }
             .instrument(span),
         );
@@ -302,14 +301,17 @@ impl Ingress {
 
     async fn accept(
         self: Arc<Self>,
-        account: Arc<Account>,
-        envelope: Envelope,
-        authorizer: Option<String>,
-        key: String,
-        replay: Arc<Replay>,
+        verified: Verified,
         started: Instant,
-        content: Option<String>,
     ) -> Result<Answer, Rejection> {
+        let Verified {
+            account,
+            envelope,
+            authorizer,
+            key,
+            replay,
+            content,
+        } = verified;
         let deadline = started + self.settings.reply_deadline_ms.duration();
         let leader = match self.resends.join(&key, deadline) {
             Role::Leader(leader) => leader,
@@ -681,6 +683,18 @@ impl std::fmt::Display for TargetNames<'_> {
         }
         Ok(())
     }
+}
+
+/// A callback whose signature checked out, on its way into the store.
+struct Verified {
+    account: Arc<Account>,
+    envelope: Envelope,
+    /// Open platform: the authorized account the callback concerns.
+    authorizer: Option<String>,
+    key: String,
+    replay: Arc<Replay>,
+    /// The message as text, for a console that shows content (`admin.show_content`).
+    content: Option<String>,
 }
 
 /// How a new job starts once its callback is stored.
