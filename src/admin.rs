@@ -34,7 +34,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::downstream::{ACCOUNT_HEADER, now_ms};
+use crate::downstream::ACCOUNT_HEADER;
 use crate::ingress::text;
 use crate::metrics::Metrics;
 use crate::store::{DeadLetterFilter, Store, StoreError};
@@ -247,7 +247,7 @@ impl Admin {
         let routes = self.routes.load();
         let replayed = self
             .store
-            .replay_dead(id, &filter, routes.keys(), now_ms())
+            .replay_dead(id, &filter, routes.keys())
             .await
             .map_err(store_error)?;
         if let Some(id) = id

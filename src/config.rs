@@ -122,11 +122,120 @@ pub enum LogFormat {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
+    /// Which store: the embedded SQLite file (one instance) or Redis (several instances).
+    pub backend: Backend,
     pub path: PathBuf,
     pub synchronous: Synchronous,
     pub delivered_retention_secs: u64,
     /// Below this many free bytes on the store's file system, `/readyz` says 503 (0: no check).
     pub min_free_bytes: u64,
+    pub redis: RedisConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Sqlite,
+    Redis,
+}
+
+impl StoreConfig {
+    /// Where the store is, for messages: the file, or the Redis URLs with passwords redacted.
+    pub fn location(&self) -> String {
+        match self.backend {
+            Backend::Sqlite => format!("at {}", self.path.display()),
+            Backend::Redis => {
+                let urls: Vec<String> = self.redis.urls.iter().map(|u| redact_url(u)).collect();
+                format!("on redis at {}", urls.join(", "))
+            }
+        }
+    }
+}
+
+/// `[store.redis]`: read only with `store.backend = "redis"`, validated always.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// One URL (standalone), or a Cluster's seed nodes with `cluster = true`. May hold a
+    /// password: printed only redacted ([`redact_url`]).
+    pub urls: Vec<String>,
+    pub cluster: bool,
+    pub key_prefix: String,
+    pub lease_ms: Millis,
+    /// The environment variable holding the password (overrides one in the URLs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+}
+
+impl RedisConfig {
+    /// The password from `password_env`, if set.
+    pub fn password(&self) -> Result<Option<String>, ConfigError> {
+        secret(
+            "store.redis",
+            "password",
+            None,
+            self.password_env.as_deref(),
+        )
+    }
+
+    fn validate(&self, backend: Backend) -> Result<(), ConfigError> {
+        if self.urls.is_empty() {
+            return Err(invalid("store.redis.urls", "needs at least one URL"));
+        }
+        for (i, url) in self.urls.iter().enumerate() {
+            // Never echo the URL: it may carry a password.
+            let parsed = Url::parse(url).map_err(|e| {
+                invalid(format!("store.redis.urls[{i}]"), format!("not a URL ({e})"))
+            })?;
+            if !matches!(parsed.scheme(), "redis" | "rediss") {
+                return Err(invalid(
+                    format!("store.redis.urls[{i}]"),
+                    "must start with redis:// or rediss:// (TLS)",
+                ));
+            }
+            if parsed.host_str().is_none_or(str::is_empty) {
+                return Err(invalid(format!("store.redis.urls[{i}]"), "has no host"));
+            }
+        }
+        if !self.cluster && self.urls.len() > 1 {
+            return Err(invalid(
+                "store.redis.urls",
+                "a standalone server takes one URL (set store.redis.cluster = true for a Cluster's seed nodes)",
+            ));
+        }
+        if self.key_prefix.is_empty()
+            || self
+                .key_prefix
+                .chars()
+                .any(|c| c == '{' || c == '}' || c.is_whitespace() || c.is_control())
+        {
+            return Err(invalid(
+                "store.redis.key_prefix",
+                "must be non-empty, without braces (the hash tags are the accounts') or spaces",
+            ));
+        }
+        if self.lease_ms.0 < 100 {
+            return Err(invalid("store.redis.lease_ms", "must be at least 100"));
+        }
+        if backend == Backend::Redis {
+            self.password()?;
+        }
+        Ok(())
+    }
+}
+
+/// `url` with its password replaced, for logs and `check-config`; nothing of a string that does
+/// not parse as a URL (it might still hold a secret).
+pub fn redact_url(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some(REDACTED));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "<unparsable URL>".to_owned(),
+    }
 }
 
 /// How hard SQLite pushes a commit to disk.
@@ -329,6 +438,7 @@ impl Config {
         if self.store.path.as_os_str().is_empty() {
             return Err(invalid("store.path", "must not be empty"));
         }
+        self.store.redis.validate(self.store.backend)?;
         if self.store.delivered_retention_secs < 60 {
             return Err(invalid(
                 "store.delivered_retention_secs",
@@ -373,9 +483,13 @@ impl Config {
         Ok(())
     }
 
-    /// The effective configuration as TOML, with tokens and keys replaced by `<redacted>`.
+    /// The effective configuration as TOML, with tokens, keys and URL passwords replaced by
+    /// `<redacted>`.
     pub fn redacted_toml(&self) -> String {
         let mut copy = self.clone();
+        for url in &mut copy.store.redis.urls {
+            *url = redact_url(url);
+        }
         for account in &mut copy.accounts {
             for secret in [
                 &mut account.token,
@@ -909,5 +1023,68 @@ mod tests {
         assert!(!printed.contains("very-secret-token"));
         assert!(!printed.contains("jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C"));
         assert!(printed.contains("<redacted>"));
+    }
+
+    #[test]
+    fn redis_keys_are_validated_and_named() {
+        let redis = |section: &str| {
+            format!("{MINIMAL}\n[store]\nbackend = \"redis\"\n[store.redis]\n{section}")
+        };
+        let config = Config::from_toml(&redis("")).unwrap();
+        assert_eq!(config.store.backend, Backend::Redis);
+        assert_eq!(config.store.redis.urls, vec!["redis://127.0.0.1:6379/0"]);
+        assert_eq!(config.store.redis.lease_ms, Millis(30_000));
+        Config::from_toml(&redis("urls = [\"rediss://:pw@redis.internal:6380\"]")).unwrap();
+        let cases = [
+            ("urls = []", "store.redis.urls:"),
+            ("urls = [\"http://127.0.0.1:6379\"]", "store.redis.urls[0]:"),
+            (
+                "urls = [\"redis://a:1\", \"redis://b:1\"]",
+                "store.redis.urls:",
+            ),
+            ("key_prefix = \"a{b}\"", "store.redis.key_prefix:"),
+            ("key_prefix = \"\"", "store.redis.key_prefix:"),
+            ("lease_ms = 10", "store.redis.lease_ms:"),
+            (
+                "password_env = \"WECHAT_FANOUT_TEST_NO_SUCH_VARIABLE\"",
+                "store.redis.password_env:",
+            ),
+            ("cluster = \"yes\"", "cluster"),
+            ("url = \"redis://x\"", "url"),
+        ];
+        for (section, key) in cases {
+            let error = error_of(&redis(section));
+            assert!(
+                error.starts_with(key) || error.contains(key),
+                "{section}: {error}"
+            );
+        }
+        let bad_url = error_of(&redis("urls = [\"redis//:s3cret@x\"]"));
+        assert!(!bad_url.contains("s3cret"), "{bad_url}");
+        let seeds = redis("cluster = true\nurls = [\"redis://a:7000\", \"redis://b:7001\"]");
+        assert!(Config::from_toml(&seeds).unwrap().store.redis.cluster);
+        let backend = format!("{MINIMAL}\n[store]\nbackend = \"mongo\"");
+        assert!(
+            error_of(&backend).contains("backend"),
+            "{}",
+            error_of(&backend)
+        );
+    }
+
+    #[test]
+    fn redis_passwords_are_redacted_from_urls() {
+        assert_eq!(
+            redact_url("redis://:s3cret@127.0.0.1:6379/0"),
+            "redis://:%3Credacted%3E@127.0.0.1:6379/0"
+        );
+        assert!(!redact_url("rediss://user:s3cret@host:6380").contains("s3cret"));
+        assert_eq!(redact_url("redis://127.0.0.1"), "redis://127.0.0.1");
+        assert_eq!(redact_url("not a url s3cret"), "<unparsable URL>");
+        let text = format!(
+            "{MINIMAL}\n[store]\nbackend = \"redis\"\n[store.redis]\nurls = [\"redis://:s3cret@10.0.0.1:6379/0\"]"
+        );
+        let printed = Config::from_toml(&text).unwrap().redacted_toml();
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(printed.contains("10.0.0.1:6379"), "{printed}");
     }
 }

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use crate::metrics::Metrics;
 use crate::resign::{self, ResignError};
 use crate::retry::{self, Verdict};
-use crate::store::{AttemptReport, Disposition, Job, JobId, Store, StoreError};
+use crate::store::{AttemptReport, Disposition, Job, JobId, Recorded, Store, StoreError};
 use crate::targets::Target;
 use crate::telemetry::event_at;
 
@@ -244,7 +244,7 @@ impl Downstream {
         }
         let result = match disposition {
             Disposition::Delivered => "delivered",
-            Disposition::RetryAt(_) => "retry",
+            Disposition::RetryIn(_) => "retry",
             Disposition::Dead => "dead",
         };
         let elapsed = attempt.elapsed;
@@ -284,10 +284,18 @@ async fn record_until_stored(store: &dyn Store, delivery: JobId, report: Attempt
     let mut tries = 1u32;
     loop {
         match store.record(report.clone()).await {
-            Ok(()) => {
+            Ok(Recorded::Applied) => {
                 if tries > 1 {
                     tracing::info!(delivery, tries, "attempt recorded once the store took it");
                 }
+                return;
+            }
+            Ok(Recorded::LeaseLost) => {
+                tracing::warn!(
+                    delivery,
+                    "the job's lease expired during the attempt and another attempt owns it now; \
+                     this outcome was not recorded"
+                );
                 return;
             }
             Err(StoreError::Closed) => {
@@ -313,7 +321,9 @@ impl Attempt {
     /// What the store should record for this attempt of `job`.
     pub fn report(&self, target: &Target, job: &Job, now_ms: i64) -> AttemptReport {
         AttemptReport {
+            key: job.key.clone(),
             job: job.id,
+            lease: job.lease,
             attempt: job.attempts + 1,
             at_ms: now_ms,
             status: self.status,
@@ -322,7 +332,6 @@ impl Attempt {
                 &target.settings,
                 job.attempt_in_round(),
                 self.verdict,
-                now_ms,
                 rand::random(),
             ),
         }

@@ -6,7 +6,8 @@
 //! - [`config`]: defaults → file → environment, validated; names the bad key.
 //! - [`wechat`]: the protocol as pure functions (signatures, AES, envelopes, dedupe keys).
 //! - [`targets`]: the routing table built from the config: accounts, targets, filters.
-//! - [`store`]: the durable queue and dedupe (SQLite by default), one trait per backend.
+//! - [`store`]: the durable queue and dedupe, one trait: SQLite (default, one instance) or Redis
+//!   (shared by several instances; leases with tokens, the store's clock).
 //! - [`retry`]: which answers are retried, and when; [`downstream`]: the byte-identical replay,
 //!   or, for a target with its own credentials, the re-signed one ([`resign`]).
 //! - [`ingress`]: the WeChat-facing server: verify, buffer, persist, answer in time; only from

@@ -6,14 +6,13 @@
 #![allow(clippy::print_stderr)]
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser as _;
 use tokio_util::sync::CancellationToken;
 use wechat_fanout::cli::{Cli, Command};
 use wechat_fanout::config::Config;
-use wechat_fanout::store::{Readiness, SqliteStore};
+use wechat_fanout::store::Readiness;
 use wechat_fanout::{Listeners, Reload, admin_client, probe, simulate};
 
 /// EX_USAGE from sysexits.h: every configuration error exits with it, before any port is bound.
@@ -83,13 +82,14 @@ async fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> anyho
             None
         }
     };
-    let store = SqliteStore::open(&config.store.path, config.store.synchronous)
-        .with_context(|| format!("opening the store at {}", config.store.path.display()))?
-        .with_readiness(Readiness {
-            min_free_bytes: config.store.min_free_bytes,
-            // As large as the largest callback the server accepts.
-            probe_bytes: config.server.max_body_bytes + config.server.max_query_bytes,
-        });
+    let readiness = Readiness {
+        min_free_bytes: config.store.min_free_bytes,
+        // As large as the largest callback the server accepts.
+        probe_bytes: config.server.max_body_bytes + config.server.max_query_bytes,
+    };
+    let store = wechat_fanout::store::open(&config.store, readiness)
+        .await
+        .with_context(|| format!("opening the store {}", config.store.location()))?;
     let wechat = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("binding server.listen {}", config.server.listen))?;
@@ -102,5 +102,5 @@ async fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> anyho
         wechat,
         admin: Some(admin),
     };
-    wechat_fanout::run_with(config, Arc::new(store), listeners, reload, shutdown).await
+    wechat_fanout::run_with(config, store, listeners, reload, shutdown).await
 }

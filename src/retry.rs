@@ -71,12 +71,11 @@ pub fn backoff(settings: &TargetSettings, attempt: u32, jitter: f64) -> Duration
     half + half.mul_f64(jitter.clamp(0.0, 1.0))
 }
 
-/// What becomes of a job whose attempt number `attempt` (from 1) ended with `verdict` at `now_ms`.
+/// What becomes of a job whose attempt number `attempt` (from 1) ended with `verdict`.
 pub fn disposition(
     settings: &TargetSettings,
     attempt: u32,
     verdict: Verdict,
-    now_ms: i64,
     jitter: f64,
 ) -> Disposition {
     match verdict {
@@ -88,8 +87,7 @@ pub fn disposition(
             if let Some(after) = after {
                 delay = delay.max(after.min(settings.backoff_max));
             }
-            let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-            Disposition::RetryAt(now_ms.saturating_add(delay_ms))
+            Disposition::RetryIn(delay)
         }
     }
 }
@@ -214,16 +212,16 @@ mod tests {
         assert_eq!(backoff(&s, 30, 0.0), Duration::from_millis(1500));
         let retry = Verdict::Retry { after: None };
         assert_eq!(
-            disposition(&s, 3, retry, 0, 1.0),
-            Disposition::RetryAt(3000)
+            disposition(&s, 3, retry, 1.0),
+            Disposition::RetryIn(Duration::from_millis(3000))
         );
-        assert_eq!(disposition(&s, 4, retry, 0, 1.0), Disposition::Dead);
+        assert_eq!(disposition(&s, 4, retry, 1.0), Disposition::Dead);
         let later = Verdict::Retry {
             after: Some(Duration::from_secs(3600)),
         };
         assert_eq!(
-            disposition(&s, 1, later, 0, 0.0),
-            Disposition::RetryAt(3000)
+            disposition(&s, 1, later, 0.0),
+            Disposition::RetryIn(Duration::from_millis(3000))
         );
     }
 

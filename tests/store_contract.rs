@@ -1,18 +1,31 @@
 //! The store contract: what ingress and delivery rely on, run against every backend.
-//! Each backend gets the same suite through `contract!` (today: the embedded SQLite store).
+//! Each backend gets the same suite through `contract!`: the embedded SQLite store, a standalone
+//! Redis and a 3-master Redis Cluster (real servers, started once per test binary; each test has
+//! its own key prefix). Behaviour only several processes can show (a lease expiring and another
+//! instance taking the job) runs on Redis through `instances!`, two stores on one server.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use wechat_fanout::config::Synchronous;
 use wechat_fanout::store::{
-    Accepted, Answer, AttemptReport, DeadLetterFilter, Disposition, NewCallback, NewJob, Replay,
-    Replayed, SqliteStore, Store, TargetKey,
+    Accepted, Answer, AttemptReport, DeadLetterFilter, Disposition, Job, JobId, LeaseToken, Leased,
+    NewCallback, NewJob, Recorded, RedisOptions, RedisStore, Replay, Replayed, SqliteStore, Store,
+    TargetKey, new_lease_token,
 };
 
-fn callback(key: &str, targets: &[(&str, bool)]) -> NewCallback {
+#[path = "support/redis.rs"]
+mod redis_server;
+use redis_server::{RedisCluster, RedisServer};
+
+/// A callback for account `main` with ids from `store`; `(target, true)` is stored leased (with
+/// a fresh token, in `jobs[i].lease`).
+fn callback(store: &dyn Store, key: &str, targets: &[(&str, bool)]) -> NewCallback {
     NewCallback {
+        id: store.next_id(),
         account: Arc::from("main"),
         dedupe_key: key.to_owned(),
         received_at_ms: 1_000,
@@ -26,10 +39,12 @@ fn callback(key: &str, targets: &[(&str, bool)]) -> NewCallback {
         jobs: targets
             .iter()
             .map(|(name, leased)| NewJob {
+                id: store.next_id(),
                 target: Arc::from(*name),
-                leased: *leased,
+                lease: leased.then(new_lease_token),
             })
             .collect(),
+        answer_pending_ms: None,
     }
 }
 
@@ -40,9 +55,18 @@ fn key(target: &str) -> TargetKey {
     }
 }
 
-fn report(job: i64, attempt: u32, disposition: Disposition) -> AttemptReport {
+/// The report of a failed (500) attempt of `job` of `target` under `lease`, at 2,000 ms.
+fn report_for(
+    target: &str,
+    job: JobId,
+    lease: LeaseToken,
+    attempt: u32,
+    disposition: Disposition,
+) -> AttemptReport {
     AttemptReport {
+        key: key(target),
         job,
+        lease,
         attempt,
         at_ms: 2_000,
         status: Some(500),
@@ -51,42 +75,63 @@ fn report(job: i64, attempt: u32, disposition: Disposition) -> AttemptReport {
     }
 }
 
+/// The report of attempt `attempt` of a leased `job`.
+fn report(job: &Job, attempt: u32, disposition: Disposition) -> AttemptReport {
+    report_for(&job.key.target, job.id, job.lease, attempt, disposition)
+}
+
+async fn record(store: &dyn Store, report: AttemptReport) {
+    assert_eq!(store.record(report).await.unwrap(), Recorded::Applied);
+}
+
+/// Leases exactly one due job of `target`.
+async fn lease_one(store: &dyn Store, target: &str) -> Job {
+    let mut jobs = store.lease_due(&key(target), 10).await.unwrap();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    jobs.remove(0)
+}
+
 /// Accepting twice yields one callback; the second sees the saved answer.
 async fn insert_if_absent_is_the_dedupe(store: Arc<dyn Store>) {
     let first = store
-        .accept(callback("k1", &[("a", false), ("b", false)]))
+        .accept(callback(&*store, "k1", &[("a", false), ("b", false)]))
         .await
         .unwrap();
     let Accepted::New { callback: id, jobs } = first else {
         panic!("first accept must be new: {first:?}")
     };
     assert_eq!(jobs.len(), 2);
-    let again = store.accept(callback("k1", &[("a", false)])).await.unwrap();
+    let again = store
+        .accept(callback(&*store, "k1", &[("a", false)]))
+        .await
+        .unwrap();
     assert_eq!(
         again,
         Accepted::Duplicate {
             callback: id,
-            answer: None
+            answer: None,
+            answer_pending: None,
         }
     );
     let answer = Answer {
         content_type: Some("text/xml".into()),
         body: Bytes::from_static(b"<xml>reply</xml>"),
     };
-    store.save_answer(id, answer.clone()).await.unwrap();
-    let third = store.accept(callback("k1", &[("a", false)])).await.unwrap();
+    store.save_answer("main", id, answer.clone()).await.unwrap();
+    let third = store
+        .accept(callback(&*store, "k1", &[("a", false)]))
+        .await
+        .unwrap();
     assert_eq!(
         third,
         Accepted::Duplicate {
             callback: id,
-            answer: Some(answer)
+            answer: Some(answer),
+            answer_pending: None,
         }
     );
     // Only the first accept created jobs.
-    assert_eq!(
-        store.lease_due(&key("a"), 10_000, 10).await.unwrap().len(),
-        1
-    );
+    assert_eq!(store.lease_due(&key("a"), 10).await.unwrap().len(), 1);
 }
 
 /// Concurrent accepts of one key: exactly one is new.
@@ -96,7 +141,7 @@ async fn concurrent_resends_create_one_callback(store: Arc<dyn Store>) {
             let store = store.clone();
             tokio::spawn(async move {
                 store
-                    .accept(callback("same", &[("a", false)]))
+                    .accept(callback(&*store, "same", &[("a", false)]))
                     .await
                     .unwrap()
             })
@@ -109,118 +154,84 @@ async fn concurrent_resends_create_one_callback(store: Arc<dyn Store>) {
         }
     }
     assert_eq!(new, 1);
-    assert_eq!(
-        store.lease_due(&key("a"), 10_000, 100).await.unwrap().len(),
-        1
-    );
+    assert_eq!(store.lease_due(&key("a"), 100).await.unwrap().len(), 1);
 }
 
 /// Leasing returns the original bytes, never the same job twice, and leased jobs are not due.
 async fn lease_returns_original_bytes_once(store: Arc<dyn Store>) {
     store
-        .accept(callback("k2", &[("a", false), ("b", true)]))
+        .accept(callback(&*store, "k2", &[("a", false), ("b", true)]))
         .await
         .unwrap();
-    let jobs = store.lease_due(&key("a"), 10_000, 10).await.unwrap();
-    assert_eq!(jobs.len(), 1);
-    let job = &jobs[0];
+    let job = lease_one(&*store, "a").await;
     assert_eq!(job.attempts, 0);
     assert_eq!(job.key, key("a"));
+    assert_ne!(job.lease, 0);
     assert_eq!(job.request.query, "signature=abc&timestamp=1&nonce=2");
     assert_eq!(job.request.content_type.as_deref(), Some("text/xml"));
     assert_eq!(&job.request.body[..], b"<xml><MsgId>k2</MsgId></xml>");
-    assert!(
-        store
-            .lease_due(&key("a"), 10_000, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(store.lease_due(&key("a"), 10).await.unwrap().is_empty());
     // "b" was stored in flight for its caller: no worker may lease it.
-    assert!(
-        store
-            .lease_due(&key("b"), 10_000, 10)
-            .await
-            .unwrap()
-            .is_empty()
+    assert!(store.lease_due(&key("b"), 10).await.unwrap().is_empty());
+    assert_eq!(store.next_due(&key("b")).await.unwrap(), None);
+    // A new job is due at once.
+    store
+        .accept(callback(&*store, "k3", &[("c", false)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.next_due(&key("c")).await.unwrap(),
+        Some(Duration::ZERO)
     );
-    // Not due before it was received.
-    store.accept(callback("k3", &[("c", false)])).await.unwrap();
-    assert!(
-        store
-            .lease_due(&key("c"), 999, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    assert_eq!(store.next_due(&key("c")).await.unwrap(), Some(1_000));
 }
 
-/// Retry reschedules with the attempt count; dead stays out of the queue; delivered disappears.
+/// Retry reschedules with the attempt count (by the store's clock); dead stays out of the queue;
+/// delivered disappears.
 async fn record_reschedules_buries_and_removes(store: Arc<dyn Store>) {
-    store.accept(callback("k4", &[("a", false)])).await.unwrap();
-    let job = store
-        .lease_due(&key("a"), 10_000, 1)
-        .await
-        .unwrap()
-        .remove(0);
     store
-        .record(report(job.id, 1, Disposition::RetryAt(5_000)))
+        .accept(callback(&*store, "k4", &[("a", false)]))
         .await
         .unwrap();
-    assert_eq!(store.next_due(&key("a")).await.unwrap(), Some(5_000));
-    assert!(
-        store
-            .lease_due(&key("a"), 4_999, 1)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    let again = store
-        .lease_due(&key("a"), 5_000, 1)
-        .await
-        .unwrap()
-        .remove(0);
+    let job = lease_one(&*store, "a").await;
+    let delay = Duration::from_millis(400);
+    record(&*store, report(&job, 1, Disposition::RetryIn(delay))).await;
+    let due_in = store.next_due(&key("a")).await.unwrap().unwrap();
+    assert!(due_in > Duration::ZERO && due_in <= delay, "{due_in:?}");
+    assert!(store.lease_due(&key("a"), 1).await.unwrap().is_empty());
+    tokio::time::sleep(due_in + Duration::from_millis(20)).await;
+    let again = lease_one(&*store, "a").await;
     assert_eq!((again.id, again.attempts), (job.id, 1));
-    store
-        .record(report(job.id, 2, Disposition::Dead))
-        .await
-        .unwrap();
+    assert_ne!(again.lease, job.lease, "a new lease gets a new token");
+    record(&*store, report(&again, 2, Disposition::Dead)).await;
     assert_eq!(store.next_due(&key("a")).await.unwrap(), None);
-    assert!(
-        store
-            .lease_due(&key("a"), i64::MAX, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(store.lease_due(&key("a"), 10).await.unwrap().is_empty());
 
-    store.accept(callback("k5", &[("d", false)])).await.unwrap();
-    let job = store
-        .lease_due(&key("d"), 10_000, 1)
-        .await
-        .unwrap()
-        .remove(0);
     store
-        .record(report(job.id, 1, Disposition::Delivered))
+        .accept(callback(&*store, "k5", &[("d", false)]))
         .await
         .unwrap();
+    let job = lease_one(&*store, "d").await;
+    record(&*store, report(&job, 1, Disposition::Delivered)).await;
     assert_eq!(store.next_due(&key("d")).await.unwrap(), None);
+    assert!(store.lease_due(&key("d"), 10).await.unwrap().is_empty());
 }
 
 /// Delivered callbacks are purged after retention; undelivered ones never are.
 async fn purge_keeps_undelivered(store: Arc<dyn Store>) {
-    store.accept(callback("p1", &[("a", false)])).await.unwrap();
-    store.accept(callback("p2", &[])).await.unwrap();
+    store
+        .accept(callback(&*store, "p1", &[("a", false)]))
+        .await
+        .unwrap();
+    store.accept(callback(&*store, "p2", &[])).await.unwrap();
     assert_eq!(store.purge_delivered(500).await.unwrap(), 0);
     assert_eq!(store.purge_delivered(2_000).await.unwrap(), 1);
     // p2 is gone, so it is new again; p1 (pending) is still a duplicate.
     assert!(matches!(
-        store.accept(callback("p2", &[])).await.unwrap(),
+        store.accept(callback(&*store, "p2", &[])).await.unwrap(),
         Accepted::New { .. }
     ));
     assert!(matches!(
-        store.accept(callback("p1", &[])).await.unwrap(),
+        store.accept(callback(&*store, "p1", &[])).await.unwrap(),
         Accepted::Duplicate { .. }
     ));
     store.check_writable().await.unwrap();
@@ -234,7 +245,7 @@ async fn delivery_ids_are_never_reused(store: Arc<dyn Store>) {
     let mut seen = std::collections::HashSet::new();
     for n in 0..3 {
         let Accepted::New { callback, jobs } = store
-            .accept(callback(&format!("r{n}"), &[("a", false)]))
+            .accept(callback(&*store, &format!("r{n}"), &[("a", false)]))
             .await
             .unwrap()
         else {
@@ -242,64 +253,64 @@ async fn delivery_ids_are_never_reused(store: Arc<dyn Store>) {
         };
         assert!(seen.insert(jobs[0]), "job id {} handed out twice", jobs[0]);
         assert!(
-            seen.insert(-callback),
+            seen.insert(callback),
             "callback id {callback} handed out twice"
         );
-        let job = store
-            .lease_due(&key("a"), 10_000, 1)
-            .await
-            .unwrap()
-            .remove(0);
-        store
-            .record(report(job.id, 1, Disposition::Delivered))
-            .await
-            .unwrap();
+        let job = lease_one(&*store, "a").await;
+        record(&*store, report(&job, 1, Disposition::Delivered)).await;
         store.purge_delivered(i64::MAX).await.unwrap();
     }
 }
 
-/// Jobs stored as in flight (handed to a worker) that the worker gives back are due again, and
-/// releasing a job that is no longer in flight changes nothing.
+/// Jobs stored as in flight (handed to a worker) that the worker gives back are due again;
+/// releasing a job that is not in flight, or under another lease, changes nothing.
 async fn release_returns_jobs_in_flight_to_the_queue(store: Arc<dyn Store>) {
-    let Accepted::New { jobs, .. } = store
-        .accept(callback("h1", &[("a", true), ("b", false)]))
-        .await
-        .unwrap()
-    else {
+    let new = callback(&*store, "h1", &[("a", true), ("b", false), ("c", true)]);
+    let tokens: Vec<Option<LeaseToken>> = new.jobs.iter().map(|j| j.lease).collect();
+    let Accepted::New { jobs, .. } = store.accept(new).await.unwrap() else {
         panic!("h1 is new");
     };
-    assert!(
-        store
-            .lease_due(&key("a"), i64::MAX, 10)
-            .await
-            .unwrap()
-            .is_empty()
+    assert!(store.lease_due(&key("a"), 10).await.unwrap().is_empty());
+    let leased = |target: &str, job, token| Leased {
+        key: key(target),
+        job,
+        token,
+    };
+    store
+        .release(vec![
+            leased("a", jobs[0], tokens[0].unwrap()),
+            leased("b", jobs[1], 7),
+            // Not the token c is held under.
+            leased("c", jobs[2], tokens[2].unwrap().wrapping_add(1).max(1)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.next_due(&key("a")).await.unwrap(),
+        Some(Duration::ZERO)
     );
-    store.release(vec![jobs[0], jobs[1]], 3_000).await.unwrap();
-    assert_eq!(store.next_due(&key("a")).await.unwrap(), Some(3_000));
-    // b was pending, not in flight: it keeps its due time.
-    assert_eq!(store.next_due(&key("b")).await.unwrap(), Some(1_000));
-    let leased = store.lease_due(&key("a"), 3_000, 10).await.unwrap();
-    assert_eq!(leased.len(), 1);
-    assert_eq!((leased[0].id, leased[0].attempts), (jobs[0], 0));
-    assert_eq!(&leased[0].request.body[..], b"<xml><MsgId>h1</MsgId></xml>");
+    assert!(store.lease_due(&key("c"), 10).await.unwrap().is_empty());
+    // b was pending, not in flight: still exactly one job.
+    assert_eq!(store.lease_due(&key("b"), 10).await.unwrap().len(), 1);
+    let again = lease_one(&*store, "a").await;
+    assert_eq!((again.id, again.attempts), (jobs[0], 0));
+    assert_eq!(&again.request.body[..], b"<xml><MsgId>h1</MsgId></xml>");
 }
 
 /// Pending jobs of targets that are not routed become dead letters with the reason; routed
 /// targets and jobs in flight are untouched, and a second call finds nothing more to do.
 async fn bury_unrouted_turns_orphaned_jobs_into_dead_letters(store: Arc<dyn Store>) {
-    let Accepted::New { jobs, .. } = store
-        .accept(callback(
-            "o1",
-            &[("kept", false), ("gone", false), ("running", true)],
-        ))
-        .await
-        .unwrap()
-    else {
+    let new = callback(
+        &*store,
+        "o1",
+        &[("kept", false), ("gone", false), ("running", true)],
+    );
+    let running = new.jobs[2].lease.unwrap();
+    let Accepted::New { jobs, .. } = store.accept(new).await.unwrap() else {
         panic!("o1 is new");
     };
     store
-        .accept(callback("o2", &[("gone", false)]))
+        .accept(callback(&*store, "o2", &[("gone", false)]))
         .await
         .unwrap();
 
@@ -308,7 +319,10 @@ async fn bury_unrouted_turns_orphaned_jobs_into_dead_letters(store: Arc<dyn Stor
         .await
         .unwrap();
     assert_eq!(buried, vec![(key("gone"), 2)]);
-    assert_eq!(store.next_due(&key("kept")).await.unwrap(), Some(1_000));
+    assert_eq!(
+        store.next_due(&key("kept")).await.unwrap(),
+        Some(Duration::ZERO)
+    );
     assert_eq!(store.next_due(&key("gone")).await.unwrap(), None);
 
     let letters = store
@@ -324,10 +338,11 @@ async fn bury_unrouted_turns_orphaned_jobs_into_dead_letters(store: Arc<dyn Stor
     assert_eq!(letters[1].id, jobs[1]);
 
     // The job in flight finishes its attempt as usual.
-    store
-        .record(report(jobs[2], 1, Disposition::Delivered))
-        .await
-        .unwrap();
+    record(
+        &*store,
+        report_for("running", jobs[2], running, 1, Disposition::Delivered),
+    )
+    .await;
     assert!(
         store
             .bury_unrouted(vec![key("kept")], "retired", 6_000)
@@ -341,24 +356,17 @@ async fn bury_unrouted_turns_orphaned_jobs_into_dead_letters(store: Arc<dyn Stor
 /// leaves those of other targets exactly as they were (still dead, same time of death).
 async fn replay_dead_replays_letters_of_routed_targets_only(store: Arc<dyn Store>) {
     store
-        .accept(callback("d1", &[("a", false), ("gone", false)]))
+        .accept(callback(&*store, "d1", &[("a", false), ("gone", false)]))
         .await
         .unwrap();
     for target in ["a", "gone"] {
-        let job = store
-            .lease_due(&key(target), 10_000, 1)
-            .await
-            .unwrap()
-            .remove(0);
-        store
-            .record(report(job.id, 1, Disposition::Dead))
-            .await
-            .unwrap();
+        let job = lease_one(&*store, target).await;
+        record(&*store, report(&job, 1, Disposition::Dead)).await;
     }
 
     let everything = DeadLetterFilter::default();
     let replayed = store
-        .replay_dead(None, &everything, vec![key("a")], 7_000)
+        .replay_dead(None, &everything, vec![key("a")])
         .await
         .unwrap();
     assert_eq!(
@@ -368,13 +376,245 @@ async fn replay_dead_replays_letters_of_routed_targets_only(store: Arc<dyn Store
             not_routed: 1
         }
     );
-    assert_eq!(store.next_due(&key("a")).await.unwrap(), Some(7_000));
-    let again = store.lease_due(&key("a"), 7_000, 1).await.unwrap();
-    assert_eq!((again[0].attempts, again[0].attempt_in_round()), (1, 1));
+    assert_eq!(
+        store.next_due(&key("a")).await.unwrap(),
+        Some(Duration::ZERO)
+    );
+    let again = lease_one(&*store, "a").await;
+    assert_eq!((again.attempts, again.attempt_in_round()), (1, 1));
     let left = store.dead_letters(&everything).await.unwrap();
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!((&*left[0].target, left[0].died_at_ms), ("gone", 2_000));
     assert_eq!(store.next_due(&key("gone")).await.unwrap(), None);
+    let detail = store.dead_letter(left[0].id).await.unwrap().unwrap();
+    assert_eq!(detail.attempts.len(), 1);
+    assert_eq!(detail.attempts[0].status, Some(500));
+    assert_eq!(&detail.request.body[..], b"<xml><MsgId>d1</MsgId></xml>");
+    assert!(store.dead_letter(again.id).await.unwrap().is_none());
+}
+
+/// Purging dead letters deletes them, by id or by filter, and nothing else; a callback whose
+/// last letter is purged is forgotten by the next retention purge.
+async fn purge_dead_deletes_letters_by_id_and_by_filter(store: Arc<dyn Store>) {
+    let mut letters = Vec::new();
+    for (key, targets) in [
+        ("e1", &[("a", false), ("b", false)][..]),
+        ("e2", &[("a", false)]),
+    ] {
+        store.accept(callback(&*store, key, targets)).await.unwrap();
+        for (target, _) in targets {
+            let job = lease_one(&*store, target).await;
+            record(&*store, report(&job, 1, Disposition::Dead)).await;
+            letters.push(job.id);
+        }
+    }
+    let everything = DeadLetterFilter::default();
+    assert_eq!(
+        store
+            .purge_dead(Some(letters[0]), &everything)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(store.dead_letter(letters[0]).await.unwrap().is_none());
+    assert_eq!(
+        store
+            .purge_dead(Some(letters[0]), &everything)
+            .await
+            .unwrap(),
+        0
+    );
+    let only_a = DeadLetterFilter {
+        target: Some("a".into()),
+        ..DeadLetterFilter::default()
+    };
+    // By id, a letter of another target than the filter's is left alone.
+    assert_eq!(
+        store.purge_dead(Some(letters[1]), &only_a).await.unwrap(),
+        0
+    );
+    assert_eq!(store.purge_dead(None, &only_a).await.unwrap(), 1);
+    let left = store.dead_letters(&everything).await.unwrap();
+    assert_eq!(
+        left.iter().map(|l| l.id).collect::<Vec<_>>(),
+        vec![letters[1]]
+    );
+    // e2 has no job left; e1 still has its letter for b.
+    assert_eq!(store.purge_delivered(i64::MAX).await.unwrap(), 1);
+    assert_eq!(store.purge_dead(None, &everything).await.unwrap(), 1);
+    assert_eq!(store.purge_delivered(i64::MAX).await.unwrap(), 1);
+    assert!(store.dead_letters(&everything).await.unwrap().is_empty());
+}
+
+/// Dead letters are listed newest death first, filtered by account, target and time of death
+/// (since inclusive, until exclusive), at most `limit`.
+async fn dead_letters_are_filtered_and_newest_first(store: Arc<dyn Store>) {
+    let mut died = Vec::new();
+    for (n, (target, at_ms)) in [("a", 2_000), ("b", 3_000), ("a", 4_000)]
+        .into_iter()
+        .enumerate()
+    {
+        store
+            .accept(callback(&*store, &format!("f{n}"), &[(target, false)]))
+            .await
+            .unwrap();
+        let job = lease_one(&*store, target).await;
+        let mut dead = report(&job, 1, Disposition::Dead);
+        dead.at_ms = at_ms;
+        record(&*store, dead).await;
+        died.push(job.id);
+    }
+    let list = |filter: DeadLetterFilter| {
+        let store = store.clone();
+        async move {
+            let letters = store.dead_letters(&filter).await.unwrap();
+            letters.iter().map(|l| l.id).collect::<Vec<_>>()
+        }
+    };
+    let all = DeadLetterFilter::default();
+    assert_eq!(list(all.clone()).await, vec![died[2], died[1], died[0]]);
+    let since = DeadLetterFilter {
+        since_ms: Some(3_000),
+        ..all.clone()
+    };
+    assert_eq!(list(since).await, vec![died[2], died[1]]);
+    let until = DeadLetterFilter {
+        until_ms: Some(3_000),
+        ..all.clone()
+    };
+    assert_eq!(list(until).await, vec![died[0]]);
+    let target = DeadLetterFilter {
+        target: Some("a".into()),
+        ..all.clone()
+    };
+    assert_eq!(list(target).await, vec![died[2], died[0]]);
+    let limit = DeadLetterFilter {
+        limit: Some(1),
+        ..all.clone()
+    };
+    assert_eq!(list(limit).await, vec![died[2]]);
+    let other = DeadLetterFilter {
+        account: Some("other".into()),
+        ..all.clone()
+    };
+    assert!(list(other).await.is_empty());
+    let letter = &store.dead_letters(&all).await.unwrap()[0];
+    assert_eq!(
+        (
+            letter.account.as_str(),
+            letter.msg_type.as_deref(),
+            letter.received_at_ms
+        ),
+        ("main", Some("text"), 1_000)
+    );
+    assert_eq!((letter.attempts, letter.last_status), (1, Some(500)));
+}
+
+/// An outcome is applied only under the lease its attempt ran under: a stale token (a lease that
+/// expired and was taken again) writes nothing, and the job stays with its current holder.
+async fn record_with_a_stale_token_is_not_applied(store: Arc<dyn Store>) {
+    store
+        .accept(callback(&*store, "s1", &[("a", false)]))
+        .await
+        .unwrap();
+    let job = lease_one(&*store, "a").await;
+    let stale = Job {
+        lease: job.lease.wrapping_add(1).max(1),
+        ..job.clone()
+    };
+    for disposition in [
+        Disposition::Delivered,
+        Disposition::Dead,
+        Disposition::RetryIn(Duration::ZERO),
+    ] {
+        assert_eq!(
+            store.record(report(&stale, 1, disposition)).await.unwrap(),
+            Recorded::LeaseLost
+        );
+    }
+    // Still in flight under the real lease: not due, not dead.
+    assert!(store.lease_due(&key("a"), 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .dead_letters(&DeadLetterFilter::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    record(&*store, report(&job, 1, Disposition::Delivered)).await;
+    // Done: a second outcome under the same lease finds nothing to apply.
+    assert_eq!(
+        store
+            .record(report(&job, 1, Disposition::Delivered))
+            .await
+            .unwrap(),
+        Recorded::LeaseLost
+    );
+}
+
+/// The same accept sent twice (a resend after a reconnect, with the same client-made ids) writes
+/// once and answers `New` with the same ids both times; another copy is a duplicate.
+async fn accept_sent_twice_writes_once(store: Arc<dyn Store>) {
+    let new = callback(&*store, "t1", &[("a", false), ("b", true)]);
+    let first = store.accept(new.clone()).await.unwrap();
+    let expected = Accepted::New {
+        callback: new.id,
+        jobs: new.jobs.iter().map(|j| j.id).collect(),
+    };
+    assert_eq!(first, expected);
+    assert_eq!(store.accept(new.clone()).await.unwrap(), expected);
+    assert_eq!(store.lease_due(&key("a"), 10).await.unwrap().len(), 1);
+    assert!(store.lease_due(&key("b"), 10).await.unwrap().is_empty());
+    assert!(matches!(
+        store.accept(callback(&*store, "t1", &[("a", false)])).await.unwrap(),
+        Accepted::Duplicate { callback, .. } if callback == new.id
+    ));
+}
+
+/// While the first copy's primary relay may still answer, a resend hears how long it may take,
+/// and can read the answer once it is saved.
+async fn duplicate_sees_the_pending_answer(store: Arc<dyn Store>) {
+    let mut new = callback(&*store, "w1", &[("primary", true)]);
+    new.answer_pending_ms = Some(5_000);
+    let id = new.id;
+    store.accept(new).await.unwrap();
+    let Accepted::Duplicate {
+        callback: first,
+        answer: None,
+        answer_pending: Some(left),
+    } = store
+        .accept(callback(&*store, "w1", &[("primary", true)]))
+        .await
+        .unwrap()
+    else {
+        panic!("a resend while the relay runs sees the answer pending");
+    };
+    assert_eq!(first, id);
+    assert!(
+        left > Duration::from_secs(3) && left <= Duration::from_secs(5),
+        "{left:?}"
+    );
+    assert_eq!(store.answer("main", id).await.unwrap(), None);
+    let answer = Answer {
+        content_type: Some("text/xml".into()),
+        body: Bytes::from_static(b"<xml>relayed</xml>"),
+    };
+    store.save_answer("main", id, answer.clone()).await.unwrap();
+    assert_eq!(
+        store.answer("main", id).await.unwrap(),
+        Some(answer.clone())
+    );
+    assert_eq!(
+        store
+            .accept(callback(&*store, "w1", &[("primary", true)]))
+            .await
+            .unwrap(),
+        Accepted::Duplicate {
+            callback: id,
+            answer: Some(answer),
+            answer_pending: None,
+        }
+    );
 }
 
 /// The suite for one backend: `mod $backend` with one test per contract function, each on a
@@ -392,6 +632,11 @@ macro_rules! contract {
             #[tokio::test] release_returns_jobs_in_flight_to_the_queue,
             #[tokio::test] bury_unrouted_turns_orphaned_jobs_into_dead_letters,
             #[tokio::test] replay_dead_replays_letters_of_routed_targets_only,
+            #[tokio::test] purge_dead_deletes_letters_by_id_and_by_filter,
+            #[tokio::test] dead_letters_are_filtered_and_newest_first,
+            #[tokio::test] record_with_a_stale_token_is_not_applied,
+            #[tokio::test] accept_sent_twice_writes_once,
+            #[tokio::test] duplicate_sees_the_pending_answer,
         );
     };
     (@suite $backend:ident, $open:expr, $(#[$runtime:meta] $test:ident,)*) => {
@@ -416,6 +661,156 @@ fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
 
 contract!(sqlite, sqlite());
 
+static STANDALONE: OnceLock<RedisServer> = OnceLock::new();
+static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
+
+/// A key prefix no other test of this run uses.
+fn prefix() -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "contract-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn open_redis(urls: Vec<String>, cluster: bool, prefix: &str, lease_ms: u64) -> RedisStore {
+    RedisStore::open(&RedisOptions {
+        urls,
+        cluster,
+        key_prefix: prefix.to_owned(),
+        lease_ms,
+        password: None,
+    })
+    .await
+    .expect("the store opens on the test's redis")
+}
+
+fn standalone_urls() -> Vec<String> {
+    vec![STANDALONE.get_or_init(|| RedisServer::start(&[])).url()]
+}
+
+fn cluster_urls() -> Vec<String> {
+    CLUSTER.get_or_init(|| RedisCluster::start(3)).urls()
+}
+
+async fn redis_standalone() -> (Arc<dyn Store>, ()) {
+    let store = open_redis(standalone_urls(), false, &prefix(), 30_000).await;
+    (Arc::new(store), ())
+}
+
+async fn redis_cluster() -> (Arc<dyn Store>, ()) {
+    let store = open_redis(cluster_urls(), true, &prefix(), 30_000).await;
+    (Arc::new(store), ())
+}
+
+contract!(redis_standalone, redis_standalone().await);
+contract!(redis_cluster, redis_cluster().await);
+
+/// How long a lease lasts in the tests of several instances.
+const SHORT_LEASE: Duration = Duration::from_millis(400);
+
+/// Two instances (two stores, one server and prefix) with [`SHORT_LEASE`].
+async fn two_instances(urls: Vec<String>, cluster: bool) -> (Arc<dyn Store>, Arc<dyn Store>) {
+    let prefix = prefix();
+    let lease_ms = SHORT_LEASE.as_millis() as u64;
+    let a = open_redis(urls.clone(), cluster, &prefix, lease_ms).await;
+    let b = open_redis(urls, cluster, &prefix, lease_ms).await;
+    (Arc::new(a), Arc::new(b))
+}
+
+/// An instance that took a job (here: handed over in memory at accept) and died: once its lease
+/// expires, another instance leases the same job (same delivery id, same bytes), and the dead
+/// one's late outcome is not applied.
+async fn lease_expiry_hands_the_job_to_another_instance(a: Arc<dyn Store>, b: Arc<dyn Store>) {
+    let new = callback(&*a, "x1", &[("a", true)]);
+    let (job_id, token) = (new.jobs[0].id, new.jobs[0].lease.unwrap());
+    a.accept(new).await.unwrap();
+    assert!(b.lease_due(&key("a"), 10).await.unwrap().is_empty());
+    assert_eq!(b.next_due(&key("a")).await.unwrap(), None);
+    tokio::time::sleep(SHORT_LEASE + Duration::from_millis(100)).await;
+    let taken = lease_one(&*b, "a").await;
+    assert_eq!((taken.id, taken.attempts), (job_id, 0));
+    assert_eq!(&taken.request.body[..], b"<xml><MsgId>x1</MsgId></xml>");
+    assert_ne!(taken.lease, token);
+    assert_eq!(
+        a.record(report_for("a", job_id, token, 1, Disposition::Delivered))
+            .await
+            .unwrap(),
+        Recorded::LeaseLost
+    );
+    record(&*b, report(&taken, 1, Disposition::Delivered)).await;
+    assert!(a.lease_due(&key("a"), 10).await.unwrap().is_empty());
+}
+
+/// An attempt longer than the lease renews it, so no other instance takes the job meanwhile; a
+/// lease that was lost is reported by renew.
+async fn renew_keeps_a_lease(a: Arc<dyn Store>, b: Arc<dyn Store>) {
+    a.accept(callback(&*a, "y1", &[("a", false)]))
+        .await
+        .unwrap();
+    let job = lease_one(&*a, "a").await;
+    for _ in 0..4 {
+        tokio::time::sleep(SHORT_LEASE / 2).await;
+        assert!(a.renew(&[job.leased()]).await.unwrap().is_empty());
+        assert!(b.lease_due(&key("a"), 10).await.unwrap().is_empty());
+    }
+    // Twice the lease has passed since it was taken: only renewals kept it.
+    tokio::time::sleep(SHORT_LEASE + Duration::from_millis(100)).await;
+    let taken = lease_one(&*b, "a").await;
+    assert_eq!(taken.id, job.id);
+    assert_eq!(a.renew(&[job.leased()]).await.unwrap(), vec![job.id]);
+    record(&*b, report(&taken, 1, Disposition::Delivered)).await;
+}
+
+/// Dead letters, queue depths and purges cover the whole deployment, not one instance's work:
+/// what one instance buried, another lists, shows, counts and replays.
+async fn every_instance_sees_the_whole_deployment(a: Arc<dyn Store>, b: Arc<dyn Store>) {
+    let mut other = callback(&*a, "z1", &[("a", false)]);
+    other.account = Arc::from("second");
+    a.accept(other).await.unwrap();
+    a.accept(callback(&*a, "z2", &[("a", false)]))
+        .await
+        .unwrap();
+    let job = lease_one(&*a, "a").await;
+    record(&*a, report(&job, 1, Disposition::Dead)).await;
+
+    let depths = b.queue_depths().await.unwrap();
+    assert_eq!(depths.len(), 2, "{depths:?}");
+    let letters = b.dead_letters(&DeadLetterFilter::default()).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].id, job.id);
+    assert!(b.dead_letter(job.id).await.unwrap().is_some());
+    let replayed = b
+        .replay_dead(Some(job.id), &DeadLetterFilter::default(), vec![key("a")])
+        .await
+        .unwrap();
+    assert_eq!(replayed.targets, vec![key("a")]);
+    assert_eq!(lease_one(&*a, "a").await.id, job.id);
+}
+
+/// Tests of several instances for one Redis deployment: `mod $backend` with one test each.
+macro_rules! instances {
+    ($backend:ident, $urls:expr, $cluster:expr) => {
+        mod $backend {
+            use super::*;
+            instances!(@test $urls, $cluster, lease_expiry_hands_the_job_to_another_instance);
+            instances!(@test $urls, $cluster, renew_keeps_a_lease);
+            instances!(@test $urls, $cluster, every_instance_sees_the_whole_deployment);
+        }
+    };
+    (@test $urls:expr, $cluster:expr, $test:ident) => {
+        #[tokio::test]
+        async fn $test() {
+            let (a, b) = two_instances($urls, $cluster).await;
+            super::$test(a, b).await;
+        }
+    };
+}
+
+instances!(redis_standalone_instances, standalone_urls(), false);
+instances!(redis_cluster_instances, cluster_urls(), true);
+
 /// SQLite only: the file has one owner, and jobs in flight at a crash are due again on reopen.
 #[tokio::test]
 async fn sqlite_reopen_resumes_jobs_in_flight_and_refuses_a_second_owner() {
@@ -430,13 +825,10 @@ async fn sqlite_reopen_resumes_jobs_in_flight_and_refuses_a_second_owner() {
             "{err}"
         );
         store
-            .accept(callback("r1", &[("a", true), ("b", false)]))
+            .accept(callback(&store, "r1", &[("a", true), ("b", false)]))
             .await
             .unwrap();
-        assert_eq!(
-            store.lease_due(&key("b"), 10_000, 10).await.unwrap().len(),
-            1
-        );
+        assert_eq!(store.lease_due(&key("b"), 10).await.unwrap().len(), 1);
         store.flush().await.unwrap();
     }
     // The writer thread holds the connection until its channel closes; give it a moment.
@@ -446,20 +838,83 @@ async fn sqlite_reopen_resumes_jobs_in_flight_and_refuses_a_second_owner() {
             Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
         }
     };
-    assert_eq!(
-        reopened
-            .lease_due(&key("a"), 10_000, 10)
+    assert_eq!(reopened.lease_due(&key("a"), 10).await.unwrap().len(), 1);
+    assert_eq!(reopened.lease_due(&key("b"), 10).await.unwrap().len(), 1);
+}
+
+/// SQLite only: a file made before leases had tokens (no `jobs.lease`, no
+/// `callbacks.answer_due`) opens, gains the columns, and its pending job is delivered.
+#[tokio::test]
+async fn sqlite_file_from_before_lease_tokens_opens_and_its_jobs_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    {
+        let old = rusqlite::Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE callbacks (id INTEGER PRIMARY KEY AUTOINCREMENT, account TEXT NOT NULL,
+                dedupe_key TEXT NOT NULL, received_at INTEGER NOT NULL, msg_type TEXT, event TEXT,
+                query TEXT NOT NULL, content_type TEXT, body BLOB NOT NULL, answer_type TEXT,
+                answer BLOB, UNIQUE (account, dedupe_key));
+             CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, callback_id INTEGER NOT NULL,
+                account TEXT NOT NULL, target TEXT NOT NULL, state INTEGER NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0, retry_base INTEGER NOT NULL DEFAULT 0,
+                next_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, last_status INTEGER,
+                last_error TEXT);
+             INSERT INTO callbacks (account, dedupe_key, received_at, query, body)
+                VALUES ('main', 'old', 1000, 'a=1', x'3c786d6c2f3e');
+             INSERT INTO jobs (callback_id, account, target, state, next_at, updated_at)
+                VALUES (1, 'main', 'a', 1, 1000, 1000);",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path, Synchronous::Full).unwrap();
+    let job = lease_one(&store, "a").await;
+    assert_eq!((job.id, &job.request.body[..]), (1, &b"<xml/>"[..]));
+    record(&store, report(&job, 1, Disposition::Delivered)).await;
+    let Accepted::New { jobs, .. } = store
+        .accept(callback(&store, "new", &[("a", false)]))
+        .await
+        .unwrap()
+    else {
+        panic!("new is new");
+    };
+    assert!(jobs[0] > 1);
+}
+
+/// Redis only: SIGKILLed and started again (AOF `always`), Redis keeps every accepted callback;
+/// while it is down the store fails (it never claims a write), and the same store value works
+/// again once Redis is back, without being reopened.
+#[tokio::test]
+async fn redis_killed_and_restarted_keeps_what_was_accepted_and_the_store_recovers() {
+    let mut server = RedisServer::start(&[]);
+    let store = open_redis(vec![server.url()], false, &prefix(), 30_000).await;
+    let kept = callback(&store, "before", &[("a", false)]);
+    store.accept(kept.clone()).await.unwrap();
+
+    server.signal("KILL");
+    let down = store
+        .accept(callback(&store, "during", &[("a", false)]))
+        .await;
+    assert!(down.is_err(), "{down:?}");
+    assert!(store.check_writable().await.is_err());
+
+    server.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.check_writable().await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let job = lease_one(&store, "a").await;
+    assert_eq!(job.id, kept.jobs[0].id);
+    assert_eq!(&job.request.body[..], b"<xml><MsgId>before</MsgId></xml>");
+    assert!(matches!(
+        store
+            .accept(callback(&store, "during", &[("a", false)]))
             .await
-            .unwrap()
-            .len(),
-        1
-    );
-    assert_eq!(
-        reopened
-            .lease_due(&key("b"), 10_000, 10)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+            .unwrap(),
+        Accepted::New { .. }
+    ));
 }

@@ -21,7 +21,7 @@ use tracing::{Instrument, error, info_span, warn};
 
 use crate::downstream::{Downstream, now_ms};
 use crate::shutdown::InFlight;
-use crate::store::{Disposition, Job, JobId, Store};
+use crate::store::{Disposition, Job, Leased, Store};
 use crate::targets::Target;
 
 /// Most jobs leased at once, however large the target's concurrency.
@@ -113,7 +113,7 @@ impl Delivery {
                             self.spawn_attempt(&target, job, permit);
                         }
                         () = stop.cancelled() => {
-                            unstarted.push(job.id);
+                            unstarted.push(job.leased());
                             break;
                         }
                     }
@@ -138,7 +138,7 @@ impl Delivery {
             () = stop.cancelled() => return Lease::Stopped,
         };
         let want = (1 + target.permits.available_permits()).min(LEASE_BATCH);
-        let jobs = match self.store.lease_due(&target.key, now_ms(), want).await {
+        let jobs = match self.store.lease_due(&target.key, want).await {
             Ok(jobs) => jobs,
             Err(e) => {
                 error!(error = %e, "leasing due jobs failed");
@@ -162,8 +162,7 @@ impl Delivery {
             return Lease::Full;
         }
         Lease::Done(match self.store.next_due(&target.key).await {
-            Ok(Some(at)) => Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0))
-                .min(self.poll_interval),
+            Ok(Some(due_in)) => due_in.min(self.poll_interval),
             _ => self.poll_interval,
         })
     }
@@ -179,11 +178,11 @@ impl Delivery {
     /// On stop: jobs still in the handoff go back to the store as due, so the next worker (after
     /// a reload) or the next start sends them. Closing first makes ingress store new jobs as
     /// pending instead; jobs it is handing over right now are waited for, briefly.
-    async fn release(&self, inbox: &mut mpsc::Receiver<Job>, mut jobs: Vec<JobId>) {
+    async fn release(&self, inbox: &mut mpsc::Receiver<Job>, mut jobs: Vec<Leased>) {
         inbox.close();
         let drained = tokio::time::timeout(RELEASE_WAIT, async {
             while let Some(job) = inbox.recv().await {
-                jobs.push(job.id);
+                jobs.push(job.leased());
             }
         })
         .await;
@@ -195,7 +194,7 @@ impl Delivery {
         if jobs.is_empty() {
             return;
         }
-        if let Err(e) = self.store.release(jobs, now_ms()).await {
+        if let Err(e) = self.store.release(jobs).await {
             warn!(error = %e, "could not return handed-over jobs to the queue; they resume on the next start");
         }
     }
@@ -207,7 +206,7 @@ impl Delivery {
             .downstream
             .finish(&*self.store, &target, &job, &attempt)
             .await;
-        if matches!(disposition, Disposition::RetryAt(_)) {
+        if matches!(disposition, Disposition::RetryIn(_)) {
             // The worker may be asleep for a whole poll interval; let it see the new due time.
             target.wake.notify_one();
         }

@@ -38,7 +38,7 @@ use crate::error::Rejection;
 use crate::metrics::{CallbackOutcome, Metrics};
 use crate::shutdown::InFlight;
 use crate::sources::Sources;
-use crate::store::{Accepted, Answer, Job, NewCallback, NewJob, Replay, Store};
+use crate::store::{Accepted, Answer, Job, NewCallback, NewJob, Replay, Store, new_lease_token};
 use crate::targets::{Account, Routes, Target};
 use crate::telemetry::event_at;
 use crate::wechat::{CallbackQuery, Envelope, dedupe_key, open_callback, verify_url};
@@ -307,28 +307,43 @@ impl Ingress {
                 }
             })
             .collect();
-        let jobs = matched
+        let jobs: Vec<NewJob> = matched
             .iter()
             .zip(&starts)
             .map(|(t, start)| NewJob {
+                id: self.store.next_id(),
                 target: t.key.target.clone(),
-                leased: !matches!(start, Start::Stored),
+                lease: (!matches!(start, Start::Stored)).then(new_lease_token),
             })
             .collect();
+        let relaying = starts.iter().any(|s| matches!(s, Start::Relay(_)));
+        let answer_pending_ms = relaying.then(|| {
+            u64::try_from(
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .as_millis(),
+            )
+            .unwrap_or(u64::MAX)
+        });
+        let callback_id = self.store.next_id();
         let accepted = self
             .store
             .accept(NewCallback {
+                id: callback_id,
                 account: account.id.clone(),
                 dedupe_key: key.clone(),
                 received_at_ms: now_ms(),
                 msg_type: envelope.msg_type.clone(),
                 event: envelope.event.clone(),
                 request: replay.clone(),
-                jobs,
+                jobs: jobs.clone(),
+                answer_pending_ms,
             })
             .await?;
         let (callback, job_ids) = match accepted {
-            Accepted::Duplicate { answer, callback } => {
+            Accepted::Duplicate {
+                answer, callback, ..
+            } => {
                 tracing::Span::current().record("callback", callback);
                 let answer = answer.unwrap_or_else(success);
                 leader.publish(callback, answer.clone());
@@ -343,20 +358,23 @@ impl Ingress {
         };
         // Every later line of this callback, and each delivery line, carries this id.
         tracing::Span::current().record("callback", callback);
-        let new_job = |target: &Target, id| Job {
+        let new_job = |target: &Target, id, lease: Option<u64>| Job {
             id,
             callback,
             key: target.key.clone(),
+            lease: lease.unwrap_or(0),
             attempts: 0,
             retry_base: 0,
             request: replay.clone(),
         };
         let mut relay = None;
-        for ((target, id), start) in matched.iter().zip(job_ids).zip(starts) {
+        for (((target, id), start), stored) in matched.iter().zip(job_ids).zip(starts).zip(&jobs) {
             match start {
-                Start::Relay(permit) => relay = Some((*target, permit, new_job(target, id))),
+                Start::Relay(permit) => {
+                    relay = Some((*target, permit, new_job(target, id, stored.lease)))
+                }
                 Start::Handoff(handoff) => {
-                    handoff.send(new_job(target, id));
+                    handoff.send(new_job(target, id, stored.lease));
                 }
                 Start::Stored => target.wake.notify_one(),
             }
@@ -390,8 +408,9 @@ impl Ingress {
                 // Keep leading until the answer is saved, so no resend can miss it.
                 let store = self.store.clone();
                 let saved = answer.clone();
+                let account_id = account.id.clone();
                 self.in_flight.spawn(async move {
-                    if let Err(e) = store.save_answer(callback, saved).await {
+                    if let Err(e) = store.save_answer(&account_id, callback, saved).await {
                         warn!(error = %e, "could not save the relayed answer; a late resend will get success");
                     }
                     drop(leader);

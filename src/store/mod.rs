@@ -4,24 +4,78 @@
 //! * [`Store::accept`] records a callback and its jobs in one atomic insert-if-absent on
 //!   (account, dedupe key): WeChat's resends can arrive concurrently, so check-then-write would
 //!   race. Only after it returns may WeChat get its 200.
-//! * A job is *pending* (due at `next_at`), *in flight* (leased by this process), or *dead*.
-//!   Delivered jobs are removed. Retries are pending jobs with a later `next_at`: no task sleeps.
+//! * A job is *pending* (due at some time), *in flight* (leased), or *dead*. Delivered jobs are
+//!   removed. Retries are pending jobs due later: no task sleeps.
 //! * The store never interprets bodies: it keeps and returns the original bytes.
+//!
+//! Several processes may share one store (Redis), so the trait is built for that:
+//!
+//! * **Ids are made by the caller** ([`Store::next_id`], before the write): a write sent twice (a
+//!   resend after a reconnect) recognises its own earlier copy, and [`Store::accept`] answers
+//!   `New` with the same ids again rather than `Duplicate`. Job ids are the delivery ids targets
+//!   dedupe on: never reused.
+//! * **Leases carry a token** ([`LeaseToken`]): an attempt's outcome is applied only if the job is
+//!   still leased with the token the attempt started under, so a process whose lease expired
+//!   (and whose job another process now delivers) cannot overwrite that other's result
+//!   ([`Recorded::LeaseLost`]). [`Store::renew`] extends leases of long attempts.
+//! * **Due times are the store's clock**: callers say "in 2 s" ([`Disposition::RetryIn`]) and
+//!   hear "due in 300 ms" ([`Store::next_due`]), never an absolute time of their own clock, since
+//!   the clocks of several machines differ. `now_ms` parameters that remain are local facts kept
+//!   for people (when an attempt ran, when a letter died).
+//! * **A resend on another process** sees whether the first copy's answer (the primary's relayed
+//!   reply) may still come ([`Accepted::Duplicate::answer_pending`]) and can poll
+//!   [`Store::answer`] for it.
 //!
 //! One small trait, one file per backend; the same contract suite (`tests/`) runs against each.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::config::{Backend, StoreConfig};
+
+mod ids;
+mod redis;
 mod sqlite;
 
+pub use self::redis::{RedisOptions, RedisStore};
+pub use ids::IdGenerator;
 pub use sqlite::{Readiness, SqliteStore};
+
+/// Opens the store `config` names: the one place that knows every backend. Its errors do not
+/// say which store: [`StoreConfig::location`] does. `readiness` is what
+/// the embedded store's readiness probe checks besides a commit.
+pub async fn open(
+    config: &StoreConfig,
+    readiness: Readiness,
+) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match config.backend {
+        Backend::Sqlite => {
+            Arc::new(SqliteStore::open(&config.path, config.synchronous)?.with_readiness(readiness))
+        }
+        Backend::Redis => {
+            let redis = &config.redis;
+            let options = RedisOptions {
+                urls: redis.urls.clone(),
+                cluster: redis.cluster,
+                key_prefix: redis.key_prefix.clone(),
+                lease_ms: redis.lease_ms.0,
+                password: redis
+                    .password()
+                    .map_err(|e| StoreError::Other(e.to_string()))?,
+            };
+            Arc::new(RedisStore::open(&options).await?)
+        }
+    })
+}
 
 pub type CallbackId = i64;
 pub type JobId = i64;
+/// Names one lease of one job; made by whoever takes the lease (random), never 0.
+pub type LeaseToken = u64;
 
 /// Which target of which account a job is for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -33,6 +87,8 @@ pub struct TargetKey {
 /// A verified callback, ready to be stored.
 #[derive(Debug, Clone)]
 pub struct NewCallback {
+    /// Made by [`Store::next_id`]: the same value on a resend of this very write.
+    pub id: CallbackId,
     pub account: Arc<str>,
     pub dedupe_key: String,
     pub received_at_ms: i64,
@@ -42,15 +98,20 @@ pub struct NewCallback {
     pub request: Arc<Replay>,
     /// The targets whose filters matched, in order.
     pub jobs: Vec<NewJob>,
+    /// The primary's answer is being awaited for at most this long (the relay started): a resend
+    /// arriving meanwhile, on any process, is told so and may wait for [`Store::answer`].
+    pub answer_pending_ms: Option<u64>,
 }
 
 /// One target to deliver a new callback to.
 #[derive(Debug, Clone)]
 pub struct NewJob {
+    /// Made by [`Store::next_id`]; the delivery id.
+    pub id: JobId,
     pub target: Arc<str>,
-    /// The caller attempts this job at once itself (primary relay, in-memory hand-off): it is
-    /// stored in flight rather than due, so no worker leases it twice.
-    pub leased: bool,
+    /// `Some`: the caller attempts this job at once itself (primary relay, in-memory hand-off)
+    /// under this lease: it is stored in flight rather than due, so no worker leases it twice.
+    pub lease: Option<LeaseToken>,
 }
 
 /// Exactly what WeChat sent and every target gets again.
@@ -80,6 +141,9 @@ pub enum Accepted {
     Duplicate {
         callback: CallbackId,
         answer: Option<Answer>,
+        /// No answer yet, but the first copy's relay may still save one within this long
+        /// (by the store's clock); `None` when no answer is to be expected.
+        answer_pending: Option<Duration>,
     },
 }
 
@@ -89,6 +153,8 @@ pub struct Job {
     pub id: JobId,
     pub callback: CallbackId,
     pub key: TargetKey,
+    /// The lease this attempt runs under; its outcome is recorded only while it holds.
+    pub lease: LeaseToken,
     /// Attempts made before this one, over the job's whole life.
     pub attempts: u32,
     /// `attempts` when the job was last replayed from the dead letters: a replay gets a fresh
@@ -102,6 +168,28 @@ impl Job {
     pub fn attempt_in_round(&self) -> u32 {
         (self.attempts + 1).saturating_sub(self.retry_base)
     }
+
+    /// Which lease this job is held under.
+    pub fn leased(&self) -> Leased {
+        Leased {
+            key: self.key.clone(),
+            job: self.id,
+            token: self.lease,
+        }
+    }
+}
+
+/// A job held under a lease, as [`Store::release`] and [`Store::renew`] name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leased {
+    pub key: TargetKey,
+    pub job: JobId,
+    pub token: LeaseToken,
+}
+
+/// A fresh lease token: random, never 0 (0 means "not leased" in the stores).
+pub fn new_lease_token() -> LeaseToken {
+    rand::random::<u64>().max(1)
 }
 
 /// How many jobs one target has, by state.
@@ -174,8 +262,8 @@ pub struct Replayed {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {
     Delivered,
-    /// Pending again, due at this time (Unix ms).
-    RetryAt(i64),
+    /// Pending again, due this long from now by the store's clock.
+    RetryIn(Duration),
     /// No more attempts: a dead letter.
     Dead,
 }
@@ -183,7 +271,10 @@ pub enum Disposition {
 /// The end of one attempt, as the store records it.
 #[derive(Debug, Clone)]
 pub struct AttemptReport {
+    pub key: TargetKey,
     pub job: JobId,
+    /// The lease the attempt ran under: the outcome applies only if it still holds.
+    pub lease: LeaseToken,
     /// This attempt's number, from 1.
     pub attempt: u32,
     pub at_ms: i64,
@@ -194,6 +285,16 @@ pub struct AttemptReport {
     pub disposition: Disposition,
 }
 
+/// Whether [`Store::record`] applied an outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Recorded {
+    Applied,
+    /// The job is no longer leased with that token (the lease expired and another process took
+    /// the job, or it was released): nothing was written.
+    LeaseLost,
+}
+
 /// The message names the cause itself, so the cause is not also its `source()`: a chain
 /// printer (`{:#}` of anyhow) would print it twice.
 #[derive(Debug, thiserror::Error)]
@@ -202,6 +303,8 @@ pub enum StoreError {
     Sqlite(rusqlite::Error),
     #[error("store: {0}")]
     Io(std::io::Error),
+    #[error("store: {0}")]
+    Redis(::redis::RedisError),
     #[error("store is closed")]
     Closed,
     #[error("store: {0}")]
@@ -220,32 +323,55 @@ impl From<std::io::Error> for StoreError {
     }
 }
 
+impl From<::redis::RedisError> for StoreError {
+    fn from(e: ::redis::RedisError) -> StoreError {
+        StoreError::Redis(e)
+    }
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Records the callback and its jobs unless its (account, dedupe key) is known already.
+    /// A fresh id for a callback or a job: unique in the whole store, never reused.
+    fn next_id(&self) -> i64;
+
+    /// Records the callback and its jobs unless its (account, dedupe key) is known already. The
+    /// same write sent again (same callback id) answers `New` again and writes nothing more.
     async fn accept(&self, callback: NewCallback) -> Result<Accepted, StoreError>;
 
     /// Keeps the answer WeChat got for this callback.
-    async fn save_answer(&self, callback: CallbackId, answer: Answer) -> Result<(), StoreError>;
-
-    /// Takes up to `limit` jobs of `key` that are due at `now_ms`, earliest first, and marks them
-    /// in flight until their attempt is recorded.
-    async fn lease_due(
+    async fn save_answer(
         &self,
-        key: &TargetKey,
-        now_ms: i64,
-        limit: usize,
-    ) -> Result<Vec<Job>, StoreError>;
+        account: &str,
+        callback: CallbackId,
+        answer: Answer,
+    ) -> Result<(), StoreError>;
 
-    /// When the earliest pending job of `key` comes due (Unix ms), if there is one.
-    async fn next_due(&self, key: &TargetKey) -> Result<Option<i64>, StoreError>;
+    /// The answer saved for this callback, if any (a resend waiting for the primary polls it).
+    async fn answer(
+        &self,
+        account: &str,
+        callback: CallbackId,
+    ) -> Result<Option<Answer>, StoreError>;
 
-    /// Records the end of an attempt: removes, reschedules or buries the job.
-    async fn record(&self, report: AttemptReport) -> Result<(), StoreError>;
+    /// Takes up to `limit` jobs of `key` that are due now (by the store's clock), earliest first,
+    /// with those whose lease expired, and leases them under a new token until their attempt is
+    /// recorded.
+    async fn lease_due(&self, key: &TargetKey, limit: usize) -> Result<Vec<Job>, StoreError>;
+
+    /// How long until the earliest pending job of `key` comes due (zero if due), if there is one.
+    async fn next_due(&self, key: &TargetKey) -> Result<Option<Duration>, StoreError>;
+
+    /// Records the end of an attempt: removes, reschedules or buries the job, if the attempt's
+    /// lease still holds.
+    async fn record(&self, report: AttemptReport) -> Result<Recorded, StoreError>;
 
     /// Returns jobs in flight that will not be attempted after all (a worker stopping with jobs
-    /// handed to it) to the due queue, due at `now_ms`.
-    async fn release(&self, jobs: Vec<JobId>, now_ms: i64) -> Result<(), StoreError>;
+    /// handed to it) to the due queue, due now; jobs no longer held under that lease are left.
+    async fn release(&self, jobs: Vec<Leased>) -> Result<(), StoreError>;
+
+    /// Extends the leases of attempts still running, so they do not expire mid-attempt. Returns
+    /// the jobs whose lease was lost meanwhile.
+    async fn renew(&self, jobs: &[Leased]) -> Result<Vec<JobId>, StoreError>;
 
     /// Turns the pending jobs of every target not in `routed` into dead letters with `reason` as
     /// their last error: a target removed from the configuration has no worker, and its jobs
@@ -278,15 +404,14 @@ pub trait Store: Send + Sync + 'static {
     /// One dead letter with its request and attempts; `None` if `id` is not a dead letter.
     async fn dead_letter(&self, id: JobId) -> Result<Option<DeadLetterDetail>, StoreError>;
 
-    /// Makes dead letters due again at `now_ms` with a fresh allowance of attempts: the one with
-    /// `id`, or all matching `filter`, of the targets in `routed`. Letters of other targets stay
-    /// as they are: no worker would send them (see [`Store::bury_unrouted`]).
+    /// Makes dead letters due now with a fresh allowance of attempts: the one with `id`, or all
+    /// matching `filter`, of the targets in `routed`. Letters of other targets stay as they are:
+    /// no worker would send them (see [`Store::bury_unrouted`]).
     async fn replay_dead(
         &self,
         id: Option<JobId>,
         filter: &DeadLetterFilter,
         routed: Vec<TargetKey>,
-        now_ms: i64,
     ) -> Result<Replayed, StoreError>;
 
     /// Deletes dead letters: the one with `id`, or all matching `filter`. Returns how many.

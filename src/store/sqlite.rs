@@ -20,6 +20,7 @@
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -30,10 +31,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Accepted, Answer, AttemptRecord, AttemptReport, CallbackId, DeadLetter, DeadLetterDetail,
-    DeadLetterFilter, Disposition, Job, JobId, NewCallback, QueueDepth, Replay, Replayed, Store,
-    StoreError, TargetKey,
+    DeadLetterFilter, Disposition, IdGenerator, Job, JobId, LeaseToken, Leased, NewCallback,
+    QueueDepth, Recorded, Replay, Replayed, Store, StoreError, TargetKey, new_lease_token,
 };
 use crate::config::Synchronous;
+use crate::downstream::now_ms;
 
 /// Most commands in one transaction: bounds the latency a large group adds to its first member.
 const MAX_BATCH: usize = 1024;
@@ -84,6 +86,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (account, target, next_at) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS jobs_by_callback ON jobs (callback_id);
 CREATE TABLE IF NOT EXISTS readiness_probe (body BLOB NOT NULL);
+-- Columns added since the first release are added by MIGRATIONS, for files made before them.
 CREATE TABLE IF NOT EXISTS attempts (
     job_id INTEGER NOT NULL,
     attempt INTEGER NOT NULL,
@@ -94,22 +97,29 @@ CREATE TABLE IF NOT EXISTS attempts (
 ) WITHOUT ROWID;
 ";
 
+/// Columns added after the first release: (table, column, definition), added where missing.
+const MIGRATIONS: &[(&str, &str, &str)] = &[
+    // The token of the lease a job in flight is held under (0: none).
+    ("jobs", "lease", "INTEGER NOT NULL DEFAULT 0"),
+    // Until when (Unix ms) the primary's answer may still be saved.
+    ("callbacks", "answer_due", "INTEGER"),
+];
+
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 enum Command {
     Accept(NewCallback, Reply<Accepted>),
     SaveAnswer(CallbackId, Answer, Reply<()>),
-    Lease(TargetKey, i64, usize, Reply<Vec<Job>>),
-    NextDue(TargetKey, Reply<Option<i64>>),
-    Record(AttemptReport, Reply<()>),
-    Release(Vec<JobId>, i64, Reply<()>),
+    Lease(TargetKey, usize, LeaseToken, Reply<Vec<Job>>),
+    NextDue(TargetKey, Reply<Option<Duration>>),
+    Record(AttemptReport, Reply<Recorded>),
+    Release(Vec<Leased>, Reply<()>),
     BuryUnrouted(Vec<TargetKey>, String, i64, Reply<Vec<(TargetKey, u64)>>),
     Purge(i64, Reply<u64>),
     ReplayDead(
         Option<JobId>,
         DeadLetterFilter,
         Vec<TargetKey>,
-        i64,
         Reply<Replayed>,
     ),
     PurgeDead(Option<JobId>, DeadLetterFilter, Reply<u64>),
@@ -124,7 +134,11 @@ enum Done {
     Accept(Reply<Accepted>, Result<Accepted, StoreError>),
     Unit(Reply<()>, Result<(), StoreError>),
     Lease(Reply<Vec<Job>>, Result<Vec<Job>, StoreError>),
-    NextDue(Reply<Option<i64>>, Result<Option<i64>, StoreError>),
+    NextDue(
+        Reply<Option<Duration>>,
+        Result<Option<Duration>, StoreError>,
+    ),
+    Recorded(Reply<Recorded>, Result<Recorded, StoreError>),
     Count(Reply<u64>, Result<u64, StoreError>),
     Replayed(Reply<Replayed>, Result<Replayed, StoreError>),
     Buried(
@@ -144,6 +158,7 @@ impl Done {
             Done::Unit(_, v) => of(v),
             Done::Lease(_, v) => of(v),
             Done::NextDue(_, v) => of(v),
+            Done::Recorded(_, v) => of(v),
             Done::Count(_, v) => of(v),
             Done::Replayed(_, v) => of(v),
             Done::Buried(_, v) => of(v),
@@ -164,6 +179,7 @@ impl Done {
             Done::Unit(r, v) => finish(r, v, commit),
             Done::Lease(r, v) => finish(r, v, commit),
             Done::NextDue(r, v) => finish(r, v, commit),
+            Done::Recorded(r, v) => finish(r, v, commit),
             Done::Count(r, v) => finish(r, v, commit),
             Done::Replayed(r, v) => finish(r, v, commit),
             Done::Buried(r, v) => finish(r, v, commit),
@@ -198,6 +214,8 @@ pub struct SqliteStore {
     /// never hold up the writer: WAL lets readers and the writer run at once.
     reader: Arc<Mutex<Connection>>,
     path: PathBuf,
+    /// One owner per file, so any node number will do.
+    ids: IdGenerator,
     /// Held for the life of the store: the exclusive lock on `<path>.lock`.
     _lock: File,
 }
@@ -230,6 +248,7 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", sync)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         // Single owner (the lock above): whatever was in flight died with the previous process.
         conn.execute(
             "UPDATE jobs SET state = ?1 WHERE state = ?2",
@@ -258,6 +277,7 @@ impl SqliteStore {
             readiness: Readiness::default(),
             reader: Arc::new(Mutex::new(reader)),
             path: path.to_path_buf(),
+            ids: IdGenerator::new(rand::random()),
             _lock: lock,
         })
     }
@@ -299,6 +319,23 @@ impl SqliteStore {
     }
 }
 
+/// Adds the columns of [`MIGRATIONS`] that a file made by an older version lacks.
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    for (table, column, definition) in MIGRATIONS {
+        let present = conn
+            .prepare(&format!(
+                "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
+            ))?
+            .exists(params![column])?;
+        if !present {
+            conn.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+            ))?;
+        }
+    }
+    Ok(())
+}
+
 fn lock_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".lock");
@@ -307,35 +344,66 @@ fn lock_path(path: &Path) -> PathBuf {
 
 #[async_trait]
 impl Store for SqliteStore {
+    fn next_id(&self) -> i64 {
+        self.ids.next()
+    }
+
     async fn accept(&self, callback: NewCallback) -> Result<Accepted, StoreError> {
         self.call(|r| Command::Accept(callback, r)).await
     }
 
-    async fn save_answer(&self, callback: CallbackId, answer: Answer) -> Result<(), StoreError> {
+    async fn save_answer(
+        &self,
+        _account: &str,
+        callback: CallbackId,
+        answer: Answer,
+    ) -> Result<(), StoreError> {
         self.call(|r| Command::SaveAnswer(callback, answer, r))
             .await
     }
 
-    async fn lease_due(
+    async fn answer(
         &self,
-        key: &TargetKey,
-        now_ms: i64,
-        limit: usize,
-    ) -> Result<Vec<Job>, StoreError> {
-        self.call(|r| Command::Lease(key.clone(), now_ms, limit, r))
+        _account: &str,
+        callback: CallbackId,
+    ) -> Result<Option<Answer>, StoreError> {
+        self.read(move |conn| {
+            let found: Option<(Option<String>, Option<Vec<u8>>)> = conn
+                .prepare_cached("SELECT answer_type, answer FROM callbacks WHERE id = ?1")?
+                .query_row(params![callback], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            Ok(found.and_then(|(content_type, body)| {
+                body.map(|body| Answer {
+                    content_type,
+                    body: Bytes::from(body),
+                })
+            }))
+        })
+        .await
+    }
+
+    async fn lease_due(&self, key: &TargetKey, limit: usize) -> Result<Vec<Job>, StoreError> {
+        let token = new_lease_token();
+        self.call(|r| Command::Lease(key.clone(), limit, token, r))
             .await
     }
 
-    async fn next_due(&self, key: &TargetKey) -> Result<Option<i64>, StoreError> {
+    async fn next_due(&self, key: &TargetKey) -> Result<Option<Duration>, StoreError> {
         self.call(|r| Command::NextDue(key.clone(), r)).await
     }
 
-    async fn record(&self, report: AttemptReport) -> Result<(), StoreError> {
+    async fn record(&self, report: AttemptReport) -> Result<Recorded, StoreError> {
         self.call(|r| Command::Record(report, r)).await
     }
 
-    async fn release(&self, jobs: Vec<JobId>, now_ms: i64) -> Result<(), StoreError> {
-        self.call(|r| Command::Release(jobs, now_ms, r)).await
+    async fn release(&self, jobs: Vec<Leased>) -> Result<(), StoreError> {
+        self.call(|r| Command::Release(jobs, r)).await
+    }
+
+    async fn renew(&self, _jobs: &[Leased]) -> Result<Vec<JobId>, StoreError> {
+        // One process owns the file and leases never expire here (jobs in flight are due again
+        // only when the file is opened again): there is nothing to extend.
+        Ok(Vec::new())
     }
 
     async fn bury_unrouted(
@@ -465,10 +533,9 @@ impl Store for SqliteStore {
         id: Option<JobId>,
         filter: &DeadLetterFilter,
         routed: Vec<TargetKey>,
-        now_ms: i64,
     ) -> Result<Replayed, StoreError> {
         let filter = filter.clone();
-        self.call(|r| Command::ReplayDead(id, filter, routed, now_ms, r))
+        self.call(|r| Command::ReplayDead(id, filter, routed, r))
             .await
     }
 
@@ -501,6 +568,11 @@ fn matching<'a>(id: &'a Option<JobId>, filter: &'a DeadLetterFilter) -> [&'a dyn
         &filter.since_ms,
         &filter.until_ms,
     ]
+}
+
+/// A lease token as SQLite stores it (an INTEGER is signed; the bits are what matter).
+fn lease_param(token: LeaseToken) -> i64 {
+    i64::from_ne_bytes(token.to_ne_bytes())
 }
 
 /// The key in `routed` for `account`'s `target`, if it is there.
@@ -765,14 +837,14 @@ impl Writer {
         match command {
             Command::Accept(_, r) => Done::Accept(r, err(message)),
             Command::SaveAnswer(_, _, r)
-            | Command::Record(_, r)
-            | Command::Release(_, _, r)
+            | Command::Release(_, r)
             | Command::Flush(r)
             | Command::Probe(_, r) => Done::Unit(r, err(message)),
+            Command::Record(_, r) => Done::Recorded(r, err(message)),
             Command::Lease(_, _, _, r) => Done::Lease(r, err(message)),
             Command::NextDue(_, r) => Done::NextDue(r, err(message)),
             Command::Purge(_, r) | Command::PurgeDead(_, _, r) => Done::Count(r, err(message)),
-            Command::ReplayDead(_, _, _, _, r) => Done::Replayed(r, err(message)),
+            Command::ReplayDead(_, _, _, r) => Done::Replayed(r, err(message)),
             Command::BuryUnrouted(_, _, _, r) => Done::Buried(r, err(message)),
         }
     }
@@ -781,13 +853,15 @@ impl Writer {
         match command {
             Command::Accept(callback, r) => Done::Accept(r, self.accept(&callback)),
             Command::SaveAnswer(id, answer, r) => Done::Unit(r, self.save_answer(id, &answer)),
-            Command::Lease(key, now, limit, r) => Done::Lease(r, self.lease(&key, now, limit)),
-            Command::NextDue(key, r) => Done::NextDue(r, self.next_due(&key)),
-            Command::Record(report, r) => Done::Unit(r, self.record(&report)),
-            Command::Release(jobs, now, r) => Done::Unit(r, self.release(&jobs, now)),
+            Command::Lease(key, limit, token, r) => {
+                Done::Lease(r, self.lease(&key, now_ms(), limit, token))
+            }
+            Command::NextDue(key, r) => Done::NextDue(r, self.next_due(&key, now_ms())),
+            Command::Record(report, r) => Done::Recorded(r, self.record(&report)),
+            Command::Release(jobs, r) => Done::Unit(r, self.release(&jobs, now_ms())),
             Command::Purge(before, r) => Done::Count(r, self.purge(before)),
-            Command::ReplayDead(id, filter, routed, now, r) => {
-                Done::Replayed(r, self.replay_dead(id, &filter, &routed, now))
+            Command::ReplayDead(id, filter, routed, r) => {
+                Done::Replayed(r, self.replay_dead(id, &filter, &routed, now_ms()))
             }
             Command::PurgeDead(id, filter, r) => Done::Count(r, self.purge_dead(id, &filter)),
             Command::BuryUnrouted(routed, reason, now, r) => {
@@ -806,8 +880,8 @@ impl Writer {
         let inserted: Option<CallbackId> = self
             .conn
             .prepare_cached(
-                "INSERT INTO callbacks (account, dedupe_key, received_at, msg_type, event, query, content_type, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                "INSERT INTO callbacks (id, account, dedupe_key, received_at, msg_type, event, query, content_type, body, answer_due)
+                 VALUES (?9, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10)
                  ON CONFLICT (account, dedupe_key) DO NOTHING RETURNING id",
             )?
             .query_row(
@@ -820,43 +894,67 @@ impl Writer {
                     request.query,
                     request.content_type,
                     &request.body[..],
+                    callback.id,
+                    callback
+                        .answer_pending_ms
+                        .map(|ms| now_ms().saturating_add(i64::try_from(ms).unwrap_or(i64::MAX))),
                 ],
                 |row| row.get(0),
             )
             .optional()?;
+        let new = || Accepted::New {
+            callback: callback.id,
+            jobs: callback.jobs.iter().map(|job| job.id).collect(),
+        };
         let Some(id) = inserted else {
-            let (id, answer_type, answer): (CallbackId, Option<String>, Option<Vec<u8>>) = self
+            type Found = (CallbackId, Option<String>, Option<Vec<u8>>, Option<i64>);
+            let (id, answer_type, answer, answer_due): Found = self
                 .conn
-                .prepare_cached("SELECT id, answer_type, answer FROM callbacks WHERE account = ?1 AND dedupe_key = ?2")?
+                .prepare_cached("SELECT id, answer_type, answer, answer_due FROM callbacks WHERE account = ?1 AND dedupe_key = ?2")?
                 .query_row(params![&*callback.account, callback.dedupe_key], |row| {
-                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
                 })?;
+            if id == callback.id {
+                // This very write, sent again: it is stored already.
+                return Ok(new());
+            }
             let answer = answer.map(|body| Answer {
                 content_type: answer_type,
                 body: Bytes::from(body),
             });
+            let answer_pending = answer_due
+                .filter(|_| answer.is_none())
+                .map(|due| due - now_ms())
+                .filter(|left| *left > 0)
+                .map(|left| Duration::from_millis(left.unsigned_abs()));
             return Ok(Accepted::Duplicate {
                 callback: id,
                 answer,
+                answer_pending,
             });
         };
+        let now = now_ms();
         let mut insert_job = self.conn.prepare_cached(
-            "INSERT INTO jobs (callback_id, account, target, state, attempts, next_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5)",
+            "INSERT INTO jobs (id, callback_id, account, target, state, attempts, next_at, updated_at, lease)
+             VALUES (?6, ?1, ?2, ?3, ?4, 0, ?5, ?5, ?7)",
         )?;
-        let mut jobs = Vec::with_capacity(callback.jobs.len());
         for job in &callback.jobs {
-            let state = if job.leased { IN_FLIGHT } else { PENDING };
+            let state = if job.lease.is_some() {
+                IN_FLIGHT
+            } else {
+                PENDING
+            };
             insert_job.execute(params![
                 id,
                 &*callback.account,
                 &*job.target,
                 state,
-                callback.received_at_ms
+                now,
+                job.id,
+                lease_param(job.lease.unwrap_or(0)),
             ])?;
-            jobs.push(self.conn.last_insert_rowid());
         }
-        Ok(Accepted::New { callback: id, jobs })
+        Ok(new())
     }
 
     fn save_answer(&mut self, id: CallbackId, answer: &Answer) -> Result<(), StoreError> {
@@ -866,17 +964,30 @@ impl Writer {
         Ok(())
     }
 
-    fn release(&mut self, jobs: &[JobId], now: i64) -> Result<(), StoreError> {
+    fn release(&mut self, jobs: &[Leased], now: i64) -> Result<(), StoreError> {
         let mut release = self.conn.prepare_cached(
-            "UPDATE jobs SET state = ?2, next_at = ?3, updated_at = ?3 WHERE id = ?1 AND state = ?4",
+            "UPDATE jobs SET state = ?2, next_at = ?3, updated_at = ?3, lease = 0
+             WHERE id = ?1 AND state = ?4 AND lease = ?5",
         )?;
         for job in jobs {
-            release.execute(params![job, PENDING, now, IN_FLIGHT])?;
+            release.execute(params![
+                job.job,
+                PENDING,
+                now,
+                IN_FLIGHT,
+                lease_param(job.token)
+            ])?;
         }
         Ok(())
     }
 
-    fn lease(&mut self, key: &TargetKey, now: i64, limit: usize) -> Result<Vec<Job>, StoreError> {
+    fn lease(
+        &mut self,
+        key: &TargetKey,
+        now: i64,
+        limit: usize,
+        token: LeaseToken,
+    ) -> Result<Vec<Job>, StoreError> {
         let mut select = self.conn.prepare_cached(
             "SELECT j.id, j.callback_id, j.attempts, j.retry_base, c.query, c.content_type, c.body
              FROM jobs j JOIN callbacks c ON c.id = j.callback_id
@@ -890,6 +1001,7 @@ impl Writer {
                     id: row.get(0)?,
                     callback: row.get(1)?,
                     key: key.clone(),
+                    lease: token,
                     attempts: row.get(2)?,
                     retry_base: row.get(3)?,
                     request: Arc::new(Replay {
@@ -903,46 +1015,55 @@ impl Writer {
         drop(select);
         let mut mark = self
             .conn
-            .prepare_cached("UPDATE jobs SET state = ?2 WHERE id = ?1")?;
+            .prepare_cached("UPDATE jobs SET state = ?2, lease = ?3 WHERE id = ?1")?;
         for job in &jobs {
-            mark.execute(params![job.id, IN_FLIGHT])?;
+            mark.execute(params![job.id, IN_FLIGHT, lease_param(token)])?;
         }
         Ok(jobs)
     }
 
-    fn next_due(&mut self, key: &TargetKey) -> Result<Option<i64>, StoreError> {
-        Ok(self
+    fn next_due(&mut self, key: &TargetKey, now: i64) -> Result<Option<Duration>, StoreError> {
+        let at: Option<i64> = self
             .conn
             .prepare_cached(
                 "SELECT MIN(next_at) FROM jobs WHERE account = ?1 AND target = ?2 AND state = 0",
             )?
-            .query_row(params![&*key.account, &*key.target], |row| row.get(0))?)
+            .query_row(params![&*key.account, &*key.target], |row| row.get(0))?;
+        Ok(at.map(|at| Duration::from_millis(u64::try_from(at - now).unwrap_or(0))))
     }
 
-    fn record(&mut self, report: &AttemptReport) -> Result<(), StoreError> {
+    fn record(&mut self, report: &AttemptReport) -> Result<Recorded, StoreError> {
+        let lease = lease_param(report.lease);
         let (state, next_at) = match report.disposition {
             Disposition::Delivered => {
-                self.conn
-                    .prepare_cached("DELETE FROM jobs WHERE id = ?1")?
-                    .execute(params![report.job])?;
+                let deleted = self
+                    .conn
+                    .prepare_cached("DELETE FROM jobs WHERE id = ?1 AND state = ?2 AND lease = ?3")?
+                    .execute(params![report.job, IN_FLIGHT, lease])?;
+                if deleted == 0 {
+                    return Ok(Recorded::LeaseLost);
+                }
                 if report.attempt > 1 {
                     // Earlier attempts failed and were recorded; the job is done, so are they.
                     self.conn
                         .prepare_cached("DELETE FROM attempts WHERE job_id = ?1")?
                         .execute(params![report.job])?;
                 }
-                return Ok(());
+                return Ok(Recorded::Applied);
             }
-            Disposition::RetryAt(at) => (PENDING, at),
+            Disposition::RetryIn(delay) => (
+                PENDING,
+                now_ms().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
+            ),
             Disposition::Dead => (DEAD, report.at_ms),
         };
-        // Only the job's attempt in flight: an outcome recorded again (retried after a commit
+        // Only under the attempt's own lease: an outcome recorded again (retried after a commit
         // that was reported failed but did reach the disk) must not undo a later lease.
         let updated = self
             .conn
             .prepare_cached(
                 "UPDATE jobs SET state = ?2, attempts = ?3, next_at = ?4, updated_at = ?5, last_status = ?6, last_error = ?7
-                 WHERE id = ?1 AND state = ?8 AND attempts < ?3",
+                 WHERE id = ?1 AND state = ?8 AND lease = ?9",
             )?
             .execute(params![
                 report.job,
@@ -952,17 +1073,18 @@ impl Writer {
                 report.at_ms,
                 report.status,
                 report.error,
-                IN_FLIGHT
+                IN_FLIGHT,
+                lease
             ])?;
         if updated == 0 {
-            return Ok(());
+            return Ok(Recorded::LeaseLost);
         }
         self.conn
             .prepare_cached(
                 "INSERT OR REPLACE INTO attempts (job_id, attempt, at, status, error) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
             .execute(params![report.job, report.attempt, report.at_ms, report.status, report.error])?;
-        Ok(())
+        Ok(Recorded::Applied)
     }
 
     fn bury_unrouted(
@@ -1084,6 +1206,7 @@ mod tests {
 
     fn callback(key: &str) -> NewCallback {
         NewCallback {
+            id: 1,
             account: Arc::from("a"),
             dedupe_key: key.to_owned(),
             received_at_ms: 0,
@@ -1095,9 +1218,11 @@ mod tests {
                 body: Bytes::from_static(b"<xml/>"),
             }),
             jobs: vec![NewJob {
+                id: 2,
                 target: Arc::from("t"),
-                leased: false,
+                lease: None,
             }],
+            answer_pending_ms: None,
         }
     }
 
@@ -1108,9 +1233,11 @@ mod tests {
         }
     }
 
-    fn report(job: JobId, attempt: u32, disposition: Disposition) -> AttemptReport {
+    fn report(job: &Job, attempt: u32, disposition: Disposition) -> AttemptReport {
         AttemptReport {
-            job,
+            key: key(),
+            job: job.id,
+            lease: job.lease,
             attempt,
             at_ms: 0,
             status: Some(503),
@@ -1156,23 +1283,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("store.db"), Synchronous::Full).unwrap();
         store.accept(callback("k")).await.unwrap();
-        let job = store.lease_due(&key(), 0, 1).await.unwrap().remove(0);
-        let first = report(job.id, 1, Disposition::RetryAt(10));
-        store.record(first.clone()).await.unwrap();
-        let again = store.lease_due(&key(), 10, 1).await.unwrap().remove(0);
+        let job = store.lease_due(&key(), 1).await.unwrap().remove(0);
+        let first = report(&job, 1, Disposition::RetryIn(Duration::ZERO));
+        assert_eq!(
+            store.record(first.clone()).await.unwrap(),
+            Recorded::Applied
+        );
+        let again = store.lease_due(&key(), 1).await.unwrap().remove(0);
         assert_eq!((again.id, again.attempts), (job.id, 1));
 
-        store.record(first).await.unwrap();
+        assert_eq!(store.record(first).await.unwrap(), Recorded::LeaseLost);
         assert_eq!(
             store.next_due(&key()).await.unwrap(),
             None,
             "still in flight"
         );
-        assert!(store.lease_due(&key(), 10, 1).await.unwrap().is_empty());
-        store
-            .record(report(job.id, 2, Disposition::Delivered))
+        assert!(store.lease_due(&key(), 1).await.unwrap().is_empty());
+        let delivered = store
+            .record(report(&again, 2, Disposition::Delivered))
             .await
             .unwrap();
+        assert_eq!(delivered, Recorded::Applied);
         assert!(store.queue_depths().await.unwrap().is_empty());
     }
 }

@@ -18,6 +18,7 @@ mod dead_letters;
 mod health;
 mod logs;
 mod metrics;
+mod redis;
 mod reload;
 mod simulate;
 

@@ -271,8 +271,9 @@ async fn a_deleted_store_file_refuses_callbacks_and_turns_readyz_503() {
 }
 
 /// A callback for account `main` with one job for `t`, as ingress hands it to the store.
-fn new_callback(dedupe_key: &str) -> NewCallback {
+fn new_callback(store: &SqliteStore, dedupe_key: &str) -> NewCallback {
     NewCallback {
+        id: store.next_id(),
         account: Arc::from("main"),
         dedupe_key: dedupe_key.to_owned(),
         received_at_ms: 1_000,
@@ -284,9 +285,11 @@ fn new_callback(dedupe_key: &str) -> NewCallback {
             body: Bytes::from(format!("<xml><MsgId>{dedupe_key}</MsgId></xml>")),
         }),
         jobs: vec![NewJob {
+            id: store.next_id(),
             target: Arc::from("t"),
-            leased: false,
+            lease: None,
         }],
+        answer_pending_ms: None,
     }
 }
 
@@ -305,7 +308,9 @@ async fn after_commits_fail_in_a_row_readiness_says_so_once_more_then_recovers()
     store.check_writable().await.unwrap();
     let filler = disk.fill("filler");
     for n in 0..3 {
-        let refused = store.accept(new_callback(&format!("full-{n}"))).await;
+        let refused = store
+            .accept(new_callback(&store, &format!("full-{n}")))
+            .await;
         let error = refused.expect_err("no callback commits on a full disk");
         assert!(error.to_string().contains("full"), "{error}");
     }
@@ -322,6 +327,6 @@ async fn after_commits_fail_in_a_row_readiness_says_so_once_more_then_recovers()
         "{once_more}"
     );
     store.check_writable().await.unwrap();
-    let stored = store.accept(new_callback("full-0")).await.unwrap();
+    let stored = store.accept(new_callback(&store, "full-0")).await.unwrap();
     assert!(matches!(stored, Accepted::New { .. }), "{stored:?}");
 }

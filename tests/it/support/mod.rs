@@ -10,6 +10,9 @@
 //! [`settle`], which gives a proxy that should do *nothing* a fair chance to misbehave.
 
 pub(crate) mod binary;
+/// Real `redis-server`s (standalone and Cluster), shared with the store contract.
+#[path = "../../support/redis.rs"]
+pub(crate) mod redis;
 pub(crate) mod scrape;
 mod target;
 pub(crate) mod wechat_api;
