@@ -5,7 +5,8 @@
 //!
 //! - [`config`]: defaults → file → environment, validated; names the bad key.
 //! - [`wechat`]: the protocol as pure functions (signatures, AES, envelopes, dedupe keys).
-//! - [`targets`]: the routing table built from the config: accounts, targets, filters.
+//! - [`targets`]: the routing table built from the config: accounts, targets, filters; the
+//!   reply owner of each route ([`replies`]).
 //! - [`store`]: the durable queue and dedupe, one trait: SQLite (default, one instance) or Redis
 //!   (shared by several instances; leases with tokens, the store's clock).
 //! - [`retry`]: which answers are retried, and when; [`downstream`]: the byte-identical replay,
@@ -34,6 +35,7 @@ pub mod ingress;
 pub mod metrics;
 pub mod privacy;
 pub mod probe;
+pub mod replies;
 pub mod resign;
 pub mod retry;
 pub mod shutdown;

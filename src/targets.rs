@@ -13,6 +13,7 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 
 use crate::config::{Config, ConfigError, TargetSettings};
 use crate::privacy::UserIds;
+use crate::replies::Owners;
 use crate::resign::Resign;
 use crate::retry::Breaker;
 use crate::sources::Allowed;
@@ -33,8 +34,10 @@ pub struct Account {
     pub id: Arc<str>,
     pub credentials: Credentials,
     pub targets: Vec<Arc<Target>>,
-    /// The target whose answer becomes the passive reply.
-    pub primary: Option<Arc<Target>>,
+    /// Which target's answer becomes the passive reply, per route (indexes into `targets`).
+    owners: Owners,
+    /// Per target, the indexes of the targets that shadow it (`shadow_of`).
+    shadows: Vec<Vec<usize>>,
     /// How log lines name this account's users (a keyed hash unless `log.show_user_ids`).
     pub user_ids: UserIds,
     /// `allowed_sources`: only these clients may call (`None`: anyone).
@@ -61,6 +64,8 @@ pub struct Target {
     pub breaker: Breaker,
     /// The target's own credentials (`resign`): its deliveries are re-signed.
     pub resign: Option<Resign>,
+    /// A candidate whose answers are compared with this target's, never sent to WeChat.
+    pub shadow_of: Option<Arc<str>>,
 }
 
 /// Lower-cased allow lists; `None` lets everything through.
@@ -81,11 +86,16 @@ impl Routes {
                 list.as_ref()
                     .map(|l| l.iter().map(|s| s.to_ascii_lowercase()).collect())
             };
+            let key = format!("accounts[{i}]");
+            let owners = account.owners(&key)?;
+            let shadow_of = account.shadows(&key)?;
             let targets: Vec<Arc<Target>> = account
                 .targets
                 .iter()
                 .enumerate()
                 .map(|(j, t)| {
+                    // A shadow gets what its target gets.
+                    let filtered = shadow_of[j].map_or(t, |k| &account.targets[k]);
                     let resign = t
                         .credentials(&format!("accounts[{i}].targets[{j}]"), &credentials)?
                         .map(|(target, own_key)| Resign {
@@ -105,21 +115,24 @@ impl Routes {
                         permits: Arc::new(Semaphore::new(settings.max_concurrency)),
                         settings,
                         filter: Filter {
-                            msg_types: lower(&t.msg_types),
-                            events: lower(&t.events),
+                            msg_types: lower(&filtered.msg_types),
+                            events: lower(&filtered.events),
                         },
                         wake: Arc::new(Notify::new()),
                         handoff,
                         inbox: Mutex::new(Some(inbox)),
                         breaker: Breaker::default(),
                         resign,
+                        shadow_of: t.shadow_of.as_deref().map(Arc::from),
                     }))
                 })
                 .collect::<Result<_, ConfigError>>()?;
-            let primary = account
-                .primary
-                .as_deref()
-                .and_then(|name| targets.iter().find(|t| &*t.key.target == name).cloned());
+            let mut shadows = vec![Vec::new(); targets.len()];
+            for (j, of) in shadow_of.iter().enumerate() {
+                if let Some(k) = of {
+                    shadows[*k].push(j);
+                }
+            }
             accounts.insert(
                 account.id.clone(),
                 Arc::new(Account {
@@ -128,7 +141,8 @@ impl Routes {
                     allowed,
                     credentials,
                     targets,
-                    primary,
+                    owners,
+                    shadows,
                 }),
             );
         }
@@ -152,6 +166,24 @@ impl Routes {
     /// The key of every target: what the store calls routed.
     pub fn keys(&self) -> Vec<TargetKey> {
         self.targets().map(|t| t.key.clone()).collect()
+    }
+}
+
+impl Account {
+    /// The target whose answer becomes this callback's passive reply, if it gets the callback.
+    pub fn owner(&self, envelope: &Envelope) -> Option<&Arc<Target>> {
+        let owner = &self.targets[self
+            .owners
+            .owner(envelope.msg_type.as_deref(), envelope.event.as_deref())?];
+        owner.accepts(envelope).then_some(owner)
+    }
+
+    /// The targets that shadow `target` (`shadow_of`).
+    pub fn shadows<'a>(&'a self, target: &Target) -> impl Iterator<Item = &'a Arc<Target>> {
+        let index = self.targets.iter().position(|t| t.key == target.key);
+        index
+            .into_iter()
+            .flat_map(|i| self.shadows[i].iter().map(|&s| &self.targets[s]))
     }
 }
 
@@ -217,6 +249,6 @@ mod tests {
         assert!(all.accepts(&click) && all.accepts(&image));
         assert!(subs.accepts(&text) && subs.accepts(&scan));
         assert!(!subs.accepts(&click) && !subs.accepts(&image));
-        assert!(account.primary.is_none());
+        assert!(account.owner(&text).is_none() && account.owner(&click).is_none());
     }
 }

@@ -282,10 +282,8 @@ impl Ingress {
             .iter()
             .filter(|t| t.accepts(&envelope))
             .collect();
-        let primary = account
-            .primary
-            .as_ref()
-            .filter(|p| matched.iter().any(|t| Arc::ptr_eq(t, p)));
+        // The reply owner of this callback's route (`replies_to`, `primary`), if it gets it.
+        let primary = account.owner(&envelope);
         // How each job starts, decided before it is stored (a job started at once is stored in
         // flight, so no worker leases it twice). The primary relay takes from the primary's
         // concurrency budget; without a permit, or while its circuit is open (it keeps failing),

@@ -15,6 +15,7 @@ mod cli;
 mod delivery;
 mod ingress;
 mod operate;
+mod owners;
 mod probe;
 mod refusals;
 mod reply;
