@@ -37,6 +37,7 @@ use tracing::{debug, info, warn};
 use crate::downstream::ACCOUNT_HEADER;
 use crate::ingress::text;
 use crate::metrics::Metrics;
+use crate::shadow::ShadowLog;
 use crate::store::{DeadLetterFilter, Store, StoreError};
 use crate::targets::Routes;
 
@@ -48,6 +49,8 @@ pub struct Admin {
     pub routes: Arc<ArcSwap<Routes>>,
     pub registry: Registry,
     pub metrics: Arc<Metrics>,
+    /// Shadow targets' recent differences (`GET /shadow/differences`).
+    pub shadows: Arc<ShadowLog>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -112,6 +115,10 @@ impl Admin {
             (Method::DELETE, ["dead-letters"]) => self.purge(None, query).await,
             (Method::DELETE, ["dead-letters", id]) => self.purge(Some(id), "").await,
             (Method::POST, ["targets", "probe"]) => self.probe(query).await,
+            (Method::GET, ["shadow", "differences"]) => Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "differences": self.shadows.differences() }),
+            )),
             _ => Err((StatusCode::NOT_FOUND, "no such admin endpoint".to_owned())),
         };
         result.unwrap_or_else(|(status, message)| {

@@ -14,7 +14,9 @@
 //! - [`ingress`]: the WeChat-facing server: verify, buffer, persist, answer in time; only from
 //!   allowed sources ([`sources`], with WeChat's callback IPs from [`wechat_api`]).
 //! - [`delivery`]: one worker per target: lease due jobs, send, record.
-//! - [`admin`]: health, readiness, metrics, dead letters, on a separate port; [`metrics`].
+//! - [`shadow`]: candidate targets' answers compared with the owner's, never sent to WeChat.
+//! - [`admin`]: health, readiness, metrics, dead letters, shadow differences, on a separate
+//!   port; [`metrics`].
 //! - [`error`], [`shutdown`], [`telemetry`]: rejection mapping, signals, logging; [`escape`]:
 //!   caller text made safe for a log line or an error message; [`privacy`]: users named in logs
 //!   only by a keyed hash.
@@ -38,6 +40,7 @@ pub mod probe;
 pub mod replies;
 pub mod resign;
 pub mod retry;
+pub mod shadow;
 pub mod shutdown;
 pub mod simulate;
 pub mod sources;
@@ -62,6 +65,7 @@ use crate::delivery::Delivery;
 use crate::downstream::{Downstream, now_ms};
 use crate::ingress::Ingress;
 use crate::metrics::Metrics;
+use crate::shadow::ShadowLog;
 use crate::shutdown::InFlight;
 use crate::sources::Sources;
 use crate::store::Store;
@@ -134,12 +138,14 @@ pub async fn run_with(
         Duration::from_secs(config.store.delivered_retention_secs),
         shutdown.clone(),
     ));
+    let shadows = Arc::new(ShadowLog::new(metrics.clone()));
     let admin = listeners.admin.map(|listener| {
         let admin = Arc::new(Admin {
             store: store.clone(),
             routes: routes.clone(),
             registry,
             metrics: metrics.clone(),
+            shadows: shadows.clone(),
         });
         tokio::spawn(admin::serve(listener, admin, shutdown.clone()))
     });
@@ -153,7 +159,8 @@ pub async fn run_with(
             in_flight.clone(),
             metrics,
         )
-        .with_sources(sources),
+        .with_sources(sources)
+        .with_shadows(shadows),
     );
     info!(address = %listeners.wechat.local_addr()?, "listening for WeChat callbacks");
     let server = tokio::spawn(ingress::serve(

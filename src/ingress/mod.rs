@@ -36,6 +36,7 @@ use crate::config::ServerConfig;
 use crate::downstream::{Attempt, Downstream, now_ms};
 use crate::error::Rejection;
 use crate::metrics::{CallbackOutcome, Metrics};
+use crate::shadow::{self, ShadowLog};
 use crate::shutdown::InFlight;
 use crate::sources::Sources;
 use crate::store::{Accepted, Answer, Job, NewCallback, NewJob, Replay, Store, new_lease_token};
@@ -64,6 +65,8 @@ pub struct Ingress {
     metrics: Arc<Metrics>,
     /// Trusted proxies and WeChat's callback IPs, for accounts with `allowed_sources`.
     sources: Arc<Sources>,
+    /// Where shadow targets' comparisons are counted and their differences kept.
+    shadows: Arc<ShadowLog>,
 }
 
 impl std::fmt::Debug for Ingress {
@@ -90,9 +93,16 @@ impl Ingress {
             settings,
             resends: Arc::default(),
             in_flight,
+            shadows: Arc::new(ShadowLog::new(metrics.clone())),
             metrics,
             sources: Arc::default(),
         }
+    }
+
+    /// Where shadow comparisons go (by default a log of its own, which no admin API shows).
+    pub fn with_shadows(mut self, shadows: Arc<ShadowLog>) -> Ingress {
+        self.shadows = shadows;
+        self
     }
 
     /// The lists that `allowed_sources` are checked against (none by default).
@@ -290,15 +300,28 @@ impl Ingress {
         // the primary is delivered like any other target and the answer is `success` at once.
         // Other targets get their job handed straight to their worker when its handoff has room:
         // the worker then needs no lease and no second copy of the body.
+        let mut owner_permit = primary
+            .filter(|p| p.breaker.open_for(now_ms()).is_none())
+            .and_then(|p| p.permits.clone().try_acquire_owned().ok());
+        // Shadows of a relaying owner are asked at the same moment, with the same deadline.
+        let shadows: Vec<&Arc<Target>> = match (primary, &owner_permit) {
+            (Some(owner), Some(_)) => account.shadows(owner).collect(),
+            _ => Vec::new(),
+        };
         let starts: Vec<Start> = matched
             .iter()
             .map(|t| {
-                let relay = primary
-                    .filter(|p| Arc::ptr_eq(t, p) && p.breaker.open_for(now_ms()).is_none())
-                    .and_then(|p| p.permits.clone().try_acquire_owned().ok());
-                match relay {
-                    Some(permit) => Start::Relay(permit),
-                    None => match t.handoff.clone().try_reserve_owned() {
+                let owner = primary.is_some_and(|p| Arc::ptr_eq(t, p));
+                let relay = if owner { owner_permit.take() } else { None };
+                let shadow = shadows
+                    .iter()
+                    .any(|s| Arc::ptr_eq(s, t))
+                    .then(|| t.permits.clone().try_acquire_owned().ok())
+                    .flatten();
+                match (relay, shadow) {
+                    (Some(permit), _) => Start::Relay(permit),
+                    (None, Some(permit)) => Start::Shadow(permit),
+                    (None, None) => match t.handoff.clone().try_reserve_owned() {
                         Ok(handoff) => Start::Handoff(handoff),
                         Err(_) => Start::Stored,
                     },
@@ -366,10 +389,16 @@ impl Ingress {
             request: replay.clone(),
         };
         let mut relay = None;
+        let mut shadowed = Vec::new();
         for (((target, id), start), stored) in matched.iter().zip(job_ids).zip(starts).zip(&jobs) {
             match start {
                 Start::Relay(permit) => {
                     relay = Some((*target, permit, new_job(target, id, stored.lease)))
+                }
+                Start::Shadow(permit) => {
+                    let job = new_job(target, id, stored.lease);
+                    let answer = self.start_attempt((*target).clone(), permit, job);
+                    shadowed.push(((*target).clone(), answer));
                 }
                 Start::Handoff(handoff) => {
                     handoff.send(new_job(target, id, stored.lease));
@@ -388,6 +417,20 @@ impl Ingress {
                 None
             }
         };
+        if let (false, Some(owner)) = (shadowed.is_empty(), primary) {
+            let compare = shadow::compare(
+                self.shadows.clone(),
+                account.clone(),
+                owner.key.target.clone(),
+                callback,
+                relayed
+                    .as_ref()
+                    .map_or_else(|| success().body, |a| a.body.clone()),
+                shadowed,
+                deadline,
+            );
+            self.in_flight.spawn(compare.in_current_span());
+        }
         info!(
             msg_type = envelope.msg_type.as_deref().unwrap_or("-"),
             event = envelope.event.as_deref().unwrap_or("-"),
@@ -428,16 +471,14 @@ impl Ingress {
         Ok(answer)
     }
 
-    /// Sends the primary's job now and waits for its answer until `deadline`; the attempt goes on
-    /// (and is recorded) past the deadline, like any delivery.
-    async fn relay(
+    /// Sends `job` now, in its own task that records the outcome like any delivery; the
+    /// attempt's result also comes back through the returned channel.
+    fn start_attempt(
         &self,
         target: Arc<Target>,
         permit: OwnedSemaphorePermit,
         job: Job,
-        deadline: Instant,
-    ) -> Option<Answer> {
-        let account = target.key.account.clone();
+    ) -> oneshot::Receiver<Attempt> {
         let (reply, answer) = oneshot::channel();
         let store = self.store.clone();
         let downstream = self.downstream.clone();
@@ -452,6 +493,20 @@ impl Ingress {
             }
             .in_current_span(),
         );
+        answer
+    }
+
+    /// Sends the primary's job now and waits for its answer until `deadline`; the attempt goes on
+    /// (and is recorded) past the deadline, like any delivery.
+    async fn relay(
+        &self,
+        target: Arc<Target>,
+        permit: OwnedSemaphorePermit,
+        job: Job,
+        deadline: Instant,
+    ) -> Option<Answer> {
+        let account = target.key.account.clone();
+        let answer = self.start_attempt(target, permit, job);
         let (outcome, answer) = match tokio::time::timeout_at(deadline.into(), answer).await {
             Ok(Ok(Attempt {
                 reply: Some((content_type, body)),
@@ -536,6 +591,8 @@ impl std::fmt::Display for TargetNames<'_> {
 enum Start {
     /// The primary's, sent by ingress now; its answer may become the passive reply.
     Relay(OwnedSemaphorePermit),
+    /// A shadow's (`shadow_of`) of the relaying owner, sent by ingress now; only compared.
+    Shadow(OwnedSemaphorePermit),
     /// Handed to the target's worker with the request in memory.
     Handoff(OwnedPermit<Job>),
     /// Left in the store as due; the target's worker is rung.

@@ -21,6 +21,7 @@ mod refusals;
 mod reply;
 mod resign;
 mod restart;
+mod shadow;
 mod sources;
 mod store_faults;
 mod undeliverable;
