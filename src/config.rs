@@ -312,6 +312,9 @@ pub struct AccountConfig {
     /// Overrides the top-level `wechat_api_base` for this account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wechat_api_base: Option<Url>,
+    /// What to do with a reply owner's answer that comes after WeChat got `success`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_replies: Option<LateReplies>,
     #[serde(default)]
     pub targets: Vec<TargetConfig>,
 }
@@ -346,6 +349,17 @@ pub struct TargetConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow_of: Option<String>,
 }
+
+/// `late_replies`: how an answer that missed the deadline still reaches the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LateReplies {
+    /// Sent through the customer-service message API (needs app_id and app_secret).
+    CustomerService,
+}
+
+/// The reserved name of the internal target that sends an account's rescued late replies.
+pub const LATE_REPLIES_TARGET: &str = "~late-replies";
 
 /// A target's own credentials, by the names of the environment variables that hold them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -620,6 +634,13 @@ impl AccountConfig {
             target.settings(defaults).check(&tkey)?;
             target.credentials(&tkey, &self.credentials(key)?)?;
         }
+        if names.contains(LATE_REPLIES_TARGET) {
+            return Err(invalid(
+                format!("{key}.targets"),
+                format!("the target name {LATE_REPLIES_TARGET:?} is reserved (late replies)"),
+            ));
+        }
+        self.late_replies_api(key, &Url::parse(DEFAULT_API_BASE).expect("a valid URL"))?;
         if let Some(primary) = &self.primary
             && !names.contains(primary.as_str())
         {
@@ -788,6 +809,42 @@ impl AccountConfig {
         if !self.allowed_sources(key)?.is_some_and(|a| a.wechat) {
             return Ok(None);
         }
+        self.build_api_account(key, default_base).map(Some)
+    }
+
+    /// What the customer-service API needs, when `late_replies = "customer_service"`: an
+    /// official account or mini program with `app_id` and `app_secret`.
+    pub fn late_replies_api(
+        &self,
+        key: &str,
+        default_base: &Url,
+    ) -> Result<Option<ApiAccount>, ConfigError> {
+        if self.late_replies.is_none() {
+            return Ok(None);
+        }
+        let kind = self.credentials(key)?.kind;
+        if kind == Kind::WeCom {
+            return Err(invalid(
+                format!("{key}.late_replies"),
+                "WeCom has no customer-service message API; leave it out",
+            ));
+        }
+        let secret = secret(
+            key,
+            "app_secret",
+            self.app_secret.as_deref(),
+            self.app_secret_env.as_deref(),
+        )?;
+        if self.app_id.as_deref().is_none_or(str::is_empty) || secret.is_none_or(|s| s.is_empty()) {
+            return Err(invalid(
+                format!("{key}.late_replies"),
+                "needs app_id and app_secret (or app_secret_env) for the access token",
+            ));
+        }
+        self.build_api_account(key, default_base).map(Some)
+    }
+
+    fn build_api_account(&self, key: &str, default_base: &Url) -> Result<ApiAccount, ConfigError> {
         let app_secret = secret(
             key,
             "app_secret",
@@ -803,13 +860,13 @@ impl AccountConfig {
             }
             (None, _) => default_base.clone(),
         };
-        Ok(Some(ApiAccount {
+        Ok(ApiAccount {
             id: self.id.clone(),
             kind,
             base,
             app_id: self.app_id.clone().unwrap_or_default(),
             app_secret,
-        }))
+        })
     }
 
     /// The account's credentials, with secrets read from the environment where so configured.

@@ -14,6 +14,8 @@
 //! - [`ingress`]: the WeChat-facing server: verify, buffer, persist, answer in time; only from
 //!   allowed sources ([`sources`], with WeChat's callback IPs from [`wechat_api`]).
 //! - [`delivery`]: one worker per target: lease due jobs, send, record.
+//! - [`rescue`]: a reply owner's late answer sent through the customer-service API, as a job of
+//!   the account's internal late-replies target ([`wechat_api`] sends it).
 //! - [`shadow`]: candidate targets' answers compared with the owner's, never sent to WeChat.
 //! - [`admin`]: health, readiness, metrics, dead letters, shadow differences, on a separate
 //!   port; [`metrics`].
@@ -38,6 +40,7 @@ pub mod metrics;
 pub mod privacy;
 pub mod probe;
 pub mod replies;
+pub mod rescue;
 pub mod resign;
 pub mod retry;
 pub mod shadow;
@@ -114,7 +117,9 @@ pub async fn run_with(
     let routes = Arc::new(ArcSwap::from_pointee(Routes::from_config(&config)?));
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
-    let downstream = Downstream::new(metrics.clone());
+    // One token cache per process, for every feature that calls WeChat's API.
+    let api = Arc::new(WechatApi::new());
+    let downstream = Downstream::new(metrics.clone(), api.clone());
     let in_flight = InFlight::default();
     let grace = config.server.shutdown_grace_ms.duration();
 
@@ -149,7 +154,7 @@ pub async fn run_with(
         });
         tokio::spawn(admin::serve(listener, admin, shutdown.clone()))
     });
-    let sources = start_sources(&config, &shutdown)?;
+    let sources = start_sources(&config, api, &shutdown)?;
     let ingress = Arc::new(
         Ingress::new(
             routes.clone(),
@@ -195,7 +200,11 @@ pub async fn run_with(
 
 /// The lists `allowed_sources` are checked against: `server.trusted_proxies`, and WeChat's
 /// callback IPs for the accounts that list `"wechat"`, refreshed in the background.
-fn start_sources(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<Arc<Sources>> {
+fn start_sources(
+    config: &Config,
+    api: Arc<WechatApi>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Arc<Sources>> {
     let trusted = config
         .server
         .trusted_proxies
@@ -213,7 +222,7 @@ fn start_sources(config: &Config, shutdown: &CancellationToken) -> anyhow::Resul
     if !accounts.is_empty() {
         tokio::spawn(sources::refresh_loop(
             sources.clone(),
-            Arc::new(WechatApi::new()),
+            api,
             accounts,
             sources::list_file(&config.store.path),
             shutdown.clone(),

@@ -78,6 +78,7 @@ pub struct Metrics {
     delivery_seconds: Family<TargetLabels, Histogram>,
     queue: Family<QueueLabels, Gauge>,
     shadow: Family<ShadowLabels, Counter>,
+    late_replies: Family<PrimaryLabels, Counter>,
 }
 
 fn answer_histogram() -> Histogram {
@@ -100,6 +101,7 @@ impl Metrics {
             delivery_seconds: Family::new_with_constructor(delivery_histogram),
             queue: Family::default(),
             shadow: Family::default(),
+            late_replies: Family::default(),
         };
         let registry = registry.sub_registry_with_prefix("wechat_fanout");
         registry.register(
@@ -137,7 +139,23 @@ impl Metrics {
             "Shadow targets' answers compared with the owner's: same, different, late, failed",
             metrics.shadow.clone(),
         );
+        registry.register(
+            "late_replies",
+            "Reply owners' answers that came after the deadline, by what became of them: queued \
+             (for the customer-service API), duplicate, empty, unconvertible, unreadable, store_failed",
+            metrics.late_replies.clone(),
+        );
         metrics
+    }
+
+    /// `outcome`: queued, duplicate, empty, unconvertible, unreadable or store_failed.
+    pub fn late_reply(&self, account: &str, outcome: &'static str) {
+        self.late_replies
+            .get_or_create(&PrimaryLabels {
+                account: account.to_owned(),
+                outcome,
+            })
+            .inc();
     }
 
     /// `result`: same, different, late or failed.

@@ -11,13 +11,14 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, Semaphore, mpsc};
 
-use crate::config::{Config, ConfigError, TargetSettings};
+use crate::config::{Config, ConfigError, LATE_REPLIES_TARGET, TargetSettings};
 use crate::privacy::UserIds;
 use crate::replies::Owners;
 use crate::resign::Resign;
 use crate::retry::Breaker;
 use crate::sources::Allowed;
 use crate::store::{Job, TargetKey};
+use crate::wechat_api::ApiAccount;
 
 /// Jobs that can wait in a target's handoff, per request it may have in flight. Past that,
 /// ingress stores new jobs as pending and the worker leases them when it catches up.
@@ -42,6 +43,9 @@ pub struct Account {
     pub user_ids: UserIds,
     /// `allowed_sources`: only these clients may call (`None`: anyone).
     pub allowed: Option<Allowed>,
+    /// `late_replies = "customer_service"`: the internal target whose jobs are late replies,
+    /// sent through the customer-service API. Never matched by a callback.
+    pub late_replies: Option<Arc<Target>>,
 }
 
 #[derive(Debug)]
@@ -66,6 +70,8 @@ pub struct Target {
     pub resign: Option<Resign>,
     /// A candidate whose answers are compared with this target's, never sent to WeChat.
     pub shadow_of: Option<Arc<str>>,
+    /// Set on an account's late-replies target: its jobs are customer-service API calls.
+    pub api: Option<Arc<ApiAccount>>,
 }
 
 /// Lower-cased allow lists; `None` lets everything through.
@@ -124,9 +130,43 @@ impl Routes {
                         breaker: Breaker::default(),
                         resign,
                         shadow_of: t.shadow_of.as_deref().map(Arc::from),
+                        api: None,
                     }))
                 })
                 .collect::<Result<_, ConfigError>>()?;
+            let late_replies = account
+                .late_replies_api(&key, &config.wechat_api_base)?
+                .map(|api| {
+                    let settings = TargetSettings {
+                        timeout: config.target_defaults.timeout_ms.duration(),
+                        max_attempts: config.target_defaults.max_attempts,
+                        backoff_initial: config.target_defaults.backoff_initial_ms.duration(),
+                        backoff_max: config.target_defaults.backoff_max_ms.duration(),
+                        max_concurrency: config.target_defaults.max_concurrency,
+                    };
+                    let (handoff, inbox) = mpsc::channel(1);
+                    Arc::new(Target {
+                        key: TargetKey {
+                            account: id.clone(),
+                            target: Arc::from(LATE_REPLIES_TARGET),
+                        },
+                        url: api.base.to_string(),
+                        permits: Arc::new(Semaphore::new(settings.max_concurrency)),
+                        settings,
+                        // Matched by no callback: its jobs are made by `rescue`.
+                        filter: Filter {
+                            msg_types: Some(Vec::new()),
+                            events: None,
+                        },
+                        wake: Arc::new(Notify::new()),
+                        handoff,
+                        inbox: Mutex::new(Some(inbox)),
+                        breaker: Breaker::default(),
+                        resign: None,
+                        shadow_of: None,
+                        api: Some(Arc::new(api)),
+                    })
+                });
             let mut shadows = vec![Vec::new(); targets.len()];
             for (j, of) in shadow_of.iter().enumerate() {
                 if let Some(k) = of {
@@ -143,6 +183,7 @@ impl Routes {
                     targets,
                     owners,
                     shadows,
+                    late_replies,
                 }),
             );
         }
@@ -158,9 +199,11 @@ impl Routes {
         self.accounts.values()
     }
 
-    /// Every target of every account.
+    /// Every target of every account, the internal late-replies targets included.
     pub fn targets(&self) -> impl Iterator<Item = &Arc<Target>> {
-        self.accounts.values().flat_map(|a| a.targets.iter())
+        self.accounts
+            .values()
+            .flat_map(|a| a.targets.iter().chain(a.late_replies.iter()))
     }
 
     /// The key of every target: what the store calls routed.

@@ -1,6 +1,6 @@
 //! WeChat's server API, as far as the proxy calls it: access tokens, cached per account, and the
 //! callback IP list. One cache for the whole process, so every feature that calls the API (the
-//! source allowlist now, customer-service replies later) shares each account's token: WeChat
+//! source allowlist, customer-service messages for late replies) shares each account's token: WeChat
 //! invalidates the previous token when a new one is fetched with `/cgi-bin/token`, and limits
 //! how often tokens may be fetched.
 //!
@@ -178,6 +178,30 @@ impl WechatApi {
         }
     }
 
+    /// Sends one customer-service message (`body`: the API's JSON) to a user, within WeChat's
+    /// 48-hour window after the user's last message.
+    pub async fn send_custom(&self, account: &ApiAccount, body: &[u8]) -> Result<(), ApiError> {
+        let url = endpoint(&account.base, "cgi-bin/message/custom/send")?;
+        let mut retried = false;
+        loop {
+            let token = self.access_token(account).await?;
+            let request = self
+                .client
+                .post(url.clone())
+                .query(&[("access_token", token)])
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(body.to_vec());
+            match self.call(request).await {
+                Ok(_) => return Ok(()),
+                Err(ApiError::WeChat { code, .. }) if TOKEN_ERRORS.contains(&code) && !retried => {
+                    self.invalidate(&account.id);
+                    retried = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     fn cached(&self, account_id: &str) -> Option<String> {
         let tokens = self.tokens.lock().ok()?;
         let cached = tokens.get(account_id)?;
@@ -207,6 +231,20 @@ impl WechatApi {
             });
         }
         Ok(answer)
+    }
+}
+
+impl ApiError {
+    /// Is another attempt later worth it? Unreachable, 5xx, WeChat's "system busy" (-1) and an
+    /// invalid token (already fetched again once) are passing; any other errcode (45015: out of
+    /// the 48-hour window, 45047: too many messages, 40003: not a follower) will not change.
+    pub fn is_passing(&self) -> bool {
+        match self {
+            ApiError::Unreachable(_) => true,
+            ApiError::Status(status) => *status >= 500 || *status == 429,
+            ApiError::WeChat { code, .. } => *code == -1 || TOKEN_ERRORS.contains(code),
+            ApiError::Malformed(_) => false,
+        }
     }
 }
 

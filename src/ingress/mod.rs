@@ -36,6 +36,7 @@ use crate::config::ServerConfig;
 use crate::downstream::{Attempt, Downstream, now_ms};
 use crate::error::Rejection;
 use crate::metrics::{CallbackOutcome, Metrics};
+use crate::rescue;
 use crate::shadow::{self, ShadowLog};
 use crate::shutdown::InFlight;
 use crate::sources::Sources;
@@ -406,7 +407,7 @@ impl Ingress {
                 Start::Stored => target.wake.notify_one(),
             }
         }
-        let relayed = match relay {
+        let (relayed, late) = match relay {
             Some((primary, permit, job)) => {
                 self.relay(primary.clone(), permit, job, deadline).await
             }
@@ -414,9 +415,23 @@ impl Ingress {
                 if primary.is_some() {
                     self.metrics.primary(&account.id, "skipped");
                 }
-                None
+                (None, None)
             }
         };
+        // WeChat gets `success` now; the owner's answer, if it still comes, can only reach the
+        // user through the customer-service API (`late_replies`).
+        if let (Some(late), Some(sender)) = (late, &account.late_replies) {
+            let rescue = rescue::late_reply(
+                self.store.clone(),
+                self.metrics.clone(),
+                account.clone(),
+                sender.clone(),
+                callback,
+                envelope.from_user_name.clone(),
+                late,
+            );
+            self.in_flight.spawn(rescue.in_current_span());
+        }
         if let (false, Some(owner)) = (shadowed.is_empty(), primary) {
             let compare = shadow::compare(
                 self.shadows.clone(),
@@ -497,29 +512,31 @@ impl Ingress {
     }
 
     /// Sends the primary's job now and waits for its answer until `deadline`; the attempt goes on
-    /// (and is recorded) past the deadline, like any delivery.
+    /// (and is recorded) past the deadline, like any delivery, and past it its answer comes
+    /// through the returned receiver.
     async fn relay(
         &self,
         target: Arc<Target>,
         permit: OwnedSemaphorePermit,
         job: Job,
         deadline: Instant,
-    ) -> Option<Answer> {
+    ) -> (Option<Answer>, Option<oneshot::Receiver<Attempt>>) {
         let account = target.key.account.clone();
-        let answer = self.start_attempt(target, permit, job);
-        let (outcome, answer) = match tokio::time::timeout_at(deadline.into(), answer).await {
-            Ok(Ok(Attempt {
-                reply: Some((content_type, body)),
-                ..
-            })) => ("relayed", Some(Answer { content_type, body })),
-            Ok(_) => ("failed", None),
-            Err(_) => {
-                debug!("primary did not answer before the reply deadline");
-                ("timed_out", None)
-            }
-        };
+        let mut answer = self.start_attempt(target, permit, job);
+        let (outcome, relayed, late) =
+            match tokio::time::timeout_at(deadline.into(), &mut answer).await {
+                Ok(Ok(Attempt {
+                    reply: Some((content_type, body)),
+                    ..
+                })) => ("relayed", Some(Answer { content_type, body }), None),
+                Ok(_) => ("failed", None, None),
+                Err(_) => {
+                    debug!("primary did not answer before the reply deadline");
+                    ("timed_out", None, Some(answer))
+                }
+            };
         self.metrics.primary(&account, outcome);
-        answer
+        (relayed, late)
     }
 }
 

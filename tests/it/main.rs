@@ -14,6 +14,7 @@ mod support;
 mod cli;
 mod delivery;
 mod ingress;
+mod late_replies;
 mod operate;
 mod owners;
 mod probe;
