@@ -2,8 +2,10 @@
 //!
 //! `/wechat/{account}`: GET answers the URL-verification handshake locally; POST runs
 //! verify → buffer → dedupe → persist → reply. The answer is `success` once the callback and its
-//! jobs are stored, or the primary target's 2xx answer when it comes within the reply deadline.
-//! Other targets are never waited for: their jobs are stored due and their workers are woken.
+//! jobs are stored, or the reply owner's 2xx answer when it comes within the reply deadline (the
+//! owner: [`crate::replies`]). Its shadows are asked at the same moment and compared
+//! ([`crate::shadow`]); its answer after the deadline may be rescued ([`crate::rescue`]). Other
+//! targets are never waited for: their jobs are stored due and their workers are woken.
 //!
 //! Once a callback is verified, the rest of its handling runs in its own task, so a client that
 //! hangs up cannot leave a stored callback half-handled.
