@@ -318,7 +318,7 @@ impl Ingress {
                 let relay = if owner { owner_permit.take() } else { None };
                 let shadow = shadows
                     .iter()
-                    .any(|s| Arc::ptr_eq(s, t))
+                    .any(|s| Arc::ptr_eq(s, t) && s.breaker.open_for(now_ms()).is_none())
                     .then(|| t.permits.clone().try_acquire_owned().ok())
                     .flatten();
                 match (relay, shadow) {

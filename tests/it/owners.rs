@@ -181,3 +181,43 @@ fn conflicting_owners_are_refused_by_check_config() {
     ));
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+/// `shadow_of` must name another target of the account that is not itself a shadow, and a shadow
+/// neither owns replies nor filters on its own.
+#[test]
+fn bad_shadows_are_refused() {
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
+    let cases = [
+        ("shadow_of = \"nobody\"", "", "names no target"),
+        ("shadow_of = \"next\"", "", "is this target or a shadow"),
+        (
+            "shadow_of = \"bot\"\nreplies_to = [\"text\"]",
+            "",
+            "cannot own replies",
+        ),
+        (
+            "shadow_of = \"bot\"\nmsg_types = [\"text\"]",
+            "",
+            "leave out msg_types",
+        ),
+        (
+            "shadow_of = \"bot\"",
+            "shadow_of = \"next\"",
+            "is this target or a shadow",
+        ),
+    ];
+    for (next, other, message) in cases {
+        let text = format!(
+            "{}{}{}{}",
+            wx.account("main", ""),
+            Wx::target("bot", "http://127.0.0.1:9/a", ""),
+            Wx::target("next", "http://127.0.0.1:9/b", next),
+            Wx::target("other", "http://127.0.0.1:9/c", other),
+        );
+        let error = wechat_fanout::config::Config::from_toml(&text)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(message), "{next} / {other}: {error}");
+        assert!(error.starts_with("accounts[0].targets["), "{error}");
+    }
+}
