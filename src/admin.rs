@@ -43,6 +43,7 @@ use crate::downstream::{ACCOUNT_HEADER, now_ms};
 use crate::events::Event;
 use crate::ingress::text;
 use crate::metrics::Metrics;
+use crate::shadow::ShadowLog;
 use crate::store::{DeadLetterFilter, Store, StoreError};
 use crate::targets::Routes;
 
@@ -56,6 +57,8 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     /// The console, its login and its event stream.
     pub console: Console,
+    /// Shadow targets' recent differences (`GET /shadow/differences`).
+    pub shadows: Arc<ShadowLog>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -150,6 +153,10 @@ impl Admin {
             (Method::DELETE, ["dead-letters"]) => self.purge(None, query).await,
             (Method::DELETE, ["dead-letters", id]) => self.purge(Some(id), "").await,
             (Method::POST, ["targets", "probe"]) => self.probe(query).await,
+            (Method::GET, ["shadow", "differences"]) => Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "differences": self.shadows.differences() }),
+            )),
             _ => Err((StatusCode::NOT_FOUND, "no such admin endpoint".to_owned())),
         };
         result

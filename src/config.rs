@@ -16,6 +16,7 @@ use figment::providers::{Env, Format as _, Toml};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use crate::replies::{Owners, Route};
 use crate::sources::{Allowed, Cidr};
 use crate::wechat::{AesKey, Credentials, Kind, Security};
 use crate::wechat_api::ApiAccount;
@@ -359,6 +360,9 @@ pub struct AccountConfig {
     /// Overrides the top-level `wechat_api_base` for this account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wechat_api_base: Option<Url>,
+    /// What to do with a reply owner's answer that comes after WeChat got `success`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_replies: Option<LateReplies>,
     #[serde(default)]
     pub targets: Vec<TargetConfig>,
 }
@@ -391,7 +395,25 @@ pub struct TargetConfig {
     /// The target's own token (and key): its deliveries are re-signed (and re-encrypted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resign: Option<ResignConfig>,
+    /// The routes whose passive reply this target owns (`text`, `event:CLICK`, `*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replies_to: Option<Vec<String>>,
+    /// This target is a candidate for that one's replies: it gets what that one gets, with the
+    /// same deadline, and its answer is only compared, never sent to WeChat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_of: Option<String>,
 }
+
+/// `late_replies`: how an answer that missed the deadline still reaches the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LateReplies {
+    /// Sent through the customer-service message API (needs app_id and app_secret).
+    CustomerService,
+}
+
+/// The reserved name of the internal target that sends an account's rescued late replies.
+pub const LATE_REPLIES_TARGET: &str = "~late-replies";
 
 /// A target's own credentials, by the names of the environment variables that hold them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -698,6 +720,13 @@ impl AccountConfig {
                 }
             }
         }
+        if names.contains(LATE_REPLIES_TARGET) {
+            return Err(invalid(
+                format!("{key}.targets"),
+                format!("the target name {LATE_REPLIES_TARGET:?} is reserved (late replies)"),
+            ));
+        }
+        self.late_replies_api(key, &Url::parse(DEFAULT_API_BASE).expect("a valid URL"))?;
         if let Some(primary) = &self.primary
             && !names.contains(primary.as_str())
         {
@@ -706,7 +735,105 @@ impl AccountConfig {
                 format!("names no target of this account: {primary:?}"),
             ));
         }
+        self.owners(key)?;
+        self.shadows(key)?;
         Ok(())
+    }
+
+    /// The reply owners of this account's routes: each target's `replies_to`, and `primary`
+    /// as `replies_to = ["*"]`. Refuses a route claimed by two targets, and a route that the
+    /// claiming target's own `msg_types`/`events` filter excludes (its answer could never come).
+    pub fn owners(&self, key: &str) -> Result<Owners, ConfigError> {
+        let lower = |list: &Option<Vec<String>>| {
+            list.as_ref()
+                .map(|l| l.iter().map(|s| s.to_ascii_lowercase()).collect::<Vec<_>>())
+        };
+        let mut claims = Vec::with_capacity(self.targets.len());
+        for (j, target) in self.targets.iter().enumerate() {
+            let tkey = format!("{key}.targets[{j}].replies_to");
+            let mut routes = Vec::new();
+            for (k, text) in target.replies_to.iter().flatten().enumerate() {
+                let route = Route::parse(text).ok_or_else(|| {
+                    invalid(
+                        format!("{tkey}[{k}]"),
+                        format!("{text:?} is not a MsgType, \"event:\" and an Event, or \"*\""),
+                    )
+                })?;
+                let (types, events) = (lower(&target.msg_types), lower(&target.events));
+                if !route.passes(types.as_deref(), events.as_deref()) {
+                    return Err(invalid(
+                        format!("{tkey}[{k}]"),
+                        format!(
+                            "target {:?} claims route {route} but its own msg_types/events \
+                             filter never lets such a callback through",
+                            target.name
+                        ),
+                    ));
+                }
+                routes.push(route);
+            }
+            if self.primary.as_deref() == Some(target.name.as_str()) {
+                routes.push(Route::Any);
+            }
+            if target.shadow_of.is_some() && !routes.is_empty() {
+                return Err(invalid(
+                    tkey,
+                    format!(
+                        "target {:?} is a shadow (shadow_of): its answers never reach WeChat, so \
+                         it cannot own replies",
+                        target.name
+                    ),
+                ));
+            }
+            claims.push((j, target.name.as_str(), routes));
+        }
+        Owners::build(claims).map_err(|c| {
+            invalid(
+                format!("{key}.targets"),
+                format!(
+                    "targets {:?} and {:?} both claim the replies to route {} \
+                     (replies_to, or primary = \"*\"); give it to one of them",
+                    c.first, c.second, c.route
+                ),
+            )
+        })
+    }
+
+    /// For each target, the index of the target it shadows (`shadow_of`), checked: another
+    /// target of this account, itself no shadow.
+    pub fn shadows(&self, key: &str) -> Result<Vec<Option<usize>>, ConfigError> {
+        self.targets
+            .iter()
+            .enumerate()
+            .map(|(j, target)| {
+                let Some(of) = &target.shadow_of else {
+                    return Ok(None);
+                };
+                let tkey = format!("{key}.targets[{j}].shadow_of");
+                let index = self
+                    .targets
+                    .iter()
+                    .position(|t| &t.name == of)
+                    .ok_or_else(|| {
+                        invalid(&tkey, format!("names no target of this account: {of:?}"))
+                    })?;
+                if index == j || self.targets[index].shadow_of.is_some() {
+                    return Err(invalid(
+                        tkey,
+                        format!(
+                            "{of:?} is this target or a shadow; shadow the target that answers"
+                        ),
+                    ));
+                }
+                if target.msg_types.is_some() || target.events.is_some() {
+                    return Err(invalid(
+                        tkey,
+                        "a shadow gets what its target gets: leave out msg_types and events",
+                    ));
+                }
+                Ok(Some(index))
+            })
+            .collect()
     }
 
     /// `allowed_sources`, parsed: `None` when the account takes requests from anywhere.
@@ -768,6 +895,42 @@ impl AccountConfig {
         if !self.allowed_sources(key)?.is_some_and(|a| a.wechat) {
             return Ok(None);
         }
+        self.build_api_account(key, default_base).map(Some)
+    }
+
+    /// What the customer-service API needs, when `late_replies = "customer_service"`: an
+    /// official account or mini program with `app_id` and `app_secret`.
+    pub fn late_replies_api(
+        &self,
+        key: &str,
+        default_base: &Url,
+    ) -> Result<Option<ApiAccount>, ConfigError> {
+        if self.late_replies.is_none() {
+            return Ok(None);
+        }
+        let kind = self.credentials(key)?.kind;
+        if kind == Kind::WeCom {
+            return Err(invalid(
+                format!("{key}.late_replies"),
+                "WeCom has no customer-service message API; leave it out",
+            ));
+        }
+        let secret = secret(
+            key,
+            "app_secret",
+            self.app_secret.as_deref(),
+            self.app_secret_env.as_deref(),
+        )?;
+        if self.app_id.as_deref().is_none_or(str::is_empty) || secret.is_none_or(|s| s.is_empty()) {
+            return Err(invalid(
+                format!("{key}.late_replies"),
+                "needs app_id and app_secret (or app_secret_env) for the access token",
+            ));
+        }
+        self.build_api_account(key, default_base).map(Some)
+    }
+
+    fn build_api_account(&self, key: &str, default_base: &Url) -> Result<ApiAccount, ConfigError> {
         let app_secret = secret(
             key,
             "app_secret",
@@ -783,13 +946,13 @@ impl AccountConfig {
             }
             (None, _) => default_base.clone(),
         };
-        Ok(Some(ApiAccount {
+        Ok(ApiAccount {
             id: self.id.clone(),
             kind,
             base,
             app_id: self.app_id.clone().unwrap_or_default(),
             app_secret,
-        }))
+        })
     }
 
     /// The account's credentials, with secrets read from the environment where so configured.

@@ -30,6 +30,7 @@ use crate::retry::{self, Verdict};
 use crate::store::{AttemptReport, Disposition, Job, JobId, Recorded, Store, StoreError};
 use crate::targets::Target;
 use crate::telemetry::event_at;
+use crate::wechat_api::{ApiError, WechatApi};
 
 /// Names the delivery (the job id): the same for every attempt of one delivery.
 pub const DELIVERY_HEADER: &str = "x-wechat-fanout-delivery";
@@ -65,6 +66,9 @@ pub struct Downstream {
     metrics: Arc<Metrics>,
     /// Every attempt's outcome, for the live console.
     events: Arc<dyn EventFeed>,
+    /// The process's WeChat API client and token cache, for late replies' customer-service
+    /// messages (a target with `api`).
+    api: Arc<WechatApi>,
 }
 
 /// Why an attempt got no answer; never names the URL (its query carries signatures).
@@ -85,7 +89,11 @@ enum Failure {
 }
 
 impl Downstream {
-    pub fn new(metrics: Arc<Metrics>, events: Arc<dyn EventFeed>) -> Downstream {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        events: Arc<dyn EventFeed>,
+        api: Arc<WechatApi>,
+    ) -> Downstream {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         // The TLS layer takes `https` URLs; plain ones pass through.
@@ -103,6 +111,7 @@ impl Downstream {
             client,
             metrics,
             events,
+            api,
         }
     }
 
@@ -110,6 +119,31 @@ impl Downstream {
     pub async fn attempt(&self, target: &Target, job: &Job) -> Attempt {
         let started = std::time::Instant::now();
         let timeout = target.settings.timeout;
+        if let Some(api) = &target.api {
+            // A late reply: the stored body is the customer-service API's JSON.
+            let sent = tokio::time::timeout(timeout, self.api.send_custom(api, &job.request.body));
+            let result = sent.await.unwrap_or_else(|_| {
+                Err(ApiError::Unreachable(format!(
+                    "timed out after {timeout:?}"
+                )))
+            });
+            let verdict = match &result {
+                Ok(()) => Verdict::Delivered,
+                Err(e) if e.is_passing() => Verdict::Retry { after: None },
+                Err(_) => Verdict::GiveUp,
+            };
+            return Attempt {
+                verdict,
+                status: match &result {
+                    Err(ApiError::Status(status)) => Some(*status),
+                    _ => Some(200),
+                },
+                reply: None,
+                error: result.err().map(|e| e.to_string()),
+                elapsed: started.elapsed(),
+                request_fault: false,
+            };
+        }
         let result = match tokio::time::timeout(timeout, self.exchange(target, job)).await {
             Ok(result) => result,
             Err(_) => Err(Failure::TimedOut(timeout)),

@@ -5,8 +5,9 @@
 //!
 //! - [`config`]: defaults → file → environment, validated; names the bad key.
 //! - [`wechat`]: the protocol as pure functions (signatures, AES, envelopes, dedupe keys).
-//! - [`targets`]: the routing table built from the config: accounts, targets, filters;
-//!   [`authorizer`]: which account an open platform callback concerns, carried to targets.
+//! - [`targets`]: the routing table built from the config: accounts, targets, filters; the
+//!   reply owner of each route ([`replies`]); [`authorizer`]: which account an open platform
+//!   callback concerns, carried to targets.
 //! - [`store`]: the durable queue and dedupe, one trait: SQLite (default, one instance) or Redis
 //!   (shared by several instances; leases with tokens, the store's clock).
 //! - [`retry`]: which answers are retried, and when; [`downstream`]: the byte-identical replay,
@@ -15,9 +16,13 @@
 //! - [`ingress`]: the WeChat-facing server: verify, buffer, persist, answer in time; only from
 //!   allowed sources ([`sources`], with WeChat's callback IPs from [`wechat_api`]).
 //! - [`delivery`]: one worker per target: lease due jobs, send, record.
+//! - [`rescue`]: a reply owner's late answer sent through the customer-service API, as a job of
+//!   the account's internal late-replies target ([`wechat_api`] sends it).
+//! - [`shadow`]: candidate targets' answers compared with the owner's, never sent to WeChat.
 //! - [`events`]: what happened, for the live console: ingress and delivery publish, never wait.
-//! - [`admin`]: health, readiness, metrics, dead letters, on a separate port; [`metrics`];
-//!   [`console`]: the live console in the browser, its login and its event stream.
+//! - [`admin`]: health, readiness, metrics, dead letters, shadow differences, on a separate
+//!   port; [`metrics`]; [`console`]: the live console in the browser, its login and its event
+//!   stream.
 //! - [`error`], [`shutdown`], [`telemetry`]: rejection mapping, signals, logging; [`escape`]:
 //!   caller text made safe for a log line or an error message; [`privacy`]: users named in logs
 //!   only by a keyed hash.
@@ -42,8 +47,11 @@ pub mod leases;
 pub mod metrics;
 pub mod privacy;
 pub mod probe;
+pub mod replies;
+pub mod rescue;
 pub mod resign;
 pub mod retry;
+pub mod shadow;
 pub mod shutdown;
 pub mod simulate;
 pub mod sources;
@@ -70,6 +78,7 @@ use crate::events::{EventFeed, LocalFeed};
 use crate::ingress::Ingress;
 use crate::leases::Leases;
 use crate::metrics::Metrics;
+use crate::shadow::ShadowLog;
 use crate::shutdown::InFlight;
 use crate::sources::Sources;
 use crate::store::Store;
@@ -120,7 +129,9 @@ pub async fn run_with(
     let metrics = Arc::new(Metrics::register(&mut registry));
     let events: Arc<dyn EventFeed> =
         Arc::new(LocalFeed::new(events::BUFFER, config.admin.show_content));
-    let downstream = Downstream::new(metrics.clone(), events.clone());
+    // One token cache per process, for every feature that calls WeChat's API.
+    let api = Arc::new(WechatApi::new());
+    let downstream = Downstream::new(metrics.clone(), events.clone(), api.clone());
     let in_flight = InFlight::default();
     let grace = config.server.shutdown_grace_ms.duration();
     // Renews the leases of jobs in flight until the attempts are done or abandoned.
@@ -149,6 +160,7 @@ pub async fn run_with(
         Duration::from_secs(config.store.delivered_retention_secs),
         shutdown.clone(),
     ));
+    let shadows = Arc::new(ShadowLog::new(metrics.clone()));
     let admin = match listeners.admin {
         Some(listener) => {
             let admin = Arc::new(Admin {
@@ -156,6 +168,7 @@ pub async fn run_with(
                 routes: routes.clone(),
                 registry,
                 metrics: metrics.clone(),
+                shadows: shadows.clone(),
                 console: console::Console::new(&config.admin, events.clone(), shutdown.clone())?,
             });
             Some(tokio::spawn(admin::serve(
@@ -166,9 +179,7 @@ pub async fn run_with(
         }
         None => None,
     };
-    // One access-token cache for every caller of WeChat's API.
-    let wechat_api = Arc::new(WechatApi::new());
-    let sources = start_sources(&config, wechat_api, &shutdown)?;
+    let sources = start_sources(&config, api, &shutdown)?;
     let ingress = Arc::new(
         Ingress::new(
             routes.clone(),
@@ -180,7 +191,8 @@ pub async fn run_with(
             metrics,
             events,
         )
-        .with_sources(sources),
+        .with_sources(sources)
+        .with_shadows(shadows),
     );
     info!(address = %listeners.wechat.local_addr()?, "listening for WeChat callbacks");
     let server = tokio::spawn(ingress::serve(
@@ -220,7 +232,7 @@ pub async fn run_with(
 /// callback IPs for the accounts that list `"wechat"`, refreshed in the background.
 fn start_sources(
     config: &Config,
-    wechat_api: Arc<WechatApi>,
+    api: Arc<WechatApi>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Arc<Sources>> {
     let trusted = config
@@ -240,7 +252,7 @@ fn start_sources(
     if !accounts.is_empty() {
         tokio::spawn(sources::refresh_loop(
             sources.clone(),
-            wechat_api,
+            api,
             accounts,
             sources::list_file(&config.store.path),
             shutdown.clone(),

@@ -48,6 +48,13 @@ struct TargetLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShadowLabels {
+    account: String,
+    target: String,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueueLabels {
     account: String,
     target: String,
@@ -70,6 +77,8 @@ pub struct Metrics {
     attempts: Family<AttemptLabels, Counter>,
     delivery_seconds: Family<TargetLabels, Histogram>,
     queue: Family<QueueLabels, Gauge>,
+    shadow: Family<ShadowLabels, Counter>,
+    late_replies: Family<PrimaryLabels, Counter>,
 }
 
 fn answer_histogram() -> Histogram {
@@ -91,6 +100,8 @@ impl Metrics {
             attempts: Family::default(),
             delivery_seconds: Family::new_with_constructor(delivery_histogram),
             queue: Family::default(),
+            shadow: Family::default(),
+            late_replies: Family::default(),
         };
         let registry = registry.sub_registry_with_prefix("wechat_fanout");
         registry.register(
@@ -123,7 +134,39 @@ impl Metrics {
             "Jobs in the store by target and state (pending, in_flight, dead), read at scrape time",
             metrics.queue.clone(),
         );
+        registry.register(
+            "shadow",
+            "Shadow targets' answers compared with the owner's: same, different, late, failed",
+            metrics.shadow.clone(),
+        );
+        registry.register(
+            "late_replies",
+            "Reply owners' answers that came after the deadline, by what became of them: queued \
+             (for the customer-service API), duplicate, empty, unconvertible, unreadable, store_failed",
+            metrics.late_replies.clone(),
+        );
         metrics
+    }
+
+    /// `outcome`: queued, duplicate, empty, unconvertible, unreadable or store_failed.
+    pub fn late_reply(&self, account: &str, outcome: &'static str) {
+        self.late_replies
+            .get_or_create(&PrimaryLabels {
+                account: account.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// `result`: same, different, late or failed.
+    pub fn shadow(&self, account: &str, target: &str, result: &'static str) {
+        self.shadow
+            .get_or_create(&ShadowLabels {
+                account: account.to_owned(),
+                target: target.to_owned(),
+                result,
+            })
+            .inc();
     }
 
     pub fn callback(&self, account: &str, outcome: CallbackOutcome) {

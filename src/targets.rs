@@ -13,13 +13,16 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, Semaphore, mpsc};
 
 use crate::config::{
-    AUTHORIZER_IN_URL, Config, ConfigError, TargetSettings, authorizer_placeholders,
+    AUTHORIZER_IN_URL, Config, ConfigError, LATE_REPLIES_TARGET, TargetSettings,
+    authorizer_placeholders,
 };
 use crate::privacy::UserIds;
+use crate::replies::Owners;
 use crate::resign::Resign;
 use crate::retry::Breaker;
 use crate::sources::Allowed;
 use crate::store::{Job, TargetKey};
+use crate::wechat_api::ApiAccount;
 
 /// Jobs that can wait in a target's handoff, per request it may have in flight. Past that,
 /// ingress stores new jobs as pending and the worker leases them when it catches up.
@@ -36,12 +39,17 @@ pub struct Account {
     pub id: Arc<str>,
     pub credentials: Credentials,
     pub targets: Vec<Arc<Target>>,
-    /// The target whose answer becomes the passive reply.
-    pub primary: Option<Arc<Target>>,
+    /// Which target's answer becomes the passive reply, per route (indexes into `targets`).
+    owners: Owners,
+    /// Per target, the indexes of the targets that shadow it (`shadow_of`).
+    shadows: Vec<Vec<usize>>,
     /// How log lines name this account's users (a keyed hash unless `log.show_user_ids`).
     pub user_ids: UserIds,
     /// `allowed_sources`: only these clients may call (`None`: anyone).
     pub allowed: Option<Allowed>,
+    /// `late_replies = "customer_service"`: the internal target whose jobs are late replies,
+    /// sent through the customer-service API. Never matched by a callback.
+    pub late_replies: Option<Arc<Target>>,
 }
 
 #[derive(Debug)]
@@ -64,6 +72,10 @@ pub struct Target {
     pub breaker: Breaker,
     /// The target's own credentials (`resign`): its deliveries are re-signed.
     pub resign: Option<Resign>,
+    /// A candidate whose answers are compared with this target's, never sent to WeChat.
+    pub shadow_of: Option<Arc<str>>,
+    /// Set on an account's late-replies target: its jobs are customer-service API calls.
+    pub api: Option<Arc<ApiAccount>>,
 }
 
 /// Lower-cased allow lists; `None` lets everything through.
@@ -90,11 +102,16 @@ impl Routes {
                 list.as_ref()
                     .map(|l| l.iter().map(|s| s.to_ascii_lowercase()).collect())
             };
+            let key = format!("accounts[{i}]");
+            let owners = account.owners(&key)?;
+            let shadow_of = account.shadows(&key)?;
             let targets: Vec<Arc<Target>> = account
                 .targets
                 .iter()
                 .enumerate()
                 .map(|(j, t)| {
+                    // A shadow gets what its target gets.
+                    let filtered = shadow_of[j].map_or(t, |k| &account.targets[k]);
                     let resign = t
                         .credentials(&format!("accounts[{i}].targets[{j}]"), &credentials)?
                         .map(|(target, own_key)| Resign {
@@ -114,10 +131,10 @@ impl Routes {
                         permits: Arc::new(Semaphore::new(settings.max_concurrency)),
                         settings,
                         filter: Filter {
-                            msg_types: lower(&t.msg_types),
-                            events: lower(&t.events),
-                            info_types: lower(&t.info_types),
-                            authorizers: t.authorizers.clone(),
+                            msg_types: lower(&filtered.msg_types),
+                            events: lower(&filtered.events),
+                            info_types: lower(&filtered.info_types),
+                            authorizers: filtered.authorizers.clone(),
                             needs_authorizer: authorizer_placeholders(t.url.as_str()) > 0,
                         },
                         wake: Arc::new(Notify::new()),
@@ -125,13 +142,53 @@ impl Routes {
                         inbox: Mutex::new(Some(inbox)),
                         breaker: Breaker::default(),
                         resign,
+                        shadow_of: t.shadow_of.as_deref().map(Arc::from),
+                        api: None,
                     }))
                 })
                 .collect::<Result<_, ConfigError>>()?;
-            let primary = account
-                .primary
-                .as_deref()
-                .and_then(|name| targets.iter().find(|t| &*t.key.target == name).cloned());
+            let late_replies = account
+                .late_replies_api(&key, &config.wechat_api_base)?
+                .map(|api| {
+                    let settings = TargetSettings {
+                        timeout: config.target_defaults.timeout_ms.duration(),
+                        max_attempts: config.target_defaults.max_attempts,
+                        backoff_initial: config.target_defaults.backoff_initial_ms.duration(),
+                        backoff_max: config.target_defaults.backoff_max_ms.duration(),
+                        max_concurrency: config.target_defaults.max_concurrency,
+                    };
+                    let (handoff, inbox) = mpsc::channel(1);
+                    Arc::new(Target {
+                        key: TargetKey {
+                            account: id.clone(),
+                            target: Arc::from(LATE_REPLIES_TARGET),
+                        },
+                        url: api.base.to_string(),
+                        permits: Arc::new(Semaphore::new(settings.max_concurrency)),
+                        settings,
+                        // Matched by no callback: its jobs are made by `rescue`.
+                        filter: Filter {
+                            msg_types: Some(Vec::new()),
+                            events: None,
+                            info_types: None,
+                            authorizers: None,
+                            needs_authorizer: false,
+                        },
+                        wake: Arc::new(Notify::new()),
+                        handoff,
+                        inbox: Mutex::new(Some(inbox)),
+                        breaker: Breaker::default(),
+                        resign: None,
+                        shadow_of: None,
+                        api: Some(Arc::new(api)),
+                    })
+                });
+            let mut shadows = vec![Vec::new(); targets.len()];
+            for (j, of) in shadow_of.iter().enumerate() {
+                if let Some(k) = of {
+                    shadows[*k].push(j);
+                }
+            }
             accounts.insert(
                 account.id.clone(),
                 Arc::new(Account {
@@ -140,7 +197,9 @@ impl Routes {
                     allowed,
                     credentials,
                     targets,
-                    primary,
+                    owners,
+                    shadows,
+                    late_replies,
                 }),
             );
         }
@@ -156,14 +215,34 @@ impl Routes {
         self.accounts.values()
     }
 
-    /// Every target of every account.
+    /// Every target of every account, the internal late-replies targets included.
     pub fn targets(&self) -> impl Iterator<Item = &Arc<Target>> {
-        self.accounts.values().flat_map(|a| a.targets.iter())
+        self.accounts
+            .values()
+            .flat_map(|a| a.targets.iter().chain(a.late_replies.iter()))
     }
 
     /// The key of every target: what the store calls routed.
     pub fn keys(&self) -> Vec<TargetKey> {
         self.targets().map(|t| t.key.clone()).collect()
+    }
+}
+
+impl Account {
+    /// The target whose answer becomes this callback's passive reply, if it gets the callback.
+    pub fn owner(&self, envelope: &Envelope, authorizer: Option<&str>) -> Option<&Arc<Target>> {
+        let owner = &self.targets[self
+            .owners
+            .owner(envelope.msg_type.as_deref(), envelope.event.as_deref())?];
+        owner.accepts(envelope, authorizer).then_some(owner)
+    }
+
+    /// The targets that shadow `target` (`shadow_of`).
+    pub fn shadows<'a>(&'a self, target: &Target) -> impl Iterator<Item = &'a Arc<Target>> {
+        let index = self.targets.iter().position(|t| t.key == target.key);
+        index
+            .into_iter()
+            .flat_map(|i| self.shadows[i].iter().map(|&s| &self.targets[s]))
     }
 }
 
@@ -264,7 +343,7 @@ mod tests {
         assert!(all.accepts(&click, None) && all.accepts(&image, None));
         assert!(subs.accepts(&text, None) && subs.accepts(&scan, None));
         assert!(!subs.accepts(&click, None) && !subs.accepts(&image, None));
-        assert!(account.primary.is_none());
+        assert!(account.owner(&text, None).is_none() && account.owner(&click, None).is_none());
     }
 
     /// `{authorizer}` is replaced in the path (where the URL parser percent-encodes the braces)

@@ -1,6 +1,6 @@
 //! WeChat's server API, as far as the proxy calls it: access tokens, cached per account, and the
 //! callback IP list. One cache for the whole process, so every feature that calls the API (the
-//! source allowlist now, customer-service replies later) shares each account's token: WeChat
+//! source allowlist, customer-service messages for late replies) shares each account's token: WeChat
 //! invalidates the previous token when a new one is fetched with `/cgi-bin/token`, and limits
 //! how often tokens may be fetched.
 //!
@@ -156,24 +156,49 @@ impl WechatApi {
     /// WeChat's callback IP list for the account: addresses and CIDR blocks, as WeChat writes them.
     pub async fn callback_ips(&self, account: &ApiAccount) -> Result<Vec<String>, ApiError> {
         let url = endpoint(&account.base, "cgi-bin/getcallbackip")?;
+        let answer = self
+            .with_token(account, |token| {
+                self.client
+                    .get(url.clone())
+                    .query(&[("access_token", token)])
+            })
+            .await?;
+        answer
+            .ip_list
+            .ok_or_else(|| ApiError::Malformed("no ip_list".into()))
+    }
+
+    /// Sends one customer-service message (`body`: the API's JSON) to a user, within WeChat's
+    /// 48-hour window after the user's last message.
+    pub async fn send_custom(&self, account: &ApiAccount, body: &[u8]) -> Result<(), ApiError> {
+        let url = endpoint(&account.base, "cgi-bin/message/custom/send")?;
+        self.with_token(account, |token| {
+            self.client
+                .post(url.clone())
+                .query(&[("access_token", token)])
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(body.to_vec())
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Calls the API with the account's token; when WeChat says the token is no good, fetches
+    /// another one and calls once more.
+    async fn with_token(
+        &self,
+        account: &ApiAccount,
+        request: impl Fn(String) -> reqwest::RequestBuilder,
+    ) -> Result<Answer, ApiError> {
         let mut retried = false;
         loop {
             let token = self.access_token(account).await?;
-            let request = self
-                .client
-                .get(url.clone())
-                .query(&[("access_token", token)]);
-            match self.call(request).await {
-                Ok(answer) => {
-                    return answer
-                        .ip_list
-                        .ok_or_else(|| ApiError::Malformed("no ip_list".into()));
-                }
+            match self.call(request(token)).await {
                 Err(ApiError::WeChat { code, .. }) if TOKEN_ERRORS.contains(&code) && !retried => {
                     self.invalidate(&account.id);
                     retried = true;
                 }
-                Err(e) => return Err(e),
+                result => return result,
             }
         }
     }
@@ -210,6 +235,20 @@ impl WechatApi {
     }
 }
 
+impl ApiError {
+    /// Is another attempt later worth it? Unreachable, 5xx, WeChat's "system busy" (-1) and an
+    /// invalid token (already fetched again once) are passing; any other errcode (45015: out of
+    /// the 48-hour window, 45047: too many messages, 40003: not a follower) will not change.
+    pub fn is_passing(&self) -> bool {
+        match self {
+            ApiError::Unreachable(_) => true,
+            ApiError::Status(status) => *status >= 500 || *status == 429,
+            ApiError::WeChat { code, .. } => *code == -1 || TOKEN_ERRORS.contains(code),
+            ApiError::Malformed(_) => false,
+        }
+    }
+}
+
 impl Default for WechatApi {
     fn default() -> WechatApi {
         WechatApi::new()
@@ -232,4 +271,35 @@ fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
         cause = next;
     }
     cause.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passing_errors_are_retried_the_rest_dead_lettered() {
+        let wechat = |code| ApiError::WeChat {
+            code,
+            message: String::new(),
+        };
+        for passing in [
+            ApiError::Unreachable("refused".into()),
+            ApiError::Status(502),
+            ApiError::Status(429),
+            wechat(-1),
+            wechat(42001),
+        ] {
+            assert!(passing.is_passing(), "{passing}");
+        }
+        for lasting in [
+            ApiError::Status(404),
+            wechat(45015),
+            wechat(45047),
+            wechat(40003),
+            ApiError::Malformed("x".into()),
+        ] {
+            assert!(!lasting.is_passing(), "{lasting}");
+        }
+    }
 }

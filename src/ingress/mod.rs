@@ -2,8 +2,10 @@
 //!
 //! `/wechat/{account}`: GET answers the URL-verification handshake locally; POST runs
 //! verify → buffer → dedupe → persist → reply. The answer is `success` once the callback and its
-//! jobs are stored, or the primary target's 2xx answer when it comes within the reply deadline.
-//! Other targets are never waited for: their jobs are stored due and their workers are woken.
+//! jobs are stored, or the reply owner's 2xx answer when it comes within the reply deadline (the
+//! owner: [`crate::replies`]). Its shadows are asked at the same moment and compared
+//! ([`crate::shadow`]); its answer after the deadline may be rescued ([`crate::rescue`]). Other
+//! targets are never waited for: their jobs are stored due and their workers are woken.
 //!
 //! Once a callback is verified, the rest of its handling runs in its own task, so a client that
 //! hangs up cannot leave a stored callback half-handled.
@@ -40,6 +42,8 @@ use crate::error::Rejection;
 use crate::events::{CallbackEvent, Event, EventFeed, JobRef};
 use crate::leases::Leases;
 use crate::metrics::{CallbackOutcome, Metrics};
+use crate::rescue;
+use crate::shadow::{self, ShadowLog};
 use crate::shutdown::InFlight;
 use crate::sources::Sources;
 use crate::store::{
@@ -76,6 +80,8 @@ pub struct Ingress {
     events: Arc<dyn EventFeed>,
     /// Trusted proxies and WeChat's callback IPs, for accounts with `allowed_sources`.
     sources: Arc<Sources>,
+    /// Where shadow targets' comparisons are counted and their differences kept.
+    shadows: Arc<ShadowLog>,
 }
 
 impl std::fmt::Debug for Ingress {
@@ -108,10 +114,17 @@ impl Ingress {
             resends: Arc::default(),
             in_flight,
             leases,
+            shadows: Arc::new(ShadowLog::new(metrics.clone())),
             metrics,
             events,
             sources: Arc::default(),
         }
+    }
+
+    /// Where shadow comparisons go (by default a log of its own, which no admin API shows).
+    pub fn with_shadows(mut self, shadows: Arc<ShadowLog>) -> Ingress {
+        self.shadows = shadows;
+        self
     }
 
     /// The lists that `allowed_sources` are checked against (none by default).
@@ -347,25 +360,36 @@ impl Ingress {
             .iter()
             .filter(|t| t.accepts(&envelope, authorizer.as_deref()))
             .collect();
-        let primary = account
-            .primary
-            .as_ref()
-            .filter(|p| matched.iter().any(|t| Arc::ptr_eq(t, p)));
+        // The reply owner of this callback's route (`replies_to`, `primary`), if it gets it.
+        let primary = account.owner(&envelope, authorizer.as_deref());
         // How each job starts, decided before it is stored (a job started at once is stored in
         // flight, so no worker leases it twice). The primary relay takes from the primary's
         // concurrency budget; without a permit, or while its circuit is open (it keeps failing),
         // the primary is delivered like any other target and the answer is `success` at once.
         // Other targets get their job handed straight to their worker when its handoff has room:
         // the worker then needs no lease and no second copy of the body.
+        let mut owner_permit = primary
+            .filter(|p| p.breaker.open_for(now_ms()).is_none())
+            .and_then(|p| p.permits.clone().try_acquire_owned().ok());
+        // Shadows of a relaying owner are asked at the same moment, with the same deadline.
+        let shadows: Vec<&Arc<Target>> = match (primary, &owner_permit) {
+            (Some(owner), Some(_)) => account.shadows(owner).collect(),
+            _ => Vec::new(),
+        };
         let starts: Vec<Start> = matched
             .iter()
             .map(|t| {
-                let relay = primary
-                    .filter(|p| Arc::ptr_eq(t, p) && p.breaker.open_for(now_ms()).is_none())
-                    .and_then(|p| p.permits.clone().try_acquire_owned().ok());
-                match relay {
-                    Some(permit) => Start::Relay(permit),
-                    None => match t.handoff.clone().try_reserve_owned() {
+                let owner = primary.is_some_and(|p| Arc::ptr_eq(t, p));
+                let relay = if owner { owner_permit.take() } else { None };
+                let shadow = shadows
+                    .iter()
+                    .any(|s| Arc::ptr_eq(s, t) && s.breaker.open_for(now_ms()).is_none())
+                    .then(|| t.permits.clone().try_acquire_owned().ok())
+                    .flatten();
+                match (relay, shadow) {
+                    (Some(permit), _) => Start::Relay(permit),
+                    (None, Some(permit)) => Start::Shadow(permit),
+                    (None, None) => match t.handoff.clone().try_reserve_owned() {
                         Ok(handoff) => Start::Handoff(handoff),
                         Err(_) => Start::Stored,
                     },
@@ -467,12 +491,18 @@ impl Ingress {
             request: replay.clone(),
         };
         let mut relay = None;
+        let mut shadowed = Vec::new();
         for (((target, id), start), stored) in matched.iter().zip(job_ids).zip(starts).zip(&jobs) {
             let job = new_job(target, id, stored.lease);
             match start {
                 Start::Relay(permit) => {
                     self.leases.hold(&job);
                     relay = Some((*target, permit, job))
+                }
+                Start::Shadow(permit) => {
+                    self.leases.hold(&job);
+                    let answer = self.start_attempt((*target).clone(), permit, job);
+                    shadowed.push(((*target).clone(), answer));
                 }
                 Start::Handoff(handoff) => {
                     // Held before it is sent: the worker may be done with it at once.
@@ -488,7 +518,7 @@ impl Ingress {
                 Start::Stored => target.wake.notify_one(),
             }
         }
-        let relayed = match relay {
+        let (relayed, late) = match relay {
             Some((primary, permit, job)) => {
                 self.relay(primary.clone(), permit, job, deadline).await
             }
@@ -496,9 +526,37 @@ impl Ingress {
                 if primary.is_some() {
                     self.metrics.primary(&account.id, "skipped");
                 }
-                None
+                (None, None)
             }
         };
+        // WeChat gets `success` now; the owner's answer, if it still comes, can only reach the
+        // user through the customer-service API (`late_replies`).
+        if let (Some(late), Some(sender)) = (late, &account.late_replies) {
+            let rescue = rescue::late_reply(
+                self.store.clone(),
+                self.metrics.clone(),
+                account.clone(),
+                sender.clone(),
+                callback,
+                envelope.from_user_name.clone(),
+                late,
+            );
+            self.in_flight.spawn(rescue.in_current_span());
+        }
+        if let (false, Some(owner)) = (shadowed.is_empty(), primary) {
+            let compare = shadow::compare(
+                self.shadows.clone(),
+                account.clone(),
+                owner.key.target.clone(),
+                callback,
+                relayed
+                    .as_ref()
+                    .map_or_else(|| success().body, |a| a.body.clone()),
+                shadowed,
+                deadline,
+            );
+            self.in_flight.spawn(compare.in_current_span());
+        }
         info!(
             msg_type = envelope.msg_type.as_deref().unwrap_or("-"),
             event = envelope.event.as_deref().unwrap_or("-"),
@@ -579,16 +637,14 @@ impl Ingress {
         success()
     }
 
-    /// Sends the primary's job now and waits for its answer until `deadline`; the attempt goes on
-    /// (and is recorded) past the deadline, like any delivery.
-    async fn relay(
+    /// Sends `job` now, in its own task that records the outcome like any delivery; the
+    /// attempt's result also comes back through the returned channel.
+    fn start_attempt(
         &self,
         target: Arc<Target>,
         permit: OwnedSemaphorePermit,
         job: Job,
-        deadline: Instant,
-    ) -> Option<Answer> {
-        let account = target.key.account.clone();
+    ) -> oneshot::Receiver<Attempt> {
         let (reply, answer) = oneshot::channel();
         let store = self.store.clone();
         let downstream = self.downstream.clone();
@@ -605,19 +661,35 @@ impl Ingress {
             }
             .in_current_span(),
         );
-        let (outcome, answer) = match tokio::time::timeout_at(deadline.into(), answer).await {
-            Ok(Ok(Attempt {
-                reply: Some((content_type, body)),
-                ..
-            })) => ("relayed", Some(Answer { content_type, body })),
-            Ok(_) => ("failed", None),
-            Err(_) => {
-                debug!("primary did not answer before the reply deadline");
-                ("timed_out", None)
-            }
-        };
-        self.metrics.primary(&account, outcome);
         answer
+    }
+
+    /// Sends the primary's job now and waits for its answer until `deadline`; the attempt goes on
+    /// (and is recorded) past the deadline, like any delivery, and past it its answer comes
+    /// through the returned receiver.
+    async fn relay(
+        &self,
+        target: Arc<Target>,
+        permit: OwnedSemaphorePermit,
+        job: Job,
+        deadline: Instant,
+    ) -> (Option<Answer>, Option<oneshot::Receiver<Attempt>>) {
+        let account = target.key.account.clone();
+        let mut answer = self.start_attempt(target, permit, job);
+        let (outcome, relayed, late) =
+            match tokio::time::timeout_at(deadline.into(), &mut answer).await {
+                Ok(Ok(Attempt {
+                    reply: Some((content_type, body)),
+                    ..
+                })) => ("relayed", Some(Answer { content_type, body }), None),
+                Ok(_) => ("failed", None, None),
+                Err(_) => {
+                    debug!("primary did not answer before the reply deadline");
+                    ("timed_out", None, Some(answer))
+                }
+            };
+        self.metrics.primary(&account, outcome);
+        (relayed, late)
     }
 }
 
@@ -701,6 +773,8 @@ struct Verified {
 enum Start {
     /// The primary's, sent by ingress now; its answer may become the passive reply.
     Relay(OwnedSemaphorePermit),
+    /// A shadow's (`shadow_of`) of the relaying owner, sent by ingress now; only compared.
+    Shadow(OwnedSemaphorePermit),
     /// Handed to the target's worker with the request in memory.
     Handoff(OwnedPermit<Job>),
     /// Left in the store as due; the target's worker is rung.

@@ -293,7 +293,9 @@ fn entity_error(name: &[u8]) -> EnvelopeError {
 }
 
 /// Resolves `&name;` and `&#…;`; any other entity could only come from a DOCTYPE, which is refused.
-fn resolve_reference(reference: &quick_xml::events::BytesRef<'_>) -> Result<char, EnvelopeError> {
+pub(crate) fn resolve_reference(
+    reference: &quick_xml::events::BytesRef<'_>,
+) -> Result<char, EnvelopeError> {
     if reference.is_char_ref() {
         return match reference.resolve_char_ref() {
             Ok(Some(c)) => Ok(c),

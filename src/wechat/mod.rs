@@ -10,6 +10,7 @@ pub mod callback;
 pub mod crypto;
 pub mod dedupe;
 pub mod envelope;
+pub mod reply;
 pub mod signature;
 
 pub use callback::{

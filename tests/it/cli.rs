@@ -149,7 +149,7 @@ fn every_shipped_config_passes_check_config() {
         checked.push(path.file_name().unwrap().to_string_lossy().into_owned());
     }
     checked.sort();
-    assert_eq!(checked, ["example.toml", "redis.toml"]);
+    assert_eq!(checked, ["example.toml", "redis.toml", "replies.toml"]);
 }
 
 /// Issue 11: an admin listener on a public address without `admin.token` would open the console

@@ -163,3 +163,79 @@ async fn a_redis_that_can_lose_callbacks_is_named_in_one_warning_at_start() {
     binary.terminate();
     binary.wait_exit().await;
 }
+
+/// Late replies on the shared store: the binary on Redis rescues a slow bot's answer through
+/// the customer-service API of a fake WeChat API, once, and a closed 48-hour window (45015)
+/// becomes a dead letter in Redis that the CLI lists with WeChat's errcode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_replies_on_redis_are_sent_once_and_dead_lettered_with_the_errcode() {
+    use crate::support::wechat_api::{APP_SECRET, FakeWechatApi, Scripted};
+    use crate::support::wx::RECEIVE_ID;
+
+    let server = RedisServer::start(&["--requirepass", PASSWORD]);
+    let api = FakeWechatApi::start(RECEIVE_ID, &[]).await;
+    let bot = Target::start(200).await;
+    bot.set_delay(Duration::from_millis(600));
+    bot.set_reply(
+        "text/xml",
+        "<xml><MsgType>text</MsgType><Content>late but here</Content></xml>",
+    );
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let rest = format!(
+        "{}{}{}",
+        on_redis(&server),
+        wx.account(
+            "main",
+            &format!(
+                "primary = \"bot\"\nlate_replies = \"customer_service\"\n\
+                 app_secret = \"{APP_SECRET}\"\nwechat_api_base = \"{}\"",
+                api.base()
+            )
+        ),
+        Wx::target("bot", &bot.url("/bot"), "timeout_ms = 3000"),
+    );
+    let config = write_binary_config(dir.path(), listen, &rest);
+    let log = dir.path().join("serve.log");
+    let deadline = [("WECHAT_FANOUT_SERVER__REPLY_DEADLINE_MS", "200")];
+    let mut binary = Binary::serve_with(&config, listen, &log, &[], &deadline).await;
+
+    let sealed = wx.seal(&text_xml("hello?"));
+    assert_eq!(
+        post_to_binary(listen, &sealed).await,
+        (200, "success".to_owned())
+    );
+    for _ in 0..100 {
+        if !api.sent().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sent = api.sent();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0]["text"]["content"], "late but here");
+    assert_eq!(sent[0]["touser"], "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o");
+
+    api.script_send(&[Scripted::Errcode(45015)]);
+    assert_eq!(
+        post_to_binary(listen, &wx.seal(&text_xml("again?"))).await,
+        (200, "success".to_owned())
+    );
+    let mut listed = String::new();
+    for _ in 0..100 {
+        listed = run_command(&config, "dead-letters", &["list", "--json"])
+            .await
+            .ok()
+            .to_owned();
+        if listed.contains("~late-replies") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(listed.contains("45015"), "{listed}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(api.sent().len(), 1, "sent once: {:?}", api.sent());
+    binary.terminate();
+    binary.wait_exit().await;
+}

@@ -1,9 +1,13 @@
 //! A fake WeChat server API on a local port: `POST /cgi-bin/stable_token` and `GET
 //! /cgi-bin/gettoken` (official accounts and WeCom) hand out an access token for the right app
 //! id and secret, and `GET /cgi-bin/getcallbackip` answers the callback IP list for the current
-//! token, else errcode 40001 as WeChat does. The test sets the list, rotates the token, and
-//! reads how often each endpoint was called. Dropping it stops it.
+//! token, else errcode 40001 as WeChat does. `POST /cgi-bin/message/custom/send` takes a
+//! customer-service message for the current token (else 40001), unless the test scripted its
+//! next answers (an HTTP status, or an errcode such as -1, 42001, 45015). The test sets the list,
+//! rotates the token, and reads how often each endpoint was called and what was sent. Dropping
+//! it stops it.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -28,6 +32,19 @@ struct State {
     ip_list: Vec<String>,
     /// Every request: the path, and the query or JSON body.
     calls: Vec<(String, String)>,
+    /// The next answers of the custom-send endpoint, before it accepts messages again.
+    send_script: VecDeque<Scripted>,
+    /// The customer-service messages accepted, in order.
+    sent: Vec<Value>,
+}
+
+/// A scripted answer of the custom-send endpoint.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Scripted {
+    /// This HTTP status, no JSON.
+    Status(u16),
+    /// HTTP 200 with this errcode (42001 also expires the current token, as WeChat's would be).
+    Errcode(i64),
 }
 
 #[derive(Debug)]
@@ -113,6 +130,16 @@ impl FakeWechatApi {
             .collect()
     }
 
+    /// The custom-send endpoint's next answers, in order; then it accepts again.
+    pub(crate) fn script_send(&self, answers: &[Scripted]) {
+        self.state.lock().unwrap().send_script.extend(answers);
+    }
+
+    /// The customer-service messages accepted so far.
+    pub(crate) fn sent(&self) -> Vec<Value> {
+        self.state.lock().unwrap().sent.clone()
+    }
+
     pub(crate) fn app_id(&self) -> &str {
         &self.app_id
     }
@@ -174,6 +201,37 @@ async fn answer(
                 json!({"ip_list": state.ip_list})
             } else {
                 json!({"errcode": 40001, "errmsg": "invalid credential, access_token is invalid or not latest"})
+            }
+        }
+        "/cgi-bin/message/custom/send" => {
+            if param("access_token").is_none() || param("access_token") != state.token {
+                json!({"errcode": 40001, "errmsg": "invalid credential, access_token is invalid or not latest"})
+            } else {
+                match state.send_script.pop_front() {
+                    Some(Scripted::Status(status)) => {
+                        let mut response = Response::new(Full::new(Bytes::from("busy")));
+                        *response.status_mut() =
+                            http::StatusCode::from_u16(status).expect("a status");
+                        return response;
+                    }
+                    Some(Scripted::Errcode(code)) => {
+                        if code == 42001 {
+                            state.token = Some("expired".into());
+                        }
+                        let message = match code {
+                            -1 => "system error",
+                            42001 => "access_token expired",
+                            45015 => "response out of time limit or subscription is canceled",
+                            _ => "scripted error",
+                        };
+                        json!({"errcode": code, "errmsg": message})
+                    }
+                    None => {
+                        let message: Value = serde_json::from_slice(&body).unwrap_or_default();
+                        state.sent.push(message);
+                        json!({"errcode": 0, "errmsg": "ok"})
+                    }
+                }
             }
         }
         _ => json!({"errcode": 40066, "errmsg": "invalid url"}),
