@@ -58,6 +58,14 @@ def core:
     "\(map(.cpu.server) | median) · \(map(.cpu.store // 0) | median) · \(map(.cpu.sinks) | median) · \(map(.cpu.other) | median) · \(map(.cpu.idle) | median)"
   else "–" end;
 
+# The server core's time per answered callback, in µs (medians over runs): what the load costs
+# there, whatever share of the core other users of the machine took.
+def per_callback:
+  if all(.cpu != null) and .[0].scenario != "bare" then
+    def us(f): map((f // 0) * 1e4 / rps) | median | round;
+    "\(us(.cpu.server)) · \(us(.cpu.store)) · \(us(.cpu.sinks))"
+  else "–" end;
+
 def mib: . / 1024 | floor | tostring;
 
 # Peak RSS of the proxy (of each proxy), and of redis-server.
@@ -87,12 +95,15 @@ def drain:
 | [ $order[] as $s | $runs | map(select(.scenario == $s)) ] as $groups
 | (reduce $groups[] as $g ({}; .[$g[0].scenario] = ($g | map(rps) | median))) as $med
 | (reduce $groups[] as $g ({}; .[$g[0].scenario] = ($g | map(.wrk.p99_us) | median))) as $p99
+# Core time per callback (server + redis + sinks, µs; median over runs).
+| (reduce $groups[] as $g ({}; .[$g[0].scenario] = (if all($g[]; .cpu != null)
+    then $g | map((.cpu.server + (.cpu.store // 0) + .cpu.sinks) * 1e4 / rps) | median else null end))) as $core_us
 # Each run's ratio to the SQLite fast run of the same round (runs alternate between scenarios).
 | (reduce ($runs[] | select(.scenario == "fast")) as $f ({}; .["\($f.run)"] = ($f | rps))) as $fast_by_run
 | (reduce $groups[] as $g ({}; .[$g[0].scenario] =
     ($g | map(($fast_by_run["\(.run)"]) as $f | if $f then rps / $f else empty end)))) as $paired
-| "| scenario | requests/s (median) | spread (min–max) | p50 answer | p99 answer | deliveries per sink vs accepted | byte-identical | drain after load | proxy RSS (peak) | core 0 %: server · redis · sinks · other · idle | × hyper | × nginx | × SQLite (paired min–max) |",
-  "|---|---:|---:|---:|---:|---|---|---:|---:|---|---:|---:|---:|",
+| "| scenario | requests/s (median) | spread (min–max) | p50 answer | p99 answer | deliveries per sink vs accepted | byte-identical | drain after load | proxy RSS (peak) | core 0 %: server · redis · sinks · other · idle | core 0 µs per callback: server · redis · sinks | × hyper | × nginx | × SQLite (paired min–max) |",
+  "|---|---:|---:|---:|---:|---|---|---:|---:|---|---|---:|---:|---:|",
   ( $groups[] as $g
     | ($g | map(rps)) as $r
     | $g[0].scenario as $s
@@ -100,7 +111,7 @@ def drain:
       + "| \($g | map(.wrk.p50_us) | median | ms) | \($g | map(.wrk.p99_us) | median | ms) "
       + "| \($g | deliveries) | \($g | identity) | \(if $s == "bare" then "–" else ($g | drain) end) "
       + "| \($g | rss) "
-      + "| \($g | core) "
+      + "| \($g | core) | \($g | per_callback) "
       # A fixed rate is not a capacity: no ratio.
       + "| \(if $med.bare and ($s | ltrimstr("alt-") | IN("bare", "rate", "redis-rate") | not) then ($r | median) / $med.bare | ratio else "–" end) "
       + "| \(if $med.nginx and ($s | ltrimstr("alt-") | IN("nginx", "rate", "redis-rate") | not) then ($r | median) / $med.nginx | ratio else "–" end) "
@@ -126,6 +137,9 @@ def drain:
     ( if $med["redis-always"] and $med.fast then
         ($med["redis-always"] / $med.fast) as $x
         | "- one instance on Redis (always): \($x | ratio) the SQLite instance (median of paired runs \($paired["redis-always"] | median | ratio)) ≥ 0.8×: \(verdict($x >= 0.8))"
+          + (if $core_us.fast and $core_us["redis-always"] then
+              "; by server-core time per callback (\($core_us.fast | round) µs vs \($core_us["redis-always"] | round) µs), what an unshared core would give: \($core_us.fast / $core_us["redis-always"] | ratio)"
+            else "" end)
       else empty end ),
     ( if $p99["redis-rate"] then
         "- p99 answer on Redis (always) at a fixed \($med["redis-rate"] | int)/s: \($p99["redis-rate"] | ms) ≤ 5 ms: \(verdict($p99["redis-rate"] <= 5000))"
