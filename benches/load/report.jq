@@ -55,7 +55,8 @@ def identity:
 # Where the server core's time went during the load (medians over runs), in percent.
 def core:
   if all(.cpu != null) then
-    "\(map(.cpu.server) | median) · \(map(.cpu.store // 0) | median) · \(map(.cpu.sinks) | median) · \(map(.cpu.other) | median) · \(map(.cpu.idle) | median)"
+    def pct(f): map(f // 0) | median | . * 10 | round / 10;
+    "\(pct(.cpu.server)) · \(pct(.cpu.store)) · \(pct(.cpu.sinks)) · \(pct(.cpu.other)) · \(pct(.cpu.idle))"
   else "–" end;
 
 # The server core's time per answered callback, in µs (medians over runs): what the load costs

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Load benchmark of wechat-fanout (issue "Measured speed"); not part of `cargo test`.
 #
-#   bash benches/load/run.sh              # every scenario, 3 runs of 10 s each (~15 min)
+#   bash benches/load/run.sh              # every scenario, 3 runs of 10 s each (~20 min)
 #   QUICK=1 bash benches/load/run.sh      # smoke run: 1 run of 3 s each, small safe-mode pool
 #   BACKLOG=1 bash benches/load/run.sh    # adds the 1,000,000-callback backlog (memory) scenario
 #   SCENARIOS="fast down" bash benches/load/run.sh   # a subset of: bare nginx fast slow down safe rate
@@ -318,7 +318,8 @@ start_sink_b() {
 start_redis() { # $1: always|everysec; $2: run folder
     mkdir -p "$2/redis"
     start redis "$2/redis/redis.log" redis-server --bind 127.0.0.1 --port "$P_REDIS" --dir "$2/redis" \
-        --appendonly yes --appendfsync "$1" --save "" --maxmemory-policy noeviction --logfile ""
+        --appendonly yes --appendfsync "$1" --save "" --maxmemory-policy noeviction --logfile "" \
+        --latency-monitor-threshold 5
     for _ in $(seq 200); do
         [[ $(redis-cli -p "$P_REDIS" ping 2>/dev/null) == PONG ]] && return 0
         kill -0 "${PIDS[redis]}" 2>/dev/null || { log "redis-server exited during start"; return 1; }
@@ -498,6 +499,10 @@ run_proxy() {
     b=$(sink_json "$P_SINK_B")
     if [[ $store == redis ]]; then
         store_hwm=$(rss_kib "${PIDS[redis]}" VmHWM)
+        # Redis's own stalls of 5 ms or more (e.g. aof-fsync-always: a slow fdatasync in its
+        # main thread): event, time, latest ms, worst ms.
+        redis-cli -p "$P_REDIS" latency latest 2>/dev/null | paste -sd' ' |
+            sed "s/^/$scenario run $i: /" >>"$OUT/redis-latency.txt" || true
         # What Redis spent its time on, per command (scripts are EVALSHA), for the first run.
         if ((i == 1)); then
             redis-cli -p "$P_REDIS" info commandstats >"$OUT/redis-$scenario-commandstats.txt" 2>&1 || true
@@ -621,3 +626,7 @@ done
 for f in "$OUT"/redis-*-commandstats.txt; do
     [[ -f $f ]] && echo "Redis command statistics (run 1): $f"
 done
+if [[ -s $OUT/redis-latency.txt ]]; then
+    echo "Redis stalls ≥ 5 ms (LATENCY LATEST: event, when, latest ms, worst ms):"
+    cat "$OUT/redis-latency.txt"
+fi
