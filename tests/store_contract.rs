@@ -649,6 +649,28 @@ async fn duplicate_sees_the_pending_answer(store: Arc<dyn Store>) {
     );
 }
 
+/// The same outcome sent twice at once (it may travel in one batch with its copy) applies once:
+/// the callback's other target still counts, so the callback is not purged before it is
+/// delivered there too.
+async fn outcome_sent_twice_at_once_applies_once(store: Arc<dyn Store>) {
+    store
+        .accept(callback(&*store, "twice", &[("a", false), ("b", false)]))
+        .await
+        .unwrap();
+    let job = lease_one(&*store, "a").await;
+    let (first, second) = tokio::join!(
+        store.record(report(&job, 1, Disposition::Delivered)),
+        store.record(report(&job, 1, Disposition::Delivered)),
+    );
+    let mut outcomes = [first.unwrap(), second.unwrap()];
+    outcomes.sort_by_key(|o| *o == Recorded::LeaseLost);
+    assert_eq!(outcomes, [Recorded::Applied, Recorded::LeaseLost]);
+    assert_eq!(store.purge_delivered(i64::MAX).await.unwrap(), 0);
+    let job = lease_one(&*store, "b").await;
+    record(&*store, report(&job, 1, Disposition::Delivered)).await;
+    assert_eq!(store.purge_delivered(i64::MAX).await.unwrap(), 1);
+}
+
 /// The suite for one backend: `mod $backend` with one test per contract function, each on a
 /// fresh store from `$open` (the store and a guard that keeps its files alive).
 macro_rules! contract {
@@ -670,6 +692,7 @@ macro_rules! contract {
             #[tokio::test] record_with_a_stale_token_is_not_applied,
             #[tokio::test] accept_sent_twice_writes_once,
             #[tokio::test] duplicate_sees_the_pending_answer,
+            #[tokio::test] outcome_sent_twice_at_once_applies_once,
         );
     };
     (@suite $backend:ident, $open:expr, $(#[$runtime:meta] $test:ident,)*) => {

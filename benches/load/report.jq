@@ -11,13 +11,20 @@ def ratio: if . == null then "–" else (. * 100 | round / 100 | tostring) + "×
 def sum(f): map(f // 0) | add;
 
 def title:
+  if startswith("alt-") then (ltrimstr("alt-") | title) + " [\($alt)]" else
   { bare: "hyper ceiling (buffer + `success`)",
     nginx: "nginx mirror → 2 sinks",
     fast: "wechat-fanout, 2 fast targets",
     slow: "wechat-fanout, target b slow (\($slow) ms)",
     down: "wechat-fanout, target b down",
     safe: "wechat-fanout, safe mode (AES)",
-    rate: "wechat-fanout at a fixed rate" }[.] // .;
+    rate: "wechat-fanout at a fixed rate",
+    "redis-always": "wechat-fanout on Redis (AOF always), 2 fast targets",
+    "redis-everysec": "wechat-fanout on Redis (AOF everysec), 2 fast targets",
+    "redis-two": "2 × wechat-fanout on one Redis (always), 2 fast targets",
+    "redis-rate": "wechat-fanout on Redis (always) at a fixed rate" }[.] // . end;
+
+def redis_capacity: ltrimstr("alt-") | IN("redis-always", "redis-everysec", "redis-two");
 
 # Deliveries column: what each sink received (distinct callbacks) against what was accepted.
 def deliveries:
@@ -48,8 +55,31 @@ def identity:
 # Where the server core's time went during the load (medians over runs), in percent.
 def core:
   if all(.cpu != null) then
-    "\(map(.cpu.server) | median) · \(map(.cpu.sinks) | median) · \(map(.cpu.other) | median) · \(map(.cpu.idle) | median)"
+    def pct(f): map(f // 0) | median | . * 10 | round / 10;
+    "\(pct(.cpu.server)) · \(pct(.cpu.store)) · \(pct(.cpu.sinks)) · \(pct(.cpu.other)) · \(pct(.cpu.idle))"
   else "–" end;
+
+# The server core's time per answered callback, in µs (medians over runs): what the load costs
+# there, whatever share of the core other users of the machine took.
+def per_callback:
+  if all(.cpu != null) and .[0].scenario != "bare" then
+    def us(f): map((f // 0) * 1e4 / rps) | median | round;
+    "\(us(.cpu.server)) · \(us(.cpu.store)) · \(us(.cpu.sinks))"
+  else "–" end;
+
+def mib: . / 1024 | floor | tostring;
+
+# Peak RSS of the proxy (of each proxy), and of redis-server.
+def rss:
+  (map(.hwm_kib // empty)) as $hwm
+  | (map(.hwm_each_kib // empty)) as $each
+  | (map(.store_hwm_kib // empty)) as $store
+  | if ($hwm | length) == 0 then "–"
+    else (if ($each | length) > 0
+          then "\($each | map(.[0]) | max | mib) + \($each | map(.[1]) | max | mib) MiB"
+          else "\($hwm | max | mib) MiB" end)
+      + (if ($store | length) > 0 then " · redis \($store | max | mib) MiB" else "" end)
+    end;
 
 # Answers other than 200 (or failed requests), when there were any.
 def errors:
@@ -66,19 +96,29 @@ def drain:
 | [ $order[] as $s | $runs | map(select(.scenario == $s)) ] as $groups
 | (reduce $groups[] as $g ({}; .[$g[0].scenario] = ($g | map(rps) | median))) as $med
 | (reduce $groups[] as $g ({}; .[$g[0].scenario] = ($g | map(.wrk.p99_us) | median))) as $p99
-| "| scenario | requests/s (median) | spread (min–max) | p50 answer | p99 answer | deliveries per sink vs accepted | byte-identical | drain after load | proxy RSS (peak) | core 0 %: server · sinks · other · idle | × hyper | × nginx |",
-  "|---|---:|---:|---:|---:|---|---|---:|---:|---|---:|---:|",
+# Core time per callback (server + redis + sinks, µs; median over runs).
+| (reduce $groups[] as $g ({}; .[$g[0].scenario] = (if all($g[]; .cpu != null)
+    then $g | map((.cpu.server + (.cpu.store // 0) + .cpu.sinks) * 1e4 / rps) | median else null end))) as $core_us
+# Each run's ratio to the SQLite fast run of the same round (runs alternate between scenarios).
+| (reduce ($runs[] | select(.scenario == "fast")) as $f ({}; .["\($f.run)"] = ($f | rps))) as $fast_by_run
+| (reduce $groups[] as $g ({}; .[$g[0].scenario] =
+    ($g | map(($fast_by_run["\(.run)"]) as $f | if $f then rps / $f else empty end)))) as $paired
+| "| scenario | requests/s (median) | spread (min–max) | p50 answer | p99 answer | deliveries per sink vs accepted | byte-identical | drain after load | proxy RSS (peak) | core 0 %: server · redis · sinks · other · idle | core 0 µs per callback: server · redis · sinks | × hyper | × nginx | × SQLite (paired min–max) |",
+  "|---|---:|---:|---:|---:|---|---|---:|---:|---|---|---:|---:|---:|",
   ( $groups[] as $g
     | ($g | map(rps)) as $r
     | $g[0].scenario as $s
     | "| \($s | title) | \($r | median | int)\($g | errors) | \($r | min | int)–\($r | max | int) "
       + "| \($g | map(.wrk.p50_us) | median | ms) | \($g | map(.wrk.p99_us) | median | ms) "
       + "| \($g | deliveries) | \($g | identity) | \(if $s == "bare" then "–" else ($g | drain) end) "
-      + "| \($g | map(.hwm_kib // empty) | if length == 0 then "–" else (max / 1024 | floor | tostring) + " MiB" end) "
-      + "| \($g | core) "
+      + "| \($g | rss) "
+      + "| \($g | core) | \($g | per_callback) "
       # A fixed rate is not a capacity: no ratio.
-      + "| \(if $med.bare and ($s | IN("bare", "rate") | not) then ($r | median) / $med.bare | ratio else "–" end) "
-      + "| \(if $med.nginx and ($s | IN("nginx", "rate") | not) then ($r | median) / $med.nginx | ratio else "–" end) |"
+      + "| \(if $med.bare and ($s | ltrimstr("alt-") | IN("bare", "rate", "redis-rate") | not) then ($r | median) / $med.bare | ratio else "–" end) "
+      + "| \(if $med.nginx and ($s | ltrimstr("alt-") | IN("nginx", "rate", "redis-rate") | not) then ($r | median) / $med.nginx | ratio else "–" end) "
+      + "| \(if $med.fast and ($s | redis_capacity) then (($r | median) / $med.fast | ratio)
+              + (if ($paired[$s] | length) > 0 then " (\($paired[$s] | min | ratio)–\($paired[$s] | max | ratio))" else "" end)
+            else "–" end) |"
   ),
   "",
   "Targets of the issue (measured here, on this machine):",
@@ -94,5 +134,15 @@ def drain:
         else empty end ),
     ( if $p99.rate then
         "- p99 answer at a fixed \($med.rate | int)/s: \($p99.rate | ms) ≤ 2 ms: \(verdict($p99.rate <= 2000))"
+      else empty end ),
+    ( if $med["redis-always"] and $med.fast then
+        ($med["redis-always"] / $med.fast) as $x
+        | "- one instance on Redis (always): \($x | ratio) the SQLite instance (median of paired runs \($paired["redis-always"] | median | ratio)) ≥ 0.8×: \(verdict($x >= 0.8))"
+          + (if $core_us.fast and $core_us["redis-always"] then
+              "; by server-core time per callback (\($core_us.fast | round) µs vs \($core_us["redis-always"] | round) µs), what an unshared core would give: \($core_us.fast / $core_us["redis-always"] | ratio)"
+            else "" end)
+      else empty end ),
+    ( if $p99["redis-rate"] then
+        "- p99 answer on Redis (always) at a fixed \($med["redis-rate"] | int)/s: \($p99["redis-rate"] | ms) ≤ 5 ms: \(verdict($p99["redis-rate"] <= 5000))"
       else empty end )
   )

@@ -1,24 +1,39 @@
 #!/usr/bin/env bash
 # Load benchmark of wechat-fanout (issue "Measured speed"); not part of `cargo test`.
 #
-#   bash benches/load/run.sh              # every scenario, 3 runs of 10 s each (~15 min)
+#   bash benches/load/run.sh              # every scenario, 3 runs of 10 s each (~20 min)
 #   QUICK=1 bash benches/load/run.sh      # smoke run: 1 run of 3 s each, small safe-mode pool
 #   BACKLOG=1 bash benches/load/run.sh    # adds the 1,000,000-callback backlog (memory) scenario
 #   SCENARIOS="fast down" bash benches/load/run.sh   # a subset of: bare nginx fast slow down safe rate
+#                                     #   redis-always redis-everysec redis-two redis-rate
 #   BACKLOG=1 SCENARIOS= bash benches/load/run.sh    # the backlog scenario alone
 #
-# It installs what is missing (wrk, nginx-light, libnginx-mod-http-echo, curl, jq; apt-get, as
-# root), builds the release binary and the helpers (examples load-sink, load-bare, load-gen), then
-# runs each scenario with the server side (proxy or reference, and both sinks) pinned to core 0 and
-# the load generator to core 1 (when there are two cores), all on 127.0.0.1. Every run gets a
-# fresh store and fresh sinks; after the load the script waits (bounded) until both sinks hold
-# every accepted callback, checks that each delivery was byte-identical, and reads the proxy's RSS
-# from /proc. It prints a markdown table (also written to $OUT/report.md, raw runs in
+# It installs what the chosen scenarios lack (wrk, curl, jq; nginx-light and
+# libnginx-mod-http-echo for nginx; redis-server for the Redis ones; apt-get, as root), builds
+# the release binary and the helpers (examples load-sink, load-bare, load-gen), then runs each
+# scenario with the server side (proxy or reference, both sinks, and redis-server) pinned to
+# core 0 and the load generator to core 1 (when there are two cores), all on 127.0.0.1. Runs
+# alternate between scenarios (run 1 of each, then run 2 of each…), so that a noisy stretch of a
+# shared machine hits every scenario alike. Every run gets a fresh store (SQLite file, or a
+# redis-server of its own in the run's folder) and fresh sinks; after the load the script waits
+# (bounded) until both sinks hold every accepted callback, checks that each delivery was
+# byte-identical, and reads the RSS of each proxy and of redis-server from /proc. It prints a markdown table (also written to $OUT/report.md, raw runs in
 # $OUT/runs.jsonl). Knobs (environment): DURATION (s), RUNS, CONNS (wrk connections), RATE
 # (latency scenario, callbacks/s), SAFE_POOL (distinct encrypted callbacks), LOG_FILTER (proxy
 # log filter, default "warn": at "info" it logs a line per callback and per delivery), SYNC
 # (store.synchronous, default "full"), DRAIN_TIMEOUT (s), PORT_BASE, PERF=1 (perf profile of the
-# proxy during the first fast run), OUT (results folder), KEEP=1 (keep the temp folder).
+# proxy during the first fast run, and of the proxy and redis-server during the first
+# redis-always run), OUT (results folder), KEEP=1 (keep the temp folder), ALT_BIN (another
+# wechat-fanout binary, for an A/B in one run: a scenario named alt-<scenario>, e.g.
+# alt-redis-always, runs <scenario> with it; ALT_LABEL names it in the report).
+#
+# Redis scenarios (installs Debian's redis-server when missing): one instance on a standalone
+# redis-server with AOF and `appendfsync always` (redis-always) or `everysec` (redis-everysec);
+# two instances sharing one redis-server (always), each with the same two targets (redis-two);
+# the fixed rate on one instance (redis-rate). For redis-two the load is two wrk processes, one
+# per instance, with CONNS/2 connections each and disjoint callback numbers; their rates add up.
+# (Not nginx as a round-robin balancer in front: it would run on the server core and take a
+# share of it that neither proxy needs, so the two-instance figure would measure nginx too.)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -36,7 +51,7 @@ else
 fi
 CONNS=${CONNS:-64}
 RATE=${RATE:-2000}
-SCENARIOS=${SCENARIOS-bare nginx fast slow down safe rate}
+SCENARIOS=${SCENARIOS-bare nginx fast slow down safe rate redis-always redis-everysec redis-two redis-rate}
 BACKLOG=${BACKLOG:-0}
 BACKLOG_TARGET=${BACKLOG_TARGET:-1000000}
 BACKLOG_CHUNK=${BACKLOG_CHUNK:-10}
@@ -45,6 +60,8 @@ SYNC=${SYNC:-full}
 DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-180}
 PORT_BASE=${PORT_BASE:-17100}
 PERF=${PERF:-0}
+ALT_BIN=${ALT_BIN:-}
+ALT_LABEL=${ALT_LABEL:-ALT_BIN}
 KEEP=${KEEP:-0}
 SLOW_MS=2000
 
@@ -54,6 +71,9 @@ P_PROXY=$((PORT_BASE + 2))
 P_ADMIN=$((PORT_BASE + 3))
 P_SINK_A=$((PORT_BASE + 4))
 P_SINK_B=$((PORT_BASE + 5))
+P_PROXY2=$((PORT_BASE + 6))
+P_ADMIN2=$((PORT_BASE + 7))
+P_REDIS=$((PORT_BASE + 8))
 ECHO_MODULE=/usr/lib/nginx/modules/ngx_http_echo_module.so
 # Bench-only credentials; the same as benches/load/corpus.rs.
 TOKEN=fanoutLoadBench2024
@@ -130,12 +150,18 @@ port_free() {
 install_tools() {
     local missing=()
     command -v wrk >/dev/null || missing+=(wrk)
-    command -v nginx >/dev/null || missing+=(nginx-light)
-    [[ -f $ECHO_MODULE ]] || missing+=(libnginx-mod-http-echo)
+    if [[ " $SCENARIOS " == *" nginx "* ]]; then
+        command -v nginx >/dev/null || missing+=(nginx-light)
+        [[ -f $ECHO_MODULE ]] || missing+=(libnginx-mod-http-echo)
+    fi
     command -v curl >/dev/null || missing+=(curl)
     command -v jq >/dev/null || missing+=(jq)
     command -v taskset >/dev/null || missing+=(util-linux)
     if [[ $PERF == 1 ]] && ! command -v perf >/dev/null; then missing+=(linux-perf); fi
+    if [[ " $SCENARIOS " == *" redis-"* ]]; then
+        command -v redis-server >/dev/null || missing+=(redis-server)
+        command -v redis-cli >/dev/null || missing+=(redis-tools)
+    fi
     ((${#missing[@]} == 0)) && return 0
     log "installing ${missing[*]}"
     if [[ $(id -u) != 0 ]]; then
@@ -162,7 +188,8 @@ else
     PINNING="one core: not pinned"
     CORE_LINE=cpu
 fi
-for port in "$P_BARE" "$P_NGINX" "$P_PROXY" "$P_ADMIN" "$P_SINK_A" "$P_SINK_B"; do
+for port in "$P_BARE" "$P_NGINX" "$P_PROXY" "$P_ADMIN" "$P_SINK_A" "$P_SINK_B" "$P_PROXY2" "$P_ADMIN2" \
+    "$P_REDIS"; do
     port_free "$port" || { echo "port $port is in use (set PORT_BASE)" >&2; exit 1; }
 done
 
@@ -176,48 +203,79 @@ fi
 
 # --- measuring ------------------------------------------------------------------------------------
 # wrk against $1 with data file $2 for $3 seconds (default DURATION), callback numbers shifted by
-# $4 (default 0); prints its JSON summary.
+# $4 (default 0), with $5 connections (default CONNS); prints its JSON summary.
 wrk_json() {
-    local url=$1 data=$2 seconds=${3:-$DURATION} offset=${4:-0} out
-    out=$($CLIENT_CPU wrk -t1 -c"$CONNS" -d"${seconds}s" --timeout 10s \
+    local url=$1 data=$2 seconds=${3:-$DURATION} offset=${4:-0} conns=${5:-$CONNS} out
+    out=$($CLIENT_CPU wrk -t1 -c"$conns" -d"${seconds}s" --timeout 10s \
         -s "$HERE/callbacks.lua" "$url" -- "$data" 1 "$offset")
     grep '^WRK ' <<<"$out" | cut -c5-
+}
+
+# Two wrk processes at once, CONNS/2 connections each: one against each instance ($1, $2), with
+# disjoint callback numbers. Prints one summary: requests and rates added up, latencies the
+# worse of the two, each process's own summary under "each".
+wrk_two() {
+    local data=$3 half=$((CONNS / 2)) one two
+    one=$(mktemp "$WORK/wrk.XXXXXX")
+    two=$(mktemp "$WORK/wrk.XXXXXX")
+    wrk_json "$1" "$data" "$DURATION" 0 "$half" >"$one" &
+    local first=$!
+    wrk_json "$2" "$data" "$DURATION" 5000000000000 "$half" >"$two"
+    wait "$first"
+    jq -sc '{requests: (map(.requests) | add), duration_us: (map(.duration_us) | max),
+        rps: (map(.requests / (.duration_us / 1e6)) | add),
+        connect_errors: (map(.connect_errors) | add), read_errors: (map(.read_errors) | add),
+        write_errors: (map(.write_errors) | add), status_errors: (map(.status_errors) | add),
+        timeouts: (map(.timeouts) | add), p50_us: (map(.p50_us) | max), p90_us: (map(.p90_us) | max),
+        p99_us: (map(.p99_us) | max), max_us: (map(.max_us) | max), each: .}' "$one" "$two"
+    rm -f "$one" "$two"
 }
 
 sink_stats() { curl -s "http://127.0.0.1:$1/_sink/stats"; }
 sink_unique() { sink_stats "$1" | jq -r .unique; }
 
-# Sum of a proxy metric's samples whose labels contain $2.
+# Sum of a proxy metric's samples whose labels contain $2, from admin port $3 (default P_ADMIN).
 metric() {
-    curl -s "http://127.0.0.1:$P_ADMIN/metrics" |
+    curl -s "http://127.0.0.1:${3:-$P_ADMIN}/metrics" |
         awk -v name="$1" -v want="$2" 'index($1, name) == 1 && index($0, want) { s += $NF } END { printf "%d\n", s }'
 }
-accepted() { metric wechat_fanout_callbacks_total 'outcome="accepted"'; }
-duplicates() { metric wechat_fanout_callbacks_total 'outcome="duplicate"'; }
+# Callbacks counted by the instances behind admin ports $@ (default P_ADMIN); these counters are
+# each instance's own, so several instances add up.
+accepted() {
+    local port n=0
+    for port in "${@:-$P_ADMIN}"; do n=$((n + $(metric wechat_fanout_callbacks_total 'outcome="accepted"' "$port"))); done
+    echo "$n"
+}
+duplicates() {
+    local port n=0
+    for port in "${@:-$P_ADMIN}"; do n=$((n + $(metric wechat_fanout_callbacks_total 'outcome="duplicate"' "$port"))); done
+    echo "$n"
+}
 
 rss_kib() { awk -v f="$2" '$1 == f":" { print $2 }' "/proc/$1/status"; }
 
-# CPU use on the server core, in clock ticks: "core_total core_idle server sink_a sink_b", where
-# server is the sum over the pids given (nginx: master and worker). "other" (the core's busy time
-# that none of these account for) shows interference from anything else on the machine.
+# CPU use on the server core, in clock ticks: "core_total core_idle server store sink_a sink_b",
+# where server is the sum over the pids given (nginx: master and worker; two proxies) and store
+# is redis-server (0 without it). "other" (the core's busy time that none of these account for)
+# shows interference from anything else on the machine.
 cpu_snapshot() {
     local p server=0
     for p in "$@"; do server=$((server + $(proc_ticks "$p"))); done
     echo "$(awk -v line="$CORE_LINE" '$1 == line { t = 0; for (i = 2; i <= NF; i++) t += $i; print t, $5 + $6 }' /proc/stat)" \
-        "$server $(proc_ticks "${PIDS[sink_a]:-}") $(proc_ticks "${PIDS[sink_b]:-}")"
+        "$server $(proc_ticks "${PIDS[redis]:-}") $(proc_ticks "${PIDS[sink_a]:-}") $(proc_ticks "${PIDS[sink_b]:-}")"
 }
 proc_ticks() { # utime + stime of every thread of pid $1 (0 when it is not running)
     if [[ -n $1 && -r /proc/$1/stat ]]; then awk '{ print $14 + $15 }' "/proc/$1/stat"; else echo 0; fi
 }
 cpu_json() { # $1, $2: snapshots before and after; prints shares of the core in percent
-    local t0 i0 s0 a0 b0 t1 i1 s1 a1 b1
-    read -r t0 i0 s0 a0 b0 <<<"$1"
-    read -r t1 i1 s1 a1 b1 <<<"$2"
+    local t0 i0 s0 r0 a0 b0 t1 i1 s1 r1 a1 b1
+    read -r t0 i0 s0 r0 a0 b0 <<<"$1"
+    read -r t1 i1 s1 r1 a1 b1 <<<"$2"
     jq -nc --argjson t $((t1 - t0)) --argjson idle $((i1 - i0)) --argjson s $((s1 - s0)) \
-        --argjson sinks $((a1 - a0 + b1 - b0)) \
+        --argjson store $((r1 - r0)) --argjson sinks $((a1 - a0 + b1 - b0)) \
         'def pct: . * 1000 / ([$t, 1] | max) | round / 10;
-         {server: ($s | pct), sinks: ($sinks | pct), idle: ($idle | pct),
-          other: (([$t - $idle - $s - $sinks, 0] | max) | pct)}'
+         {server: ($s | pct), store: ($store | pct), sinks: ($sinks | pct), idle: ($idle | pct),
+          other: (([$t - $idle - $s - $store - $sinks, 0] | max) | pct)}'
 }
 
 # Waits until sinks $2... hold $1 distinct callbacks each; prints the seconds it took, or "timeout".
@@ -256,22 +314,48 @@ start_sink_b() {
     wait_http "http://127.0.0.1:$P_SINK_B/_sink/stats" sink_b
 }
 
-start_proxy() { # $1: mode (plaintext|safe); $2: run folder
-    local dir=$2 key=""
+# A redis-server of the run's own, in its folder, with AOF on and appendfsync $1.
+start_redis() { # $1: always|everysec; $2: run folder
+    mkdir -p "$2/redis"
+    start redis "$2/redis/redis.log" redis-server --bind 127.0.0.1 --port "$P_REDIS" --dir "$2/redis" \
+        --appendonly yes --appendfsync "$1" --save "" --maxmemory-policy noeviction --logfile "" \
+        --latency-monitor-threshold 5
+    for _ in $(seq 200); do
+        [[ $(redis-cli -p "$P_REDIS" ping 2>/dev/null) == PONG ]] && return 0
+        kill -0 "${PIDS[redis]}" 2>/dev/null || { log "redis-server exited during start"; return 1; }
+        sleep 0.05
+    done
+    log "redis-server did not answer on port $P_REDIS"
+    return 1
+}
+
+start_proxy() { # $1: mode (plaintext|safe); $2: run folder; $3: sqlite|redis; $4: instance (1|2)
+    local dir=$2 key="" store name=proxy listen=$P_PROXY admin=$P_ADMIN config=$2/fanout.toml
     [[ $1 == safe ]] && key="encoding_aes_key = \"$AES_KEY\""
+    if [[ ${4:-1} == 2 ]]; then
+        name=proxy2 listen=$P_PROXY2 admin=$P_ADMIN2 config=$dir/fanout2.toml
+    fi
     mkdir -p "$dir/store"
-    cat >"$dir/fanout.toml" <<EOF
+    if [[ ${3:-sqlite} == redis ]]; then
+        store="backend = \"redis\"
+[store.redis]
+urls = [\"redis://127.0.0.1:$P_REDIS/0\"]
+key_prefix = \"bench\""
+    else
+        store="path = \"$dir/store/fanout.db\"
+synchronous = \"$SYNC\""
+    fi
+    cat >"$config" <<EOF
 [server]
-listen = "127.0.0.1:$P_PROXY"
+listen = "127.0.0.1:$listen"
 # The corpus is built once with fixed timestamps (benches/load/corpus.rs).
 max_timestamp_skew_secs = 0
 [admin]
-listen = "127.0.0.1:$P_ADMIN"
+listen = "127.0.0.1:$admin"
 [log]
 filter = "$LOG_FILTER"
 [store]
-path = "$dir/store/fanout.db"
-synchronous = "$SYNC"
+$store
 [target_defaults]
 # No dead letters during a bench: the down target must get everything once it is back.
 max_attempts = 50
@@ -290,8 +374,8 @@ url = "http://127.0.0.1:$P_SINK_A/wx"
 name = "b"
 url = "http://127.0.0.1:$P_SINK_B/wx"
 EOF
-    start proxy "$dir/proxy.log" "$BIN/wechat-fanout" serve --config "$dir/fanout.toml" --log-format text
-    wait_http "http://127.0.0.1:$P_ADMIN/readyz" proxy
+    start "$name" "$dir/$name.log" "$PROXY_BIN" serve --config "$config" --log-format text
+    wait_http "http://127.0.0.1:$admin/readyz" "$name"
 }
 
 # Appends one run's record to $RESULTS; $1 is a JSON object.
@@ -338,65 +422,101 @@ run_reference() { # $1: bare|nginx; $2: run number
     record "{\"scenario\":\"nginx\",\"run\":$i,\"wrk\":$w,\"cpu\":$cpu,\"accepted\":$answered,\"drain\":\"$drain\",\"a\":$a,\"b\":$b}"
 }
 
-run_proxy() { # $1: fast|slow|down|safe|rate; $2: run number
+# $1: fast|slow|down|safe|rate|redis-always|redis-everysec|redis-two|redis-rate, or one of these
+# prefixed with alt- (run with ALT_BIN); $2: run number
+run_proxy() {
     local scenario=$1 i=$2 dir=$WORK/runs/$1-$2 expect=plain mode=plaintext data=$PLAIN_DATA
-    local w acc dup rss hwm drain a b c0 cpu
+    local store=sqlite fsync="" two=0 admins=("$P_ADMIN") pids w acc dup rss hwm drain a b c0 cpu
+    local store_hwm=null each=null base=${1#alt-}
+    PROXY_BIN=$BIN/wechat-fanout
+    [[ $base != "$scenario" ]] && PROXY_BIN=$ALT_BIN
     mkdir -p "$dir"
-    if [[ $scenario == safe ]]; then expect=safe mode=safe data=$SAFE_DATA; fi
-    case $scenario in
+    if [[ $base == safe ]]; then expect=safe mode=safe data=$SAFE_DATA; fi
+    case $base in
+        redis-always | redis-rate) store=redis fsync=always ;;
+        redis-everysec) store=redis fsync=everysec ;;
+        redis-two) store=redis fsync=always two=1 admins+=("$P_ADMIN2") ;;
+    esac
+    case $base in
         slow) start_sinks "$expect" "$dir" ab "$SLOW_MS" ;;
         down) start_sinks "$expect" "$dir" a ;;
         *) start_sinks "$expect" "$dir" ab ;;
     esac
-    start_proxy "$mode" "$dir"
-    local pid=${PIDS[proxy]}
-    if [[ $PERF == 1 && $scenario == fast && $i == 1 ]]; then
-        $CLIENT_CPU perf record -F 999 -g -p "$pid" -o "$OUT/perf-fast.data" -- sleep "$DURATION" \
+    [[ $store == redis ]] && start_redis "$fsync" "$dir"
+    start_proxy "$mode" "$dir" "$store" 1
+    ((two)) && start_proxy "$mode" "$dir" "$store" 2
+    pids=("${PIDS[proxy]}")
+    ((two)) && pids+=("${PIDS[proxy2]}")
+    if [[ $PERF == 1 && $i == 1 && ($base == fast || $base == redis-always) ]]; then
+        local watched=${PIDS[proxy]}
+        [[ $store == redis ]] && watched+=",${PIDS[redis]}"
+        $CLIENT_CPU perf record -F 999 -g -p "$watched" -o "$OUT/perf-$scenario.data" -- sleep "$DURATION" \
             >"$dir/perf.log" 2>&1 &
         PIDS[perf]=$!
     fi
-    c0=$(cpu_snapshot "$pid")
-    if [[ $scenario == rate ]]; then
+    c0=$(cpu_snapshot "${pids[@]}")
+    if [[ $base == rate || $base == redis-rate ]]; then
         local r
         r=$($CLIENT_CPU "$BIN/examples/load-gen" rate --addr "127.0.0.1:$P_PROXY" --rate "$RATE" \
             --duration "$DURATION" | grep '^RATE ' | cut -c6-)
         w=$(jq -c '{requests: .ok, duration_us: 0, status_errors: .failed, p50_us, p90_us, p99_us,
             max_us, rps: .achieved_rps, pacer_late}' <<<"$r")
+    elif ((two)); then
+        w=$(wrk_two "http://127.0.0.1:$P_PROXY/wechat/bench" "http://127.0.0.1:$P_PROXY2/wechat/bench" "$data")
     else
         w=$(wrk_json "http://127.0.0.1:$P_PROXY/wechat/bench" "$data")
     fi
-    cpu=$(cpu_json "$c0" "$(cpu_snapshot "$pid")")
+    cpu=$(cpu_json "$c0" "$(cpu_snapshot "${pids[@]}")")
     if [[ -n ${PIDS[perf]:-} ]]; then
         wait "${PIDS[perf]}" 2>/dev/null || true
         unset "PIDS[perf]"
         {
-            echo "# by thread"
-            perf report -i "$OUT/perf-fast.data" --no-children --sort comm --stdio -g none 2>/dev/null
+            echo "# by process"
+            perf report -i "$OUT/perf-$scenario.data" --no-children --sort comm --stdio -g none 2>/dev/null
             echo "# by symbol, self time"
-            perf report -i "$OUT/perf-fast.data" --no-children --sort dso,sym --stdio -g none \
+            perf report -i "$OUT/perf-$scenario.data" --no-children --sort comm,dso,sym --stdio -g none \
                 --percent-limit 0.7 2>/dev/null
             echo "# by symbol, including callees"
-            perf report -i "$OUT/perf-fast.data" --children --sort sym --stdio -g none \
+            perf report -i "$OUT/perf-$scenario.data" --children --sort comm,sym --stdio -g none \
                 --percent-limit 3 2>/dev/null
-        } | grep -v -E -e '^#($| [A-Z.(])' -e '^$' >"$OUT/perf-fast.txt" || true
+        } | grep -v -E -e '^#($| [A-Z.(])' -e '^$' >"$OUT/perf-$scenario.txt" || true
     fi
-    acc=$(accepted)
-    dup=$(duplicates)
-    rss=$(rss_kib "$pid" VmRSS)
-    hwm=$(rss_kib "$pid" VmHWM)
+    acc=$(accepted "${admins[@]}")
+    dup=$(duplicates "${admins[@]}")
+    rss=$(rss_kib "${PIDS[proxy]}" VmRSS)
+    hwm=$(rss_kib "${PIDS[proxy]}" VmHWM)
+    if ((two)); then
+        each="[$hwm,$(rss_kib "${PIDS[proxy2]}" VmHWM)]"
+        hwm=$(jq 'max' <<<"$each")
+    fi
     # The slow or down target recovers; everything it missed must now arrive.
-    case $scenario in
+    case $base in
         slow) curl -s -X POST "http://127.0.0.1:$P_SINK_B/_sink/set?delay_ms=0" >/dev/null ;;
         down) start_sink_b "$expect" "$dir" 0 ;;
     esac
     drain=$(wait_drained "$acc" "$P_SINK_A" "$P_SINK_B")
     a=$(sink_json "$P_SINK_A")
     b=$(sink_json "$P_SINK_B")
+    if [[ $store == redis ]]; then
+        store_hwm=$(rss_kib "${PIDS[redis]}" VmHWM)
+        # Redis's own stalls of 5 ms or more (e.g. aof-fsync-always: a slow fdatasync in its
+        # main thread): event, time, latest ms, worst ms.
+        redis-cli -p "$P_REDIS" latency latest 2>/dev/null | paste -sd' ' |
+            sed "s/^/$scenario run $i: /" >>"$OUT/redis-latency.txt" || true
+        # What Redis spent its time on, per command (scripts are EVALSHA), for the first run.
+        if ((i == 1)); then
+            redis-cli -p "$P_REDIS" info commandstats >"$OUT/redis-$scenario-commandstats.txt" 2>&1 || true
+            redis-cli -p "$P_REDIS" info persistence >"$OUT/redis-$scenario-persistence.txt" 2>&1 || true
+        fi
+    fi
     stop proxy
+    stop proxy2
+    stop redis
     stop sink_a
     stop sink_b
     record "{\"scenario\":\"$scenario\",\"run\":$i,\"wrk\":$w,\"cpu\":$cpu,\"accepted\":$acc,\"duplicates\":$dup,
-        \"rss_kib\":$rss,\"hwm_kib\":$hwm,\"drain\":\"$drain\",\"a\":$a,\"b\":$b}"
+        \"rss_kib\":$rss,\"hwm_kib\":$hwm,\"hwm_each_kib\":$each,\"store_hwm_kib\":$store_hwm,
+        \"drain\":\"$drain\",\"a\":$a,\"b\":$b}"
 }
 
 # The 1,000,000-callback backlog: target b is down while wrk sends in chunks; after each chunk,
@@ -405,6 +525,7 @@ run_backlog() {
     local dir=$WORK/runs/backlog pid acc=0 prev=0 chunk=0 w rate rss base drained rates=() fast
     mkdir -p "$dir"
     start_sinks plain "$dir" a
+    PROXY_BIN=$BIN/wechat-fanout
     start_proxy plaintext "$dir"
     pid=${PIDS[proxy]}
     base=$(rss_kib "$pid" VmRSS)
@@ -451,12 +572,23 @@ run_backlog() {
 # --- the runs ---------------------------------------------------------------------------------------
 log "results in $OUT; $PINNING; $RUNS run(s) of ${DURATION}s, $CONNS connections"
 for scenario in $SCENARIOS; do
-    for i in $(seq "$RUNS"); do
+    case ${scenario#alt-} in
+        bare | nginx) [[ $scenario != alt-* ]] || { echo "alt- applies to the proxy's scenarios" >&2; exit 1; } ;;
+        fast | slow | down | safe | rate | redis-always | redis-everysec | redis-two | redis-rate) ;;
+        *) echo "unknown scenario $scenario" >&2; exit 1 ;;
+    esac
+    if [[ $scenario == alt-* && ! -x $ALT_BIN ]]; then
+        echo "$scenario needs ALT_BIN, an executable wechat-fanout" >&2
+        exit 1
+    fi
+done
+# Alternating: run 1 of every scenario, then run 2 of every scenario…
+for i in $(seq "$RUNS"); do
+    for scenario in $SCENARIOS; do
         log "$scenario, run $i/$RUNS"
         case $scenario in
             bare | nginx) run_reference "$scenario" "$i" ;;
-            fast | slow | down | safe | rate) run_proxy "$scenario" "$i" ;;
-            *) echo "unknown scenario $scenario" >&2; exit 1 ;;
+            *) run_proxy "$scenario" "$i" ;;
         esac
     done
 done
@@ -473,18 +605,28 @@ if [[ -s $RESULTS ]]; then {
         "store.synchronous=$SYNC on $(df -T "$WORK" | awk 'NR==2 {print $2}') · log filter $LOG_FILTER ·" \
         "safe pool $SAFE_POOL · rate scenario $RATE/s (load-gen, open loop)"
     echo
-    jq -rs --arg slow "$SLOW_MS" -f "$HERE/report.jq" "$RESULTS"
+    jq -rs --arg slow "$SLOW_MS" --arg alt "$ALT_LABEL" -f "$HERE/report.jq" "$RESULTS"
     echo
     echo "requests/s: answered callbacks (wrk; load-gen for the fixed rate), median of the runs;" \
         "p50/p99: median over runs of each run's answer latency (wrk: closed loop, $CONNS connections;" \
         "fixed rate: from each callback's scheduled send time). Deliveries: distinct callbacks each" \
         "sink received, summed over runs, after the backlog drained, against callbacks the proxy" \
-        "accepted (nginx: answered). Core 0 %: where the server core's time went during the load:" \
-        "the server, both sinks, anything else (kernel threads, other users of the machine: a high" \
-        "value marks a noisy run), idle."
+        "accepted (nginx: answered; two instances: both proxies' accepted added up). Core 0 %: where" \
+        "the server core's time went during the load: the server (proxy, both proxies, or the" \
+        "reference), redis-server, both sinks, anything else (kernel threads, other users of the" \
+        "machine: a high value marks a noisy run), idle. Redis rows: redis-server with AOF on," \
+        "fsync as named, on the server core too; × SQLite: against the SQLite fast row of the" \
+        "same run (runs alternate between scenarios); paired: each run's ratio to the SQLite run" \
+        "just before it."
 } | tee "$OUT/report.md"; fi
 [[ -f $OUT/backlog.md ]] && { echo; cat "$OUT/backlog.md"; } | tee -a "$OUT/report.md"
-if [[ -f $OUT/perf-fast.txt ]]; then
-    echo
-    echo "perf profile of the proxy (fast scenario, run 1): $OUT/perf-fast.txt"
+for f in "$OUT"/perf-*.txt; do
+    [[ -f $f ]] && echo "perf profile (run 1; by process, then by symbol): $f"
+done
+for f in "$OUT"/redis-*-commandstats.txt; do
+    [[ -f $f ]] && echo "Redis command statistics (run 1): $f"
+done
+if [[ -s $OUT/redis-latency.txt ]]; then
+    echo "Redis stalls ≥ 5 ms (LATENCY LATEST: event, when, latest ms, worst ms):"
+    cat "$OUT/redis-latency.txt"
 fi

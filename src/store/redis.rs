@@ -28,11 +28,19 @@
 //! from a first copy that another instance stored a moment ago may be answered before that copy
 //! is on disk. At open, one WARN line says what a crash of Redis can lose with its settings.
 //!
+//! **Batches.** Accepts, and attempt outcomes, that arrive while earlier ones are on their way
+//! to Redis go together: one script call per account carries all of them (each applied as it
+//! would be alone, in arrival order), so under load Redis runs one script and one reply for many
+//! callbacks instead of one each. An idle store sends each at once: nothing waits for a batch
+//! to fill. (Load bench: one script per accept and per outcome left Redis and the client's
+//! round trips at ~0.4–0.7× the SQLite store's throughput on the bench machine.)
+//!
 //! **Why the `redis` crate**: it is actively released, and has what this needs in one crate: a
 //! reconnecting connection manager, the async Cluster client, scripts with EVALSHA and a NOSCRIPT
 //! fallback, and TLS by rustls. `fred` is as capable but had no release since early 2025.
 
 use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +50,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, Script, Value};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::config::redact_url;
@@ -62,6 +71,10 @@ const ID_BLOCK: u64 = 1024;
 const WAITAOF_TIMEOUT_MS: u64 = 2000;
 /// Callbacks purged per account per call (one script; bounds how long Redis is busy).
 const PURGE_BATCH: usize = 1000;
+/// At most this many accepts (or outcomes) go in one batch…
+const BATCH_MAX: usize = 64;
+/// …and at most this many batches of a kind are on their way at once; more wait and grow.
+const BATCHES_IN_FLIGHT: usize = 4;
 
 /// How to reach Redis; made from `[store.redis]`.
 #[derive(Clone)]
@@ -154,6 +167,236 @@ pub struct RedisStore {
     scripts: Scripts,
     /// Accounts this process has listed in `<prefix>:accounts` already.
     listed: Mutex<HashSet<Arc<str>>>,
+    /// Accepts and outcomes on their way to Redis, in batches (set at the end of `open`).
+    accepts: Option<Batcher<AcceptItem, Row>>,
+    outcomes: Option<Batcher<OutcomeItem, i64>>,
+}
+
+/// A script's reply row: fields that may be nil.
+type Row = Vec<Option<Vec<u8>>>;
+
+/// One item's answer from a batch.
+type Reply<O> = oneshot::Sender<Result<O, StoreError>>;
+
+/// Sends items in batches: whatever queued up while earlier batches were on their way goes in
+/// the next one (at most [`BATCH_MAX`]; at most [`BATCHES_IN_FLIGHT`] at once).
+struct Batcher<I, O> {
+    queue: mpsc::UnboundedSender<(I, Reply<O>)>,
+}
+
+impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
+    /// `send` takes a batch and answers each item, in order. The task ends when the batcher is
+    /// dropped.
+    fn spawn<F, Fut>(send: F) -> Batcher<I, O>
+    where
+        F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<Result<O, StoreError>>> + Send + 'static,
+    {
+        let (queue, mut items) = mpsc::unbounded_channel::<(I, Reply<O>)>();
+        let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+        let send = Arc::new(send);
+        tokio::spawn(async move {
+            while let Some(first) = items.recv().await {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let mut batch = vec![first];
+                while batch.len() < BATCH_MAX
+                    && let Ok(item) = items.try_recv()
+                {
+                    batch.push(item);
+                }
+                let send = send.clone();
+                tokio::spawn(async move {
+                    let (batch, replies): (Vec<I>, Vec<Reply<O>>) = batch.into_iter().unzip();
+                    let answers = send(batch).await;
+                    for (reply, answer) in replies.into_iter().zip(answers) {
+                        // The caller may be gone (its request was cancelled): nothing to tell.
+                        let _ = reply.send(answer);
+                    }
+                    drop(slot);
+                });
+            }
+        });
+        Batcher { queue }
+    }
+
+    async fn submit(&self, item: I) -> Result<O, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send((item, reply))
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| {
+            StoreError::Other("a batch of store writes ended without an answer".into())
+        })?
+    }
+}
+
+/// An accept on its way: the account's key base and the script's arguments for it.
+struct AcceptItem {
+    base: String,
+    args: Vec<Vec<u8>>,
+}
+
+/// An attempt's outcome on its way.
+struct OutcomeItem {
+    base: String,
+    args: Vec<Vec<u8>>,
+}
+
+/// What the batches need of the store.
+struct BatchContext {
+    conn: Conn,
+    lease_ms: u64,
+    waitaof: bool,
+    accept: Script,
+    record: Script,
+}
+
+/// The same error for every item of a batch.
+fn each_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Redis(e) => StoreError::Redis(e.clone()),
+        StoreError::Closed => StoreError::Closed,
+        other => StoreError::Other(other.to_string()),
+    }
+}
+
+/// Groups the items of a batch by account (key base), keeping each item's place.
+fn by_base<T>(items: &[T], base: impl Fn(&T) -> &str) -> BTreeMap<&str, Vec<usize>> {
+    let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, item) in items.iter().enumerate() {
+        groups.entry(base(item)).or_default().push(i);
+    }
+    groups
+}
+
+impl BatchContext {
+    /// One accept script per account for the batch; each callback's reply row.
+    async fn accept(self: Arc<Self>, items: Vec<AcceptItem>) -> Vec<Result<Row, StoreError>> {
+        let mut answers: Vec<Option<Result<Row, StoreError>>> =
+            items.iter().map(|_| None).collect();
+        for (base, places) in by_base(&items, |i| &i.base) {
+            let mut invocation = self.accept.key(base);
+            invocation.arg(self.lease_ms);
+            for &i in &places {
+                invocation.arg(&items[i].args);
+            }
+            let rows = match self.run_accept(&invocation).await.and_then(|reply| {
+                let rows: Vec<Value> = parse(reply)?;
+                rows.into_iter()
+                    .map(parse::<Row>)
+                    .collect::<Result<Vec<_>, _>>()
+            }) {
+                Ok(rows) if rows.len() == places.len() => Ok(rows),
+                Ok(_) => Err(StoreError::Other("unexpected reply to accept".into())),
+                Err(e) => Err(e),
+            };
+            let rows = match rows {
+                Ok(rows) => {
+                    let new = rows
+                        .iter()
+                        .any(|r| r.first().and_then(|v| v.as_deref()) == Some(b"new"));
+                    match (self.waitaof && new).then(|| wait_aof(self.conn.clone(), base)) {
+                        Some(waited) => waited.await.map(|()| rows),
+                        None => Ok(rows),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            match rows {
+                Ok(rows) => {
+                    for (&i, row) in places.iter().zip(rows) {
+                        answers[i] = Some(Ok(row));
+                    }
+                }
+                Err(e) => {
+                    for &i in &places {
+                        answers[i] = Some(Err(each_error(&e)));
+                    }
+                }
+            }
+        }
+        answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| Err(StoreError::Other("accept not sent".into()))))
+            .collect()
+    }
+
+    /// Runs the accept script; once more if the connection broke (the script may have run: a
+    /// second run recognises its callback ids).
+    async fn run_accept(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<Value, StoreError> {
+        match invocation.invoke_async(&mut self.conn.clone()).await {
+            Ok(value) => Ok(value),
+            Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
+                Ok(invocation.invoke_async(&mut self.conn.clone()).await?)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// One record script per account for the batch; 1 (applied) or 0 (lease lost) each.
+    async fn record(self: Arc<Self>, items: Vec<OutcomeItem>) -> Vec<Result<i64, StoreError>> {
+        let mut answers: Vec<Option<Result<i64, StoreError>>> =
+            items.iter().map(|_| None).collect();
+        for (base, places) in by_base(&items, |i| &i.base) {
+            let mut invocation = self.record.key(base);
+            for &i in &places {
+                invocation.arg(&items[i].args);
+            }
+            let applied: Result<Vec<i64>, StoreError> = invocation
+                .invoke_async(&mut self.conn.clone())
+                .await
+                .map_err(StoreError::from);
+            match applied {
+                Ok(applied) if applied.len() == places.len() => {
+                    for (&i, n) in places.iter().zip(applied) {
+                        answers[i] = Some(Ok(n));
+                    }
+                }
+                other => {
+                    let e = match other {
+                        Err(e) => e,
+                        Ok(_) => StoreError::Other("unexpected reply to record".into()),
+                    };
+                    for &i in &places {
+                        answers[i] = Some(Err(each_error(&e)));
+                    }
+                }
+            }
+        }
+        answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| Err(StoreError::Other("outcome not sent".into()))))
+            .collect()
+    }
+}
+
+/// Waits until the writes so far on the connection that serves `base` are fsynced.
+async fn wait_aof(conn: Conn, base: &str) -> Result<(), StoreError> {
+    let mut cmd = redis::cmd("WAITAOF");
+    cmd.arg(1).arg(0).arg(WAITAOF_TIMEOUT_MS);
+    let reply = match conn {
+        Conn::Single(mut c) => cmd.query_async(&mut c).await?,
+        Conn::Cluster(mut c) => {
+            let route = Route::with_slot(Slot::for_key(base), SlotAddr::Master);
+            c.route_command(
+                cmd,
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+            )
+            .await?
+        }
+    };
+    let counts: Vec<i64> = parse(reply)?;
+    if counts.first().copied().unwrap_or(0) < 1 {
+        return Err(StoreError::Other(
+            "redis did not write the callback to its append-only file in time".into(),
+        ));
+    }
+    Ok(())
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -209,9 +452,21 @@ impl RedisStore {
             waitaof: false,
             scripts: Scripts::new(),
             listed: Mutex::new(HashSet::new()),
+            accepts: None,
+            outcomes: None,
             prefix,
         };
         store.waitaof = store.check_persistence().await;
+        let context = Arc::new(BatchContext {
+            conn: store.conn(),
+            lease_ms: store.lease_ms,
+            waitaof: store.waitaof,
+            accept: store.scripts.accept.clone(),
+            record: store.scripts.record.clone(),
+        });
+        let accepts = context.clone();
+        store.accepts = Some(Batcher::spawn(move |items| accepts.clone().accept(items)));
+        store.outcomes = Some(Batcher::spawn(move |items| context.clone().record(items)));
         info!(
             cluster = options.cluster,
             urls = ?options.urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>(),
@@ -344,45 +599,6 @@ impl RedisStore {
         waitaof
     }
 
-    /// Waits until the writes so far on the connection that serves `base` are fsynced.
-    async fn wait_aof(&self, base: &str) -> Result<(), StoreError> {
-        let mut cmd = redis::cmd("WAITAOF");
-        cmd.arg(1).arg(0).arg(WAITAOF_TIMEOUT_MS);
-        let reply = match self.conn() {
-            Conn::Single(mut c) => cmd.query_async(&mut c).await?,
-            Conn::Cluster(mut c) => {
-                let route = Route::with_slot(Slot::for_key(base), SlotAddr::Master);
-                c.route_command(
-                    cmd,
-                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
-                )
-                .await?
-            }
-        };
-        let counts: Vec<i64> = parse(reply)?;
-        if counts.first().copied().unwrap_or(0) < 1 {
-            return Err(StoreError::Other(
-                "redis did not write the callback to its append-only file in time".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Runs the accept script; once more if the connection broke (the script may have run: a
-    /// second run recognises its own callback id).
-    async fn run_accept(
-        &self,
-        invocation: &redis::ScriptInvocation<'_>,
-    ) -> Result<Value, StoreError> {
-        match invocation.invoke_async(&mut self.conn()).await {
-            Ok(value) => Ok(value),
-            Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
-                Ok(invocation.invoke_async(&mut self.conn()).await?)
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
     /// Groups leased jobs by account, for one script per account.
     fn by_account(jobs: &[Leased]) -> BTreeMap<&str, Vec<&Leased>> {
         let mut groups: BTreeMap<&str, Vec<&Leased>> = BTreeMap::new();
@@ -502,35 +718,36 @@ impl Store for RedisStore {
         .iter()
         .map(|p| if *p { '1' } else { '0' })
         .collect::<String>();
-        let mut invocation = self.scripts.accept.key(&base);
-        invocation
-            .arg(callback.id)
-            .arg(&callback.dedupe_key)
-            .arg(callback.received_at_ms)
-            .arg(callback.msg_type.as_deref().unwrap_or(""))
-            .arg(callback.event.as_deref().unwrap_or(""))
-            .arg(&request.query)
-            .arg(request.content_type.as_deref().unwrap_or(""))
-            .arg(&request.body[..])
-            .arg(
-                callback
-                    .answer_pending_ms
-                    .map_or(String::new(), |ms| ms.to_string()),
-            )
-            .arg(self.lease_ms)
-            .arg(present);
+        let bytes = |s: &str| s.as_bytes().to_vec();
+        let mut args = vec![
+            callback.id.to_string().into_bytes(),
+            bytes(&callback.dedupe_key),
+            callback.received_at_ms.to_string().into_bytes(),
+            bytes(callback.msg_type.as_deref().unwrap_or("")),
+            bytes(callback.event.as_deref().unwrap_or("")),
+            bytes(&request.query),
+            bytes(request.content_type.as_deref().unwrap_or("")),
+            request.body.to_vec(),
+            callback
+                .answer_pending_ms
+                .map_or(Vec::new(), |ms| ms.to_string().into_bytes()),
+            present.into_bytes(),
+            callback.jobs.len().to_string().into_bytes(),
+        ];
         for job in &callback.jobs {
-            invocation
-                .arg(job.id)
-                .arg(&*job.target)
-                .arg(job.lease.unwrap_or(0));
+            args.push(job.id.to_string().into_bytes());
+            args.push(bytes(&job.target));
+            args.push(job.lease.unwrap_or(0).to_string().into_bytes());
         }
-        let reply: Vec<Option<Vec<u8>>> = parse(self.run_accept(&invocation).await?)?;
+        let reply = self
+            .accepts
+            .as_ref()
+            .ok_or(StoreError::Closed)?
+            .submit(AcceptItem { base, args })
+            .await?;
         match reply.first().and_then(|v| v.as_deref()) {
             Some(b"new") => {
-                if self.waitaof {
-                    self.wait_aof(&base).await?;
-                }
+                // Stored (and, where the server has WAITAOF, fsynced) with its batch.
                 Ok(Accepted::New {
                     callback: callback.id,
                     jobs: callback.jobs.iter().map(|j| j.id).collect(),
@@ -651,20 +868,27 @@ impl Store for RedisStore {
             ),
             Disposition::Dead => ("dead", 0),
         };
-        let applied: i64 = self
-            .scripts
-            .record
-            .key(self.base(&report.key.account))
-            .arg(report.job)
-            .arg(report.lease)
-            .arg(kind)
-            .arg(delay)
-            .arg(report.attempt)
-            .arg(report.at_ms)
-            .arg(report.status.map_or(String::new(), |s| s.to_string()))
-            .arg(report.error.as_deref().unwrap_or(""))
-            .arg(if report.error.is_some() { "1" } else { "0" })
-            .invoke_async(&mut self.conn())
+        let args = vec![
+            report.job.to_string().into_bytes(),
+            report.lease.to_string().into_bytes(),
+            kind.as_bytes().to_vec(),
+            delay.to_string().into_bytes(),
+            report.attempt.to_string().into_bytes(),
+            report.at_ms.to_string().into_bytes(),
+            report
+                .status
+                .map_or(Vec::new(), |s| s.to_string().into_bytes()),
+            report.error.as_deref().unwrap_or("").as_bytes().to_vec(),
+            if report.error.is_some() { b"1" } else { b"0" }.to_vec(),
+        ];
+        let applied = self
+            .outcomes
+            .as_ref()
+            .ok_or(StoreError::Closed)?
+            .submit(OutcomeItem {
+                base: self.base(&report.key.account),
+                args,
+            })
             .await?;
         Ok(if applied == 1 {
             Recorded::Applied
@@ -1058,48 +1282,71 @@ impl Scripts {
     fn new() -> Scripts {
         let script = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
         Scripts {
-            // ARGV: id, dedupe key, received, msg_type, event, query, content type, body,
-            // answer pending ms, lease ms, presence of (msg_type, event, content type), then
-            // (job id, target, lease token or 0) per job.
+            // ARGV: lease ms, then per callback: id, dedupe key, received, msg_type, event,
+            // query, content type, body, answer pending ms, presence of (msg_type, event, content
+            // type), job count, then (job id, target, lease token or 0) per job. Each callback
+            // as if alone, in order; one reply each: {'new'}, or {'dup', id, answer, answer
+            // type, pending ms}.
             accept: script(
                 r"
-local id = ARGV[1]
-local existing = redis.call('HGET', K .. ':dedupe', ARGV[2])
-if existing then
-  if existing == id then return {'new'} end
-  local a = redis.call('HMGET', K .. ':cb:' .. existing, 'answer', 'answer_type', 'answer_due')
-  local pending = false
-  if not a[1] and a[3] then
-    local left = tonumber(a[3]) - now_ms()
-    if left > 0 then pending = tostring(left) end
-  end
-  return {'dup', existing, a[1] or false, a[2] or false, pending}
+local lease_ms = tonumber(ARGV[1])
+-- One clock reading, one SADD per target and one ZADD per lease set for the whole batch.
+local clock
+local function now()
+  if not clock then clock = now_ms() end
+  return clock
 end
-local now = now_ms()
-local present = ARGV[11]
-local n = (#ARGV - 11) / 3
-redis.call('HSET', K .. ':dedupe', ARGV[2], id)
-local cb = K .. ':cb:' .. id
-redis.call('HSET', cb, 'dedupe', ARGV[2], 'received', ARGV[3], 'query', ARGV[6], 'body', ARGV[8], 'open', n)
-if string.sub(present, 1, 1) == '1' then redis.call('HSET', cb, 'msg_type', ARGV[4]) end
-if string.sub(present, 2, 2) == '1' then redis.call('HSET', cb, 'event', ARGV[5]) end
-if string.sub(present, 3, 3) == '1' then redis.call('HSET', cb, 'ctype', ARGV[7]) end
-if ARGV[9] ~= '' then redis.call('HSET', cb, 'answer_due', now + tonumber(ARGV[9])) end
-local lease_ms = tonumber(ARGV[10])
-for i = 0, n - 1 do
-  local job, target, token = ARGV[12 + 3 * i], ARGV[13 + 3 * i], ARGV[14 + 3 * i]
-  local state = 'f'
-  if token == '0' then state = 'p' end
-  redis.call('HSET', K .. ':job:' .. job, 'cb', id, 'target', target, 'state', state, 'lease', token, 'attempts', 0, 'base', 0)
-  redis.call('SADD', K .. ':targets', target)
-  if token == '0' then
-    redis.call('ZADD', K .. ':due:' .. target, now, job)
-  else
-    redis.call('ZADD', K .. ':lease:' .. target, now + lease_ms, job)
+local targets, leases = {}, {}
+-- The callback whose arguments follow ARGV[o], with n jobs.
+local function accept(o, n)
+  local id, dedupe, received = ARGV[o + 1], ARGV[o + 2], ARGV[o + 3]
+  local existing = redis.call('HGET', K .. ':dedupe', dedupe)
+  if existing then
+    if existing == id then return {'new'} end
+    local a = redis.call('HMGET', K .. ':cb:' .. existing, 'answer', 'answer_type', 'answer_due')
+    local pending = false
+    if not a[1] and a[3] then
+      local left = tonumber(a[3]) - now()
+      if left > 0 then pending = tostring(left) end
+    end
+    return {'dup', existing, a[1] or false, a[2] or false, pending}
   end
+  local present = ARGV[o + 10]
+  redis.call('HSET', K .. ':dedupe', dedupe, id)
+  local cb = K .. ':cb:' .. id
+  local fields = {'dedupe', dedupe, 'received', received, 'query', ARGV[o + 6], 'body', ARGV[o + 8], 'open', n}
+  if string.sub(present, 1, 1) == '1' then table.insert(fields, 'msg_type'); table.insert(fields, ARGV[o + 4]) end
+  if string.sub(present, 2, 2) == '1' then table.insert(fields, 'event'); table.insert(fields, ARGV[o + 5]) end
+  if string.sub(present, 3, 3) == '1' then table.insert(fields, 'ctype'); table.insert(fields, ARGV[o + 7]) end
+  if ARGV[o + 9] ~= '' then table.insert(fields, 'answer_due'); table.insert(fields, now() + tonumber(ARGV[o + 9])) end
+  redis.call('HSET', cb, unpack(fields))
+  for i = 0, n - 1 do
+    local job, target, token = ARGV[o + 12 + 3 * i], ARGV[o + 13 + 3 * i], ARGV[o + 14 + 3 * i]
+    local state = 'f'
+    if token == '0' then state = 'p' end
+    redis.call('HSET', K .. ':job:' .. job, 'cb', id, 'target', target, 'state', state, 'lease', token, 'attempts', 0, 'base', 0)
+    targets[target] = true
+    if token == '0' then
+      redis.call('ZADD', K .. ':due:' .. target, now(), job)
+    else
+      local set = K .. ':lease:' .. target
+      if not leases[set] then leases[set] = {} end
+      table.insert(leases[set], now() + lease_ms)
+      table.insert(leases[set], job)
+    end
+  end
+  if n == 0 then redis.call('ZADD', K .. ':done', received, id) end
+  return {'new'}
 end
-if n == 0 then redis.call('ZADD', K .. ':done', ARGV[3], id) end
-return {'new'}
+local replies, o = {}, 1
+while o < #ARGV do
+  local n = tonumber(ARGV[o + 11])
+  table.insert(replies, accept(o, n))
+  o = o + 11 + 3 * n
+end
+for target in pairs(targets) do redis.call('SADD', K .. ':targets', target) end
+for set, members in pairs(leases) do redis.call('ZADD', set, unpack(members)) end
+return replies
 ",
             ),
             // ARGV: callback id, body, content type, content type present.
@@ -1152,35 +1399,52 @@ if #first == 0 then return false end
 return math.max(0, tonumber(first[2]) - now_ms())
 ",
             ),
-            // ARGV: job, token, delivered|retry|dead, delay ms, attempt, at ms, status, error,
-            // error present. 1: applied, 0: the lease does not hold.
+            // ARGV, per outcome (9 each): job, token, delivered|retry|dead, delay ms, attempt,
+            // at ms, status, error, error present. Each as if alone, in order; one reply each:
+            // 1: applied, 0: the lease does not hold.
             record: script(
                 r"
-local job = ARGV[1]
-local j = K .. ':job:' .. job
-local f = redis.call('HMGET', j, 'state', 'lease', 'target', 'cb', 'attempts')
-if f[1] ~= 'f' or f[2] ~= ARGV[2] then return 0 end
-local target = f[3]
-redis.call('ZREM', K .. ':lease:' .. target, job)
-if ARGV[3] == 'delivered' then
-  redis.call('DEL', j, K .. ':att:' .. job)
-  close_job(f[4])
+-- Leases ended and jobs delivered in this batch: one ZREM per lease set and one DEL at the end.
+local ended, gone, delivered = {}, {}, {}
+-- The outcome whose arguments follow ARGV[o].
+local function record(o)
+  local job = ARGV[o + 1]
+  local j = K .. ':job:' .. job
+  if delivered[job] then return 0 end
+  local f = redis.call('HMGET', j, 'state', 'lease', 'target', 'cb', 'attempts')
+  if f[1] ~= 'f' or f[2] ~= ARGV[o + 2] then return 0 end
+  local target = f[3]
+  local set = K .. ':lease:' .. target
+  if not ended[set] then ended[set] = {} end
+  table.insert(ended[set], job)
+  if ARGV[o + 3] == 'delivered' then
+    delivered[job] = true
+    table.insert(gone, j)
+    table.insert(gone, K .. ':att:' .. job)
+    close_job(f[4])
+    return 1
+  end
+  local attempt, at, status = ARGV[o + 5], ARGV[o + 6], ARGV[o + 7]
+  local err = '-'
+  if ARGV[o + 9] == '1' then err = 'E' .. ARGV[o + 8] end
+  redis.call('HSET', K .. ':att:' .. job, attempt, at .. '|' .. status .. '|' .. err)
+  redis.call('HSET', j, 'attempts', attempt, 'updated', at)
+  if status ~= '' then redis.call('HSET', j, 'status', status) else redis.call('HDEL', j, 'status') end
+  if ARGV[o + 9] == '1' then redis.call('HSET', j, 'error', ARGV[o + 8]) else redis.call('HDEL', j, 'error') end
+  if ARGV[o + 3] == 'retry' then
+    redis.call('HSET', j, 'state', 'p')
+    redis.call('ZADD', K .. ':due:' .. target, now_ms() + tonumber(ARGV[o + 4]), job)
+  else
+    redis.call('HSET', j, 'state', 'd', 'died', at)
+    redis.call('ZADD', K .. ':dead:' .. target, at, job)
+  end
   return 1
 end
-local err = '-'
-if ARGV[9] == '1' then err = 'E' .. ARGV[8] end
-redis.call('HSET', K .. ':att:' .. job, ARGV[5], ARGV[6] .. '|' .. ARGV[7] .. '|' .. err)
-redis.call('HSET', j, 'attempts', ARGV[5], 'updated', ARGV[6])
-if ARGV[7] ~= '' then redis.call('HSET', j, 'status', ARGV[7]) else redis.call('HDEL', j, 'status') end
-if ARGV[9] == '1' then redis.call('HSET', j, 'error', ARGV[8]) else redis.call('HDEL', j, 'error') end
-if ARGV[3] == 'retry' then
-  redis.call('HSET', j, 'state', 'p')
-  redis.call('ZADD', K .. ':due:' .. target, now_ms() + tonumber(ARGV[4]), job)
-else
-  redis.call('HSET', j, 'state', 'd', 'died', ARGV[6])
-  redis.call('ZADD', K .. ':dead:' .. target, ARGV[6], job)
-end
-return 1
+local replies = {}
+for o = 0, #ARGV - 1, 9 do table.insert(replies, record(o)) end
+for set, jobs in pairs(ended) do redis.call('ZREM', set, unpack(jobs)) end
+if #gone > 0 then redis.call('DEL', unpack(gone)) end
+return replies
 ",
             ),
             // ARGV: (job, token) pairs. Jobs still held under that token are due now.
