@@ -654,7 +654,7 @@ async fn duplicate_sees_the_pending_answer(store: Arc<dyn Store>) {
 /// delivered there too.
 async fn outcome_sent_twice_at_once_applies_once(store: Arc<dyn Store>) {
     store
-        .accept(callback(&*store, "twice", &[("a", false), ("b", false)]))
+        .accept(callback(&*store, "twice", &[("a", false), ("b", false)]).await)
         .await
         .unwrap();
     let job = lease_one(&*store, "a").await;
