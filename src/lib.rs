@@ -71,17 +71,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::admin::Admin;
-use crate::config::Config;
+use crate::config::{Backend, Config};
 use crate::delivery::Delivery;
 use crate::downstream::{Downstream, now_ms};
-use crate::events::{EventFeed, LocalFeed};
+use crate::events::{EventFeed, LocalFeed, RedisFeed};
 use crate::ingress::Ingress;
 use crate::leases::Leases;
 use crate::metrics::Metrics;
 use crate::shadow::ShadowLog;
 use crate::shutdown::InFlight;
 use crate::sources::Sources;
-use crate::store::Store;
+use crate::store::{RedisOptions, Store};
 use crate::targets::Routes;
 use crate::wechat_api::WechatApi;
 
@@ -127,8 +127,21 @@ pub async fn run_with(
     let routes = Arc::new(ArcSwap::from_pointee(Routes::from_config(&config)?));
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
-    let events: Arc<dyn EventFeed> =
-        Arc::new(LocalFeed::new(events::BUFFER, config.admin.show_content));
+    let local = LocalFeed::new(events::BUFFER, config.admin.show_content);
+    let events: Arc<dyn EventFeed> = match config.store.backend {
+        Backend::Sqlite => Arc::new(local),
+        // Every instance's console shows every instance's callbacks.
+        Backend::Redis => {
+            let options = RedisOptions::from_config(&config.store.redis)?;
+            let channel = format!("{}:events", options.key_prefix);
+            Arc::new(RedisFeed::start(
+                options.connection_infos()?,
+                channel,
+                local,
+                shutdown.clone(),
+            ))
+        }
+    };
     // One token cache per process, for every feature that calls WeChat's API.
     let api = Arc::new(WechatApi::new());
     let downstream = Downstream::new(metrics.clone(), events.clone(), api.clone());

@@ -57,17 +57,7 @@ pub async fn open(
             Arc::new(SqliteStore::open(&config.path, config.synchronous)?.with_readiness(readiness))
         }
         Backend::Redis => {
-            let redis = &config.redis;
-            let options = RedisOptions {
-                urls: redis.urls.clone(),
-                cluster: redis.cluster,
-                key_prefix: redis.key_prefix.clone(),
-                lease_ms: redis.lease_ms.0,
-                password: redis
-                    .password()
-                    .map_err(|e| StoreError::Other(e.to_string()))?,
-            };
-            Arc::new(RedisStore::open(&options).await?)
+            Arc::new(RedisStore::open(&RedisOptions::from_config(&config.redis)?).await?)
         }
     })
 }

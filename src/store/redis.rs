@@ -49,11 +49,13 @@ use bytes::Bytes;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
-use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, Script, Value};
+use redis::{
+    Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, Script, Value,
+};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{info, warn};
 
-use crate::config::redact_url;
+use crate::config::{RedisConfig, redact_url};
 
 use super::{
     Accepted, Answer, AttemptRecord, AttemptReport, CallbackId, DeadLetter, DeadLetterDetail,
@@ -86,6 +88,38 @@ pub struct RedisOptions {
     pub lease_ms: u64,
     /// Overrides a password in the URLs.
     pub password: Option<String>,
+}
+
+impl RedisOptions {
+    /// The options `[store.redis]` names, with the password from `password_env`.
+    pub fn from_config(config: &RedisConfig) -> Result<RedisOptions, StoreError> {
+        Ok(RedisOptions {
+            urls: config.urls.clone(),
+            cluster: config.cluster,
+            key_prefix: config.key_prefix.clone(),
+            lease_ms: config.lease_ms.0,
+            password: config
+                .password()
+                .map_err(|e| StoreError::Other(e.to_string()))?,
+        })
+    }
+
+    /// Where to connect: one entry per URL, with the password of `password_env` if set.
+    pub fn connection_infos(&self) -> Result<Vec<ConnectionInfo>, StoreError> {
+        let mut infos = Vec::with_capacity(self.urls.len());
+        for url in &self.urls {
+            let mut info = url
+                .as_str()
+                .into_connection_info()
+                .map_err(|e| StoreError::Other(format!("redis URL {}: {e}", redact_url(url))))?;
+            if let Some(password) = &self.password {
+                let settings = info.redis_settings().clone().set_password(password);
+                info = info.set_redis_settings(settings);
+            }
+            infos.push(info);
+        }
+        Ok(infos)
+    }
 }
 
 impl std::fmt::Debug for RedisOptions {
@@ -413,18 +447,7 @@ impl RedisStore {
     /// Connects and reads the server's persistence settings (one
     /// WARN line if a crash of Redis can lose accepted callbacks).
     pub async fn open(options: &RedisOptions) -> Result<RedisStore, StoreError> {
-        let mut infos = Vec::with_capacity(options.urls.len());
-        for url in &options.urls {
-            let mut info = url
-                .as_str()
-                .into_connection_info()
-                .map_err(|e| StoreError::Other(format!("redis URL {}: {e}", redact_url(url))))?;
-            if let Some(password) = &options.password {
-                let settings = info.redis_settings().clone().set_password(password);
-                info = info.set_redis_settings(settings);
-            }
-            infos.push(info);
-        }
+        let infos = options.connection_infos()?;
         let conn = if options.cluster {
             let mut builder = redis::cluster::ClusterClient::builder(infos)
                 .connection_timeout(CONNECT_TIMEOUT)

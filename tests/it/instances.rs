@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use wechat_fanout::config::Mode;
 use wechat_fanout::wechat::{Kind, SealedRequest};
 
-use crate::operate::{get_admin_of_binary, post_to_binary, write_binary_config};
+use crate::operate::{admin_url, get_admin_of_binary, post_to_binary, write_binary_config};
 use crate::support::binary::{Binary, run_async};
 use crate::support::redis::RedisServer;
 use crate::support::scrape::Scrape;
@@ -340,4 +340,107 @@ async fn every_instance_shows_the_whole_deployments_queue_and_dead_letters() {
             .collect();
         assert_eq!(targets, ["audit"], "{letters}");
     }
+}
+
+/// What a console page reads from `/console/events`, as it arrives.
+struct EventStream {
+    response: reqwest::Response,
+    /// Everything read so far.
+    seen: String,
+}
+
+impl EventStream {
+    async fn open(instance: &Instance) -> EventStream {
+        let response = reqwest::Client::new()
+            .get(admin_url(&instance.config, "/console/events"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        EventStream {
+            response,
+            seen: String::new(),
+        }
+    }
+
+    /// Reads until a line satisfies `found` (bounded), and returns that line.
+    async fn until(&mut self, what: &str, found: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(line) = self.seen.lines().find(|l| found(l)) {
+                return line.to_owned();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.response.chunk()).await {
+                Ok(Ok(Some(chunk))) => self.seen.push_str(&String::from_utf8_lossy(&chunk)),
+                _ => panic!("gave up waiting for {what} in the stream:\n{}", self.seen),
+            }
+        }
+    }
+
+    /// Reads what comes within `within`.
+    async fn read_for(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while let Ok(Ok(Some(chunk))) =
+            tokio::time::timeout_at(deadline.into(), self.response.chunk()).await
+        {
+            self.seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    fn count(&self, matches: impl Fn(&str) -> bool) -> usize {
+        self.seen.lines().filter(|l| matches(l)).count()
+    }
+}
+
+fn is_callback(line: &str) -> bool {
+    line.contains("\"kind\":\"callback\"")
+}
+
+/// The live console of any instance shows every instance's callbacks: a callback that instance A
+/// accepts, and its delivery, appear in the event stream that B's page reads (through Redis), and
+/// B's own callbacks appear there once, not again when they come back from the channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_of_any_instance_streams_every_instances_callbacks() {
+    let redis = RedisServer::start(&[]);
+    let crm = Target::start(200).await;
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
+    let rest = format!(
+        "{}{}{}",
+        on_redis(&redis),
+        wx.account("main", ""),
+        Wx::target("crm", &crm.url("/crm"), ""),
+    );
+    let (a, b) = tokio::join!(Instance::start(&rest), Instance::start(&rest));
+    let mut stream = EventStream::open(&b).await;
+
+    let sealed = wx.seal(&text_xml("accepted by A"));
+    assert_eq!(a.post(&sealed).await, (200, "success".to_owned()));
+    let line = stream.until("A's callback", is_callback).await;
+    let callback = line
+        .split("\"callback\":")
+        .nth(1)
+        .and_then(|rest| rest.split([',', '}']).next())
+        .unwrap()
+        .to_owned();
+    assert!(line.contains("\"target\":\"crm\""), "{line}");
+    stream
+        .until("A's delivery", |l| {
+            l.contains("\"kind\":\"attempt\"")
+                && l.contains(&format!("\"callback\":{callback},"))
+                && l.contains("\"outcome\":\"delivered\"")
+        })
+        .await;
+    assert_eq!(crm.wait_for(1).await.len(), 1);
+
+    // B's own callback is shown once: what comes back from the channel is not shown again.
+    let sealed = wx.seal(&text_xml("accepted by B"));
+    assert_eq!(b.post(&sealed).await, (200, "success".to_owned()));
+    stream
+        .until("B's callback", |l| {
+            is_callback(l) && !l.contains(&format!("\"callback\":{callback},"))
+        })
+        .await;
+    stream.read_for(Duration::from_millis(500)).await;
+    assert_eq!(stream.count(is_callback), 2, "{}", stream.seen);
 }

@@ -59,10 +59,15 @@ pub(crate) async fn post_to_binary_account(
 /// `GET path` on the admin listener of the binary started with `config` (written by
 /// [`write_binary_config`]): the answer's status and body.
 pub(crate) async fn get_admin_of_binary(config: &Path, path: &str) -> (u16, String) {
+    status_and_text(client().get(admin_url(config, path))).await
+}
+
+/// `http://{admin.listen}{path}` of the binary started with `config`.
+pub(crate) fn admin_url(config: &Path, path: &str) -> String {
     let text = std::fs::read_to_string(config).expect("read the config");
     let parsed: toml::Value = toml::from_str(&text).expect("the config parses");
     let admin = parsed["admin"]["listen"].as_str().expect("admin.listen");
-    status_and_text(client().get(format!("http://{admin}{path}"))).await
+    format!("http://{admin}{path}")
 }
 
 fn client() -> reqwest::Client {

@@ -5,10 +5,10 @@
 //! waits: the feed is a bounded broadcast, and a subscriber that falls behind (a stalled
 //! browser) loses the oldest events and is told how many, instead of slowing anyone down.
 //!
-//! [`EventFeed`] is the seam for other sources: [`LocalFeed`] carries this process's events; a
-//! feed shared by several instances (a Redis channel or capped stream, say) implements the same
-//! two methods, publishing each event there and re-broadcasting what it reads back, so the page
-//! on any instance shows every instance's callbacks. Events are serde types for that reason.
+//! [`EventFeed`] is the seam for other sources: [`LocalFeed`] carries this process's events;
+//! [`RedisFeed`], for several instances on one Redis, also publishes each event on a Redis
+//! channel and re-broadcasts what the other instances publish, so the page on any instance shows
+//! every instance's callbacks. Events are serde types for that reason.
 //!
 //! An event carries no openid and no message content unless the feed was built to carry them
 //! (`admin.show_content`): publishers ask [`EventFeed::carries_content`] before adding them.
@@ -17,6 +17,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
+
+mod shared;
+
+pub use shared::RedisFeed;
 
 /// How many events a subscriber may fall behind before it loses the oldest.
 pub const BUFFER: usize = 1024;
@@ -144,7 +148,7 @@ impl Subscription {
 }
 
 /// This process's events, in memory.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct LocalFeed {
     sender: broadcast::Sender<Arc<Event>>,
     carries_content: bool,

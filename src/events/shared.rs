@@ -1,0 +1,236 @@
+//! The live feed of a deployment on Redis: the console of any instance shows every instance's
+//! callbacks and deliveries.
+//!
+//! Each event is shown here at once and published on one Redis Pub/Sub channel,
+//! `<key_prefix>:events`, tagged with this instance's id; what the channel brings from the other
+//! instances is re-broadcast into the local feed. Pub/Sub is fire-and-forget, like the live view
+//! itself: an event published while Redis is unreachable, or before an instance subscribed, is
+//! not shown there (the targets and dead-letter views read the store, which has everything).
+//! Publishing never waits: events go to a bounded queue that one task sends, and a full queue
+//! drops them. On a Cluster, a PUBLISH reaches every node, so one connection to any seed node
+//! hears every instance.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use redis::ConnectionInfo;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::{Event, EventFeed, LocalFeed, Subscription};
+
+/// Events waiting to be published; beyond this they are dropped (the page says nothing is lost
+/// for the store, only for the live view).
+const OUTBOX: usize = 4096;
+/// How long to wait before trying Redis again after it failed.
+const RETRY: Duration = Duration::from_secs(1);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// An event on the channel, with the instance that published it.
+#[derive(Serialize)]
+struct Outgoing<'a> {
+    from: u64,
+    event: &'a Event,
+}
+
+#[derive(Deserialize)]
+struct Incoming {
+    from: u64,
+    event: Event,
+}
+
+/// This instance's events and everyone else's, through Redis.
+#[derive(Debug)]
+pub struct RedisFeed {
+    local: LocalFeed,
+    outbox: mpsc::Sender<String>,
+    /// Tags this instance's events, so they are not shown twice when they come back.
+    instance: u64,
+}
+
+impl RedisFeed {
+    /// Starts publishing to and listening on `channel` at the first of `nodes` that answers,
+    /// until `shutdown`.
+    pub fn start(
+        nodes: Vec<ConnectionInfo>,
+        channel: String,
+        local: LocalFeed,
+        shutdown: CancellationToken,
+    ) -> RedisFeed {
+        let instance = rand::random();
+        let (outbox, queued) = mpsc::channel(OUTBOX);
+        let nodes = Arc::new(nodes);
+        tokio::spawn(publish(
+            nodes.clone(),
+            channel.clone(),
+            queued,
+            shutdown.clone(),
+        ));
+        tokio::spawn(listen(nodes, channel, local.clone(), instance, shutdown));
+        RedisFeed {
+            local,
+            outbox,
+            instance,
+        }
+    }
+}
+
+impl EventFeed for RedisFeed {
+    fn publish(&self, event: Event) {
+        let outgoing = Outgoing {
+            from: self.instance,
+            event: &event,
+        };
+        if let Ok(text) = serde_json::to_string(&outgoing) {
+            // Full: Redis is slow or away; the live view elsewhere misses this one.
+            let _ = self.outbox.try_send(text);
+        }
+        self.local.publish(event);
+    }
+
+    fn subscribe(&self) -> Subscription {
+        self.local.subscribe()
+    }
+
+    fn carries_content(&self) -> bool {
+        self.local.carries_content()
+    }
+}
+
+/// A client of the first node that accepts a connection.
+async fn connect(nodes: &[ConnectionInfo]) -> Option<redis::aio::MultiplexedConnection> {
+    for node in nodes {
+        let Ok(client) = redis::Client::open(node.clone()) else {
+            continue;
+        };
+        if let Ok(Ok(connection)) =
+            tokio::time::timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection()).await
+        {
+            return Some(connection);
+        }
+    }
+    None
+}
+
+async fn publish(
+    nodes: Arc<Vec<ConnectionInfo>>,
+    channel: String,
+    mut queued: mpsc::Receiver<String>,
+    shutdown: CancellationToken,
+) {
+    let mut connection = None;
+    // One warning per outage, not one per event.
+    let mut warned = false;
+    loop {
+        let text = tokio::select! {
+            text = queued.recv() => match text {
+                Some(text) => text,
+                None => return,
+            },
+            () = shutdown.cancelled() => return,
+        };
+        if connection.is_none() {
+            connection = connect(&nodes).await;
+        }
+        let Some(open) = connection.as_mut() else {
+            if !warned {
+                warn!(
+                    "cannot reach redis to share console events; other instances' consoles miss this one's until it can"
+                );
+                warned = true;
+            }
+            continue;
+        };
+        let sent: Result<i64, _> = redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg(text)
+            .query_async(open)
+            .await;
+        match sent {
+            Ok(_) => warned = false,
+            Err(e) => {
+                if !warned {
+                    warn!(error = %e, "sharing a console event through redis failed");
+                    warned = true;
+                }
+                connection = None;
+            }
+        }
+    }
+}
+
+async fn listen(
+    nodes: Arc<Vec<ConnectionInfo>>,
+    channel: String,
+    local: LocalFeed,
+    instance: u64,
+    shutdown: CancellationToken,
+) {
+    loop {
+        for node in nodes.iter() {
+            let subscribed = async {
+                let client = redis::Client::open(node.clone())?;
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(&channel).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            };
+            let pubsub = match tokio::time::timeout(CONNECT_TIMEOUT, subscribed).await {
+                Ok(Ok(pubsub)) => pubsub,
+                Ok(Err(e)) => {
+                    debug!(error = %e, "cannot subscribe to console events");
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            let mut messages = pubsub.into_on_message();
+            loop {
+                let message = tokio::select! {
+                    message = messages.next() => message,
+                    () = shutdown.cancelled() => return,
+                };
+                // None: the connection is gone; subscribe again.
+                let Some(message) = message else { break };
+                match serde_json::from_slice::<Incoming>(message.get_payload_bytes()) {
+                    Ok(incoming) if incoming.from != instance => local.publish(incoming.event),
+                    Ok(_) => {}
+                    Err(e) => debug!(error = %e, "an unreadable console event on the channel"),
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(RETRY) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_travels_with_its_instance() {
+        let event = Event::Rejected {
+            at_ms: 1,
+            account: "main".into(),
+            reason: "bad_signature".into(),
+        };
+        let text = serde_json::to_string(&Outgoing {
+            from: 7,
+            event: &event,
+        })
+        .unwrap_or_default();
+        let back: Incoming = serde_json::from_str(&text).unwrap_or(Incoming {
+            from: 0,
+            event: Event::Replayed {
+                at_ms: 0,
+                job: None,
+                count: 0,
+            },
+        });
+        assert_eq!((back.from, back.event), (7, event));
+    }
+}
