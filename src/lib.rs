@@ -192,7 +192,7 @@ pub async fn run_with(
         }
         None => None,
     };
-    let sources = start_sources(&config, api, &shutdown)?;
+    let sources = start_sources(&config, api, &store, &shutdown)?;
     let ingress = Arc::new(
         Ingress::new(
             routes.clone(),
@@ -246,6 +246,7 @@ pub async fn run_with(
 fn start_sources(
     config: &Config,
     api: Arc<WechatApi>,
+    store: &Arc<dyn Store>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Arc<Sources>> {
     let trusted = config
@@ -267,7 +268,7 @@ fn start_sources(
             sources.clone(),
             api,
             accounts,
-            sources::list_file(&config.store.path),
+            store.clone(),
             shutdown.clone(),
         ));
     }

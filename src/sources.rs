@@ -9,21 +9,23 @@
 //!
 //! An account's list holds CIDR blocks (or single addresses) and/or `"wechat"`: WeChat's callback
 //! IP list, fetched with the account's access token ([`crate::wechat_api`]) at start and every
-//! hour, and kept in a small JSON file next to the store (`<store.path>.wechat-ips.json`), so
-//! that a restart while the API is unreachable still has the last list. Until some list is known,
+//! hour, and kept in the store as a small JSON value ([`crate::store::Store::keep_value`]), so
+//! that a start while the API is unreachable still has the last list, on any instance sharing
+//! the store. Until some list is known,
 //! `"wechat"` admits nobody (fail closed).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::store::{Store, StoreError};
 use crate::wechat_api::{ApiAccount, WechatApi};
 
 /// How often WeChat's callback IP list is fetched again.
@@ -180,12 +182,8 @@ impl Sources {
     }
 }
 
-/// The file that keeps the last lists: `<store.path>.wechat-ips.json`.
-pub fn list_file(store_path: &Path) -> PathBuf {
-    let mut name = store_path.as_os_str().to_owned();
-    name.push(".wechat-ips.json");
-    PathBuf::from(name)
-}
+/// The name the last lists are kept under in the store.
+pub const KEPT_AS: &str = "wechat-callback-ips";
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Saved {
@@ -212,13 +210,18 @@ pub async fn refresh_loop(
     sources: Arc<Sources>,
     api: Arc<WechatApi>,
     accounts: Vec<ApiAccount>,
-    file: PathBuf,
+    store: Arc<dyn Store>,
     shutdown: CancellationToken,
 ) {
-    let mut saved: Saved = std::fs::read(&file)
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or_default();
+    let mut saved: Saved = match store.kept_value(KEPT_AS).await {
+        Ok(kept) => kept
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default(),
+        Err(e) => {
+            warn!(error = %e, "could not read the last WeChat callback IP lists from the store");
+            Saved::default()
+        }
+    };
     for account in &accounts {
         if let Some(list) = saved.accounts.get(&account.id) {
             sources.set(&account.id, parse_list(&list.ip_list));
@@ -251,8 +254,12 @@ pub async fn refresh_loop(
                 }
             }
         }
-        if let Err(e) = save(&file, &saved) {
-            warn!(path = %file.display(), error = %e, "could not save WeChat's callback IP lists");
+        let kept = serde_json::to_vec(&saved).map(Bytes::from);
+        if let Err(e) = match kept {
+            Ok(kept) => store.keep_value(KEPT_AS, kept).await,
+            Err(e) => Err(StoreError::Other(e.to_string())),
+        } {
+            warn!(error = %e, "could not keep WeChat's callback IP lists in the store");
         }
         let wait = if all_ok { REFRESH_EVERY } else { RETRY_AFTER };
         tokio::select! {
@@ -260,15 +267,6 @@ pub async fn refresh_loop(
             () = shutdown.cancelled() => return,
         }
     }
-}
-
-/// Writes the lists to a temporary file and renames it over the old one: a crash leaves either.
-fn save(file: &Path, saved: &Saved) -> std::io::Result<()> {
-    let mut temporary = file.as_os_str().to_owned();
-    temporary.push(".tmp");
-    let temporary = PathBuf::from(temporary);
-    std::fs::write(&temporary, serde_json::to_vec_pretty(saved)?)?;
-    std::fs::rename(&temporary, file)
 }
 
 #[cfg(test)]

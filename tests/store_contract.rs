@@ -290,6 +290,31 @@ async fn ids_increase_and_survive_a_double(store: Arc<dyn Store>) {
     }
 }
 
+/// Kept values (WeChat's callback IP lists) read back as written; a new value replaces the old.
+async fn kept_values_read_back_and_are_replaced(store: Arc<dyn Store>) {
+    assert_eq!(store.kept_value("lists").await.unwrap(), None);
+    store
+        .keep_value("lists", Bytes::from_static(b"{\"a\":1}"))
+        .await
+        .unwrap();
+    store
+        .keep_value("other", Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    store
+        .keep_value("lists", Bytes::from_static(b"{\"a\":2}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.kept_value("lists").await.unwrap(),
+        Some(Bytes::from_static(b"{\"a\":2}"))
+    );
+    assert_eq!(
+        store.kept_value("other").await.unwrap(),
+        Some(Bytes::from_static(b"x"))
+    );
+}
+
 /// Jobs stored as in flight (handed to a worker) that the worker gives back are due again;
 /// releasing a job that is not in flight, or under another lease, changes nothing.
 async fn release_returns_jobs_in_flight_to_the_queue(store: Arc<dyn Store>) {
@@ -684,6 +709,7 @@ macro_rules! contract {
             #[tokio::test] purge_keeps_undelivered,
             #[tokio::test] delivery_ids_are_never_reused,
             #[tokio::test] ids_increase_and_survive_a_double,
+            #[tokio::test] kept_values_read_back_and_are_replaced,
             #[tokio::test] release_returns_jobs_in_flight_to_the_queue,
             #[tokio::test] bury_unrouted_turns_orphaned_jobs_into_dead_letters,
             #[tokio::test] replay_dead_replays_letters_of_routed_targets_only,

@@ -417,4 +417,12 @@ pub trait Store: Send + Sync + 'static {
         id: Option<JobId>,
         filter: &DeadLetterFilter,
     ) -> Result<u64, StoreError>;
+
+    /// A small value the deployment keeps beside its callbacks, by name (WeChat's callback IP
+    /// lists, so that a start while WeChat's API is unreachable still has them); `None` if none
+    /// was kept. Read at start, written rarely; every instance sharing the store sees it.
+    async fn kept_value(&self, name: &str) -> Result<Option<Bytes>, StoreError>;
+
+    /// Keeps `value` under `name`, replacing what was there.
+    async fn keep_value(&self, name: &str, value: Bytes) -> Result<(), StoreError>;
 }

@@ -10,7 +10,7 @@
 //! (set), `done` (zset: callbacks with no job left, by arrival, for the retention purge). One
 //! key outside any account, `<prefix>:accounts`, lists the accounts for the deployment-wide
 //! reads (admin, metrics, dead letters by id); it is written before an account's first accept,
-//! idempotently.
+//! idempotently. Kept values (WeChat's callback IP lists) are `<prefix>:kept:<name>`.
 //!
 //! **Clocks.** Due times and lease expiries are Redis's `TIME`, read inside the scripts: the
 //! instances' clocks never meet. Ids are made by the caller, from blocks each instance
@@ -992,6 +992,23 @@ impl Store for RedisStore {
             }
         }
         Ok(buried)
+    }
+
+    async fn kept_value(&self, name: &str) -> Result<Option<Bytes>, StoreError> {
+        let value: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(format!("{}:kept:{name}", self.prefix))
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(value.map(Bytes::from))
+    }
+
+    async fn keep_value(&self, name: &str, value: Bytes) -> Result<(), StoreError> {
+        let () = redis::cmd("SET")
+            .arg(format!("{}:kept:{name}", self.prefix))
+            .arg(&value[..])
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(())
     }
 
     async fn check_writable(&self) -> Result<(), StoreError> {

@@ -86,6 +86,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (account, target, next_at) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS jobs_by_callback ON jobs (callback_id);
 CREATE TABLE IF NOT EXISTS readiness_probe (body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS kept (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 -- Columns added since the first release are added by MIGRATIONS, for files made before them.
 CREATE TABLE IF NOT EXISTS attempts (
     job_id INTEGER NOT NULL,
@@ -110,6 +111,7 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 enum Command {
     Accept(NewCallback, Reply<Accepted>),
     SaveAnswer(CallbackId, Answer, Reply<()>),
+    Keep(String, Bytes, Reply<()>),
     Lease(TargetKey, usize, LeaseToken, Reply<Vec<Job>>),
     NextDue(TargetKey, Reply<Option<Duration>>),
     Record(AttemptReport, Reply<Recorded>),
@@ -434,6 +436,23 @@ impl Store for SqliteStore {
         let reason = reason.to_owned();
         self.call(|r| Command::BuryUnrouted(routed, reason, now_ms, r))
             .await
+    }
+
+    async fn kept_value(&self, name: &str) -> Result<Option<Bytes>, StoreError> {
+        let name = name.to_owned();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT value FROM kept WHERE name = ?1")?
+                .query_row(params![name], |row| row.get::<_, Vec<u8>>(0))
+                .optional()?
+                .map(Bytes::from))
+        })
+        .await
+    }
+
+    async fn keep_value(&self, name: &str, value: Bytes) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        self.call(|r| Command::Keep(name, value, r)).await
     }
 
     async fn check_writable(&self) -> Result<(), StoreError> {
@@ -856,6 +875,7 @@ impl Writer {
         match command {
             Command::Accept(_, r) => Done::Accept(r, err(message)),
             Command::SaveAnswer(_, _, r)
+            | Command::Keep(_, _, r)
             | Command::Release(_, r)
             | Command::Flush(r)
             | Command::Probe(_, r) => Done::Unit(r, err(message)),
@@ -888,6 +908,7 @@ impl Writer {
             }
             // Nothing to do but to be in the transaction: its answer waits for the commit.
             Command::Flush(r) => Done::Unit(r, Ok(())),
+            Command::Keep(name, value, r) => Done::Unit(r, self.keep(&name, &value)),
             // `run_batch` takes probes out of the batch; one that got here is answered after
             // the commit like a flush.
             Command::Probe(_, r) => Done::Unit(r, Ok(())),
@@ -974,6 +995,16 @@ impl Writer {
             ])?;
         }
         Ok(new())
+    }
+
+    fn keep(&mut self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO kept (name, value) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![name, value])?;
+        Ok(())
     }
 
     fn save_answer(&mut self, id: CallbackId, answer: &Answer) -> Result<(), StoreError> {

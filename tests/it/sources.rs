@@ -228,8 +228,8 @@ async fn the_access_token_is_cached_and_fetched_again_when_wechat_revokes_it() {
 }
 
 /// A restart while WeChat's API is unreachable keeps taking callbacks from WeChat's addresses:
-/// the last list is kept next to the store. Without that file and without the API, nobody is
-/// let in (fail closed) and the 403 says why.
+/// the last list is kept in the store. With a store that has none and without the API, nobody
+/// is let in (fail closed) and the 403 says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_with_the_api_unreachable_keeps_the_last_list() {
     let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
@@ -238,12 +238,12 @@ async fn a_restart_with_the_api_unreachable_keeps_the_last_list() {
     let target = Target::start(200).await;
     let dir = tempfile::tempdir().unwrap();
     let listen = free_addr();
-    let write = |base: &str| {
+    let write = |dir: &std::path::Path, base: &str| {
         let lines = format!(
             "allowed_sources = [\"wechat\"]\napp_secret = \"{APP_SECRET}\"\nwechat_api_base = \"{base}\""
         );
         write_binary_config(
-            dir.path(),
+            dir,
             listen,
             &format!(
                 "{}{}",
@@ -252,26 +252,29 @@ async fn a_restart_with_the_api_unreachable_keeps_the_last_list() {
             ),
         )
     };
-    let config = write(&api.base());
+    let config = write(dir.path(), &api.base());
     let log = dir.path().join("serve.log");
     let mut binary = Binary::serve(&config, listen, &log).await;
     eventually_async("WeChat's list is fetched", || async {
         (post_to_binary(listen, &wx.seal(&text_xml("a"))).await.0 == 200).then_some(())
     })
     .await;
-    let saved = dir.path().join("fanout.db.wechat-ips.json");
-    assert!(
-        std::fs::read_to_string(&saved)
-            .unwrap()
-            .contains("101.226.103.0/25")
-    );
     binary.terminate();
     binary.wait_exit().await;
+    let kept: Vec<u8> = rusqlite::Connection::open(dir.path().join("fanout.db"))
+        .unwrap()
+        .query_row(
+            "SELECT value FROM kept WHERE name = 'wechat-callback-ips'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert!(String::from_utf8_lossy(&kept).contains("101.226.103.0/25"));
 
     // WeChat's API is gone.
     let down = format!("http://{}", free_addr());
     drop(api);
-    let config = write(&down);
+    let config = write(dir.path(), &down);
     let mut binary = Binary::serve(&config, listen, &log).await;
     let (status, body) = post_to_binary(listen, &wx.seal(&text_xml("b"))).await;
     assert_eq!(
@@ -289,7 +292,9 @@ async fn a_restart_with_the_api_unreachable_keeps_the_last_list() {
     binary.terminate();
     binary.wait_exit().await;
 
-    std::fs::remove_file(&saved).unwrap();
+    // A store that has kept no list.
+    let fresh = tempfile::tempdir().unwrap();
+    let config = write(fresh.path(), &down);
     let mut binary = Binary::serve(&config, listen, &log).await;
     let (status, body) = post_to_binary(listen, &wx.seal(&text_xml("c"))).await;
     assert_eq!(status, 403, "{body}");
