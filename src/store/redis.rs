@@ -202,8 +202,8 @@ pub struct RedisStore {
     /// Accounts this process has listed in `<prefix>:accounts` already.
     listed: Mutex<HashSet<Arc<str>>>,
     /// Accepts and outcomes on their way to Redis, in batches (set at the end of `open`).
-    accepts: Option<Batcher<AcceptItem, Row>>,
-    outcomes: Option<Batcher<OutcomeItem, i64>>,
+    accepts: Option<Batcher<BatchItem, Row>>,
+    outcomes: Option<Batcher<BatchItem, i64>>,
 }
 
 /// A script's reply row: fields that may be nil.
@@ -266,14 +266,9 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     }
 }
 
-/// An accept on its way: the account's key base and the script's arguments for it.
-struct AcceptItem {
-    base: String,
-    args: Vec<Vec<u8>>,
-}
-
-/// An attempt's outcome on its way.
-struct OutcomeItem {
+/// An accept or an attempt's outcome on its way: the account's key base and the script's
+/// arguments for it.
+struct BatchItem {
     base: String,
     args: Vec<Vec<u8>>,
 }
@@ -297,35 +292,75 @@ fn each_error(e: &StoreError) -> StoreError {
 }
 
 /// Groups the items of a batch by account (key base), keeping each item's place.
-fn by_base<T>(items: &[T], base: impl Fn(&T) -> &str) -> BTreeMap<&str, Vec<usize>> {
+fn by_base(items: &[BatchItem]) -> BTreeMap<&str, Vec<usize>> {
     let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, item) in items.iter().enumerate() {
-        groups.entry(base(item)).or_default().push(i);
+        groups.entry(item.base.as_str()).or_default().push(i);
     }
     groups
 }
 
+/// A script's replies for one group, if there is one for each item: `what` names the script.
+fn one_each<O>(replies: Vec<O>, places: &[usize], what: &str) -> Result<Vec<O>, StoreError> {
+    if replies.len() == places.len() {
+        Ok(replies)
+    } else {
+        Err(StoreError::Other(format!("unexpected reply to {what}")))
+    }
+}
+
+/// Gives each item of a group (its place in the batch) its reply, or the group's error.
+fn spread<O>(
+    answers: &mut [Option<Result<O, StoreError>>],
+    places: &[usize],
+    replies: Result<Vec<O>, StoreError>,
+) {
+    match replies {
+        Ok(replies) => {
+            for (&i, reply) in places.iter().zip(replies) {
+                answers[i] = Some(Ok(reply));
+            }
+        }
+        Err(e) => {
+            for &i in places {
+                answers[i] = Some(Err(each_error(&e)));
+            }
+        }
+    }
+}
+
+/// The batch's answers, in order; an item no group answered is an error naming `what`.
+fn answered<O>(
+    answers: Vec<Option<Result<O, StoreError>>>,
+    what: &str,
+) -> Vec<Result<O, StoreError>> {
+    answers
+        .into_iter()
+        .map(|a| a.unwrap_or_else(|| Err(StoreError::Other(format!("{what} not sent")))))
+        .collect()
+}
+
 impl BatchContext {
     /// One accept script per account for the batch; each callback's reply row.
-    async fn accept(self: Arc<Self>, items: Vec<AcceptItem>) -> Vec<Result<Row, StoreError>> {
+    async fn accept(self: Arc<Self>, items: Vec<BatchItem>) -> Vec<Result<Row, StoreError>> {
         let mut answers: Vec<Option<Result<Row, StoreError>>> =
             items.iter().map(|_| None).collect();
-        for (base, places) in by_base(&items, |i| &i.base) {
+        for (base, places) in by_base(&items) {
             let mut invocation = self.accept.key(base);
             invocation.arg(self.lease_ms);
             for &i in &places {
                 invocation.arg(&items[i].args);
             }
-            let rows = match self.run_accept(&invocation).await.and_then(|reply| {
-                let rows: Vec<Value> = parse(reply)?;
-                rows.into_iter()
-                    .map(parse::<Row>)
-                    .collect::<Result<Vec<_>, _>>()
-            }) {
-                Ok(rows) if rows.len() == places.len() => Ok(rows),
-                Ok(_) => Err(StoreError::Other("unexpected reply to accept".into())),
-                Err(e) => Err(e),
-            };
+            let rows = self
+                .run_accept(&invocation)
+                .await
+                .and_then(|reply| {
+                    let rows: Vec<Value> = parse(reply)?;
+                    rows.into_iter()
+                        .map(parse::<Row>)
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .and_then(|rows| one_each(rows, &places, "accept"));
             let rows = match rows {
                 Ok(rows) => {
                     let new = rows
@@ -338,23 +373,9 @@ impl BatchContext {
                 }
                 Err(e) => Err(e),
             };
-            match rows {
-                Ok(rows) => {
-                    for (&i, row) in places.iter().zip(rows) {
-                        answers[i] = Some(Ok(row));
-                    }
-                }
-                Err(e) => {
-                    for &i in &places {
-                        answers[i] = Some(Err(each_error(&e)));
-                    }
-                }
-            }
+            spread(&mut answers, &places, rows);
         }
-        answers
-            .into_iter()
-            .map(|a| a.unwrap_or_else(|| Err(StoreError::Other("accept not sent".into()))))
-            .collect()
+        answered(answers, "accept")
     }
 
     /// Runs the accept script; once more if the connection broke (the script may have run: a
@@ -373,39 +394,22 @@ impl BatchContext {
     }
 
     /// One record script per account for the batch; 1 (applied) or 0 (lease lost) each.
-    async fn record(self: Arc<Self>, items: Vec<OutcomeItem>) -> Vec<Result<i64, StoreError>> {
+    async fn record(self: Arc<Self>, items: Vec<BatchItem>) -> Vec<Result<i64, StoreError>> {
         let mut answers: Vec<Option<Result<i64, StoreError>>> =
             items.iter().map(|_| None).collect();
-        for (base, places) in by_base(&items, |i| &i.base) {
+        for (base, places) in by_base(&items) {
             let mut invocation = self.record.key(base);
             for &i in &places {
                 invocation.arg(&items[i].args);
             }
-            let applied: Result<Vec<i64>, StoreError> = invocation
-                .invoke_async(&mut self.conn.clone())
+            let applied = invocation
+                .invoke_async::<Vec<i64>>(&mut self.conn.clone())
                 .await
-                .map_err(StoreError::from);
-            match applied {
-                Ok(applied) if applied.len() == places.len() => {
-                    for (&i, n) in places.iter().zip(applied) {
-                        answers[i] = Some(Ok(n));
-                    }
-                }
-                other => {
-                    let e = match other {
-                        Err(e) => e,
-                        Ok(_) => StoreError::Other("unexpected reply to record".into()),
-                    };
-                    for &i in &places {
-                        answers[i] = Some(Err(each_error(&e)));
-                    }
-                }
-            }
+                .map_err(StoreError::from)
+                .and_then(|applied| one_each(applied, &places, "record"));
+            spread(&mut answers, &places, applied);
         }
-        answers
-            .into_iter()
-            .map(|a| a.unwrap_or_else(|| Err(StoreError::Other("outcome not sent".into()))))
-            .collect()
+        answered(answers, "outcome")
     }
 }
 
@@ -766,7 +770,7 @@ impl Store for RedisStore {
             .accepts
             .as_ref()
             .ok_or(StoreError::Closed)?
-            .submit(AcceptItem { base, args })
+            .submit(BatchItem { base, args })
             .await?;
         match reply.first().and_then(|v| v.as_deref()) {
             Some(b"new") => {
@@ -908,7 +912,7 @@ impl Store for RedisStore {
             .outcomes
             .as_ref()
             .ok_or(StoreError::Closed)?
-            .submit(OutcomeItem {
+            .submit(BatchItem {
                 base: self.base(&report.key.account),
                 args,
             })
