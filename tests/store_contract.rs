@@ -868,7 +868,17 @@ async fn every_instance_sees_the_whole_deployment(a: Arc<dyn Store>, b: Arc<dyn 
         .await
         .unwrap();
     assert_eq!(replayed.targets, vec![key("a")]);
-    assert_eq!(lease_one(&*a, "a").await.id, job.id);
+    let again = lease_one(&*a, "a").await;
+    assert_eq!(again.id, job.id);
+    // What one instance buries again, another purges.
+    record(&*a, report(&again, 2, Disposition::Dead)).await;
+    assert_eq!(
+        b.purge_dead(Some(job.id), &DeadLetterFilter::default())
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(a.dead_letter(job.id).await.unwrap().is_none());
 }
 
 /// Two instances taking ids at once, in blocks and one by one, never get the same id.
