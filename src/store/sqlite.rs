@@ -418,13 +418,9 @@ impl Store for SqliteStore {
 
     async fn renew(&self, _jobs: &[Leased]) -> Result<Vec<JobId>, StoreError> {
         // One process owns the file and leases never expire here (jobs in flight are due again
-        // only when the file is opened again): there is nothing to extend.
+        // only when the file is opened again): there is nothing to extend, and the trait's
+        // `lease_duration` (none) holds.
         Ok(Vec::new())
-    }
-
-    fn lease_duration(&self) -> Option<Duration> {
-        // The same reason: a lease here lasts until its outcome or the next open.
-        None
     }
 
     async fn bury_unrouted(
