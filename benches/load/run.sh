@@ -239,18 +239,16 @@ metric() {
     curl -s "http://127.0.0.1:${3:-$P_ADMIN}/metrics" |
         awk -v name="$1" -v want="$2" 'index($1, name) == 1 && index($0, want) { s += $NF } END { printf "%d\n", s }'
 }
-# Callbacks counted by the instances behind admin ports $@ (default P_ADMIN); these counters are
-# each instance's own, so several instances add up.
-accepted() {
-    local port n=0
-    for port in "${@:-$P_ADMIN}"; do n=$((n + $(metric wechat_fanout_callbacks_total 'outcome="accepted"' "$port"))); done
+# Callbacks with outcome $1 counted by the instances behind admin ports $2... (default P_ADMIN);
+# these counters are each instance's own, so several instances add up.
+counted() {
+    local outcome=$1 port n=0
+    shift
+    for port in "${@:-$P_ADMIN}"; do n=$((n + $(metric wechat_fanout_callbacks_total "outcome=\"$outcome\"" "$port"))); done
     echo "$n"
 }
-duplicates() {
-    local port n=0
-    for port in "${@:-$P_ADMIN}"; do n=$((n + $(metric wechat_fanout_callbacks_total 'outcome="duplicate"' "$port"))); done
-    echo "$n"
-}
+accepted() { counted accepted "$@"; }
+duplicates() { counted duplicate "$@"; }
 
 rss_kib() { awk -v f="$2" '$1 == f":" { print $2 }' "/proc/$1/status"; }
 
