@@ -719,14 +719,14 @@ impl RedisStore {
 #[async_trait]
 impl Store for RedisStore {
     async fn next_ids(&self, n: usize) -> Result<Vec<i64>, StoreError> {
-        let key = format!("{}:ids", self.prefix);
-        let mut conn = self.conn();
+        // Most calls are served from the reserved block: the key and a connection only for a
+        // reservation.
         self.ids
             .next(n, ID_BLOCK, |count| async move {
                 let last: i64 = redis::cmd("INCRBY")
-                    .arg(key)
+                    .arg(format!("{}:ids", self.prefix))
                     .arg(count)
-                    .query_async(&mut conn)
+                    .query_async(&mut self.conn())
                     .await?;
                 Ok(last)
             })
