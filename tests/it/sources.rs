@@ -15,7 +15,7 @@ use crate::support::scrape::Scrape;
 use crate::support::wechat_api::{APP_SECRET, FakeWechatApi};
 use crate::support::wx::RECEIVE_ID;
 use crate::support::{
-    Binary, FAST, Proxy, Target, WAIT, Wx, callbacks, eventually_async, free_addr, text_xml,
+    Binary, FAST, Proxy, Target, Wx, callbacks, client, eventually_async, free_addr, text_xml,
 };
 
 /// WeChat's callback IPs as the fake API lists them: a block and a single address.
@@ -28,12 +28,7 @@ async fn post_with(
     sealed: &SealedRequest,
     headers: &[(&str, &str)],
 ) -> (u16, String) {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(WAIT)
-        .build()
-        .unwrap();
-    let mut request = client
+    let mut request = client()
         .post(format!("http://{addr}/wechat/{account}?{}", sealed.query))
         .header("content-type", sealed.content_type)
         .body(sealed.body.clone());
