@@ -15,8 +15,11 @@ use std::time::{Duration, Instant};
 use wechat_fanout::config::Mode;
 use wechat_fanout::wechat::{Kind, SealedRequest};
 
-use crate::operate::{admin_url, get_admin_of_binary, post_to_binary, write_binary_config};
-use crate::support::binary::{Binary, run_async};
+use crate::operate::{
+    admin_url, get_admin_of_binary, listed_dead_letters, post_to_binary, targets_of,
+    write_binary_config,
+};
+use crate::support::binary::Binary;
 use crate::support::redis::RedisServer;
 use crate::support::scrape::Scrape;
 use crate::support::{Received, Target, Wx, eventually_async, free_addr, settle, text_xml};
@@ -329,16 +332,8 @@ async fn every_instance_shows_the_whole_deployments_queue_and_dead_letters() {
         let (status, listed) = instance.admin("/dead-letters").await;
         assert_eq!(status, 200, "{listed}");
         assert!(listed.contains("\"audit\""), "{listed}");
-        let config = instance.config.to_string_lossy();
-        let ran = run_async(&["--config", &config, "dead-letters", "list", "--json"]).await;
-        let letters: serde_json::Value = serde_json::from_str(ran.ok()).unwrap();
-        let targets: Vec<&str> = letters
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l["target"].as_str().unwrap())
-            .collect();
-        assert_eq!(targets, ["audit"], "{letters}");
+        let letters = listed_dead_letters(&instance.config).await;
+        assert_eq!(targets_of(&letters), ["audit"], "{letters:?}");
     }
 }
 

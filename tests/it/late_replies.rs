@@ -10,7 +10,7 @@ use wechat_fanout::config::Mode;
 use wechat_fanout::wechat::{AesKey, Kind};
 
 use crate::support::scrape::Scrape;
-use crate::support::wechat_api::{APP_SECRET, FakeWechatApi, Scripted};
+use crate::support::wechat_api::{FakeWechatApi, Scripted};
 use crate::support::wx::{AES_KEY, RECEIVE_ID};
 use crate::support::{
     DEAD, FAST, Proxy, Target, Wx, eventually, eventually_async, jobs, settle, text_xml,
@@ -39,9 +39,8 @@ async fn a_slow_bots_replies_reach_the_user_through_the_customer_service_api() {
         wx.account(
             "main",
             &format!(
-                "primary = \"bot\"\nlate_replies = \"customer_service\"\n\
-                 app_secret = \"{APP_SECRET}\"\nwechat_api_base = \"{}\"",
-                api.base()
+                "primary = \"bot\"\nlate_replies = \"customer_service\"\n{}",
+                api.credential_lines()
             )
         ),
         Wx::target("bot", &bot.url("/bot"), "timeout_ms = 3000"),
