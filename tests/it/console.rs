@@ -193,7 +193,9 @@ async fn a_failing_target_goes_retrying_then_dead_and_its_replay_turns_delivered
         )
         .await;
     browser.screenshot("live-delivered").await;
-    let received = target.wait_for(3).await;
+    target.wait_for(3).await;
+    settle().await;
+    let received = target.received();
     assert_eq!(received.len(), 3, "two failed attempts and the replay");
     assert!(received.iter().all(|r| r.body == sealed.body.as_bytes()));
     browser.quit().await;

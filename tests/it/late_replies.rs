@@ -10,7 +10,7 @@ use wechat_fanout::config::Mode;
 use wechat_fanout::wechat::{AesKey, Kind};
 
 use crate::support::scrape::Scrape;
-use crate::support::wechat_api::{FakeWechatApi, Scripted};
+use crate::support::wechat_api::{APP_SECRET, FakeWechatApi, Scripted};
 use crate::support::wx::{AES_KEY, RECEIVE_ID};
 use crate::support::{
     DEAD, FAST, Proxy, Target, Wx, eventually, eventually_async, jobs, settle, text_xml,
@@ -184,4 +184,20 @@ fn late_replies_need_app_secret() {
         .unwrap_err()
         .to_string();
     assert!(error.starts_with("accounts[0].late_replies"), "{error}");
+    assert!(error.contains("needs app_id and app_secret"), "{error}");
+
+    let wecom = Wx::new(Kind::WeCom, Mode::Safe);
+    let text = format!(
+        "{}{}",
+        wecom.account(
+            "work",
+            &format!("late_replies = \"customer_service\"\napp_secret = \"{APP_SECRET}\"")
+        ),
+        Wx::target("bot", "http://127.0.0.1:9/a", "")
+    );
+    let error = wechat_fanout::config::Config::from_toml(&text)
+        .unwrap_err()
+        .to_string();
+    assert!(error.starts_with("accounts[0].late_replies"), "{error}");
+    assert!(error.contains("WeCom has no customer-service"), "{error}");
 }
