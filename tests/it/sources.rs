@@ -144,10 +144,13 @@ async fn forged_forwarding_headers_from_an_untrusted_peer_change_nothing() {
         Wx::target("t", &target.url("/local"), ""),
     ))
     .await;
-    eventually_async("WeChat's list is fetched", || async {
-        (api.calls("/cgi-bin/getcallbackip") > 0).then_some(())
+    // Fetched is not yet known: until the proxy has the list, a refusal says so instead.
+    eventually_async("WeChat's list known to the proxy", || async {
+        let (status, body) = post_with(proxy.addr, "main", &wx.seal(&text_xml("f")), &[]).await;
+        (status == 403 && !body.contains("not known yet")).then_some(())
     })
     .await;
+    assert!(api.calls("/cgi-bin/getcallbackip") > 0);
     for headers in [
         vec![("x-forwarded-for", "101.226.103.5")],
         vec![("x-real-ip", "203.0.113.7")],
