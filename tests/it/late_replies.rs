@@ -28,14 +28,11 @@ fn sealed(inner: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_bots_replies_reach_the_user_through_the_customer_service_api() {
-    let api = FakeWechatApi::start(RECEIVE_ID, &[]).await;
-    let bot = Target::start(200).await;
-    bot.set_delay(Duration::from_millis(500));
-    let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
-    let toml = format!(
-        "{FAST}[server]\nreply_deadline_ms = 150\n{}{}",
+/// The account `main` of `wx` whose primary is `bot` (3 s timeout), its late replies sent
+/// through `api`; also used on Redis.
+pub(crate) fn bot_with_late_replies(wx: &Wx, api: &FakeWechatApi, bot: &Target) -> String {
+    format!(
+        "{}{}",
         wx.account(
             "main",
             &format!(
@@ -44,6 +41,18 @@ async fn a_slow_bots_replies_reach_the_user_through_the_customer_service_api() {
             )
         ),
         Wx::target("bot", &bot.url("/bot"), "timeout_ms = 3000"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_bots_replies_reach_the_user_through_the_customer_service_api() {
+    let api = FakeWechatApi::start(RECEIVE_ID, &[]).await;
+    let bot = Target::start(200).await;
+    bot.set_delay(Duration::from_millis(500));
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
+    let toml = format!(
+        "{FAST}[server]\nreply_deadline_ms = 150\n{}",
+        bot_with_late_replies(&wx, &api, &bot)
     );
     let proxy = Proxy::start_with_admin(&toml).await;
 

@@ -156,6 +156,7 @@ async fn a_redis_that_can_lose_callbacks_is_named_in_one_warning_at_start() {
 /// becomes a dead letter in Redis that the CLI lists with WeChat's errcode.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_replies_on_redis_are_sent_once_and_dead_lettered_with_the_errcode() {
+    use crate::late_replies::bot_with_late_replies;
     use crate::support::wechat_api::{FakeWechatApi, Scripted};
     use crate::support::wx::RECEIVE_ID;
 
@@ -171,16 +172,9 @@ async fn late_replies_on_redis_are_sent_once_and_dead_lettered_with_the_errcode(
     let dir = tempfile::tempdir().unwrap();
     let listen = free_addr();
     let rest = format!(
-        "{}{}{}",
+        "{}{}",
         on_redis(&server),
-        wx.account(
-            "main",
-            &format!(
-                "primary = \"bot\"\nlate_replies = \"customer_service\"\n{}",
-                api.credential_lines()
-            )
-        ),
-        Wx::target("bot", &bot.url("/bot"), "timeout_ms = 3000"),
+        bot_with_late_replies(&wx, &api, &bot)
     );
     let config = write_binary_config(dir.path(), listen, &rest);
     let log = dir.path().join("serve.log");
