@@ -129,14 +129,15 @@ impl Instance {
             .collect()
     }
 
-    /// Waits (bounded) until it shows no job pending or in flight in the whole deployment.
+    /// Waits (bounded) until it shows no job pending or in flight in the whole deployment (and
+    /// shows the gauges at all: no series would pass the check without saying anything).
     pub(crate) async fn drained(&self) {
         eventually_async("no job pending or in flight in the deployment", || async {
             let queue = self.queue().await;
-            queue
+            let idle = queue
                 .iter()
-                .all(|(labels, n)| labels.contains("state=dead") || *n == 0.0)
-                .then_some(())
+                .all(|(labels, n)| labels.contains("state=dead") || *n == 0.0);
+            (idle && queue.keys().any(|l| l.contains("state=pending"))).then_some(())
         })
         .await;
     }
