@@ -11,7 +11,7 @@ use wechat_fanout::config::Mode;
 use wechat_fanout::wechat::Kind;
 
 use crate::support::browser::Browser;
-use crate::support::{FAST, Proxy, Target, Wx, settle, text_xml};
+use crate::support::{FAST, Proxy, Target, Wx, client, settle, text_xml};
 
 const TOKEN: &str = "console-test-token-0123456789";
 /// The sender of every test message: it must never be on screen unless content is shown.
@@ -193,7 +193,9 @@ async fn a_failing_target_goes_retrying_then_dead_and_its_replay_turns_delivered
         )
         .await;
     browser.screenshot("live-delivered").await;
-    let received = target.wait_for(3).await;
+    target.wait_for(3).await;
+    settle().await;
+    let received = target.received();
     assert_eq!(received.len(), 3, "two failed attempts and the replay");
     assert!(received.iter().all(|r| r.body == sealed.body.as_bytes()));
     browser.quit().await;
@@ -312,11 +314,7 @@ async fn the_stream_reconnects_after_the_proxy_restarts() {
 
 /// The status of `GET base+path`, with `token` as a bearer token if given.
 async fn status_of(base: &str, path: &str, token: Option<&str>) -> u16 {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("HTTP client");
-    let mut request = client.get(format!("{base}{path}"));
+    let mut request = client().get(format!("{base}{path}"));
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }

@@ -28,6 +28,22 @@ fn sealed(inner: &str) -> String {
     )
 }
 
+/// The account `main` of `wx` whose primary is `bot` (3 s timeout), its late replies sent
+/// through `api`; also used on Redis.
+pub(crate) fn bot_with_late_replies(wx: &Wx, api: &FakeWechatApi, bot: &Target) -> String {
+    format!(
+        "{}{}",
+        wx.account(
+            "main",
+            &format!(
+                "primary = \"bot\"\nlate_replies = \"customer_service\"\n{}",
+                api.credential_lines()
+            )
+        ),
+        Wx::target("bot", &bot.url("/bot"), "timeout_ms = 3000"),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_bots_replies_reach_the_user_through_the_customer_service_api() {
     let api = FakeWechatApi::start(RECEIVE_ID, &[]).await;
@@ -35,16 +51,8 @@ async fn a_slow_bots_replies_reach_the_user_through_the_customer_service_api() {
     bot.set_delay(Duration::from_millis(500));
     let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
     let toml = format!(
-        "{FAST}[server]\nreply_deadline_ms = 150\n{}{}",
-        wx.account(
-            "main",
-            &format!(
-                "primary = \"bot\"\nlate_replies = \"customer_service\"\n\
-                 app_secret = \"{APP_SECRET}\"\nwechat_api_base = \"{}\"",
-                api.base()
-            )
-        ),
-        Wx::target("bot", &bot.url("/bot"), "timeout_ms = 3000"),
+        "{FAST}[server]\nreply_deadline_ms = 150\n{}",
+        bot_with_late_replies(&wx, &api, &bot)
     );
     let proxy = Proxy::start_with_admin(&toml).await;
 
@@ -185,4 +193,20 @@ fn late_replies_need_app_secret() {
         .unwrap_err()
         .to_string();
     assert!(error.starts_with("accounts[0].late_replies"), "{error}");
+    assert!(error.contains("needs app_id and app_secret"), "{error}");
+
+    let wecom = Wx::new(Kind::WeCom, Mode::Safe);
+    let text = format!(
+        "{}{}",
+        wecom.account(
+            "work",
+            &format!("late_replies = \"customer_service\"\napp_secret = \"{APP_SECRET}\"")
+        ),
+        Wx::target("bot", "http://127.0.0.1:9/a", "")
+    );
+    let error = wechat_fanout::config::Config::from_toml(&text)
+        .unwrap_err()
+        .to_string();
+    assert!(error.starts_with("accounts[0].late_replies"), "{error}");
+    assert!(error.contains("WeCom has no customer-service"), "{error}");
 }

@@ -257,10 +257,24 @@ async fn simulate_plays_both_urls_of_an_open_platform() {
         [format!("/wx/{AUTHORIZER_A}"), format!("/wx/{AUTHORIZER_B}")]
     );
     assert_eq!(callbacks(&proxy.db), 3);
+    settle().await;
+    assert_eq!(
+        tickets.count(),
+        1,
+        "the ticket only: {:?}",
+        tickets.received()
+    );
+    assert_eq!(svc.count(), 2, "{:?}", svc.received());
 
     let ran = simulate(&["--account", "op"]).await;
     assert_eq!(ran.code, Some(1), "{ran:#?}");
     assert!(ran.stderr.contains("--authorizer APPID"), "{ran:#?}");
     let ran = simulate(&["--account", "op", "--info-type", "authorized"]).await;
+    assert_eq!(ran.code, Some(1), "{ran:#?}");
     assert!(ran.stderr.contains("needs --authorizer"), "{ran:#?}");
+    assert_eq!(
+        callbacks(&proxy.db),
+        3,
+        "nothing sent without what is needed"
+    );
 }

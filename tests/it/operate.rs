@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use wechat_fanout::wechat::SealedRequest;
 
 use crate::support::binary::{Ran, run_async};
-use crate::support::{FAST, JobRow, WAIT, eventually, free_addr, jobs};
+use crate::support::{FAST, JobRow, client, eventually, free_addr, jobs};
 
 mod dead_letters;
 mod health;
@@ -70,14 +70,6 @@ pub(crate) fn admin_url(config: &Path, path: &str) -> String {
     format!("http://{admin}{path}")
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(WAIT)
-        .build()
-        .expect("HTTP client")
-}
-
 async fn status_and_text(request: reqwest::RequestBuilder) -> (u16, String) {
     let answer = request.send().await.expect("the binary answers");
     let status = answer.status().as_u16();
@@ -90,6 +82,23 @@ pub(crate) async fn run_command(config: &Path, command: &str, args: &[&str]) -> 
     let mut all = vec!["--config", &config, command];
     all.extend(args);
     run_async(&all).await
+}
+
+/// The dead letters that `dead-letters list --json` prints for the binary started with `config`.
+pub(crate) async fn listed_dead_letters(config: &Path) -> Vec<serde_json::Value> {
+    let ran = run_command(config, "dead-letters", &["list", "--json"]).await;
+    match serde_json::from_str(ran.ok()) {
+        Ok(serde_json::Value::Array(letters)) => letters,
+        other => panic!("not a JSON list ({other:?}): {ran:#?}"),
+    }
+}
+
+/// The target of each of `letters`, in order.
+pub(crate) fn targets_of(letters: &[serde_json::Value]) -> Vec<&str> {
+    letters
+        .iter()
+        .map(|l| l["target"].as_str().expect("a letter's target"))
+        .collect()
 }
 
 /// Waits until the jobs in the store are exactly `expected` (target, state, attempts), in any

@@ -13,7 +13,8 @@ use crate::operate::{post_to_binary, post_to_binary_account, write_binary_config
 use crate::support::scrape::Scrape;
 use crate::support::wx::TOKEN;
 use crate::support::{
-    Binary, FAST, Proxy, Target, Wx, callbacks, free_addr, raw_http, settle, text_json, text_xml,
+    Binary, FAST, Proxy, Target, Wx, callbacks, client, free_addr, raw_http, settle, text_json,
+    text_xml,
 };
 
 /// The probe's body: an undeclared entity whose name carries a newline and then a line that
@@ -247,8 +248,7 @@ async fn by_default_a_stale_timestamp_is_refused_for_callbacks_and_the_handshake
     );
 
     let sig = signature(TOKEN, &stale, "1");
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let handshake = client
+    let handshake = client()
         .get(format!(
             "http://{listen}/wechat/main?signature={sig}&timestamp={stale}&nonce=1&echostr=42"
         ))

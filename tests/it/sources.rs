@@ -15,7 +15,7 @@ use crate::support::scrape::Scrape;
 use crate::support::wechat_api::{APP_SECRET, FakeWechatApi};
 use crate::support::wx::RECEIVE_ID;
 use crate::support::{
-    Binary, FAST, Proxy, Target, WAIT, Wx, callbacks, eventually_async, free_addr, text_xml,
+    Binary, FAST, Proxy, Target, Wx, callbacks, client, eventually_async, free_addr, text_xml,
 };
 
 /// WeChat's callback IPs as the fake API lists them: a block and a single address.
@@ -28,12 +28,7 @@ async fn post_with(
     sealed: &SealedRequest,
     headers: &[(&str, &str)],
 ) -> (u16, String) {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(WAIT)
-        .build()
-        .unwrap();
-    let mut request = client
+    let mut request = client()
         .post(format!("http://{addr}/wechat/{account}?{}", sealed.query))
         .header("content-type", sealed.content_type)
         .body(sealed.body.clone());
@@ -149,10 +144,13 @@ async fn forged_forwarding_headers_from_an_untrusted_peer_change_nothing() {
         Wx::target("t", &target.url("/local"), ""),
     ))
     .await;
-    eventually_async("WeChat's list is fetched", || async {
-        (api.calls("/cgi-bin/getcallbackip") > 0).then_some(())
+    // Fetched is not yet known: until the proxy has the list, a refusal says so instead.
+    eventually_async("WeChat's list known to the proxy", || async {
+        let (status, body) = post_with(proxy.addr, "main", &wx.seal(&text_xml("f")), &[]).await;
+        (status == 403 && !body.contains("not known yet")).then_some(())
     })
     .await;
+    assert!(api.calls("/cgi-bin/getcallbackip") > 0);
     for headers in [
         vec![("x-forwarded-for", "101.226.103.5")],
         vec![("x-real-ip", "203.0.113.7")],

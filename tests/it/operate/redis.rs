@@ -7,10 +7,10 @@ use std::time::Duration;
 use wechat_fanout::config::Mode;
 use wechat_fanout::wechat::Kind;
 
-use super::{post_to_binary, run_command, write_binary_config};
+use super::{listed_dead_letters, post_to_binary, run_command, targets_of, write_binary_config};
 use crate::support::binary::{Binary, run_async};
 use crate::support::redis::RedisServer;
-use crate::support::{Target, Wx, free_addr, text_xml};
+use crate::support::{Target, Wx, eventually, eventually_async, free_addr, settle, text_xml};
 
 const PASSWORD: &str = "s3cret-redis-password";
 
@@ -60,25 +60,12 @@ async fn the_binary_on_redis_delivers_reports_ready_and_lists_dead_letters() {
     let ready = run_command(&config, "healthcheck", &["--ready"]).await;
     assert_eq!(ready.ok(), "200 OK ready\n");
     // audit answered 400: a dead letter at once, listed from the store in Redis.
-    let mut listed = String::new();
-    for _ in 0..100 {
-        listed = run_command(&config, "dead-letters", &["list", "--json"])
-            .await
-            .ok()
-            .to_owned();
-        if listed.contains("audit") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let letters: serde_json::Value = serde_json::from_str(&listed).unwrap();
-    let targets: Vec<&str> = letters
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["target"].as_str().unwrap())
-        .collect();
-    assert_eq!(targets, ["audit"], "{listed}");
+    let letters = eventually_async("audit's dead letter listed by the CLI", || async {
+        let letters = listed_dead_letters(&config).await;
+        (!letters.is_empty()).then_some(letters)
+    })
+    .await;
+    assert_eq!(targets_of(&letters), ["audit"], "{letters:?}");
 
     let printed = run_command(&config, "check-config", &[]).await;
     assert!(!printed.ok().contains(PASSWORD), "{printed:#?}");
@@ -169,7 +156,8 @@ async fn a_redis_that_can_lose_callbacks_is_named_in_one_warning_at_start() {
 /// becomes a dead letter in Redis that the CLI lists with WeChat's errcode.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_replies_on_redis_are_sent_once_and_dead_lettered_with_the_errcode() {
-    use crate::support::wechat_api::{APP_SECRET, FakeWechatApi, Scripted};
+    use crate::late_replies::bot_with_late_replies;
+    use crate::support::wechat_api::{FakeWechatApi, Scripted};
     use crate::support::wx::RECEIVE_ID;
 
     let server = RedisServer::start(&["--requirepass", PASSWORD]);
@@ -184,17 +172,9 @@ async fn late_replies_on_redis_are_sent_once_and_dead_lettered_with_the_errcode(
     let dir = tempfile::tempdir().unwrap();
     let listen = free_addr();
     let rest = format!(
-        "{}{}{}",
+        "{}{}",
         on_redis(&server),
-        wx.account(
-            "main",
-            &format!(
-                "primary = \"bot\"\nlate_replies = \"customer_service\"\n\
-                 app_secret = \"{APP_SECRET}\"\nwechat_api_base = \"{}\"",
-                api.base()
-            )
-        ),
-        Wx::target("bot", &bot.url("/bot"), "timeout_ms = 3000"),
+        bot_with_late_replies(&wx, &api, &bot)
     );
     let config = write_binary_config(dir.path(), listen, &rest);
     let log = dir.path().join("serve.log");
@@ -206,13 +186,11 @@ async fn late_replies_on_redis_are_sent_once_and_dead_lettered_with_the_errcode(
         post_to_binary(listen, &sealed).await,
         (200, "success".to_owned())
     );
-    for _ in 0..100 {
-        if !api.sent().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let sent = api.sent();
+    let sent = eventually("the late reply sent", || {
+        let sent = api.sent();
+        (!sent.is_empty()).then_some(sent)
+    })
+    .await;
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0]["text"]["content"], "late but here");
     assert_eq!(sent[0]["touser"], "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o");
@@ -222,19 +200,13 @@ async fn late_replies_on_redis_are_sent_once_and_dead_lettered_with_the_errcode(
         post_to_binary(listen, &wx.seal(&text_xml("again?"))).await,
         (200, "success".to_owned())
     );
-    let mut listed = String::new();
-    for _ in 0..100 {
-        listed = run_command(&config, "dead-letters", &["list", "--json"])
-            .await
-            .ok()
-            .to_owned();
-        if listed.contains("~late-replies") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(listed.contains("45015"), "{listed}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let letter = eventually_async("the late reply's dead letter listed by the CLI", || async {
+        let letters = listed_dead_letters(&config).await;
+        letters.into_iter().find(|l| l["target"] == "~late-replies")
+    })
+    .await;
+    assert!(letter.to_string().contains("45015"), "{letter}");
+    settle().await;
     assert_eq!(api.sent().len(), 1, "sent once: {:?}", api.sent());
     binary.terminate();
     binary.wait_exit().await;

@@ -3,8 +3,9 @@
 //! the reqwest the tests already use). Nothing is downloaded; without `/usr/bin/chromium` and
 //! `/usr/bin/chromedriver` (`.ci/run` installs them) the test fails, it is never skipped.
 //!
-//! Dropping the [`Browser`] ends chromedriver and the Chromium it started (the processes using this browser's fresh profile folder), even when the test failed
-//! halfway and never quit the session.
+//! Dropping the [`Browser`] ends chromedriver and the Chromium it started (the processes using
+//! this browser's fresh profile folder), even when the test failed halfway and never quit the
+//! session.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use super::{WAIT, free_addr};
+use super::{WAIT, eventually_async, free_addr};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -53,22 +54,12 @@ impl Browser {
             .build()
             .expect("HTTP client");
         let base = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let ready = client.get(format!("{base}/status")).send().await;
-            if let Ok(response) = ready
-                && let Ok(bytes) = response.bytes().await
-                && let Ok(status) = serde_json::from_slice::<Value>(&bytes)
-                && status["value"]["ready"] == json!(true)
-            {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "chromedriver did not start within {WAIT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually_async("chromedriver to start", || async {
+            let response = client.get(format!("{base}/status")).send().await.ok()?;
+            let status: Value = serde_json::from_slice(&response.bytes().await.ok()?).ok()?;
+            (status["value"]["ready"] == json!(true)).then_some(())
+        })
+        .await;
         let profile = tempfile::tempdir().expect("a profile folder");
         let args = [
             "--headless".to_owned(),

@@ -156,13 +156,7 @@ impl Proxy {
             wechat: listener,
             admin: admin_listener,
         };
-        let run = tokio::spawn(wechat_fanout::run_with(
-            config.clone(),
-            std::sync::Arc::new(store),
-            listeners,
-            None,
-            shutdown.clone(),
-        ));
+        let run = spawn_run(&config, store, listeners, &shutdown);
         Proxy {
             addr,
             admin,
@@ -243,8 +237,6 @@ impl Proxy {
         path
     }
 
-    /// Cancels the shutdown token and waits for `run` to return: its result and how long it took.
-    /// The store's file stays for inspection until the `Proxy` is dropped.
     /// Stops the proxy and starts it again on the same ports with the same store, as a restart
     /// of the process would.
     pub(crate) async fn restart(&mut self) {
@@ -259,15 +251,11 @@ impl Proxy {
         };
         self.shutdown = CancellationToken::new();
         let listeners = wechat_fanout::Listeners { wechat, admin };
-        self.run = Some(tokio::spawn(wechat_fanout::run_with(
-            self.config.clone(),
-            std::sync::Arc::new(store),
-            listeners,
-            None,
-            self.shutdown.clone(),
-        )));
+        self.run = Some(spawn_run(&self.config, store, listeners, &self.shutdown));
     }
 
+    /// Cancels the shutdown token and waits for `run` to return: its result and how long it took.
+    /// The store's file stays for inspection until the `Proxy` is dropped.
     pub(crate) async fn stop(&mut self) -> (anyhow::Result<()>, Duration) {
         let started = Instant::now();
         self.shutdown.cancel();
@@ -286,7 +274,24 @@ impl Drop for Proxy {
     }
 }
 
-fn client() -> reqwest::Client {
+/// Runs the proxy on `listeners` until `shutdown` is cancelled, as `serve` would.
+fn spawn_run(
+    config: &Config,
+    store: SqliteStore,
+    listeners: wechat_fanout::Listeners,
+    shutdown: &CancellationToken,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    tokio::spawn(wechat_fanout::run_with(
+        config.clone(),
+        std::sync::Arc::new(store),
+        listeners,
+        None,
+        shutdown.clone(),
+    ))
+}
+
+/// An HTTP client for loopback servers: no proxy from the environment, at most [`WAIT`].
+pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .timeout(WAIT)

@@ -227,6 +227,23 @@ async fn answer(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    let behaviour = shared.behaviour.lock().expect("behaviour lock").clone();
+    let is_get = parts.method == hyper::Method::GET;
+    // A stock SDK's check, recorded with the request it belongs to.
+    let verified = behaviour.sdk.as_ref().map(|credentials| {
+        let query = parts.uri.query().unwrap_or("");
+        CallbackQuery::parse(query)
+            .map_err(|e| e.to_string())
+            .and_then(|query| {
+                if is_get {
+                    verify_url(credentials, &query).map_err(|e| e.to_string())
+                } else {
+                    open_callback(credentials, &query, &body)
+                        .map(|opened| opened.message(&body).to_vec())
+                        .map_err(|e| e.to_string())
+                }
+            })
+    });
     shared
         .received
         .lock()
@@ -238,32 +255,14 @@ async fn answer(
                 .path_and_query()
                 .map(ToString::to_string)
                 .unwrap_or_default(),
-            headers: parts.headers.clone(),
-            body: body.clone(),
+            headers: parts.headers,
+            body,
             at,
-            verified: None,
+            verified: verified.clone(),
         });
-    let behaviour = shared.behaviour.lock().expect("behaviour lock").clone();
-    if let Some(credentials) = &behaviour.sdk {
-        let query = parts.uri.query().unwrap_or("");
-        let verified = CallbackQuery::parse(query)
-            .map_err(|e| e.to_string())
-            .and_then(|query| {
-                if parts.method == hyper::Method::GET {
-                    verify_url(credentials, &query).map_err(|e| e.to_string())
-                } else {
-                    open_callback(credentials, &query, &body)
-                        .map(|opened| opened.message(&body).to_vec())
-                        .map_err(|e| e.to_string())
-                }
-            });
-        let mut received = shared.received.lock().expect("received lock");
-        if let Some(last) = received.last_mut() {
-            last.verified = Some(verified.clone());
-        }
-        drop(received);
+    if let Some(verified) = verified {
         let (status, answer) = match verified {
-            Ok(echo) if parts.method == hyper::Method::GET => (200, echo),
+            Ok(echo) if is_get => (200, echo),
             Ok(_) => (200, b"success".to_vec()),
             Err(e) => (403, e.into_bytes()),
         };

@@ -102,8 +102,14 @@ impl FakeWechatApi {
 
     /// The account lines that make the proxy use this API: `allowed_sources` comes from the test.
     pub(crate) fn account_lines(&self, allowed: &str) -> String {
+        format!("allowed_sources = {allowed}\n{}", self.credential_lines())
+    }
+
+    /// The account lines that give the proxy this API and its secret: `app_secret` and
+    /// `wechat_api_base`.
+    pub(crate) fn credential_lines(&self) -> String {
         format!(
-            "allowed_sources = {allowed}\napp_secret = \"{APP_SECRET}\"\nwechat_api_base = \"{}\"",
+            "app_secret = \"{APP_SECRET}\"\nwechat_api_base = \"{}\"",
             self.base()
         )
     }
