@@ -120,7 +120,7 @@ pub async fn probe(
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(USER_AGENT)
         .build()
-        .map_err(|e| ProbeError::Client(innermost(&e)))?;
+        .map_err(|e| ProbeError::Client(crate::error::innermost(&e)))?;
     let mut tasks = tokio::task::JoinSet::new();
     for (i, (account, target)) in chosen.into_iter().enumerate() {
         let client = client.clone();
@@ -171,7 +171,11 @@ async fn probe_one(client: &reqwest::Client, account: &Account, target: &Target)
             None,
             Some(format!("no answer within {:?}", timeout)),
         ),
-        Ok(Err(e)) => (Outcome::Unreachable, None, Some(innermost(&e))),
+        Ok(Err(e)) => (
+            Outcome::Unreachable,
+            None,
+            Some(crate::error::innermost(&e)),
+        ),
         Ok(Ok((status, body))) => {
             let shown = || Some(excerpt(&body));
             match status {
@@ -191,15 +195,6 @@ async fn probe_one(client: &reqwest::Client, account: &Account, target: &Target)
         elapsed_ms,
         detail,
     }
-}
-
-/// The most specific cause of a client error ("connection refused").
-fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = error;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
 }
 
 /// The first 80 characters of an answer, escaped, for the report.
