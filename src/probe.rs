@@ -10,7 +10,6 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::downstream::now_ms;
 use crate::targets::{Account, Routes, Target};
 use crate::wechat::seal_handshake;
 
@@ -139,8 +138,7 @@ pub async fn probe(
 async fn probe_one(client: &reqwest::Client, account: &Account, target: &Target) -> Probed {
     // Numeric like WeChat's own (e.g. 4375120948345356249), fresh for every probe.
     let echo = rand::random::<u64>().to_string();
-    let timestamp = (now_ms() / 1000).to_string();
-    let nonce = rand::random_range(100_000_000u64..10_000_000_000).to_string();
+    let (timestamp, nonce) = crate::resign::fresh_stamp();
     let credentials = target.signing_credentials(&account.credentials);
     let query = seal_handshake(credentials, &echo, &timestamp, &nonce);
     // A URL with `{authorizer}` is probed for the first authorizer it filters on, else for a

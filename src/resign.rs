@@ -166,9 +166,21 @@ pub fn for_attempt(
     query: &str,
     body: &Bytes,
 ) -> Result<(String, Bytes), ResignError> {
-    let timestamp = (crate::downstream::now_ms() / 1000).to_string();
-    let nonce = rand::random_range(100_000_000u64..10_000_000_000).to_string();
+    let (timestamp, nonce) = fresh_stamp();
     resign.request(query, body, &timestamp, &nonce)
+}
+
+/// What a request the proxy signs itself carries: now (Unix seconds) and a fresh nonce.
+pub fn fresh_stamp() -> (String, String) {
+    (
+        (crate::downstream::now_ms() / 1000).to_string(),
+        random_nonce(),
+    )
+}
+
+/// Nine or ten digits, like WeChat's nonces.
+pub fn random_nonce() -> String {
+    rand::random_range(100_000_000u64..10_000_000_000).to_string()
 }
 
 fn push_pair(out: &mut String, pair: &str) {

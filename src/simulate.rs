@@ -24,6 +24,7 @@ use url::Url;
 
 use crate::admin_client::reachable;
 use crate::config::{AccountKind, Config};
+use crate::resign::random_nonce;
 use crate::wechat::envelope::{encrypted_reply, push_cdata_element as push_cdata};
 use crate::wechat::{Credentials, Kind, SealParams, msg_signature, seal_callback, seal_handshake};
 
@@ -268,7 +269,7 @@ async fn handshake(
     url: &Url,
     out: &mut impl Write,
 ) -> anyhow::Result<bool> {
-    let (timestamp, nonce) = (unix_now().to_string(), random_nonce());
+    let (timestamp, nonce) = crate::resign::fresh_stamp();
     // Numeric like WeChat's own, e.g. 4375120948345356249.
     let expected = rand::random::<u64>().to_string();
     let query = seal_handshake(credentials, &expected, &timestamp, &nonce);
@@ -385,11 +386,6 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// Nine or ten digits, like WeChat's nonces.
-fn random_nonce() -> String {
-    rand::random_range(100_000_000u64..10_000_000_000).to_string()
 }
 
 /// A random id below 2^63: Java SDKs (WxJava) read `MsgId` into a signed `Long`.
