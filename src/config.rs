@@ -661,7 +661,7 @@ impl AccountConfig {
                 "must be 1 to 64 characters of A-Z, a-z, 0-9, '-' or '_' (it is a URL path segment)",
             ));
         }
-        self.credentials(key)?;
+        let credentials = self.credentials(key)?;
         self.allowed_sources(key)?;
         let mut names = HashSet::new();
         for (j, target) in self.targets.iter().enumerate() {
@@ -702,7 +702,7 @@ impl AccountConfig {
                 ));
             }
             target.settings(defaults).check(&tkey)?;
-            target.credentials(&tkey, &self.credentials(key)?)?;
+            target.credentials(&tkey, &credentials)?;
             if self.kind != AccountKind::OpenPlatform {
                 let templated = authorizer_placeholders(target.url.as_str()) > 0;
                 for (name, set) in [
@@ -868,13 +868,7 @@ impl AccountConfig {
                     "is required for allowed_sources = [\"wechat\"] (WeChat's API needs it)",
                 ));
             }
-            let secret = secret(
-                key,
-                "app_secret",
-                self.app_secret.as_deref(),
-                self.app_secret_env.as_deref(),
-            )?;
-            if secret.is_none_or(|s| s.is_empty()) {
+            if self.app_secret(key)?.is_none_or(|s| s.is_empty()) {
                 return Err(invalid(
                     format!("{key}.app_secret"),
                     "is required for allowed_sources = [\"wechat\"] (or app_secret_env)",
@@ -908,19 +902,13 @@ impl AccountConfig {
         if self.late_replies.is_none() {
             return Ok(None);
         }
-        let kind = self.credentials(key)?.kind;
-        if kind == Kind::WeCom {
+        if self.kind() == Kind::WeCom {
             return Err(invalid(
                 format!("{key}.late_replies"),
                 "WeCom has no customer-service message API; leave it out",
             ));
         }
-        let secret = secret(
-            key,
-            "app_secret",
-            self.app_secret.as_deref(),
-            self.app_secret_env.as_deref(),
-        )?;
+        let secret = self.app_secret(key)?;
         if self.app_id.as_deref().is_none_or(str::is_empty) || secret.is_none_or(|s| s.is_empty()) {
             return Err(invalid(
                 format!("{key}.late_replies"),
@@ -931,14 +919,8 @@ impl AccountConfig {
     }
 
     fn build_api_account(&self, key: &str, default_base: &Url) -> Result<ApiAccount, ConfigError> {
-        let app_secret = secret(
-            key,
-            "app_secret",
-            self.app_secret.as_deref(),
-            self.app_secret_env.as_deref(),
-        )?
-        .unwrap_or_default();
-        let kind = self.credentials(key)?.kind;
+        let app_secret = self.app_secret(key)?.unwrap_or_default();
+        let kind = self.kind();
         let base = match (&self.wechat_api_base, kind) {
             (Some(base), _) => base.clone(),
             (None, Kind::WeCom) if default_base.as_str() == DEFAULT_API_BASE => {
@@ -953,6 +935,26 @@ impl AccountConfig {
             app_id: self.app_id.clone().unwrap_or_default(),
             app_secret,
         })
+    }
+
+    /// `app_secret`, inline or from `app_secret_env`.
+    fn app_secret(&self, key: &str) -> Result<Option<String>, ConfigError> {
+        secret(
+            key,
+            "app_secret",
+            self.app_secret.as_deref(),
+            self.app_secret_env.as_deref(),
+        )
+    }
+
+    /// The protocol's kind of this account.
+    fn kind(&self) -> Kind {
+        match self.kind {
+            AccountKind::OfficialAccount => Kind::OfficialAccount,
+            AccountKind::MiniProgram => Kind::MiniProgram,
+            AccountKind::Wecom => Kind::WeCom,
+            AccountKind::OpenPlatform => Kind::OpenPlatform,
+        }
     }
 
     /// The account's credentials, with secrets read from the environment where so configured.
@@ -987,12 +989,7 @@ impl AccountConfig {
             (None, Some(_)) => Mode::Safe,
             (None, None) => Mode::Plaintext,
         };
-        let kind = match self.kind {
-            AccountKind::OfficialAccount => Kind::OfficialAccount,
-            AccountKind::MiniProgram => Kind::MiniProgram,
-            AccountKind::Wecom => Kind::WeCom,
-            AccountKind::OpenPlatform => Kind::OpenPlatform,
-        };
+        let kind = self.kind();
         if kind == Kind::OpenPlatform && mode != Mode::Safe {
             return Err(invalid(
                 format!("{key}.mode"),

@@ -10,7 +10,6 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::downstream::now_ms;
 use crate::targets::{Account, Routes, Target};
 use crate::wechat::seal_handshake;
 
@@ -120,7 +119,7 @@ pub async fn probe(
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(USER_AGENT)
         .build()
-        .map_err(|e| ProbeError::Client(innermost(&e)))?;
+        .map_err(|e| ProbeError::Client(crate::error::innermost(&e)))?;
     let mut tasks = tokio::task::JoinSet::new();
     for (i, (account, target)) in chosen.into_iter().enumerate() {
         let client = client.clone();
@@ -139,8 +138,7 @@ pub async fn probe(
 async fn probe_one(client: &reqwest::Client, account: &Account, target: &Target) -> Probed {
     // Numeric like WeChat's own (e.g. 4375120948345356249), fresh for every probe.
     let echo = rand::random::<u64>().to_string();
-    let timestamp = (now_ms() / 1000).to_string();
-    let nonce = rand::random_range(100_000_000u64..10_000_000_000).to_string();
+    let (timestamp, nonce) = crate::resign::fresh_stamp();
     let credentials = target.signing_credentials(&account.credentials);
     let query = seal_handshake(credentials, &echo, &timestamp, &nonce);
     // A URL with `{authorizer}` is probed for the first authorizer it filters on, else for a
@@ -171,7 +169,11 @@ async fn probe_one(client: &reqwest::Client, account: &Account, target: &Target)
             None,
             Some(format!("no answer within {:?}", timeout)),
         ),
-        Ok(Err(e)) => (Outcome::Unreachable, None, Some(innermost(&e))),
+        Ok(Err(e)) => (
+            Outcome::Unreachable,
+            None,
+            Some(crate::error::innermost(&e)),
+        ),
         Ok(Ok((status, body))) => {
             let shown = || Some(excerpt(&body));
             match status {
@@ -191,15 +193,6 @@ async fn probe_one(client: &reqwest::Client, account: &Account, target: &Target)
         elapsed_ms,
         detail,
     }
-}
-
-/// The most specific cause of a client error ("connection refused").
-fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = error;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
 }
 
 /// The first 80 characters of an answer, escaped, for the report.

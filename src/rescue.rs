@@ -20,7 +20,7 @@ use crate::downstream::{Attempt, now_ms};
 use crate::metrics::Metrics;
 use crate::store::{Accepted, NewCallback, NewJob, Replay, Store};
 use crate::targets::{Account, Target};
-use crate::wechat::reply::{is_empty_reply, open_reply, xml_fields};
+use crate::wechat::reply::{field, is_empty_reply, open_reply, xml_fields};
 
 /// Waits for the owner's late attempt; converts and stores its reply, if it has one.
 pub async fn late_reply(
@@ -115,12 +115,7 @@ async fn rescue(
 /// `MsgType`: text, image, voice, video, music and news; anything else is refused with a reason.
 pub fn customer_service_message(user: &str, reply: &[u8]) -> Result<(String, Value), String> {
     let fields = xml_fields(reply).ok_or("the reply is not XML")?;
-    let get = |path: &str| {
-        fields
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(path))
-            .map(|(_, v)| v.as_str())
-    };
+    let get = |path: &str| field(&fields, path);
     let msg_type = get("MsgType")
         .ok_or("the reply has no MsgType")?
         .to_ascii_lowercase();

@@ -18,6 +18,7 @@ use percent_encoding::utf8_percent_encode;
 
 use crate::wechat::callback::QUERY_VALUE;
 use crate::wechat::envelope::encrypted_reply;
+use crate::wechat::reply::{field, open_signed_reply};
 use crate::wechat::{Credentials, Envelope, Sealed, msg_signature, signature};
 
 /// The account's credentials (to open what WeChat sent) and the target's (to seal it again).
@@ -122,23 +123,9 @@ impl Resign {
         let Some(fields) = encrypted_reply(body) else {
             return Some(body.clone());
         };
-        let get = |name: &str| {
-            fields
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
-        };
-        let (encrypt, sig) = (get("Encrypt")?, get("MsgSignature")?);
-        let (timestamp, nonce) = (get("TimeStamp")?, get("Nonce")?);
-        if !msg_signature(&self.target.token, timestamp, nonce, encrypt).matches(sig) {
-            return None;
-        }
-        let message = self
-            .target
-            .security
-            .key()?
-            .decrypt(encrypt, &self.account.receive_id)
-            .ok()?;
+        // The target's credentials carry the account's receive id, which the reply was sealed for.
+        let message = open_signed_reply(&self.target, &fields).ok()?;
+        let (timestamp, nonce) = (field(&fields, "TimeStamp")?, field(&fields, "Nonce")?);
         let sealed = self
             .account
             .security
@@ -166,9 +153,21 @@ pub fn for_attempt(
     query: &str,
     body: &Bytes,
 ) -> Result<(String, Bytes), ResignError> {
-    let timestamp = (crate::downstream::now_ms() / 1000).to_string();
-    let nonce = rand::random_range(100_000_000u64..10_000_000_000).to_string();
+    let (timestamp, nonce) = fresh_stamp();
     resign.request(query, body, &timestamp, &nonce)
+}
+
+/// What a request the proxy signs itself carries: now (Unix seconds) and a fresh nonce.
+pub fn fresh_stamp() -> (String, String) {
+    (
+        (crate::downstream::now_ms() / 1000).to_string(),
+        random_nonce(),
+    )
+}
+
+/// Nine or ten digits, like WeChat's nonces.
+pub fn random_nonce() -> String {
+    rand::random_range(100_000_000u64..10_000_000_000).to_string()
 }
 
 fn push_pair(out: &mut String, pair: &str) {

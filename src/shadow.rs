@@ -111,13 +111,16 @@ pub async fn compare(
     shadows: Vec<(Arc<Target>, oneshot::Receiver<Attempt>)>,
     deadline: Instant,
 ) {
+    // The owner's answer is opened and read once, not once per shadow.
+    let owner_said = said(&answered, &account.credentials);
+    let mut owner_answer = None;
     for (target, answer) in shadows {
         let (outcome, body) = match tokio::time::timeout_at(deadline.into(), answer).await {
             Ok(Ok(Attempt {
                 reply: Some((_, body)),
                 ..
             })) => {
-                let outcome = if same(&answered, &body, &account.credentials) {
+                let outcome = if said(&body, &account.credentials) == owner_said {
                     Outcome::Same
                 } else {
                     Outcome::Different
@@ -128,6 +131,15 @@ pub async fn compare(
             Err(_) => (Outcome::Late, Bytes::new()),
         };
         debug!(target = %target.key.target, result = outcome.label(), "shadow compared");
+        // Only a difference is kept with its answers; the other outcomes are only counted.
+        let (owner_answer, shadow_answer) = if outcome == Outcome::Different {
+            let owner = owner_answer
+                .get_or_insert_with(|| shown(&answered, &account.credentials))
+                .clone();
+            (owner, shown(&body, &account.credentials))
+        } else {
+            (String::new(), String::new())
+        };
         log.record(
             outcome,
             Difference {
@@ -136,8 +148,8 @@ pub async fn compare(
                 target: target.key.target.to_string(),
                 owner: owner.to_string(),
                 callback,
-                owner_answer: shown(&answered, &account.credentials),
-                shadow_answer: shown(&body, &account.credentials),
+                owner_answer,
+                shadow_answer,
             },
         );
     }

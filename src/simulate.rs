@@ -16,7 +16,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use reqwest::StatusCode;
 use reqwest::header::CONTENT_TYPE;
@@ -24,8 +24,10 @@ use url::Url;
 
 use crate::admin_client::reachable;
 use crate::config::{AccountKind, Config};
+use crate::resign::random_nonce;
 use crate::wechat::envelope::{encrypted_reply, push_cdata_element as push_cdata};
-use crate::wechat::{Credentials, Kind, SealParams, msg_signature, seal_callback, seal_handshake};
+use crate::wechat::reply::open_signed_reply;
+use crate::wechat::{Credentials, Kind, SealParams, seal_callback, seal_handshake};
 
 const DEFAULT_TEXT: &str = "hello from wechat-fanout simulate";
 /// Shaped like a real openid (28 characters, leading `o`), and plainly fake.
@@ -247,7 +249,7 @@ async fn post_sealed(
 
     let mut ok = status == StatusCode::OK;
     if let Some(reply) = encrypted_reply(&answer) {
-        match open_reply(credentials, &reply) {
+        match open_signed_reply(credentials, &reply) {
             Ok(plain) => {
                 let plain = String::from_utf8_lossy(&plain);
                 writeln!(out, "decrypted reply (MsgSignature verified):\n{plain}")?;
@@ -268,7 +270,7 @@ async fn handshake(
     url: &Url,
     out: &mut impl Write,
 ) -> anyhow::Result<bool> {
-    let (timestamp, nonce) = (unix_now().to_string(), random_nonce());
+    let (timestamp, nonce) = crate::resign::fresh_stamp();
     // Numeric like WeChat's own, e.g. 4375120948345356249.
     let expected = rand::random::<u64>().to_string();
     let query = seal_handshake(credentials, &expected, &timestamp, &nonce);
@@ -385,11 +387,6 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// Nine or ten digits, like WeChat's nonces.
-fn random_nonce() -> String {
-    rand::random_range(100_000_000u64..10_000_000_000).to_string()
 }
 
 /// A random id below 2^63: Java SDKs (WxJava) read `MsgId` into a signed `Long`.
@@ -516,26 +513,6 @@ impl Message<'_> {
     }
 }
 
-/// Checks the reply's `MsgSignature` with the account token and decrypts it, as WeChat does.
-fn open_reply(credentials: &Credentials, fields: &[(String, String)]) -> anyhow::Result<Vec<u8>> {
-    // Case-insensitive: WeCom bots write `msgsignature`, `timestamp`, … in lower case.
-    let get = |name: &str| {
-        let field = fields.iter().find(|(k, _)| k.eq_ignore_ascii_case(name));
-        field
-            .map(|(_, v)| v.as_str())
-            .with_context(|| format!("the reply has Encrypt but no {name}"))
-    };
-    let (encrypt, sig) = (get("Encrypt")?, get("MsgSignature")?);
-    let (timestamp, nonce) = (get("TimeStamp")?, get("Nonce")?);
-    if !msg_signature(&credentials.token, timestamp, nonce, encrypt).matches(sig) {
-        bail!("MsgSignature does not match the token, TimeStamp, Nonce and Encrypt");
-    }
-    let key = credentials.security.key();
-    let key = key.context("the reply is encrypted but the account has no encoding_aes_key")?;
-    key.decrypt(encrypt, &credentials.receive_id)
-        .map_err(|e| anyhow!("cannot decrypt Encrypt: {e}"))
-}
-
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;
@@ -550,7 +527,9 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
-    use crate::wechat::{CallbackQuery, Envelope, Format, Sealed, open_callback, verify_url};
+    use crate::wechat::{
+        CallbackQuery, Envelope, Format, Sealed, msg_signature, open_callback, verify_url,
+    };
 
     const KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
     const TOKEN: &str = "simulate-test-token";
@@ -874,7 +853,7 @@ mod tests {
             [("Encrypt", "x"), ("MsgSignature", "s"), ("TimeStamp", "1")]
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .into();
-        let e = open_reply(&credentials("oa"), &partial).unwrap_err();
+        let e = open_signed_reply(&credentials("oa"), &partial).unwrap_err();
         assert_eq!(e.to_string(), "the reply has Encrypt but no Nonce");
     }
 

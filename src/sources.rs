@@ -141,7 +141,7 @@ pub enum Denied {
 #[derive(Debug, Default)]
 pub struct Sources {
     pub trusted: Vec<Cidr>,
-    /// Account id → WeChat's callback IP list, as last fetched (or loaded from the file).
+    /// Account id → WeChat's callback IP list, as last fetched (or loaded from the store).
     wechat: ArcSwap<HashMap<String, Arc<Vec<Cidr>>>>,
 }
 
@@ -234,10 +234,11 @@ pub async fn refresh_loop(
         }
     }
     loop {
-        let mut all_ok = true;
+        let (mut all_ok, mut any_ok) = (true, false);
         for account in &accounts {
             match api.callback_ips(account).await {
                 Ok(ip_list) => {
+                    any_ok = true;
                     sources.set(&account.id, parse_list(&ip_list));
                     info!(account = %account.id, addresses = ip_list.len(), "WeChat's callback IP list fetched");
                     saved.accounts.insert(
@@ -254,12 +255,16 @@ pub async fn refresh_loop(
                 }
             }
         }
-        let kept = serde_json::to_vec(&saved).map(Bytes::from);
-        if let Err(e) = match kept {
-            Ok(kept) => store.keep_value(KEPT_AS, kept).await,
-            Err(e) => Err(StoreError::Other(e.to_string())),
-        } {
-            warn!(error = %e, "could not keep WeChat's callback IP lists in the store");
+        // Nothing fetched: nothing new to keep (and rewriting what this instance loaded could
+        // put back an older list another instance has replaced since).
+        if any_ok {
+            let kept = serde_json::to_vec(&saved).map(Bytes::from);
+            if let Err(e) = match kept {
+                Ok(kept) => store.keep_value(KEPT_AS, kept).await,
+                Err(e) => Err(StoreError::Other(e.to_string())),
+            } {
+                warn!(error = %e, "could not keep WeChat's callback IP lists in the store");
+            }
         }
         let wait = if all_ok { REFRESH_EVERY } else { RETRY_AFTER };
         tokio::select! {

@@ -214,7 +214,7 @@ impl WechatApi {
         let response = request
             .send()
             .await
-            .map_err(|e| ApiError::Unreachable(innermost(&e.without_url())))?;
+            .map_err(|e| ApiError::Unreachable(crate::error::innermost(&e.without_url())))?;
         let status = response.status().as_u16();
         if status != 200 {
             return Err(ApiError::Status(status));
@@ -222,7 +222,7 @@ impl WechatApi {
         let bytes = response
             .bytes()
             .await
-            .map_err(|e| ApiError::Unreachable(innermost(&e.without_url())))?;
+            .map_err(|e| ApiError::Unreachable(crate::error::innermost(&e.without_url())))?;
         let answer: Answer =
             serde_json::from_slice(&bytes).map_err(|e| ApiError::Malformed(e.to_string()))?;
         if answer.errcode != 0 {
@@ -263,14 +263,6 @@ fn endpoint(base: &Url, path: &str) -> Result<Url, ApiError> {
     }
     base.join(path)
         .map_err(|e| ApiError::Malformed(format!("wechat_api_base: {e}")))
-}
-
-fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = error;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
 }
 
 #[cfg(test)]

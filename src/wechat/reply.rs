@@ -5,8 +5,8 @@
 use quick_xml::Reader;
 use quick_xml::events::Event;
 
-use super::Credentials;
 use super::envelope::{encrypted_reply, resolve_reference};
+use super::{Credentials, CryptoError, msg_signature};
 
 /// The reply's plaintext: an encrypted reply (`Encrypt`) opened with the account's key, any
 /// other body as it is; `None` when it is encrypted and cannot be opened.
@@ -14,15 +14,50 @@ pub fn open_reply(body: &[u8], account: &Credentials) -> Option<Vec<u8>> {
     let Some(fields) = encrypted_reply(body) else {
         return Some(body.to_vec());
     };
-    let encrypt = fields
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("Encrypt"))
-        .map(|(_, v)| v.as_str())?;
     account
         .security
         .key()?
-        .decrypt(encrypt, &account.receive_id)
+        .decrypt(field(&fields, "Encrypt")?, &account.receive_id)
         .ok()
+}
+
+/// Why an encrypted reply does not open as WeChat would open it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyError {
+    #[error("the reply has Encrypt but no {0}")]
+    Missing(&'static str),
+    #[error("MsgSignature does not match the token, TimeStamp, Nonce and Encrypt")]
+    MsgSignature,
+    #[error("the reply is encrypted but the account has no encoding_aes_key")]
+    NoKey,
+    #[error("cannot decrypt Encrypt: {0}")]
+    Decrypt(CryptoError),
+}
+
+/// The plaintext of an encrypted reply's fields (from [`encrypted_reply`]) as WeChat opens it:
+/// `MsgSignature` checked with the credentials' token, then `Encrypt` decrypted with their key.
+pub fn open_signed_reply(
+    credentials: &Credentials,
+    fields: &[(String, String)],
+) -> Result<Vec<u8>, ReplyError> {
+    let get = |name: &'static str| field(fields, name).ok_or(ReplyError::Missing(name));
+    let (encrypt, sig) = (get("Encrypt")?, get("MsgSignature")?);
+    let (timestamp, nonce) = (get("TimeStamp")?, get("Nonce")?);
+    if !msg_signature(&credentials.token, timestamp, nonce, encrypt).matches(sig) {
+        return Err(ReplyError::MsgSignature);
+    }
+    let key = credentials.security.key().ok_or(ReplyError::NoKey)?;
+    key.decrypt(encrypt, &credentials.receive_id)
+        .map_err(ReplyError::Decrypt)
+}
+
+/// A field's value by name or path, ignoring ASCII case (WeCom bots write `msgsignature`,
+/// `timestamp`, … in lower case).
+pub fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 /// Does the body say nothing to the user (`""` or `success`, as WeChat reads them)?
