@@ -161,12 +161,17 @@ impl LocalFeed {
             carries_content,
         }
     }
+
+    /// Hands an event that another feed shares (see [`RedisFeed`]) to every subscriber.
+    fn send(&self, event: Arc<Event>) {
+        // No subscriber is not an error: nobody is watching.
+        let _ = self.sender.send(event);
+    }
 }
 
 impl EventFeed for LocalFeed {
     fn publish(&self, event: Event) {
-        // No subscriber is not an error: nobody is watching.
-        let _ = self.sender.send(Arc::new(event));
+        self.send(Arc::new(event));
     }
 
     fn subscribe(&self) -> Subscription {
