@@ -290,10 +290,11 @@ impl Downstream {
                 crate::retry::TRIP_AFTER
             );
         }
-        let result = match disposition {
-            Disposition::Delivered => "delivered",
-            Disposition::RetryIn(_) => "retry",
-            Disposition::Dead => "dead",
+        // The metric's label, and the console's word for it.
+        let (result, outcome) = match disposition {
+            Disposition::Delivered => ("delivered", "delivered"),
+            Disposition::RetryIn(_) => ("retry", "retrying"),
+            Disposition::Dead => ("dead", "dead"),
         };
         let elapsed = attempt.elapsed;
         let (account, name) = (&*target.key.account, &*target.key.target);
@@ -326,12 +327,7 @@ impl Downstream {
             callback: job.callback,
             job: job.id,
             attempt: report.attempt,
-            outcome: if result == "retry" {
-                "retrying"
-            } else {
-                result
-            }
-            .to_owned(),
+            outcome: outcome.to_owned(),
             status: attempt.status,
             error: attempt.error.clone(),
             // For people: this machine's clock, near enough to the store's.
