@@ -351,7 +351,9 @@ impl Admin {
     fn decrypt(&self, account: &str, request: &crate::store::Replay) -> Option<String> {
         let routes = self.routes.load();
         let credentials = &routes.account(account)?.credentials;
-        let query = crate::wechat::CallbackQuery::parse(&request.query).ok()?;
+        // An authorizer's callback is stored with the authorizer in front of WeChat's query.
+        let (_, wechat_query) = crate::authorizer::split(&request.query);
+        let query = crate::wechat::CallbackQuery::parse(wechat_query).ok()?;
         let opened = crate::wechat::open_callback(credentials, &query, &request.body).ok()?;
         opened
             .decrypted
