@@ -326,6 +326,9 @@ impl Ingress {
             content,
         } = verified;
         let deadline = started + self.settings.reply_deadline_ms.duration();
+        let answered_duplicate = |callback, how| {
+            self.answered_duplicate(&account, &key, callback, &envelope, started, how);
+        };
         let leader = match self.resends.join(&key, deadline) {
             Role::Leader(leader) => leader,
             Role::Follower {
@@ -338,14 +341,7 @@ impl Ingress {
                     tokio::time::timeout_at(wait_until.into(), resends::follow(outcome)).await;
                 return match answer {
                     Ok(Some((callback, answer))) => {
-                        self.answered_duplicate(
-                            &account,
-                            &key,
-                            callback,
-                            &envelope,
-                            started,
-                            "resend answered like its first copy",
-                        );
+                        answered_duplicate(callback, "resend answered like its first copy");
                         Ok(answer)
                     }
                     // Not stored (yet): make WeChat try again rather than claim success.
@@ -453,14 +449,7 @@ impl Ingress {
                     (None, None) => success(),
                 };
                 leader.publish(callback, answer.clone());
-                self.answered_duplicate(
-                    &account,
-                    &key,
-                    callback,
-                    &envelope,
-                    started,
-                    "resend of a stored callback",
-                );
+                answered_duplicate(callback, "resend of a stored callback");
                 return Ok(answer);
             }
             Accepted::New { callback, jobs } => (callback, jobs),
