@@ -94,7 +94,7 @@ impl std::fmt::Debug for Ingress {
 
 impl Ingress {
     // Each is one of the process's shared parts, handed in by `run_with`; a struct of them
-    // would only name the same eight things again.
+    // would only name the same ten things again.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         routes: Arc<ArcSwap<Routes>>,
@@ -105,6 +105,8 @@ impl Ingress {
         leases: Leases,
         metrics: Arc<Metrics>,
         events: Arc<dyn EventFeed>,
+        sources: Arc<Sources>,
+        shadows: Arc<ShadowLog>,
     ) -> Ingress {
         Ingress {
             routes,
@@ -114,23 +116,11 @@ impl Ingress {
             resends: Arc::default(),
             in_flight,
             leases,
-            shadows: Arc::new(ShadowLog::new(metrics.clone())),
             metrics,
             events,
-            sources: Arc::default(),
+            sources,
+            shadows,
         }
-    }
-
-    /// Where shadow comparisons go (by default a log of its own, which no admin API shows).
-    pub fn with_shadows(mut self, shadows: Arc<ShadowLog>) -> Ingress {
-        self.shadows = shadows;
-        self
-    }
-
-    /// The lists that `allowed_sources` are checked against (none by default).
-    pub fn with_sources(mut self, sources: Arc<Sources>) -> Ingress {
-        self.sources = sources;
-        self
     }
 
     async fn handle(
