@@ -315,21 +315,29 @@ impl Admin {
         if let Some(content_type) = &request.content_type {
             headers.insert(0, ("content-type", content_type.clone()));
         }
-        let mut shown_request = ShownRequest {
-            method: "POST",
-            query: request.query.clone(),
-            headers,
-            body: String::from_utf8_lossy(&request.body).into_owned(),
-            body_base64: base64::engine::general_purpose::STANDARD.encode(&request.body),
-            decrypted: None,
+        // The console without `admin.show_content` gets neither openid nor body: neither is
+        // written out only to be thrown away.
+        let shown_request = if console && !self.console.show_content() {
+            ShownRequest {
+                method: "POST",
+                query: without_openid(&request.query),
+                headers,
+                body: HIDDEN.to_owned(),
+                body_base64: String::new(),
+                decrypted: None,
+            }
+        } else {
+            ShownRequest {
+                method: "POST",
+                query: request.query.clone(),
+                headers,
+                body: String::from_utf8_lossy(&request.body).into_owned(),
+                body_base64: base64::engine::general_purpose::STANDARD.encode(&request.body),
+                decrypted: console
+                    .then(|| self.decrypt(&detail.letter.account, request))
+                    .flatten(),
+            }
         };
-        if console && !self.console.show_content() {
-            shown_request.query = without_openid(&request.query);
-            shown_request.body = HIDDEN.to_owned();
-            shown_request.body_base64 = String::new();
-        } else if console {
-            shown_request.decrypted = self.decrypt(&detail.letter.account, request);
-        }
         let shown = Shown {
             letter: &detail.letter,
             request: shown_request,
@@ -343,7 +351,9 @@ impl Admin {
     fn decrypt(&self, account: &str, request: &crate::store::Replay) -> Option<String> {
         let routes = self.routes.load();
         let credentials = &routes.account(account)?.credentials;
-        let query = crate::wechat::CallbackQuery::parse(&request.query).ok()?;
+        // An authorizer's callback is stored with the authorizer in front of WeChat's query.
+        let (_, wechat_query) = crate::authorizer::split(&request.query);
+        let query = crate::wechat::CallbackQuery::parse(wechat_query).ok()?;
         let opened = crate::wechat::open_callback(credentials, &query, &request.body).ok()?;
         opened
             .decrypted

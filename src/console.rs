@@ -68,7 +68,7 @@ pub struct Console {
     /// `None`: no token is configured (only a loopback `admin.listen` allows that).
     auth: Option<Auth>,
     protect_metrics: bool,
-    show_content: bool,
+    /// Carries openids and message content when `admin.show_content` is on.
     feed: Arc<dyn EventFeed>,
     stats: Arc<Mutex<Stats>>,
     /// Ends the event streams when the proxy stops.
@@ -103,7 +103,6 @@ impl Console {
         Ok(Console {
             auth,
             protect_metrics: config.protect_metrics,
-            show_content: config.show_content,
             feed,
             stats,
             shutdown,
@@ -115,8 +114,9 @@ impl Console {
         self.feed.publish(event);
     }
 
+    /// `admin.show_content`, as the feed was built with it.
     pub fn show_content(&self) -> bool {
-        self.show_content
+        self.feed.carries_content()
     }
 
     pub fn protects_metrics(&self) -> bool {
@@ -237,7 +237,7 @@ impl Console {
                 Caller::Session(session) => Some(session.expires_s),
                 _ => None,
             },
-            "show_content": self.show_content,
+            "show_content": self.show_content(),
         })
     }
 
@@ -502,7 +502,6 @@ mod tests {
         Console {
             auth: token.map(Auth::new),
             protect_metrics: false,
-            show_content: false,
             feed: Arc::new(crate::events::LocalFeed::new(1, false)),
             stats: Arc::default(),
             shutdown: CancellationToken::new(),

@@ -134,10 +134,7 @@ impl Downstream {
             };
             return Attempt {
                 verdict,
-                status: match &result {
-                    Err(ApiError::Status(status)) => Some(*status),
-                    _ => Some(200),
-                },
+                status: api_status(&result),
                 reply: None,
                 error: result.err().map(|e| e.to_string()),
                 elapsed: started.elapsed(),
@@ -290,10 +287,11 @@ impl Downstream {
                 crate::retry::TRIP_AFTER
             );
         }
-        let result = match disposition {
-            Disposition::Delivered => "delivered",
-            Disposition::RetryIn(_) => "retry",
-            Disposition::Dead => "dead",
+        // The metric's label, and the console's word for it.
+        let (result, outcome) = match disposition {
+            Disposition::Delivered => ("delivered", "delivered"),
+            Disposition::RetryIn(_) => ("retry", "retrying"),
+            Disposition::Dead => ("dead", "dead"),
         };
         let elapsed = attempt.elapsed;
         let (account, name) = (&*target.key.account, &*target.key.target);
@@ -326,12 +324,7 @@ impl Downstream {
             callback: job.callback,
             job: job.id,
             attempt: report.attempt,
-            outcome: if result == "retry" {
-                "retrying"
-            } else {
-                result
-            }
-            .to_owned(),
+            outcome: outcome.to_owned(),
             status: attempt.status,
             error: attempt.error.clone(),
             // For people: this machine's clock, near enough to the store's.
@@ -433,4 +426,32 @@ pub fn now_ms() -> i64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// The HTTP status a late reply's attempt reports: the customer-service API's (200 when it
+/// answered with a WeChat error code), none when it was not reached.
+fn api_status(result: &Result<(), ApiError>) -> Option<u16> {
+    match result {
+        Err(ApiError::Status(status)) => Some(*status),
+        Err(ApiError::Unreachable(_)) => None,
+        Ok(()) | Err(ApiError::WeChat { .. } | ApiError::Malformed(_)) => Some(200),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_late_reply_reports_the_status_the_api_answered_and_none_when_unreached() {
+        assert_eq!(api_status(&Ok(())), Some(200));
+        assert_eq!(api_status(&Err(ApiError::Status(503))), Some(503));
+        let refused = ApiError::WeChat {
+            code: 45015,
+            message: "response out of time limit".into(),
+        };
+        assert_eq!(api_status(&Err(refused)), Some(200));
+        let unreachable = ApiError::Unreachable("timed out after 5s".into());
+        assert_eq!(api_status(&Err(unreachable)), None);
+    }
 }

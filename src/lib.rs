@@ -193,20 +193,18 @@ pub async fn run_with(
         None => None,
     };
     let sources = start_sources(&config, api, &store, &shutdown)?;
-    let ingress = Arc::new(
-        Ingress::new(
-            routes.clone(),
-            store.clone(),
-            downstream,
-            config.server.clone(),
-            in_flight.clone(),
-            leases,
-            metrics,
-            events,
-        )
-        .with_sources(sources)
-        .with_shadows(shadows),
-    );
+    let ingress = Arc::new(Ingress::new(
+        routes.clone(),
+        store.clone(),
+        downstream,
+        config.server.clone(),
+        in_flight.clone(),
+        leases,
+        metrics,
+        events,
+        sources,
+        shadows,
+    ));
     info!(address = %listeners.wechat.local_addr()?, "listening for WeChat callbacks");
     let server = tokio::spawn(ingress::serve(
         listeners.wechat,

@@ -161,12 +161,17 @@ impl LocalFeed {
             carries_content,
         }
     }
+
+    /// Hands an event that another feed shares (see [`RedisFeed`]) to every subscriber.
+    fn send(&self, event: Arc<Event>) {
+        // No subscriber is not an error: nobody is watching.
+        let _ = self.sender.send(event);
+    }
 }
 
 impl EventFeed for LocalFeed {
     fn publish(&self, event: Event) {
-        // No subscriber is not an error: nobody is watching.
-        let _ = self.sender.send(Arc::new(event));
+        self.send(Arc::new(event));
     }
 
     fn subscribe(&self) -> Subscription {
@@ -203,10 +208,15 @@ mod tests {
         }
     }
 
-    #[test]
-    fn publishing_without_subscribers_is_fine() {
+    /// Publishing with nobody watching is no error, and is not kept for a later subscriber:
+    /// it sees the events from when it subscribed on.
+    #[tokio::test]
+    async fn an_event_published_before_anyone_subscribes_is_not_kept() {
         let feed = LocalFeed::new(4, false);
         feed.publish(rejected(1));
+        let mut later = feed.subscribe();
+        feed.publish(rejected(2));
+        assert_eq!(later.next().await, Received::Event(Arc::new(rejected(2))));
     }
 
     #[test]

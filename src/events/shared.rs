@@ -6,8 +6,8 @@
 //! instances is re-broadcast into the local feed. Pub/Sub is fire-and-forget, like the live view
 //! itself: an event published while Redis is unreachable, or before an instance subscribed, is
 //! not shown there (the targets and dead-letter views read the store, which has everything).
-//! Publishing never waits: events go to a bounded queue that one task sends, and a full queue
-//! drops them. On a Cluster, a PUBLISH reaches every node, so one connection to any seed node
+//! Publishing never waits: events go to a bounded queue that one task writes as JSON and sends,
+//! and a full queue drops them. On a Cluster, a PUBLISH reaches every node, so one connection to any seed node
 //! hears every instance.
 
 use std::sync::Arc;
@@ -46,9 +46,9 @@ struct Incoming {
 #[derive(Debug)]
 pub struct RedisFeed {
     local: LocalFeed,
-    outbox: mpsc::Sender<String>,
-    /// Tags this instance's events, so they are not shown twice when they come back.
-    instance: u64,
+    /// Shared with the local feed's subscribers: serialised by the publishing task, not by the
+    /// publisher (ingress publishes before WeChat has its answer).
+    outbox: mpsc::Sender<Arc<Event>>,
 }
 
 impl RedisFeed {
@@ -60,35 +60,28 @@ impl RedisFeed {
         local: LocalFeed,
         shutdown: CancellationToken,
     ) -> RedisFeed {
+        // Tags this instance's events, so they are not shown twice when they come back.
         let instance = rand::random();
         let (outbox, queued) = mpsc::channel(OUTBOX);
         let nodes = Arc::new(nodes);
         tokio::spawn(publish(
             nodes.clone(),
             channel.clone(),
+            instance,
             queued,
             shutdown.clone(),
         ));
         tokio::spawn(listen(nodes, channel, local.clone(), instance, shutdown));
-        RedisFeed {
-            local,
-            outbox,
-            instance,
-        }
+        RedisFeed { local, outbox }
     }
 }
 
 impl EventFeed for RedisFeed {
     fn publish(&self, event: Event) {
-        let outgoing = Outgoing {
-            from: self.instance,
-            event: &event,
-        };
-        if let Ok(text) = serde_json::to_string(&outgoing) {
-            // Full: Redis is slow or away; the live view elsewhere misses this one.
-            let _ = self.outbox.try_send(text);
-        }
-        self.local.publish(event);
+        let event = Arc::new(event);
+        // Full: Redis is slow or away; the live view elsewhere misses this one.
+        let _ = self.outbox.try_send(event.clone());
+        self.local.send(event);
     }
 
     fn subscribe(&self) -> Subscription {
@@ -118,19 +111,27 @@ async fn connect(nodes: &[ConnectionInfo]) -> Option<redis::aio::MultiplexedConn
 async fn publish(
     nodes: Arc<Vec<ConnectionInfo>>,
     channel: String,
-    mut queued: mpsc::Receiver<String>,
+    instance: u64,
+    mut queued: mpsc::Receiver<Arc<Event>>,
     shutdown: CancellationToken,
 ) {
     let mut connection = None;
     // One warning per outage, not one per event.
     let mut warned = false;
     loop {
-        let text = tokio::select! {
-            text = queued.recv() => match text {
-                Some(text) => text,
+        let event = tokio::select! {
+            event = queued.recv() => match event {
+                Some(event) => event,
                 None => return,
             },
             () = shutdown.cancelled() => return,
+        };
+        let outgoing = Outgoing {
+            from: instance,
+            event: &event,
+        };
+        let Ok(text) = serde_json::to_string(&outgoing) else {
+            continue;
         };
         if connection.is_none() {
             connection = connect(&nodes).await;

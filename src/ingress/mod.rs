@@ -94,7 +94,7 @@ impl std::fmt::Debug for Ingress {
 
 impl Ingress {
     // Each is one of the process's shared parts, handed in by `run_with`; a struct of them
-    // would only name the same eight things again.
+    // would only name the same ten things again.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         routes: Arc<ArcSwap<Routes>>,
@@ -105,6 +105,8 @@ impl Ingress {
         leases: Leases,
         metrics: Arc<Metrics>,
         events: Arc<dyn EventFeed>,
+        sources: Arc<Sources>,
+        shadows: Arc<ShadowLog>,
     ) -> Ingress {
         Ingress {
             routes,
@@ -114,23 +116,11 @@ impl Ingress {
             resends: Arc::default(),
             in_flight,
             leases,
-            shadows: Arc::new(ShadowLog::new(metrics.clone())),
             metrics,
             events,
-            sources: Arc::default(),
+            sources,
+            shadows,
         }
-    }
-
-    /// Where shadow comparisons go (by default a log of its own, which no admin API shows).
-    pub fn with_shadows(mut self, shadows: Arc<ShadowLog>) -> Ingress {
-        self.shadows = shadows;
-        self
-    }
-
-    /// The lists that `allowed_sources` are checked against (none by default).
-    pub fn with_sources(mut self, sources: Arc<Sources>) -> Ingress {
-        self.sources = sources;
-        self
     }
 
     async fn handle(
@@ -326,6 +316,9 @@ impl Ingress {
             content,
         } = verified;
         let deadline = started + self.settings.reply_deadline_ms.duration();
+        let answered_duplicate = |callback, how| {
+            self.answered_duplicate(&account, &key, callback, &envelope, started, how);
+        };
         let leader = match self.resends.join(&key, deadline) {
             Role::Leader(leader) => leader,
             Role::Follower {
@@ -338,14 +331,7 @@ impl Ingress {
                     tokio::time::timeout_at(wait_until.into(), resends::follow(outcome)).await;
                 return match answer {
                     Ok(Some((callback, answer))) => {
-                        tracing::Span::current().record("callback", callback);
-                        info!(dedupe_key = %account.user_ids.show(&key), outcome = "duplicate", "resend answered like its first copy");
-                        self.events
-                            .publish(duplicate(&account.id, callback, &envelope));
-                        self.metrics
-                            .callback(&account.id, CallbackOutcome::Duplicate);
-                        self.metrics
-                            .answered(&account.id, started.elapsed().as_secs_f64());
+                        answered_duplicate(callback, "resend answered like its first copy");
                         Ok(answer)
                     }
                     // Not stored (yet): make WeChat try again rather than claim success.
@@ -368,12 +354,17 @@ impl Ingress {
         // the primary is delivered like any other target and the answer is `success` at once.
         // Other targets get their job handed straight to their worker when its handoff has room:
         // the worker then needs no lease and no second copy of the body.
+        let now = now_ms();
         let mut owner_permit = primary
-            .filter(|p| p.breaker.open_for(now_ms()).is_none())
+            .filter(|p| p.breaker.open_for(now).is_none())
             .and_then(|p| p.permits.clone().try_acquire_owned().ok());
-        // Shadows of a relaying owner are asked at the same moment, with the same deadline.
+        // Shadows of a relaying owner are asked at the same moment, with the same deadline,
+        // unless their own circuit is open.
         let shadows: Vec<&Arc<Target>> = match (primary, &owner_permit) {
-            (Some(owner), Some(_)) => account.shadows(owner).collect(),
+            (Some(owner), Some(_)) => account
+                .shadows(owner)
+                .filter(|s| s.breaker.open_for(now).is_none())
+                .collect(),
             _ => Vec::new(),
         };
         let starts: Vec<Start> = matched
@@ -383,7 +374,7 @@ impl Ingress {
                 let relay = if owner { owner_permit.take() } else { None };
                 let shadow = shadows
                     .iter()
-                    .any(|s| Arc::ptr_eq(s, t) && s.breaker.open_for(now_ms()).is_none())
+                    .any(|s| Arc::ptr_eq(s, t))
                     .then(|| t.permits.clone().try_acquire_owned().ok())
                     .flatten();
                 match (relay, shadow) {
@@ -448,13 +439,7 @@ impl Ingress {
                     (None, None) => success(),
                 };
                 leader.publish(callback, answer.clone());
-                info!(dedupe_key = %account.user_ids.show(&key), outcome = "duplicate", "resend of a stored callback");
-                self.events
-                    .publish(duplicate(&account.id, callback, &envelope));
-                self.metrics
-                    .callback(&account.id, CallbackOutcome::Duplicate);
-                self.metrics
-                    .answered(&account.id, started.elapsed().as_secs_f64());
+                answered_duplicate(callback, "resend of a stored callback");
                 return Ok(answer);
             }
             Accepted::New { callback, jobs } => (callback, jobs),
@@ -557,6 +542,11 @@ impl Ingress {
             );
             self.in_flight.spawn(compare.in_current_span());
         }
+        let answered = if relayed.is_some() {
+            "relayed"
+        } else {
+            "success"
+        };
         info!(
             msg_type = envelope.msg_type.as_deref().unwrap_or("-"),
             event = envelope.event.as_deref().unwrap_or("-"),
@@ -565,18 +555,13 @@ impl Ingress {
             dedupe_key = %account.user_ids.show(&key),
             targets = %TargetNames(&matched),
             outcome = "accepted",
-            answer = if relayed.is_some() { "relayed" } else { "success" },
+            answer = answered,
             elapsed_us = started.elapsed().as_micros() as u64,
             "callback"
         );
         self.events.publish(Event::Answered {
             callback,
-            answer: if relayed.is_some() {
-                "relayed"
-            } else {
-                "success"
-            }
-            .to_owned(),
+            answer: answered.to_owned(),
         });
         let answer = relayed.unwrap_or_else(success);
         leader.publish(callback, answer.clone());
@@ -600,6 +585,33 @@ impl Ingress {
         self.metrics
             .answered(&account.id, started.elapsed().as_secs_f64());
         Ok(answer)
+    }
+
+    /// A resend answered like its first copy (`how`: which way): its log line, its console line
+    /// (the ids of what was resent, nothing personal) and its metrics.
+    fn answered_duplicate(
+        &self,
+        account: &Account,
+        key: &str,
+        callback: CallbackId,
+        envelope: &Envelope,
+        started: Instant,
+        how: &'static str,
+    ) {
+        tracing::Span::current().record("callback", callback);
+        info!(dedupe_key = %account.user_ids.show(key), outcome = "duplicate", "{how}");
+        self.events.publish(Event::Duplicate {
+            at_ms: now_ms(),
+            account: account.id.to_string(),
+            callback,
+            msg_type: envelope.msg_type.clone(),
+            event: envelope.event.clone(),
+            msg_id: envelope.msg_id.clone(),
+        });
+        self.metrics
+            .callback(&account.id, CallbackOutcome::Duplicate);
+        self.metrics
+            .answered(&account.id, started.elapsed().as_secs_f64());
     }
 
     /// The answer a resend gets while the first copy of its callback may still be relaying the
@@ -821,18 +833,6 @@ fn check_freshness(timestamp: Option<&str>, max_skew_secs: u64) -> Result<(), Re
         return Err(Rejection::StaleTimestamp);
     }
     Ok(())
-}
-
-/// The console's line for a resend: the ids of what was resent, nothing personal.
-fn duplicate(account: &str, callback: i64, envelope: &Envelope) -> Event {
-    Event::Duplicate {
-        at_ms: now_ms(),
-        account: account.to_owned(),
-        callback,
-        msg_type: envelope.msg_type.clone(),
-        event: envelope.event.clone(),
-        msg_id: envelope.msg_id.clone(),
-    }
 }
 
 fn success() -> Answer {

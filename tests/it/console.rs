@@ -379,3 +379,52 @@ async fn the_admin_api_asks_scripts_and_the_cli_for_the_token() {
     assert_eq!(status_of(&base, "/metrics", None).await, 401);
     assert_eq!(status_of(&base, "/metrics", Some(TOKEN)).await, 200);
 }
+
+/// An open platform's callback about an authorizer (`/wechat/{id}/{appid}`: stored with the
+/// authorizer in front of WeChat's query) opens in the console's dead letter like any other:
+/// with `admin.show_content`, its decrypted message is shown.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_opens_an_authorizers_dead_letter() {
+    let target = Target::start(400).await;
+    let wx = Wx::new(Kind::OpenPlatform, Mode::Safe);
+    let proxy = Proxy::start_with_admin(&format!(
+        "{FAST}[admin]\ntoken = \"{TOKEN}\"\nshow_content = true\n{}{}",
+        wx.account("op", ""),
+        Wx::target("svc", &target.url("/svc"), "max_attempts = 1"),
+    ))
+    .await;
+    proxy
+        .post(
+            "op/wxaaaaaaaaaaaaaaa1",
+            &wx.seal(&text_xml("opened for the console")),
+        )
+        .await
+        .assert_success();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("HTTP client");
+    let get = |path: String| {
+        let request = client
+            .get(format!("{}{path}", proxy.admin_url()))
+            .bearer_auth(TOKEN);
+        async move {
+            let response = request.send().await.expect("the admin API answers");
+            assert_eq!(response.status().as_u16(), 200, "{path}");
+            let body = response.bytes().await.expect("an answer");
+            serde_json::from_slice::<serde_json::Value>(&body).expect("JSON")
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let id = loop {
+        let letters = get("/dead-letters".to_owned()).await;
+        if let Some(id) = letters[0]["id"].as_i64() {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "no dead letter: {letters}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let letter = get(format!("/console/dead-letters/{id}")).await;
+    let decrypted = letter["request"]["decrypted"].as_str().unwrap_or_default();
+    assert!(decrypted.contains("opened for the console"), "{letter}");
+}
