@@ -408,14 +408,8 @@ impl Attempt {
 /// `kind` and the innermost cause, the most specific of the error's chain (e.g. "connection
 /// refused").
 fn describe(kind: &str, error: &(dyn std::error::Error + 'static)) -> String {
-    let mut innermost = None;
-    let mut source = error.source();
-    while let Some(s) = source {
-        innermost = Some(s);
-        source = s.source();
-    }
-    match innermost {
-        Some(cause) => format!("{kind}: {cause}"),
+    match error.source() {
+        Some(cause) => format!("{kind}: {}", crate::error::innermost(cause)),
         None => kind.to_owned(),
     }
 }
