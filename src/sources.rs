@@ -182,13 +182,11 @@ impl Sources {
     }
 }
 
-/// The name the last lists are kept under in the store.
-pub const KEPT_AS: &str = "wechat-callback-ips";
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Saved {
-    /// Account id → the list as WeChat wrote it, and when it was fetched (Unix ms).
-    accounts: HashMap<String, SavedList>,
+/// The store keeps each account's last list under its own name, written only when that
+/// account's fetch succeeds: instances sharing the store never put back an older list of an
+/// account whose fetch failed here.
+pub fn kept_as(account: &str) -> String {
+    format!("wechat-callback-ips:{account}")
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -204,7 +202,7 @@ fn parse_list(ip_list: &[String]) -> Vec<Cidr> {
         .collect()
 }
 
-/// Until `shutdown`: loads the saved lists, then fetches each account's list now and every
+/// Until `shutdown`: loads the kept lists, then fetches each account's list now and every
 /// [`REFRESH_EVERY`] (after a failure, again in a minute; the last list stays in force).
 pub async fn refresh_loop(
     sources: Arc<Sources>,
@@ -213,17 +211,15 @@ pub async fn refresh_loop(
     store: Arc<dyn Store>,
     shutdown: CancellationToken,
 ) {
-    let mut saved: Saved = match store.kept_value(KEPT_AS).await {
-        Ok(kept) => kept
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default(),
-        Err(e) => {
-            warn!(error = %e, "could not read the last WeChat callback IP lists from the store");
-            Saved::default()
-        }
-    };
     for account in &accounts {
-        if let Some(list) = saved.accounts.get(&account.id) {
+        let kept = match store.kept_value(&kept_as(&account.id)).await {
+            Ok(kept) => kept.and_then(|bytes| serde_json::from_slice::<SavedList>(&bytes).ok()),
+            Err(e) => {
+                warn!(account = %account.id, error = %e, "could not read the last WeChat callback IP list from the store");
+                None
+            }
+        };
+        if let Some(list) = kept {
             sources.set(&account.id, parse_list(&list.ip_list));
             info!(
                 account = %account.id,
@@ -234,36 +230,32 @@ pub async fn refresh_loop(
         }
     }
     loop {
-        let (mut all_ok, mut any_ok) = (true, false);
+        let mut all_ok = true;
         for account in &accounts {
             match api.callback_ips(account).await {
                 Ok(ip_list) => {
-                    any_ok = true;
                     sources.set(&account.id, parse_list(&ip_list));
                     info!(account = %account.id, addresses = ip_list.len(), "WeChat's callback IP list fetched");
-                    saved.accounts.insert(
-                        account.id.clone(),
-                        SavedList {
-                            ip_list,
-                            fetched_at_ms: crate::downstream::now_ms(),
-                        },
-                    );
+                    let list = SavedList {
+                        ip_list,
+                        fetched_at_ms: crate::downstream::now_ms(),
+                    };
+                    let kept = match serde_json::to_vec(&list) {
+                        Ok(bytes) => {
+                            store
+                                .keep_value(&kept_as(&account.id), Bytes::from(bytes))
+                                .await
+                        }
+                        Err(e) => Err(StoreError::Other(e.to_string())),
+                    };
+                    if let Err(e) = kept {
+                        warn!(account = %account.id, error = %e, "could not keep WeChat's callback IP list in the store");
+                    }
                 }
                 Err(e) => {
                     all_ok = false;
                     warn!(account = %account.id, error = %e, "could not fetch WeChat's callback IP list; keeping the last one");
                 }
-            }
-        }
-        // Nothing fetched: nothing new to keep (and rewriting what this instance loaded could
-        // put back an older list another instance has replaced since).
-        if any_ok {
-            let kept = serde_json::to_vec(&saved).map(Bytes::from);
-            if let Err(e) = match kept {
-                Ok(kept) => store.keep_value(KEPT_AS, kept).await,
-                Err(e) => Err(StoreError::Other(e.to_string())),
-            } {
-                warn!(error = %e, "could not keep WeChat's callback IP lists in the store");
             }
         }
         let wait = if all_ok { REFRESH_EVERY } else { RETRY_AFTER };

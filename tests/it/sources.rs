@@ -262,7 +262,7 @@ async fn a_restart_with_the_api_unreachable_keeps_the_last_list() {
     let kept: Vec<u8> = rusqlite::Connection::open(dir.path().join("fanout.db"))
         .unwrap()
         .query_row(
-            "SELECT value FROM kept WHERE name = 'wechat-callback-ips'",
+            "SELECT value FROM kept WHERE name = 'wechat-callback-ips:main'",
             [],
             |row| row.get(0),
         )
