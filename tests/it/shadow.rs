@@ -58,11 +58,27 @@ async fn a_candidate_bot_is_compared_and_never_answers_wechat() {
             );
         }
     };
+    // Each answer of the shadow is compared before the next one changes what it answers: under
+    // load its answer can come after the owner's, and it must be the one it gave for that copy.
+    let results = |n: f64| {
+        let proxy = &proxy;
+        async move {
+            eventually_async(&format!("{n} shadow results"), || async {
+                let scrape = Scrape::fetch(proxy).await;
+                let total: f64 = scrape.family("wechat_fanout_shadow_total").values().sum();
+                (total >= n).then_some(scrape)
+            })
+            .await
+        }
+    };
     ask("one").await;
+    results(1.0).await;
     next.set_reply("text/xml", &same.replace("hello there", "hi!"));
     ask("two").await;
+    results(2.0).await;
     next.set_delay(Duration::from_millis(900));
     ask("three").await;
+    results(3.0).await;
     next.set_delay(Duration::ZERO);
     next.set_status(500);
     ask("four").await;
@@ -73,12 +89,7 @@ async fn a_candidate_bot_is_compared_and_never_answers_wechat() {
             .get(&format!("account=main,result={result},target=next"))
             .copied()
     };
-    let scrape = eventually_async("four shadow results", || async {
-        let scrape = Scrape::fetch(&proxy).await;
-        let total: f64 = scrape.family("wechat_fanout_shadow_total").values().sum();
-        (total >= 4.0).then_some(scrape)
-    })
-    .await;
+    let scrape = results(4.0).await;
     for result in ["same", "different", "late", "failed"] {
         assert_eq!(
             counted(&scrape, result),
