@@ -23,7 +23,8 @@
 # log filter, default "warn": at "info" it logs a line per callback and per delivery), SYNC
 # (store.synchronous, default "full"), DRAIN_TIMEOUT (s), PORT_BASE, PERF=1 (perf profile of the
 # proxy during the first fast run, and of the proxy and redis-server during the first
-# redis-always run), OUT (results folder), KEEP=1 (keep the temp folder), ALT_BIN (another
+# redis-always run; PERF_GRAPH="--call-graph dwarf" for call stacks through code without frame
+# pointers, PERF_FREQ its sampling rate), OUT (results folder), KEEP=1 (keep the temp folder), ALT_BIN (another
 # wechat-fanout binary, for an A/B in one run: a scenario named alt-<scenario>, e.g.
 # alt-redis-always, runs <scenario> with it; ALT_LABEL names it in the report).
 #
@@ -60,6 +61,8 @@ SYNC=${SYNC:-full}
 DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-180}
 PORT_BASE=${PORT_BASE:-17100}
 PERF=${PERF:-0}
+PERF_FREQ=${PERF_FREQ:-999}
+PERF_GRAPH=${PERF_GRAPH:--g}
 ALT_BIN=${ALT_BIN:-}
 ALT_LABEL=${ALT_LABEL:-ALT_BIN}
 KEEP=${KEEP:-0}
@@ -448,7 +451,7 @@ run_proxy() {
     if [[ $PERF == 1 && $i == 1 && ($base == fast || $base == redis-always) ]]; then
         local watched=${PIDS[proxy]}
         [[ $store == redis ]] && watched+=",${PIDS[redis]}"
-        $CLIENT_CPU perf record -F 999 -g -p "$watched" -o "$OUT/perf-$scenario.data" -- sleep "$DURATION" \
+        $CLIENT_CPU perf record -F "$PERF_FREQ" $PERF_GRAPH -p "$watched" -o "$OUT/perf-$scenario.data" -- sleep "$DURATION" \
             >"$dir/perf.log" 2>&1 &
         PIDS[perf]=$!
     fi
