@@ -26,7 +26,8 @@
 # redis-always run; PERF_GRAPH="--call-graph dwarf" for call stacks through code without frame
 # pointers, PERF_FREQ its sampling rate), OUT (results folder), KEEP=1 (keep the temp folder), ALT_BIN (another
 # wechat-fanout binary, for an A/B in one run: a scenario named alt-<scenario>, e.g.
-# alt-redis-always, runs <scenario> with it; ALT_LABEL names it in the report).
+# alt-redis-always, runs <scenario> with it; ALT_LABEL names it in the report), MAIN_BIN (the
+# binary of the other scenarios, instead of the one built from this checkout).
 #
 # Redis scenarios (installs Debian's redis-server when missing): one instance on a standalone
 # redis-server with AOF and `appendfsync always` (redis-always) or `everysec` (redis-everysec);
@@ -64,6 +65,7 @@ PERF=${PERF:-0}
 PERF_FREQ=${PERF_FREQ:-999}
 PERF_GRAPH=${PERF_GRAPH:--g}
 ALT_BIN=${ALT_BIN:-}
+MAIN_BIN=${MAIN_BIN:-}
 ALT_LABEL=${ALT_LABEL:-ALT_BIN}
 KEEP=${KEEP:-0}
 SLOW_MS=2000
@@ -429,7 +431,7 @@ run_proxy() {
     local scenario=$1 i=$2 dir=$WORK/runs/$1-$2 expect=plain mode=plaintext data=$PLAIN_DATA
     local store=sqlite fsync="" two=0 admins=("$P_ADMIN") pids w acc dup rss hwm drain a b c0 cpu
     local store_hwm=null each=null base=${1#alt-}
-    PROXY_BIN=$BIN/wechat-fanout
+    PROXY_BIN=${MAIN_BIN:-$BIN/wechat-fanout}
     [[ $base != "$scenario" ]] && PROXY_BIN=$ALT_BIN
     mkdir -p "$dir"
     if [[ $base == safe ]]; then expect=safe mode=safe data=$SAFE_DATA; fi
@@ -526,7 +528,7 @@ run_backlog() {
     local dir=$WORK/runs/backlog pid acc=0 prev=0 chunk=0 w rate rss base drained rates=() fast
     mkdir -p "$dir"
     start_sinks plain "$dir" a
-    PROXY_BIN=$BIN/wechat-fanout
+    PROXY_BIN=${MAIN_BIN:-$BIN/wechat-fanout}
     start_proxy plaintext "$dir"
     pid=${PIDS[proxy]}
     base=$(rss_kib "$pid" VmRSS)
