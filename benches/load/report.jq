@@ -1,5 +1,7 @@
 # The load benchmark's report: reads the array of run records that run.sh wrote (one object per
-# run: scenario, wrk summary, accepted, sink counters, RSS, drain time) and prints markdown.
+# run: scenario, wrk summary, accepted, sink counters, RSS, drain time, CPU ticks) and prints
+# markdown. Arguments: $slow (ms), $alt (label of ALT_BIN), $span (how many cores the CPU shares
+# are of: 1, or 2 in the two-core mode), $shared (1 when the load generator ran on those cores).
 
 def median: sort | if length == 0 then null
   elif length % 2 == 1 then .[length / 2 | floor]
@@ -15,6 +17,7 @@ def title:
   { bare: "hyper ceiling (buffer + `success`)",
     nginx: "nginx mirror → 2 sinks",
     fast: "wechat-fanout, 2 fast targets",
+    "fast-h2": "wechat-fanout, 2 fast targets over HTTP/2",
     slow: "wechat-fanout, target b slow (\($slow) ms)",
     down: "wechat-fanout, target b down",
     safe: "wechat-fanout, safe mode (AES)",
@@ -35,6 +38,9 @@ def deliveries:
     | (map(select(.drain == "timeout")) | length) as $late
     | (if .[0].scenario == "nginx" then ($a >= $acc and $b >= $acc) else ($a == $acc and $b == $acc) end) as $ok
     | (sum(.duplicates)) as $resends
+    # HTTP/2 targets: every delivery must have come over HTTP/2.
+    | ((.[0].scenario | ltrimstr("alt-")) == "fast-h2") as $h2
+    | (sum(.a.requests) + sum(.b.requests)) as $sent | (sum(.a.http2) + sum(.b.http2)) as $over_h2
     | "a \($a) · b \($b) of \($acc)"
       + (if $dup > 0 then " (\($dup) dup)" else "" end)
       # A safe-mode pool smaller than the run: wrk cycled and the proxy answered resends.
@@ -42,7 +48,8 @@ def deliveries:
       # nginx: does it keep its upstream connections alive?
       + (if .[0].scenario == "nginx" then " · \(sum(.a.connections) + sum(.b.connections)) sink connections" else "" end)
       + (if $late > 0 then " · \($late) run(s) not drained" else "" end)
-      + (if $ok and $late == 0 then " ✓" else " ✗" end)
+      + (if $h2 then " · \($over_h2) of \($sent) over HTTP/2" else "" end)
+      + (if $ok and $late == 0 and ($h2 | not or $over_h2 == $sent) then " ✓" else " ✗" end)
   end;
 
 def identity:
@@ -52,19 +59,42 @@ def identity:
     | if $bad == 0 then "all \($good) ✓" else "\($bad) differ ✗" end
   end;
 
-# Where the server core's time went during the load (medians over runs), in percent.
+# Where the measured cores' time went during the load (medians over runs), in percent of them
+# all (two-core mode: 100 is both cores).
 def core:
   if all(.cpu != null) then
     def pct(f): map(f // 0) | median | . * 10 | round / 10;
-    "\(pct(.cpu.server)) · \(pct(.cpu.store)) · \(pct(.cpu.sinks)) · \(pct(.cpu.other)) · \(pct(.cpu.idle))"
+    "\(pct(.cpu.server)) · \(pct(.cpu.store)) · \(pct(.cpu.sinks))"
+    + (if $shared == 1 then " · \(pct(.cpu.client))" else "" end)
+    + " · \(pct(.cpu.other)) · \(pct(.cpu.idle))"
   else "–" end;
 
-# The server core's time per answered callback, in µs (medians over runs): what the load costs
-# there, whatever share of the core other users of the machine took.
+# The measured cores' time per answered callback, in µs (medians over runs): what the load costs
+# there, whatever share of the cores other users of the machine took. A share is of `span` cores.
+def core_us(f): (f // 0) * (.cpu.span // 1) * 1e4 / rps;
 def per_callback:
   if all(.cpu != null) and .[0].scenario != "bare" then
-    def us(f): map((f // 0) * 1e4 / rps) | median | round;
+    def us(f): map(core_us(f)) | median | round;
     "\(us(.cpu.server)) · \(us(.cpu.store)) · \(us(.cpu.sinks))"
+    + (if $shared == 1 then " · \(us(.cpu.client))" else "" end)
+  else "–" end;
+
+# The server's own CPU (utime + stime of all its threads) against the load's wall time and the
+# callbacks it took (bare: answered), medians over runs; runs older than these fields show "–".
+def callbacks: .accepted // .wrk.requests;
+def cpu_s: .cpu.server_ticks / .cpu.hz;
+def has_ticks: all(.cpu.server_ticks != null and .cpu.hz != null);
+def proxy_cores:
+  if has_ticks then map(cpu_s / .cpu.wall_s) | median | . * 100 | round / 100 | tostring else "–" end;
+def per_core:
+  if has_ticks and all(cpu_s > 0) then map(callbacks / cpu_s) | median | int else "–" end;
+# The proxy's CPU per accepted callback by thread, in µs: the SQLite writer thread, tokio's
+# threads, and the rest of the process (its total less those two: the main thread, threads
+# that ended during the load).
+def by_thread:
+  if has_ticks and all(.threads != null) and all(callbacks > 0) then
+    def us(f): map(f * 1e6 / .cpu.hz / callbacks) | median | round;
+    "\(us(.threads.writer)) · \(us(.threads.async)) · \(us([.cpu.server_ticks - .threads.writer - .threads.async, 0] | max))"
   else "–" end;
 
 def mib: . / 1024 | floor | tostring;
@@ -98,13 +128,15 @@ def drain:
 | (reduce $groups[] as $g ({}; .[$g[0].scenario] = ($g | map(.wrk.p99_us) | median))) as $p99
 # Core time per callback (server + redis + sinks, µs; median over runs).
 | (reduce $groups[] as $g ({}; .[$g[0].scenario] = (if all($g[]; .cpu != null)
-    then $g | map((.cpu.server + (.cpu.store // 0) + .cpu.sinks) * 1e4 / rps) | median else null end))) as $core_us
+    then $g | map(core_us(.cpu.server + (.cpu.store // 0) + .cpu.sinks)) | median else null end))) as $core_us
 # Each run's ratio to the SQLite fast run of the same round (runs alternate between scenarios).
 | (reduce ($runs[] | select(.scenario == "fast")) as $f ({}; .["\($f.run)"] = ($f | rps))) as $fast_by_run
 | (reduce $groups[] as $g ({}; .[$g[0].scenario] =
     ($g | map(($fast_by_run["\(.run)"]) as $f | if $f then rps / $f else empty end)))) as $paired
-| "| scenario | requests/s (median) | spread (min–max) | p50 answer | p99 answer | deliveries per sink vs accepted | byte-identical | drain after load | proxy RSS (peak) | core 0 %: server · redis · sinks · other · idle | core 0 µs per callback: server · redis · sinks | × hyper | × nginx | × SQLite (paired min–max) |",
-  "|---|---:|---:|---:|---:|---|---|---:|---:|---|---|---:|---:|---:|",
+| (if $span == 2 then "cores 0–1" else "core 0" end) as $cores
+| (if $shared == 1 then " · load gen" else "" end) as $gen
+| "| scenario | requests/s (median) | spread (min–max) | p50 answer | p99 answer | deliveries per sink vs accepted | byte-identical | drain after load | proxy RSS (peak) | \($cores) %: server · redis · sinks\($gen) · other · idle | \($cores) µs per callback: server · redis · sinks\($gen) | proxy CPU (cores) | callbacks/s per proxy core | proxy µs per callback: writer · async · other | × hyper | × nginx | × SQLite (paired min–max) |",
+  "|---|---:|---:|---:|---:|---|---|---:|---:|---|---|---:|---:|---|---:|---:|---:|",
   ( $groups[] as $g
     | ($g | map(rps)) as $r
     | $g[0].scenario as $s
@@ -113,6 +145,7 @@ def drain:
       + "| \($g | deliveries) | \($g | identity) | \(if $s == "bare" then "–" else ($g | drain) end) "
       + "| \($g | rss) "
       + "| \($g | core) | \($g | per_callback) "
+      + "| \($g | proxy_cores) | \($g | per_core) | \($g | by_thread) "
       # A fixed rate is not a capacity: no ratio.
       + "| \(if $med.bare and ($s | ltrimstr("alt-") | IN("bare", "rate", "redis-rate") | not) then ($r | median) / $med.bare | ratio else "–" end) "
       + "| \(if $med.nginx and ($s | ltrimstr("alt-") | IN("nginx", "rate", "redis-rate") | not) then ($r | median) / $med.nginx | ratio else "–" end) "
@@ -127,6 +160,12 @@ def drain:
     ( if $med.fast then
         "- fast, saturated: \($med.fast | int)/s ≥ 20,000/s: \(verdict($med.fast >= 20000))"
         + (if $med.nginx then "; \($med.fast / $med.nginx | ratio) nginx ≥ 3.7×: \(verdict($med.fast >= 3.7 * $med.nginx))" else "" end)
+      else empty end ),
+    ( if $med["fast-h2"] and $med.fast then
+        "- fast with both targets over HTTP/2 (h2c): \($med["fast-h2"] / $med.fast | ratio) the HTTP/1.1 fast row"
+        + (if ($paired["fast-h2"] | length) > 0 then " (paired runs \($paired["fast-h2"] | min | ratio)–\($paired["fast-h2"] | max | ratio))" else "" end)
+        + (if $core_us.fast and $core_us["fast-h2"] then
+            "; \($core_us["fast-h2"] | round) µs vs \($core_us.fast | round) µs of the measured cores per callback" else "" end)
       else empty end ),
     ( ["slow", "down"][] as $s
       | if $med[$s] and $med.fast then

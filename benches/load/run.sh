@@ -4,16 +4,28 @@
 #   bash benches/load/run.sh              # every scenario, 3 runs of 10 s each (~20 min)
 #   QUICK=1 bash benches/load/run.sh      # smoke run: 1 run of 3 s each, small safe-mode pool
 #   BACKLOG=1 bash benches/load/run.sh    # adds the 1,000,000-callback backlog (memory) scenario
-#   SCENARIOS="fast down" bash benches/load/run.sh   # a subset of: bare nginx fast slow down safe rate
-#                                     #   redis-always redis-everysec redis-two redis-rate
+#   SCENARIOS="fast down" bash benches/load/run.sh   # a subset of: bare nginx fast fast-h2 slow
+#                                     #   down safe rate redis-always redis-everysec redis-two redis-rate
 #   BACKLOG=1 SCENARIOS= bash benches/load/run.sh    # the backlog scenario alone
+#   CORES=2 bash benches/load/run.sh      # two-core mode: the proxy gets both cores (see below)
 #
 # It installs what the chosen scenarios lack (wrk, curl, jq; nginx-light and
 # libnginx-mod-http-echo for nginx; redis-server for the Redis ones; apt-get, as root), builds
 # the release binary and the helpers (examples load-sink, load-bare, load-gen), then runs each
 # scenario with the server side (proxy or reference, both sinks, and redis-server) pinned to
-# core 0 and the load generator to core 1 (when there are two cores), all on 127.0.0.1. Runs
-# alternate between scenarios (run 1 of each, then run 2 of each…), so that a noisy stretch of a
+# core 0 and the load generator to core 1 (when there are two cores), all on 127.0.0.1. CORES=2
+# (the two-core mode) gives the server two cores instead: on a machine with exactly two, nothing
+# is pinned and the server (proxy or reference), redis-server, both sinks and the load generator
+# (wrk, load-gen) all share cores 0 and 1, so the proxy gets what the others leave; on a larger
+# machine the server and redis-server are pinned to cores 0-1, the sinks and the load generator
+# to cores 2 and up. The report's header line names the layout used. Either mode reports per
+# scenario the server's CPU in cores (its CPU seconds over the load's wall seconds), callbacks/s
+# per proxy core (accepted callbacks per CPU second of the proxy: comparable between the modes),
+# and the proxy's CPU per callback by thread (/proc/PID/task/*/stat: the SQLite store-writer
+# thread, tokio's threads, the rest). fast-h2 is fast with `http2 = true` on both targets (h2c,
+# HTTP/2 with prior knowledge; the sinks take HTTP/1.1 and h2c on one port), checked with
+# `wechat-fanout check-config` before any run.
+# Runs alternate between scenarios (run 1 of each, then run 2 of each…), so that a noisy stretch of a
 # shared machine hits every scenario alike. Every run gets a fresh store (SQLite file, or a
 # redis-server of its own in the run's folder) and fresh sinks; after the load the script waits
 # (bounded) until both sinks hold every accepted callback, checks that each delivery was
@@ -22,7 +34,7 @@
 # (latency scenario, callbacks/s), SAFE_POOL (distinct encrypted callbacks), LOG_FILTER (proxy
 # log filter, default "warn": at "info" it logs a line per callback and per delivery), SYNC
 # (store.synchronous, default "full"), DRAIN_TIMEOUT (s), PORT_BASE, PERF=1 (perf profile of the
-# proxy during the first fast run, and of the proxy and redis-server during the first
+# proxy during the first fast and fast-h2 runs, and of the proxy and redis-server during the first
 # redis-always run; PERF_GRAPH="--call-graph dwarf" for call stacks through code without frame
 # pointers, PERF_FREQ its sampling rate), OUT (results folder), KEEP=1 (keep the temp folder), ALT_BIN (another
 # wechat-fanout binary, for an A/B in one run: a scenario named alt-<scenario>, e.g.
@@ -68,6 +80,7 @@ ALT_BIN=${ALT_BIN:-}
 MAIN_BIN=${MAIN_BIN:-}
 ALT_LABEL=${ALT_LABEL:-ALT_BIN}
 KEEP=${KEEP:-0}
+CORES=${CORES:-1}
 SLOW_MS=2000
 
 P_BARE=$PORT_BASE
@@ -125,13 +138,15 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Starts a server-side process pinned to the server core; its output goes to $2.
-start() {
-    local name=$1 logfile=$2
-    shift 2
-    $SERVER_CPU "$@" >"$logfile" 2>&1 &
+# Starts a process under the pinning $1 (a taskset prefix, or empty); its output goes to $3.
+start_on() {
+    local cpu=$1 name=$2 logfile=$3
+    shift 3
+    $cpu "$@" >"$logfile" 2>&1 &
     PIDS[$name]=$!
 }
+# Starts a server-side process (server, reference, redis-server) on the server core(s).
+start() { start_on "$SERVER_CPU" "$@"; }
 
 wait_http() {
     local url=$1 name=$2
@@ -182,17 +197,38 @@ log "building release binaries"
 (cd "$ROOT" && cargo build --release --locked --quiet --bin wechat-fanout \
     --example load-sink --example load-bare --example load-gen)
 
-if (($(nproc) >= 2)); then
-    SERVER_CPU="taskset -c 0"
-    CLIENT_CPU="taskset -c 1"
-    PINNING="server side (server + sinks) on core 0, load generator on core 1"
-    CORE_LINE=cpu0
-else
-    SERVER_CPU=""
-    CLIENT_CPU=""
-    PINNING="one core: not pinned"
-    CORE_LINE=cpu
-fi
+# Who runs where. SERVER_CPU: the proxy (or reference) and redis-server; SINK_CPU: both sinks;
+# CLIENT_CPU: wrk, load-gen and perf. CORE_LINES: the /proc/stat lines of the cores whose time the
+# report splits (SPAN cores); CLIENT_SHARED=1 when the load generator runs on those cores too.
+NPROC=$(nproc)
+CLIENT_SHARED=0
+case $CORES in
+    1)
+        if ((NPROC >= 2)); then
+            SERVER_CPU="taskset -c 0" SINK_CPU="taskset -c 0" CLIENT_CPU="taskset -c 1"
+            PINNING="server side (server + sinks) on core 0, load generator on core 1"
+            CORE_LINES=cpu0
+        else
+            SERVER_CPU="" SINK_CPU="" CLIENT_CPU=""
+            PINNING="one core: not pinned, the load generator shares it"
+            CORE_LINES=cpu CLIENT_SHARED=1
+        fi
+        SPAN=1
+        ;;
+    2)
+        ((NPROC >= 2)) || { echo "CORES=2 needs two cores; this machine has $NPROC" >&2; exit 1; }
+        if ((NPROC == 2)); then
+            SERVER_CPU="" SINK_CPU="" CLIENT_CPU=""
+            PINNING="two-core mode: nothing pinned; the server (proxy or reference), redis-server, both sinks and the load generator share cores 0-1"
+            CLIENT_SHARED=1
+        else
+            SERVER_CPU="taskset -c 0,1" SINK_CPU="taskset -c 2-$((NPROC - 1))" CLIENT_CPU=$SINK_CPU
+            PINNING="two-core mode: the server (proxy or reference) and redis-server on cores 0-1, sinks and load generator on cores 2-$((NPROC - 1))"
+        fi
+        CORE_LINES="cpu0 cpu1" SPAN=2
+        ;;
+    *) echo "CORES must be 1 or 2" >&2; exit 1 ;;
+esac
 for port in "$P_BARE" "$P_NGINX" "$P_PROXY" "$P_ADMIN" "$P_SINK_A" "$P_SINK_B" "$P_PROXY2" "$P_ADMIN2" \
     "$P_REDIS"; do
     port_free "$port" || { echo "port $port is in use (set PORT_BASE)" >&2; exit 1; }
@@ -257,40 +293,89 @@ duplicates() { counted duplicate "$@"; }
 
 rss_kib() { awk -v f="$2" '$1 == f":" { print $2 }' "/proc/$1/status"; }
 
-# CPU use on the server core, in clock ticks: "core_total core_idle server store sink_a sink_b",
-# where server is the sum over the pids given (nginx: master and worker; two proxies) and store
-# is redis-server (0 without it). "other" (the core's busy time that none of these account for)
-# shows interference from anything else on the machine.
+HZ=$(getconf CLK_TCK)
+
+# CPU use, in clock ticks: "wall_ns cores_total cores_idle server store sink_a sink_b client",
+# where cores_* add up the measured cores (CORE_LINES), server is the sum over the pids given
+# (nginx: master and worker; two proxies), store is redis-server (0 without it) and client is
+# what this script's finished children used (cutime + cstime of the script: during the load,
+# that is the load generator, wrk or load-gen, and nothing else of note). "other" (the measured
+# cores' busy time that none of these account for) shows interference from anything else on the
+# machine.
 cpu_snapshot() {
     local p server=0
     for p in "$@"; do server=$((server + $(proc_ticks "$p"))); done
-    echo "$(awk -v line="$CORE_LINE" '$1 == line { t = 0; for (i = 2; i <= NF; i++) t += $i; print t, $5 + $6 }' /proc/stat)" \
-        "$server $(proc_ticks "${PIDS[redis]:-}") $(proc_ticks "${PIDS[sink_a]:-}") $(proc_ticks "${PIDS[sink_b]:-}")"
+    echo "$(date +%s%N)" \
+        "$(awk -v lines=" $CORE_LINES " 'index(lines, " " $1 " ") { for (i = 2; i <= NF; i++) t += $i; idle += $5 + $6 }
+            END { print t, idle }' /proc/stat)" \
+        "$server $(proc_ticks "${PIDS[redis]:-}") $(proc_ticks "${PIDS[sink_a]:-}") $(proc_ticks "${PIDS[sink_b]:-}")" \
+        "$(stat_fields $$ 16 17)"
 }
-proc_ticks() { # utime + stime of every thread of pid $1 (0 when it is not running)
-    if [[ -n $1 && -r /proc/$1/stat ]]; then awk '{ print $14 + $15 }' "/proc/$1/stat"; else echo 0; fi
+# The sum of the fields $2... (numbered as in proc(5)) of /proc/$1/stat, or 0 when it is gone. The
+# name (field 2) may hold spaces and parentheses: fields are counted after its last ")".
+stat_fields() {
+    local pid=$1 line
+    shift
+    line=$(cat "/proc/$pid/stat" 2>/dev/null) || { echo 0; return; }
+    awk -v want="$*" '{ n = split(want, w, " "); s = 0; for (i = 1; i <= n; i++) s += $(w[i] - 2); print s }' <<<"${line##*) }"
 }
-cpu_json() { # $1, $2: snapshots before and after; prints shares of the core in percent
-    local t0 i0 s0 r0 a0 b0 t1 i1 s1 r1 a1 b1
-    read -r t0 i0 s0 r0 a0 b0 <<<"$1"
-    read -r t1 i1 s1 r1 a1 b1 <<<"$2"
+proc_ticks() { # utime + stime of every thread of pid $1, exited ones included (0 when it is not running)
+    if [[ -n $1 ]]; then stat_fields "$1" 14 15; else echo 0; fi
+}
+# $1, $2: snapshots before and after; prints shares of the measured cores in percent (of SPAN
+# cores: 100 is all of them), and the raw ticks for figures per callback and per CPU second.
+cpu_json() {
+    local w0 t0 i0 s0 r0 a0 b0 c0 w1 t1 i1 s1 r1 a1 b1 c1
+    read -r w0 t0 i0 s0 r0 a0 b0 c0 <<<"$1"
+    read -r w1 t1 i1 s1 r1 a1 b1 c1 <<<"$2"
     jq -nc --argjson t $((t1 - t0)) --argjson idle $((i1 - i0)) --argjson s $((s1 - s0)) \
         --argjson store $((r1 - r0)) --argjson sinks $((a1 - a0 + b1 - b0)) \
+        --argjson client $((c1 - c0)) --argjson shared "$CLIENT_SHARED" \
+        --argjson span "$SPAN" --argjson hz "$HZ" --argjson wall_ns $((w1 - w0)) \
         'def pct: . * 1000 / ([$t, 1] | max) | round / 10;
-         {server: ($s | pct), store: ($store | pct), sinks: ($sinks | pct), idle: ($idle | pct),
-          other: (([$t - $idle - $s - $store - $sinks, 0] | max) | pct)}'
+         ($client * $shared) as $c
+         | {server: ($s | pct), store: ($store | pct), sinks: ($sinks | pct), idle: ($idle | pct),
+            client: (if $shared == 1 then $c | pct else null end),
+            other: (([$t - $idle - $s - $store - $sinks - $c, 0] | max) | pct),
+            span: $span, hz: $hz, wall_s: ($wall_ns / 1e9), server_ticks: $s, client_ticks: $client}'
+}
+
+# Per-thread CPU of the processes $1...: one line "tid kind ticks" per live thread, kind being
+# writer (the SQLite store's writer thread), async (tokio's threads: the workers and the
+# blocking pool, which tokio names alike) or other.
+thread_ticks() {
+    local p
+    for p in "$@"; do
+        cat "/proc/$p"/task/*/stat 2>/dev/null || true
+    done | awk '{
+        lp = index($0, "("); rp = lp
+        while ((k = index(substr($0, rp + 1), ")")) > 0) rp += k
+        name = substr($0, lp + 1, rp - lp - 1)
+        split(substr($0, rp + 2), f, " ")
+        kind = name == "store-writer" ? "writer" : name ~ /^tokio-/ ? "async" : "other"
+        print $1, kind, f[12] + f[13]
+    }'
+}
+# $1, $2: thread_ticks before and after; prints the ticks of each kind between them. Threads that
+# ended in between are missing here (the process total keeps them: report.jq counts them as
+# "other"); threads that started count from zero.
+threads_json() {
+    awk 'NR == FNR { before[$1] = $3; next }
+        { used[$2] += $3 - before[$1] }
+        END { printf "{\"writer\":%d,\"async\":%d,\"other\":%d}\n", used["writer"], used["async"], used["other"] }' \
+        <(echo "$1") <(echo "$2")
 }
 
 # Waits until sinks $2... hold $1 distinct callbacks each; prints the seconds it took, or "timeout".
 wait_drained() {
-    local want=$1 started=$SECONDS port done
+    local want=$1 started=$SECONDS port drained
     shift
     while ((SECONDS - started < DRAIN_TIMEOUT)); do
-        done=1
+        drained=1
         for port in "$@"; do
-            (($(sink_unique "$port") >= want)) || { done=0; break; }
+            (($(sink_unique "$port") >= want)) || { drained=0; break; }
         done
-        if ((done)); then
+        if ((drained)); then
             echo $((SECONDS - started))
             return 0
         fi
@@ -302,7 +387,7 @@ wait_drained() {
 start_sinks() { # $1: expect (plain|safe); $2: run folder; $3: which (ab|a); $4: delay of b in ms
     local pool=()
     [[ $1 == safe ]] && pool=(--pool "$SAFE_POOL")
-    start sink_a "$2/sink-a.log" "$BIN/examples/load-sink" --listen "127.0.0.1:$P_SINK_A" --expect "$1" "${pool[@]}"
+    start_on "$SINK_CPU" sink_a "$2/sink-a.log" "$BIN/examples/load-sink" --listen "127.0.0.1:$P_SINK_A" --expect "$1" "${pool[@]}"
     wait_http "http://127.0.0.1:$P_SINK_A/_sink/stats" sink_a
     if [[ $3 == ab ]]; then
         start_sink_b "$1" "$2" "${4:-0}"
@@ -312,7 +397,7 @@ start_sinks() { # $1: expect (plain|safe); $2: run folder; $3: which (ab|a); $4:
 start_sink_b() {
     local pool=()
     [[ $1 == safe ]] && pool=(--pool "$SAFE_POOL")
-    start sink_b "$2/sink-b.log" "$BIN/examples/load-sink" --listen "127.0.0.1:$P_SINK_B" --expect "$1" \
+    start_on "$SINK_CPU" sink_b "$2/sink-b.log" "$BIN/examples/load-sink" --listen "127.0.0.1:$P_SINK_B" --expect "$1" \
         --delay-ms "$3" "${pool[@]}"
     wait_http "http://127.0.0.1:$P_SINK_B/_sink/stats" sink_b
 }
@@ -332,13 +417,13 @@ start_redis() { # $1: always|everysec; $2: run folder
     return 1
 }
 
-start_proxy() { # $1: mode (plaintext|safe); $2: run folder; $3: sqlite|redis; $4: instance (1|2)
-    local dir=$2 key="" store name=proxy listen=$P_PROXY admin=$P_ADMIN config=$2/fanout.toml
+# Prints a proxy's configuration. $1: mode (plaintext|safe); $2: run folder; $3: sqlite|redis;
+# $4: instance (1|2); $5: 1 when both targets speak HTTP/2 with prior knowledge (h2c).
+proxy_config() {
+    local dir=$2 key="" store listen=$P_PROXY admin=$P_ADMIN h2=""
     [[ $1 == safe ]] && key="encoding_aes_key = \"$AES_KEY\""
-    if [[ ${4:-1} == 2 ]]; then
-        name=proxy2 listen=$P_PROXY2 admin=$P_ADMIN2 config=$dir/fanout2.toml
-    fi
-    mkdir -p "$dir/store"
+    [[ ${4:-1} == 2 ]] && listen=$P_PROXY2 admin=$P_ADMIN2
+    [[ ${5:-0} == 1 ]] && h2="http2 = true"
     if [[ ${3:-sqlite} == redis ]]; then
         store="backend = \"redis\"
 [store.redis]
@@ -348,7 +433,7 @@ key_prefix = \"bench\""
         store="path = \"$dir/store/fanout.db\"
 synchronous = \"$SYNC\""
     fi
-    cat >"$config" <<EOF
+    cat <<EOF
 [server]
 listen = "127.0.0.1:$listen"
 # The corpus is built once with fixed timestamps (benches/load/corpus.rs).
@@ -373,11 +458,20 @@ mode = "$1"
 [[accounts.targets]]
 name = "a"
 url = "http://127.0.0.1:$P_SINK_A/wx"
+$h2
 [[accounts.targets]]
 name = "b"
 url = "http://127.0.0.1:$P_SINK_B/wx"
+$h2
 EOF
-    start "$name" "$dir/$name.log" "$PROXY_BIN" serve --config "$config" --log-format text
+}
+
+start_proxy() { # the arguments of proxy_config
+    local name=proxy admin=$P_ADMIN config=$2/fanout.toml
+    [[ ${4:-1} == 2 ]] && name=proxy2 admin=$P_ADMIN2 config=$2/fanout2.toml
+    mkdir -p "$2/store"
+    proxy_config "$@" >"$config"
+    start "$name" "$2/$name.log" "$PROXY_BIN" serve --config "$config" --log-format text
     wait_http "http://127.0.0.1:$admin/readyz" "$name"
 }
 
@@ -425,16 +519,18 @@ run_reference() { # $1: bare|nginx; $2: run number
     record "{\"scenario\":\"nginx\",\"run\":$i,\"wrk\":$w,\"cpu\":$cpu,\"accepted\":$answered,\"drain\":\"$drain\",\"a\":$a,\"b\":$b}"
 }
 
-# $1: fast|slow|down|safe|rate|redis-always|redis-everysec|redis-two|redis-rate, or one of these
+# $1: fast|fast-h2|slow|down|safe|rate|redis-always|redis-everysec|redis-two|redis-rate, or one of these
 # prefixed with alt- (run with ALT_BIN); $2: run number
 run_proxy() {
     local scenario=$1 i=$2 dir=$WORK/runs/$1-$2 expect=plain mode=plaintext data=$PLAIN_DATA
     local store=sqlite fsync="" two=0 admins=("$P_ADMIN") pids w acc dup rss hwm drain a b c0 cpu
+    local t0 threads h2=0
     local store_hwm=null each=null base=${1#alt-}
     PROXY_BIN=${MAIN_BIN:-$BIN/wechat-fanout}
     [[ $base != "$scenario" ]] && PROXY_BIN=$ALT_BIN
     mkdir -p "$dir"
     if [[ $base == safe ]]; then expect=safe mode=safe data=$SAFE_DATA; fi
+    [[ $base == fast-h2 ]] && h2=1
     case $base in
         redis-always | redis-rate) store=redis fsync=always ;;
         redis-everysec) store=redis fsync=everysec ;;
@@ -446,17 +542,19 @@ run_proxy() {
         *) start_sinks "$expect" "$dir" ab ;;
     esac
     [[ $store == redis ]] && start_redis "$fsync" "$dir"
-    start_proxy "$mode" "$dir" "$store" 1
-    ((two)) && start_proxy "$mode" "$dir" "$store" 2
+    start_proxy "$mode" "$dir" "$store" 1 "$h2"
+    ((two)) && start_proxy "$mode" "$dir" "$store" 2 "$h2"
     pids=("${PIDS[proxy]}")
     ((two)) && pids+=("${PIDS[proxy2]}")
-    if [[ $PERF == 1 && $i == 1 && ($base == fast || $base == redis-always) ]]; then
+    if [[ $PERF == 1 && $i == 1 && ($base == fast || $base == fast-h2 || $base == redis-always) ]]; then
         local watched=${PIDS[proxy]}
         [[ $store == redis ]] && watched+=",${PIDS[redis]}"
+        # shellcheck disable=SC2086 # PERF_GRAPH is one option or several words
         $CLIENT_CPU perf record -F "$PERF_FREQ" $PERF_GRAPH -p "$watched" -o "$OUT/perf-$scenario.data" -- sleep "$DURATION" \
             >"$dir/perf.log" 2>&1 &
         PIDS[perf]=$!
     fi
+    t0=$(thread_ticks "${pids[@]}")
     c0=$(cpu_snapshot "${pids[@]}")
     if [[ $base == rate || $base == redis-rate ]]; then
         local r
@@ -470,6 +568,7 @@ run_proxy() {
         w=$(wrk_json "http://127.0.0.1:$P_PROXY/wechat/bench" "$data")
     fi
     cpu=$(cpu_json "$c0" "$(cpu_snapshot "${pids[@]}")")
+    threads=$(threads_json "$t0" "$(thread_ticks "${pids[@]}")")
     if [[ -n ${PIDS[perf]:-} ]]; then
         wait "${PIDS[perf]}" 2>/dev/null || true
         unset "PIDS[perf]"
@@ -517,7 +616,7 @@ run_proxy() {
     stop redis
     stop sink_a
     stop sink_b
-    record "{\"scenario\":\"$scenario\",\"run\":$i,\"wrk\":$w,\"cpu\":$cpu,\"accepted\":$acc,\"duplicates\":$dup,
+    record "{\"scenario\":\"$scenario\",\"run\":$i,\"wrk\":$w,\"cpu\":$cpu,\"threads\":$threads,\"accepted\":$acc,\"duplicates\":$dup,
         \"rss_kib\":$rss,\"hwm_kib\":$hwm,\"hwm_each_kib\":$each,\"store_hwm_kib\":$store_hwm,
         \"drain\":\"$drain\",\"a\":$a,\"b\":$b}"
 }
@@ -577,12 +676,23 @@ log "results in $OUT; $PINNING; $RUNS run(s) of ${DURATION}s, $CONNS connections
 for scenario in $SCENARIOS; do
     case ${scenario#alt-} in
         bare | nginx) [[ $scenario != alt-* ]] || { echo "alt- applies to the proxy's scenarios" >&2; exit 1; } ;;
-        fast | slow | down | safe | rate | redis-always | redis-everysec | redis-two | redis-rate) ;;
+        fast | fast-h2 | slow | down | safe | rate | redis-always | redis-everysec | redis-two | redis-rate) ;;
         *) echo "unknown scenario $scenario" >&2; exit 1 ;;
     esac
     if [[ $scenario == alt-* && ! -x $ALT_BIN ]]; then
         echo "$scenario needs ALT_BIN, an executable wechat-fanout" >&2
         exit 1
+    fi
+    # The targets' http2 key is checked before any run, not after the other scenarios' runs.
+    if [[ ${scenario#alt-} == fast-h2 ]]; then
+        bin=$BIN/wechat-fanout
+        [[ $scenario == alt-* ]] && bin=$ALT_BIN
+        mkdir -p "$WORK/preflight"
+        proxy_config plaintext "$WORK/preflight" sqlite 1 1 >"$WORK/preflight/fanout.toml"
+        if ! "$bin" check-config --config "$WORK/preflight/fanout.toml" >/dev/null 2>"$WORK/preflight/error"; then
+            echo "$scenario: $bin does not take the targets' \"http2 = true\": $(cat "$WORK/preflight/error")" >&2
+            exit 1
+        fi
     fi
 done
 # Alternating: run 1 of every scenario, then run 2 of every scenario…
@@ -608,19 +718,31 @@ if [[ -s $RESULTS ]]; then {
         "store.synchronous=$SYNC on $(df -T "$WORK" | awk 'NR==2 {print $2}') · log filter $LOG_FILTER ·" \
         "safe pool $SAFE_POOL · rate scenario $RATE/s (load-gen, open loop)"
     echo
-    jq -rs --arg slow "$SLOW_MS" --arg alt "$ALT_LABEL" -f "$HERE/report.jq" "$RESULTS"
+    jq -rs --arg slow "$SLOW_MS" --arg alt "$ALT_LABEL" --argjson span "$SPAN" \
+        --argjson shared "$CLIENT_SHARED" -f "$HERE/report.jq" "$RESULTS"
     echo
     echo "requests/s: answered callbacks (wrk; load-gen for the fixed rate), median of the runs;" \
         "p50/p99: median over runs of each run's answer latency (wrk: closed loop, $CONNS connections;" \
         "fixed rate: from each callback's scheduled send time). Deliveries: distinct callbacks each" \
         "sink received, summed over runs, after the backlog drained, against callbacks the proxy" \
-        "accepted (nginx: answered; two instances: both proxies' accepted added up). Core 0 %: where" \
-        "the server core's time went during the load: the server (proxy, both proxies, or the" \
-        "reference), redis-server, both sinks, anything else (kernel threads, other users of the" \
-        "machine: a high value marks a noisy run), idle. Redis rows: redis-server with AOF on," \
-        "fsync as named, on the server core too; × SQLite: against the SQLite fast row of the" \
-        "same run (runs alternate between scenarios); paired: each run's ratio to the SQLite run" \
-        "just before it."
+        "accepted (nginx: answered; two instances: both proxies' accepted added up)." \
+        "$(if ((SPAN == 2)); then
+            echo "Cores 0-1 %: where the two cores' time went during the load (100 = both cores):"
+        else
+            echo "Core 0 %: where the server core's time went during the load:"
+        fi) the server (proxy, both proxies, or the reference), redis-server, both sinks,$(
+            ((CLIENT_SHARED)) && echo " the load generator,") anything else (kernel threads," \
+        "other users of the machine: a high value marks a noisy run), idle; µs per callback: that" \
+        "time per answered callback. Proxy CPU (cores): the server's CPU seconds (utime + stime of" \
+        "all its threads) over the load's wall seconds; callbacks/s per proxy core: callbacks" \
+        "accepted (bare: answered) per one of those CPU seconds, the figure to compare between a" \
+        "CORES=1 and a CORES=2 report (bare, nginx: the reference server's). Proxy µs per callback," \
+        "per accepted callback, by thread: writer (the SQLite store's writer thread) · async" \
+        "(tokio's workers and blocking pool, which share a name) · other (the rest of the process:" \
+        "its main thread, threads that ended during the load). Redis rows: redis-server with AOF" \
+        "on, fsync as named, with the server; × SQLite: against the SQLite fast row of the same" \
+        "run (runs alternate between scenarios); paired: each run's ratio to the SQLite run just" \
+        "before it."
 } | tee "$OUT/report.md"; fi
 [[ -f $OUT/backlog.md ]] && { echo; cat "$OUT/backlog.md"; } | tee -a "$OUT/report.md"
 for f in "$OUT"/perf-*.txt; do

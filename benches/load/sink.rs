@@ -1,6 +1,7 @@
 //! The load benchmark's downstream target: a small hyper server that answers every delivery with
 //! a short body, counts requests and bytes, and checks that each one is byte-identical to the
-//! callback that was sent.
+//! callback that was sent. One port takes HTTP/1.1 and HTTP/2 with prior knowledge (h2c), so
+//! the same sink serves targets configured with `http2 = true`, the others, nginx and curl.
 //!
 //! The check is real without any channel to the load generator: callbacks are a deterministic
 //! function of their number (`corpus.rs`), so the sink finds the number (the `MsgId` of a plain
@@ -31,10 +32,10 @@ use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 #[derive(Debug, Parser)]
@@ -75,6 +76,8 @@ struct Counters {
     connections: AtomicU64,
     /// Deliveries (requests outside `/_sink/`).
     requests: AtomicU64,
+    /// Those that came over HTTP/2 (h2c): shows that a target's `http2 = true` took effect.
+    http2: AtomicU64,
     /// Query plus body bytes of those requests.
     bytes: AtomicU64,
     /// Deliveries that matched the expected bytes.
@@ -101,6 +104,17 @@ struct Sink {
 }
 
 impl Sink {
+    fn new(expect: Expect, pool: Vec<(String, String)>, status: u16, delay_ms: u64) -> Sink {
+        Sink {
+            expect,
+            variants: corpus::variants(),
+            pool,
+            status: AtomicU16::new(status),
+            delay_ms: AtomicU64::new(delay_ms),
+            counters: Counters::default(),
+        }
+    }
+
     /// The callback number of a delivery if its query, body and content type are the expected
     /// ones; `Err` says what differed.
     fn check(
@@ -188,6 +202,7 @@ impl Sink {
         serde_json::json!({
             "connections": c.connections.load(Ordering::Relaxed),
             "requests": c.requests.load(Ordering::Relaxed),
+            "http2": c.http2.load(Ordering::Relaxed),
             "bytes": c.bytes.load(Ordering::Relaxed),
             "identical": c.identical.load(Ordering::Relaxed),
             "mismatched": c.mismatched.load(Ordering::Relaxed),
@@ -231,6 +246,9 @@ impl Sink {
                     .headers
                     .get(http::header::CONTENT_TYPE)
                     .map(|v| v.as_bytes());
+                if parts.version == http::Version::HTTP_2 {
+                    self.counters.http2.fetch_add(1, Ordering::Relaxed);
+                }
                 self.record(query, content_type, &body);
                 let delay = self.delay_ms.load(Ordering::Relaxed);
                 if delay > 0 {
@@ -260,18 +278,16 @@ async fn main() -> anyhow::Result<()> {
         }
         _ => Vec::new(),
     };
-    let sink = Arc::new(Sink {
-        expect: args.expect,
-        variants: corpus::variants(),
-        pool,
-        status: AtomicU16::new(args.status),
-        delay_ms: AtomicU64::new(args.delay_ms),
-        counters: Counters::default(),
-    });
+    let sink = Arc::new(Sink::new(args.expect, pool, args.status, args.delay_ms));
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     println!("load-sink listening on {}", listener.local_addr()?);
+    serve(listener, sink).await
+}
+
+/// Serves every connection the listener accepts, until the process ends.
+async fn serve(listener: TcpListener, sink: Arc<Sink>) -> anyhow::Result<()> {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -289,9 +305,60 @@ async fn main() -> anyhow::Result<()> {
                 let sink = sink.clone();
                 async move { Ok::<_, Infallible>(sink.handle(request).await) }
             });
-            let _ = http1::Builder::new()
+            // HTTP/1.1, or h2c when the client opens with HTTP/2's preface (a target with
+            // `http2 = true`); nginx and curl keep speaking HTTP/1.1 to the same port.
+            let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::client::legacy::connect::HttpConnector;
+
+    /// Sends the plain callback `n` to the sink at `addr` through `client`; the answer's status.
+    async fn deliver(
+        client: &Client<HttpConnector, Full<Bytes>>,
+        addr: SocketAddr,
+        n: u64,
+    ) -> StatusCode {
+        let variants = corpus::variants();
+        let (query, body) = corpus::plain(&variants, n);
+        let request = Request::post(format!("http://{addr}/wx?{query}"))
+            .header(http::header::CONTENT_TYPE, corpus::CONTENT_TYPE)
+            .body(Full::new(Bytes::from(body)))
+            .expect("a valid request");
+        client.request(request).await.expect("answered").status()
+    }
+
+    /// A target configured with `http2 = true` speaks h2c with prior knowledge to the same port
+    /// that other targets (and nginx, and curl) reach over HTTP/1.1: the sink takes both, checks
+    /// both alike, and counts the HTTP/2 ones.
+    #[tokio::test]
+    async fn one_port_takes_http1_and_h2c_prior_knowledge() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let sink = Arc::new(Sink::new(Expect::Plain, Vec::new(), 200, 0));
+        tokio::spawn(serve(listener, sink.clone()));
+
+        let http1 = Client::builder(TokioExecutor::new()).build_http();
+        let h2c = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+        assert_eq!(deliver(&http1, addr, 5).await, StatusCode::OK);
+        assert_eq!(deliver(&h2c, addr, 6).await, StatusCode::OK);
+        assert_eq!(deliver(&h2c, addr, 7).await, StatusCode::OK);
+
+        let stats: serde_json::Value = serde_json::from_str(&sink.stats()).expect("JSON");
+        assert_eq!(stats["requests"], 3, "{stats}");
+        assert_eq!(stats["identical"], 3, "{stats}");
+        assert_eq!(stats["unique"], 3, "{stats}");
+        assert_eq!(stats["http2"], 2, "{stats}");
+        // The h2c client keeps one connection for both of its requests.
+        assert_eq!(stats["connections"], 2, "{stats}");
     }
 }
