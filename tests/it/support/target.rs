@@ -141,6 +141,13 @@ impl Target {
         target
     }
 
+    /// [`Target::start_sdk`] speaking cleartext HTTP/2 only.
+    pub(crate) async fn start_sdk_h2(credentials: Credentials) -> Target {
+        let target = Target::start_h2(200).await;
+        target.behave(|b| b.sdk = Some(credentials));
+        target
+    }
+
     /// The URL of `path` on this target, for a `[[accounts.targets]]` table.
     pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
