@@ -142,42 +142,6 @@ async fn a_target_whose_http2_setting_does_not_match_its_server_fails_and_is_ret
     );
 }
 
-/// `https` with `http2 = true` still goes through TLS (offering `h2` by ALPN): a cleartext
-/// HTTP/2 server fails the handshake, and never receives the callback in clear text.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_https_http2_target_is_reached_over_tls_only() {
-    let cleartext = Target::start_h2(200).await;
-    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
-    let toml = format!(
-        "{FAST}{}{}",
-        wx.account("main", ""),
-        Wx::target(
-            "t",
-            &format!("https://{}/hook", cleartext.addr),
-            "http2 = true\nmax_attempts = 1000"
-        ),
-    );
-    let proxy = Proxy::start(&toml).await;
-    proxy
-        .post("main", &wx.seal(&text_xml("over tls")))
-        .await
-        .assert_success();
-
-    let failed = eventually("two failed TLS attempts recorded", || {
-        jobs(&proxy.db).into_iter().find(|j| j.attempts >= 2)
-    })
-    .await;
-    let error = failed.last_error.clone().unwrap_or_default();
-    assert!(
-        error.starts_with("connection failed: "),
-        "last_error: {error:?}"
-    );
-    assert!(
-        cleartext.received().is_empty(),
-        "the callback went out in clear text"
-    );
-}
-
 /// Callbacks to an HTTP/2 target share one connection, and no more than its `max_concurrency`
 /// are in flight at once: with 2 slots and a target that takes 300 ms, the third request starts
 /// only when one of the first two is answered.
