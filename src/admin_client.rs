@@ -49,6 +49,7 @@ fn client(token: Option<&str>) -> anyhow::Result<reqwest::Client> {
         .timeout(TIMEOUT)
         .no_proxy()
         .default_headers(headers)
+        .http1_only()
         .build()?)
 }
 

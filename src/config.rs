@@ -308,6 +308,8 @@ pub struct TargetDefaults {
     pub backoff_initial_ms: Millis,
     pub backoff_max_ms: Millis,
     pub max_concurrency: usize,
+    /// Send over HTTP/2 only (h2c with prior knowledge for `http`, ALPN `h2` for `https`).
+    pub http2: bool,
 }
 
 /// The WeChat console's encryption mode for an account.
@@ -383,6 +385,8 @@ pub struct TargetConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub msg_types: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events: Option<Vec<String>>,
@@ -432,6 +436,8 @@ pub struct TargetSettings {
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub max_concurrency: usize,
+    /// Deliveries go over HTTP/2 only: one connection multiplexes the requests in flight.
+    pub http2: bool,
 }
 
 impl Config {
@@ -597,15 +603,20 @@ impl Config {
 }
 
 impl TargetDefaults {
-    fn check(&self, key: &str) -> Result<(), ConfigError> {
+    /// The settings of a target that sets none of its own.
+    pub fn settings(&self) -> TargetSettings {
         TargetSettings {
             timeout: self.timeout_ms.duration(),
             max_attempts: self.max_attempts,
             backoff_initial: self.backoff_initial_ms.duration(),
             backoff_max: self.backoff_max_ms.duration(),
             max_concurrency: self.max_concurrency,
+            http2: self.http2,
         }
-        .check(key)
+    }
+
+    fn check(&self, key: &str) -> Result<(), ConfigError> {
+        self.settings().check(key)
     }
 }
 
@@ -1129,6 +1140,7 @@ impl TargetConfig {
                 .unwrap_or(defaults.backoff_max_ms)
                 .duration(),
             max_concurrency: self.max_concurrency.unwrap_or(defaults.max_concurrency),
+            http2: self.http2.unwrap_or(defaults.http2),
         }
     }
 }
@@ -1161,6 +1173,24 @@ mod tests {
         let settings = config.accounts[0].targets[0].settings(&config.target_defaults);
         assert_eq!(settings.max_attempts, 8);
         assert_eq!(settings.timeout, Duration::from_secs(3));
+        assert!(!settings.http2);
+    }
+
+    #[test]
+    fn http2_is_inherited_from_target_defaults_and_overridden_per_target() {
+        let text = MINIMAL.replace(
+            "url = \"http://127.0.0.1:9001/wx\"",
+            "url = \"http://127.0.0.1:9001/wx\"\n[[accounts.targets]]\nname = \"h1\"\n\
+             url = \"http://127.0.0.1:9002/wx\"\nhttp2 = false",
+        ) + "\n[target_defaults]\nhttp2 = true\n";
+        let config = Config::from_toml(&text).unwrap();
+        let http2 = |j: usize| {
+            config.accounts[0].targets[j]
+                .settings(&config.target_defaults)
+                .http2
+        };
+        assert!(http2(0), "inherited");
+        assert!(!http2(1), "overridden");
     }
 
     #[test]

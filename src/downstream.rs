@@ -4,7 +4,9 @@
 //! `msg_signature` itself), same Content-Type, plus headers that name the delivery, the attempt
 //! and the account, so a target can drop the duplicates that at-least-once delivery implies.
 //! One pooled hyper client serves every target (HTTP/1.1 keep-alive, TLS by rustls with
-//! Mozilla's roots for `https` targets); redirects are not followed and no proxy from the
+//! Mozilla's roots for `https` targets), and a second one the targets with `http2 = true`
+//! (HTTP/2 only: cleartext with prior knowledge, or ALPN `h2` over TLS; the requests in flight
+//! to one target share a connection); redirects are not followed and no proxy from the
 //! environment is used. It is hyper's own client rather than reqwest because this is the hot
 //! path: reqwest re-parses every URL with the `url` crate and adds layers the fan-out does not
 //! use. Used by the primary relay in `ingress` and by `delivery`, so neither imports the other.
@@ -44,6 +46,12 @@ const MAX_RESPONSE_BYTES: usize = 1 << 20;
 /// How long after a failed record of an outcome it is tried again, doubling up to the maximum.
 const RECORD_RETRY_FIRST: Duration = Duration::from_millis(100);
 const RECORD_RETRY_MAX: Duration = Duration::from_secs(5);
+/// An HTTP/2 connection that sent nothing for this long while requests are in flight on it is
+/// pinged, and closed if the ping is not answered within the same time. A timed-out request only
+/// resets its stream and the connection stays pooled, so without this a connection whose peer
+/// vanished without a reset would take (and time out) every attempt to its target for as long
+/// as TCP takes to give up (many minutes). An HTTP/1.1 connection is dropped with its request.
+const HTTP2_PING_AFTER: Duration = Duration::from_secs(2);
 const USER_AGENT_VALUE: &str = concat!("wechat-fanout/", env!("CARGO_PKG_VERSION"));
 
 /// The outcome of one attempt.
@@ -60,9 +68,14 @@ pub struct Attempt {
     pub request_fault: bool,
 }
 
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
 #[derive(Debug, Clone)]
 pub struct Downstream {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// HTTP/1.1 with keep-alive: every target but those with `http2 = true`.
+    client: HttpClient,
+    /// HTTP/2 only, for the targets with `http2 = true`.
+    http2: HttpClient,
     metrics: Arc<Metrics>,
     /// Every attempt's outcome, for the live console.
     events: Arc<dyn EventFeed>,
@@ -84,6 +97,9 @@ enum Failure {
     Connect(hyper_util::client::legacy::Error),
     #[error("{}", describe("request failed", .0))]
     Request(hyper_util::client::legacy::Error),
+    /// A target that does not speak HTTP/2 closes the connection at its preface.
+    #[error("{}", describe("request failed over HTTP/2", .0))]
+    Http2Request(hyper_util::client::legacy::Error),
     #[error("{}", describe("reading the answer failed", .0))]
     Body(hyper::Error),
 }
@@ -98,17 +114,26 @@ impl Downstream {
         http.set_nodelay(true);
         // The TLS layer takes `https` URLs; plain ones pass through.
         http.enforce_http(false);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
+        let tls = || {
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_webpki_roots()
+                .https_or_http()
+        };
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_idle_timeout(Duration::from_secs(60))
-            .pool_timer(TokioTimer::new())
-            .build(https);
+            .pool_timer(TokioTimer::new());
+        let client = builder.build(tls().enable_http1().wrap_connector(http.clone()));
+        // ALPN offers `h2` alone; a cleartext connection starts with the HTTP/2 preface.
+        let http2 = builder
+            .http2_only(true)
+            .timer(TokioTimer::new())
+            .http2_keep_alive_interval(HTTP2_PING_AFTER)
+            .http2_keep_alive_timeout(HTTP2_PING_AFTER)
+            .build(tls().enable_http2().wrap_connector(http));
         Downstream {
             client,
+            http2,
             metrics,
             events,
             api,
@@ -226,9 +251,13 @@ impl Downstream {
             builder = builder.header(CONTENT_TYPE, content_type);
         }
         let request = builder.body(Full::new(body))?;
-        let response = self.client.request(request).await.map_err(|e| {
+        let http2 = target.settings.http2;
+        let client = if http2 { &self.http2 } else { &self.client };
+        let response = client.request(request).await.map_err(|e| {
             if e.is_connect() {
                 Failure::Connect(e)
+            } else if http2 {
+                Failure::Http2Request(e)
             } else {
                 Failure::Request(e)
             }

@@ -114,15 +114,33 @@ pub async fn probe(
             InAccount(account.map(str::to_owned)),
         ));
     }
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(USER_AGENT)
-        .build()
-        .map_err(|e| ProbeError::Client(crate::error::innermost(&e)))?;
+    // A target with `http2 = true` is probed over HTTP/2 only, as its deliveries are sent.
+    let client = |http2: bool| {
+        let builder = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(USER_AGENT);
+        let builder = if http2 {
+            builder.http2_prior_knowledge()
+        } else {
+            builder.http1_only()
+        };
+        builder
+            .build()
+            .map_err(|e| ProbeError::Client(crate::error::innermost(&e)))
+    };
+    let http1 = client(false)?;
+    let http2 = if chosen.iter().any(|(_, t)| t.settings.http2) {
+        Some(client(true)?)
+    } else {
+        None
+    };
     let mut tasks = tokio::task::JoinSet::new();
     for (i, (account, target)) in chosen.into_iter().enumerate() {
-        let client = client.clone();
+        let client = match &http2 {
+            Some(http2) if target.settings.http2 => http2.clone(),
+            _ => http1.clone(),
+        };
         tasks.spawn(async move { (i, probe_one(&client, &account, &target).await) });
     }
     let mut results = Vec::with_capacity(tasks.len());

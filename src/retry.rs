@@ -159,6 +159,7 @@ mod tests {
             backoff_initial: Duration::from_millis(initial_ms),
             backoff_max: Duration::from_millis(max_ms),
             max_concurrency: 1,
+            http2: false,
         }
     }
 
@@ -246,6 +247,7 @@ mod tests {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(600),
             max_concurrency: 4,
+            http2: false,
         };
         let breaker = Breaker::default();
         let fail = Verdict::Retry { after: None };

@@ -303,6 +303,7 @@ fn client() -> anyhow::Result<reqwest::Client> {
         // Like WeChat: no redirects followed, no proxy from the environment.
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
+        .http1_only()
         .build()
         .context("building the HTTP client")
 }

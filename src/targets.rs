@@ -150,12 +150,10 @@ impl Routes {
             let late_replies = account
                 .late_replies_api(&key, &config.wechat_api_base)?
                 .map(|api| {
+                    // Sent by the WeChat API client, which picks its own protocol.
                     let settings = TargetSettings {
-                        timeout: config.target_defaults.timeout_ms.duration(),
-                        max_attempts: config.target_defaults.max_attempts,
-                        backoff_initial: config.target_defaults.backoff_initial_ms.duration(),
-                        backoff_max: config.target_defaults.backoff_max_ms.duration(),
-                        max_concurrency: config.target_defaults.max_concurrency,
+                        http2: false,
+                        ..config.target_defaults.settings()
                     };
                     let (handoff, inbox) = mpsc::channel(1);
                     Arc::new(Target {

@@ -92,6 +92,7 @@ impl WechatApi {
             .no_proxy()
             .timeout(TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
+            .http1_only()
             .build()
             .unwrap_or_default();
         WechatApi {

@@ -58,6 +58,17 @@ fn check_config_on_a_bad_config_exits_64_and_names_the_key() {
                 + "\n[store.redis]\npassword_env = \"WECHAT_FANOUT_IT_NO_SUCH_VARIABLE\"\n",
             "store.redis.password_env",
         ),
+        (
+            good.replace(
+                "url = \"http://127.0.0.1:9/wx\"\n",
+                "url = \"http://127.0.0.1:9/wx\"\nhttp2 = \"yes\"\n",
+            ),
+            "accounts.0.targets.0.http2",
+        ),
+        (
+            format!("{good}\n[target_defaults]\nhttp2 = 1\n"),
+            "target_defaults.http2",
+        ),
     ];
     for (text, key) in cases {
         let path = write(dir.path(), &text);
@@ -98,6 +109,45 @@ fn check_config_prints_the_effective_config_with_secrets_redacted() {
     assert!(
         !dir.path().join("data").exists(),
         "check-config opens no store"
+    );
+}
+
+/// `http2` is accepted per target and in `[target_defaults]`, and `check-config` shows both: the
+/// default where it is set, and the target that overrides it.
+#[test]
+fn check_config_shows_http2_in_target_defaults_and_on_the_target_that_sets_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = config(dir.path(), free_addr(), "");
+    let text = format!(
+        "{}\n[target_defaults]\nhttp2 = true\n",
+        good.replace(
+            "url = \"http://127.0.0.1:9/wx\"\n",
+            "url = \"http://127.0.0.1:9/wx\"\nhttp2 = false\n",
+        )
+    );
+    let path = write(dir.path(), &text);
+    let output = run(&["check-config", "--config", &path]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let section = |name: &str| {
+        let start = stdout
+            .find(name)
+            .unwrap_or_else(|| panic!("no {name}: {stdout}"));
+        let rest = &stdout[start + name.len()..];
+        rest[..rest.find("\n[").unwrap_or(rest.len())].to_owned()
+    };
+    assert!(
+        section("[target_defaults]\n").contains("http2 = true"),
+        "{stdout}"
+    );
+    assert!(
+        section("[[accounts.targets]]\n").contains("http2 = false"),
+        "{stdout}"
     );
 }
 

@@ -14,18 +14,24 @@ use crate::support::{
 
 /// An `https` target goes through TLS: a server that answers the handshake with plain HTTP is a
 /// failed connection, recorded with the TLS reason and retried, and never receives the callback
-/// in clear text.
+/// in clear text. The same with `http2 = true` at a cleartext HTTP/2 server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_target_is_reached_over_tls_only() {
     let plain = Target::start(200).await;
+    let plain_h2 = Target::start_h2(200).await;
     let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
     let toml = format!(
-        "{FAST}{}{}",
+        "{FAST}{}{}{}",
         wx.account("main", ""),
         Wx::target(
             "t",
             &format!("https://{}/hook", plain.addr),
             "max_attempts = 1000"
+        ),
+        Wx::target(
+            "h2",
+            &format!("https://{}/hook", plain_h2.addr),
+            "max_attempts = 1000\nhttp2 = true"
         ),
     );
     let proxy = Proxy::start(&toml).await;
@@ -35,18 +41,25 @@ async fn an_https_target_is_reached_over_tls_only() {
         .await
         .assert_success();
 
-    let failed = eventually("two failed TLS attempts recorded", || {
-        jobs(&proxy.db).into_iter().find(|j| j.attempts >= 2)
+    let failed = eventually("two failed TLS attempts recorded for each target", || {
+        let failed: Vec<_> = jobs(&proxy.db)
+            .into_iter()
+            .filter(|j| j.attempts >= 2)
+            .collect();
+        (failed.len() == 2).then_some(failed)
     })
     .await;
-    let error = failed.last_error.clone().unwrap_or_default();
+    for job in failed {
+        let error = job.last_error.clone().unwrap_or_default();
+        assert!(
+            error.starts_with("connection failed: "),
+            "{}: last_error: {error:?}",
+            job.target
+        );
+        assert_eq!(job.last_status, None);
+    }
     assert!(
-        error.starts_with("connection failed: "),
-        "last_error: {error:?}"
-    );
-    assert_eq!(failed.last_status, None);
-    assert!(
-        plain.received().is_empty(),
+        plain.received().is_empty() && plain_h2.received().is_empty(),
         "the callback went out in clear text"
     );
 }

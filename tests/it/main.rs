@@ -14,6 +14,7 @@ mod support;
 mod cli;
 mod console;
 mod delivery;
+mod http2;
 mod ingress;
 mod instances;
 mod late_replies;

@@ -127,6 +127,34 @@ async fn probe_sends_wecom_an_encrypted_echostr() {
     );
 }
 
+/// A target with `http2 = true` is probed over HTTP/2, as its callbacks will be sent: an
+/// HTTP/2-only SDK echoes. The same server without `http2` is unreachable, as its deliveries
+/// would be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_reaches_an_http2_target_over_http2() {
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
+    let bot = Target::start_sdk_h2(wx.credentials.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let accounts = format!(
+        "{}{}{}",
+        wx.account("main", ""),
+        Wx::target("h2", &bot.url("/wx"), "http2 = true"),
+        Wx::target("h1", &bot.url("/wx"), "timeout_ms = 1000"),
+    );
+    let config = write_binary_config(dir.path(), free_addr(), &accounts);
+    let ran = run_command(&config, "probe", &["--json"]).await;
+    assert_eq!(ran.code, Some(1), "{ran:#?}");
+    let report: Value = serde_json::from_str(&ran.stdout).unwrap();
+    let targets = report["targets"].as_array().unwrap();
+    assert_eq!(targets[0]["target"], "h2");
+    assert_eq!(targets[0]["outcome"], "ok", "{report}");
+    assert_eq!(targets[1]["outcome"], "unreachable", "{report}");
+    let got = bot.received();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].version, hyper::Version::HTTP_2);
+    assert_eq!(got[0].method, "GET");
+}
+
 /// The same check from the running proxy's admin API, with its current targets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_probe_checks_the_running_targets() {

@@ -1,20 +1,21 @@
-//! A fake downstream service: a real HTTP/1.1 server (hyper) on a local port that records every
-//! request it gets (method, path and query, headers, body bytes, arrival time) before answering
-//! as told. What it answers (status, extra headers, body, delay) can change mid-test, to play a
+//! A fake downstream service: a real HTTP/1.1 server (hyper) on a local port, or an HTTP/2-only
+//! one ([`Target::start_h2`]), that records every request it gets (method, path and query,
+//! headers, body bytes, arrival time, HTTP version) before answering as told. What it answers (status, extra headers, body, delay) can change mid-test, to play a
 //! service that fails, recovers, throttles, is slow, or never answers. Dropping it stops it.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use reqwest::header::HeaderMap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +32,8 @@ pub(crate) struct Received {
     pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
     pub(crate) at: Instant,
+    /// The HTTP version it came over.
+    pub(crate) version: hyper::Version,
     /// For a target playing a stock SDK ([`Target::start_sdk`]): what its check made of the
     /// request: the message (decrypted when encrypted; the echo for a handshake) or why it failed.
     pub(crate) verified: Option<Result<Vec<u8>, String>>,
@@ -72,6 +75,10 @@ struct Behaviour {
 struct Shared {
     behaviour: Mutex<Behaviour>,
     received: Mutex<Vec<Received>>,
+    /// Speaks HTTP/2 only (cleartext, prior knowledge), instead of HTTP/1.1 only.
+    http2: bool,
+    /// Connections accepted so far.
+    connections: AtomicUsize,
 }
 
 /// A running fake service; see the module docs.
@@ -86,7 +93,14 @@ impl Target {
     /// A target on a fresh port answering `status` with an empty body.
     pub(crate) async fn start(status: u16) -> Target {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        Target::serve(listener, status)
+        Target::serve(listener, status, false)
+    }
+
+    /// A target on a fresh port that speaks cleartext HTTP/2 only (h2c, prior knowledge): an
+    /// HTTP/1.1 request gets no answer from it.
+    pub(crate) async fn start_h2(status: u16) -> Target {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Target::serve(listener, status, true)
     }
 
     /// A target on `addr`: a port that refused connections until now comes up.
@@ -94,10 +108,10 @@ impl Target {
         let listener = TcpListener::bind(addr)
             .await
             .unwrap_or_else(|e| panic!("bind {addr} again: {e}"));
-        Target::serve(listener, status)
+        Target::serve(listener, status, false)
     }
 
-    fn serve(listener: TcpListener, status: u16) -> Target {
+    fn serve(listener: TcpListener, status: u16, http2: bool) -> Target {
         let addr = listener.local_addr().expect("local address");
         let shared = Arc::new(Shared {
             behaviour: Mutex::new(Behaviour {
@@ -109,6 +123,8 @@ impl Target {
                 sdk: None,
             }),
             received: Mutex::new(Vec::new()),
+            http2,
+            connections: AtomicUsize::new(0),
         });
         let stop = CancellationToken::new();
         tokio::spawn(accept_loop(listener, shared.clone(), stop.clone()));
@@ -121,6 +137,13 @@ impl Target {
     /// otherwise. What it made of each request is in [`Received::verified`].
     pub(crate) async fn start_sdk(credentials: Credentials) -> Target {
         let target = Target::start(200).await;
+        target.behave(|b| b.sdk = Some(credentials));
+        target
+    }
+
+    /// [`Target::start_sdk`] speaking cleartext HTTP/2 only.
+    pub(crate) async fn start_sdk_h2(credentials: Credentials) -> Target {
+        let target = Target::start_h2(200).await;
         target.behave(|b| b.sdk = Some(credentials));
         target
     }
@@ -167,6 +190,11 @@ impl Target {
         self.shared.received.lock().expect("received lock").clone()
     }
 
+    /// How many connections it accepted so far.
+    pub(crate) fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn count(&self) -> usize {
         self.shared.received.lock().expect("received lock").len()
     }
@@ -199,17 +227,29 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellat
             },
             () = stop.cancelled() => return,
         };
+        shared.connections.fetch_add(1, Ordering::SeqCst);
         let (shared, stop) = (shared.clone(), stop.clone());
         tokio::spawn(async move {
             let handler_stop = stop.clone();
+            let http2 = shared.http2;
             let service = service_fn(move |request| {
                 let (shared, stop) = (shared.clone(), handler_stop.clone());
                 async move { Ok::<_, Infallible>(answer(&shared, &stop, request).await) }
             });
-            let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                _ = connection => {}
-                () = stop.cancelled() => {}
+            let io = TokioIo::new(stream);
+            if http2 {
+                let connection =
+                    http2::Builder::new(TokioExecutor::new()).serve_connection(io, service);
+                tokio::select! {
+                    _ = connection => {}
+                    () = stop.cancelled() => {}
+                }
+            } else {
+                let connection = http1::Builder::new().serve_connection(io, service);
+                tokio::select! {
+                    _ = connection => {}
+                    () = stop.cancelled() => {}
+                }
             }
         });
     }
@@ -258,6 +298,7 @@ async fn answer(
             headers: parts.headers,
             body,
             at,
+            version: parts.version,
             verified: verified.clone(),
         });
     if let Some(verified) = verified {
