@@ -39,6 +39,9 @@ use crate::downstream::now_ms;
 
 /// Most commands in one transaction: bounds the latency a large group adds to its first member.
 const MAX_BATCH: usize = 1024;
+/// How long outcomes of attempts may wait for a command that needs its commit at once, when
+/// nothing else is queued: see [`Writer::linger`].
+const OUTCOME_LINGER: Duration = Duration::from_millis(20);
 /// Commands waiting for the writer; senders wait when it is full (backpressure on ingress).
 const QUEUE: usize = 8192;
 /// Commits failed in a row after which readiness says 503 once more even if its own probe
@@ -605,6 +608,16 @@ fn matching<'a>(id: &'a Option<JobId>, filter: &'a DeadLetterFilter) -> [&'a dyn
 }
 
 /// A lease token as SQLite stores it (an INTEGER is signed; the bits are what matter).
+/// Moves what is queued into `batch`, up to [`MAX_BATCH`] commands, without waiting.
+fn take_queued(receiver: &mut mpsc::Receiver<Command>, batch: &mut Vec<Command>) {
+    while batch.len() < MAX_BATCH {
+        match receiver.try_recv() {
+            Ok(command) => batch.push(command),
+            Err(_) => break,
+        }
+    }
+}
+
 fn lease_param(token: LeaseToken) -> i64 {
     i64::from_ne_bytes(token.to_ne_bytes())
 }
@@ -676,17 +689,22 @@ impl Writer {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut done = Vec::with_capacity(MAX_BATCH);
         let mut probes = Vec::new();
+        // Only for waiting on the queue with a time limit, which tokio's receiver offers to
+        // async code alone. Without it (it cannot fail short of the OS refusing a timer),
+        // outcomes are committed at once, as any command.
+        let waiter = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .ok();
         while let Some(first) = receiver.blocking_recv() {
             batch.push(first);
             // Let the threads that send commands run once before taking the batch: on a busy
             // machine that multiplies the commands per commit (measured ×4 on one core), and
             // when idle there is nobody to yield to, so a lone command is not delayed.
             std::thread::yield_now();
-            while batch.len() < MAX_BATCH {
-                match receiver.try_recv() {
-                    Ok(command) => batch.push(command),
-                    Err(_) => break,
-                }
+            take_queued(&mut receiver, &mut batch);
+            if let Some(waiter) = &waiter {
+                Writer::linger(waiter, &mut receiver, &mut batch);
             }
             let commit = self.run_batch(&mut batch, &mut done, &mut probes);
             for finished in done.drain(..) {
@@ -700,6 +718,35 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// A batch of attempts' outcomes alone waits up to [`OUTCOME_LINGER`] for a command that
+    /// needs its commit now (a new callback, whose answer waits for it; a flush) and commits
+    /// with it. Below saturation each callback otherwise cost a commit, and an `fdatasync`, for
+    /// its own accept and another for each delivery's outcome: the writer then spent most of
+    /// its time syncing. What an outcome waits for is only its removal from the queue: an
+    /// attempt lost with a crash meanwhile is sent again, which at-least-once delivery allows.
+    fn linger(
+        waiter: &tokio::runtime::Runtime,
+        receiver: &mut mpsc::Receiver<Command>,
+        batch: &mut Vec<Command>,
+    ) {
+        let only_outcomes =
+            |batch: &[Command]| batch.iter().all(|c| matches!(c, Command::Record(..)));
+        if batch.len() >= MAX_BATCH || !only_outcomes(batch) {
+            return;
+        }
+        waiter.block_on(async {
+            let until = tokio::time::Instant::now() + OUTCOME_LINGER;
+            while batch.len() < MAX_BATCH && only_outcomes(batch) {
+                match tokio::time::timeout_at(until, receiver.recv()).await {
+                    Ok(Some(command)) => batch.push(command),
+                    // The time is up, or the store is closing: commit what there is.
+                    Ok(None) | Err(_) => return,
+                }
+            }
+        });
+        take_queued(receiver, batch);
     }
 
     /// Runs `batch` in one transaction, all or nothing; readiness probes go to `probes`.
