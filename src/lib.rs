@@ -192,7 +192,7 @@ pub async fn run_with(
         }
         None => None,
     };
-    let sources = start_sources(&config, api, &store, &shutdown)?;
+    let sources = start_sources(&config, api, &store, &shutdown).await?;
     let ingress = Arc::new(Ingress::new(
         routes.clone(),
         store.clone(),
@@ -240,8 +240,9 @@ pub async fn run_with(
 }
 
 /// The lists `allowed_sources` are checked against: `server.trusted_proxies`, and WeChat's
-/// callback IPs for the accounts that list `"wechat"`, refreshed in the background.
-fn start_sources(
+/// callback IPs for the accounts that list `"wechat"`: the kept ones at once, then refreshed
+/// in the background.
+async fn start_sources(
     config: &Config,
     api: Arc<WechatApi>,
     store: &Arc<dyn Store>,
@@ -262,6 +263,7 @@ fn start_sources(
         }
     }
     if !accounts.is_empty() {
+        sources::load_kept(&sources, &accounts, &**store).await;
         tokio::spawn(sources::refresh_loop(
             sources.clone(),
             api,

@@ -202,16 +202,11 @@ fn parse_list(ip_list: &[String]) -> Vec<Cidr> {
         .collect()
 }
 
-/// Until `shutdown`: loads the kept lists, then fetches each account's list now and every
-/// [`REFRESH_EVERY`] (after a failure, again in a minute; the last list stays in force).
-pub async fn refresh_loop(
-    sources: Arc<Sources>,
-    api: Arc<WechatApi>,
-    accounts: Vec<ApiAccount>,
-    store: Arc<dyn Store>,
-    shutdown: CancellationToken,
-) {
-    for account in &accounts {
+/// Puts in force the lists the store kept from the last fetch (on Redis: any instance's), for
+/// a start while WeChat's API is unreachable. Awaited before callbacks are served, so the first
+/// callback after a start is checked against them.
+pub async fn load_kept(sources: &Sources, accounts: &[ApiAccount], store: &dyn Store) {
+    for account in accounts {
         let kept = match store.kept_value(&kept_as(&account.id)).await {
             Ok(kept) => kept.and_then(|bytes| serde_json::from_slice::<SavedList>(&bytes).ok()),
             Err(e) => {
@@ -229,6 +224,17 @@ pub async fn refresh_loop(
             );
         }
     }
+}
+
+/// Until `shutdown`: fetches each account's list now and every [`REFRESH_EVERY`] (after a
+/// failure, again in a minute; the last list stays in force), and keeps it in the store.
+pub async fn refresh_loop(
+    sources: Arc<Sources>,
+    api: Arc<WechatApi>,
+    accounts: Vec<ApiAccount>,
+    store: Arc<dyn Store>,
+    shutdown: CancellationToken,
+) {
     loop {
         let mut all_ok = true;
         for account in &accounts {
