@@ -622,7 +622,6 @@ fn matching<'a>(id: &'a Option<JobId>, filter: &'a DeadLetterFilter) -> [&'a dyn
     ]
 }
 
-/// A lease token as SQLite stores it (an INTEGER is signed; the bits are what matter).
 /// Moves what is queued into `batch`, up to [`MAX_BATCH`] commands, without waiting.
 fn take_queued(receiver: &mut mpsc::Receiver<Command>, batch: &mut Vec<Command>) {
     while batch.len() < MAX_BATCH {
@@ -633,6 +632,7 @@ fn take_queued(receiver: &mut mpsc::Receiver<Command>, batch: &mut Vec<Command>)
     }
 }
 
+/// A lease token as SQLite stores it (an INTEGER is signed; the bits are what matter).
 fn lease_param(token: LeaseToken) -> i64 {
     i64::from_ne_bytes(token.to_ne_bytes())
 }
@@ -770,16 +770,21 @@ impl Writer {
         receiver: &mut mpsc::Receiver<Command>,
         batch: &mut Vec<Command>,
     ) {
-        let only_outcomes =
-            |batch: &[Command]| batch.iter().all(|c| matches!(c, Command::Record(..)));
-        if batch.len() >= MAX_BATCH || !only_outcomes(batch) {
+        let can_wait = |command: &Command| matches!(command, Command::Record(..));
+        if batch.len() >= MAX_BATCH || !batch.iter().all(can_wait) {
             return;
         }
         waiter.block_on(async {
             let until = tokio::time::Instant::now() + OUTCOME_LINGER;
-            while batch.len() < MAX_BATCH && only_outcomes(batch) {
+            while batch.len() < MAX_BATCH {
                 match tokio::time::timeout_at(until, receiver.recv()).await {
-                    Ok(Some(command)) => batch.push(command),
+                    Ok(Some(command)) => {
+                        let urgent = !can_wait(&command);
+                        batch.push(command);
+                        if urgent {
+                            return;
+                        }
+                    }
                     // The time is up, or the store is closing: commit what there is.
                     Ok(None) | Err(_) => return,
                 }
