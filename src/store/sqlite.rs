@@ -1383,6 +1383,44 @@ mod tests {
         }
     }
 
+    /// An outcome alone is not committed at once: it waits up to OUTCOME_LINGER for company,
+    /// and is applied then. A command that needs its commit now (here a flush) takes the
+    /// waiting outcome along: once the flush returns, the outcome is stored.
+    #[tokio::test]
+    async fn an_outcome_alone_waits_for_company_and_an_urgent_command_takes_it_along() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("store.db"), Synchronous::Full).unwrap();
+        store.accept(callback("k")).await.unwrap();
+        let job = store.lease_due(&key(), 1).await.unwrap().remove(0);
+        let started = std::time::Instant::now();
+        let retry = report(&job, 1, Disposition::RetryIn(Duration::ZERO));
+        assert_eq!(store.record(retry).await.unwrap(), Recorded::Applied);
+        assert!(
+            started.elapsed() >= OUTCOME_LINGER,
+            "a lone outcome was committed after {:?}",
+            started.elapsed()
+        );
+
+        let again = store.lease_due(&key(), 1).await.unwrap().remove(0);
+        let store = Arc::new(store);
+        let recording = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .record(report(&again, 2, Disposition::Delivered))
+                    .await
+            }
+        });
+        // Let the outcome reach the writer and wait there.
+        tokio::time::sleep(OUTCOME_LINGER / 4).await;
+        store.flush().await.unwrap();
+        assert!(
+            store.queue_depths().await.unwrap().is_empty(),
+            "the flush committed without the outcome waiting beside it"
+        );
+        assert_eq!(recording.await.unwrap().unwrap(), Recorded::Applied);
+    }
+
     /// Committed pages reach the database file within a few checkpoint periods, long before
     /// the writer's own checkpoint (at WRITER_CHECKPOINT_PAGES) would copy them.
     #[tokio::test]
