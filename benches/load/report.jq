@@ -161,6 +161,9 @@ def drain:
         "- fast, saturated: \($med.fast | int)/s ≥ 20,000/s: \(verdict($med.fast >= 20000))"
         + (if $med.nginx then "; \($med.fast / $med.nginx | ratio) nginx ≥ 3.7×: \(verdict($med.fast >= 3.7 * $med.nginx))" else "" end)
       else empty end ),
+    ( if $med.safe and $med.fast then
+        "- safe mode: \($med.safe / $med.fast | ratio) plaintext (fast) ≥ 0.9×: \(verdict($med.safe >= 0.9 * $med.fast))"
+      else empty end ),
     ( if $med["fast-h2"] and $med.fast then
         "- fast with both targets over HTTP/2 (h2c): \($med["fast-h2"] / $med.fast | ratio) the HTTP/1.1 fast row"
         + (if ($paired["fast-h2"] | length) > 0 then " (paired runs \($paired["fast-h2"] | min | ratio)–\($paired["fast-h2"] | max | ratio))" else "" end)
