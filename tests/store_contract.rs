@@ -955,6 +955,50 @@ async fn sqlite_reopen_resumes_jobs_in_flight_and_refuses_a_second_owner() {
     assert_eq!(reopened.lease_due(&key("b"), 10).await.unwrap().len(), 1);
 }
 
+/// SQLite only: ids are reserved in blocks recorded in the file, so a restart after every row
+/// was delivered and purged (nothing left to read the highest id from) still never hands out an
+/// id again.
+#[tokio::test]
+async fn sqlite_reopen_after_everything_was_purged_never_hands_out_an_id_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let mut last = 0;
+    for round in 0..3 {
+        let store = loop {
+            // The previous writer thread lets go of the file as its channel closes.
+            match SqliteStore::open(&path, Synchronous::Full) {
+                Ok(store) => break store,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            }
+        };
+        let Accepted::New { callback: id, jobs } = store
+            .accept(callback(&store, &format!("r{round}"), &[("a", false)]).await)
+            .await
+            .unwrap()
+        else {
+            panic!("r{round} is new");
+        };
+        assert!(id > last && jobs[0] > id, "{id}, {jobs:?} after {last}");
+        last = jobs[0];
+        let job = lease_one(&store, "a").await;
+        record(&store, report(&job, 1, Disposition::Delivered)).await;
+        assert_eq!(store.purge_delivered(i64::MAX).await.unwrap(), 1);
+        store.flush().await.unwrap();
+        let rows: i64 = rusqlite::Connection::open(&path)
+            .unwrap()
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM callbacks) + (SELECT COUNT(*) FROM jobs)",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            rows, 0,
+            "round {round}: every row is gone before the restart"
+        );
+    }
+}
+
 /// SQLite only: a file made before leases had tokens (no `jobs.lease`, no
 /// `callbacks.answer_due`) opens, gains the columns, and its pending job is delivered.
 #[tokio::test]

@@ -3,9 +3,8 @@
 //! Ids are plain counters, never above 2^53: a callback or delivery id is read by browsers (the
 //! console) and `jq`, which hold JSON numbers as doubles, and an id they round is a replay of the
 //! wrong dead letter. The store hands them out from [`IdBlocks`]: each backend reserves a block
-//! of ids where its writes are counted (SQLite: the file's own high-water mark, read once at
-//! open, since one process owns the file; Redis: `INCRBY` on one counter shared by every
-//! instance), and the process gives them out from memory, so an id costs no round trip.
+//! of ids where its writes are counted (SQLite: a row of the file, written in the writer's
+//! transaction; Redis: `INCRBY` on one counter shared by every instance), and the process gives them out from memory, so an id costs no round trip.
 //! Ids of one process strictly increase; ids of different processes never meet, since each block
 //! is reserved once.
 
@@ -31,13 +30,6 @@ impl IdBlocks {
             range: Mutex::new((1, 0)),
             reserving: tokio::sync::Mutex::new(()),
         }
-    }
-
-    /// Every id after `last`: a store that alone counts its ids (one process owns the file).
-    pub fn after(last: i64) -> IdBlocks {
-        let blocks = IdBlocks::empty();
-        blocks.install(last.saturating_add(1), i64::MAX);
-        blocks
     }
 
     /// `n` ids from what is reserved, if enough is left.
@@ -115,15 +107,5 @@ mod tests {
         }
         // Blocks of 4, or of n when n is larger; what is left of a block too small is skipped.
         assert_eq!((last, counter, reserved), (30, 32, 7));
-    }
-
-    #[tokio::test]
-    async fn a_store_that_owns_its_counter_continues_after_its_last_id() {
-        let blocks = IdBlocks::after(41);
-        let ids = blocks
-            .next(3, 1, |_| async { Err(StoreError::Closed) })
-            .await
-            .unwrap_or_default();
-        assert_eq!(ids, [42, 43, 44]);
     }
 }

@@ -54,17 +54,22 @@ const NOT_READY_AFTER: u32 = 3;
 /// The probe's row by default: the default largest body (`server.max_body_bytes`) and query
 /// (`server.max_query_bytes`).
 const DEFAULT_PROBE_BYTES: usize = 65536 + 4096;
+/// Ids reserved at once: a reservation is a commit some callback waits for, so it is rare (every
+/// ~2 s at 10k callbacks/s); a restart skips what was left of the block.
+const ID_BLOCK: u64 = 1 << 16;
 
 const PENDING: i64 = 0;
 const IN_FLIGHT: i64 = 1;
 const DEAD: i64 = 3;
 
-// AUTOINCREMENT: ids are never reused, though delivered jobs and purged callbacks are deleted.
-// A job's id is the delivery id targets dedupe on, so a reused id would make a target drop a
-// new callback as a duplicate of an old one.
+// Ids are never reused, though delivered jobs and purged callbacks are deleted: a job's id is
+// the delivery id targets dedupe on, so a reused id would make a target drop a new callback as
+// a duplicate of an old one. They come from blocks reserved in `ids_reserved` (see
+// [`Writer::reserve_ids`]), not from AUTOINCREMENT, which costs every insert a write of
+// `sqlite_sequence`. Files made by earlier versions keep their AUTOINCREMENT (harmless).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS callbacks (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     account TEXT NOT NULL,
     dedupe_key TEXT NOT NULL,
     received_at INTEGER NOT NULL,
@@ -78,7 +83,7 @@ CREATE TABLE IF NOT EXISTS callbacks (
     UNIQUE (account, dedupe_key)
 );
 CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     callback_id INTEGER NOT NULL,
     account TEXT NOT NULL,
     target TEXT NOT NULL,
@@ -94,6 +99,8 @@ CREATE INDEX IF NOT EXISTS jobs_due ON jobs (account, target, next_at) WHERE sta
 CREATE INDEX IF NOT EXISTS jobs_by_callback ON jobs (callback_id);
 CREATE TABLE IF NOT EXISTS readiness_probe (body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS kept (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+-- The last id of the latest block reserved: every id up to it may have been handed out.
+CREATE TABLE IF NOT EXISTS ids_reserved (one INTEGER PRIMARY KEY CHECK (one = 1), last INTEGER NOT NULL);
 -- Columns added since the first release are added by MIGRATIONS, for files made before them.
 CREATE TABLE IF NOT EXISTS attempts (
     job_id INTEGER NOT NULL,
@@ -132,6 +139,8 @@ enum Command {
         Reply<Replayed>,
     ),
     PurgeDead(Option<JobId>, DeadLetterFilter, Reply<u64>),
+    /// Reserves this many more ids; answers the last one.
+    ReserveIds(u64, Reply<i64>),
     /// Commits with the commands before it (a flush).
     Flush(Reply<()>),
     /// Readiness: answered after the batch it came in, by a probe of its own.
@@ -149,6 +158,7 @@ enum Done {
     ),
     Recorded(Reply<Recorded>, Result<Recorded, StoreError>),
     Count(Reply<u64>, Result<u64, StoreError>),
+    Reserved(Reply<i64>, Result<i64, StoreError>),
     Replayed(Reply<Replayed>, Result<Replayed, StoreError>),
     Buried(
         Reply<Vec<(TargetKey, u64)>>,
@@ -169,6 +179,7 @@ impl Done {
             Done::NextDue(_, v) => of(v),
             Done::Recorded(_, v) => of(v),
             Done::Count(_, v) => of(v),
+            Done::Reserved(_, v) => of(v),
             Done::Replayed(_, v) => of(v),
             Done::Buried(_, v) => of(v),
         }
@@ -190,6 +201,7 @@ impl Done {
             Done::NextDue(r, v) => finish(r, v, commit),
             Done::Recorded(r, v) => finish(r, v, commit),
             Done::Count(r, v) => finish(r, v, commit),
+            Done::Reserved(r, v) => finish(r, v, commit),
             Done::Replayed(r, v) => finish(r, v, commit),
             Done::Buried(r, v) => finish(r, v, commit),
         }
@@ -223,8 +235,7 @@ pub struct SqliteStore {
     /// never hold up the writer: WAL lets readers and the writer run at once.
     reader: Arc<Mutex<Connection>>,
     path: PathBuf,
-    /// One owner per file, so any node number will do.
-    /// Every id after the highest this file ever used: one process owns it.
+    /// Ids reserved in the file, [`ID_BLOCK`] at a time.
     ids: IdBlocks,
     /// Held for the life of the store: the exclusive lock on `<path>.lock`.
     _lock: File,
@@ -268,14 +279,7 @@ impl SqliteStore {
             "UPDATE jobs SET state = ?1 WHERE state = ?2",
             params![PENDING, IN_FLIGHT],
         )?;
-        // AUTOINCREMENT keeps the highest id ever used, also of rows since deleted.
-        let last_id: i64 = conn.query_row(
-            "SELECT MAX(m) FROM (SELECT COALESCE(MAX(seq), 0) AS m FROM sqlite_sequence
-             UNION ALL SELECT COALESCE(MAX(id), 0) FROM callbacks
-             UNION ALL SELECT COALESCE(MAX(id), 0) FROM jobs)",
-            [],
-            |row| row.get(0),
-        )?;
+        let ids_reserved = highest_id(&conn)?;
         let reader = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         reader.busy_timeout(std::time::Duration::from_secs(5))?;
         // Held open, so the inode cannot be reused while the path is compared with it.
@@ -295,6 +299,7 @@ impl SqliteStore {
             lost: None,
             failed_in_a_row: 0,
             last_failure: String::new(),
+            ids_reserved,
             _checkpointer: alive,
         };
         let (commands, receiver) = mpsc::channel(QUEUE);
@@ -306,7 +311,7 @@ impl SqliteStore {
             readiness: Readiness::default(),
             reader: Arc::new(Mutex::new(reader)),
             path: path.to_path_buf(),
-            ids: IdBlocks::after(last_id),
+            ids: IdBlocks::empty(),
             _lock: lock,
         })
     }
@@ -365,6 +370,30 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The highest id the file may have handed out: the last block reserved, or for a file made
+/// before blocks were, AUTOINCREMENT's record of the highest id ever used (also of rows since
+/// deleted).
+fn highest_id(conn: &Connection) -> Result<i64, StoreError> {
+    let autoincrement = conn
+        .prepare("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'")?
+        .exists([])?;
+    let sequence = if autoincrement {
+        "SELECT COALESCE(MAX(seq), 0) AS m FROM sqlite_sequence"
+    } else {
+        "SELECT 0 AS m"
+    };
+    Ok(conn.query_row(
+        &format!(
+            "SELECT MAX(m) FROM ({sequence}
+             UNION ALL SELECT COALESCE(MAX(last), 0) FROM ids_reserved
+             UNION ALL SELECT COALESCE(MAX(id), 0) FROM callbacks
+             UNION ALL SELECT COALESCE(MAX(id), 0) FROM jobs)"
+        ),
+        [],
+        |row| row.get(0),
+    )?)
+}
+
 fn lock_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".lock");
@@ -374,10 +403,9 @@ fn lock_path(path: &Path) -> PathBuf {
 #[async_trait]
 impl Store for SqliteStore {
     async fn next_ids(&self, n: usize) -> Result<Vec<i64>, StoreError> {
-        // Never reserves: every id after the last one is this process's.
         self.ids
-            .next(n, 0, |_| async {
-                Err(StoreError::Other("no ids left".into()))
+            .next(n, ID_BLOCK, |count| {
+                self.call(move |r| Command::ReserveIds(count, r))
             })
             .await
     }
@@ -697,6 +725,8 @@ struct Writer {
     /// Transactions in a row that failed, and the last one's error: readiness reports them.
     failed_in_a_row: u32,
     last_failure: String,
+    /// The last id of the latest block reserved (or used by this file before blocks were).
+    ids_reserved: i64,
     /// Dropped with the writer, which ends the checkpointer thread.
     _checkpointer: std::sync::mpsc::Sender<()>,
 }
@@ -971,6 +1001,7 @@ impl Writer {
             Command::NextDue(_, r) => Done::NextDue(r, err(message)),
             Command::Purge(_, r) | Command::PurgeDead(_, _, r) => Done::Count(r, err(message)),
             Command::ReplayDead(_, _, _, r) => Done::Replayed(r, err(message)),
+            Command::ReserveIds(_, r) => Done::Reserved(r, err(message)),
             Command::BuryUnrouted(_, _, _, r) => Done::Buried(r, err(message)),
         }
     }
@@ -990,6 +1021,7 @@ impl Writer {
                 Done::Replayed(r, self.replay_dead(id, &filter, &routed, now_ms()))
             }
             Command::PurgeDead(id, filter, r) => Done::Count(r, self.purge_dead(id, &filter)),
+            Command::ReserveIds(count, r) => Done::Reserved(r, self.reserve_ids(count)),
             Command::BuryUnrouted(routed, reason, now, r) => {
                 Done::Buried(r, self.bury_unrouted(&routed, &reason, now))
             }
@@ -1004,15 +1036,15 @@ impl Writer {
 
     fn accept(&mut self, callback: &NewCallback) -> Result<Accepted, StoreError> {
         let request = &callback.request;
-        let inserted: Option<CallbackId> = self
+        // Not `RETURNING id`: the caller made the id, and RETURNING costs a temporary table.
+        let inserted = self
             .conn
             .prepare_cached(
                 "INSERT INTO callbacks (id, account, dedupe_key, received_at, msg_type, event, query, content_type, body, answer_due)
                  VALUES (?9, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10)
-                 ON CONFLICT (account, dedupe_key) DO NOTHING RETURNING id",
+                 ON CONFLICT (account, dedupe_key) DO NOTHING",
             )?
-            .query_row(
-                params![
+            .execute(params![
                     &*callback.account,
                     callback.dedupe_key,
                     callback.received_at_ms,
@@ -1025,15 +1057,13 @@ impl Writer {
                     callback
                         .answer_pending_ms
                         .map(|ms| now_ms().saturating_add(i64::try_from(ms).unwrap_or(i64::MAX))),
-                ],
-                |row| row.get(0),
-            )
-            .optional()?;
+            ])?
+            == 1;
         let new = || Accepted::New {
             callback: callback.id,
             jobs: callback.jobs.iter().map(|job| job.id).collect(),
         };
-        let Some(id) = inserted else {
+        if !inserted {
             type Found = (CallbackId, Option<String>, Option<Vec<u8>>, Option<i64>);
             let (id, answer_type, answer, answer_due): Found = self
                 .conn
@@ -1059,7 +1089,8 @@ impl Writer {
                 answer,
                 answer_pending,
             });
-        };
+        }
+        let id = callback.id;
         let now = now_ms();
         let mut insert_job = self.conn.prepare_cached(
             "INSERT INTO jobs (id, callback_id, account, target, state, attempts, next_at, updated_at, lease)
@@ -1082,6 +1113,25 @@ impl Writer {
             ])?;
         }
         Ok(new())
+    }
+
+    /// Reserves the next `count` ids, in the transaction of the batch: the reservation is on
+    /// disk before any of them is handed out. Kept in memory even if the batch fails, which only
+    /// skips those ids.
+    fn reserve_ids(&mut self, count: u64) -> Result<i64, StoreError> {
+        let last = i64::try_from(count)
+            .ok()
+            .and_then(|count| self.ids_reserved.checked_add(count))
+            .filter(|last| *last < 1 << 53)
+            .ok_or_else(|| StoreError::Other("no ids left below 2^53".into()))?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO ids_reserved (one, last) VALUES (1, ?1)
+                 ON CONFLICT (one) DO UPDATE SET last = excluded.last",
+            )?
+            .execute(params![last])?;
+        self.ids_reserved = last;
+        Ok(last)
     }
 
     fn keep(&mut self, name: &str, value: &[u8]) -> Result<(), StoreError> {
