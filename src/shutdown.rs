@@ -53,6 +53,9 @@ impl InFlight {
         F: Future<Output = ()> + Send + 'static,
     {
         let abandon = self.abandon.clone();
+        // Boxed once here: an attempt's future is several KiB (hyper's client is inside), and
+        // each wrapper below and tokio's task would otherwise copy all of it, also when it ends.
+        let work = Box::pin(work);
         self.tracker.spawn(async move {
             tokio::select! {
                 () = work => {}
