@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use wechat_fanout::config::{Mode, Synchronous};
 use wechat_fanout::store::{
-    Accepted, NewCallback, NewJob, Readiness, Replay, SqliteStore, Store as _,
+    Accepted, NewCallback, NewJob, Readiness, Replay, SqliteStore, Store as _, StoreError,
 };
 use wechat_fanout::wechat::Kind;
 
@@ -270,9 +270,14 @@ async fn a_deleted_store_file_refuses_callbacks_and_turns_readyz_503() {
     assert!(!log.contains("panicked"), "{log}");
 }
 
-/// A callback for account `main` with one job for `t`, as ingress hands it to the store.
-async fn new_callback(store: &SqliteStore, dedupe_key: &str) -> NewCallback {
-    let ids = store.next_ids(2).await.unwrap();
+/// A callback for account `main` with one job for `t`, accepted as ingress does it: its ids
+/// first (which may need a reservation written to the store), then the write.
+async fn accept_new(store: &SqliteStore, dedupe_key: &str) -> Result<Accepted, StoreError> {
+    let ids = store.next_ids(2).await?;
+    store.accept(new_callback(ids, dedupe_key)).await
+}
+
+fn new_callback(ids: Vec<i64>, dedupe_key: &str) -> NewCallback {
     NewCallback {
         id: ids[0],
         account: Arc::from("main"),
@@ -309,9 +314,7 @@ async fn after_commits_fail_in_a_row_readiness_says_so_once_more_then_recovers()
     store.check_writable().await.unwrap();
     let filler = disk.fill("filler");
     for n in 0..3 {
-        let refused = store
-            .accept(new_callback(&store, &format!("full-{n}")).await)
-            .await;
+        let refused = accept_new(&store, &format!("full-{n}")).await;
         let error = refused.expect_err("no callback commits on a full disk");
         assert!(error.to_string().contains("full"), "{error}");
     }
@@ -328,9 +331,6 @@ async fn after_commits_fail_in_a_row_readiness_says_so_once_more_then_recovers()
         "{once_more}"
     );
     store.check_writable().await.unwrap();
-    let stored = store
-        .accept(new_callback(&store, "full-0").await)
-        .await
-        .unwrap();
+    let stored = accept_new(&store, "full-0").await.unwrap();
     assert!(matches!(stored, Accepted::New { .. }), "{stored:?}");
 }
