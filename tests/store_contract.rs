@@ -924,6 +924,21 @@ macro_rules! instances {
 instances!(redis_standalone_instances, standalone_urls(), false);
 instances!(redis_cluster_instances, cluster_urls(), true);
 
+/// Opens the SQLite store at `path` once the previous store's writer thread has let go of it
+/// (it holds the file until its channel closes, a moment after the store is dropped).
+async fn open_when_released(path: &std::path::Path) -> SqliteStore {
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match SqliteStore::open(path, Synchronous::Full) {
+            Ok(store) => return store,
+            Err(e) if std::time::Instant::now() > until => {
+                panic!("{} does not open: {e}", path.display())
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
 /// SQLite only: the file has one owner, and jobs in flight at a crash are due again on reopen.
 #[tokio::test]
 async fn sqlite_reopen_resumes_jobs_in_flight_and_refuses_a_second_owner() {
@@ -944,13 +959,7 @@ async fn sqlite_reopen_resumes_jobs_in_flight_and_refuses_a_second_owner() {
         assert_eq!(store.lease_due(&key("b"), 10).await.unwrap().len(), 1);
         store.flush().await.unwrap();
     }
-    // The writer thread holds the connection until its channel closes; give it a moment.
-    let reopened = loop {
-        match SqliteStore::open(&path, Synchronous::Full) {
-            Ok(store) => break store,
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
-        }
-    };
+    let reopened = open_when_released(&path).await;
     assert_eq!(reopened.lease_due(&key("a"), 10).await.unwrap().len(), 1);
     assert_eq!(reopened.lease_due(&key("b"), 10).await.unwrap().len(), 1);
 }
@@ -964,13 +973,7 @@ async fn sqlite_reopen_after_everything_was_purged_never_hands_out_an_id_again()
     let path = dir.path().join("store.db");
     let mut last = 0;
     for round in 0..3 {
-        let store = loop {
-            // The previous writer thread lets go of the file as its channel closes.
-            match SqliteStore::open(&path, Synchronous::Full) {
-                Ok(store) => break store,
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
-            }
-        };
+        let store = open_when_released(&path).await;
         let Accepted::New { callback: id, jobs } = store
             .accept(callback(&store, &format!("r{round}"), &[("a", false)]).await)
             .await

@@ -4,7 +4,8 @@
 //! console) and `jq`, which hold JSON numbers as doubles, and an id they round is a replay of the
 //! wrong dead letter. The store hands them out from [`IdBlocks`]: each backend reserves a block
 //! of ids where its writes are counted (SQLite: a row of the file, written in the writer's
-//! transaction; Redis: `INCRBY` on one counter shared by every instance), and the process gives them out from memory, so an id costs no round trip.
+//! transaction; Redis: `INCRBY` on one counter shared by every instance), and the process gives
+//! them out from memory, so an id costs no round trip.
 //! Ids of one process strictly increase; ids of different processes never meet, since each block
 //! is reserved once.
 

@@ -382,21 +382,23 @@ fn highest_id(conn: &Connection) -> Result<i64, StoreError> {
     let autoincrement = conn
         .prepare("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'")?
         .exists([])?;
-    let sequence = if autoincrement {
-        "SELECT COALESCE(MAX(seq), 0) AS m FROM sqlite_sequence"
+    let sequence: i64 = if autoincrement {
+        conn.query_row(
+            "SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence",
+            [],
+            |row| row.get(0),
+        )?
     } else {
-        "SELECT 0 AS m"
+        0
     };
-    Ok(conn.query_row(
-        &format!(
-            "SELECT MAX(m) FROM ({sequence}
-             UNION ALL SELECT COALESCE(MAX(last), 0) FROM ids_reserved
-             UNION ALL SELECT COALESCE(MAX(id), 0) FROM callbacks
-             UNION ALL SELECT COALESCE(MAX(id), 0) FROM jobs)"
-        ),
+    let used: i64 = conn.query_row(
+        "SELECT MAX(m) FROM (SELECT COALESCE(MAX(last), 0) AS m FROM ids_reserved
+         UNION ALL SELECT COALESCE(MAX(id), 0) FROM callbacks
+         UNION ALL SELECT COALESCE(MAX(id), 0) FROM jobs)",
         [],
         |row| row.get(0),
-    )?)
+    )?;
+    Ok(sequence.max(used))
 }
 
 fn lock_path(path: &Path) -> PathBuf {
@@ -1438,15 +1440,21 @@ mod tests {
         }
     }
 
+    /// A fresh store (in the returned directory) with one callback whose job is leased.
+    async fn store_with_a_leased_job() -> (tempfile::TempDir, SqliteStore, Job) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("store.db"), Synchronous::Full).unwrap();
+        store.accept(callback("k")).await.unwrap();
+        let job = store.lease_due(&key(), 1).await.unwrap().remove(0);
+        (dir, store, job)
+    }
+
     /// An outcome alone is not committed at once: it waits up to OUTCOME_LINGER for company,
     /// and is applied then. A command that needs its commit now (here a flush) takes the
     /// waiting outcome along: once the flush returns, the outcome is stored.
     #[tokio::test]
     async fn an_outcome_alone_waits_for_company_and_an_urgent_command_takes_it_along() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("store.db"), Synchronous::Full).unwrap();
-        store.accept(callback("k")).await.unwrap();
-        let job = store.lease_due(&key(), 1).await.unwrap().remove(0);
+        let (_dir, store, job) = store_with_a_leased_job().await;
         let started = std::time::Instant::now();
         let retry = report(&job, 1, Disposition::RetryIn(Duration::ZERO));
         assert_eq!(store.record(retry).await.unwrap(), Recorded::Applied);
@@ -1545,10 +1553,7 @@ mod tests {
     /// the disk) must not undo what happened since: here, the retry was leased again.
     #[tokio::test]
     async fn an_outcome_recorded_again_does_not_undo_a_later_lease() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("store.db"), Synchronous::Full).unwrap();
-        store.accept(callback("k")).await.unwrap();
-        let job = store.lease_due(&key(), 1).await.unwrap().remove(0);
+        let (_dir, store, job) = store_with_a_leased_job().await;
         let first = report(&job, 1, Disposition::RetryIn(Duration::ZERO));
         assert_eq!(
             store.record(first.clone()).await.unwrap(),
