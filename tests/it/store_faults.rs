@@ -15,14 +15,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use wechat_fanout::config::{Mode, Synchronous};
+use wechat_fanout::downstream::DELIVERY_HEADER;
 use wechat_fanout::store::{
     Accepted, NewCallback, NewJob, Readiness, Replay, SqliteStore, Store as _, StoreError,
 };
-use wechat_fanout::wechat::Kind;
+use wechat_fanout::wechat::{Kind, SealedRequest};
 
 use crate::operate::{get_admin_of_binary, post_to_binary, write_binary_config};
 use crate::support::{
-    Binary, Target, Wx, eventually, eventually_async, free_addr, jobs, settle, text_xml,
+    Binary, IN_FLIGHT, Target, Wx, eventually, eventually_async, free_addr, job_states_of, jobs,
+    settle, text_xml,
 };
 
 /// A tmpfs of a given size mounted on a fresh temporary folder, unmounted when dropped.
@@ -132,12 +134,49 @@ fn copies(target: &Target, body: &str) -> usize {
         .count()
 }
 
-/// The incident: the store's disk fills up. Every callback gets 503 (WeChat resends it), and
+/// How long the tests wait after a refused write before the next one: several of the store's
+/// checkpoint periods, so a WAL that could restart in the space it has did so meanwhile.
+const AFTER_A_REFUSAL: Duration = Duration::from_millis(100);
+
+/// How many refusals in a row, [`AFTER_A_REFUSAL`] apart, show that the store cannot take
+/// another callback until space is freed. A full file system does not refuse every write at
+/// once: once the checkpointer has copied the WAL back, the WAL restarts in the space its file
+/// already has, and commits that fit there are stored, durably. The WAL stays put only once it
+/// holds a commit whose pages need the database file to grow, which a full file system
+/// refuses; then only what fits in the rest of its file (less than a callback) is written.
+const REFUSALS_IN_A_ROW: usize = 3;
+
+/// Posts new callbacks until [`REFUSALS_IN_A_ROW`] in a row are refused (503); returns those
+/// answered 200 meanwhile, which were stored.
+async fn post_until_refused(listen: SocketAddr, wx: &Wx) -> Vec<SealedRequest> {
+    let (mut stored, mut refused) = (Vec::new(), 0);
+    for n in 0..500 {
+        let sealed = wx.seal(&text_xml(&format!("arrives on a full disk, {n}")));
+        match post_to_binary(listen, &sealed).await {
+            (200, _) => {
+                stored.push(sealed);
+                refused = 0;
+            }
+            (503, _) => {
+                refused += 1;
+                if refused == REFUSALS_IN_A_ROW {
+                    return stored;
+                }
+                tokio::time::sleep(AFTER_A_REFUSAL).await;
+            }
+            (status, text) => panic!("a callback on a full disk got {status}: {text}"),
+        }
+    }
+    panic!("500 callbacks on a full disk and never {REFUSALS_IN_A_ROW} refused in a row");
+}
+
+/// The incident: the store's disk fills up. Callbacks get 503 (WeChat resends them), and
 /// `/readyz` must say 503 too (it used to commit an empty transaction, which needs no space,
-/// and said 200). A delivery that was under way succeeds meanwhile: its outcome cannot be
-/// written, and used to stay "in flight" until a restart sent it again. Once space is freed:
-/// ready again, the resend is accepted and delivered, the earlier delivery is recorded, and a
-/// restart sends nothing twice.
+/// and said 200). Deliveries under way succeed meanwhile: their outcomes cannot be written,
+/// and used to stay "in flight" until a restart sent them again. Once space is freed: ready
+/// again, the resend is accepted and delivered, the earlier deliveries are recorded, and a
+/// restart sends nothing twice. Callbacks that still fitted in the space the store already
+/// had were answered 200 and are delivered like any other, exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_turns_readyz_503_and_what_was_delivered_meanwhile_is_recorded() {
     let disk = Tmpfs::mount("4m");
@@ -147,38 +186,74 @@ async fn a_full_disk_turns_readyz_503_and_what_was_delivered_meanwhile_is_record
         serve(disk.path(), dir.path(), "min_free_bytes = 0", &target).await;
     assert_eq!(readyz(&config).await, (200, "ready\n".to_owned()));
 
-    // A callback whose delivery is under way when the disk fills up.
+    // Deliveries under way when the disk fills up. Their outcomes come 300 ms apart, each in a
+    // commit of its own: the space the WAL has left takes one or two of them, not all.
     let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
-    target.set_delay(Duration::from_millis(1500));
-    let during = wx.seal(&text_xml("delivered while the disk is full"));
-    assert_eq!(
-        post_to_binary(listen, &during).await,
-        (200, "success".to_owned())
-    );
-    target.wait_for(1).await;
+    let mut during = Vec::new();
+    for n in 0..6 {
+        target.set_delay(Duration::from_millis(4000 + 300 * n));
+        let sealed = wx.seal(&text_xml(&format!("delivered while the disk is full, {n}")));
+        assert_eq!(
+            post_to_binary(listen, &sealed).await,
+            (200, "success".to_owned())
+        );
+        target.wait_for(during.len() + 1).await;
+        during.push(sealed);
+    }
+    target.set_delay(Duration::ZERO);
     let filler = disk.fill("filler");
 
-    let refused = wx.seal(&text_xml("arrives on a full disk"));
+    let stored = post_until_refused(listen, &wx).await;
+    let refused = wx.seal(&text_xml("refused on a full disk"));
     let (status, text) = post_to_binary(listen, &refused).await;
     assert_eq!(status, 503, "{text}\n{}", binary.log());
     let (status, text) = readyz(&config).await;
     assert_eq!(status, 503, "/readyz on a full disk: {text}");
     assert!(text.starts_with("not ready: "), "{text}");
 
-    // The delivery under way succeeds, and its outcome cannot be written yet.
-    binary
-        .wait_log("the outcome that cannot be recorded", |log| {
-            log.contains("could not record an attempt")
+    // The deliveries under way succeed, and some of their outcomes cannot be written yet.
+    let delivery_of = |body: &str| {
+        target
+            .received()
+            .iter()
+            .find(|r| r.body == body.as_bytes())
+            .and_then(|r| {
+                r.headers
+                    .get(DELIVERY_HEADER)?
+                    .to_str()
+                    .ok()
+                    .map(str::to_owned)
+            })
+            .expect("a delivery names itself")
+    };
+    let deliveries: Vec<String> = during.iter().map(|s| delivery_of(&s.body)).collect();
+    let unrecorded_in = |log: &str| {
+        deliveries.iter().position(|delivery| {
+            log.lines().any(|line| {
+                line.contains("could not record an attempt")
+                    && line.contains(&format!("delivery={delivery} "))
+            })
+        })
+    };
+    let log = binary
+        .wait_log("an outcome that cannot be recorded", |log| {
+            unrecorded_in(log).is_some()
         })
         .await;
+    let unrecorded = &during[unrecorded_in(&log).expect("found above")];
     let db = disk.path().join("fanout.db");
-    assert_eq!(jobs(&db).len(), 1, "the delivered job is still in flight");
+    assert_eq!(
+        job_states_of(&db, unrecorded.body.as_bytes()),
+        [IN_FLIGHT],
+        "the delivered job is still in flight"
+    );
 
     std::fs::remove_file(&filler).unwrap();
     wait_ready(&config, "/readyz to say 200 once space is back").await;
-    eventually("the delivery made on the full disk to be recorded", || {
-        jobs(&db).is_empty().then_some(())
-    })
+    eventually(
+        "the deliveries made on the full disk to be recorded",
+        || jobs(&db).is_empty().then_some(()),
+    )
     .await;
     // WeChat's resend of the refused callback.
     assert_eq!(
@@ -198,9 +273,10 @@ async fn a_full_disk_turns_readyz_503_and_what_was_delivered_meanwhile_is_record
     let mut again = Binary::serve(&config, listen, &dir.path().join("again.log")).await;
     again.wait_listening().await;
     settle().await;
-    assert_eq!(copies(&target, &during.body), 1, "{:?}", target.received());
-    assert_eq!(copies(&target, &refused.body), 1, "{:?}", target.received());
-    assert_eq!(target.count(), 2);
+    for sealed in during.iter().chain(&stored).chain([&refused]) {
+        assert_eq!(copies(&target, &sealed.body), 1, "{:?}", target.received());
+    }
+    assert_eq!(target.count(), during.len() + stored.len() + 1);
     drop(again);
     drop(binary);
 }
@@ -299,9 +375,11 @@ fn new_callback(ids: Vec<i64>, dedupe_key: &str) -> NewCallback {
     }
 }
 
-/// The store itself on a full disk: three callbacks fail to commit, and readiness fails with
-/// its own test write. Once space is back, readiness reports the failed commits once more
-/// (its test write succeeds and resets them), then says ready, and callbacks commit again.
+/// The store itself on a full disk: callbacks are accepted until [`REFUSALS_IN_A_ROW`] in a
+/// row fail to commit (those accepted meanwhile fitted in space the store already had), and
+/// readiness fails with its own test write. Once space is back, readiness reports the failed
+/// commits once more (its test write succeeds and resets them), then says ready, and callbacks
+/// commit again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_commits_fail_in_a_row_readiness_says_so_once_more_then_recovers() {
     let disk = Tmpfs::mount("2m");
@@ -313,10 +391,23 @@ async fn after_commits_fail_in_a_row_readiness_says_so_once_more_then_recovers()
         });
     store.check_writable().await.unwrap();
     let filler = disk.fill("filler");
-    for n in 0..3 {
-        let refused = accept_new(&store, &format!("full-{n}")).await;
-        let error = refused.expect_err("no callback commits on a full disk");
-        assert!(error.to_string().contains("full"), "{error}");
+    let mut refused = 0;
+    for n in 0.. {
+        assert!(
+            n < 5000,
+            "never {REFUSALS_IN_A_ROW} commits refused in a row"
+        );
+        match accept_new(&store, &format!("full-{n}")).await {
+            Ok(_) => refused = 0,
+            Err(error) => {
+                assert!(error.to_string().contains("full"), "{error}");
+                refused += 1;
+                if refused == REFUSALS_IN_A_ROW {
+                    break;
+                }
+                tokio::time::sleep(AFTER_A_REFUSAL).await;
+            }
+        }
     }
     let not_ready = store.check_writable().await.unwrap_err().to_string();
     assert!(
@@ -327,10 +418,10 @@ async fn after_commits_fail_in_a_row_readiness_says_so_once_more_then_recovers()
     std::fs::remove_file(&filler).unwrap();
     let once_more = store.check_writable().await.unwrap_err().to_string();
     assert!(
-        once_more.contains("the last 3 commits failed"),
+        once_more.contains(&format!("the last {REFUSALS_IN_A_ROW} commits failed")),
         "{once_more}"
     );
     store.check_writable().await.unwrap();
-    let stored = accept_new(&store, "full-0").await.unwrap();
+    let stored = accept_new(&store, "full-again").await.unwrap();
     assert!(matches!(stored, Accepted::New { .. }), "{stored:?}");
 }

@@ -365,6 +365,7 @@ pub(crate) struct JobRow {
     pub(crate) last_error: Option<String>,
 }
 
+pub(crate) const IN_FLIGHT: i64 = 1;
 pub(crate) const DEAD: i64 = 3;
 
 /// The `jobs` table as it is on disk now (delivered jobs are deleted), read through a read-only
@@ -408,6 +409,23 @@ pub(crate) fn attempts(db: &Path, job: i64) -> Vec<(i64, Option<i64>)> {
         .expect("read attempts")
         .collect::<Result<_, _>>()
         .expect("read attempts")
+}
+
+/// The states of the jobs (see [`JobRow::state`]) of the stored callback with this body, as on
+/// disk now: none once every delivery of it is recorded.
+pub(crate) fn job_states_of(db: &Path, body: &[u8]) -> Vec<i64> {
+    let conn = read_only(db);
+    let mut select = conn
+        .prepare(
+            "SELECT jobs.state FROM jobs JOIN callbacks ON callbacks.id = jobs.callback_id \
+             WHERE callbacks.body = ?1 ORDER BY jobs.id",
+        )
+        .expect("query jobs");
+    select
+        .query_map([body], |row| row.get(0))
+        .expect("read jobs")
+        .collect::<Result<_, _>>()
+        .expect("read jobs")
 }
 
 /// Number of stored callbacks.
