@@ -284,3 +284,161 @@ async fn a_failing_target_is_paused_after_failures_in_a_row_then_gets_everything
         assert!(delivered.contains(body.as_bytes()));
     }
 }
+
+/// Deliveries one after another to a plain-HTTP target go over one kept-alive connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_to_a_plain_http_target_share_one_connection() {
+    let target = Target::start(200).await;
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let toml = format!(
+        "{FAST}{}{}",
+        wx.account("main", ""),
+        Wx::target("t", &target.url("/hook"), "")
+    );
+    let proxy = Proxy::start(&toml).await;
+    for n in 0..5 {
+        proxy
+            .post("main", &wx.seal(&text_xml(&format!("kept alive {n}"))))
+            .await
+            .assert_success();
+        target.wait_for(n + 1).await;
+        no_jobs_left(&proxy.db, "the delivery recorded").await;
+    }
+    assert_eq!(target.connections(), 1);
+}
+
+/// A target written on TCP directly, for answers no HTTP server library would give: it reads
+/// one request per connection, records its attempt header, writes `answer` as given, and closes
+/// the connection `linger` later.
+struct RawTarget {
+    addr: std::net::SocketAddr,
+    attempts: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl RawTarget {
+    async fn start(answer: &'static str, linger: Duration) -> RawTarget {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let attempts = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = attempts.clone();
+        let server = tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    let head = loop {
+                        let n = stream.read(&mut buf).await.unwrap();
+                        assert!(n > 0, "the proxy closed before its request was complete");
+                        request.extend_from_slice(&buf[..n]);
+                        if let Some(head) = whole_request(&request) {
+                            break head;
+                        }
+                    };
+                    let attempt = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("x-wechat-fanout-attempt: "))
+                        .unwrap_or("none")
+                        .to_owned();
+                    seen.lock().unwrap().push(attempt);
+                    stream.write_all(answer.as_bytes()).await.unwrap();
+                    tokio::time::sleep(linger).await;
+                });
+            }
+        });
+        RawTarget {
+            addr,
+            attempts,
+            server,
+        }
+    }
+
+    /// The attempt header of each request received, in order.
+    fn attempts(&self) -> Vec<String> {
+        self.attempts.lock().unwrap().clone()
+    }
+}
+
+impl Drop for RawTarget {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// The head of `request` once its head and as many body bytes as its Content-Length are in.
+fn whole_request(request: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(request);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let length = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_owned)
+        })
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    (body.len() >= length).then(|| head.to_owned())
+}
+
+/// A kept-alive connection that the target closed while it was idle (its keep-alive timeout)
+/// is not used again: the next delivery opens a new one and succeeds at its first attempt,
+/// instead of failing on the closed one and waiting for a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_target_closed_while_idle_is_not_used_again() {
+    let answer = "HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\nsuccess";
+    let target = RawTarget::start(answer, Duration::from_millis(100)).await;
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let toml = format!(
+        "{FAST}{}{}",
+        wx.account("main", ""),
+        Wx::target("t", &format!("http://{}/hook", target.addr), "")
+    );
+    let proxy = Proxy::start(&toml).await;
+    for n in 0..3 {
+        proxy
+            .post(
+                "main",
+                &wx.seal(&text_xml(&format!("after an idle close {n}"))),
+            )
+            .await
+            .assert_success();
+        no_jobs_left(&proxy.db, "the delivery recorded").await;
+        // The target closes the connection meanwhile.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(target.attempts(), ["1", "1", "1"]);
+}
+
+/// A target that closes the connection in the middle of its answer's body fails the attempt
+/// at once, as a failed request, not after the target's timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_cut_short_fails_the_attempt_at_once() {
+    let answer = "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nsucc";
+    let target = RawTarget::start(answer, Duration::ZERO).await;
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let toml = format!(
+        "{FAST}{}{}",
+        wx.account("main", ""),
+        Wx::target(
+            "t",
+            &format!("http://{}/hook", target.addr),
+            "timeout_ms = 60000\nmax_attempts = 1000"
+        )
+    );
+    let proxy = Proxy::start(&toml).await;
+    proxy
+        .post("main", &wx.seal(&text_xml("cut short")))
+        .await
+        .assert_success();
+    let job = eventually("a failed attempt recorded", || {
+        jobs(&proxy.db).into_iter().find(|j| j.attempts >= 1)
+    })
+    .await;
+    let error = job.last_error.unwrap_or_default();
+    assert!(error.starts_with("request failed"), "last_error: {error:?}");
+    assert_eq!(job.last_status, None);
+}

@@ -3,18 +3,19 @@
 //! Same body bytes, same raw query string (so the target's WeChat SDK verifies `signature` /
 //! `msg_signature` itself), same Content-Type, plus headers that name the delivery, the attempt
 //! and the account, so a target can drop the duplicates that at-least-once delivery implies.
-//! One pooled hyper client serves every target (HTTP/1.1 keep-alive, TLS by rustls with
-//! Mozilla's roots for `https` targets), and a second one the targets with `http2 = true`
-//! (HTTP/2 only: cleartext with prior knowledge, or ALPN `h2` over TLS; the requests in flight
-//! to one target share a connection); redirects are not followed and no proxy from the
-//! environment is used. It is hyper's own client rather than reqwest because this is the hot
+//! Plain `http` targets get HTTP/1.1 over kept-alive connections of our own, each driven by
+//! the attempt that uses it (`h1`). hyper's pooled client serves `https` targets (HTTP/1.1
+//! keep-alive, TLS by rustls with Mozilla's roots), and a second one the targets with
+//! `http2 = true` (HTTP/2 only: cleartext with prior knowledge, or ALPN `h2` over TLS; the
+//! requests in flight to one target share a connection). Redirects are not followed and no
+//! proxy from the environment is used. It is hyper rather than reqwest because this is the hot
 //! path: reqwest re-parses every URL with the `url` crate and adds layers the fan-out does not
 //! use. Used by the primary relay in `ingress` and by `delivery`, so neither imports the other.
 
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER, USER_AGENT};
+use http::header::{CONTENT_TYPE, HOST, HeaderValue, RETRY_AFTER, USER_AGENT};
 use http::{Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
@@ -33,6 +34,8 @@ use crate::store::{AttemptReport, Disposition, Job, JobId, Recorded, Store, Stor
 use crate::targets::Target;
 use crate::telemetry::event_at;
 use crate::wechat_api::{ApiError, WechatApi};
+
+mod h1;
 
 /// Names the delivery (the job id): the same for every attempt of one delivery.
 pub const DELIVERY_HEADER: &str = "x-wechat-fanout-delivery";
@@ -72,10 +75,12 @@ type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 #[derive(Debug, Clone)]
 pub struct Downstream {
-    /// HTTP/1.1 with keep-alive: every target but those with `http2 = true`.
+    /// HTTP/1.1 with keep-alive, for `https` targets without `http2 = true`.
     client: HttpClient,
     /// HTTP/2 only, for the targets with `http2 = true`.
     http2: HttpClient,
+    /// Plain `http` targets over HTTP/1.1: connections of our own.
+    h1: Arc<h1::Connections>,
     metrics: Arc<Metrics>,
     /// Every attempt's outcome, for the live console.
     events: Arc<dyn EventFeed>,
@@ -102,6 +107,10 @@ enum Failure {
     Http2Request(hyper_util::client::legacy::Error),
     #[error("{}", describe("reading the answer failed", .0))]
     Body(hyper::Error),
+    #[error("connection failed: {0}")]
+    TcpConnect(std::io::Error),
+    #[error("request failed: {}", crate::error::innermost(.0))]
+    H1Request(hyper::Error),
 }
 
 impl Downstream {
@@ -134,6 +143,7 @@ impl Downstream {
         Downstream {
             client,
             http2,
+            h1: Arc::default(),
             metrics,
             events,
             api,
@@ -235,7 +245,28 @@ impl Downstream {
             url.push(if base.contains('?') { '&' } else { '?' });
             url.push_str(query);
         }
-        let mut builder = Request::post(Uri::try_from(url).map_err(http::Error::from)?)
+        let uri = Uri::try_from(url).map_err(http::Error::from)?;
+        let http2 = target.settings.http2;
+        // Plain HTTP/1.1 goes over connections of our own (see `h1`); the URI is then sent as
+        // the path and query alone, with the address in `Host`, as any client sends it.
+        let plain = match (uri.scheme(), uri.authority()) {
+            (Some(scheme), Some(address)) if !http2 && *scheme == http::uri::Scheme::HTTP => {
+                Some(address.clone())
+            }
+            _ => None,
+        };
+        let mut builder = match &plain {
+            Some(address) => {
+                let origin_form = uri.path_and_query().map_or("/", |p| p.as_str());
+                let mut builder = Request::post(origin_form);
+                if let Some(host) = h1::host_header(address) {
+                    builder = builder.header(HOST, host);
+                }
+                builder
+            }
+            None => Request::post(uri),
+        };
+        builder = builder
             .header(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE))
             .header(DELIVERY_HEADER, job.id)
             .header(ATTEMPT_HEADER, job.attempts + 1)
@@ -251,7 +282,19 @@ impl Downstream {
             builder = builder.header(CONTENT_TYPE, content_type);
         }
         let request = builder.body(Full::new(body))?;
-        let http2 = target.settings.http2;
+        if let Some(address) = plain {
+            let (response, body) = self
+                .h1
+                .exchange(&address, request, MAX_RESPONSE_BYTES)
+                .await
+                .map_err(|e| match e {
+                    h1::H1Error::Connect(e) => Failure::TcpConnect(e),
+                    h1::H1Error::Request(e) => Failure::H1Request(e),
+                })?;
+            let header = |name| header_text(response.headers(), name);
+            let status = response.status().as_u16();
+            return Ok((status, header(RETRY_AFTER), header(CONTENT_TYPE), body));
+        }
         let client = if http2 { &self.http2 } else { &self.client };
         let response = client.request(request).await.map_err(|e| {
             if e.is_connect() {
@@ -262,13 +305,7 @@ impl Downstream {
                 Failure::Request(e)
             }
         })?;
-        let header = |name| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v: &HeaderValue| v.to_str().ok())
-                .map(str::to_owned)
-        };
+        let header = |name| header_text(response.headers(), name);
         let status = response.status().as_u16();
         let retry_after = header(RETRY_AFTER);
         let content_type = header(CONTENT_TYPE);
@@ -436,6 +473,14 @@ impl Attempt {
 
 /// `kind` and the innermost cause, the most specific of the error's chain (e.g. "connection
 /// refused").
+/// A header's value as text, if it is there and is text.
+fn header_text(headers: &http::HeaderMap, name: http::header::HeaderName) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 fn describe(kind: &str, error: &(dyn std::error::Error + 'static)) -> String {
     match error.source() {
         Some(cause) => format!("{kind}: {}", crate::error::innermost(cause)),

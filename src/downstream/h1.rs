@@ -1,0 +1,220 @@
+//! HTTP/1.1 over plain TCP to targets, on connections kept between attempts and driven by the
+//! attempt that uses them.
+//!
+//! hyper's pooled client gives each connection a task of its own and hands every request to it
+//! through a channel, and the answer back through another: two task wake-ups per request, and
+//! the pool's bookkeeping, on the hottest path of the fan-out. Here an attempt takes an idle
+//! connection (or opens one), polls the connection itself while its request is out, and puts it
+//! back once the answer is read to its end. `https` targets and those with `http2 = true` keep
+//! hyper's pooled client.
+
+use std::collections::HashMap;
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::sync::Mutex;
+use std::task::{Context, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::uri::Authority;
+use http::{HeaderValue, Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, Connection, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// A connection idle for longer is closed rather than used. Targets close idle connections on
+/// their own schedule too, which [`Open::still_open`] sees; this bounds how long one we no longer
+/// need stays open.
+const IDLE_FOR: Duration = Duration::from_secs(60);
+/// Idle connections kept per target address: more than any target's concurrency needs.
+const MOST_IDLE: usize = 1024;
+
+type Conn = Connection<TokioIo<TcpStream>, Full<Bytes>>;
+
+/// One open connection: the handle requests go in by, and the connection's state machine.
+struct Open {
+    send: SendRequest<Full<Bytes>>,
+    conn: Conn,
+    idle_since: Instant,
+}
+
+/// Why a plain HTTP/1.1 exchange failed.
+#[derive(Debug)]
+pub(super) enum H1Error {
+    /// No TCP connection to the target.
+    Connect(std::io::Error),
+    /// The request or its answer failed on the connection.
+    Request(hyper::Error),
+}
+
+/// Idle connections by target address (`host:port` as the target's URL has it).
+#[derive(Default)]
+pub(super) struct Connections {
+    idle: Mutex<Idle>,
+}
+
+#[derive(Default)]
+struct Idle {
+    by_address: HashMap<Authority, Vec<Open>>,
+    swept: Option<Instant>,
+}
+
+impl std::fmt::Debug for Connections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connections").finish_non_exhaustive()
+    }
+}
+
+impl Connections {
+    /// Sends `request` (origin-form URI, `Host` set) to `address` and reads the answer's body
+    /// up to `max_body` bytes. The connection goes back to the idle ones only if the answer was
+    /// read to its end and the target keeps it open.
+    pub(super) async fn exchange(
+        &self,
+        address: &Authority,
+        request: Request<Full<Bytes>>,
+        max_body: usize,
+    ) -> Result<(Response<()>, Bytes), H1Error> {
+        let open = match self.take(address) {
+            Some(open) => open,
+            None => connect(address).await?,
+        };
+        let Open { mut send, conn, .. } = open;
+        let sent = send.send_request(request);
+        let (answer, conn) = drive(conn, read_answer(sent, max_body)).await;
+        let (head, body, complete) = answer.map_err(H1Error::Request)?;
+        if let (true, Some(conn)) = (complete, conn) {
+            let idle_since = Instant::now();
+            self.put_back(
+                address,
+                Open {
+                    send,
+                    conn,
+                    idle_since,
+                },
+            );
+        }
+        Ok((head, body))
+    }
+
+    /// The most recently used idle connection to `address` that is still open.
+    fn take(&self, address: &Authority) -> Option<Open> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.by_address.get_mut(address)?;
+        while let Some(mut open) = list.pop() {
+            if open.idle_since.elapsed() < IDLE_FOR && open.still_open() {
+                return Some(open);
+            }
+        }
+        None
+    }
+
+    fn put_back(&self, address: &Authority, open: Open) {
+        let now = open.idle_since;
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        // Now and then, close what stayed idle too long everywhere (a target removed by a
+        // reload leaves its connections behind).
+        if idle
+            .swept
+            .is_none_or(|swept| now.saturating_duration_since(swept) >= IDLE_FOR)
+        {
+            idle.swept = Some(now);
+            idle.by_address.retain(|_, list| {
+                list.retain(|open| now.saturating_duration_since(open.idle_since) < IDLE_FOR);
+                !list.is_empty()
+            });
+        }
+        let list = idle.by_address.entry(address.clone()).or_default();
+        if list.len() < MOST_IDLE {
+            list.push(open);
+        }
+    }
+}
+
+impl Open {
+    /// Whether the connection can take a request now: it is polled once (without waking
+    /// anything later) so that an end of stream the target sent meanwhile is seen here.
+    fn still_open(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        if Pin::new(&mut self.conn).poll(&mut cx).is_ready() {
+            return false;
+        }
+        self.send.is_ready()
+    }
+}
+
+/// A new connection to `address`, HTTP/1.1 over TCP without Nagle's delay.
+async fn connect(address: &Authority) -> Result<Open, H1Error> {
+    let port = address.port_u16().unwrap_or(80);
+    let stream = TcpStream::connect((address.host(), port))
+        .await
+        .map_err(H1Error::Connect)?;
+    stream.set_nodelay(true).map_err(H1Error::Connect)?;
+    let (send, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(H1Error::Request)?;
+    Ok(Open {
+        send,
+        conn,
+        idle_since: Instant::now(),
+    })
+}
+
+/// The answer's head, its body (up to `max_body` bytes) and whether the body was read to its
+/// end.
+async fn read_answer(
+    sent: impl Future<Output = hyper::Result<Response<Incoming>>>,
+    max_body: usize,
+) -> hyper::Result<(Response<()>, Bytes, bool)> {
+    use http_body_util::BodyExt as _;
+    let (head, mut incoming) = sent.await?.into_parts();
+    let mut body = bytes::BytesMut::new();
+    while let Some(frame) = incoming.frame().await {
+        let Ok(chunk) = frame?.into_data() else {
+            continue;
+        };
+        if body.len() + chunk.len() > max_body {
+            return Ok((Response::from_parts(head, ()), body.freeze(), false));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((Response::from_parts(head, ()), body.freeze(), true))
+}
+
+/// Runs `work` while polling `conn`, which moves its bytes; returns what `work` returned and
+/// the connection if it can take another request.
+async fn drive<T>(conn: Conn, work: impl Future<Output = T>) -> (T, Option<Conn>) {
+    let mut work = pin!(work);
+    let mut conn = Some(conn);
+    let result = poll_fn(|cx| {
+        // The connection first: it writes the request and reads what answers it. Once it has
+        // ended it is dropped, which ends whatever still waits on it.
+        if conn
+            .as_mut()
+            .is_some_and(|c| Pin::new(c).poll(cx).is_ready())
+        {
+            conn = None;
+        }
+        work.as_mut().poll(cx)
+    })
+    .await;
+    // Once more, so that it takes in the end of the answer and asks for the next request.
+    let mut cx = Context::from_waker(Waker::noop());
+    if conn
+        .as_mut()
+        .is_some_and(|c| Pin::new(c).poll(&mut cx).is_ready())
+    {
+        conn = None;
+    }
+    (result, conn)
+}
+
+/// The `Host` header for `address`: as the URL has it, without the default port.
+pub(super) fn host_header(address: &Authority) -> Option<HeaderValue> {
+    match address.port_u16() {
+        Some(80) => HeaderValue::from_str(address.host()).ok(),
+        _ => HeaderValue::from_str(address.as_str()).ok(),
+    }
+}
