@@ -148,7 +148,9 @@ impl Open {
 /// A new connection to `address`, HTTP/1.1 over TCP without Nagle's delay.
 async fn connect(address: &Authority) -> Result<Open, H1Error> {
     let port = address.port_u16().unwrap_or(80);
-    let stream = TcpStream::connect((address.host(), port))
+    // An IPv6 literal comes in brackets, which the resolver does not take.
+    let host = address.host().trim_start_matches('[').trim_end_matches(']');
+    let stream = TcpStream::connect((host, port))
         .await
         .map_err(H1Error::Connect)?;
     stream.set_nodelay(true).map_err(H1Error::Connect)?;
@@ -211,10 +213,11 @@ async fn drive<T>(conn: Conn, work: impl Future<Output = T>) -> (T, Option<Conn>
     (result, conn)
 }
 
-/// The `Host` header for `address`: as the URL has it, without the default port.
+/// The `Host` header for `address`: its host and port as the URL has them, without the default
+/// port (nor any user info).
 pub(super) fn host_header(address: &Authority) -> Option<HeaderValue> {
     match address.port_u16() {
-        Some(80) => HeaderValue::from_str(address.host()).ok(),
-        _ => HeaderValue::from_str(address.as_str()).ok(),
+        Some(80) | None => HeaderValue::from_str(address.host()).ok(),
+        Some(port) => HeaderValue::from_str(&format!("{}:{port}", address.host())).ok(),
     }
 }

@@ -312,21 +312,27 @@ async fn deliveries_to_a_plain_http_target_share_one_connection() {
 /// the connection `linger` later.
 struct RawTarget {
     addr: std::net::SocketAddr,
-    attempts: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// The attempt and Host headers of each request received.
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
     server: tokio::task::JoinHandle<()>,
 }
 
 impl RawTarget {
     async fn start(answer: &'static str, linger: Duration) -> RawTarget {
+        RawTarget::start_at("127.0.0.1:0", answer, linger).await
+    }
+
+    /// The same, listening at `bind` (`[::1]:0` for IPv6).
+    async fn start_at(bind: &str, answer: &'static str, linger: Duration) -> RawTarget {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let attempts = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let seen = attempts.clone();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let requests = seen.clone();
         let server = tokio::spawn(async move {
             loop {
                 let (mut stream, _) = listener.accept().await.unwrap();
-                let seen = seen.clone();
+                let seen = requests.clone();
                 tokio::spawn(async move {
                     let mut request = Vec::new();
                     let mut buf = [0u8; 4096];
@@ -338,27 +344,41 @@ impl RawTarget {
                             break head;
                         }
                     };
-                    let attempt = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("x-wechat-fanout-attempt: "))
-                        .unwrap_or("none")
-                        .to_owned();
-                    seen.lock().unwrap().push(attempt);
+                    let header = |name: &str| {
+                        head.lines()
+                            .find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
+                            .unwrap_or("none")
+                            .to_owned()
+                    };
+                    seen.lock()
+                        .unwrap()
+                        .push((header("x-wechat-fanout-attempt"), header("host")));
                     stream.write_all(answer.as_bytes()).await.unwrap();
                     tokio::time::sleep(linger).await;
                 });
             }
         });
-        RawTarget {
-            addr,
-            attempts,
-            server,
-        }
+        RawTarget { addr, seen, server }
     }
 
     /// The attempt header of each request received, in order.
     fn attempts(&self) -> Vec<String> {
-        self.attempts.lock().unwrap().clone()
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(a, _)| a.clone())
+            .collect()
+    }
+
+    /// The Host header of each request received, in order.
+    fn hosts(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, h)| h.clone())
+            .collect()
     }
 }
 
@@ -441,4 +461,26 @@ async fn an_answer_cut_short_fails_the_attempt_at_once() {
     let error = job.last_error.unwrap_or_default();
     assert!(error.starts_with("request failed"), "last_error: {error:?}");
     assert_eq!(job.last_status, None);
+}
+
+/// A plain-HTTP target at an IPv6 address gets its deliveries, with the address in brackets in
+/// `Host`, as HTTP has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_at_an_ipv6_address_gets_its_deliveries() {
+    let answer = "HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\nsuccess";
+    let target = RawTarget::start_at("[::1]:0", answer, Duration::from_secs(5)).await;
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let toml = format!(
+        "{FAST}{}{}",
+        wx.account("main", ""),
+        Wx::target("t", &format!("http://{}/hook", target.addr), "")
+    );
+    let proxy = Proxy::start(&toml).await;
+    proxy
+        .post("main", &wx.seal(&text_xml("over IPv6")))
+        .await
+        .assert_success();
+    no_jobs_left(&proxy.db, "the delivery recorded").await;
+    assert_eq!(target.attempts(), ["1"]);
+    assert_eq!(target.hosts(), [format!("[::1]:{}", target.addr.port())]);
 }
