@@ -17,10 +17,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::Authority;
-use http::{HeaderValue, Request, Response};
+use http::uri::Scheme;
+use http::{HeaderValue, Request, Response, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, Connection, SendRequest};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -44,15 +46,16 @@ struct Open {
 #[derive(Debug)]
 pub(super) enum H1Error {
     /// No TCP connection to the target.
-    Connect(std::io::Error),
+    Connect(Box<dyn std::error::Error + Send + Sync>),
     /// The request or its answer failed on the connection.
     Request(hyper::Error),
 }
 
-/// Idle connections by target address (`host:port` as the target's URL has it).
-#[derive(Default)]
+/// Idle connections by target address (`host:port` as the target's URL has it), and how new
+/// ones are made.
 pub(super) struct Connections {
     idle: Mutex<Idle>,
+    connector: HttpConnector,
 }
 
 #[derive(Default)]
@@ -68,6 +71,15 @@ impl std::fmt::Debug for Connections {
 }
 
 impl Connections {
+    pub(super) fn new() -> Connections {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Connections {
+            idle: Mutex::default(),
+            connector,
+        }
+    }
+
     /// Sends `request` (origin-form URI, `Host` set) to `address` and reads the answer's body
     /// up to `max_body` bytes. The connection goes back to the idle ones only if the answer was
     /// read to its end and the target keeps it open.
@@ -79,7 +91,7 @@ impl Connections {
     ) -> Result<(Response<()>, Bytes), H1Error> {
         let open = match self.take(address) {
             Some(open) => open,
-            None => connect(address).await?,
+            None => connect(&self.connector, address).await?,
         };
         let Open { mut send, conn, .. } = open;
         let sent = send.send_request(request);
@@ -145,18 +157,23 @@ impl Open {
     }
 }
 
-/// A new connection to `address`, HTTP/1.1 over TCP without Nagle's delay.
-async fn connect(address: &Authority) -> Result<Open, H1Error> {
-    let port = address.port_u16().unwrap_or(80);
-    // An IPv6 literal comes in brackets, which the resolver does not take.
-    let host = address.host().trim_start_matches('[').trim_end_matches(']');
-    let stream = TcpStream::connect((host, port))
+/// A new connection to `address`, HTTP/1.1 over TCP without Nagle's delay, made by hyper-util's
+/// connector as its pooled client makes them: the system resolver, and IPv6 and IPv4 tried in
+/// parallel when a name has both (so a black-holed route of one does not stall the attempt).
+async fn connect(connector: &HttpConnector, address: &Authority) -> Result<Open, H1Error> {
+    use tower_service::Service as _;
+    let uri = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(address.clone())
+        .path_and_query("/")
+        .build()
+        .map_err(|e| H1Error::Connect(e.into()))?;
+    let io = connector
+        .clone()
+        .call(uri)
         .await
-        .map_err(H1Error::Connect)?;
-    stream.set_nodelay(true).map_err(H1Error::Connect)?;
-    let (send, conn) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(H1Error::Request)?;
+        .map_err(|e| H1Error::Connect(e.into()))?;
+    let (send, conn) = http1::handshake(io).await.map_err(H1Error::Request)?;
     Ok(Open {
         send,
         conn,

@@ -107,8 +107,8 @@ enum Failure {
     Http2Request(hyper_util::client::legacy::Error),
     #[error("{}", describe("reading the answer failed", .0))]
     Body(hyper::Error),
-    #[error("connection failed: {0}")]
-    TcpConnect(std::io::Error),
+    #[error("connection failed: {}", crate::error::innermost(&**.0))]
+    TcpConnect(Box<dyn std::error::Error + Send + Sync>),
     #[error("request failed: {}", crate::error::innermost(.0))]
     H1Request(hyper::Error),
 }
@@ -143,7 +143,7 @@ impl Downstream {
         Downstream {
             client,
             http2,
-            h1: Arc::default(),
+            h1: Arc::new(h1::Connections::new()),
             metrics,
             events,
             api,
