@@ -285,17 +285,23 @@ async fn a_failing_target_is_paused_after_failures_in_a_row_then_gets_everything
     }
 }
 
-/// Deliveries one after another to a plain-HTTP target go over one kept-alive connection.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deliveries_to_a_plain_http_target_share_one_connection() {
-    let target = Target::start(200).await;
+/// A proxy with one plaintext account whose only target, `t`, is at `url` with `settings`.
+async fn proxy_with_one_target(url: &str, settings: &str) -> (Wx, Proxy) {
     let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
     let toml = format!(
         "{FAST}{}{}",
         wx.account("main", ""),
-        Wx::target("t", &target.url("/hook"), "")
+        Wx::target("t", url, settings)
     );
     let proxy = Proxy::start(&toml).await;
+    (wx, proxy)
+}
+
+/// Deliveries one after another to a plain-HTTP target go over one kept-alive connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_to_a_plain_http_target_share_one_connection() {
+    let target = Target::start(200).await;
+    let (wx, proxy) = proxy_with_one_target(&target.url("/hook"), "").await;
     for n in 0..5 {
         proxy
             .post("main", &wx.seal(&text_xml(&format!("kept alive {n}"))))
@@ -361,6 +367,11 @@ impl RawTarget {
         RawTarget { addr, seen, server }
     }
 
+    /// Its URL, with the path `/hook`.
+    fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
     /// The attempt header of each request received, in order.
     fn attempts(&self) -> Vec<String> {
         self.seen
@@ -411,13 +422,7 @@ fn whole_request(request: &[u8]) -> Option<String> {
 async fn a_connection_the_target_closed_while_idle_is_not_used_again() {
     let answer = "HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\nsuccess";
     let target = RawTarget::start(answer, Duration::from_millis(100)).await;
-    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
-    let toml = format!(
-        "{FAST}{}{}",
-        wx.account("main", ""),
-        Wx::target("t", &format!("http://{}/hook", target.addr), "")
-    );
-    let proxy = Proxy::start(&toml).await;
+    let (wx, proxy) = proxy_with_one_target(&target.url(), "").await;
     for n in 0..3 {
         proxy
             .post(
@@ -439,17 +444,8 @@ async fn a_connection_the_target_closed_while_idle_is_not_used_again() {
 async fn an_answer_cut_short_fails_the_attempt_at_once() {
     let answer = "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nsucc";
     let target = RawTarget::start(answer, Duration::ZERO).await;
-    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
-    let toml = format!(
-        "{FAST}{}{}",
-        wx.account("main", ""),
-        Wx::target(
-            "t",
-            &format!("http://{}/hook", target.addr),
-            "timeout_ms = 60000\nmax_attempts = 1000"
-        )
-    );
-    let proxy = Proxy::start(&toml).await;
+    let (wx, proxy) =
+        proxy_with_one_target(&target.url(), "timeout_ms = 60000\nmax_attempts = 1000").await;
     proxy
         .post("main", &wx.seal(&text_xml("cut short")))
         .await
@@ -469,13 +465,7 @@ async fn an_answer_cut_short_fails_the_attempt_at_once() {
 async fn a_target_at_an_ipv6_address_gets_its_deliveries() {
     let answer = "HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\nsuccess";
     let target = RawTarget::start_at("[::1]:0", answer, Duration::from_secs(5)).await;
-    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
-    let toml = format!(
-        "{FAST}{}{}",
-        wx.account("main", ""),
-        Wx::target("t", &format!("http://{}/hook", target.addr), "")
-    );
-    let proxy = Proxy::start(&toml).await;
+    let (wx, proxy) = proxy_with_one_target(&target.url(), "").await;
     proxy
         .post("main", &wx.seal(&text_xml("over IPv6")))
         .await
