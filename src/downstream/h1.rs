@@ -16,15 +16,17 @@ use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::response::Parts;
 use http::uri::Authority;
 use http::uri::Scheme;
-use http::{HeaderValue, Request, Response, Uri};
+use http::{HeaderValue, Request, Uri};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+
+use super::{Failure, read_body};
 
 /// A connection idle for longer is closed rather than used. Targets close idle connections on
 /// their own schedule too, which [`Open::still_open`] sees; this bounds how long one we no longer
@@ -40,15 +42,6 @@ struct Open {
     send: SendRequest<Full<Bytes>>,
     conn: Conn,
     idle_since: Instant,
-}
-
-/// Why a plain HTTP/1.1 exchange failed.
-#[derive(Debug)]
-pub(super) enum H1Error {
-    /// No TCP connection to the target.
-    Connect(Box<dyn std::error::Error + Send + Sync>),
-    /// The request or its answer failed on the connection.
-    Request(hyper::Error),
 }
 
 /// Idle connections by target address (`host:port` as the target's URL has it), and how new
@@ -80,23 +73,27 @@ impl Connections {
         }
     }
 
-    /// Sends `request` (origin-form URI, `Host` set) to `address` and reads the answer's body
-    /// up to `max_body` bytes. The connection goes back to the idle ones only if the answer was
-    /// read to its end and the target keeps it open.
+    /// Sends `request` (origin-form URI, `Host` set) to `address` and reads the answer (see
+    /// [`read_body`]). The connection goes back to the idle ones only if the answer was read to
+    /// its end and the target keeps it open.
     pub(super) async fn exchange(
         &self,
         address: &Authority,
         request: Request<Full<Bytes>>,
-        max_body: usize,
-    ) -> Result<(Response<()>, Bytes), H1Error> {
+    ) -> Result<(Parts, Bytes), Failure> {
         let open = match self.take(address) {
             Some(open) => open,
             None => connect(&self.connector, address).await?,
         };
         let Open { mut send, conn, .. } = open;
         let sent = send.send_request(request);
-        let (answer, conn) = drive(conn, read_answer(sent, max_body)).await;
-        let (head, body, complete) = answer.map_err(H1Error::Request)?;
+        let answer = async {
+            let (head, mut incoming) = sent.await?.into_parts();
+            let (body, complete) = read_body(&mut incoming).await?;
+            Ok::<_, hyper::Error>((head, body, complete))
+        };
+        let (answer, conn) = drive(conn, answer).await;
+        let (head, body, complete) = answer.map_err(Failure::H1Request)?;
         if let (true, Some(conn)) = (complete, conn) {
             let idle_since = Instant::now();
             self.put_back(
@@ -111,16 +108,18 @@ impl Connections {
         Ok((head, body))
     }
 
-    /// The most recently used idle connection to `address` that is still open.
+    /// The most recently used idle connection to `address` that is still open. Each is checked
+    /// outside the lock: the check may read from its socket.
     fn take(&self, address: &Authority) -> Option<Open> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.by_address.get_mut(address)?;
-        while let Some(mut open) = list.pop() {
+        loop {
+            let mut open = {
+                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                idle.by_address.get_mut(address)?.pop()?
+            };
             if open.idle_since.elapsed() < IDLE_FOR && open.still_open() {
                 return Some(open);
             }
         }
-        None
     }
 
     fn put_back(&self, address: &Authority, open: Open) {
@@ -150,30 +149,27 @@ impl Open {
     /// anything later) so that an end of stream the target sent meanwhile is seen here.
     fn still_open(&mut self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
-        if Pin::new(&mut self.conn).poll(&mut cx).is_ready() {
-            return false;
-        }
-        self.send.is_ready()
+        Pin::new(&mut self.conn).poll(&mut cx).is_pending() && self.send.is_ready()
     }
 }
 
 /// A new connection to `address`, HTTP/1.1 over TCP without Nagle's delay, made by hyper-util's
 /// connector as its pooled client makes them: the system resolver, and IPv6 and IPv4 tried in
 /// parallel when a name has both (so a black-holed route of one does not stall the attempt).
-async fn connect(connector: &HttpConnector, address: &Authority) -> Result<Open, H1Error> {
+async fn connect(connector: &HttpConnector, address: &Authority) -> Result<Open, Failure> {
     use tower_service::Service as _;
     let uri = Uri::builder()
         .scheme(Scheme::HTTP)
         .authority(address.clone())
         .path_and_query("/")
         .build()
-        .map_err(|e| H1Error::Connect(e.into()))?;
+        .map_err(|e| Failure::TcpConnect(e.into()))?;
     let io = connector
         .clone()
         .call(uri)
         .await
-        .map_err(|e| H1Error::Connect(e.into()))?;
-    let (send, conn) = http1::handshake(io).await.map_err(H1Error::Request)?;
+        .map_err(|e| Failure::TcpConnect(e.into()))?;
+    let (send, conn) = http1::handshake(io).await.map_err(Failure::H1Request)?;
     Ok(Open {
         send,
         conn,
@@ -181,53 +177,31 @@ async fn connect(connector: &HttpConnector, address: &Authority) -> Result<Open,
     })
 }
 
-/// The answer's head, its body (up to `max_body` bytes) and whether the body was read to its
-/// end.
-async fn read_answer(
-    sent: impl Future<Output = hyper::Result<Response<Incoming>>>,
-    max_body: usize,
-) -> hyper::Result<(Response<()>, Bytes, bool)> {
-    use http_body_util::BodyExt as _;
-    let (head, mut incoming) = sent.await?.into_parts();
-    let mut body = bytes::BytesMut::new();
-    while let Some(frame) = incoming.frame().await {
-        let Ok(chunk) = frame?.into_data() else {
-            continue;
-        };
-        if body.len() + chunk.len() > max_body {
-            return Ok((Response::from_parts(head, ()), body.freeze(), false));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok((Response::from_parts(head, ()), body.freeze(), true))
-}
-
 /// Runs `work` while polling `conn`, which moves its bytes; returns what `work` returned and
 /// the connection if it can take another request.
 async fn drive<T>(conn: Conn, work: impl Future<Output = T>) -> (T, Option<Conn>) {
     let mut work = pin!(work);
     let mut conn = Some(conn);
+    // The connection first: it writes the request and reads what answers it.
     let result = poll_fn(|cx| {
-        // The connection first: it writes the request and reads what answers it. Once it has
-        // ended it is dropped, which ends whatever still waits on it.
-        if conn
-            .as_mut()
-            .is_some_and(|c| Pin::new(c).poll(cx).is_ready())
-        {
-            conn = None;
-        }
+        poll_until_ended(&mut conn, cx);
         work.as_mut().poll(cx)
     })
     .await;
     // Once more, so that it takes in the end of the answer and asks for the next request.
-    let mut cx = Context::from_waker(Waker::noop());
+    poll_until_ended(&mut conn, &mut Context::from_waker(Waker::noop()));
+    (result, conn)
+}
+
+/// Polls the connection, if there still is one, and drops it once it has ended, which ends
+/// whatever still waits on it.
+fn poll_until_ended(conn: &mut Option<Conn>, cx: &mut Context<'_>) {
     if conn
         .as_mut()
-        .is_some_and(|c| Pin::new(c).poll(&mut cx).is_ready())
+        .is_some_and(|c| Pin::new(c).poll(cx).is_ready())
     {
-        conn = None;
+        *conn = None;
     }
-    (result, conn)
 }
 
 /// The `Host` header for `address`: its host and port as the URL has them, without the default

@@ -18,6 +18,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_TYPE, HOST, HeaderValue, RETRY_AFTER, USER_AGENT};
 use http::{Request, Uri};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -282,46 +283,31 @@ impl Downstream {
             builder = builder.header(CONTENT_TYPE, content_type);
         }
         let request = builder.body(Full::new(body))?;
-        if let Some(address) = plain {
-            let (response, body) = self
-                .h1
-                .exchange(&address, request, MAX_RESPONSE_BYTES)
-                .await
-                .map_err(|e| match e {
-                    h1::H1Error::Connect(e) => Failure::TcpConnect(e),
-                    h1::H1Error::Request(e) => Failure::H1Request(e),
+        let (head, body) = match plain {
+            Some(address) => self.h1.exchange(&address, request).await?,
+            None => {
+                let client = if http2 { &self.http2 } else { &self.client };
+                let response = client.request(request).await.map_err(|e| {
+                    if e.is_connect() {
+                        Failure::Connect(e)
+                    } else if http2 {
+                        Failure::Http2Request(e)
+                    } else {
+                        Failure::Request(e)
+                    }
                 })?;
-            let header = |name| header_text(response.headers(), name);
-            let status = response.status().as_u16();
-            return Ok((status, header(RETRY_AFTER), header(CONTENT_TYPE), body));
-        }
-        let client = if http2 { &self.http2 } else { &self.client };
-        let response = client.request(request).await.map_err(|e| {
-            if e.is_connect() {
-                Failure::Connect(e)
-            } else if http2 {
-                Failure::Http2Request(e)
-            } else {
-                Failure::Request(e)
+                let (head, mut incoming) = response.into_parts();
+                let (body, _) = read_body(&mut incoming).await.map_err(Failure::Body)?;
+                (head, body)
             }
-        })?;
-        let header = |name| header_text(response.headers(), name);
-        let status = response.status().as_u16();
-        let retry_after = header(RETRY_AFTER);
-        let content_type = header(CONTENT_TYPE);
-        // Read the body even when it is not needed, so the connection can be reused.
-        let mut incoming = response.into_body();
-        let mut body = BytesMut::new();
-        while let Some(frame) = incoming.frame().await {
-            let Ok(chunk) = frame.map_err(Failure::Body)?.into_data() else {
-                continue;
-            };
-            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                break;
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok((status, retry_after, content_type, body.freeze()))
+        };
+        let header = |name| header_text(&head.headers, name);
+        Ok((
+            head.status.as_u16(),
+            header(RETRY_AFTER),
+            header(CONTENT_TYPE),
+            body,
+        ))
     }
 
     /// Ends an attempt the same way for the primary relay and the workers: decides what becomes
@@ -471,8 +457,22 @@ impl Attempt {
     }
 }
 
-/// `kind` and the innermost cause, the most specific of the error's chain (e.g. "connection
-/// refused").
+/// The answer's body, up to [`MAX_RESPONSE_BYTES`], and whether it was read to its end. It is
+/// read even when it is not needed, so that the connection can be used again.
+async fn read_body(incoming: &mut Incoming) -> hyper::Result<(Bytes, bool)> {
+    let mut body = BytesMut::new();
+    while let Some(frame) = incoming.frame().await {
+        let Ok(chunk) = frame?.into_data() else {
+            continue;
+        };
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Ok((body.freeze(), false));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body.freeze(), true))
+}
+
 /// A header's value as text, if it is there and is text.
 fn header_text(headers: &http::HeaderMap, name: http::header::HeaderName) -> Option<String> {
     headers
@@ -481,6 +481,8 @@ fn header_text(headers: &http::HeaderMap, name: http::header::HeaderName) -> Opt
         .map(str::to_owned)
 }
 
+/// `kind` and the innermost cause, the most specific of the error's chain (e.g. "connection
+/// refused").
 fn describe(kind: &str, error: &(dyn std::error::Error + 'static)) -> String {
     match error.source() {
         Some(cause) => format!("{kind}: {}", crate::error::innermost(cause)),

@@ -318,8 +318,8 @@ async fn deliveries_to_a_plain_http_target_share_one_connection() {
 /// the connection `linger` later.
 struct RawTarget {
     addr: std::net::SocketAddr,
-    /// The attempt and Host headers of each request received.
-    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    /// The head of each request received.
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -333,12 +333,12 @@ impl RawTarget {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let requests = seen.clone();
+        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let received = heads.clone();
         let server = tokio::spawn(async move {
             loop {
                 let (mut stream, _) = listener.accept().await.unwrap();
-                let seen = requests.clone();
+                let received = received.clone();
                 tokio::spawn(async move {
                     let mut request = Vec::new();
                     let mut buf = [0u8; 4096];
@@ -350,21 +350,17 @@ impl RawTarget {
                             break head;
                         }
                     };
-                    let header = |name: &str| {
-                        head.lines()
-                            .find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
-                            .unwrap_or("none")
-                            .to_owned()
-                    };
-                    seen.lock()
-                        .unwrap()
-                        .push((header("x-wechat-fanout-attempt"), header("host")));
+                    received.lock().unwrap().push(head);
                     stream.write_all(answer.as_bytes()).await.unwrap();
                     tokio::time::sleep(linger).await;
                 });
             }
         });
-        RawTarget { addr, seen, server }
+        RawTarget {
+            addr,
+            heads,
+            server,
+        }
     }
 
     /// Its URL, with the path `/hook`.
@@ -372,24 +368,11 @@ impl RawTarget {
         format!("http://{}/hook", self.addr)
     }
 
-    /// The attempt header of each request received, in order.
-    fn attempts(&self) -> Vec<String> {
-        self.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(a, _)| a.clone())
-            .collect()
-    }
-
-    /// The Host header of each request received, in order.
-    fn hosts(&self) -> Vec<String> {
-        self.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(_, h)| h.clone())
-            .collect()
+    /// Header `name` of each request received, in order ("none" where it was missing).
+    fn headers(&self, name: &str) -> Vec<String> {
+        let heads = self.heads.lock().unwrap();
+        let value = |head: &String| header_in(head, name).unwrap_or("none").to_owned();
+        heads.iter().map(value).collect()
     }
 }
 
@@ -403,16 +386,16 @@ impl Drop for RawTarget {
 fn whole_request(request: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(request);
     let (head, body) = text.split_once("\r\n\r\n")?;
-    let length = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length: ")
-                .map(str::to_owned)
-        })
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .unwrap_or(0);
+    let length = header_in(head, "content-length").map_or(Some(0), |v| v.parse().ok())?;
     (body.len() >= length).then(|| head.to_owned())
+}
+
+/// The value of header `name` in an HTTP head.
+fn header_in<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.eq_ignore_ascii_case(name).then(|| value.trim())
+    })
 }
 
 /// A kept-alive connection that the target closed while it was idle (its keep-alive timeout)
@@ -435,7 +418,7 @@ async fn a_connection_the_target_closed_while_idle_is_not_used_again() {
         // The target closes the connection meanwhile.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    assert_eq!(target.attempts(), ["1", "1", "1"]);
+    assert_eq!(target.headers("x-wechat-fanout-attempt"), ["1", "1", "1"]);
 }
 
 /// A target that closes the connection in the middle of its answer's body fails the attempt
@@ -471,6 +454,9 @@ async fn a_target_at_an_ipv6_address_gets_its_deliveries() {
         .await
         .assert_success();
     no_jobs_left(&proxy.db, "the delivery recorded").await;
-    assert_eq!(target.attempts(), ["1"]);
-    assert_eq!(target.hosts(), [format!("[::1]:{}", target.addr.port())]);
+    assert_eq!(target.headers("x-wechat-fanout-attempt"), ["1"]);
+    assert_eq!(
+        target.headers("host"),
+        [format!("[::1]:{}", target.addr.port())]
+    );
 }
