@@ -146,28 +146,43 @@ const AFTER_A_REFUSAL: Duration = Duration::from_millis(100);
 /// refuses; then only what fits in the rest of its file (less than a callback) is written.
 const REFUSALS_IN_A_ROW: usize = 3;
 
-/// Posts new callbacks until [`REFUSALS_IN_A_ROW`] in a row are refused (503); returns those
-/// answered 200 meanwhile, which were stored.
-async fn post_until_refused(listen: SocketAddr, wx: &Wx) -> Vec<SealedRequest> {
+/// Writes with `write(n)` for n = 0, 1, … until [`REFUSALS_IN_A_ROW`] in a row are refused
+/// (`None`), [`AFTER_A_REFUSAL`] apart; returns what the stored ones gave (`Some`).
+async fn write_until_refused<T, F>(what: &str, mut write: impl FnMut(usize) -> F) -> Vec<T>
+where
+    F: std::future::Future<Output = Option<T>>,
+{
     let (mut stored, mut refused) = (Vec::new(), 0);
-    for n in 0..500 {
-        let sealed = wx.seal(&text_xml(&format!("arrives on a full disk, {n}")));
-        match post_to_binary(listen, &sealed).await {
-            (200, _) => {
-                stored.push(sealed);
+    for n in 0..5000 {
+        match write(n).await {
+            Some(value) => {
+                stored.push(value);
                 refused = 0;
             }
-            (503, _) => {
+            None => {
                 refused += 1;
                 if refused == REFUSALS_IN_A_ROW {
                     return stored;
                 }
                 tokio::time::sleep(AFTER_A_REFUSAL).await;
             }
-            (status, text) => panic!("a callback on a full disk got {status}: {text}"),
         }
     }
-    panic!("500 callbacks on a full disk and never {REFUSALS_IN_A_ROW} refused in a row");
+    panic!("5000 {what} on a full disk and never {REFUSALS_IN_A_ROW} refused in a row");
+}
+
+/// Posts new callbacks until [`REFUSALS_IN_A_ROW`] in a row are refused (503); returns those
+/// answered 200 meanwhile, which were stored.
+async fn post_until_refused(listen: SocketAddr, wx: &Wx) -> Vec<SealedRequest> {
+    write_until_refused("callbacks", |n| async move {
+        let sealed = wx.seal(&text_xml(&format!("arrives on a full disk, {n}")));
+        match post_to_binary(listen, &sealed).await {
+            (200, _) => Some(sealed),
+            (503, _) => None,
+            (status, text) => panic!("a callback on a full disk got {status}: {text}"),
+        }
+    })
+    .await
 }
 
 /// The incident: the store's disk fills up. Callbacks get 503 (WeChat resends them), and
@@ -391,24 +406,17 @@ async fn after_commits_fail_in_a_row_readiness_says_so_once_more_then_recovers()
         });
     store.check_writable().await.unwrap();
     let filler = disk.fill("filler");
-    let mut refused = 0;
-    for n in 0.. {
-        assert!(
-            n < 5000,
-            "never {REFUSALS_IN_A_ROW} commits refused in a row"
-        );
-        match accept_new(&store, &format!("full-{n}")).await {
-            Ok(_) => refused = 0,
+    let store = &store;
+    write_until_refused("commits", |n| async move {
+        match accept_new(store, &format!("full-{n}")).await {
+            Ok(_) => Some(()),
             Err(error) => {
                 assert!(error.to_string().contains("full"), "{error}");
-                refused += 1;
-                if refused == REFUSALS_IN_A_ROW {
-                    break;
-                }
-                tokio::time::sleep(AFTER_A_REFUSAL).await;
+                None
             }
         }
-    }
+    })
+    .await;
     let not_ready = store.check_writable().await.unwrap_err().to_string();
     assert!(
         not_ready.contains("a test write of 8192 bytes failed"),
@@ -422,6 +430,6 @@ async fn after_commits_fail_in_a_row_readiness_says_so_once_more_then_recovers()
         "{once_more}"
     );
     store.check_writable().await.unwrap();
-    let stored = accept_new(&store, "full-again").await.unwrap();
+    let stored = accept_new(store, "full-again").await.unwrap();
     assert!(matches!(stored, Accepted::New { .. }), "{stored:?}");
 }
