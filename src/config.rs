@@ -310,6 +310,8 @@ pub struct TargetDefaults {
     pub max_concurrency: usize,
     /// Send over HTTP/2 only (h2c with prior knowledge for `http`, ALPN `h2` for `https`).
     pub http2: bool,
+    /// Pipeline the requests to a plain `http` target over one HTTP/1.1 connection.
+    pub pipelining: bool,
 }
 
 /// The WeChat console's encryption mode for an account.
@@ -387,6 +389,8 @@ pub struct TargetConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http2: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipelining: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub msg_types: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events: Option<Vec<String>>,
@@ -438,6 +442,8 @@ pub struct TargetSettings {
     pub max_concurrency: usize,
     /// Deliveries go over HTTP/2 only: one connection multiplexes the requests in flight.
     pub http2: bool,
+    /// Deliveries to a plain `http` target are pipelined over one HTTP/1.1 connection.
+    pub pipelining: bool,
 }
 
 impl Config {
@@ -612,6 +618,7 @@ impl TargetDefaults {
             backoff_max: self.backoff_max_ms.duration(),
             max_concurrency: self.max_concurrency,
             http2: self.http2,
+            pipelining: self.pipelining,
         }
     }
 
@@ -712,7 +719,16 @@ impl AccountConfig {
                     ),
                 ));
             }
-            target.settings(defaults).check(&tkey)?;
+            let settings = target.settings(defaults);
+            settings.check(&tkey)?;
+            // Pipelining is HTTP/1.1 over our own plain TCP connections.
+            if settings.pipelining && (settings.http2 || target.url.scheme() != "http") {
+                return Err(invalid(
+                    format!("{tkey}.pipelining"),
+                    "is for http:// targets without http2 (inherited from target_defaults \
+                     unless the target sets pipelining = false)",
+                ));
+            }
             target.credentials(&tkey, &credentials)?;
             if self.kind != AccountKind::OpenPlatform {
                 let templated = authorizer_placeholders(target.url.as_str()) > 0;
@@ -1141,6 +1157,7 @@ impl TargetConfig {
                 .duration(),
             max_concurrency: self.max_concurrency.unwrap_or(defaults.max_concurrency),
             http2: self.http2.unwrap_or(defaults.http2),
+            pipelining: self.pipelining.unwrap_or(defaults.pipelining),
         }
     }
 }
@@ -1191,6 +1208,30 @@ mod tests {
         };
         assert!(http2(0), "inherited");
         assert!(!http2(1), "overridden");
+    }
+
+    #[test]
+    fn pipelining_is_for_plain_http_targets_without_http2() {
+        let pipelined = |url: &str, extra: &str| {
+            MINIMAL.replace(
+                "url = \"http://127.0.0.1:9001/wx\"",
+                &format!("url = \"{url}\"\npipelining = true\n{extra}"),
+            )
+        };
+        let config = Config::from_toml(&pipelined("http://127.0.0.1:9001/wx", "")).unwrap();
+        assert!(
+            config.accounts[0].targets[0]
+                .settings(&config.target_defaults)
+                .pipelining
+        );
+        for (url, extra) in [
+            ("https://bot.example/wx", ""),
+            ("http://127.0.0.1:9001/wx", "http2 = true"),
+        ] {
+            let error = error_of(&pipelined(url, extra));
+            assert!(error.contains("targets[0].pipelining"), "{error}");
+            assert!(error.contains("http:// targets without http2"), "{error}");
+        }
     }
 
     #[test]

@@ -160,6 +160,7 @@ mod tests {
             backoff_max: Duration::from_millis(max_ms),
             max_concurrency: 1,
             http2: false,
+            pipelining: false,
         }
     }
 
@@ -248,6 +249,7 @@ mod tests {
             backoff_max: Duration::from_secs(600),
             max_concurrency: 4,
             http2: false,
+            pipelining: false,
         };
         let breaker = Breaker::default();
         let fail = Verdict::Retry { after: None };

@@ -153,6 +153,7 @@ impl Routes {
                     // Sent by the WeChat API client, which picks its own protocol.
                     let settings = TargetSettings {
                         http2: false,
+                        pipelining: false,
                         ..config.target_defaults.settings()
                     };
                     let (handoff, inbox) = mpsc::channel(1);

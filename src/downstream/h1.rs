@@ -65,11 +65,9 @@ impl std::fmt::Debug for Connections {
 
 impl Connections {
     pub(super) fn new() -> Connections {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
         Connections {
             idle: Mutex::default(),
-            connector,
+            connector: connector(),
         }
     }
 
@@ -151,6 +149,15 @@ impl Open {
         let mut cx = Context::from_waker(Waker::noop());
         Pin::new(&mut self.conn).poll(&mut cx).is_pending() && self.send.is_ready()
     }
+}
+
+/// How connections to plain `http` targets are made: hyper-util's connector, as its pooled
+/// client makes them (the system resolver, and IPv6 and IPv4 tried in parallel when a name has
+/// both, so a black-holed route of one does not stall the attempt), without Nagle's delay.
+pub(super) fn connector() -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector
 }
 
 /// A new connection to `address`, HTTP/1.1 over TCP without Nagle's delay, made by hyper-util's

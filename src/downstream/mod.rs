@@ -4,7 +4,8 @@
 //! `msg_signature` itself), same Content-Type, plus headers that name the delivery, the attempt
 //! and the account, so a target can drop the duplicates that at-least-once delivery implies.
 //! Plain `http` targets get HTTP/1.1 over kept-alive connections of our own, each driven by
-//! the attempt that uses it (`h1`). hyper's pooled client serves `https` targets (HTTP/1.1
+//! the attempt that uses it (`h1`), or with `pipelining = true` one pipelined connection per
+//! address (`pipeline`). hyper's pooled client serves `https` targets (HTTP/1.1
 //! keep-alive, TLS by rustls with Mozilla's roots), and a second one the targets with
 //! `http2 = true` (HTTP/2 only: cleartext with prior knowledge, or ALPN `h2` over TLS; the
 //! requests in flight to one target share a connection). Redirects are not followed and no
@@ -37,6 +38,7 @@ use crate::telemetry::event_at;
 use crate::wechat_api::{ApiError, WechatApi};
 
 mod h1;
+mod pipeline;
 
 /// Names the delivery (the job id): the same for every attempt of one delivery.
 pub const DELIVERY_HEADER: &str = "x-wechat-fanout-delivery";
@@ -82,6 +84,8 @@ pub struct Downstream {
     http2: HttpClient,
     /// Plain `http` targets over HTTP/1.1: connections of our own.
     h1: Arc<h1::Connections>,
+    /// Plain `http` targets with `pipelining = true`: one pipelined connection per address.
+    pipelines: Arc<pipeline::Pipelines>,
     metrics: Arc<Metrics>,
     /// Every attempt's outcome, for the live console.
     events: Arc<dyn EventFeed>,
@@ -112,6 +116,8 @@ enum Failure {
     TcpConnect(Box<dyn std::error::Error + Send + Sync>),
     #[error("request failed: {}", crate::error::innermost(.0))]
     H1Request(hyper::Error),
+    #[error(transparent)]
+    Pipelined(#[from] pipeline::PipeError),
 }
 
 impl Downstream {
@@ -145,6 +151,7 @@ impl Downstream {
             client,
             http2,
             h1: Arc::new(h1::Connections::new()),
+            pipelines: Arc::new(pipeline::Pipelines::new(h1::connector())),
             metrics,
             events,
             api,
@@ -282,10 +289,21 @@ impl Downstream {
         {
             builder = builder.header(CONTENT_TYPE, content_type);
         }
-        let request = builder.body(Full::new(body))?;
+        let request = builder.body(body)?;
         let (head, body) = match plain {
-            Some(address) => self.h1.exchange(&address, request).await?,
+            Some(address) if target.settings.pipelining => {
+                let timeout = target.settings.timeout;
+                let answer = self.pipelines.exchange(&address, &request, timeout).await?;
+                return Ok((
+                    answer.status,
+                    answer.retry_after,
+                    answer.content_type,
+                    answer.body,
+                ));
+            }
+            Some(address) => self.h1.exchange(&address, request.map(Full::new)).await?,
             None => {
+                let request = request.map(Full::new);
                 let client = if http2 { &self.http2 } else { &self.client };
                 let response = client.request(request).await.map_err(|e| {
                     if e.is_connect() {

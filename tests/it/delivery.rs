@@ -8,8 +8,8 @@ use wechat_fanout::config::Mode;
 use wechat_fanout::wechat::Kind;
 
 use crate::support::{
-    DEAD, FAST, Proxy, Target, Wx, attempts, eventually, free_addr, jobs, no_jobs_left, settle,
-    text_xml,
+    DEAD, FAST, Proxy, Target, Wx, attempts, eventually, free_addr, jobs, no_jobs_left,
+    proxy_with_one_target, settle, text_xml,
 };
 
 /// An `https` target goes through TLS: a server that answers the handshake with plain HTTP is a
@@ -283,18 +283,6 @@ async fn a_failing_target_is_paused_after_failures_in_a_row_then_gets_everything
     for body in &sent {
         assert!(delivered.contains(body.as_bytes()));
     }
-}
-
-/// A proxy with one plaintext account whose only target, `t`, is at `url` with `settings`.
-async fn proxy_with_one_target(url: &str, settings: &str) -> (Wx, Proxy) {
-    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
-    let toml = format!(
-        "{FAST}{}{}",
-        wx.account("main", ""),
-        Wx::target("t", url, settings)
-    );
-    let proxy = Proxy::start(&toml).await;
-    (wx, proxy)
 }
 
 /// Deliveries one after another to a plain-HTTP target go over one kept-alive connection.

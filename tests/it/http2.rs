@@ -14,7 +14,10 @@ use tokio::net::{TcpListener, TcpStream};
 use wechat_fanout::config::Mode;
 use wechat_fanout::wechat::Kind;
 
-use crate::support::{FAST, Proxy, Target, Wx, eventually, jobs, no_jobs_left, settle, text_xml};
+use crate::support::{
+    FAST, Proxy, Target, Wx, eventually, jobs, no_jobs_left, text_xml,
+    through_a_primary_and_a_plain_target,
+};
 
 /// An HTTP/2-only target gets what an HTTP/1.1 target gets, byte for byte (path and query,
 /// body, Content-Type, delivery headers), over HTTP/2; as the primary, its answer is the
@@ -22,56 +25,14 @@ use crate::support::{FAST, Proxy, Target, Wx, eventually, jobs, no_jobs_left, se
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_primary_gets_the_callback_byte_identical_and_its_reply_is_relayed() {
     let bot = Target::start_h2(200).await;
-    bot.set_reply("application/xml", "<xml><Content>over h2</Content></xml>");
-    let plain = Target::start(200).await;
-    let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
-    let toml = format!(
-        "{FAST}{}{}{}",
-        wx.account("main", "primary = \"bot\""),
-        Wx::target("bot", &bot.url("/hook?via=h2"), "http2 = true"),
-        Wx::target("plain", &plain.url("/hook?via=h2"), ""),
-    );
-    let proxy = Proxy::start(&toml).await;
-
-    let sealed = wx.seal(&text_xml("the same bytes over HTTP/2"));
-    let answer = proxy.post("main", &sealed).await;
-    assert_eq!(answer.status, 200, "{answer:?}");
-    assert_eq!(answer.text(), "<xml><Content>over h2</Content></xml>");
-    assert_eq!(answer.header("content-type"), Some("application/xml"));
-
-    let over_h2 = bot.wait_for(1).await.remove(0);
-    let over_h1 = plain.wait_for(1).await.remove(0);
+    let (_, over_h2, over_h1) = through_a_primary_and_a_plain_target(
+        &bot,
+        "http2 = true",
+        "<xml><Content>over h2</Content></xml>",
+    )
+    .await;
     assert_eq!(over_h2.version, hyper::Version::HTTP_2);
     assert_eq!(over_h1.version, hyper::Version::HTTP_11);
-    assert_eq!(over_h2.method, "POST");
-    assert_eq!(
-        over_h2.path_and_query,
-        format!("/hook?via=h2&{}", sealed.query)
-    );
-    assert_eq!(over_h2.path_and_query, over_h1.path_and_query);
-    assert_eq!(over_h2.body, sealed.body.as_bytes());
-    assert_eq!(over_h2.body, over_h1.body);
-    assert_eq!(over_h2.header("content-type"), Some(sealed.content_type));
-    assert_eq!(over_h2.header("x-wechat-fanout-account"), Some("main"));
-    assert_eq!(over_h2.attempt(), 1);
-    let delivery = over_h2.delivery();
-    no_jobs_left(&proxy.db, "both deliveries recorded").await;
-    settle().await;
-    assert_eq!((bot.count(), plain.count()), (1, 1));
-    assert_ne!(delivery, over_h1.delivery(), "one delivery per target");
-    // The same header set, names and values, but for the per-target delivery id.
-    let names = |r: &crate::support::Received| {
-        let mut names: Vec<(String, String)> = r
-            .headers
-            .iter()
-            .filter(|(name, _)| *name != "x-wechat-fanout-delivery")
-            .map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_owned()))
-            .filter(|(name, _)| name != "host" && name != "content-length")
-            .collect();
-        names.sort();
-        names
-    };
-    assert_eq!(names(&over_h2), names(&over_h1));
 }
 
 /// `http2 = true` at a server that speaks only HTTP/1.1 fails every attempt with a connection

@@ -21,6 +21,7 @@ mod late_replies;
 mod open_platform;
 mod operate;
 mod owners;
+mod pipelining;
 mod probe;
 mod refusals;
 mod reply;

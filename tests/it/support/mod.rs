@@ -28,9 +28,9 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap};
 use rusqlite::{Connection, OpenFlags};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use wechat_fanout::config::Config;
+use wechat_fanout::config::{Config, Mode};
 use wechat_fanout::store::SqliteStore;
-use wechat_fanout::wechat::SealedRequest;
+use wechat_fanout::wechat::{Kind, SealedRequest};
 
 pub(crate) use binary::Binary;
 pub(crate) use target::{Received, Target};
@@ -95,6 +95,88 @@ where
 /// Gives the proxy [`SETTLE`] to do something it must not do.
 pub(crate) async fn settle() {
     tokio::time::sleep(SETTLE).await;
+}
+
+/// A proxy with one plaintext account, `main`, whose only target, `t`, is at `url` with
+/// `settings`.
+pub(crate) async fn proxy_with_one_target(url: &str, settings: &str) -> (Wx, Proxy) {
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let toml = format!(
+        "{FAST}{}{}",
+        wx.account("main", ""),
+        Wx::target("t", url, settings)
+    );
+    let proxy = Proxy::start(&toml).await;
+    (wx, proxy)
+}
+
+/// A safe-mode account `main` whose primary `bot` (with `bot_settings`) answers `reply`, beside
+/// a `plain` target, both at `/hook?via=…`: posts one callback and checks that WeChat's answer
+/// is the bot's reply. Returns the callback and what each target got, once both deliveries are
+/// recorded, after checking what must be the same (method, path and query, body, Content-Type,
+/// the headers but for the delivery id and `Host`) and that each got it once.
+pub(crate) async fn through_a_primary_and_a_plain_target(
+    bot: &Target,
+    bot_settings: &str,
+    reply: &str,
+) -> (SealedRequest, Received, Received) {
+    bot.set_reply("application/xml", reply);
+    let plain = Target::start(200).await;
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
+    let toml = format!(
+        "{FAST}{}{}{}",
+        wx.account("main", "primary = \"bot\""),
+        Wx::target("bot", &bot.url("/hook?via=primary"), bot_settings),
+        Wx::target("plain", &plain.url("/hook?via=primary"), ""),
+    );
+    let proxy = Proxy::start(&toml).await;
+
+    let sealed = wx.seal(&text_xml("the same bytes to both"));
+    let answer = proxy.post("main", &sealed).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.text(), reply);
+    assert_eq!(answer.header("content-type"), Some("application/xml"));
+
+    let at_bot = bot.wait_for(1).await.remove(0);
+    let at_plain = plain.wait_for(1).await.remove(0);
+    assert_eq!(at_bot.method, "POST");
+    assert_eq!(
+        at_bot.path_and_query,
+        format!("/hook?via=primary&{}", sealed.query)
+    );
+    assert_eq!(at_bot.path_and_query, at_plain.path_and_query);
+    assert_eq!(at_bot.body, sealed.body.as_bytes());
+    assert_eq!(at_bot.body, at_plain.body);
+    assert_eq!(at_bot.header("content-type"), Some(sealed.content_type));
+    assert_eq!(at_bot.header("x-wechat-fanout-account"), Some("main"));
+    assert_eq!(at_bot.attempt(), 1);
+    no_jobs_left(&proxy.db, "both deliveries recorded").await;
+    settle().await;
+    assert_eq!((bot.count(), plain.count()), (1, 1));
+    assert_ne!(
+        at_bot.delivery(),
+        at_plain.delivery(),
+        "one delivery per target"
+    );
+    // The same header set, names and values, but for the per-target delivery id and the
+    // protocol's own (HTTP/2 has no Host; lengths are framing).
+    let headers = |r: &Received| {
+        let mut headers: Vec<(String, String)> = r
+            .headers
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_owned()))
+            .filter(|(name, _)| {
+                !matches!(
+                    &**name,
+                    "x-wechat-fanout-delivery" | "host" | "content-length"
+                )
+            })
+            .collect();
+        headers.sort();
+        headers
+    };
+    assert_eq!(headers(&at_bot), headers(&at_plain));
+    (sealed, at_bot, at_plain)
 }
 
 /// A local address where nothing listens (bound, then released): a target that is down.
