@@ -18,6 +18,7 @@ def title:
     nginx: "nginx mirror → 2 sinks",
     fast: "wechat-fanout, 2 fast targets",
     "fast-h2": "wechat-fanout, 2 fast targets over HTTP/2",
+    "fast-pipe": "wechat-fanout, 2 fast targets, HTTP/1.1 pipelined",
     slow: "wechat-fanout, target b slow (\($slow) ms)",
     down: "wechat-fanout, target b down",
     safe: "wechat-fanout, safe mode (AES)",
@@ -45,8 +46,8 @@ def deliveries:
       + (if $dup > 0 then " (\($dup) dup)" else "" end)
       # A safe-mode pool smaller than the run: wrk cycled and the proxy answered resends.
       + (if $resends > 0 then " · \($resends) resends answered" else "" end)
-      # nginx: does it keep its upstream connections alive?
-      + (if .[0].scenario == "nginx" then " · \(sum(.a.connections) + sum(.b.connections)) sink connections" else "" end)
+      # nginx: does it keep its upstream connections alive? Pipelining: one connection each?
+      + (if .[0].scenario | ltrimstr("alt-") | IN("nginx", "fast-pipe") then " · \(sum(.a.connections) + sum(.b.connections)) sink connections" else "" end)
       + (if $late > 0 then " · \($late) run(s) not drained" else "" end)
       + (if $h2 then " · \($over_h2) of \($sent) over HTTP/2" else "" end)
       + (if $ok and $late == 0 and ($h2 | not or $over_h2 == $sent) then " ✓" else " ✗" end)
@@ -169,6 +170,13 @@ def drain:
         + (if ($paired["fast-h2"] | length) > 0 then " (paired runs \($paired["fast-h2"] | min | ratio)–\($paired["fast-h2"] | max | ratio))" else "" end)
         + (if $core_us.fast and $core_us["fast-h2"] then
             "; \($core_us["fast-h2"] | round) µs vs \($core_us.fast | round) µs of the measured cores per callback" else "" end)
+      else empty end ),
+    ( if $med["fast-pipe"] and $med.fast then
+        "- fast with both targets pipelined (HTTP/1.1): \($med["fast-pipe"] / $med.fast | ratio) the fast row"
+        + (if ($paired["fast-pipe"] | length) > 0 then " (paired runs \($paired["fast-pipe"] | min | ratio)–\($paired["fast-pipe"] | max | ratio))" else "" end)
+        + (if $core_us.fast and $core_us["fast-pipe"] then
+            "; \($core_us["fast-pipe"] | round) µs vs \($core_us.fast | round) µs of the measured cores per callback" else "" end)
+        + (if $med.nginx then "; \($med["fast-pipe"] / $med.nginx | ratio) nginx" else "" end)
       else empty end ),
     ( ["slow", "down"][] as $s
       | if $med[$s] and $med.fast then

@@ -4,7 +4,7 @@
 #   bash benches/load/run.sh              # every scenario, 3 runs of 10 s each (~20 min)
 #   QUICK=1 bash benches/load/run.sh      # smoke run: 1 run of 3 s each, small safe-mode pool
 #   BACKLOG=1 bash benches/load/run.sh    # adds the 1,000,000-callback backlog (memory) scenario
-#   SCENARIOS="fast down" bash benches/load/run.sh   # a subset of: bare nginx fast fast-h2 slow
+#   SCENARIOS="fast down" bash benches/load/run.sh   # a subset of: bare nginx fast fast-h2 fast-pipe slow
 #                                     #   down safe rate redis-always redis-everysec redis-two redis-rate
 #   BACKLOG=1 SCENARIOS= bash benches/load/run.sh    # the backlog scenario alone
 #   CORES=2 bash benches/load/run.sh      # two-core mode: the proxy gets both cores (see below)
@@ -23,8 +23,9 @@
 # per proxy core (accepted callbacks per CPU second of the proxy: comparable between the modes),
 # and the proxy's CPU per callback by thread (/proc/PID/task/*/stat: the SQLite store-writer
 # thread, tokio's threads, the rest). fast-h2 is fast with `http2 = true` on both targets (h2c,
-# HTTP/2 with prior knowledge; the sinks take HTTP/1.1 and h2c on one port), checked with
-# `wechat-fanout check-config` before any run.
+# HTTP/2 with prior knowledge; the sinks take HTTP/1.1 and h2c on one port), fast-pipe with
+# `pipelining = true` on both (HTTP/1.1 pipelining), each checked with `wechat-fanout
+# check-config` before any run.
 # Runs alternate between scenarios (run 1 of each, then run 2 of each…), so that a noisy stretch of a
 # shared machine hits every scenario alike. Every run gets a fresh store (SQLite file, or a
 # redis-server of its own in the run's folder) and fresh sinks; after the load the script waits
@@ -418,12 +419,16 @@ start_redis() { # $1: always|everysec; $2: run folder
 }
 
 # Prints a proxy's configuration. $1: mode (plaintext|safe); $2: run folder; $3: sqlite|redis;
-# $4: instance (1|2); $5: 1 when both targets speak HTTP/2 with prior knowledge (h2c).
+# $4: instance (1|2); $5: how deliveries go: h1 (HTTP/1.1, the default), h2 (both targets speak
+# HTTP/2 with prior knowledge, h2c) or pipe (HTTP/1.1 pipelining to both).
 proxy_config() {
-    local dir=$2 key="" store listen=$P_PROXY admin=$P_ADMIN h2=""
+    local dir=$2 key="" store listen=$P_PROXY admin=$P_ADMIN wire=""
     [[ $1 == safe ]] && key="encoding_aes_key = \"$AES_KEY\""
     [[ ${4:-1} == 2 ]] && listen=$P_PROXY2 admin=$P_ADMIN2
-    [[ ${5:-0} == 1 ]] && h2="http2 = true"
+    case ${5:-h1} in
+        h2) wire="http2 = true" ;;
+        pipe) wire="pipelining = true" ;;
+    esac
     if [[ ${3:-sqlite} == redis ]]; then
         store="backend = \"redis\"
 [store.redis]
@@ -458,11 +463,11 @@ mode = "$1"
 [[accounts.targets]]
 name = "a"
 url = "http://127.0.0.1:$P_SINK_A/wx"
-$h2
+$wire
 [[accounts.targets]]
 name = "b"
 url = "http://127.0.0.1:$P_SINK_B/wx"
-$h2
+$wire
 EOF
 }
 
@@ -519,18 +524,19 @@ run_reference() { # $1: bare|nginx; $2: run number
     record "{\"scenario\":\"nginx\",\"run\":$i,\"wrk\":$w,\"cpu\":$cpu,\"accepted\":$answered,\"drain\":\"$drain\",\"a\":$a,\"b\":$b}"
 }
 
-# $1: fast|fast-h2|slow|down|safe|rate|redis-always|redis-everysec|redis-two|redis-rate, or one of these
+# $1: fast|fast-h2|fast-pipe|slow|down|safe|rate|redis-always|redis-everysec|redis-two|redis-rate, or one of these
 # prefixed with alt- (run with ALT_BIN); $2: run number
 run_proxy() {
     local scenario=$1 i=$2 dir=$WORK/runs/$1-$2 expect=plain mode=plaintext data=$PLAIN_DATA
     local store=sqlite fsync="" two=0 admins=("$P_ADMIN") pids w acc dup rss hwm drain a b c0 cpu
-    local t0 threads h2=0
+    local t0 threads wire=h1
     local store_hwm=null each=null base=${1#alt-}
     PROXY_BIN=${MAIN_BIN:-$BIN/wechat-fanout}
     [[ $base != "$scenario" ]] && PROXY_BIN=$ALT_BIN
     mkdir -p "$dir"
     if [[ $base == safe ]]; then expect=safe mode=safe data=$SAFE_DATA; fi
-    [[ $base == fast-h2 ]] && h2=1
+    [[ $base == fast-h2 ]] && wire=h2
+    [[ $base == fast-pipe ]] && wire=pipe
     case $base in
         redis-always | redis-rate) store=redis fsync=always ;;
         redis-everysec) store=redis fsync=everysec ;;
@@ -542,11 +548,11 @@ run_proxy() {
         *) start_sinks "$expect" "$dir" ab ;;
     esac
     [[ $store == redis ]] && start_redis "$fsync" "$dir"
-    start_proxy "$mode" "$dir" "$store" 1 "$h2"
-    ((two)) && start_proxy "$mode" "$dir" "$store" 2 "$h2"
+    start_proxy "$mode" "$dir" "$store" 1 "$wire"
+    ((two)) && start_proxy "$mode" "$dir" "$store" 2 "$wire"
     pids=("${PIDS[proxy]}")
     ((two)) && pids+=("${PIDS[proxy2]}")
-    if [[ $PERF == 1 && $i == 1 && ($base == fast || $base == fast-h2 || $base == redis-always) ]]; then
+    if [[ $PERF == 1 && $i == 1 && ($base == fast || $base == fast-h2 || $base == fast-pipe || $base == redis-always) ]]; then
         local watched=${PIDS[proxy]}
         [[ $store == redis ]] && watched+=",${PIDS[redis]}"
         # shellcheck disable=SC2086 # PERF_GRAPH is one option or several words
@@ -676,21 +682,25 @@ log "results in $OUT; $PINNING; $RUNS run(s) of ${DURATION}s, $CONNS connections
 for scenario in $SCENARIOS; do
     case ${scenario#alt-} in
         bare | nginx) [[ $scenario != alt-* ]] || { echo "alt- applies to the proxy's scenarios" >&2; exit 1; } ;;
-        fast | fast-h2 | slow | down | safe | rate | redis-always | redis-everysec | redis-two | redis-rate) ;;
+        fast | fast-h2 | fast-pipe | slow | down | safe | rate | redis-always | redis-everysec | redis-two | redis-rate) ;;
         *) echo "unknown scenario $scenario" >&2; exit 1 ;;
     esac
     if [[ $scenario == alt-* && ! -x $ALT_BIN ]]; then
         echo "$scenario needs ALT_BIN, an executable wechat-fanout" >&2
         exit 1
     fi
-    # The targets' http2 key is checked before any run, not after the other scenarios' runs.
-    if [[ ${scenario#alt-} == fast-h2 ]]; then
-        bin=$BIN/wechat-fanout
+    # The targets' http2 and pipelining keys are checked before any run, not after the other
+    # scenarios' runs.
+    wire=""
+    [[ ${scenario#alt-} == fast-h2 ]] && wire=h2
+    [[ ${scenario#alt-} == fast-pipe ]] && wire=pipe
+    if [[ -n $wire ]]; then
+        bin=${MAIN_BIN:-$BIN/wechat-fanout}
         [[ $scenario == alt-* ]] && bin=$ALT_BIN
         mkdir -p "$WORK/preflight"
-        proxy_config plaintext "$WORK/preflight" sqlite 1 1 >"$WORK/preflight/fanout.toml"
+        proxy_config plaintext "$WORK/preflight" sqlite 1 "$wire" >"$WORK/preflight/fanout.toml"
         if ! "$bin" check-config --config "$WORK/preflight/fanout.toml" >/dev/null 2>"$WORK/preflight/error"; then
-            echo "$scenario: $bin does not take the targets' \"http2 = true\": $(cat "$WORK/preflight/error")" >&2
+            echo "$scenario: $bin does not take the targets' settings: $(cat "$WORK/preflight/error")" >&2
             exit 1
         fi
     fi
