@@ -160,9 +160,7 @@ pub(super) fn connector() -> HttpConnector {
     connector
 }
 
-/// A new connection to `address`, HTTP/1.1 over TCP without Nagle's delay, made by hyper-util's
-/// connector as its pooled client makes them: the system resolver, and IPv6 and IPv4 tried in
-/// parallel when a name has both (so a black-holed route of one does not stall the attempt).
+/// A new HTTP/1.1 connection to `address`, made by [`connector`].
 async fn connect(connector: &HttpConnector, address: &Authority) -> Result<Open, Failure> {
     use tower_service::Service as _;
     let uri = Uri::builder()
