@@ -179,10 +179,25 @@ pub(crate) async fn through_a_primary_and_a_plain_target(
     (sealed, at_bot, at_plain)
 }
 
-/// A local address where nothing listens (bound, then released): a target that is down.
+/// A local address where nothing listens (bound, then released): a target that is down, or a
+/// port a process binds again after a restart. It is taken below the kernel's ephemeral range
+/// (32768 and up on Linux), where the outgoing connections of every test get their ports: a
+/// port from there, once released, can become one of theirs before it is bound again, and the
+/// bind then fails. Each call gets a port of its own, from a start that differs per process.
 pub(crate) fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local address")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    static TAKEN: AtomicU16 = AtomicU16::new(0);
+    let start = (std::process::id() % u32::from(SPAN)) as u16;
+    loop {
+        let n = TAKEN.fetch_add(1, Ordering::Relaxed);
+        assert!(n < SPAN, "no free port left below the ephemeral range");
+        let port = FIRST + (start + n) % SPAN;
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().expect("local address");
+        }
+    }
 }
 
 /// The proxy, running in this test's runtime with its own SQLite file in a temporary folder.
