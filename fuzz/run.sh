@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds="${1:-60}"
-targets="${TARGETS:-envelope decrypt callback}"
+targets="${TARGETS:-envelope decrypt callback answers}"
 case "$seconds" in
     '' | *[!0-9]*) echo "usage: fuzz/run.sh [SECONDS]" >&2; exit 64 ;;
 esac

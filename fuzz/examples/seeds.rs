@@ -71,11 +71,11 @@ fn plaintext(message: &[u8], receive_id: &str) -> Vec<u8> {
 
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("seeds");
-    let dirs = ["envelope", "decrypt", "callback"].map(|t| root.join(t));
+    let dirs = ["envelope", "decrypt", "callback", "answers"].map(|t| root.join(t));
     for dir in &dirs {
         fs::create_dir_all(dir).expect("seed dir");
     }
-    let [envelope, decrypt, callback] = &dirs;
+    let [envelope, decrypt, callback, answers] = &dirs;
     let key = key();
 
     // envelope: bodies as WeChat sends them, clear and encrypted, XML and JSON.
@@ -209,6 +209,36 @@ fn main() {
             name,
             &request(2, "timestamp=1409659813&nonce=1372623149", body),
         );
+    }
+
+    // answers: what targets answer on a pipelined connection, several at once; the first byte
+    // and the u16s after it say where the bytes are cut (`answers` target's layout).
+    for (name, cuts, stream) in [
+        ("success_twice", &[][..], "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nsuccessHTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nsuccess"),
+        (
+            "passive_reply_chunked",
+            &[20, 60],
+            "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nTransfer-Encoding: chunked\r\n\r\n\
+             5;ext=1\r\n<xml>\r\n6\r\n</xml>\r\n0\r\nX-Trailer: t\r\n\r\n",
+        ),
+        (
+            "continue_then_busy",
+            &[30],
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 503 Busy\r\nRetry-After: 7\r\n\
+             Content-Length: 0\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+        ),
+        (
+            "close_delimited",
+            &[5],
+            "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nConnection: close\r\n\r\nto the end",
+        ),
+    ] {
+        let mut input = vec![u8::try_from(cuts.len()).expect("few cuts")];
+        for cut in cuts {
+            input.extend_from_slice(&u16::to_le_bytes(*cut));
+        }
+        input.extend_from_slice(stream.as_bytes());
+        write(answers, name, &input);
     }
 }
 

@@ -37,6 +37,7 @@ use crate::targets::Target;
 use crate::telemetry::event_at;
 use crate::wechat_api::{ApiError, WechatApi};
 
+pub mod answer;
 mod h1;
 mod pipeline;
 
