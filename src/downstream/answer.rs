@@ -65,26 +65,24 @@ impl Decoder {
     /// connection after it; `None` until more bytes come.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<(Answer, bool)>, Malformed> {
         loop {
-            if self.reading.is_none() {
-                match parse_head(buf)? {
+            let (_, body, framing, _) = match &mut self.reading {
+                Some(reading) => reading,
+                None => match parse_head(buf)? {
                     None => return Ok(None),
                     // An interim answer (100 Continue, 103 Early Hints): the real one follows.
                     Some(Head::Interim) => continue,
-                    Some(Head::Final(answer, body, close)) => {
-                        self.reading = Some((answer, BytesMut::new(), body, close));
+                    Some(Head::Final(answer, framing, close)) => {
+                        self.reading
+                            .insert((answer, BytesMut::new(), framing, close))
                     }
-                }
-            }
-            let Some((_, body, framing, _)) = &mut self.reading else {
-                unreachable!("set above")
+                },
             };
-            match read_body(buf, body, framing)? {
-                false => return Ok(None),
-                true => {
-                    let (mut answer, body, _, close) = self.reading.take().expect("set above");
-                    answer.body = body.freeze();
-                    return Ok(Some((answer, close)));
-                }
+            if !read_body(buf, body, framing)? {
+                return Ok(None);
+            }
+            if let Some((mut answer, body, _, close)) = self.reading.take() {
+                answer.body = body.freeze();
+                return Ok(Some((answer, close)));
             }
         }
     }
