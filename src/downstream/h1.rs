@@ -85,13 +85,14 @@ impl Connections {
         };
         let Open { mut send, conn, .. } = open;
         let sent = send.send_request(request);
+        // A body cut short is the answer's failure, as the pooled client reports it.
         let answer = async {
-            let (head, mut incoming) = sent.await?.into_parts();
-            let (body, complete) = read_body(&mut incoming).await?;
-            Ok::<_, hyper::Error>((head, body, complete))
+            let (head, mut incoming) = sent.await.map_err(Failure::H1Request)?.into_parts();
+            let (body, complete) = read_body(&mut incoming).await.map_err(Failure::Body)?;
+            Ok::<_, Failure>((head, body, complete))
         };
         let (answer, conn) = drive(conn, answer).await;
-        let (head, body, complete) = answer.map_err(Failure::H1Request)?;
+        let (head, body, complete) = answer?;
         if let (true, Some(conn)) = (complete, conn) {
             let idle_since = Instant::now();
             self.put_back(

@@ -410,7 +410,8 @@ async fn a_connection_the_target_closed_while_idle_is_not_used_again() {
 }
 
 /// A target that closes the connection in the middle of its answer's body fails the attempt
-/// at once, as a failed request, not after the target's timeout.
+/// at once, as an answer that could not be read (the words the `https` client uses for it),
+/// not after the target's timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_cut_short_fails_the_attempt_at_once() {
     let answer = "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nsucc";
@@ -426,7 +427,10 @@ async fn an_answer_cut_short_fails_the_attempt_at_once() {
     })
     .await;
     let error = job.last_error.unwrap_or_default();
-    assert!(error.starts_with("request failed"), "last_error: {error:?}");
+    assert!(
+        error.starts_with("reading the answer failed"),
+        "last_error: {error:?}"
+    );
     assert_eq!(job.last_status, None);
 }
 
