@@ -422,12 +422,12 @@ start_redis() { # $1: always|everysec; $2: run folder
 # $4: instance (1|2); $5: how deliveries go: h1 (HTTP/1.1, the default), h2 (both targets speak
 # HTTP/2 with prior knowledge, h2c) or pipe (HTTP/1.1 pipelining to both).
 proxy_config() {
-    local dir=$2 key="" store listen=$P_PROXY admin=$P_ADMIN wire=""
+    local dir=$2 key="" store listen=$P_PROXY admin=$P_ADMIN setting=""
     [[ $1 == safe ]] && key="encoding_aes_key = \"$AES_KEY\""
     [[ ${4:-1} == 2 ]] && listen=$P_PROXY2 admin=$P_ADMIN2
     case ${5:-h1} in
-        h2) wire="http2 = true" ;;
-        pipe) wire="pipelining = true" ;;
+        h2) setting="http2 = true" ;;
+        pipe) setting="pipelining = true" ;;
     esac
     if [[ ${3:-sqlite} == redis ]]; then
         store="backend = \"redis\"
@@ -463,12 +463,21 @@ mode = "$1"
 [[accounts.targets]]
 name = "a"
 url = "http://127.0.0.1:$P_SINK_A/wx"
-$wire
+$setting
 [[accounts.targets]]
 name = "b"
 url = "http://127.0.0.1:$P_SINK_B/wx"
-$wire
+$setting
 EOF
+}
+
+# How a proxy scenario's deliveries go (proxy_config's $5). $1: the scenario without alt-.
+wire_of() {
+    case $1 in
+        fast-h2) echo h2 ;;
+        fast-pipe) echo pipe ;;
+        *) echo h1 ;;
+    esac
 }
 
 start_proxy() { # the arguments of proxy_config
@@ -529,14 +538,13 @@ run_reference() { # $1: bare|nginx; $2: run number
 run_proxy() {
     local scenario=$1 i=$2 dir=$WORK/runs/$1-$2 expect=plain mode=plaintext data=$PLAIN_DATA
     local store=sqlite fsync="" two=0 admins=("$P_ADMIN") pids w acc dup rss hwm drain a b c0 cpu
-    local t0 threads wire=h1
+    local t0 threads wire
     local store_hwm=null each=null base=${1#alt-}
     PROXY_BIN=${MAIN_BIN:-$BIN/wechat-fanout}
     [[ $base != "$scenario" ]] && PROXY_BIN=$ALT_BIN
     mkdir -p "$dir"
     if [[ $base == safe ]]; then expect=safe mode=safe data=$SAFE_DATA; fi
-    [[ $base == fast-h2 ]] && wire=h2
-    [[ $base == fast-pipe ]] && wire=pipe
+    wire=$(wire_of "$base")
     case $base in
         redis-always | redis-rate) store=redis fsync=always ;;
         redis-everysec) store=redis fsync=everysec ;;
@@ -691,10 +699,8 @@ for scenario in $SCENARIOS; do
     fi
     # The targets' http2 and pipelining keys are checked before any run, not after the other
     # scenarios' runs.
-    wire=""
-    [[ ${scenario#alt-} == fast-h2 ]] && wire=h2
-    [[ ${scenario#alt-} == fast-pipe ]] && wire=pipe
-    if [[ -n $wire ]]; then
+    wire=$(wire_of "${scenario#alt-}")
+    if [[ $wire != h1 ]]; then
         bin=${MAIN_BIN:-$BIN/wechat-fanout}
         [[ $scenario == alt-* ]] && bin=$ALT_BIN
         mkdir -p "$WORK/preflight"

@@ -4,30 +4,8 @@
 //! `n` little-endian `u16` cut positions, then the bytes of the connection.
 #![no_main]
 
-use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use wechat_fanout::downstream::answer::{Answer, Decoder, Malformed};
-
-/// Every answer read from `stream` fed in pieces ending at `ends`, then what the close
-/// completes; or the first error.
-fn read(stream: &[u8], ends: &[usize]) -> Result<Vec<(Answer, bool)>, Malformed> {
-    let mut decoder = Decoder::default();
-    let mut buf = BytesMut::new();
-    let mut answers = Vec::new();
-    let mut at = 0;
-    for &end in ends.iter().chain([&stream.len()]) {
-        let end = end.clamp(at, stream.len());
-        buf.extend_from_slice(&stream[at..end]);
-        at = end;
-        while let Some(answer) = decoder.decode(&mut buf)? {
-            answers.push(answer);
-        }
-    }
-    if let Some(answer) = decoder.end_of_stream() {
-        answers.push((answer, true));
-    }
-    Ok(answers)
-}
+use wechat_fanout::downstream::answer::read_all;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&n, rest)) = data.split_first() else {
@@ -40,5 +18,5 @@ fuzz_target!(|data: &[u8]| {
         .map(|c| usize::from(u16::from_le_bytes([c[0], c[1]])))
         .collect();
     ends.sort_unstable();
-    assert_eq!(read(stream, &ends), read(stream, &[]));
+    assert_eq!(read_all(stream, &ends), read_all(stream, &[]));
 });

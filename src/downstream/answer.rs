@@ -25,7 +25,7 @@ pub struct Answer {
     pub status: u16,
     pub retry_after: Option<String>,
     pub content_type: Option<String>,
-    /// Up to [`MAX_RESPONSE_BYTES`]; the rest is read and dropped.
+    /// At most [`MAX_RESPONSE_BYTES`].
     pub body: Bytes,
 }
 
@@ -99,6 +99,29 @@ impl Decoder {
     }
 }
 
+/// Every answer in `stream` when its bytes arrive in pieces that end at `ends` (ascending;
+/// the last piece ends with the stream), and whether the connection closes after each; then
+/// the answer the end of the stream completes. Or the first error. For tests and the fuzz
+/// target: whatever `ends` are, the result is the same.
+pub fn read_all(stream: &[u8], ends: &[usize]) -> Result<Vec<(Answer, bool)>, Malformed> {
+    let mut decoder = Decoder::default();
+    let mut buf = BytesMut::new();
+    let mut answers = Vec::new();
+    let mut at = 0;
+    for &end in ends.iter().chain([&stream.len()]) {
+        let end = end.clamp(at, stream.len());
+        buf.extend_from_slice(&stream[at..end]);
+        at = end;
+        while let Some(answer) = decoder.decode(&mut buf)? {
+            answers.push(answer);
+        }
+    }
+    if let Some(answer) = decoder.end_of_stream() {
+        answers.push((answer, true));
+    }
+    Ok(answers)
+}
+
 /// The first [`MAX_HEAD_BYTES`] of `buf`: a head or line is looked for there only, so that it
 /// is refused for its length alike whether it came in one read or in pieces.
 fn window(buf: &[u8]) -> &[u8] {
@@ -154,15 +177,13 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Malformed> {
             let last = text().and_then(|t| t.rsplit(',').next()).map(str::trim);
             chunked = Some(last.is_some_and(|c| c.eq_ignore_ascii_case("chunked")));
         } else if name.eq_ignore_ascii_case("connection") {
-            if let Some(t) = text() {
-                if t.split(',').any(|o| o.trim().eq_ignore_ascii_case("close")) {
-                    close = true;
-                } else if t
-                    .split(',')
-                    .any(|o| o.trim().eq_ignore_ascii_case("keep-alive"))
-                {
-                    close = false;
-                }
+            let says = |option: &str| {
+                text().is_some_and(|t| t.split(',').any(|o| o.trim().eq_ignore_ascii_case(option)))
+            };
+            if says("close") {
+                close = true;
+            } else if says("keep-alive") {
+                close = false;
             }
         } else if name.eq_ignore_ascii_case("retry-after") {
             retry_after = text().map(str::to_owned);
@@ -175,9 +196,8 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Malformed> {
     } else {
         match (chunked, length) {
             (Some(true), _) => Body::ChunkSize,
-            (Some(false), _) => Body::UntilClose,
             (None, Some(n)) => Body::Length(n),
-            (None, None) => Body::UntilClose,
+            (Some(false), _) | (None, None) => Body::UntilClose,
         }
     };
     if body == Body::UntilClose {
@@ -270,27 +290,11 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// Every answer in `stream`, fed to one decoder in pieces cut at `cuts`, with the close flag
-    /// of each; then what the end of the stream completes.
+    /// [`read_all`] with the stream cut at `cuts`, each taken modulo its length.
     fn decode_all(stream: &[u8], cuts: &[usize]) -> Result<Vec<(Answer, bool)>, Malformed> {
-        let mut decoder = Decoder::default();
-        let mut buf = BytesMut::new();
-        let mut answers = Vec::new();
-        let mut at = 0;
         let mut ends: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
         ends.sort_unstable();
-        ends.push(stream.len());
-        for end in ends {
-            buf.extend_from_slice(&stream[at..end.max(at)]);
-            at = end.max(at);
-            while let Some(answer) = decoder.decode(&mut buf)? {
-                answers.push(answer);
-            }
-        }
-        if let Some(answer) = decoder.end_of_stream() {
-            answers.push((answer, true));
-        }
-        Ok(answers)
+        read_all(stream, &ends)
     }
 
     fn answer(status: u16, content_type: Option<&str>, body: &[u8]) -> Answer {

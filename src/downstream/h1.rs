@@ -161,21 +161,28 @@ pub(super) fn connector() -> HttpConnector {
     connector
 }
 
-/// A new HTTP/1.1 connection to `address`, made by [`connector`].
-async fn connect(connector: &HttpConnector, address: &Authority) -> Result<Open, Failure> {
+/// A new TCP connection to `address` (`host:port`), made by `connector` (see [`connector`]).
+pub(super) async fn dial(
+    connector: &HttpConnector,
+    address: &Authority,
+) -> Result<TcpStream, Box<dyn std::error::Error + Send + Sync>> {
     use tower_service::Service as _;
     let uri = Uri::builder()
         .scheme(Scheme::HTTP)
         .authority(address.clone())
         .path_and_query("/")
-        .build()
-        .map_err(|e| Failure::TcpConnect(e.into()))?;
-    let io = connector
-        .clone()
-        .call(uri)
+        .build()?;
+    Ok(connector.clone().call(uri).await?.into_inner())
+}
+
+/// A new HTTP/1.1 connection to `address`.
+async fn connect(connector: &HttpConnector, address: &Authority) -> Result<Open, Failure> {
+    let tcp = dial(connector, address)
         .await
-        .map_err(|e| Failure::TcpConnect(e.into()))?;
-    let (send, conn) = http1::handshake(io).await.map_err(Failure::H1Request)?;
+        .map_err(Failure::TcpConnect)?;
+    let (send, conn) = http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(Failure::H1Request)?;
     Ok(Open {
         send,
         conn,

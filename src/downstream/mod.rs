@@ -36,6 +36,7 @@ use crate::store::{AttemptReport, Disposition, Job, JobId, Recorded, Store, Stor
 use crate::targets::Target;
 use crate::telemetry::event_at;
 use crate::wechat_api::{ApiError, WechatApi};
+use answer::Answer;
 
 pub mod answer;
 mod h1;
@@ -191,7 +192,12 @@ impl Downstream {
         };
         let elapsed = started.elapsed();
         match result {
-            Ok((status, retry_after, content_type, body)) => {
+            Ok(Answer {
+                status,
+                retry_after,
+                content_type,
+                body,
+            }) => {
                 let verdict =
                     retry::classify_status(status, retry_after.as_deref(), SystemTime::now());
                 let delivered = verdict == Verdict::Delivered;
@@ -229,12 +235,8 @@ impl Downstream {
         }
     }
 
-    /// One request and its answer: status, `Retry-After`, Content-Type and body.
-    async fn exchange(
-        &self,
-        target: &Target,
-        job: &Job,
-    ) -> Result<(u16, Option<String>, Option<String>, Bytes), Failure> {
+    /// One request and its answer.
+    async fn exchange(&self, target: &Target, job: &Job) -> Result<Answer, Failure> {
         let request = &job.request;
         // Open platform: the authorized account travels in front of WeChat's query.
         let (authorizer, wechat_query) = authorizer::split(&request.query);
@@ -294,13 +296,7 @@ impl Downstream {
         let (head, body) = match plain {
             Some(address) if target.settings.pipelining => {
                 let timeout = target.settings.timeout;
-                let answer = self.pipelines.exchange(&address, &request, timeout).await?;
-                return Ok((
-                    answer.status,
-                    answer.retry_after,
-                    answer.content_type,
-                    answer.body,
-                ));
+                return Ok(self.pipelines.exchange(&address, &request, timeout).await?);
             }
             Some(address) => self.h1.exchange(&address, request.map(Full::new)).await?,
             None => {
@@ -321,12 +317,12 @@ impl Downstream {
             }
         };
         let header = |name| header_text(&head.headers, name);
-        Ok((
-            head.status.as_u16(),
-            header(RETRY_AFTER),
-            header(CONTENT_TYPE),
+        Ok(Answer {
+            status: head.status.as_u16(),
+            retry_after: header(RETRY_AFTER),
+            content_type: header(CONTENT_TYPE),
             body,
-        ))
+        })
     }
 
     /// Ends an attempt the same way for the primary relay and the workers: decides what becomes

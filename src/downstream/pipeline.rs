@@ -16,16 +16,15 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::Request;
-use http::uri::{Authority, Scheme};
+use http::uri::Authority;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::answer::{Answer, Decoder, Malformed};
+use super::h1::dial;
 
 /// A connection that had nothing to send for this long is closed.
 const IDLE_FOR: Duration = Duration::from_secs(60);
@@ -187,12 +186,13 @@ async fn run(
     mut queue: mpsc::UnboundedReceiver<Queued>,
 ) {
     // Bounded: requests that come meanwhile wait for this connection, not for one of their own.
-    let connected = tokio::time::timeout(connect_within, connect(connector, &address)).await;
-    let connected = connected.unwrap_or_else(|_| {
-        Err(PipeError::Connect(format!(
+    let connected = match tokio::time::timeout(connect_within, dial(&connector, &address)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err(PipeError::Connect(crate::error::innermost(&*e))),
+        Err(_) => Err(PipeError::Connect(format!(
             "timed out after {connect_within:?}"
-        )))
-    });
+        ))),
+    };
     let stream = match connected {
         Ok(stream) => stream,
         Err(e) => {
@@ -273,10 +273,9 @@ async fn run(
         let failure = read_answers(&mut read, &mut waiting, &ended).await;
         ended.cancel();
         waiting.close();
+        let failure = failure.unwrap_or(PipeError::Closed);
         while let Ok(w) = waiting.try_recv() {
-            let _ = w
-                .answer
-                .send(Err(failure.clone().unwrap_or(PipeError::Closed)));
+            let _ = w.answer.send(Err(failure.clone()));
         }
     };
     tokio::join!(writer, reader);
@@ -344,15 +343,12 @@ async fn read_answers(
             read = read.read_buf(&mut buf) => match read {
                 Ok(0) => {
                     // An answer that ends with the connection is complete now.
-                    return match decoder.end_of_stream() {
-                        Some(answer) => {
-                            if let Some(w) = waiting.pop_front() {
-                                let _ = w.answer.send(Ok(answer));
-                            }
-                            fail(&mut waiting, PipeError::Closed)
-                        }
-                        None => fail(&mut waiting, PipeError::Closed),
-                    };
+                    if let Some(answer) = decoder.end_of_stream()
+                        && let Some(w) = waiting.pop_front()
+                    {
+                        let _ = w.answer.send(Ok(answer));
+                    }
+                    return fail(&mut waiting, PipeError::Closed);
                 }
                 Ok(_) => {}
                 Err(e) => return fail(&mut waiting, PipeError::Io(e.to_string())),
@@ -363,23 +359,6 @@ async fn read_answers(
             () = ended.cancelled() => return fail(&mut waiting, PipeError::Closed),
         }
     }
-}
-
-/// A new connection to `address`, made as the other HTTP/1.1 connections are (see `h1`).
-async fn connect(connector: HttpConnector, address: &Authority) -> Result<TcpStream, PipeError> {
-    use tower_service::Service as _;
-    let uri = http::Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(address.clone())
-        .path_and_query("/")
-        .build()
-        .map_err(|e| PipeError::Connect(e.to_string()))?;
-    let mut connector = connector;
-    let io: TokioIo<TcpStream> = connector
-        .call(uri)
-        .await
-        .map_err(|e| PipeError::Connect(crate::error::innermost(&e)))?;
-    Ok(io.into_inner())
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@ use wechat_fanout::config::Mode;
 use wechat_fanout::wechat::Kind;
 
 use crate::support::{
-    DEAD, FAST, Proxy, Target, Wx, attempts, eventually, free_addr, jobs, no_jobs_left,
-    proxy_with_one_target, settle, text_xml,
+    DEAD, FAST, Proxy, Target, Wx, attempts, eventually, free_addr, header_in, jobs, next_request,
+    no_jobs_left, proxy_with_one_target, settle, text_xml,
 };
 
 /// An `https` target goes through TLS: a server that answers the handshake with plain HTTP is a
@@ -334,7 +334,7 @@ impl RawTarget {
                         let n = stream.read(&mut buf).await.unwrap();
                         assert!(n > 0, "the proxy closed before its request was complete");
                         request.extend_from_slice(&buf[..n]);
-                        if let Some(head) = whole_request(&request) {
+                        if let Some((_, head, _)) = next_request(&request) {
                             break head;
                         }
                     };
@@ -368,22 +368,6 @@ impl Drop for RawTarget {
     fn drop(&mut self) {
         self.server.abort();
     }
-}
-
-/// The head of `request` once its head and as many body bytes as its Content-Length are in.
-fn whole_request(request: &[u8]) -> Option<String> {
-    let text = String::from_utf8_lossy(request);
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let length = header_in(head, "content-length").map_or(Some(0), |v| v.parse().ok())?;
-    (body.len() >= length).then(|| head.to_owned())
-}
-
-/// The value of header `name` in an HTTP head.
-fn header_in<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        key.eq_ignore_ascii_case(name).then(|| value.trim())
-    })
 }
 
 /// A kept-alive connection that the target closed while it was idle (its keep-alive timeout)

@@ -13,8 +13,8 @@ use tokio::net::TcpListener;
 use wechat_fanout::wechat::SealedRequest;
 
 use crate::support::{
-    Proxy, Target, Wx, eventually, free_addr, jobs, no_jobs_left, proxy_with_one_target, text_xml,
-    through_a_primary_and_a_plain_target,
+    Proxy, Target, Wx, eventually, free_addr, jobs, next_request, no_jobs_left,
+    proxy_with_one_target, text_xml, through_a_primary_and_a_plain_target,
 };
 
 /// A pipelined primary gets the callback byte for byte as a target without pipelining gets it
@@ -220,7 +220,7 @@ impl RawTarget {
                             // Waited long enough: answer what is in.
                             Err(_) => {}
                         }
-                        while let Some((len, body)) = next_request(&buf) {
+                        while let Some((len, _, body)) = next_request(&buf) {
                             bodies.lock().unwrap().push(body);
                             buf.drain(..len);
                             waiting += 1;
@@ -274,16 +274,4 @@ impl Drop for RawTarget {
     fn drop(&mut self) {
         self.server.abort();
     }
-}
-
-/// The length and body of the first whole request in `buf` (framed by Content-Length).
-fn next_request(buf: &[u8]) -> Option<(usize, Vec<u8>)> {
-    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-    let head = String::from_utf8_lossy(&buf[..end]);
-    let length: usize = head.lines().find_map(|line| {
-        let (name, value) = line.split_once(':')?;
-        name.eq_ignore_ascii_case("content-length")
-            .then(|| value.trim().parse().ok())?
-    })?;
-    (buf.len() >= end + length).then(|| (end + length, buf[end..end + length].to_vec()))
 }

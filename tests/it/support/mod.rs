@@ -179,6 +179,25 @@ pub(crate) async fn through_a_primary_and_a_plain_target(
     (sealed, at_bot, at_plain)
 }
 
+/// The first whole request in `buf`, as a test target written on TCP reads it: how many bytes
+/// it takes, its head (without the blank line that ends it) and its body, framed by its
+/// Content-Length (none: no body). `None` until all of it is in.
+pub(crate) fn next_request(buf: &[u8]) -> Option<(usize, String, Vec<u8>)> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let length: usize = header_in(&head, "content-length").map_or(Some(0), |v| v.parse().ok())?;
+    let body = buf.get(end + 4..end + 4 + length)?.to_vec();
+    Some((end + 4 + length, head, body))
+}
+
+/// The value of header `name` in an HTTP head.
+pub(crate) fn header_in<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.eq_ignore_ascii_case(name).then(|| value.trim())
+    })
+}
+
 /// A local address where nothing listens (bound, then released): a target that is down, or a
 /// port a process binds again after a restart. It is taken below the kernel's ephemeral range
 /// (32768 and up on Linux), where the outgoing connections of every test get their ports: a
