@@ -10,6 +10,13 @@
 //!
 //! Every part is length-prefixed, so no value can imitate a separator, and the account id comes
 //! first: accounts never dedupe against each other.
+//!
+//! A message's `MsgId` comes before its sender. The embedded store keeps the keys in a unique
+//! index: keyed by sender first, each callback dirtied a page of it that few others shared, and
+//! each page went to the WAL at every commit (the store's largest cost per callback). The
+//! `MsgId`s WeChat hands out grow over time (seen, not documented), so keys that lead with them
+//! are added near one end of the index, several to a page. Where they come in any order, the
+//! index is no worse off than keyed by sender.
 
 use sha1::{Digest, Sha1};
 
@@ -22,8 +29,8 @@ pub fn dedupe_key(account: &str, envelope: &Envelope, message: &[u8]) -> String 
     let from = envelope.from_user_name.as_deref().unwrap_or_default();
     if let Some(msg_id) = envelope.msg_id.as_deref() {
         key.push('m');
-        push_part(&mut key, from);
         push_part(&mut key, msg_id);
+        push_part(&mut key, from);
     } else if let (Some(from), Some(time)) = (
         envelope.from_user_name.as_deref(),
         envelope.create_time.as_deref(),
@@ -89,9 +96,21 @@ mod tests {
         let b = env(
             "<xml><FromUserName>u2</FromUserName><CreateTime>1</CreateTime><MsgId>7</MsgId></xml>",
         );
-        assert_eq!(dedupe_key("main", &a, b""), "4:mainm2:u11:7");
+        assert_eq!(dedupe_key("main", &a, b""), "4:mainm1:72:u1");
         assert_ne!(dedupe_key("main", &a, b""), dedupe_key("main", &b, b""));
         assert_ne!(dedupe_key("main", &a, b""), dedupe_key("other", &a, b""));
+    }
+
+    #[test]
+    fn message_keys_sort_by_msg_id_whoever_sent_them() {
+        let message = |from: &str, id: &str| {
+            env(&format!(
+                "<xml><FromUserName>{from}</FromUserName><CreateTime>1</CreateTime><MsgId>{id}</MsgId></xml>"
+            ))
+        };
+        let earlier = dedupe_key("a", &message("ozzz", "24000000000000001"), b"");
+        let later = dedupe_key("a", &message("oaaa", "24000000000000002"), b"");
+        assert!(earlier < later, "{earlier} sorts after {later}");
     }
 
     #[test]
