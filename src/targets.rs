@@ -16,6 +16,7 @@ use crate::config::{
     AUTHORIZER_IN_URL, Config, ConfigError, LATE_REPLIES_TARGET, TargetSettings,
     authorizer_placeholders,
 };
+use crate::downstream::Origin;
 use crate::privacy::UserIds;
 use crate::replies::Owners;
 use crate::resign::Resign;
@@ -76,6 +77,8 @@ pub struct Target {
     pub shadow_of: Option<Arc<str>>,
     /// Set on an account's late-replies target: its jobs are customer-service API calls.
     pub api: Option<Arc<ApiAccount>>,
+    /// Where requests go, for a plain `http://` URL without `{authorizer}`: parsed once here.
+    origin: Option<Origin>,
 }
 
 /// Lower-cased allow lists; `None` lets everything through.
@@ -144,6 +147,9 @@ impl Routes {
                         resign,
                         shadow_of: t.shadow_of.as_deref().map(Arc::from),
                         api: None,
+                        origin: (authorizer_placeholders(t.url.as_str()) == 0)
+                            .then(|| Origin::parse(t.url.as_str()))
+                            .flatten(),
                     }))
                 })
                 .collect::<Result<_, ConfigError>>()?;
@@ -180,6 +186,8 @@ impl Routes {
                         resign: None,
                         shadow_of: None,
                         api: Some(Arc::new(api)),
+                        // Its calls go through the WeChat API client, never `exchange`.
+                        origin: None,
                     })
                 });
             let mut shadows = vec![Vec::new(); targets.len()];
@@ -246,6 +254,15 @@ impl Account {
 }
 
 impl Target {
+    /// Where a plain `http://` target's requests for `authorizer` go (see [`Origin`]); `None`
+    /// for other URLs.
+    pub fn origin_for(&self, authorizer: Option<&str>) -> Option<Cow<'_, Origin>> {
+        if self.filter.needs_authorizer {
+            return Origin::parse(&self.url_for(authorizer)).map(Cow::Owned);
+        }
+        self.origin.as_ref().map(Cow::Borrowed)
+    }
+
     /// The URL to send a callback about `authorizer` to: `{authorizer}` replaced by it.
     pub fn url_for(&self, authorizer: Option<&str>) -> Cow<'_, str> {
         match authorizer {

@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::response::Parts;
-use http::uri::Authority;
-use http::uri::Scheme;
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Uri};
 use http_body_util::Full;
 use hyper::client::conn::http1::{self, Connection, SendRequest};
@@ -26,7 +25,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::{Failure, read_body};
+use super::{Failure, read_body, with_query};
 
 /// A connection idle for longer is closed rather than used. Targets close idle connections on
 /// their own schedule too, which [`Open::still_open`] sees; this bounds how long one we no longer
@@ -217,9 +216,42 @@ fn poll_until_ended(conn: &mut Option<Conn>, cx: &mut Context<'_>) {
     }
 }
 
+/// Where a plain `http://` target's requests go, taken from its URL once rather than for every
+/// request: the address to connect to, the `Host` header, and the path (with any query of its
+/// own) that each callback's query is appended to.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub(super) address: Authority,
+    pub(super) host: Option<HeaderValue>,
+    path: String,
+}
+
+impl Origin {
+    /// `None` for a URL that is not `http://` with an address (those go through the pooled
+    /// client with their whole URL).
+    pub fn parse(url: &str) -> Option<Origin> {
+        let uri = Uri::try_from(url).ok()?;
+        if uri.scheme() != Some(&Scheme::HTTP) {
+            return None;
+        }
+        let address = uri.authority()?.clone();
+        Some(Origin {
+            host: host_header(&address),
+            path: uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+            address,
+        })
+    }
+
+    /// The request target in origin form: the path, then `query` (after `&` when the path has a
+    /// query of its own). Checked as a URI's path and query would be.
+    pub(super) fn target(&self, query: &str) -> Result<PathAndQuery, http::Error> {
+        Ok(PathAndQuery::try_from(with_query(&self.path, query))?)
+    }
+}
+
 /// The `Host` header for `address`: its host and port as the URL has them, without the default
 /// port (nor any user info).
-pub(super) fn host_header(address: &Authority) -> Option<HeaderValue> {
+fn host_header(address: &Authority) -> Option<HeaderValue> {
     match address.port_u16() {
         Some(80) | None => HeaderValue::from_str(address.host()).ok(),
         Some(port) => HeaderValue::from_str(&format!("{}:{port}", address.host())).ok(),

@@ -16,8 +16,10 @@
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONTENT_TYPE, HOST, HeaderValue, RETRY_AFTER, USER_AGENT};
-use http::{Request, Uri};
+use http::header::{
+    CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT,
+};
+use http::{Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -42,12 +44,18 @@ pub mod answer;
 mod h1;
 mod pipeline;
 
+pub use h1::Origin;
+
 /// Names the delivery (the job id): the same for every attempt of one delivery.
 pub const DELIVERY_HEADER: &str = "x-wechat-fanout-delivery";
 /// Counts attempts from 1.
 pub const ATTEMPT_HEADER: &str = "x-wechat-fanout-attempt";
 /// The account id the callback came in for.
 pub const ACCOUNT_HEADER: &str = "x-wechat-fanout-account";
+const DELIVERY: HeaderName = HeaderName::from_static(DELIVERY_HEADER);
+const ATTEMPT: HeaderName = HeaderName::from_static(ATTEMPT_HEADER);
+const ACCOUNT: HeaderName = HeaderName::from_static(ACCOUNT_HEADER);
+const AUTHORIZER: HeaderName = HeaderName::from_static(AUTHORIZER_HEADER);
 
 /// A target's answer body is read up to this size (a passive reply is a few KiB at most).
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
@@ -249,68 +257,42 @@ impl Downstream {
             Some((query, body)) => (query.as_str(), body.clone()),
             None => (wechat_query, request.body.clone()),
         };
-        let base = target.url_for(authorizer);
-        let mut url = String::with_capacity(base.len() + query.len() + 1);
-        url.push_str(&base);
-        if !query.is_empty() {
-            url.push(if base.contains('?') { '&' } else { '?' });
-            url.push_str(query);
-        }
-        let uri = Uri::try_from(url).map_err(http::Error::from)?;
         let http2 = target.settings.http2;
-        // Plain HTTP/1.1 goes over connections of our own (see `h1`); the URI is then sent as
-        // the path and query alone, with the address in `Host`, as any client sends it.
-        let plain = match (uri.scheme(), uri.authority()) {
-            (Some(scheme), Some(address)) if !http2 && *scheme == http::uri::Scheme::HTTP => {
-                Some(address.clone())
-            }
-            _ => None,
-        };
-        let mut builder = match &plain {
-            Some(address) => {
-                let origin_form = uri.path_and_query().map_or("/", |p| p.as_str());
-                let mut builder = Request::post(origin_form);
-                if let Some(host) = h1::host_header(address) {
-                    builder = builder.header(HOST, host);
+        // Plain HTTP/1.1 goes over connections of our own (see `h1` and `pipeline`): the request
+        // target is the path and query alone, with the address in `Host`, as any client sends it.
+        let origin = target.origin_for(authorizer).filter(|_| !http2);
+        let host = origin.as_ref().and_then(|o| o.host.clone());
+        let headers = delivery_headers(host, job, authorizer, request.content_type.as_deref())?;
+        let (head, body) = match origin {
+            Some(origin) => {
+                let path = origin.target(query)?;
+                if target.settings.pipelining {
+                    let wire = pipeline::serialize(path.as_str(), &headers, &body);
+                    let timeout = target.settings.timeout;
+                    return Ok(self
+                        .pipelines
+                        .exchange(&origin.address, wire, timeout)
+                        .await?);
                 }
-                builder
+                let request = post(Uri::from(path), headers, body);
+                self.h1.exchange(&origin.address, request).await?
             }
-            None => Request::post(uri),
-        };
-        builder = builder
-            .header(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE))
-            .header(DELIVERY_HEADER, job.id)
-            .header(ATTEMPT_HEADER, job.attempts + 1)
-            .header(ACCOUNT_HEADER, &*job.key.account);
-        if let Some(appid) = authorizer {
-            builder = builder.header(AUTHORIZER_HEADER, appid);
-        }
-        if let Some(content_type) = request
-            .content_type
-            .as_deref()
-            .and_then(|v| HeaderValue::from_str(v).ok())
-        {
-            builder = builder.header(CONTENT_TYPE, content_type);
-        }
-        let request = builder.body(body)?;
-        let (head, body) = match plain {
-            Some(address) if target.settings.pipelining => {
-                let timeout = target.settings.timeout;
-                return Ok(self.pipelines.exchange(&address, &request, timeout).await?);
-            }
-            Some(address) => self.h1.exchange(&address, request.map(Full::new)).await?,
             None => {
-                let request = request.map(Full::new);
+                let url = with_query(&target.url_for(authorizer), query);
+                let uri = Uri::try_from(url).map_err(http::Error::from)?;
                 let client = if http2 { &self.http2 } else { &self.client };
-                let response = client.request(request).await.map_err(|e| {
-                    if e.is_connect() {
-                        Failure::Connect(e)
-                    } else if http2 {
-                        Failure::Http2Request(e)
-                    } else {
-                        Failure::Request(e)
-                    }
-                })?;
+                let response = client
+                    .request(post(uri, headers, body))
+                    .await
+                    .map_err(|e| {
+                        if e.is_connect() {
+                            Failure::Connect(e)
+                        } else if http2 {
+                            Failure::Http2Request(e)
+                        } else {
+                            Failure::Request(e)
+                        }
+                    })?;
                 let (head, mut incoming) = response.into_parts();
                 let (body, _) = read_body(&mut incoming).await.map_err(Failure::Body)?;
                 (head, body)
@@ -470,6 +452,56 @@ impl Attempt {
             ),
         }
     }
+}
+
+/// The headers of a delivery but `Content-Length`, in the order they are sent; `host` for a
+/// request in origin form.
+fn delivery_headers(
+    host: Option<HeaderValue>,
+    job: &Job,
+    authorizer: Option<&str>,
+    content_type: Option<&str>,
+) -> Result<HeaderMap, http::Error> {
+    let mut headers = HeaderMap::with_capacity(8);
+    if let Some(host) = host {
+        headers.insert(HOST, host);
+    }
+    headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+    headers.insert(DELIVERY, HeaderValue::from(job.id));
+    headers.insert(ATTEMPT, HeaderValue::from(job.attempts + 1));
+    headers.insert(ACCOUNT, HeaderValue::from_str(&job.key.account)?);
+    if let Some(appid) = authorizer {
+        headers.insert(AUTHORIZER, HeaderValue::from_str(appid)?);
+    }
+    // WeChat's own header, kept when a header can carry it.
+    if let Some(content_type) = content_type.and_then(|v| HeaderValue::from_str(v).ok()) {
+        headers.insert(CONTENT_TYPE, content_type);
+    }
+    Ok(headers)
+}
+
+/// `base` (a URL, or a path) with the callback's `query` appended: after `&` when `base` has a
+/// query of its own.
+fn with_query(base: &str, query: &str) -> String {
+    let mut url = String::with_capacity(base.len() + query.len() + 1);
+    url.push_str(base);
+    if !query.is_empty() {
+        url.push(if base.contains('?') { '&' } else { '?' });
+        url.push_str(query);
+    }
+    url
+}
+
+/// A POST of `body` to `uri` with `headers`.
+fn post<B>(uri: Uri, headers: HeaderMap, body: B) -> Request<Full<B>>
+where
+    B: bytes::Buf,
+{
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
+    request
 }
 
 /// The answer's body, up to [`MAX_RESPONSE_BYTES`], and whether it was read to its end. It is

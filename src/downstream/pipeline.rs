@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::Request;
+use http::HeaderMap;
 use http::uri::Authority;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -84,16 +84,15 @@ impl Pipelines {
         }
     }
 
-    /// Sends `request` (origin-form URI, `Host` set) to `address` on its pipelined connection
+    /// Sends `request` (as [`serialize`] wrote it) to `address` on its pipelined connection
     /// (opened if there is none) and waits for its answer. The caller bounds the wait; `timeout`
     /// is how long the connection waits for this answer before it gives up on all of them.
     pub(super) async fn exchange(
         &self,
         address: &Authority,
-        request: &Request<Bytes>,
+        request: Bytes,
         timeout: Duration,
     ) -> Result<Answer, PipeError> {
-        let request = serialize(request);
         // A connection that ended before it wrote the request: the request goes on a new one
         // (a target that closes idle connections is not worth a retry's backoff).
         let mut tries = 0;
@@ -157,16 +156,14 @@ impl Pipelines {
     }
 }
 
-/// The request as it goes on the wire: request line, headers, `Content-Length`, body.
-fn serialize(request: &Request<Bytes>) -> Bytes {
-    let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
-    let body = request.body();
+/// A POST as it goes on the wire: request line (`target` in origin form), headers,
+/// `Content-Length`, body.
+pub(super) fn serialize(target: &str, headers: &HeaderMap, body: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(256 + body.len());
-    out.put_slice(request.method().as_str().as_bytes());
-    out.put_u8(b' ');
+    out.put_slice(b"POST ");
     out.put_slice(target.as_bytes());
     out.put_slice(b" HTTP/1.1\r\n");
-    for (name, value) in request.headers() {
+    for (name, value) in headers {
         out.put_slice(name.as_str().as_bytes());
         out.put_slice(b": ");
         out.put_slice(value.as_bytes());
@@ -364,16 +361,19 @@ async fn read_answers(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     #[test]
     fn a_request_goes_on_the_wire_with_its_length_and_its_exact_body() {
-        let request = Request::post("/wx?signature=abc&nonce=1")
-            .header("host", "127.0.0.1:9001")
-            .header("x-wechat-fanout-delivery", "42")
-            .body(Bytes::from_static(b"<xml>\xe4\xbd\xa0</xml>"))
-            .unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("127.0.0.1:9001"));
+        headers.insert("x-wechat-fanout-delivery", HeaderValue::from(42));
         assert_eq!(
-            &serialize(&request)[..],
+            &serialize(
+                "/wx?signature=abc&nonce=1",
+                &headers,
+                b"<xml>\xe4\xbd\xa0</xml>"
+            )[..],
             &b"POST /wx?signature=abc&nonce=1 HTTP/1.1\r\nhost: 127.0.0.1:9001\r\n\
                x-wechat-fanout-delivery: 42\r\ncontent-length: 14\r\n\r\n<xml>\xe4\xbd\xa0</xml>"[..]
         );
