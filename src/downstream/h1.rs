@@ -257,3 +257,48 @@ fn host_header(address: &Authority) -> Option<HeaderValue> {
         Some(port) => HeaderValue::from_str(&format!("{}:{port}", address.host())).ok(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target_of(url: &str, query: &str) -> String {
+        Origin::parse(url)
+            .unwrap()
+            .target(query)
+            .unwrap()
+            .as_str()
+            .to_owned()
+    }
+
+    #[test]
+    fn the_callback_query_follows_the_path_or_the_urls_own_query() {
+        assert_eq!(target_of("http://127.0.0.1:9000/wx", "a=1"), "/wx?a=1");
+        assert_eq!(
+            target_of("http://127.0.0.1:9000/crm?t=7", "a=1"),
+            "/crm?t=7&a=1"
+        );
+        assert_eq!(target_of("http://127.0.0.1:9000", "a=1"), "/?a=1");
+        assert_eq!(target_of("http://127.0.0.1:9000/wx", ""), "/wx");
+    }
+
+    #[test]
+    fn host_is_the_urls_address_without_the_default_port() {
+        let host = |url: &str| Origin::parse(url).unwrap().host.unwrap();
+        assert_eq!(host("http://127.0.0.1:9000/wx"), "127.0.0.1:9000");
+        assert_eq!(host("http://crm.internal:80/wx"), "crm.internal");
+        assert_eq!(host("http://crm.internal/wx"), "crm.internal");
+    }
+
+    #[test]
+    fn only_plain_http_urls_have_an_origin() {
+        assert!(Origin::parse("https://crm.internal/wx").is_none());
+        assert!(Origin::parse("/wx").is_none());
+    }
+
+    #[test]
+    fn a_query_a_request_line_cannot_carry_is_refused() {
+        let origin = Origin::parse("http://127.0.0.1:9000/wx").unwrap();
+        assert!(origin.target("a=1 HTTP/1.1\r\nx: y").is_err());
+    }
+}
