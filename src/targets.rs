@@ -123,6 +123,7 @@ impl Routes {
                             own_key,
                         });
                     let settings = t.settings(&config.target_defaults);
+                    let needs_authorizer = authorizer_placeholders(t.url.as_str()) > 0;
                     let (handoff, inbox) =
                         mpsc::channel(settings.max_concurrency.max(1) * HANDOFF_PER_PERMIT);
                     Ok(Arc::new(Target {
@@ -138,7 +139,7 @@ impl Routes {
                             events: lower(&filtered.events),
                             info_types: lower(&filtered.info_types),
                             authorizers: filtered.authorizers.clone(),
-                            needs_authorizer: authorizer_placeholders(t.url.as_str()) > 0,
+                            needs_authorizer,
                         },
                         wake: Arc::new(Notify::new()),
                         handoff,
@@ -147,7 +148,7 @@ impl Routes {
                         resign,
                         shadow_of: t.shadow_of.as_deref().map(Arc::from),
                         api: None,
-                        origin: (authorizer_placeholders(t.url.as_str()) == 0)
+                        origin: (!needs_authorizer)
                             .then(|| Origin::parse(t.url.as_str()))
                             .flatten(),
                     }))

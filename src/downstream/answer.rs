@@ -360,22 +360,25 @@ mod tests {
 
     #[test]
     fn connection_close_and_http_1_0_end_the_connection_after_the_answer() {
-        let close =
-            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 0\r\n\r\n";
-        assert_eq!(
-            decode_all(close, &[]).unwrap(),
-            vec![(answer(200, None, b""), true)]
-        );
-        let old = b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n";
-        assert_eq!(
-            decode_all(old, &[]).unwrap(),
-            vec![(answer(200, None, b""), true)]
-        );
-        let kept = b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n";
-        assert_eq!(
-            decode_all(kept, &[]).unwrap(),
-            vec![(answer(200, None, b""), false)]
-        );
+        let cases: [(&[u8], bool); 3] = [
+            (
+                b"HTTP/1.1 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 0\r\n\r\n",
+                true,
+            ),
+            (b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", true),
+            (
+                b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n",
+                false,
+            ),
+        ];
+        for (stream, closes) in cases {
+            assert_eq!(
+                decode_all(stream, &[]).unwrap(),
+                vec![(answer(200, None, b""), closes)],
+                "{}",
+                String::from_utf8_lossy(stream)
+            );
+        }
     }
 
     #[test]

@@ -192,13 +192,7 @@ async fn run(
     };
     let stream = match connected {
         Ok(stream) => stream,
-        Err(e) => {
-            queue.close();
-            while let Ok(queued) = queue.try_recv() {
-                let _ = queued.answer.send(Err(e.clone()));
-            }
-            return;
-        }
+        Err(e) => return refuse_queued(&mut queue, &e),
     };
     let (mut read, mut write) = stream.into_split();
     let (written, mut waiting) = mpsc::unbounded_channel::<Waiting>();
@@ -221,10 +215,7 @@ async fn run(
             // Let the tasks that are ready run first: under load, each of them queues a
             // request too, and they all go out in this write.
             tokio::task::yield_now().await;
-            let mut batch = vec![first];
-            while let Ok(queued) = queue.try_recv() {
-                batch.push(queued);
-            }
+            let batch = std::iter::once(first).chain(std::iter::from_fn(|| queue.try_recv().ok()));
             // The reader learns of each request before its answer can come.
             out.clear();
             let sent_at = Instant::now();
@@ -260,10 +251,7 @@ async fn run(
         }
         // No more requests here: what is queued goes to another connection; the reader ends
         // once it has the answers.
-        queue.close();
-        while let Ok(queued) = queue.try_recv() {
-            let _ = queued.answer.send(Err(PipeError::NotSent));
-        }
+        refuse_queued(&mut queue, &PipeError::NotSent);
         drop(written);
     };
     let reader = async {
@@ -276,6 +264,14 @@ async fn run(
         }
     };
     tokio::join!(writer, reader);
+}
+
+/// Closes `queue` and answers what is still in it with `error`.
+fn refuse_queued(queue: &mut mpsc::UnboundedReceiver<Queued>, error: &PipeError) {
+    queue.close();
+    while let Ok(queued) = queue.try_recv() {
+        let _ = queued.answer.send(Err(error.clone()));
+    }
 }
 
 /// Reads answers and hands each to the request it answers, in order, until the writer is done

@@ -8,8 +8,8 @@ use wechat_fanout::config::Mode;
 use wechat_fanout::wechat::Kind;
 
 use crate::support::{
-    DEAD, FAST, Proxy, Target, Wx, attempts, eventually, free_addr, header_in, jobs, next_request,
-    no_jobs_left, proxy_with_one_target, settle, text_xml,
+    DEAD, FAST, Proxy, Target, Wx, a_job_after, attempts, eventually, free_addr, header_in, jobs,
+    next_request, no_jobs_left, proxy_with_one_target, settle, text_xml,
 };
 
 /// An `https` target goes through TLS: a server that answers the handshake with plain HTTP is a
@@ -406,10 +406,7 @@ async fn an_answer_cut_short_fails_the_attempt_at_once() {
         .post("main", &wx.seal(&text_xml("cut short")))
         .await
         .assert_success();
-    let job = eventually("a failed attempt recorded", || {
-        jobs(&proxy.db).into_iter().find(|j| j.attempts >= 1)
-    })
-    .await;
+    let job = a_job_after(&proxy.db, 1, "a failed attempt recorded").await;
     let error = job.last_error.unwrap_or_default();
     assert!(
         error.starts_with("reading the answer failed"),

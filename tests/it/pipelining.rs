@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use wechat_fanout::wechat::SealedRequest;
 
 use crate::support::{
-    Proxy, Target, Wx, eventually, free_addr, jobs, next_request, no_jobs_left,
+    Proxy, Target, Wx, a_job_after, eventually, free_addr, next_request, no_jobs_left,
     proxy_with_one_target, text_xml, through_a_primary_and_a_plain_target,
 };
 
@@ -102,10 +102,7 @@ async fn a_connection_that_does_not_answer_in_time_is_closed_and_replaced() {
 
     let sealed = wx.seal(&text_xml("no answer in time"));
     proxy.post("main", &sealed).await.assert_success();
-    let timed_out = eventually("two attempts timed out", || {
-        jobs(&proxy.db).into_iter().find(|j| j.attempts >= 2)
-    })
-    .await;
+    let timed_out = a_job_after(&proxy.db, 2, "two attempts timed out").await;
     let error = timed_out.last_error.unwrap_or_default();
     assert!(error.contains("timed out after 300ms"), "{error}");
     eventually("a new connection for each attempt", || {
@@ -127,10 +124,7 @@ async fn a_pipelined_target_that_is_down_gets_the_callback_once_it_is_up() {
     let (wx, proxy) = proxy_with_one_target(&url, "pipelining = true\nmax_attempts = 1000").await;
     let sealed = wx.seal(&text_xml("while it is down"));
     proxy.post("main", &sealed).await.assert_success();
-    let refused = eventually("an attempt refused", || {
-        jobs(&proxy.db).into_iter().find(|j| j.attempts >= 1)
-    })
-    .await;
+    let refused = a_job_after(&proxy.db, 1, "an attempt refused").await;
     let error = refused.last_error.unwrap_or_default();
     assert!(error.starts_with("connection failed: "), "{error}");
 

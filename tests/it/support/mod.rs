@@ -509,6 +509,14 @@ pub(crate) fn jobs(db: &Path) -> Vec<JobRow> {
         .expect("read jobs")
 }
 
+/// Waits (bounded) until a job has `attempts` attempts or more recorded, and returns it.
+pub(crate) async fn a_job_after(db: &Path, attempts: i64, what: &str) -> JobRow {
+    eventually(what, || {
+        jobs(db).into_iter().find(|j| j.attempts >= attempts)
+    })
+    .await
+}
+
 /// Waits (bounded) until the `jobs` table is empty: every delivery done and recorded.
 pub(crate) async fn no_jobs_left(db: &Path, what: &str) {
     eventually(what, || jobs(db).is_empty().then_some(())).await;
