@@ -88,6 +88,7 @@ async fn rescue(
             id: ids[0],
             account: account.id.clone(),
             dedupe_key: format!("late-reply:{callback}"),
+            legacy_dedupe_key: None,
             received_at_ms: now_ms(),
             msg_type: Some(msg_type),
             event: None,

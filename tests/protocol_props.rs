@@ -1304,10 +1304,10 @@ proptest! {
             prop_assert!(keys.windows(2).all(|w| w[0] == w[1]), "{:?}", keys);
             let branch = match message.body {
                 Body::Text { .. } => 'm',
-                Body::Event { .. } => 'e',
+                Body::Event { .. } => 'd',
                 Body::Probe { .. } => 'h',
             };
-            prop_assert_eq!(keys[0].chars().nth("4:main".len()), Some(branch));
+            prop_assert_eq!(keys[0].key.chars().nth("4:main".len()), Some(branch));
         }
     }
 }
@@ -1337,8 +1337,22 @@ fn arbitrary_envelope() -> impl Strategy<Value = Envelope> {
     )
 }
 
-/// What the key is documented to identify a callback by.
+/// What the key is documented to identify a callback by: its `MsgId` and sender, or its whole
+/// message (with its `CreateTime`, which leads the key).
 fn identity(account: &str, e: &Envelope, message: &[u8]) -> String {
+    let from = e.from_user_name.clone().unwrap_or_default();
+    let parts: Vec<String> = if let Some(id) = &e.msg_id {
+        vec!["m".into(), from, id.clone()]
+    } else if let Some(time) = &e.create_time {
+        vec!["d".into(), time.clone(), format!("{message:?}")]
+    } else {
+        vec!["h".into(), format!("{message:?}")]
+    };
+    format!("{account:?}{parts:?}")
+}
+
+/// What the build before identified a callback by (its key is the legacy key, where it differs).
+fn previous_identity(account: &str, e: &Envelope, message: &[u8]) -> String {
     let from = e.from_user_name.clone().unwrap_or_default();
     let parts: Vec<String> = if let Some(id) = &e.msg_id {
         vec!["m".into(), from, id.clone()]
@@ -1369,9 +1383,16 @@ proptest! {
         let key_a = dedupe_key(&a.0, &a.1, &a.2);
         let key_b = dedupe_key(&b.0, &b.1, &b.2);
         prop_assert_eq!(
-            key_a == key_b,
+            key_a.key == key_b.key,
             identity(&a.0, &a.1, &a.2) == identity(&b.0, &b.1, &b.2),
-            "{} vs {}", key_a, key_b
+            "{} vs {}", key_a.key, key_b.key
+        );
+        // The legacy key (or the key, where they agree) is the build before's key.
+        let before = |k: &wechat_fanout::wechat::DedupeKey| k.legacy.clone().unwrap_or_else(|| k.key.clone());
+        prop_assert_eq!(
+            before(&key_a) == before(&key_b),
+            previous_identity(&a.0, &a.1, &a.2) == previous_identity(&b.0, &b.1, &b.2),
+            "{:?} vs {:?}", key_a, key_b
         );
     }
 }

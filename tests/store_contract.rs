@@ -12,9 +12,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use wechat_fanout::config::Synchronous;
 use wechat_fanout::store::{
-    Accepted, Answer, AttemptReport, DeadLetterFilter, Disposition, Job, JobId, LeaseToken, Leased,
-    NewCallback, NewJob, Recorded, RedisOptions, RedisStore, Replay, Replayed, SqliteStore, Store,
-    TargetKey, new_lease_token,
+    Accepted, Answer, AttemptReport, DeadLetterFilter, Disposition, Job, JobId, LEGACY_KEY_WINDOW,
+    LeaseToken, Leased, NewCallback, NewJob, Recorded, RedisOptions, RedisStore, Replay, Replayed,
+    SqliteStore, Store, TargetKey, new_lease_token,
 };
 
 #[path = "support/redis.rs"]
@@ -29,6 +29,7 @@ async fn callback(store: &dyn Store, key: &str, targets: &[(&str, bool)]) -> New
         id: ids.next().unwrap(),
         account: Arc::from("main"),
         dedupe_key: key.to_owned(),
+        legacy_dedupe_key: None,
         received_at_ms: 1_000,
         msg_type: Some("text".into()),
         event: None,
@@ -696,6 +697,43 @@ async fn outcome_sent_twice_at_once_applies_once(store: Arc<dyn Store>) {
     assert_eq!(store.purge_delivered(i64::MAX).await.unwrap(), 1);
 }
 
+/// The build before keyed some callbacks otherwise (`wechat::dedupe`): a resend whose first copy
+/// it stored under its key is a duplicate of that copy, for as long as WeChat may resend
+/// ([`LEGACY_KEY_WINDOW`]) and no longer.
+async fn a_resend_finds_its_first_copy_under_the_legacy_key(store: Arc<dyn Store>) {
+    let old = callback(&*store, "e:old", &[("a", false)]).await;
+    store.accept(old.clone()).await.unwrap();
+    let mut resend = callback(&*store, "d:new", &[("a", false)]).await;
+    resend.legacy_dedupe_key = Some("e:old".into());
+    resend.received_at_ms = old.received_at_ms + 20_000;
+    assert!(matches!(
+        store.accept(resend).await.unwrap(),
+        Accepted::Duplicate { callback, .. } if callback == old.id
+    ));
+    let mut late = callback(&*store, "d:late", &[("a", false)]).await;
+    late.legacy_dedupe_key = Some("e:old".into());
+    late.received_at_ms = old.received_at_ms + LEGACY_KEY_WINDOW.as_millis() as i64 + 1;
+    assert!(matches!(
+        store.accept(late).await.unwrap(),
+        Accepted::New { .. }
+    ));
+    assert_eq!(store.lease_due(&key("a"), 10).await.unwrap().len(), 2);
+}
+
+/// Callbacks this build tells apart stay apart, though the build before gave them one key.
+async fn callbacks_sharing_a_legacy_key_stay_apart(store: Arc<dyn Store>) {
+    for key in ["d:first", "d:second", "d:third"] {
+        let mut new = callback(&*store, key, &[("a", false)]).await;
+        new.legacy_dedupe_key = Some("e:shared".into());
+        let accepted = store.accept(new).await.unwrap();
+        assert!(
+            matches!(accepted, Accepted::New { .. }),
+            "{key}: {accepted:?}"
+        );
+    }
+    assert_eq!(store.lease_due(&key("a"), 10).await.unwrap().len(), 3);
+}
+
 /// The suite for one backend: `mod $backend` with one test per contract function, each on a
 /// fresh store from `$open` (the store and a guard that keeps its files alive).
 macro_rules! contract {
@@ -719,6 +757,8 @@ macro_rules! contract {
             #[tokio::test] accept_sent_twice_writes_once,
             #[tokio::test] duplicate_sees_the_pending_answer,
             #[tokio::test] outcome_sent_twice_at_once_applies_once,
+            #[tokio::test] a_resend_finds_its_first_copy_under_the_legacy_key,
+            #[tokio::test] callbacks_sharing_a_legacy_key_stay_apart,
         );
     };
     (@suite $backend:ident, $open:expr, $(#[$runtime:meta] $test:ident,)*) => {
@@ -901,6 +941,37 @@ async fn instances_never_share_an_id(a: Arc<dyn Store>, b: Arc<dyn Store>) {
     }
 }
 
+/// A rolling deploy across the change of dedupe keys: an instance of the build before (which
+/// knows only its own key, as `b` is used here) finds a callback this build stored, so a resend
+/// that reaches it is not delivered twice; once the callback is delivered and purged, both keys
+/// are forgotten.
+async fn an_older_instance_finds_a_callback_of_this_build_under_its_key(
+    a: Arc<dyn Store>,
+    b: Arc<dyn Store>,
+) {
+    let mut new = callback(&*a, "d:new", &[("a", false)]).await;
+    new.legacy_dedupe_key = Some("e:old".into());
+    let id = new.id;
+    a.accept(new).await.unwrap();
+    assert!(matches!(
+        b.accept(callback(&*b, "e:old", &[("a", false)]).await).await.unwrap(),
+        Accepted::Duplicate { callback, .. } if callback == id
+    ));
+    let job = lease_one(&*a, "a").await;
+    record(&*a, report(&job, 1, Disposition::Delivered)).await;
+    assert_eq!(a.purge_delivered(i64::MAX).await.unwrap(), 1);
+    for (store, key) in [(&b, "e:old"), (&a, "d:new")] {
+        let accepted = store
+            .accept(callback(&**store, key, &[("a", false)]).await)
+            .await
+            .unwrap();
+        assert!(
+            matches!(accepted, Accepted::New { .. }),
+            "{key}: {accepted:?}"
+        );
+    }
+}
+
 /// Tests of several instances for one Redis deployment: `mod $backend` with one test each.
 macro_rules! instances {
     ($backend:ident, $urls:expr, $cluster:expr) => {
@@ -910,6 +981,7 @@ macro_rules! instances {
             instances!(@test $urls, $cluster, renew_keeps_a_lease);
             instances!(@test $urls, $cluster, every_instance_sees_the_whole_deployment);
             instances!(@test $urls, $cluster, instances_never_share_an_id);
+            instances!(@test $urls, $cluster, an_older_instance_finds_a_callback_of_this_build_under_its_key);
         }
     };
     (@test $urls:expr, $cluster:expr, $test:ident) => {

@@ -1769,7 +1769,7 @@ fn open_platform_doc_vectors_through_both_urls() {
                 opened.envelope.info_type.as_deref(),
                 Some("component_verify_ticket")
             );
-            dedupe_key("op", &opened.envelope, opened.message(body.as_bytes()))
+            dedupe_key("op", &opened.envelope, opened.message(body.as_bytes())).key
         })
         .collect();
     assert_eq!(keys[0], keys[1], "one ticket, however it is encrypted");

@@ -51,7 +51,9 @@ use crate::store::{
 };
 use crate::targets::{Account, Routes, Target};
 use crate::telemetry::event_at;
-use crate::wechat::{CallbackQuery, Envelope, Kind, dedupe_key, open_callback, verify_url};
+use crate::wechat::{
+    CallbackQuery, DedupeKey, Envelope, Kind, dedupe_key, open_callback, verify_url,
+};
 use resends::{Resends, Role};
 
 const SUCCESS: &[u8] = b"success";
@@ -317,9 +319,9 @@ impl Ingress {
         } = verified;
         let deadline = started + self.settings.reply_deadline_ms.duration();
         let answered_duplicate = |callback, how| {
-            self.answered_duplicate(&account, &key, callback, &envelope, started, how);
+            self.answered_duplicate(&account, &key.key, callback, &envelope, started, how);
         };
-        let leader = match self.resends.join(&key, deadline) {
+        let leader = match self.resends.join(&key.key, deadline) {
             Role::Leader(leader) => leader,
             Role::Follower {
                 leader_deadline,
@@ -331,6 +333,7 @@ impl Ingress {
                     tokio::time::timeout_at(wait_until.into(), resends::follow(outcome)).await;
                 return match answer {
                     Ok(Some((callback, answer))) => {
+                        tracing::Span::current().record("callback", callback);
                         answered_duplicate(callback, "resend answered like its first copy");
                         Ok(answer)
                     }
@@ -414,7 +417,8 @@ impl Ingress {
             .accept(NewCallback {
                 id: callback_id,
                 account: account.id.clone(),
-                dedupe_key: key.clone(),
+                dedupe_key: key.key.clone(),
+                legacy_dedupe_key: key.legacy.clone(),
                 received_at_ms: now_ms(),
                 msg_type: envelope.msg_type.clone(),
                 event: envelope.event.clone(),
@@ -429,6 +433,7 @@ impl Ingress {
                 callback,
                 answer_pending,
             } => {
+                // Recorded once, before waiting: the lines of the wait carry the id too.
                 tracing::Span::current().record("callback", callback);
                 let answer = match (answer, answer_pending) {
                     (Some(answer), _) => answer,
@@ -552,7 +557,7 @@ impl Ingress {
             event = envelope.event.as_deref().unwrap_or("-"),
             // Both embed the openid: a keyed hash unless `log.show_user_ids` is set.
             user = %account.user_ids.show(envelope.from_user_name.as_deref().unwrap_or("-")),
-            dedupe_key = %account.user_ids.show(&key),
+            dedupe_key = %account.user_ids.show(&key.key),
             targets = %TargetNames(&matched),
             outcome = "accepted",
             answer = answered,
@@ -598,7 +603,6 @@ impl Ingress {
         started: Instant,
         how: &'static str,
     ) {
-        tracing::Span::current().record("callback", callback);
         info!(dedupe_key = %account.user_ids.show(key), outcome = "duplicate", "{how}");
         self.events.publish(Event::Duplicate {
             at_ms: now_ms(),
@@ -775,7 +779,7 @@ struct Verified {
     envelope: Envelope,
     /// Open platform: the authorized account the callback concerns.
     authorizer: Option<String>,
-    key: String,
+    key: DedupeKey,
     replay: Arc<Replay>,
     /// The message as text, for a console that shows content (`admin.show_content`).
     content: Option<String>,

@@ -62,6 +62,12 @@ pub async fn open(
     })
 }
 
+/// How long a callback stored under a legacy dedupe key ([`NewCallback::legacy_dedupe_key`])
+/// is taken for the first copy of a callback that has that legacy key. WeChat resends within
+/// about 20 s (three tries, 5 s each); past this window the legacy lookup finds nothing, so a
+/// deploy's transition ends by itself.
+pub const LEGACY_KEY_WINDOW: Duration = Duration::from_secs(600);
+
 pub type CallbackId = i64;
 pub type JobId = i64;
 /// Names one lease of one job; made by whoever takes the lease (random), never 0.
@@ -81,6 +87,10 @@ pub struct NewCallback {
     pub id: CallbackId,
     pub account: Arc<str>,
     pub dedupe_key: String,
+    /// The key the build before this one gave this callback, where it differs: a callback
+    /// stored under it by that build, received less than [`LEGACY_KEY_WINDOW`] before this
+    /// one, is this callback's first copy (see `wechat::dedupe`). Dropped one release on.
+    pub legacy_dedupe_key: Option<String>,
     pub received_at_ms: i64,
     /// For listing and filtering dead letters; routing already happened.
     pub msg_type: Option<String>,

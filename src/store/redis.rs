@@ -59,8 +59,8 @@ use crate::config::{RedisConfig, redact_url};
 
 use super::{
     Accepted, Answer, AttemptRecord, AttemptReport, CallbackId, DeadLetter, DeadLetterDetail,
-    DeadLetterFilter, Disposition, IdBlocks, Job, JobId, Leased, NewCallback, QueueDepth, Recorded,
-    Replay, Replayed, Store, StoreError, TargetKey, new_lease_token,
+    DeadLetterFilter, Disposition, IdBlocks, Job, JobId, LEGACY_KEY_WINDOW, Leased, NewCallback,
+    QueueDepth, Recorded, Replay, Replayed, Store, StoreError, TargetKey, new_lease_token,
 };
 
 /// How long to wait for a connection, and for any answer: below the 4.8 s after which ingress
@@ -760,6 +760,7 @@ impl Store for RedisStore {
                 .map_or(Vec::new(), |ms| ms.to_string().into_bytes()),
             present.into_bytes(),
             callback.jobs.len().to_string().into_bytes(),
+            bytes(callback.legacy_dedupe_key.as_deref().unwrap_or("")),
         ];
         for job in &callback.jobs {
             args.push(job.id.to_string().into_bytes());
@@ -1330,12 +1331,20 @@ impl Scripts {
         Scripts {
             // ARGV: lease ms, then per callback: id, dedupe key, received, msg_type, event,
             // query, content type, body, answer pending ms, presence of (msg_type, event, content
-            // type), job count, then (job id, target, lease token or 0) per job. Each callback
-            // as if alone, in order; one reply each: {'new'}, or {'dup', id, answer, answer
-            // type, pending ms}.
+            // type), job count, legacy dedupe key or '', then (job id, target, lease token or 0)
+            // per job. Each callback as if alone, in order; one reply each: {'new'}, or {'dup',
+            // id, answer, answer type, pending ms}.
+            //
+            // The legacy key (the build before's key for this callback): a callback that build
+            // stored under it (its `dedupe` field is that key) within the window is this one's
+            // first copy. It is written too, if free, so that an instance of that build finds
+            // this callback when a resend reaches it; a callback of this build found under it
+            // (its `dedupe` field is another key) says nothing, since this build tells apart
+            // callbacks that key merged.
             accept: script(
-                r"
+                &r"
 local lease_ms = tonumber(ARGV[1])
+local legacy_window_ms = tonumber('LEGACY_WINDOW_MS')
 -- One clock reading, one SADD per target and one ZADD per lease set for the whole batch.
 local clock
 local function now()
@@ -1344,30 +1353,46 @@ local function now()
 end
 local targets, leases = {}, {}
 -- The callback whose arguments follow ARGV[o], with n jobs.
+local function duplicate(existing)
+  local a = redis.call('HMGET', K .. ':cb:' .. existing, 'answer', 'answer_type', 'answer_due')
+  local pending = false
+  if not a[1] and a[3] then
+    local left = tonumber(a[3]) - now()
+    if left > 0 then pending = tostring(left) end
+  end
+  return {'dup', existing, a[1] or false, a[2] or false, pending}
+end
 local function accept(o, n)
   local id, dedupe, received = ARGV[o + 1], ARGV[o + 2], ARGV[o + 3]
   local existing = redis.call('HGET', K .. ':dedupe', dedupe)
   if existing then
     if existing == id then return {'new'} end
-    local a = redis.call('HMGET', K .. ':cb:' .. existing, 'answer', 'answer_type', 'answer_due')
-    local pending = false
-    if not a[1] and a[3] then
-      local left = tonumber(a[3]) - now()
-      if left > 0 then pending = tostring(left) end
+    return duplicate(existing)
+  end
+  local legacy = ARGV[o + 12]
+  if legacy ~= '' then
+    local first = redis.call('HGET', K .. ':dedupe', legacy)
+    if first and first ~= id then
+      local c = redis.call('HMGET', K .. ':cb:' .. first, 'dedupe', 'received')
+      if c[1] == legacy and tonumber(c[2]) >= tonumber(received) - legacy_window_ms then
+        return duplicate(first)
+      end
     end
-    return {'dup', existing, a[1] or false, a[2] or false, pending}
   end
   local present = ARGV[o + 10]
   redis.call('HSET', K .. ':dedupe', dedupe, id)
   local cb = K .. ':cb:' .. id
   local fields = {'dedupe', dedupe, 'received', received, 'query', ARGV[o + 6], 'body', ARGV[o + 8], 'open', n}
+  if legacy ~= '' and redis.call('HSETNX', K .. ':dedupe', legacy, id) == 1 then
+    table.insert(fields, 'legacy'); table.insert(fields, legacy)
+  end
   if string.sub(present, 1, 1) == '1' then table.insert(fields, 'msg_type'); table.insert(fields, ARGV[o + 4]) end
   if string.sub(present, 2, 2) == '1' then table.insert(fields, 'event'); table.insert(fields, ARGV[o + 5]) end
   if string.sub(present, 3, 3) == '1' then table.insert(fields, 'ctype'); table.insert(fields, ARGV[o + 7]) end
   if ARGV[o + 9] ~= '' then table.insert(fields, 'answer_due'); table.insert(fields, now() + tonumber(ARGV[o + 9])) end
   redis.call('HSET', cb, unpack(fields))
   for i = 0, n - 1 do
-    local job, target, token = ARGV[o + 12 + 3 * i], ARGV[o + 13 + 3 * i], ARGV[o + 14 + 3 * i]
+    local job, target, token = ARGV[o + 13 + 3 * i], ARGV[o + 14 + 3 * i], ARGV[o + 15 + 3 * i]
     local state = 'f'
     if token == '0' then state = 'p' end
     redis.call('HSET', K .. ':job:' .. job, 'cb', id, 'target', target, 'state', state, 'lease', token, 'attempts', 0, 'base', 0)
@@ -1388,12 +1413,16 @@ local replies, o = {}, 1
 while o < #ARGV do
   local n = tonumber(ARGV[o + 11])
   table.insert(replies, accept(o, n))
-  o = o + 11 + 3 * n
+  o = o + 12 + 3 * n
 end
 for target in pairs(targets) do redis.call('SADD', K .. ':targets', target) end
 for set, members in pairs(leases) do redis.call('ZADD', set, unpack(members)) end
 return replies
-",
+"
+                .replace(
+                    "LEGACY_WINDOW_MS",
+                    &LEGACY_KEY_WINDOW.as_millis().to_string(),
+                ),
             ),
             // ARGV: callback id, body, content type, content type present.
             save_answer: script(
@@ -1588,9 +1617,11 @@ return n
 local ids = redis.call('ZRANGEBYSCORE', K .. ':done', '-inf', '(' .. ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 for _, cb in ipairs(ids) do
   local key = K .. ':cb:' .. cb
-  local dedupe = redis.call('HGET', key, 'dedupe')
-  if dedupe and redis.call('HGET', K .. ':dedupe', dedupe) == cb then
-    redis.call('HDEL', K .. ':dedupe', dedupe)
+  local keys = redis.call('HMGET', key, 'dedupe', 'legacy')
+  for _, dedupe in ipairs(keys) do
+    if dedupe and redis.call('HGET', K .. ':dedupe', dedupe) == cb then
+      redis.call('HDEL', K .. ':dedupe', dedupe)
+    end
   end
   redis.call('DEL', key)
   redis.call('ZREM', K .. ':done', cb)

@@ -31,8 +31,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Accepted, Answer, AttemptRecord, AttemptReport, CallbackId, DeadLetter, DeadLetterDetail,
-    DeadLetterFilter, Disposition, IdBlocks, Job, JobId, LeaseToken, Leased, NewCallback,
-    QueueDepth, Recorded, Replay, Replayed, Store, StoreError, TargetKey, new_lease_token,
+    DeadLetterFilter, Disposition, IdBlocks, Job, JobId, LEGACY_KEY_WINDOW, LeaseToken, Leased,
+    NewCallback, QueueDepth, Recorded, Replay, Replayed, Store, StoreError, TargetKey,
+    new_lease_token,
 };
 use crate::config::Synchronous;
 use crate::downstream::now_ms;
@@ -637,6 +638,28 @@ impl Store for SqliteStore {
 }
 
 /// The columns [`dead_letter_row`] reads, in its order.
+/// A stored callback as a resend finds it: its id, its answer's type and body, and when its
+/// answer is due (the primary's relay may still save one).
+type StoredCopy = (CallbackId, Option<String>, Option<Vec<u8>>, Option<i64>);
+
+/// What a resend of the stored callback `first` hears.
+fn duplicate_of((id, answer_type, answer, answer_due): StoredCopy) -> Accepted {
+    let answer = answer.map(|body| Answer {
+        content_type: answer_type,
+        body: Bytes::from(body),
+    });
+    let answer_pending = answer_due
+        .filter(|_| answer.is_none())
+        .map(|due| due - now_ms())
+        .filter(|left| *left > 0)
+        .map(|left| Duration::from_millis(left.unsigned_abs()));
+    Accepted::Duplicate {
+        callback: id,
+        answer,
+        answer_pending,
+    }
+}
+
 const DEAD_LETTER_COLUMNS: &str =
     "j.id, j.callback_id, j.account, j.target, c.msg_type, c.event, c.received_at,
     j.updated_at, j.attempts, j.last_status, j.last_error";
@@ -1042,6 +1065,16 @@ impl Writer {
     }
 
     fn accept(&mut self, callback: &NewCallback) -> Result<Accepted, StoreError> {
+        // A resend whose first copy the build before stored, under the key it computed.
+        if let Some(legacy) = &callback.legacy_dedupe_key {
+            let window = i64::try_from(LEGACY_KEY_WINDOW.as_millis()).unwrap_or(i64::MAX);
+            let since = callback.received_at_ms.saturating_sub(window);
+            if let Some(first) = self.stored_copy(&callback.account, legacy, since)?
+                && first.0 != callback.id
+            {
+                return Ok(duplicate_of(first));
+            }
+        }
         let request = &callback.request;
         // Not `RETURNING id`: the caller made the id, and RETURNING costs a temporary table.
         let inserted = self
@@ -1071,31 +1104,14 @@ impl Writer {
             jobs: callback.jobs.iter().map(|job| job.id).collect(),
         };
         if !inserted {
-            type Found = (CallbackId, Option<String>, Option<Vec<u8>>, Option<i64>);
-            let (id, answer_type, answer, answer_due): Found = self
-                .conn
-                .prepare_cached("SELECT id, answer_type, answer, answer_due FROM callbacks WHERE account = ?1 AND dedupe_key = ?2")?
-                .query_row(params![&*callback.account, callback.dedupe_key], |row| {
-                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
-                })?;
-            if id == callback.id {
+            let first = self
+                .stored_copy(&callback.account, &callback.dedupe_key, i64::MIN)?
+                .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+            if first.0 == callback.id {
                 // This very write, sent again: it is stored already.
                 return Ok(new());
             }
-            let answer = answer.map(|body| Answer {
-                content_type: answer_type,
-                body: Bytes::from(body),
-            });
-            let answer_pending = answer_due
-                .filter(|_| answer.is_none())
-                .map(|due| due - now_ms())
-                .filter(|left| *left > 0)
-                .map(|left| Duration::from_millis(left.unsigned_abs()));
-            return Ok(Accepted::Duplicate {
-                callback: id,
-                answer,
-                answer_pending,
-            });
+            return Ok(duplicate_of(first));
         }
         let id = callback.id;
         let now = now_ms();
@@ -1149,6 +1165,25 @@ impl Writer {
             )?
             .execute(params![name, value])?;
         Ok(())
+    }
+
+    /// The callback stored under `key` of `account`, received at or after `since_ms`, if any.
+    fn stored_copy(
+        &self,
+        account: &str,
+        key: &str,
+        since_ms: i64,
+    ) -> Result<Option<StoredCopy>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT id, answer_type, answer, answer_due FROM callbacks
+                 WHERE account = ?1 AND dedupe_key = ?2 AND received_at >= ?3",
+            )?
+            .query_row(params![account, key, since_ms], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })
+            .optional()?)
     }
 
     fn save_answer(&mut self, id: CallbackId, answer: &Answer) -> Result<(), StoreError> {
@@ -1403,6 +1438,7 @@ mod tests {
             id: 1,
             account: Arc::from("a"),
             dedupe_key: key.to_owned(),
+            legacy_dedupe_key: None,
             received_at_ms: 0,
             msg_type: None,
             event: None,

@@ -18,6 +18,6 @@ pub use callback::{
     open_callback, seal_callback, seal_handshake, verify_url,
 };
 pub use crypto::{AesKey, CryptoError};
-pub use dedupe::dedupe_key;
+pub use dedupe::{DedupeKey, dedupe_key};
 pub use envelope::{Envelope, EnvelopeError, Format, Sealed};
 pub use signature::{Signature, msg_signature, signature};

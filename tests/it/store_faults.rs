@@ -373,6 +373,7 @@ fn new_callback(ids: Vec<i64>, dedupe_key: &str) -> NewCallback {
         id: ids[0],
         account: Arc::from("main"),
         dedupe_key: dedupe_key.to_owned(),
+        legacy_dedupe_key: None,
         received_at_ms: 1_000,
         msg_type: Some("text".into()),
         event: None,
