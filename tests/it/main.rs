@@ -13,6 +13,7 @@ mod support;
 
 mod cli;
 mod console;
+mod dedupe;
 mod delivery;
 mod http2;
 mod ingress;

@@ -174,6 +174,69 @@ async fn rust_log_filters_by_level_and_module_and_text_is_the_default() {
     binary.wait_exit().await;
 }
 
+/// Regression: a resend's line named its callback twice (`callback{account="main"
+/// callback=7 callback=7}`), as the id was recorded into its span twice. Whether the resend
+/// waits for its first copy here or finds it in the store, its line names the callback once,
+/// the same as the first copy's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resends_line_names_its_callback_once() {
+    let bot = Target::start(200).await;
+    bot.set_reply("text/plain", "success");
+    bot.set_delay(Duration::from_millis(800));
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let accounts = format!(
+        "{}{}",
+        wx.account("main", "primary = \"bot\""),
+        Wx::target("bot", &bot.url("/bot"), "timeout_ms = 5000"),
+    );
+    let config = write_binary_config(dir.path(), listen, &accounts);
+    let log = dir.path().join("serve.log");
+    let mut binary = Binary::serve(&config, listen, &log).await;
+
+    let sealed = wx.seal(&text_xml("twice"));
+    let first = tokio::spawn({
+        let sealed = sealed.clone();
+        async move { post(listen, &sealed).await }
+    });
+    bot.wait_for(1).await;
+    // While the first copy waits for the bot, and once it is answered.
+    assert_eq!(post(listen, &sealed).await.0, 200);
+    assert_eq!(first.await.unwrap().0, 200);
+    // Once the first copy's answer is saved (just after it was sent), a resend finds it stored.
+    no_jobs_left(&dir.path().join("fanout.db"), "the delivery recorded").await;
+    crate::support::settle().await;
+    assert_eq!(post(listen, &sealed).await.0, 200);
+    let text = binary
+        .wait_log("both resends", |log| {
+            log.contains("resend answered like its first copy")
+                && log.contains("resend of a stored callback")
+        })
+        .await;
+    let named = |line: &str| line.matches("callback=").count();
+    let accepted = text
+        .lines()
+        .find(|l| l.contains("outcome=\"accepted\""))
+        .unwrap_or_else(|| panic!("{text}"));
+    let id = accepted
+        .split_once("callback=")
+        .and_then(|(_, rest)| rest.split_once('}'))
+        .map(|(id, _)| id)
+        .unwrap_or_else(|| panic!("{text}"));
+    let resends: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("outcome=\"duplicate\""))
+        .collect();
+    assert_eq!(resends.len(), 2, "{text}");
+    for line in resends.iter().chain([&accepted]) {
+        assert_eq!(named(line), 1, "{line}");
+        assert!(line.contains(&format!("callback={id}}}")), "{line}");
+    }
+    binary.terminate();
+    binary.wait_exit().await;
+}
+
 /// A message from `openid` saying `content`, sealed as WeChat sends it to `wx`'s account (the
 /// openid also in the query, as official accounts send it).
 fn from_user(wx: &Wx, openid: &str, content: &str) -> wechat_fanout::wechat::SealedRequest {
