@@ -9,6 +9,8 @@
 --          threads never collide and n always has 14 digits (tostring writes it in full).
 --          OFFSET (< 10^13, default 0) is added to n, so that consecutive wrk runs against one
 --          proxy send new callbacks rather than resends.
+--   event: as plain, for events without a MsgId: callback n uses variant floor(n / 10000) % 1000
+--          (EVENT_RUN in corpus.rs), so their CreateTime grows with n, and EventKey "240" .. n.
 --   safe:  whole encrypted callbacks, one a line; thread t starts at its share of the pool and
 --          cycles (past the pool's end callbacks repeat, and the proxy answers them as resends).
 -- done() prints one line "WRK {json}" for run.sh.
@@ -34,13 +36,14 @@ function init(args)
     .. "\r\nContent-Type: text/xml\r\nContent-Length: "
   local lines = io.lines(path)
   mode = lines()
-  if mode == "plain" then
+  local numbered = mode == "plain" or mode == "event"
+  if numbered then
     suffix = unescape(lines())
   end
   for line in lines do
     local query, body = line:match("^([^\t]*)\t(.*)$")
     body = unescape(body)
-    if mode == "plain" then
+    if numbered then
       -- Every plain body has the same length: the head, length and prefix are one string.
       local length = #body + 17 + #suffix
       heads[#heads + 1] = head:format(query) .. length .. "\r\n\r\n" .. body
@@ -60,6 +63,10 @@ function request()
     local n = base + counter
     counter = counter + 1
     return heads[n % 1000 + 1] .. "240" .. tostring(n) .. suffix
+  elseif mode == "event" then
+    local n = base + counter
+    counter = counter + 1
+    return heads[math.floor(n / 10000) % 1000 + 1] .. "240" .. tostring(n) .. suffix
   end
   local r = pool[pos]
   pos = pos % count + 1

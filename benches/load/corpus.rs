@@ -10,6 +10,11 @@
 //!   elements as WeChat writes them) with `MsgId = 24·10¹⁵ + n`. The query (`signature`,
 //!   `timestamp`, `nonce`, `openid`) and the body up to `<MsgId>` depend on `n % VARIANTS` only, so
 //!   wrk's Lua builds any callback by concatenation without computing a SHA-1.
+//! * **event**: an official-account `CLICK` event (~400 bytes) with no `MsgId`, so the proxy keys
+//!   it by a digest of its whole message: the number is its `EventKey`. Runs of [`EVENT_RUN`]
+//!   consecutive numbers share a variant, and variants go up with the number, so `CreateTime`
+//!   grows with the number as a real account's events' do with the clock (the plain scheme's
+//!   variant cycles with every callback instead, which a key led by the time would not survive).
 //! * **safe**: the same message for number `k`, encrypted with a 16-byte prefix derived from `k`,
 //!   with `nonce = NONCE_BASE + k` and a `msg_signature` over its own `Encrypt`. Lua cannot encrypt,
 //!   so the generator writes a pool of them beforehand and wrk cycles through it.
@@ -53,6 +58,14 @@ const CONTENTS: [&str; 4] = [
 pub(crate) const BODY_SUFFIX: &str =
     "</MsgId>\n<MsgDataId><![CDATA[]]></MsgDataId>\n<Idx><![CDATA[]]></Idx>\n</xml>";
 
+/// Consecutive event numbers that share a variant (so a `CreateTime`): about a second's events
+/// at the bench's rates.
+pub(crate) const EVENT_RUN: u64 = 10_000;
+/// Everything after an event's number, the same for every event.
+pub(crate) const EVENT_SUFFIX: &str = "]]></EventKey>\n</xml>";
+/// What comes just before an event's number.
+const EVENT_KEY_OPEN: &str = "<EventKey><![CDATA[";
+
 /// The parts of a plain callback that depend on `n % VARIANTS`.
 #[derive(Debug, Clone)]
 pub(crate) struct Variant {
@@ -78,6 +91,42 @@ pub(crate) fn variant(i: u64) -> Variant {
              <Content><![CDATA[{content}]]></Content>\n<MsgId>"
         ),
     }
+}
+
+/// The event variant `i` (`i < VARIANTS`): the query of [`variant`]`(i)`, an event's body.
+pub(crate) fn event_variant(i: u64) -> Variant {
+    let plain = variant(i);
+    let timestamp = (BASE_TIME + i).to_string();
+    let openid = openid(i);
+    Variant {
+        query: plain.query,
+        prefix: format!(
+            "<xml>\n<ToUserName><![CDATA[{TO_USER}]]></ToUserName>\n\
+             <FromUserName><![CDATA[{openid}]]></FromUserName>\n\
+             <CreateTime>{timestamp}</CreateTime>\n<MsgType><![CDATA[event]]></MsgType>\n\
+             <Event><![CDATA[CLICK]]></Event>\n{EVENT_KEY_OPEN}"
+        ),
+    }
+}
+
+/// Every event variant, indexed by [`event_variant_of`].
+pub(crate) fn event_variants() -> Vec<Variant> {
+    (0..VARIANTS).map(event_variant).collect()
+}
+
+/// The variant of event number `n`.
+pub(crate) fn event_variant_of(n: u64) -> usize {
+    ((n / EVENT_RUN) % VARIANTS) as usize
+}
+
+/// The event number `n`: (query, body).
+pub(crate) fn event(variants: &[Variant], n: u64) -> (&str, String) {
+    let v = &variants[event_variant_of(n)];
+    let mut body = String::with_capacity(v.prefix.len() + 17 + EVENT_SUFFIX.len());
+    body.push_str(&v.prefix);
+    let _ = write!(body, "{}", MSG_ID_BASE + n);
+    body.push_str(EVENT_SUFFIX);
+    (&v.query, body)
 }
 
 /// Every variant, indexed by `n % VARIANTS`.
@@ -156,8 +205,17 @@ pub(crate) fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
 
 /// The digits between `<MsgId>` and `</MsgId>`, as a number.
 pub(crate) fn msg_id(body: &[u8]) -> Option<u64> {
-    const OPEN: &[u8] = b"<MsgId>";
-    let start = body.windows(OPEN.len()).position(|w| w == OPEN)? + OPEN.len();
+    number_after(body, b"<MsgId>")
+}
+
+/// The number of an event (its `EventKey`), [`MSG_ID_BASE`] added as to a message's id.
+pub(crate) fn event_key(body: &[u8]) -> Option<u64> {
+    number_after(body, EVENT_KEY_OPEN.as_bytes())
+}
+
+/// The digits right after the first `open` in `body`, as a number.
+fn number_after(body: &[u8], open: &[u8]) -> Option<u64> {
+    let start = body.windows(open.len()).position(|w| w == open)? + open.len();
     let digits = body[start..]
         .iter()
         .take_while(|b| b.is_ascii_digit())
@@ -198,6 +256,25 @@ mod tests {
         }
         let (_, body) = plain(&variants, 42);
         assert!((440..520).contains(&body.len()), "{}", body.len());
+    }
+
+    /// Events verify, each is a callback of its own, and their dedupe keys (led by the time)
+    /// grow with the number from one run of [`EVENT_RUN`] to the next.
+    #[test]
+    fn events_verify_and_have_distinct_keys_that_grow_with_the_number() {
+        let variants = event_variants();
+        let creds = credentials(Security::Plaintext);
+        let mut keys = Vec::new();
+        for n in [0, 1, EVENT_RUN - 1, EVENT_RUN, 5 * EVENT_RUN, 999 * EVENT_RUN + 3] {
+            let (query, body) = event(&variants, n);
+            let parsed = CallbackQuery::parse(query).expect("query parses");
+            let opened = open_callback(&creds, &parsed, body.as_bytes()).expect("verifies");
+            assert_eq!(opened.envelope.msg_id, None);
+            assert_eq!(event_key(body.as_bytes()), Some(MSG_ID_BASE + n));
+            keys.push(dedupe_key(ACCOUNT, &opened.envelope, body.as_bytes()).key);
+        }
+        assert!(keys.windows(2).all(|w| w[0] != w[1]), "{keys:?}");
+        assert!(keys[2] < keys[3] && keys[3] < keys[4] && keys[4] < keys[5], "{keys:?}");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! * `wrk-data`: writes the file `callbacks.lua` reads, so that wrk sends realistic, distinct
 //!   callbacks. Plain: the suffix and the `VARIANTS` (query, body prefix) pairs; Lua appends the
-//!   message id. Safe: a pool of whole encrypted callbacks (each with its own query, since
+//!   message id. Event: the same for events (`corpus::event`), whose number is their `EventKey`.
+//!   Safe: a pool of whole encrypted callbacks (each with its own query, since
 //!   `msg_signature` covers `Encrypt`), cycled through by wrk. One record a line, `query\tbody`,
 //!   with `\\`, `\n` and `\t` escaped.
 //! * `rate`: a constant-rate (open-loop) generator for the latency scenario. A pacer thread
@@ -39,6 +40,8 @@ struct Args {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scheme {
     Plain,
+    /// Events without a `MsgId`, keyed by a digest of their message (`corpus::event`).
+    Event,
     Safe,
 }
 
@@ -114,6 +117,13 @@ fn wrk_data(scheme: Scheme, pool: u64, out: &PathBuf) -> anyhow::Result<()> {
                 writeln!(w, "{}\t{}", v.query, escape(&v.prefix))?;
             }
         }
+        Scheme::Event => {
+            writeln!(w, "event")?;
+            writeln!(w, "{}", escape(corpus::EVENT_SUFFIX))?;
+            for v in corpus::event_variants() {
+                writeln!(w, "{}\t{}", v.query, escape(&v.prefix))?;
+            }
+        }
         Scheme::Safe => {
             writeln!(w, "safe")?;
             let sealer = corpus::Sealer::new();
@@ -144,12 +154,17 @@ fn run_rate(
     let total = u64::from(rate) * duration;
     let sealer = (scheme == Scheme::Safe).then(corpus::Sealer::new);
     let variants = corpus::variants();
+    let event_variants = corpus::event_variants();
     // Build every request before the clock starts: the pacer must not wait for AES.
     let requests: Vec<Vec<u8>> = (first..first + total)
         .map(|n| {
-            let (query, body) = match &sealer {
-                Some(sealer) => sealer.safe(n),
-                None => {
+            let (query, body) = match (&sealer, scheme) {
+                (Some(sealer), _) => sealer.safe(n),
+                (None, Scheme::Event) => {
+                    let (query, body) = corpus::event(&event_variants, n);
+                    (query.to_owned(), body)
+                }
+                (None, _) => {
                     let (query, body) = corpus::plain(&variants, n);
                     (query.to_owned(), body)
                 }

@@ -19,6 +19,7 @@ def title:
     fast: "wechat-fanout, 2 fast targets",
     "fast-h2": "wechat-fanout, 2 fast targets over HTTP/2",
     "fast-pipe": "wechat-fanout, 2 fast targets, HTTP/1.1 pipelined",
+    events: "wechat-fanout, events without a MsgId, pipelined",
     slow: "wechat-fanout, target b slow (\($slow) ms)",
     down: "wechat-fanout, target b down",
     safe: "wechat-fanout, safe mode (AES)",

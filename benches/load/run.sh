@@ -4,8 +4,8 @@
 #   bash benches/load/run.sh              # every scenario, 3 runs of 10 s each (~20 min)
 #   QUICK=1 bash benches/load/run.sh      # smoke run: 1 run of 3 s each, small safe-mode pool
 #   BACKLOG=1 bash benches/load/run.sh    # adds the 1,000,000-callback backlog (memory) scenario
-#   SCENARIOS="fast down" bash benches/load/run.sh   # a subset of: bare nginx fast fast-h2 fast-pipe slow
-#                                     #   down safe rate redis-always redis-everysec redis-two redis-rate
+#   SCENARIOS="fast down" bash benches/load/run.sh   # a subset of: bare nginx fast fast-h2 fast-pipe events
+#                                     #   slow down safe rate redis-always redis-everysec redis-two redis-rate
 #   BACKLOG=1 SCENARIOS= bash benches/load/run.sh    # the backlog scenario alone
 #   CORES=2 bash benches/load/run.sh      # two-core mode: the proxy gets both cores (see below)
 #
@@ -25,7 +25,8 @@
 # thread, tokio's threads, the rest). fast-h2 is fast with `http2 = true` on both targets (h2c,
 # HTTP/2 with prior knowledge; the sinks take HTTP/1.1 and h2c on one port), fast-pipe with
 # `pipelining = true` on both (HTTP/1.1 pipelining), each checked with `wechat-fanout
-# check-config` before any run.
+# check-config` before any run. events is fast-pipe with events that carry no MsgId (CLICK, a
+# distinct EventKey each), which the proxy keys by a digest of the whole message.
 # Runs alternate between scenarios (run 1 of each, then run 2 of each…), so that a noisy stretch of a
 # shared machine hits every scenario alike. Every run gets a fresh store (SQLite file, or a
 # redis-server of its own in the run's folder) and fresh sinks; after the load the script waits
@@ -236,8 +237,10 @@ for port in "$P_BARE" "$P_NGINX" "$P_PROXY" "$P_ADMIN" "$P_SINK_A" "$P_SINK_B" "
 done
 
 PLAIN_DATA=$WORK/plain.dat
+EVENT_DATA=$WORK/event.dat
 SAFE_DATA=$WORK/safe.dat
 "$BIN/examples/load-gen" wrk-data --scheme plain --out "$PLAIN_DATA"
+"$BIN/examples/load-gen" wrk-data --scheme event --out "$EVENT_DATA"
 if [[ " $SCENARIOS " == *" safe "* ]]; then
     log "sealing $SAFE_POOL distinct safe-mode callbacks"
     "$BIN/examples/load-gen" wrk-data --scheme safe --pool "$SAFE_POOL" --out "$SAFE_DATA"
@@ -475,7 +478,7 @@ EOF
 wire_of() {
     case $1 in
         fast-h2) echo h2 ;;
-        fast-pipe) echo pipe ;;
+        fast-pipe | events) echo pipe ;;
         *) echo h1 ;;
     esac
 }
@@ -533,7 +536,7 @@ run_reference() { # $1: bare|nginx; $2: run number
     record "{\"scenario\":\"nginx\",\"run\":$i,\"wrk\":$w,\"cpu\":$cpu,\"accepted\":$answered,\"drain\":\"$drain\",\"a\":$a,\"b\":$b}"
 }
 
-# $1: fast|fast-h2|fast-pipe|slow|down|safe|rate|redis-always|redis-everysec|redis-two|redis-rate, or one of these
+# $1: fast|fast-h2|fast-pipe|events|slow|down|safe|rate|redis-always|redis-everysec|redis-two|redis-rate, or one of these
 # prefixed with alt- (run with ALT_BIN); $2: run number
 run_proxy() {
     local scenario=$1 i=$2 dir=$WORK/runs/$1-$2 expect=plain mode=plaintext data=$PLAIN_DATA
@@ -544,6 +547,7 @@ run_proxy() {
     [[ $base != "$scenario" ]] && PROXY_BIN=$ALT_BIN
     mkdir -p "$dir"
     if [[ $base == safe ]]; then expect=safe mode=safe data=$SAFE_DATA; fi
+    if [[ $base == events ]]; then expect=event data=$EVENT_DATA; fi
     wire=$(wire_of "$base")
     case $base in
         redis-always | redis-rate) store=redis fsync=always ;;
@@ -690,7 +694,7 @@ log "results in $OUT; $PINNING; $RUNS run(s) of ${DURATION}s, $CONNS connections
 for scenario in $SCENARIOS; do
     case ${scenario#alt-} in
         bare | nginx) [[ $scenario != alt-* ]] || { echo "alt- applies to the proxy's scenarios" >&2; exit 1; } ;;
-        fast | fast-h2 | fast-pipe | slow | down | safe | rate | redis-always | redis-everysec | redis-two | redis-rate) ;;
+        fast | fast-h2 | fast-pipe | events | slow | down | safe | rate | redis-always | redis-everysec | redis-two | redis-rate) ;;
         *) echo "unknown scenario $scenario" >&2; exit 1 ;;
     esac
     if [[ $scenario == alt-* && ! -x $ALT_BIN ]]; then

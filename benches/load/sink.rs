@@ -5,7 +5,7 @@
 //!
 //! The check is real without any channel to the load generator: callbacks are a deterministic
 //! function of their number (`corpus.rs`), so the sink finds the number (the `MsgId` of a plain
-//! body, the `nonce` of a safe-mode query), rebuilds the expected query string and body, and
+//! body, the `EventKey` of an event, the `nonce` of a safe-mode query), rebuilds the expected query string and body, and
 //! compares bytes; the content type must be `text/xml`. It also counts numbers seen twice
 //! (at-least-once delivery may resend; the benchmark wants none).
 //!
@@ -13,7 +13,7 @@
 //! `GET /_sink/stats` → one JSON object; `POST /_sink/set?status=503&delay_ms=2000` changes the
 //! answer of later deliveries (a slow or failing target that recovers mid-run).
 //!
-//! `load-sink --listen 127.0.0.1:9101 --expect plain|safe|none [--delay-ms 2000] [--status 200]`
+//! `load-sink --listen 127.0.0.1:9101 --expect plain|event|safe|none [--delay-ms 2000] [--status 200]`
 #![forbid(unsafe_code)]
 
 #[allow(dead_code)] // shared by every bench binary; the sink needs only the checking half
@@ -60,6 +60,8 @@ struct Args {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Expect {
     Plain,
+    /// Events without a `MsgId` (`corpus::event`).
+    Event,
     Safe,
     None,
 }
@@ -93,7 +95,7 @@ struct Counters {
 /// The sink's state shared by every connection.
 struct Sink {
     expect: Expect,
-    /// Plain callbacks: the per-variant parts (rebuilt without allocating).
+    /// Plain callbacks, or events: the per-variant parts (rebuilt without allocating).
     variants: Vec<corpus::Variant>,
     /// Safe mode: the pool, rebuilt once at start so that checking costs a comparison only
     /// (the sink shares its core with the proxy and must not steal it for AES).
@@ -107,7 +109,10 @@ impl Sink {
     fn new(expect: Expect, pool: Vec<(String, String)>, status: u16, delay_ms: u64) -> Sink {
         Sink {
             expect,
-            variants: corpus::variants(),
+            variants: match expect {
+                Expect::Event => corpus::event_variants(),
+                _ => corpus::variants(),
+            },
             pool,
             status: AtomicU16::new(status),
             delay_ms: AtomicU64::new(delay_ms),
@@ -128,18 +133,33 @@ impl Sink {
         }
         match self.expect {
             Expect::None => Ok(0),
-            Expect::Plain => {
-                let id = corpus::msg_id(body).ok_or("no MsgId in the body")?;
+            Expect::Plain | Expect::Event => {
+                let plain = self.expect == Expect::Plain;
+                let id = if plain {
+                    corpus::msg_id(body).ok_or("no MsgId in the body")?
+                } else {
+                    corpus::event_key(body).ok_or("no bench EventKey in the body")?
+                };
                 let n = id
                     .checked_sub(corpus::MSG_ID_BASE)
                     .filter(|n| *n < corpus::MAX_N)
-                    .ok_or("MsgId out of the bench's range")?;
-                let v = &self.variants[(n % corpus::VARIANTS) as usize];
+                    .ok_or("number out of the bench's range")?;
+                let (v, suffix) = if plain {
+                    (
+                        &self.variants[(n % corpus::VARIANTS) as usize],
+                        corpus::BODY_SUFFIX,
+                    )
+                } else {
+                    (
+                        &self.variants[corpus::event_variant_of(n)],
+                        corpus::EVENT_SUFFIX,
+                    )
+                };
                 if query != v.query {
                     return Err("query differs");
                 }
                 let id = id.to_string();
-                let suffix = corpus::BODY_SUFFIX.as_bytes();
+                let suffix = suffix.as_bytes();
                 let expected_len = v.prefix.len() + id.len() + suffix.len();
                 let (head, rest) = body.split_at(v.prefix.len().min(body.len()));
                 if body.len() != expected_len
