@@ -4,7 +4,8 @@
 //! Names and labels (all prefixed `wechat_fanout_`):
 //! - `callbacks_total{account, outcome, reason}`: accepted, duplicate, or rejected with a reason;
 //! - `answer_duration_seconds{account}`: from request start to the answer, for accepted callbacks;
-//! - `primary_total{account, outcome}`: relayed, timed_out, failed, or skipped (no capacity);
+//! - `primary_total{account, outcome}`: relayed, timed_out, failed, too_large (a 2xx answer
+//!   over the cap, not relayed), or skipped (no capacity);
 //! - `delivery_attempts_total{account, target, result}`: every attempt: delivered, retry, dead;
 //! - `delivery_duration_seconds{account, target}`: per attempt, whatever its result;
 //! - `queue_jobs{account, target, state}`: pending, in_flight and dead jobs, read at scrape time.
@@ -116,7 +117,7 @@ impl Metrics {
         );
         registry.register(
             "primary",
-            "Primary relays by outcome: relayed, timed_out, failed, skipped",
+            "Primary relays by outcome: relayed, timed_out, failed, too_large, skipped",
             metrics.primary.clone(),
         );
         registry.register(
@@ -192,7 +193,7 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// `outcome`: relayed, timed_out, failed or skipped.
+    /// `outcome`: relayed, timed_out, failed, too_large or skipped.
     pub fn primary(&self, account: &str, outcome: &'static str) {
         self.primary
             .get_or_create(&PrimaryLabels {
