@@ -137,19 +137,21 @@ impl Metrics {
         );
         registry.register(
             "shadow",
-            "Shadow targets' answers compared with the owner's: same, different, late, failed",
+            "Shadow targets' answers compared with the owner's: same, different, late, failed, \
+             too_large",
             metrics.shadow.clone(),
         );
         registry.register(
             "late_replies",
             "Reply owners' answers that came after the deadline, by what became of them: queued \
-             (for the customer-service API), duplicate, empty, unconvertible, unreadable, store_failed",
+             (for the customer-service API), duplicate, empty, unconvertible, unreadable, \
+             too_large, store_failed",
             metrics.late_replies.clone(),
         );
         metrics
     }
 
-    /// `outcome`: queued, duplicate, empty, unconvertible, unreadable or store_failed.
+    /// `outcome`: queued, duplicate, empty, unconvertible, unreadable, too_large or store_failed.
     pub fn late_reply(&self, account: &str, outcome: &'static str) {
         self.late_replies
             .get_or_create(&PrimaryLabels {
@@ -159,7 +161,7 @@ impl Metrics {
             .inc();
     }
 
-    /// `result`: same, different, late or failed.
+    /// `result`: same, different, late, failed or too_large.
     pub fn shadow(&self, account: &str, target: &str, result: &'static str) {
         self.shadow
             .get_or_create(&ShadowLabels {
