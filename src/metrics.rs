@@ -4,7 +4,8 @@
 //! Names and labels (all prefixed `wechat_fanout_`):
 //! - `callbacks_total{account, outcome, reason}`: accepted, duplicate, or rejected with a reason;
 //! - `answer_duration_seconds{account}`: from request start to the answer, for accepted callbacks;
-//! - `primary_total{account, outcome}`: relayed, timed_out, failed, or skipped (no capacity);
+//! - `primary_total{account, outcome}`: relayed, timed_out, failed, too_large (a 2xx answer
+//!   over the cap, not relayed), or skipped (no capacity);
 //! - `delivery_attempts_total{account, target, result}`: every attempt: delivered, retry, dead;
 //! - `delivery_duration_seconds{account, target}`: per attempt, whatever its result;
 //! - `queue_jobs{account, target, state}`: pending, in_flight and dead jobs, read at scrape time.
@@ -116,7 +117,7 @@ impl Metrics {
         );
         registry.register(
             "primary",
-            "Primary relays by outcome: relayed, timed_out, failed, skipped",
+            "Primary relays by outcome: relayed, timed_out, failed, too_large, skipped",
             metrics.primary.clone(),
         );
         registry.register(
@@ -136,19 +137,21 @@ impl Metrics {
         );
         registry.register(
             "shadow",
-            "Shadow targets' answers compared with the owner's: same, different, late, failed",
+            "Shadow targets' answers compared with the owner's: same, different, late, failed, \
+             too_large",
             metrics.shadow.clone(),
         );
         registry.register(
             "late_replies",
             "Reply owners' answers that came after the deadline, by what became of them: queued \
-             (for the customer-service API), duplicate, empty, unconvertible, unreadable, store_failed",
+             (for the customer-service API), duplicate, empty, unconvertible, unreadable, \
+             too_large, store_failed",
             metrics.late_replies.clone(),
         );
         metrics
     }
 
-    /// `outcome`: queued, duplicate, empty, unconvertible, unreadable or store_failed.
+    /// `outcome`: queued, duplicate, empty, unconvertible, unreadable, too_large or store_failed.
     pub fn late_reply(&self, account: &str, outcome: &'static str) {
         self.late_replies
             .get_or_create(&PrimaryLabels {
@@ -158,7 +161,7 @@ impl Metrics {
             .inc();
     }
 
-    /// `result`: same, different, late or failed.
+    /// `result`: same, different, late, failed or too_large.
     pub fn shadow(&self, account: &str, target: &str, result: &'static str) {
         self.shadow
             .get_or_create(&ShadowLabels {
@@ -192,7 +195,7 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// `outcome`: relayed, timed_out, failed or skipped.
+    /// `outcome`: relayed, timed_out, failed, too_large or skipped.
     pub fn primary(&self, account: &str, outcome: &'static str) {
         self.primary
             .get_or_create(&PrimaryLabels {

@@ -32,15 +32,18 @@ pub async fn late_reply(
     user: Option<String>,
     late: oneshot::Receiver<Attempt>,
 ) {
-    // The owner failed (or the task ended): nothing the user would have seen.
-    let Ok(Attempt {
-        reply: Some((_, body)),
-        ..
-    }) = late.await
-    else {
+    let Ok(attempt) = late.await else {
         return;
     };
-    let outcome = rescue(&*store, &account, &sender, callback, user.as_deref(), &body).await;
+    let outcome = match (&attempt.reply, attempt.withheld) {
+        (Some((_, body)), _) => {
+            rescue(&*store, &account, &sender, callback, user.as_deref(), body).await
+        }
+        // An answer that is no reply (cut short) is not rescued from the part that was read.
+        (None, Some(why)) => Err((why.label(), why.to_string())),
+        // The owner failed (or the task ended): nothing the user would have seen.
+        (None, None) => return,
+    };
     match &outcome {
         Ok("queued") => {
             info!(

@@ -37,6 +37,8 @@ pub enum Outcome {
     Late,
     /// Answered non-2xx, or could not be reached.
     Failed,
+    /// Answered 2xx over the 1 MiB cap: not compared by the part that was read.
+    TooLarge,
 }
 
 impl Outcome {
@@ -46,6 +48,7 @@ impl Outcome {
             Outcome::Different => "different",
             Outcome::Late => "late",
             Outcome::Failed => "failed",
+            Outcome::TooLarge => "too_large",
         }
     }
 }
@@ -127,6 +130,9 @@ pub async fn compare(
                 };
                 (outcome, body)
             }
+            Ok(Ok(Attempt {
+                withheld: Some(_), ..
+            })) => (Outcome::TooLarge, Bytes::new()),
             Ok(_) => (Outcome::Failed, Bytes::new()),
             Err(_) => (Outcome::Late, Bytes::new()),
         };

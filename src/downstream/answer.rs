@@ -5,9 +5,10 @@
 //!
 //! Bodies are framed by `Content-Length`, chunked (extensions and trailers skipped), or run to
 //! the close; interim `1xx` answers are skipped; `204` and `304` have no body. A body is kept
-//! up to [`MAX_RESPONSE_BYTES`] and the rest read and dropped, so the next answer is still
-//! found. A head, chunk size line or trailer line over 64 KiB, an invalid or conflicting length,
-//! a malformed chunk, or `101` is refused with the reason.
+//! up to [`MAX_RESPONSE_BYTES`]; a longer one is read to its end and dropped, so the next answer
+//! is still found, and its answer is marked as not whole ([`Answer::whole`]). A head, chunk size
+//! line or trailer line over 64 KiB, an invalid or conflicting length, a malformed chunk, or
+//! `101` is refused with the reason.
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -25,8 +26,11 @@ pub struct Answer {
     pub status: u16,
     pub retry_after: Option<String>,
     pub content_type: Option<String>,
-    /// At most [`MAX_RESPONSE_BYTES`].
+    /// The whole body when [`Answer::whole`]; empty otherwise.
     pub body: Bytes,
+    /// The body was at most [`MAX_RESPONSE_BYTES`] and is all here. A longer one is read to its
+    /// end and dropped: part of an answer is no answer.
+    pub whole: bool,
 }
 
 /// Why bytes from a target are not an HTTP/1.1 answer.
@@ -65,7 +69,7 @@ impl Decoder {
     /// connection after it; `None` until more bytes come.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<(Answer, bool)>, Malformed> {
         loop {
-            let (_, body, framing, _) = match &mut self.reading {
+            let (answer, body, framing, _) = match &mut self.reading {
                 Some(reading) => reading,
                 None => match parse_head(buf)? {
                     None => return Ok(None),
@@ -77,7 +81,7 @@ impl Decoder {
                     }
                 },
             };
-            if !read_body(buf, body, framing)? {
+            if !read_body(buf, body, &mut answer.whole, framing)? {
                 return Ok(None);
             }
             if let Some((mut answer, body, _, close)) = self.reading.take() {
@@ -209,20 +213,30 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Malformed> {
         retry_after,
         content_type,
         body: Bytes::new(),
+        whole: true,
     };
     Ok(Some(Head::Final(answer, body, close)))
 }
 
-/// Moves the body's bytes from `buf` into `body` (up to [`MAX_RESPONSE_BYTES`], the rest is
-/// dropped); true once the body is complete.
+/// Moves the body's bytes from `buf` into `body`; true once the body is complete. A body over
+/// [`MAX_RESPONSE_BYTES`] is not `whole`: what was kept of it is let go, and the rest dropped as
+/// it comes.
 fn read_body(
     buf: &mut BytesMut,
     body: &mut BytesMut,
+    whole: &mut bool,
     framing: &mut Body,
 ) -> Result<bool, Malformed> {
-    let keep = |body: &mut BytesMut, bytes: &[u8]| {
-        let room = MAX_RESPONSE_BYTES.saturating_sub(body.len());
-        body.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    let mut keep = |body: &mut BytesMut, bytes: &[u8]| {
+        if !*whole {
+            return;
+        }
+        if bytes.len() > MAX_RESPONSE_BYTES.saturating_sub(body.len()) {
+            *whole = false;
+            *body = BytesMut::new();
+            return;
+        }
+        body.extend_from_slice(bytes);
     };
     loop {
         match framing {
@@ -303,6 +317,7 @@ mod tests {
             retry_after: None,
             content_type: content_type.map(str::to_owned),
             body: Bytes::copy_from_slice(body),
+            whole: true,
         }
     }
 
@@ -382,15 +397,41 @@ mod tests {
     }
 
     #[test]
-    fn a_body_over_the_cap_is_cut_and_the_next_answer_still_read() {
-        let big = MAX_RESPONSE_BYTES + 10;
-        let mut stream = format!("HTTP/1.1 200 OK\r\nContent-Length: {big}\r\n\r\n").into_bytes();
-        stream.resize(stream.len() + big, b'a');
+    fn a_body_over_the_cap_is_not_whole_and_the_next_answer_still_read() {
+        let mut stream = Vec::new();
+        let over = vec![b'a'; MAX_RESPONSE_BYTES + 1];
+        let at_the_cap = vec![b'b'; MAX_RESPONSE_BYTES];
+        stream.extend(on_the_wire(200, &over, None));
+        stream.extend(on_the_wire(200, &over, Some(&[70_000, 500_000])));
+        stream.extend(on_the_wire(200, &at_the_cap, Some(&[1000])));
         stream.extend_from_slice(b"HTTP/1.1 202 Accepted\r\nContent-Length: 1\r\n\r\nb");
-        let answers = decode_all(&stream, &[1000, 70_000, 900_000]).unwrap();
-        assert_eq!(answers.len(), 2);
-        assert_eq!(answers[0].0.body.len(), MAX_RESPONSE_BYTES);
-        assert_eq!(answers[1], (answer(202, None, b"b"), false));
+        // And one that runs to the close.
+        stream.extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\n");
+        stream.extend_from_slice(&over);
+        let cut = Answer {
+            body: Bytes::new(),
+            whole: false,
+            ..answer(200, None, b"")
+        };
+        let expected = vec![
+            (cut.clone(), false),
+            (cut.clone(), false),
+            (answer(200, None, &at_the_cap), false),
+            (answer(202, None, b"b"), false),
+            (cut, true),
+        ];
+        // Status, body length, whole, and whether the connection closes: a failure then does
+        // not print megabytes.
+        let summary = |answers: &[(Answer, bool)]| -> Vec<(u16, usize, bool, bool)> {
+            (answers.iter())
+                .map(|(a, close)| (a.status, a.body.len(), a.whole, *close))
+                .collect()
+        };
+        for cuts in [&[][..], &[1000, 70_000, 900_000, 1_100_000, 2_200_000]] {
+            let answers = decode_all(&stream, cuts).unwrap();
+            assert_eq!(summary(&answers), summary(&expected), "cut at {cuts:?}");
+            assert!(answers == expected, "cut at {cuts:?}");
+        }
     }
 
     #[test]

@@ -70,14 +70,14 @@ impl Connections {
         }
     }
 
-    /// Sends `request` (origin-form URI, `Host` set) to `address` and reads the answer (see
-    /// [`read_body`]). The connection goes back to the idle ones only if the answer was read to
-    /// its end and the target keeps it open.
+    /// Sends `request` (origin-form URI, `Host` set) to `address` and reads the answer: its head,
+    /// its body and whether the body is whole (see [`read_body`]). The connection goes back to
+    /// the idle ones only if the answer was read to its end and the target keeps it open.
     pub(super) async fn exchange(
         &self,
         address: &Authority,
         request: Request<Full<Bytes>>,
-    ) -> Result<(Parts, Bytes), Failure> {
+    ) -> Result<(Parts, Bytes, bool), Failure> {
         let open = match self.take(address) {
             Some(open) => open,
             None => connect(&self.connector, address).await?,
@@ -103,7 +103,7 @@ impl Connections {
                 },
             );
         }
-        Ok((head, body))
+        Ok((head, body, complete))
     }
 
     /// The most recently used idle connection to `address` that is still open. Each is checked

@@ -57,7 +57,8 @@ const ATTEMPT: HeaderName = HeaderName::from_static(ATTEMPT_HEADER);
 const ACCOUNT: HeaderName = HeaderName::from_static(ACCOUNT_HEADER);
 const AUTHORIZER: HeaderName = HeaderName::from_static(AUTHORIZER_HEADER);
 
-/// A target's answer body is read up to this size (a passive reply is a few KiB at most).
+/// A target's answer body is read up to this size (a passive reply is a few KiB at most); a
+/// longer one is no reply ([`Withheld::TooLarge`], whose message, like the README, says 1 MiB).
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
 /// How long after a failed record of an outcome it is tried again, doubling up to the maximum.
 const RECORD_RETRY_FIRST: Duration = Duration::from_millis(100);
@@ -75,13 +76,34 @@ const USER_AGENT_VALUE: &str = concat!("wechat-fanout/", env!("CARGO_PKG_VERSION
 pub struct Attempt {
     pub verdict: Verdict,
     pub status: Option<u16>,
-    /// Set when the target answered 2xx: its body and content type (for the primary relay).
+    /// Set when the target answered 2xx with a body that can be relayed: its body and content
+    /// type (for the primary relay).
     pub reply: Option<(Option<String>, Bytes)>,
+    /// Set when the target answered 2xx (delivered) but its answer cannot be relayed: why.
+    pub withheld: Option<Withheld>,
     pub error: Option<String>,
     pub elapsed: Duration,
     /// The failure belongs to this request, not to the target (its URL could not be built; the
     /// target refused it as too large): the target's circuit breaker does not count it.
     pub request_fault: bool,
+}
+
+/// Why a target's 2xx answer is no reply: WeChat gets `success` instead of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Withheld {
+    /// Its body was over [`MAX_RESPONSE_BYTES`], so it was not read to its end: relaying the
+    /// part that was read would show the user a cut reply.
+    #[error("the answer exceeded the 1 MiB cap on a target's answer")]
+    TooLarge,
+}
+
+impl Withheld {
+    /// Its metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Withheld::TooLarge => "too_large",
+        }
+    }
 }
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -189,6 +211,7 @@ impl Downstream {
                 verdict,
                 status: api_status(&result),
                 reply: None,
+                withheld: None,
                 error: result.err().map(|e| e.to_string()),
                 elapsed: started.elapsed(),
                 request_fault: false,
@@ -205,12 +228,16 @@ impl Downstream {
                 retry_after,
                 content_type,
                 body,
+                whole,
             }) => {
                 let verdict =
                     retry::classify_status(status, retry_after.as_deref(), SystemTime::now());
                 let delivered = verdict == Verdict::Delivered;
+                // Still delivered: the target took the callback. Only its answer is no reply.
+                let withheld = (delivered && !whole).then_some(Withheld::TooLarge);
                 // A reply sealed with the target's own key is sealed again with the account's.
                 let reply = match &target.resign {
+                    _ if withheld.is_some() => None,
                     Some(resign) if delivered => resign.reply(&body).map(|b| (content_type, b)),
                     _ => delivered.then_some((content_type, body)),
                 };
@@ -218,6 +245,7 @@ impl Downstream {
                     verdict,
                     status: Some(status),
                     reply,
+                    withheld,
                     error: (!delivered).then(|| format!("target answered {status}")),
                     elapsed,
                     request_fault: retry::refuses_the_request(status),
@@ -235,6 +263,7 @@ impl Downstream {
                     },
                     status: None,
                     reply: None,
+                    withheld: None,
                     error: Some(e.to_string()),
                     elapsed,
                     request_fault,
@@ -263,7 +292,7 @@ impl Downstream {
         let origin = target.origin_for(authorizer).filter(|_| !http2);
         let host = origin.as_ref().and_then(|o| o.host.clone());
         let headers = delivery_headers(host, job, authorizer, request.content_type.as_deref())?;
-        let (head, body) = match origin {
+        let (head, body, whole) = match origin {
             Some(origin) => {
                 let path = origin.target(query)?;
                 if target.settings.pipelining {
@@ -294,8 +323,8 @@ impl Downstream {
                         }
                     })?;
                 let (head, mut incoming) = response.into_parts();
-                let (body, _) = read_body(&mut incoming).await.map_err(Failure::Body)?;
-                (head, body)
+                let (body, whole) = read_body(&mut incoming).await.map_err(Failure::Body)?;
+                (head, body, whole)
             }
         };
         let header = |name| header_text(&head.headers, name);
@@ -304,6 +333,7 @@ impl Downstream {
             retry_after: header(RETRY_AFTER),
             content_type: header(CONTENT_TYPE),
             body,
+            whole,
         })
     }
 
@@ -504,8 +534,10 @@ where
     request
 }
 
-/// The answer's body, up to [`MAX_RESPONSE_BYTES`], and whether it was read to its end. It is
-/// read even when it is not needed, so that the connection can be used again.
+/// The answer's body and whether it is whole (see [`Answer::whole`]): read to its end, even when
+/// it is not needed, so that the connection can be used again; but a body over
+/// [`MAX_RESPONSE_BYTES`] is not read further, and comes back empty and not whole (its
+/// connection is not used again).
 async fn read_body(incoming: &mut Incoming) -> hyper::Result<(Bytes, bool)> {
     let mut body = BytesMut::new();
     while let Some(frame) = incoming.frame().await {
@@ -513,7 +545,7 @@ async fn read_body(incoming: &mut Incoming) -> hyper::Result<(Bytes, bool)> {
             continue;
         };
         if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Ok((body.freeze(), false));
+            return Ok((Bytes::new(), false));
         }
         body.extend_from_slice(&chunk);
     }

@@ -509,9 +509,7 @@ impl Ingress {
             }
         }
         let (relayed, late) = match relay {
-            Some((primary, permit, job)) => {
-                self.relay(primary.clone(), permit, job, deadline).await
-            }
+            Some((primary, permit, job)) => self.relay(primary, permit, job, deadline).await,
             None => {
                 if primary.is_some() {
                     self.metrics.primary(&account.id, "skipped");
@@ -685,26 +683,38 @@ impl Ingress {
     /// through the returned receiver.
     async fn relay(
         &self,
-        target: Arc<Target>,
+        target: &Arc<Target>,
         permit: OwnedSemaphorePermit,
         job: Job,
         deadline: Instant,
     ) -> (Option<Answer>, Option<oneshot::Receiver<Attempt>>) {
-        let account = target.key.account.clone();
-        let mut answer = self.start_attempt(target, permit, job);
+        let mut answer = self.start_attempt(target.clone(), permit, job);
         let (outcome, relayed, late) =
             match tokio::time::timeout_at(deadline.into(), &mut answer).await {
                 Ok(Ok(Attempt {
                     reply: Some((content_type, body)),
                     ..
                 })) => ("relayed", Some(Answer { content_type, body }), None),
+                Ok(Ok(Attempt {
+                    withheld: Some(why),
+                    ..
+                })) => {
+                    // Delivered, but WeChat would not get the owner's whole answer.
+                    warn!(
+                        target = &*target.key.target,
+                        outcome = why.label(),
+                        reason = %why,
+                        "the reply owner's answer is not relayed; WeChat gets success"
+                    );
+                    (why.label(), None, None)
+                }
                 Ok(_) => ("failed", None, None),
                 Err(_) => {
                     debug!("primary did not answer before the reply deadline");
                     ("timed_out", None, Some(answer))
                 }
             };
-        self.metrics.primary(&account, outcome);
+        self.metrics.primary(&target.key.account, outcome);
         (relayed, late)
     }
 }

@@ -9,11 +9,12 @@ use serde_json::json;
 use wechat_fanout::config::Mode;
 use wechat_fanout::wechat::{AesKey, Kind};
 
-use crate::support::scrape::Scrape;
+use crate::support::scrape::{Scrape, family};
 use crate::support::wechat_api::{APP_SECRET, FakeWechatApi, Scripted};
 use crate::support::wx::{AES_KEY, RECEIVE_ID};
 use crate::support::{
-    DEAD, FAST, Proxy, Target, Wx, eventually, eventually_async, jobs, settle, text_xml,
+    ANSWER_CAP, DEAD, FAST, Proxy, Target, Wx, eventually, eventually_async, jobs, settle,
+    text_reply_of, text_xml,
 };
 
 const USER: &str = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o";
@@ -209,4 +210,31 @@ fn late_replies_need_app_secret() {
         .to_string();
     assert!(error.starts_with("accounts[0].late_replies"), "{error}");
     assert!(error.contains("WeCom has no customer-service"), "{error}");
+}
+
+/// A late answer over the 1 MiB cap is not rescued from the part of it that was read: nothing
+/// reaches the API, and it is counted `too_large`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_answer_over_1_mib_is_counted_too_large_and_not_sent() {
+    let api = FakeWechatApi::start(RECEIVE_ID, &[]).await;
+    let bot = Target::start(200).await;
+    bot.set_delay(Duration::from_millis(300));
+    bot.set_reply("text/xml", &text_reply_of(2 * ANSWER_CAP));
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
+    let toml = format!(
+        "{FAST}[server]\nreply_deadline_ms = 100\n{}",
+        bot_with_late_replies(&wx, &api, &bot)
+    );
+    let proxy = Proxy::start_with_admin(&toml).await;
+
+    proxy
+        .post("main", &wx.seal(&text_xml("a long story?")))
+        .await
+        .assert_success();
+    assert_eq!(
+        Scrape::first_counted(&proxy, "wechat_fanout_late_replies_total").await,
+        family(&[("account=main,outcome=too_large", 1.0)])
+    );
+    settle().await;
+    assert_eq!(api.sent(), Vec::<serde_json::Value>::new());
 }

@@ -6,8 +6,10 @@ use std::time::Duration;
 use wechat_fanout::config::Mode;
 use wechat_fanout::wechat::Kind;
 
+use crate::support::scrape::{Scrape, family};
 use crate::support::{
-    FAST, Proxy, Target, Wx, eventually_async, no_jobs_left, raw_post_head, settle, text_xml,
+    ANSWER_CAP, FAST, Proxy, Target, Wx, eventually_async, no_jobs_left, raw_post_head, settle,
+    text_reply_of, text_xml,
 };
 
 /// WeChat resends a callback it got no answer for, possibly while the first copy is still being
@@ -276,4 +278,90 @@ async fn a_stalled_store_answers_503_before_wechat_gives_up_and_the_resend_succe
     assert_eq!(got[0].body, sealed.body.as_bytes());
     settle().await;
     assert_eq!(target.count(), 1, "one callback, one delivery");
+}
+
+/// A reply owner at `bot` (reached with `settings`) answers 2 MiB, with a Content-Length and
+/// then chunked: WeChat gets exactly `200 success` (never the part that was read), the answer
+/// is counted as `too_large`, and the owner's delivery is recorded as delivered, once. An answer
+/// of exactly 1 MiB, both ways, is relayed whole.
+async fn over_the_cap_gets_success_and_at_the_cap_is_relayed_whole(bot: &Target, settings: &str) {
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let toml = format!(
+        "{FAST}{}{}",
+        wx.account("main", "primary = \"bot\""),
+        Wx::target("bot", &bot.url("/bot"), settings),
+    );
+    let proxy = Proxy::start_with_admin(&toml).await;
+    let (over, at) = (text_reply_of(2 * ANSWER_CAP), text_reply_of(ANSWER_CAP));
+    for chunked in [false, true] {
+        if chunked {
+            bot.set_chunked();
+        }
+        bot.set_reply("text/xml", &over);
+        let answer = proxy
+            .post(
+                "main",
+                &wx.seal(&text_xml(&format!("over, chunked {chunked}"))),
+            )
+            .await;
+        // Its length first: a failure then does not print a megabyte.
+        assert_eq!(
+            (answer.status, answer.body.len()),
+            (200, "success".len()),
+            "chunked {chunked}: WeChat gets success, not part of the answer"
+        );
+        answer.assert_success();
+        bot.set_reply("text/xml", &at);
+        let answer = proxy
+            .post(
+                "main",
+                &wx.seal(&text_xml(&format!("at, chunked {chunked}"))),
+            )
+            .await;
+        assert_eq!(answer.status, 200, "chunked {chunked}");
+        assert!(
+            answer.body == at.as_bytes(),
+            "chunked {chunked}: {} bytes",
+            answer.body.len()
+        );
+        assert_eq!(answer.header("content-type"), Some("text/xml"));
+    }
+
+    no_jobs_left(
+        &proxy.db,
+        "every delivery to the owner recorded as delivered",
+    )
+    .await;
+    settle().await;
+    assert_eq!(bot.count(), 4, "each delivered once, none retried");
+    assert_eq!(
+        Scrape::fetch(&proxy)
+            .await
+            .family("wechat_fanout_primary_total"),
+        family(&[
+            ("account=main,outcome=relayed", 2.0),
+            ("account=main,outcome=too_large", 2.0),
+        ])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owners_answer_over_1_mib_is_not_relayed_cut_short() {
+    let bot = Target::start(200).await;
+    over_the_cap_gets_success_and_at_the_cap_is_relayed_whole(&bot, "").await;
+}
+
+/// Pipelined, the rest of each long answer is read and dropped on its connection, and the
+/// answers after it are read there: one connection for all four.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_owners_answer_over_1_mib_is_not_relayed_cut_short() {
+    let bot = Target::start(200).await;
+    over_the_cap_gets_success_and_at_the_cap_is_relayed_whole(&bot, "pipelining = true").await;
+    assert_eq!(bot.connections(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_owners_answer_over_1_mib_is_not_relayed_cut_short() {
+    let bot = Target::start_h2(200).await;
+    over_the_cap_gets_success_and_at_the_cap_is_relayed_whole(&bot, "http2 = true").await;
 }

@@ -6,9 +6,11 @@ use std::time::Duration;
 use wechat_fanout::config::Mode;
 use wechat_fanout::wechat::{AesKey, Kind};
 
-use crate::support::scrape::Scrape;
+use crate::support::scrape::{Scrape, family};
 use crate::support::wx::{AES_KEY, RECEIVE_ID};
-use crate::support::{FAST, Proxy, Target, Wx, eventually_async, text_xml};
+use crate::support::{
+    ANSWER_CAP, FAST, Proxy, Target, Wx, eventually_async, text_reply_of, text_xml,
+};
 
 /// The live bot answers encrypted (safe mode); the candidate answers in clear, with its own
 /// CreateTime and element order: the same (compared after decryption). Then it answers other
@@ -117,4 +119,35 @@ async fn a_candidate_bot_is_compared_and_never_answers_wechat() {
             .contains("hi!")
     );
     assert_eq!(bot.count(), 4);
+}
+
+/// A candidate whose answer is over the 1 MiB cap is counted `too_large`: not compared by the
+/// part of it that was read, nor listed as a difference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_candidates_answer_over_1_mib_is_counted_too_large_and_not_compared() {
+    let bot = Target::start(200).await;
+    let reply = text_reply_of(200);
+    bot.set_reply("text/xml", &reply);
+    let next = Target::start(200).await;
+    next.set_reply("text/xml", &text_reply_of(2 * ANSWER_CAP));
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let toml = format!(
+        "{FAST}{}{}{}",
+        wx.account("main", "primary = \"bot\""),
+        Wx::target("bot", &bot.url("/bot"), ""),
+        Wx::target("next", &next.url("/next"), "shadow_of = \"bot\""),
+    );
+    let proxy = Proxy::start_with_admin(&toml).await;
+
+    let answer = proxy.post("main", &wx.seal(&text_xml("big"))).await;
+    assert_eq!((answer.status, answer.text()), (200, reply));
+    assert_eq!(
+        Scrape::first_counted(&proxy, "wechat_fanout_shadow_total").await,
+        family(&[("account=main,result=too_large,target=next", 1.0)])
+    );
+    let listed = proxy
+        .admin(reqwest::Method::GET, "/shadow/differences")
+        .await;
+    let json: serde_json::Value = serde_json::from_str(&listed.text()).unwrap();
+    assert_eq!(json["differences"], serde_json::json!([]), "{json}");
 }

@@ -179,6 +179,20 @@ pub(crate) async fn through_a_primary_and_a_plain_target(
     (sealed, at_bot, at_plain)
 }
 
+/// The most of a target's answer the proxy reads: 1 MiB. A longer one is never relayed.
+pub(crate) const ANSWER_CAP: usize = 1 << 20;
+
+/// A passive text reply of exactly `len` bytes, its content padded with `a`.
+pub(crate) fn text_reply_of(len: usize) -> String {
+    let start = "<xml><ToUserName>o1</ToUserName><MsgType>text</MsgType><Content>";
+    let end = "</Content></xml>";
+    let mut reply = String::with_capacity(len);
+    reply.push_str(start);
+    reply.extend(std::iter::repeat_n('a', len - start.len() - end.len()));
+    reply.push_str(end);
+    reply
+}
+
 /// The first whole request in `buf`, as a test target written on TCP reads it: how many bytes
 /// it takes, its head (without the blank line that ends it) and its body, framed by its
 /// Content-Length (none: no body). `None` until all of it is in.

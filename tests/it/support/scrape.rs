@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use reqwest::Method;
 
-use super::Proxy;
+use super::{Proxy, eventually_async};
 
 /// Every sample of one scrape.
 #[derive(Debug, Clone)]
@@ -28,6 +28,16 @@ impl Scrape {
             "{content_type}"
         );
         Scrape::parse(&answer.text())
+    }
+
+    /// The family `name` (see [`Scrape::family`]) once it has a series: waits (bounded) for
+    /// the first thing it counts.
+    pub(crate) async fn first_counted(proxy: &Proxy, name: &str) -> BTreeMap<String, f64> {
+        eventually_async(&format!("a series of {name}"), || async {
+            let family = Scrape::fetch(proxy).await.family(name);
+            (!family.is_empty()).then_some(family)
+        })
+        .await
     }
 
     pub(crate) fn parse(text: &str) -> Scrape {

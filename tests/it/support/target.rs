@@ -1,17 +1,21 @@
 //! A fake downstream service: a real HTTP/1.1 server (hyper) on a local port, or an HTTP/2-only
 //! one ([`Target::start_h2`]), that records every request it gets (method, path and query,
-//! headers, body bytes, arrival time, HTTP version) before answering as told. What it answers (status, extra headers, body, delay) can change mid-test, to play a
-//! service that fails, recovers, throttles, is slow, or never answers. Dropping it stops it.
+//! headers, body bytes, arrival time, HTTP version) before answering as told. What it answers
+//! (status, extra headers, body, its framing, delay) can change mid-test, to play a service that
+//! fails, recovers, throttles, is slow, or never answers. Dropping it stops it.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::Incoming;
+use http_body_util::BodyExt as _;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -66,6 +70,8 @@ struct Behaviour {
     delay: Duration,
     content_type: Option<String>,
     body: Bytes,
+    /// Send the body without telling its length up front ([`Target::set_chunked`]).
+    chunked: bool,
     headers: Vec<(String, String)>,
     /// Verify every request with these credentials, as a stock WeChat SDK does.
     sdk: Option<Credentials>,
@@ -119,6 +125,7 @@ impl Target {
                 delay: Duration::ZERO,
                 content_type: None,
                 body: Bytes::new(),
+                chunked: false,
                 headers: Vec::new(),
                 sdk: None,
             }),
@@ -178,6 +185,12 @@ impl Target {
             b.content_type = Some(content_type.to_owned());
             b.body = body;
         });
+    }
+
+    /// Sends the body in pieces without telling its length up front: chunked over HTTP/1.1, DATA
+    /// frames without `content-length` over HTTP/2.
+    pub(crate) fn set_chunked(&self) {
+        self.behave(|b| b.chunked = true);
     }
 
     /// Adds a header to every answer (`Retry-After`, …).
@@ -259,7 +272,7 @@ async fn answer(
     shared: &Shared,
     stop: &CancellationToken,
     request: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+) -> Response<Reply> {
     let at = Instant::now();
     let (parts, body) = request.into_parts();
     let body = body
@@ -307,7 +320,7 @@ async fn answer(
             Ok(_) => (200, b"success".to_vec()),
             Err(e) => (403, e.into_bytes()),
         };
-        let mut response = Response::new(Full::new(Bytes::from(answer)));
+        let mut response = Response::new(Reply::whole(Bytes::from(answer)));
         *response.status_mut() = hyper::StatusCode::from_u16(status).expect("a valid status");
         return response;
     }
@@ -317,7 +330,12 @@ async fn answer(
             () = stop.cancelled() => {}
         }
     }
-    let mut response = Response::new(Full::new(behaviour.body));
+    let body = if behaviour.chunked {
+        Reply::in_pieces(behaviour.body)
+    } else {
+        Reply::whole(behaviour.body)
+    };
+    let mut response = Response::new(body);
     *response.status_mut() = hyper::StatusCode::from_u16(behaviour.status).expect("a valid status");
     let headers = response.headers_mut();
     if let Some(content_type) = behaviour.content_type {
@@ -333,4 +351,57 @@ async fn answer(
         );
     }
     response
+}
+
+/// An answer's body: whole, with its length, or in pieces whose total is not told up front.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pieces: VecDeque<Bytes>,
+    chunked: bool,
+}
+
+impl Reply {
+    fn whole(body: Bytes) -> Reply {
+        Reply {
+            pieces: VecDeque::from([body]),
+            chunked: false,
+        }
+    }
+
+    /// In pieces of 64 KiB.
+    fn in_pieces(body: Bytes) -> Reply {
+        const PIECE: usize = 64 * 1024;
+        let pieces = (0..body.len())
+            .step_by(PIECE)
+            .map(|at| body.slice(at..body.len().min(at + PIECE)))
+            .collect();
+        Reply {
+            pieces,
+            chunked: true,
+        }
+    }
+}
+
+impl Body for Reply {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.pieces.pop_front().map(|piece| Ok(Frame::data(piece))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    /// Exact unless chunked: a server then writes `content-length`.
+    fn size_hint(&self) -> SizeHint {
+        if self.chunked {
+            return SizeHint::default();
+        }
+        SizeHint::with_exact(self.pieces.iter().map(|p| p.len() as u64).sum())
+    }
 }
