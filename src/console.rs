@@ -358,7 +358,7 @@ async fn count_outcomes(
             () = shutdown.cancelled() => return,
         };
         let attempt = match received {
-            Received::Event(event) => match &*event {
+            Received::Event(event) => match event.event() {
                 Event::Attempt(attempt) => attempt.clone(),
                 _ => continue,
             },
@@ -401,7 +401,7 @@ async fn count_outcomes(
     }
 }
 
-/// Feeds one event stream: each event as a JSON message, a `dropped` message when this
+/// Feeds one event stream: each event's message (written once for all streams), a `dropped` message when this
 /// connection fell behind, a comment now and then. Waiting for a slow connection only makes its
 /// own subscription fall behind; publishers never wait.
 async fn stream_events(
@@ -418,10 +418,7 @@ async fn stream_events(
         }
         message = tokio::select! {
             received = subscription.next() => match received {
-                Received::Event(event) => match serde_json::to_string(&*event) {
-                    Ok(json) => Bytes::from(format!("data: {json}\n\n")),
-                    Err(_) => continue,
-                },
+                Received::Event(event) => event.message(),
                 Received::Dropped(n) => {
                     Bytes::from(format!("data: {{\"kind\":\"dropped\",\"count\":{n}}}\n\n"))
                 }
