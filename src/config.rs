@@ -113,6 +113,24 @@ const MAX_MIN_FREE_BYTES: u64 = 1 << 50;
 /// A shorter admin token is guessable: refuse it rather than protect the admin API with it.
 const MIN_ADMIN_TOKEN_BYTES: usize = 16;
 
+/// Far more event streams than operators: each one costs the proxy work for every event.
+const MAX_EVENT_STREAMS: usize = 10_000;
+
+/// A DNS name as `admin.hosts` lists it: labels of letters, digits, `-` and `_`, a trailing dot
+/// allowed, no port.
+fn is_host_name(host: &str) -> bool {
+    let name = host.strip_suffix('.').unwrap_or(host);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
 /// A duration written in milliseconds in TOML.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -171,6 +189,11 @@ pub struct AdminConfig {
     pub protect_metrics: bool,
     /// The console shows openids and message content (decrypted, for safe-mode accounts).
     pub show_content: bool,
+    /// Host names (besides `localhost` and IP literals) that requests may name in `Host`: a web
+    /// page that rebinds its own name to this address names itself, and is refused.
+    pub hosts: Vec<String>,
+    /// The console's event streams open at once; one more is answered 503.
+    pub max_event_streams: usize,
 }
 
 impl AdminConfig {
@@ -600,6 +623,23 @@ impl Config {
                      address: the console and the dead-letter API would be open to the network",
                     self.admin.listen
                 ),
+            ));
+        }
+        for (i, host) in self.admin.hosts.iter().enumerate() {
+            if !is_host_name(host) {
+                return Err(invalid(
+                    format!("admin.hosts[{i}]"),
+                    format!(
+                        "{host:?} is not a host name (letters, digits, '-', '_' and dots, \
+                         without a port: \"admin.example.com\")"
+                    ),
+                ));
+            }
+        }
+        if self.admin.max_event_streams == 0 || self.admin.max_event_streams > MAX_EVENT_STREAMS {
+            return Err(invalid(
+                "admin.max_event_streams",
+                format!("must be between 1 and {MAX_EVENT_STREAMS}"),
             ));
         }
         if self.store.path.as_os_str().is_empty() {
