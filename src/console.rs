@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{
     AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, COOKIE, HOST, ORIGIN, RETRY_AFTER, SET_COOKIE,
     WWW_AUTHENTICATE,
@@ -68,6 +68,10 @@ const STREAMS_RETRY_AFTER_S: u32 = 5;
 const HEARTBEAT: Duration = Duration::from_secs(15);
 /// Messages queued for one stream's connection; past that, its subscription falls behind.
 const STREAM_QUEUE: usize = 64;
+/// A stream writes at most this often, everything that came meanwhile in one write: a write per
+/// event and stream would cost the threads that answer WeChat a wake-up and a system call for
+/// each, while a browser sees no difference.
+const STREAM_BATCH: Duration = Duration::from_millis(100);
 /// How many minutes of attempt outcomes the targets view keeps per target.
 const STATS_MINUTES: usize = 5;
 
@@ -533,9 +537,10 @@ async fn count_outcomes(
 }
 
 /// Feeds one event stream: each event's message (written once for all streams), a `dropped`
-/// message when this connection fell behind, a comment now and then. Waiting for a slow
-/// connection only makes its own subscription fall behind; publishers never wait. Returns, and
-/// frees its `slot`, once the connection is gone.
+/// message when this connection fell behind, a comment now and then; what came within
+/// [`STREAM_BATCH`] of the last write goes in one. Waiting for a slow connection only makes its
+/// own subscription fall behind; publishers never wait. Returns, and frees its `slot`, once the
+/// connection is gone.
 async fn stream_events(
     mut subscription: crate::events::Subscription,
     sender: mpsc::Sender<Bytes>,
@@ -543,25 +548,61 @@ async fn stream_events(
     slot: StreamSlot,
 ) {
     let _slot = slot;
+    // Made once, not per event: with many streams, timers and waiters registered anew for every
+    // event are work on the threads that answer WeChat. A ping every 15 s, busy or not, is no
+    // harm.
+    let mut heartbeat =
+        tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stopping = shutdown.cancelled();
+    tokio::pin!(stopping);
     // `retry`: the browser reconnects after a second when the connection drops.
     let mut message = Bytes::from_static(b"retry: 1000\n: connected\n\n");
     loop {
         tokio::select! {
-            sent = sender.send(message.clone()) => if sent.is_err() { return },
-            () = shutdown.cancelled() => return,
+            sent = sender.send(message) => if sent.is_err() { return },
+            () = &mut stopping => return,
         }
-        message = tokio::select! {
-            received = subscription.next() => match received {
-                Received::Event(event) => event.message(),
-                Received::Dropped(n) => {
-                    Bytes::from(format!("data: {{\"kind\":\"dropped\",\"count\":{n}}}\n\n"))
-                }
-                Received::Closed => return,
-            },
-            () = tokio::time::sleep(HEARTBEAT) => Bytes::from_static(b": ping\n\n"),
+        tokio::select! {
+            () = tokio::time::sleep(STREAM_BATCH) => {}
             () = sender.closed() => return,
-            () = shutdown.cancelled() => return,
+            () = &mut stopping => return,
+        }
+        let first = tokio::select! {
+            received = subscription.next() => received,
+            _ = heartbeat.tick() => {
+                message = Bytes::from_static(b": ping\n\n");
+                continue;
+            }
+            () = sender.closed() => return,
+            () = &mut stopping => return,
         };
+        let Some(first) = sse(first) else { return };
+        let Some(more) = subscription.ready() else {
+            message = first;
+            continue;
+        };
+        let mut batch = BytesMut::from(&first[..]);
+        let mut next = Some(more);
+        // Bounded, should events come faster than they are gathered.
+        for _ in 0..crate::events::BUFFER {
+            let Some(received) = next else { break };
+            let Some(bytes) = sse(received) else { return };
+            batch.extend_from_slice(&bytes);
+            next = subscription.ready();
+        }
+        message = batch.freeze();
+    }
+}
+
+/// What a stream sends for what its subscription received; `None` once the feed is gone.
+fn sse(received: Received) -> Option<Bytes> {
+    match received {
+        Received::Event(event) => Some(event.message()),
+        Received::Dropped(n) => Some(Bytes::from(format!(
+            "data: {{\"kind\":\"dropped\",\"count\":{n}}}\n\n"
+        ))),
+        Received::Closed => None,
     }
 }
 

@@ -199,6 +199,16 @@ impl Subscription {
             Err(broadcast::error::RecvError::Closed) => Received::Closed,
         }
     }
+
+    /// What is there already, without waiting: `None` when nothing is.
+    pub fn ready(&mut self) -> Option<Received> {
+        match self.receiver.try_recv() {
+            Ok(event) => Some(Received::Event(event)),
+            Err(broadcast::error::TryRecvError::Lagged(n)) => Some(Received::Dropped(n)),
+            Err(broadcast::error::TryRecvError::Closed) => Some(Received::Closed),
+            Err(broadcast::error::TryRecvError::Empty) => None,
+        }
+    }
 }
 
 /// This process's events, in memory.
