@@ -18,6 +18,20 @@ use crate::support::{FAST, Proxy, Target, WAIT, Wx, client, eventually_async, ra
 
 const TOKEN: &str = "admin-guard-token-0123456789";
 
+/// A proxy with its admin listener and `admin` keys; `main` has one target, `crm`, that
+/// answers `status`, with `target` keys.
+async fn proxy(admin: &str, status: u16, target: &str) -> (Wx, Target, Proxy) {
+    let crm = Target::start(status).await;
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let proxy = Proxy::start_with_admin(&format!(
+        "{FAST}[admin]\n{admin}\n{}{}",
+        wx.account("main", ""),
+        Wx::target("crm", &crm.url("/crm"), target),
+    ))
+    .await;
+    (wx, crm, proxy)
+}
+
 /// `method path` with exactly this `Host` (and, if given, `Origin`) on a fresh connection.
 async fn with_host(
     admin: SocketAddr,
@@ -44,14 +58,7 @@ fn body_of(text: &str) -> Value {
 /// in `admin.hosts` are served as before.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_page_that_rebinds_its_name_cannot_read_or_purge_dead_letters() {
-    let target = Target::start(400).await;
-    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
-    let proxy = Proxy::start_with_admin(&format!(
-        "{FAST}[admin]\nhosts = [\"fanout.internal\"]\n{}{}",
-        wx.account("main", ""),
-        Wx::target("crm", &target.url("/crm"), "max_attempts = 1"),
-    ))
-    .await;
+    let (wx, _crm, proxy) = proxy("hosts = [\"fanout.internal\"]", 400, "max_attempts = 1").await;
     proxy
         .post("main", &wx.seal(&text_xml("a letter to keep")))
         .await
@@ -129,14 +136,7 @@ async fn a_page_that_rebinds_its_name_cannot_read_or_purge_dead_letters() {
 /// from the guessers' address too, after the wait it was told.
 #[tokio::test(flavor = "multi_thread")]
 async fn token_guesses_are_slowed_per_address_and_the_right_token_still_gets_in() {
-    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
-    let target = Target::start(200).await;
-    let proxy = Proxy::start_with_admin(&format!(
-        "{FAST}[admin]\ntoken = \"{TOKEN}\"\n{}{}",
-        wx.account("main", ""),
-        Wx::target("crm", &target.url("/crm"), ""),
-    ))
-    .await;
+    let (_wx, _crm, proxy) = proxy(&format!("token = \"{TOKEN}\""), 200, "").await;
     let base = proxy.admin_url();
     let checked = Arc::new(AtomicU64::new(0));
     let slowed = Arc::new(AtomicU64::new(0));
@@ -251,14 +251,7 @@ async fn token_guesses_are_slowed_per_address_and_the_right_token_still_gets_in(
 /// message naming the key (counted), and a stream whose browser hangs up frees its place.
 #[tokio::test(flavor = "multi_thread")]
 async fn event_streams_beyond_the_cap_get_503_until_one_hangs_up() {
-    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
-    let target = Target::start(200).await;
-    let proxy = Proxy::start_with_admin(&format!(
-        "{FAST}[admin]\nmax_event_streams = 2\n{}{}",
-        wx.account("main", ""),
-        Wx::target("crm", &target.url("/crm"), ""),
-    ))
-    .await;
+    let (_wx, _crm, proxy) = proxy("max_event_streams = 2", 200, "").await;
     let url = format!("{}/console/events", proxy.admin_url());
     let open = || async {
         let response = client().get(&url).send().await.unwrap();
