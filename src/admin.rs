@@ -16,9 +16,16 @@
 //!   decides who gets in (`admin.token`): everything above but health and readiness (and
 //!   metrics, unless `admin.protect_metrics`) answers 401 without the token.
 //!
+//! Before anything else, every request's `Host` must be an IP address, `localhost` or a name in
+//! `admin.hosts` ([`hosts`]), token or not: else 403. Every refusal is logged with its reason
+//! and counted in `admin_refusals_total{reason}`.
+//!
 //! It never listens on the WeChat port.
 
+mod hosts;
+
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,7 +45,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::console::{Body, Console};
+pub use hosts::Hosts;
+
+use crate::console::{Body, Console, Refusal};
 use crate::downstream::{ACCOUNT_HEADER, now_ms};
 use crate::events::Event;
 use crate::ingress::text;
@@ -59,6 +68,8 @@ pub struct Admin {
     pub console: Console,
     /// Shadow targets' recent differences (`GET /shadow/differences`).
     pub shadows: Arc<ShadowLog>,
+    /// The host names requests may name (`admin.hosts`).
+    pub hosts: Hosts,
 }
 
 impl std::fmt::Debug for Admin {
@@ -78,9 +89,9 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: Cancellat
         .header_read_timeout(Duration::from_secs(10));
     let connections = tokio_util::task::TaskTracker::new();
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     warn!(error = %e, "admin accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -92,7 +103,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: Cancellat
         let admin = admin.clone();
         let service = service_fn(move |request| {
             let admin = admin.clone();
-            async move { Ok::<_, Infallible>(admin.handle(request).await) }
+            async move { Ok::<_, Infallible>(admin.handle(request, peer.ip()).await) }
         });
         let connection = http.serve_connection(TokioIo::new(stream), service);
         let shutdown = shutdown.clone();
@@ -109,13 +120,24 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: Cancellat
 }
 
 impl Admin {
-    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+    async fn handle(&self, request: Request<Incoming>, peer: IpAddr) -> Response<Body> {
         let uri = request.uri().clone();
+        // First, whatever the path: a rebound name must learn nothing, not even health.
+        if !self.hosts.allows(request.headers(), &uri) {
+            return self.refused(Refusal::ForeignHost, &request, peer);
+        }
         let query = uri.query().unwrap_or("");
         let segments: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
         let method = request.method().clone();
         if let (&Method::POST, ["console", "login"]) = (&method, segments.as_slice()) {
-            return self.console.login(request).await.map(Either::Left);
+            let (method, path) = (request.method().clone(), uri.path().to_owned());
+            return match self.console.login(request, peer).await {
+                Ok(response) => {
+                    info!(%peer, "console login");
+                    response.map(Either::Left)
+                }
+                Err(refusal) => self.log_refusal(refusal, &method, &path, None, peer),
+            };
         }
         // Open to all: liveness, readiness, the page (it holds no data) and the login.
         let open = match (&method, segments.as_slice()) {
@@ -131,15 +153,15 @@ impl Admin {
         if let Some(response) = open {
             return response.map(Either::Left);
         }
-        let caller = match self.console.admit(&request) {
+        let caller = match self.console.admit(&request, peer) {
             Ok(caller) => caller,
-            Err(refused) => {
-                debug!(path = uri.path(), reason = ?refused, "admin request refused");
-                return refused.response().map(Either::Left);
-            }
+            Err(refusal) => return self.refused(refusal, &request, peer),
         };
         if let (&Method::GET, ["console", "events"]) = (&method, segments.as_slice()) {
-            return self.console.events();
+            return match self.console.events() {
+                Ok(stream) => stream,
+                Err(refusal) => self.refused(refusal, &request, peer),
+            };
         }
         let result = match (method, segments.as_slice()) {
             (Method::GET, ["metrics"]) => Ok(self.scrape().await),
@@ -164,6 +186,52 @@ impl Admin {
                 json(status, &serde_json::json!({ "error": message }))
             })
             .map(Either::Left)
+    }
+
+    /// Logs and counts a refusal of `request`; its answer.
+    fn refused<B>(&self, refusal: Refusal, request: &Request<B>, peer: IpAddr) -> Response<Body> {
+        let host = request
+            .headers()
+            .get(http::header::HOST)
+            .map(|host| String::from_utf8_lossy(host.as_bytes()).into_owned());
+        self.log_refusal(
+            refusal,
+            request.method(),
+            request.uri().path(),
+            host.as_deref(),
+            peer,
+        )
+    }
+
+    fn log_refusal(
+        &self,
+        refusal: Refusal,
+        method: &Method,
+        path: &str,
+        host: Option<&str>,
+        peer: IpAddr,
+    ) -> Response<Body> {
+        self.metrics.admin_refused(refusal.reason());
+        let reason = refusal.reason();
+        match refusal {
+            // What an operator must act on (a name to list, a guesser, a cross-site page).
+            Refusal::ForeignHost => warn!(
+                %peer, %method, path, host, reason,
+                "admin request refused: its Host is not an IP address, localhost or in admin.hosts"
+            ),
+            Refusal::BadToken | Refusal::CrossOrigin | Refusal::Csrf => {
+                warn!(%peer, %method, path, reason, "admin request refused");
+            }
+            Refusal::StreamsFull => info!(
+                %peer, reason,
+                "console event stream refused: admin.max_event_streams are open"
+            ),
+            // Many and harmless, or warned about once (guessing).
+            Refusal::NoToken | Refusal::Guessing { .. } | Refusal::TooLarge => {
+                debug!(%peer, %method, path, reason, "admin request refused");
+            }
+        }
+        refusal.response().map(Either::Left)
     }
 
     /// The targets view: per configured target, its jobs by state, recent outcomes, circuit

@@ -47,6 +47,49 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// A URL key's value, checked as written before it is parsed: the `url` crate drops tabs, CR and
+/// LF anywhere and blanks at either end (as browsers do), so `"http://a/x\r\nHost: b"` would
+/// load as a URL other than the one written. No URL needs a control character or whitespace.
+fn written_url<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Url, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_written_url(&text).map_err(serde::de::Error::custom)
+}
+
+/// [`written_url`] for an optional key.
+fn written_url_if_any<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Url>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_written_url(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+fn parse_written_url(text: &str) -> Result<Url, String> {
+    check_url_text(text)?;
+    Url::parse(text).map_err(|e| format!("not a URL ({e})"))
+}
+
+/// Refuses a control character or whitespace in a URL as written; says where, without echoing
+/// the URL (a Redis URL may hold a password).
+fn check_url_text(text: &str) -> Result<(), String> {
+    match text
+        .char_indices()
+        .find(|(_, c)| c.is_control() || c.is_whitespace())
+    {
+        Some((at, c)) => Err(format!(
+            "has {} at byte {at}: a URL may hold no control character or whitespace \
+             (the URL parser would drop it and use another URL than the one written)",
+            if c.is_control() {
+                format!("the control character {:?}", c)
+            } else {
+                format!("the whitespace {:?}", c)
+            }
+        )),
+        None => Ok(()),
+    }
+}
+
 /// `{authorizer}` in a target URL, as the URL parser writes it in a path and in a query.
 pub const AUTHORIZER_IN_URL: [&str; 2] = ["%7Bauthorizer%7D", "{authorizer}"];
 
@@ -70,6 +113,24 @@ const MAX_MIN_FREE_BYTES: u64 = 1 << 50;
 /// A shorter admin token is guessable: refuse it rather than protect the admin API with it.
 const MIN_ADMIN_TOKEN_BYTES: usize = 16;
 
+/// Far more event streams than operators: each one costs the proxy work for every event.
+const MAX_EVENT_STREAMS: usize = 10_000;
+
+/// A DNS name as `admin.hosts` lists it: labels of letters, digits, `-` and `_`, a trailing dot
+/// allowed, no port.
+fn is_host_name(host: &str) -> bool {
+    let name = host.strip_suffix('.').unwrap_or(host);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
 /// A duration written in milliseconds in TOML.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -91,6 +152,7 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub target_defaults: TargetDefaults,
     /// WeChat's API (access tokens, callback IPs); an account may override it.
+    #[serde(deserialize_with = "written_url")]
     pub wechat_api_base: Url,
     #[serde(default)]
     pub accounts: Vec<AccountConfig>,
@@ -127,6 +189,11 @@ pub struct AdminConfig {
     pub protect_metrics: bool,
     /// The console shows openids and message content (decrypted, for safe-mode accounts).
     pub show_content: bool,
+    /// Host names (besides `localhost` and IP literals) that requests may name in `Host`: a web
+    /// page that rebinds its own name to this address names itself, and is refused.
+    pub hosts: Vec<String>,
+    /// The console's event streams open at once; one more is answered 503.
+    pub max_event_streams: usize,
 }
 
 impl AdminConfig {
@@ -138,16 +205,34 @@ impl AdminConfig {
             self.token.as_deref(),
             self.token_env.as_deref(),
         )?;
-        if token
-            .as_deref()
-            .is_some_and(|t| t.len() < MIN_ADMIN_TOKEN_BYTES)
-        {
+        let Some(token) = token else {
+            return Ok(None);
+        };
+        // Named where the token came from; the message never quotes it.
+        let key = if self.token_env.is_some() {
+            "admin.token_env"
+        } else {
+            "admin.token"
+        };
+        if token.trim().is_empty() {
+            return Err(invalid(key, "the admin token is empty or blank"));
+        }
+        // A bearer token is read trimmed, so a token with blanks around it could never be
+        // given; a control character is a paste or quoting mistake, not part of a secret.
+        if token.trim() != token || token.chars().any(char::is_control) {
+            return Err(invalid(
+                key,
+                "the admin token has blanks at either end or a control character (a line \
+                 break?); remove them",
+            ));
+        }
+        if token.len() < MIN_ADMIN_TOKEN_BYTES {
             return Err(invalid(
                 "admin.token",
                 format!("must be at least {MIN_ADMIN_TOKEN_BYTES} characters"),
             ));
         }
-        Ok(token)
+        Ok(Some(token))
     }
 }
 
@@ -232,6 +317,7 @@ impl RedisConfig {
         }
         for (i, url) in self.urls.iter().enumerate() {
             // Never echo the URL: it may carry a password.
+            check_url_text(url).map_err(|e| invalid(format!("store.redis.urls[{i}]"), e))?;
             let parsed = Url::parse(url).map_err(|e| {
                 invalid(format!("store.redis.urls[{i}]"), format!("not a URL ({e})"))
             })?;
@@ -362,7 +448,11 @@ pub struct AccountConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_secret_env: Option<String>,
     /// Overrides the top-level `wechat_api_base` for this account.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "written_url_if_any"
+    )]
     pub wechat_api_base: Option<Url>,
     /// What to do with a reply owner's answer that comes after WeChat got `success`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -375,6 +465,7 @@ pub struct AccountConfig {
 #[serde(deny_unknown_fields)]
 pub struct TargetConfig {
     pub name: String,
+    #[serde(deserialize_with = "written_url")]
     pub url: Url,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<Millis>,
@@ -532,6 +623,23 @@ impl Config {
                      address: the console and the dead-letter API would be open to the network",
                     self.admin.listen
                 ),
+            ));
+        }
+        for (i, host) in self.admin.hosts.iter().enumerate() {
+            if !is_host_name(host) {
+                return Err(invalid(
+                    format!("admin.hosts[{i}]"),
+                    format!(
+                        "{host:?} is not a host name (letters, digits, '-', '_' and dots, \
+                         without a port: \"admin.example.com\")"
+                    ),
+                ));
+            }
+        }
+        if self.admin.max_event_streams == 0 || self.admin.max_event_streams > MAX_EVENT_STREAMS {
+            return Err(invalid(
+                "admin.max_event_streams",
+                format!("must be between 1 and {MAX_EVENT_STREAMS}"),
             ));
         }
         if self.store.path.as_os_str().is_empty() {

@@ -15,30 +15,39 @@
 //! page itself and the login (and `/metrics`, unless `admin.protect_metrics`) needs the token as
 //! a bearer token or a session cookie; a request that changes state with a cookie must carry the
 //! session's CSRF token. Whatever the auth, a state-changing request from another origin (its
-//! `Origin` is not this host) is refused.
+//! `Origin` is not this host) is refused. Wrong tokens are slowed per client address
+//! ([`guesses`]): past a few, a request that presents a token gets 429 unchecked.
+//!
+//! At most `admin.max_event_streams` event streams are open at once: each one costs work on the
+//! threads that answer WeChat for every event, so one more gets 503 until one ends.
 
 mod auth;
+mod guesses;
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{
-    AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, COOKIE, HOST, ORIGIN, SET_COOKIE, WWW_AUTHENTICATE,
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, COOKIE, HOST, ORIGIN, RETRY_AFTER, SET_COOKIE,
+    WWW_AUTHENTICATE,
 };
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Either, Full, Limited};
 use hyper::body::{Frame, Incoming};
+use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use auth::{Auth, CSRF_HEADER, Session};
+use guesses::Guesses;
 
 use crate::config::{AdminConfig, ConfigError};
 use crate::downstream::now_ms;
@@ -53,12 +62,16 @@ const CONSOLE_JS: &str = include_str!("../console/console.js");
 
 /// A login's body is a small JSON object.
 const MAX_LOGIN_BYTES: usize = 4096;
-/// A failed login waits this long: guessing stays slow without holding anyone else up.
-const LOGIN_FAILURE_DELAY: Duration = Duration::from_millis(300);
+/// What a stream refused for want of room is told: a browser's page retries by itself.
+const STREAMS_RETRY_AFTER_S: u32 = 5;
 /// A comment line this often keeps idle streams open through proxies and finds closed ones.
 const HEARTBEAT: Duration = Duration::from_secs(15);
 /// Messages queued for one stream's connection; past that, its subscription falls behind.
 const STREAM_QUEUE: usize = 64;
+/// A stream writes at most this often, everything that came meanwhile in one write: a write per
+/// event and stream would cost the threads that answer WeChat a wake-up and a system call for
+/// each, while a browser sees no difference.
+const STREAM_BATCH: Duration = Duration::from_millis(100);
 /// How many minutes of attempt outcomes the targets view keeps per target.
 const STATS_MINUTES: usize = 5;
 
@@ -73,6 +86,12 @@ pub struct Console {
     stats: Arc<Mutex<Stats>>,
     /// Ends the event streams when the proxy stops.
     shutdown: CancellationToken,
+    /// Wrong tokens per client address, for the whole listener.
+    guesses: Guesses,
+    /// One permit per event stream that may be open (`admin.max_event_streams`).
+    streams: Arc<Semaphore>,
+    /// The event streams open now (a metric).
+    open_streams: Gauge,
 }
 
 /// Who is asking, once admitted.
@@ -91,6 +110,7 @@ impl Console {
     pub fn new(
         config: &AdminConfig,
         feed: Arc<dyn EventFeed>,
+        open_streams: Gauge,
         shutdown: CancellationToken,
     ) -> Result<Console, ConfigError> {
         let auth = config.token()?.map(|token| Auth::new(&token));
@@ -106,6 +126,9 @@ impl Console {
             feed,
             stats,
             shutdown,
+            guesses: Guesses::default(),
+            streams: Arc::new(Semaphore::new(config.max_event_streams)),
+            open_streams,
         })
     }
 
@@ -150,8 +173,9 @@ impl Console {
         Some(response)
     }
 
-    /// Lets a request through, or says why not (401, or 403 for a cross-site or CSRF failure).
-    pub fn admit<B>(&self, request: &Request<B>) -> Result<Caller, Refusal> {
+    /// Lets a request from `peer` through, or says why not (401, 403 for a cross-site or CSRF
+    /// failure, 429 for a bearer token from an address that has guessed too often).
+    pub fn admit<B>(&self, request: &Request<B>, peer: IpAddr) -> Result<Caller, Refusal> {
         let changes_state = !matches!(*request.method(), Method::GET | Method::HEAD);
         if changes_state && !same_origin(request) {
             return Err(Refusal::CrossOrigin);
@@ -160,7 +184,12 @@ impl Console {
             return Ok(Caller::Open);
         };
         let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
-        if header(AUTHORIZATION.as_str()).is_some_and(|value| auth.is_bearer(value)) {
+        if let Some(authorization) = header(AUTHORIZATION.as_str()) {
+            self.take_try(peer)?;
+            if !auth.is_bearer(authorization) {
+                return Err(Refusal::BadToken);
+            }
+            self.guesses.give_back(peer, Instant::now());
             return Ok(Caller::Bearer);
         }
         let session = header(COOKIE.as_str()).and_then(|cookie| auth.session_of(cookie, now_s()));
@@ -174,20 +203,42 @@ impl Console {
         Ok(Caller::Session(session))
     }
 
-    /// `POST /console/login`: checks the token and sets the session cookie.
-    pub async fn login(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    /// Takes one of `peer`'s tries at a token (see [`guesses`]).
+    fn take_try(&self, peer: IpAddr) -> Result<(), Refusal> {
+        self.guesses.take(peer, Instant::now()).map_err(|spent| {
+            if spent.first {
+                warn!(
+                    %peer,
+                    reason = "guessing",
+                    "too many wrong admin tokens from this address: its tries are refused for a while"
+                );
+            }
+            Refusal::Guessing {
+                retry_after_s: spent.retry_after.as_secs_f64().ceil().max(1.0) as u32,
+            }
+        })
+    }
+
+    /// `POST /console/login` from `peer`: checks the token and sets the session cookie.
+    pub async fn login(
+        &self,
+        request: Request<Incoming>,
+        peer: IpAddr,
+    ) -> Result<Response<Full<Bytes>>, Refusal> {
         if !same_origin(&request) {
-            return refuse(StatusCode::FORBIDDEN, "cross-origin login refused");
+            return Err(Refusal::CrossOrigin);
         }
         let Some(auth) = &self.auth else {
-            return json(StatusCode::OK, &self.session_info(&Caller::Open));
+            return Ok(json(StatusCode::OK, &self.session_info(&Caller::Open)));
         };
+        // Before the body is read: a guesser with no tries left costs nothing more.
+        self.take_try(peer)?;
         let body = match Limited::new(request.into_body(), MAX_LOGIN_BYTES)
             .collect()
             .await
         {
             Ok(body) => body.to_bytes(),
-            Err(_) => return refuse(StatusCode::BAD_REQUEST, "the login body is too large"),
+            Err(_) => return Err(Refusal::TooLarge),
         };
         #[derive(serde::Deserialize)]
         struct Login {
@@ -195,10 +246,9 @@ impl Console {
         }
         let given = serde_json::from_slice::<Login>(&body).map(|login| login.token);
         if !given.is_ok_and(|token| auth.is_token(&token)) {
-            warn!(reason = "bad_token", "console login refused");
-            tokio::time::sleep(LOGIN_FAILURE_DELAY).await;
-            return refuse(StatusCode::UNAUTHORIZED, "wrong token");
+            return Err(Refusal::BadToken);
         }
+        self.guesses.give_back(peer, Instant::now());
         let (cookie, session) = auth.open_session(now_s());
         info!("console login");
         let mut response = json(
@@ -208,7 +258,7 @@ impl Console {
         if let Ok(value) = HeaderValue::from_str(&auth::set_cookie(&cookie, auth::SESSION)) {
             response.headers_mut().insert(SET_COOKIE, value);
         }
-        response
+        Ok(response)
     }
 
     /// `POST /console/logout`: the browser forgets its cookie. (Only changing the token ends
@@ -242,19 +292,23 @@ impl Console {
     }
 
     /// `GET /console/events`: the live stream of this caller, until it hangs up or the proxy
-    /// stops.
-    pub fn events(&self) -> Response<Body> {
+    /// stops; refused while `admin.max_event_streams` are open.
+    pub fn events(&self) -> Result<Response<Body>, Refusal> {
+        let permit =
+            (self.streams.clone().try_acquire_owned()).map_err(|_| Refusal::StreamsFull)?;
+        let slot = StreamSlot::new(permit, self.open_streams.clone());
         let (sender, receiver) = mpsc::channel(STREAM_QUEUE);
         tokio::spawn(stream_events(
             self.feed.subscribe(),
             sender,
             self.shutdown.clone(),
+            slot,
         ));
         let mut response = Response::new(Either::Right(EventStream { receiver }));
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        response
+        Ok(response)
     }
 
     /// Delivered and failed attempts of the last minute and the last few, and the last error,
@@ -281,26 +335,72 @@ impl Console {
     }
 }
 
-/// Why a request was not let through.
+/// Why an admin request was not served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
+    /// `Host` names a host other than localhost, an IP address or one in `admin.hosts`: 403.
+    ForeignHost,
     /// Neither the token nor a valid session: 401.
     NoToken,
-    /// A state-changing request whose `Origin` is another site: 403.
+    /// A wrong token, as a bearer token or at the login: 401.
+    BadToken,
+    /// A token from an address that has given too many wrong ones lately, not checked: 429.
+    Guessing { retry_after_s: u32 },
+    /// A state-changing request (or a login) whose `Origin` is another site: 403.
     CrossOrigin,
     /// A state-changing request with a session cookie but without its CSRF token: 403.
     Csrf,
+    /// A login body over [`MAX_LOGIN_BYTES`]: 400.
+    TooLarge,
+    /// `admin.max_event_streams` event streams are open: 503.
+    StreamsFull,
 }
 
 impl Refusal {
+    /// The label of `admin_refusals_total` and of the log line.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::ForeignHost => "foreign_host",
+            Refusal::NoToken => "no_token",
+            Refusal::BadToken => "bad_token",
+            Refusal::Guessing { .. } => "guessing",
+            Refusal::CrossOrigin => "cross_origin",
+            Refusal::Csrf => "csrf",
+            Refusal::TooLarge => "too_large",
+            Refusal::StreamsFull => "event_streams_full",
+        }
+    }
+
     pub fn response(self) -> Response<Full<Bytes>> {
         match self {
-            Refusal::NoToken => {
-                let mut response = refuse(StatusCode::UNAUTHORIZED, "the admin token is required");
+            Refusal::ForeignHost => refuse(
+                StatusCode::FORBIDDEN,
+                "this host name is not one of the admin listener's: use its IP address or \
+                 localhost, or list the name in admin.hosts",
+            ),
+            Refusal::NoToken | Refusal::BadToken => {
+                let message = if self == Refusal::NoToken {
+                    "the admin token is required"
+                } else {
+                    "wrong token"
+                };
+                let mut response = refuse(StatusCode::UNAUTHORIZED, message);
                 response.headers_mut().insert(
                     WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"wechat-fanout admin\""),
                 );
+                response
+            }
+            Refusal::Guessing { retry_after_s } => {
+                let mut response = refuse(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    &format!(
+                        "too many wrong tokens from this address: try again in {retry_after_s} s"
+                    ),
+                );
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(retry_after_s));
                 response
             }
             Refusal::CrossOrigin => refuse(
@@ -311,7 +411,42 @@ impl Refusal {
                 StatusCode::FORBIDDEN,
                 "missing or wrong CSRF token (reload the console)",
             ),
+            Refusal::TooLarge => refuse(StatusCode::BAD_REQUEST, "the login body is too large"),
+            Refusal::StreamsFull => {
+                let mut response = refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "as many event streams as admin.max_event_streams allows are open: close a \
+                     console tab, or raise the limit",
+                );
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(STREAMS_RETRY_AFTER_S));
+                response
+            }
         }
+    }
+}
+
+/// An open event stream's place: given back, and counted down, when its task ends.
+#[derive(Debug)]
+struct StreamSlot {
+    _permit: OwnedSemaphorePermit,
+    open: Gauge,
+}
+
+impl StreamSlot {
+    fn new(permit: OwnedSemaphorePermit, open: Gauge) -> StreamSlot {
+        open.inc();
+        StreamSlot {
+            _permit: permit,
+            open,
+        }
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.open.dec();
     }
 }
 
@@ -358,7 +493,7 @@ async fn count_outcomes(
             () = shutdown.cancelled() => return,
         };
         let attempt = match received {
-            Received::Event(event) => match &*event {
+            Received::Event(event) => match event.event() {
                 Event::Attempt(attempt) => attempt.clone(),
                 _ => continue,
             },
@@ -401,36 +536,73 @@ async fn count_outcomes(
     }
 }
 
-/// Feeds one event stream: each event as a JSON message, a `dropped` message when this
-/// connection fell behind, a comment now and then. Waiting for a slow connection only makes its
-/// own subscription fall behind; publishers never wait.
+/// Feeds one event stream: each event's message (written once for all streams), a `dropped`
+/// message when this connection fell behind, a comment now and then; what came within
+/// [`STREAM_BATCH`] of the last write goes in one. Waiting for a slow connection only makes its
+/// own subscription fall behind; publishers never wait. Returns, and frees its `slot`, once the
+/// connection is gone.
 async fn stream_events(
     mut subscription: crate::events::Subscription,
     sender: mpsc::Sender<Bytes>,
     shutdown: CancellationToken,
+    slot: StreamSlot,
 ) {
+    let _slot = slot;
+    // Made once, not per event: with many streams, timers and waiters registered anew for every
+    // event are work on the threads that answer WeChat. A ping every 15 s, busy or not, is no
+    // harm.
+    let mut heartbeat =
+        tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stopping = shutdown.cancelled();
+    tokio::pin!(stopping);
     // `retry`: the browser reconnects after a second when the connection drops.
     let mut message = Bytes::from_static(b"retry: 1000\n: connected\n\n");
     loop {
         tokio::select! {
-            sent = sender.send(message.clone()) => if sent.is_err() { return },
-            () = shutdown.cancelled() => return,
+            sent = sender.send(message) => if sent.is_err() { return },
+            () = &mut stopping => return,
         }
-        message = tokio::select! {
-            received = subscription.next() => match received {
-                Received::Event(event) => match serde_json::to_string(&*event) {
-                    Ok(json) => Bytes::from(format!("data: {json}\n\n")),
-                    Err(_) => continue,
-                },
-                Received::Dropped(n) => {
-                    Bytes::from(format!("data: {{\"kind\":\"dropped\",\"count\":{n}}}\n\n"))
-                }
-                Received::Closed => return,
-            },
-            () = tokio::time::sleep(HEARTBEAT) => Bytes::from_static(b": ping\n\n"),
+        tokio::select! {
+            () = tokio::time::sleep(STREAM_BATCH) => {}
             () = sender.closed() => return,
-            () = shutdown.cancelled() => return,
+            () = &mut stopping => return,
+        }
+        let first = tokio::select! {
+            received = subscription.next() => received,
+            _ = heartbeat.tick() => {
+                message = Bytes::from_static(b": ping\n\n");
+                continue;
+            }
+            () = sender.closed() => return,
+            () = &mut stopping => return,
         };
+        let Some(first) = sse(first) else { return };
+        let Some(more) = subscription.ready() else {
+            message = first;
+            continue;
+        };
+        let mut batch = BytesMut::from(&first[..]);
+        let mut next = Some(more);
+        // Bounded, should events come faster than they are gathered.
+        for _ in 0..crate::events::BUFFER {
+            let Some(received) = next else { break };
+            let Some(bytes) = sse(received) else { return };
+            batch.extend_from_slice(&bytes);
+            next = subscription.ready();
+        }
+        message = batch.freeze();
+    }
+}
+
+/// What a stream sends for what its subscription received; `None` once the feed is gone.
+fn sse(received: Received) -> Option<Bytes> {
+    match received {
+        Received::Event(event) => Some(event.message()),
+        Received::Dropped(n) => Some(Bytes::from(format!(
+            "data: {{\"kind\":\"dropped\",\"count\":{n}}}\n\n"
+        ))),
+        Received::Closed => None,
     }
 }
 
@@ -505,8 +677,13 @@ mod tests {
             feed: Arc::new(crate::events::LocalFeed::new(1, false)),
             stats: Arc::default(),
             shutdown: CancellationToken::new(),
+            guesses: Guesses::default(),
+            streams: Arc::new(Semaphore::new(1)),
+            open_streams: Gauge::default(),
         }
     }
+
+    const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
     const TOKEN: &str = "0123456789abcdef-token";
 
@@ -517,7 +694,17 @@ mod tests {
         let feed = crate::events::LocalFeed::new(8, false);
         let (sender, mut receiver) = mpsc::channel(1);
         let shutdown = CancellationToken::new();
-        tokio::spawn(stream_events(feed.subscribe(), sender, shutdown.clone()));
+        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned();
+        let Ok(permit) = permit else {
+            panic!("a permit of a new semaphore")
+        };
+        let slot = StreamSlot::new(permit, Gauge::default());
+        tokio::spawn(stream_events(
+            feed.subscribe(),
+            sender,
+            shutdown.clone(),
+            slot,
+        ));
         let rejected = |n| Event::Rejected {
             at_ms: n,
             account: "main".into(),
@@ -553,7 +740,7 @@ mod tests {
             ("origin", "http://evil.example"),
         ];
         assert_eq!(
-            status(open.admit(&request(Method::POST, &evil))),
+            status(open.admit(&request(Method::POST, &evil), PEER)),
             Err(StatusCode::FORBIDDEN)
         );
         let same = [
@@ -561,11 +748,11 @@ mod tests {
             ("origin", "http://127.0.0.1:9090"),
         ];
         assert_eq!(
-            status(open.admit(&request(Method::POST, &same))),
+            status(open.admit(&request(Method::POST, &same), PEER)),
             Ok(Caller::Open)
         );
         assert_eq!(
-            status(open.admit(&request(Method::GET, &evil))),
+            status(open.admit(&request(Method::GET, &evil), PEER)),
             Ok(Caller::Open)
         );
     }
@@ -578,30 +765,33 @@ mod tests {
         let cookie = format!("wf_console={cookie}");
         let status = |r: Result<Caller, Refusal>| r.map(|_| ()).map_err(|e| e.response().status());
         assert_eq!(
-            status(console.admit(&request(Method::GET, &[("cookie", &cookie)]))),
+            status(console.admit(&request(Method::GET, &[("cookie", &cookie)]), PEER)),
             Ok(())
         );
         assert_eq!(
-            status(console.admit(&request(Method::POST, &[("cookie", &cookie)]))),
+            status(console.admit(&request(Method::POST, &[("cookie", &cookie)]), PEER)),
             Err(StatusCode::FORBIDDEN)
         );
         let with_csrf = [("cookie", cookie.as_str()), (CSRF_HEADER, &session.csrf)];
         assert_eq!(
-            status(console.admit(&request(Method::POST, &with_csrf))),
+            status(console.admit(&request(Method::POST, &with_csrf), PEER)),
             Ok(())
         );
         assert_eq!(
-            status(console.admit(&request(Method::GET, &[]))),
+            status(console.admit(&request(Method::GET, &[]), PEER)),
             Err(StatusCode::UNAUTHORIZED)
         );
         let bearer = format!("Bearer {TOKEN}");
         assert_eq!(
-            status(console.admit(&request(Method::DELETE, &[("authorization", &bearer)]))),
+            status(console.admit(
+                &request(Method::DELETE, &[("authorization", &bearer)]),
+                PEER
+            )),
             Ok(())
         );
         let wrong = [("authorization", "Bearer 0123456789abcdef-tokem")];
         assert_eq!(
-            status(console.admit(&request(Method::GET, &wrong))),
+            status(console.admit(&request(Method::GET, &wrong), PEER)),
             Err(StatusCode::UNAUTHORIZED)
         );
     }

@@ -182,7 +182,13 @@ pub async fn run_with(
                 registry,
                 metrics: metrics.clone(),
                 shadows: shadows.clone(),
-                console: console::Console::new(&config.admin, events.clone(), shutdown.clone())?,
+                console: console::Console::new(
+                    &config.admin,
+                    events.clone(),
+                    metrics.event_streams(),
+                    shutdown.clone(),
+                )?,
+                hosts: admin::Hosts::new(&config.admin.hosts),
             });
             Some(tokio::spawn(admin::serve(
                 listener,

@@ -8,7 +8,10 @@
 //!   over the cap, not relayed), or skipped (no capacity);
 //! - `delivery_attempts_total{account, target, result}`: every attempt: delivered, retry, dead;
 //! - `delivery_duration_seconds{account, target}`: per attempt, whatever its result;
-//! - `queue_jobs{account, target, state}`: pending, in_flight and dead jobs, read at scrape time.
+//! - `queue_jobs{account, target, state}`: pending, in_flight and dead jobs, read at scrape time;
+//! - `admin_refusals_total{reason}`: admin requests refused (foreign_host, no_token, bad_token,
+//!   guessing, cross_origin, csrf, too_large, event_streams_full);
+//! - `console_event_streams`: the console's event streams open now.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -56,6 +59,11 @@ struct ShadowLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueueLabels {
     account: String,
     target: String,
@@ -80,6 +88,8 @@ pub struct Metrics {
     queue: Family<QueueLabels, Gauge>,
     shadow: Family<ShadowLabels, Counter>,
     late_replies: Family<PrimaryLabels, Counter>,
+    admin_refusals: Family<ReasonLabels, Counter>,
+    event_streams: Gauge,
 }
 
 fn answer_histogram() -> Histogram {
@@ -103,6 +113,8 @@ impl Metrics {
             queue: Family::default(),
             shadow: Family::default(),
             late_replies: Family::default(),
+            admin_refusals: Family::default(),
+            event_streams: Gauge::default(),
         };
         let registry = registry.sub_registry_with_prefix("wechat_fanout");
         registry.register(
@@ -148,7 +160,30 @@ impl Metrics {
              too_large, store_failed",
             metrics.late_replies.clone(),
         );
+        registry.register(
+            "admin_refusals",
+            "Admin requests refused, by reason: foreign_host, no_token, bad_token, guessing, \
+             cross_origin, csrf, too_large, event_streams_full",
+            metrics.admin_refusals.clone(),
+        );
+        registry.register(
+            "console_event_streams",
+            "The console's event streams open now (at most admin.max_event_streams)",
+            metrics.event_streams.clone(),
+        );
         metrics
+    }
+
+    /// An admin request refused; `reason` as in [`Metrics::register`].
+    pub fn admin_refused(&self, reason: &'static str) {
+        self.admin_refusals
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// The gauge of open event streams, for the console to move as streams open and end.
+    pub fn event_streams(&self) -> Gauge {
+        self.event_streams.clone()
     }
 
     /// `outcome`: queued, duplicate, empty, unconvertible, unreadable, too_large or store_failed.

@@ -10,11 +10,16 @@
 //! channel and re-broadcasts what the other instances publish, so the page on any instance shows
 //! every instance's callbacks. Events are serde types for that reason.
 //!
+//! Each event is written as JSON at most once, however many streams show it: the feed carries a
+//! [`Published`] event, whose Server-Sent Events message the first stream that sends it writes
+//! for all the others (and none, when nobody watches).
+//!
 //! An event carries no openid and no message content unless the feed was built to carry them
 //! (`admin.show_content`): publishers ask [`EventFeed::carries_content`] before adding them.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
@@ -103,10 +108,59 @@ pub struct AttemptEvent {
     pub elapsed_ms: u64,
 }
 
+/// An event as the feed carries it to every subscriber: the event, and its message for the
+/// console's event streams, written once on first use and shared.
+#[derive(Debug)]
+pub struct Published {
+    event: Event,
+    message: OnceLock<Bytes>,
+}
+
+impl Published {
+    pub fn new(event: Event) -> Published {
+        Published {
+            event,
+            message: OnceLock::new(),
+        }
+    }
+
+    pub fn event(&self) -> &Event {
+        &self.event
+    }
+
+    /// `data: <the event as JSON>\n\n`: one Server-Sent Events message, the same bytes for
+    /// every stream.
+    pub fn message(&self) -> Bytes {
+        self.message
+            .get_or_init(|| {
+                let mut message = b"data: ".to_vec();
+                // Serialising these plain structs into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut message, &self.event);
+                message.extend_from_slice(b"\n\n");
+                Bytes::from(message)
+            })
+            .clone()
+    }
+
+    /// The event as JSON: the message without its `data: ` and final blank line.
+    pub fn json(&self) -> Bytes {
+        let message = self.message();
+        message.slice(b"data: ".len()..message.len() - 2)
+    }
+}
+
+impl PartialEq for Published {
+    fn eq(&self, other: &Published) -> bool {
+        self.event == other.event
+    }
+}
+
+impl Eq for Published {}
+
 /// What a subscriber gets next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Received {
-    Event(Arc<Event>),
+    Event(Arc<Published>),
     /// It fell behind: this many events were dropped for it.
     Dropped(u64),
     /// The feed is gone (the process is stopping).
@@ -128,13 +182,13 @@ pub trait EventFeed: Send + Sync + std::fmt::Debug + 'static {
 /// One subscriber's view of a feed: bounded, lossy for the slow.
 #[derive(Debug)]
 pub struct Subscription {
-    receiver: broadcast::Receiver<Arc<Event>>,
+    receiver: broadcast::Receiver<Arc<Published>>,
 }
 
 impl Subscription {
     /// Wraps a broadcast receiver: a feed that reads events from elsewhere re-broadcasts them
     /// locally and hands out subscriptions of its own channel.
-    pub fn new(receiver: broadcast::Receiver<Arc<Event>>) -> Subscription {
+    pub fn new(receiver: broadcast::Receiver<Arc<Published>>) -> Subscription {
         Subscription { receiver }
     }
 
@@ -145,12 +199,22 @@ impl Subscription {
             Err(broadcast::error::RecvError::Closed) => Received::Closed,
         }
     }
+
+    /// What is there already, without waiting: `None` when nothing is.
+    pub fn ready(&mut self) -> Option<Received> {
+        match self.receiver.try_recv() {
+            Ok(event) => Some(Received::Event(event)),
+            Err(broadcast::error::TryRecvError::Lagged(n)) => Some(Received::Dropped(n)),
+            Err(broadcast::error::TryRecvError::Closed) => Some(Received::Closed),
+            Err(broadcast::error::TryRecvError::Empty) => None,
+        }
+    }
 }
 
 /// This process's events, in memory.
 #[derive(Debug, Clone)]
 pub struct LocalFeed {
-    sender: broadcast::Sender<Arc<Event>>,
+    sender: broadcast::Sender<Arc<Published>>,
     carries_content: bool,
 }
 
@@ -163,7 +227,7 @@ impl LocalFeed {
     }
 
     /// Hands an event that another feed shares (see [`RedisFeed`]) to every subscriber.
-    fn send(&self, event: Arc<Event>) {
+    fn send(&self, event: Arc<Published>) {
         // No subscriber is not an error: nobody is watching.
         let _ = self.sender.send(event);
     }
@@ -171,7 +235,7 @@ impl LocalFeed {
 
 impl EventFeed for LocalFeed {
     fn publish(&self, event: Event) {
-        self.send(Arc::new(event));
+        self.send(Arc::new(Published::new(event)));
     }
 
     fn subscribe(&self) -> Subscription {
@@ -204,7 +268,10 @@ mod tests {
         }
         assert_eq!(slow.next().await, Received::Dropped(6));
         for n in 6..10 {
-            assert_eq!(slow.next().await, Received::Event(Arc::new(rejected(n))));
+            assert_eq!(
+                slow.next().await,
+                Received::Event(Arc::new(Published::new(rejected(n))))
+            );
         }
     }
 
@@ -216,7 +283,10 @@ mod tests {
         feed.publish(rejected(1));
         let mut later = feed.subscribe();
         feed.publish(rejected(2));
-        assert_eq!(later.next().await, Received::Event(Arc::new(rejected(2))));
+        assert_eq!(
+            later.next().await,
+            Received::Event(Arc::new(Published::new(rejected(2))))
+        );
     }
 
     #[test]
@@ -228,5 +298,8 @@ mod tests {
         );
         let back: Event = serde_json::from_str(&text).unwrap_or_else(|_| rejected(0));
         assert_eq!(back, rejected(7));
+        let published = Published::new(rejected(7));
+        assert_eq!(published.message(), format!("data: {text}\n\n"));
+        assert_eq!(published.json(), text);
     }
 }

@@ -15,12 +15,12 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use redis::ConnectionInfo;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::{Event, EventFeed, LocalFeed, Subscription};
+use super::{Event, EventFeed, LocalFeed, Published, Subscription};
 
 /// Events waiting to be published; beyond this they are dropped (the page says nothing is lost
 /// for the store, only for the live view).
@@ -29,11 +29,14 @@ const OUTBOX: usize = 4096;
 const RETRY: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// An event on the channel, with the instance that published it.
-#[derive(Serialize)]
-struct Outgoing<'a> {
-    from: u64,
-    event: &'a Event,
+/// An event on the channel, `{"from": instance, "event": {…}}`, with the event's JSON as the
+/// console's streams send it (written once for both).
+fn outgoing(from: u64, event: &Published) -> Vec<u8> {
+    let json = event.json();
+    let mut text = format!("{{\"from\":{from},\"event\":").into_bytes();
+    text.extend_from_slice(&json);
+    text.push(b'}');
+    text
 }
 
 #[derive(Deserialize)]
@@ -48,7 +51,7 @@ pub struct RedisFeed {
     local: LocalFeed,
     /// Shared with the local feed's subscribers: serialised by the publishing task, not by the
     /// publisher (ingress publishes before WeChat has its answer).
-    outbox: mpsc::Sender<Arc<Event>>,
+    outbox: mpsc::Sender<Arc<Published>>,
 }
 
 impl RedisFeed {
@@ -78,7 +81,7 @@ impl RedisFeed {
 
 impl EventFeed for RedisFeed {
     fn publish(&self, event: Event) {
-        let event = Arc::new(event);
+        let event = Arc::new(Published::new(event));
         // Full: Redis is slow or away; the live view elsewhere misses this one.
         let _ = self.outbox.try_send(event.clone());
         self.local.send(event);
@@ -112,7 +115,7 @@ async fn publish(
     nodes: Arc<Vec<ConnectionInfo>>,
     channel: String,
     instance: u64,
-    mut queued: mpsc::Receiver<Arc<Event>>,
+    mut queued: mpsc::Receiver<Arc<Published>>,
     shutdown: CancellationToken,
 ) {
     let mut connection = None;
@@ -126,13 +129,7 @@ async fn publish(
             },
             () = shutdown.cancelled() => return,
         };
-        let outgoing = Outgoing {
-            from: instance,
-            event: &event,
-        };
-        let Ok(text) = serde_json::to_string(&outgoing) else {
-            continue;
-        };
+        let text = outgoing(instance, &event);
         if connection.is_none() {
             connection = connect(&nodes).await;
         }
@@ -219,12 +216,8 @@ mod tests {
             account: "main".into(),
             reason: "bad_signature".into(),
         };
-        let text = serde_json::to_string(&Outgoing {
-            from: 7,
-            event: &event,
-        })
-        .unwrap_or_default();
-        let back: Incoming = serde_json::from_str(&text).unwrap_or(Incoming {
+        let text = outgoing(7, &Published::new(event.clone()));
+        let back: Incoming = serde_json::from_slice(&text).unwrap_or(Incoming {
             from: 0,
             event: Event::Replayed {
                 at_ms: 0,

@@ -70,8 +70,13 @@ fn check_config_on_a_bad_config_exits_64_and_names_the_key() {
             "target_defaults.http2",
         ),
     ];
+    assert_each_refused(dir.path(), &cases);
+}
+
+/// `check-config` exits 64 on each config text, naming its key.
+fn assert_each_refused(dir: &std::path::Path, cases: &[(String, &str)]) {
     for (text, key) in cases {
-        let path = write(dir.path(), &text);
+        let path = write(dir, text);
         let output = run(&["check-config", "--config", &path]);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(64), "{key}: {stderr}");
@@ -251,4 +256,73 @@ fn serve_refuses_a_public_admin_address_without_a_token() {
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     assert!(!stdout.contains("inline-admin-token"), "{stdout}");
     assert!(stdout.contains("token = \"<redacted>\""), "{stdout}");
+}
+
+/// Issue 23: the `url` crate drops tabs, CR and LF while it parses, so a URL written with a line
+/// break in it used to pass `check-config` as some other URL. Every URL-valued key with a control
+/// character or whitespace in it is refused (64, naming the key), and so is an admin token that
+/// is blank or has blanks or control characters around it, inline or from the environment.
+#[test]
+fn check_config_refuses_urls_with_line_breaks_and_a_blank_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = config(dir.path(), free_addr(), "");
+    let target = "url = \"http://127.0.0.1:9/wx\"\n";
+    let with_api_base = config(
+        dir.path(),
+        free_addr(),
+        "wechat_api_base = \"https://api.weixin.qq.com/\\r\"",
+    );
+    let cases = [
+        (
+            good.replace(
+                target,
+                "url = \"http://127.0.0.1:9/wx\\r\\nX-Injected: 1\"\n",
+            ),
+            "accounts.0.targets.0.url",
+        ),
+        (
+            good.replace(target, "url = \"http://127.0.0.1:9/w\\tx\"\n"),
+            "accounts.0.targets.0.url",
+        ),
+        (
+            good.replace(target, "url = \"http://127.0.0.1:9/w x\"\n"),
+            "accounts.0.targets.0.url",
+        ),
+        (
+            format!("wechat_api_base = \"https://api.weixin.qq.com/\\n\"\n{good}"),
+            "wechat_api_base",
+        ),
+        (with_api_base, "accounts.0.wechat_api_base"),
+        (
+            format!("{good}\n[store.redis]\nurls = [\"redis://127.0.0.1:6379/0\\r\\n\"]\n"),
+            "store.redis.urls[0]",
+        ),
+        (
+            format!("{good}\n[admin]\ntoken = \"                    \"\n"),
+            "admin.token",
+        ),
+        (
+            format!("{good}\n[admin]\ntoken = \" admin-token-0123456789\"\n"),
+            "admin.token",
+        ),
+        (
+            format!("{good}\n[admin]\ntoken = \"admin-token-0123456789\\n\"\n"),
+            "admin.token",
+        ),
+    ];
+    assert_each_refused(dir.path(), &cases);
+    // From the environment: a variable of blanks is no token.
+    let path = write(
+        dir.path(),
+        &format!("{good}\n[admin]\ntoken_env = \"CONSOLE_TEST_BLANK_TOKEN\"\n"),
+    );
+    for value in ["                    ", "admin-token-0123456789\r\n"] {
+        let output = crate::support::binary::command(&["check-config", "--config", &path])
+            .env("CONSOLE_TEST_BLANK_TOKEN", value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{value:?}: {stderr}");
+        assert!(stderr.contains("admin.token_env:"), "{value:?}: {stderr}");
+    }
 }

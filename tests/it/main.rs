@@ -11,6 +11,7 @@
 
 mod support;
 
+mod admin_guard;
 mod cli;
 mod console;
 mod dedupe;
