@@ -9,8 +9,10 @@
 --          threads never collide and n always has 14 digits (tostring writes it in full).
 --          OFFSET (< 10^13, default 0) is added to n, so that consecutive wrk runs against one
 --          proxy send new callbacks rather than resends.
---   event: as plain, for events without a MsgId: callback n uses variant floor(n / 10000) % 1000
---          (EVENT_RUN in corpus.rs), so their CreateTime grows with n, and EventKey "240" .. n.
+--   event: as plain, for events without a MsgId, with a third line: the body's head up to the
+--          sender's number. Callback n is the head, the sender (n mod p) * 7919 mod p (p =
+--          1000003, 7 digits), the part of variant floor(n / 10000) % 1000 (EVENT_RUN in
+--          corpus.rs), so CreateTime grows with n, then EventKey "240" .. n and the suffix.
 --   safe:  whole encrypted callbacks, one a line; thread t starts at its share of the pool and
 --          cycles (past the pool's end callbacks repeat, and the proxy answers them as resends).
 -- done() prints one line "WRK {json}" for run.sh.
@@ -27,7 +29,7 @@ function setup(thread)
 end
 
 local mode, suffix
-local heads, pool = {}, {}
+local heads, mids, pool = {}, {}, {}
 local counter, base, pos, count = 0, 0, 1, 0
 
 function init(args)
@@ -37,16 +39,27 @@ function init(args)
   local lines = io.lines(path)
   mode = lines()
   local numbered = mode == "plain" or mode == "event"
+  local event_head = ""
   if numbered then
     suffix = unescape(lines())
+  end
+  if mode == "event" then
+    event_head = unescape(lines())
   end
   for line in lines do
     local query, body = line:match("^([^\t]*)\t(.*)$")
     body = unescape(body)
     if numbered then
       -- Every plain body has the same length: the head, length and prefix are one string.
-      local length = #body + 17 + #suffix
-      heads[#heads + 1] = head:format(query) .. length .. "\r\n\r\n" .. body
+      -- An event's prefix follows its sender, between them and the head.
+      if mode == "event" then
+        local length = #event_head + 7 + #body + 17 + #suffix
+        heads[#heads + 1] = head:format(query) .. length .. "\r\n\r\n" .. event_head
+        mids[#mids + 1] = body
+      else
+        local length = #body + 17 + #suffix
+        heads[#heads + 1] = head:format(query) .. length .. "\r\n\r\n" .. body
+      end
     else
       pool[#pool + 1] = head:format(query) .. #body .. "\r\n\r\n" .. body
     end
@@ -66,7 +79,9 @@ function request()
   elseif mode == "event" then
     local n = base + counter
     counter = counter + 1
-    return heads[math.floor(n / 10000) % 1000 + 1] .. "240" .. tostring(n) .. suffix
+    local v = math.floor(n / 10000) % 1000 + 1
+    local sender = string.format("%07d", (n % 1000003) * 7919 % 1000003)
+    return heads[v] .. sender .. mids[v] .. "240" .. tostring(n) .. suffix
   end
   local r = pool[pos]
   pos = pos % count + 1

@@ -11,10 +11,12 @@
 //!   `timestamp`, `nonce`, `openid`) and the body up to `<MsgId>` depend on `n % VARIANTS` only, so
 //!   wrk's Lua builds any callback by concatenation without computing a SHA-1.
 //! * **event**: an official-account `CLICK` event (~400 bytes) with no `MsgId`, so the proxy keys
-//!   it by a digest of its whole message: the number is its `EventKey`. Runs of [`EVENT_RUN`]
-//!   consecutive numbers share a variant, and variants go up with the number, so `CreateTime`
-//!   grows with the number as a real account's events' do with the clock (the plain scheme's
-//!   variant cycles with every callback instead, which a key led by the time would not survive).
+//!   it by a digest of its whole message: the number is its `EventKey`, and its sender is one of
+//!   a million, scattered by the number ([`event_sender`]), as users are in real traffic. Runs of
+//!   [`EVENT_RUN`] consecutive numbers share a variant, and variants go up with the number, so
+//!   `CreateTime` grows with the number as a real account's events' do with the clock (the plain
+//!   scheme's variant cycles with every callback instead). Lua builds one from three strings: the
+//!   head up to the sender, then the variant's part up to the `EventKey`, then the suffix.
 //! * **safe**: the same message for number `k`, encrypted with a 16-byte prefix derived from `k`,
 //!   with `nonce = NONCE_BASE + k` and a `msg_signature` over its own `Encrypt`. Lua cannot encrypt,
 //!   so the generator writes a pool of them beforehand and wrk cycles through it.
@@ -61,10 +63,15 @@ pub(crate) const BODY_SUFFIX: &str =
 /// Consecutive event numbers that share a variant (so a `CreateTime`): about a second's events
 /// at the bench's rates.
 pub(crate) const EVENT_RUN: u64 = 10_000;
+/// An event's body up to its sender's number, the same for every event.
+pub(crate) const EVENT_HEAD: &str = "<xml>\n<ToUserName><![CDATA[gh_3f5a8c2e9b1d]]></ToUserName>\n\
+     <FromUserName><![CDATA[oUpF8uMuAJO_M2pxb1Q9z";
 /// Everything after an event's number, the same for every event.
 pub(crate) const EVENT_SUFFIX: &str = "]]></EventKey>\n</xml>";
 /// What comes just before an event's number.
 const EVENT_KEY_OPEN: &str = "<EventKey><![CDATA[";
+/// Senders of events: a prime, so that [`event_sender`] is a permutation of its residues.
+const EVENT_SENDERS: u64 = 1_000_003;
 
 /// The parts of a plain callback that depend on `n % VARIANTS`.
 #[derive(Debug, Clone)]
@@ -93,20 +100,25 @@ pub(crate) fn variant(i: u64) -> Variant {
     }
 }
 
-/// The event variant `i` (`i < VARIANTS`): the query of [`variant`]`(i)`, an event's body.
+/// The event variant `i` (`i < VARIANTS`): the query of [`variant`]`(i)`, and in `prefix` the
+/// part of an event's body between its sender's number and its own.
 pub(crate) fn event_variant(i: u64) -> Variant {
     let plain = variant(i);
     let timestamp = (BASE_TIME + i).to_string();
-    let openid = openid(i);
     Variant {
         query: plain.query,
         prefix: format!(
-            "<xml>\n<ToUserName><![CDATA[{TO_USER}]]></ToUserName>\n\
-             <FromUserName><![CDATA[{openid}]]></FromUserName>\n\
-             <CreateTime>{timestamp}</CreateTime>\n<MsgType><![CDATA[event]]></MsgType>\n\
-             <Event><![CDATA[CLICK]]></Event>\n{EVENT_KEY_OPEN}"
+            "]]></FromUserName>\n<CreateTime>{timestamp}</CreateTime>\n\
+             <MsgType><![CDATA[event]]></MsgType>\n<Event><![CDATA[CLICK]]></Event>\n\
+             {EVENT_KEY_OPEN}"
         ),
     }
+}
+
+/// The sender's number of event `n`, 7 digits: `(n mod p) * 7919 mod p` for the prime
+/// [`EVENT_SENDERS`], which wrk's Lua computes exactly in doubles (both factors < 2^23).
+pub(crate) fn event_sender(n: u64) -> String {
+    format!("{:07}", (n % EVENT_SENDERS) * 7919 % EVENT_SENDERS)
 }
 
 /// Every event variant, indexed by [`event_variant_of`].
@@ -122,7 +134,9 @@ pub(crate) fn event_variant_of(n: u64) -> usize {
 /// The event number `n`: (query, body).
 pub(crate) fn event(variants: &[Variant], n: u64) -> (&str, String) {
     let v = &variants[event_variant_of(n)];
-    let mut body = String::with_capacity(v.prefix.len() + 17 + EVENT_SUFFIX.len());
+    let mut body = String::with_capacity(EVENT_HEAD.len() + 7 + v.prefix.len() + 17 + 32);
+    body.push_str(EVENT_HEAD);
+    body.push_str(&event_sender(n));
     body.push_str(&v.prefix);
     let _ = write!(body, "{}", MSG_ID_BASE + n);
     body.push_str(EVENT_SUFFIX);
@@ -265,7 +279,14 @@ mod tests {
         let variants = event_variants();
         let creds = credentials(Security::Plaintext);
         let mut keys = Vec::new();
-        for n in [0, 1, EVENT_RUN - 1, EVENT_RUN, 5 * EVENT_RUN, 999 * EVENT_RUN + 3] {
+        for n in [
+            0,
+            1,
+            EVENT_RUN - 1,
+            EVENT_RUN,
+            5 * EVENT_RUN,
+            999 * EVENT_RUN + 3,
+        ] {
             let (query, body) = event(&variants, n);
             let parsed = CallbackQuery::parse(query).expect("query parses");
             let opened = open_callback(&creds, &parsed, body.as_bytes()).expect("verifies");
@@ -274,7 +295,10 @@ mod tests {
             keys.push(dedupe_key(ACCOUNT, &opened.envelope, body.as_bytes()).key);
         }
         assert!(keys.windows(2).all(|w| w[0] != w[1]), "{keys:?}");
-        assert!(keys[2] < keys[3] && keys[3] < keys[4] && keys[4] < keys[5], "{keys:?}");
+        assert!(
+            keys[2] < keys[3] && keys[3] < keys[4] && keys[4] < keys[5],
+            "{keys:?}"
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! * `wrk-data`: writes the file `callbacks.lua` reads, so that wrk sends realistic, distinct
 //!   callbacks. Plain: the suffix and the `VARIANTS` (query, body prefix) pairs; Lua appends the
-//!   message id. Event: the same for events (`corpus::event`), whose number is their `EventKey`.
+//!   message id. Event: the same for events (`corpus::event`), whose number is their `EventKey`,
+//!   and the head up to the sender, whose number Lua computes.
 //!   Safe: a pool of whole encrypted callbacks (each with its own query, since
 //!   `msg_signature` covers `Encrypt`), cycled through by wrk. One record a line, `query\tbody`,
 //!   with `\\`, `\n` and `\t` escaped.
@@ -120,6 +121,7 @@ fn wrk_data(scheme: Scheme, pool: u64, out: &PathBuf) -> anyhow::Result<()> {
         Scheme::Event => {
             writeln!(w, "event")?;
             writeln!(w, "{}", escape(corpus::EVENT_SUFFIX))?;
+            writeln!(w, "{}", escape(corpus::EVENT_HEAD))?;
             for v in corpus::event_variants() {
                 writeln!(w, "{}\t{}", v.query, escape(&v.prefix))?;
             }

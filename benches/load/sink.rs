@@ -158,6 +158,19 @@ impl Sink {
                 if query != v.query {
                     return Err("query differs");
                 }
+                // An event starts with the common head and its sender's number.
+                let body = if plain {
+                    body
+                } else {
+                    let sender = corpus::event_sender(n);
+                    let start = corpus::EVENT_HEAD.len() + sender.len();
+                    if body.get(..corpus::EVENT_HEAD.len()) != Some(corpus::EVENT_HEAD.as_bytes())
+                        || body.get(corpus::EVENT_HEAD.len()..start) != Some(sender.as_bytes())
+                    {
+                        return Err("body differs");
+                    }
+                    &body[start..]
+                };
                 let id = id.to_string();
                 let suffix = suffix.as_bytes();
                 let expected_len = v.prefix.len() + id.len() + suffix.len();
