@@ -32,34 +32,24 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod admin_client;
-pub mod authorizer;
-pub mod cli;
+pub mod cidr;
+pub mod clock;
+pub mod cmd;
 pub mod config;
-pub mod console;
 pub mod delivery;
-pub mod downstream;
 pub mod error;
 pub mod escape;
 pub mod events;
+pub mod http;
 pub mod ingress;
-pub mod leases;
 pub mod metrics;
+pub mod outbound;
 pub mod privacy;
-pub mod probe;
-pub mod replies;
-pub mod rescue;
-pub mod resign;
-pub mod retry;
-pub mod shadow;
+pub mod routing;
 pub mod shutdown;
-pub mod simulate;
-pub mod sources;
 pub mod store;
-pub mod targets;
 pub mod telemetry;
 pub mod wechat;
-pub mod wechat_api;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -73,17 +63,17 @@ use tracing::{error, info, warn};
 use crate::admin::Admin;
 use crate::config::{Backend, Config};
 use crate::delivery::Delivery;
-use crate::downstream::{Downstream, now_ms};
 use crate::events::{EventFeed, LocalFeed, RedisFeed};
 use crate::ingress::Ingress;
-use crate::leases::Leases;
+use crate::ingress::shadow::ShadowLog;
+use crate::ingress::sources::Sources;
 use crate::metrics::Metrics;
-use crate::shadow::ShadowLog;
+use crate::outbound::wechat_api::WechatApi;
+use crate::outbound::{Downstream, now_ms};
+use crate::routing::Routes;
 use crate::shutdown::InFlight;
-use crate::sources::Sources;
+use crate::store::leases::Leases;
 use crate::store::{RedisOptions, Store};
-use crate::targets::Routes;
-use crate::wechat_api::WechatApi;
 
 /// How often delivered callbacks older than the retention are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
@@ -182,7 +172,7 @@ pub async fn run_with(
                 registry,
                 metrics: metrics.clone(),
                 shadows: shadows.clone(),
-                console: console::Console::new(
+                console: admin::console::Console::new(
                     &config.admin,
                     events.clone(),
                     metrics.event_streams(),
@@ -258,7 +248,7 @@ async fn start_sources(
         .server
         .trusted_proxies
         .iter()
-        .filter_map(|proxy| sources::Cidr::parse(proxy))
+        .filter_map(|proxy| cidr::Cidr::parse(proxy))
         .collect();
     let sources = Arc::new(Sources::new(trusted));
     let mut accounts = Vec::new();
@@ -269,8 +259,8 @@ async fn start_sources(
         }
     }
     if !accounts.is_empty() {
-        sources::load_kept(&sources, &accounts, &**store).await;
-        tokio::spawn(sources::refresh_loop(
+        ingress::sources::load_kept(&sources, &accounts, &**store).await;
+        tokio::spawn(ingress::sources::refresh_loop(
             sources.clone(),
             api,
             accounts,

@@ -10,10 +10,11 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser as _;
 use tokio_util::sync::CancellationToken;
-use wechat_fanout::cli::{Cli, Command};
+use wechat_fanout::cmd::{Cli, Command};
+use wechat_fanout::cmd::{admin_client, probe, simulate};
 use wechat_fanout::config::Config;
 use wechat_fanout::store::Readiness;
-use wechat_fanout::{Listeners, Reload, admin_client, probe, simulate};
+use wechat_fanout::{Listeners, Reload};
 
 // glibc's allocator spent ~10% of the proxy's CPU on the load bench (many small, short-lived
 // allocations per callback across threads); mimalloc does the same work in a fraction of it.

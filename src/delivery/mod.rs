@@ -19,11 +19,11 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info_span, warn};
 
-use crate::downstream::{Downstream, now_ms};
-use crate::leases::Leases;
+use crate::outbound::{Downstream, now_ms};
+use crate::routing::Target;
 use crate::shutdown::InFlight;
+use crate::store::leases::Leases;
 use crate::store::{Disposition, Job, Leased, Store};
-use crate::targets::Target;
 
 /// Most jobs leased at once, however large the target's concurrency.
 const LEASE_BATCH: usize = 256;

@@ -23,9 +23,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-mod shared;
+mod redis;
 
-pub use shared::RedisFeed;
+pub use self::redis::RedisFeed;
 
 /// How many events a subscriber may fall behind before it loses the oldest.
 pub const BUFFER: usize = 1024;

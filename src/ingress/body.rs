@@ -9,8 +9,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
-use crate::error::Rejection;
 use crate::escape::{Excerpt, MESSAGE_EXCERPT};
+use crate::ingress::rejection::Rejection;
 
 pub(super) async fn read(
     body: Incoming,

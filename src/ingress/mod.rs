@@ -3,15 +3,19 @@
 //! `/wechat/{account}`: GET answers the URL-verification handshake locally; POST runs
 //! verify → buffer → dedupe → persist → reply. The answer is `success` once the callback and its
 //! jobs are stored, or the reply owner's 2xx answer when it comes within the reply deadline (the
-//! owner: [`crate::replies`]). Its shadows are asked at the same moment and compared
-//! ([`crate::shadow`]); its answer after the deadline may be rescued ([`crate::rescue`]). Other
+//! owner: [`crate::routing::replies`]). Its shadows are asked at the same moment and compared
+//! ([`crate::ingress::shadow`]); its answer after the deadline may be rescued ([`crate::ingress::rescue`]). Other
 //! targets are never waited for: their jobs are stored due and their workers are woken.
 //!
 //! Once a callback is verified, the rest of its handling runs in its own task, so a client that
 //! hangs up cannot leave a stored callback half-handled.
 
 mod body;
+pub mod rejection;
+pub mod rescue;
 mod resends;
+pub mod shadow;
+pub mod sources;
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -35,26 +39,25 @@ use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::authorizer;
 use crate::config::ServerConfig;
-use crate::downstream::{Attempt, Downstream, now_ms};
-use crate::error::Rejection;
 use crate::events::{CallbackEvent, Event, EventFeed, JobRef};
-use crate::leases::Leases;
 use crate::metrics::{CallbackOutcome, Metrics};
-use crate::rescue;
-use crate::shadow::{self, ShadowLog};
+use crate::outbound::{Attempt, Downstream, now_ms};
+use crate::routing::{Account, Routes, Target};
 use crate::shutdown::InFlight;
-use crate::sources::Sources;
+use crate::store::leases::Leases;
 use crate::store::{
     Accepted, Answer, CallbackId, Job, NewCallback, NewJob, Replay, Store, new_lease_token,
 };
-use crate::targets::{Account, Routes, Target};
 use crate::telemetry::event_at;
+use crate::wechat::authorizer;
 use crate::wechat::{
     CallbackQuery, DedupeKey, Envelope, Kind, dedupe_key, open_callback, verify_url,
 };
+use rejection::Rejection;
 use resends::{Resends, Role};
+use shadow::ShadowLog;
+use sources::Sources;
 
 const SUCCESS: &[u8] = b"success";
 const TEXT_PLAIN: &str = "text/plain; charset=utf-8";

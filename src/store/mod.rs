@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Backend, StoreConfig};
 
 mod ids;
+pub mod leases;
 mod redis;
 mod sqlite;
 

@@ -35,8 +35,8 @@ use super::{
     NewCallback, QueueDepth, Recorded, Replay, Replayed, Store, StoreError, TargetKey,
     new_lease_token,
 };
+use crate::clock::now_ms;
 use crate::config::Synchronous;
-use crate::downstream::now_ms;
 
 /// Most commands in one transaction: bounds the latency a large group adds to its first member.
 const MAX_BATCH: usize = 1024;

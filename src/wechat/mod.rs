@@ -6,11 +6,13 @@
 //! CLI uses it to sign and encrypt simulated ones. Facts and sources:
 //! `shared/docs/wechat-protocol.md`.
 
+pub mod authorizer;
 pub mod callback;
 pub mod crypto;
 pub mod dedupe;
 pub mod envelope;
 pub mod reply;
+pub mod resign;
 pub mod signature;
 
 pub use callback::{

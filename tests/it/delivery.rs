@@ -254,7 +254,7 @@ async fn a_failing_target_is_paused_after_failures_in_a_row_then_gets_everything
         sent.push(sealed.body);
     }
 
-    let trip = wechat_fanout::retry::TRIP_AFTER as usize;
+    let trip = wechat_fanout::routing::retry::TRIP_AFTER as usize;
     target.wait_for(trip).await;
     settle().await;
     // One more may have started before the last failure was counted (one request in flight).

@@ -7,8 +7,8 @@
 use std::net::SocketAddr;
 
 use wechat_fanout::config::Mode;
+use wechat_fanout::outbound::wechat_api::{ApiAccount, WechatApi};
 use wechat_fanout::wechat::{Kind, SealedRequest};
-use wechat_fanout::wechat_api::{ApiAccount, WechatApi};
 
 use crate::operate::{post_to_binary, write_binary_config};
 use crate::support::scrape::Scrape;

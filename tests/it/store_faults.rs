@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use wechat_fanout::config::{Mode, Synchronous};
-use wechat_fanout::downstream::DELIVERY_HEADER;
+use wechat_fanout::outbound::DELIVERY_HEADER;
 use wechat_fanout::store::{
     Accepted, NewCallback, NewJob, Readiness, Replay, SqliteStore, Store as _, StoreError,
 };

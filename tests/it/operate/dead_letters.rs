@@ -7,8 +7,8 @@ use std::path::Path;
 use base64::Engine as _;
 use reqwest::Method;
 use serde_json::{Value, json};
+use wechat_fanout::clock::now_ms;
 use wechat_fanout::config::Mode;
-use wechat_fanout::downstream::now_ms;
 use wechat_fanout::wechat::{Kind, SealedRequest};
 
 use super::{jobs_become, run_command};

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use crate::cli::{DeadLettersCommand, FilterArgs};
+use crate::cmd::{DeadLettersCommand, FilterArgs};
 use crate::config::Config;
 
 const TIMEOUT: Duration = Duration::from_secs(5);

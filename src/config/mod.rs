@@ -16,13 +16,14 @@ use figment::providers::{Env, Format as _, Toml};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::replies::{Owners, Route};
-use crate::sources::{Allowed, Cidr};
+use crate::cidr::Cidr;
+use crate::outbound::wechat_api::ApiAccount;
+use crate::routing::Allowed;
+use crate::routing::replies::{Owners, Route};
 use crate::wechat::{AesKey, Credentials, Kind, Security};
-use crate::wechat_api::ApiAccount;
 
 /// The documented defaults, compiled in so the binary needs no file to know them.
-pub const DEFAULTS: &str = include_str!("../config/default.toml");
+pub const DEFAULTS: &str = include_str!("../../config/default.toml");
 
 const REDACTED: &str = "<redacted>";
 /// `wechat_api_base`'s default (as `Url` writes it), and where WeCom's API is instead.

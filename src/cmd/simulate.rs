@@ -22,11 +22,11 @@ use reqwest::StatusCode;
 use reqwest::header::CONTENT_TYPE;
 use url::Url;
 
-use crate::admin_client::reachable;
+use crate::cmd::admin_client::reachable;
 use crate::config::{AccountKind, Config};
-use crate::resign::random_nonce;
 use crate::wechat::envelope::{encrypted_reply, push_cdata_element as push_cdata};
 use crate::wechat::reply::open_signed_reply;
+use crate::wechat::resign::random_nonce;
 use crate::wechat::{Credentials, Kind, SealParams, seal_callback, seal_handshake};
 
 const DEFAULT_TEXT: &str = "hello from wechat-fanout simulate";
@@ -126,7 +126,7 @@ pub async fn run(
         );
     }
     if let Some(appid) = &args.authorizer
-        && !crate::authorizer::is_app_id(appid)
+        && !crate::wechat::authorizer::is_app_id(appid)
     {
         bail!("--authorizer {appid:?}: not an app id (letters, digits, '-', '_')");
     }
@@ -270,7 +270,7 @@ async fn handshake(
     url: &Url,
     out: &mut impl Write,
 ) -> anyhow::Result<bool> {
-    let (timestamp, nonce) = crate::resign::fresh_stamp();
+    let (timestamp, nonce) = crate::wechat::resign::fresh_stamp();
     // Numeric like WeChat's own, e.g. 4375120948345356249.
     let expected = rand::random::<u64>().to_string();
     let query = seal_handshake(credentials, &expected, &timestamp, &nonce);

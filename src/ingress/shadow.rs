@@ -17,9 +17,9 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 use tracing::debug;
 
-use crate::downstream::{Attempt, now_ms};
 use crate::metrics::Metrics;
-use crate::targets::{Account, Target};
+use crate::outbound::{Attempt, now_ms};
+use crate::routing::{Account, Target};
 use crate::wechat::Credentials;
 use crate::wechat::reply::{is_empty_reply, open_reply, xml_fields};
 

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::targets::{Account, Routes, Target};
+use crate::routing::{Account, Routes, Target};
 use crate::wechat::seal_handshake;
 
 /// Marks a probe, so a target's logs can tell it from WeChat's own handshake.
@@ -156,7 +156,7 @@ pub async fn probe(
 async fn probe_one(client: &reqwest::Client, account: &Account, target: &Target) -> Probed {
     // Numeric like WeChat's own (e.g. 4375120948345356249), fresh for every probe.
     let echo = rand::random::<u64>().to_string();
-    let (timestamp, nonce) = crate::resign::fresh_stamp();
+    let (timestamp, nonce) = crate::wechat::resign::fresh_stamp();
     let credentials = target.signing_credentials(&account.credentials);
     let query = seal_handshake(credentials, &echo, &timestamp, &nonce);
     // A URL with `{authorizer}` is probed for the first authorizer it filters on, else for a
@@ -223,7 +223,7 @@ fn excerpt(body: &[u8]) -> String {
 /// table (or JSON); `Ok(true)` when every target answered `ok`.
 pub async fn run(
     config: &crate::config::Config,
-    args: &crate::cli::ProbeArgs,
+    args: &crate::cmd::ProbeArgs,
     out: &mut impl std::io::Write,
 ) -> anyhow::Result<bool> {
     let routes = Routes::from_config(config)?;

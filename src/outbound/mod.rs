@@ -29,20 +29,21 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use std::sync::Arc;
 
-use crate::authorizer::{self, AUTHORIZER_HEADER};
 use crate::events::{AttemptEvent, Event, EventFeed};
 use crate::metrics::Metrics;
-use crate::resign::{self, ResignError};
-use crate::retry::{self, Verdict};
+use crate::outbound::wechat_api::{ApiError, WechatApi};
+use crate::routing::Target;
+use crate::routing::retry::{self, Verdict};
 use crate::store::{AttemptReport, Disposition, Job, JobId, Recorded, Store, StoreError};
-use crate::targets::Target;
 use crate::telemetry::event_at;
-use crate::wechat_api::{ApiError, WechatApi};
+use crate::wechat::authorizer::{self, AUTHORIZER_HEADER};
+use crate::wechat::resign::{self, ResignError};
 use answer::Answer;
 
 pub mod answer;
 mod h1;
 mod pipeline;
+pub mod wechat_api;
 
 pub use h1::Origin;
 
@@ -363,7 +364,7 @@ impl Downstream {
                 target = &*target.key.target,
                 cool_down_ms = cool_down.as_millis() as u64,
                 "target failed {} attempts in a row: pausing its deliveries",
-                crate::retry::TRIP_AFTER
+                crate::routing::retry::TRIP_AFTER
             );
         }
         // The metric's label, and the console's word for it.

@@ -159,10 +159,7 @@ pub fn for_attempt(
 
 /// What a request the proxy signs itself carries: now (Unix seconds) and a fresh nonce.
 pub fn fresh_stamp() -> (String, String) {
-    (
-        (crate::downstream::now_ms() / 1000).to_string(),
-        random_nonce(),
-    )
+    ((crate::clock::now_ms() / 1000).to_string(), random_nonce())
 }
 
 /// Nine or ten digits, like WeChat's nonces.

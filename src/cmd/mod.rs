@@ -2,12 +2,16 @@
 //! `WECHAT_FANOUT_CONFIG`); commands other than `serve` talk to a running proxy through its admin
 //! API or, for `simulate`, through its WeChat port, exactly as WeChat would.
 
+pub mod admin_client;
+pub mod probe;
+pub mod simulate;
+
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::cmd::simulate::SimulateArgs;
 use crate::config::LogFormat;
-use crate::simulate::SimulateArgs;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -10,9 +10,9 @@
 //!   fresh allowance of attempts; the same bytes are sent.
 //! - `DELETE /dead-letters/{id}`, `DELETE /dead-letters?filters` (`all=true` for no filter).
 //! - `POST /targets/probe?account=&target=`: the URL-verification GET sent to each target now
-//!   (see [`crate::probe`]); 200 with each target's result, `"ok"` only if all echoed.
+//!   (see [`crate::cmd::probe`]); 200 with each target's result, `"ok"` only if all echoed.
 //!
-//! - The live console in the browser and its event stream: see [`crate::console`], which also
+//! - The live console in the browser and its event stream: see [`crate::admin::console`], which also
 //!   decides who gets in (`admin.token`): everything above but health and readiness (and
 //!   metrics, unless `admin.protect_metrics`) answers 401 without the token.
 //!
@@ -22,6 +22,7 @@
 //!
 //! It never listens on the WeChat port.
 
+pub mod console;
 mod hosts;
 
 use std::convert::Infallible;
@@ -47,14 +48,14 @@ use tracing::{debug, info, warn};
 
 pub use hosts::Hosts;
 
-use crate::console::{Body, Console, Refusal};
-use crate::downstream::{ACCOUNT_HEADER, now_ms};
+use crate::admin::console::{Body, Console, Refusal};
 use crate::events::Event;
+use crate::ingress::shadow::ShadowLog;
 use crate::ingress::text;
 use crate::metrics::Metrics;
-use crate::shadow::ShadowLog;
+use crate::outbound::{ACCOUNT_HEADER, now_ms};
+use crate::routing::Routes;
 use crate::store::{DeadLetterFilter, Store, StoreError};
-use crate::targets::Routes;
 
 const JSON: &str = "application/json";
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -285,10 +286,10 @@ impl Admin {
             }
         }
         let routes = self.routes.load_full();
-        let results = crate::probe::probe(&routes, account.as_deref(), target.as_deref())
+        let results = crate::cmd::probe::probe(&routes, account.as_deref(), target.as_deref())
             .await
             .map_err(|e| (StatusCode::NOT_FOUND, e.to_string()))?;
-        Ok(json(StatusCode::OK, &crate::probe::report(&results)))
+        Ok(json(StatusCode::OK, &crate::cmd::probe::report(&results)))
     }
 
     async fn ready(&self) -> Response<Full<Bytes>> {
@@ -420,7 +421,7 @@ impl Admin {
         let routes = self.routes.load();
         let credentials = &routes.account(account)?.credentials;
         // An authorizer's callback is stored with the authorizer in front of WeChat's query.
-        let (_, wechat_query) = crate::authorizer::split(&request.query);
+        let (_, wechat_query) = crate::wechat::authorizer::split(&request.query);
         let query = crate::wechat::CallbackQuery::parse(wechat_query).ok()?;
         let opened = crate::wechat::open_callback(credentials, &query, &request.body).ok()?;
         opened

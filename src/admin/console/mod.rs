@@ -49,16 +49,16 @@ use tracing::{info, warn};
 pub use auth::{Auth, CSRF_HEADER, Session};
 use guesses::Guesses;
 
+use crate::clock::now_ms;
 use crate::config::{AdminConfig, ConfigError};
-use crate::downstream::now_ms;
 use crate::events::{Event, EventFeed, Received};
 
 /// The body of an admin response: whole, or the event stream.
 pub type Body = Either<Full<Bytes>, EventStream>;
 
-const INDEX_HTML: &str = include_str!("../console/index.html");
-const CONSOLE_CSS: &str = include_str!("../console/console.css");
-const CONSOLE_JS: &str = include_str!("../console/console.js");
+const INDEX_HTML: &str = include_str!("../../../console/index.html");
+const CONSOLE_CSS: &str = include_str!("../../../console/console.css");
+const CONSOLE_JS: &str = include_str!("../../../console/console.js");
 
 /// A login's body is a small JSON object.
 const MAX_LOGIN_BYTES: usize = 4096;

@@ -6,6 +6,12 @@
 //! that tells the target's worker new jobs are due in the store, and the handoff through which
 //! ingress passes new jobs straight to the worker.
 
+mod allowed;
+pub mod replies;
+pub mod retry;
+
+pub use allowed::Allowed;
+
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,14 +22,13 @@ use crate::config::{
     AUTHORIZER_IN_URL, Config, ConfigError, LATE_REPLIES_TARGET, TargetSettings,
     authorizer_placeholders,
 };
-use crate::downstream::Origin;
+use crate::outbound::Origin;
+use crate::outbound::wechat_api::ApiAccount;
 use crate::privacy::UserIds;
-use crate::replies::Owners;
-use crate::resign::Resign;
-use crate::retry::Breaker;
-use crate::sources::Allowed;
+use crate::routing::replies::Owners;
+use crate::routing::retry::Breaker;
 use crate::store::{Job, TargetKey};
-use crate::wechat_api::ApiAccount;
+use crate::wechat::resign::Resign;
 
 /// Jobs that can wait in a target's handoff, per request it may have in flight. Past that,
 /// ingress stores new jobs as pending and the worker leases them when it catches up.

@@ -16,10 +16,10 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use crate::downstream::{Attempt, now_ms};
 use crate::metrics::Metrics;
+use crate::outbound::{Attempt, now_ms};
+use crate::routing::{Account, Target};
 use crate::store::{Accepted, NewCallback, NewJob, Replay, Store};
-use crate::targets::{Account, Target};
 use crate::wechat::reply::{field, is_empty_reply, open_reply, xml_fields};
 
 /// Waits for the owner's late attempt; converts and stores its reply, if it has one.

@@ -8,7 +8,7 @@
 //! peer that is not trusted cannot claim anything with these headers.
 //!
 //! An account's list holds CIDR blocks (or single addresses) and/or `"wechat"`: WeChat's callback
-//! IP list, fetched with the account's access token ([`crate::wechat_api`]) at start and every
+//! IP list, fetched with the account's access token ([`crate::outbound::wechat_api`]) at start and every
 //! hour, and kept in the store as a small JSON value ([`crate::store::Store::keep_value`]), so
 //! that a start while the API is unreachable still has the last list, on any instance sharing
 //! the store. Until some list is known,
@@ -25,56 +25,15 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::cidr::{Cidr, listed};
+use crate::outbound::wechat_api::{ApiAccount, WechatApi};
+use crate::routing::Allowed;
 use crate::store::{Store, StoreError};
-use crate::wechat_api::{ApiAccount, WechatApi};
 
 /// How often WeChat's callback IP list is fetched again.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(3600);
 /// After a failed fetch, the next try comes sooner.
 const RETRY_AFTER: Duration = Duration::from_secs(60);
-
-/// An address block: `101.226.103.0/25`, `2001:db8::/32`, or one address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    network: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    pub fn parse(text: &str) -> Option<Cidr> {
-        let (address, prefix) = match text.trim().split_once('/') {
-            Some((address, prefix)) => (address, Some(prefix.parse::<u8>().ok()?)),
-            None => (text.trim(), None),
-        };
-        let network: IpAddr = address.parse().ok()?;
-        let network = network.to_canonical();
-        let max = if network.is_ipv4() { 32 } else { 128 };
-        let prefix = prefix.unwrap_or(max);
-        (prefix <= max).then_some(Cidr { network, prefix })
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.network, ip.to_canonical()) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-fn listed(list: &[Cidr], ip: IpAddr) -> bool {
-    list.iter().any(|c| c.contains(ip))
-}
 
 /// The client that sent a request, as far as it can be believed; `Err` when a trusted proxy's
 /// header does not parse.
@@ -116,14 +75,6 @@ pub fn client_address(
             .ok_or("X-Real-IP is not an address");
     }
     Ok(peer)
-}
-
-/// One account's `allowed_sources`.
-#[derive(Debug, Clone, Default)]
-pub struct Allowed {
-    pub blocks: Vec<Cidr>,
-    /// `"wechat"` is listed: WeChat's callback IP list also admits.
-    pub wechat: bool,
 }
 
 /// Why a client was refused (the 403's body and the log line).
@@ -244,7 +195,7 @@ pub async fn refresh_loop(
                     info!(account = %account.id, addresses = ip_list.len(), "WeChat's callback IP list fetched");
                     let list = SavedList {
                         ip_list,
-                        fetched_at_ms: crate::downstream::now_ms(),
+                        fetched_at_ms: crate::clock::now_ms(),
                     };
                     let kept = match serde_json::to_vec(&list) {
                         Ok(bytes) => {
@@ -278,35 +229,6 @@ mod tests {
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
-    }
-
-    #[test]
-    fn blocks_contain_their_addresses_only() {
-        let block = Cidr::parse("101.226.103.0/25").unwrap();
-        assert!(block.contains(ip("101.226.103.0")) && block.contains(ip("101.226.103.127")));
-        assert!(!block.contains(ip("101.226.103.128")));
-        assert!(
-            block.contains(ip("::ffff:101.226.103.5")),
-            "IPv4-mapped peers"
-        );
-        let one = Cidr::parse("203.0.113.7").unwrap();
-        assert!(one.contains(ip("203.0.113.7")) && !one.contains(ip("203.0.113.8")));
-        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
-        assert!(
-            Cidr::parse("2001:db8::/32")
-                .unwrap()
-                .contains(ip("2001:db8::1"))
-        );
-        for bad in [
-            "",
-            "1.2.3.4/33",
-            "1.2.3/24",
-            "wechat",
-            "::1/129",
-            "1.2.3.4/x",
-        ] {
-            assert_eq!(Cidr::parse(bad), None, "{bad}");
-        }
     }
 
     fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
