@@ -1,6 +1,6 @@
 //! The binary: parse the command line, load the config (exit 64 if it is bad, before any port is
-//! bound), set up logging, and run the command; `serve` opens the store, binds both listeners and
-//! hands over to [`wechat_fanout::run_with`].
+//! bound), set up logging, and run the command; `serve` builds the routing table (exit 64 if it
+//! cannot), opens the store, binds both listeners and hands over to [`wechat_fanout::run_with`].
 #![forbid(unsafe_code)]
 // The binary decides exit codes and prints the one-line reason a person reads first.
 #![allow(clippy::print_stderr)]
@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use wechat_fanout::cmd::{Cli, Command};
 use wechat_fanout::cmd::{admin_client, probe, simulate};
 use wechat_fanout::config::Config;
+use wechat_fanout::routing::Routes;
 use wechat_fanout::store::Readiness;
 use wechat_fanout::{Listeners, Reload};
 
@@ -33,6 +34,18 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
+    // `serve` and `check-config` build what `serve` runs on, which checks every rule; the
+    // client commands need only what they use.
+    let routes = match cli.command {
+        Command::Serve | Command::CheckConfig => match wechat_fanout::routing::build(&config) {
+            Ok(routes) => Some(routes),
+            Err(e) => {
+                eprintln!("wechat-fanout: invalid configuration: {e}");
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
+        },
+        _ => None,
+    };
     if let Command::CheckConfig = cli.command {
         print!("{}", config.redacted_toml());
         return ExitCode::SUCCESS;
@@ -45,7 +58,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .context("starting the async runtime")
-        .and_then(|runtime| runtime.block_on(execute(cli, config)));
+        .and_then(|runtime| runtime.block_on(execute(cli, config, routes)));
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -57,19 +70,19 @@ fn main() -> ExitCode {
 }
 
 /// Runs a command; `Ok(false)` means it ran but the answer was a failure (exit 1).
-async fn execute(cli: Cli, config: Config) -> anyhow::Result<bool> {
+async fn execute(cli: Cli, config: Config, routes: Option<Routes>) -> anyhow::Result<bool> {
     let mut out = std::io::stdout();
-    match cli.command {
-        Command::CheckConfig => Ok(true),
-        Command::Serve => {
-            serve(config, cli.config).await?;
+    match (cli.command, routes) {
+        (Command::Serve, Some(routes)) => {
+            serve(config, routes, cli.config).await?;
             Ok(true)
         }
-        Command::Healthcheck(args) => {
+        (Command::CheckConfig | Command::Serve, _) => Ok(true),
+        (Command::Healthcheck(args), _) => {
             let base = admin_client::base_url(&config, cli.admin_url.as_deref());
             admin_client::healthcheck(&base, args.ready, &mut out).await
         }
-        Command::DeadLetters(command) => {
+        (Command::DeadLetters(command), _) => {
             let base = admin_client::base_url(&config, cli.admin_url.as_deref());
             let token = match cli.admin_token {
                 Some(token) => Some(token),
@@ -78,12 +91,16 @@ async fn execute(cli: Cli, config: Config) -> anyhow::Result<bool> {
             admin_client::dead_letters(&base, token.as_deref(), &command, &mut out).await?;
             Ok(true)
         }
-        Command::Simulate(args) => simulate::run(&config, &args, &mut out).await,
-        Command::Probe(args) => probe::run(&config, &args, &mut out).await,
+        (Command::Simulate(args), _) => simulate::run(&config, &args, &mut out).await,
+        (Command::Probe(args), _) => probe::run(&config, &args, &mut out).await,
     }
 }
 
-async fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+async fn serve(
+    config: Config,
+    routes: Routes,
+    config_path: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
     // Before any port is bound: from then on a SIGHUP must reload, not end the process.
     let reload = match config_path.map(Reload::on_hangup).transpose() {
         Ok(reload) => reload,
@@ -112,5 +129,5 @@ async fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> anyho
         wechat,
         admin: Some(admin),
     };
-    wechat_fanout::run_with(config, store, listeners, reload, shutdown).await
+    wechat_fanout::run_with(config, routes, store, listeners, reload, shutdown).await
 }

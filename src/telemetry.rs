@@ -18,7 +18,6 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
 use tracing_subscriber::fmt::format::Writer;
 
-use crate::config::LogFormat;
 use crate::escape::{Escaping, is_unsafe};
 
 /// Logs one event at a level chosen at run time: tracing's macros take a constant level.
@@ -34,6 +33,16 @@ macro_rules! event_at {
     };
 }
 pub(crate) use event_at;
+
+/// How log lines are written: text for people, JSON (one object a line) for collectors.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// Installs the global subscriber; a second call does nothing.
 pub fn init(format: LogFormat, filter: &str) {

@@ -89,7 +89,7 @@ proptest! {
         let mut full_pads = 0;
         for len in 0..=200 {
             let message = &bytes[..len];
-            let sealed = key.encrypt_with_random(message, &receive_id, random);
+            let sealed = key.encrypt(message, &receive_id, random);
             let cipher_len = STANDARD.decode(&sealed).unwrap().len();
             prop_assert_eq!(cipher_len, expected_cipher_len(len, receive_id.len()));
             if (20 + len + receive_id.len()) % 32 == 0 {
@@ -108,7 +108,7 @@ proptest! {
         message in vec(any::<u8>(), 0..2048),
     ) {
         let key = AesKey::from_encoding_aes_key(&encoding).unwrap();
-        let sealed = key.encrypt(&message, &receive_id);
+        let sealed = key.encrypt(&message, &receive_id, rand::random());
         prop_assert_eq!(key.decrypt(&sealed, &receive_id).unwrap(), message);
         // The length field fixes where the receive id starts, so any other id is refused.
         if other_id != receive_id {
@@ -139,7 +139,7 @@ proptest! {
                     continue;
                 };
                 let message = &bytes[..len];
-                let sealed = key.encrypt_with_random(message, &receive_id, random);
+                let sealed = key.encrypt(message, &receive_id, random);
                 let cipher_len = STANDARD.decode(&sealed).unwrap().len();
                 let expected = expected_cipher_len(len, receive_id.len());
                 prop_assert_eq!(cipher_len, expected, "length {}", len);
@@ -371,14 +371,14 @@ proptest! {
     ) {
         let sealed = AesKey::from_encoding_aes_key(&encoding)
             .unwrap()
-            .encrypt_with_random(&message, &receive_id, random);
+            .encrypt(&message, &receive_id, random);
         let expected = raw_encrypt(
             &raw_of(&encoding),
             &model_plaintext(random, &message, &receive_id),
         );
         prop_assert_eq!(&sealed, &expected);
         let canonical = AesKey::from_encoding_aes_key(&canonical(&encoding)).unwrap();
-        prop_assert_eq!(canonical.encrypt_with_random(&message, &receive_id, random), expected);
+        prop_assert_eq!(canonical.encrypt(&message, &receive_id, random), expected);
     }
 }
 
@@ -492,6 +492,7 @@ fn fixed_params() -> SealParams<'static> {
     SealParams {
         timestamp: "1409659813",
         nonce: "1372623149",
+        random: rand::random(),
         openid: Some("o1"),
         to_user_name: "gh_1",
         agent_id: Some("1000002"),
@@ -695,7 +696,7 @@ proptest! {
     #[test]
     fn signed_arbitrary_message_opens_as_parse_says(inner in any_body()) {
         let key = fixed_key();
-        let encrypt = key.encrypt(&inner, RECEIVE_ID);
+        let encrypt = key.encrypt(&inner, RECEIVE_ID, rand::random());
         let body = format!("<xml><ToUserName>gh_1</ToUserName><Encrypt>{encrypt}</Encrypt></xml>");
         let sig = msg_signature(TOKEN, "1", "2", &encrypt);
         let raw = format!("timestamp=1&nonce=2&msg_signature={sig}");
@@ -720,7 +721,7 @@ proptest! {
         echostr in prop_oneof![
             "\\PC{0,40}",
             vec(any::<u8>(), 0..100).prop_map(|b| STANDARD.encode(b)),
-            vec(any::<u8>(), 0..100).prop_map(|m| fixed_key().encrypt(&m, RECEIVE_ID)),
+            vec(any::<u8>(), 0..100).prop_map(|m| fixed_key().encrypt(&m, RECEIVE_ID, rand::random())),
         ],
         timestamp in "[0-9]{1,10}",
         nonce in "[0-9]{1,10}",
@@ -1165,6 +1166,7 @@ impl Setting {
         SealParams {
             timestamp: &self.timestamp,
             nonce: &self.nonce,
+            random: rand::random(),
             openid: self.openid.as_deref(),
             to_user_name: "gh_1",
             agent_id: self.agent_id.as_deref(),

@@ -719,7 +719,7 @@ fn check_decrypt(r: &mut Report, v: &DecryptVector) {
         r.eq(
             n,
             "encrypt_with_random reproduces encrypt",
-            key.encrypt_with_random(v.message.as_bytes(), &v.receive_id, hex16(hex)),
+            key.encrypt(v.message.as_bytes(), &v.receive_id, hex16(hex)),
             v.encrypt.clone(),
         );
     }
@@ -1278,7 +1278,7 @@ fn wxjava_non_canonical_key_and_canonical_twin_decrypt_the_same_ciphertext() {
             "我是中文abcd123".as_bytes()
         );
         assert_eq!(
-            key.encrypt_with_random(v.message.as_bytes(), &v.receive_id, random),
+            key.encrypt(v.message.as_bytes(), &v.receive_id, random),
             v.encrypt
         );
     }
@@ -1297,7 +1297,7 @@ fn wxjava_chinese_text_decrypts_and_reencrypts() {
         v.message.as_bytes()
     );
     assert_eq!(
-        key.encrypt_with_random(v.message.as_bytes(), &v.receive_id, *b"aaaabbbbccccdddd"),
+        key.encrypt(v.message.as_bytes(), &v.receive_id, *b"aaaabbbbccccdddd"),
         v.encrypt
     );
 }
@@ -1382,7 +1382,7 @@ fn synthetic_pad_32_full_pad_block_round_trips() {
         let aligned = 20 + message.len() + receive_id.len();
         assert_eq!(aligned % 32, 0, "{message}");
         assert_eq!(pad_from_lengths(message.len(), receive_id.len()), 32);
-        let sealed = key.encrypt_with_random(message.as_bytes(), receive_id, *b"synthetic-pad-32");
+        let sealed = key.encrypt(message.as_bytes(), receive_id, *b"synthetic-pad-32");
         assert_eq!(STANDARD.decode(&sealed).unwrap().len(), aligned + 32);
         assert_eq!(
             key.decrypt(&sealed, receive_id).unwrap(),
@@ -1404,7 +1404,7 @@ fn synthetic_pad_32_tampered_last_block_is_refused_without_panic() {
     let encoding_aes_key = &decrypt_named("wecom_official_post").encoding_aes_key;
     let key = AesKey::from_encoding_aes_key(encoding_aes_key).unwrap();
     let receive_id = "wx5823bf96d3bd56c7";
-    let sealed = key.encrypt_with_random(
+    let sealed = key.encrypt(
         b"pad-32 synthetic: 26 bytes",
         receive_id,
         *b"synthetic-pad-32",
@@ -1508,7 +1508,7 @@ fn wechatpy_work_check_signature_should_fail_twin_is_rejected() {
 fn wechatpy_encrypt_message_reproduces_published_ciphertext() {
     let v = decrypt_named("wechatpy_work_reply");
     let key = AesKey::from_encoding_aes_key(&v.encoding_aes_key).unwrap();
-    let sealed = key.encrypt_with_random(v.message.as_bytes(), &v.receive_id, *b"1234567890123456");
+    let sealed = key.encrypt(v.message.as_bytes(), &v.receive_id, *b"1234567890123456");
     assert_eq!(sealed, v.encrypt);
     assert_eq!(
         msg_signature("123456", "1411525903", "461056294", &sealed).as_str(),
@@ -1747,7 +1747,7 @@ fn open_platform_doc_vectors_through_both_urls() {
     let keys: Vec<String> = [[1u8; 16], [2u8; 16]]
         .iter()
         .map(|random| {
-            let encrypt = key.encrypt_with_random(ticket.body.as_bytes(), &d.receive_id, *random);
+            let encrypt = key.encrypt(ticket.body.as_bytes(), &d.receive_id, *random);
             let sig = msg_signature(token, "1413192605", "77", &encrypt);
             let raw_query = query(&[
                 (

@@ -187,9 +187,7 @@ impl Sealer {
         let mut random = [0u8; 16];
         random[..8].copy_from_slice(&mix(k).to_le_bytes());
         random[8..].copy_from_slice(&mix(!k).to_le_bytes());
-        let encrypt = self
-            .key
-            .encrypt_with_random(message.as_bytes(), APP_ID, random);
+        let encrypt = self.key.encrypt(message.as_bytes(), APP_ID, random);
         let sig = signature(TOKEN, &timestamp, &nonce);
         let msg_sig = msg_signature(TOKEN, &timestamp, &nonce, &encrypt);
         let query = format!(

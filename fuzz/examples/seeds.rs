@@ -163,6 +163,7 @@ fn main() {
             let params = SealParams {
                 timestamp: "1409659813",
                 nonce: "1372623149",
+                random: rand::random(),
                 openid: (kind != Kind::WeCom).then_some("oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"),
                 to_user_name: "gh_1",
                 agent_id: (kind == Kind::WeCom).then_some("1000002"),

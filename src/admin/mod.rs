@@ -30,7 +30,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use base64::Engine as _;
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
@@ -49,22 +48,20 @@ use tracing::{debug, info, warn};
 pub use hosts::Hosts;
 
 use crate::admin::console::{Body, Console, Refusal};
+use crate::attempt::{ACCOUNT_HEADER, Shared};
+use crate::clock::now_ms;
 use crate::events::Event;
 use crate::ingress::shadow::ShadowLog;
 use crate::ingress::text;
-use crate::metrics::Metrics;
-use crate::outbound::{ACCOUNT_HEADER, now_ms};
-use crate::routing::Routes;
-use crate::store::{DeadLetterFilter, Store, StoreError};
+use crate::store::{DeadLetterFilter, StoreError};
 
 const JSON: &str = "application/json";
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Admin {
-    pub store: Arc<dyn Store>,
-    pub routes: Arc<ArcSwap<Routes>>,
+    /// The process's shared parts: routes, store, metrics…
+    pub shared: Arc<Shared>,
     pub registry: Registry,
-    pub metrics: Arc<Metrics>,
     /// The console, its login and its event stream.
     pub console: Console,
     /// Shadow targets' recent differences (`GET /shadow/differences`).
@@ -212,7 +209,7 @@ impl Admin {
         host: Option<&str>,
         peer: IpAddr,
     ) -> Response<Body> {
-        self.metrics.admin_refused(refusal.reason());
+        self.shared.metrics.admin_refused(refusal.reason());
         let reason = refusal.reason();
         match refusal {
             // What an operator must act on (a name to list, a guesser, a cross-site page).
@@ -238,7 +235,7 @@ impl Admin {
     /// The targets view: per configured target, its jobs by state, recent outcomes, circuit
     /// breaker and last error.
     async fn targets(&self) -> Result<Response<Full<Bytes>>, (StatusCode, String)> {
-        let depths = tokio::time::timeout(READY_TIMEOUT, self.store.queue_depths())
+        let depths = tokio::time::timeout(READY_TIMEOUT, self.shared.store.queue_depths())
             .await
             .map_err(|_| {
                 (
@@ -248,14 +245,14 @@ impl Admin {
             })?
             .map_err(store_error)?;
         let now = now_ms();
-        let rows: Vec<serde_json::Value> = (self.routes.load().targets())
+        let rows: Vec<serde_json::Value> = (self.shared.routes.load().targets())
             .map(|target| {
                 let (account, name) = (&*target.key.account, &*target.key.target);
                 let depth = depths
                     .iter()
                     .find(|d| d.account == account && d.target == name);
                 let count = |pick: fn(&crate::store::QueueDepth) -> i64| depth.map_or(0, pick);
-                let open_for = target.breaker.open_for(now);
+                let open_for = target.plumbing.breaker.open_for(now);
                 serde_json::json!({
                     "account": account,
                     "target": name,
@@ -285,7 +282,7 @@ impl Admin {
                 }
             }
         }
-        let routes = self.routes.load_full();
+        let routes = self.shared.routes.load_full();
         let results = crate::cmd::probe::probe(&routes, account.as_deref(), target.as_deref())
             .await
             .map_err(|e| (StatusCode::NOT_FOUND, e.to_string()))?;
@@ -293,7 +290,7 @@ impl Admin {
     }
 
     async fn ready(&self) -> Response<Full<Bytes>> {
-        match tokio::time::timeout(READY_TIMEOUT, self.store.check_writable()).await {
+        match tokio::time::timeout(READY_TIMEOUT, self.shared.store.check_writable()).await {
             Ok(Ok(())) => text(StatusCode::OK, "ready\n"),
             Ok(Err(e)) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
             Err(_) => text(
@@ -304,14 +301,15 @@ impl Admin {
     }
 
     async fn scrape(&self) -> Response<Full<Bytes>> {
-        match tokio::time::timeout(READY_TIMEOUT, self.store.queue_depths()).await {
+        match tokio::time::timeout(READY_TIMEOUT, self.shared.store.queue_depths()).await {
             Ok(Ok(depths)) => {
                 // Every configured target gets its gauges, at 0 when it has no jobs: an alert on
                 // `pending` or `dead` must read 0, not "no data". Targets no longer configured
                 // appear while the store still holds jobs of theirs.
-                let mut queue: Vec<(String, String, [i64; 3])> = (self.routes.load().targets())
-                    .map(|t| (t.key.account.to_string(), t.key.target.to_string(), [0; 3]))
-                    .collect();
+                let mut queue: Vec<(String, String, [i64; 3])> =
+                    (self.shared.routes.load().targets())
+                        .map(|t| (t.key.account.to_string(), t.key.target.to_string(), [0; 3]))
+                        .collect();
                 for d in depths {
                     let counts = [d.pending, d.in_flight, d.dead];
                     match queue
@@ -322,7 +320,7 @@ impl Admin {
                         None => queue.push((d.account, d.target, counts)),
                     }
                 }
-                self.metrics.set_queue(queue);
+                self.shared.metrics.set_queue(queue);
             }
             Ok(Err(e)) => warn!(error = %e, "reading queue depths for metrics failed"),
             Err(_) => warn!("reading queue depths for metrics timed out"),
@@ -342,6 +340,7 @@ impl Admin {
     async fn list(&self, query: &str) -> Result<Response<Full<Bytes>>, (StatusCode, String)> {
         let filter = parse_filter(query)?;
         let letters = self
+            .shared
             .store
             .dead_letters(&filter)
             .await
@@ -357,7 +356,13 @@ impl Admin {
         console: bool,
     ) -> Result<Response<Full<Bytes>>, (StatusCode, String)> {
         let id = parse_id(id)?;
-        let Some(detail) = self.store.dead_letter(id).await.map_err(store_error)? else {
+        let Some(detail) = self
+            .shared
+            .store
+            .dead_letter(id)
+            .await
+            .map_err(store_error)?
+        else {
             return Err(not_found(id));
         };
         #[derive(Serialize)]
@@ -418,7 +423,7 @@ impl Admin {
     /// The message inside an encrypted callback of `account`, as text; `None` for plaintext
     /// (its body is the message) or when the account's credentials no longer open it.
     fn decrypt(&self, account: &str, request: &crate::store::Replay) -> Option<String> {
-        let routes = self.routes.load();
+        let routes = self.shared.routes.load();
         let credentials = &routes.account(account)?.credentials;
         // An authorizer's callback is stored with the authorizer in front of WeChat's query.
         let (_, wechat_query) = crate::wechat::authorizer::split(&request.query);
@@ -436,8 +441,9 @@ impl Admin {
     ) -> Result<Response<Full<Bytes>>, (StatusCode, String)> {
         let id = id.map(parse_id).transpose()?;
         let filter = parse_scope(query)?;
-        let routes = self.routes.load();
+        let routes = self.shared.routes.load();
         let replayed = self
+            .shared
             .store
             .replay_dead(id, &filter, routes.keys())
             .await
@@ -451,7 +457,7 @@ impl Admin {
         // Wake each affected target's worker so the replay starts now, not at the next poll.
         for target in routes.targets() {
             if replayed.targets.contains(&target.key) {
-                target.wake.notify_one();
+                target.plumbing.wake.notify_one();
             }
         }
         if replayed.not_routed > 0 {
@@ -491,6 +497,7 @@ impl Admin {
             ));
         }
         let purged = self
+            .shared
             .store
             .purge_dead(id, &filter)
             .await

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::cmd::simulate::SimulateArgs;
-use crate::config::LogFormat;
+use crate::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
 #[command(

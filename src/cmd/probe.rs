@@ -156,9 +156,8 @@ pub async fn probe(
 async fn probe_one(client: &reqwest::Client, account: &Account, target: &Target) -> Probed {
     // Numeric like WeChat's own (e.g. 4375120948345356249), fresh for every probe.
     let echo = rand::random::<u64>().to_string();
-    let (timestamp, nonce) = crate::wechat::resign::fresh_stamp();
     let credentials = target.signing_credentials(&account.credentials);
-    let query = seal_handshake(credentials, &echo, &timestamp, &nonce);
+    let query = seal_handshake(credentials, &echo, &crate::attempt::fresh());
     // A URL with `{authorizer}` is probed for the first authorizer it filters on, else for a
     // placeholder app id.
     let base = target.url_for(Some(target.probe_authorizer().unwrap_or(PLACEHOLDER_APPID)));
@@ -226,7 +225,7 @@ pub async fn run(
     args: &crate::cmd::ProbeArgs,
     out: &mut impl std::io::Write,
 ) -> anyhow::Result<bool> {
-    let routes = Routes::from_config(config)?;
+    let routes = crate::routing::build(config)?;
     let results = probe(&routes, args.account.as_deref(), args.target.as_deref()).await?;
     let all_ok = results.iter().all(|r| r.outcome == Outcome::Ok);
     if args.json {

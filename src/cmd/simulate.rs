@@ -14,7 +14,7 @@
 use std::fmt::Write as _;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
@@ -26,8 +26,7 @@ use crate::cmd::admin_client::reachable;
 use crate::config::{AccountKind, Config};
 use crate::wechat::envelope::{encrypted_reply, push_cdata_element as push_cdata};
 use crate::wechat::reply::open_signed_reply;
-use crate::wechat::resign::random_nonce;
-use crate::wechat::{Credentials, Kind, SealParams, seal_callback, seal_handshake};
+use crate::wechat::{Credentials, Fresh, Kind, SealParams, seal_callback, seal_handshake};
 
 const DEFAULT_TEXT: &str = "hello from wechat-fanout simulate";
 /// Shaped like a real openid (28 characters, leading `o`), and plainly fake.
@@ -110,7 +109,7 @@ pub async fn run(
             ids.join(", ")
         );
     };
-    let credentials = account.credentials(&format!("accounts[{index}]"))?;
+    let credentials = crate::routing::credentials(account, &format!("accounts[{index}]"))?;
     let (kind, wecom) = (kind_name(account.kind), credentials.kind == Kind::WeCom);
     if args.format == BodyFormat::Json && account.kind != AccountKind::MiniProgram {
         bail!(
@@ -152,7 +151,7 @@ pub async fn run(
         return handshake(&credentials, &url, out).await;
     }
 
-    let now = unix_now();
+    let now = crate::clock::now_secs();
     if let Some(info_type) = &args.info_type {
         let text = authorization_xml(
             &credentials.receive_id,
@@ -160,10 +159,11 @@ pub async fn run(
             info_type,
             args.authorizer.as_deref(),
         )?;
-        let (timestamp, nonce) = (now.to_string(), random_nonce());
+        let fresh = Fresh::new(now, rand::random(), rand::random());
         let params = SealParams {
-            timestamp: &timestamp,
-            nonce: &nonce,
+            timestamp: &fresh.timestamp,
+            nonce: &fresh.nonce,
+            random: fresh.random,
             openid: None,
             to_user_name: &credentials.receive_id,
             agent_id: None,
@@ -208,10 +208,11 @@ pub async fn run(
         BodyFormat::Xml => message.xml(),
         BodyFormat::Json => message.json(),
     };
-    let (timestamp, nonce) = (now.to_string(), random_nonce());
+    let fresh = Fresh::new(now, rand::random(), rand::random());
     let params = SealParams {
-        timestamp: &timestamp,
-        nonce: &nonce,
+        timestamp: &fresh.timestamp,
+        nonce: &fresh.nonce,
+        random: fresh.random,
         openid: (!wecom).then_some(message.from),
         to_user_name: message.to,
         agent_id: agent_id.as_deref(),
@@ -270,10 +271,9 @@ async fn handshake(
     url: &Url,
     out: &mut impl Write,
 ) -> anyhow::Result<bool> {
-    let (timestamp, nonce) = crate::wechat::resign::fresh_stamp();
     // Numeric like WeChat's own, e.g. 4375120948345356249.
     let expected = rand::random::<u64>().to_string();
-    let query = seal_handshake(credentials, &expected, &timestamp, &nonce);
+    let query = seal_handshake(credentials, &expected, &crate::attempt::fresh());
     let patience = match credentials.kind {
         Kind::WeCom => WECOM_HANDSHAKE_PATIENCE,
         _ => POST_PATIENCE,
@@ -382,12 +382,6 @@ fn kind_name(kind: AccountKind) -> &'static str {
         AccountKind::Wecom => "wecom",
         AccountKind::OpenPlatform => "open_platform",
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// A random id below 2^63: Java SDKs (WxJava) read `MsgId` into a signed `Long`.
@@ -572,7 +566,7 @@ mod tests {
     fn credentials(id: &str) -> Credentials {
         let config = config();
         let account = config.accounts.iter().find(|a| a.id == id).unwrap();
-        account.credentials("test").unwrap()
+        crate::routing::credentials(account, "test").unwrap()
     }
 
     #[derive(Debug, Parser)]
@@ -659,7 +653,7 @@ mod tests {
     /// A passive reply encrypted and signed the way a downstream SDK does it.
     fn encrypted_reply_to(credentials: &Credentials, plain: &str, json: bool) -> String {
         let key = credentials.security.key().unwrap();
-        let encrypt = key.encrypt(plain.as_bytes(), &credentials.receive_id);
+        let encrypt = key.encrypt(plain.as_bytes(), &credentials.receive_id, rand::random());
         let sig = msg_signature(&credentials.token, "1714037059", "415670741", &encrypt);
         let sealed = Sealed {
             encrypt: &encrypt,

@@ -1,5 +1,5 @@
-//! Delivery: one worker per target sends each job once through [`Downstream`] and records the
-//! outcome, which removes, reschedules or buries the job.
+//! Delivery: one worker per target sends each job once through [`crate::attempt`] and records
+//! the outcome, which removes, reschedules or buries the job.
 //!
 //! Jobs come two ways. New ones arrive through the target's handoff: ingress stored them as in
 //! flight and passes the request it already holds, so the common case costs no lease through the
@@ -19,11 +19,10 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info_span, warn};
 
-use crate::outbound::{Downstream, now_ms};
+use crate::attempt::Shared;
+use crate::clock::now_ms;
 use crate::routing::Target;
-use crate::shutdown::InFlight;
-use crate::store::leases::Leases;
-use crate::store::{Disposition, Job, Leased, Store};
+use crate::store::{Disposition, Job, Leased};
 
 /// Most jobs leased at once, however large the target's concurrency.
 const LEASE_BATCH: usize = 256;
@@ -39,16 +38,13 @@ enum Lease {
     Stopped,
 }
 
-/// What every worker shares.
+/// What every worker shares: the process's shared parts (attempts in flight are tracked there,
+/// so shutdown can wait for them; leases of jobs leased here are kept alive there until they
+/// end), and how often a worker looks into the store when nothing rings it.
 #[derive(Clone)]
 pub struct Delivery {
-    pub store: Arc<dyn Store>,
-    pub downstream: Downstream,
+    pub shared: Arc<Shared>,
     pub poll_interval: Duration,
-    /// Attempts in flight, so shutdown can wait for them (and abandon them after the grace).
-    pub in_flight: InFlight,
-    /// Leases of jobs leased here, handed over or running, kept alive until they end.
-    pub leases: Leases,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -76,7 +72,13 @@ impl Delivery {
     }
 
     async fn work(self, target: Arc<Target>, stop: CancellationToken) {
-        let Some(mut inbox) = target.inbox.lock().ok().and_then(|mut inbox| inbox.take()) else {
+        let Some(mut inbox) = target
+            .plumbing
+            .inbox
+            .lock()
+            .ok()
+            .and_then(|mut inbox| inbox.take())
+        else {
             error!("the target's handoff is taken by another worker");
             return;
         };
@@ -87,7 +89,7 @@ impl Delivery {
         // A job taken from the handoff but not started when stop fired: it goes back too.
         let mut unstarted = Vec::new();
         loop {
-            if let Some(cool_down) = target.breaker.open_for(now_ms()) {
+            if let Some(cool_down) = target.plumbing.breaker.open_for(now_ms()) {
                 // The target keeps failing: start nothing until the cool-down ends. New jobs
                 // wait in the handoff, then in the store.
                 tokio::select! {
@@ -112,7 +114,7 @@ impl Delivery {
                 job = inbox.recv() => {
                     let Some(job) = job else { break };
                     tokio::select! {
-                        Ok(permit) = target.permits.clone().acquire_owned() => {
+                        Ok(permit) = target.plumbing.permits.clone().acquire_owned() => {
                             self.spawn_attempt(&target, job, permit);
                         }
                         () = stop.cancelled() => {
@@ -121,7 +123,7 @@ impl Delivery {
                         }
                     }
                 }
-                () = target.wake.notified() => look_in_store = true,
+                () = target.plumbing.wake.notified() => look_in_store = true,
                 () = tokio::time::sleep_until(next_look) => look_in_store = true,
                 () = stop.cancelled() => break,
             }
@@ -134,14 +136,14 @@ impl Delivery {
     async fn lease_from_store(&self, target: &Arc<Target>, stop: &CancellationToken) -> Lease {
         // Hold one permit while leasing, so a lease never outruns the concurrency budget.
         let first = tokio::select! {
-            permit = target.permits.clone().acquire_owned() => match permit {
+            permit = target.plumbing.permits.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => return Lease::Stopped,
             },
             () = stop.cancelled() => return Lease::Stopped,
         };
-        let want = (1 + target.permits.available_permits()).min(LEASE_BATCH);
-        let jobs = match self.store.lease_due(&target.key, want).await {
+        let want = (1 + target.plumbing.permits.available_permits()).min(LEASE_BATCH);
+        let jobs = match self.shared.store.lease_due(&target.key, want).await {
             Ok(jobs) => jobs,
             Err(e) => {
                 error!(error = %e, "leasing due jobs failed");
@@ -150,14 +152,14 @@ impl Delivery {
         };
         let full = jobs.len() == want;
         for job in &jobs {
-            self.leases.hold(job);
+            self.shared.leases.hold(job);
         }
         let mut first = Some(first);
         for job in jobs {
             let permit = match first.take() {
                 Some(permit) => permit,
                 // Leased jobs are always attempted, even if stop fires meanwhile.
-                None => match target.permits.clone().acquire_owned().await {
+                None => match target.plumbing.permits.clone().acquire_owned().await {
                     Ok(permit) => permit,
                     Err(_) => return Lease::Stopped,
                 },
@@ -167,14 +169,14 @@ impl Delivery {
         if full {
             return Lease::Full;
         }
-        Lease::Done(match self.store.next_due(&target.key).await {
+        Lease::Done(match self.shared.store.next_due(&target.key).await {
             Ok(Some(due_in)) => due_in.min(self.poll_interval),
             _ => self.poll_interval,
         })
     }
 
     fn spawn_attempt(&self, target: &Arc<Target>, job: Job, permit: OwnedSemaphorePermit) {
-        self.in_flight.spawn(
+        self.shared.in_flight.spawn(
             self.clone()
                 .deliver(target.clone(), job, permit)
                 .in_current_span(),
@@ -201,24 +203,25 @@ impl Delivery {
             return;
         }
         for job in &jobs {
-            self.leases.let_go(job.job, job.token);
+            self.shared.leases.let_go(job.job, job.token);
         }
-        if let Err(e) = self.store.release(jobs).await {
+        if let Err(e) = self.shared.store.release(jobs).await {
             warn!(error = %e, "could not return handed-over jobs to the queue; they resume on the next start");
         }
     }
 
     async fn deliver(self, target: Arc<Target>, job: Job, permit: OwnedSemaphorePermit) {
-        let attempt = self.downstream.attempt(&target, &job).await;
+        let attempt = self.shared.attempts.attempt(&target, &job).await;
         drop(permit);
         let disposition = self
-            .downstream
-            .finish(&*self.store, &target, &job, &attempt)
+            .shared
+            .attempts
+            .finish(&*self.shared.store, &target, &job, &attempt)
             .await;
-        self.leases.let_go(job.id, job.lease);
+        self.shared.leases.let_go(job.id, job.lease);
         if matches!(disposition, Disposition::RetryIn(_)) {
             // The worker may be asleep for a whole poll interval; let it see the new due time.
-            target.wake.notify_one();
+            target.plumbing.wake.notify_one();
         }
     }
 }

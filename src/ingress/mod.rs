@@ -23,7 +23,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
@@ -39,15 +38,14 @@ use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::attempt::{Attempt, Shared};
+use crate::clock::now_ms;
 use crate::config::ServerConfig;
-use crate::events::{CallbackEvent, Event, EventFeed, JobRef};
-use crate::metrics::{CallbackOutcome, Metrics};
-use crate::outbound::{Attempt, Downstream, now_ms};
-use crate::routing::{Account, Routes, Target};
-use crate::shutdown::InFlight;
-use crate::store::leases::Leases;
+use crate::events::{CallbackEvent, Event, JobRef};
+use crate::metrics::CallbackOutcome;
+use crate::routing::{Account, Target};
 use crate::store::{
-    Accepted, Answer, CallbackId, Job, NewCallback, NewJob, Replay, Store, new_lease_token,
+    Accepted, Answer, CallbackId, Job, NewCallback, NewJob, Replay, new_lease_token,
 };
 use crate::telemetry::event_at;
 use crate::wechat::authorizer;
@@ -71,18 +69,10 @@ const ANSWER_POLL: Duration = Duration::from_millis(25);
 
 /// Everything a request needs, shared by all connections.
 pub struct Ingress {
-    routes: Arc<ArcSwap<Routes>>,
-    store: Arc<dyn Store>,
-    downstream: Downstream,
+    /// The process's shared parts: routes, store, attempts, metrics, events…
+    shared: Arc<Shared>,
     settings: ServerConfig,
     resends: Arc<Resends>,
-    /// Connections, primary attempts that outlive their request, and answers being saved.
-    in_flight: InFlight,
-    /// Jobs stored in flight (relayed or handed over) are held here until their attempt ends.
-    leases: Leases,
-    metrics: Arc<Metrics>,
-    /// Accepted and rejected callbacks, for the live console.
-    events: Arc<dyn EventFeed>,
     /// Trusted proxies and WeChat's callback IPs, for accounts with `allowed_sources`.
     sources: Arc<Sources>,
     /// Where shadow targets' comparisons are counted and their differences kept.
@@ -98,31 +88,16 @@ impl std::fmt::Debug for Ingress {
 }
 
 impl Ingress {
-    // Each is one of the process's shared parts, handed in by `run_with`; a struct of them
-    // would only name the same ten things again.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        routes: Arc<ArcSwap<Routes>>,
-        store: Arc<dyn Store>,
-        downstream: Downstream,
+        shared: Arc<Shared>,
         settings: ServerConfig,
-        in_flight: InFlight,
-        leases: Leases,
-        metrics: Arc<Metrics>,
-        events: Arc<dyn EventFeed>,
         sources: Arc<Sources>,
         shadows: Arc<ShadowLog>,
     ) -> Ingress {
         Ingress {
-            routes,
-            store,
-            downstream,
+            shared,
             settings,
             resends: Arc::default(),
-            in_flight,
-            leases,
-            metrics,
-            events,
             sources,
             shadows,
         }
@@ -153,9 +128,10 @@ impl Ingress {
                     Rejection::UnknownAccount => "",
                     _ => account.unwrap_or(""),
                 };
-                self.metrics
+                self.shared
+                    .metrics
                     .callback(label, CallbackOutcome::Rejected(reason));
-                self.events.publish(Event::Rejected {
+                self.shared.events.publish(Event::Rejected {
                     at_ms: now_ms(),
                     account: if label.is_empty() { "-" } else { label }.to_owned(),
                     reason: reason.to_owned(),
@@ -182,7 +158,7 @@ impl Ingress {
         started: Instant,
     ) -> Result<Response<Full<Bytes>>, Rejection> {
         let account = {
-            let routes = self.routes.load();
+            let routes = self.shared.routes.load();
             let id = account.ok_or(Rejection::UnknownAccount)?;
             routes
                 .account(id)
@@ -256,7 +232,7 @@ impl Ingress {
             _ => Cow::Borrowed(&*account.id),
         };
         let key = dedupe_key(&scope, &opened.envelope, opened.message(&body));
-        let content = (self.events.carries_content())
+        let content = (self.shared.events.carries_content())
             .then(|| String::from_utf8_lossy(opened.message(&body)).into_owned());
         let replay = Arc::new(Replay {
             query: authorizer::tag(authorizer.as_deref(), raw_query),
@@ -362,14 +338,14 @@ impl Ingress {
         // the worker then needs no lease and no second copy of the body.
         let now = now_ms();
         let mut owner_permit = primary
-            .filter(|p| p.breaker.open_for(now).is_none())
-            .and_then(|p| p.permits.clone().try_acquire_owned().ok());
+            .filter(|p| p.plumbing.breaker.open_for(now).is_none())
+            .and_then(|p| p.plumbing.permits.clone().try_acquire_owned().ok());
         // Shadows of a relaying owner are asked at the same moment, with the same deadline,
         // unless their own circuit is open.
         let shadows: Vec<&Arc<Target>> = match (primary, &owner_permit) {
             (Some(owner), Some(_)) => account
                 .shadows(owner)
-                .filter(|s| s.breaker.open_for(now).is_none())
+                .filter(|s| s.plumbing.breaker.open_for(now).is_none())
                 .collect(),
             _ => Vec::new(),
         };
@@ -381,12 +357,12 @@ impl Ingress {
                 let shadow = shadows
                     .iter()
                     .any(|s| Arc::ptr_eq(s, t))
-                    .then(|| t.permits.clone().try_acquire_owned().ok())
+                    .then(|| t.plumbing.permits.clone().try_acquire_owned().ok())
                     .flatten();
                 match (relay, shadow) {
                     (Some(permit), _) => Start::Relay(permit),
                     (None, Some(permit)) => Start::Shadow(permit),
-                    (None, None) => match t.handoff.clone().try_reserve_owned() {
+                    (None, None) => match t.plumbing.handoff.clone().try_reserve_owned() {
                         Ok(handoff) => Start::Handoff(handoff),
                         Err(_) => Start::Stored,
                     },
@@ -394,7 +370,12 @@ impl Ingress {
             })
             .collect();
         // Made before the write, so a write sent twice (a reconnect) carries the same ids.
-        let mut ids = self.store.next_ids(1 + matched.len()).await?.into_iter();
+        let mut ids = self
+            .shared
+            .store
+            .next_ids(1 + matched.len())
+            .await?
+            .into_iter();
         let callback_id = ids.next().unwrap_or_default();
         let jobs: Vec<NewJob> = matched
             .iter()
@@ -416,6 +397,7 @@ impl Ingress {
             .unwrap_or(u64::MAX)
         });
         let accepted = self
+            .shared
             .store
             .accept(NewCallback {
                 id: callback_id,
@@ -455,7 +437,7 @@ impl Ingress {
         // Every later line of this callback, and each delivery line, carries this id.
         tracing::Span::current().record("callback", callback);
         // Before any job starts, so the console has the row when the first attempt ends.
-        self.events.publish(Event::Callback(CallbackEvent {
+        self.shared.events.publish(Event::Callback(CallbackEvent {
             at_ms: now_ms(),
             account: account.id.to_string(),
             callback,
@@ -489,33 +471,33 @@ impl Ingress {
             let job = new_job(target, id, stored.lease);
             match start {
                 Start::Relay(permit) => {
-                    self.leases.hold(&job);
+                    self.shared.leases.hold(&job);
                     relay = Some((*target, permit, job))
                 }
                 Start::Shadow(permit) => {
-                    self.leases.hold(&job);
+                    self.shared.leases.hold(&job);
                     let answer = self.start_attempt((*target).clone(), permit, job);
                     shadowed.push(((*target).clone(), answer));
                 }
                 Start::Handoff(handoff) => {
                     // Held before it is sent: the worker may be done with it at once.
-                    self.leases.hold(&job);
+                    self.shared.leases.hold(&job);
                     let (id, lease) = (job.id, job.lease);
                     if handoff.send(job).is_closed() {
                         // The worker is stopping: it returns the jobs it still drains to the
                         // store as due, and one it no longer drains is due once its lease runs
                         // out. Neither needs renewing, and nothing here would let go of it.
-                        self.leases.let_go(id, lease);
+                        self.shared.leases.let_go(id, lease);
                     }
                 }
-                Start::Stored => target.wake.notify_one(),
+                Start::Stored => target.plumbing.wake.notify_one(),
             }
         }
         let (relayed, late) = match relay {
             Some((primary, permit, job)) => self.relay(primary, permit, job, deadline).await,
             None => {
                 if primary.is_some() {
-                    self.metrics.primary(&account.id, "skipped");
+                    self.shared.metrics.primary(&account.id, "skipped");
                 }
                 (None, None)
             }
@@ -524,15 +506,15 @@ impl Ingress {
         // user through the customer-service API (`late_replies`).
         if let (Some(late), Some(sender)) = (late, &account.late_replies) {
             let rescue = rescue::late_reply(
-                self.store.clone(),
-                self.metrics.clone(),
+                self.shared.store.clone(),
+                self.shared.metrics.clone(),
                 account.clone(),
                 sender.clone(),
                 callback,
                 envelope.from_user_name.clone(),
                 late,
             );
-            self.in_flight.spawn(rescue.in_current_span());
+            self.shared.in_flight.spawn(rescue.in_current_span());
         }
         if let (false, Some(owner)) = (shadowed.is_empty(), primary) {
             let compare = shadow::compare(
@@ -546,7 +528,7 @@ impl Ingress {
                 shadowed,
                 deadline,
             );
-            self.in_flight.spawn(compare.in_current_span());
+            self.shared.in_flight.spawn(compare.in_current_span());
         }
         let answered = if relayed.is_some() {
             "relayed"
@@ -565,7 +547,7 @@ impl Ingress {
             elapsed_us = started.elapsed().as_micros() as u64,
             "callback"
         );
-        self.events.publish(Event::Answered {
+        self.shared.events.publish(Event::Answered {
             callback,
             answer: answered.to_owned(),
         });
@@ -576,19 +558,21 @@ impl Ingress {
             // the primary's or `success` when it did not answer in time, so that copies waiting
             // on other instances stop at once with the same bytes. Keep leading until it is
             // saved, so no resend here can miss it.
-            let store = self.store.clone();
+            let store = self.shared.store.clone();
             let saved = answer.clone();
             let account_id = account.id.clone();
-            self.in_flight.spawn(async move {
+            self.shared.in_flight.spawn(async move {
                 if let Err(e) = store.save_answer(&account_id, callback, saved).await {
                     warn!(error = %e, "could not save the answer; a resend will get success");
                 }
                 drop(leader);
             });
         }
-        self.metrics
+        self.shared
+            .metrics
             .callback(&account.id, CallbackOutcome::Accepted);
-        self.metrics
+        self.shared
+            .metrics
             .answered(&account.id, started.elapsed().as_secs_f64());
         Ok(answer)
     }
@@ -605,7 +589,7 @@ impl Ingress {
         how: &'static str,
     ) {
         info!(dedupe_key = %account.user_ids.show(key), outcome = "duplicate", "{how}");
-        self.events.publish(Event::Duplicate {
+        self.shared.events.publish(Event::Duplicate {
             at_ms: now_ms(),
             account: account.id.to_string(),
             callback,
@@ -613,9 +597,11 @@ impl Ingress {
             event: envelope.event.clone(),
             msg_id: envelope.msg_id.clone(),
         });
-        self.metrics
+        self.shared
+            .metrics
             .callback(&account.id, CallbackOutcome::Duplicate);
-        self.metrics
+        self.shared
+            .metrics
             .answered(&account.id, started.elapsed().as_secs_f64());
     }
 
@@ -635,7 +621,8 @@ impl Ingress {
         // earliest.
         let until = (Instant::now() + pending + FOLLOWER_SLACK).min(deadline + FOLLOWER_SLACK / 2);
         loop {
-            match tokio::time::timeout_at(until.into(), self.store.answer(account, callback)).await
+            match tokio::time::timeout_at(until.into(), self.shared.store.answer(account, callback))
+                .await
             {
                 Ok(Ok(Some(answer))) => {
                     debug!("the first copy's answer arrived");
@@ -663,18 +650,18 @@ impl Ingress {
         job: Job,
     ) -> oneshot::Receiver<Attempt> {
         let (reply, answer) = oneshot::channel();
-        let store = self.store.clone();
-        let downstream = self.downstream.clone();
-        let leases = self.leases.clone();
-        self.in_flight.spawn(
+        let shared = self.shared.clone();
+        self.shared.in_flight.spawn(
             async move {
-                let attempt = downstream.attempt(&target, &job).await;
+                let attempt = shared.attempts.attempt(&target, &job).await;
                 drop(permit);
                 let _ = reply.send(attempt.clone());
-                downstream.finish(&*store, &target, &job, &attempt).await;
-                leases.let_go(job.id, job.lease);
+                (shared.attempts)
+                    .finish(&*shared.store, &target, &job, &attempt)
+                    .await;
+                shared.leases.let_go(job.id, job.lease);
                 // A retry may now be scheduled: let the target's worker see when it is due.
-                target.wake.notify_one();
+                target.plumbing.wake.notify_one();
             }
             .in_current_span(),
         );
@@ -717,7 +704,7 @@ impl Ingress {
                     ("timed_out", None, Some(answer))
                 }
             };
-        self.metrics.primary(&target.key.account, outcome);
+        self.shared.metrics.primary(&target.key.account, outcome);
         (relayed, late)
     }
 }
@@ -748,7 +735,7 @@ pub async fn serve(
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let in_flight = ingress.in_flight.clone();
+        let in_flight = ingress.shared.in_flight.clone();
         let ingress = ingress.clone();
         let service = service_fn(move |request| {
             let ingress = ingress.clone();

@@ -16,8 +16,9 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
+use crate::attempt::Attempt;
+use crate::clock::now_ms;
 use crate::metrics::Metrics;
-use crate::outbound::{Attempt, now_ms};
 use crate::routing::{Account, Target};
 use crate::store::{Accepted, NewCallback, NewJob, Replay, Store};
 use crate::wechat::reply::{field, is_empty_reply, open_reply, xml_fields};
@@ -50,7 +51,7 @@ pub async fn late_reply(
                 outcome = "queued",
                 "late reply stored for the customer-service API"
             );
-            sender.wake.notify_one();
+            sender.plumbing.wake.notify_one();
         }
         Ok(outcome) => info!(outcome = *outcome, "late reply not rescued"),
         Err((outcome, reason)) => {

@@ -17,8 +17,9 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 use tracing::debug;
 
+use crate::attempt::Attempt;
+use crate::clock::now_ms;
 use crate::metrics::Metrics;
-use crate::outbound::{Attempt, now_ms};
 use crate::routing::{Account, Target};
 use crate::wechat::Credentials;
 use crate::wechat::reply::{is_empty_reply, open_reply, xml_fields};
@@ -240,7 +241,7 @@ mod tests {
         let Security::Safe(key) = &account.security else {
             unreachable!()
         };
-        let sealed = key.encrypt(inner.as_bytes(), "wx1");
+        let sealed = key.encrypt(inner.as_bytes(), "wx1", rand::random());
         let body = format!(
             "<xml><Encrypt>{sealed}</Encrypt><MsgSignature>s</MsgSignature>\
              <TimeStamp>1</TimeStamp><Nonce>n</Nonce></xml>"

@@ -34,7 +34,7 @@ const SEND_TRIES: u32 = 3;
 /// Why a pipelined request got no answer. Every request waiting on a connection that fails gets
 /// the same one.
 #[derive(Debug, Clone, thiserror::Error)]
-pub(super) enum PipeError {
+pub enum PipeError {
     #[error("connection failed: {0}")]
     Connect(String),
     #[error("timed out after {0:?} (the connection is closed with every request on it)")]

@@ -7,10 +7,12 @@
 //! ingress passes new jobs straight to the worker.
 
 mod allowed;
+mod build;
 pub mod replies;
 pub mod retry;
 
 pub use allowed::Allowed;
+pub use build::{build, credentials};
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -18,10 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, Semaphore, mpsc};
 
-use crate::config::{
-    AUTHORIZER_IN_URL, Config, ConfigError, LATE_REPLIES_TARGET, TargetSettings,
-    authorizer_placeholders,
-};
+use crate::config::{AUTHORIZER_IN_URL, TargetSettings};
 use crate::outbound::Origin;
 use crate::outbound::wechat_api::ApiAccount;
 use crate::privacy::UserIds;
@@ -30,10 +29,11 @@ use crate::routing::retry::Breaker;
 use crate::store::{Job, TargetKey};
 use crate::wechat::resign::Resign;
 
+use crate::wechat::{Credentials, Envelope};
+
 /// Jobs that can wait in a target's handoff, per request it may have in flight. Past that,
 /// ingress stores new jobs as pending and the worker leases them when it catches up.
 const HANDOFF_PER_PERMIT: usize = 4;
-use crate::wechat::{Credentials, Envelope};
 
 #[derive(Debug)]
 pub struct Routes {
@@ -53,6 +53,8 @@ pub struct Account {
     pub user_ids: UserIds,
     /// `allowed_sources`: only these clients may call (`None`: anyone).
     pub allowed: Option<Allowed>,
+    /// What WeChat's API needs to fetch the callback IP list, for `allowed_sources = ["wechat"]`.
+    pub sources_api: Option<ApiAccount>,
     /// `late_replies = "customer_service"`: the internal target whose jobs are late replies,
     /// sent through the customer-service API. Never matched by a callback.
     pub late_replies: Option<Arc<Target>>,
@@ -65,6 +67,22 @@ pub struct Target {
     pub url: String,
     pub settings: TargetSettings,
     filter: Filter,
+    /// What ingress and delivery share about this target at run time.
+    pub plumbing: Plumbing,
+    /// The target's own credentials (`resign`): its deliveries are re-signed.
+    pub resign: Option<Resign>,
+    /// A candidate whose answers are compared with this target's, never sent to WeChat.
+    pub shadow_of: Option<Arc<str>>,
+    /// Set on an account's late-replies target: its jobs are customer-service API calls.
+    pub api: Option<Arc<ApiAccount>>,
+    /// Where requests go, for a plain `http://` URL without `{authorizer}`: parsed once here.
+    origin: Option<Origin>,
+}
+
+/// What ingress and delivery share about one target while the proxy runs, made in one place
+/// ([`Plumbing::new`]) from its settings.
+#[derive(Debug)]
+pub struct Plumbing {
     /// Requests in flight to this target, at most `settings.max_concurrency`.
     pub permits: Arc<Semaphore>,
     /// Rung when jobs for this target are stored as due.
@@ -76,14 +94,22 @@ pub struct Target {
     pub inbox: Mutex<Option<mpsc::Receiver<Job>>>,
     /// Open while the target keeps failing: its worker then starts no attempts.
     pub breaker: Breaker,
-    /// The target's own credentials (`resign`): its deliveries are re-signed.
-    pub resign: Option<Resign>,
-    /// A candidate whose answers are compared with this target's, never sent to WeChat.
-    pub shadow_of: Option<Arc<str>>,
-    /// Set on an account's late-replies target: its jobs are customer-service API calls.
-    pub api: Option<Arc<ApiAccount>>,
-    /// Where requests go, for a plain `http://` URL without `{authorizer}`: parsed once here.
-    origin: Option<Origin>,
+}
+
+impl Plumbing {
+    /// For a target with `max_concurrency` requests in flight at most; its handoff holds
+    /// `handoff` jobs, by default [`HANDOFF_PER_PERMIT`] per request.
+    pub fn new(max_concurrency: usize, handoff: Option<usize>) -> Plumbing {
+        let capacity = handoff.unwrap_or(max_concurrency.max(1) * HANDOFF_PER_PERMIT);
+        let (handoff, inbox) = mpsc::channel(capacity.max(1));
+        Plumbing {
+            permits: Arc::new(Semaphore::new(max_concurrency)),
+            wake: Arc::new(Notify::new()),
+            handoff,
+            inbox: Mutex::new(Some(inbox)),
+            breaker: Breaker::default(),
+        }
+    }
 }
 
 /// Lower-cased allow lists; `None` lets everything through.
@@ -100,125 +126,6 @@ struct Filter {
 }
 
 impl Routes {
-    pub fn from_config(config: &Config) -> Result<Routes, ConfigError> {
-        let mut accounts = HashMap::with_capacity(config.accounts.len());
-        for (i, account) in config.accounts.iter().enumerate() {
-            let credentials = account.credentials(&format!("accounts[{i}]"))?;
-            let allowed = account.allowed_sources(&format!("accounts[{i}]"))?;
-            let id: Arc<str> = Arc::from(account.id.as_str());
-            let lower = |list: &Option<Vec<String>>| {
-                list.as_ref()
-                    .map(|l| l.iter().map(|s| s.to_ascii_lowercase()).collect())
-            };
-            let key = format!("accounts[{i}]");
-            let owners = account.owners(&key)?;
-            let shadow_of = account.shadows(&key)?;
-            let targets: Vec<Arc<Target>> = account
-                .targets
-                .iter()
-                .enumerate()
-                .map(|(j, t)| {
-                    // A shadow gets what its target gets.
-                    let filtered = shadow_of[j].map_or(t, |k| &account.targets[k]);
-                    let resign = t
-                        .credentials(&format!("accounts[{i}].targets[{j}]"), &credentials)?
-                        .map(|(target, own_key)| Resign {
-                            account: credentials.clone(),
-                            target,
-                            own_key,
-                        });
-                    let settings = t.settings(&config.target_defaults);
-                    let needs_authorizer = authorizer_placeholders(t.url.as_str()) > 0;
-                    let (handoff, inbox) =
-                        mpsc::channel(settings.max_concurrency.max(1) * HANDOFF_PER_PERMIT);
-                    Ok(Arc::new(Target {
-                        key: TargetKey {
-                            account: id.clone(),
-                            target: Arc::from(t.name.as_str()),
-                        },
-                        url: t.url.to_string(),
-                        permits: Arc::new(Semaphore::new(settings.max_concurrency)),
-                        settings,
-                        filter: Filter {
-                            msg_types: lower(&filtered.msg_types),
-                            events: lower(&filtered.events),
-                            info_types: lower(&filtered.info_types),
-                            authorizers: filtered.authorizers.clone(),
-                            needs_authorizer,
-                        },
-                        wake: Arc::new(Notify::new()),
-                        handoff,
-                        inbox: Mutex::new(Some(inbox)),
-                        breaker: Breaker::default(),
-                        resign,
-                        shadow_of: t.shadow_of.as_deref().map(Arc::from),
-                        api: None,
-                        origin: (!needs_authorizer)
-                            .then(|| Origin::parse(t.url.as_str()))
-                            .flatten(),
-                    }))
-                })
-                .collect::<Result<_, ConfigError>>()?;
-            let late_replies = account
-                .late_replies_api(&key, &config.wechat_api_base)?
-                .map(|api| {
-                    // Sent by the WeChat API client, which picks its own protocol.
-                    let settings = TargetSettings {
-                        http2: false,
-                        pipelining: false,
-                        ..config.target_defaults.settings()
-                    };
-                    let (handoff, inbox) = mpsc::channel(1);
-                    Arc::new(Target {
-                        key: TargetKey {
-                            account: id.clone(),
-                            target: Arc::from(LATE_REPLIES_TARGET),
-                        },
-                        url: api.base.to_string(),
-                        permits: Arc::new(Semaphore::new(settings.max_concurrency)),
-                        settings,
-                        // Matched by no callback: its jobs are made by `rescue`.
-                        filter: Filter {
-                            msg_types: Some(Vec::new()),
-                            events: None,
-                            info_types: None,
-                            authorizers: None,
-                            needs_authorizer: false,
-                        },
-                        wake: Arc::new(Notify::new()),
-                        handoff,
-                        inbox: Mutex::new(Some(inbox)),
-                        breaker: Breaker::default(),
-                        resign: None,
-                        shadow_of: None,
-                        api: Some(Arc::new(api)),
-                        // Its calls go through the WeChat API client, never `exchange`.
-                        origin: None,
-                    })
-                });
-            let mut shadows = vec![Vec::new(); targets.len()];
-            for (j, of) in shadow_of.iter().enumerate() {
-                if let Some(k) = of {
-                    shadows[*k].push(j);
-                }
-            }
-            accounts.insert(
-                account.id.clone(),
-                Arc::new(Account {
-                    id,
-                    user_ids: UserIds::new(&credentials.token, config.log.show_user_ids),
-                    allowed,
-                    credentials,
-                    targets,
-                    owners,
-                    shadows,
-                    late_replies,
-                }),
-            );
-        }
-        Ok(Routes { accounts })
-    }
-
     pub fn account(&self, id: &str) -> Option<&Arc<Account>> {
         self.accounts.get(id)
     }
@@ -332,69 +239,4 @@ impl Target {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn filters_by_type_and_event_ignoring_case() {
-        let config = Config::from_toml(
-            r#"
-            [[accounts]]
-            id = "a"
-            kind = "official_account"
-            token = "t"
-            [[accounts.targets]]
-            name = "all"
-            url = "http://127.0.0.1:1/"
-            [[accounts.targets]]
-            name = "subs"
-            url = "http://127.0.0.1:2/"
-            msg_types = ["TEXT", "event"]
-            events = ["subscribe", "SCAN"]
-            "#,
-        )
-        .unwrap();
-        let routes = Routes::from_config(&config).unwrap();
-        let account = routes.account("a").unwrap();
-        let env = |xml: &str| Envelope::parse(xml.as_bytes()).unwrap();
-        let (all, subs) = (&account.targets[0], &account.targets[1]);
-        let text = env("<xml><MsgType>text</MsgType></xml>");
-        let scan = env("<xml><MsgType>event</MsgType><Event>scan</Event></xml>");
-        let click = env("<xml><MsgType>event</MsgType><Event>CLICK</Event></xml>");
-        let image = env("<xml><MsgType>image</MsgType></xml>");
-        assert!(all.accepts(&click, None) && all.accepts(&image, None));
-        assert!(subs.accepts(&text, None) && subs.accepts(&scan, None));
-        assert!(!subs.accepts(&click, None) && !subs.accepts(&image, None));
-        assert!(account.owner(&text, None).is_none() && account.owner(&click, None).is_none());
-    }
-
-    /// `{authorizer}` is replaced in the path (where the URL parser percent-encodes the braces)
-    /// and in the query (where it does not); without an authorizer such a target takes nothing.
-    #[test]
-    fn the_authorizer_fills_its_placeholders_in_path_and_query() {
-        let config = Config::from_toml(
-            r#"
-            [[accounts]]
-            id = "op"
-            kind = "open_platform"
-            token = "t"
-            app_id = "wx1"
-            encoding_aes_key = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C"
-            [[accounts.targets]]
-            name = "svc"
-            url = "http://127.0.0.1:1/wx/{authorizer}?app={authorizer}"
-            "#,
-        )
-        .unwrap();
-        let routes = Routes::from_config(&config).unwrap();
-        let svc = &routes.account("op").unwrap().targets[0];
-        assert_eq!(
-            svc.url_for(Some("wxA")),
-            "http://127.0.0.1:1/wx/wxA?app=wxA"
-        );
-        let ticket =
-            Envelope::parse(b"<xml><InfoType>component_verify_ticket</InfoType></xml>").unwrap();
-        assert!(!svc.accepts(&ticket, None));
-        assert!(svc.accepts(&ticket, Some("wxA")));
-    }
-}
+mod tests;

@@ -361,12 +361,37 @@ pub struct SealedRequest {
 pub struct SealParams<'a> {
     pub timestamp: &'a str,
     pub nonce: &'a str,
+    /// The 16 random bytes in front of an encrypted message (the caller draws them).
+    pub random: [u8; 16],
     /// Official accounts and mini programs add the sender's openid to the query.
     pub openid: Option<&'a str>,
     /// `ToUserName` of the encrypted envelope (the account's original id, or the corp id).
     pub to_user_name: &'a str,
     /// WeCom puts the app's `AgentID` beside `Encrypt`.
     pub agent_id: Option<&'a str>,
+}
+
+/// What a request the proxy signs itself takes from outside the protocol, handed in so that the
+/// protocol reads no clock and no source of randomness: the time it is signed at, a nonce, and
+/// the random prefix of anything it encrypts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fresh {
+    /// Unix seconds, as text.
+    pub timestamp: String,
+    /// Nine or ten digits, like WeChat's.
+    pub nonce: String,
+    pub random: [u8; 16],
+}
+
+impl Fresh {
+    /// Signed at `unix_secs`, with a nonce made of `nonce_seed` and the prefix `random`.
+    pub fn new(unix_secs: u64, nonce_seed: u64, random: [u8; 16]) -> Fresh {
+        Fresh {
+            timestamp: unix_secs.to_string(),
+            nonce: (100_000_000 + nonce_seed % 9_900_000_000).to_string(),
+            random,
+        }
+    }
 }
 
 /// Query values are digits, letters, `-`, `_` in practice; encode anything else (base64's `+`,
@@ -415,7 +440,7 @@ pub fn seal_callback(
         }
         (Security::Compatible(key) | Security::Safe(key), _) => key,
     };
-    let encrypt = key.encrypt(message.as_bytes(), &credentials.receive_id);
+    let encrypt = key.encrypt(message.as_bytes(), &credentials.receive_id, params.random);
     let sealed_signature = msg_signature(&credentials.token, timestamp, nonce, &encrypt);
     let body = match (&credentials.security, format) {
         (Security::Compatible(_), Format::Xml) => with_encrypt_element(message, &encrypt),
@@ -447,16 +472,12 @@ pub fn seal_callback(
 /// its URL is saved, carrying `echo`: official accounts and mini programs sign with `signature`
 /// and send `echo` plainly; WeCom encrypts it for the receive id and signs with `msg_signature`.
 /// The right answer is `echo` itself, byte for byte.
-pub fn seal_handshake(
-    credentials: &Credentials,
-    echo: &str,
-    timestamp: &str,
-    nonce: &str,
-) -> String {
+pub fn seal_handshake(credentials: &Credentials, echo: &str, fresh: &Fresh) -> String {
+    let (timestamp, nonce) = (fresh.timestamp.as_str(), fresh.nonce.as_str());
     let token = credentials.token.as_str();
     match credentials.security.key() {
         Some(key) if credentials.kind == Kind::WeCom => {
-            let echostr = key.encrypt(echo.as_bytes(), &credentials.receive_id);
+            let echostr = key.encrypt(echo.as_bytes(), &credentials.receive_id, fresh.random);
             let sig = msg_signature(token, timestamp, nonce, &echostr);
             let echostr = utf8_percent_encode(&echostr, QUERY_VALUE);
             format!("msg_signature={sig}&timestamp={timestamp}&nonce={nonce}&echostr={echostr}")
@@ -499,6 +520,7 @@ mod tests {
         SealParams {
             timestamp: "1409659813",
             nonce: "1372623149",
+            random: *b"0123456789abcdef",
             openid: Some("o1"),
             to_user_name: "gh_1",
             agent_id: None,
@@ -656,11 +678,11 @@ mod tests {
         );
 
         let wecom = creds(Kind::WeCom, Security::Safe);
-        let echostr = wecom
-            .security
-            .key()
-            .unwrap()
-            .encrypt(b"1616140317555161061", "wx5823bf96d3bd56c7");
+        let echostr = wecom.security.key().unwrap().encrypt(
+            b"1616140317555161061",
+            "wx5823bf96d3bd56c7",
+            rand::random(),
+        );
         let sig = msg_signature("QDG6eK", "1", "2", &echostr);
         let raw = format!(
             "msg_signature={sig}&timestamp=1&nonce=2&echostr={}",

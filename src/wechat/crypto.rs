@@ -96,19 +96,10 @@ impl AesKey {
         })
     }
 
-    /// Encrypts `message` for `receive_id` with a fresh random prefix; returns the base64 text
-    /// that goes into `<Encrypt>`.
-    pub fn encrypt(&self, message: &[u8], receive_id: &str) -> String {
-        self.encrypt_with_random(message, receive_id, rand::random())
-    }
-
-    /// [`AesKey::encrypt`] with a chosen 16-byte prefix, so tests can reproduce published vectors.
-    pub fn encrypt_with_random(
-        &self,
-        message: &[u8],
-        receive_id: &str,
-        random: [u8; 16],
-    ) -> String {
+    /// Encrypts `message` for `receive_id` behind the 16-byte prefix `random` (fresh random bytes
+    /// for WeChat; chosen ones reproduce published vectors); returns the base64 text that goes
+    /// into `<Encrypt>`. The caller draws the randomness: the protocol reads no source of it.
+    pub fn encrypt(&self, message: &[u8], receive_id: &str, random: [u8; 16]) -> String {
         let message_len = u32::try_from(message.len()).unwrap_or(u32::MAX);
         let text_len = HEADER + message.len() + receive_id.len();
         let pad = PAD_BLOCK - text_len % PAD_BLOCK;
@@ -212,7 +203,7 @@ mod tests {
     fn aligned_text_gets_a_full_pad_block_of_32() {
         let key = AesKey::from_encoding_aes_key(NON_CANONICAL).unwrap();
         // 20 header bytes + 12 message bytes + 0 receive-id bytes = 32: aligned.
-        let sealed = key.encrypt_with_random(b"hello world!", "", [7; 16]);
+        let sealed = key.encrypt(b"hello world!", "", [7; 16]);
         assert_eq!(STANDARD.decode(&sealed).unwrap().len(), 64);
         assert_eq!(key.decrypt(&sealed, "").unwrap(), b"hello world!");
     }
@@ -220,7 +211,7 @@ mod tests {
     #[test]
     fn says_which_check_failed() {
         let key = AesKey::from_encoding_aes_key(NON_CANONICAL).unwrap();
-        let sealed = key.encrypt(b"<xml/>", "wx5823bf96d3bd56c7");
+        let sealed = key.encrypt(b"<xml/>", "wx5823bf96d3bd56c7", rand::random());
         assert_eq!(
             key.decrypt(&sealed, "wx0000000000000000"),
             Err(CryptoError::ReceiveId)

@@ -16,8 +16,8 @@ pub mod resign;
 pub mod signature;
 
 pub use callback::{
-    CallbackQuery, Credentials, Kind, Opened, SealParams, SealedRequest, Security, VerifyError,
-    open_callback, seal_callback, seal_handshake, verify_url,
+    CallbackQuery, Credentials, Fresh, Kind, Opened, SealParams, SealedRequest, Security,
+    VerifyError, open_callback, seal_callback, seal_handshake, verify_url,
 };
 pub use crypto::{AesKey, CryptoError};
 pub use dedupe::{DedupeKey, dedupe_key};

@@ -160,7 +160,7 @@ mod tests {
         let key =
             AesKey::from_encoding_aes_key("jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C").unwrap();
         let inner = "<xml><MsgType>text</MsgType><Content>hi</Content></xml>";
-        let sealed = key.encrypt(inner.as_bytes(), "wx1");
+        let sealed = key.encrypt(inner.as_bytes(), "wx1", rand::random());
         let body = format!(
             "<xml><Encrypt><![CDATA[{sealed}]]></Encrypt><MsgSignature>s</MsgSignature>\
              <TimeStamp>1</TimeStamp><Nonce>n</Nonce></xml>"

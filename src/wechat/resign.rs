@@ -10,8 +10,8 @@
 //! design. A passive reply the target encrypts with its own key is opened and sealed again with
 //! the account's, so WeChat can read it.
 //!
-//! Pure functions of their inputs (the random nonce and AES prefix aside); `downstream` calls
-//! them per attempt.
+//! Pure functions of their inputs: the time, nonce and random prefix of each attempt are handed
+//! in ([`Fresh`]) by the attempt that calls them.
 
 use bytes::Bytes;
 use percent_encoding::utf8_percent_encode;
@@ -19,7 +19,7 @@ use percent_encoding::utf8_percent_encode;
 use crate::wechat::callback::QUERY_VALUE;
 use crate::wechat::envelope::encrypted_reply;
 use crate::wechat::reply::{field, open_signed_reply};
-use crate::wechat::{Credentials, Envelope, Sealed, msg_signature, signature};
+use crate::wechat::{Credentials, Envelope, Fresh, Sealed, msg_signature, signature};
 
 /// The account's credentials (to open what WeChat sent) and the target's (to seal it again).
 #[derive(Debug, Clone)]
@@ -45,14 +45,14 @@ pub enum ResignError {
 }
 
 impl Resign {
-    /// The query and body to send for this attempt, signed at `timestamp` with `nonce`.
+    /// The query and body to send for this attempt, signed and encrypted with `fresh`.
     pub fn request(
         &self,
         query: &str,
         body: &Bytes,
-        timestamp: &str,
-        nonce: &str,
+        fresh: &Fresh,
     ) -> Result<(String, Bytes), ResignError> {
+        let (timestamp, nonce) = (fresh.timestamp.as_str(), fresh.nonce.as_str());
         let token = &self.target.token;
         let encrypt = match self.account.security.key() {
             None => None,
@@ -66,7 +66,7 @@ impl Resign {
         let (body, encrypt) = match encrypt {
             None => (body.clone(), None),
             Some(old) => {
-                let new = self.reencrypt(&old)?;
+                let new = self.reencrypt(&old, fresh.random)?;
                 (replace_encrypt(body, &old, &new)?, Some(new))
             }
         };
@@ -101,7 +101,7 @@ impl Resign {
     }
 
     /// The target's `Encrypt` for the account's: the same message under the target's key.
-    fn reencrypt(&self, encrypt: &str) -> Result<String, ResignError> {
+    fn reencrypt(&self, encrypt: &str, random: [u8; 16]) -> Result<String, ResignError> {
         let (Some(from), Some(to)) = (self.account.security.key(), self.target.security.key())
         else {
             return Ok(encrypt.to_owned());
@@ -112,25 +112,26 @@ impl Resign {
         let message = from
             .decrypt(encrypt, &self.account.receive_id)
             .map_err(|_| ResignError::Decrypt)?;
-        Ok(to.encrypt(&message, &self.account.receive_id))
+        Ok(to.encrypt(&message, &self.account.receive_id, random))
     }
 
     /// A passive reply from the target as WeChat must get it: an encrypted reply signed with
     /// the target's token and key is opened and sealed again with the account's; anything else
     /// (`success`, a clear reply) is passed on unchanged. `None` when an encrypted reply does not
-    /// verify with the target's credentials (WeChat then gets `success`).
-    pub fn reply(&self, body: &Bytes) -> Option<Bytes> {
+    /// verify with the target's credentials (WeChat then gets `success`). `random`: the prefix of
+    /// the new encryption.
+    pub fn reply(&self, body: &Bytes, random: [u8; 16]) -> Option<Bytes> {
         let Some(fields) = encrypted_reply(body) else {
             return Some(body.clone());
         };
         // The target's credentials carry the account's receive id, which the reply was sealed for.
         let message = open_signed_reply(&self.target, &fields).ok()?;
         let (timestamp, nonce) = (field(&fields, "TimeStamp")?, field(&fields, "Nonce")?);
-        let sealed = self
-            .account
-            .security
-            .key()?
-            .encrypt(&message, &self.account.receive_id);
+        let sealed =
+            self.account
+                .security
+                .key()?
+                .encrypt(&message, &self.account.receive_id, random);
         let signed = msg_signature(&self.account.token, timestamp, nonce, &sealed);
         let reply = Sealed {
             encrypt: &sealed,
@@ -145,26 +146,6 @@ impl Resign {
             reply.reply_xml()
         }))
     }
-}
-
-/// [`Resign::request`] now, with a fresh nonce: what `downstream` sends for one attempt.
-pub fn for_attempt(
-    resign: &Resign,
-    query: &str,
-    body: &Bytes,
-) -> Result<(String, Bytes), ResignError> {
-    let (timestamp, nonce) = fresh_stamp();
-    resign.request(query, body, &timestamp, &nonce)
-}
-
-/// What a request the proxy signs itself carries: now (Unix seconds) and a fresh nonce.
-pub fn fresh_stamp() -> (String, String) {
-    ((crate::clock::now_ms() / 1000).to_string(), random_nonce())
-}
-
-/// Nine or ten digits, like WeChat's nonces.
-pub fn random_nonce() -> String {
-    rand::random_range(100_000_000u64..10_000_000_000).to_string()
 }
 
 fn push_pair(out: &mut String, pair: &str) {
@@ -268,6 +249,7 @@ mod tests {
                 SealParams {
                     timestamp: "1714037059",
                     nonce: "415670741",
+                    random: rand::random(),
                     openid: (kind != Kind::WeCom).then_some("o1"),
                     to_user_name: "gh_1",
                     agent_id: None,
@@ -276,7 +258,11 @@ mod tests {
             let query = format!("{}&tenant=a%2Bb", sealed.query);
             let body = Bytes::from(sealed.body.clone());
             let (new_query, new_body) = resign
-                .request(&query, &body, "1800000000", "123456789")
+                .request(
+                    &query,
+                    &body,
+                    &Fresh::new(1_800_000_000, 23_456_789, rand::random()),
+                )
                 .unwrap();
             let parsed = CallbackQuery::parse(&new_query).unwrap();
             let opened = open_callback(&resign.target, &parsed, &new_body)
@@ -310,7 +296,8 @@ mod tests {
     #[test]
     fn a_handshake_for_the_target_uses_its_credentials() {
         let resign = pair(Kind::WeCom, Security::Safe, true);
-        let query = crate::wechat::seal_handshake(&resign.target, "12345", "1", "2");
+        let query =
+            crate::wechat::seal_handshake(&resign.target, "12345", &Fresh::new(1, 2, [0; 16]));
         let parsed = CallbackQuery::parse(&query).unwrap();
         assert_eq!(verify_url(&resign.target, &parsed).unwrap(), b"12345");
         assert!(verify_url(&resign.account, &parsed).is_err());
@@ -322,7 +309,8 @@ mod tests {
     fn a_targets_encrypted_reply_is_sealed_again_for_wechat() {
         let resign = pair(Kind::OfficialAccount, Security::Safe, true);
         let reply = "<xml><ToUserName><![CDATA[o1]]></ToUserName><Content><![CDATA[hello]]></Content></xml>";
-        let encrypt = key(TARGET_KEY).encrypt(reply.as_bytes(), "wx5823bf96d3bd56c7");
+        let encrypt =
+            key(TARGET_KEY).encrypt(reply.as_bytes(), "wx5823bf96d3bd56c7", rand::random());
         let sig = msg_signature("target-token", "1714037059", "99", &encrypt);
         let sealed = Sealed {
             encrypt: &encrypt,
@@ -336,7 +324,7 @@ mod tests {
             } else {
                 sealed.reply_xml()
             };
-            let out = resign.reply(&Bytes::from(body)).unwrap();
+            let out = resign.reply(&Bytes::from(body), rand::random()).unwrap();
             let fields = encrypted_reply(&out).unwrap();
             let get = |n: &str| fields.iter().find(|(k, _)| k == n).unwrap().1.clone();
             let (encrypt, timestamp, nonce) = (get("Encrypt"), get("TimeStamp"), get("Nonce"));
@@ -351,8 +339,8 @@ mod tests {
             assert_eq!(out.first() == Some(&b'{'), json);
         }
         let success = Bytes::from_static(b"success");
-        assert_eq!(resign.reply(&success), Some(success));
+        assert_eq!(resign.reply(&success, rand::random()), Some(success));
         let forged = sealed.reply_xml().replace(sig.as_str(), &"0".repeat(40));
-        assert_eq!(resign.reply(&Bytes::from(forged)), None);
+        assert_eq!(resign.reply(&Bytes::from(forged), rand::random()), None);
     }
 }

@@ -326,3 +326,69 @@ fn check_config_refuses_urls_with_line_breaks_and_a_blank_admin_token() {
         assert!(stderr.contains("admin.token_env:"), "{value:?}: {stderr}");
     }
 }
+
+/// One run names every problem of a file, those found loading it and those found building what
+/// `serve` runs on, each by its key: `check-config` and `serve` alike, before any port is bound.
+#[test]
+fn check_config_and_serve_name_every_problem_of_a_file_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let fields = config(dir.path(), listen, "primary = \"nobody\"")
+        .replace("[server]\n", "[server]\nreply_deadline_ms = 6000\n");
+    let building = config(dir.path(), listen, "allowed_sources = []")
+        .replace(wx_key(), "tooShort");
+    for (text, keys) in [
+        (&fields, &["server.reply_deadline_ms", "accounts[0].primary"]),
+        (
+            &building,
+            &["accounts[0].encoding_aes_key", "accounts[0].allowed_sources"],
+        ),
+    ] {
+        let path = write(dir.path(), text);
+        for command in ["check-config", "serve"] {
+            let output = run(&[command, "--config", &path]);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(64), "{command}: {stderr}");
+            assert!(stderr.contains("2 problems:"), "{command}: {stderr}");
+            for key in keys {
+                assert!(stderr.contains(key), "{command} does not name {key}: {stderr}");
+            }
+        }
+        std::net::TcpListener::bind(listen).expect("the port stayed free");
+    }
+}
+
+/// The client commands read what they use: `healthcheck` and `dead-letters` run with a config
+/// whose account secrets come from variables that are not set (an operator's laptop), while
+/// `check-config` on the same file says which are missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_commands_need_no_account_secret() {
+    let proxy = crate::support::Proxy::start_with_admin(&format!(
+        "{}{}{}",
+        crate::support::FAST,
+        Wx::new(Kind::OfficialAccount, Mode::Plaintext).account("main", ""),
+        Wx::target("bot", "http://127.0.0.1:9/wx", ""),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let written = std::fs::read_to_string(proxy.write_config(dir.path())).unwrap();
+    let secretless = written
+        .replace(
+            &format!("token = \"{}\"", crate::support::wx::TOKEN),
+            "token_env = \"WF_TEST_NEVER_SET_TOKEN\"",
+        )
+        .replace(
+            &format!("encoding_aes_key = \"{}\"", wx_key()),
+            "encoding_aes_key_env = \"WF_TEST_NEVER_SET_KEY\"",
+        );
+    assert!(secretless.contains("WF_TEST_NEVER_SET_TOKEN"), "{secretless}");
+    let path = write(dir.path(), &secretless);
+    let health = crate::support::binary::run_async(&["healthcheck", "--config", &path]).await;
+    assert_eq!(health.code, Some(0), "{health:#?}");
+    let letters =
+        crate::support::binary::run_async(&["dead-letters", "list", "--config", &path]).await;
+    assert_eq!(letters.code, Some(0), "{letters:#?}");
+    let check = crate::support::binary::run_async(&["check-config", "--config", &path]).await;
+    assert_eq!(check.code, Some(64), "{check:#?}");
+    assert!(check.stderr.contains("WF_TEST_NEVER_SET_TOKEN"), "{check:#?}");
+}

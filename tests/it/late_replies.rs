@@ -25,7 +25,7 @@ fn sealed(inner: &str) -> String {
     format!(
         "<xml><Encrypt><![CDATA[{}]]></Encrypt><MsgSignature>s</MsgSignature>\
          <TimeStamp>1</TimeStamp><Nonce>n</Nonce></xml>",
-        key.encrypt(inner.as_bytes(), RECEIVE_ID)
+        key.encrypt(inner.as_bytes(), RECEIVE_ID, rand::random())
     )
 }
 
@@ -190,9 +190,7 @@ fn late_replies_need_app_secret() {
         wx.account("main", "late_replies = \"customer_service\""),
         Wx::target("bot", "http://127.0.0.1:9/a", "")
     );
-    let error = wechat_fanout::config::Config::from_toml(&text)
-        .unwrap_err()
-        .to_string();
+    let error = crate::support::config_error(&text);
     assert!(error.starts_with("accounts[0].late_replies"), "{error}");
     assert!(error.contains("needs app_id and app_secret"), "{error}");
 
@@ -205,9 +203,7 @@ fn late_replies_need_app_secret() {
         ),
         Wx::target("bot", "http://127.0.0.1:9/a", "")
     );
-    let error = wechat_fanout::config::Config::from_toml(&text)
-        .unwrap_err()
-        .to_string();
+    let error = crate::support::config_error(&text);
     assert!(error.starts_with("accounts[0].late_replies"), "{error}");
     assert!(error.contains("WeCom has no customer-service"), "{error}");
 }

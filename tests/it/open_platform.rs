@@ -18,7 +18,7 @@ const AUTHORIZER_B: &str = "wxbbbbbbbbbbbbbbb2";
 /// outside, signed with `signature` and `msg_signature`; encrypted afresh on every call.
 fn authorization_event(wx: &Wx, inner: &str) -> SealedRequest {
     let key = wx.credentials.security.key().unwrap();
-    let encrypt = key.encrypt(inner.as_bytes(), RECEIVE_ID);
+    let encrypt = key.encrypt(inner.as_bytes(), RECEIVE_ID, rand::random());
     let (timestamp, nonce) = (now().to_string(), unique().to_string());
     let query = format!(
         "signature={}&timestamp={timestamp}&nonce={nonce}&encrypt_type=aes&msg_signature={}",

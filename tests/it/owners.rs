@@ -214,9 +214,7 @@ fn bad_shadows_are_refused() {
             Wx::target("next", "http://127.0.0.1:9/b", next),
             Wx::target("other", "http://127.0.0.1:9/c", other),
         );
-        let error = wechat_fanout::config::Config::from_toml(&text)
-            .unwrap_err()
-            .to_string();
+        let error = crate::support::config_error(&text);
         assert!(error.contains(message), "{next} / {other}: {error}");
         assert!(error.starts_with("accounts[0].targets["), "{error}");
     }

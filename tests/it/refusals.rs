@@ -40,6 +40,7 @@ fn sealed_at(wx: &Wx, message: &str, timestamp: &str) -> SealedRequest {
         SealParams {
             timestamp,
             nonce: "415670741",
+            random: rand::random(),
             openid: Some("oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"),
             to_user_name: "gh_a6a3d5e8ae7e",
             agent_id: None,

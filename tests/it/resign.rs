@@ -41,9 +41,11 @@ async fn targets_with_their_own_credentials_verify_and_decrypt_their_copies() {
         // The primary: answers a passive reply sealed for its own credentials.
         let bot = Target::start(200).await;
         let reply = "<xml><ToUserName><![CDATA[o1]]></ToUserName><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[hi from the vendor]]></Content></xml>";
-        let encrypt = AesKey::from_encoding_aes_key(VENDOR_KEY)
-            .unwrap()
-            .encrypt(reply.as_bytes(), RECEIVE_ID);
+        let encrypt = AesKey::from_encoding_aes_key(VENDOR_KEY).unwrap().encrypt(
+            reply.as_bytes(),
+            RECEIVE_ID,
+            rand::random(),
+        );
         let sig = msg_signature(VENDOR_TOKEN, "1714037059", "77", &encrypt);
         let sealed_reply = Sealed {
             encrypt: &encrypt,

@@ -25,7 +25,7 @@ async fn a_candidate_bot_is_compared_and_never_answers_wechat() {
     let sealed_reply = format!(
         "<xml><Encrypt><![CDATA[{}]]></Encrypt><MsgSignature><![CDATA[x]]></MsgSignature>\
          <TimeStamp>1700000000</TimeStamp><Nonce><![CDATA[n]]></Nonce></xml>",
-        key.encrypt(inner.as_bytes(), RECEIVE_ID)
+        key.encrypt(inner.as_bytes(), RECEIVE_ID, rand::random())
     );
     let bot = Target::start(200).await;
     bot.set_reply("application/xml", &sealed_reply);

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use wechat_fanout::attempt::DELIVERY_HEADER;
 use wechat_fanout::config::{Mode, Synchronous};
-use wechat_fanout::outbound::DELIVERY_HEADER;
 use wechat_fanout::store::{
     Accepted, NewCallback, NewJob, Readiness, Replay, SqliteStore, Store as _, StoreError,
 };

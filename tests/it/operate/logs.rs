@@ -259,6 +259,7 @@ fn from_user(wx: &Wx, openid: &str, content: &str) -> wechat_fanout::wechat::Sea
         wechat_fanout::wechat::SealParams {
             timestamp: &now,
             nonce: &nonce,
+            random: rand::random(),
             openid: Some(openid),
             to_user_name: "gh_a6a3d5e8ae7e",
             agent_id: None,

@@ -21,7 +21,7 @@ async fn simulate(config: &Path, args: &[&str]) -> Ran {
 /// `reply` encrypted and signed for the test account, as a bot writes a passive reply.
 fn encrypted_reply(reply: &str, json: bool) -> String {
     let key = AesKey::from_encoding_aes_key(AES_KEY).unwrap();
-    let encrypt = key.encrypt(reply.as_bytes(), RECEIVE_ID);
+    let encrypt = key.encrypt(reply.as_bytes(), RECEIVE_ID, rand::random());
     let (timestamp, nonce) = ("1714037059", "415670741");
     let signature = msg_signature(TOKEN, timestamp, nonce, &encrypt);
     let sealed = Sealed {

@@ -97,6 +97,16 @@ pub(crate) async fn settle() {
     tokio::time::sleep(SETTLE).await;
 }
 
+/// What `serve` (and `check-config`) say of the configuration `toml` layered over the defaults:
+/// loading it, then building what the proxy runs on; the test fails if both succeed.
+pub(crate) fn config_error(toml: &str) -> String {
+    let built = Config::from_toml(toml).and_then(|config| wechat_fanout::routing::build(&config));
+    match built {
+        Ok(_) => panic!("the configuration was accepted:\n{toml}"),
+        Err(e) => e.to_string(),
+    }
+}
+
 /// A proxy with one plaintext account, `main`, whose only target, `t`, is at `url` with
 /// `settings`.
 pub(crate) async fn proxy_with_one_target(url: &str, settings: &str) -> (Wx, Proxy) {
@@ -411,8 +421,10 @@ fn spawn_run(
     listeners: wechat_fanout::Listeners,
     shutdown: &CancellationToken,
 ) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    let routes = wechat_fanout::routing::build(config).expect("the test config builds");
     tokio::spawn(wechat_fanout::run_with(
         config.clone(),
+        routes,
         std::sync::Arc::new(store),
         listeners,
         None,

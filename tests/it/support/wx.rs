@@ -88,6 +88,7 @@ impl Wx {
             SealParams {
                 timestamp: &timestamp,
                 nonce: &nonce,
+                random: rand::random(),
                 openid: (!wecom).then_some("oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"),
                 to_user_name: if wecom { RECEIVE_ID } else { "gh_a6a3d5e8ae7e" },
                 agent_id: wecom.then_some(AGENT_ID),
@@ -122,7 +123,7 @@ impl Wx {
             }
             Kind::WeCom => {
                 let key = AesKey::from_encoding_aes_key(AES_KEY).expect("the test key is valid");
-                let echostr = key.encrypt(echo.as_bytes(), RECEIVE_ID);
+                let echostr = key.encrypt(echo.as_bytes(), RECEIVE_ID, rand::random());
                 let sig = msg_signature(TOKEN, &timestamp, &nonce, &echostr);
                 format!(
                     "msg_signature={}&timestamp={timestamp}&nonce={nonce}&echostr={}",

@@ -1,0 +1,382 @@
+//! The wiring: builds the process's shared parts once ([`Shared`]), starts the listeners, the
+//! delivery workers and the background loops (lease keeping, purging, WeChat's IP lists), reloads
+//! the routing table on SIGHUP, and drains on shutdown.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::admin::{self, Admin};
+use crate::attempt::{Attempts, Shared};
+use crate::cidr::Cidr;
+use crate::clock::now_ms;
+use crate::config::{Backend, Config};
+use crate::delivery::Delivery;
+use crate::events::{self, EventFeed, LocalFeed, RedisFeed};
+use crate::ingress::shadow::ShadowLog;
+use crate::ingress::sources::{self, Sources};
+use crate::ingress::{self, Ingress};
+use crate::metrics::Metrics;
+use crate::outbound::Outbound;
+use crate::outbound::wechat_api::{ApiAccount, WechatApi};
+use crate::routing::{self, Routes};
+use crate::shutdown::InFlight;
+use crate::store::leases::Leases;
+use crate::store::{RedisOptions, Store};
+
+/// How often delivered callbacks older than the retention are purged.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+/// The last error of a job whose target was removed from the configuration.
+const UNROUTED_REASON: &str = "target is no longer configured";
+
+/// The sockets the proxy serves, bound by the caller (tests bind `127.0.0.1:0`).
+#[derive(Debug)]
+pub struct Listeners {
+    /// Where WeChat's callbacks arrive.
+    pub wechat: TcpListener,
+    /// Health, metrics and dead letters; `None` runs without them.
+    pub admin: Option<TcpListener>,
+}
+
+/// Runs the proxy on an already-bound `listener` without the admin API and without reload.
+pub async fn run(
+    config: Config,
+    store: Arc<dyn Store>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let routes = routing::build(&config)?;
+    let listeners = Listeners {
+        wechat: listener,
+        admin: None,
+    };
+    run_with(config, routes, store, listeners, None, shutdown).await
+}
+
+/// Runs the proxy with the routing table built from `config` (by [`routing::build`], before any
+/// port was bound) and an opened `store` until `shutdown` fires, then drains: connections and
+/// attempts in flight get `server.shutdown_grace_ms` in all, the store commits what it has, and
+/// whatever is undelivered resumes on the next start. When it returns, nothing it started holds
+/// the store any more. With `reload`, SIGHUP re-reads its file.
+pub async fn run_with(
+    config: Config,
+    routes: Routes,
+    store: Arc<dyn Store>,
+    listeners: Listeners,
+    reload: Option<Reload>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    let events = event_feed(&config, &shutdown)?;
+    // One token cache per process, for every feature that calls WeChat's API.
+    let api = Arc::new(WechatApi::new());
+    let grace = config.server.shutdown_grace_ms.duration();
+    // Renews the leases of jobs in flight until the attempts are done or abandoned.
+    let leases = Leases::new(store.lease_duration());
+    let keeper_stop = CancellationToken::new();
+    let keeper = tokio::spawn(leases.clone().keep(store.clone(), keeper_stop.clone()));
+    let shared = Arc::new(Shared {
+        routes: Arc::new(ArcSwap::from_pointee(routes)),
+        attempts: Attempts::new(
+            Outbound::new(),
+            metrics.clone(),
+            events.clone(),
+            api.clone(),
+        ),
+        store: store.clone(),
+        in_flight: InFlight::default(),
+        leases,
+        metrics: metrics.clone(),
+        events: events.clone(),
+    });
+    let (routes, in_flight) = (&shared.routes, &shared.in_flight);
+
+    let mut workers = Workers {
+        delivery: Delivery {
+            shared: shared.clone(),
+            poll_interval: config.delivery.poll_interval_ms.duration(),
+        },
+        parent: shutdown.clone(),
+        generation: shutdown.child_token(),
+        handles: Vec::new(),
+    };
+    workers.start(&routes.load());
+    // In the background: the WeChat port must not wait for it if the store is slow.
+    in_flight.spawn(bury_unrouted(store.clone(), routes.load_full()));
+
+    let purge = tokio::spawn(purge_loop(
+        store.clone(),
+        Duration::from_secs(config.store.delivered_retention_secs),
+        shutdown.clone(),
+    ));
+    let shadows = Arc::new(ShadowLog::new(metrics.clone()));
+    let admin = match listeners.admin {
+        Some(listener) => {
+            let admin = Arc::new(Admin {
+                shared: shared.clone(),
+                registry,
+                shadows: shadows.clone(),
+                console: admin::console::Console::new(
+                    &config.admin,
+                    events.clone(),
+                    metrics.event_streams(),
+                    shutdown.clone(),
+                )?,
+                hosts: admin::Hosts::new(&config.admin.hosts),
+            });
+            Some(tokio::spawn(admin::serve(
+                listener,
+                admin,
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
+    let sources = start_sources(&config, &routes.load(), api, &store, &shutdown).await;
+    let ingress = Arc::new(Ingress::new(
+        shared.clone(),
+        config.server.clone(),
+        sources,
+        shadows,
+    ));
+    info!(address = %listeners.wechat.local_addr()?, "listening for WeChat callbacks");
+    let server = tokio::spawn(ingress::serve(
+        listeners.wechat,
+        ingress,
+        shutdown.clone(),
+        grace,
+    ));
+
+    if let Some(reload) = reload {
+        reload_on_hangup(reload, config, routes, &mut workers, &shutdown).await;
+    } else {
+        shutdown.cancelled().await;
+    }
+    // One grace period bounds the whole shutdown, not each of its steps.
+    let deadline = Instant::now() + grace;
+    let _ = server.await;
+    workers.stop().await;
+    let _ = purge.await;
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
+    if !in_flight.drain(deadline).await {
+        warn!(
+            "work still in flight after the grace period was dropped; it resumes on the next start \
+             (on a shared store: on another instance once its lease expires)"
+        );
+    }
+    keeper_stop.cancel();
+    let _ = keeper.await;
+    store.flush().await?;
+    info!("stopped");
+    Ok(())
+}
+
+/// The console's feed: this process's events, and on Redis every instance's.
+fn event_feed(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<Arc<dyn EventFeed>> {
+    let local = LocalFeed::new(events::BUFFER, config.admin.show_content);
+    Ok(match config.store.backend {
+        Backend::Sqlite => Arc::new(local),
+        // Every instance's console shows every instance's callbacks.
+        Backend::Redis => {
+            let options = RedisOptions::from_config(&config.store.redis)?;
+            let channel = format!("{}:events", options.key_prefix);
+            Arc::new(RedisFeed::start(
+                options.connection_infos()?,
+                channel,
+                local,
+                shutdown.clone(),
+            ))
+        }
+    })
+}
+
+/// The lists `allowed_sources` are checked against: `server.trusted_proxies`, and WeChat's
+/// callback IPs for the accounts that list `"wechat"`: the kept ones at once, then refreshed
+/// in the background.
+async fn start_sources(
+    config: &Config,
+    routes: &Routes,
+    api: Arc<WechatApi>,
+    store: &Arc<dyn Store>,
+    shutdown: &CancellationToken,
+) -> Arc<Sources> {
+    let trusted = config
+        .server
+        .trusted_proxies
+        .iter()
+        .filter_map(|proxy| Cidr::parse(proxy))
+        .collect();
+    let sources = Arc::new(Sources::new(trusted));
+    let accounts: Vec<ApiAccount> = routes
+        .accounts()
+        .filter_map(|account| account.sources_api.clone())
+        .collect();
+    if !accounts.is_empty() {
+        sources::load_kept(&sources, &accounts, &**store).await;
+        tokio::spawn(sources::refresh_loop(
+            sources.clone(),
+            api,
+            accounts,
+            store.clone(),
+            shutdown.clone(),
+        ));
+    }
+    sources
+}
+
+/// Configuration reload: the file SIGHUP re-reads, and SIGHUP itself, caught from the moment this
+/// exists. Create it before binding any port: until a handler is installed, SIGHUP's default
+/// action ends the process, so a reload sent just after a start would kill it.
+#[derive(Debug)]
+pub struct Reload {
+    path: PathBuf,
+    #[cfg(unix)]
+    hangups: tokio::signal::unix::Signal,
+}
+
+impl Reload {
+    /// Starts catching SIGHUP for a reload of `path`; must be called inside the runtime.
+    pub fn on_hangup(path: PathBuf) -> std::io::Result<Reload> {
+        Ok(Reload {
+            path,
+            #[cfg(unix)]
+            hangups: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?,
+        })
+    }
+}
+
+/// The delivery workers of the current routing table; replaced as a whole on reload.
+struct Workers {
+    delivery: Delivery,
+    parent: CancellationToken,
+    generation: CancellationToken,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Workers {
+    fn start(&mut self, routes: &Routes) {
+        self.handles = routes
+            .targets()
+            .map(|target| {
+                self.delivery
+                    .spawn_worker(target.clone(), self.generation.clone())
+            })
+            .collect();
+    }
+
+    /// Stops the workers; attempts they started go on (and are recorded) in the task tracker.
+    async fn stop(&mut self) {
+        self.generation.cancel();
+        for handle in self.handles.drain(..) {
+            let _ = handle.await;
+        }
+    }
+
+    async fn restart(&mut self, routes: &Routes) {
+        self.stop().await;
+        self.generation = self.parent.child_token();
+        self.start(routes);
+    }
+}
+
+/// Until shutdown: on SIGHUP, re-reads the file; a valid config replaces accounts and targets
+/// (work in flight finishes under the old ones), an invalid one is refused and the old one stays.
+async fn reload_on_hangup(
+    reload: Reload,
+    mut current: Config,
+    routes: &ArcSwap<Routes>,
+    workers: &mut Workers,
+    shutdown: &CancellationToken,
+) {
+    let path = reload.path.as_path();
+    #[cfg(unix)]
+    {
+        let mut hangups = reload.hangups;
+        loop {
+            tokio::select! {
+                received = hangups.recv() => if received.is_none() { break },
+                () = shutdown.cancelled() => break,
+            }
+            let loaded =
+                Config::load(Some(path)).and_then(|config| Ok((routing::build(&config)?, config)));
+            let (new_routes, config) = match loaded {
+                Ok(loaded) => loaded,
+                Err(e) => {
+                    // One line: a TOML error spans several (a snippet and a caret), which a
+                    // line-based log (journald, `grep`) would split from its level and path.
+                    let message = e.to_string();
+                    let reason = message.split_whitespace().collect::<Vec<_>>().join(" ");
+                    error!(path = %path.display(), "configuration reload refused, keeping the current one: {reason}");
+                    continue;
+                }
+            };
+            if config.server != current.server
+                || config.admin != current.admin
+                || config.store != current.store
+            {
+                warn!("changes to [server], [admin] and [store] take effect only after a restart");
+            }
+            routes.store(Arc::new(new_routes));
+            workers.restart(&routes.load()).await;
+            bury_unrouted(workers.delivery.shared.store.clone(), routes.load_full()).await;
+            info!(path = %path.display(), accounts = config.accounts.len(), "configuration reloaded");
+            current = config;
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, current, routes, workers);
+        shutdown.cancelled().await;
+    }
+}
+
+/// Pending jobs of targets that are no longer configured become dead letters, with a warning:
+/// no worker would ever send them, and they would keep their callbacks from being purged. They
+/// can be listed, and replayed once the target is back in the config, or purged.
+async fn bury_unrouted(store: Arc<dyn Store>, routes: Arc<Routes>) {
+    match store
+        .bury_unrouted(routes.keys(), UNROUTED_REASON, now_ms())
+        .await
+    {
+        Ok(buried) => {
+            for (key, jobs) in buried {
+                warn!(
+                    account = &*key.account,
+                    target = &*key.target,
+                    jobs,
+                    "pending jobs of a target that is no longer configured are now dead letters; \
+                     add the target back and replay them, or purge them"
+                );
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "could not look for jobs of targets that are no longer configured")
+        }
+    }
+}
+
+async fn purge_loop(store: Arc<dyn Store>, retention: Duration, shutdown: CancellationToken) {
+    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(PURGE_EVERY) => {}
+            () = shutdown.cancelled() => return,
+        }
+        match store
+            .purge_delivered(now_ms().saturating_sub(retention_ms))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => info!(callbacks = n, "purged delivered callbacks past retention"),
+            Err(e) => warn!(error = %e, "purging delivered callbacks failed"),
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! The accounts and their targets as the user wrote them (`[[accounts]]`,
+//! `[[accounts.targets]]`), and the rules of their fields that need no secret and build nothing.
+//!
+//! Everything that resolves a secret or builds a part of the routing table (credentials, reply
+//! owners, shadows, allowed sources, WeChat API accounts) is `routing::build`'s: the client
+//! commands load this file without an account's secrets.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use super::{
+    ConfigError, MAX_URI_BYTES, Millis, TargetDefaults, TargetSettings, invalid, written_url,
+    written_url_if_any,
+};
+
+/// `{authorizer}` in a target URL, as the URL parser writes it in a path and in a query.
+pub const AUTHORIZER_IN_URL: [&str; 2] = ["%7Bauthorizer%7D", "{authorizer}"];
+
+/// How many `{authorizer}` placeholders a target URL has.
+pub fn authorizer_placeholders(url: &str) -> usize {
+    AUTHORIZER_IN_URL
+        .iter()
+        .map(|p| url.matches(p).count())
+        .sum()
+}
+
+/// The WeChat console's encryption mode for an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Plaintext,
+    Compatible,
+    Safe,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountKind {
+    OfficialAccount,
+    MiniProgram,
+    Wecom,
+    OpenPlatform,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    /// The callback URL path segment: `/wechat/{id}`.
+    pub id: String,
+    pub kind: AccountKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+    /// The receive id: app id, corp id or suite id; `""` for WeCom bots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding_aes_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding_aes_key_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
+    /// Only these sources (CIDRs, and/or `"wechat"`: WeChat's callback IP list) may call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_sources: Option<Vec<String>>,
+    /// For WeChat's API (the callback IP list): the AppSecret (WeCom: the app's secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_secret_env: Option<String>,
+    /// Overrides the top-level `wechat_api_base` for this account.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "written_url_if_any"
+    )]
+    pub wechat_api_base: Option<Url>,
+    /// What to do with a reply owner's answer that comes after WeChat got `success`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_replies: Option<LateReplies>,
+    #[serde(default)]
+    pub targets: Vec<TargetConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    pub name: String,
+    #[serde(deserialize_with = "written_url")]
+    pub url: Url,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_initial_ms: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_max_ms: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipelining: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub msg_types: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<String>>,
+    /// Open platform: only authorization events of these `InfoType`s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info_types: Option<Vec<String>>,
+    /// Open platform: only callbacks of these authorizer app ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorizers: Option<Vec<String>>,
+    /// The target's own token (and key): its deliveries are re-signed (and re-encrypted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resign: Option<ResignConfig>,
+    /// The routes whose passive reply this target owns (`text`, `event:CLICK`, `*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replies_to: Option<Vec<String>>,
+    /// This target is a candidate for that one's replies: it gets what that one gets, with the
+    /// same deadline, and its answer is only compared, never sent to WeChat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_of: Option<String>,
+}
+
+/// `late_replies`: how an answer that missed the deadline still reaches the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LateReplies {
+    /// Sent through the customer-service message API (needs app_id and app_secret).
+    CustomerService,
+}
+
+/// The reserved name of the internal target that sends an account's rescued late replies.
+pub const LATE_REPLIES_TARGET: &str = "~late-replies";
+
+/// A target's own credentials, by the names of the environment variables that hold them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResignConfig {
+    pub token_env: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding_aes_key_env: Option<String>,
+}
+
+impl AccountConfig {
+    /// The field rules of this account and its targets (`key`: `accounts[i]`); each problem is
+    /// pushed to `errors`, so that one run reports them all.
+    pub(super) fn check(
+        &self,
+        key: &str,
+        defaults: &TargetDefaults,
+        max_query_bytes: usize,
+        errors: &mut Vec<ConfigError>,
+    ) {
+        let id_ok = !self.id.is_empty()
+            && self.id.len() <= 64
+            && self
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !id_ok {
+            errors.push(invalid(
+                format!("{key}.id"),
+                "must be 1 to 64 characters of A-Z, a-z, 0-9, '-' or '_' (it is a URL path segment)",
+            ));
+        }
+        let mut names = HashSet::new();
+        for (j, target) in self.targets.iter().enumerate() {
+            let tkey = format!("{key}.targets[{j}]");
+            if target.name.is_empty() || target.name.chars().any(char::is_control) {
+                errors.push(invalid(format!("{tkey}.name"), "must be a non-empty name"));
+            } else if !names.insert(target.name.as_str()) {
+                errors.push(invalid(
+                    format!("{tkey}.name"),
+                    format!("duplicate target name {:?} in this account", target.name),
+                ));
+            }
+            if let Err(e) = target.check(&tkey, self.kind, defaults, max_query_bytes) {
+                errors.push(e);
+            }
+        }
+        if names.contains(LATE_REPLIES_TARGET) {
+            errors.push(invalid(
+                format!("{key}.targets"),
+                format!("the target name {LATE_REPLIES_TARGET:?} is reserved (late replies)"),
+            ));
+        }
+        if let Some(primary) = &self.primary
+            && !names.contains(primary.as_str())
+        {
+            errors.push(invalid(
+                format!("{key}.primary"),
+                format!("names no target of this account: {primary:?}"),
+            ));
+        }
+    }
+}
+
+impl TargetConfig {
+    /// The field rules of one target (`key`: `accounts[i].targets[j]`) of an account of `kind`.
+    fn check(
+        &self,
+        key: &str,
+        kind: AccountKind,
+        defaults: &TargetDefaults,
+        max_query_bytes: usize,
+    ) -> Result<(), ConfigError> {
+        if !matches!(self.url.scheme(), "http" | "https") {
+            return Err(invalid(
+                format!("{key}.url"),
+                "must be an http:// or https:// URL",
+            ));
+        }
+        // The callback's query is appended: after a fragment it would not be sent at all.
+        if self.url.fragment().is_some() {
+            return Err(invalid(
+                format!("{key}.url"),
+                "must not have a #fragment (the callback's query is appended to the URL)",
+            ));
+        }
+        // Every accepted query must fit, so that no accepted callback is undeliverable.
+        // `{authorizer}` is replaced by an app id of up to 64 bytes.
+        let templated = authorizer_placeholders(self.url.as_str());
+        let longest = self.url.as_str().len() + 1 + max_query_bytes + templated * 48;
+        if longest > MAX_URI_BYTES {
+            return Err(invalid(
+                format!("{key}.url"),
+                format!(
+                    "with a query of server.max_query_bytes ({max_query_bytes}) appended, \
+                     the URL would be {longest} bytes, over the {MAX_URI_BYTES} a request can have"
+                ),
+            ));
+        }
+        let settings = self.settings(defaults);
+        settings.check(key)?;
+        // Pipelining is HTTP/1.1 over our own plain TCP connections.
+        if settings.pipelining && (settings.http2 || self.url.scheme() != "http") {
+            return Err(invalid(
+                format!("{key}.pipelining"),
+                "is for http:// targets without http2 (inherited from target_defaults \
+                 unless the target sets pipelining = false)",
+            ));
+        }
+        if kind != AccountKind::OpenPlatform {
+            for (name, set) in [
+                ("info_types", self.info_types.is_some()),
+                ("authorizers", self.authorizers.is_some()),
+                ("url", templated > 0),
+            ] {
+                if set {
+                    return Err(invalid(
+                        format!("{key}.{name}"),
+                        "info_types, authorizers and {authorizer} in the URL are for \
+                         kind = \"open_platform\" accounts only",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The settings of this target, unset keys taken from `[target_defaults]`.
+    pub fn settings(&self, defaults: &TargetDefaults) -> TargetSettings {
+        TargetSettings {
+            timeout: self.timeout_ms.unwrap_or(defaults.timeout_ms).duration(),
+            max_attempts: self.max_attempts.unwrap_or(defaults.max_attempts),
+            backoff_initial: self
+                .backoff_initial_ms
+                .unwrap_or(defaults.backoff_initial_ms)
+                .duration(),
+            backoff_max: self
+                .backoff_max_ms
+                .unwrap_or(defaults.backoff_max_ms)
+                .duration(),
+            max_concurrency: self.max_concurrency.unwrap_or(defaults.max_concurrency),
+            http2: self.http2.unwrap_or(defaults.http2),
+            pipelining: self.pipelining.unwrap_or(defaults.pipelining),
+        }
+    }
+}
