@@ -10,8 +10,65 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use crate::cmd::{DeadLettersCommand, FilterArgs};
+use clap::{Args, Subcommand};
+
 use crate::config::Config;
+
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// Check readiness (the store commits writes) instead of liveness.
+    #[arg(long)]
+    pub ready: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadLettersCommand {
+    /// List dead letters, newest first.
+    List {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print the admin API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one dead letter: its request, headers, body and every failed attempt.
+    Show { id: i64 },
+    /// Deliver dead letters again (same bytes, fresh attempts): one by id, or all that match.
+    Replay {
+        id: Option<i64>,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Replay every dead letter (needed when no id and no filter is given).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete dead letters: one by id, or all that match.
+    Purge {
+        id: Option<i64>,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Purge every dead letter (needed when no id and no filter is given).
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Debug, Args, Default)]
+pub struct FilterArgs {
+    #[arg(long)]
+    pub account: Option<String>,
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Died at or after this time (Unix milliseconds).
+    #[arg(long)]
+    pub since_ms: Option<i64>,
+    /// Died before this time (Unix milliseconds).
+    #[arg(long)]
+    pub until_ms: Option<i64>,
+}
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -10,8 +10,23 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use clap::Args;
+
 use crate::routing::{Account, Routes, Target};
 use crate::wechat::seal_handshake;
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// Only this account's targets.
+    #[arg(long)]
+    pub account: Option<String>,
+    /// Only targets with this name.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Print the results as JSON (as `POST /targets/probe` answers) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// Marks a probe, so a target's logs can tell it from WeChat's own handshake.
 pub const PROBE_HEADER: &str = "x-wechat-fanout-probe";
@@ -222,7 +237,7 @@ fn excerpt(body: &[u8]) -> String {
 /// table (or JSON); `Ok(true)` when every target answered `ok`.
 pub async fn run(
     config: &crate::config::Config,
-    args: &crate::cmd::ProbeArgs,
+    args: &ProbeArgs,
     out: &mut impl std::io::Write,
 ) -> anyhow::Result<bool> {
     let routes = crate::routing::build(config)?;

@@ -10,8 +10,10 @@
 //! Once a callback is verified, the rest of its handling runs in its own task, so a client that
 //! hangs up cannot leave a stored callback half-handled.
 
+mod accept;
 mod body;
 pub mod rejection;
+mod relay;
 pub mod rescue;
 mod resends;
 pub mod shadow;
@@ -33,27 +35,23 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc::OwnedPermit;
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::attempt::{Attempt, Shared};
+use crate::attempt::Shared;
 use crate::clock::now_ms;
 use crate::config::ServerConfig;
-use crate::events::{CallbackEvent, Event, JobRef};
+use crate::events::Event;
 use crate::metrics::CallbackOutcome;
-use crate::routing::{Account, Target};
-use crate::store::{
-    Accepted, Answer, CallbackId, Job, NewCallback, NewJob, Replay, new_lease_token,
-};
+use crate::routing::Account;
+use crate::store::{Answer, Replay};
 use crate::telemetry::event_at;
 use crate::wechat::authorizer;
 use crate::wechat::{
     CallbackQuery, DedupeKey, Envelope, Kind, dedupe_key, open_callback, verify_url,
 };
 use rejection::Rejection;
-use resends::{Resends, Role};
+use resends::Resends;
 use shadow::ShadowLog;
 use sources::Sources;
 
@@ -64,8 +62,6 @@ const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 const FOLLOWER_SLACK: Duration = Duration::from_millis(200);
 /// WeChat gives up on an answer after 5 s; whatever happens, answer a little before that.
 const ANSWER_WITHIN: Duration = Duration::from_millis(4800);
-/// How often a resend polls the store for the answer of its first copy on another instance.
-const ANSWER_POLL: Duration = Duration::from_millis(25);
 
 /// Everything a request needs, shared by all connections.
 pub struct Ingress {
@@ -282,431 +278,6 @@ impl Ingress {
             max_skew_secs => check_freshness(query.timestamp.as_deref(), max_skew_secs),
         }
     }
-
-    async fn accept(
-        self: Arc<Self>,
-        verified: Verified,
-        started: Instant,
-    ) -> Result<Answer, Rejection> {
-        let Verified {
-            account,
-            envelope,
-            authorizer,
-            key,
-            replay,
-            content,
-        } = verified;
-        let deadline = started + self.settings.reply_deadline_ms.duration();
-        let answered_duplicate = |callback, how| {
-            self.answered_duplicate(&account, &key.key, callback, &envelope, started, how);
-        };
-        let leader = match self.resends.join(&key.key, deadline) {
-            Role::Leader(leader) => leader,
-            Role::Follower {
-                leader_deadline,
-                outcome,
-            } => {
-                // The leader answers by its own deadline, which may be later than ours.
-                let wait_until = deadline.max(leader_deadline) + FOLLOWER_SLACK;
-                let answer =
-                    tokio::time::timeout_at(wait_until.into(), resends::follow(outcome)).await;
-                return match answer {
-                    Ok(Some((callback, answer))) => {
-                        tracing::Span::current().record("callback", callback);
-                        answered_duplicate(callback, "resend answered like its first copy");
-                        Ok(answer)
-                    }
-                    // Not stored (yet): make WeChat try again rather than claim success.
-                    _ => Err(Rejection::Store(crate::store::StoreError::Other(
-                        "the first copy of this callback was not stored".into(),
-                    ))),
-                };
-            }
-        };
-        let matched: Vec<&Arc<Target>> = account
-            .targets
-            .iter()
-            .filter(|t| t.accepts(&envelope, authorizer.as_deref()))
-            .collect();
-        // The reply owner of this callback's route (`replies_to`, `primary`), if it gets it.
-        let primary = account.owner(&envelope, authorizer.as_deref());
-        // How each job starts, decided before it is stored (a job started at once is stored in
-        // flight, so no worker leases it twice). The primary relay takes from the primary's
-        // concurrency budget; without a permit, or while its circuit is open (it keeps failing),
-        // the primary is delivered like any other target and the answer is `success` at once.
-        // Other targets get their job handed straight to their worker when its handoff has room:
-        // the worker then needs no lease and no second copy of the body.
-        let now = now_ms();
-        let mut owner_permit = primary
-            .filter(|p| p.plumbing.breaker.open_for(now).is_none())
-            .and_then(|p| p.plumbing.permits.clone().try_acquire_owned().ok());
-        // Shadows of a relaying owner are asked at the same moment, with the same deadline,
-        // unless their own circuit is open.
-        let shadows: Vec<&Arc<Target>> = match (primary, &owner_permit) {
-            (Some(owner), Some(_)) => account
-                .shadows(owner)
-                .filter(|s| s.plumbing.breaker.open_for(now).is_none())
-                .collect(),
-            _ => Vec::new(),
-        };
-        let starts: Vec<Start> = matched
-            .iter()
-            .map(|t| {
-                let owner = primary.is_some_and(|p| Arc::ptr_eq(t, p));
-                let relay = if owner { owner_permit.take() } else { None };
-                let shadow = shadows
-                    .iter()
-                    .any(|s| Arc::ptr_eq(s, t))
-                    .then(|| t.plumbing.permits.clone().try_acquire_owned().ok())
-                    .flatten();
-                match (relay, shadow) {
-                    (Some(permit), _) => Start::Relay(permit),
-                    (None, Some(permit)) => Start::Shadow(permit),
-                    (None, None) => match t.plumbing.handoff.clone().try_reserve_owned() {
-                        Ok(handoff) => Start::Handoff(handoff),
-                        Err(_) => Start::Stored,
-                    },
-                }
-            })
-            .collect();
-        // Made before the write, so a write sent twice (a reconnect) carries the same ids.
-        let mut ids = self
-            .shared
-            .store
-            .next_ids(1 + matched.len())
-            .await?
-            .into_iter();
-        let callback_id = ids.next().unwrap_or_default();
-        let jobs: Vec<NewJob> = matched
-            .iter()
-            .zip(&starts)
-            .zip(ids)
-            .map(|((t, start), id)| NewJob {
-                id,
-                target: t.key.target.clone(),
-                lease: (!matches!(start, Start::Stored)).then(new_lease_token),
-            })
-            .collect();
-        let relaying = starts.iter().any(|s| matches!(s, Start::Relay(_)));
-        let answer_pending_ms = relaying.then(|| {
-            u64::try_from(
-                deadline
-                    .saturating_duration_since(Instant::now())
-                    .as_millis(),
-            )
-            .unwrap_or(u64::MAX)
-        });
-        let accepted = self
-            .shared
-            .store
-            .accept(NewCallback {
-                id: callback_id,
-                account: account.id.clone(),
-                dedupe_key: key.key.clone(),
-                legacy_dedupe_key: key.legacy.clone(),
-                received_at_ms: now_ms(),
-                msg_type: envelope.msg_type.clone(),
-                event: envelope.event.clone(),
-                request: replay.clone(),
-                jobs: jobs.clone(),
-                answer_pending_ms,
-            })
-            .await?;
-        let (callback, job_ids) = match accepted {
-            Accepted::Duplicate {
-                answer,
-                callback,
-                answer_pending,
-            } => {
-                // Recorded once, before waiting: the lines of the wait carry the id too.
-                tracing::Span::current().record("callback", callback);
-                let answer = match (answer, answer_pending) {
-                    (Some(answer), _) => answer,
-                    (None, Some(pending)) => {
-                        self.first_answer(&account.id, callback, pending, deadline)
-                            .await
-                    }
-                    (None, None) => success(),
-                };
-                leader.publish(callback, answer.clone());
-                answered_duplicate(callback, "resend of a stored callback");
-                return Ok(answer);
-            }
-            Accepted::New { callback, jobs } => (callback, jobs),
-        };
-        // Every later line of this callback, and each delivery line, carries this id.
-        tracing::Span::current().record("callback", callback);
-        // Before any job starts, so the console has the row when the first attempt ends.
-        self.shared.events.publish(Event::Callback(CallbackEvent {
-            at_ms: now_ms(),
-            account: account.id.to_string(),
-            callback,
-            msg_type: envelope.msg_type.clone(),
-            event: envelope.event.clone(),
-            msg_id: envelope.msg_id.clone(),
-            jobs: (matched.iter().zip(&job_ids))
-                .map(|(t, &job)| JobRef {
-                    job,
-                    target: t.key.target.to_string(),
-                })
-                .collect(),
-            from: content
-                .is_some()
-                .then(|| envelope.from_user_name.clone())
-                .flatten(),
-            content,
-        }));
-        let new_job = |target: &Target, id, lease: Option<u64>| Job {
-            id,
-            callback,
-            key: target.key.clone(),
-            lease: lease.unwrap_or(0),
-            attempts: 0,
-            retry_base: 0,
-            request: replay.clone(),
-        };
-        let mut relay = None;
-        let mut shadowed = Vec::new();
-        for (((target, id), start), stored) in matched.iter().zip(job_ids).zip(starts).zip(&jobs) {
-            let job = new_job(target, id, stored.lease);
-            match start {
-                Start::Relay(permit) => {
-                    self.shared.leases.hold(&job);
-                    relay = Some((*target, permit, job))
-                }
-                Start::Shadow(permit) => {
-                    self.shared.leases.hold(&job);
-                    let answer = self.start_attempt((*target).clone(), permit, job);
-                    shadowed.push(((*target).clone(), answer));
-                }
-                Start::Handoff(handoff) => {
-                    // Held before it is sent: the worker may be done with it at once.
-                    self.shared.leases.hold(&job);
-                    let (id, lease) = (job.id, job.lease);
-                    if handoff.send(job).is_closed() {
-                        // The worker is stopping: it returns the jobs it still drains to the
-                        // store as due, and one it no longer drains is due once its lease runs
-                        // out. Neither needs renewing, and nothing here would let go of it.
-                        self.shared.leases.let_go(id, lease);
-                    }
-                }
-                Start::Stored => target.plumbing.wake.notify_one(),
-            }
-        }
-        let (relayed, late) = match relay {
-            Some((primary, permit, job)) => self.relay(primary, permit, job, deadline).await,
-            None => {
-                if primary.is_some() {
-                    self.shared.metrics.primary(&account.id, "skipped");
-                }
-                (None, None)
-            }
-        };
-        // WeChat gets `success` now; the owner's answer, if it still comes, can only reach the
-        // user through the customer-service API (`late_replies`).
-        if let (Some(late), Some(sender)) = (late, &account.late_replies) {
-            let rescue = rescue::late_reply(
-                self.shared.store.clone(),
-                self.shared.metrics.clone(),
-                account.clone(),
-                sender.clone(),
-                callback,
-                envelope.from_user_name.clone(),
-                late,
-            );
-            self.shared.in_flight.spawn(rescue.in_current_span());
-        }
-        if let (false, Some(owner)) = (shadowed.is_empty(), primary) {
-            let compare = shadow::compare(
-                self.shadows.clone(),
-                account.clone(),
-                owner.key.target.clone(),
-                callback,
-                relayed
-                    .as_ref()
-                    .map_or_else(|| success().body, |a| a.body.clone()),
-                shadowed,
-                deadline,
-            );
-            self.shared.in_flight.spawn(compare.in_current_span());
-        }
-        let answered = if relayed.is_some() {
-            "relayed"
-        } else {
-            "success"
-        };
-        info!(
-            msg_type = envelope.msg_type.as_deref().unwrap_or("-"),
-            event = envelope.event.as_deref().unwrap_or("-"),
-            // Both embed the openid: a keyed hash unless `log.show_user_ids` is set.
-            user = %account.user_ids.show(envelope.from_user_name.as_deref().unwrap_or("-")),
-            dedupe_key = %account.user_ids.show(&key.key),
-            targets = %TargetNames(&matched),
-            outcome = "accepted",
-            answer = answered,
-            elapsed_us = started.elapsed().as_micros() as u64,
-            "callback"
-        );
-        self.shared.events.publish(Event::Answered {
-            callback,
-            answer: answered.to_owned(),
-        });
-        let answer = relayed.unwrap_or_else(success);
-        leader.publish(callback, answer.clone());
-        if answer_pending_ms.is_some() {
-            // Resends were told an answer may come (`answer_pending`): save the one WeChat got,
-            // the primary's or `success` when it did not answer in time, so that copies waiting
-            // on other instances stop at once with the same bytes. Keep leading until it is
-            // saved, so no resend here can miss it.
-            let store = self.shared.store.clone();
-            let saved = answer.clone();
-            let account_id = account.id.clone();
-            self.shared.in_flight.spawn(async move {
-                if let Err(e) = store.save_answer(&account_id, callback, saved).await {
-                    warn!(error = %e, "could not save the answer; a resend will get success");
-                }
-                drop(leader);
-            });
-        }
-        self.shared
-            .metrics
-            .callback(&account.id, CallbackOutcome::Accepted);
-        self.shared
-            .metrics
-            .answered(&account.id, started.elapsed().as_secs_f64());
-        Ok(answer)
-    }
-
-    /// A resend answered like its first copy (`how`: which way): its log line, its console line
-    /// (the ids of what was resent, nothing personal) and its metrics.
-    fn answered_duplicate(
-        &self,
-        account: &Account,
-        key: &str,
-        callback: CallbackId,
-        envelope: &Envelope,
-        started: Instant,
-        how: &'static str,
-    ) {
-        info!(dedupe_key = %account.user_ids.show(key), outcome = "duplicate", "{how}");
-        self.shared.events.publish(Event::Duplicate {
-            at_ms: now_ms(),
-            account: account.id.to_string(),
-            callback,
-            msg_type: envelope.msg_type.clone(),
-            event: envelope.event.clone(),
-            msg_id: envelope.msg_id.clone(),
-        });
-        self.shared
-            .metrics
-            .callback(&account.id, CallbackOutcome::Duplicate);
-        self.shared
-            .metrics
-            .answered(&account.id, started.elapsed().as_secs_f64());
-    }
-
-    /// The answer a resend gets while the first copy of its callback may still be relaying the
-    /// primary's answer, here or on another instance: polls the store for the answer the first
-    /// copy saves, until it is due (`pending`, by the store's clock, plus a little for the save
-    /// to land) or this copy's own deadline passes. Then `success`: the callback is stored, and a
-    /// 5xx would only make WeChat resend it again.
-    async fn first_answer(
-        &self,
-        account: &str,
-        callback: CallbackId,
-        pending: Duration,
-        deadline: Instant,
-    ) -> Answer {
-        // Well inside the 503 that `callback` answers at `deadline + FOLLOWER_SLACK` at the
-        // earliest.
-        let until = (Instant::now() + pending + FOLLOWER_SLACK).min(deadline + FOLLOWER_SLACK / 2);
-        loop {
-            match tokio::time::timeout_at(until.into(), self.shared.store.answer(account, callback))
-                .await
-            {
-                Ok(Ok(Some(answer))) => {
-                    debug!("the first copy's answer arrived");
-                    return answer;
-                }
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => debug!(error = %e, "could not read the first copy's answer"),
-                Err(_) => break,
-            }
-            if Instant::now() + ANSWER_POLL >= until {
-                break;
-            }
-            tokio::time::sleep(ANSWER_POLL).await;
-        }
-        info!("the first copy's answer did not come in time; answering success");
-        success()
-    }
-
-    /// Sends `job` now, in its own task that records the outcome like any delivery; the
-    /// attempt's result also comes back through the returned channel.
-    fn start_attempt(
-        &self,
-        target: Arc<Target>,
-        permit: OwnedSemaphorePermit,
-        job: Job,
-    ) -> oneshot::Receiver<Attempt> {
-        let (reply, answer) = oneshot::channel();
-        let shared = self.shared.clone();
-        self.shared.in_flight.spawn(
-            async move {
-                let attempt = shared.attempts.attempt(&target, &job).await;
-                drop(permit);
-                let _ = reply.send(attempt.clone());
-                (shared.attempts)
-                    .finish(&*shared.store, &target, &job, &attempt)
-                    .await;
-                shared.leases.let_go(job.id, job.lease);
-                // A retry may now be scheduled: let the target's worker see when it is due.
-                target.plumbing.wake.notify_one();
-            }
-            .in_current_span(),
-        );
-        answer
-    }
-
-    /// Sends the primary's job now and waits for its answer until `deadline`; the attempt goes on
-    /// (and is recorded) past the deadline, like any delivery, and past it its answer comes
-    /// through the returned receiver.
-    async fn relay(
-        &self,
-        target: &Arc<Target>,
-        permit: OwnedSemaphorePermit,
-        job: Job,
-        deadline: Instant,
-    ) -> (Option<Answer>, Option<oneshot::Receiver<Attempt>>) {
-        let mut answer = self.start_attempt(target.clone(), permit, job);
-        let (outcome, relayed, late) =
-            match tokio::time::timeout_at(deadline.into(), &mut answer).await {
-                Ok(Ok(Attempt {
-                    reply: Some((content_type, body)),
-                    ..
-                })) => ("relayed", Some(Answer { content_type, body }), None),
-                Ok(Ok(Attempt {
-                    withheld: Some(why),
-                    ..
-                })) => {
-                    // Delivered, but WeChat would not get the owner's whole answer.
-                    warn!(
-                        target = &*target.key.target,
-                        outcome = why.label(),
-                        reason = %why,
-                        "the reply owner's answer is not relayed; WeChat gets success"
-                    );
-                    (why.label(), None, None)
-                }
-                Ok(_) => ("failed", None, None),
-                Err(_) => {
-                    debug!("primary did not answer before the reply deadline");
-                    ("timed_out", None, Some(answer))
-                }
-            };
-        self.shared.metrics.primary(&target.key.account, outcome);
-        (relayed, late)
-    }
 }
 
 /// Serves `listener` until `shutdown` fires, then lets open connections finish within `grace`.
@@ -758,21 +329,6 @@ pub async fn serve(
     }
 }
 
-/// `bot,crm`: the names of the targets a callback goes to, written only when its line is logged.
-struct TargetNames<'a>(&'a [&'a Arc<Target>]);
-
-impl std::fmt::Display for TargetNames<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, target) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            f.write_str(&target.key.target)?;
-        }
-        Ok(())
-    }
-}
-
 /// A callback whose signature checked out, on its way into the store.
 struct Verified {
     account: Arc<Account>,
@@ -783,18 +339,6 @@ struct Verified {
     replay: Arc<Replay>,
     /// The message as text, for a console that shows content (`admin.show_content`).
     content: Option<String>,
-}
-
-/// How a new job starts once its callback is stored.
-enum Start {
-    /// The primary's, sent by ingress now; its answer may become the passive reply.
-    Relay(OwnedSemaphorePermit),
-    /// A shadow's (`shadow_of`) of the relaying owner, sent by ingress now; only compared.
-    Shadow(OwnedSemaphorePermit),
-    /// Handed to the target's worker with the request in memory.
-    Handoff(OwnedPermit<Job>),
-    /// Left in the store as due; the target's worker is rung.
-    Stored,
 }
 
 /// `/wechat/{id}` (a trailing slash allowed) → `id`; `/wechat/{id}/{authorizer}` → both.

@@ -41,6 +41,10 @@ pub enum Rejection {
     Verify(#[from] VerifyError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A resend that came while its first copy was being handled here, and that copy was not
+    /// stored: WeChat must try again rather than hear success for nothing.
+    #[error("the first copy of this callback was not stored")]
+    FirstCopyNotStored,
     /// The store did not answer before WeChat would give up; the callback may still be stored
     /// (its resend then gets the stored answer).
     #[error("the store did not answer in time")]
@@ -62,7 +66,9 @@ impl Rejection {
             Rejection::Source(_) => StatusCode::FORBIDDEN,
             Rejection::Verify(e) if e.is_unauthorized() => StatusCode::UNAUTHORIZED,
             Rejection::Verify(_) => StatusCode::BAD_REQUEST,
-            Rejection::Store(_) | Rejection::StoreTooSlow => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::Store(_) | Rejection::StoreTooSlow | Rejection::FirstCopyNotStored => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Rejection::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -72,7 +78,10 @@ impl Rejection {
         match self {
             Rejection::Store(_) | Rejection::StoreTooSlow | Rejection::Internal => Level::ERROR,
             Rejection::Verify(e) if e.is_unauthorized() => Level::WARN,
-            Rejection::StaleTimestamp | Rejection::Source(_) => Level::WARN,
+            // The first copy's failure was logged as an error already.
+            Rejection::StaleTimestamp | Rejection::Source(_) | Rejection::FirstCopyNotStored => {
+                Level::WARN
+            }
             _ => Level::INFO,
         }
     }
@@ -94,6 +103,7 @@ impl Rejection {
             Rejection::Verify(e) => e.reason(),
             Rejection::Store(_) => "store",
             Rejection::StoreTooSlow => "store_too_slow",
+            Rejection::FirstCopyNotStored => "first_copy_not_stored",
             Rejection::Internal => "internal",
         }
     }

@@ -335,13 +335,18 @@ fn check_config_and_serve_name_every_problem_of_a_file_at_once() {
     let listen = free_addr();
     let fields = config(dir.path(), listen, "primary = \"nobody\"")
         .replace("[server]\n", "[server]\nreply_deadline_ms = 6000\n");
-    let building = config(dir.path(), listen, "allowed_sources = []")
-        .replace(wx_key(), "tooShort");
+    let building = config(dir.path(), listen, "allowed_sources = []").replace(wx_key(), "tooShort");
     for (text, keys) in [
-        (&fields, &["server.reply_deadline_ms", "accounts[0].primary"]),
+        (
+            &fields,
+            &["server.reply_deadline_ms", "accounts[0].primary"],
+        ),
         (
             &building,
-            &["accounts[0].encoding_aes_key", "accounts[0].allowed_sources"],
+            &[
+                "accounts[0].encoding_aes_key",
+                "accounts[0].allowed_sources",
+            ],
         ),
     ] {
         let path = write(dir.path(), text);
@@ -351,7 +356,10 @@ fn check_config_and_serve_name_every_problem_of_a_file_at_once() {
             assert_eq!(output.status.code(), Some(64), "{command}: {stderr}");
             assert!(stderr.contains("2 problems:"), "{command}: {stderr}");
             for key in keys {
-                assert!(stderr.contains(key), "{command} does not name {key}: {stderr}");
+                assert!(
+                    stderr.contains(key),
+                    "{command} does not name {key}: {stderr}"
+                );
             }
         }
         std::net::TcpListener::bind(listen).expect("the port stayed free");
@@ -381,7 +389,10 @@ async fn client_commands_need_no_account_secret() {
             &format!("encoding_aes_key = \"{}\"", wx_key()),
             "encoding_aes_key_env = \"WF_TEST_NEVER_SET_KEY\"",
         );
-    assert!(secretless.contains("WF_TEST_NEVER_SET_TOKEN"), "{secretless}");
+    assert!(
+        secretless.contains("WF_TEST_NEVER_SET_TOKEN"),
+        "{secretless}"
+    );
     let path = write(dir.path(), &secretless);
     let health = crate::support::binary::run_async(&["healthcheck", "--config", &path]).await;
     assert_eq!(health.code, Some(0), "{health:#?}");
@@ -390,5 +401,8 @@ async fn client_commands_need_no_account_secret() {
     assert_eq!(letters.code, Some(0), "{letters:#?}");
     let check = crate::support::binary::run_async(&["check-config", "--config", &path]).await;
     assert_eq!(check.code, Some(64), "{check:#?}");
-    assert!(check.stderr.contains("WF_TEST_NEVER_SET_TOKEN"), "{check:#?}");
+    assert!(
+        check.stderr.contains("WF_TEST_NEVER_SET_TOKEN"),
+        "{check:#?}"
+    );
 }
