@@ -24,8 +24,9 @@ use crate::store::leases::Leases;
 use crate::store::{AttemptReport, Disposition, Job, JobId, Recorded, Store, StoreError};
 use crate::telemetry::event_at;
 use crate::wechat::Fresh;
-use crate::wechat::authorizer::{self, AUTHORIZER_HEADER};
-use crate::wechat::resign::ResignError;
+use crate::wechat::AUTHORIZER_HEADER;
+use crate::wechat::authorizer;
+use crate::wechat::ResignError;
 
 /// Names the delivery (the job id): the same for every attempt of one delivery.
 pub const DELIVERY_HEADER: &str = "x-wechat-fanout-delivery";
@@ -85,7 +86,7 @@ pub struct Attempt {
 /// Why a target's 2xx answer is no reply: WeChat gets `success` instead of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Withheld {
-    /// Its body was over [`MAX_RESPONSE_BYTES`], so it was not read to its end: relaying the
+    /// Its body was over [`crate::outbound::MAX_RESPONSE_BYTES`], so it was not read to its end: relaying the
     /// part that was read would show the user a cut reply.
     #[error("the answer exceeded the 1 MiB cap on a target's answer")]
     TooLarge,

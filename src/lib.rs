@@ -1,32 +1,29 @@
 //! wechat-fanout: one WeChat callback URL, many downstream services.
 //!
 //! # Layout
-//! Data flows one way: accept → verify → buffer → dedupe → persist → reply → deliver.
+//! Data flows one way: accept → verify → buffer → dedupe → persist → reply → deliver. A folder
+//! per layer, listed lowest first; a module imports only from modules above it here, never below
+//! (`tests/layout.rs` checks it).
 //!
-//! - [`config`]: defaults → file → environment, validated; names the bad key.
-//! - [`wechat`]: the protocol as pure functions (signatures, AES, envelopes, dedupe keys).
-//! - [`targets`]: the routing table built from the config: accounts, targets, filters; the
-//!   reply owner of each route ([`replies`]); [`authorizer`]: which account an open platform
-//!   callback concerns, carried to targets.
-//! - [`store`]: the durable queue and dedupe, one trait: SQLite (default, one instance) or Redis
-//!   (shared by several instances; leases with tokens, the store's clock).
-//! - [`retry`]: which answers are retried, and when; [`downstream`]: the byte-identical replay,
-//!   or, for a target with its own credentials, the re-signed one ([`resign`]).
-//! - [`leases`]: keeps alive the leases this process holds (on a store where they expire).
-//! - [`ingress`]: the WeChat-facing server: verify, buffer, persist, answer in time; only from
-//!   allowed sources ([`sources`], with WeChat's callback IPs from [`wechat_api`]).
+//! - Leaves: [`clock`] (the one clock), [`cidr`] (address blocks), [`error`] (errors as people
+//!   read them), [`escape`] (caller text made safe for a log line), [`privacy`] (users named in
+//!   logs only by a keyed hash), [`shutdown`] (signals, work in flight), [`metrics`], [`http`]
+//!   (the listeners' small answers), [`events`] (what the live console shows), [`telemetry`]
+//!   (logging).
+//! - [`wechat`]: the protocol as pure functions (signatures, AES, envelopes, replies, dedupe
+//!   keys, per-target re-signing): no I/O, no clock, randomness handed in.
+//! - [`config`]: what the user wrote: defaults → file → environment, each field's rules.
+//! - [`outbound`]: the wire to targets (and WeChat's API): bytes to a URL, and the answer.
+//! - [`store`]: the durable queue and dedupe, one trait: SQLite (default, one instance) or
+//!   Redis (several instances; leases with tokens, the store's clock).
+//! - [`routing`]: the routing table, built once from the config (the only place its rules are
+//!   checked): accounts, targets, filters, reply owners, retry rules.
+//! - [`attempt`]: one delivery attempt and its record, and the parts every face shares.
 //! - [`delivery`]: one worker per target: lease due jobs, send, record.
-//! - [`rescue`]: a reply owner's late answer sent through the customer-service API, as a job of
-//!   the account's internal late-replies target ([`wechat_api`] sends it).
-//! - [`shadow`]: candidate targets' answers compared with the owner's, never sent to WeChat.
-//! - [`events`]: what happened, for the live console: ingress and delivery publish, never wait.
-//! - [`admin`]: health, readiness, metrics, dead letters, shadow differences, on a separate
-//!   port; [`metrics`]; [`console`]: the live console in the browser, its login and its event
-//!   stream.
-//! - [`error`], [`shutdown`], [`telemetry`]: rejection mapping, signals, logging; [`escape`]:
-//!   caller text made safe for a log line or an error message; [`privacy`]: users named in logs
-//!   only by a keyed hash.
-//! - [`cli`], [`admin_client`], [`simulate`], [`probe`]: the commands besides `serve`.
+//! - [`ingress`]: the WeChat-facing server: verify, buffer, persist, answer in time.
+//! - [`cmd`]: the commands besides `serve`: they talk to a running proxy over HTTP.
+//! - [`admin`]: health, readiness, metrics, dead letters and the console, on their own port.
+//! - [`app`]: the wiring: run, reload, the background loops.
 //!
 //! `ingress` and `delivery` never import each other: the stored job is their shared vocabulary.
 #![forbid(unsafe_code)]

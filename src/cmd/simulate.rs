@@ -24,9 +24,10 @@ use url::Url;
 
 use crate::cmd::admin_client::reachable;
 use crate::config::{AccountKind, Config};
-use crate::wechat::envelope::{encrypted_reply, push_cdata_element as push_cdata};
-use crate::wechat::reply::open_signed_reply;
-use crate::wechat::{Credentials, Fresh, Kind, SealParams, seal_callback, seal_handshake};
+use crate::wechat::{
+    Credentials, Fresh, Kind, SealParams, encrypted_reply, open_signed_reply,
+    push_cdata_element as push_cdata, seal_callback, seal_handshake,
+};
 
 const DEFAULT_TEXT: &str = "hello from wechat-fanout simulate";
 /// Shaped like a real openid (28 characters, leading `o`), and plainly fake.
@@ -125,7 +126,7 @@ pub async fn run(
         );
     }
     if let Some(appid) = &args.authorizer
-        && !crate::wechat::authorizer::is_app_id(appid)
+        && !crate::wechat::is_app_id(appid)
     {
         bail!("--authorizer {appid:?}: not an app id (letters, digits, '-', '_')");
     }

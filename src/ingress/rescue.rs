@@ -21,7 +21,7 @@ use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use crate::routing::{Account, Target};
 use crate::store::{Accepted, NewCallback, NewJob, Replay, Store};
-use crate::wechat::reply::{field, is_empty_reply, open_reply, xml_fields};
+use crate::wechat::{is_empty_reply, open_reply, reply_field as field, xml_fields};
 
 /// Waits for the owner's late attempt; converts and stores its reply, if it has one.
 pub async fn late_reply(

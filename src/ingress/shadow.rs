@@ -22,7 +22,7 @@ use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use crate::routing::{Account, Target};
 use crate::wechat::Credentials;
-use crate::wechat::reply::{is_empty_reply, open_reply, xml_fields};
+use crate::wechat::{is_empty_reply, open_reply, xml_fields};
 
 /// How many differences are kept for the admin API.
 pub const KEEP: usize = 100;

@@ -12,8 +12,10 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use super::MAX_RESPONSE_BYTES;
-
+/// A target's answer body is read up to this size (a passive reply is a few KiB at most); a
+/// longer one is no reply (see `attempt::Withheld::TooLarge`, whose message, like the README,
+/// says 1 MiB).
+pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
 /// An answer's head (status line and headers), a chunk size line or a trailer line longer than
 /// this is refused.
 const MAX_HEAD_BYTES: usize = 64 * 1024;

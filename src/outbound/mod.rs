@@ -24,7 +24,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use answer::Answer;
+pub use answer::{Answer, MAX_RESPONSE_BYTES};
 
 pub mod answer;
 mod h1;
@@ -35,10 +35,6 @@ pub mod wechat_api;
 pub use origin::Origin;
 pub use pipeline::PipeError;
 
-/// A target's answer body is read up to this size (a passive reply is a few KiB at most); a
-/// longer one is no reply (see `attempt::Withheld::TooLarge`, whose message, like the README,
-/// says 1 MiB).
-pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
 /// An HTTP/2 connection that sent nothing for this long while requests are in flight on it is
 /// pinged, and closed if the ping is not answered within the same time. A timed-out request only
 /// resets its stream and the connection stays pooled, so without this a connection whose peer

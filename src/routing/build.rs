@@ -23,8 +23,7 @@ use crate::outbound::Origin;
 use crate::outbound::wechat_api::ApiAccount;
 use crate::privacy::UserIds;
 use crate::store::TargetKey;
-use crate::wechat::resign::Resign;
-use crate::wechat::{AesKey, Credentials, Kind, Security};
+use crate::wechat::{AesKey, Credentials, Kind, Resign, Security};
 
 /// `result`'s value, or `None` with its error pushed to `errors`.
 fn kept<T>(errors: &mut Vec<ConfigError>, result: Result<T, ConfigError>) -> Option<T> {

@@ -27,9 +27,8 @@ use crate::privacy::UserIds;
 use crate::routing::replies::Owners;
 use crate::routing::retry::Breaker;
 use crate::store::{Job, TargetKey};
-use crate::wechat::resign::Resign;
 
-use crate::wechat::{Credentials, Envelope};
+use crate::wechat::{Credentials, Envelope, Resign};
 
 /// Jobs that can wait in a target's handoff, per request it may have in flight. Past that,
 /// ingress stores new jobs as pending and the worker leases them when it catches up.

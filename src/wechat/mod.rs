@@ -15,11 +15,18 @@ pub mod reply;
 pub mod resign;
 pub mod signature;
 
+pub use authorizer::{AUTHORIZER_HEADER, is_app_id};
 pub use callback::{
     CallbackQuery, Credentials, Fresh, Kind, Opened, SealParams, SealedRequest, Security,
     VerifyError, open_callback, seal_callback, seal_handshake, verify_url,
 };
 pub use crypto::{AesKey, CryptoError};
 pub use dedupe::{DedupeKey, dedupe_key};
-pub use envelope::{Envelope, EnvelopeError, Format, Sealed};
+pub use envelope::{
+    Envelope, EnvelopeError, Format, Sealed, encrypted_reply, push_cdata_element,
+};
+pub use reply::{
+    field as reply_field, is_empty_reply, open_reply, open_signed_reply, xml_fields,
+};
+pub use resign::{Resign, ResignError};
 pub use signature::{Signature, msg_signature, signature};
