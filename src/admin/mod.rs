@@ -52,10 +52,9 @@ use crate::attempt::{ACCOUNT_HEADER, Shared};
 use crate::clock::now_ms;
 use crate::events::Event;
 use crate::ingress::shadow::ShadowLog;
-use crate::ingress::text;
+use crate::http::{json, text};
 use crate::store::{DeadLetterFilter, StoreError};
 
-const JSON: &str = "application/json";
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Admin {
@@ -585,14 +584,4 @@ fn parse_scope(query: &str) -> Result<DeadLetterFilter, (StatusCode, String)> {
 
 fn store_error(e: StoreError) -> (StatusCode, String) {
     (StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-}
-
-fn json(status: StatusCode, value: &impl Serialize) -> Response<Full<Bytes>> {
-    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, http::HeaderValue::from_static(JSON));
-    response
 }

@@ -176,8 +176,7 @@ async fn probe_one(client: &reqwest::Client, account: &Account, target: &Target)
     // A URL with `{authorizer}` is probed for the first authorizer it filters on, else for a
     // placeholder app id.
     let base = target.url_for(Some(target.probe_authorizer().unwrap_or(PLACEHOLDER_APPID)));
-    let separator = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{separator}{query}");
+    let url = crate::outbound::with_query(&base, &query);
     let timeout = target.settings.timeout;
     let started = Instant::now();
     let answer = tokio::time::timeout(timeout, async {

@@ -172,7 +172,7 @@ pub async fn run(
         let mut sealed = seal_callback(&credentials, &text, params);
         // Authorization events carry the component's `AppId` beside `Encrypt`.
         sealed.body = sealed.body.replace("ToUserName>", "AppId>");
-        let target = with_query(&url, &sealed.query);
+        let target = with_query(&url, &sealed.query)?;
         writeln!(
             out,
             "message   authorization event {info_type}\n{text}\nPOST      {}",
@@ -219,7 +219,7 @@ pub async fn run(
         agent_id: agent_id.as_deref(),
     };
     let sealed = seal_callback(&credentials, &text, params);
-    let target = with_query(&url, &sealed.query);
+    let target = with_query(&url, &sealed.query)?;
     let summary = match action {
         Action::Text { msg_id, .. } => format!("text, MsgId {msg_id}"),
         Action::Event { name, .. } => format!("event {name}"),
@@ -279,7 +279,7 @@ async fn handshake(
         Kind::WeCom => WECOM_HANDSHAKE_PATIENCE,
         _ => POST_PATIENCE,
     };
-    let target = with_query(url, &query);
+    let target = with_query(url, &query)?;
     writeln!(out, "GET       {}", shown(&target))?;
     let request = client()?.get(target);
     let what = "sending the URL handshake to";
@@ -349,14 +349,9 @@ fn default_url(listen: SocketAddr, id: &str) -> anyhow::Result<Url> {
 }
 
 /// `url` with `query` appended to whatever query it already has.
-fn with_query(url: &Url, query: &str) -> Url {
-    let mut url = url.clone();
-    let joined = match url.query() {
-        Some(existing) if !existing.is_empty() => format!("{existing}&{query}"),
-        _ => query.to_owned(),
-    };
-    url.set_query(Some(&joined));
-    url
+fn with_query(url: &Url, query: &str) -> anyhow::Result<Url> {
+    let joined = crate::outbound::with_query(url.as_str(), query);
+    Url::parse(&joined).with_context(|| format!("adding the query to {url}"))
 }
 
 /// The URL for printing: `signature` and `msg_signature` values replaced by `…`.

@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::attempt::Shared;
+use crate::http::text;
 use crate::clock::now_ms;
 use crate::config::ServerConfig;
 use crate::events::Event;
@@ -56,7 +57,6 @@ use shadow::ShadowLog;
 use sources::Sources;
 
 const SUCCESS: &[u8] = b"success";
-const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 /// How long past the leader's deadline a concurrent copy waits for the leader's answer: the
 /// leader publishes as soon as its deadline passes, so this covers scheduling, not work.
 const FOLLOWER_SLACK: Duration = Duration::from_millis(200);
@@ -385,7 +385,7 @@ fn check_freshness(timestamp: Option<&str>, max_skew_secs: u64) -> Result<(), Re
 
 fn success() -> Answer {
     Answer {
-        content_type: Some(TEXT_PLAIN.to_owned()),
+        content_type: Some(crate::http::TEXT_PLAIN.to_owned()),
         body: Bytes::from_static(SUCCESS),
     }
 }
@@ -399,16 +399,6 @@ fn answer_response(answer: &Answer) -> Response<Full<Bytes>> {
     {
         response.headers_mut().insert(CONTENT_TYPE, value);
     }
-    response
-}
-
-/// A plain-text response (also the admin API's).
-pub(crate) fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(body.into()));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, http::HeaderValue::from_static(TEXT_PLAIN));
     response
 }
 

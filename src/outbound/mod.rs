@@ -214,7 +214,7 @@ impl Outbound {
 
 /// `base` (a URL, or a path) with the callback's `query` appended: after `&` when `base` has a
 /// query of its own.
-fn with_query(base: &str, query: &str) -> String {
+pub fn with_query(base: &str, query: &str) -> String {
     let mut url = String::with_capacity(base.len() + query.len() + 1);
     url.push_str(base);
     if !query.is_empty() {

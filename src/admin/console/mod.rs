@@ -49,7 +49,8 @@ use tracing::{info, warn};
 pub use auth::{Auth, CSRF_HEADER, Session};
 use guesses::Guesses;
 
-use crate::clock::now_ms;
+use crate::clock::{now_ms, now_secs};
+use crate::http::{error as refuse, json};
 use crate::config::{AdminConfig, ConfigError};
 use crate::events::{Event, EventFeed, Received};
 
@@ -192,7 +193,7 @@ impl Console {
             self.guesses.give_back(peer, Instant::now());
             return Ok(Caller::Bearer);
         }
-        let session = header(COOKIE.as_str()).and_then(|cookie| auth.session_of(cookie, now_s()));
+        let session = header(COOKIE.as_str()).and_then(|cookie| auth.session_of(cookie, now_secs()));
         let Some(session) = session else {
             return Err(Refusal::NoToken);
         };
@@ -249,7 +250,7 @@ impl Console {
             return Err(Refusal::BadToken);
         }
         self.guesses.give_back(peer, Instant::now());
-        let (cookie, session) = auth.open_session(now_s());
+        let (cookie, session) = auth.open_session(now_secs());
         info!("console login");
         let mut response = json(
             StatusCode::OK,
@@ -640,24 +641,6 @@ fn same_origin<B>(request: &Request<B>) -> bool {
     matches!((origin_host, host), (Some(a), Some(b)) if a.eq_ignore_ascii_case(b))
 }
 
-fn now_s() -> u64 {
-    u64::try_from(now_ms() / 1000).unwrap_or(0)
-}
-
-fn refuse(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
-    json(status, &serde_json::json!({ "error": message }))
-}
-
-fn json(status: StatusCode, value: &impl Serialize) -> Response<Full<Bytes>> {
-    let body = serde_json::to_vec(value).unwrap_or_default();
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -761,7 +744,7 @@ mod tests {
     fn a_session_changes_state_only_with_its_csrf_token() {
         let console = console(Some(TOKEN));
         let auth = Auth::new(TOKEN);
-        let (cookie, session) = auth.open_session(now_s());
+        let (cookie, session) = auth.open_session(now_secs());
         let cookie = format!("wf_console={cookie}");
         let status = |r: Result<Caller, Refusal>| r.map(|_| ()).map_err(|e| e.response().status());
         assert_eq!(

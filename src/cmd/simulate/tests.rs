@@ -285,7 +285,8 @@ fn printed_urls_leave_out_signature_values() {
     let full = with_query(
         &url,
         "signature=abc&timestamp=1&msg_signature=def&echostr=a%2Bb",
-    );
+    )
+    .unwrap();
     assert_eq!(
         shown(&full),
         "http://h/wechat/a?x=1&signature=…&timestamp=1&msg_signature=…&echostr=a%2Bb"
