@@ -8,25 +8,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
 
 use crate::clock::{self, now_ms};
 use crate::events::{AttemptEvent, Event, EventFeed};
 use crate::metrics::Metrics;
-use crate::outbound::answer::Answer;
 use crate::outbound::wechat_api::{ApiError, WechatApi};
-use crate::outbound::{Failure, Outbound, Outgoing};
+use crate::outbound::{Failure, Outbound, Outgoing, Response};
 use crate::routing::retry::{self, Verdict};
 use crate::routing::{Routes, Target};
 use crate::shutdown::InFlight;
 use crate::store::leases::Leases;
-use crate::store::{AttemptReport, Disposition, Job, JobId, Recorded, Store, StoreError};
+use crate::store::{Answer, AttemptReport, Disposition, Job, JobId, Recorded, Store, StoreError};
 use crate::telemetry::event_at;
-use crate::wechat::Fresh;
 use crate::wechat::AUTHORIZER_HEADER;
-use crate::wechat::authorizer;
+use crate::wechat::Fresh;
 use crate::wechat::ResignError;
+use crate::wechat::authorizer;
 
 /// Names the delivery (the job id): the same for every attempt of one delivery.
 pub const DELIVERY_HEADER: &str = "x-wechat-fanout-delivery";
@@ -71,9 +69,9 @@ impl std::fmt::Debug for Shared {
 pub struct Attempt {
     pub verdict: Verdict,
     pub status: Option<u16>,
-    /// Set when the target answered 2xx with a body that can be relayed: its body and content
-    /// type (for the primary relay).
-    pub reply: Option<(Option<String>, Bytes)>,
+    /// Set when the target answered 2xx with a body that can be relayed: the answer WeChat
+    /// would get (for the reply owner's relay).
+    pub reply: Option<Answer>,
     /// Set when the target answered 2xx (delivered) but its answer cannot be relayed: why.
     pub withheld: Option<Withheld>,
     pub error: Option<String>,
@@ -178,7 +176,7 @@ impl Attempts {
         let result = self.exchange(target, job).await;
         let elapsed = started.elapsed();
         match result {
-            Ok(Answer {
+            Ok(Response {
                 status,
                 retry_after,
                 content_type,
@@ -194,8 +192,8 @@ impl Attempts {
                     _ if withheld.is_some() => None,
                     Some(resign) if delivered => resign
                         .reply(&body, rand::random())
-                        .map(|b| (content_type, b)),
-                    _ => delivered.then_some((content_type, body)),
+                        .map(|body| Answer { content_type, body }),
+                    _ => delivered.then_some(Answer { content_type, body }),
                 };
                 Attempt {
                     verdict,
@@ -230,7 +228,7 @@ impl Attempts {
 
     /// One request and its answer: the stored job as WeChat sent it (or re-signed, for a
     /// target with its own credentials), with the delivery's headers.
-    async fn exchange(&self, target: &Target, job: &Job) -> Result<Answer, Unanswered> {
+    async fn exchange(&self, target: &Target, job: &Job) -> Result<Response, Unanswered> {
         let request = &job.request;
         // Open platform: the authorized account travels in front of WeChat's query.
         let (authorizer, wechat_query) = authorizer::split(&request.query);

@@ -83,11 +83,7 @@ fn the_house_rules_hold() {
         if !source.documented {
             broken.push(format!("{shown}: does not open with a //! paragraph"));
         }
-        let lines = source
-            .code
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .count();
+        let lines = source.code.lines().filter(|l| !l.trim().is_empty()).count();
         if lines > MAX_LINES_OF_CODE {
             broken.push(format!(
                 "{shown}: {lines} lines of code, more than {MAX_LINES_OF_CODE}"
@@ -193,7 +189,10 @@ fn read_sources(root: &Path) -> Vec<Source> {
                 .iter()
                 .map(|part| part.to_string_lossy().into_owned())
                 .collect();
-            if matches!(module.last().map(String::as_str), Some("mod" | "lib" | "main")) {
+            if matches!(
+                module.last().map(String::as_str),
+                Some("mod" | "lib" | "main")
+            ) {
                 module.pop();
             }
             Source {

@@ -1,11 +1,11 @@
-//! `downstream::answer::Decoder` on arbitrary bytes from a target, fed whole and in pieces cut
+//! `outbound::response::Decoder` on arbitrary bytes from a target, fed whole and in pieces cut
 //! where the input says: never panics, and the pieces never change the answers read, whether
 //! the connection closes after them, nor the first error. Layout: one byte `n` (cuts, mod 8),
 //! `n` little-endian `u16` cut positions, then the bytes of the connection.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wechat_fanout::outbound::answer::read_all;
+use wechat_fanout::outbound::response::read_all;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&n, rest)) = data.split_first() else {

@@ -51,8 +51,8 @@ use crate::admin::console::{Body, Console, Refusal};
 use crate::attempt::{ACCOUNT_HEADER, Shared};
 use crate::clock::now_ms;
 use crate::events::Event;
-use crate::ingress::shadow::ShadowLog;
 use crate::http::{json, text};
+use crate::ingress::shadow::ShadowLog;
 use crate::store::{DeadLetterFilter, StoreError};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(2);

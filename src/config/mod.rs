@@ -703,4 +703,4 @@ pub fn secret(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

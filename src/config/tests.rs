@@ -2,7 +2,8 @@
 
 use super::*;
 
-const MINIMAL: &str = r#"
+/// One account with one target: what the other tests of the configuration start from.
+pub(crate) const MINIMAL: &str = r#"
     [[accounts]]
     id = "main"
     kind = "official_account"
@@ -165,7 +166,7 @@ fn every_target_url_has_room_for_the_longest_accepted_query() {
         error_of(&longer)
     );
 
-    // At the limit, the URL a delivery builds (as `downstream` builds it) is a valid URI.
+    // At the limit, the URL a delivery builds (as `outbound` builds it) is a valid URI.
     let max = MAX_URI_BYTES / 2;
     let config =
         Config::from_toml(&format!("{MINIMAL}\n[server]\nmax_query_bytes = {max}")).unwrap();

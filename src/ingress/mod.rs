@@ -39,10 +39,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::attempt::Shared;
-use crate::http::text;
 use crate::clock::now_ms;
 use crate::config::ServerConfig;
 use crate::events::Event;
+use crate::http::text;
 use crate::metrics::CallbackOutcome;
 use crate::routing::Account;
 use crate::store::{Answer, Replay};

@@ -56,9 +56,9 @@ impl Ingress {
         let (outcome, relayed, late) =
             match tokio::time::timeout_at(deadline.into(), &mut answer).await {
                 Ok(Ok(Attempt {
-                    reply: Some((content_type, body)),
+                    reply: Some(answer),
                     ..
-                })) => ("relayed", Some(Answer { content_type, body }), None),
+                })) => ("relayed", Some(answer), None),
                 Ok(Ok(Attempt {
                     withheld: Some(why),
                     ..

@@ -37,7 +37,8 @@ pub async fn late_reply(
         return;
     };
     let outcome = match (&attempt.reply, attempt.withheld) {
-        (Some((_, body)), _) => {
+        (Some(answer), _) => {
+            let body = &answer.body;
             rescue(&*store, &account, &sender, callback, user.as_deref(), body).await
         }
         // An answer that is no reply (cut short) is not rescued from the part that was read.

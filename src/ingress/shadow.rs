@@ -21,6 +21,7 @@ use crate::attempt::Attempt;
 use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use crate::routing::{Account, Target};
+use crate::store::Answer;
 use crate::wechat::Credentials;
 use crate::wechat::{is_empty_reply, open_reply, xml_fields};
 
@@ -121,7 +122,7 @@ pub async fn compare(
     for (target, answer) in shadows {
         let (outcome, body) = match tokio::time::timeout_at(deadline.into(), answer).await {
             Ok(Ok(Attempt {
-                reply: Some((_, body)),
+                reply: Some(Answer { body, .. }),
                 ..
             })) => {
                 let outcome = if said(&body, &account.credentials) == owner_said {

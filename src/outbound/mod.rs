@@ -24,12 +24,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-pub use answer::{Answer, MAX_RESPONSE_BYTES};
+pub use response::{MAX_RESPONSE_BYTES, Response};
 
-pub mod answer;
 mod h1;
 mod origin;
 mod pipeline;
+pub mod response;
 pub mod wechat_api;
 
 pub use origin::Origin;
@@ -147,7 +147,7 @@ impl Outbound {
     }
 
     /// Sends `outgoing` and reads its answer, within its timeout.
-    pub async fn send(&self, outgoing: Outgoing<'_>) -> Result<Answer, Failure> {
+    pub async fn send(&self, outgoing: Outgoing<'_>) -> Result<Response, Failure> {
         let timeout = outgoing.timeout;
         match tokio::time::timeout(timeout, self.exchange(outgoing)).await {
             Ok(result) => result,
@@ -156,7 +156,7 @@ impl Outbound {
     }
 
     /// One request and its answer.
-    async fn exchange(&self, outgoing: Outgoing<'_>) -> Result<Answer, Failure> {
+    async fn exchange(&self, outgoing: Outgoing<'_>) -> Result<Response, Failure> {
         let Outgoing {
             url,
             origin,
@@ -202,7 +202,7 @@ impl Outbound {
             }
         };
         let header = |name| header_text(&head.headers, name);
-        Ok(Answer {
+        Ok(Response {
             status: head.status.as_u16(),
             retry_after: header(RETRY_AFTER),
             content_type: header(CONTENT_TYPE),
@@ -236,7 +236,7 @@ where
     request
 }
 
-/// The answer's body and whether it is whole (see [`Answer::whole`]): read to its end, even when
+/// The answer's body and whether it is whole (see [`Response::whole`]): read to its end, even when
 /// it is not needed, so that the connection can be used again; but a body over
 /// [`MAX_RESPONSE_BYTES`] is not read further, and comes back empty and not whole (its
 /// connection is not used again).

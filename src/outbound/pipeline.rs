@@ -23,8 +23,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::answer::{Answer, Decoder, Malformed};
 use super::h1::dial;
+use super::response::{Decoder, Malformed, Response};
 
 /// A connection that had nothing to send for this long is closed.
 const IDLE_FOR: Duration = Duration::from_secs(60);
@@ -54,14 +54,14 @@ pub enum PipeError {
 struct Queued {
     request: Bytes,
     timeout: Duration,
-    answer: oneshot::Sender<Result<Answer, PipeError>>,
+    answer: oneshot::Sender<Result<Response, PipeError>>,
 }
 
 /// A request written, waiting for its answer.
 struct Waiting {
     deadline: Instant,
     timeout: Duration,
-    answer: oneshot::Sender<Result<Answer, PipeError>>,
+    answer: oneshot::Sender<Result<Response, PipeError>>,
 }
 
 /// One pipelined connection per target address, each run by a task of its own.
@@ -92,7 +92,7 @@ impl Pipelines {
         address: &Authority,
         request: Bytes,
         timeout: Duration,
-    ) -> Result<Answer, PipeError> {
+    ) -> Result<Response, PipeError> {
         // A connection that ended before it wrote the request: the request goes on a new one
         // (a target that closes idle connections is not worth a retry's backoff).
         let mut tries = 0;

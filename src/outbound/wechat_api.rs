@@ -76,7 +76,7 @@ pub struct WechatApi {
 }
 
 #[derive(Debug, Deserialize)]
-struct Answer {
+struct ApiResponse {
     #[serde(default)]
     errcode: i64,
     #[serde(default)]
@@ -190,7 +190,7 @@ impl WechatApi {
         &self,
         account: &ApiAccount,
         request: impl Fn(String) -> reqwest::RequestBuilder,
-    ) -> Result<Answer, ApiError> {
+    ) -> Result<ApiResponse, ApiError> {
         let mut retried = false;
         loop {
             let token = self.access_token(account).await?;
@@ -210,7 +210,7 @@ impl WechatApi {
         (Instant::now() < cached.renew_at).then(|| cached.token.clone())
     }
 
-    async fn call(&self, request: reqwest::RequestBuilder) -> Result<Answer, ApiError> {
+    async fn call(&self, request: reqwest::RequestBuilder) -> Result<ApiResponse, ApiError> {
         // The URL of a failed request may hold the secret or the token: never quoted.
         let response = request
             .send()
@@ -224,7 +224,7 @@ impl WechatApi {
             .bytes()
             .await
             .map_err(|e| ApiError::Unreachable(crate::error::innermost(&e.without_url())))?;
-        let answer: Answer =
+        let answer: ApiResponse =
             serde_json::from_slice(&bytes).map_err(|e| ApiError::Malformed(e.to_string()))?;
         if answer.errcode != 0 {
             return Err(ApiError::WeChat {

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::config::Config;
+use crate::config::tests::MINIMAL;
 
 #[test]
 fn filters_by_type_and_event_ignoring_case() {
@@ -66,16 +67,6 @@ fn the_authorizer_fills_its_placeholders_in_path_and_query() {
     assert!(!svc.accepts(&ticket, None));
     assert!(svc.accepts(&ticket, Some("wxA")));
 }
-
-const MINIMAL: &str = r#"
-    [[accounts]]
-    id = "main"
-    kind = "official_account"
-    token = "tok"
-    [[accounts.targets]]
-    name = "bot"
-    url = "http://127.0.0.1:9001/wx"
-"#;
 
 /// What building the routes of `text` says (loading it must succeed).
 fn build_error_of(text: &str) -> String {

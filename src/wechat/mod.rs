@@ -22,11 +22,7 @@ pub use callback::{
 };
 pub use crypto::{AesKey, CryptoError};
 pub use dedupe::{DedupeKey, dedupe_key};
-pub use envelope::{
-    Envelope, EnvelopeError, Format, Sealed, encrypted_reply, push_cdata_element,
-};
-pub use reply::{
-    field as reply_field, is_empty_reply, open_reply, open_signed_reply, xml_fields,
-};
+pub use envelope::{Envelope, EnvelopeError, Format, Sealed, encrypted_reply, push_cdata_element};
+pub use reply::{field as reply_field, is_empty_reply, open_reply, open_signed_reply, xml_fields};
 pub use resign::{Resign, ResignError};
 pub use signature::{Signature, msg_signature, signature};

@@ -50,9 +50,9 @@ pub use auth::{Auth, CSRF_HEADER, Session};
 use guesses::Guesses;
 
 use crate::clock::{now_ms, now_secs};
-use crate::http::{error as refuse, json};
 use crate::config::{AdminConfig, ConfigError};
 use crate::events::{Event, EventFeed, Received};
+use crate::http::{error as refuse, json};
 
 /// The body of an admin response: whole, or the event stream.
 pub type Body = Either<Full<Bytes>, EventStream>;
@@ -193,7 +193,8 @@ impl Console {
             self.guesses.give_back(peer, Instant::now());
             return Ok(Caller::Bearer);
         }
-        let session = header(COOKIE.as_str()).and_then(|cookie| auth.session_of(cookie, now_secs()));
+        let session =
+            header(COOKIE.as_str()).and_then(|cookie| auth.session_of(cookie, now_secs()));
         let Some(session) = session else {
             return Err(Refusal::NoToken);
         };

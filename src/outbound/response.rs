@@ -6,7 +6,7 @@
 //! Bodies are framed by `Content-Length`, chunked (extensions and trailers skipped), or run to
 //! the close; interim `1xx` answers are skipped; `204` and `304` have no body. A body is kept
 //! up to [`MAX_RESPONSE_BYTES`]; a longer one is read to its end and dropped, so the next answer
-//! is still found, and its answer is marked as not whole ([`Answer::whole`]). A head, chunk size
+//! is still found, and its answer is marked as not whole ([`Response::whole`]). A head, chunk size
 //! line or trailer line over 64 KiB, an invalid or conflicting length, a malformed chunk, or
 //! `101` is refused with the reason.
 
@@ -24,11 +24,11 @@ const MAX_HEADERS: usize = 100;
 
 /// A target's answer, as much of it as an attempt needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
+pub struct Response {
     pub status: u16,
     pub retry_after: Option<String>,
     pub content_type: Option<String>,
-    /// The whole body when [`Answer::whole`]; empty otherwise.
+    /// The whole body when [`Response::whole`]; empty otherwise.
     pub body: Bytes,
     /// The body was at most [`MAX_RESPONSE_BYTES`] and is all here. A longer one is read to its
     /// end and dropped: part of an answer is no answer.
@@ -63,13 +63,13 @@ enum Body {
 pub struct Decoder {
     /// The answer whose body is being read: its head, its body so far, how its body ends, and
     /// whether the connection closes after it.
-    reading: Option<(Answer, BytesMut, Body, bool)>,
+    reading: Option<(Response, BytesMut, Body, bool)>,
 }
 
 impl Decoder {
     /// The next complete answer in `buf` (taken out of it), and whether the target closes the
     /// connection after it; `None` until more bytes come.
-    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<(Answer, bool)>, Malformed> {
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<(Response, bool)>, Malformed> {
         loop {
             let (answer, body, framing, _) = match &mut self.reading {
                 Some(reading) => reading,
@@ -94,7 +94,7 @@ impl Decoder {
     }
 
     /// The connection ended: the answer being read is complete if its body runs until then.
-    pub fn end_of_stream(&mut self) -> Option<Answer> {
+    pub fn end_of_stream(&mut self) -> Option<Response> {
         match self.reading.take() {
             Some((mut answer, body, Body::UntilClose, _)) => {
                 answer.body = body.freeze();
@@ -109,7 +109,7 @@ impl Decoder {
 /// the last piece ends with the stream), and whether the connection closes after each; then
 /// the answer the end of the stream completes. Or the first error. For tests and the fuzz
 /// target: whatever `ends` are, the result is the same.
-pub fn read_all(stream: &[u8], ends: &[usize]) -> Result<Vec<(Answer, bool)>, Malformed> {
+pub fn read_all(stream: &[u8], ends: &[usize]) -> Result<Vec<(Response, bool)>, Malformed> {
     let mut decoder = Decoder::default();
     let mut buf = BytesMut::new();
     let mut answers = Vec::new();
@@ -136,7 +136,7 @@ fn window(buf: &[u8]) -> &[u8] {
 
 enum Head {
     Interim,
-    Final(Answer, Body, bool),
+    Final(Response, Body, bool),
 }
 
 /// The head of the next answer in `buf`, taken out of it; `None` until it is complete.
@@ -210,7 +210,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Malformed> {
         close = true;
     }
     buf.advance(len);
-    let answer = Answer {
+    let answer = Response {
         status,
         retry_after,
         content_type,

@@ -1,17 +1,17 @@
-//! Tests of `answer`.
+//! Tests of `response`: answers read from bytes however they arrive.
 
 use super::*;
 use proptest::prelude::*;
 
 /// [`read_all`] with the stream cut at `cuts`, each taken modulo its length.
-fn decode_all(stream: &[u8], cuts: &[usize]) -> Result<Vec<(Answer, bool)>, Malformed> {
+fn decode_all(stream: &[u8], cuts: &[usize]) -> Result<Vec<(Response, bool)>, Malformed> {
     let mut ends: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
     ends.sort_unstable();
     read_all(stream, &ends)
 }
 
-fn answer(status: u16, content_type: Option<&str>, body: &[u8]) -> Answer {
-    Answer {
+fn answer(status: u16, content_type: Option<&str>, body: &[u8]) -> Response {
+    Response {
         status,
         retry_after: None,
         content_type: content_type.map(str::to_owned),
@@ -27,7 +27,7 @@ const MIXED: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n\
     HTTP/1.1 503 Busy\r\nRetry-After: 7\r\nContent-Length: 0\r\n\r\n\
     HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n";
 
-fn mixed() -> Vec<(Answer, bool)> {
+fn mixed() -> Vec<(Response, bool)> {
     let mut busy = answer(503, None, b"");
     busy.retry_after = Some("7".into());
     vec![
@@ -106,7 +106,7 @@ fn a_body_over_the_cap_is_not_whole_and_the_next_answer_still_read() {
     // And one that runs to the close.
     stream.extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\n");
     stream.extend_from_slice(&over);
-    let cut = Answer {
+    let cut = Response {
         body: Bytes::new(),
         whole: false,
         ..answer(200, None, b"")
@@ -120,7 +120,7 @@ fn a_body_over_the_cap_is_not_whole_and_the_next_answer_still_read() {
     ];
     // Status, body length, whole, and whether the connection closes: a failure then does
     // not print megabytes.
-    let summary = |answers: &[(Answer, bool)]| -> Vec<(u16, usize, bool, bool)> {
+    let summary = |answers: &[(Response, bool)]| -> Vec<(u16, usize, bool, bool)> {
         (answers.iter())
             .map(|(a, close)| (a.status, a.body.len(), a.whole, *close))
             .collect()
