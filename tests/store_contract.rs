@@ -14,7 +14,7 @@ use wechat_fanout::config::Synchronous;
 use wechat_fanout::store::{
     Accepted, Answer, AttemptReport, DeadLetterFilter, Disposition, Job, JobId, LEGACY_KEY_WINDOW,
     LeaseToken, Leased, NewCallback, NewJob, Recorded, RedisOptions, RedisStore, Replay, Replayed,
-    SqliteStore, Store, TargetKey, new_lease_token,
+    SqliteStore, Store, StoreError, TargetKey, new_lease_token,
 };
 
 #[path = "support/redis.rs"]
@@ -1019,6 +1019,7 @@ async fn sqlite_reopen_resumes_jobs_in_flight_and_refuses_a_second_owner() {
     {
         let store = SqliteStore::open(&path, Synchronous::Full).unwrap();
         let err = SqliteStore::open(&path, Synchronous::Full).unwrap_err();
+        assert!(matches!(err, StoreError::Refused(_)), "{err:?}");
         assert!(
             err.to_string()
                 .contains("in use by another wechat-fanout process"),
@@ -1113,6 +1114,30 @@ async fn sqlite_file_from_before_lease_tokens_opens_and_its_jobs_resume() {
     assert!(jobs[0] > 1);
 }
 
+/// Redis only: at its `maxmemory` (with `noeviction`, as it should run) Redis refuses writes:
+/// the store says it is full, in Redis's words, rather than an error this build does not expect.
+#[tokio::test]
+async fn redis_at_its_maxmemory_is_full() {
+    let server = RedisServer::start(&["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"]);
+    let store = open_redis(vec![server.url()], false, &prefix(), 30_000).await;
+    let body = Bytes::from(vec![b'x'; 64 * 1024]);
+    for n in 0.. {
+        let mut new = callback(&store, &format!("m{n}"), &[("a", false)]).await;
+        new.request = Arc::new(Replay {
+            body: body.clone(),
+            ..(*new.request).clone()
+        });
+        match store.accept(new).await {
+            Ok(_) => assert!(n < 1_000, "{n} callbacks of 64 KiB stored in 4 MiB"),
+            Err(e) => {
+                assert!(matches!(e, StoreError::Full(_)), "{e:?}");
+                assert!(e.to_string().contains("OOM"), "{e}");
+                break;
+            }
+        }
+    }
+}
+
 /// Redis only: SIGKILLed and started again (AOF `always`), Redis keeps every accepted callback;
 /// while it is down the store fails (it never claims a write), and the same store value works
 /// again once Redis is back, without being reopened.
@@ -1127,8 +1152,18 @@ async fn redis_killed_and_restarted_keeps_what_was_accepted_and_the_store_recove
     let down = store
         .accept(callback(&store, "during", &[("a", false)]).await)
         .await;
-    assert!(down.is_err(), "{down:?}");
-    assert!(store.check_writable().await.is_err());
+    // Down is a fault to retry later, not a refusal or a reply this build does not expect.
+    assert!(
+        matches!(
+            down,
+            Err(StoreError::Unavailable(_) | StoreError::Timeout(_))
+        ),
+        "{down:?}"
+    );
+    assert!(matches!(
+        store.check_writable().await,
+        Err(StoreError::Unavailable(_) | StoreError::Timeout(_))
+    ));
 
     server.restart();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

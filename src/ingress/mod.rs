@@ -341,9 +341,9 @@ impl Ingress {
                         Ok(answer)
                     }
                     // Not stored (yet): make WeChat try again rather than claim success.
-                    _ => Err(Rejection::Store(crate::store::StoreError::Other(
-                        "the first copy of this callback was not stored".into(),
-                    ))),
+                    _ => Err(Rejection::Store(
+                        crate::store::StoreError::FirstCopyNotStored,
+                    )),
                 };
             }
         };

@@ -296,37 +296,95 @@ pub enum Recorded {
     LeaseLost,
 }
 
-/// The message names the cause itself, so the cause is not also its `source()`: a chain
-/// printer (`{:#}` of anyhow) would print it twice.
-#[derive(Debug, thiserror::Error)]
+/// What went wrong with the store, as a caller can act on it. Each backend converts its own
+/// errors where they arise (`sqlite`, `redis`), so no type of a backend's library leaves the
+/// store; the message keeps the innermost cause's text (`database or disk is full`,
+/// `Connection refused (os error 111)`) for logs and people. Only strings inside, so an error can
+/// be cloned to every member of a batch that failed together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
-    #[error("store: {0}")]
-    Sqlite(rusqlite::Error),
-    #[error("store: {0}")]
-    Io(std::io::Error),
-    #[error("store: {0}")]
-    Redis(::redis::RedisError),
+    /// The store cannot be reached or written now: a connection refused or dropped, an I/O
+    /// error, Redis loading or failing over, the store's file gone from its path. Retry later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// No room: the disk is full (or below `store.min_free_bytes`), or Redis reached its
+    /// `maxmemory`. Retry once space is freed.
+    #[error("store full: {0}")]
+    Full(String),
+    /// The store did not answer in time (a response timeout, a lock held past its timeout, an
+    /// fsync not confirmed in time); the write may still have happened.
+    #[error("store timed out: {0}")]
+    Timeout(String),
+    /// The store was closed: nothing more will be written by this process.
     #[error("store is closed")]
     Closed,
+    /// Refused until someone changes something: a malformed URL, a wrong password or missing
+    /// permission, the file owned by another process. Retrying alone does not help.
+    #[error("store refused: {0}")]
+    Refused(String),
+    /// The store holds what this build cannot read (a damaged file, a value of the wrong type).
+    #[error("store corrupt: {0}")]
+    Corrupt(String),
+    /// Anything else: an answer or a failure this build does not expect.
     #[error("store: {0}")]
-    Other(String),
+    Unexpected(String),
+    /// Not an error of the store, which was not asked: a resend whose first copy was not stored
+    /// (or not in time) by the request that carried it. Ingress's to replace with a rejection
+    /// of its own.
+    #[error("store: the first copy of this callback was not stored")]
+    FirstCopyNotStored,
 }
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> StoreError {
-        StoreError::Sqlite(e)
+impl StoreError {
+    /// The message without the kind, e.g. `database or disk is full`.
+    pub fn message(&self) -> &str {
+        match self {
+            StoreError::Unavailable(m)
+            | StoreError::Full(m)
+            | StoreError::Timeout(m)
+            | StoreError::Refused(m)
+            | StoreError::Corrupt(m)
+            | StoreError::Unexpected(m) => m,
+            StoreError::Closed => "closed",
+            StoreError::FirstCopyNotStored => "the first copy of this callback was not stored",
+        }
+    }
+
+    /// The same kind of error, with `what` (the step that failed) in front of its message.
+    pub(crate) fn context(self, what: impl std::fmt::Display) -> StoreError {
+        self.map_message(|m| format!("{what}: {m}"))
+    }
+
+    /// The same kind of error with another message made from this one's.
+    pub(crate) fn map_message(self, f: impl FnOnce(String) -> String) -> StoreError {
+        match self {
+            StoreError::Unavailable(m) => StoreError::Unavailable(f(m)),
+            StoreError::Full(m) => StoreError::Full(f(m)),
+            StoreError::Timeout(m) => StoreError::Timeout(f(m)),
+            StoreError::Refused(m) => StoreError::Refused(f(m)),
+            StoreError::Corrupt(m) => StoreError::Corrupt(f(m)),
+            StoreError::Unexpected(m) => StoreError::Unexpected(f(m)),
+            other @ (StoreError::Closed | StoreError::FirstCopyNotStored) => other,
+        }
     }
 }
 
+/// An I/O error of the store's own files (its folder, its lock, the threads it starts).
 impl From<std::io::Error> for StoreError {
     fn from(e: std::io::Error) -> StoreError {
-        StoreError::Io(e)
-    }
-}
-
-impl From<::redis::RedisError> for StoreError {
-    fn from(e: ::redis::RedisError) -> StoreError {
-        StoreError::Redis(e)
+        use std::io::ErrorKind;
+        let message = e.to_string();
+        match e.kind() {
+            ErrorKind::StorageFull | ErrorKind::QuotaExceeded | ErrorKind::FileTooLarge => {
+                StoreError::Full(message)
+            }
+            ErrorKind::TimedOut => StoreError::Timeout(message),
+            ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem => {
+                StoreError::Refused(message)
+            }
+            ErrorKind::InvalidData => StoreError::Corrupt(message),
+            _ => StoreError::Unavailable(message),
+        }
     }
 }
 

@@ -412,13 +412,17 @@ async fn after_commits_fail_in_a_row_readiness_says_so_once_more_then_recovers()
         match accept_new(store, &format!("full-{n}")).await {
             Ok(_) => Some(()),
             Err(error) => {
+                // The kind a caller can act on, and SQLite's own words.
+                assert!(matches!(error, StoreError::Full(_)), "{error:?}");
                 assert!(error.to_string().contains("full"), "{error}");
                 None
             }
         }
     })
     .await;
-    let not_ready = store.check_writable().await.unwrap_err().to_string();
+    let not_ready = store.check_writable().await.unwrap_err();
+    assert!(matches!(not_ready, StoreError::Full(_)), "{not_ready:?}");
+    let not_ready = not_ready.to_string();
     assert!(
         not_ready.contains("a test write of 8192 bytes failed"),
         "{not_ready}"

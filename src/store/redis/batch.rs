@@ -81,7 +81,7 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
             .send((item, reply))
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| {
-            StoreError::Other("a batch of store writes ended without an answer".into())
+            StoreError::Unexpected("a batch of store writes ended without an answer".into())
         })?
     }
 }
@@ -102,15 +102,6 @@ pub(super) struct BatchContext {
     pub(super) record: Script,
 }
 
-/// The same error for every item of a batch.
-fn each_error(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Redis(e) => StoreError::Redis(e.clone()),
-        StoreError::Closed => StoreError::Closed,
-        other => StoreError::Other(other.to_string()),
-    }
-}
-
 /// Groups the items of a batch by account (key base), keeping each item's place.
 fn by_base(items: &[BatchItem]) -> BTreeMap<&str, Vec<usize>> {
     let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
@@ -125,7 +116,9 @@ fn one_each<O>(replies: Vec<O>, places: &[usize], what: &str) -> Result<Vec<O>, 
     if replies.len() == places.len() {
         Ok(replies)
     } else {
-        Err(StoreError::Other(format!("unexpected reply to {what}")))
+        Err(StoreError::Unexpected(format!(
+            "unexpected reply to {what}"
+        )))
     }
 }
 
@@ -143,7 +136,7 @@ fn spread<O>(
         }
         Err(e) => {
             for &i in places {
-                answers[i] = Some(Err(each_error(&e)));
+                answers[i] = Some(Err(e.clone()));
             }
         }
     }
@@ -156,7 +149,7 @@ fn answered<O>(
 ) -> Vec<Result<O, StoreError>> {
     answers
         .into_iter()
-        .map(|a| a.unwrap_or_else(|| Err(StoreError::Other(format!("{what} not sent")))))
+        .map(|a| a.unwrap_or_else(|| Err(StoreError::Unexpected(format!("{what} not sent")))))
         .collect()
 }
 
@@ -256,7 +249,7 @@ async fn wait_aof(conn: Conn, base: &str) -> Result<(), StoreError> {
     };
     let counts: Vec<i64> = parse(reply)?;
     if counts.first().copied().unwrap_or(0) < 1 {
-        return Err(StoreError::Other(
+        return Err(StoreError::Timeout(
             "redis did not write the callback to its append-only file in time".into(),
         ));
     }

@@ -118,7 +118,9 @@ impl RedisStore {
         let (fields, rest) = row.split_at(LETTER_FIELDS.min(row.len()));
         let letter = letter(&account, fields)?;
         let [query, content_type, body, attempts @ ..] = rest else {
-            return Err(StoreError::Other("unexpected reply to dead_letter".into()));
+            return Err(StoreError::Unexpected(
+                "unexpected reply to dead_letter".into(),
+            ));
         };
         let mut records = attempts
             .chunks_exact(2)
@@ -213,7 +215,7 @@ const LETTER_FIELDS: usize = 10;
 
 fn letter(account: &str, row: &[Option<Vec<u8>>]) -> Result<DeadLetter, StoreError> {
     if row.len() < LETTER_FIELDS {
-        return Err(StoreError::Other(
+        return Err(StoreError::Unexpected(
             "unexpected reply for a dead letter".into(),
         ));
     }

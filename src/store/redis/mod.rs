@@ -352,7 +352,7 @@ impl Store for RedisStore {
                     answer_pending,
                 })
             }
-            _ => Err(StoreError::Other("unexpected reply to accept".into())),
+            _ => Err(StoreError::Unexpected("unexpected reply to accept".into())),
         }
     }
 
@@ -661,8 +661,47 @@ impl Store for RedisStore {
     }
 }
 
+/// Redis's errors, at this backend's edge: by what a caller can do about them, with the
+/// client's own text (`Connection refused (os error 111)`, `OOM command not allowed …`) as
+/// the message.
+impl From<RedisError> for StoreError {
+    fn from(e: RedisError) -> StoreError {
+        use redis::{ErrorKind, ServerErrorKind};
+        let message = e.to_string();
+        if e.is_timeout() {
+            return StoreError::Timeout(message);
+        }
+        // At `maxmemory` with `noeviction`: the server's code, inside a script too.
+        if e.code() == Some("OOM") || message.contains("OOM command not allowed") {
+            return StoreError::Full(message);
+        }
+        match e.kind() {
+            ErrorKind::Io
+            | ErrorKind::ClusterConnectionNotFound
+            | ErrorKind::MasterNameNotFoundBySentinel
+            | ErrorKind::NoValidReplicasFoundBySentinel
+            | ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::MasterDown
+                | ServerErrorKind::ReadOnly
+                | ServerErrorKind::Moved
+                | ServerErrorKind::Ask,
+            ) => StoreError::Unavailable(message),
+            ErrorKind::AuthenticationFailed
+            | ErrorKind::InvalidClientConfig
+            | ErrorKind::EmptySentinelList
+            | ErrorKind::RESP3NotSupported
+            | ErrorKind::Server(ServerErrorKind::NoPerm) => StoreError::Refused(message),
+            _ => StoreError::Unexpected(message),
+        }
+    }
+}
+
 fn parse<T: redis::FromRedisValue>(value: Value) -> Result<T, StoreError> {
-    redis::from_redis_value(value).map_err(|e| StoreError::Other(format!("unexpected reply: {e}")))
+    redis::from_redis_value(value)
+        .map_err(|e| StoreError::Unexpected(format!("unexpected reply: {e}")))
 }
 
 fn text(bytes: Vec<u8>) -> String {
@@ -672,7 +711,7 @@ fn text(bytes: Vec<u8>) -> String {
 fn number<T: std::str::FromStr>(field: Option<Vec<u8>>) -> Result<T, StoreError> {
     field
         .and_then(|bytes| std::str::from_utf8(&bytes).ok()?.parse().ok())
-        .ok_or_else(|| StoreError::Other("unexpected reply: a number is missing".into()))
+        .ok_or_else(|| StoreError::Unexpected("unexpected reply: a number is missing".into()))
 }
 
 fn value_text(value: &Value) -> String {

@@ -40,7 +40,7 @@ impl RedisOptions {
             lease_ms: config.lease_ms.0,
             password: config
                 .password()
-                .map_err(|e| StoreError::Other(e.to_string()))?,
+                .map_err(|e| StoreError::Refused(e.to_string()))?,
         })
     }
 
@@ -51,7 +51,7 @@ impl RedisOptions {
             let mut info = url
                 .as_str()
                 .into_connection_info()
-                .map_err(|e| StoreError::Other(format!("redis URL {}: {e}", redact_url(url))))?;
+                .map_err(|e| StoreError::Refused(format!("redis URL {}: {e}", redact_url(url))))?;
             if let Some(password) = &self.password {
                 let settings = info.redis_settings().clone().set_password(password);
                 info = info.set_redis_settings(settings);
@@ -75,8 +75,9 @@ impl RedisOptions {
             }
             Conn::Cluster(builder.build()?.get_async_connection().await?)
         } else {
-            let [info] = <[_; 1]>::try_from(infos)
-                .map_err(|_| StoreError::Other("standalone redis takes exactly one URL".into()))?;
+            let [info] = <[_; 1]>::try_from(infos).map_err(|_| {
+                StoreError::Refused("standalone redis takes exactly one URL".into())
+            })?;
             let client = redis::Client::open(info)?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(CONNECT_TIMEOUT))

@@ -139,7 +139,7 @@ impl Writer {
             .ok()
             .and_then(|count| self.ids_reserved.checked_add(count))
             .filter(|last| *last < 1 << 53)
-            .ok_or_else(|| StoreError::Other("no ids left below 2^53".into()))?;
+            .ok_or_else(|| StoreError::Unexpected("no ids left below 2^53".into()))?;
         self.conn
             .prepare_cached(
                 "INSERT INTO ids_reserved (one, last) VALUES (1, ?1)

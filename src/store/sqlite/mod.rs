@@ -101,7 +101,7 @@ impl SqliteStore {
             .write(true)
             .open(&lock_path)?;
         lock.try_lock().map_err(|_| {
-            StoreError::Other(format!(
+            StoreError::Refused(format!(
                 "{} is in use by another wechat-fanout process",
                 path.display()
             ))
@@ -163,7 +163,7 @@ impl SqliteStore {
             query(&conn)
         })
         .await
-        .map_err(|e| StoreError::Other(format!("read task failed: {e}")))?
+        .map_err(|e| StoreError::Unexpected(format!("read task failed: {e}")))?
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
@@ -324,7 +324,7 @@ impl Store for SqliteStore {
                         });
                         depths
                             .last_mut()
-                            .ok_or_else(|| StoreError::Other("unreachable".into()))?
+                            .ok_or_else(|| StoreError::Unexpected("unreachable".into()))?
                     }
                 };
                 match state {
@@ -408,6 +408,42 @@ impl Store for SqliteStore {
     ) -> Result<u64, StoreError> {
         let filter = filter.clone();
         self.call(|r| Command::PurgeDead(id, filter, r)).await
+    }
+}
+
+/// SQLite's errors, at this backend's edge: by what a caller can do about them, with SQLite's
+/// own text (`database or disk is full`) as the message.
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        use rusqlite::ffi::ErrorCode;
+        let message = e.to_string();
+        match &e {
+            rusqlite::Error::SqliteFailure(failure, _) => match failure.code {
+                ErrorCode::DiskFull | ErrorCode::TooBig => StoreError::Full(message),
+                // Another connection held the file past the busy timeout.
+                ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => StoreError::Timeout(message),
+                ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => {
+                    StoreError::Corrupt(message)
+                }
+                ErrorCode::PermissionDenied
+                | ErrorCode::ReadOnly
+                | ErrorCode::AuthorizationForStatementDenied => StoreError::Refused(message),
+                ErrorCode::SystemIoFailure
+                | ErrorCode::CannotOpen
+                | ErrorCode::NotFound
+                | ErrorCode::OutOfMemory
+                | ErrorCode::FileLockingProtocolFailed
+                | ErrorCode::NoLargeFileSupport
+                | ErrorCode::OperationInterrupted
+                | ErrorCode::OperationAborted => StoreError::Unavailable(message),
+                _ => StoreError::Unexpected(message),
+            },
+            // A value of another type than this build wrote: not something it can read.
+            rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..) => StoreError::Corrupt(message),
+            _ => StoreError::Unexpected(message),
+        }
     }
 }
 

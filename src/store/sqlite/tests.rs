@@ -181,3 +181,15 @@ async fn an_outcome_recorded_again_does_not_undo_a_later_lease() {
     assert_eq!(delivered, Recorded::Applied);
     assert!(store.queue_depths().await.unwrap().is_empty());
 }
+
+/// A file that is not SQLite's (another file at the configured path, or one damaged beyond
+/// reading) is named as such, with SQLite's words: not a fault to retry, nor a refusal.
+#[test]
+fn a_file_that_is_not_a_database_is_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    std::fs::write(&path, vec![b'x'; 4096]).unwrap();
+    let err = SqliteStore::open(&path, Synchronous::Full).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+    assert!(err.to_string().contains("not a database"), "{err}");
+}

@@ -86,9 +86,9 @@ enum Done {
 
 impl Done {
     /// The command's own error, if it failed.
-    fn error(&self) -> Option<String> {
-        fn of<T>(result: &Result<T, StoreError>) -> Option<String> {
-            result.as_ref().err().map(ToString::to_string)
+    fn error(&self) -> Option<StoreError> {
+        fn of<T>(result: &Result<T, StoreError>) -> Option<StoreError> {
+            result.as_ref().err().cloned()
         }
         match self {
             Done::Accept(_, v) => of(v),
@@ -103,11 +103,15 @@ impl Done {
         }
     }
 
-    fn send(self, commit: &Result<(), String>) {
-        fn finish<T>(reply: Reply<T>, result: Result<T, StoreError>, commit: &Result<(), String>) {
+    fn send(self, commit: &Result<(), StoreError>) {
+        fn finish<T>(
+            reply: Reply<T>,
+            result: Result<T, StoreError>,
+            commit: &Result<(), StoreError>,
+        ) {
             let result = match commit {
                 Ok(()) => result,
-                Err(e) => Err(StoreError::Other(format!("commit failed: {e}"))),
+                Err(e) => Err(e.clone().context("commit failed")),
             };
             // The requester may have gone away (client disconnected); nothing to do then.
             let _ = reply.send(result);
@@ -172,7 +176,7 @@ pub(super) struct Writer {
     lost: Option<String>,
     /// Transactions in a row that failed, and the last one's error: readiness reports them.
     failed_in_a_row: u32,
-    last_failure: String,
+    last_failure: Option<StoreError>,
     /// The last id of the latest block reserved (or used by this file before blocks were).
     pub(super) ids_reserved: i64,
     /// Dropped with the writer, which ends the checkpointer thread.
@@ -226,7 +230,7 @@ pub(super) fn start(
         identity,
         lost: None,
         failed_in_a_row: 0,
-        last_failure: String::new(),
+        last_failure: None,
         ids_reserved,
         _checkpointer: alive,
     };
@@ -266,7 +270,7 @@ impl Writer {
             if let Some(&(readiness, _)) = probes.first() {
                 let ready = self.probe(readiness);
                 for (_, reply) in probes.drain(..) {
-                    let _ = reply.send(ready.clone().map_err(StoreError::Other));
+                    let _ = reply.send(ready.clone());
                 }
             }
         }
@@ -312,7 +316,7 @@ impl Writer {
         batch: &mut Vec<Command>,
         done: &mut Vec<Done>,
         probes: &mut Vec<(Readiness, Reply<()>)>,
-    ) -> Result<(), String> {
+    ) -> Result<(), StoreError> {
         if batch
             .iter()
             .all(|command| matches!(command, Command::Probe(..)))
@@ -326,7 +330,7 @@ impl Writer {
         }
         let began = self.conn.execute_batch("BEGIN IMMEDIATE");
         let changes = self.conn.total_changes();
-        let mut failure = began.err().map(|e| e.to_string());
+        let mut failure = began.err().map(StoreError::from);
         let mut accepts = false;
         for command in batch.drain(..) {
             match command {
@@ -334,7 +338,7 @@ impl Writer {
                 command => {
                     accepts |= matches!(command, Command::Accept(..));
                     let finished = match &failure {
-                        Some(message) => self.fail(command, message),
+                        Some(error) => self.fail(command, error),
                         None => self.execute(command),
                     };
                     if failure.is_none() {
@@ -348,19 +352,19 @@ impl Writer {
             // One command failed: the others are not committed either, so that nothing is
             // half-stored (a callback without its jobs would be answered as a duplicate later).
             // SQLite may have rolled back already (a full disk does that).
-            Some(message) => {
+            Some(error) => {
                 if !self.conn.is_autocommit() {
                     let _ = self.conn.execute_batch("ROLLBACK");
                 }
-                Err(message)
+                Err(error)
             }
             None => self.conn.execute_batch("COMMIT").map_err(|e| {
                 let _ = self.conn.execute_batch("ROLLBACK");
-                e.to_string()
+                StoreError::from(e)
             }),
         };
         match &committed {
-            Err(message) => self.failed(message),
+            Err(error) => self.failed(error),
             // A transaction that wrote nothing (a lease that found no job) needs no disk space:
             // it proves nothing about the next real write.
             Ok(()) if self.conn.total_changes() > changes => self.failed_in_a_row = 0,
@@ -371,16 +375,16 @@ impl Writer {
             let lost = self.lost.clone().unwrap_or_default();
             for finished in done.iter_mut() {
                 if let Done::Accept(_, result) = finished {
-                    *result = Err(StoreError::Other(lost.clone()));
+                    *result = Err(StoreError::Unavailable(lost.clone()));
                 }
             }
         }
         committed
     }
 
-    fn failed(&mut self, message: &str) {
+    fn failed(&mut self, error: &StoreError) {
         self.failed_in_a_row = self.failed_in_a_row.saturating_add(1);
-        message.clone_into(&mut self.last_failure);
+        self.last_failure = Some(error.clone());
     }
 
     /// Is the path still the file this store opened? `Some(why not)` if not; an ERROR names the
@@ -414,43 +418,47 @@ impl Writer {
 
     /// Readiness: the file is where it was, the file system has `min_free_bytes`, the last
     /// commits did not all fail, and a row of `probe_bytes` can be written and deleted now.
-    fn probe(&mut self, readiness: Readiness) -> Result<(), String> {
+    fn probe(&mut self, readiness: Readiness) -> Result<(), StoreError> {
         if let Some(lost) = self.check_file() {
-            return Err(lost.to_owned());
+            return Err(StoreError::Unavailable(lost.to_owned()));
         }
         if readiness.min_free_bytes > 0 {
             let free = free_bytes(&self.file).map_err(|e| {
-                format!("cannot read the free space of the store's file system: {e}")
+                StoreError::from(e).context("cannot read the free space of the store's file system")
             })?;
             if free < readiness.min_free_bytes {
-                return Err(format!(
+                return Err(StoreError::Full(format!(
                     "{free} bytes free on the store's file system, below store.min_free_bytes ({})",
                     readiness.min_free_bytes
-                ));
+                )));
             }
         }
         // Real commits that failed in a row (the probe's own failures are not counted: they
         // answer 503 by themselves). Its success resets them, so the next answer can be 200.
         let failed_before = self.failed_in_a_row;
         if let Err(e) = self.write_probe(readiness.probe_bytes) {
-            return Err(format!(
-                "a test write of {} bytes failed: {e}",
+            return Err(e.context(format!(
+                "a test write of {} bytes failed",
                 readiness.probe_bytes
-            ));
+            )));
         }
         self.failed_in_a_row = 0;
         if failed_before >= NOT_READY_AFTER {
-            return Err(format!(
-                "the last {failed_before} commits failed ({}); a test write just succeeded",
-                self.last_failure
-            ));
+            // Of the kind of the last failure (a full disk), which just refused real writes.
+            let last = (self.last_failure.clone())
+                .unwrap_or_else(|| StoreError::Unexpected("no failure recorded".into()));
+            return Err(last.map_message(|last| {
+                format!(
+                    "the last {failed_before} commits failed ({last}); a test write just succeeded"
+                )
+            }));
         }
         Ok(())
     }
 
     /// Writes and deletes a row of `bytes` in a transaction of its own: as much new data as
     /// the largest callback, so it fails when the disk could not take that callback.
-    fn write_probe(&self, bytes: usize) -> Result<(), String> {
+    fn write_probe(&self, bytes: usize) -> Result<(), StoreError> {
         let conn = &self.conn;
         let result = (|| -> rusqlite::Result<()> {
             conn.execute_batch("BEGIN IMMEDIATE")?;
@@ -464,28 +472,27 @@ impl Writer {
             if !conn.is_autocommit() {
                 let _ = conn.execute_batch("ROLLBACK");
             }
-            e.to_string()
+            StoreError::from(e)
         })
     }
 
-    fn fail(&self, command: Command, message: &str) -> Done {
-        fn err<T>(message: &str) -> Result<T, StoreError> {
-            Err(StoreError::Other(message.to_owned()))
-        }
+    fn fail(&self, command: Command, error: &StoreError) -> Done {
         match command {
-            Command::Accept(_, r) => Done::Accept(r, err(message)),
+            Command::Accept(_, r) => Done::Accept(r, Err(error.clone())),
             Command::SaveAnswer(_, _, r)
             | Command::Keep(_, _, r)
             | Command::Release(_, r)
             | Command::Flush(r)
-            | Command::Probe(_, r) => Done::Unit(r, err(message)),
-            Command::Record(_, r) => Done::Recorded(r, err(message)),
-            Command::Lease(_, _, _, r) => Done::Lease(r, err(message)),
-            Command::NextDue(_, r) => Done::NextDue(r, err(message)),
-            Command::Purge(_, r) | Command::PurgeDead(_, _, r) => Done::Count(r, err(message)),
-            Command::ReplayDead(_, _, _, r) => Done::Replayed(r, err(message)),
-            Command::ReserveIds(_, r) => Done::Reserved(r, err(message)),
-            Command::BuryUnrouted(_, _, _, r) => Done::Buried(r, err(message)),
+            | Command::Probe(_, r) => Done::Unit(r, Err(error.clone())),
+            Command::Record(_, r) => Done::Recorded(r, Err(error.clone())),
+            Command::Lease(_, _, _, r) => Done::Lease(r, Err(error.clone())),
+            Command::NextDue(_, r) => Done::NextDue(r, Err(error.clone())),
+            Command::Purge(_, r) | Command::PurgeDead(_, _, r) => {
+                Done::Count(r, Err(error.clone()))
+            }
+            Command::ReplayDead(_, _, _, r) => Done::Replayed(r, Err(error.clone())),
+            Command::ReserveIds(_, r) => Done::Reserved(r, Err(error.clone())),
+            Command::BuryUnrouted(_, _, _, r) => Done::Buried(r, Err(error.clone())),
         }
     }
 
