@@ -259,9 +259,10 @@ impl Ingress {
         let content = (self.events.carries_content())
             .then(|| String::from_utf8_lossy(opened.message(&body)).into_owned());
         let replay = Arc::new(Replay {
-            query: authorizer::tag(authorizer.as_deref(), raw_query),
+            query: raw_query.to_owned(),
             content_type,
             body,
+            authorizer: authorizer.clone(),
         });
         let this = self.clone();
         let span = info_span!(

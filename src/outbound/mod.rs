@@ -36,7 +36,7 @@ use crate::routing::Target;
 use crate::routing::retry::{self, Verdict};
 use crate::store::{AttemptReport, Disposition, Job, JobId, Recorded, Store, StoreError};
 use crate::telemetry::event_at;
-use crate::wechat::authorizer::{self, AUTHORIZER_HEADER};
+use crate::wechat::authorizer::AUTHORIZER_HEADER;
 use crate::wechat::resign::{self, ResignError};
 use answer::Answer;
 
@@ -276,8 +276,8 @@ impl Downstream {
     /// One request and its answer.
     async fn exchange(&self, target: &Target, job: &Job) -> Result<Answer, Failure> {
         let request = &job.request;
-        // Open platform: the authorized account travels in front of WeChat's query.
-        let (authorizer, wechat_query) = authorizer::split(&request.query);
+        // Open platform: the authorized account the callback concerns.
+        let (authorizer, wechat_query) = (request.authorizer.as_deref(), request.query.as_str());
         // A target with its own credentials gets a copy re-signed for this attempt.
         let resigned = match &target.resign {
             Some(resign) => Some(resign::for_attempt(resign, wechat_query, &request.body)?),

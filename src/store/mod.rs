@@ -7,6 +7,8 @@
 //! * A job is *pending* (due at some time), *in flight* (leased), or *dead*. Delivered jobs are
 //!   removed. Retries are pending jobs due later: no task sleeps.
 //! * The store never interprets bodies: it keeps and returns the original bytes.
+//! * What is stored of a callback has one shape, [`Replay`], versioned ([`SHAPE_VERSION`]) so
+//!   that builds of two releases share a store (`shape`).
 //!
 //! Several processes may share one store (Redis), so the trait is built for that:
 //!
@@ -40,10 +42,12 @@ use crate::config::{Backend, StoreConfig};
 mod ids;
 pub mod leases;
 mod redis;
+mod shape;
 mod sqlite;
 
 pub use self::redis::{RedisOptions, RedisStore};
 pub use ids::IdBlocks;
+pub use shape::{Replay, SHAPE_VERSION};
 pub use sqlite::{Readiness, SqliteStore};
 
 /// Opens the store `config` names: the one place that knows every backend. Its errors do not
@@ -113,15 +117,6 @@ pub struct NewJob {
     /// `Some`: the caller attempts this job at once itself (primary relay, in-memory hand-off)
     /// under this lease: it is stored in flight rather than due, so no worker leases it twice.
     pub lease: Option<LeaseToken>,
-}
-
-/// Exactly what WeChat sent and every target gets again.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Replay {
-    /// The raw query string, byte for byte (without `?`).
-    pub query: String,
-    pub content_type: Option<String>,
-    pub body: Bytes,
 }
 
 /// The answer WeChat got, kept so that its resends get the same.

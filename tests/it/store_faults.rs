@@ -381,6 +381,7 @@ fn new_callback(ids: Vec<i64>, dedupe_key: &str) -> NewCallback {
             query: "signature=abc&timestamp=1&nonce=2".into(),
             content_type: Some("text/xml".into()),
             body: Bytes::from(format!("<xml><MsgId>{dedupe_key}</MsgId></xml>")),
+            authorizer: None,
         }),
         jobs: vec![NewJob {
             id: ids[1],

@@ -4,12 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use bytes::Bytes;
-
-use super::{RedisStore, number, text};
+use super::{RedisStore, number, shape, text};
 use crate::store::{
-    AttemptRecord, DeadLetter, DeadLetterDetail, DeadLetterFilter, JobId, Replay, Replayed,
-    StoreError, TargetKey,
+    AttemptRecord, DeadLetter, DeadLetterDetail, DeadLetterFilter, JobId, Replayed, StoreError,
+    TargetKey,
 };
 
 /// The dead letters, as the [`Store`](crate::store::Store) impl asks for them.
@@ -117,7 +115,15 @@ impl RedisStore {
         };
         let (fields, rest) = row.split_at(LETTER_FIELDS.min(row.len()));
         let letter = letter(&account, fields)?;
-        let [query, content_type, body, attempts @ ..] = rest else {
+        let [
+            query,
+            content_type,
+            body,
+            authorizer,
+            version,
+            attempts @ ..,
+        ] = rest
+        else {
             return Err(StoreError::Unexpected(
                 "unexpected reply to dead_letter".into(),
             ));
@@ -129,11 +135,13 @@ impl RedisStore {
         records.sort_by_key(|r| r.attempt);
         Ok(Some(DeadLetterDetail {
             letter,
-            request: Replay {
-                query: text(query.clone().unwrap_or_default()),
-                content_type: content_type.clone().map(text),
-                body: Bytes::from(body.clone().unwrap_or_default()),
-            },
+            request: shape(
+                query.clone(),
+                content_type.clone(),
+                body.clone(),
+                authorizer.clone(),
+                version.clone(),
+            ),
             attempts: records,
         }))
     }

@@ -56,6 +56,7 @@ use tracing::{info, warn};
 use self::batch::{BatchContext, BatchItem, Batcher, Row};
 use self::options::Conn;
 use self::scripts::Scripts;
+use super::shape::Stored;
 use super::{
     Accepted, Answer, AttemptReport, CallbackId, DeadLetter, DeadLetterDetail, DeadLetterFilter,
     Disposition, IdBlocks, Job, JobId, Leased, NewCallback, QueueDepth, Recorded, Replay, Replayed,
@@ -297,6 +298,7 @@ impl Store for RedisStore {
             callback.msg_type.is_some(),
             callback.event.is_some(),
             request.content_type.is_some(),
+            request.authorizer.is_some(),
         ]
         .iter()
         .map(|p| if *p { '1' } else { '0' })
@@ -308,7 +310,7 @@ impl Store for RedisStore {
             callback.received_at_ms.to_string().into_bytes(),
             bytes(callback.msg_type.as_deref().unwrap_or("")),
             bytes(callback.event.as_deref().unwrap_or("")),
-            bytes(&request.query),
+            bytes(&request.stored_query()),
             bytes(request.content_type.as_deref().unwrap_or("")),
             request.body.to_vec(),
             callback
@@ -317,6 +319,7 @@ impl Store for RedisStore {
             present.into_bytes(),
             callback.jobs.len().to_string().into_bytes(),
             bytes(callback.legacy_dedupe_key.as_deref().unwrap_or("")),
+            bytes(request.authorizer.as_deref().unwrap_or("")),
         ];
         for job in &callback.jobs {
             args.push(job.id.to_string().into_bytes());
@@ -408,12 +411,12 @@ impl Store for RedisStore {
             .arg(self.lease_ms)
             .invoke_async(&mut self.conn())
             .await?;
-        // Rows of 6 fields for n jobs, then their n bodies; taken apart, not copied.
-        let n = rows.len() / 7;
+        // Rows of 8 fields for n jobs, then their n bodies; taken apart, not copied.
+        let n = rows.len() / 9;
         let mut fields = rows;
-        let bodies = fields.split_off(n * 6);
+        let bodies = fields.split_off(n * 8);
         fields
-            .chunks_exact_mut(6)
+            .chunks_exact_mut(8)
             .zip(bodies)
             .map(|(row, body)| {
                 let mut field = |i: usize| std::mem::take(&mut row[i]);
@@ -424,11 +427,7 @@ impl Store for RedisStore {
                     lease: token,
                     attempts: number(field(2))?,
                     retry_base: number(field(3)).unwrap_or(0),
-                    request: Arc::new(Replay {
-                        query: text(field(4).unwrap_or_default()),
-                        content_type: field(5).map(text),
-                        body: Bytes::from(body.unwrap_or_default()),
-                    }),
+                    request: Arc::new(shape(field(4), field(5), body, field(6), field(7))),
                 })
             })
             .collect()
@@ -702,6 +701,25 @@ impl From<RedisError> for StoreError {
 fn parse<T: redis::FromRedisValue>(value: Value) -> Result<T, StoreError> {
     redis::from_redis_value(value)
         .map_err(|e| StoreError::Unexpected(format!("unexpected reply: {e}")))
+}
+
+/// A callback's shape from the fields of its hash the scripts return (`query`, `ctype`,
+/// `body`, `authorizer`, `v`), as every version of it is read.
+fn shape(
+    query: Option<Vec<u8>>,
+    content_type: Option<Vec<u8>>,
+    body: Option<Vec<u8>>,
+    authorizer: Option<Vec<u8>>,
+    version: Option<Vec<u8>>,
+) -> Replay {
+    Stored {
+        version: version.and_then(|v| number(Some(v)).ok()),
+        query: text(query.unwrap_or_default()),
+        authorizer: authorizer.map(text),
+        content_type: content_type.map(text),
+        body: Bytes::from(body.unwrap_or_default()),
+    }
+    .into_replay()
 }
 
 fn text(bytes: Vec<u8>) -> String {

@@ -13,12 +13,12 @@ use rusqlite::{OptionalExtension, params};
 
 use super::schema::{DEAD, IN_FLIGHT, PENDING};
 use super::writer::Writer;
-use super::{DEAD_LETTER_MATCH, matching};
+use super::{DEAD_LETTER_MATCH, SHAPE_COLUMNS, matching, shape_at};
 use crate::clock::now_ms;
 use crate::store::{
     Accepted, Answer, AttemptReport, CallbackId, DeadLetterFilter, Disposition, Job, JobId,
-    LEGACY_KEY_WINDOW, LeaseToken, Leased, NewCallback, Recorded, Replay, Replayed, StoreError,
-    TargetKey,
+    LEGACY_KEY_WINDOW, LeaseToken, Leased, NewCallback, Recorded, Replayed, SHAPE_VERSION,
+    StoreError, TargetKey,
 };
 
 /// A stored callback as a resend finds it: its id, its answer's type and body, and when its
@@ -73,8 +73,8 @@ impl Writer {
         let inserted = self
             .conn
             .prepare_cached(
-                "INSERT INTO callbacks (id, account, dedupe_key, received_at, msg_type, event, query, content_type, body, answer_due)
-                 VALUES (?9, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10)
+                "INSERT INTO callbacks (id, account, dedupe_key, received_at, msg_type, event, query, content_type, body, answer_due, shape_version, authorizer)
+                 VALUES (?9, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10, ?11, ?12)
                  ON CONFLICT (account, dedupe_key) DO NOTHING",
             )?
             .execute(params![
@@ -83,13 +83,15 @@ impl Writer {
                     callback.received_at_ms,
                     callback.msg_type,
                     callback.event,
-                    request.query,
+                    request.stored_query(),
                     request.content_type,
                     &request.body[..],
                     callback.id,
                     callback
                         .answer_pending_ms
                         .map(|ms| now_ms().saturating_add(i64::try_from(ms).unwrap_or(i64::MAX))),
+                    SHAPE_VERSION,
+                    request.authorizer,
             ])?
             == 1;
         let new = || Accepted::New {
@@ -214,12 +216,12 @@ impl Writer {
         limit: usize,
         token: LeaseToken,
     ) -> Result<Vec<Job>, StoreError> {
-        let mut select = self.conn.prepare_cached(
-            "SELECT j.id, j.callback_id, j.attempts, j.retry_base, c.query, c.content_type, c.body
+        let mut select = self.conn.prepare_cached(&format!(
+            "SELECT j.id, j.callback_id, j.attempts, j.retry_base, {SHAPE_COLUMNS}
              FROM jobs j JOIN callbacks c ON c.id = j.callback_id
              WHERE j.account = ?1 AND j.target = ?2 AND j.state = 0 AND j.next_at <= ?3
-             ORDER BY j.next_at LIMIT ?4",
-        )?;
+             ORDER BY j.next_at LIMIT ?4"
+        ))?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let jobs = select
             .query_map(params![&*key.account, &*key.target, now, limit], |row| {
@@ -230,11 +232,7 @@ impl Writer {
                     lease: token,
                     attempts: row.get(2)?,
                     retry_base: row.get(3)?,
-                    request: Arc::new(Replay {
-                        query: row.get(4)?,
-                        content_type: row.get(5)?,
-                        body: Bytes::from(row.get::<_, Vec<u8>>(6)?),
-                    }),
+                    request: Arc::new(shape_at(row, 4)?),
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;

@@ -34,6 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::schema::{DEAD, IN_FLIGHT, PENDING};
 use self::writer::{Command, Reply, WRITER_CHECKPOINT_PAGES};
+use super::shape::Stored;
 use super::{
     Accepted, Answer, AttemptRecord, AttemptReport, CallbackId, DeadLetter, DeadLetterDetail,
     DeadLetterFilter, IdBlocks, Job, JobId, Leased, NewCallback, QueueDepth, Recorded, Replay,
@@ -362,18 +363,11 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let found = conn
                 .prepare_cached(&format!(
-                    "SELECT {DEAD_LETTER_COLUMNS}, c.query, c.content_type, c.body
+                    "SELECT {DEAD_LETTER_COLUMNS}, {SHAPE_COLUMNS}
                      FROM jobs j JOIN callbacks c ON c.id = j.callback_id WHERE j.id = ?1 AND j.state = 3"
                 ))?
                 .query_row(params![id], |row| {
-                    Ok((
-                        dead_letter_row(row)?,
-                        Replay {
-                            query: row.get(11)?,
-                            content_type: row.get(12)?,
-                            body: Bytes::from(row.get::<_, Vec<u8>>(13)?),
-                        },
-                    ))
+                    Ok((dead_letter_row(row)?, shape_at(row, 11)?))
                 })
                 .optional()?;
             let Some((letter, request)) = found else {
@@ -445,6 +439,22 @@ impl From<rusqlite::Error> for StoreError {
             _ => StoreError::Unexpected(message),
         }
     }
+}
+
+/// The columns of a callback's shape, of `callbacks c`, in the order [`shape_at`] reads them.
+const SHAPE_COLUMNS: &str = "c.shape_version, c.query, c.authorizer, c.content_type, c.body";
+
+/// The callback's shape in the [`SHAPE_COLUMNS`] of `row` from column `first` on, as every
+/// version of it is read.
+fn shape_at(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Replay> {
+    Ok(Stored {
+        version: row.get(first)?,
+        query: row.get(first + 1)?,
+        authorizer: row.get(first + 2)?,
+        content_type: row.get(first + 3)?,
+        body: Bytes::from(row.get::<_, Vec<u8>>(first + 4)?),
+    }
+    .into_replay())
 }
 
 /// The columns [`dead_letter_row`] reads, in its order.

@@ -72,6 +72,10 @@ const MIGRATIONS: &[(&str, &str, &str)] = &[
     ("jobs", "lease", "INTEGER NOT NULL DEFAULT 0"),
     // Until when (Unix ms) the primary's answer may still be saved.
     ("callbacks", "answer_due", "INTEGER"),
+    // The stored callback's shape (`store::shape`): its version, NULL in rows of builds before
+    // versions (1), and the open platform's authorizer (2 on; also still in `query`'s tag).
+    ("callbacks", "shape_version", "INTEGER"),
+    ("callbacks", "authorizer", "TEXT"),
 ];
 
 /// Creates the tables a file lacks, and adds the columns of [`MIGRATIONS`] that a file made by

@@ -15,6 +15,7 @@ fn callback(key: &str) -> NewCallback {
             query: "q".into(),
             content_type: None,
             body: Bytes::from_static(b"<xml/>"),
+            authorizer: None,
         }),
         jobs: vec![NewJob {
             id: 2,
@@ -106,6 +107,7 @@ async fn the_checkpointer_copies_commits_into_the_database_file() {
             query: "q".into(),
             content_type: None,
             body: Bytes::from(vec![b'x'; 2000]),
+            authorizer: None,
         });
         assert!(matches!(
             store.accept(new).await.unwrap(),
