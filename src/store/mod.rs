@@ -331,20 +331,6 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// The message without the kind, e.g. `database or disk is full`.
-    pub fn message(&self) -> &str {
-        match self {
-            StoreError::Unavailable(m)
-            | StoreError::Full(m)
-            | StoreError::Timeout(m)
-            | StoreError::Refused(m)
-            | StoreError::Corrupt(m)
-            | StoreError::Unexpected(m) => m,
-            StoreError::Closed => "closed",
-            StoreError::FirstCopyNotStored => "the first copy of this callback was not stored",
-        }
-    }
-
     /// The same kind of error, with `what` (the step that failed) in front of its message.
     pub(crate) fn context(self, what: impl std::fmt::Display) -> StoreError {
         self.map_message(|m| format!("{what}: {m}"))

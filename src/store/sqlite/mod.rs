@@ -1,9 +1,9 @@
 //! The embedded default store: one SQLite file in WAL mode, written by one thread.
 //!
 //! Every operation is a command sent to the writer thread, which takes whatever has queued up
-//! (up to [`MAX_BATCH`]) and runs it in one transaction, then answers all of them. Under load one
-//! disk flush thus covers many callbacks (group commit); when idle, a lone callback commits at
-//! once. Answers are sent only after the commit, so "accepted" always means "on disk".
+//! (up to [`writer::MAX_BATCH`]) and runs it in one transaction, then answers all of them. Under
+//! load one disk flush thus covers many callbacks (group commit); when idle, a lone callback
+//! commits at once. Answers are sent only after the commit, so "accepted" always means "on disk".
 //!
 //! The file belongs to one process at a time (a lock file next to it says so), which is what makes
 //! it safe to turn jobs left in flight by a crash back into due jobs on open.
@@ -413,7 +413,7 @@ impl From<rusqlite::Error> for StoreError {
         let message = e.to_string();
         match &e {
             rusqlite::Error::SqliteFailure(failure, _) => match failure.code {
-                ErrorCode::DiskFull | ErrorCode::TooBig => StoreError::Full(message),
+                ErrorCode::DiskFull => StoreError::Full(message),
                 // Another connection held the file past the busy timeout.
                 ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => StoreError::Timeout(message),
                 ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => {
