@@ -24,7 +24,6 @@ use crate::telemetry::event_at;
 use crate::wechat::AUTHORIZER_HEADER;
 use crate::wechat::Fresh;
 use crate::wechat::ResignError;
-use crate::wechat::authorizer;
 
 /// Names the delivery (the job id): the same for every attempt of one delivery.
 pub const DELIVERY_HEADER: &str = "x-wechat-fanout-delivery";
@@ -230,8 +229,8 @@ impl Attempts {
     /// target with its own credentials), with the delivery's headers.
     async fn exchange(&self, target: &Target, job: &Job) -> Result<Response, Unanswered> {
         let request = &job.request;
-        // Open platform: the authorized account travels in front of WeChat's query.
-        let (authorizer, wechat_query) = authorizer::split(&request.query);
+        // Open platform: the authorized account the callback concerns.
+        let (authorizer, wechat_query) = (request.authorizer.as_deref(), request.query.as_str());
         // A target with its own credentials gets a copy re-signed for this attempt.
         let resigned = match &target.resign {
             Some(resign) => Some(resign.request(wechat_query, &request.body, &fresh())?),

@@ -14,7 +14,7 @@ use wechat_fanout::config::Synchronous;
 use wechat_fanout::store::{
     Accepted, Answer, AttemptReport, DeadLetterFilter, Disposition, Job, JobId, LEGACY_KEY_WINDOW,
     LeaseToken, Leased, NewCallback, NewJob, Recorded, RedisOptions, RedisStore, Replay, Replayed,
-    SqliteStore, Store, TargetKey, new_lease_token,
+    SHAPE_VERSION, SqliteStore, Store, StoreError, TargetKey, new_lease_token,
 };
 
 #[path = "support/redis.rs"]
@@ -37,6 +37,7 @@ async fn callback(store: &dyn Store, key: &str, targets: &[(&str, bool)]) -> New
             query: "signature=abc&timestamp=1&nonce=2".into(),
             content_type: Some("text/xml".into()),
             body: Bytes::from(format!("<xml><MsgId>{key}</MsgId></xml>")),
+            authorizer: None,
         }),
         jobs: targets
             .iter()
@@ -734,6 +735,48 @@ async fn callbacks_sharing_a_legacy_key_stay_apart(store: Arc<dyn Store>) {
     assert_eq!(store.lease_due(&key("a"), 10).await.unwrap().len(), 3);
 }
 
+/// The open platform's authorizer, from ingress.
+const AUTHORIZER: &str = "wxauthorized0001";
+
+/// `callback` about [`AUTHORIZER`] (WeChat's query as received, the authorizer beside it).
+async fn authorized_callback(
+    store: &dyn Store,
+    key: &str,
+    targets: &[(&str, bool)],
+) -> NewCallback {
+    let mut new = callback(store, key, targets).await;
+    new.request = Arc::new(Replay {
+        authorizer: Some(AUTHORIZER.into()),
+        ..(*new.request).clone()
+    });
+    new
+}
+
+/// Open platform: a callback about an authorizer comes back with it and with WeChat's query
+/// alone, whether leased or shown as a dead letter; a callback about none comes back without.
+async fn the_authorizer_is_stored_beside_wechats_query(store: Arc<dyn Store>) {
+    let about = authorized_callback(&*store, "au1", &[("a", false)]).await;
+    store.accept(about.clone()).await.unwrap();
+    let plain = callback(&*store, "au2", &[("a", false)]).await;
+    store.accept(plain.clone()).await.unwrap();
+    let jobs = store.lease_due(&key("a"), 10).await.unwrap();
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    for job in &jobs {
+        let sent = if job.callback == about.id {
+            &about
+        } else {
+            &plain
+        };
+        assert_eq!(*job.request, *sent.request);
+    }
+    let job = jobs.iter().find(|j| j.callback == about.id).unwrap();
+    assert_eq!(job.request.authorizer.as_deref(), Some(AUTHORIZER));
+    assert_eq!(job.request.query, "signature=abc&timestamp=1&nonce=2");
+    record(&*store, report(job, 1, Disposition::Dead)).await;
+    let letter = store.dead_letter(job.id).await.unwrap().unwrap();
+    assert_eq!(letter.request, *about.request);
+}
+
 /// The suite for one backend: `mod $backend` with one test per contract function, each on a
 /// fresh store from `$open` (the store and a guard that keeps its files alive).
 macro_rules! contract {
@@ -759,6 +802,7 @@ macro_rules! contract {
             #[tokio::test] outcome_sent_twice_at_once_applies_once,
             #[tokio::test] a_resend_finds_its_first_copy_under_the_legacy_key,
             #[tokio::test] callbacks_sharing_a_legacy_key_stay_apart,
+            #[tokio::test] the_authorizer_is_stored_beside_wechats_query,
         );
     };
     (@suite $backend:ident, $open:expr, $(#[$runtime:meta] $test:ident,)*) => {
@@ -1019,6 +1063,7 @@ async fn sqlite_reopen_resumes_jobs_in_flight_and_refuses_a_second_owner() {
     {
         let store = SqliteStore::open(&path, Synchronous::Full).unwrap();
         let err = SqliteStore::open(&path, Synchronous::Full).unwrap_err();
+        assert!(matches!(err, StoreError::Refused(_)), "{err:?}");
         assert!(
             err.to_string()
                 .contains("in use by another wechat-fanout process"),
@@ -1113,6 +1158,271 @@ async fn sqlite_file_from_before_lease_tokens_opens_and_its_jobs_resume() {
     assert!(jobs[0] > 1);
 }
 
+/// The authorizer of the callbacks stored by the build before, in their query's tag.
+const OLD_AUTHORIZER: &str = "wxstoredbefore01";
+/// WeChat's query of those callbacks, and the query as that build stored it.
+const OLD_QUERY: &str = "signature=old&timestamp=1&nonce=2";
+
+fn tagged_old_query() -> String {
+    format!("#{OLD_AUTHORIZER}#{OLD_QUERY}")
+}
+
+/// The job of a callback the build before stored (its authorizer in the query's tag, no shape
+/// version), job id `job`, body `body`, pending for target `a`: this build leases it with the
+/// authorizer read from the tag and WeChat's query alone, shows it so as a dead letter, and
+/// delivers it once replayed.
+async fn a_callback_of_the_build_before_is_delivered(store: &dyn Store, job: JobId, body: &[u8]) {
+    let expected = Replay {
+        query: OLD_QUERY.into(),
+        content_type: Some("text/xml".into()),
+        body: Bytes::copy_from_slice(body),
+        authorizer: Some(OLD_AUTHORIZER.into()),
+    };
+    let leased = lease_one(store, "a").await;
+    assert_eq!((leased.id, &*leased.request), (job, &expected));
+    record(store, report(&leased, 1, Disposition::Dead)).await;
+    let letter = store.dead_letter(job).await.unwrap().unwrap();
+    assert_eq!(letter.request, expected);
+    store
+        .replay_dead(Some(job), &DeadLetterFilter::default(), vec![key("a")])
+        .await
+        .unwrap();
+    let again = lease_one(store, "a").await;
+    assert_eq!((again.id, &*again.request), (job, &expected));
+    record(store, report(&again, 2, Disposition::Delivered)).await;
+    assert!(store.queue_depths().await.unwrap().is_empty());
+}
+
+/// SQLite only, a rolling deploy's two directions. A file the build before made (its tables,
+/// a callback as its INSERT wrote it: the authorizer in the query's tag) opens, and its job is
+/// delivered with the authorizer; so is one that build writes into the file after this build
+/// added its columns (started again on it: a rollback). And a callback this build stores keeps
+/// the tagged query in `query`, where that build reads it.
+#[tokio::test]
+async fn sqlite_callbacks_of_the_build_before_and_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    // As the build before wrote a callback and its pending job (`?1`: callback id, `?2`: job id).
+    let insert_as_before = |conn: &rusqlite::Connection, callback: i64, job: i64, body: &str| {
+        conn.execute(
+            "INSERT INTO callbacks (id, account, dedupe_key, received_at, msg_type, event, query, content_type, body, answer_due)
+             VALUES (?1, 'main', ?3, 1000, 'text', NULL, ?4, 'text/xml', ?5, NULL)",
+            rusqlite::params![callback, job, format!("before-{callback}"), tagged_old_query(), body.as_bytes()],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO jobs (id, callback_id, account, target, state, attempts, next_at, updated_at, lease)
+             VALUES (?2, ?1, 'main', 'a', 0, 0, 1000, 1000, 0)",
+            rusqlite::params![callback, job],
+        )
+        .unwrap();
+    };
+    {
+        let before = rusqlite::Connection::open(&path).unwrap();
+        before
+            .execute_batch(
+                "CREATE TABLE callbacks (id INTEGER PRIMARY KEY, account TEXT NOT NULL,
+                    dedupe_key TEXT NOT NULL, received_at INTEGER NOT NULL, msg_type TEXT,
+                    event TEXT, query TEXT NOT NULL, content_type TEXT, body BLOB NOT NULL,
+                    answer_type TEXT, answer BLOB, answer_due INTEGER,
+                    UNIQUE (account, dedupe_key));
+                 CREATE TABLE jobs (id INTEGER PRIMARY KEY, callback_id INTEGER NOT NULL,
+                    account TEXT NOT NULL, target TEXT NOT NULL, state INTEGER NOT NULL,
+                    attempts INTEGER NOT NULL DEFAULT 0, retry_base INTEGER NOT NULL DEFAULT 0,
+                    next_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, last_status INTEGER,
+                    last_error TEXT, lease INTEGER NOT NULL DEFAULT 0);",
+            )
+            .unwrap();
+        insert_as_before(&before, 1, 2, "<xml>made before</xml>");
+    }
+    let store = SqliteStore::open(&path, Synchronous::Full).unwrap();
+    a_callback_of_the_build_before_is_delivered(&store, 2, b"<xml>made before</xml>").await;
+
+    let rollback = rusqlite::Connection::open(&path).unwrap();
+    rollback.busy_timeout(Duration::from_secs(5)).unwrap();
+    insert_as_before(&rollback, 10, 11, "<xml>written by a rollback</xml>");
+    a_callback_of_the_build_before_is_delivered(&store, 11, b"<xml>written by a rollback</xml>")
+        .await;
+
+    let new = authorized_callback(&store, "for-the-build-before", &[("a", false)]).await;
+    store.accept(new.clone()).await.unwrap();
+    store.flush().await.unwrap();
+    let stored: (String, String, u32) = rollback
+        .query_row(
+            "SELECT query, authorizer, shape_version FROM callbacks WHERE id = ?1",
+            [new.id],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
+        .unwrap();
+    let tagged = format!("#{AUTHORIZER}#{}", new.request.query);
+    assert_eq!(stored, (tagged, AUTHORIZER.to_owned(), SHAPE_VERSION));
+}
+
+/// A plain connection to the tests' Redis (standalone or Cluster), for what the build before's
+/// scripts wrote and read.
+enum RawRedis {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl RawRedis {
+    async fn connect(urls: &[String], cluster: bool) -> RawRedis {
+        if cluster {
+            let client = redis::cluster::ClusterClient::new(urls.to_vec()).unwrap();
+            RawRedis::Cluster(client.get_async_connection().await.unwrap())
+        } else {
+            let client = redis::Client::open(urls[0].as_str()).unwrap();
+            RawRedis::Single(client.get_multiplexed_async_connection().await.unwrap())
+        }
+    }
+
+    async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> T {
+        match self {
+            RawRedis::Single(c) => cmd.query_async(c).await.unwrap(),
+            RawRedis::Cluster(c) => cmd.query_async(c).await.unwrap(),
+        }
+    }
+}
+
+/// Redis, a rolling deploy's first direction: a callback an instance of the build before
+/// stored (the hash fields, due set and sets its accept script wrote: no `v`, no `authorizer`,
+/// the authorizer in the query's tag) is leased and delivered by this build with the
+/// authorizer.
+async fn redis_a_callback_stored_by_the_build_before_is_delivered(
+    urls: Vec<String>,
+    cluster: bool,
+) {
+    let prefix = prefix();
+    let store = open_redis(urls.clone(), cluster, &prefix, 30_000).await;
+    let ids = store.next_ids(2).await.unwrap();
+    let (callback, job) = (ids[0], ids[1]);
+    let base = format!("{prefix}:{{main}}");
+    let body = "<xml>stored before</xml>";
+    let mut raw = RawRedis::connect(&urls, cluster).await;
+    let () = raw
+        .query(
+            redis::cmd("SADD")
+                .arg(format!("{prefix}:accounts"))
+                .arg("main"),
+        )
+        .await;
+    let () = raw
+        .query(
+            redis::cmd("HSET")
+                .arg(format!("{base}:dedupe"))
+                .arg("before")
+                .arg(callback),
+        )
+        .await;
+    let () = raw
+        .query(
+            redis::cmd("HSET")
+                .arg(format!("{base}:cb:{callback}"))
+                .arg(&["dedupe", "before", "received", "1000"])
+                .arg("query")
+                .arg(tagged_old_query())
+                .arg(&[
+                    "body", body, "open", "1", "msg_type", "text", "ctype", "text/xml",
+                ]),
+        )
+        .await;
+    let () = raw
+        .query(
+            redis::cmd("HSET")
+                .arg(format!("{base}:job:{job}"))
+                .arg("cb")
+                .arg(callback)
+                .arg(&[
+                    "target", "a", "state", "p", "lease", "0", "attempts", "0", "base", "0",
+                ]),
+        )
+        .await;
+    // Due since it arrived, long ago by Redis's clock.
+    let () = raw
+        .query(
+            redis::cmd("ZADD")
+                .arg(format!("{base}:due:a"))
+                .arg(1000)
+                .arg(job),
+        )
+        .await;
+    let () = raw
+        .query(redis::cmd("SADD").arg(format!("{base}:targets")).arg("a"))
+        .await;
+    a_callback_of_the_build_before_is_delivered(&store, job, body.as_bytes()).await;
+}
+
+/// Redis, a rolling deploy's other direction: a callback this build stores keeps the tagged
+/// query in its `query` field, which an instance of the build before reads (its lease script
+/// takes `query`, `ctype` and `body`, and it parses the tag), beside the shape's own fields.
+async fn redis_the_build_before_reads_a_callback_of_this_build(urls: Vec<String>, cluster: bool) {
+    let prefix = prefix();
+    let store = open_redis(urls.clone(), cluster, &prefix, 30_000).await;
+    let new = authorized_callback(&store, "for-the-build-before", &[("a", false)]).await;
+    store.accept(new.clone()).await.unwrap();
+    let mut raw = RawRedis::connect(&urls, cluster).await;
+    let (query, content_type, body, authorizer, version): (String, String, Vec<u8>, String, u32) =
+        raw.query(
+            redis::cmd("HMGET")
+                .arg(format!("{prefix}:{{main}}:cb:{}", new.id))
+                .arg(&["query", "ctype", "body", "authorizer", "v"]),
+        )
+        .await;
+    assert_eq!(query, format!("#{AUTHORIZER}#{}", new.request.query));
+    assert_eq!(content_type, "text/xml");
+    assert_eq!(body, new.request.body);
+    assert_eq!((&*authorizer, version), (AUTHORIZER, SHAPE_VERSION));
+}
+
+/// The tests of the build before's forms on Redis: `mod $backend` with one test each.
+macro_rules! build_before {
+    ($backend:ident, $urls:expr, $cluster:expr) => {
+        mod $backend {
+            #[tokio::test]
+            async fn a_callback_stored_by_the_build_before_is_delivered() {
+                super::redis_a_callback_stored_by_the_build_before_is_delivered($urls, $cluster)
+                    .await;
+            }
+
+            #[tokio::test]
+            async fn the_build_before_reads_a_callback_of_this_build() {
+                super::redis_the_build_before_reads_a_callback_of_this_build($urls, $cluster).await;
+            }
+        }
+    };
+}
+
+build_before!(
+    redis_standalone_build_before,
+    super::standalone_urls(),
+    false
+);
+build_before!(redis_cluster_build_before, super::cluster_urls(), true);
+
+/// Redis only: at its `maxmemory` (with `noeviction`, as it should run) Redis refuses writes:
+/// the store says it is full, in Redis's words, rather than an error this build does not expect.
+#[tokio::test]
+async fn redis_at_its_maxmemory_is_full() {
+    let server = RedisServer::start(&["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"]);
+    let store = open_redis(vec![server.url()], false, &prefix(), 30_000).await;
+    let body = Bytes::from(vec![b'x'; 64 * 1024]);
+    for n in 0.. {
+        let mut new = callback(&store, &format!("m{n}"), &[("a", false)]).await;
+        new.request = Arc::new(Replay {
+            body: body.clone(),
+            ..(*new.request).clone()
+        });
+        match store.accept(new).await {
+            Ok(_) => assert!(n < 1_000, "{n} callbacks of 64 KiB stored in 4 MiB"),
+            Err(e) => {
+                assert!(matches!(e, StoreError::Full(_)), "{e:?}");
+                assert!(e.to_string().contains("OOM"), "{e}");
+                break;
+            }
+        }
+    }
+}
+
 /// Redis only: SIGKILLed and started again (AOF `always`), Redis keeps every accepted callback;
 /// while it is down the store fails (it never claims a write), and the same store value works
 /// again once Redis is back, without being reopened.
@@ -1127,8 +1437,18 @@ async fn redis_killed_and_restarted_keeps_what_was_accepted_and_the_store_recove
     let down = store
         .accept(callback(&store, "during", &[("a", false)]).await)
         .await;
-    assert!(down.is_err(), "{down:?}");
-    assert!(store.check_writable().await.is_err());
+    // Down is a fault to retry later, not a refusal or a reply this build does not expect.
+    assert!(
+        matches!(
+            down,
+            Err(StoreError::Unavailable(_) | StoreError::Timeout(_))
+        ),
+        "{down:?}"
+    );
+    assert!(matches!(
+        store.check_writable().await,
+        Err(StoreError::Unavailable(_) | StoreError::Timeout(_))
+    ));
 
     server.restart();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

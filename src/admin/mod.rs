@@ -385,6 +385,10 @@ impl Admin {
         }
         let request = &detail.request;
         let mut headers = vec![(ACCOUNT_HEADER, detail.letter.account.clone())];
+        // As the delivery sends it: the open platform's authorizer, in a header.
+        if let Some(appid) = &request.authorizer {
+            headers.push((crate::wechat::AUTHORIZER_HEADER, appid.clone()));
+        }
         if let Some(content_type) = &request.content_type {
             headers.insert(0, ("content-type", content_type.clone()));
         }
@@ -424,9 +428,7 @@ impl Admin {
     fn decrypt(&self, account: &str, request: &crate::store::Replay) -> Option<String> {
         let routes = self.shared.routes.load();
         let credentials = &routes.account(account)?.credentials;
-        // An authorizer's callback is stored with the authorizer in front of WeChat's query.
-        let (_, wechat_query) = crate::wechat::authorizer::split(&request.query);
-        let query = crate::wechat::CallbackQuery::parse(wechat_query).ok()?;
+        let query = crate::wechat::CallbackQuery::parse(&request.query).ok()?;
         let opened = crate::wechat::open_callback(credentials, &query, &request.body).ok()?;
         opened
             .decrypted

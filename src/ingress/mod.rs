@@ -47,9 +47,8 @@ use crate::metrics::CallbackOutcome;
 use crate::routing::Account;
 use crate::store::{Answer, Replay};
 use crate::telemetry::event_at;
-use crate::wechat::authorizer;
 use crate::wechat::{
-    CallbackQuery, DedupeKey, Envelope, Kind, dedupe_key, open_callback, verify_url,
+    CallbackQuery, DedupeKey, Envelope, Kind, dedupe_key, is_app_id, open_callback, verify_url,
 };
 use rejection::Rejection;
 use resends::Resends;
@@ -163,7 +162,7 @@ impl Ingress {
         };
         // `/wechat/{id}/{authorizer_appid}`: an open platform's message URL, nobody else's.
         if authorizer.is_some_and(|appid| {
-            account.credentials.kind != Kind::OpenPlatform || !authorizer::is_app_id(appid)
+            account.credentials.kind != Kind::OpenPlatform || !is_app_id(appid)
         }) {
             return Err(Rejection::UnknownAccount);
         }
@@ -220,7 +219,7 @@ impl Ingress {
         // authorization event names; its callbacks dedupe apart from other authorizers'.
         let authorizer = authorizer.map(str::to_owned).or_else(|| {
             (opened.envelope.authorizer_appid.as_deref())
-                .filter(|appid| authorizer::is_app_id(appid))
+                .filter(|appid| is_app_id(appid))
                 .map(str::to_owned)
         });
         let scope = match (&authorizer, opened.envelope.info_type.is_none()) {
@@ -231,9 +230,10 @@ impl Ingress {
         let content = (self.shared.events.carries_content())
             .then(|| String::from_utf8_lossy(opened.message(&body)).into_owned());
         let replay = Arc::new(Replay {
-            query: authorizer::tag(authorizer.as_deref(), raw_query),
+            query: raw_query.to_owned(),
             content_type,
             body,
+            authorizer: authorizer.clone(),
         });
         let this = self.clone();
         let span = info_span!(

@@ -121,7 +121,7 @@ mod tests {
         let envelope = Envelope::parse(b"<xml><a>&x;</a></xml>").unwrap_err();
         for (rejection, cause) in [
             (
-                Rejection::Store(StoreError::Io(denied)),
+                Rejection::Store(StoreError::from(denied)),
                 "permission denied",
             ),
             (

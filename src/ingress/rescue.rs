@@ -101,6 +101,7 @@ async fn rescue(
                 query: String::new(),
                 content_type: Some("application/json".to_owned()),
                 body: Bytes::from(message.to_string()),
+                authorizer: None,
             }),
             jobs: vec![NewJob {
                 id: ids[1],

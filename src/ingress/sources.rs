@@ -28,7 +28,7 @@ use tracing::{info, warn};
 use crate::cidr::{Cidr, listed};
 use crate::outbound::wechat_api::{ApiAccount, WechatApi};
 use crate::routing::Allowed;
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 /// How often WeChat's callback IP list is fetched again.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(3600);
@@ -198,12 +198,11 @@ pub async fn refresh_loop(
                         fetched_at_ms: crate::clock::now_ms(),
                     };
                     let kept = match serde_json::to_vec(&list) {
-                        Ok(bytes) => {
-                            store
-                                .keep_value(&kept_as(&account.id), Bytes::from(bytes))
-                                .await
-                        }
-                        Err(e) => Err(StoreError::Other(e.to_string())),
+                        Ok(bytes) => store
+                            .keep_value(&kept_as(&account.id), Bytes::from(bytes))
+                            .await
+                            .map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
                     };
                     if let Err(e) = kept {
                         warn!(account = %account.id, error = %e, "could not keep WeChat's callback IP list in the store");

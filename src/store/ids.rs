@@ -72,11 +72,11 @@ impl IdBlocks {
         }
         let count = block.max(u64::try_from(n).unwrap_or(u64::MAX));
         let last = reserve(count).await?;
-        let count =
-            i64::try_from(count).map_err(|_| StoreError::Other("id block too large".into()))?;
+        let count = i64::try_from(count)
+            .map_err(|_| StoreError::Unexpected("id block too large".into()))?;
         self.install(last - count + 1, last);
         self.take(n)
-            .ok_or_else(|| StoreError::Other("the reserved id block is too small".into()))
+            .ok_or_else(|| StoreError::Unexpected("the reserved id block is too small".into()))
     }
 }
 

@@ -167,6 +167,7 @@ mod tests {
                 query: String::new(),
                 content_type: None,
                 body: bytes::Bytes::new(),
+                authorizer: None,
             }),
         }
     }

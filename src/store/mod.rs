@@ -7,6 +7,8 @@
 //! * A job is *pending* (due at some time), *in flight* (leased), or *dead*. Delivered jobs are
 //!   removed. Retries are pending jobs due later: no task sleeps.
 //! * The store never interprets bodies: it keeps and returns the original bytes.
+//! * What is stored of a callback has one shape, [`Replay`], versioned ([`SHAPE_VERSION`]) so
+//!   that builds of two releases share a store (`shape`).
 //!
 //! Several processes may share one store (Redis), so the trait is built for that:
 //!
@@ -40,10 +42,12 @@ use crate::config::{Backend, StoreConfig};
 mod ids;
 pub mod leases;
 mod redis;
+mod shape;
 mod sqlite;
 
 pub use self::redis::{RedisOptions, RedisStore};
 pub use ids::IdBlocks;
+pub use shape::{Replay, SHAPE_VERSION};
 pub use sqlite::{Readiness, SqliteStore};
 
 /// Opens the store `config` names: the one place that knows every backend. Its errors do not
@@ -113,15 +117,6 @@ pub struct NewJob {
     /// `Some`: the caller attempts this job at once itself (primary relay, in-memory hand-off)
     /// under this lease: it is stored in flight rather than due, so no worker leases it twice.
     pub lease: Option<LeaseToken>,
-}
-
-/// Exactly what WeChat sent and every target gets again.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Replay {
-    /// The raw query string, byte for byte (without `?`).
-    pub query: String,
-    pub content_type: Option<String>,
-    pub body: Bytes,
 }
 
 /// The answer WeChat got, kept so that its resends get the same.
@@ -296,37 +291,76 @@ pub enum Recorded {
     LeaseLost,
 }
 
-/// The message names the cause itself, so the cause is not also its `source()`: a chain
-/// printer (`{:#}` of anyhow) would print it twice.
-#[derive(Debug, thiserror::Error)]
+/// What went wrong with the store, as a caller can act on it. Each backend converts its own
+/// errors where they arise (`sqlite`, `redis`), so no type of a backend's library leaves the
+/// store; the message keeps the innermost cause's text (`database or disk is full`,
+/// `Connection refused (os error 111)`) for logs and people. Only strings inside, so an error can
+/// be cloned to every member of a batch that failed together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
-    #[error("store: {0}")]
-    Sqlite(rusqlite::Error),
-    #[error("store: {0}")]
-    Io(std::io::Error),
-    #[error("store: {0}")]
-    Redis(::redis::RedisError),
+    /// The store cannot be reached or written now: a connection refused or dropped, an I/O
+    /// error, Redis loading or failing over, the store's file gone from its path. Retry later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// No room: the disk is full (or below `store.min_free_bytes`), or Redis reached its
+    /// `maxmemory`. Retry once space is freed.
+    #[error("store full: {0}")]
+    Full(String),
+    /// The store did not answer in time (a response timeout, a lock held past its timeout, an
+    /// fsync not confirmed in time); the write may still have happened.
+    #[error("store timed out: {0}")]
+    Timeout(String),
+    /// The store was closed: nothing more will be written by this process.
     #[error("store is closed")]
     Closed,
+    /// Refused until someone changes something: a malformed URL, a wrong password or missing
+    /// permission, the file owned by another process. Retrying alone does not help.
+    #[error("store refused: {0}")]
+    Refused(String),
+    /// The store holds what this build cannot read (a damaged file, a value of the wrong type).
+    #[error("store corrupt: {0}")]
+    Corrupt(String),
+    /// Anything else: an answer or a failure this build does not expect.
     #[error("store: {0}")]
-    Other(String),
+    Unexpected(String),
 }
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> StoreError {
-        StoreError::Sqlite(e)
+impl StoreError {
+    /// The same kind of error, with `what` (the step that failed) in front of its message.
+    pub(crate) fn context(self, what: impl std::fmt::Display) -> StoreError {
+        self.map_message(|m| format!("{what}: {m}"))
+    }
+
+    /// The same kind of error with another message made from this one's.
+    pub(crate) fn map_message(self, f: impl FnOnce(String) -> String) -> StoreError {
+        match self {
+            StoreError::Unavailable(m) => StoreError::Unavailable(f(m)),
+            StoreError::Full(m) => StoreError::Full(f(m)),
+            StoreError::Timeout(m) => StoreError::Timeout(f(m)),
+            StoreError::Refused(m) => StoreError::Refused(f(m)),
+            StoreError::Corrupt(m) => StoreError::Corrupt(f(m)),
+            StoreError::Unexpected(m) => StoreError::Unexpected(f(m)),
+            StoreError::Closed => StoreError::Closed,
+        }
     }
 }
 
+/// An I/O error of the store's own files (its folder, its lock, the threads it starts).
 impl From<std::io::Error> for StoreError {
     fn from(e: std::io::Error) -> StoreError {
-        StoreError::Io(e)
-    }
-}
-
-impl From<::redis::RedisError> for StoreError {
-    fn from(e: ::redis::RedisError) -> StoreError {
-        StoreError::Redis(e)
+        use std::io::ErrorKind;
+        let message = e.to_string();
+        match e.kind() {
+            ErrorKind::StorageFull | ErrorKind::QuotaExceeded | ErrorKind::FileTooLarge => {
+                StoreError::Full(message)
+            }
+            ErrorKind::TimedOut => StoreError::Timeout(message),
+            ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem => {
+                StoreError::Refused(message)
+            }
+            ErrorKind::InvalidData => StoreError::Corrupt(message),
+            _ => StoreError::Unavailable(message),
+        }
     }
 }
 

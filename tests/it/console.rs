@@ -393,11 +393,9 @@ async fn the_console_opens_an_authorizers_dead_letter() {
         Wx::target("svc", &target.url("/svc"), "max_attempts = 1"),
     ))
     .await;
+    let sealed = wx.seal(&text_xml("opened for the console"));
     proxy
-        .post(
-            "op/wxaaaaaaaaaaaaaaa1",
-            &wx.seal(&text_xml("opened for the console")),
-        )
+        .post("op/wxaaaaaaaaaaaaaaa1", &sealed)
         .await
         .assert_success();
     let client = reqwest::Client::builder()
@@ -427,4 +425,15 @@ async fn the_console_opens_an_authorizers_dead_letter() {
     let letter = get(format!("/console/dead-letters/{id}")).await;
     let decrypted = letter["request"]["decrypted"].as_str().unwrap_or_default();
     assert!(decrypted.contains("opened for the console"), "{letter}");
+    // Shown as it is delivered: WeChat's query, and the authorizer in its header.
+    let request = &letter["request"];
+    assert_eq!(request["query"], sealed.query.as_str(), "{letter}");
+    let headers = request["headers"].as_array().cloned().unwrap_or_default();
+    assert!(
+        headers.contains(&serde_json::json!([
+            "x-wechat-fanout-authorizer",
+            "wxaaaaaaaaaaaaaaa1"
+        ])),
+        "{letter}"
+    );
 }

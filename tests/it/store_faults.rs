@@ -381,6 +381,7 @@ fn new_callback(ids: Vec<i64>, dedupe_key: &str) -> NewCallback {
             query: "signature=abc&timestamp=1&nonce=2".into(),
             content_type: Some("text/xml".into()),
             body: Bytes::from(format!("<xml><MsgId>{dedupe_key}</MsgId></xml>")),
+            authorizer: None,
         }),
         jobs: vec![NewJob {
             id: ids[1],
@@ -412,13 +413,17 @@ async fn after_commits_fail_in_a_row_readiness_says_so_once_more_then_recovers()
         match accept_new(store, &format!("full-{n}")).await {
             Ok(_) => Some(()),
             Err(error) => {
+                // The kind a caller can act on, and SQLite's own words.
+                assert!(matches!(error, StoreError::Full(_)), "{error:?}");
                 assert!(error.to_string().contains("full"), "{error}");
                 None
             }
         }
     })
     .await;
-    let not_ready = store.check_writable().await.unwrap_err().to_string();
+    let not_ready = store.check_writable().await.unwrap_err();
+    assert!(matches!(not_ready, StoreError::Full(_)), "{not_ready:?}");
+    let not_ready = not_ready.to_string();
     assert!(
         not_ready.contains("a test write of 8192 bytes failed"),
         "{not_ready}"

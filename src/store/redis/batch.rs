@@ -1,0 +1,257 @@
+//! Accepts, and attempts' outcomes, on their way to Redis in batches: whatever queued up while
+//! earlier batches were on their way goes in the next one, one script call per account, each
+//! item applied as it would be alone, in arrival order. An idle store sends each at once.
+//!
+//! A batch's error is every one of its items' error; an accept whose connection broke is sent
+//! once more (the script recognises its own callback ids), and a new accept waits for
+//! `WAITAOF` where the server has it.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use redis::Script;
+use redis::Value;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::options::Conn;
+use super::parse;
+use crate::store::StoreError;
+
+/// How long a new accept waits for `WAITAOF` (its fsync).
+const WAITAOF_TIMEOUT_MS: u64 = 2000;
+/// At most this many accepts (or outcomes) go in one batch…
+const BATCH_MAX: usize = 64;
+/// …and at most this many batches of a kind are on their way at once; more wait and grow.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// A script's reply row: fields that may be nil.
+pub(super) type Row = Vec<Option<Vec<u8>>>;
+
+/// One item's answer from a batch.
+type Reply<O> = oneshot::Sender<Result<O, StoreError>>;
+
+/// Sends items in batches: whatever queued up while earlier batches were on their way goes in
+/// the next one (at most [`BATCH_MAX`]; at most [`BATCHES_IN_FLIGHT`] at once).
+pub(super) struct Batcher<I, O> {
+    queue: mpsc::UnboundedSender<(I, Reply<O>)>,
+}
+
+impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
+    /// `send` takes a batch and answers each item, in order. The task ends when the batcher is
+    /// dropped.
+    pub(super) fn spawn<F, Fut>(send: F) -> Batcher<I, O>
+    where
+        F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<Result<O, StoreError>>> + Send + 'static,
+    {
+        let (queue, mut items) = mpsc::unbounded_channel::<(I, Reply<O>)>();
+        let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+        let send = Arc::new(send);
+        tokio::spawn(async move {
+            while let Some(first) = items.recv().await {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let mut batch = vec![first];
+                while batch.len() < BATCH_MAX
+                    && let Ok(item) = items.try_recv()
+                {
+                    batch.push(item);
+                }
+                let send = send.clone();
+                tokio::spawn(async move {
+                    let (batch, replies): (Vec<I>, Vec<Reply<O>>) = batch.into_iter().unzip();
+                    let answers = send(batch).await;
+                    for (reply, answer) in replies.into_iter().zip(answers) {
+                        // The caller may be gone (its request was cancelled): nothing to tell.
+                        let _ = reply.send(answer);
+                    }
+                    drop(slot);
+                });
+            }
+        });
+        Batcher { queue }
+    }
+
+    pub(super) async fn submit(&self, item: I) -> Result<O, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send((item, reply))
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| {
+            StoreError::Unexpected("a batch of store writes ended without an answer".into())
+        })?
+    }
+}
+
+/// An accept or an attempt's outcome on its way: the account's key base and the script's
+/// arguments for it.
+pub(super) struct BatchItem {
+    pub(super) base: String,
+    pub(super) args: Vec<Vec<u8>>,
+}
+
+/// What the batches need of the store.
+pub(super) struct BatchContext {
+    pub(super) conn: Conn,
+    pub(super) lease_ms: u64,
+    pub(super) waitaof: bool,
+    pub(super) accept: Script,
+    pub(super) record: Script,
+}
+
+/// Groups the items of a batch by account (key base), keeping each item's place.
+fn by_base(items: &[BatchItem]) -> BTreeMap<&str, Vec<usize>> {
+    let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, item) in items.iter().enumerate() {
+        groups.entry(item.base.as_str()).or_default().push(i);
+    }
+    groups
+}
+
+/// A script's replies for one group, if there is one for each item: `what` names the script.
+fn one_each<O>(replies: Vec<O>, places: &[usize], what: &str) -> Result<Vec<O>, StoreError> {
+    if replies.len() == places.len() {
+        Ok(replies)
+    } else {
+        Err(StoreError::Unexpected(format!(
+            "unexpected reply to {what}"
+        )))
+    }
+}
+
+/// Gives each item of a group (its place in the batch) its reply, or the group's error.
+fn spread<O>(
+    answers: &mut [Option<Result<O, StoreError>>],
+    places: &[usize],
+    replies: Result<Vec<O>, StoreError>,
+) {
+    match replies {
+        Ok(replies) => {
+            for (&i, reply) in places.iter().zip(replies) {
+                answers[i] = Some(Ok(reply));
+            }
+        }
+        Err(e) => {
+            for &i in places {
+                answers[i] = Some(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// The batch's answers, in order; an item no group answered is an error naming `what`.
+fn answered<O>(
+    answers: Vec<Option<Result<O, StoreError>>>,
+    what: &str,
+) -> Vec<Result<O, StoreError>> {
+    answers
+        .into_iter()
+        .map(|a| a.unwrap_or_else(|| Err(StoreError::Unexpected(format!("{what} not sent")))))
+        .collect()
+}
+
+impl BatchContext {
+    /// One accept script per account for the batch; each callback's reply row.
+    pub(super) async fn accept(
+        self: Arc<Self>,
+        items: Vec<BatchItem>,
+    ) -> Vec<Result<Row, StoreError>> {
+        let mut answers: Vec<Option<Result<Row, StoreError>>> =
+            items.iter().map(|_| None).collect();
+        for (base, places) in by_base(&items) {
+            let mut invocation = self.accept.key(base);
+            invocation.arg(self.lease_ms);
+            for &i in &places {
+                invocation.arg(&items[i].args);
+            }
+            let rows = self
+                .run_accept(&invocation)
+                .await
+                .and_then(|reply| {
+                    let rows: Vec<Value> = parse(reply)?;
+                    rows.into_iter()
+                        .map(parse::<Row>)
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .and_then(|rows| one_each(rows, &places, "accept"));
+            let rows = match rows {
+                Ok(rows) => {
+                    let new = rows
+                        .iter()
+                        .any(|r| r.first().and_then(|v| v.as_deref()) == Some(b"new"));
+                    match (self.waitaof && new).then(|| wait_aof(self.conn.clone(), base)) {
+                        Some(waited) => waited.await.map(|()| rows),
+                        None => Ok(rows),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            spread(&mut answers, &places, rows);
+        }
+        answered(answers, "accept")
+    }
+
+    /// Runs the accept script; once more if the connection broke (the script may have run: a
+    /// second run recognises its callback ids).
+    async fn run_accept(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<Value, StoreError> {
+        match invocation.invoke_async(&mut self.conn.clone()).await {
+            Ok(value) => Ok(value),
+            Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
+                Ok(invocation.invoke_async(&mut self.conn.clone()).await?)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// One record script per account for the batch; 1 (applied) or 0 (lease lost) each.
+    pub(super) async fn record(
+        self: Arc<Self>,
+        items: Vec<BatchItem>,
+    ) -> Vec<Result<i64, StoreError>> {
+        let mut answers: Vec<Option<Result<i64, StoreError>>> =
+            items.iter().map(|_| None).collect();
+        for (base, places) in by_base(&items) {
+            let mut invocation = self.record.key(base);
+            for &i in &places {
+                invocation.arg(&items[i].args);
+            }
+            let applied = invocation
+                .invoke_async::<Vec<i64>>(&mut self.conn.clone())
+                .await
+                .map_err(StoreError::from)
+                .and_then(|applied| one_each(applied, &places, "record"));
+            spread(&mut answers, &places, applied);
+        }
+        answered(answers, "outcome")
+    }
+}
+
+/// Waits until the writes so far on the connection that serves `base` are fsynced.
+async fn wait_aof(conn: Conn, base: &str) -> Result<(), StoreError> {
+    let mut cmd = redis::cmd("WAITAOF");
+    cmd.arg(1).arg(0).arg(WAITAOF_TIMEOUT_MS);
+    let reply = match conn {
+        Conn::Single(mut c) => cmd.query_async(&mut c).await?,
+        Conn::Cluster(mut c) => {
+            let route = Route::with_slot(Slot::for_key(base), SlotAddr::Master);
+            c.route_command(
+                cmd,
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+            )
+            .await?
+        }
+    };
+    let counts: Vec<i64> = parse(reply)?;
+    if counts.first().copied().unwrap_or(0) < 1 {
+        return Err(StoreError::Timeout(
+            "redis did not write the callback to its append-only file in time".into(),
+        ));
+    }
+    Ok(())
+}

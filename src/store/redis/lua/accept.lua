@@ -1,0 +1,93 @@
+-- ARGV: lease ms, then per callback: id, dedupe key, received, msg_type, event,
+-- query, content type, body, answer pending ms, presence of (msg_type, event, content
+-- type, authorizer), job count, legacy dedupe key or '', authorizer, then (job id, target,
+-- lease token or 0) per job. Each callback as if alone, in order; one reply each: {'new'},
+-- or {'dup', id, answer, answer type, pending ms}.
+--
+-- The callback's hash holds its shape (`store::shape`): the version `v` this build writes,
+-- the query (still tagged with the authorizer, for instances of the build before), the
+-- content type, the body, and the authorizer in a field of its own.
+--
+-- The legacy key (the build before's key for this callback): a callback that build
+-- stored under it (its `dedupe` field is that key) within the window is this one's
+-- first copy. It is written too, if free, so that an instance of that build finds
+-- this callback when a resend reaches it; a callback of this build found under it
+-- (its `dedupe` field is another key) says nothing, since this build tells apart
+-- callbacks that key merged.
+local lease_ms = tonumber(ARGV[1])
+local legacy_window_ms = tonumber('LEGACY_WINDOW_MS')
+local shape_version = 'SHAPE_VERSION'
+-- One clock reading, one SADD per target and one ZADD per lease set for the whole batch.
+local clock
+local function now()
+  if not clock then clock = now_ms() end
+  return clock
+end
+local targets, leases = {}, {}
+-- The callback whose arguments follow ARGV[o], with n jobs.
+local function duplicate(existing)
+  local a = redis.call('HMGET', K .. ':cb:' .. existing, 'answer', 'answer_type', 'answer_due')
+  local pending = false
+  if not a[1] and a[3] then
+    local left = tonumber(a[3]) - now()
+    if left > 0 then pending = tostring(left) end
+  end
+  return {'dup', existing, a[1] or false, a[2] or false, pending}
+end
+local function accept(o, n)
+  local id, dedupe, received = ARGV[o + 1], ARGV[o + 2], ARGV[o + 3]
+  local existing = redis.call('HGET', K .. ':dedupe', dedupe)
+  if existing then
+    if existing == id then return {'new'} end
+    return duplicate(existing)
+  end
+  local legacy = ARGV[o + 12]
+  if legacy ~= '' then
+    local first = redis.call('HGET', K .. ':dedupe', legacy)
+    if first and first ~= id then
+      local c = redis.call('HMGET', K .. ':cb:' .. first, 'dedupe', 'received')
+      if c[1] == legacy and tonumber(c[2]) >= tonumber(received) - legacy_window_ms then
+        return duplicate(first)
+      end
+    end
+  end
+  local present = ARGV[o + 10]
+  redis.call('HSET', K .. ':dedupe', dedupe, id)
+  local cb = K .. ':cb:' .. id
+  local fields = {'v', shape_version, 'dedupe', dedupe, 'received', received, 'query', ARGV[o + 6], 'body', ARGV[o + 8], 'open', n}
+  if legacy ~= '' and redis.call('HSETNX', K .. ':dedupe', legacy, id) == 1 then
+    table.insert(fields, 'legacy'); table.insert(fields, legacy)
+  end
+  if string.sub(present, 1, 1) == '1' then table.insert(fields, 'msg_type'); table.insert(fields, ARGV[o + 4]) end
+  if string.sub(present, 2, 2) == '1' then table.insert(fields, 'event'); table.insert(fields, ARGV[o + 5]) end
+  if string.sub(present, 3, 3) == '1' then table.insert(fields, 'ctype'); table.insert(fields, ARGV[o + 7]) end
+  if string.sub(present, 4, 4) == '1' then table.insert(fields, 'authorizer'); table.insert(fields, ARGV[o + 13]) end
+  if ARGV[o + 9] ~= '' then table.insert(fields, 'answer_due'); table.insert(fields, now() + tonumber(ARGV[o + 9])) end
+  redis.call('HSET', cb, unpack(fields))
+  for i = 0, n - 1 do
+    local job, target, token = ARGV[o + 14 + 3 * i], ARGV[o + 15 + 3 * i], ARGV[o + 16 + 3 * i]
+    local state = 'f'
+    if token == '0' then state = 'p' end
+    redis.call('HSET', K .. ':job:' .. job, 'cb', id, 'target', target, 'state', state, 'lease', token, 'attempts', 0, 'base', 0)
+    targets[target] = true
+    if token == '0' then
+      redis.call('ZADD', K .. ':due:' .. target, now(), job)
+    else
+      local set = K .. ':lease:' .. target
+      if not leases[set] then leases[set] = {} end
+      table.insert(leases[set], now() + lease_ms)
+      table.insert(leases[set], job)
+    end
+  end
+  if n == 0 then redis.call('ZADD', K .. ':done', received, id) end
+  return {'new'}
+end
+local replies, o = {}, 1
+while o < #ARGV do
+  local n = tonumber(ARGV[o + 11])
+  table.insert(replies, accept(o, n))
+  o = o + 13 + 3 * n
+end
+for target in pairs(targets) do redis.call('SADD', K .. ':targets', target) end
+for set, members in pairs(leases) do redis.call('ZADD', set, unpack(members)) end
+return replies

@@ -1,0 +1,44 @@
+-- ARGV, per outcome (9 each): job, token, delivered|retry|dead, delay ms, attempt,
+-- at ms, status, error, error present. Each as if alone, in order; one reply each:
+-- 1: applied, 0: the lease does not hold.
+-- Leases ended and jobs delivered in this batch: one ZREM per lease set and one DEL at the end.
+local ended, gone, delivered = {}, {}, {}
+-- The outcome whose arguments follow ARGV[o].
+local function record(o)
+  local job = ARGV[o + 1]
+  local j = K .. ':job:' .. job
+  if delivered[job] then return 0 end
+  local f = redis.call('HMGET', j, 'state', 'lease', 'target', 'cb', 'attempts')
+  if f[1] ~= 'f' or f[2] ~= ARGV[o + 2] then return 0 end
+  local target = f[3]
+  local set = K .. ':lease:' .. target
+  if not ended[set] then ended[set] = {} end
+  table.insert(ended[set], job)
+  if ARGV[o + 3] == 'delivered' then
+    delivered[job] = true
+    table.insert(gone, j)
+    table.insert(gone, K .. ':att:' .. job)
+    close_job(f[4])
+    return 1
+  end
+  local attempt, at, status = ARGV[o + 5], ARGV[o + 6], ARGV[o + 7]
+  local err = '-'
+  if ARGV[o + 9] == '1' then err = 'E' .. ARGV[o + 8] end
+  redis.call('HSET', K .. ':att:' .. job, attempt, at .. '|' .. status .. '|' .. err)
+  redis.call('HSET', j, 'attempts', attempt, 'updated', at)
+  if status ~= '' then redis.call('HSET', j, 'status', status) else redis.call('HDEL', j, 'status') end
+  if ARGV[o + 9] == '1' then redis.call('HSET', j, 'error', ARGV[o + 8]) else redis.call('HDEL', j, 'error') end
+  if ARGV[o + 3] == 'retry' then
+    redis.call('HSET', j, 'state', 'p')
+    redis.call('ZADD', K .. ':due:' .. target, now_ms() + tonumber(ARGV[o + 4]), job)
+  else
+    redis.call('HSET', j, 'state', 'd', 'died', at)
+    redis.call('ZADD', K .. ':dead:' .. target, at, job)
+  end
+  return 1
+end
+local replies = {}
+for o = 0, #ARGV - 1, 9 do table.insert(replies, record(o)) end
+for set, jobs in pairs(ended) do redis.call('ZREM', set, unpack(jobs)) end
+if #gone > 0 then redis.call('DEL', unpack(gone)) end
+return replies

@@ -1,0 +1,98 @@
+//! The Lua scripts every operation on an account runs as, one file each under `lua/`, compiled
+//! in with `include_str!`: each script is read where it is written, with its arguments and its
+//! reply described at its top, and the Rust side only names it.
+//!
+//! Every script begins with `lua/prelude.lua` (the account's key base `K`, Redis's clock,
+//! closing a job, a dead letter's fields), joined at load. Two constants of this build are
+//! written into the accept script's text: the window for legacy dedupe keys
+//! ([`LEGACY_KEY_WINDOW`]) where it says `LEGACY_WINDOW_MS`, and the version of the stored
+//! callback's shape ([`SHAPE_VERSION`]) where it says `SHAPE_VERSION`.
+
+use redis::Script;
+
+use crate::store::{LEGACY_KEY_WINDOW, SHAPE_VERSION};
+
+const PRELUDE: &str = include_str!("lua/prelude.lua");
+
+/// What the accept script reads as its legacy window, replaced by the window in milliseconds.
+const LEGACY_WINDOW_PLACEHOLDER: &str = "LEGACY_WINDOW_MS";
+/// What the accept script writes as the shape's version, replaced by [`SHAPE_VERSION`].
+const SHAPE_VERSION_PLACEHOLDER: &str = "SHAPE_VERSION";
+
+/// The scripts, hashed once (`EVALSHA`, loaded again by the client on `NOSCRIPT`).
+pub(super) struct Scripts {
+    /// Stores callbacks and their jobs, or finds their first copy (the dedupe).
+    pub(super) accept: Script,
+    pub(super) save_answer: Script,
+    pub(super) lease: Script,
+    pub(super) next_due: Script,
+    /// Applies attempts' outcomes under their lease.
+    pub(super) record: Script,
+    pub(super) release: Script,
+    pub(super) renew: Script,
+    /// Turns the pending jobs of unrouted targets into dead letters.
+    pub(super) bury: Script,
+    pub(super) replay: Script,
+    pub(super) purge_dead: Script,
+    /// Forgets callbacks with no job left after the retention.
+    pub(super) purge_done: Script,
+    pub(super) dead_list: Script,
+    pub(super) dead_detail: Script,
+    pub(super) depths: Script,
+}
+
+impl Scripts {
+    pub(super) fn new() -> Scripts {
+        let script = |body: &str| Script::new(&source(body));
+        Scripts {
+            accept: script(&accept_body()),
+            save_answer: script(include_str!("lua/save_answer.lua")),
+            lease: script(include_str!("lua/lease.lua")),
+            next_due: script(include_str!("lua/next_due.lua")),
+            record: script(include_str!("lua/record.lua")),
+            release: script(include_str!("lua/release.lua")),
+            renew: script(include_str!("lua/renew.lua")),
+            bury: script(include_str!("lua/bury.lua")),
+            replay: script(include_str!("lua/replay.lua")),
+            purge_dead: script(include_str!("lua/purge_dead.lua")),
+            purge_done: script(include_str!("lua/purge_done.lua")),
+            dead_list: script(include_str!("lua/dead_list.lua")),
+            dead_detail: script(include_str!("lua/dead_detail.lua")),
+            depths: script(include_str!("lua/depths.lua")),
+        }
+    }
+}
+
+/// A script as Redis runs it: the prelude, then `body`.
+fn source(body: &str) -> String {
+    format!("{PRELUDE}{body}")
+}
+
+/// The accept script with this build's legacy window and shape version written in.
+fn accept_body() -> String {
+    include_str!("lua/accept.lua")
+        .replace(
+            LEGACY_WINDOW_PLACEHOLDER,
+            &LEGACY_KEY_WINDOW.as_millis().to_string(),
+        )
+        .replace(SHAPE_VERSION_PLACEHOLDER, &SHAPE_VERSION.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The window is a number in the script Redis runs: a placeholder left in its text would
+    /// make `tonumber` nil, and every accept with a legacy key fail. The shape's version is
+    /// this build's, or callbacks would be read as another version's.
+    #[test]
+    fn the_accept_script_has_the_legacy_window_and_the_shape_version_written_in() {
+        let accept = source(&accept_body());
+        assert!(!accept.contains(LEGACY_WINDOW_PLACEHOLDER), "{accept}");
+        let window = format!("tonumber('{}')", LEGACY_KEY_WINDOW.as_millis());
+        assert!(accept.contains(&window), "{accept}");
+        let version = format!("local shape_version = '{SHAPE_VERSION}'");
+        assert!(accept.contains(&version), "{accept}");
+        assert!(accept.starts_with(PRELUDE));
+    }
+}

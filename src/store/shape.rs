@@ -1,0 +1,207 @@
+//! The stored callback: one shape, defined once, that both backends write and read, with a
+//! version stored beside it.
+//!
+//! What is kept of a callback for its deliveries is a [`Replay`]: WeChat's query, content type
+//! and body, byte for byte, and what the proxy learnt about the callback when it arrived (the
+//! open platform's authorizer; WeChat Pay's headers, a keyed hash of the sender and its lane,
+//! the accepting instance, a trace context and an arrival index are to come). Each backend keeps
+//! every field in a place of its own (a column in SQLite, a field of the callback's hash in
+//! Redis) and writes [`SHAPE_VERSION`] beside them (`shape_version`, `v`).
+//!
+//! # Rolling deploys
+//!
+//! Instances of two builds share one Redis while a deploy rolls, and an older build may be
+//! started again on a SQLite file a newer one wrote (a rollback). Hence the rule for every change
+//! of the shape: **a new build reads every shape an older build still running may write, writes
+//! fields old builds ignore, and only stops writing an old form one release after it stopped
+//! reading it.** Stored callbacks outlive deploys (retries, dead letters kept until purged), so
+//! a form is read for as long as stored data may still have it, which can be longer.
+//!
+//! # Versions
+//!
+//! * **1** (no version stored): the build before this one. The authorizer rode in front of the
+//!   stored query as `#{appid}#`: `#` never starts a query a server receives (it begins a
+//!   fragment, which is never sent), so a tagged query is told from WeChat's own.
+//! * **2**: the authorizer in a field of its own. For one release the query is still written
+//!   tagged too, so that an instance of the build before reads the callback as before. Read: a
+//!   callback with a version takes the authorizer from its field and the tag off its query; one
+//!   without (written by the build before) has the tag parsed. The next release writes the query
+//!   untagged (every build then running reads the field) and still parses the tag of callbacks
+//!   without a version.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+
+/// The version of the shape this build writes (see the module's doc for each version).
+pub const SHAPE_VERSION: u32 = 2;
+
+/// Exactly what WeChat sent and every target gets again, with what the proxy learnt about the
+/// callback on arrival: the stored callback's shape.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Replay {
+    /// WeChat's raw query string, byte for byte (without `?`).
+    pub query: String,
+    pub content_type: Option<String>,
+    pub body: Bytes,
+    /// Open platform: the authorized account (app id) the callback concerns, from the message
+    /// URL's path or the authorization event. Targets get it in their URL and a header.
+    pub authorizer: Option<String>,
+}
+
+impl Replay {
+    /// The query as this build stores it: still tagged with the authorizer, for instances of
+    /// the build before (version 1), which read it from there.
+    pub(super) fn stored_query(&self) -> Cow<'_, str> {
+        match &self.authorizer {
+            Some(appid) => Cow::Owned(format!("#{appid}#{}", self.query)),
+            None => Cow::Borrowed(&self.query),
+        }
+    }
+}
+
+/// A callback's shape as a backend read it, field by field, before it is a [`Replay`].
+#[derive(Debug)]
+pub(super) struct Stored {
+    /// `None` when no version was stored: written by the build before versions (1).
+    pub(super) version: Option<u32>,
+    /// The query as stored: tagged with the authorizer by version 1, and by 2 for its sake.
+    pub(super) query: String,
+    /// The authorizer's own field (version 2 on).
+    pub(super) authorizer: Option<String>,
+    pub(super) content_type: Option<String>,
+    pub(super) body: Bytes,
+}
+
+impl Stored {
+    /// The callback as every version is read: WeChat's query, untagged, and the authorizer.
+    pub(super) fn into_replay(self) -> Replay {
+        let Stored {
+            version,
+            mut query,
+            authorizer,
+            content_type,
+            body,
+        } = self;
+        let authorizer = match version {
+            // Its own field says; the tag written beside it for version 1 comes off.
+            Some(_) => {
+                if let Some(tag) = authorizer.as_deref().and_then(|a| tag_len(&query, a)) {
+                    query.replace_range(..tag, "");
+                }
+                authorizer
+            }
+            None => match split_tag(&query) {
+                Some((appid, tag)) => {
+                    let appid = appid.to_owned();
+                    query.replace_range(..tag, "");
+                    Some(appid)
+                }
+                None => None,
+            },
+        };
+        Replay {
+            query,
+            content_type,
+            body,
+            authorizer,
+        }
+    }
+}
+
+/// The length of the tag `#{appid}#` that `stored` starts with, if it does.
+fn tag_len(stored: &str, appid: &str) -> Option<usize> {
+    let rest = stored.strip_prefix('#')?.strip_prefix(appid)?;
+    rest.starts_with('#').then_some(appid.len() + 2)
+}
+
+/// The authorizer a stored query is tagged with and the tag's length, if it is tagged.
+fn split_tag(stored: &str) -> Option<(&str, usize)> {
+    let (appid, _) = stored.strip_prefix('#')?.split_once('#')?;
+    Some((appid, appid.len() + 2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const QUERY: &str = "signature=a&timestamp=1&nonce=2&encrypt_type=aes&msg_signature=b";
+
+    fn replay(authorizer: Option<&str>) -> Replay {
+        Replay {
+            query: QUERY.to_owned(),
+            content_type: Some("text/xml".into()),
+            body: Bytes::from_static(b"<xml/>"),
+            authorizer: authorizer.map(str::to_owned),
+        }
+    }
+
+    /// Read back as this build writes it (version, field and tagged query), or as the build
+    /// before wrote it (no version, no field): the same callback.
+    fn stored(replay: &Replay, version: Option<u32>) -> Stored {
+        Stored {
+            version,
+            query: replay.stored_query().into_owned(),
+            authorizer: version.and(replay.authorizer.clone()),
+            content_type: replay.content_type.clone(),
+            body: replay.body.clone(),
+        }
+    }
+
+    /// Was `wechat::authorizer`'s `a_tag_comes_off_exactly`: the tag, now the store's way of
+    /// writing a shape for the build before, comes off exactly, whichever version reads it.
+    #[test]
+    fn a_tag_comes_off_exactly() {
+        for authorizer in [Some("wxabc"), None] {
+            let original = replay(authorizer);
+            for version in [Some(SHAPE_VERSION), None] {
+                assert_eq!(
+                    stored(&original, version).into_replay(),
+                    original,
+                    "{version:?}"
+                );
+            }
+        }
+        assert_eq!(
+            replay(Some("wxabc")).stored_query(),
+            format!("#wxabc#{QUERY}")
+        );
+        assert_eq!(replay(None).stored_query(), QUERY);
+        let empty = Stored {
+            version: None,
+            query: String::new(),
+            authorizer: None,
+            content_type: None,
+            body: Bytes::new(),
+        };
+        assert_eq!(empty.into_replay(), Replay::default());
+    }
+
+    /// With a version, the field is what counts: a query that merely starts like a tag of
+    /// another authorizer (never written so, but never misread either) keeps it.
+    #[test]
+    fn with_a_version_the_field_decides_and_only_its_own_tag_comes_off() {
+        let read = Stored {
+            version: Some(SHAPE_VERSION),
+            query: format!("#wxother#{QUERY}"),
+            authorizer: Some("wxabc".into()),
+            content_type: None,
+            body: Bytes::new(),
+        }
+        .into_replay();
+        assert_eq!(read.authorizer.as_deref(), Some("wxabc"));
+        assert_eq!(read.query, format!("#wxother#{QUERY}"));
+        let untagged = Stored {
+            version: Some(SHAPE_VERSION),
+            query: QUERY.to_owned(),
+            authorizer: Some("wxabc".into()),
+            content_type: None,
+            body: Bytes::new(),
+        }
+        .into_replay();
+        assert_eq!(
+            (untagged.authorizer.as_deref(), &*untagged.query),
+            (Some("wxabc"), QUERY)
+        );
+    }
+}

@@ -1,0 +1,428 @@
+//! What each command does in SQL, run by the writer thread inside its batch's transaction
+//! (see `writer`): the accept (dedupe and insert-if-absent of a callback and its jobs), leases,
+//! outcomes, releases, dead letters and purges.
+//!
+//! Nothing here commits: a command's answer waits for its batch's commit, so a command that
+//! fails leaves nothing behind once the writer rolls the batch back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rusqlite::{OptionalExtension, params};
+
+use super::schema::{DEAD, IN_FLIGHT, PENDING};
+use super::writer::Writer;
+use super::{DEAD_LETTER_MATCH, SHAPE_COLUMNS, matching, shape_at};
+use crate::clock::now_ms;
+use crate::store::{
+    Accepted, Answer, AttemptReport, CallbackId, DeadLetterFilter, Disposition, Job, JobId,
+    LEGACY_KEY_WINDOW, LeaseToken, Leased, NewCallback, Recorded, Replayed, SHAPE_VERSION,
+    StoreError, TargetKey,
+};
+
+/// A stored callback as a resend finds it: its id, its answer's type and body, and when its
+/// answer is due (the primary's relay may still save one).
+type StoredCopy = (CallbackId, Option<String>, Option<Vec<u8>>, Option<i64>);
+
+/// What a resend of the stored callback `first` hears.
+fn duplicate_of((id, answer_type, answer, answer_due): StoredCopy) -> Accepted {
+    let answer = answer.map(|body| Answer {
+        content_type: answer_type,
+        body: Bytes::from(body),
+    });
+    let answer_pending = answer_due
+        .filter(|_| answer.is_none())
+        .map(|due| due - now_ms())
+        .filter(|left| *left > 0)
+        .map(|left| Duration::from_millis(left.unsigned_abs()));
+    Accepted::Duplicate {
+        callback: id,
+        answer,
+        answer_pending,
+    }
+}
+
+/// A lease token as SQLite stores it (an INTEGER is signed; the bits are what matter).
+fn lease_param(token: LeaseToken) -> i64 {
+    i64::from_ne_bytes(token.to_ne_bytes())
+}
+
+/// The key in `routed` for `account`'s `target`, if it is there.
+fn routed_key<'a>(routed: &'a [TargetKey], account: &str, target: &str) -> Option<&'a TargetKey> {
+    routed
+        .iter()
+        .find(|k| &*k.account == account && &*k.target == target)
+}
+
+/// The commands, each on the writer's connection in the open transaction.
+impl Writer {
+    pub(super) fn accept(&mut self, callback: &NewCallback) -> Result<Accepted, StoreError> {
+        // A resend whose first copy the build before stored, under the key it computed.
+        if let Some(legacy) = &callback.legacy_dedupe_key {
+            let window = i64::try_from(LEGACY_KEY_WINDOW.as_millis()).unwrap_or(i64::MAX);
+            let since = callback.received_at_ms.saturating_sub(window);
+            if let Some(first) = self.stored_copy(&callback.account, legacy, since)?
+                && first.0 != callback.id
+            {
+                return Ok(duplicate_of(first));
+            }
+        }
+        let request = &callback.request;
+        // Not `RETURNING id`: the caller made the id, and RETURNING costs a temporary table.
+        let inserted = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO callbacks (id, account, dedupe_key, received_at, msg_type, event, query, content_type, body, answer_due, shape_version, authorizer)
+                 VALUES (?9, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10, ?11, ?12)
+                 ON CONFLICT (account, dedupe_key) DO NOTHING",
+            )?
+            .execute(params![
+                    &*callback.account,
+                    callback.dedupe_key,
+                    callback.received_at_ms,
+                    callback.msg_type,
+                    callback.event,
+                    request.stored_query(),
+                    request.content_type,
+                    &request.body[..],
+                    callback.id,
+                    callback
+                        .answer_pending_ms
+                        .map(|ms| now_ms().saturating_add(i64::try_from(ms).unwrap_or(i64::MAX))),
+                    SHAPE_VERSION,
+                    request.authorizer,
+            ])?
+            == 1;
+        let new = || Accepted::New {
+            callback: callback.id,
+            jobs: callback.jobs.iter().map(|job| job.id).collect(),
+        };
+        if !inserted {
+            let first = self
+                .stored_copy(&callback.account, &callback.dedupe_key, i64::MIN)?
+                .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+            if first.0 == callback.id {
+                // This very write, sent again: it is stored already.
+                return Ok(new());
+            }
+            return Ok(duplicate_of(first));
+        }
+        let id = callback.id;
+        let now = now_ms();
+        let mut insert_job = self.conn.prepare_cached(
+            "INSERT INTO jobs (id, callback_id, account, target, state, attempts, next_at, updated_at, lease)
+             VALUES (?6, ?1, ?2, ?3, ?4, 0, ?5, ?5, ?7)",
+        )?;
+        for job in &callback.jobs {
+            let state = if job.lease.is_some() {
+                IN_FLIGHT
+            } else {
+                PENDING
+            };
+            insert_job.execute(params![
+                id,
+                &*callback.account,
+                &*job.target,
+                state,
+                now,
+                job.id,
+                lease_param(job.lease.unwrap_or(0)),
+            ])?;
+        }
+        Ok(new())
+    }
+
+    /// Reserves the next `count` ids, in the transaction of the batch: the reservation is on
+    /// disk before any of them is handed out. Kept in memory even if the batch fails, which only
+    /// skips those ids.
+    pub(super) fn reserve_ids(&mut self, count: u64) -> Result<i64, StoreError> {
+        let last = i64::try_from(count)
+            .ok()
+            .and_then(|count| self.ids_reserved.checked_add(count))
+            .filter(|last| *last < 1 << 53)
+            .ok_or_else(|| StoreError::Unexpected("no ids left below 2^53".into()))?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO ids_reserved (one, last) VALUES (1, ?1)
+                 ON CONFLICT (one) DO UPDATE SET last = excluded.last",
+            )?
+            .execute(params![last])?;
+        self.ids_reserved = last;
+        Ok(last)
+    }
+
+    pub(super) fn keep(&mut self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO kept (name, value) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![name, value])?;
+        Ok(())
+    }
+
+    /// The callback stored under `key` of `account`, received at or after `since_ms`, if any.
+    pub(super) fn stored_copy(
+        &self,
+        account: &str,
+        key: &str,
+        since_ms: i64,
+    ) -> Result<Option<StoredCopy>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT id, answer_type, answer, answer_due FROM callbacks
+                 WHERE account = ?1 AND dedupe_key = ?2 AND received_at >= ?3",
+            )?
+            .query_row(params![account, key, since_ms], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })
+            .optional()?)
+    }
+
+    pub(super) fn save_answer(
+        &mut self,
+        id: CallbackId,
+        answer: &Answer,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("UPDATE callbacks SET answer_type = ?2, answer = ?3 WHERE id = ?1")?
+            .execute(params![id, answer.content_type, &answer.body[..]])?;
+        Ok(())
+    }
+
+    pub(super) fn release(&mut self, jobs: &[Leased], now: i64) -> Result<(), StoreError> {
+        let mut release = self.conn.prepare_cached(
+            "UPDATE jobs SET state = ?2, next_at = ?3, updated_at = ?3, lease = 0
+             WHERE id = ?1 AND state = ?4 AND lease = ?5",
+        )?;
+        for job in jobs {
+            release.execute(params![
+                job.job,
+                PENDING,
+                now,
+                IN_FLIGHT,
+                lease_param(job.token)
+            ])?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn lease(
+        &mut self,
+        key: &TargetKey,
+        now: i64,
+        limit: usize,
+        token: LeaseToken,
+    ) -> Result<Vec<Job>, StoreError> {
+        let mut select = self.conn.prepare_cached(&format!(
+            "SELECT j.id, j.callback_id, j.attempts, j.retry_base, {SHAPE_COLUMNS}
+             FROM jobs j JOIN callbacks c ON c.id = j.callback_id
+             WHERE j.account = ?1 AND j.target = ?2 AND j.state = 0 AND j.next_at <= ?3
+             ORDER BY j.next_at LIMIT ?4"
+        ))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let jobs = select
+            .query_map(params![&*key.account, &*key.target, now, limit], |row| {
+                Ok(Job {
+                    id: row.get(0)?,
+                    callback: row.get(1)?,
+                    key: key.clone(),
+                    lease: token,
+                    attempts: row.get(2)?,
+                    retry_base: row.get(3)?,
+                    request: Arc::new(shape_at(row, 4)?),
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        drop(select);
+        let mut mark = self
+            .conn
+            .prepare_cached("UPDATE jobs SET state = ?2, lease = ?3 WHERE id = ?1")?;
+        for job in &jobs {
+            mark.execute(params![job.id, IN_FLIGHT, lease_param(token)])?;
+        }
+        Ok(jobs)
+    }
+
+    pub(super) fn next_due(
+        &mut self,
+        key: &TargetKey,
+        now: i64,
+    ) -> Result<Option<Duration>, StoreError> {
+        let at: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT MIN(next_at) FROM jobs WHERE account = ?1 AND target = ?2 AND state = 0",
+            )?
+            .query_row(params![&*key.account, &*key.target], |row| row.get(0))?;
+        Ok(at.map(|at| Duration::from_millis(u64::try_from(at - now).unwrap_or(0))))
+    }
+
+    pub(super) fn record(&mut self, report: &AttemptReport) -> Result<Recorded, StoreError> {
+        let lease = lease_param(report.lease);
+        let (state, next_at) = match report.disposition {
+            Disposition::Delivered => {
+                let deleted = self
+                    .conn
+                    .prepare_cached("DELETE FROM jobs WHERE id = ?1 AND state = ?2 AND lease = ?3")?
+                    .execute(params![report.job, IN_FLIGHT, lease])?;
+                if deleted == 0 {
+                    return Ok(Recorded::LeaseLost);
+                }
+                if report.attempt > 1 {
+                    // Earlier attempts failed and were recorded; the job is done, so are they.
+                    self.conn
+                        .prepare_cached("DELETE FROM attempts WHERE job_id = ?1")?
+                        .execute(params![report.job])?;
+                }
+                return Ok(Recorded::Applied);
+            }
+            Disposition::RetryIn(delay) => (
+                PENDING,
+                now_ms().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
+            ),
+            Disposition::Dead => (DEAD, report.at_ms),
+        };
+        // Only under the attempt's own lease: an outcome recorded again (retried after a commit
+        // that was reported failed but did reach the disk) must not undo a later lease.
+        let updated = self
+            .conn
+            .prepare_cached(
+                "UPDATE jobs SET state = ?2, attempts = ?3, next_at = ?4, updated_at = ?5, last_status = ?6, last_error = ?7
+                 WHERE id = ?1 AND state = ?8 AND lease = ?9",
+            )?
+            .execute(params![
+                report.job,
+                state,
+                report.attempt,
+                next_at,
+                report.at_ms,
+                report.status,
+                report.error,
+                IN_FLIGHT,
+                lease
+            ])?;
+        if updated == 0 {
+            return Ok(Recorded::LeaseLost);
+        }
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO attempts (job_id, attempt, at, status, error) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![report.job, report.attempt, report.at_ms, report.status, report.error])?;
+        Ok(Recorded::Applied)
+    }
+
+    pub(super) fn bury_unrouted(
+        &mut self,
+        routed: &[TargetKey],
+        reason: &str,
+        now: i64,
+    ) -> Result<Vec<(TargetKey, u64)>, StoreError> {
+        // The targets with pending jobs: one seek each in the due index rather than a scan of
+        // every job (a target that is down may have millions).
+        let mut next_target = self.conn.prepare_cached(
+            "SELECT account, target FROM jobs WHERE state = 0 AND (account, target) > (?1, ?2)
+             ORDER BY account, target LIMIT 1",
+        )?;
+        let mut pending = Vec::new();
+        let (mut account, mut target) = (String::new(), String::new());
+        while let Some(next) = next_target
+            .query_row(params![account, target], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+            })
+            .optional()?
+        {
+            (account, target) = next;
+            pending.push((account.clone(), target.clone()));
+        }
+        drop(next_target);
+        let mut bury = self.conn.prepare_cached(
+            "UPDATE jobs SET state = ?3, updated_at = ?4, last_error = ?5
+             WHERE account = ?1 AND target = ?2 AND state = ?6",
+        )?;
+        let mut buried = Vec::new();
+        for (account, target) in pending {
+            if routed_key(routed, &account, &target).is_some() {
+                continue;
+            }
+            let n = bury.execute(params![account, target, DEAD, now, reason, PENDING])?;
+            buried.push((
+                TargetKey {
+                    account: Arc::from(account),
+                    target: Arc::from(target),
+                },
+                n as u64,
+            ));
+        }
+        Ok(buried)
+    }
+
+    pub(super) fn replay_dead(
+        &mut self,
+        id: Option<JobId>,
+        filter: &DeadLetterFilter,
+        routed: &[TargetKey],
+        now: i64,
+    ) -> Result<Replayed, StoreError> {
+        let letters = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT j.id, j.account, j.target FROM jobs j WHERE {DEAD_LETTER_MATCH}"
+            ))?
+            .query_map(matching(&id, filter), |row| {
+                Ok((row.get::<_, JobId>(0)?, row.get(1)?, row.get(2)?))
+            })?
+            .collect::<Result<Vec<(JobId, String, String)>, _>>()?;
+        let mut replay = self.conn.prepare_cached(
+            "UPDATE jobs SET state = ?2, next_at = ?3, updated_at = ?3, retry_base = attempts WHERE id = ?1",
+        )?;
+        let mut replayed = Replayed::default();
+        for (job, account, target) in letters {
+            match routed_key(routed, &account, &target) {
+                Some(key) => {
+                    replay.execute(params![job, PENDING, now])?;
+                    replayed.targets.push(key.clone());
+                }
+                None => replayed.not_routed += 1,
+            }
+        }
+        Ok(replayed)
+    }
+
+    pub(super) fn purge_dead(
+        &mut self,
+        id: Option<JobId>,
+        filter: &DeadLetterFilter,
+    ) -> Result<u64, StoreError> {
+        let ids = self
+            .conn
+            .prepare_cached(&format!(
+                "DELETE FROM jobs AS j WHERE {DEAD_LETTER_MATCH} RETURNING id"
+            ))?
+            .query_map(matching(&id, filter), |row| row.get::<_, JobId>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut attempts = self
+            .conn
+            .prepare_cached("DELETE FROM attempts WHERE job_id = ?1")?;
+        for id in &ids {
+            attempts.execute(params![id])?;
+        }
+        Ok(ids.len() as u64)
+    }
+
+    pub(super) fn purge(&mut self, before: i64) -> Result<u64, StoreError> {
+        let deleted = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM callbacks WHERE id IN (
+                    SELECT c.id FROM callbacks c
+                    WHERE c.received_at < ?1 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.callback_id = c.id)
+                    LIMIT 10000)",
+            )?
+            .execute(params![before])?;
+        Ok(deleted as u64)
+    }
+}
