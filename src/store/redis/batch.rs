@@ -16,7 +16,6 @@ use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, Sl
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::options::Conn;
-use super::parse;
 use crate::store::StoreError;
 
 /// How long a new accept waits for `WAITAOF` (its fsync).
@@ -254,4 +253,10 @@ async fn wait_aof(conn: Conn, base: &str) -> Result<(), StoreError> {
         ));
     }
     Ok(())
+}
+
+/// A script's reply as `T`; a reply of another shape is the store's unexpected error.
+pub(super) fn parse<T: redis::FromRedisValue>(value: Value) -> Result<T, StoreError> {
+    redis::from_redis_value(value)
+        .map_err(|e| StoreError::Unexpected(format!("unexpected reply: {e}")))
 }

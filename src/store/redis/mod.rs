@@ -698,11 +698,6 @@ impl From<RedisError> for StoreError {
     }
 }
 
-fn parse<T: redis::FromRedisValue>(value: Value) -> Result<T, StoreError> {
-    redis::from_redis_value(value)
-        .map_err(|e| StoreError::Unexpected(format!("unexpected reply: {e}")))
-}
-
 /// A callback's shape from the fields of its hash the scripts return (`query`, `ctype`,
 /// `body`, `authorizer`, `v`), as every version of it is read.
 fn shape(

@@ -33,6 +33,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params, params_f
 use tokio::sync::{mpsc, oneshot};
 
 use self::schema::{DEAD, IN_FLIGHT, PENDING};
+pub use self::writer::Readiness;
 use self::writer::{Command, Reply, WRITER_CHECKPOINT_PAGES};
 use super::shape::Stored;
 use super::{
@@ -46,32 +47,12 @@ mod commands;
 mod schema;
 mod writer;
 
-/// Commands waiting for the writer; senders wait when it is full (backpressure on ingress).
-const QUEUE: usize = 8192;
-/// The probe's row by default: the default largest body (`server.max_body_bytes`) and query
-/// (`server.max_query_bytes`).
-const DEFAULT_PROBE_BYTES: usize = 65536 + 4096;
 /// Ids reserved at once: a reservation is a commit some callback waits for, so it is rare (every
 /// ~2 s at 10k callbacks/s); a restart skips what was left of the block.
 const ID_BLOCK: u64 = 1 << 16;
 
-/// What readiness asks of the store besides a commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Readiness {
-    /// Below this many free bytes on the store's file system, not ready (0: no check).
-    pub min_free_bytes: u64,
-    /// The size of the row the probe writes and deletes: the largest callback that can come.
-    pub probe_bytes: usize,
-}
-
-impl Default for Readiness {
-    fn default() -> Readiness {
-        Readiness {
-            min_free_bytes: 0,
-            probe_bytes: DEFAULT_PROBE_BYTES,
-        }
-    }
-}
+/// Commands waiting for the writer; senders wait when it is full (backpressure on ingress).
+const QUEUE: usize = 8192;
 
 /// The SQLite store. Cheap to share behind an `Arc`.
 #[derive(Debug)]

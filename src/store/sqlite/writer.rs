@@ -13,12 +13,33 @@ use bytes::Bytes;
 use rusqlite::{Connection, params};
 use tokio::sync::{mpsc, oneshot};
 
-use super::Readiness;
 use crate::clock::now_ms;
 use crate::store::{
     Accepted, Answer, AttemptReport, CallbackId, DeadLetterFilter, Job, JobId, LeaseToken, Leased,
     NewCallback, Recorded, Replayed, StoreError, TargetKey,
 };
+
+/// The probe's row by default: the default largest body (`server.max_body_bytes`) and query
+/// (`server.max_query_bytes`).
+const DEFAULT_PROBE_BYTES: usize = 65536 + 4096;
+
+/// What readiness asks of the store besides a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Readiness {
+    /// Below this many free bytes on the store's file system, not ready (0: no check).
+    pub min_free_bytes: u64,
+    /// The size of the row the probe writes and deletes: the largest callback that can come.
+    pub probe_bytes: usize,
+}
+
+impl Default for Readiness {
+    fn default() -> Readiness {
+        Readiness {
+            min_free_bytes: 0,
+            probe_bytes: DEFAULT_PROBE_BYTES,
+        }
+    }
+}
 
 /// Most commands in one transaction: bounds the latency a large group adds to its first member.
 pub(super) const MAX_BATCH: usize = 1024;
