@@ -308,8 +308,8 @@ impl Attempts {
             level,
             account,
             target = name,
-            callback = job.callback,
-            delivery = job.id,
+            callback = job.callback.0,
+            delivery = job.id.0,
             attempt = report.attempt,
             status = attempt.status,
             error = attempt.error.as_deref(),
@@ -324,8 +324,8 @@ impl Attempts {
             at_ms: now,
             account: account.to_owned(),
             target: name.to_owned(),
-            callback: job.callback,
-            job: job.id,
+            callback: job.callback.0,
+            job: job.id.0,
             attempt: report.attempt,
             outcome: outcome.to_owned(),
             status: attempt.status,
@@ -349,7 +349,8 @@ impl Attempts {
 /// the job stays in flight, and only a restart would send it again (a full disk refuses every
 /// write for a while). Recording the same outcome twice changes nothing. Gives up only when the
 /// store is closed; shutdown abandons it after the grace period; the next start resends the job.
-async fn record_until_stored(store: &dyn Store, delivery: JobId, report: AttemptReport) {
+async fn record_until_stored(store: &dyn Store, job: JobId, report: AttemptReport) {
+    let delivery = job.0;
     let mut delay = RECORD_RETRY_FIRST;
     let mut tries = 1u32;
     loop {
@@ -421,7 +422,7 @@ fn delivery_headers(
         headers.insert(HOST, host);
     }
     headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
-    headers.insert(DELIVERY, HeaderValue::from(job.id));
+    headers.insert(DELIVERY, HeaderValue::from(job.id.0));
     headers.insert(ATTEMPT, HeaderValue::from(job.attempts + 1));
     headers.insert(ACCOUNT, HeaderValue::from_str(&job.key.account)?);
     if let Some(appid) = authorizer {

@@ -12,9 +12,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use wechat_fanout::config::Synchronous;
 use wechat_fanout::store::{
-    Accepted, Answer, AttemptReport, DeadLetterFilter, Disposition, Job, JobId, LEGACY_KEY_WINDOW,
-    LeaseToken, Leased, NewCallback, NewJob, Recorded, RedisOptions, RedisStore, Replay, Replayed,
-    SHAPE_VERSION, SqliteStore, Store, StoreError, TargetKey, new_lease_token,
+    Accepted, Answer, AttemptReport, CallbackId, DeadLetterFilter, Disposition, Job, JobId,
+    LEGACY_KEY_WINDOW, LeaseToken, Leased, NewCallback, NewJob, Recorded, RedisOptions, RedisStore,
+    Replay, Replayed, SHAPE_VERSION, SqliteStore, Store, StoreError, TargetKey, new_lease_token,
 };
 
 #[path = "support/redis.rs"]
@@ -26,7 +26,7 @@ use redis_server::{RedisCluster, RedisServer};
 async fn callback(store: &dyn Store, key: &str, targets: &[(&str, bool)]) -> NewCallback {
     let mut ids = store.next_ids(1 + targets.len()).await.unwrap().into_iter();
     NewCallback {
-        id: ids.next().unwrap(),
+        id: CallbackId(ids.next().unwrap()),
         account: Arc::from("main"),
         dedupe_key: key.to_owned(),
         legacy_dedupe_key: None,
@@ -43,7 +43,7 @@ async fn callback(store: &dyn Store, key: &str, targets: &[(&str, bool)]) -> New
             .iter()
             .zip(ids)
             .map(|((name, leased), id)| NewJob {
-                id,
+                id: JobId(id),
                 target: Arc::from(*name),
                 lease: leased.then(new_lease_token),
             })
@@ -266,7 +266,7 @@ async fn delivery_ids_are_never_reused(store: Arc<dyn Store>) {
         };
         assert!(seen.insert(jobs[0]), "job id {} handed out twice", jobs[0]);
         assert!(
-            seen.insert(callback),
+            seen.insert(JobId(callback.0)),
             "callback id {callback} handed out twice"
         );
         let job = lease_one(&*store, "a").await;
@@ -1088,7 +1088,7 @@ async fn sqlite_reopen_resumes_jobs_in_flight_and_refuses_a_second_owner() {
 async fn sqlite_reopen_after_everything_was_purged_never_hands_out_an_id_again() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.db");
-    let mut last = 0;
+    let mut last = JobId(0);
     for round in 0..3 {
         let store = open_when_released(&path).await;
         let Accepted::New { callback: id, jobs } = store
@@ -1098,7 +1098,10 @@ async fn sqlite_reopen_after_everything_was_purged_never_hands_out_an_id_again()
         else {
             panic!("r{round} is new");
         };
-        assert!(id > last && jobs[0] > id, "{id}, {jobs:?} after {last}");
+        assert!(
+            id.0 > last.0 && jobs[0].0 > id.0,
+            "{id}, {jobs:?} after {last}"
+        );
         last = jobs[0];
         let job = lease_one(&store, "a").await;
         record(&store, report(&job, 1, Disposition::Delivered)).await;
@@ -1146,7 +1149,7 @@ async fn sqlite_file_from_before_lease_tokens_opens_and_its_jobs_resume() {
     }
     let store = SqliteStore::open(&path, Synchronous::Full).unwrap();
     let job = lease_one(&store, "a").await;
-    assert_eq!((job.id, &job.request.body[..]), (1, &b"<xml/>"[..]));
+    assert_eq!((job.id, &job.request.body[..]), (JobId(1), &b"<xml/>"[..]));
     record(&store, report(&job, 1, Disposition::Delivered)).await;
     let Accepted::New { jobs, .. } = store
         .accept(callback(&store, "new", &[("a", false)]).await)
@@ -1155,7 +1158,7 @@ async fn sqlite_file_from_before_lease_tokens_opens_and_its_jobs_resume() {
     else {
         panic!("new is new");
     };
-    assert!(jobs[0] > 1);
+    assert!(jobs[0] > JobId(1));
 }
 
 /// The authorizer of the callbacks stored by the build before, in their query's tag.
@@ -1236,13 +1239,17 @@ async fn sqlite_callbacks_of_the_build_before_and_for_it() {
         insert_as_before(&before, 1, 2, "<xml>made before</xml>");
     }
     let store = SqliteStore::open(&path, Synchronous::Full).unwrap();
-    a_callback_of_the_build_before_is_delivered(&store, 2, b"<xml>made before</xml>").await;
+    a_callback_of_the_build_before_is_delivered(&store, JobId(2), b"<xml>made before</xml>").await;
 
     let rollback = rusqlite::Connection::open(&path).unwrap();
     rollback.busy_timeout(Duration::from_secs(5)).unwrap();
     insert_as_before(&rollback, 10, 11, "<xml>written by a rollback</xml>");
-    a_callback_of_the_build_before_is_delivered(&store, 11, b"<xml>written by a rollback</xml>")
-        .await;
+    a_callback_of_the_build_before_is_delivered(
+        &store,
+        JobId(11),
+        b"<xml>written by a rollback</xml>",
+    )
+    .await;
 
     let new = authorized_callback(&store, "for-the-build-before", &[("a", false)]).await;
     store.accept(new.clone()).await.unwrap();
@@ -1349,7 +1356,7 @@ async fn redis_a_callback_stored_by_the_build_before_is_delivered(
     let () = raw
         .query(redis::cmd("SADD").arg(format!("{base}:targets")).arg("a"))
         .await;
-    a_callback_of_the_build_before_is_delivered(&store, job, body.as_bytes()).await;
+    a_callback_of_the_build_before_is_delivered(&store, JobId(job), body.as_bytes()).await;
 }
 
 /// Redis, a rolling deploy's other direction: a callback this build stores keeps the tagged

@@ -53,7 +53,7 @@ use crate::clock::now_ms;
 use crate::events::Event;
 use crate::http::{json, text};
 use crate::ingress::shadow::ShadowLog;
-use crate::store::{DeadLetterFilter, StoreError};
+use crate::store::{DeadLetterFilter, JobId, StoreError};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -369,7 +369,7 @@ impl Admin {
             #[serde(flatten)]
             letter: &'a crate::store::DeadLetter,
             request: ShownRequest,
-            attempt_log: &'a [crate::store::AttemptRecord],
+            attempt_log: &'a [crate::store::FailedAttempt],
         }
         #[derive(Serialize)]
         struct ShownRequest {
@@ -470,7 +470,7 @@ impl Admin {
         info!(replayed = replayed.targets.len(), "dead letters replayed");
         self.console.publish(Event::Replayed {
             at_ms: now_ms(),
-            job: id.filter(|_| !replayed.targets.is_empty()),
+            job: id.filter(|_| !replayed.targets.is_empty()).map(|id| id.0),
             count: replayed.targets.len(),
         });
         Ok(json(
@@ -532,7 +532,7 @@ fn without_openid(query: &str) -> String {
     shown.finish()
 }
 
-fn parse_id(id: &str) -> Result<i64, (StatusCode, String)> {
+fn parse_id(id: &str) -> Result<JobId, (StatusCode, String)> {
     id.parse().map_err(|_| {
         (
             StatusCode::BAD_REQUEST,
@@ -541,7 +541,7 @@ fn parse_id(id: &str) -> Result<i64, (StatusCode, String)> {
     })
 }
 
-fn not_found(id: i64) -> (StatusCode, String) {
+fn not_found(id: JobId) -> (StatusCode, String) {
     (StatusCode::NOT_FOUND, format!("no dead letter {id}"))
 }
 

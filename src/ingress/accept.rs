@@ -89,7 +89,7 @@ impl Ingress {
                     tokio::time::timeout_at(wait_until.into(), resends::follow(outcome)).await;
                 return match answer {
                     Ok(Some((callback, answer))) => {
-                        tracing::Span::current().record("callback", callback);
+                        tracing::Span::current().record("callback", callback.0);
                         let how = "resend answered like its first copy";
                         self.answered_duplicate(&verified, callback, started, how);
                         Ok(answer)
@@ -117,7 +117,7 @@ impl Ingress {
                 answer_pending,
             } => {
                 // Recorded once, before waiting: the lines of the wait carry the id too.
-                tracing::Span::current().record("callback", callback);
+                tracing::Span::current().record("callback", callback.0);
                 let answer = match (answer, answer_pending) {
                     (Some(answer), _) => answer,
                     (None, Some(pending)) => {
@@ -138,7 +138,7 @@ impl Ingress {
             }
         };
         // Every later line of this callback, and each delivery line, carries this id.
-        tracing::Span::current().record("callback", callback);
+        tracing::Span::current().record("callback", callback.0);
         self.publish_callback(&verified, &plan);
         let owner = plan.owner;
         let targets: Vec<&Arc<Target>> = plan.jobs.iter().map(|j| j.target).collect();
@@ -215,7 +215,7 @@ impl Ingress {
             .next_ids(1 + starts.len())
             .await?
             .into_iter();
-        let callback = ids.next().unwrap_or_default();
+        let callback = CallbackId(ids.next().unwrap_or_default());
         let jobs = starts
             .into_iter()
             .zip(ids)
@@ -223,7 +223,7 @@ impl Ingress {
                 lease: (!matches!(start, Start::Stored)).then(new_lease_token),
                 target,
                 start,
-                id,
+                id: JobId(id),
             })
             .collect();
         Ok(Plan {
@@ -239,13 +239,13 @@ impl Ingress {
         self.shared.events.publish(Event::Callback(CallbackEvent {
             at_ms: now_ms(),
             account: verified.account.id.to_string(),
-            callback: plan.callback,
+            callback: plan.callback.0,
             msg_type: envelope.msg_type.clone(),
             event: envelope.event.clone(),
             msg_id: envelope.msg_id.clone(),
             jobs: (plan.jobs.iter())
                 .map(|job| JobRef {
-                    job: job.id,
+                    job: job.id.0,
                     target: job.target.key.target.to_string(),
                 })
                 .collect(),
@@ -397,7 +397,7 @@ impl Ingress {
     ) -> Result<Answer, Rejection> {
         let account = &verified.account;
         self.shared.events.publish(Event::Answered {
-            callback,
+            callback: callback.0,
             answer: answered(&relayed).to_owned(),
         });
         let answer = relayed.unwrap_or_else(success);
@@ -440,7 +440,7 @@ impl Ingress {
         self.shared.events.publish(Event::Duplicate {
             at_ms: now_ms(),
             account: account.id.to_string(),
-            callback,
+            callback: callback.0,
             msg_type: envelope.msg_type.clone(),
             event: envelope.event.clone(),
             msg_id: envelope.msg_id.clone(),

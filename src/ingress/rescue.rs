@@ -20,7 +20,7 @@ use crate::attempt::Attempt;
 use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use crate::routing::{Account, Target};
-use crate::store::{Accepted, NewCallback, NewJob, Replay, Store};
+use crate::store::{Accepted, CallbackId, JobId, NewCallback, NewJob, Replay, Store};
 use crate::wechat::{is_empty_reply, open_reply, reply_field as field, xml_fields};
 
 /// Waits for the owner's late attempt; converts and stores its reply, if it has one.
@@ -29,7 +29,7 @@ pub async fn late_reply(
     metrics: Arc<Metrics>,
     account: Arc<Account>,
     sender: Arc<Target>,
-    callback: i64,
+    callback: CallbackId,
     user: Option<String>,
     late: oneshot::Receiver<Attempt>,
 ) {
@@ -70,7 +70,7 @@ async fn rescue(
     store: &dyn Store,
     account: &Account,
     sender: &Target,
-    callback: i64,
+    callback: CallbackId,
     user: Option<&str>,
     body: &[u8],
 ) -> Result<&'static str, (&'static str, String)> {
@@ -90,7 +90,7 @@ async fn rescue(
         .map_err(|e| ("store_failed", e.to_string()))?;
     let accepted = store
         .accept(NewCallback {
-            id: ids[0],
+            id: CallbackId(ids[0]),
             account: account.id.clone(),
             dedupe_key: format!("late-reply:{callback}"),
             legacy_dedupe_key: None,
@@ -104,7 +104,7 @@ async fn rescue(
                 authorizer: None,
             }),
             jobs: vec![NewJob {
-                id: ids[1],
+                id: JobId(ids[1]),
                 target: sender.key.target.clone(),
                 lease: None,
             }],

@@ -21,7 +21,7 @@ use crate::attempt::Attempt;
 use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use crate::routing::{Account, Target};
-use crate::store::Answer;
+use crate::store::{Answer, CallbackId};
 use crate::wechat::Credentials;
 use crate::wechat::{is_empty_reply, open_reply, xml_fields};
 
@@ -63,7 +63,7 @@ pub struct Difference {
     pub target: String,
     /// The target it shadows.
     pub owner: String,
-    pub callback: i64,
+    pub callback: CallbackId,
     /// The answer WeChat got (`success` when the owner had none in time).
     pub owner_answer: String,
     pub shadow_answer: String,
@@ -111,7 +111,7 @@ pub async fn compare(
     log: Arc<ShadowLog>,
     account: Arc<Account>,
     owner: Arc<str>,
-    callback: i64,
+    callback: CallbackId,
     answered: Bytes,
     shadows: Vec<(Arc<Target>, oneshot::Receiver<Attempt>)>,
     deadline: Instant,
@@ -267,12 +267,12 @@ mod tests {
             shadow_answer: "y".into(),
         };
         for i in 0..(KEEP as i64 + 5) {
-            log.record(Outcome::Different, difference(i));
+            log.record(Outcome::Different, difference(CallbackId(i)));
         }
-        log.record(Outcome::Same, difference(-1));
+        log.record(Outcome::Same, difference(CallbackId(-1)));
         let kept = log.differences();
         assert_eq!(kept.len(), KEEP);
-        assert_eq!(kept[0].callback, KEEP as i64 + 4);
-        assert_eq!(kept[KEEP - 1].callback, 5);
+        assert_eq!(kept[0].callback, CallbackId(KEEP as i64 + 4));
+        assert_eq!(kept[KEEP - 1].callback, CallbackId(5));
     }
 }

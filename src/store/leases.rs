@@ -135,7 +135,7 @@ fn confirm_lost(held: &Mutex<HashMap<JobId, Leased>>, suspects: Vec<Leased>) {
             warn!(
                 account = &*leased.key.account,
                 target = &*leased.key.target,
-                delivery = leased.job,
+                delivery = leased.job.0,
                 "the lease of a job in flight was lost (it expired and another instance took the \
                  job): the job may be delivered twice"
             );
@@ -150,12 +150,12 @@ fn lock(held: &Mutex<HashMap<JobId, Leased>>) -> std::sync::MutexGuard<'_, HashM
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Replay, TargetKey};
+    use crate::store::{CallbackId, Replay, TargetKey};
 
     fn job(id: JobId, lease: LeaseToken) -> Job {
         Job {
             id,
-            callback: 1,
+            callback: CallbackId(1),
             key: TargetKey {
                 account: Arc::from("main"),
                 target: Arc::from("crm"),
@@ -175,7 +175,7 @@ mod tests {
     #[test]
     fn a_store_whose_leases_never_expire_holds_nothing() {
         let leases = Leases::new(None);
-        leases.hold(&job(1, 7));
+        leases.hold(&job(JobId(1), 7));
         assert!(leases.is_empty());
     }
 
@@ -183,13 +183,13 @@ mod tests {
     #[test]
     fn letting_go_of_an_old_lease_keeps_the_new_one() {
         let leases = Leases::new(Some(Duration::from_secs(1)));
-        leases.hold(&job(1, 7));
-        leases.hold(&job(2, 8));
-        leases.hold(&job(1, 9));
-        leases.let_go(1, 7);
+        leases.hold(&job(JobId(1), 7));
+        leases.hold(&job(JobId(2), 8));
+        leases.hold(&job(JobId(1), 9));
+        leases.let_go(JobId(1), 7);
         assert_eq!(leases.len(), 2);
-        leases.let_go(1, 9);
-        leases.let_go(2, 8);
+        leases.let_go(JobId(1), 9);
+        leases.let_go(JobId(2), 8);
         assert!(leases.is_empty());
     }
 
@@ -200,18 +200,18 @@ mod tests {
         let leases = Leases::new(Some(Duration::from_secs(1)));
         let held = leases.held.clone().unwrap();
         for (id, token) in [(1, 7), (2, 8), (3, 9), (4, 10)] {
-            leases.hold(&job(id, token));
+            leases.hold(&job(JobId(id), token));
         }
         let suspects: Vec<Leased> = [(1, 7), (2, 8), (4, 10)]
             .iter()
-            .map(|(id, token)| job(*id, *token).leased())
+            .map(|(id, token)| job(JobId(*id), *token).leased())
             .collect();
-        leases.hold(&job(2, 11));
-        leases.let_go(4, 10);
+        leases.hold(&job(JobId(2), 11));
+        leases.let_go(JobId(4), 10);
         confirm_lost(&held, suspects);
         let mut left: Vec<(JobId, LeaseToken)> =
             lock(&held).values().map(|l| (l.job, l.token)).collect();
         left.sort_unstable();
-        assert_eq!(left, [(2, 11), (3, 9)]);
+        assert_eq!(left, [(JobId(2), 11), (JobId(3), 9)]);
     }
 }

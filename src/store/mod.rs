@@ -73,8 +73,40 @@ pub async fn open(
 /// deploy's transition ends by itself.
 pub const LEGACY_KEY_WINDOW: Duration = Duration::from_secs(600);
 
-pub type CallbackId = i64;
-pub type JobId = i64;
+/// A stored callback's id. Made by the caller before the write ([`Store::next_ids`]), unique in
+/// the whole store, never reused.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct CallbackId(pub i64);
+
+/// A job's id: one (callback, target) pair, the delivery id targets dedupe on
+/// (`X-WeChat-Fanout-Delivery`). From the same sequence as callbacks' ids, never reused.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct JobId(pub i64);
+
+macro_rules! id_text {
+    ($($id:ty),*) => {$(
+        impl std::fmt::Display for $id {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl std::str::FromStr for $id {
+            type Err = std::num::ParseIntError;
+
+            fn from_str(text: &str) -> Result<Self, Self::Err> {
+                text.parse().map(Self)
+            }
+        }
+    )*};
+}
+id_text!(CallbackId, JobId);
 /// Names one lease of one job; made by whoever takes the lease (random), never 0.
 pub type LeaseToken = u64;
 
@@ -230,7 +262,7 @@ pub struct DeadLetter {
 
 /// One failed attempt of a job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct AttemptRecord {
+pub struct FailedAttempt {
     pub attempt: u32,
     pub at_ms: i64,
     pub status: Option<u16>,
@@ -242,7 +274,7 @@ pub struct AttemptRecord {
 pub struct DeadLetterDetail {
     pub letter: DeadLetter,
     pub request: Replay,
-    pub attempts: Vec<AttemptRecord>,
+    pub attempts: Vec<FailedAttempt>,
 }
 
 /// What a replay of dead letters did.

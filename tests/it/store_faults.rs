@@ -17,7 +17,8 @@ use bytes::Bytes;
 use wechat_fanout::attempt::DELIVERY_HEADER;
 use wechat_fanout::config::{Mode, Synchronous};
 use wechat_fanout::store::{
-    Accepted, NewCallback, NewJob, Readiness, Replay, SqliteStore, Store as _, StoreError,
+    Accepted, CallbackId, JobId, NewCallback, NewJob, Readiness, Replay, SqliteStore, Store as _,
+    StoreError,
 };
 use wechat_fanout::wechat::{Kind, SealedRequest};
 
@@ -370,7 +371,7 @@ async fn accept_new(store: &SqliteStore, dedupe_key: &str) -> Result<Accepted, S
 
 fn new_callback(ids: Vec<i64>, dedupe_key: &str) -> NewCallback {
     NewCallback {
-        id: ids[0],
+        id: CallbackId(ids[0]),
         account: Arc::from("main"),
         dedupe_key: dedupe_key.to_owned(),
         legacy_dedupe_key: None,
@@ -384,7 +385,7 @@ fn new_callback(ids: Vec<i64>, dedupe_key: &str) -> NewCallback {
             authorizer: None,
         }),
         jobs: vec![NewJob {
-            id: ids[1],
+            id: JobId(ids[1]),
             target: Arc::from("t"),
             lease: None,
         }],

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use super::{RedisStore, number, shape, text};
 use crate::store::{
-    AttemptRecord, DeadLetter, DeadLetterDetail, DeadLetterFilter, JobId, Replayed, StoreError,
+    DeadLetter, DeadLetterDetail, DeadLetterFilter, FailedAttempt, JobId, Replayed, StoreError,
     TargetKey,
 };
 
@@ -173,7 +173,7 @@ impl RedisStore {
             for letter in &letters {
                 invocation.arg(letter.id).arg(&letter.target);
             }
-            let done: Vec<i64> = invocation.invoke_async(&mut self.conn()).await?;
+            let done: Vec<JobId> = invocation.invoke_async(&mut self.conn()).await?;
             for letter in letters {
                 if done.contains(&letter.id)
                     && let Some(key) = routed
@@ -246,13 +246,13 @@ fn letter(account: &str, row: &[Option<Vec<u8>>]) -> Result<DeadLetter, StoreErr
 fn attempt_record(
     attempt: Option<Vec<u8>>,
     stored: Option<Vec<u8>>,
-) -> Result<AttemptRecord, StoreError> {
+) -> Result<FailedAttempt, StoreError> {
     let stored = text(stored.unwrap_or_default());
     let mut parts = stored.splitn(3, '|');
     let at = parts.next().unwrap_or("");
     let status = parts.next().unwrap_or("");
     let error = parts.next().unwrap_or("-");
-    Ok(AttemptRecord {
+    Ok(FailedAttempt {
         attempt: number(attempt)?,
         at_ms: at.parse().unwrap_or(0),
         status: status.parse().ok(),

@@ -64,6 +64,24 @@ use super::{
 };
 use crate::config::redact_url;
 
+// The ids are decimal integers in keys, fields and script arguments.
+macro_rules! id_value {
+    ($($id:ty),*) => {$(
+        impl redis::ToRedisArgs for $id {
+            fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+                self.0.write_redis_args(out);
+            }
+        }
+
+        impl redis::FromRedisValue for $id {
+            fn from_redis_value(value: Value) -> Result<Self, redis::ParsingError> {
+                i64::from_redis_value(value).map(Self)
+            }
+        }
+    )*};
+}
+id_value!(CallbackId, JobId);
+
 mod batch;
 mod dead_letters;
 mod options;
@@ -501,7 +519,7 @@ impl Store for RedisStore {
             for job in jobs {
                 invocation.arg(job.job).arg(job.token);
             }
-            let gone: Vec<i64> = invocation.invoke_async(&mut self.conn()).await?;
+            let gone: Vec<JobId> = invocation.invoke_async(&mut self.conn()).await?;
             lost.extend(gone);
         }
         Ok(lost)

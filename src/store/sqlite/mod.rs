@@ -37,8 +37,8 @@ pub use self::writer::Readiness;
 use self::writer::{Command, Reply, WRITER_CHECKPOINT_PAGES};
 use super::shape::Stored;
 use super::{
-    Accepted, Answer, AttemptRecord, AttemptReport, CallbackId, DeadLetter, DeadLetterDetail,
-    DeadLetterFilter, IdBlocks, Job, JobId, Leased, NewCallback, QueueDepth, Recorded, Replay,
+    Accepted, Answer, AttemptReport, CallbackId, DeadLetter, DeadLetterDetail, DeadLetterFilter,
+    FailedAttempt, IdBlocks, Job, JobId, Leased, NewCallback, QueueDepth, Recorded, Replay,
     Replayed, Store, StoreError, TargetKey, new_lease_token,
 };
 use crate::config::Synchronous;
@@ -53,6 +53,24 @@ const ID_BLOCK: u64 = 1 << 16;
 
 /// Commands waiting for the writer; senders wait when it is full (backpressure on ingress).
 const QUEUE: usize = 8192;
+
+// The ids are integers in the file.
+macro_rules! id_column {
+    ($($id:ty),*) => {$(
+        impl rusqlite::ToSql for $id {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                self.0.to_sql()
+            }
+        }
+
+        impl rusqlite::types::FromSql for $id {
+            fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+                i64::column_result(value).map(Self)
+            }
+        }
+    )*};
+}
+id_column!(CallbackId, JobId);
 
 /// The SQLite store. Cheap to share behind an `Arc`.
 #[derive(Debug)]
@@ -357,7 +375,7 @@ impl Store for SqliteStore {
             let attempts = conn
                 .prepare_cached("SELECT attempt, at, status, error FROM attempts WHERE job_id = ?1 ORDER BY attempt")?
                 .query_map(params![id], |row| {
-                    Ok(AttemptRecord { attempt: row.get(0)?, at_ms: row.get(1)?, status: row.get(2)?, error: row.get(3)? })
+                    Ok(FailedAttempt { attempt: row.get(0)?, at_ms: row.get(1)?, status: row.get(2)?, error: row.get(3)? })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(Some(DeadLetterDetail { letter, request, attempts }))

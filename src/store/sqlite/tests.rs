@@ -4,7 +4,7 @@ use crate::store::{Disposition, NewJob};
 
 fn callback(key: &str) -> NewCallback {
     NewCallback {
-        id: 1,
+        id: CallbackId(1),
         account: Arc::from("a"),
         dedupe_key: key.to_owned(),
         legacy_dedupe_key: None,
@@ -18,7 +18,7 @@ fn callback(key: &str) -> NewCallback {
             authorizer: None,
         }),
         jobs: vec![NewJob {
-            id: 2,
+            id: JobId(2),
             target: Arc::from("t"),
             lease: None,
         }],
@@ -101,8 +101,8 @@ async fn the_checkpointer_copies_commits_into_the_database_file() {
     let empty = size();
     for n in 0..200 {
         let mut new = callback(&format!("k{n}"));
-        new.id = 10 * n + 1;
-        new.jobs[0].id = 10 * n + 2;
+        new.id = CallbackId(10 * n + 1);
+        new.jobs[0].id = JobId(10 * n + 2);
         new.request = Arc::new(Replay {
             query: "q".into(),
             content_type: None,
