@@ -12,9 +12,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use wechat_fanout::config::Synchronous;
 use wechat_fanout::store::{
-    Accepted, Answer, AttemptReport, CallbackId, DeadLetterFilter, Disposition, Job, JobId,
-    LEGACY_KEY_WINDOW, LeaseToken, Leased, NewCallback, NewJob, Recorded, RedisOptions, RedisStore,
-    Replay, Replayed, SHAPE_VERSION, SqliteStore, Store, StoreError, TargetKey, new_lease_token,
+    Accepted, Answer, AttemptReport, CallbackId, DeadLetterFilter, Disposition, FailedAttempt, Job,
+    JobId, JobState, LEGACY_KEY_WINDOW, LeaseToken, Leased, NewCallback, NewJob, Recorded,
+    RedisOptions, RedisStore, Replay, Replayed, SHAPE_VERSION, SqliteStore, Store, StoreError,
+    TargetKey, new_lease_token,
 };
 
 #[path = "support/redis.rs"]
@@ -775,6 +776,193 @@ async fn the_authorizer_is_stored_beside_wechats_query(store: Arc<dyn Store>) {
     record(&*store, report(job, 1, Disposition::Dead)).await;
     let letter = store.dead_letter(job.id).await.unwrap().unwrap();
     assert_eq!(letter.request, *about.request);
+    for sent in [&about, &plain] {
+        let shown = store.callback(sent.id).await.unwrap().unwrap();
+        assert_eq!(shown.request, *sent.request);
+    }
+}
+
+/// One callback as the admin sees it: what was stored of it and saved for it, and each job it
+/// still holds with its state, attempts, due time and failed attempts. A job that is gone was
+/// delivered; a callback with no job left is shown until it is purged.
+async fn a_callback_is_shown_with_the_jobs_it_still_holds(store: Arc<dyn Store>) {
+    let new = callback(&*store, "s1", &[("a", false), ("b", true), ("c", false)]).await;
+    let b_lease = new.jobs[1].lease.unwrap();
+    let Accepted::New { callback: id, jobs } = store.accept(new.clone()).await.unwrap() else {
+        panic!("new is new")
+    };
+    let detail = store.callback(id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            &*detail.account,
+            detail.received_at_ms,
+            detail.msg_type.as_deref(),
+            &detail.event
+        ),
+        ("main", 1_000, Some("text"), &None)
+    );
+    assert_eq!(
+        (detail.id, &detail.request, &detail.answer),
+        (id, &*new.request, &None)
+    );
+    let states: Vec<_> = detail
+        .jobs
+        .iter()
+        .map(|j| (j.id, &*j.target, j.state, j.due_in))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (jobs[0], "a", JobState::Pending, Some(Duration::ZERO)),
+            (jobs[1], "b", JobState::InFlight, None),
+            (jobs[2], "c", JobState::Pending, Some(Duration::ZERO)),
+        ]
+    );
+    for job in &detail.jobs {
+        assert_eq!(
+            (job.attempts, job.last_status, &job.last_error),
+            (0, None, &None)
+        );
+        assert!(job.failed.is_empty());
+    }
+
+    let answer = Answer {
+        content_type: Some("text/xml".into()),
+        body: Bytes::from_static(b"<xml>the reply</xml>"),
+    };
+    store.save_answer("main", id, answer.clone()).await.unwrap();
+    let a = lease_one(&*store, "a").await;
+    let later = Duration::from_secs(3600);
+    record(&*store, report(&a, 1, Disposition::RetryIn(later))).await;
+    record(
+        &*store,
+        report_for("b", jobs[1], b_lease, 1, Disposition::Dead),
+    )
+    .await;
+    let c = lease_one(&*store, "c").await;
+    record(&*store, report(&c, 1, Disposition::Delivered)).await;
+    let detail = store.callback(id).await.unwrap().unwrap();
+    assert_eq!(detail.answer, Some(answer));
+    let [a, b] = &detail.jobs[..] else {
+        panic!("c was delivered, a and b are held: {:?}", detail.jobs)
+    };
+    assert_eq!(
+        (a.id, a.state, b.id, b.state),
+        (jobs[0], JobState::Pending, jobs[1], JobState::Dead)
+    );
+    let due_in = a.due_in.unwrap();
+    assert!(
+        due_in > later - Duration::from_secs(60) && due_in <= later,
+        "{due_in:?}"
+    );
+    assert_eq!(b.due_in, None);
+    let failed = FailedAttempt {
+        attempt: 1,
+        at_ms: 2_000,
+        status: Some(500),
+        error: Some("target answered 500".into()),
+    };
+    for job in [a, b] {
+        assert_eq!(
+            (job.attempts, job.last_status, job.last_error.as_deref()),
+            (1, Some(500), Some("target answered 500"))
+        );
+        assert_eq!(job.failed, std::slice::from_ref(&failed));
+    }
+    assert_eq!(
+        store.callback(CallbackId(id.0 + 1_000_000)).await.unwrap(),
+        None
+    );
+
+    // Delivered, a callback is shown without jobs until it is purged.
+    let done = callback(&*store, "s2", &[("d", false)]).await;
+    store.accept(done.clone()).await.unwrap();
+    let d = lease_one(&*store, "d").await;
+    record(&*store, report(&d, 1, Disposition::Delivered)).await;
+    assert_eq!(store.callback(done.id).await.unwrap().unwrap().jobs, []);
+    assert_eq!(store.purge_delivered(i64::MAX).await.unwrap(), 1);
+    assert_eq!(store.callback(done.id).await.unwrap(), None);
+    assert!(store.callback(id).await.unwrap().is_some(), "it holds jobs");
+}
+
+/// The caller makes the ids, so a callback's jobs are found whatever ids they have, among
+/// other callbacks' jobs in every state: here the jobs' ids come before the callback's.
+async fn a_callbacks_jobs_are_found_whatever_their_ids(store: Arc<dyn Store>) {
+    let others = callback(&*store, "o1", &[("a", false), ("b", false), ("c", true)]).await;
+    store.accept(others).await.unwrap();
+    let mut new = callback(&*store, "o2", &[("a", false), ("b", false), ("c", true)]).await;
+    let ids = store.next_ids(1).await.unwrap();
+    let lease = new.jobs[2].lease;
+    new.jobs[2].lease = None;
+    new.jobs.push(NewJob {
+        id: JobId(new.id.0),
+        target: Arc::from("d"),
+        lease,
+    });
+    new.jobs.swap(2, 3);
+    new.id = CallbackId(ids[0]);
+    store.accept(new.clone()).await.unwrap();
+    // One job of each callback dead, for the dead sets too.
+    for job in store.lease_due(&key("b"), 10).await.unwrap() {
+        record(&*store, report(&job, 1, Disposition::Dead)).await;
+    }
+    let detail = store.callback(new.id).await.unwrap().unwrap();
+    let mut expected: Vec<(JobId, &str, JobState)> = vec![
+        (new.jobs[0].id, "a", JobState::Pending),
+        (new.jobs[1].id, "b", JobState::Dead),
+        (new.jobs[2].id, "d", JobState::InFlight),
+        (new.jobs[3].id, "c", JobState::Pending),
+    ];
+    expected.sort_by_key(|(id, _, _)| *id);
+    let found: Vec<_> = detail
+        .jobs
+        .iter()
+        .map(|j| (j.id, &*j.target, j.state))
+        .collect();
+    assert_eq!(found, expected);
+}
+
+/// The latest callbacks' ids, newest first, of one account or of all: each once (a resend is
+/// no callback; one stored under two keys is one), purged ones no longer.
+async fn callbacks_are_listed_newest_first(store: Arc<dyn Store>) {
+    let mut stored = Vec::new();
+    for key in ["l1", "l2", "l3"] {
+        let mut new = callback(&*store, key, &[("a", false)]).await;
+        if key == "l2" {
+            new.legacy_dedupe_key = Some("l2-before".into());
+        }
+        stored.push(new.id);
+        store.accept(new).await.unwrap();
+    }
+    store
+        .accept(callback(&*store, "l1", &[("a", false)]).await)
+        .await
+        .unwrap();
+    let mut other = callback(&*store, "l4", &[]).await;
+    other.account = Arc::from("second");
+    store.accept(other.clone()).await.unwrap();
+    let [l1, l2, l3] = stored[..] else {
+        unreachable!()
+    };
+
+    assert_eq!(
+        store.callbacks(Some("main"), 10).await.unwrap(),
+        [l3, l2, l1]
+    );
+    assert_eq!(store.callbacks(Some("main"), 2).await.unwrap(), [l3, l2]);
+    assert_eq!(
+        store.callbacks(Some("second"), 10).await.unwrap(),
+        [other.id]
+    );
+    assert_eq!(
+        store.callbacks(None, 10).await.unwrap(),
+        [other.id, l3, l2, l1]
+    );
+    assert_eq!(store.callbacks(None, 1).await.unwrap(), [other.id]);
+    assert_eq!(store.callbacks(Some("nobody"), 10).await.unwrap(), []);
+    // `second`'s callback had no job: it is purged with the retention.
+    assert_eq!(store.purge_delivered(i64::MAX).await.unwrap(), 1);
+    assert_eq!(store.callbacks(None, 10).await.unwrap(), [l3, l2, l1]);
 }
 
 /// The suite for one backend: `mod $backend` with one test per contract function, each on a
@@ -803,6 +991,9 @@ macro_rules! contract {
             #[tokio::test] a_resend_finds_its_first_copy_under_the_legacy_key,
             #[tokio::test] callbacks_sharing_a_legacy_key_stay_apart,
             #[tokio::test] the_authorizer_is_stored_beside_wechats_query,
+            #[tokio::test] a_callback_is_shown_with_the_jobs_it_still_holds,
+            #[tokio::test] a_callbacks_jobs_are_found_whatever_their_ids,
+            #[tokio::test] callbacks_are_listed_newest_first,
         );
     };
     (@suite $backend:ident, $open:expr, $(#[$runtime:meta] $test:ident,)*) => {
@@ -1186,6 +1377,14 @@ async fn a_callback_of_the_build_before_is_delivered(store: &dyn Store, job: Job
     record(store, report(&leased, 1, Disposition::Dead)).await;
     let letter = store.dead_letter(job).await.unwrap().unwrap();
     assert_eq!(letter.request, expected);
+    let shown = store
+        .callback(letter.letter.callback)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(shown.request, expected);
+    let states: Vec<_> = shown.jobs.iter().map(|j| (j.id, j.state)).collect();
+    assert_eq!(states, [(job, JobState::Dead)]);
     store
         .replay_dead(Some(job), &DeadLetterFilter::default(), vec![key("a")])
         .await

@@ -269,6 +269,53 @@ pub struct FailedAttempt {
     pub error: Option<String>,
 }
 
+/// Which state a job is in: see the module's doc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Due now or later.
+    Pending,
+    /// Leased for an attempt.
+    InFlight,
+    /// A dead letter.
+    Dead,
+}
+
+/// A stored callback with the jobs it still has, as [`Store::callback`] shows it.
+///
+/// Delivered jobs are removed from the store, so a job of the callback that is not listed was
+/// delivered (or purged as a dead letter). Once none is left, the callback itself is forgotten
+/// after the retention ([`Store::purge_delivered`]), and [`Store::callback`] finds nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallbackDetail {
+    pub id: CallbackId,
+    pub account: String,
+    pub received_at_ms: i64,
+    pub msg_type: Option<String>,
+    pub event: Option<String>,
+    pub request: Replay,
+    /// The answer WeChat got, if one was saved ([`Store::save_answer`]).
+    pub answer: Option<Answer>,
+    /// One per job still held, by id.
+    pub jobs: Vec<JobDetail>,
+}
+
+/// One job of a stored callback, in [`CallbackDetail::jobs`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobDetail {
+    pub id: JobId,
+    pub target: String,
+    pub state: JobState,
+    /// Attempts made over the job's whole life (replays keep counting).
+    pub attempts: u32,
+    /// A pending job's time until it is due, by the store's clock (zero: due now).
+    pub due_in: Option<Duration>,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    /// Every failed attempt kept for it, in order.
+    pub failed: Vec<FailedAttempt>,
+}
+
 /// A dead letter with what it would send and every failed attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetterDetail {
@@ -474,6 +521,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// Dead letters matching `filter`, most recent death first.
     async fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// One stored callback with its jobs and their failed attempts; `None` if no callback has
+    /// `id` (never stored, or purged). For the admin and tests, never on the way of a
+    /// callback: on Redis, finding a callback's jobs may read every job its account holds
+    /// (see `redis::callbacks`).
+    async fn callback(&self, id: CallbackId) -> Result<Option<CallbackDetail>, StoreError>;
+
+    /// The ids of the latest `limit` callbacks stored for `account` (of every account: `None`),
+    /// newest first: highest id first, which is arrival order on one process (a callback takes
+    /// its ids when it arrives) and roughly so across instances (each takes ids from blocks of
+    /// its own). For the admin and tests: on Redis it reads every id the account keeps (see
+    /// `redis::callbacks`), until an index of arrivals replaces it.
+    async fn callbacks(
+        &self,
+        account: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<CallbackId>, StoreError>;
 
     /// One dead letter with its request and attempts; `None` if `id` is not a dead letter.
     async fn dead_letter(&self, id: JobId) -> Result<Option<DeadLetterDetail>, StoreError>;

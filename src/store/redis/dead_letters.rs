@@ -243,7 +243,7 @@ fn letter(account: &str, row: &[Option<Vec<u8>>]) -> Result<DeadLetter, StoreErr
 }
 
 /// An attempt stored as `at|status|E<error>` (status empty and `-` for none).
-fn attempt_record(
+pub(super) fn attempt_record(
     attempt: Option<Vec<u8>>,
     stored: Option<Vec<u8>>,
 ) -> Result<FailedAttempt, StoreError> {

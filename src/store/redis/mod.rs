@@ -41,7 +41,8 @@
 //!
 //! Here: the public type, opening, and its [`Store`] impl. `options` says how to reach Redis,
 //! `batch` sends accepts and outcomes in batches, `scripts` loads the Lua of `lua/*.lua`,
-//! `dead_letters` lists, shows, replays and purges them.
+//! `dead_letters` lists, shows, replays and purges them, `callbacks` shows stored callbacks to
+//! the admin.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -58,9 +59,9 @@ use self::options::Conn;
 use self::scripts::Scripts;
 use super::shape::Stored;
 use super::{
-    Accepted, Answer, AttemptReport, CallbackId, DeadLetter, DeadLetterDetail, DeadLetterFilter,
-    Disposition, IdBlocks, Job, JobId, Leased, NewCallback, QueueDepth, Recorded, Replay, Replayed,
-    Store, StoreError, TargetKey, new_lease_token,
+    Accepted, Answer, AttemptReport, CallbackDetail, CallbackId, DeadLetter, DeadLetterDetail,
+    DeadLetterFilter, Disposition, IdBlocks, Job, JobId, Leased, NewCallback, QueueDepth, Recorded,
+    Replay, Replayed, Store, StoreError, TargetKey, new_lease_token,
 };
 use crate::config::redact_url;
 
@@ -83,6 +84,7 @@ macro_rules! id_value {
 id_value!(CallbackId, JobId);
 
 mod batch;
+mod callbacks;
 mod dead_letters;
 mod options;
 mod scripts;
@@ -654,6 +656,18 @@ impl Store for RedisStore {
 
     async fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>, StoreError> {
         self.list_letters(filter).await
+    }
+
+    async fn callback(&self, id: CallbackId) -> Result<Option<CallbackDetail>, StoreError> {
+        self.callback_detail(id).await
+    }
+
+    async fn callbacks(
+        &self,
+        account: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<CallbackId>, StoreError> {
+        self.latest_callbacks(account, limit).await
     }
 
     async fn dead_letter(&self, id: JobId) -> Result<Option<DeadLetterDetail>, StoreError> {

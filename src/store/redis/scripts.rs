@@ -39,6 +39,8 @@ pub(super) struct Scripts {
     pub(super) dead_list: Script,
     pub(super) dead_detail: Script,
     pub(super) depths: Script,
+    /// A callback with the jobs it still holds.
+    pub(super) callback: Script,
 }
 
 impl Scripts {
@@ -59,6 +61,7 @@ impl Scripts {
             dead_list: script(include_str!("lua/dead_list.lua")),
             dead_detail: script(include_str!("lua/dead_detail.lua")),
             depths: script(include_str!("lua/depths.lua")),
+            callback: script(include_str!("lua/callback.lua")),
         }
     }
 }

@@ -37,10 +37,12 @@ pub use self::writer::Readiness;
 use self::writer::{Command, Reply, WRITER_CHECKPOINT_PAGES};
 use super::shape::Stored;
 use super::{
-    Accepted, Answer, AttemptReport, CallbackId, DeadLetter, DeadLetterDetail, DeadLetterFilter,
-    FailedAttempt, IdBlocks, Job, JobId, Leased, NewCallback, QueueDepth, Recorded, Replay,
-    Replayed, Store, StoreError, TargetKey, new_lease_token,
+    Accepted, Answer, AttemptReport, CallbackDetail, CallbackId, DeadLetter, DeadLetterDetail,
+    DeadLetterFilter, FailedAttempt, IdBlocks, Job, JobDetail, JobId, JobState, Leased,
+    NewCallback, QueueDepth, Recorded, Replay, Replayed, Store, StoreError, TargetKey,
+    new_lease_token,
 };
+use crate::clock::now_ms;
 use crate::config::Synchronous;
 
 mod commands;
@@ -358,6 +360,90 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn callback(&self, id: CallbackId) -> Result<Option<CallbackDetail>, StoreError> {
+        self.read(move |conn| {
+            // One snapshot for the callback, its jobs and their attempts.
+            let snapshot = conn.unchecked_transaction()?;
+            let found = snapshot
+                .prepare_cached(&format!(
+                    "SELECT c.account, c.received_at, c.msg_type, c.event, c.answer_type, c.answer,
+                     {SHAPE_COLUMNS} FROM callbacks c WHERE c.id = ?1"
+                ))?
+                .query_row(params![id], |row| {
+                    let (answer_type, answer): (Option<String>, Option<Vec<u8>>) =
+                        (row.get(4)?, row.get(5)?);
+                    Ok(CallbackDetail {
+                        id,
+                        account: row.get(0)?,
+                        received_at_ms: row.get(1)?,
+                        msg_type: row.get(2)?,
+                        event: row.get(3)?,
+                        answer: answer.map(|body| Answer {
+                            content_type: answer_type,
+                            body: Bytes::from(body),
+                        }),
+                        request: shape_at(row, 6)?,
+                        jobs: Vec::new(),
+                    })
+                })
+                .optional()?;
+            let Some(mut detail) = found else {
+                return Ok(None);
+            };
+            let now = now_ms();
+            detail.jobs = snapshot
+                .prepare_cached(
+                    "SELECT id, target, state, attempts, next_at, last_status, last_error
+                     FROM jobs WHERE callback_id = ?1 ORDER BY id",
+                )?
+                .query_map(params![id], |row| {
+                    let state = match row.get::<_, i64>(2)? {
+                        PENDING => JobState::Pending,
+                        IN_FLIGHT => JobState::InFlight,
+                        _ => JobState::Dead,
+                    };
+                    let next_at: i64 = row.get(4)?;
+                    Ok(JobDetail {
+                        id: row.get(0)?,
+                        target: row.get(1)?,
+                        state,
+                        attempts: row.get(3)?,
+                        due_in: (state == JobState::Pending).then(|| {
+                            Duration::from_millis(u64::try_from(next_at - now).unwrap_or(0))
+                        }),
+                        last_status: row.get(5)?,
+                        last_error: row.get(6)?,
+                        failed: Vec::new(),
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            for job in &mut detail.jobs {
+                job.failed = failed_attempts(&snapshot, job.id)?;
+            }
+            Ok(Some(detail))
+        })
+        .await
+    }
+
+    async fn callbacks(
+        &self,
+        account: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<CallbackId>, StoreError> {
+        let account = account.map(str::to_owned);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT id FROM callbacks WHERE ?1 IS NULL OR account = ?1
+                     ORDER BY id DESC LIMIT ?2",
+                )?
+                .query_map(params![account, limit], |row| row.get(0))?
+                .collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
     async fn dead_letter(&self, id: JobId) -> Result<Option<DeadLetterDetail>, StoreError> {
         self.read(move |conn| {
             let found = conn
@@ -372,12 +458,7 @@ impl Store for SqliteStore {
             let Some((letter, request)) = found else {
                 return Ok(None);
             };
-            let attempts = conn
-                .prepare_cached("SELECT attempt, at, status, error FROM attempts WHERE job_id = ?1 ORDER BY attempt")?
-                .query_map(params![id], |row| {
-                    Ok(FailedAttempt { attempt: row.get(0)?, at_ms: row.get(1)?, status: row.get(2)?, error: row.get(3)? })
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
+            let attempts = failed_attempts(conn, id)?;
             Ok(Some(DeadLetterDetail { letter, request, attempts }))
         })
         .await
@@ -475,6 +556,23 @@ fn matching<'a>(id: &'a Option<JobId>, filter: &'a DeadLetterFilter) -> [&'a dyn
         &filter.since_ms,
         &filter.until_ms,
     ]
+}
+
+/// The failed attempts kept for job `id`, in order.
+fn failed_attempts(conn: &Connection, id: JobId) -> Result<Vec<FailedAttempt>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT attempt, at, status, error FROM attempts WHERE job_id = ?1 ORDER BY attempt",
+        )?
+        .query_map(params![id], |row| {
+            Ok(FailedAttempt {
+                attempt: row.get(0)?,
+                at_ms: row.get(1)?,
+                status: row.get(2)?,
+                error: row.get(3)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?)
 }
 
 fn dead_letter_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetter> {
