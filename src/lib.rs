@@ -22,7 +22,8 @@
 //! - [`delivery`]: one worker per target: lease due jobs, send, record.
 //! - [`ingress`]: the WeChat-facing server: verify, buffer, persist, answer in time.
 //! - [`cmd`]: the commands besides `serve`: they talk to a running proxy over HTTP.
-//! - [`admin`]: health, readiness, metrics, dead letters and the console, on their own port.
+//! - [`admin`]: health, readiness, metrics, dead letters, stored callbacks and the console, on
+//!   their own port.
 //! - [`app`]: the wiring: run, reload, the background loops.
 //!
 //! `ingress` and `delivery` never import each other: the stored job is their shared vocabulary.

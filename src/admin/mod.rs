@@ -1,4 +1,5 @@
-//! The admin listener, separate from the WeChat port: health, readiness, metrics, dead letters.
+//! The admin listener, separate from the WeChat port: health, readiness, metrics, and the
+//! routing of every other path to what serves it.
 //!
 //! - `GET /healthz`: the process is alive.
 //! - `GET /readyz`: the store could take a callback now (it commits a test row as large as the
@@ -9,8 +10,12 @@
 //! - `POST /dead-letters/{id}/replay`, `POST /dead-letters/replay?filters`: due again now, with a
 //!   fresh allowance of attempts; the same bytes are sent.
 //! - `DELETE /dead-letters/{id}`, `DELETE /dead-letters?filters` (`all=true` for no filter).
+//!   All four: [`dead_letters`].
+//! - `GET /callbacks?account=&limit=`, `GET /callbacks/{id}`: the latest callbacks' ids, and one
+//!   callback with the jobs it still holds ([`callbacks`]).
 //! - `POST /targets/probe?account=&target=`: the URL-verification GET sent to each target now
 //!   (see [`crate::cmd::probe`]); 200 with each target's result, `"ok"` only if all echoed.
+//! - `GET /shadow/differences`: shadow targets' recent answers that differed from the owner's.
 //!
 //! - The live console in the browser and its event stream: see [`crate::admin::console`], which also
 //!   decides who gets in (`admin.token`): everything above but health and readiness (and
@@ -22,7 +27,9 @@
 //!
 //! It never listens on the WeChat port.
 
+mod callbacks;
 pub mod console;
+mod dead_letters;
 mod hosts;
 
 use std::convert::Infallible;
@@ -50,10 +57,9 @@ pub use hosts::Hosts;
 use crate::admin::console::{Body, Console, Refusal};
 use crate::attempt::{ACCOUNT_HEADER, Shared};
 use crate::clock::now_ms;
-use crate::events::Event;
 use crate::http::{json, text};
 use crate::ingress::shadow::ShadowLog;
-use crate::store::{DeadLetterFilter, JobId, StoreError};
+use crate::store::{Replay, StoreError};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -164,13 +170,15 @@ impl Admin {
             (Method::GET, ["metrics"]) => Ok(self.scrape().await),
             (Method::GET, ["console", "session"]) => Ok(self.console.session(&caller)),
             (Method::GET, ["console", "targets"]) => self.targets().await,
-            (Method::GET, ["console", "dead-letters", id]) => self.show(id, true).await,
-            (Method::GET, ["dead-letters"]) => self.list(query).await,
-            (Method::GET, ["dead-letters", id]) => self.show(id, false).await,
+            (Method::GET, ["console", "dead-letters", id]) => self.dead_letter(id, true).await,
+            (Method::GET, ["dead-letters"]) => self.dead_letters(query).await,
+            (Method::GET, ["dead-letters", id]) => self.dead_letter(id, false).await,
             (Method::POST, ["dead-letters", "replay"]) => self.replay(None, query).await,
             (Method::POST, ["dead-letters", id, "replay"]) => self.replay(Some(id), "").await,
             (Method::DELETE, ["dead-letters"]) => self.purge(None, query).await,
             (Method::DELETE, ["dead-letters", id]) => self.purge(Some(id), "").await,
+            (Method::GET, ["callbacks"]) => self.callbacks(query).await,
+            (Method::GET, ["callbacks", id]) => self.callback(id).await,
             (Method::POST, ["targets", "probe"]) => self.probe(query).await,
             (Method::GET, ["shadow", "differences"]) => Ok(json(
                 StatusCode::OK,
@@ -233,7 +241,7 @@ impl Admin {
 
     /// The targets view: per configured target, its jobs by state, recent outcomes, circuit
     /// breaker and last error.
-    async fn targets(&self) -> Result<Response<Full<Bytes>>, (StatusCode, String)> {
+    async fn targets(&self) -> Result<Response<Full<Bytes>>, Failure> {
         let depths = tokio::time::timeout(READY_TIMEOUT, self.shared.store.queue_depths())
             .await
             .map_err(|_| {
@@ -267,7 +275,7 @@ impl Admin {
         Ok(json(StatusCode::OK, &rows))
     }
 
-    async fn probe(&self, query: &str) -> Result<Response<Full<Bytes>>, (StatusCode, String)> {
+    async fn probe(&self, query: &str) -> Result<Response<Full<Bytes>>, Failure> {
         let (mut account, mut target) = (None, None);
         for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
             match &*key {
@@ -336,55 +344,11 @@ impl Admin {
         response
     }
 
-    async fn list(&self, query: &str) -> Result<Response<Full<Bytes>>, (StatusCode, String)> {
-        let filter = parse_filter(query)?;
-        let letters = self
-            .shared
-            .store
-            .dead_letters(&filter)
-            .await
-            .map_err(store_error)?;
-        Ok(json(StatusCode::OK, &letters))
-    }
-
-    /// One dead letter; for the console (`console`), without openid and body unless
-    /// `admin.show_content`, and then with the decrypted message of a safe-mode account.
-    async fn show(
-        &self,
-        id: &str,
-        console: bool,
-    ) -> Result<Response<Full<Bytes>>, (StatusCode, String)> {
-        let id = parse_id(id)?;
-        let Some(detail) = self
-            .shared
-            .store
-            .dead_letter(id)
-            .await
-            .map_err(store_error)?
-        else {
-            return Err(not_found(id));
-        };
-        #[derive(Serialize)]
-        struct Shown<'a> {
-            #[serde(flatten)]
-            letter: &'a crate::store::DeadLetter,
-            request: ShownRequest,
-            attempt_log: &'a [crate::store::FailedAttempt],
-        }
-        #[derive(Serialize)]
-        struct ShownRequest {
-            method: &'static str,
-            query: String,
-            headers: Vec<(&'static str, String)>,
-            /// The body as text (lossy if it is not UTF-8) and exactly, in base64.
-            body: String,
-            body_base64: String,
-            /// The decrypted message of an encrypted body (console, with content shown).
-            #[serde(skip_serializing_if = "Option::is_none")]
-            decrypted: Option<String>,
-        }
-        let request = &detail.request;
-        let mut headers = vec![(ACCOUNT_HEADER, detail.letter.account.clone())];
+    /// `request` of `account` as the deliveries send it. Shown as to the console (`console`):
+    /// without openid and body unless `admin.show_content`, and then with the decrypted message
+    /// of a safe-mode account.
+    fn shown_request(&self, account: &str, request: &Replay, console: bool) -> ShownRequest {
+        let mut headers = vec![(ACCOUNT_HEADER, account.to_owned())];
         // As the delivery sends it: the open platform's authorizer, in a header.
         if let Some(appid) = &request.authorizer {
             headers.push((crate::wechat::AUTHORIZER_HEADER, appid.clone()));
@@ -394,13 +358,12 @@ impl Admin {
         }
         // The console without `admin.show_content` gets neither openid nor body: neither is
         // written out only to be thrown away.
-        let shown_request = if console && !self.console.show_content() {
+        if console && !self.console.show_content() {
             ShownRequest {
                 method: "POST",
                 query: without_openid(&request.query),
                 headers,
-                body: HIDDEN.to_owned(),
-                body_base64: String::new(),
+                body: ShownBytes::hidden(),
                 decrypted: None,
             }
         } else {
@@ -408,24 +371,15 @@ impl Admin {
                 method: "POST",
                 query: request.query.clone(),
                 headers,
-                body: String::from_utf8_lossy(&request.body).into_owned(),
-                body_base64: base64::engine::general_purpose::STANDARD.encode(&request.body),
-                decrypted: console
-                    .then(|| self.decrypt(&detail.letter.account, request))
-                    .flatten(),
+                body: ShownBytes::of(&request.body),
+                decrypted: console.then(|| self.decrypt(account, request)).flatten(),
             }
-        };
-        let shown = Shown {
-            letter: &detail.letter,
-            request: shown_request,
-            attempt_log: &detail.attempts,
-        };
-        Ok(json(StatusCode::OK, &shown))
+        }
     }
 
     /// The message inside an encrypted callback of `account`, as text; `None` for plaintext
     /// (its body is the message) or when the account's credentials no longer open it.
-    fn decrypt(&self, account: &str, request: &crate::store::Replay) -> Option<String> {
+    fn decrypt(&self, account: &str, request: &Replay) -> Option<String> {
         let routes = self.shared.routes.load();
         let credentials = &routes.account(account)?.credentials;
         let query = crate::wechat::CallbackQuery::parse(&request.query).ok()?;
@@ -434,85 +388,45 @@ impl Admin {
             .decrypted
             .map(|message| String::from_utf8_lossy(&message).into_owned())
     }
+}
 
-    async fn replay(
-        &self,
-        id: Option<&str>,
-        query: &str,
-    ) -> Result<Response<Full<Bytes>>, (StatusCode, String)> {
-        let id = id.map(parse_id).transpose()?;
-        let filter = parse_scope(query)?;
-        let routes = self.shared.routes.load();
-        let replayed = self
-            .shared
-            .store
-            .replay_dead(id, &filter, routes.keys())
-            .await
-            .map_err(store_error)?;
-        if let Some(id) = id
-            && replayed.targets.is_empty()
-            && replayed.not_routed == 0
-        {
-            return Err(not_found(id));
+/// What a request failed with: its status, and the message of its `{"error": …}`.
+type Failure = (StatusCode, String);
+
+/// A stored request as the admin API shows it.
+#[derive(Serialize)]
+struct ShownRequest {
+    method: &'static str,
+    query: String,
+    headers: Vec<(&'static str, String)>,
+    #[serde(flatten)]
+    body: ShownBytes,
+    /// The decrypted message of an encrypted body (console, with content shown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decrypted: Option<String>,
+}
+
+/// A body as the admin API shows it: as text (lossy if it is not UTF-8) and exactly, in
+/// base64; or [`HIDDEN`].
+#[derive(Serialize)]
+struct ShownBytes {
+    body: String,
+    body_base64: String,
+}
+
+impl ShownBytes {
+    fn of(bytes: &[u8]) -> ShownBytes {
+        ShownBytes {
+            body: String::from_utf8_lossy(bytes).into_owned(),
+            body_base64: base64::engine::general_purpose::STANDARD.encode(bytes),
         }
-        // Wake each affected target's worker so the replay starts now, not at the next poll.
-        for target in routes.targets() {
-            if replayed.targets.contains(&target.key) {
-                target.plumbing.wake.notify_one();
-            }
-        }
-        if replayed.not_routed > 0 {
-            warn!(
-                not_configured = replayed.not_routed,
-                "dead letters of targets that are not configured were not replayed"
-            );
-        }
-        info!(replayed = replayed.targets.len(), "dead letters replayed");
-        self.console.publish(Event::Replayed {
-            at_ms: now_ms(),
-            job: id.filter(|_| !replayed.targets.is_empty()).map(|id| id.0),
-            count: replayed.targets.len(),
-        });
-        Ok(json(
-            StatusCode::OK,
-            &serde_json::json!({
-                "replayed": replayed.targets.len(),
-                "not_configured": replayed.not_routed,
-            }),
-        ))
     }
 
-    async fn purge(
-        &self,
-        id: Option<&str>,
-        query: &str,
-    ) -> Result<Response<Full<Bytes>>, (StatusCode, String)> {
-        let id = id.map(parse_id).transpose()?;
-        let all =
-            url::form_urlencoded::parse(query.as_bytes()).any(|(k, v)| k == "all" && v == "true");
-        let filter = parse_scope(query)?;
-        if id.is_none() && filter == DeadLetterFilter::default() && !all {
-            return Err((
-                StatusCode::BAD_REQUEST,
-                "purging every dead letter needs all=true (or a filter)".into(),
-            ));
+    fn hidden() -> ShownBytes {
+        ShownBytes {
+            body: HIDDEN.to_owned(),
+            body_base64: String::new(),
         }
-        let purged = self
-            .shared
-            .store
-            .purge_dead(id, &filter)
-            .await
-            .map_err(store_error)?;
-        if let Some(id) = id
-            && purged == 0
-        {
-            return Err(not_found(id));
-        }
-        info!(purged, "dead letters purged");
-        Ok(json(
-            StatusCode::OK,
-            &serde_json::json!({ "purged": purged }),
-        ))
     }
 }
 
@@ -532,58 +446,6 @@ fn without_openid(query: &str) -> String {
     shown.finish()
 }
 
-fn parse_id(id: &str) -> Result<JobId, (StatusCode, String)> {
-    id.parse().map_err(|_| {
-        (
-            StatusCode::BAD_REQUEST,
-            format!("not a dead-letter id: {id:?}"),
-        )
-    })
-}
-
-fn not_found(id: JobId) -> (StatusCode, String) {
-    (StatusCode::NOT_FOUND, format!("no dead letter {id}"))
-}
-
-fn parse_filter(query: &str) -> Result<DeadLetterFilter, (StatusCode, String)> {
-    let mut filter = DeadLetterFilter::default();
-    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
-        let number = |name: &str| {
-            value
-                .parse::<i64>()
-                .map_err(|_| (StatusCode::BAD_REQUEST, format!("{name} must be a number")))
-        };
-        match &*key {
-            "account" => filter.account = Some(value.into_owned()),
-            "target" => filter.target = Some(value.into_owned()),
-            "since_ms" => filter.since_ms = Some(number("since_ms")?),
-            "until_ms" => filter.until_ms = Some(number("until_ms")?),
-            "limit" => filter.limit = Some(usize::try_from(number("limit")?).unwrap_or(0)),
-            "all" => {}
-            other => {
-                return Err((
-                    StatusCode::BAD_REQUEST,
-                    format!("unknown parameter {other:?}"),
-                ));
-            }
-        }
-    }
-    Ok(filter)
-}
-
-/// The filter of a replay or purge: `limit` is refused, as neither honours it (a "limited"
-/// purge would otherwise pass the all=true guard and delete every dead letter).
-fn parse_scope(query: &str) -> Result<DeadLetterFilter, (StatusCode, String)> {
-    let filter = parse_filter(query)?;
-    if filter.limit.is_some() {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            "limit applies to listing only; replay or purge by id or filter".into(),
-        ));
-    }
-    Ok(filter)
-}
-
-fn store_error(e: StoreError) -> (StatusCode, String) {
+fn store_error(e: StoreError) -> Failure {
     (StatusCode::SERVICE_UNAVAILABLE, e.to_string())
 }

@@ -348,7 +348,12 @@ async fn the_admin_api_asks_scripts_and_the_cli_for_the_token() {
             "{path}"
         );
     }
+    // A wrong token more would be one guess too many (429): the callbacks are asked without.
+    for path in ["/callbacks", "/callbacks/1"] {
+        assert_eq!(get(path, None).await, 401, "{path}");
+    }
     assert_eq!(get("/dead-letters", Some(TOKEN)).await, 200);
+    assert_eq!(get("/callbacks", Some(TOKEN)).await, 200);
     assert_eq!(get("/console/targets", Some(TOKEN)).await, 200);
 
     let dir = tempfile::tempdir().unwrap();

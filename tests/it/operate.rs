@@ -14,6 +14,7 @@ use wechat_fanout::wechat::SealedRequest;
 use crate::support::binary::{Ran, run_async};
 use crate::support::{FAST, JobRow, client, eventually, free_addr, jobs};
 
+mod callbacks;
 mod dead_letters;
 mod health;
 mod logs;
