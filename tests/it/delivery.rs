@@ -1,14 +1,15 @@
 //! Delivery to targets that fail: retried from the store with backoff, given up on after
-//! `max_attempts` (a dead letter in the SQLite file), at once when the target says the request
+//! `max_attempts` (a dead letter in the store), at once when the target says the request
 //! will never succeed, and after the delay a throttling target asks for.
 
 use std::time::Duration;
 
 use wechat_fanout::config::Mode;
+use wechat_fanout::store::JobState;
 use wechat_fanout::wechat::Kind;
 
 use crate::support::{
-    DEAD, FAST, Proxy, Target, Wx, a_job_after, attempts, eventually, free_addr, header_in, jobs,
+    FAST, Proxy, Target, Wx, a_job_after, attempts, eventually_async, free_addr, header_in, jobs,
     next_request, no_jobs_left, proxy_with_one_target, settle, text_xml,
 };
 
@@ -41,13 +42,17 @@ async fn an_https_target_is_reached_over_tls_only() {
         .await
         .assert_success();
 
-    let failed = eventually("two failed TLS attempts recorded for each target", || {
-        let failed: Vec<_> = jobs(&proxy.db)
-            .into_iter()
-            .filter(|j| j.attempts >= 2)
-            .collect();
-        (failed.len() == 2).then_some(failed)
-    })
+    let failed = eventually_async(
+        "two failed TLS attempts recorded for each target",
+        || async {
+            let failed: Vec<_> = jobs(&proxy.store())
+                .await
+                .into_iter()
+                .filter(|j| j.attempts >= 2)
+                .collect();
+            (failed.len() == 2).then_some(failed)
+        },
+    )
     .await;
     for job in failed {
         let error = job.last_error.clone().unwrap_or_default();
@@ -80,10 +85,11 @@ async fn a_target_that_was_down_gets_the_callback_when_it_comes_up() {
     let sealed = wx.seal(&text_xml("while you were down"));
     proxy.post("main", &sealed).await.assert_success();
 
-    let refused = eventually("two refused attempts recorded", || {
-        jobs(&proxy.db)
+    let refused = eventually_async("two refused attempts recorded", || async {
+        jobs(&proxy.store())
+            .await
             .into_iter()
-            .find(|j| j.attempts >= 2 && j.state != DEAD)
+            .find(|j| j.attempts >= 2 && j.state != JobState::Dead)
     })
     .await;
     let error = refused.last_error.clone().unwrap_or_default();
@@ -95,13 +101,13 @@ async fn a_target_that_was_down_gets_the_callback_when_it_comes_up() {
     assert_eq!(got[0].body, sealed.body.as_bytes());
     assert_eq!(got[0].delivery(), refused.id, "the same delivery");
     assert!(got[0].attempt() >= 3, "attempt {}", got[0].attempt());
-    no_jobs_left(&proxy.db, "the delivery recorded").await;
+    no_jobs_left(&proxy.store(), "the delivery recorded").await;
     settle().await;
     assert_eq!(target.count(), 1);
 }
 
 /// A target that keeps answering 500 gets exactly `max_attempts` attempts, numbered 1..=n, all
-/// of one delivery; then the job is a dead letter (state 3) with every attempt recorded.
+/// of one delivery; then the job is a dead letter with every attempt recorded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_answering_500_becomes_a_dead_letter_after_max_attempts() {
     let target = Target::start(500).await;
@@ -116,8 +122,11 @@ async fn a_target_answering_500_becomes_a_dead_letter_after_max_attempts() {
     let sealed = wx.seal(&text_xml("doomed"));
     proxy.post("main", &sealed).await.assert_success();
 
-    let dead = eventually("a dead letter in the store", || {
-        jobs(&proxy.db).into_iter().find(|j| j.state == DEAD)
+    let dead = eventually_async("a dead letter in the store", || async {
+        jobs(&proxy.store())
+            .await
+            .into_iter()
+            .find(|j| j.state == JobState::Dead)
     })
     .await;
     settle().await;
@@ -131,9 +140,9 @@ async fn a_target_answering_500_becomes_a_dead_letter_after_max_attempts() {
         assert_eq!(request.body, sealed.body.as_bytes());
     }
     assert_eq!((dead.attempts, dead.last_status), (4, Some(500)));
-    assert_eq!(jobs(&proxy.db).len(), 1);
+    assert_eq!(jobs(&proxy.store()).await.len(), 1);
     assert_eq!(
-        attempts(&proxy.db, dead.id),
+        attempts(&proxy.store(), dead.id).await,
         (1..=4).map(|n| (n, Some(500))).collect::<Vec<_>>()
     );
 }
@@ -154,8 +163,11 @@ async fn a_target_answering_400_is_given_up_on_after_one_attempt() {
         .post("main", &wx.seal(&text_xml("rejected")))
         .await
         .assert_success();
-    let dead = eventually("a dead letter in the store", || {
-        jobs(&proxy.db).into_iter().find(|j| j.state == DEAD)
+    let dead = eventually_async("a dead letter in the store", || async {
+        jobs(&proxy.store())
+            .await
+            .into_iter()
+            .find(|j| j.state == JobState::Dead)
     })
     .await;
     settle().await;
@@ -194,7 +206,7 @@ async fn a_target_answering_429_is_retried_after_its_retry_after() {
     assert_eq!((got[0].attempt(), got[1].attempt()), (1, 2));
     assert_eq!(got[1].delivery(), first.delivery());
     assert_eq!(got[1].body, sealed.body.as_bytes());
-    no_jobs_left(&proxy.db, "the delivery recorded").await;
+    no_jobs_left(&proxy.store(), "the delivery recorded").await;
     settle().await;
     assert_eq!(target.count(), 2);
 }
@@ -221,7 +233,7 @@ async fn delivery_ids_are_not_reused_after_the_queue_empties() {
         let got = target.wait_for(n).await;
         assert_eq!(got[n - 1].body, sealed.body.as_bytes());
         ids.push(got[n - 1].delivery());
-        no_jobs_left(&proxy.db, "the delivery recorded").await;
+        no_jobs_left(&proxy.store(), "the delivery recorded").await;
     }
     // Strictly increasing, so no id was handed out twice.
     assert!(
@@ -266,7 +278,7 @@ async fn a_failing_target_is_paused_after_failures_in_a_row_then_gets_everything
 
     target.set_status(200);
     no_jobs_left(
-        &proxy.db,
+        &proxy.store(),
         "every callback delivered once the target is back",
     )
     .await;
@@ -296,7 +308,7 @@ async fn deliveries_to_a_plain_http_target_share_one_connection() {
             .await
             .assert_success();
         target.wait_for(n + 1).await;
-        no_jobs_left(&proxy.db, "the delivery recorded").await;
+        no_jobs_left(&proxy.store(), "the delivery recorded").await;
     }
     assert_eq!(target.connections(), 1);
 }
@@ -386,7 +398,7 @@ async fn a_connection_the_target_closed_while_idle_is_not_used_again() {
             )
             .await
             .assert_success();
-        no_jobs_left(&proxy.db, "the delivery recorded").await;
+        no_jobs_left(&proxy.store(), "the delivery recorded").await;
         // The target closes the connection meanwhile.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -406,7 +418,7 @@ async fn an_answer_cut_short_fails_the_attempt_at_once() {
         .post("main", &wx.seal(&text_xml("cut short")))
         .await
         .assert_success();
-    let job = a_job_after(&proxy.db, 1, "a failed attempt recorded").await;
+    let job = a_job_after(&proxy.store(), 1, "a failed attempt recorded").await;
     let error = job.last_error.unwrap_or_default();
     assert!(
         error.starts_with("reading the answer failed"),
@@ -426,7 +438,7 @@ async fn a_target_at_an_ipv6_address_gets_its_deliveries() {
         .post("main", &wx.seal(&text_xml("over IPv6")))
         .await
         .assert_success();
-    no_jobs_left(&proxy.db, "the delivery recorded").await;
+    no_jobs_left(&proxy.store(), "the delivery recorded").await;
     assert_eq!(target.headers("x-wechat-fanout-attempt"), ["1"]);
     assert_eq!(
         target.headers("host"),

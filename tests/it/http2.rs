@@ -15,7 +15,7 @@ use wechat_fanout::config::Mode;
 use wechat_fanout::wechat::Kind;
 
 use crate::support::{
-    FAST, Proxy, Target, Wx, eventually, jobs, no_jobs_left, text_xml,
+    FAST, Proxy, Target, Wx, eventually_async, jobs, no_jobs_left, text_xml,
     through_a_primary_and_a_plain_target,
 };
 
@@ -63,8 +63,8 @@ async fn a_target_whose_http2_setting_does_not_match_its_server_fails_and_is_ret
     let got = h2_only.wait_for(1).await;
     assert!(got.iter().any(|r| r.path_and_query.starts_with("/ok?")));
     // Three attempts each within far less than one 5 s timeout: refused, not waited out.
-    let failed = eventually("both mismatched targets retried twice", || {
-        let jobs = jobs(&proxy.db);
+    let failed = eventually_async("both mismatched targets retried twice", || async {
+        let jobs = jobs(&proxy.store()).await;
         let retried: Vec<_> = jobs.into_iter().filter(|j| j.attempts >= 3).collect();
         (retried.len() == 2).then_some(retried)
     })
@@ -124,7 +124,7 @@ async fn an_http2_target_multiplexes_one_connection_within_max_concurrency() {
         proxy.post("main", &sealed).await.assert_success();
     }
 
-    no_jobs_left(&proxy.db, "four callbacks delivered").await;
+    no_jobs_left(&proxy.store(), "four callbacks delivered").await;
     let mut arrivals: Vec<_> = target.received().into_iter().map(|r| r.at).collect();
     arrivals.sort();
     assert_eq!(arrivals.len(), 4, "one request per callback");
@@ -171,7 +171,7 @@ async fn an_http2_connection_that_goes_silent_is_replaced() {
     target.wait_for(1).await;
     // Its answer through the relay is recorded before the silence, or the silence could swallow
     // it and "before" would be sent again.
-    no_jobs_left(&proxy.db, "the first callback delivered").await;
+    no_jobs_left(&proxy.store(), "the first callback delivered").await;
     assert_eq!(relay.accepted(), 1);
 
     relay.silence_open_connections();

@@ -240,7 +240,11 @@ async fn unknown_account_wrong_method_and_malformed_xml_are_refused() {
 
     settle().await;
     assert_eq!(target.count(), 0, "{:?}", target.received());
-    assert_eq!(crate::support::callbacks(&proxy.db), 0, "nothing stored");
+    assert_eq!(
+        crate::support::callbacks(&proxy.store()).await,
+        0,
+        "nothing stored"
+    );
 }
 
 /// A body over `server.max_body_bytes` is 413 whether its size is declared (Content-Length) or
@@ -320,7 +324,7 @@ async fn filters_route_by_msg_type_and_event_inside_encrypted_bodies() {
     assert_eq!(got.len(), 1, "only the subscribe event: {got:?}");
     assert_eq!(got[0].body, subscribe.body.as_bytes());
     assert_eq!(everything.count(), 3);
-    no_jobs_left(&proxy.db, "all jobs delivered").await;
+    no_jobs_left(&proxy.store(), "all jobs delivered").await;
 }
 
 /// Slowloris: a client that sends its headers or its body a trickle at a time is cut off after
@@ -374,5 +378,5 @@ async fn slow_headers_and_slow_bodies_are_cut_off_and_nothing_is_stored() {
     assert_eq!(got[0].body, sealed.body.as_bytes());
     settle().await;
     assert_eq!(target.count(), 1);
-    assert_eq!(crate::support::callbacks(&proxy.db), 1);
+    assert_eq!(crate::support::callbacks(&proxy.store()).await, 1);
 }

@@ -7,14 +7,15 @@ use std::time::Duration;
 
 use serde_json::json;
 use wechat_fanout::config::Mode;
+use wechat_fanout::store::JobState;
 use wechat_fanout::wechat::{AesKey, Kind};
 
 use crate::support::scrape::{Scrape, family};
 use crate::support::wechat_api::{APP_SECRET, FakeWechatApi, Scripted};
 use crate::support::wx::{AES_KEY, RECEIVE_ID};
 use crate::support::{
-    ANSWER_CAP, DEAD, FAST, Proxy, Target, Wx, eventually, eventually_async, jobs, settle,
-    text_reply_of, text_xml,
+    ANSWER_CAP, FAST, Proxy, Target, Wx, eventually, eventually_async, jobs, settle, text_reply_of,
+    text_xml,
 };
 
 const USER: &str = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o";
@@ -128,10 +129,11 @@ async fn a_slow_bots_replies_reach_the_user_through_the_customer_service_api() {
         .post("main", &wx.seal(&text_xml("picture?")))
         .await
         .assert_success();
-    let dead = eventually("the image dead-lettered", || {
-        jobs(&proxy.db)
+    let dead = eventually_async("the image dead-lettered", || async {
+        jobs(&proxy.store())
+            .await
             .into_iter()
-            .find(|j| j.target == "~late-replies" && j.state == DEAD)
+            .find(|j| j.target == "~late-replies" && j.state == JobState::Dead)
     })
     .await;
     let error = dead.last_error.unwrap_or_default();

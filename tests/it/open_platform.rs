@@ -112,7 +112,7 @@ async fn an_open_platforms_two_urls_reach_the_targets_that_want_them() {
         .await
         .assert_success();
     assert_eq!(
-        callbacks(&proxy.db),
+        callbacks(&proxy.store()).await,
         4,
         "ticket, authorized, A's and B's message"
     );
@@ -256,7 +256,7 @@ async fn simulate_plays_both_urls_of_an_open_platform() {
         paths,
         [format!("/wx/{AUTHORIZER_A}"), format!("/wx/{AUTHORIZER_B}")]
     );
-    assert_eq!(callbacks(&proxy.db), 3);
+    assert_eq!(callbacks(&proxy.store()).await, 3);
     settle().await;
     assert_eq!(
         tickets.count(),
@@ -273,7 +273,7 @@ async fn simulate_plays_both_urls_of_an_open_platform() {
     assert_eq!(ran.code, Some(1), "{ran:#?}");
     assert!(ran.stderr.contains("needs --authorizer"), "{ran:#?}");
     assert_eq!(
-        callbacks(&proxy.db),
+        callbacks(&proxy.store()).await,
         3,
         "nothing sent without what is needed"
     );

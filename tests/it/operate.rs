@@ -9,10 +9,12 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use wechat_fanout::store::JobState;
 use wechat_fanout::wechat::SealedRequest;
 
+pub(crate) use crate::support::binary::admin_url;
 use crate::support::binary::{Ran, run_async};
-use crate::support::{FAST, JobRow, client, eventually, free_addr, jobs};
+use crate::support::{FAST, JobRow, StoreView, client, eventually_async, free_addr, jobs};
 
 mod callbacks;
 mod dead_letters;
@@ -63,14 +65,6 @@ pub(crate) async fn get_admin_of_binary(config: &Path, path: &str) -> (u16, Stri
     status_and_text(client().get(admin_url(config, path))).await
 }
 
-/// `http://{admin.listen}{path}` of the binary started with `config`.
-pub(crate) fn admin_url(config: &Path, path: &str) -> String {
-    let text = std::fs::read_to_string(config).expect("read the config");
-    let parsed: toml::Value = toml::from_str(&text).expect("the config parses");
-    let admin = parsed["admin"]["listen"].as_str().expect("admin.listen");
-    format!("http://{admin}{path}")
-}
-
 async fn status_and_text(request: reqwest::RequestBuilder) -> (u16, String) {
     let answer = request.send().await.expect("the binary answers");
     let status = answer.status().as_u16();
@@ -104,17 +98,16 @@ pub(crate) fn targets_of(letters: &[serde_json::Value]) -> Vec<&str> {
 
 /// Waits until the jobs in the store are exactly `expected` (target, state, attempts), in any
 /// order; returns them ordered by id.
-async fn jobs_become(db: &Path, expected: &[(&str, i64, i64)]) -> Vec<JobRow> {
-    let mut expected: Vec<(String, i64, i64)> = expected
-        .iter()
-        .map(|(t, s, a)| ((*t).to_owned(), *s, *a))
-        .collect();
+async fn jobs_become(view: &StoreView, expected: &[(&str, JobState, u32)]) -> Vec<JobRow> {
+    let key = |(target, state, attempts): (&str, JobState, u32)| {
+        (target.to_owned(), format!("{state:?}"), attempts)
+    };
+    let mut expected: Vec<_> = expected.iter().copied().map(key).collect();
     expected.sort();
-    eventually(&format!("the jobs to be {expected:?}"), || {
-        let rows = jobs(db);
-        let mut seen: Vec<(String, i64, i64)> = rows
-            .iter()
-            .map(|j| (j.target.clone(), j.state, j.attempts))
+    eventually_async(&format!("the jobs to be {expected:?}"), || async {
+        let rows = jobs(view).await;
+        let mut seen: Vec<_> = (rows.iter())
+            .map(|j| key((&j.target, j.state, j.attempts)))
             .collect();
         seen.sort();
         (seen == expected).then_some(rows)

@@ -43,7 +43,7 @@ async fn requests_go_out_before_the_answers_to_those_before_them() {
         proxy_with_one_target(&target.url(), "pipelining = true\ntimeout_ms = 20000").await;
 
     let sealed = post_three(&wx, &proxy, "pipelined").await;
-    no_jobs_left(&proxy.db, "three callbacks delivered").await;
+    no_jobs_left(&proxy.store(), "three callbacks delivered").await;
     assert_eq!(target.connections(), 1, "one connection");
     assert_eq!(target.batches(), vec![3], "three answers in one write");
     let mut bodies = target.bodies();
@@ -66,7 +66,7 @@ async fn requests_behind_a_closed_connection_are_sent_again_on_a_new_one() {
         proxy_with_one_target(&target.url(), "pipelining = true\nmax_attempts = 1000").await;
 
     let sealed = post_three(&wx, &proxy, "behind a close").await;
-    no_jobs_left(&proxy.db, "three callbacks delivered").await;
+    no_jobs_left(&proxy.store(), "three callbacks delivered").await;
     // Each connection answered one request and was closed.
     let batches = target.batches();
     assert!(batches.iter().all(|&n| n == 1), "{batches:?}");
@@ -102,7 +102,7 @@ async fn a_connection_that_does_not_answer_in_time_is_closed_and_replaced() {
 
     let sealed = wx.seal(&text_xml("no answer in time"));
     proxy.post("main", &sealed).await.assert_success();
-    let timed_out = a_job_after(&proxy.db, 2, "two attempts timed out").await;
+    let timed_out = a_job_after(&proxy.store(), 2, "two attempts timed out").await;
     let error = timed_out.last_error.unwrap_or_default();
     assert!(error.contains("timed out after 300ms"), "{error}");
     eventually("a new connection for each attempt", || {
@@ -111,7 +111,7 @@ async fn a_connection_that_does_not_answer_in_time_is_closed_and_replaced() {
     .await;
 
     target.silent.store(false, Ordering::SeqCst);
-    no_jobs_left(&proxy.db, "delivered once the target answers").await;
+    no_jobs_left(&proxy.store(), "delivered once the target answers").await;
     assert!(target.bodies().iter().all(|b| b == sealed.body.as_bytes()));
 }
 
@@ -124,14 +124,14 @@ async fn a_pipelined_target_that_is_down_gets_the_callback_once_it_is_up() {
     let (wx, proxy) = proxy_with_one_target(&url, "pipelining = true\nmax_attempts = 1000").await;
     let sealed = wx.seal(&text_xml("while it is down"));
     proxy.post("main", &sealed).await.assert_success();
-    let refused = a_job_after(&proxy.db, 1, "an attempt refused").await;
+    let refused = a_job_after(&proxy.store(), 1, "an attempt refused").await;
     let error = refused.last_error.unwrap_or_default();
     assert!(error.starts_with("connection failed: "), "{error}");
 
     let target = Target::start_on(addr, 200).await;
     let got = target.wait_for(1).await;
     assert_eq!(got[0].body, sealed.body.as_bytes());
-    no_jobs_left(&proxy.db, "delivered once up").await;
+    no_jobs_left(&proxy.store(), "delivered once up").await;
 }
 
 /// Three callbacks posted at once, each answered 200.

@@ -333,7 +333,7 @@ async fn a_content_type_that_cannot_be_forwarded_as_sent_is_refused() {
         assert!(answer.contains("Content-Type"), "{answer}");
     }
     settle().await;
-    assert_eq!(callbacks(&proxy.db), 0, "nothing stored");
+    assert_eq!(callbacks(&proxy.store()).await, 0, "nothing stored");
     assert_eq!(target.count(), 0);
     let scrape = Scrape::fetch(&proxy).await;
     assert_eq!(

@@ -46,7 +46,7 @@ async fn three_concurrent_resends_get_one_answer_and_one_delivery_per_target() {
         assert_eq!(got.len(), 1, "exactly one delivery: {got:?}");
         assert_eq!(got[0].body, sealed.body.as_bytes());
     }
-    assert_eq!(crate::support::callbacks(&proxy.db), 1);
+    assert_eq!(crate::support::callbacks(&proxy.store()).await, 1);
 }
 
 /// With a primary, the three copies all get the primary's reply, the primary is asked once, and
@@ -79,7 +79,7 @@ async fn three_concurrent_resends_all_get_the_primarys_reply() {
     }
 
     // A late resend, after the first copy is fully handled, is answered the same way.
-    no_jobs_left(&proxy.db, "the primary's delivery recorded").await;
+    no_jobs_left(&proxy.store(), "the primary's delivery recorded").await;
     let late = proxy.post("main", &sealed).await;
     assert_eq!((late.status, late.text()), (200, one.text()));
     assert_eq!(late.header("content-type"), Some("application/xml"));
@@ -123,7 +123,7 @@ async fn the_primarys_reply_is_relayed_as_the_answer() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].body, sealed.body.as_bytes());
     assert_eq!(got[0].attempt(), 1);
-    no_jobs_left(&proxy.db, "the primary's delivery recorded").await;
+    no_jobs_left(&proxy.store(), "the primary's delivery recorded").await;
     settle().await;
     assert_eq!(bot.count(), 1, "delivered once, not again by a worker");
 }
@@ -154,7 +154,7 @@ async fn a_slow_primary_gets_success_sent_at_the_deadline_and_is_still_delivered
     );
     assert_eq!(bot.count(), 1, "the primary got it at once");
 
-    no_jobs_left(&proxy.db, "the slow primary's delivery recorded").await;
+    no_jobs_left(&proxy.store(), "the slow primary's delivery recorded").await;
     settle().await;
     assert_eq!(bot.count(), 1, "delivered once: {:?}", bot.received());
 }
@@ -328,7 +328,7 @@ async fn over_the_cap_gets_success_and_at_the_cap_is_relayed_whole(bot: &Target,
     }
 
     no_jobs_left(
-        &proxy.db,
+        &proxy.store(),
         "every delivery to the owner recorded as delivered",
     )
     .await;

@@ -11,7 +11,7 @@ use wechat_fanout::wechat::{AesKey, Credentials, Kind, Sealed, Security, msg_sig
 use crate::operate::{post_to_binary_account, write_binary_config};
 use crate::support::binary::run_async_with_env;
 use crate::support::wx::{AES_KEY, RECEIVE_ID, TOKEN};
-use crate::support::{Binary, Target, Wx, free_addr, no_jobs_left, text_xml};
+use crate::support::{Binary, StoreView, Target, Wx, free_addr, no_jobs_left, text_xml};
 
 const VENDOR_TOKEN: &str = "vendor-own-token";
 const VENDOR_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
@@ -140,7 +140,7 @@ async fn targets_with_their_own_credentials_verify_and_decrypt_their_copies() {
             ran.stdout.contains(" bot              wrong echo"),
             "{ran:#?}"
         );
-        no_jobs_left(&dir.path().join("fanout.db"), "all delivered").await;
+        no_jobs_left(&StoreView::admin_of(&config), "all delivered").await;
         binary.terminate();
         binary.wait_exit().await;
     }

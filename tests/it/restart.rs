@@ -4,14 +4,17 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use wechat_fanout::config::Mode;
+use wechat_fanout::store::Store;
 use wechat_fanout::wechat::{Kind, SealedRequest};
 
 use crate::operate::{post_to_binary, write_binary_config};
 use crate::support::{
-    Binary, FAST, Proxy, Target, Wx, eventually, free_addr, jobs, no_jobs_left, settle, text_xml,
+    Binary, FAST, Proxy, StoreView, Target, Wx, eventually, free_addr, jobs, no_jobs_left, settle,
+    text_xml,
 };
 
 /// A config file for the real binary (see [`write_binary_config`]) with one official account
@@ -73,7 +76,7 @@ async fn sigkill_with_a_backlog_loses_no_accepted_callback() {
     })
     .await;
     assert_eq!(bodies, sent, "exactly the accepted callbacks arrived");
-    no_jobs_left(&dir.path().join("fanout.db"), "no job left in the store").await;
+    no_jobs_left(&StoreView::admin_of(&config), "no job left in the store").await;
 
     // Idle, it stops at once on SIGTERM.
     second.terminate();
@@ -104,8 +107,12 @@ where
     out
 }
 
-/// The real binary with one callback being delivered to `hanging`, which never answers.
-async fn binary_with_a_delivery_in_flight(dir: &Path, hanging: &Target) -> (Binary, SocketAddr) {
+/// The real binary with one callback being delivered to `hanging`, which never answers: it, its
+/// WeChat port and its config file.
+async fn binary_with_a_delivery_in_flight(
+    dir: &Path,
+    hanging: &Target,
+) -> (Binary, SocketAddr, PathBuf) {
     let listen = free_addr();
     let config = write_config(dir, listen, &hanging.url("/hook"), "timeout_ms = 30000");
     let binary = Binary::serve(&config, listen, &dir.join("serve.log")).await;
@@ -116,7 +123,7 @@ async fn binary_with_a_delivery_in_flight(dir: &Path, hanging: &Target) -> (Bina
         (200, "success".to_owned())
     );
     hanging.wait_for(1).await;
-    (binary, listen)
+    (binary, listen, config)
 }
 
 /// SIGTERM, then waits for the exit: it must be 0 and come within the 1 s grace period (plus
@@ -142,17 +149,21 @@ async fn terminate_within_the_grace_period(binary: &mut Binary, listen: SocketAd
 }
 
 /// SIGTERM with a delivery in flight to a target that never answers: the binary stops within the
-/// grace period and exits 0; the undelivered job stays in the store for the next start.
+/// grace period and exits 0; the undelivered job stays in the store for the next start, which
+/// shows it (its admin API) and sends it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exits_0_within_the_grace_period() {
     let hanging = Target::start(200).await;
     hanging.hang();
     let dir = tempfile::tempdir().unwrap();
-    let (mut binary, listen) = binary_with_a_delivery_in_flight(dir.path(), &hanging).await;
+    let (mut binary, listen, config) = binary_with_a_delivery_in_flight(dir.path(), &hanging).await;
 
     terminate_within_the_grace_period(&mut binary, listen).await;
-    let left = jobs(&dir.path().join("fanout.db"));
+    let _next = Binary::serve(&config, listen, &dir.path().join("next.log")).await;
+    let left = jobs(&StoreView::admin_of(&config)).await;
     assert_eq!(left.len(), 1, "the undelivered job is kept: {left:?}");
+    let again = hanging.wait_for(2).await;
+    assert_eq!(again[1].delivery(), left[0].id, "and sent again");
 }
 
 /// The same, with also a client that is slowly sending a request (headers sent, body not yet)
@@ -163,7 +174,7 @@ async fn sigterm_with_a_slow_client_and_a_delivery_in_flight_exits_within_the_gr
     let hanging = Target::start(200).await;
     hanging.hang();
     let dir = tempfile::tempdir().unwrap();
-    let (mut binary, listen) = binary_with_a_delivery_in_flight(dir.path(), &hanging).await;
+    let (mut binary, listen, _) = binary_with_a_delivery_in_flight(dir.path(), &hanging).await;
     let mut slow = tokio::net::TcpStream::connect(listen).await.unwrap();
     slow.write_all(b"POST /wechat/main HTTP/1.1\r\nHost: wx\r\nContent-Length: 100\r\n\r\n<xml>")
         .await
@@ -226,20 +237,22 @@ async fn after_run_returns_the_store_can_be_opened_again_and_the_backlog_resumes
     target.set_delay(Duration::ZERO);
     let mut config = wechat_fanout::config::Config::from_toml(&toml).unwrap();
     config.store.path = proxy.db.clone();
-    let store = wechat_fanout::store::SqliteStore::open(&proxy.db, config.store.synchronous)
-        .expect("the store is free once run has returned");
+    let store: Arc<dyn Store> = Arc::new(
+        wechat_fanout::store::SqliteStore::open(&proxy.db, config.store.synchronous)
+            .expect("the store is free once run has returned"),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let again = tokio::spawn(wechat_fanout::run(
         config,
-        std::sync::Arc::new(store),
+        store.clone(),
         listener,
         shutdown.clone(),
     ));
     let got = target.wait_for(2).await;
     assert_eq!(got[1].body, sealed.body.as_bytes());
     assert_eq!(got[1].delivery(), got[0].delivery());
-    no_jobs_left(&proxy.db, "the delivery recorded").await;
+    no_jobs_left(&StoreView::Store(store), "the delivery recorded").await;
     shutdown.cancel();
     again.await.unwrap().unwrap();
 }

@@ -6,8 +6,9 @@
 
 use std::net::SocketAddr;
 
-use wechat_fanout::config::Mode;
+use wechat_fanout::config::{Mode, Synchronous};
 use wechat_fanout::outbound::wechat_api::{ApiAccount, WechatApi};
+use wechat_fanout::store::{SqliteStore, Store as _};
 use wechat_fanout::wechat::{Kind, SealedRequest};
 
 use crate::operate::{post_to_binary, write_binary_config};
@@ -75,7 +76,7 @@ async fn only_wechats_addresses_and_listed_blocks_reach_the_account() {
     );
     assert!(api.requests("/cgi-bin/getcallbackip")[0].contains("access_token=ACCESS_TOKEN_1"));
 
-    let stored_before = callbacks(&proxy.db);
+    let stored_before = callbacks(&proxy.store()).await;
     let mut taken = 0;
     for (headers, expected) in [
         (vec![("x-forwarded-for", "101.226.103.5")], 200),
@@ -111,11 +112,11 @@ async fn only_wechats_addresses_and_listed_blocks_reach_the_account() {
         "source 192.0.2.1 is not in the account's allowed_sources\n"
     );
     assert_eq!(
-        callbacks(&proxy.db),
+        callbacks(&proxy.store()).await,
         stored_before + taken,
         "refused ones are not stored"
     );
-    target.wait_for(1 + taken as usize).await;
+    target.wait_for(1 + taken).await;
 
     let m = Scrape::fetch(&proxy).await;
     let rejected = |reason: &str| {
@@ -178,7 +179,7 @@ async fn forged_forwarding_headers_from_an_untrusted_peer_change_nothing() {
     )
     .await;
     assert_eq!(status, 200);
-    assert_eq!(callbacks(&proxy.db), 1);
+    assert_eq!(callbacks(&proxy.store()).await, 1);
 }
 
 /// The token cache: one token serves many calls; when WeChat says it is no longer valid
@@ -259,15 +260,12 @@ async fn a_restart_with_the_api_unreachable_keeps_the_last_list() {
     .await;
     binary.terminate();
     binary.wait_exit().await;
-    let kept: Vec<u8> = rusqlite::Connection::open(dir.path().join("fanout.db"))
-        .unwrap()
-        .query_row(
-            "SELECT value FROM kept WHERE name = 'wechat-callback-ips:main'",
-            [],
-            |row| row.get(0),
-        )
-        .unwrap();
-    assert!(String::from_utf8_lossy(&kept).contains("101.226.103.0/25"));
+    // What the stopped binary left in its store (no API shows kept values), read as the next
+    // start reads it: through the `Store` trait.
+    let store = SqliteStore::open(&dir.path().join("fanout.db"), Synchronous::Full).unwrap();
+    let kept = store.kept_value("wechat-callback-ips:main").await.unwrap();
+    assert!(String::from_utf8_lossy(&kept.unwrap()).contains("101.226.103.0/25"));
+    drop(store);
 
     // WeChat's API is gone.
     let down = format!("http://{}", free_addr());

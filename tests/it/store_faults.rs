@@ -17,15 +17,15 @@ use bytes::Bytes;
 use wechat_fanout::attempt::DELIVERY_HEADER;
 use wechat_fanout::config::{Mode, Synchronous};
 use wechat_fanout::store::{
-    Accepted, CallbackId, JobId, NewCallback, NewJob, Readiness, Replay, SqliteStore, Store as _,
-    StoreError,
+    Accepted, CallbackId, JobId, JobState, NewCallback, NewJob, Readiness, Replay, SqliteStore,
+    Store as _, StoreError,
 };
 use wechat_fanout::wechat::{Kind, SealedRequest};
 
 use crate::operate::{get_admin_of_binary, post_to_binary, write_binary_config};
 use crate::support::{
-    Binary, IN_FLIGHT, Target, Wx, eventually, eventually_async, free_addr, job_states_of, jobs,
-    settle, text_xml,
+    Binary, StoreView, Target, Wx, eventually, eventually_async, free_addr, job_states_of,
+    no_jobs_left, settle, text_xml,
 };
 
 /// A tmpfs of a given size mounted on a fresh temporary folder, unmounted when dropped.
@@ -110,6 +110,12 @@ async fn serve(
     );
     let listen = free_addr();
     let config = write_binary_config(store_dir, listen, &rest);
+    // The admin API shows what was stored as it came: `job_states_of` finds a callback by its
+    // body.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let shown = text.replacen("[admin]\n", "[admin]\nshow_content = true\n", 1);
+    assert_ne!(text, shown);
+    std::fs::write(&config, shown).unwrap();
     let mut binary = Binary::serve(&config, listen, &log_dir.join("serve.log")).await;
     binary.wait_listening().await;
     (binary, listen, config)
@@ -257,18 +263,18 @@ async fn a_full_disk_turns_readyz_503_and_what_was_delivered_meanwhile_is_record
         })
         .await;
     let unrecorded = &during[unrecorded_in(&log).expect("found above")];
-    let db = disk.path().join("fanout.db");
+    let admin = StoreView::admin_of(&config);
     assert_eq!(
-        job_states_of(&db, unrecorded.body.as_bytes()),
-        [IN_FLIGHT],
+        job_states_of(&admin, unrecorded.body.as_bytes()).await,
+        [JobState::InFlight],
         "the delivered job is still in flight"
     );
 
     std::fs::remove_file(&filler).unwrap();
     wait_ready(&config, "/readyz to say 200 once space is back").await;
-    eventually(
+    no_jobs_left(
+        &admin,
         "the deliveries made on the full disk to be recorded",
-        || jobs(&db).is_empty().then_some(()),
     )
     .await;
     // WeChat's resend of the refused callback.
@@ -280,7 +286,7 @@ async fn a_full_disk_turns_readyz_503_and_what_was_delivered_meanwhile_is_record
         (copies(&target, &refused.body) == 1).then_some(())
     })
     .await;
-    eventually("every job recorded", || jobs(&db).is_empty().then_some(())).await;
+    no_jobs_left(&admin, "every job recorded").await;
 
     // A restart sends nothing again: every outcome was recorded.
     binary.terminate();

@@ -11,12 +11,14 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, params};
 use wechat_fanout::config::Mode;
+use wechat_fanout::store::JobState;
 use wechat_fanout::wechat::Kind;
 
 use crate::operate::{get_admin_of_binary, post_to_binary, write_binary_config};
 use crate::support::scrape::Scrape;
 use crate::support::{
-    Binary, DEAD, Target, WAIT, Wx, callbacks, eventually, free_addr, jobs, settle, text_xml,
+    Binary, StoreView, Target, WAIT, Wx, callbacks, eventually_async, free_addr, jobs, settle,
+    text_xml,
 };
 
 /// The real binary with one safe-mode account whose only target is `target` (with `extra`
@@ -60,7 +62,7 @@ async fn a_callback_with_a_10_kib_query_gets_414_and_is_neither_stored_nor_deliv
     settle().await;
     assert_eq!(target.count(), 1, "only the normal callback: {got:?}");
     assert_eq!(got[0].body, normal.body.as_bytes());
-    assert_eq!(callbacks(&dir.path().join("fanout.db")), 1);
+    assert_eq!(callbacks(&StoreView::admin_of(&config)).await, 1);
 
     let log = binary
         .wait_log("the refusal's reason", |log| {
@@ -115,7 +117,7 @@ const PAUSED: &str = "pausing its deliveries";
 async fn failures_of_one_request_never_open_the_targets_breaker_but_target_failures_do() {
     let target = Target::start(200).await;
     let dir = tempfile::tempdir().unwrap();
-    let (mut binary, listen, _) = serve(dir.path(), &target, "max_attempts = 1").await;
+    let (mut binary, listen, config) = serve(dir.path(), &target, "max_attempts = 1").await;
     let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
     let db = dir.path().join("fanout.db");
 
@@ -123,9 +125,9 @@ async fn failures_of_one_request_never_open_the_targets_breaker_but_target_failu
     for n in 0..6 {
         store_legacy_callback(&db, n, &too_long);
     }
-    let dead = eventually("the six undeliverable jobs dead", || {
-        let rows = jobs(&db);
-        (rows.len() == 6 && rows.iter().all(|j| j.state == DEAD)).then_some(rows)
+    let dead = eventually_async("the six undeliverable jobs dead", || async {
+        let rows = jobs(&StoreView::admin_of(&config)).await;
+        (rows.len() == 6 && rows.iter().all(|j| j.state == JobState::Dead)).then_some(rows)
     })
     .await;
     for job in &dead {

@@ -9,14 +9,13 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use wechat_fanout::clock::now_ms;
 use wechat_fanout::config::Mode;
+use wechat_fanout::store::JobState;
 use wechat_fanout::wechat::{Kind, SealedRequest};
 
 use super::{jobs_become, run_command};
 use crate::support::binary::Ran;
 use crate::support::scrape::Scrape;
-use crate::support::{
-    DEAD, FAST, JobRow, Proxy, Target, Wx, eventually, jobs, text_json, text_xml,
-};
+use crate::support::{FAST, JobRow, Proxy, Target, Wx, eventually, jobs, text_json, text_xml};
 
 /// `wechat-fanout --config <config> dead-letters <args…>`.
 async fn dead_letters(config: &Path, args: &[&str]) -> Ran {
@@ -107,13 +106,13 @@ async fn a_night_of_dead_letters_is_listed_replayed_and_purged_with_the_cli() {
         proxy.post(account, sealed).await.assert_success();
     }
     let rows = jobs_become(
-        &proxy.db,
+        &proxy.store(),
         &[
-            ("crm", DEAD, 3),
-            ("crm", DEAD, 3),
-            ("audit", DEAD, 1),
-            ("audit", DEAD, 1),
-            ("lake", DEAD, 2),
+            ("crm", JobState::Dead, 3),
+            ("crm", JobState::Dead, 3),
+            ("audit", JobState::Dead, 1),
+            ("audit", JobState::Dead, 1),
+            ("lake", JobState::Dead, 2),
         ],
     )
     .await;
@@ -223,12 +222,12 @@ async fn a_night_of_dead_letters_is_listed_replayed_and_purged_with_the_cli() {
         (crm_first, 4)
     );
     jobs_become(
-        &proxy.db,
+        &proxy.store(),
         &[
-            ("crm", DEAD, 3),
-            ("audit", DEAD, 1),
-            ("audit", DEAD, 1),
-            ("lake", DEAD, 2),
+            ("crm", JobState::Dead, 3),
+            ("audit", JobState::Dead, 1),
+            ("audit", JobState::Dead, 1),
+            ("lake", JobState::Dead, 2),
         ],
     )
     .await;
@@ -248,12 +247,12 @@ async fn a_night_of_dead_letters_is_listed_replayed_and_purged_with_the_cli() {
     assert_eq!(got[2].body, first.body.as_bytes());
     assert_eq!((got[2].delivery(), got[2].attempt()), (audit_first, 2));
     jobs_become(
-        &proxy.db,
+        &proxy.store(),
         &[
-            ("crm", DEAD, 3),
-            ("audit", DEAD, 2),
-            ("audit", DEAD, 1),
-            ("lake", DEAD, 2),
+            ("crm", JobState::Dead, 3),
+            ("audit", JobState::Dead, 2),
+            ("audit", JobState::Dead, 1),
+            ("lake", JobState::Dead, 2),
         ],
     )
     .await;
@@ -268,8 +267,12 @@ async fn a_night_of_dead_letters_is_listed_replayed_and_purged_with_the_cli() {
     assert_eq!(got[7].path_and_query, format!("/crm?{}", second.query));
     assert_eq!((got[7].delivery(), got[7].attempt()), (crm_second, 4));
     jobs_become(
-        &proxy.db,
-        &[("audit", DEAD, 2), ("audit", DEAD, 1), ("lake", DEAD, 2)],
+        &proxy.store(),
+        &[
+            ("audit", JobState::Dead, 2),
+            ("audit", JobState::Dead, 1),
+            ("lake", JobState::Dead, 2),
+        ],
     )
     .await;
 
@@ -290,7 +293,11 @@ async fn a_night_of_dead_letters_is_listed_replayed_and_purged_with_the_cli() {
     assert_eq!(got[2].body, order.body.as_bytes());
     assert_eq!(got[2].path_and_query, format!("/lake?{}", order.query));
     assert_eq!(got[2].header("content-type"), Some("application/json"));
-    let rows = jobs_become(&proxy.db, &[("audit", DEAD, 3), ("audit", DEAD, 2)]).await;
+    let rows = jobs_become(
+        &proxy.store(),
+        &[("audit", JobState::Dead, 3), ("audit", JobState::Dead, 2)],
+    )
+    .await;
     assert_eq!(
         rows.iter().map(|j| j.id).collect::<Vec<_>>(),
         [audit_first, audit_second]
@@ -303,7 +310,11 @@ async fn a_night_of_dead_letters_is_listed_replayed_and_purged_with_the_cli() {
         refused.stderr.contains("or --all to purge every one"),
         "{refused:#?}"
     );
-    assert_eq!(jobs(&proxy.db).len(), 2, "a refused purge deletes nothing");
+    assert_eq!(
+        jobs(&proxy.store()).await.len(),
+        2,
+        "a refused purge deletes nothing"
+    );
     let purged = dead_letters(&config, &["purge", &audit_second.to_string()]).await;
     assert_eq!(purged.ok(), "purged 1\n");
     let missing = dead_letters(&config, &["purge", &audit_second.to_string()]).await;
@@ -311,7 +322,7 @@ async fn a_night_of_dead_letters_is_listed_replayed_and_purged_with_the_cli() {
     assert!(missing.stderr.contains("404 Not Found"), "{missing:#?}");
     let purged = dead_letters(&config, &["purge", "--all"]).await;
     assert_eq!(purged.ok(), "purged 1\n");
-    assert!(jobs(&proxy.db).is_empty());
+    assert!(jobs(&proxy.store()).await.is_empty());
     let listed = dead_letters(&config, &["list"]).await;
     assert!(listed.ok().ends_with("\n0 dead letter(s)\n"), "{listed:#?}");
 }
@@ -354,7 +365,7 @@ async fn the_dead_letter_api_filters_by_account_target_and_time() {
     // The shop's letter dies first; the main account's two strictly later.
     let order = shop.seal(&text_json("order 7"));
     proxy.post("shop", &order).await.assert_success();
-    let rows = jobs_become(&proxy.db, &[("lake", DEAD, 1)]).await;
+    let rows = jobs_become(&proxy.store(), &[("lake", JobState::Dead, 1)]).await;
     let lake_id = rows[0].id;
     let (_, all) = get("/dead-letters".into()).await;
     let shop_died = all[0]["died_at_ms"].as_i64().unwrap();
@@ -367,8 +378,12 @@ async fn the_dead_letter_api_filters_by_account_target_and_time() {
         proxy.post("main", &sealed).await.assert_success();
     }
     let rows = jobs_become(
-        &proxy.db,
-        &[("lake", DEAD, 1), ("crm", DEAD, 1), ("crm", DEAD, 1)],
+        &proxy.store(),
+        &[
+            ("lake", JobState::Dead, 1),
+            ("crm", JobState::Dead, 1),
+            ("crm", JobState::Dead, 1),
+        ],
     )
     .await;
     let (crm_a, crm_b) = (find(&rows, "crm", 0).id, find(&rows, "crm", 1).id);
@@ -459,7 +474,11 @@ async fn the_dead_letter_api_filters_by_account_target_and_time() {
             "{method} {path}"
         );
     }
-    assert_eq!(jobs(&proxy.db).len(), 3, "refused requests change nothing");
+    assert_eq!(
+        jobs(&proxy.store()).await.len(),
+        3,
+        "refused requests change nothing"
+    );
 
     // `limit` is for listing: a replay or purge "limited" to one must not touch all of them.
     for method in [Method::POST, Method::DELETE] {
@@ -469,10 +488,11 @@ async fn the_dead_letter_api_filters_by_account_target_and_time() {
         };
         let answer = proxy.admin(method.clone(), path).await;
         assert_eq!(answer.status, 400, "{method} {path}: {answer:?}");
-        let rows = jobs(&proxy.db);
+        let rows = jobs(&proxy.store()).await;
         assert_eq!(rows.len(), 3, "{method} {path}: {rows:?}");
         assert!(
-            rows.iter().all(|j| j.state == DEAD && j.attempts == 1),
+            rows.iter()
+                .all(|j| j.state == JobState::Dead && j.attempts == 1),
             "{rows:?}"
         );
     }
@@ -489,8 +509,12 @@ async fn the_dead_letter_api_filters_by_account_target_and_time() {
     assert_eq!(got[1].body, order.body.as_bytes());
     assert_eq!(got[1].path_and_query, format!("/lake?{}", order.query));
     jobs_become(
-        &proxy.db,
-        &[("lake", DEAD, 2), ("crm", DEAD, 1), ("crm", DEAD, 1)],
+        &proxy.store(),
+        &[
+            ("lake", JobState::Dead, 2),
+            ("crm", JobState::Dead, 1),
+            ("crm", JobState::Dead, 1),
+        ],
     )
     .await;
     let answer = proxy
@@ -507,6 +531,6 @@ async fn the_dead_letter_api_filters_by_account_target_and_time() {
     );
     let (_, none) = get("/dead-letters".into()).await;
     assert_eq!(none, json!([]));
-    assert!(jobs(&proxy.db).is_empty());
+    assert!(jobs(&proxy.store()).await.is_empty());
     assert_eq!(crm.count(), 2, "purged letters are not delivered");
 }

@@ -12,7 +12,7 @@ use wechat_fanout::wechat::Kind;
 use super::{post_to_binary as post, write_binary_config};
 use crate::support::wx::unique;
 use crate::support::wx::{AES_KEY, TOKEN};
-use crate::support::{Binary, Target, Wx, event_xml, free_addr, no_jobs_left, text_xml};
+use crate::support::{Binary, StoreView, Target, Wx, event_xml, free_addr, no_jobs_left, text_xml};
 
 /// The callback id a JSON line carries: in its `callback` span, or as a field.
 fn callback_of(line: &Value) -> Option<i64> {
@@ -59,8 +59,7 @@ async fn json_logs_tell_one_callbacks_story_under_one_id_without_secrets() {
     assert_eq!(first.await.unwrap(), (200, "success".to_owned()));
     crm.wait_for(1).await;
     crm.set_status(200);
-    let db = dir.path().join("fanout.db");
-    no_jobs_left(&db, "every delivery recorded").await;
+    no_jobs_left(&StoreView::admin_of(&config), "every delivery recorded").await;
     // A late resend, answered from the store.
     assert_eq!(post(listen, &sealed).await, (200, "success".to_owned()));
 
@@ -138,8 +137,7 @@ async fn rust_log_filters_by_level_and_module_and_text_is_the_default() {
     assert_eq!(post(listen, &sealed).await, (200, "success".to_owned()));
     crm.wait_for(1).await;
     crm.set_status(200);
-    let db = dir.path().join("fanout.db");
-    no_jobs_left(&db, "the delivery recorded").await;
+    no_jobs_left(&StoreView::admin_of(&config), "the delivery recorded").await;
     let text = binary
         .wait_log("the accepted callback and the retry", |log| {
             log.contains(" INFO ") && log.contains(" WARN ")
@@ -205,7 +203,7 @@ async fn a_resends_line_names_its_callback_once() {
     assert_eq!(post(listen, &sealed).await.0, 200);
     assert_eq!(first.await.unwrap().0, 200);
     // Once the first copy's answer is saved (just after it was sent), a resend finds it stored.
-    no_jobs_left(&dir.path().join("fanout.db"), "the delivery recorded").await;
+    no_jobs_left(&StoreView::admin_of(&config), "the delivery recorded").await;
     crate::support::settle().await;
     assert_eq!(post(listen, &sealed).await.0, 200);
     let text = binary
@@ -302,8 +300,7 @@ async fn run_with_users(log_extra: &str, users: &[(&str, &str)]) -> Vec<Value> {
     sent += 1;
     crm.wait_for(sent + 1).await;
     crm.set_status(200);
-    let db = dir.path().join("fanout.db");
-    no_jobs_left(&db, "every delivery recorded").await;
+    no_jobs_left(&StoreView::admin_of(&config), "every delivery recorded").await;
     let text = binary
         .wait_log("every delivery logged", |log| {
             log.matches("\"outcome\":\"delivered\"").count() >= sent

@@ -4,11 +4,12 @@
 use std::time::Duration;
 
 use wechat_fanout::config::Mode;
+use wechat_fanout::store::JobState;
 use wechat_fanout::wechat::Kind;
 
 use super::jobs_become;
 use crate::support::scrape::{Scrape, family};
-use crate::support::{DEAD, FAST, Proxy, Target, Wx, free_addr, text_xml};
+use crate::support::{FAST, Proxy, Target, Wx, free_addr, text_xml};
 
 /// The main account's targets, in the order of the config.
 const TARGETS: [&str; 5] = ["bot", "ok", "flaky", "bad", "down"];
@@ -86,13 +87,13 @@ async fn metrics_after_a_busy_hour_count_exactly_what_happened() {
 
     // Every delivery has come to rest: the slow bot answered, flaky used its three attempts,
     // `down` failed once per callback and waits a minute for the next attempt.
-    let at_rest: Vec<(&str, i64, i64)> = [("bot", DEAD, 1)]
+    let at_rest: Vec<(&str, JobState, u32)> = [("bot", JobState::Dead, 1)]
         .into_iter()
-        .chain([("flaky", DEAD, 3); 3])
-        .chain([("bad", DEAD, 1); 3])
-        .chain([("down", 0, 1); 3])
+        .chain([("flaky", JobState::Dead, 3); 3])
+        .chain([("bad", JobState::Dead, 1); 3])
+        .chain([("down", JobState::Pending, 1); 3])
         .collect();
-    jobs_become(&proxy.db, &at_rest).await;
+    jobs_become(&proxy.store(), &at_rest).await;
 
     let m = Scrape::fetch(&proxy).await;
     assert_eq!(

@@ -2,15 +2,16 @@
 //! targets without dropping work in flight; an invalid one is refused, said so in one clear log
 //! line, and the old configuration keeps routing.
 
-use std::path::Path;
 use std::time::Duration;
 
 use wechat_fanout::config::Mode;
+use wechat_fanout::store::JobState;
 use wechat_fanout::wechat::Kind;
 
 use super::{post_to_binary, run_command, write_binary_config};
 use crate::support::{
-    Binary, DEAD, JobRow, Target, Wx, eventually, free_addr, jobs, no_jobs_left, text_xml,
+    Binary, JobRow, StoreView, Target, Wx, eventually_async, free_addr, jobs, no_jobs_left,
+    text_xml,
 };
 
 /// A new text callback to `main`, which must be answered `success`; returns its body.
@@ -60,15 +61,15 @@ async fn sighup_reloads_a_valid_config_and_refuses_an_invalid_one() {
     assert!(!log.contains("take effect only after a restart"), "{log}");
 
     // The delivery that was in flight when the workers were replaced completes and is recorded.
-    let db = dir.path().join("fanout.db");
-    no_jobs_left(&db, "the in-flight delivery recorded").await;
+    let stored = StoreView::admin_of(&config);
+    no_jobs_left(&stored, "the in-flight delivery recorded").await;
     assert_eq!(a.received()[0].body, in_flight.as_bytes());
     a.set_delay(Duration::ZERO);
 
     let after = post(listen, &wx, "after the reload").await;
     assert_eq!(a.wait_for(2).await[1].body, after.as_bytes());
     assert_eq!(b.wait_for(1).await[0].body, after.as_bytes());
-    no_jobs_left(&db, "both deliveries recorded").await;
+    no_jobs_left(&stored, "both deliveries recorded").await;
     assert_eq!(a.count(), 2, "no delivery was repeated: {:?}", a.received());
 
     // Botched edits: each is refused with the reason, and the process keeps running.
@@ -178,8 +179,7 @@ async fn a_reload_with_jobs_waiting_for_a_slow_target_delivers_each_once() {
         .await;
     a.set_delay(Duration::ZERO);
 
-    let db = dir.path().join("fanout.db");
-    no_jobs_left(&db, "every job delivered").await;
+    no_jobs_left(&StoreView::admin_of(&config), "every job delivered").await;
     let mut got: Vec<Vec<u8>> = a.received().into_iter().map(|r| r.body.to_vec()).collect();
     got.sort();
     let mut want: Vec<Vec<u8>> = sent.into_iter().map(String::into_bytes).collect();
@@ -198,18 +198,19 @@ fn retiring_target(addr: std::net::SocketAddr) -> String {
 }
 
 /// Waits for `b`'s job to be pending after one refused attempt; returns it.
-async fn refused_once(db: &Path) -> JobRow {
-    eventually("b's job pending after a refused attempt", || {
-        jobs(db)
+async fn refused_once(view: &StoreView) -> JobRow {
+    eventually_async("b's job pending after a refused attempt", || async {
+        jobs(view)
+            .await
             .into_iter()
-            .find(|j| j.target == "b" && j.attempts == 1 && j.state == 0)
+            .find(|j| j.target == "b" && j.attempts == 1 && j.state == JobState::Pending)
     })
     .await
 }
 
 /// `log` warns about `b`'s one retired job, and that job (`id`) is the store's only one, dead,
 /// with the reason.
-fn assert_retired(log: &str, db: &Path, id: i64) {
+async fn assert_retired(log: &str, view: &StoreView, id: i64) {
     let warning = log
         .lines()
         .find(|l| l.contains("no longer configured are now dead letters"))
@@ -217,9 +218,9 @@ fn assert_retired(log: &str, db: &Path, id: i64) {
     assert!(warning.contains("WARN"), "{warning}");
     assert!(warning.contains("target=\"b\""), "{warning}");
     assert!(warning.contains("jobs=1"), "{warning}");
-    let buried = jobs(db);
+    let buried = jobs(view).await;
     assert_eq!(buried.len(), 1, "{buried:?}");
-    assert_eq!((buried[0].id, buried[0].state), (id, DEAD));
+    assert_eq!((buried[0].id, buried[0].state), (id, JobState::Dead));
     assert_eq!(
         buried[0].last_error.as_deref(),
         Some("target is no longer configured")
@@ -250,15 +251,15 @@ async fn a_removed_target_leaves_its_pending_jobs_as_dead_letters() {
 
     let sent = post(listen, &wx, "for a consumer about to be retired").await;
     a.wait_for(1).await;
-    let db = dir.path().join("fanout.db");
-    let waiting = refused_once(&db).await;
+    let stored = StoreView::admin_of(&config);
+    let waiting = refused_once(&stored).await;
 
     std::fs::write(&config, with_b.replace(&b, "")).unwrap();
     binary.hangup();
     let log = binary
         .wait_log("the reload", |log| log.contains("configuration reloaded"))
         .await;
-    assert_retired(&log, &db, waiting.id);
+    assert_retired(&log, &stored, waiting.id).await;
 
     let id = waiting.id.to_string();
     let replay = ["replay", id.as_str()];
@@ -266,7 +267,11 @@ async fn a_removed_target_leaves_its_pending_jobs_as_dead_letters() {
         run_command(&config, "dead-letters", &replay).await.ok(),
         "replayed 0\nnot replayed 1: their targets are not configured\n"
     );
-    assert_eq!(jobs(&db)[0].state, DEAD, "still a dead letter");
+    assert_eq!(
+        jobs(&stored).await[0].state,
+        JobState::Dead,
+        "still a dead letter"
+    );
 
     let b_back = Target::start_on(b_addr, 200).await;
     std::fs::write(&config, &with_b).unwrap();
@@ -283,7 +288,7 @@ async fn a_removed_target_leaves_its_pending_jobs_as_dead_letters() {
     let got = b_back.wait_for(1).await;
     assert_eq!(got[0].body, sent.as_bytes());
     assert_eq!(got[0].delivery(), waiting.id, "the same delivery");
-    no_jobs_left(&db, "the replayed job delivered").await;
+    no_jobs_left(&stored, "the replayed job delivered").await;
 }
 
 /// The same at start: a target taken out of the file while the proxy was stopped leaves its
@@ -300,8 +305,8 @@ async fn a_target_removed_while_stopped_leaves_its_pending_jobs_as_dead_letters(
     let mut first = Binary::serve(&config, listen, &dir.path().join("first.log")).await;
     first.wait_listening().await;
     post(listen, &wx, "queued for b").await;
-    let db = dir.path().join("fanout.db");
-    let waiting = refused_once(&db).await;
+    let stored = StoreView::admin_of(&config);
+    let waiting = refused_once(&stored).await;
     first.terminate();
     assert_eq!(first.wait_exit().await.0.code(), Some(0), "{}", first.log());
 
@@ -312,5 +317,5 @@ async fn a_target_removed_while_stopped_leaves_its_pending_jobs_as_dead_letters(
             log.contains("no longer configured are now dead letters")
         })
         .await;
-    assert_retired(&log, &db, waiting.id);
+    assert_retired(&log, &stored, waiting.id).await;
 }

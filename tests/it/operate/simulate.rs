@@ -177,7 +177,7 @@ async fn simulate_sends_what_wechat_would_in_every_mode_and_reads_the_reply() {
             // The proxy stored it, and the target got exactly what the proxy received.
             let got = account.target.wait_for(n + 1).await;
             let received = &got[n];
-            let (query, body) = stored(&proxy.db, id).pop().unwrap();
+            let (query, body) = stored(&proxy.store(), id).await.pop().unwrap();
             assert_eq!(received.body, body, "{context}");
             assert_eq!(
                 received.path_and_query,
@@ -240,7 +240,7 @@ async fn simulate_sends_what_wechat_would_in_every_mode_and_reads_the_reply() {
     let replaced = text.replace(&format!("\"{TOKEN}\""), "\"not-the-token\"");
     assert_ne!(text, replaced);
     std::fs::write(&wrong, replaced).unwrap();
-    let before = callbacks(&proxy.db);
+    let before = callbacks(&proxy.store()).await;
     let ran = simulate(&wrong, &["--account", "oa_safe"]).await;
     assert_eq!(ran.code, Some(1), "{ran:#?}");
     assert!(
@@ -252,7 +252,11 @@ async fn simulate_sends_what_wechat_would_in_every_mode_and_reads_the_reply() {
         "{ran:#?}"
     );
     assert!(ran.stdout.ends_with("\nresult    FAILED\n"), "{ran:#?}");
-    assert_eq!(callbacks(&proxy.db), before, "nothing was stored");
+    assert_eq!(
+        callbacks(&proxy.store()).await,
+        before,
+        "nothing was stored"
+    );
     let ran = simulate(&wrong, &["--account", "oa_plain", "--verify-url"]).await;
     assert_eq!(ran.code, Some(1), "{ran:#?}");
     assert!(

@@ -86,6 +86,14 @@ pub(crate) async fn run_async_with_env(args: &[&str], env: &[(&str, &str)]) -> R
     }
 }
 
+/// `http://{admin.listen}{path}` of the binary started with `config`.
+pub(crate) fn admin_url(config: &Path, path: &str) -> String {
+    let text = std::fs::read_to_string(config).expect("read the config");
+    let parsed: toml::Value = toml::from_str(&text).expect("the config parses");
+    let admin = parsed["admin"]["listen"].as_str().expect("admin.listen");
+    format!("http://{admin}{path}")
+}
+
 /// A running `wechat-fanout serve`.
 #[derive(Debug)]
 pub(crate) struct Binary {

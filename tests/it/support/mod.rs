@@ -2,8 +2,9 @@
 //! ([`Proxy`], with its admin listener when asked), fake downstream services that record what
 //! they receive ([`Target`]), a simulated WeChat that signs and encrypts callbacks like the real
 //! one ([`Wx`]), the real binary ([`Binary`], and its other commands through
-//! [`binary::run_async`]), a read-only look into the SQLite file ([`jobs`]), and a parser for
-//! what `/metrics` serves ([`scrape`]).
+//! [`binary::run_async`]), what the proxy stored as a user sees it, through the `Store` trait or
+//! the admin API ([`stored`]: [`jobs`], [`no_jobs_left`]…), and a parser for what `/metrics`
+//! serves ([`scrape`]).
 //!
 //! Every wait is bounded: [`eventually`] polls until a condition holds or [`WAIT`] passes, and
 //! then fails the test with what it was waiting for. Nothing sleeps and hopes, except
@@ -15,24 +16,28 @@ pub(crate) mod browser;
 #[path = "../../support/redis.rs"]
 pub(crate) mod redis;
 pub(crate) mod scrape;
+mod stored;
 mod target;
 pub(crate) mod wechat_api;
 pub(crate) mod wx;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use reqwest::header::{CONTENT_TYPE, HeaderMap};
-use rusqlite::{Connection, OpenFlags};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wechat_fanout::config::{Config, Mode};
-use wechat_fanout::store::SqliteStore;
+use wechat_fanout::store::{SqliteStore, Store};
 use wechat_fanout::wechat::{Kind, SealedRequest};
 
 pub(crate) use binary::Binary;
+pub(crate) use stored::{
+    JobRow, StoreView, a_job_after, attempts, callbacks, job_states_of, jobs, no_jobs_left, stored,
+};
 pub(crate) use target::{Received, Target};
 pub(crate) use wx::{Wx, event_xml, text_json, text_xml};
 
@@ -160,7 +165,7 @@ pub(crate) async fn through_a_primary_and_a_plain_target(
     assert_eq!(at_bot.header("content-type"), Some(sealed.content_type));
     assert_eq!(at_bot.header("x-wechat-fanout-account"), Some("main"));
     assert_eq!(at_bot.attempt(), 1);
-    no_jobs_left(&proxy.db, "both deliveries recorded").await;
+    no_jobs_left(&proxy.store(), "both deliveries recorded").await;
     settle().await;
     assert_eq!((bot.count(), plain.count()), (1, 1));
     assert_ne!(
@@ -248,8 +253,11 @@ pub(crate) struct Proxy {
     pub(crate) addr: SocketAddr,
     /// The admin listener, for proxies started with [`Proxy::start_with_admin`].
     pub(crate) admin: Option<SocketAddr>,
-    /// The SQLite file, for [`jobs`].
+    /// The SQLite file, for tests that damage or hold it as a fault would (a lock, a full
+    /// disk); what is stored in it is seen through [`Proxy::store`].
     pub(crate) db: PathBuf,
+    /// The store it runs on; `None` once stopped, so that its file is free for another.
+    store: Option<Arc<dyn Store>>,
     /// The effective configuration, with the real addresses: what [`Proxy::write_config`] writes.
     config: Config,
     shutdown: CancellationToken,
@@ -276,7 +284,8 @@ impl Proxy {
         let dir = tempfile::tempdir().expect("temporary folder");
         let db = dir.path().join("fanout.db");
         config.store.path = db.clone();
-        let store = SqliteStore::open(&db, config.store.synchronous).expect("open the store");
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&db, config.store.synchronous).expect("open the store"));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local address");
         config.server.listen = addr;
@@ -296,11 +305,12 @@ impl Proxy {
             wechat: listener,
             admin: admin_listener,
         };
-        let run = spawn_run(&config, store, listeners, &shutdown);
+        let run = spawn_run(&config, store.clone(), listeners, &shutdown);
         Proxy {
             addr,
             admin,
             db,
+            store: Some(store),
             config,
             shutdown,
             run: Some(run),
@@ -368,6 +378,11 @@ impl Proxy {
         send(self.client.request(method, url)).await
     }
 
+    /// What it stored, through the `Store` trait it runs on.
+    pub(crate) fn store(&self) -> StoreView {
+        StoreView::Store(self.store.clone().expect("the proxy is running"))
+    }
+
     /// Writes this proxy's effective configuration (secrets, real `server.listen` and
     /// `admin.listen` included) to `dir/config.toml`, for the CLI commands that talk to it.
     pub(crate) fn write_config(&self, dir: &Path) -> PathBuf {
@@ -382,8 +397,10 @@ impl Proxy {
     pub(crate) async fn restart(&mut self) {
         let (result, _) = self.stop().await;
         result.expect("the proxy stopped cleanly");
-        let store =
-            SqliteStore::open(&self.db, self.config.store.synchronous).expect("reopen the store");
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&self.db, self.config.store.synchronous).expect("reopen the store"),
+        );
+        self.store = Some(store.clone());
         let wechat = TcpListener::bind(self.addr).await.expect("rebind");
         let admin = match self.admin {
             Some(admin) => Some(TcpListener::bind(admin).await.expect("rebind admin")),
@@ -395,7 +412,8 @@ impl Proxy {
     }
 
     /// Cancels the shutdown token and waits for `run` to return: its result and how long it took.
-    /// The store's file stays for inspection until the `Proxy` is dropped.
+    /// Its store is closed then (the file is free for another to open); the file stays until
+    /// the `Proxy` is dropped.
     pub(crate) async fn stop(&mut self) -> (anyhow::Result<()>, Duration) {
         let started = Instant::now();
         self.shutdown.cancel();
@@ -404,6 +422,7 @@ impl Proxy {
             .await
             .expect("run returned within the wait limit")
             .expect("run did not panic");
+        self.store = None;
         (result, started.elapsed())
     }
 }
@@ -417,7 +436,7 @@ impl Drop for Proxy {
 /// Runs the proxy on `listeners` until `shutdown` is cancelled, as `serve` would.
 fn spawn_run(
     config: &Config,
-    store: SqliteStore,
+    store: Arc<dyn Store>,
     listeners: wechat_fanout::Listeners,
     shutdown: &CancellationToken,
 ) -> tokio::task::JoinHandle<anyhow::Result<()>> {
@@ -425,7 +444,7 @@ fn spawn_run(
     tokio::spawn(wechat_fanout::run_with(
         config.clone(),
         routes,
-        std::sync::Arc::new(store),
+        store,
         listeners,
         None,
         shutdown.clone(),
@@ -481,122 +500,6 @@ async fn send(request: reqwest::RequestBuilder) -> Answer {
         body,
         elapsed: started.elapsed(),
     }
-}
-
-/// A read-only connection of our own to the proxy's SQLite file, waiting out its writer's locks.
-fn read_only(db: &Path) -> Connection {
-    let conn = Connection::open_with_flags(
-        db,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .expect("open the store read-only");
-    conn.busy_timeout(Duration::from_secs(5))
-        .expect("busy timeout");
-    conn
-}
-
-/// One row of the `jobs` table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct JobRow {
-    pub(crate) id: i64,
-    pub(crate) target: String,
-    /// 0 pending, 1 in flight, 3 dead.
-    pub(crate) state: i64,
-    pub(crate) attempts: i64,
-    pub(crate) last_status: Option<i64>,
-    pub(crate) last_error: Option<String>,
-}
-
-pub(crate) const IN_FLIGHT: i64 = 1;
-pub(crate) const DEAD: i64 = 3;
-
-/// The `jobs` table as it is on disk now (delivered jobs are deleted), read through a read-only
-/// connection of our own.
-pub(crate) fn jobs(db: &Path) -> Vec<JobRow> {
-    let conn = read_only(db);
-    let mut select = conn
-        .prepare(
-            "SELECT id, target, state, attempts, last_status, last_error FROM jobs ORDER BY id",
-        )
-        .expect("query jobs");
-    select
-        .query_map([], |row| {
-            Ok(JobRow {
-                id: row.get(0)?,
-                target: row.get(1)?,
-                state: row.get(2)?,
-                attempts: row.get(3)?,
-                last_status: row.get(4)?,
-                last_error: row.get(5)?,
-            })
-        })
-        .expect("read jobs")
-        .collect::<Result<_, _>>()
-        .expect("read jobs")
-}
-
-/// Waits (bounded) until a job has `attempts` attempts or more recorded, and returns it.
-pub(crate) async fn a_job_after(db: &Path, attempts: i64, what: &str) -> JobRow {
-    eventually(what, || {
-        jobs(db).into_iter().find(|j| j.attempts >= attempts)
-    })
-    .await
-}
-
-/// Waits (bounded) until the `jobs` table is empty: every delivery done and recorded.
-pub(crate) async fn no_jobs_left(db: &Path, what: &str) {
-    eventually(what, || jobs(db).is_empty().then_some(())).await;
-}
-
-/// The attempt numbers recorded in the `attempts` table for one job.
-pub(crate) fn attempts(db: &Path, job: i64) -> Vec<(i64, Option<i64>)> {
-    let conn = read_only(db);
-    let mut select = conn
-        .prepare("SELECT attempt, status FROM attempts WHERE job_id = ?1 ORDER BY attempt")
-        .expect("query attempts");
-    select
-        .query_map([job], |row| Ok((row.get(0)?, row.get(1)?)))
-        .expect("read attempts")
-        .collect::<Result<_, _>>()
-        .expect("read attempts")
-}
-
-/// The states of the jobs (see [`JobRow::state`]) of the stored callback with this body, as on
-/// disk now: none once every delivery of it is recorded.
-pub(crate) fn job_states_of(db: &Path, body: &[u8]) -> Vec<i64> {
-    let conn = read_only(db);
-    let mut select = conn
-        .prepare(
-            "SELECT jobs.state FROM jobs JOIN callbacks ON callbacks.id = jobs.callback_id \
-             WHERE callbacks.body = ?1 ORDER BY jobs.id",
-        )
-        .expect("query jobs");
-    select
-        .query_map([body], |row| row.get(0))
-        .expect("read jobs")
-        .collect::<Result<_, _>>()
-        .expect("read jobs")
-}
-
-/// Number of stored callbacks.
-pub(crate) fn callbacks(db: &Path) -> i64 {
-    let conn = read_only(db);
-    conn.query_row("SELECT COUNT(*) FROM callbacks", [], |row| row.get(0))
-        .expect("count callbacks")
-}
-
-/// The raw query and body of every stored callback of `account`, in arrival order: exactly what
-/// the proxy received.
-pub(crate) fn stored(db: &Path, account: &str) -> Vec<(String, Vec<u8>)> {
-    let conn = read_only(db);
-    let mut select = conn
-        .prepare("SELECT query, body FROM callbacks WHERE account = ?1 ORDER BY id")
-        .expect("query callbacks");
-    select
-        .query_map([account], |row| Ok((row.get(0)?, row.get(1)?)))
-        .expect("read callbacks")
-        .collect::<Result<_, _>>()
-        .expect("read callbacks")
 }
 
 /// Writes a whole HTTP/1.1 request on a fresh connection and reads the answer until the server
