@@ -672,8 +672,9 @@ mod tests {
     const TOKEN: &str = "0123456789abcdef-token";
 
     /// A connection that reads nothing holds back only itself: publishing never waits, and
-    /// when it reads again it is told how many events it lost, then gets the newest.
-    #[tokio::test]
+    /// when it reads again it is told how many events it lost, then gets the newest. On a
+    /// paused clock: the stream's batching and the wait for its last message pass at once.
+    #[tokio::test(start_paused = true)]
     async fn a_stalled_stream_loses_events_and_is_told_so_while_publishing_goes_on() {
         let feed = crate::events::LocalFeed::new(8, false);
         let (sender, mut receiver) = mpsc::channel(1);

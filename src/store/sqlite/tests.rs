@@ -58,6 +58,9 @@ async fn store_with_a_leased_job() -> (tempfile::TempDir, SqliteStore, Job) {
 /// An outcome alone is not committed at once: it waits up to OUTCOME_LINGER for company,
 /// and is applied then. A command that needs its commit now (here a flush) takes the
 /// waiting outcome along: once the flush returns, the outcome is stored.
+///
+/// In real time, not on a paused clock: the linger is timed by the writer's own OS thread (on
+/// a runtime of its own), which no test clock reaches; so this test waits for it.
 #[tokio::test]
 async fn an_outcome_alone_waits_for_company_and_an_urgent_command_takes_it_along() {
     let (_dir, store, job) = store_with_a_leased_job().await;
@@ -92,6 +95,9 @@ async fn an_outcome_alone_waits_for_company_and_an_urgent_command_takes_it_along
 
 /// Committed pages reach the database file within a few checkpoint periods, long before
 /// the writer's own checkpoint (at WRITER_CHECKPOINT_PAGES) would copy them.
+///
+/// In real time: the checkpointer is an OS thread waking every CHECKPOINT_EVERY on a blocking
+/// channel, which no test clock reaches; the test polls the file's size meanwhile.
 #[tokio::test]
 async fn the_checkpointer_copies_commits_into_the_database_file() {
     let dir = tempfile::tempdir().unwrap();
