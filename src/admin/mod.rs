@@ -57,7 +57,7 @@ pub use hosts::Hosts;
 use crate::admin::console::{Body, Console, Refusal};
 use crate::attempt::{ACCOUNT_HEADER, Shared};
 use crate::clock::now_ms;
-use crate::http::{json, text};
+use crate::http::{error, json, text};
 use crate::ingress::shadow::ShadowLog;
 use crate::store::{Replay, StoreError};
 
@@ -187,9 +187,7 @@ impl Admin {
             _ => Err((StatusCode::NOT_FOUND, "no such admin endpoint".to_owned())),
         };
         result
-            .unwrap_or_else(|(status, message)| {
-                json(status, &serde_json::json!({ "error": message }))
-            })
+            .unwrap_or_else(|(status, message)| error(status, &message))
             .map(Either::Left)
     }
 
