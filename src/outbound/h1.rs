@@ -35,7 +35,9 @@ const IDLE_FOR: Duration = Duration::from_secs(60);
 /// Idle connections kept per target address: more than any target's concurrency needs.
 const MOST_IDLE: usize = 1024;
 
-type Conn = Connection<TokioIo<TcpStream>, Full<Bytes>>;
+/// A connection's state machine, on the heap: several hundred bytes that every exchange on it
+/// would otherwise carry in its future, and move with it.
+type Conn = Box<Connection<TokioIo<TcpStream>, Full<Bytes>>>;
 
 /// One open connection: the handle requests go in by, and the connection's state machine.
 struct Open {
@@ -81,7 +83,9 @@ impl Connections {
     ) -> Result<(Parts, Bytes, bool), Failure> {
         let open = match self.take(address) {
             Some(open) => open,
-            None => connect(&self.connector, address).await?,
+            // Boxed: connecting (the resolver, happy eyeballs) is a future of KiBs that most
+            // exchanges, on a kept connection, never run; inline, every attempt would carry it.
+            None => Box::pin(connect(&self.connector, address)).await?,
         };
         let Open { mut send, conn, .. } = open;
         let sent = send.send_request(request);
@@ -148,7 +152,7 @@ impl Open {
     /// anything later) so that an end of stream the target sent meanwhile is seen here.
     fn still_open(&mut self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
-        Pin::new(&mut self.conn).poll(&mut cx).is_pending() && self.send.is_ready()
+        Pin::new(&mut *self.conn).poll(&mut cx).is_pending() && self.send.is_ready()
     }
 }
 
@@ -185,7 +189,7 @@ async fn connect(connector: &HttpConnector, address: &Authority) -> Result<Open,
         .map_err(Failure::H1Request)?;
     Ok(Open {
         send,
-        conn,
+        conn: Box::new(conn),
         idle_since: Instant::now(),
     })
 }
@@ -211,7 +215,7 @@ async fn drive<T>(conn: Conn, work: impl Future<Output = T>) -> (T, Option<Conn>
 fn poll_until_ended(conn: &mut Option<Conn>, cx: &mut Context<'_>) {
     if conn
         .as_mut()
-        .is_some_and(|c| Pin::new(c).poll(cx).is_ready())
+        .is_some_and(|c| Pin::new(&mut **c).poll(cx).is_ready())
     {
         *conn = None;
     }

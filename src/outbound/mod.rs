@@ -180,26 +180,9 @@ impl Outbound {
                 let request = post(Uri::from(path), headers, body);
                 self.h1.exchange(&origin.address, request).await?
             }
-            None => {
-                let url = with_query(&url, query);
-                let uri = Uri::try_from(url).map_err(http::Error::from)?;
-                let client = if http2 { &self.http2 } else { &self.client };
-                let response = client
-                    .request(post(uri, headers, body))
-                    .await
-                    .map_err(|e| {
-                        if e.is_connect() {
-                            Failure::Connect(e)
-                        } else if http2 {
-                            Failure::Http2Request(e)
-                        } else {
-                            Failure::Request(e)
-                        }
-                    })?;
-                let (head, mut incoming) = response.into_parts();
-                let (body, whole) = read_body(&mut incoming).await.map_err(Failure::Body)?;
-                (head, body, whole)
-            }
+            // Boxed: the pooled client's future is several KiB, and every attempt's future would
+            // carry (and move) it, though plain http targets never use it.
+            None => Box::pin(self.pooled(&url, query, headers, body, http2)).await?,
         };
         let header = |name| header_text(&head.headers, name);
         Ok(Response {
@@ -209,6 +192,37 @@ impl Outbound {
             body,
             whole,
         })
+    }
+}
+
+impl Outbound {
+    /// A request through hyper's pooled client (`https`, or HTTP/2), and its answer.
+    async fn pooled(
+        &self,
+        url: &str,
+        query: &str,
+        headers: HeaderMap,
+        body: Bytes,
+        http2: bool,
+    ) -> Result<(http::response::Parts, Bytes, bool), Failure> {
+        let url = with_query(url, query);
+        let uri = Uri::try_from(url).map_err(http::Error::from)?;
+        let client = if http2 { &self.http2 } else { &self.client };
+        let response = client
+            .request(post(uri, headers, body))
+            .await
+            .map_err(|e| {
+                if e.is_connect() {
+                    Failure::Connect(e)
+                } else if http2 {
+                    Failure::Http2Request(e)
+                } else {
+                    Failure::Request(e)
+                }
+            })?;
+        let (head, mut incoming) = response.into_parts();
+        let (body, whole) = read_body(&mut incoming).await.map_err(Failure::Body)?;
+        Ok((head, body, whole))
     }
 }
 
