@@ -1,6 +1,6 @@
 # wechat-fanout in a container.
 #
-#   docker build -t wechat-fanout .
+#   docker build --build-arg COMMIT="$(git rev-parse --short HEAD)" -t wechat-fanout .
 #   docker run -p 8080:8080 -p 127.0.0.1:9090:9090 \
 #     -v "$PWD/config:/etc/wechat-fanout:ro" -v wechat-fanout-data:/var/lib/wechat-fanout \
 #     -e WECHAT_FANOUT_CONFIG=/etc/wechat-fanout/example.toml wechat-fanout
@@ -26,6 +26,10 @@ RUN mkdir src \
 COPY config config
 COPY console console
 COPY src src
+# `wechat-fanout --version` names the commit it was built from when it is given (the build has
+# no .git to read it from).
+ARG COMMIT=""
+ENV WECHAT_FANOUT_COMMIT=${COMMIT}
 # COPY keeps the sources' older mtimes; touch them so cargo rebuilds over the stubs.
 RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked \

@@ -39,6 +39,8 @@ async function start() {
   state.csrf = info.csrf;
   state.showContent = info.show_content;
   $('#logout').hidden = !info.login_required;
+  $('#instance').textContent = `instance ${info.instance_name}`;
+  $('#instance').hidden = false;
   document.querySelectorAll('.content-col').forEach((c) => { c.hidden = !state.showContent; });
   $('#login').hidden = true;
   $('#tabs').hidden = false;
@@ -53,6 +55,7 @@ function showLogin(message) {
   document.querySelectorAll('.view').forEach((v) => { v.hidden = true; });
   $('#tabs').hidden = true;
   $('#stream-status').hidden = true;
+  $('#instance').hidden = true;
   $('#logout').hidden = true;
   $('#login').hidden = false;
   $('#login-error').textContent = message;
@@ -212,6 +215,17 @@ $('#live-clear').addEventListener('click', () => {
 
 // ---- targets view --------------------------------------------------------------------------
 
+// A duration as a person reads it: 850 ms, 42 s, 3 min 5 s, 24 h 47 min.
+function span(ms) {
+  const s = Math.floor(ms / 1000);
+  if (s < 1) return `${Math.max(0, Math.round(ms))} ms`;
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return s % 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s / 60} min`;
+  const m = Math.floor((s % 3600) / 60);
+  return m ? `${Math.floor(s / 3600)} h ${m} min` : `${Math.floor(s / 3600)} h`;
+}
+function age(ms) { return span(Math.max(0, ms)); }
+
 async function loadTargets() {
   let targets;
   try { targets = await api('GET', '/console/targets'); } catch { return; }
@@ -219,6 +233,8 @@ async function loadTargets() {
   body.replaceChildren(...targets.map((t) => el('tr', { 'data-target': t.target },
     el('td', {}, t.account), el('td', {}, t.target),
     el('td', { class: 'pending' }, t.pending), el('td', {}, t.in_flight), el('td', { class: 'dead' }, t.dead),
+    el('td', { class: 'oldest' }, t.oldest_pending_ms == null ? '-' : age(Date.now() - t.oldest_pending_ms)),
+    el('td', { class: 'window', title: t.retry_window.text }, `${span(t.retry_window.earliest_ms)} (${t.retry_window.attempts} attempts)`),
     el('td', {}, `${t.recent.delivered_1m} / ${t.recent.delivered_5m}`),
     el('td', {}, `${t.recent.failed_1m} / ${t.recent.failed_5m}`),
     el('td', { class: t.breaker === 'open' ? 'breaker-open' : '' }, t.breaker === 'open' ? `open (${Math.ceil(t.breaker_open_ms / 1000)} s)` : 'closed'),

@@ -72,7 +72,8 @@ pub async fn run_with(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = Arc::new(Metrics::register(&mut registry));
+    let instance_name = config.server.instance_name();
+    let metrics = Arc::new(Metrics::register(&mut registry, &instance_name));
     let events = event_feed(&config, &shutdown)?;
     // One token cache per process, for every feature that calls WeChat's API.
     let api = Arc::new(WechatApi::new());
@@ -127,6 +128,7 @@ pub async fn run_with(
                     events.clone(),
                     metrics.event_streams(),
                     shutdown.clone(),
+                    &instance_name,
                 )?,
                 hosts: admin::Hosts::new(&config.admin.hosts),
             });
@@ -145,7 +147,11 @@ pub async fn run_with(
         sources,
         shadows,
     ));
-    info!(address = %listeners.wechat.local_addr()?, "listening for WeChat callbacks");
+    info!(
+        address = %listeners.wechat.local_addr()?,
+        instance_name = %instance_name,
+        "listening for WeChat callbacks"
+    );
     let server = tokio::spawn(ingress::serve(
         listeners.wechat,
         ingress,
@@ -175,6 +181,10 @@ pub async fn run_with(
     keeper_stop.cancel();
     let _ = keeper.await;
     store.flush().await?;
+    // The next start goes on from the last id used (a crash skips the rest of a block).
+    if let Err(e) = store.close().await {
+        warn!(error = %e, "could not give back the unused ids: the next start skips them");
+    }
     info!("stopped");
     Ok(())
 }

@@ -8,7 +8,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Parser as _;
+use clap::{CommandFactory as _, FromArgMatches as _};
 use tokio_util::sync::CancellationToken;
 use wechat_fanout::cmd::{Cli, Command};
 use wechat_fanout::cmd::{admin_client, probe, simulate};
@@ -25,8 +25,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// EX_USAGE from sysexits.h: every configuration error exits with it, before any port is bound.
 const EXIT_BAD_CONFIG: u8 = 64;
 
+/// The admin token's variable before it had one name with the configuration's.
+const OLD_TOKEN_VARIABLE: &str = "WECHAT_FANOUT_ADMIN_TOKEN";
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command()
+        .version(wechat_fanout::cmd::version())
+        .get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
@@ -34,6 +40,17 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
+    // The admin token had a second name once, one underscore away from the configuration's;
+    // a variable that is silently not read would turn into a 401 far from its cause.
+    if std::env::var_os(OLD_TOKEN_VARIABLE).is_some()
+        && config.admin.token_env.as_deref() != Some(OLD_TOKEN_VARIABLE)
+    {
+        eprintln!(
+            "wechat-fanout: {OLD_TOKEN_VARIABLE} is not read: the admin token's variable is \
+             WECHAT_FANOUT_ADMIN__TOKEN (two underscores, like every setting), or pass --admin-token"
+        );
+        return ExitCode::from(EXIT_BAD_CONFIG);
+    }
     // `serve` and `check-config` build what `serve` runs on, which checks every rule; the
     // client commands need only what they use.
     let routes = match cli.command {
@@ -46,13 +63,15 @@ fn main() -> ExitCode {
         },
         _ => None,
     };
-    if let Command::CheckConfig = cli.command {
+    if let (Command::CheckConfig, Some(routes)) = (&cli.command, &routes) {
         print!("{}", config.redacted_toml());
+        print!("{}", retry_windows(routes));
         return ExitCode::SUCCESS;
     }
     wechat_fanout::telemetry::init(
         cli.log_format.unwrap_or(config.log.format),
         &config.log.filter,
+        &config.server.instance_name(),
     );
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -67,6 +86,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Each target's retry window, as TOML comments after `check-config`'s TOML: how long a
+/// delivery that keeps failing is retried before it becomes a dead letter.
+fn retry_windows(routes: &Routes) -> String {
+    let mut text = String::from(
+        "\n# Retry windows: how long a failing delivery is retried before it is a dead letter.\n",
+    );
+    for target in routes.targets() {
+        text.push_str(&format!(
+            "# {}/{}: {}\n",
+            target.key.account,
+            target.key.target,
+            wechat_fanout::routing::retry::window(&target.settings)
+        ));
+    }
+    text
 }
 
 /// Runs a command; `Ok(false)` means it ran but the answer was a failure (exit 1).
@@ -88,8 +124,7 @@ async fn execute(cli: Cli, config: Config, routes: Option<Routes>) -> anyhow::Re
                 Some(token) => Some(token),
                 None => config.admin.token()?,
             };
-            admin_client::dead_letters(&base, token.as_deref(), &command, &mut out).await?;
-            Ok(true)
+            admin_client::dead_letters(&base, token.as_deref(), &command, &config, &mut out).await
         }
         (Command::Simulate(args), _) => simulate::run(&config, &args, &mut out).await,
         (Command::Probe(args), _) => probe::run(&config, &args, &mut out).await,

@@ -1,17 +1,32 @@
 //! Prometheus metrics, registered into a registry that is handed in (never global), and importing
 //! nothing from the rest of the crate: callers pass plain labels.
 //!
-//! Names and labels (all prefixed `wechat_fanout_`):
+//! Two kinds. **Per instance**: what this process did, each series labelled `instance_name` (the
+//! instance's stable name, `server.instance_name`; not Prometheus's own `instance`, the scrape
+//! address, which changes with a pod's IP). **Deployment-wide**: read from the store at scrape
+//! time, so any instance of a deployment on Redis shows the whole of it (no `instance_name`):
+//! `queue_jobs`, `oldest_pending_age_seconds`, `store_usage_ratio`; aggregate them with `max`,
+//! not `sum`, across instances.
+//!
+//! Names and labels (all prefixed `wechat_fanout_`); per instance:
 //! - `callbacks_total{account, outcome, reason}`: accepted, duplicate, or rejected with a reason;
 //! - `answer_duration_seconds{account}`: from request start to the answer, for accepted callbacks;
 //! - `primary_total{account, outcome}`: relayed, timed_out, failed, too_large (a 2xx answer
 //!   over the cap, not relayed), or skipped (no capacity);
 //! - `delivery_attempts_total{account, target, result}`: every attempt: delivered, retry, dead;
 //! - `delivery_duration_seconds{account, target}`: per attempt, whatever its result;
-//! - `queue_jobs{account, target, state}`: pending, in_flight and dead jobs, read at scrape time;
+//! - `shadow_total{account, target, result}`, `late_replies_total{account, outcome}`;
 //! - `admin_refusals_total{reason}`: admin requests refused (foreign_host, no_token, bad_token,
 //!   guessing, cross_origin, csrf, too_large, event_streams_full);
-//! - `console_event_streams`: the console's event streams open now.
+//! - `console_event_streams`: the console's event streams open now;
+//! - `store_ready`: 1 when this instance's store commits a test write at scrape time, else 0.
+//!
+//! Deployment-wide:
+//! - `queue_jobs{account, target, state}`: pending, in_flight and dead jobs;
+//! - `oldest_pending_age_seconds{account, target}`: how long the oldest job not yet delivered
+//!   (pending or in flight) has waited since its callback arrived; 0 when there is none;
+//! - `store_usage_ratio`: the fraction of the store's room in use (SQLite: its file system;
+//!   Redis: `used_memory` of `maxmemory`, absent without one).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -86,15 +101,25 @@ pub struct Metrics {
     attempts: Family<AttemptLabels, Counter>,
     delivery_seconds: Family<TargetLabels, Histogram>,
     queue: Family<QueueLabels, Gauge>,
+    oldest_pending: Family<TargetLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    store_ready: Gauge,
+    /// A family of one unlabelled gauge: absent when the store has no limit.
+    store_usage: Family<Vec<(String, String)>, Gauge<f64, std::sync::atomic::AtomicU64>>,
     shadow: Family<ShadowLabels, Counter>,
     late_replies: Family<PrimaryLabels, Counter>,
     admin_refusals: Family<ReasonLabels, Counter>,
     event_streams: Gauge,
 }
 
+/// 100 µs … 1.6 s doubling, then every half second from 2 to 5 s and 6.5 s: an alert on answers
+/// near WeChat's 5 s deadline needs bounds between 3 and 5 s, which doubling skips.
+const ANSWER_BUCKETS: [f64; 22] = [
+    0.0001, 0.0002, 0.0004, 0.0008, 0.0016, 0.0032, 0.0064, 0.0128, 0.0256, 0.0512, 0.1024, 0.2048,
+    0.4096, 0.8192, 1.6384, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0,
+];
+
 fn answer_histogram() -> Histogram {
-    // 100 µs … ~6.5 s: the answer must stay far below WeChat's 5 s.
-    Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+    Histogram::new(ANSWER_BUCKETS.into_iter().chain([6.5]))
 }
 
 fn delivery_histogram() -> Histogram {
@@ -103,7 +128,8 @@ fn delivery_histogram() -> Histogram {
 }
 
 impl Metrics {
-    pub fn register(registry: &mut Registry) -> Metrics {
+    /// Registers every metric into `registry`; the per-instance ones carry `instance_name`.
+    pub fn register(registry: &mut Registry, instance_name: &str) -> Metrics {
         let metrics = Metrics {
             callbacks: Family::default(),
             answer_seconds: Family::new_with_constructor(answer_histogram),
@@ -111,12 +137,42 @@ impl Metrics {
             attempts: Family::default(),
             delivery_seconds: Family::new_with_constructor(delivery_histogram),
             queue: Family::default(),
+            oldest_pending: Family::default(),
+            store_ready: Gauge::default(),
+            store_usage: Family::default(),
             shadow: Family::default(),
             late_replies: Family::default(),
             admin_refusals: Family::default(),
             event_streams: Gauge::default(),
         };
         let registry = registry.sub_registry_with_prefix("wechat_fanout");
+        registry.register(
+            "queue_jobs",
+            "Jobs in the store by target and state (pending, in_flight, dead), read at scrape time \
+             (deployment-wide)",
+            metrics.queue.clone(),
+        );
+        registry.register(
+            "oldest_pending_age_seconds",
+            "Age of the oldest job not yet delivered (pending or in flight) by target, since its \
+             callback arrived; 0 when none (deployment-wide)",
+            metrics.oldest_pending.clone(),
+        );
+        registry.register(
+            "store_usage_ratio",
+            "Fraction of the store's room in use: SQLite its file system, Redis used_memory of \
+             maxmemory (deployment-wide)",
+            metrics.store_usage.clone(),
+        );
+        let registry = registry.sub_registry_with_label((
+            std::borrow::Cow::Borrowed("instance_name"),
+            std::borrow::Cow::Owned(instance_name.to_owned()),
+        ));
+        registry.register(
+            "store_ready",
+            "1 when this instance's store committed a test write at scrape time, else 0",
+            metrics.store_ready.clone(),
+        );
         registry.register(
             "callbacks",
             "Callbacks received, by account and outcome (accepted, duplicate, rejected with a reason)",
@@ -141,11 +197,6 @@ impl Metrics {
             "delivery_duration_seconds",
             "Duration of delivery attempts, by target",
             metrics.delivery_seconds.clone(),
-        );
-        registry.register(
-            "queue_jobs",
-            "Jobs in the store by target and state (pending, in_flight, dead), read at scrape time",
-            metrics.queue.clone(),
         );
         registry.register(
             "shadow",
@@ -257,10 +308,18 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// Replaces the queue gauges with a fresh reading of the store.
-    pub fn set_queue(&self, depths: impl IntoIterator<Item = (String, String, [i64; 3])>) {
+    /// Replaces the queue gauges with a fresh reading of the store: per target its pending, in
+    /// flight and dead jobs, and the age of its oldest open job in seconds.
+    pub fn set_queue(&self, depths: impl IntoIterator<Item = (String, String, [i64; 3], f64)>) {
         self.queue.clear();
-        for (account, target, counts) in depths {
+        self.oldest_pending.clear();
+        for (account, target, counts, oldest) in depths {
+            self.oldest_pending
+                .get_or_create(&TargetLabels {
+                    account: account.clone(),
+                    target: target.clone(),
+                })
+                .set(oldest);
             for (state, count) in ["pending", "in_flight", "dead"].into_iter().zip(counts) {
                 self.queue
                     .get_or_create(&QueueLabels {
@@ -270,6 +329,18 @@ impl Metrics {
                     })
                     .set(count);
             }
+        }
+    }
+}
+
+impl Metrics {
+    /// The store's readiness and usage as a scrape found them (`usage` `None`: no limit, or
+    /// unknown; the gauge is then absent).
+    pub fn set_store(&self, ready: bool, usage: Option<f64>) {
+        self.store_ready.set(i64::from(ready));
+        self.store_usage.clear();
+        if let Some(usage) = usage {
+            self.store_usage.get_or_create(&Vec::new()).set(usage);
         }
     }
 }

@@ -56,6 +56,83 @@ impl UserIds {
     }
 }
 
+/// `query` with its `openid` shown as `(hidden)`: the console and the CLI show requests so.
+pub fn without_openid(query: &str) -> String {
+    let mut shown = url::form_urlencoded::Serializer::new(String::new());
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        if key == "openid" {
+            shown.append_pair(&key, "(hidden)");
+        } else {
+            shown.append_pair(&key, &value);
+        }
+    }
+    shown.finish()
+}
+
+/// Fields of a message that name a WeChat user.
+const USER_FIELDS: [&str; 3] = ["FromUserName", "OpenID", "UserID"];
+
+/// A message (XML or JSON) with the values of the fields that name a user shown as `(hidden)`.
+pub fn hide_user_ids(message: &str) -> String {
+    let mut shown = message.to_owned();
+    for field in USER_FIELDS {
+        shown = hide_between(&shown, &format!("<{field}>"), &format!("</{field}>"));
+        shown = hide_json_string(&shown, &format!("\"{field}\""));
+    }
+    shown
+}
+
+/// Every `open … close` with what is between them replaced.
+fn hide_between(text: &str, open: &str, close: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(open) {
+        let inner = &rest[start + open.len()..];
+        let Some(end) = inner.find(close) else { break };
+        out.push_str(&rest[..start + open.len()]);
+        out.push_str("(hidden)");
+        rest = &inner[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Every `"name": "value"` with its value replaced.
+fn hide_json_string(text: &str, name: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(name) {
+        let after = &rest[start + name.len()..];
+        let colon = after.len() - after.trim_start().len();
+        let value = after[colon..].strip_prefix(':').map(str::trim_start);
+        let Some(value) = value.and_then(|v| v.strip_prefix('"')) else {
+            out.push_str(&rest[..start + name.len()]);
+            rest = after;
+            continue;
+        };
+        // The closing quote: the first one not escaped.
+        let mut end = None;
+        let mut escaped = false;
+        for (i, c) in value.char_indices() {
+            match c {
+                '\\' if !escaped => escaped = true,
+                '"' if !escaped => {
+                    end = Some(i);
+                    break;
+                }
+                _ => escaped = false,
+            }
+        }
+        let Some(end) = end else { break };
+        let value_start = rest.len() - value.len();
+        out.push_str(&rest[..value_start]);
+        out.push_str("(hidden)");
+        rest = &value[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// A value for a log field: as it is, or its keyed hash (`h:` and 16 hex digits).
 #[derive(Debug, Clone, Copy)]
 pub enum Shown<'a> {
@@ -88,6 +165,28 @@ fn hmac_sha1(key: &hmac::Key, message: &[u8]) -> [u8; 20] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_ids_are_hidden_in_xml_json_and_queries() {
+        let xml = "<xml><ToUserName><![CDATA[gh_1]]></ToUserName><FromUserName><![CDATA[oUser]]></FromUserName><Content>hi</Content></xml>";
+        assert_eq!(
+            hide_user_ids(xml),
+            "<xml><ToUserName><![CDATA[gh_1]]></ToUserName><FromUserName>(hidden)</FromUserName><Content>hi</Content></xml>"
+        );
+        let json = r#"{"ToUserName":"gh_1","FromUserName" : "o\"User","MsgType":"event"}"#;
+        assert_eq!(
+            hide_user_ids(json),
+            r#"{"ToUserName":"gh_1","FromUserName" : "(hidden)","MsgType":"event"}"#
+        );
+        assert_eq!(
+            hide_user_ids("<FromUserName>unclosed"),
+            "<FromUserName>unclosed"
+        );
+        assert_eq!(
+            without_openid("signature=s&openid=oUser&nonce=1"),
+            "signature=s&openid=%28hidden%29&nonce=1"
+        );
+    }
 
     #[test]
     fn hmac_matches_rfc_2202_test_case_1() {

@@ -44,8 +44,10 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber; a second call does nothing.
-pub fn init(format: LogFormat, filter: &str) {
+/// Installs the global subscriber; a second call does nothing. JSON lines carry
+/// `instance_name` (the instance's stable name), so a collector of several instances' lines
+/// can tell them apart; text lines name it once, at start.
+pub fn init(format: LogFormat, filter: &str, instance_name: &str) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
@@ -59,7 +61,7 @@ pub fn init(format: LogFormat, filter: &str) {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .try_init(),
         LogFormat::Json => builder
-            .with_writer(|| JsonSafe(io::stderr()))
+            .with_writer(Instance::named(instance_name))
             .json()
             .with_current_span(true)
             .with_span_list(false)
@@ -163,6 +165,65 @@ impl VisitFmt for SafeVisitor<'_> {
 /// value. Each event arrives whole (one `write_all` of one formatted line).
 #[derive(Debug)]
 pub struct JsonSafe<W>(pub W);
+
+/// Makes the JSON format's writer: [`JsonSafe`] over stderr, each line opening with this
+/// instance's `instance_name`.
+#[derive(Debug, Clone)]
+struct Instance {
+    /// `{"instance_name":"…",`: what a line's opening `{` is replaced with.
+    opening: std::sync::Arc<str>,
+}
+
+impl Instance {
+    fn named(name: &str) -> Instance {
+        let name = serde_json::to_string(name).unwrap_or_else(|_| "\"\"".to_owned());
+        Instance {
+            opening: format!("{{\"instance_name\":{name},").into(),
+        }
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Instance {
+    type Writer = JsonSafe<Named<io::Stderr>>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        JsonSafe(Named {
+            out: io::stderr(),
+            opening: self.opening.clone(),
+        })
+    }
+}
+
+/// A writer that puts `opening` in place of the `{` that opens each JSON line (the formatter
+/// writes a line with one `write_all`).
+#[derive(Debug)]
+pub struct Named<W> {
+    out: W,
+    opening: std::sync::Arc<str>,
+}
+
+impl<W: io::Write> io::Write for Named<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match buf.strip_prefix(b"{") {
+            Some(rest) => {
+                let mut line = Vec::with_capacity(self.opening.len() + rest.len());
+                line.extend_from_slice(self.opening.as_bytes());
+                line.extend_from_slice(rest);
+                self.out.write_all(&line)
+            }
+            None => self.out.write_all(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
 
 impl<W: io::Write> io::Write for JsonSafe<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {

@@ -10,12 +10,13 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use wechat_fanout::clock::now_ms;
 use wechat_fanout::config::Synchronous;
 use wechat_fanout::store::{
     Accepted, Answer, AttemptReport, CallbackId, DeadLetterFilter, Disposition, FailedAttempt, Job,
-    JobId, JobState, LEGACY_KEY_WINDOW, LeaseToken, Leased, NewCallback, NewJob, Recorded,
-    RedisOptions, RedisStore, Replay, Replayed, SHAPE_VERSION, SqliteStore, Store, StoreError,
-    TargetKey, new_lease_token,
+    JobId, JobState, LEGACY_KEY_WINDOW, LeaseToken, Leased, NewCallback, NewJob, QueueDepth,
+    Recorded, RedisOptions, RedisStore, Replay, Replayed, SHAPE_VERSION, SqliteStore, Store,
+    StoreError, TargetKey, new_lease_token,
 };
 
 #[path = "support/redis.rs"]
@@ -965,6 +966,75 @@ async fn callbacks_are_listed_newest_first(store: Arc<dyn Store>) {
     assert_eq!(store.callbacks(None, 10).await.unwrap(), [l3, l2, l1]);
 }
 
+/// The depth of `target` as `queue_depths` tells it (`None`: no job at all).
+async fn depth(store: &dyn Store, target: &str) -> Option<QueueDepth> {
+    let depths = store.queue_depths().await.unwrap();
+    depths.into_iter().find(|d| d.target == target)
+}
+
+/// Each target's oldest open job (pending or in flight) is told by when its callback arrived,
+/// whether it was never attempted, failed and waits, or is in flight; delivered and dead jobs
+/// are not open. What an alert on a target's backlog reads.
+async fn the_oldest_open_job_of_each_target_is_told(store: Arc<dyn Store>) {
+    let first_at = now_ms();
+    let mut first = callback(&*store, "o1", &[("a", false), ("b", false)]).await;
+    first.received_at_ms = first_at;
+    store.accept(first).await.unwrap();
+    // Never attempted: due since it arrived (Redis counts that by its own clock).
+    for target in ["a", "b"] {
+        let oldest = depth(&*store, target)
+            .await
+            .unwrap()
+            .oldest_pending_ms
+            .unwrap();
+        assert!(
+            (oldest - first_at).abs() < 1_000,
+            "{target}: {oldest} vs {first_at}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut second = callback(&*store, "o2", &[("a", false)]).await;
+    second.received_at_ms = now_ms();
+    store.accept(second).await.unwrap();
+
+    let mut jobs = store.lease_due(&key("a"), 10).await.unwrap();
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    jobs.sort_by_key(|j| j.id);
+    let (older, newer) = (jobs.remove(0), jobs.remove(0));
+    // In flight, then failed and waiting: the first callback's arrival, exactly.
+    record(
+        &*store,
+        report(&older, 1, Disposition::RetryIn(Duration::from_millis(1))),
+    )
+    .await;
+    let a = depth(&*store, "a").await.unwrap();
+    assert_eq!((a.pending, a.in_flight), (1, 1), "{a:?}");
+    assert_eq!(a.oldest_pending_ms, Some(first_at), "{a:?}");
+    record(&*store, report(&newer, 1, Disposition::Delivered)).await;
+    assert_eq!(
+        depth(&*store, "a").await.unwrap().oldest_pending_ms,
+        Some(first_at)
+    );
+
+    let b = lease_one(&*store, "b").await;
+    record(&*store, report(&b, 1, Disposition::Delivered)).await;
+    assert_eq!(
+        depth(&*store, "b").await.and_then(|d| d.oldest_pending_ms),
+        None
+    );
+
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let again = lease_one(&*store, "a").await;
+    assert_eq!(again.id, older.id);
+    record(&*store, report(&again, 2, Disposition::Dead)).await;
+    let a = depth(&*store, "a").await.unwrap();
+    assert_eq!((a.pending, a.in_flight, a.dead), (0, 0, 1), "{a:?}");
+    assert_eq!(
+        a.oldest_pending_ms, None,
+        "a dead letter is not waiting: {a:?}"
+    );
+}
+
 /// The suite for one backend: `mod $backend` with one test per contract function, each on a
 /// fresh store from `$open` (the store and a guard that keeps its files alive).
 macro_rules! contract {
@@ -994,6 +1064,7 @@ macro_rules! contract {
             #[tokio::test] a_callback_is_shown_with_the_jobs_it_still_holds,
             #[tokio::test] a_callbacks_jobs_are_found_whatever_their_ids,
             #[tokio::test] callbacks_are_listed_newest_first,
+            #[tokio::test] the_oldest_open_job_of_each_target_is_told,
         );
     };
     (@suite $backend:ident, $open:expr, $(#[$runtime:meta] $test:ident,)*) => {
@@ -1037,6 +1108,7 @@ async fn open_redis(urls: Vec<String>, cluster: bool, prefix: &str, lease_ms: u6
         cluster,
         key_prefix: prefix.to_owned(),
         lease_ms,
+        max_memory_used_ratio: 0.95,
         password: None,
     })
     .await
@@ -1311,6 +1383,50 @@ async fn sqlite_reopen_after_everything_was_purged_never_hands_out_an_id_again()
             "round {round}: every row is gone before the restart"
         );
     }
+}
+
+/// Issue 25: ids go on from the last one used after a clean stop (`close`), instead of jumping
+/// by the rest of a reserved block; after a crash (no `close`) they still skip it, and after a
+/// clean stop with a purge in between they are still never handed out twice.
+#[tokio::test]
+async fn sqlite_ids_go_on_after_a_clean_stop_and_skip_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let store = open_when_released(&path).await;
+    let first = store.next_ids(3).await.unwrap();
+    store.close().await.unwrap();
+    drop(store);
+    let store = open_when_released(&path).await;
+    let after_stop = store.next_ids(1).await.unwrap()[0];
+    assert_eq!(after_stop, first[2] + 1, "{first:?}");
+    // A crash: no close. The rest of the block is skipped, never handed out twice.
+    drop(store);
+    let store = open_when_released(&path).await;
+    let after_crash = store.next_ids(1).await.unwrap()[0];
+    assert!(
+        after_crash > after_stop + 1_000,
+        "{after_crash} after {after_stop}"
+    );
+    store.close().await.unwrap();
+}
+
+/// The same on Redis, whose counter every instance shares: an instance gives back the rest of
+/// its block only if no other instance reserved a block after it.
+#[tokio::test]
+async fn redis_ids_go_on_after_a_clean_stop_unless_another_instance_reserved_since() {
+    let urls = standalone_urls();
+    let prefix = prefix();
+    let a = open_redis(urls.clone(), false, &prefix, 30_000).await;
+    let first = a.next_ids(2).await.unwrap();
+    a.close().await.unwrap();
+    let b = open_redis(urls.clone(), false, &prefix, 30_000).await;
+    assert_eq!(b.next_ids(1).await.unwrap()[0], first[1] + 1);
+    let c = open_redis(urls, false, &prefix, 30_000).await;
+    let c_first = c.next_ids(1).await.unwrap()[0];
+    // b's block is no longer the latest: b gives nothing back, and c's ids stay c's.
+    b.close().await.unwrap();
+    let d = open_redis(standalone_urls(), false, &prefix, 30_000).await;
+    assert!(d.next_ids(1).await.unwrap()[0] > c_first + 1_000);
 }
 
 /// SQLite only: a file made before leases had tokens (no `jobs.lease`, no

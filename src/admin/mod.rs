@@ -258,12 +258,20 @@ impl Admin {
                     .find(|d| d.account == account && d.target == name);
                 let count = |pick: fn(&crate::store::QueueDepth) -> i64| depth.map_or(0, pick);
                 let open_for = target.plumbing.breaker.open_for(now);
+                let window = crate::routing::retry::window(&target.settings);
                 serde_json::json!({
                     "account": account,
                     "target": name,
                     "pending": count(|d| d.pending),
                     "in_flight": count(|d| d.in_flight),
                     "dead": count(|d| d.dead),
+                    "oldest_pending_ms": depth.and_then(|d| d.oldest_pending_ms),
+                    "retry_window": {
+                        "attempts": window.attempts,
+                        "earliest_ms": window.earliest.as_millis() as u64,
+                        "latest_ms": window.latest.as_millis() as u64,
+                        "text": window.to_string(),
+                    },
                     "breaker": if open_for.is_some() { "open" } else { "closed" },
                     "breaker_open_ms": open_for.map(|d| d.as_millis() as u64),
                     "recent": self.console.recent(account, name),
@@ -306,23 +314,31 @@ impl Admin {
     }
 
     async fn scrape(&self) -> Response<Full<Bytes>> {
-        match tokio::time::timeout(READY_TIMEOUT, self.shared.store.queue_depths()).await {
+        let store = &self.shared.store;
+        match tokio::time::timeout(READY_TIMEOUT, store.queue_depths()).await {
             Ok(Ok(depths)) => {
                 // Every configured target gets its gauges, at 0 when it has no jobs: an alert on
                 // `pending` or `dead` must read 0, not "no data". Targets no longer configured
                 // appear while the store still holds jobs of theirs.
-                let mut queue: Vec<(String, String, [i64; 3])> =
+                let now = now_ms();
+                let mut queue: Vec<(String, String, [i64; 3], f64)> =
                     (self.shared.routes.load().targets())
-                        .map(|t| (t.key.account.to_string(), t.key.target.to_string(), [0; 3]))
+                        .map(|t| {
+                            let key = &t.key;
+                            (key.account.to_string(), key.target.to_string(), [0; 3], 0.0)
+                        })
                         .collect();
                 for d in depths {
                     let counts = [d.pending, d.in_flight, d.dead];
+                    let age = d
+                        .oldest_pending_ms
+                        .map_or(0.0, |at| (now - at).max(0) as f64 / 1000.0);
                     match queue
                         .iter_mut()
-                        .find(|(a, t, _)| *a == d.account && *t == d.target)
+                        .find(|(a, t, ..)| *a == d.account && *t == d.target)
                     {
-                        Some(row) => row.2 = counts,
-                        None => queue.push((d.account, d.target, counts)),
+                        Some(row) => (row.2, row.3) = (counts, age),
+                        None => queue.push((d.account, d.target, counts, age)),
                     }
                 }
                 self.shared.metrics.set_queue(queue);
@@ -330,6 +346,15 @@ impl Admin {
             Ok(Err(e)) => warn!(error = %e, "reading queue depths for metrics failed"),
             Err(_) => warn!("reading queue depths for metrics timed out"),
         }
+        let ready = matches!(
+            tokio::time::timeout(READY_TIMEOUT, store.check_writable()).await,
+            Ok(Ok(()))
+        );
+        let usage = match tokio::time::timeout(READY_TIMEOUT, store.usage()).await {
+            Ok(Ok(usage)) => usage,
+            _ => None,
+        };
+        self.shared.metrics.set_store(ready, usage);
         let mut response = Response::new(Full::new(Bytes::from(crate::metrics::encode(
             &self.registry,
         ))));
@@ -359,7 +384,7 @@ impl Admin {
         if console && !self.console.show_content() {
             ShownRequest {
                 method: "POST",
-                query: without_openid(&request.query),
+                query: crate::privacy::without_openid(&request.query),
                 headers,
                 body: ShownBytes::hidden(),
                 decrypted: None,
@@ -430,19 +455,6 @@ impl ShownBytes {
 
 /// What the console shows instead of a body while `admin.show_content` is off.
 const HIDDEN: &str = "(message content hidden: admin.show_content is off)";
-
-/// A query string with the openid's value hidden.
-fn without_openid(query: &str) -> String {
-    let mut shown = url::form_urlencoded::Serializer::new(String::new());
-    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
-        if key == "openid" {
-            shown.append_pair(&key, "(hidden)");
-        } else {
-            shown.append_pair(&key, &value);
-        }
-    }
-    shown.finish()
-}
 
 fn store_error(e: StoreError) -> Failure {
     (StatusCode::SERVICE_UNAVAILABLE, e.to_string())

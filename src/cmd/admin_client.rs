@@ -23,21 +23,30 @@ pub struct HealthcheckArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum DeadLettersCommand {
-    /// List dead letters, newest first.
+    /// List dead letters, newest first, as a table.
     List {
         #[command(flatten)]
         filter: FilterArgs,
-        /// At most this many.
+        /// Show at most this many.
         #[arg(long, default_value_t = 100)]
         limit: usize,
         /// Print the admin API's JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
-    /// Show one dead letter: its request, headers, body and every failed attempt.
-    Show { id: i64 },
+    /// Show one dead letter: its callback, every failed attempt, and its message (decrypted
+    /// where the configuration has the account's key; user ids hidden).
+    Show {
+        /// The dead letter's id, as `list` shows it.
+        id: i64,
+        /// Print the admin API's JSON (everything, openids included) instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Deliver dead letters again (same bytes, fresh attempts): one by id, or all that match.
+    /// Exits 1 when any letter asked for was not replayed.
     Replay {
+        /// The dead letter's id; or give a filter, or --all.
         id: Option<i64>,
         #[command(flatten)]
         filter: FilterArgs,
@@ -47,6 +56,7 @@ pub enum DeadLettersCommand {
     },
     /// Delete dead letters: one by id, or all that match.
     Purge {
+        /// The dead letter's id; or give a filter, or --all.
         id: Option<i64>,
         #[command(flatten)]
         filter: FilterArgs,
@@ -58,16 +68,42 @@ pub enum DeadLettersCommand {
 
 #[derive(Debug, Args, Default)]
 pub struct FilterArgs {
+    /// Only dead letters of this account (its `id` in the configuration).
     #[arg(long)]
     pub account: Option<String>,
+    /// Only dead letters of this target (its `name`).
     #[arg(long)]
     pub target: Option<String>,
-    /// Died at or after this time (Unix milliseconds).
-    #[arg(long)]
-    pub since_ms: Option<i64>,
-    /// Died before this time (Unix milliseconds).
-    #[arg(long)]
-    pub until_ms: Option<i64>,
+    /// Only those that died at or after WHEN: a time ago (`90s`, `30m`, `1h`, `2d`) or an
+    /// RFC 3339 time (`2026-12-07T08:00:00Z`).
+    #[arg(long, value_name = "WHEN", value_parser = parse_when)]
+    pub since: Option<i64>,
+    /// Only those that died before WHEN (same forms as --since).
+    #[arg(long, value_name = "WHEN", value_parser = parse_when)]
+    pub until: Option<i64>,
+}
+
+/// `--since`/`--until`: a time ago or an RFC 3339 time, as Unix milliseconds.
+fn parse_when(text: &str) -> Result<i64, String> {
+    let at = match humantime::parse_rfc3339_weak(text) {
+        Ok(at) => at,
+        Err(_) => {
+            let ago = humantime::parse_duration(text).map_err(|_| {
+                format!(
+                    "{text:?} is neither a time ago (90s, 30m, 1h, 2d) nor an RFC 3339 time \
+                     (2026-12-07T08:00:00Z)"
+                )
+            })?;
+            std::time::SystemTime::now()
+                .checked_sub(ago)
+                .ok_or_else(|| format!("{text:?} reaches before 1970"))?
+        }
+    };
+    let ms = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| format!("{text:?} is before 1970"))?
+        .as_millis();
+    i64::try_from(ms).map_err(|_| format!("{text:?} is too far away"))
 }
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -124,13 +160,16 @@ pub async fn healthcheck(base: &str, ready: bool, out: &mut impl Write) -> anyho
     Ok(status.is_success())
 }
 
-/// Runs a `dead-letters` subcommand against the admin API at `base` and prints its result.
+/// Runs a `dead-letters` subcommand against the admin API at `base` and prints its result;
+/// `Ok(false)` when the command ran but did not do all it was asked (exit 1). `config` opens
+/// the messages `show` prints, for the accounts whose key it has.
 pub async fn dead_letters(
     base: &str,
     token: Option<&str>,
     command: &DeadLettersCommand,
+    config: &Config,
     out: &mut impl Write,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let client = client(token)?;
     match command {
         DeadLettersCommand::List {
@@ -143,39 +182,18 @@ pub async fn dead_letters(
             let letters = call(client.get(format!("{base}/dead-letters")).query(&query)).await?;
             if *json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&letters)?)?;
-                return Ok(());
+            } else {
+                let rows = letters.as_array().map(Vec::as_slice).unwrap_or_default();
+                write!(out, "{}", letters_table(rows))?;
             }
-            let rows = letters.as_array().map(Vec::as_slice).unwrap_or_default();
-            writeln!(
-                out,
-                "{:>8}  {:<12} {:<12} {:<22} {:>8} {:>6}  last error",
-                "id", "account", "target", "type/event", "attempts", "status"
-            )?;
-            for letter in rows {
-                let kind = match (letter["msg_type"].as_str(), letter["event"].as_str()) {
-                    (Some(t), Some(e)) => format!("{t}/{e}"),
-                    (Some(t), None) => t.to_owned(),
-                    _ => "-".into(),
-                };
-                writeln!(
-                    out,
-                    "{:>8}  {:<12} {:<12} {:<22} {:>8} {:>6}  {}",
-                    letter["id"],
-                    letter["account"].as_str().unwrap_or("-"),
-                    letter["target"].as_str().unwrap_or("-"),
-                    kind,
-                    letter["attempts"],
-                    letter["last_status"]
-                        .as_u64()
-                        .map_or("-".into(), |s| s.to_string()),
-                    letter["last_error"].as_str().unwrap_or("-"),
-                )?;
-            }
-            writeln!(out, "{} dead letter(s)", rows.len())?;
         }
-        DeadLettersCommand::Show { id } => {
+        DeadLettersCommand::Show { id, json } => {
             let letter = call(client.get(format!("{base}/dead-letters/{id}"))).await?;
-            writeln!(out, "{}", serde_json::to_string_pretty(&letter)?)?;
+            if *json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&letter)?)?;
+            } else {
+                write!(out, "{}", super::letter::show(&letter, config))?;
+            }
         }
         DeadLettersCommand::Replay { id, filter, all } => {
             let request = match id {
@@ -195,6 +213,7 @@ pub async fn dead_letters(
                     out,
                     "not replayed {not_configured}: their targets are not configured"
                 )?;
+                return Ok(false);
             }
         }
         DeadLettersCommand::Purge { id, filter, all } => {
@@ -213,13 +232,80 @@ pub async fn dead_letters(
             writeln!(out, "purged {}", result["purged"])?;
         }
     }
-    Ok(())
+    Ok(true)
+}
+
+/// The list as an aligned table, each column as wide as its widest cell, and a count.
+fn letters_table(rows: &[Value]) -> String {
+    let text = |v: &Value| v.as_str().map_or_else(|| "-".to_owned(), str::to_owned);
+    let mut table = vec![
+        [
+            "ID",
+            "ACCOUNT",
+            "TARGET",
+            "TYPE/EVENT",
+            "DIED",
+            "ATTEMPTS",
+            "STATUS",
+            "LAST ERROR",
+        ]
+        .map(str::to_owned),
+    ];
+    for letter in rows {
+        let kind = match (letter["msg_type"].as_str(), letter["event"].as_str()) {
+            (Some(t), Some(e)) => format!("{t}/{e}"),
+            (Some(t), None) => t.to_owned(),
+            _ => "-".into(),
+        };
+        table.push([
+            letter["id"].to_string(),
+            text(&letter["account"]),
+            text(&letter["target"]),
+            kind,
+            letter["died_at_ms"]
+                .as_i64()
+                .map_or("-".into(), super::letter::time),
+            letter["attempts"].to_string(),
+            letter["last_status"]
+                .as_u64()
+                .map_or("-".into(), |s| s.to_string()),
+            // One line per letter, whatever the target answered.
+            text(&letter["last_error"]).replace(['\n', '\r', '\t'], " "),
+        ]);
+    }
+    let mut widths = [0usize; 8];
+    for row in &table {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &table {
+        let mut line = String::new();
+        for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
+            let pad = width - cell.chars().count();
+            // Numbers right-aligned, text left; the last column is not padded.
+            match i {
+                0 | 5 | 6 => line.push_str(&format!("{}{cell}  ", " ".repeat(pad))),
+                7 => line.push_str(cell),
+                _ => line.push_str(&format!("{cell}{}  ", " ".repeat(pad))),
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "{} dead letter{}\n",
+        rows.len(),
+        if rows.len() == 1 { "" } else { "s" }
+    ));
+    out
 }
 
 fn require_scope(filter: &FilterArgs, all: bool, verb: &str) -> anyhow::Result<()> {
     if filter_query(filter).is_empty() && !all {
         bail!(
-            "name a dead letter id, a filter (--account, --target, --since-ms, --until-ms), or --all to {verb} every one"
+            "name a dead letter id, a filter (--account, --target, --since, --until), or --all to {verb} every one"
         );
     }
     Ok(())
@@ -233,10 +319,10 @@ fn filter_query(filter: &FilterArgs) -> Vec<(String, String)> {
     if let Some(target) = &filter.target {
         query.push(("target".into(), target.clone()));
     }
-    if let Some(since) = filter.since_ms {
+    if let Some(since) = filter.since {
         query.push(("since_ms".into(), since.to_string()));
     }
-    if let Some(until) = filter.until_ms {
+    if let Some(until) = filter.until {
         query.push(("until_ms".into(), until.to_string()));
     }
     query
@@ -256,7 +342,7 @@ async fn call(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
         .context("the admin API answered something other than JSON")?;
     if status == reqwest::StatusCode::UNAUTHORIZED {
         bail!(
-            "admin API answered {status}: give the admin token (--admin-token or WECHAT_FANOUT_ADMIN_TOKEN)"
+            "admin API answered {status}: give the admin token (--admin-token, or admin.token / WECHAT_FANOUT_ADMIN__TOKEN)"
         );
     }
     if !status.is_success() {

@@ -12,6 +12,7 @@
 //! [`Config::redacted_toml`] replaces them.
 
 mod accounts;
+mod load;
 
 pub use accounts::{
     AUTHORIZER_IN_URL, AccountConfig, AccountKind, LATE_REPLIES_TARGET, LateReplies, Mode,
@@ -24,8 +25,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::Figment;
-use figment::providers::{Env, Format as _, Toml};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
@@ -45,8 +44,6 @@ pub const WECOM_API_BASE: &str = "https://qyapi.weixin.qq.com/";
 pub enum ConfigError {
     #[error("config file {0}: not found")]
     NotFound(PathBuf),
-    #[error("{0}")]
-    Load(Box<figment::Error>),
     #[error("{key}: {message}")]
     Invalid { key: String, message: String },
     /// Several of the above, in the order of the file: everything to fix, in one run.
@@ -198,6 +195,37 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: Millis,
     /// Peers whose `X-Forwarded-For` / `X-Real-IP` name the client (CIDRs).
     pub trusted_proxies: Vec<String>,
+    /// This instance's stable name in metrics, logs and the console; default: the host name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_name: Option<String>,
+}
+
+impl ServerConfig {
+    /// `instance_name`, or the host name where it is not set (`unknown` if that is empty).
+    pub fn instance_name(&self) -> String {
+        match &self.instance_name {
+            Some(name) => name.clone(),
+            None => {
+                let host = rustix::system::uname()
+                    .nodename()
+                    .to_string_lossy()
+                    .into_owned();
+                if is_instance_name(&host) {
+                    host
+                } else {
+                    "unknown".to_owned()
+                }
+            }
+        }
+    }
+}
+
+/// A name fit for a metric label and a log field: 1 to 64 letters, digits, `.`, `_` or `-`.
+fn is_instance_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -314,6 +342,8 @@ pub struct RedisConfig {
     pub cluster: bool,
     pub key_prefix: String,
     pub lease_ms: Millis,
+    /// `/readyz` answers 503 once Redis uses this much of its `maxmemory` (percent).
+    pub max_memory_used_percent: u8,
     /// The environment variable holding the password (overrides one in the URLs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_env: Option<String>,
@@ -369,6 +399,12 @@ impl RedisConfig {
         }
         if self.lease_ms.0 < 100 {
             return Err(invalid("store.redis.lease_ms", "must be at least 100"));
+        }
+        if !(1..=100).contains(&self.max_memory_used_percent) {
+            return Err(invalid(
+                "store.redis.max_memory_used_percent",
+                "must be from 1 to 100",
+            ));
         }
         if backend == Backend::Redis {
             self.password()?;
@@ -434,38 +470,22 @@ pub struct TargetSettings {
 }
 
 impl Config {
-    /// Loads defaults, then `path` (which must exist), then the environment, and checks.
+    /// Loads defaults, then `path` (which must exist), then the environment, and checks;
+    /// every error found is reported at once.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let mut figment = Figment::new().merge(Toml::string(DEFAULTS));
-        if let Some(path) = path {
-            if !path.is_file() {
-                return Err(ConfigError::NotFound(path.to_path_buf()));
-            }
-            figment = figment.merge(Toml::file(path));
-        }
-        // Only SECTION__KEY variables are configuration; other WECHAT_FANOUT_* variables (the
-        // config path, secrets named by token_env) are not.
-        figment = figment.merge(
-            Env::prefixed("WECHAT_FANOUT_")
-                .filter(|key| key.as_str().contains("__"))
-                .split("__"),
-        );
-        let config: Config = figment
-            .extract()
-            .map_err(|e| ConfigError::Load(Box::new(e)))?;
-        config.check()?;
-        Ok(config)
+        let text = match path {
+            Some(path) if !path.is_file() => return Err(ConfigError::NotFound(path.to_path_buf())),
+            Some(path) => std::fs::read_to_string(path).map_err(|e| {
+                invalid(path.display().to_string(), format!("cannot be read ({e})"))
+            })?,
+            None => String::new(),
+        };
+        load::load(&text, true)
     }
 
     /// Parses a TOML text layered over the defaults (no file, no environment): for tests and tools.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = Figment::new()
-            .merge(Toml::string(DEFAULTS))
-            .merge(Toml::string(text))
-            .extract()
-            .map_err(|e| ConfigError::Load(Box::new(e)))?;
-        config.check()?;
-        Ok(config)
+        load::load(text, false)
     }
 
     /// The rules serde cannot express that need no account's secret; every problem is
@@ -497,6 +517,14 @@ impl Config {
     /// The rules of the sections but the accounts.
     fn check_sections(&self) -> Result<(), ConfigError> {
         let server = &self.server;
+        if let Some(name) = &server.instance_name
+            && !is_instance_name(name)
+        {
+            return Err(invalid(
+                "server.instance_name",
+                "must be 1 to 64 letters, digits, '.', '_' or '-'",
+            ));
+        }
         if server.max_body_bytes == 0 {
             return Err(invalid("server.max_body_bytes", "must be greater than 0"));
         }

@@ -25,7 +25,8 @@ fn defaults_apply_and_targets_inherit_them() {
     assert_eq!(config.store.min_free_bytes, 33_554_432);
     assert_eq!(config.server.reply_deadline_ms, Millis(4000));
     let settings = config.accounts[0].targets[0].settings(&config.target_defaults);
-    assert_eq!(settings.max_attempts, 8);
+    assert_eq!(settings.max_attempts, 110);
+    assert_eq!(settings.backoff_max, Duration::from_secs(1800));
     assert_eq!(settings.timeout, Duration::from_secs(3));
     assert!(!settings.http2);
 }

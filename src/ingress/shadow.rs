@@ -256,7 +256,7 @@ mod tests {
     #[test]
     fn keeps_the_last_differences_newest_first() {
         let mut registry = prometheus_client::registry::Registry::default();
-        let log = ShadowLog::new(Arc::new(Metrics::register(&mut registry)));
+        let log = ShadowLog::new(Arc::new(Metrics::register(&mut registry, "test")));
         let difference = |callback| Difference {
             at_ms: 0,
             account: "a".into(),

@@ -71,6 +71,63 @@ pub fn backoff(settings: &TargetSettings, attempt: u32, jitter: f64) -> Duration
     half + half.mul_f64(jitter.clamp(0.0, 1.0))
 }
 
+/// How long a delivery that keeps failing is retried before it becomes a dead letter: from its
+/// first attempt to its last, `earliest` when every delay's jitter is least, `latest` when
+/// most. A `Retry-After` and an open circuit only make it longer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub attempts: u32,
+    pub earliest: Duration,
+    pub latest: Duration,
+}
+
+/// The retry window of `settings`.
+pub fn window(settings: &TargetSettings) -> Window {
+    let delays = 1..settings.max_attempts;
+    Window {
+        attempts: settings.max_attempts,
+        earliest: delays.clone().map(|a| backoff(settings, a, 0.0)).sum(),
+        latest: delays.map(|a| backoff(settings, a, 1.0)).sum(),
+    }
+}
+
+impl std::fmt::Display for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.attempts <= 1 {
+            return write!(f, "gives up after 1 attempt (no retry)");
+        }
+        write!(
+            f,
+            "gives up after {} attempts, {} after the first at the earliest ({} at the latest)",
+            self.attempts,
+            Span(self.earliest),
+            Span(self.latest)
+        )
+    }
+}
+
+/// A duration as a person reads it: `2 min 7 s`, `24 h 47 min`, `850 ms`.
+#[derive(Debug, Clone, Copy)]
+pub struct Span(pub Duration);
+
+impl std::fmt::Display for Span {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.0.as_secs();
+        match secs {
+            0 => write!(f, "{} ms", self.0.as_millis()),
+            1..60 => write!(f, "{secs} s"),
+            60..3600 => match secs % 60 {
+                0 => write!(f, "{} min", secs / 60),
+                s => write!(f, "{} min {s} s", secs / 60),
+            },
+            _ => match secs % 3600 / 60 {
+                0 => write!(f, "{} h", secs / 3600),
+                m => write!(f, "{} h {m} min", secs / 3600),
+            },
+        }
+    }
+}
+
 /// What becomes of a job whose attempt number `attempt` (from 1) ended with `verdict`.
 pub fn disposition(
     settings: &TargetSettings,
@@ -225,6 +282,38 @@ mod tests {
             disposition(&s, 1, later, 0.0),
             Disposition::RetryIn(Duration::from_millis(3000))
         );
+    }
+
+    /// Issue 25: the defaults outlast a day. A target down for 24 hours gets no dead letter:
+    /// even with the least jitter on every delay, the last attempt comes after a day.
+    #[test]
+    fn the_default_window_outlasts_a_day() {
+        let config = crate::config::Config::load(None).unwrap();
+        let w = window(&config.target_defaults.settings());
+        assert!(w.earliest >= Duration::from_secs(24 * 3600), "{w}");
+        assert!(w.latest <= Duration::from_secs(3 * 24 * 3600), "{w}");
+        assert_eq!(
+            w.to_string(),
+            "gives up after 110 attempts, 24 h 47 min after the first at the earliest \
+             (49 h 34 min at the latest)"
+        );
+    }
+
+    #[test]
+    fn a_window_adds_the_delays_between_attempts() {
+        let s = settings(4, 1000, 3000);
+        let w = window(&s);
+        // Delays after attempts 1, 2, 3: bases 1 s, 2 s, 3 s; half of each at the least.
+        assert_eq!(w.latest, Duration::from_secs(6));
+        assert_eq!(w.earliest, Duration::from_secs(3));
+        assert_eq!(window(&settings(1, 1000, 3000)).earliest, Duration::ZERO);
+        assert_eq!(
+            window(&settings(8, 1000, 600_000)).to_string(),
+            "gives up after 8 attempts, 1 min 3 s after the first at the earliest (2 min 7 s at \
+             the latest)"
+        );
+        assert_eq!(Span(Duration::from_millis(850)).to_string(), "850 ms");
+        assert_eq!(Span(Duration::from_secs(7200)).to_string(), "2 h");
     }
 
     proptest! {

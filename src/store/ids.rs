@@ -78,6 +78,29 @@ impl IdBlocks {
         self.take(n)
             .ok_or_else(|| StoreError::Unexpected("the reserved id block is too small".into()))
     }
+
+    /// Hands out no more ids, and gives back what is left of the current block:
+    /// `give_back(last reserved, last handed out)` lowers the store's counter from the first to
+    /// the second where nobody reserved after it, so the next process goes on from there
+    /// instead of skipping a block. Nothing to give back: `give_back` is not called.
+    pub async fn close<F, Fut>(&self, give_back: F) -> Result<(), StoreError>
+    where
+        F: FnOnce(i64, i64) -> Fut,
+        Fut: Future<Output = Result<(), StoreError>>,
+    {
+        let _one_at_a_time = self.reserving.lock().await;
+        let (next, last) = {
+            let mut range = self.range.lock().unwrap_or_else(|p| p.into_inner());
+            let taken = *range;
+            // Empty from now on: a late caller gets a fresh block rather than a given-back id.
+            *range = (1, 0);
+            taken
+        };
+        if next > last {
+            return Ok(());
+        }
+        give_back(last, next - 1).await
+    }
 }
 
 #[cfg(test)]
@@ -108,5 +131,20 @@ mod tests {
         }
         // Blocks of 4, or of n when n is larger; what is left of a block too small is skipped.
         assert_eq!((last, counter, reserved), (30, 32, 7));
+        // Closing gives back the rest of the block: the counter goes back to the last id out.
+        let mut given = None;
+        blocks
+            .close(|reserved, out| {
+                given = Some((reserved, out));
+                async { Ok(()) }
+            })
+            .await
+            .unwrap();
+        assert_eq!(given, Some((32, 30)));
+        // Nothing left to give back the second time.
+        blocks
+            .close(|_, _| async { panic!("nothing to give back") })
+            .await
+            .unwrap();
     }
 }

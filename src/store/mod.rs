@@ -228,6 +228,9 @@ pub struct QueueDepth {
     pub pending: i64,
     pub in_flight: i64,
     pub dead: i64,
+    /// When the oldest of its jobs not yet delivered (pending or in flight) arrived, Unix ms;
+    /// `None` when it has none. What an alert on a target's backlog reads: its age.
+    pub oldest_pending_ms: Option<i64>,
 }
 
 /// Which dead letters an operation applies to.
@@ -509,12 +512,22 @@ pub trait Store: Send + Sync + 'static {
     /// Succeeds when a write can be committed now (readiness).
     async fn check_writable(&self) -> Result<(), StoreError>;
 
+    /// The fraction of the store's room in use (0 to 1), where it has a limit: SQLite, its
+    /// file system's; Redis, `used_memory` of `maxmemory` on the fullest primary (`None` without
+    /// a `maxmemory`). What an alert reads before writes are refused.
+    async fn usage(&self) -> Result<Option<f64>, StoreError>;
+
     /// Deletes callbacks received before `older_than_ms` whose jobs are all delivered (dedupe
     /// forgets them then); returns how many. Dead letters are kept until purged explicitly.
     async fn purge_delivered(&self, older_than_ms: i64) -> Result<u64, StoreError>;
 
     /// Waits until everything queued before this call is committed.
     async fn flush(&self) -> Result<(), StoreError>;
+
+    /// At a clean stop, after the last write: gives back the ids reserved and not handed out,
+    /// so the next start goes on from the last id used instead of skipping the rest of a block
+    /// (a crash still skips it: the ids may have been handed out).
+    async fn close(&self) -> Result<(), StoreError>;
 
     /// Jobs per target and state, for metrics.
     async fn queue_depths(&self) -> Result<Vec<QueueDepth>, StoreError>;

@@ -63,7 +63,7 @@ fn check_config_on_a_bad_config_exits_64_and_names_the_key() {
                 "url = \"http://127.0.0.1:9/wx\"\n",
                 "url = \"http://127.0.0.1:9/wx\"\nhttp2 = \"yes\"\n",
             ),
-            "accounts.0.targets.0.http2",
+            "accounts[0].targets[0].http2",
         ),
         (
             format!("{good}\n[target_defaults]\nhttp2 = 1\n"),
@@ -110,7 +110,18 @@ fn check_config_prints_the_effective_config_with_secrets_redacted() {
     assert!(!stdout.contains(wx_key()), "{stdout}");
     // The effective config: the file's values and the defaults it did not set.
     assert!(stdout.contains("id = \"main\""), "{stdout}");
-    assert!(stdout.contains("max_attempts = 8"), "{stdout}");
+    assert!(stdout.contains("max_attempts = 110"), "{stdout}");
+    // Issue 25: each target's retry window, after the TOML, as comments (still valid TOML).
+    assert!(
+        stdout.contains(
+            "\n# main/bot: gives up after 110 attempts, 24 h 47 min after the first at the \
+             earliest (49 h 34 min at the latest)\n"
+        ),
+        "{stdout}"
+    );
+    stdout
+        .parse::<toml::Table>()
+        .expect("check-config prints TOML");
     assert!(
         !dir.path().join("data").exists(),
         "check-config opens no store"
@@ -182,8 +193,9 @@ fn serve_with_a_bad_config_exits_64_without_binding() {
 }
 
 /// Every configuration shipped in `config/` is one a newcomer can start from: `check-config`
-/// accepts each (the Redis example names no password variable, so it needs none set). The
-/// defaults file is not one: it has no account, and is compiled in under every other.
+/// accepts each (the Redis example names no password variable, so it needs none set; the safe
+/// mode example reads its secrets from `MAIN_TOKEN` and `MAIN_AES_KEY`). The defaults file is
+/// not one: it has no account, and is compiled in under every other.
 #[test]
 fn every_shipped_config_passes_check_config() {
     let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
@@ -193,7 +205,12 @@ fn every_shipped_config_passes_check_config() {
         if path.extension().is_none_or(|e| e != "toml") || path.ends_with("default.toml") {
             continue;
         }
-        let output = run(&["check-config", "--config", &path.to_string_lossy()]);
+        let output =
+            crate::support::binary::command(&["check-config", "--config", &path.to_string_lossy()])
+                .env("MAIN_TOKEN", crate::support::wx::TOKEN)
+                .env("MAIN_AES_KEY", wx_key())
+                .output()
+                .unwrap();
         assert_eq!(
             output.status.code(),
             Some(0),
@@ -204,7 +221,10 @@ fn every_shipped_config_passes_check_config() {
         checked.push(path.file_name().unwrap().to_string_lossy().into_owned());
     }
     checked.sort();
-    assert_eq!(checked, ["example.toml", "redis.toml", "replies.toml"]);
+    assert_eq!(
+        checked,
+        ["example.toml", "redis.toml", "replies.toml", "safe.toml"]
+    );
 }
 
 /// Issue 11: an admin listener on a public address without `admin.token` would open the console
@@ -278,21 +298,21 @@ fn check_config_refuses_urls_with_line_breaks_and_a_blank_admin_token() {
                 target,
                 "url = \"http://127.0.0.1:9/wx\\r\\nX-Injected: 1\"\n",
             ),
-            "accounts.0.targets.0.url",
+            "accounts[0].targets[0].url",
         ),
         (
             good.replace(target, "url = \"http://127.0.0.1:9/w\\tx\"\n"),
-            "accounts.0.targets.0.url",
+            "accounts[0].targets[0].url",
         ),
         (
             good.replace(target, "url = \"http://127.0.0.1:9/w x\"\n"),
-            "accounts.0.targets.0.url",
+            "accounts[0].targets[0].url",
         ),
         (
             format!("wechat_api_base = \"https://api.weixin.qq.com/\\n\"\n{good}"),
             "wechat_api_base",
         ),
-        (with_api_base, "accounts.0.wechat_api_base"),
+        (with_api_base, "accounts[0].wechat_api_base"),
         (
             format!("{good}\n[store.redis]\nurls = [\"redis://127.0.0.1:6379/0\\r\\n\"]\n"),
             "store.redis.urls[0]",
@@ -364,6 +384,30 @@ fn check_config_and_serve_name_every_problem_of_a_file_at_once() {
         }
         std::net::TcpListener::bind(listen).expect("the port stayed free");
     }
+    // Mistakes serde stops at, all in one run too, by the key as written, with what was meant.
+    let misspelt = config(dir.path(), listen, "")
+        .replace("[server]\n", "[server]\nlistn = \"127.0.0.1:1\"\n")
+        .replace("kind = \"official_account\"", "kind = \"official_acount\"")
+        .replace(
+            "[[accounts.targets]]\n",
+            "[[accounts.targets]]\ntimout_ms = 5\n",
+        );
+    let path = write(dir.path(), &misspelt);
+    let output = run(&["check-config", "--config", &path]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    for line in [
+        "3 problems:",
+        "  server.listn: unknown key; did you mean listen?",
+        "  accounts[0].kind: unknown value \"official_acount\"; did you mean \"official_account\"?",
+        "  accounts[0].targets[0].timout_ms: unknown key; did you mean timeout_ms?",
+    ] {
+        assert!(stderr.contains(line), "{line}: {stderr}");
+    }
+    assert!(
+        !stderr.contains("default.") && !stderr.contains('`'),
+        "{stderr}"
+    );
 }
 
 /// The client commands read what they use: `healthcheck` and `dead-letters` run with a config
@@ -404,5 +448,50 @@ async fn client_commands_need_no_account_secret() {
     assert!(
         check.stderr.contains("WF_TEST_NEVER_SET_TOKEN"),
         "{check:#?}"
+    );
+}
+
+/// Issue 25: the client commands need only the admin URL. Without any configuration file,
+/// `healthcheck --admin-url` exits 0 while the proxy is up and 1 when nothing listens there,
+/// and `dead-letters list --admin-url` lists; the admin token's old variable name is refused
+/// with the one name to use instead of being silently ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_commands_run_on_the_admin_url_alone() {
+    let proxy = crate::support::Proxy::start_with_admin(&format!(
+        "{}{}{}",
+        crate::support::FAST,
+        Wx::new(Kind::OfficialAccount, Mode::Plaintext).account("main", ""),
+        Wx::target("bot", "http://127.0.0.1:9/wx", ""),
+    ))
+    .await;
+    let url = proxy.admin_url();
+    let up = crate::support::binary::run_async(&["healthcheck", "--admin-url", &url]).await;
+    assert_eq!(up.code, Some(0), "{up:#?}");
+    assert_eq!(up.stdout, "200 OK ok\n", "{up:#?}");
+    let ready =
+        crate::support::binary::run_async(&["healthcheck", "--ready", "--admin-url", &url]).await;
+    assert_eq!(ready.code, Some(0), "{ready:#?}");
+    let listed =
+        crate::support::binary::run_async(&["dead-letters", "list", "--admin-url", &url]).await;
+    assert_eq!(
+        listed.ok(),
+        "ID  ACCOUNT  TARGET  TYPE/EVENT  DIED  ATTEMPTS  STATUS  LAST ERROR\n0 dead letters\n"
+    );
+
+    let nobody = format!("http://{}", crate::support::free_addr());
+    let down = crate::support::binary::run_async(&["healthcheck", "--admin-url", &nobody]).await;
+    assert_eq!(down.code, Some(1), "{down:#?}");
+    assert!(down.stderr.contains("cannot reach"), "{down:#?}");
+
+    let old = crate::support::binary::run_async_with_env(
+        &["dead-letters", "list", "--admin-url", &url],
+        &[("WECHAT_FANOUT_ADMIN_TOKEN", "a-token-of-twenty-chars")],
+    )
+    .await;
+    assert_eq!(old.code, Some(64), "{old:#?}");
+    assert!(
+        old.stderr.contains("WECHAT_FANOUT_ADMIN_TOKEN is not read")
+            && old.stderr.contains("WECHAT_FANOUT_ADMIN__TOKEN"),
+        "{old:#?}"
     );
 }

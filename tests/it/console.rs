@@ -151,6 +151,24 @@ async fn a_failing_target_goes_retrying_then_dead_and_its_replay_turns_delivered
              return row && row.querySelector('.dead').textContent === '1' && row.textContent.includes('target answered 500');",
         )
         .await;
+    // Issue 25: how long the target's deliveries are retried (2 attempts, 1.5 s apart at most:
+    // 750 ms at the earliest), nothing waiting any more, and which instance serves the page.
+    let cells = browser
+        .run(
+            "const row = document.querySelector('#targets-table tr[data-target=crm]'); \
+             return [row.querySelector('.window').textContent, row.querySelector('.oldest').textContent, \
+                     document.querySelector('#instance').textContent];",
+            json!([]),
+        )
+        .await;
+    assert_eq!(cells[0], "750 ms (2 attempts)", "{cells}");
+    assert_eq!(cells[1], "-", "{cells}");
+    assert!(
+        cells[2]
+            .as_str()
+            .is_some_and(|i| i.starts_with("instance ")),
+        "{cells}"
+    );
     browser.screenshot("targets").await;
 
     browser.click("#tabs button[data-view=dead]").await;
@@ -361,7 +379,7 @@ async fn the_admin_api_asks_scripts_and_the_cli_for_the_token() {
     let path = path.to_string_lossy();
     let listed =
         crate::support::binary::run_async(&["--config", &path, "dead-letters", "list"]).await;
-    assert!(listed.ok().contains("0 dead letter(s)"), "{listed:?}");
+    assert!(listed.ok().contains("0 dead letters"), "{listed:?}");
     let refused = crate::support::binary::run_async(&[
         "--config",
         &path,

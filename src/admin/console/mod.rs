@@ -93,6 +93,8 @@ pub struct Console {
     streams: Arc<Semaphore>,
     /// The event streams open now (a metric).
     open_streams: Gauge,
+    /// The instance serving the page (`server.instance_name`), shown in its header.
+    instance_name: Arc<str>,
 }
 
 /// Who is asking, once admitted.
@@ -113,6 +115,7 @@ impl Console {
         feed: Arc<dyn EventFeed>,
         open_streams: Gauge,
         shutdown: CancellationToken,
+        instance_name: &str,
     ) -> Result<Console, ConfigError> {
         let auth = config.token()?.map(|token| Auth::new(&token));
         let stats = Arc::new(Mutex::new(Stats::default()));
@@ -130,6 +133,7 @@ impl Console {
             guesses: Guesses::default(),
             streams: Arc::new(Semaphore::new(config.max_event_streams)),
             open_streams,
+            instance_name: Arc::from(instance_name),
         })
     }
 
@@ -290,6 +294,7 @@ impl Console {
                 _ => None,
             },
             "show_content": self.show_content(),
+            "instance_name": &*self.instance_name,
         })
     }
 
@@ -664,6 +669,7 @@ mod tests {
             guesses: Guesses::default(),
             streams: Arc::new(Semaphore::new(1)),
             open_streams: Gauge::default(),
+            instance_name: Arc::from("test"),
         }
     }
 

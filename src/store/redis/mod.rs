@@ -50,7 +50,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, RedisError, Value};
 use tracing::{info, warn};
 
@@ -101,6 +101,8 @@ pub struct RedisStore {
     conn: Conn,
     prefix: String,
     lease_ms: u64,
+    /// `/readyz` fails at or above this fraction of `maxmemory` in use.
+    max_memory_used_ratio: f64,
     /// Ids reserved from `<prefix>:ids`, [`ID_BLOCK`] at a time.
     ids: IdBlocks,
     /// The server has `WAITAOF` and AOF is on: new accepts wait for their fsync.
@@ -132,6 +134,7 @@ impl RedisStore {
         let mut store = RedisStore {
             conn,
             lease_ms: options.lease_ms,
+            max_memory_used_ratio: options.max_memory_used_ratio,
             ids: IdBlocks::empty(),
             waitaof: false,
             scripts: Scripts::new(),
@@ -601,7 +604,32 @@ impl Store for RedisStore {
             .arg(60_000)
             .query_async(&mut self.conn())
             .await?;
+        // Not ready well before Redis refuses writes at `maxmemory`: an alert and the load
+        // balancer act while callbacks are still stored.
+        if let Some(used) = self.usage().await?
+            && used >= self.max_memory_used_ratio
+        {
+            return Err(StoreError::Full(format!(
+                "Redis uses {:.0}% of its maxmemory, at or above store.redis.max_memory_used_ratio ({})",
+                used * 100.0,
+                self.max_memory_used_ratio
+            )));
+        }
         Ok(())
+    }
+
+    async fn usage(&self) -> Result<Option<f64>, StoreError> {
+        let info = match self.conn() {
+            Conn::Single(mut c) => redis::cmd("INFO").arg("memory").query_async(&mut c).await?,
+            Conn::Cluster(mut c) => {
+                c.route_command(
+                    redis::cmd("INFO").arg("memory").clone(),
+                    RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None)),
+                )
+                .await?
+            }
+        };
+        Ok(memory_usage(&info))
     }
 
     async fn purge_delivered(&self, older_than_ms: i64) -> Result<u64, StoreError> {
@@ -625,6 +653,26 @@ impl Store for RedisStore {
         Ok(())
     }
 
+    async fn close(&self) -> Result<(), StoreError> {
+        // Only if no instance reserved a block since: the counter is shared.
+        self.ids
+            .close(|reserved, out| async move {
+                let _: i64 = redis::cmd("EVAL")
+                    .arg(
+                        "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+                         redis.call('SET', KEYS[1], ARGV[2]) return 1 end return 0",
+                    )
+                    .arg(1)
+                    .arg(format!("{}:ids", self.prefix))
+                    .arg(reserved)
+                    .arg(out)
+                    .query_async(&mut self.conn())
+                    .await?;
+                Ok(())
+            })
+            .await
+    }
+
     async fn queue_depths(&self) -> Result<Vec<QueueDepth>, StoreError> {
         let mut depths = Vec::new();
         for account in self.accounts().await? {
@@ -632,21 +680,31 @@ impl Store for RedisStore {
             if targets.is_empty() {
                 continue;
             }
-            let counts: Vec<i64> = self
+            let rows: Vec<Value> = self
                 .scripts
                 .depths
                 .key(self.base(&account))
+                .arg(self.lease_ms)
                 .arg(&targets)
                 .invoke_async(&mut self.conn())
                 .await?;
-            for (target, n) in targets.into_iter().zip(counts.chunks_exact(3)) {
-                if n.iter().any(|n| *n > 0) {
+            for (target, row) in targets.into_iter().zip(rows.chunks_exact(4)) {
+                let count = |v: &Value| {
+                    <i64 as redis::FromRedisValue>::from_redis_value_ref(v).unwrap_or(0)
+                };
+                let (pending, in_flight, dead) = (count(&row[0]), count(&row[1]), count(&row[2]));
+                if pending + in_flight + dead > 0 {
                     depths.push(QueueDepth {
                         account: account.clone(),
                         target,
-                        pending: n[0],
-                        in_flight: n[1],
-                        dead: n[2],
+                        pending,
+                        in_flight,
+                        dead,
+                        oldest_pending_ms: <String as redis::FromRedisValue>::from_redis_value_ref(
+                            &row[3],
+                        )
+                        .ok()
+                        .and_then(|at| at.parse().ok()),
                     });
                 }
             }
@@ -766,6 +824,29 @@ fn value_text(value: &Value) -> String {
         Value::SimpleString(s) => s.clone(),
         _ => String::new(),
     }
+}
+
+/// `used_memory` of `maxmemory` in `INFO memory`, the largest over the nodes of a Cluster's
+/// answer (a map by node); `None` where no node has a `maxmemory`.
+fn memory_usage(info: &Value) -> Option<f64> {
+    let texts: Vec<String> = match info {
+        Value::Map(nodes) => nodes.iter().map(|(_, v)| value_text(v)).collect(),
+        other => vec![value_text(other)],
+    };
+    texts
+        .iter()
+        .filter_map(|text| {
+            let field = |name: &str| -> Option<f64> {
+                text.lines()
+                    .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))?
+                    .trim()
+                    .parse()
+                    .ok()
+            };
+            let max = field("maxmemory").filter(|max| *max > 0.0)?;
+            Some(field("used_memory")? / max)
+        })
+        .reduce(f64::max)
 }
 
 /// `redis_version:7.2.4` in `INFO server` → (7, 2).

@@ -26,6 +26,8 @@ pub struct RedisOptions {
     pub cluster: bool,
     pub key_prefix: String,
     pub lease_ms: u64,
+    /// Not ready at or above this fraction of `maxmemory` in use.
+    pub max_memory_used_ratio: f64,
     /// Overrides a password in the URLs.
     pub password: Option<String>,
 }
@@ -38,6 +40,7 @@ impl RedisOptions {
             cluster: config.cluster,
             key_prefix: config.key_prefix.clone(),
             lease_ms: config.lease_ms.0,
+            max_memory_used_ratio: f64::from(config.max_memory_used_percent) / 100.0,
             password: config
                 .password()
                 .map_err(|e| StoreError::Refused(e.to_string()))?,

@@ -152,6 +152,19 @@ impl Writer {
         Ok(last)
     }
 
+    /// Gives back the ids after `out` of the block that ends at `reserved`, if it is still the
+    /// latest; ids already in the file stay below the new mark, since they were handed out.
+    pub(super) fn return_ids(&mut self, reserved: i64, out: i64) -> Result<(), StoreError> {
+        if self.ids_reserved != reserved || out >= reserved {
+            return Ok(());
+        }
+        self.conn
+            .prepare_cached("UPDATE ids_reserved SET last = ?1 WHERE last = ?2")?
+            .execute(params![out, reserved])?;
+        self.ids_reserved = out;
+        Ok(())
+    }
+
     pub(super) fn keep(&mut self, name: &str, value: &[u8]) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(

@@ -286,6 +286,14 @@ impl Store for SqliteStore {
         self.call(|r| Command::Probe(readiness, r)).await
     }
 
+    async fn usage(&self) -> Result<Option<f64>, StoreError> {
+        let stat = rustix::fs::statvfs(&self.path)
+            .map_err(|e| StoreError::from(std::io::Error::from(e)))?;
+        // What an unprivileged process can still use, of what it could in all.
+        let usable = stat.f_blocks.saturating_sub(stat.f_bfree) + stat.f_bavail;
+        Ok((usable > 0).then(|| 1.0 - stat.f_bavail as f64 / usable as f64))
+    }
+
     async fn purge_delivered(&self, older_than_ms: i64) -> Result<u64, StoreError> {
         self.call(|r| Command::Purge(older_than_ms, r)).await
     }
@@ -295,11 +303,20 @@ impl Store for SqliteStore {
         self.call(Command::Flush).await
     }
 
+    async fn close(&self) -> Result<(), StoreError> {
+        self.ids
+            .close(|reserved, out| self.call(move |r| Command::ReturnIds(reserved, out, r)))
+            .await
+    }
+
     async fn queue_depths(&self) -> Result<Vec<QueueDepth>, StoreError> {
         self.read(|conn| {
             let mut depths: Vec<QueueDepth> = Vec::new();
+            // One pass over the jobs: callback ids grow with arrival on the one process that
+            // writes the file, so the lowest one of a target's open jobs is its oldest.
             let mut statement = conn.prepare_cached(
-                "SELECT account, target, state, COUNT(*) FROM jobs GROUP BY account, target, state",
+                "SELECT account, target, state, COUNT(*), MIN(callback_id) FROM jobs \
+                 GROUP BY account, target, state",
             )?;
             let rows = statement.query_map([], |row| {
                 Ok((
@@ -307,15 +324,17 @@ impl Store for SqliteStore {
                     row.get::<_, String>(1)?,
                     row.get::<_, i64>(2)?,
                     row.get::<_, i64>(3)?,
+                    row.get::<_, i64>(4)?,
                 ))
             })?;
+            let mut oldest: Vec<Option<i64>> = Vec::new();
             for row in rows {
-                let (account, target, state, count) = row?;
-                let depth = match depths
-                    .iter_mut()
-                    .find(|d| d.account == account && d.target == target)
+                let (account, target, state, count, first) = row?;
+                let at = match depths
+                    .iter()
+                    .position(|d| d.account == account && d.target == target)
                 {
-                    Some(depth) => depth,
+                    Some(at) => at,
                     None => {
                         depths.push(QueueDepth {
                             account,
@@ -323,17 +342,29 @@ impl Store for SqliteStore {
                             pending: 0,
                             in_flight: 0,
                             dead: 0,
+                            oldest_pending_ms: None,
                         });
-                        depths
-                            .last_mut()
-                            .ok_or_else(|| StoreError::Unexpected("unreachable".into()))?
+                        oldest.push(None);
+                        depths.len() - 1
                     }
                 };
+                let depth = &mut depths[at];
                 match state {
                     PENDING => depth.pending += count,
                     IN_FLIGHT => depth.in_flight += count,
                     DEAD => depth.dead += count,
-                    _ => {}
+                    _ => continue,
+                }
+                if state != DEAD {
+                    oldest[at] = Some(oldest[at].map_or(first, |o: i64| o.min(first)));
+                }
+            }
+            let mut received =
+                conn.prepare_cached("SELECT received_at FROM callbacks WHERE id = ?1")?;
+            for (depth, first) in depths.iter_mut().zip(oldest) {
+                if let Some(id) = first {
+                    depth.oldest_pending_ms =
+                        received.query_row([id], |row| row.get(0)).optional()?;
                 }
             }
             Ok(depths)

@@ -80,6 +80,8 @@ pub(super) enum Command {
     PurgeDead(Option<JobId>, DeadLetterFilter, Reply<u64>),
     /// Reserves this many more ids; answers the last one.
     ReserveIds(u64, Reply<i64>),
+    /// Lowers the reservation from the first id to the second (the last handed out).
+    ReturnIds(i64, i64, Reply<()>),
     /// Commits with the commands before it (a flush).
     Flush(Reply<()>),
     /// Readiness: answered after the batch it came in, by a probe of its own.
@@ -513,6 +515,7 @@ impl Writer {
             }
             Command::ReplayDead(_, _, _, r) => Done::Replayed(r, Err(error.clone())),
             Command::ReserveIds(_, r) => Done::Reserved(r, Err(error.clone())),
+            Command::ReturnIds(_, _, r) => Done::Unit(r, Err(error.clone())),
             Command::BuryUnrouted(_, _, _, r) => Done::Buried(r, Err(error.clone())),
         }
     }
@@ -533,6 +536,7 @@ impl Writer {
             }
             Command::PurgeDead(id, filter, r) => Done::Count(r, self.purge_dead(id, &filter)),
             Command::ReserveIds(count, r) => Done::Reserved(r, self.reserve_ids(count)),
+            Command::ReturnIds(reserved, out, r) => Done::Unit(r, self.return_ids(reserved, out)),
             Command::BuryUnrouted(routed, reason, now, r) => {
                 Done::Buried(r, self.bury_unrouted(&routed, &reason, now))
             }

@@ -121,29 +121,42 @@ async fn a_night_of_dead_letters_is_listed_replayed_and_purged_with_the_cli() {
     let (audit_first, audit_second) = (find(&rows, "audit", 0).id, find(&rows, "audit", 1).id);
     let lake_order = find(&rows, "lake", 0).id;
 
-    // The table a person reads.
+    // The table a person reads: aligned columns, readable times.
     let listed = dead_letters(&config, &["list"]).await;
     let lines: Vec<&str> = listed.ok().lines().collect();
     assert_eq!(lines.len(), 7, "{listed:#?}");
-    assert!(
-        lines[0].split_whitespace().collect::<Vec<_>>()
-            == [
-                "id",
-                "account",
-                "target",
-                "type/event",
-                "attempts",
-                "status",
-                "last",
-                "error"
-            ],
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        [
+            "ID",
+            "ACCOUNT",
+            "TARGET",
+            "TYPE/EVENT",
+            "DIED",
+            "ATTEMPTS",
+            "STATUS",
+            "LAST",
+            "ERROR"
+        ],
         "{listed:#?}"
     );
-    assert_eq!(lines[6], "5 dead letter(s)");
+    assert_eq!(lines[6], "5 dead letters");
     let mut table: Vec<Vec<&str>> = lines[1..6]
         .iter()
         .map(|l| l.split_whitespace().collect())
         .collect();
+    for (row, line) in table.iter_mut().zip(&lines[1..6]) {
+        // Each value starts where its column's title does.
+        for (title, value) in [("ACCOUNT", row[1]), ("TARGET", row[2]), ("DIED", row[4])] {
+            let column = lines[0].find(title).unwrap();
+            assert!(line[column..].starts_with(value), "{title}: {listed:#?}");
+        }
+        let died = row.remove(4);
+        assert!(
+            died.len() == 20 && died.starts_with("20") && died.ends_with('Z'),
+            "an RFC 3339 time in UTC: {died}"
+        );
+    }
     table.sort();
     let ids = [crm_first, crm_second, audit_first, audit_second, lake_order].map(|i| i.to_string());
     let mut expected: Vec<Vec<&str>> = vec![
@@ -165,6 +178,42 @@ async fn a_night_of_dead_letters_is_listed_replayed_and_purged_with_the_cli() {
     ];
     expected.sort();
     assert_eq!(table, expected, "{listed:#?}");
+    // Times as people write them.
+    let recent = dead_letters(&config, &["list", "--since", "1h"]).await;
+    assert!(recent.ok().ends_with("5 dead letters\n"), "{recent:#?}");
+    let older = dead_letters(&config, &["list", "--until", "2000-01-01T00:00:00Z"]).await;
+    assert_eq!(
+        older.ok().lines().last(),
+        Some("0 dead letters"),
+        "{older:#?}"
+    );
+    let wrong = dead_letters(&config, &["list", "--since", "yesterday"]).await;
+    assert_eq!(wrong.code, Some(2), "{wrong:#?}");
+    assert!(wrong.stderr.contains("neither a time ago"), "{wrong:#?}");
+
+    // One letter as a person reads it: the decrypted message (the config has the key), user
+    // ids hidden, every attempt with its time.
+    let readable = dead_letters(&config, &["show", &crm_first.to_string()]).await;
+    let text = readable.ok();
+    assert!(
+        text.starts_with(&format!("dead letter {crm_first} (callback ")),
+        "{text}"
+    );
+    assert!(text.contains("message (decrypted):\n  <xml>"), "{text}");
+    assert!(
+        text.contains("<FromUserName>(hidden)</FromUserName>"),
+        "{text}"
+    );
+    assert!(text.contains("first"), "{text}");
+    assert!(text.contains("openid=%28hidden%29"), "{text}");
+    assert!(!text.contains("oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"), "{text}");
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains("target answered 500"))
+            .count(),
+        3,
+        "{text}"
+    );
 
     // The JSON, filtered to the CRM.
     let crm_letters = parse(&dead_letters(&config, &["list", "--json", "--target", "crm"]).await);
@@ -188,13 +237,19 @@ async fn a_night_of_dead_letters_is_listed_replayed_and_purged_with_the_cli() {
     assert!(crm_letters[0]["died_at_ms"].as_i64() >= crm_letters[1]["died_at_ms"].as_i64());
 
     // One letter in full, by the config's admin address and by an explicit one.
-    let shown = parse(&dead_letters(&config, &["show", &crm_first.to_string()]).await);
+    let shown = parse(&dead_letters(&config, &["show", &crm_first.to_string(), "--json"]).await);
     assert_eq!(shown["id"], crm_first);
     assert_shows(&shown, &first, &[(1, 500), (2, 500), (3, 500)]);
     let url = proxy.admin_url();
     let again = dead_letters(
         &config,
-        &["show", &lake_order.to_string(), "--admin-url", &url],
+        &[
+            "show",
+            &lake_order.to_string(),
+            "--json",
+            "--admin-url",
+            &url,
+        ],
     )
     .await;
     assert_shows(&parse(&again), &order, &[(1, 500), (2, 500)]);
@@ -256,7 +311,7 @@ async fn a_night_of_dead_letters_is_listed_replayed_and_purged_with_the_cli() {
         ],
     )
     .await;
-    let shown = parse(&dead_letters(&config, &["show", &audit_first.to_string()]).await);
+    let shown = parse(&dead_letters(&config, &["show", &audit_first.to_string(), "--json"]).await);
     assert_shows(&shown, &first, &[(1, 400), (2, 400)]);
 
     // The rest of the CRM's letters.
@@ -281,7 +336,7 @@ async fn a_night_of_dead_letters_is_listed_replayed_and_purged_with_the_cli() {
     assert_eq!(refused.code, Some(1), "{refused:#?}");
     assert!(
         refused.stderr.contains(
-            "name a dead letter id, a filter (--account, --target, --since-ms, --until-ms), or --all to replay every one"
+            "name a dead letter id, a filter (--account, --target, --since, --until), or --all to replay every one"
         ),
         "{refused:#?}"
     );
@@ -324,7 +379,7 @@ async fn a_night_of_dead_letters_is_listed_replayed_and_purged_with_the_cli() {
     assert_eq!(purged.ok(), "purged 1\n");
     assert!(jobs(&proxy.store()).await.is_empty());
     let listed = dead_letters(&config, &["list"]).await;
-    assert!(listed.ok().ends_with("\n0 dead letter(s)\n"), "{listed:#?}");
+    assert!(listed.ok().ends_with("\n0 dead letters\n"), "{listed:#?}");
 }
 
 /// The same operations through the JSON API, as a script or a dashboard would use it: filters

@@ -43,8 +43,10 @@ async fn json_logs_tell_one_callbacks_story_under_one_id_without_secrets() {
     );
     let config = write_binary_config(dir.path(), listen, &accounts);
     let log = dir.path().join("serve.log");
+    // The instance's name from the environment, as a container would set it.
+    let name = [("WECHAT_FANOUT_SERVER__INSTANCE_NAME", "fanout-logs-1")];
     let mut binary =
-        Binary::serve_with(&config, listen, &log, &["--log-format", "json"], &[]).await;
+        Binary::serve_with(&config, listen, &log, &["--log-format", "json"], &name).await;
     binary.wait_listening().await;
 
     let private = "my secret diary, page 42";
@@ -72,6 +74,14 @@ async fn json_logs_tell_one_callbacks_story_under_one_id_without_secrets() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect();
+    // Every line names the instance that wrote it (issue 25), first of its fields.
+    for (line, raw) in lines.iter().zip(text.lines()) {
+        assert_eq!(line["instance_name"], "fanout-logs-1", "{line}");
+        assert!(
+            raw.starts_with("{\"instance_name\":\"fanout-logs-1\","),
+            "{raw}"
+        );
+    }
     let accepted: Vec<&Value> = lines
         .iter()
         .filter(|l| l["fields"]["message"] == "callback")

@@ -31,7 +31,7 @@ async fn metrics_after_a_busy_hour_count_exactly_what_happened() {
     let down = free_addr();
     let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
     let toml = format!(
-        "{FAST}[server]\nreply_deadline_ms = 2000\n{}{}{}{}{}{}",
+        "{FAST}[server]\nreply_deadline_ms = 2000\ninstance_name = \"fanout-a.1\"\n{}{}{}{}{}{}",
         wx.account("main", "primary = \"bot\""),
         Wx::target("bot", &bot.url("/bot"), "timeout_ms = 5000"),
         Wx::target("ok", &ok.url("/ok"), ""),
@@ -185,4 +185,51 @@ async fn metrics_after_a_busy_hour_count_exactly_what_happened() {
         "{}",
         m.text
     );
+
+    // How long each target's oldest open job has waited: only `down` has any (it waits for its
+    // retry a minute away), since the first callback arrived, seconds ago.
+    let oldest = m.family("wechat_fanout_oldest_pending_age_seconds");
+    assert_eq!(oldest.len(), TARGETS.len(), "{}", m.text);
+    for target in TARGETS {
+        let age = oldest[&format!("account=main,target={target}")];
+        if target == "down" {
+            assert!(age > 1.0 && age < 60.0, "{age}\n{}", m.text);
+        } else {
+            assert_eq!(age, 0.0, "{target}\n{}", m.text);
+        }
+    }
+    assert_eq!(m.value("wechat_fanout_store_ready", ""), 1.0);
+    let usage = m.value("wechat_fanout_store_usage_ratio", "");
+    assert!(usage > 0.0 && usage < 1.0, "{usage}");
+    // Bounds between 3 and 5 s, for an alert on answers near WeChat's deadline.
+    let bounds: Vec<f64> = buckets.iter().map(|(le, _)| *le).collect();
+    for bound in [3.0, 3.5, 4.0, 4.5, 5.0] {
+        assert!(bounds.contains(&bound), "{bounds:?}");
+    }
+
+    // What this instance did carries its name; what the store holds is the deployment's.
+    let this = std::collections::BTreeSet::from([Some("fanout-a.1".to_owned())]);
+    for name in [
+        "wechat_fanout_callbacks_total",
+        "wechat_fanout_primary_total",
+        "wechat_fanout_answer_duration_seconds_count",
+        "wechat_fanout_delivery_attempts_total",
+        "wechat_fanout_delivery_duration_seconds_count",
+        "wechat_fanout_store_ready",
+        "wechat_fanout_console_event_streams",
+    ] {
+        assert_eq!(m.instance_names(name), this, "{name}\n{}", m.text);
+    }
+    for name in [
+        "wechat_fanout_queue_jobs",
+        "wechat_fanout_oldest_pending_age_seconds",
+        "wechat_fanout_store_usage_ratio",
+    ] {
+        assert_eq!(
+            m.instance_names(name),
+            std::collections::BTreeSet::from([None]),
+            "{name}\n{}",
+            m.text
+        );
+    }
 }

@@ -263,8 +263,11 @@ async fn a_removed_target_leaves_its_pending_jobs_as_dead_letters() {
 
     let id = waiting.id.to_string();
     let replay = ["replay", id.as_str()];
+    // Exit 1: what was asked for was not replayed, which a script must see.
+    let not_replayed = run_command(&config, "dead-letters", &replay).await;
+    assert_eq!(not_replayed.code, Some(1), "{not_replayed:#?}");
     assert_eq!(
-        run_command(&config, "dead-letters", &replay).await.ok(),
+        not_replayed.stdout,
         "replayed 0\nnot replayed 1: their targets are not configured\n"
     );
     assert_eq!(

@@ -1,6 +1,8 @@
 //! A scrape of `/metrics`, parsed the way Prometheus reads the text format: one sample per line,
 //! `name{label="value",…} number`, comments and `# EOF` skipped. Tests compare whole families
 //! (every label set and its value) so that an unexpected series fails as loudly as a wrong count.
+//! The label `instance_name`, on every per-instance series, is kept apart from the others (one
+//! proxy, one name): [`Scrape::instance_names`] says which families carry it.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +16,8 @@ pub(crate) struct Scrape {
     /// The text as served, for failure messages.
     pub(crate) text: String,
     samples: Vec<(String, BTreeMap<String, String>, f64)>,
+    /// Per sample (in the order of `samples`), its `instance_name`, if it has one.
+    instances: Vec<Option<String>>,
 }
 
 impl Scrape {
@@ -41,15 +45,31 @@ impl Scrape {
     }
 
     pub(crate) fn parse(text: &str) -> Scrape {
-        let samples = text
+        let (samples, instances) = text
             .lines()
             .filter(|line| !line.is_empty() && !line.starts_with('#'))
-            .map(|line| parse_line(line).unwrap_or_else(|| panic!("not a sample: {line:?}")))
-            .collect();
+            .map(|line| {
+                let (name, mut labels, value) =
+                    parse_line(line).unwrap_or_else(|| panic!("not a sample: {line:?}"));
+                let instance = labels.remove("instance_name");
+                ((name, labels, value), instance)
+            })
+            .unzip();
         Scrape {
             text: text.to_owned(),
             samples,
+            instances,
         }
+    }
+
+    /// The `instance_name` values of the samples of `name` (`None`: a sample without one).
+    pub(crate) fn instance_names(&self, name: &str) -> std::collections::BTreeSet<Option<String>> {
+        self.samples
+            .iter()
+            .zip(&self.instances)
+            .filter(|((n, _, _), _)| n == name)
+            .map(|(_, instance)| instance.clone())
+            .collect()
     }
 
     /// Every series of `name` (the full sample name: `…_total`, `…_bucket`, `…_count`), keyed by

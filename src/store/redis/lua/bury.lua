@@ -9,6 +9,7 @@ for i = 3, #ARGV do
     redis.call('ZADD', K .. ':dead:' .. target, ARGV[2], job)
   end
   redis.call('DEL', due_key)
+  if #jobs > 0 then redis.call('ZREM', K .. ':retried:' .. target, unpack(jobs)) end
   table.insert(counts, #jobs)
 end
 return counts

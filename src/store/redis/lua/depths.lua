@@ -1,8 +1,38 @@
--- ARGV: targets. Pending, in flight and dead per target.
+-- ARGV: lease ms, then targets. Per target: pending, in flight, dead, and the time (ms) the
+-- oldest open job arrived, or '' when it has none.
+--
+-- The oldest open job is the earliest of: the first of `retried:<t>` (jobs that failed at
+-- least once, by their callback's arrival), the first of `due:<t>` (a job never attempted is
+-- due from its arrival; a retried one is in `retried`), and the first lease (a job taken at
+-- that time arrived no later). Jobs delivered on their first attempt, most of them, cost
+-- nothing here. An entry of `retried` whose job is no longer open (left by a build that did
+-- not keep the set) is dropped when it comes first.
+local lease_ms = tonumber(ARGV[1])
 local counts = {}
-for i = 1, #ARGV do
-  table.insert(counts, redis.call('ZCARD', K .. ':due:' .. ARGV[i]))
-  table.insert(counts, redis.call('ZCARD', K .. ':lease:' .. ARGV[i]))
-  table.insert(counts, redis.call('ZCARD', K .. ':dead:' .. ARGV[i]))
+local function first(key)
+  local head = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if head[2] then return tonumber(head[2]) end
+  return nil
+end
+for i = 2, #ARGV do
+  local target = ARGV[i]
+  local due, lease = K .. ':due:' .. target, K .. ':lease:' .. target
+  local retried = K .. ':retried:' .. target
+  local oldest
+  for _ = 1, 100 do
+    local head = redis.call('ZRANGE', retried, 0, 0, 'WITHSCORES')
+    if not head[1] then break end
+    local state = redis.call('HGET', K .. ':job:' .. head[1], 'state')
+    if state == 'p' or state == 'f' then oldest = tonumber(head[2]); break end
+    redis.call('ZREM', retried, head[1])
+  end
+  local d = first(due)
+  if d and (not oldest or d < oldest) then oldest = d end
+  local l = first(lease)
+  if l and (not oldest or l - lease_ms < oldest) then oldest = l - lease_ms end
+  table.insert(counts, redis.call('ZCARD', due))
+  table.insert(counts, redis.call('ZCARD', lease))
+  table.insert(counts, redis.call('ZCARD', K .. ':dead:' .. target))
+  table.insert(counts, oldest and tostring(oldest) or '')
 end
 return counts

@@ -2,7 +2,14 @@
 -- at ms, status, error, error present. Each as if alone, in order; one reply each:
 -- 1: applied, 0: the lease does not hold.
 -- Leases ended and jobs delivered in this batch: one ZREM per lease set and one DEL at the end.
-local ended, gone, delivered = {}, {}, {}
+-- `retried:<t>` holds the target's jobs that failed at least once, by their callback's
+-- arrival (how old its backlog is: see depths.lua); they leave it when delivered or dead.
+local ended, gone, delivered, settled = {}, {}, {}, {}
+local function settle(target, job)
+  local set = K .. ':retried:' .. target
+  if not settled[set] then settled[set] = {} end
+  table.insert(settled[set], job)
+end
 -- The outcome whose arguments follow ARGV[o].
 local function record(o)
   local job = ARGV[o + 1]
@@ -16,6 +23,7 @@ local function record(o)
   table.insert(ended[set], job)
   if ARGV[o + 3] == 'delivered' then
     delivered[job] = true
+    if f[5] and f[5] ~= '0' then settle(target, job) end
     table.insert(gone, j)
     table.insert(gone, K .. ':att:' .. job)
     close_job(f[4])
@@ -31,8 +39,11 @@ local function record(o)
   if ARGV[o + 3] == 'retry' then
     redis.call('HSET', j, 'state', 'p')
     redis.call('ZADD', K .. ':due:' .. target, now_ms() + tonumber(ARGV[o + 4]), job)
+    local received = redis.call('HGET', K .. ':cb:' .. f[4], 'received')
+    if received then redis.call('ZADD', K .. ':retried:' .. target, 'NX', received, job) end
   else
     redis.call('HSET', j, 'state', 'd', 'died', at)
+    settle(target, job)
     redis.call('ZADD', K .. ':dead:' .. target, at, job)
   end
   return 1
@@ -40,5 +51,6 @@ end
 local replies = {}
 for o = 0, #ARGV - 1, 9 do table.insert(replies, record(o)) end
 for set, jobs in pairs(ended) do redis.call('ZREM', set, unpack(jobs)) end
+for set, jobs in pairs(settled) do redis.call('ZREM', set, unpack(jobs)) end
 if #gone > 0 then redis.call('DEL', unpack(gone)) end
 return replies
