@@ -1745,6 +1745,53 @@ async fn redis_at_its_maxmemory_is_full() {
     }
 }
 
+/// Redis only, issue 25: readiness fails once Redis uses `max_memory_used_percent` of its
+/// `maxmemory`, while writes still succeed: the load balancer and an alert act before Redis
+/// refuses them. `usage` is the fraction an alert reads; without a `maxmemory` there is none.
+#[tokio::test]
+async fn redis_is_not_ready_before_its_maxmemory_refuses_writes() {
+    let unlimited = open_redis(standalone_urls(), false, &prefix(), 30_000).await;
+    assert_eq!(unlimited.usage().await.unwrap(), None);
+    let server = RedisServer::start(&["--maxmemory", "8mb", "--maxmemory-policy", "noeviction"]);
+    let store = RedisStore::open(&RedisOptions {
+        urls: vec![server.url()],
+        cluster: false,
+        key_prefix: prefix(),
+        lease_ms: 30_000,
+        max_memory_used_ratio: 0.9,
+        password: None,
+    })
+    .await
+    .unwrap();
+    store.check_writable().await.unwrap();
+    let body = Bytes::from(vec![b'x'; 32 * 1024]);
+    let mut n = 0;
+    while store.usage().await.unwrap().unwrap() < 0.9 {
+        let mut new = callback(&store, &format!("f{n}"), &[("a", false)]).await;
+        new.request = Arc::new(Replay {
+            body: body.clone(),
+            ..(*new.request).clone()
+        });
+        store.accept(new).await.unwrap();
+        n += 1;
+        assert!(n < 1_000, "{n} callbacks of 32 KiB stored in 8 MiB");
+    }
+    let refused = store.check_writable().await.unwrap_err();
+    assert!(matches!(refused, StoreError::Full(_)), "{refused:?}");
+    assert!(
+        refused
+            .to_string()
+            .contains("store.redis.max_memory_used_percent"),
+        "{refused}"
+    );
+    // Not yet full: a callback is still stored.
+    let one_more = callback(&store, "still", &[("a", false)]).await;
+    assert!(matches!(
+        store.accept(one_more).await,
+        Ok(Accepted::New { .. })
+    ));
+}
+
 /// Redis only: SIGKILLed and started again (AOF `always`), Redis keeps every accepted callback;
 /// while it is down the store fails (it never claims a write), and the same store value works
 /// again once Redis is back, without being reopened.

@@ -610,9 +610,10 @@ impl Store for RedisStore {
             && used >= self.max_memory_used_ratio
         {
             return Err(StoreError::Full(format!(
-                "Redis uses {:.0}% of its maxmemory, at or above store.redis.max_memory_used_ratio ({})",
+                "Redis uses {:.0}% of its maxmemory, at or above store.redis.max_memory_used_percent \
+                 ({:.0}%)",
                 used * 100.0,
-                self.max_memory_used_ratio
+                self.max_memory_used_ratio * 100.0
             )));
         }
         Ok(())
