@@ -28,6 +28,7 @@ use crate::routing::{self, Routes};
 use crate::shutdown::InFlight;
 use crate::store::leases::Leases;
 use crate::store::{RedisOptions, Store};
+use crate::telemetry::traces::Traces;
 
 /// How often delivered callbacks older than the retention are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
@@ -82,6 +83,15 @@ pub async fn run_with(
     let leases = Leases::new(store.lease_duration());
     let keeper_stop = CancellationToken::new();
     let keeper = tokio::spawn(leases.clone().keep(store.clone(), keeper_stop.clone()));
+    let traces = match &config.traces.otlp_endpoint {
+        Some(endpoint) => {
+            let delay = config.traces.export_interval_ms.duration();
+            let traces = Traces::start(endpoint.as_str(), delay, &instance_name)?;
+            info!(endpoint = %endpoint, "traces: exported over OTLP/HTTP");
+            traces
+        }
+        None => Traces::off(),
+    };
     let shared = Arc::new(Shared {
         routes: Arc::new(ArcSwap::from_pointee(routes)),
         attempts: Attempts::new(
@@ -89,12 +99,14 @@ pub async fn run_with(
             metrics.clone(),
             events.clone(),
             api.clone(),
+            traces.clone(),
         ),
         store: store.clone(),
         in_flight: InFlight::default(),
         leases,
         metrics: metrics.clone(),
         events: events.clone(),
+        traces: traces.clone(),
     });
     let (routes, in_flight) = (&shared.routes, &shared.in_flight);
 
@@ -185,6 +197,8 @@ pub async fn run_with(
     if let Err(e) = store.close().await {
         warn!(error = %e, "could not give back the unused ids: the next start skips them");
     }
+    // The last spans, sent before the process ends (blocking: off the async threads).
+    let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
     info!("stopped");
     Ok(())
 }

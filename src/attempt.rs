@@ -21,6 +21,7 @@ use crate::shutdown::InFlight;
 use crate::store::leases::Leases;
 use crate::store::{Answer, AttemptReport, Disposition, Job, JobId, Recorded, Store, StoreError};
 use crate::telemetry::event_at;
+use crate::telemetry::traces::{Traced, Traces};
 use crate::wechat::AUTHORIZER_HEADER;
 use crate::wechat::Fresh;
 use crate::wechat::ResignError;
@@ -35,6 +36,7 @@ const DELIVERY: HeaderName = HeaderName::from_static(DELIVERY_HEADER);
 const ATTEMPT: HeaderName = HeaderName::from_static(ATTEMPT_HEADER);
 const ACCOUNT: HeaderName = HeaderName::from_static(ACCOUNT_HEADER);
 const AUTHORIZER: HeaderName = HeaderName::from_static(AUTHORIZER_HEADER);
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const USER_AGENT_VALUE: &str = concat!("wechat-fanout/", env!("CARGO_PKG_VERSION"));
 /// How long after a failed record of an outcome it is tried again, doubling up to the maximum.
 const RECORD_RETRY_FIRST: Duration = Duration::from_millis(100);
@@ -55,6 +57,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// What the live console shows.
     pub events: Arc<dyn EventFeed>,
+    /// Spans of callbacks and attempts (off unless `traces.otlp_endpoint`).
+    pub traces: Traces,
 }
 
 impl std::fmt::Debug for Shared {
@@ -128,6 +132,8 @@ pub struct Attempts {
     /// The process's WeChat API client and token cache, for late replies' customer-service
     /// messages (a target with `api`).
     api: Arc<WechatApi>,
+    /// Each attempt's span, under its callback's trace.
+    traces: Traces,
 }
 
 impl Attempts {
@@ -136,17 +142,47 @@ impl Attempts {
         metrics: Arc<Metrics>,
         events: Arc<dyn EventFeed>,
         api: Arc<WechatApi>,
+        traces: Traces,
     ) -> Attempts {
         Attempts {
             outbound,
             metrics,
             events,
             api,
+            traces,
         }
     }
 
-    /// Sends `job` to `target` once, within the target's timeout.
+    /// Sends `job` to `target` once, within the target's timeout; with traces on, in a span of
+    /// the callback's trace.
     pub async fn attempt(&self, target: &Target, job: &Job) -> Attempt {
+        let key = &job.key;
+        let traced = self.traces.attempt(
+            job.request.trace.as_deref(),
+            &key.account,
+            &key.target,
+            job.attempts + 1,
+        );
+        let attempt = self.send(target, job, &traced).await;
+        if let Some(status) = attempt.status {
+            traced.set("http.response.status_code", i64::from(status));
+        }
+        traced.set(
+            "wechat_fanout.result",
+            match attempt.verdict {
+                Verdict::Delivered => "delivered",
+                Verdict::Retry { .. } => "retry",
+                Verdict::GiveUp => "given_up",
+            },
+        );
+        if let Some(error) = &attempt.error {
+            traced.fail(error.clone());
+        }
+        attempt
+    }
+
+    /// [`Attempts::attempt`] within `traced`.
+    async fn send(&self, target: &Target, job: &Job, traced: &Traced) -> Attempt {
         let started = std::time::Instant::now();
         let timeout = target.settings.timeout;
         if let Some(api) = &target.api {
@@ -172,7 +208,8 @@ impl Attempts {
                 request_fault: false,
             };
         }
-        let result = self.exchange(target, job).await;
+        let traceparent = traced.traceparent().filter(|_| target.settings.traceparent);
+        let result = self.exchange(target, job, traceparent).await;
         let elapsed = started.elapsed();
         match result {
             Ok(Response {
@@ -227,7 +264,12 @@ impl Attempts {
 
     /// One request and its answer: the stored job as WeChat sent it (or re-signed, for a
     /// target with its own credentials), with the delivery's headers.
-    async fn exchange(&self, target: &Target, job: &Job) -> Result<Response, Unanswered> {
+    async fn exchange(
+        &self,
+        target: &Target,
+        job: &Job,
+        traceparent: Option<String>,
+    ) -> Result<Response, Unanswered> {
         let request = &job.request;
         // Open platform: the authorized account the callback concerns.
         let (authorizer, wechat_query) = (request.authorizer.as_deref(), request.query.as_str());
@@ -245,8 +287,12 @@ impl Attempts {
         // query alone, with the address in `Host`, as any client sends it.
         let origin = target.origin_for(authorizer).filter(|_| !settings.http2);
         let host = origin.as_ref().and_then(|o| o.host());
-        let headers = delivery_headers(host, job, authorizer, request.content_type.as_deref())
+        let mut headers = delivery_headers(host, job, authorizer, request.content_type.as_deref())
             .map_err(Failure::from)?;
+        // The attempt's span, for a target that joins the trace (`traceparent = true`).
+        if let Some(value) = traceparent.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            headers.insert(TRACEPARENT, value);
+        }
         let outgoing = Outgoing {
             url: target.url_for(authorizer),
             origin,

@@ -9,7 +9,7 @@
 //!   read them), [`escape`] (caller text made safe for a log line), [`privacy`] (users named in
 //!   logs only by a keyed hash), [`shutdown`] (signals, work in flight), [`metrics`], [`http`]
 //!   (the listeners' small answers), [`events`] (what the live console shows), [`telemetry`]
-//!   (logging).
+//!   (logging, and OpenTelemetry traces).
 //! - [`wechat`]: the protocol as pure functions (signatures, AES, envelopes, replies, dedupe
 //!   keys, per-target re-signing): no I/O, no clock, randomness handed in.
 //! - [`config`]: what the user wrote: defaults → file → environment, each field's rules.

@@ -40,6 +40,7 @@ async fn callback(store: &dyn Store, key: &str, targets: &[(&str, bool)]) -> New
             content_type: Some("text/xml".into()),
             body: Bytes::from(format!("<xml><MsgId>{key}</MsgId></xml>")),
             authorizer: None,
+            trace: None,
         }),
         jobs: targets
             .iter()
@@ -966,6 +967,35 @@ async fn callbacks_are_listed_newest_first(store: Arc<dyn Store>) {
     assert_eq!(store.callbacks(None, 10).await.unwrap(), [l3, l2, l1]);
 }
 
+/// The callback's trace context (shape version 3) is stored with it and comes back with every
+/// lease, so an attempt made later, anywhere, joins the callback's trace.
+async fn the_trace_context_comes_back_with_each_lease(store: Arc<dyn Store>) {
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut traced = callback(&*store, "t1", &[("a", false)]).await;
+    traced.request = Arc::new(Replay {
+        trace: Some(traceparent.to_owned()),
+        ..(*traced.request).clone()
+    });
+    store.accept(traced).await.unwrap();
+    store
+        .accept(callback(&*store, "t2", &[("a", false)]).await)
+        .await
+        .unwrap();
+    let mut jobs = store.lease_due(&key("a"), 10).await.unwrap();
+    jobs.sort_by_key(|j| j.id);
+    let traces: Vec<Option<&str>> = jobs.iter().map(|j| j.request.trace.as_deref()).collect();
+    assert_eq!(traces, [Some(traceparent), None]);
+    // Again after a failed attempt: the retry is in the same trace.
+    record(
+        &*store,
+        report(&jobs[0], 1, Disposition::RetryIn(Duration::from_millis(1))),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let again = lease_one(&*store, "a").await;
+    assert_eq!(again.request.trace.as_deref(), Some(traceparent));
+}
+
 /// The depth of `target` as `queue_depths` tells it (`None`: no job at all).
 async fn depth(store: &dyn Store, target: &str) -> Option<QueueDepth> {
     let depths = store.queue_depths().await.unwrap();
@@ -1065,6 +1095,7 @@ macro_rules! contract {
             #[tokio::test] a_callbacks_jobs_are_found_whatever_their_ids,
             #[tokio::test] callbacks_are_listed_newest_first,
             #[tokio::test] the_oldest_open_job_of_each_target_is_told,
+            #[tokio::test] the_trace_context_comes_back_with_each_lease,
         );
     };
     (@suite $backend:ident, $open:expr, $(#[$runtime:meta] $test:ident,)*) => {
@@ -1487,6 +1518,7 @@ async fn a_callback_of_the_build_before_is_delivered(store: &dyn Store, job: Job
         content_type: Some("text/xml".into()),
         body: Bytes::copy_from_slice(body),
         authorizer: Some(OLD_AUTHORIZER.into()),
+        trace: None,
     };
     let leased = lease_one(store, "a").await;
     assert_eq!((leased.id, &*leased.request), (job, &expected));

@@ -108,6 +108,8 @@ pub struct TargetConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipelining: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub msg_types: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events: Option<Vec<String>>,
@@ -282,6 +284,7 @@ impl TargetConfig {
             max_concurrency: self.max_concurrency.unwrap_or(defaults.max_concurrency),
             http2: self.http2.unwrap_or(defaults.http2),
             pipelining: self.pipelining.unwrap_or(defaults.pipelining),
+            traceparent: self.traceparent.unwrap_or(defaults.traceparent),
         }
     }
 }

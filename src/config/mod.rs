@@ -171,6 +171,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    pub traces: TracesConfig,
     pub store: StoreConfig,
     pub delivery: DeliveryConfig,
     pub target_defaults: TargetDefaults,
@@ -297,6 +298,21 @@ pub struct LogConfig {
     pub filter: String,
     /// Log openids and dedupe keys as they are, instead of their keyed hash (for debugging).
     pub show_user_ids: bool,
+}
+
+/// `[traces]`: OpenTelemetry traces over OTLP/HTTP, off without an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracesConfig {
+    /// The collector's OTLP/HTTP base URL (`…/v1/traces` is appended); none: no traces.
+    #[serde(
+        default,
+        deserialize_with = "written_url_if_any",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub otlp_endpoint: Option<Url>,
+    /// How often queued spans are sent.
+    pub export_interval_ms: Millis,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -453,6 +469,8 @@ pub struct TargetDefaults {
     pub http2: bool,
     /// Pipeline the requests to a plain `http` target over one HTTP/1.1 connection.
     pub pipelining: bool,
+    /// Send the attempt's W3C `traceparent` header (with `traces.otlp_endpoint` set).
+    pub traceparent: bool,
 }
 
 /// A target's settings with the defaults applied.
@@ -467,6 +485,8 @@ pub struct TargetSettings {
     pub http2: bool,
     /// Deliveries to a plain `http` target are pipelined over one HTTP/1.1 connection.
     pub pipelining: bool,
+    /// Deliveries carry the attempt's `traceparent` header (when traces are on).
+    pub traceparent: bool,
 }
 
 impl Config {
@@ -663,6 +683,7 @@ impl TargetDefaults {
             max_concurrency: self.max_concurrency,
             http2: self.http2,
             pipelining: self.pipelining,
+            traceparent: self.traceparent,
         }
     }
 

@@ -104,11 +104,23 @@ impl Ingress {
             let left = deadline.saturating_duration_since(Instant::now());
             u64::try_from(left.as_millis()).unwrap_or(u64::MAX)
         });
+        let storing = self.shared.traces.child(&verified.traced, "store");
         let stored = self
             .shared
             .store
             .accept(new_callback(&verified, &plan, answer_pending_ms))
-            .await?;
+            .await;
+        if let Err(e) = &stored {
+            storing.fail(e.to_string());
+        }
+        drop(storing);
+        let stored = stored?;
+        let (callback, outcome) = match &stored {
+            Accepted::New { callback, .. } => (*callback, "accepted"),
+            Accepted::Duplicate { callback, .. } => (*callback, "duplicate"),
+        };
+        verified.traced.set("wechat_fanout.callback", callback.0);
+        verified.traced.set("wechat_fanout.outcome", outcome);
         let callback = match stored {
             Accepted::New { callback, .. } => callback,
             Accepted::Duplicate {

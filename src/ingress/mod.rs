@@ -47,6 +47,7 @@ use crate::metrics::CallbackOutcome;
 use crate::routing::Account;
 use crate::store::{Answer, Replay};
 use crate::telemetry::event_at;
+use crate::telemetry::traces::Traced;
 use crate::wechat::{
     CallbackQuery, DedupeKey, Envelope, Kind, dedupe_key, is_app_id, open_callback, verify_url,
 };
@@ -229,11 +230,13 @@ impl Ingress {
         let key = dedupe_key(&scope, &opened.envelope, opened.message(&body));
         let content = (self.shared.events.carries_content())
             .then(|| String::from_utf8_lossy(opened.message(&body)).into_owned());
+        let traced = self.shared.traces.callback(&account.id);
         let replay = Arc::new(Replay {
             query: raw_query.to_owned(),
             content_type,
             body,
             authorizer: authorizer.clone(),
+            trace: traced.traceparent(),
         });
         let this = self.clone();
         let span = info_span!(
@@ -251,6 +254,7 @@ impl Ingress {
                     key,
                     replay,
                     content,
+                    traced,
                 };
                 this.accept(verified, started).await
             }
@@ -339,6 +343,8 @@ struct Verified {
     replay: Arc<Replay>,
     /// The message as text, for a console that shows content (`admin.show_content`).
     content: Option<String>,
+    /// The callback's root span (traces on), ended when the callback has been answered.
+    traced: Traced,
 }
 
 /// `/wechat/{id}` (a trailing slash allowed) → `id`; `/wechat/{id}/{authorizer}` → both.

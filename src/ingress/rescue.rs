@@ -102,6 +102,7 @@ async fn rescue(
                 content_type: Some("application/json".to_owned()),
                 body: Bytes::from(message.to_string()),
                 authorizer: None,
+                trace: None,
             }),
             jobs: vec![NewJob {
                 id: JobId(ids[1]),

@@ -138,6 +138,7 @@ fn build_account(
         let settings = TargetSettings {
             http2: false,
             pipelining: false,
+            traceparent: false,
             ..config.target_defaults.settings()
         };
         Arc::new(Target {

@@ -218,6 +218,7 @@ mod tests {
             max_concurrency: 1,
             http2: false,
             pipelining: false,
+            traceparent: false,
         }
     }
 
@@ -339,6 +340,7 @@ mod tests {
             max_concurrency: 4,
             http2: false,
             pipelining: false,
+            traceparent: false,
         };
         let breaker = Breaker::default();
         let fail = Verdict::Retry { after: None };

@@ -168,6 +168,7 @@ mod tests {
                 content_type: None,
                 body: bytes::Bytes::new(),
                 authorizer: None,
+                trace: None,
             }),
         }
     }

@@ -3,8 +3,8 @@
 //!
 //! What is kept of a callback for its deliveries is a [`Replay`]: WeChat's query, content type
 //! and body, byte for byte, and what the proxy learnt about the callback when it arrived (the
-//! open platform's authorizer; WeChat Pay's headers, a keyed hash of the sender and its lane,
-//! the accepting instance, a trace context and an arrival index are to come). Each backend keeps
+//! open platform's authorizer, the trace context; WeChat Pay's headers, a keyed hash of the
+//! sender and its lane, the accepting instance and an arrival index are to come). Each backend keeps
 //! every field in a place of its own (a column in SQLite, a field of the callback's hash in
 //! Redis) and writes [`SHAPE_VERSION`] beside them (`shape_version`, `v`).
 //!
@@ -28,13 +28,16 @@
 //!   without (written by the build before) has the tag parsed. The next release writes the query
 //!   untagged (every build then running reads the field) and still parses the tag of callbacks
 //!   without a version.
+//! * **3**: the trace context (a W3C `traceparent`) in a field of its own, written when traces
+//!   are on. Builds before ignore the field; a callback without it is delivered untraced (its
+//!   attempts start traces of their own).
 
 use std::borrow::Cow;
 
 use bytes::Bytes;
 
 /// The version of the shape this build writes (see the module's doc for each version).
-pub const SHAPE_VERSION: u32 = 2;
+pub const SHAPE_VERSION: u32 = 3;
 
 /// Exactly what WeChat sent and every target gets again, with what the proxy learnt about the
 /// callback on arrival: the stored callback's shape.
@@ -47,6 +50,9 @@ pub struct Replay {
     /// Open platform: the authorized account (app id) the callback concerns, from the message
     /// URL's path or the authorization event. Targets get it in their URL and a header.
     pub authorizer: Option<String>,
+    /// The callback's trace (W3C `traceparent`), when traces were on where it was accepted:
+    /// every attempt's span joins it, whenever and wherever it is made.
+    pub trace: Option<String>,
 }
 
 impl Replay {
@@ -71,6 +77,8 @@ pub(super) struct Stored {
     pub(super) authorizer: Option<String>,
     pub(super) content_type: Option<String>,
     pub(super) body: Bytes,
+    /// The trace context's own field (version 3 on).
+    pub(super) trace: Option<String>,
 }
 
 impl Stored {
@@ -82,6 +90,7 @@ impl Stored {
             authorizer,
             content_type,
             body,
+            trace,
         } = self;
         let authorizer = match version {
             // Its own field says; the tag written beside it for version 1 comes off.
@@ -105,6 +114,7 @@ impl Stored {
             content_type,
             body,
             authorizer,
+            trace,
         }
     }
 }
@@ -133,6 +143,7 @@ mod tests {
             content_type: Some("text/xml".into()),
             body: Bytes::from_static(b"<xml/>"),
             authorizer: authorizer.map(str::to_owned),
+            trace: None,
         }
     }
 
@@ -145,6 +156,7 @@ mod tests {
             authorizer: version.and(replay.authorizer.clone()),
             content_type: replay.content_type.clone(),
             body: replay.body.clone(),
+            trace: None,
         }
     }
 
@@ -173,6 +185,7 @@ mod tests {
             authorizer: None,
             content_type: None,
             body: Bytes::new(),
+            trace: None,
         };
         assert_eq!(empty.into_replay(), Replay::default());
     }
@@ -187,6 +200,7 @@ mod tests {
             authorizer: Some("wxabc".into()),
             content_type: None,
             body: Bytes::new(),
+            trace: None,
         }
         .into_replay();
         assert_eq!(read.authorizer.as_deref(), Some("wxabc"));
@@ -197,6 +211,7 @@ mod tests {
             authorizer: Some("wxabc".into()),
             content_type: None,
             body: Bytes::new(),
+            trace: None,
         }
         .into_replay();
         assert_eq!(

@@ -32,4 +32,5 @@ mod restart;
 mod shadow;
 mod sources;
 mod store_faults;
+mod traces;
 mod undeliverable;

@@ -389,6 +389,7 @@ fn new_callback(ids: Vec<i64>, dedupe_key: &str) -> NewCallback {
             content_type: Some("text/xml".into()),
             body: Bytes::from(format!("<xml><MsgId>{dedupe_key}</MsgId></xml>")),
             authorizer: None,
+            trace: None,
         }),
         jobs: vec![NewJob {
             id: JobId(ids[1]),

@@ -322,6 +322,7 @@ impl Store for RedisStore {
             callback.event.is_some(),
             request.content_type.is_some(),
             request.authorizer.is_some(),
+            request.trace.is_some(),
         ]
         .iter()
         .map(|p| if *p { '1' } else { '0' })
@@ -343,6 +344,7 @@ impl Store for RedisStore {
             callback.jobs.len().to_string().into_bytes(),
             bytes(callback.legacy_dedupe_key.as_deref().unwrap_or("")),
             bytes(request.authorizer.as_deref().unwrap_or("")),
+            bytes(request.trace.as_deref().unwrap_or("")),
         ];
         for job in &callback.jobs {
             args.push(job.id.to_string().into_bytes());
@@ -434,12 +436,12 @@ impl Store for RedisStore {
             .arg(self.lease_ms)
             .invoke_async(&mut self.conn())
             .await?;
-        // Rows of 8 fields for n jobs, then their n bodies; taken apart, not copied.
-        let n = rows.len() / 9;
+        // Rows of 9 fields for n jobs, then their n bodies; taken apart, not copied.
+        let n = rows.len() / 10;
         let mut fields = rows;
-        let bodies = fields.split_off(n * 8);
+        let bodies = fields.split_off(n * 9);
         fields
-            .chunks_exact_mut(8)
+            .chunks_exact_mut(9)
             .zip(bodies)
             .map(|(row, body)| {
                 let mut field = |i: usize| std::mem::take(&mut row[i]);
@@ -450,7 +452,9 @@ impl Store for RedisStore {
                     lease: token,
                     attempts: number(field(2))?,
                     retry_base: number(field(3)).unwrap_or(0),
-                    request: Arc::new(shape(field(4), field(5), body, field(6), field(7))),
+                    request: Arc::new(
+                        shape(field(4), field(5), body, field(6), field(7)).traced(field(8)),
+                    ),
                 })
             })
             .collect()
@@ -789,6 +793,14 @@ impl From<RedisError> for StoreError {
     }
 }
 
+impl Replay {
+    /// With the trace context of the callback's hash (`trace`), where the script returns it.
+    fn traced(mut self, trace: Option<Vec<u8>>) -> Replay {
+        self.trace = trace.map(text);
+        self
+    }
+}
+
 /// A callback's shape from the fields of its hash the scripts return (`query`, `ctype`,
 /// `body`, `authorizer`, `v`), as every version of it is read.
 fn shape(
@@ -804,6 +816,7 @@ fn shape(
         authorizer: authorizer.map(text),
         content_type: content_type.map(text),
         body: Bytes::from(body.unwrap_or_default()),
+        trace: None,
     }
     .into_replay()
 }

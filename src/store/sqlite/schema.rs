@@ -76,6 +76,7 @@ const MIGRATIONS: &[(&str, &str, &str)] = &[
     // versions (1), and the open platform's authorizer (2 on; also still in `query`'s tag).
     ("callbacks", "shape_version", "INTEGER"),
     ("callbacks", "authorizer", "TEXT"),
+    ("callbacks", "trace", "TEXT"),
 ];
 
 /// Creates the tables a file lacks, and adds the columns of [`MIGRATIONS`] that a file made by

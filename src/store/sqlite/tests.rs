@@ -16,6 +16,7 @@ fn callback(key: &str) -> NewCallback {
             content_type: None,
             body: Bytes::from_static(b"<xml/>"),
             authorizer: None,
+            trace: None,
         }),
         jobs: vec![NewJob {
             id: JobId(2),
@@ -114,6 +115,7 @@ async fn the_checkpointer_copies_commits_into_the_database_file() {
             content_type: None,
             body: Bytes::from(vec![b'x'; 2000]),
             authorizer: None,
+            trace: None,
         });
         assert!(matches!(
             store.accept(new).await.unwrap(),

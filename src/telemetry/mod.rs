@@ -1,4 +1,5 @@
-//! Logging: tracing to stderr, human-readable or JSON, filtered by `RUST_LOG` or `log.filter`.
+//! Logging: tracing to stderr, human-readable or JSON, filtered by `RUST_LOG` or `log.filter`;
+//! and, in [`traces`], OpenTelemetry traces exported over OTLP when configured.
 //!
 //! A callback's lines run inside a `callback` span that carries its store id once it is stored,
 //! and every delivery line names the same id, so one callback's story can be followed by that id
@@ -9,6 +10,8 @@
 //! so escaping is done here, once, for every line whatever its source: the text format writes
 //! each field with [`SafeFields`], the JSON format through [`JsonSafe`]. Either way one event is
 //! one line, and no caller can forge a line, move the cursor of a terminal or reorder the text.
+
+pub mod traces;
 
 use std::fmt::{self, Write as _};
 use std::io;
