@@ -119,6 +119,10 @@ pub struct TargetConfig {
     /// Open platform: only callbacks of these authorizer app ids.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorizers: Option<Vec<String>>,
+    /// Only callbacks from these senders (`FromUserName`: an openid; WeCom: a UserID), exact.
+    /// With `replies_to`, the target owns those senders' replies on its routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<Vec<String>>,
     /// The target's own token (and key): its deliveries are re-signed (and re-encrypted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resign: Option<ResignConfig>,
@@ -248,6 +252,15 @@ impl TargetConfig {
                 format!("{key}.pipelining"),
                 "is for http:// targets without http2 (inherited from target_defaults \
                  unless the target sets pipelining = false)",
+            ));
+        }
+        if let Some(users) = &self.users
+            && (users.is_empty() || users.iter().any(|u| u.trim().is_empty() || u.trim() != u))
+        {
+            return Err(invalid(
+                format!("{key}.users"),
+                "must list at least one sender (FromUserName: an openid, or a WeCom UserID), \
+                 none blank or with spaces around it",
             ));
         }
         if kind != AccountKind::OpenPlatform {

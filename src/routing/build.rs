@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use url::Url;
 
-use super::replies::{Owners, Route};
+use super::replies::{Claim, Owners, Route};
 use super::{Account, Allowed, Filter, Plumbing, Routes, Target};
 use crate::cidr::Cidr;
 use crate::config::{
@@ -120,6 +120,7 @@ fn build_account(
                 info_types: lower(&filtered.info_types),
                 authorizers: filtered.authorizers.clone(),
                 needs_authorizer,
+                users: filtered.users.clone(),
             },
             resign: resign.flatten(),
             shadow_of: t.shadow_of.as_deref().map(Arc::from),
@@ -226,13 +227,22 @@ fn owners(account: &AccountConfig, key: &str) -> Result<Owners, ConfigError> {
                 ),
             ));
         }
-        claims.push((j, target.name.as_str(), routes));
+        claims.push(Claim {
+            index: j,
+            name: target.name.as_str(),
+            routes,
+            users: target.users.as_deref(),
+        });
     }
     Owners::build(claims).map_err(|c| {
+        let whose = match &c.user {
+            Some(user) => format!(" for the sender {user:?} (both list it in users)"),
+            None => String::new(),
+        };
         invalid(
             format!("{key}.targets"),
             format!(
-                "targets {:?} and {:?} both claim the replies to route {} \
+                "targets {:?} and {:?} both claim the replies to route {}{whose} \
                  (replies_to, or primary = \"*\"); give it to one of them",
                 c.first, c.second, c.route
             ),

@@ -122,6 +122,8 @@ struct Filter {
     authorizers: Option<Vec<String>>,
     /// The URL has `{authorizer}`: only callbacks with an authorizer can be sent.
     needs_authorizer: bool,
+    /// Only callbacks from these senders (`FromUserName`, exact).
+    users: Option<Vec<String>>,
 }
 
 impl Routes {
@@ -150,9 +152,11 @@ impl Routes {
 impl Account {
     /// The target whose answer becomes this callback's passive reply, if it gets the callback.
     pub fn owner(&self, envelope: &Envelope, authorizer: Option<&str>) -> Option<&Arc<Target>> {
-        let owner = &self.targets[self
-            .owners
-            .owner(envelope.msg_type.as_deref(), envelope.event.as_deref())?];
+        let owner = &self.targets[self.owners.owner(
+            envelope.msg_type.as_deref(),
+            envelope.event.as_deref(),
+            envelope.from_user_name.as_deref(),
+        )?];
         owner.accepts(envelope, authorizer).then_some(owner)
     }
 
@@ -210,6 +214,11 @@ impl Target {
             value.is_some_and(|v| list.iter().any(|item| item.eq_ignore_ascii_case(v)))
         };
         if self.filter.needs_authorizer && authorizer.is_none() {
+            return false;
+        }
+        if let Some(users) = &self.filter.users
+            && !(envelope.from_user_name.as_deref()).is_some_and(|u| users.iter().any(|i| i == u))
+        {
             return false;
         }
         if let Some(types) = &self.filter.info_types
