@@ -76,6 +76,31 @@ pub struct Target {
     pub api: Option<Arc<ApiAccount>>,
     /// Where requests go, for a plain `http://` URL without `{authorizer}`: parsed once here.
     origin: Option<Origin>,
+    /// Reached over WebSockets its clients open (`listen = true`), not at a URL.
+    pub listen: Option<Listen>,
+}
+
+/// What a `listen` target's clients must present.
+pub struct Listen {
+    token: String,
+}
+
+impl std::fmt::Debug for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listen").finish_non_exhaustive()
+    }
+}
+
+impl Listen {
+    pub fn new(token: String) -> Listen {
+        Listen { token }
+    }
+
+    /// Whether `presented` is the token, compared in constant time.
+    pub fn admits(&self, presented: &str) -> bool {
+        use subtle::ConstantTimeEq as _;
+        bool::from(self.token.as_bytes().ct_eq(presented.as_bytes()))
+    }
 }
 
 /// What ingress and delivery share about one target while the proxy runs, made in one place
