@@ -151,15 +151,19 @@ impl Delivery {
     /// Leases due jobs from the store, at most as many as there are free permits, and starts
     /// their attempts; says how long until the store should be looked at again.
     async fn lease_from_store(&self, target: &Arc<Target>, stop: &CancellationToken) -> Lease {
-        // Hold one permit while leasing, so a lease never outruns the concurrency budget.
-        let first = tokio::select! {
-            permit = target.plumbing.permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return Lease::Stopped,
-            },
-            () = stop.cancelled() => return Lease::Stopped,
-        };
-        let want = (1 + target.plumbing.permits.available_permits()).min(LEASE_BATCH);
+        // Lease only when there is room, but hold no permit while the store is asked: a reply
+        // owner's relay takes one without waiting, and a worker that merely polls the store
+        // (most polls find nothing) must not make it skip the relay. A permit taken meanwhile
+        // only makes a leased job wait for the next one.
+        let permits = &target.plumbing.permits;
+        if permits.available_permits() == 0 {
+            // Busy: wait for room (the permit is given back at once).
+            tokio::select! {
+                permit = permits.acquire() => if permit.is_err() { return Lease::Stopped },
+                () = stop.cancelled() => return Lease::Stopped,
+            }
+        }
+        let want = permits.available_permits().clamp(1, LEASE_BATCH);
         let jobs = match self.shared.store.lease_due(&target.key, want).await {
             Ok(jobs) => jobs,
             Err(e) => {
@@ -171,15 +175,11 @@ impl Delivery {
         for job in &jobs {
             self.shared.leases.hold(job);
         }
-        let mut first = Some(first);
         for job in jobs {
-            let permit = match first.take() {
-                Some(permit) => permit,
-                // Leased jobs are always attempted, even if stop fires meanwhile.
-                None => match target.plumbing.permits.clone().acquire_owned().await {
-                    Ok(permit) => permit,
-                    Err(_) => return Lease::Stopped,
-                },
+            // Leased jobs are always attempted, even if stop fires meanwhile.
+            let permit = match target.plumbing.permits.clone().acquire_owned().await {
+                Ok(permit) => permit,
+                Err(_) => return Lease::Stopped,
             };
             self.spawn_attempt(target, job, permit);
         }

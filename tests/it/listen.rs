@@ -189,3 +189,51 @@ async fn a_testers_callbacks_reach_a_laptop_and_its_replies_reach_wechat() {
     settle().await;
     assert_eq!(laptop.count(), 4, "each once");
 }
+
+/// A client that dies with a delivery in flight (SIGKILL: its socket closes under it): the
+/// delivery fails at once rather than at its timeout, and is delivered again, on a later attempt
+/// of the same delivery, to the client that connects next. Plaintext mode, no `users`: every
+/// callback goes to the laptop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_in_flight_on_a_client_that_dies_is_retried_on_the_next() {
+    let laptop = Target::start(200).await;
+    laptop.set_delay(std::time::Duration::from_secs(3));
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let accounts = format!(
+        "{}\n[[accounts.targets]]\nname = \"laptop\"\nlisten = true\nlisten_token = \"{TOKEN}\"\n\
+         timeout_ms = 10000\nbackoff_initial_ms = 100\nbackoff_max_ms = 100\n",
+        wx.account("main", ""),
+    );
+    let config = write_binary_config(dir.path(), listen, &accounts);
+    let mut binary = Binary::serve(&config, listen, &dir.path().join("serve.log")).await;
+    binary.wait_listening().await;
+    let first = Client::start(listen, &laptop.url("/wx"), TOKEN);
+    connected(&config, 1).await;
+
+    let sealed = wx.seal(&text_xml("in flight when the laptop dies"));
+    let (status, _) = post_to_binary(listen, &sealed).await;
+    assert_eq!(status, 200);
+    // The local service has it, and takes 3 s to answer: the client dies meanwhile.
+    laptop.wait_for(1).await;
+    let died = std::time::Instant::now();
+    drop(first);
+    connected(&config, 0).await;
+    laptop.set_delay(std::time::Duration::ZERO);
+    let _next = Client::start(listen, &laptop.url("/wx"), TOKEN);
+    let got = laptop.wait_for(2).await;
+    assert!(
+        died.elapsed() < std::time::Duration::from_secs(8),
+        "retried without waiting for the 10 s timeout: {:?}",
+        died.elapsed()
+    );
+    assert_eq!(got[1].body, sealed.body.as_bytes());
+    assert_eq!(got[1].delivery(), got[0].delivery(), "the same delivery");
+    assert_eq!(got[1].attempt(), 2);
+    crate::support::no_jobs_left(
+        &crate::support::StoreView::admin_of(&config),
+        "the delivery recorded as delivered",
+    )
+    .await;
+}

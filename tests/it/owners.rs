@@ -167,6 +167,34 @@ async fn a_testers_messages_are_answered_by_the_target_that_lists_the_tester() {
     assert_eq!(bot.count(), 4);
 }
 
+/// A reply owner with `max_concurrency = 1` answers every callback, one after another: its
+/// worker, which polls the store every 20 ms here, holds no permit while it only asks the store,
+/// so the relay (which takes the one permit without waiting) is never skipped for it. It was:
+/// WeChat got `success` instead of the reply while a poll was in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_with_one_slot_answers_every_callback() {
+    let bot = Target::start(200).await;
+    bot.set_reply("application/xml", &reply("bot"));
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let toml = format!(
+        "{FAST}{}{}",
+        wx.account("main", "primary = \"bot\""),
+        Wx::target("bot", &bot.url("/bot"), "max_concurrency = 1"),
+    );
+    let proxy = Proxy::start(&toml).await;
+    let mut skipped = 0;
+    for i in 0..60 {
+        let answer = proxy
+            .post("main", &wx.seal(&text_xml(&format!("{i}"))))
+            .await;
+        if !answer.text().contains("from bot") {
+            skipped += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(7)).await;
+    }
+    assert_eq!(skipped, 0, "callbacks answered without the owner's reply");
+}
+
 fn check(targets: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
