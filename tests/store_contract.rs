@@ -996,6 +996,40 @@ async fn the_trace_context_comes_back_with_each_lease(store: Arc<dyn Store>) {
     assert_eq!(again.request.trace.as_deref(), Some(traceparent));
 }
 
+/// A listen target's callbacks that waited past its backlog become dead letters with the
+/// reason; younger ones, and other targets', keep waiting.
+async fn jobs_due_for_too_long_become_dead_letters(store: Arc<dyn Store>) {
+    store
+        .accept(callback(&*store, "w1", &[("a", false), ("b", false)]).await)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    store
+        .accept(callback(&*store, "w2", &[("a", false)]).await)
+        .await
+        .unwrap();
+    let reason = "no listen client connected for listen_backlog_secs (1 s)";
+    let n = store
+        .bury_waiting(&key("a"), Duration::from_millis(150), reason)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let letters = store
+        .dead_letters(&DeadLetterFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].target, "a");
+    assert_eq!(letters[0].last_error.as_deref(), Some(reason));
+    let a = depth(&*store, "a").await.unwrap();
+    assert_eq!((a.pending, a.dead), (1, 1), "{a:?}");
+    assert_eq!(
+        depth(&*store, "b").await.unwrap().pending,
+        1,
+        "another target's job waits"
+    );
+}
+
 /// The depth of `target` as `queue_depths` tells it (`None`: no job at all).
 async fn depth(store: &dyn Store, target: &str) -> Option<QueueDepth> {
     let depths = store.queue_depths().await.unwrap();
@@ -1096,6 +1130,7 @@ macro_rules! contract {
             #[tokio::test] callbacks_are_listed_newest_first,
             #[tokio::test] the_oldest_open_job_of_each_target_is_told,
             #[tokio::test] the_trace_context_comes_back_with_each_lease,
+            #[tokio::test] jobs_due_for_too_long_become_dead_letters,
         );
     };
     (@suite $backend:ident, $open:expr, $(#[$runtime:meta] $test:ident,)*) => {

@@ -107,6 +107,10 @@ pub struct TargetConfig {
     pub listen_token: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen_token_env: Option<String>,
+    /// How long a `listen` target's callbacks wait while no client is connected before they
+    /// become dead letters (seconds; default a day).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen_backlog_secs: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<Millis>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -148,6 +152,9 @@ pub struct TargetConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow_of: Option<String>,
 }
+
+/// How long a listen target's callbacks wait for a client by default: a day.
+pub const LISTEN_BACKLOG_SECS: u64 = 86_400;
 
 /// A shorter listen token is guessable: refused.
 pub const MIN_LISTEN_TOKEN_BYTES: usize = 16;
@@ -243,6 +250,10 @@ impl TargetConfig {
                 format!("{key}.listen_token"),
                 format!("must be at least {MIN_LISTEN_TOKEN_BYTES} characters"),
             )),
+            _ if self.listen_backlog_secs == Some(0) => Err(invalid(
+                format!("{key}.listen_backlog_secs"),
+                "must be at least 1",
+            )),
             _ if self.authorizers.is_some() || self.info_types.is_some() => Err(invalid(
                 format!("{key}.listen"),
                 "a listen target takes no open platform filters (info_types, authorizers)",
@@ -276,10 +287,14 @@ impl TargetConfig {
                 ));
             }
         };
-        if self.listen_token.is_some() || self.listen_token_env.is_some() {
+        if self.listen_token.is_some()
+            || self.listen_token_env.is_some()
+            || self.listen_backlog_secs.is_some()
+        {
             return Err(invalid(
                 format!("{key}.listen_token"),
-                "is for listen = true targets",
+                "listen_token, listen_token_env and listen_backlog_secs are for listen = true \
+                 targets",
             ));
         }
         if !matches!(url.scheme(), "http" | "https") {

@@ -24,6 +24,8 @@ use crate::clock::now_ms;
 use crate::routing::Target;
 use crate::store::{Disposition, Job, Leased};
 
+/// How often a listen target with no client looks for callbacks past its backlog, at most.
+const BACKLOG_CHECK: Duration = Duration::from_secs(60);
 /// Most jobs leased at once, however large the target's concurrency.
 const LEASE_BATCH: usize = 256;
 /// How long a stopping worker waits for jobs that ingress is handing over at that moment.
@@ -99,12 +101,16 @@ impl Delivery {
                 look_in_store = true;
                 continue;
             }
-            if target.listen.is_some() && !self.connected(&target) {
+            if let Some(listen) = target.listen.as_ref().filter(|_| !self.connected(&target)) {
                 // No client of this listen target is connected: its jobs wait in the store
-                // with their attempts untouched, like a down target's, until one connects.
+                // with their attempts untouched, like a down target's, until one connects or
+                // they have waited `listen_backlog_secs`.
                 let (account, name) = (&target.key.account, &target.key.target);
                 tokio::select! {
                     () = self.shared.listeners.connected(account, name) => {}
+                    () = tokio::time::sleep(listen.backlog.min(BACKLOG_CHECK)) => {
+                        self.bury_waiting(&target, listen.backlog).await;
+                    }
                     () = stop.cancelled() => break,
                 }
                 look_in_store = true;
@@ -140,6 +146,27 @@ impl Delivery {
             }
         }
         self.release(&mut inbox, unstarted).await;
+    }
+
+    /// A listen target's jobs that waited past its backlog: dead letters.
+    async fn bury_waiting(&self, target: &Target, backlog: Duration) {
+        let reason = format!(
+            "no listen client connected for listen_backlog_secs ({} s)",
+            backlog.as_secs()
+        );
+        match self
+            .shared
+            .store
+            .bury_waiting(&target.key, backlog, &reason)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => warn!(
+                dead_letters = n,
+                "listen target: callbacks waited past listen_backlog_secs with no client connected"
+            ),
+            Err(e) => error!(error = %e, "burying a listen target's old callbacks failed"),
+        }
     }
 
     /// Whether a listen target has a client connected to this process.

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use url::Url;
 
@@ -17,8 +18,8 @@ use super::{Account, Allowed, Filter, Listen, Plumbing, Routes, Target};
 use crate::cidr::Cidr;
 use crate::config::{
     AccountConfig, AccountKind, Config, ConfigError, DEFAULT_API_BASE, LATE_REPLIES_TARGET,
-    MIN_LISTEN_TOKEN_BYTES, Mode, TargetConfig, TargetSettings, WECOM_API_BASE, all_of,
-    authorizer_placeholders, invalid, secret,
+    LISTEN_BACKLOG_SECS, MIN_LISTEN_TOKEN_BYTES, Mode, TargetConfig, TargetSettings,
+    WECOM_API_BASE, all_of, authorizer_placeholders, invalid, secret,
 };
 use crate::outbound::Origin;
 use crate::outbound::wechat_api::ApiAccount;
@@ -115,7 +116,8 @@ fn build_account(
             );
             match kept(errors, token) {
                 Some(Some(token)) if token.len() >= MIN_LISTEN_TOKEN_BYTES => {
-                    Some(Listen::new(token))
+                    let backlog = t.listen_backlog_secs.unwrap_or(LISTEN_BACKLOG_SECS);
+                    Some(Listen::new(token, Duration::from_secs(backlog)))
                 }
                 Some(_) => {
                     errors.push(invalid(

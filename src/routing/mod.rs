@@ -80,9 +80,11 @@ pub struct Target {
     pub listen: Option<Listen>,
 }
 
-/// What a `listen` target's clients must present.
+/// What a `listen` target's clients must present, and how long its callbacks wait for one.
 pub struct Listen {
     token: String,
+    /// `listen_backlog_secs`: due this long with no client connected, a job is a dead letter.
+    pub backlog: std::time::Duration,
 }
 
 impl std::fmt::Debug for Listen {
@@ -92,8 +94,8 @@ impl std::fmt::Debug for Listen {
 }
 
 impl Listen {
-    pub fn new(token: String) -> Listen {
-        Listen { token }
+    pub fn new(token: String, backlog: std::time::Duration) -> Listen {
+        Listen { token, backlog }
     }
 
     /// Whether `presented` is the token, compared in constant time.

@@ -509,6 +509,16 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<Vec<(TargetKey, u64)>, StoreError>;
 
+    /// Turns `key`'s pending jobs that have been due for longer than `waited` into dead letters
+    /// with `reason` (a listen target nobody listened to for its `listen_backlog_secs`); how
+    /// many. On Redis by its clock, at most 1,000 a call.
+    async fn bury_waiting(
+        &self,
+        key: &TargetKey,
+        waited: Duration,
+        reason: &str,
+    ) -> Result<u64, StoreError>;
+
     /// Succeeds when a write can be committed now (readiness).
     async fn check_writable(&self) -> Result<(), StoreError>;
 

@@ -237,3 +237,37 @@ async fn a_delivery_in_flight_on_a_client_that_dies_is_retried_on_the_next() {
     )
     .await;
 }
+
+/// With nobody listening, callbacks wait `listen_backlog_secs`, then become dead letters that
+/// say why (and can be replayed once a client is back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callbacks_nobody_listened_to_become_dead_letters_after_the_backlog() {
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let accounts = format!(
+        "{}\n[[accounts.targets]]\nname = \"laptop\"\nlisten = true\nlisten_token = \"{TOKEN}\"\n\
+         listen_backlog_secs = 1\n",
+        wx.account("main", ""),
+    );
+    let config = write_binary_config(dir.path(), listen, &accounts);
+    let mut binary = Binary::serve(&config, listen, &dir.path().join("serve.log")).await;
+    binary.wait_listening().await;
+    let (status, answer) = post_to_binary(listen, &wx.seal(&text_xml("nobody listens"))).await;
+    assert_eq!((status, answer.as_str()), (200, "success"));
+    let letters = eventually_async("the dead letter", || {
+        let config = config.clone();
+        async move {
+            let letters = crate::operate::listed_dead_letters(&config).await;
+            (!letters.is_empty()).then_some(letters)
+        }
+    })
+    .await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["target"], "laptop");
+    assert_eq!(
+        letters[0]["last_error"],
+        "no listen client connected for listen_backlog_secs (1 s)"
+    );
+    assert_eq!(letters[0]["attempts"], 0, "never attempted");
+}

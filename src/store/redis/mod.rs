@@ -538,6 +538,24 @@ impl Store for RedisStore {
         Some(Duration::from_millis(self.lease_ms))
     }
 
+    async fn bury_waiting(
+        &self,
+        key: &TargetKey,
+        waited: Duration,
+        reason: &str,
+    ) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .scripts
+            .bury_waiting
+            .key(self.base(&key.account))
+            .arg(&*key.target)
+            .arg(u64::try_from(waited.as_millis()).unwrap_or(u64::MAX))
+            .arg(reason)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(n.unsigned_abs())
+    }
+
     async fn bury_unrouted(
         &self,
         routed: Vec<TargetKey>,

@@ -32,6 +32,8 @@ pub(super) struct Scripts {
     pub(super) renew: Script,
     /// Turns the pending jobs of unrouted targets into dead letters.
     pub(super) bury: Script,
+    /// Turns a target's jobs due for too long into dead letters.
+    pub(super) bury_waiting: Script,
     pub(super) replay: Script,
     pub(super) purge_dead: Script,
     /// Forgets callbacks with no job left after the retention.
@@ -55,6 +57,7 @@ impl Scripts {
             release: script(include_str!("lua/release.lua")),
             renew: script(include_str!("lua/renew.lua")),
             bury: script(include_str!("lua/bury.lua")),
+            bury_waiting: script(include_str!("lua/bury_waiting.lua")),
             replay: script(include_str!("lua/replay.lua")),
             purge_dead: script(include_str!("lua/purge_dead.lua")),
             purge_done: script(include_str!("lua/purge_done.lua")),

@@ -329,6 +329,32 @@ impl Writer {
         Ok(Recorded::Applied)
     }
 
+    /// A target's pending jobs due since before `before`: dead letters with `reason`.
+    pub(super) fn bury_waiting(
+        &mut self,
+        key: &TargetKey,
+        before: i64,
+        reason: &str,
+        now: i64,
+    ) -> Result<u64, StoreError> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE jobs SET state = ?3, updated_at = ?4, last_error = ?5
+                 WHERE account = ?1 AND target = ?2 AND state = ?6 AND next_at <= ?7",
+            )?
+            .execute(params![
+                &*key.account,
+                &*key.target,
+                DEAD,
+                now,
+                reason,
+                PENDING,
+                before
+            ])?;
+        Ok(n as u64)
+    }
+
     pub(super) fn bury_unrouted(
         &mut self,
         routed: &[TargetKey],

@@ -281,6 +281,19 @@ impl Store for SqliteStore {
         self.call(|r| Command::Keep(name, value, r)).await
     }
 
+    async fn bury_waiting(
+        &self,
+        key: &TargetKey,
+        waited: Duration,
+        reason: &str,
+    ) -> Result<u64, StoreError> {
+        let now = now_ms();
+        let before = now.saturating_sub(i64::try_from(waited.as_millis()).unwrap_or(i64::MAX));
+        let (key, reason) = (key.clone(), reason.to_owned());
+        self.call(move |r| Command::BuryWaiting(key, before, reason, now, r))
+            .await
+    }
+
     async fn check_writable(&self) -> Result<(), StoreError> {
         let readiness = self.readiness;
         self.call(|r| Command::Probe(readiness, r)).await

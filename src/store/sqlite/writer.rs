@@ -70,6 +70,8 @@ pub(super) enum Command {
     Record(AttemptReport, Reply<Recorded>),
     Release(Vec<Leased>, Reply<()>),
     BuryUnrouted(Vec<TargetKey>, String, i64, Reply<Vec<(TargetKey, u64)>>),
+    /// A target's pending jobs due since before the first time: dead, with the reason.
+    BuryWaiting(TargetKey, i64, String, i64, Reply<u64>),
     Purge(i64, Reply<u64>),
     ReplayDead(
         Option<JobId>,
@@ -517,6 +519,7 @@ impl Writer {
             Command::ReserveIds(_, r) => Done::Reserved(r, Err(error.clone())),
             Command::ReturnIds(_, _, r) => Done::Unit(r, Err(error.clone())),
             Command::BuryUnrouted(_, _, _, r) => Done::Buried(r, Err(error.clone())),
+            Command::BuryWaiting(_, _, _, _, r) => Done::Count(r, Err(error.clone())),
         }
     }
 
@@ -539,6 +542,9 @@ impl Writer {
             Command::ReturnIds(reserved, out, r) => Done::Unit(r, self.return_ids(reserved, out)),
             Command::BuryUnrouted(routed, reason, now, r) => {
                 Done::Buried(r, self.bury_unrouted(&routed, &reason, now))
+            }
+            Command::BuryWaiting(key, before, reason, now, r) => {
+                Done::Count(r, self.bury_waiting(&key, before, &reason, now))
             }
             // Nothing to do but to be in the transaction: its answer waits for the commit.
             Command::Flush(r) => Done::Unit(r, Ok(())),
