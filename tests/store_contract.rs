@@ -21,7 +21,7 @@ use wechat_fanout::store::{
 
 #[path = "support/redis.rs"]
 mod redis_server;
-use redis_server::{RedisCluster, RedisServer};
+use redis_server::{RedisCluster, RedisSentinelSet, RedisServer};
 
 /// A callback for account `main` with ids from `store`; `(target, true)` is stored leased (with
 /// a fresh token, in `jobs[i].lease`).
@@ -1870,4 +1870,37 @@ async fn redis_killed_and_restarted_keeps_what_was_accepted_and_the_store_recove
             .unwrap(),
         Accepted::New { .. }
     ));
+}
+
+/// The test harness's Sentinel set fails over as a deployment's would, and shows what
+/// asynchronous replication loses: a write the replica had (before it stalled) survives the
+/// failover, one acknowledged while its link was cut does not. The primary's machine dies
+/// (SIGKILL), the Sentinel promotes the replica, and the old primary, restarted on its port and
+/// data, comes back as the new one's replica.
+#[tokio::test]
+#[allow(clippy::print_stderr)] // its figure, for --nocapture
+async fn redis_sentinel_promotes_the_replica_when_the_primary_dies() {
+    let mut set = RedisSentinelSet::start();
+    assert_eq!(set.primary_port(), Some(set.primary.port));
+    assert!(set.primary.command("SET kept 1").starts_with("+OK"));
+    assert_eq!(set.primary.values("WAIT 1 2000"), ["1"]);
+    set.replica.send_signal("STOP");
+    RedisSentinelSet::cut_replica_links(&set.primary);
+    assert!(set.primary.command("SET lost 1").starts_with("+OK"));
+    set.primary.signal("KILL");
+    set.replica.send_signal("CONT");
+    let took = set.await_primary(set.replica.port, Duration::from_secs(15));
+    eprintln!("the Sentinel promoted the replica {took:?} after the primary died");
+    assert_eq!(set.replica.values("EXISTS kept"), ["1"]);
+    assert_eq!(set.replica.values("EXISTS lost"), ["0"]);
+    set.primary.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while set.primary.info_field("role").as_deref() != Some("slave") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old primary did not become a replica"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(set.primary_port(), Some(set.replica.port));
 }
