@@ -1141,6 +1141,8 @@ async fn open_redis(urls: Vec<String>, cluster: bool, prefix: &str, lease_ms: u6
         lease_ms,
         max_memory_used_ratio: 0.95,
         password: None,
+        sentinel_master: None,
+        sentinel_password: None,
     })
     .await
     .expect("the store opens on the test's redis")
@@ -1792,6 +1794,8 @@ async fn redis_is_not_ready_before_its_maxmemory_refuses_writes() {
         lease_ms: 30_000,
         max_memory_used_ratio: 0.9,
         password: None,
+        sentinel_master: None,
+        sentinel_password: None,
     })
     .await
     .unwrap();
@@ -1872,29 +1876,94 @@ async fn redis_killed_and_restarted_keeps_what_was_accepted_and_the_store_recove
     ));
 }
 
-/// The test harness's Sentinel set fails over as a deployment's would, and shows what
-/// asynchronous replication loses: a write the replica had (before it stalled) survives the
-/// failover, one acknowledged while its link was cut does not. The primary's machine dies
-/// (SIGKILL), the Sentinel promotes the replica, and the old primary, restarted on its port and
-/// data, comes back as the new one's replica.
+/// Redis behind a Sentinel, issue 26: the primary's machine dies (SIGKILL) and the Sentinel
+/// promotes the replica; the same store value, neither reopened nor reconfigured, follows it by
+/// itself within seconds: it writes to the new primary, reads what the replica had, and stays
+/// there when the old primary comes back (restarted on its port and data, it becomes the new
+/// one's replica). Also what asynchronous replication loses: a write the old primary
+/// acknowledged while the replica's link was cut is gone (the gap `min_replicas` closes).
 #[tokio::test]
-#[allow(clippy::print_stderr)] // its figure, for --nocapture
-async fn redis_sentinel_promotes_the_replica_when_the_primary_dies() {
+#[allow(clippy::print_stderr)] // its figures, for --nocapture
+async fn redis_sentinel_a_store_follows_a_failover_by_itself() {
     let mut set = RedisSentinelSet::start();
     assert_eq!(set.primary_port(), Some(set.primary.port));
+    let prefix = prefix();
+    let store = RedisStore::open(&RedisOptions {
+        urls: vec![set.sentinel_url()],
+        cluster: false,
+        sentinel_master: Some(redis_server::MASTER_NAME.to_owned()),
+        key_prefix: prefix.clone(),
+        lease_ms: 30_000,
+        max_memory_used_ratio: 0.95,
+        password: None,
+        sentinel_password: None,
+    })
+    .await
+    .expect("the store opens through the Sentinel");
+    let before = callback(&store, "before", &[("a", false)]).await;
+    let before_job = before.jobs[0].id;
+    assert!(matches!(
+        store.accept(before).await.unwrap(),
+        Accepted::New { .. }
+    ));
+    // Everything so far is on the replica (a later write acknowledged covers the earlier ones).
     assert!(set.primary.command("SET kept 1").starts_with("+OK"));
     assert_eq!(set.primary.values("WAIT 1 2000"), ["1"]);
+
     set.replica.send_signal("STOP");
     RedisSentinelSet::cut_replica_links(&set.primary);
     assert!(set.primary.command("SET lost 1").starts_with("+OK"));
     set.primary.signal("KILL");
+    let killed = std::time::Instant::now();
     set.replica.send_signal("CONT");
-    let took = set.await_primary(set.replica.port, Duration::from_secs(15));
-    eprintln!("the Sentinel promoted the replica {took:?} after the primary died");
+    let promoted = set.await_primary(set.replica.port, Duration::from_secs(15));
+
+    // The same store value writes again, to the new primary, by itself.
+    let mut refused = 0;
+    let after = loop {
+        let new = callback(&store, "after", &[("a", false)]).await;
+        let id = new.id;
+        match store.accept(new).await {
+            Ok(Accepted::New { .. }) => break id,
+            Ok(other) => panic!("a first copy taken for a duplicate: {other:?}"),
+            Err(e) => {
+                assert!(
+                    matches!(e, StoreError::Unavailable(_) | StoreError::Timeout(_)),
+                    "{e:?}"
+                );
+                refused += 1;
+            }
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(15),
+            "the store did not follow the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let recovered = killed.elapsed();
+    store.check_writable().await.unwrap();
+    let stored_at = |server: &RedisServer, id: CallbackId| {
+        server.values(&format!("EXISTS {prefix}:{{main}}:cb:{}", id.0))
+    };
+    assert_eq!(stored_at(&set.replica, after), ["1"]);
+    let due: Vec<JobId> = store
+        .lease_due(&key("a"), 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|job| job.id)
+        .collect();
+    assert!(due.contains(&before_job), "{due:?}");
     assert_eq!(set.replica.values("EXISTS kept"), ["1"]);
     assert_eq!(set.replica.values("EXISTS lost"), ["0"]);
+    eprintln!(
+        "promoted {promoted:?} and written again {recovered:?} after the primary died \
+         ({refused} accepts refused meanwhile)"
+    );
+
+    // The old primary comes back as a replica; writes still go to the new one.
     set.primary.restart();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while set.primary.info_field("role").as_deref() != Some("slave") {
         assert!(
             std::time::Instant::now() < deadline,
@@ -1902,5 +1971,12 @@ async fn redis_sentinel_promotes_the_replica_when_the_primary_dies() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let last = callback(&store, "last", &[("a", false)]).await;
+    let last_id = last.id;
+    assert!(matches!(
+        store.accept(last).await.unwrap(),
+        Accepted::New { .. }
+    ));
+    assert_eq!(stored_at(&set.replica, last_id), ["1"]);
     assert_eq!(set.primary_port(), Some(set.replica.port));
 }

@@ -223,6 +223,27 @@ fn redis_keys_are_validated_and_named() {
         ),
         ("cluster = \"yes\"", "cluster"),
         ("url = \"redis://x\"", "url"),
+        (
+            "cluster = true\nsentinel_master = \"mymaster\"",
+            "store.redis.sentinel_master:",
+        ),
+        ("sentinel_master = \"\"", "store.redis.sentinel_master:"),
+        (
+            "sentinel_master = \"my master\"",
+            "store.redis.sentinel_master:",
+        ),
+        (
+            "sentinel_password_env = \"WECHAT_FANOUT_TEST_NO_SUCH_VARIABLE\"",
+            "store.redis.sentinel_password_env:",
+        ),
+        (
+            "sentinel_master = \"m\"\nsentinel_password_env = \"WECHAT_FANOUT_TEST_NO_SUCH_VARIABLE\"",
+            "store.redis.sentinel_password_env:",
+        ),
+        (
+            "sentinel_master = \"m\"\nurls = [\"redis://a:26379\", \"rediss://b:26379\"]",
+            "store.redis.urls:",
+        ),
     ];
     for (section, key) in cases {
         let error = error_of(&redis(section));
@@ -235,6 +256,12 @@ fn redis_keys_are_validated_and_named() {
     assert!(!bad_url.contains("s3cret"), "{bad_url}");
     let seeds = redis("cluster = true\nurls = [\"redis://a:7000\", \"redis://b:7001\"]");
     assert!(Config::from_toml(&seeds).unwrap().store.redis.cluster);
+    let sentinels = redis(
+        "sentinel_master = \"mymaster\"\nurls = [\"redis://a:26379\", \"redis://b:26379\", \"redis://c:26379\"]",
+    );
+    let sentinels = Config::from_toml(&sentinels).unwrap().store.redis;
+    assert_eq!(sentinels.sentinel_master.as_deref(), Some("mymaster"));
+    assert_eq!(sentinels.urls.len(), 3);
     let backend = format!("{MINIMAL}\n[store]\nbackend = \"mongo\"");
     assert!(
         error_of(&backend).contains("backend"),

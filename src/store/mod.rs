@@ -45,7 +45,7 @@ mod redis;
 mod shape;
 mod sqlite;
 
-pub use self::redis::{RedisOptions, RedisStore};
+pub use self::redis::{RedisNodes, RedisOptions, RedisStore};
 pub use ids::IdBlocks;
 pub use shape::{Replay, SHAPE_VERSION};
 pub use sqlite::{Readiness, SqliteStore};

@@ -169,19 +169,20 @@ impl BatchContext {
             let rows = self
                 .run_accept(&invocation)
                 .await
-                .and_then(|reply| {
+                .and_then(|(reply, conn)| {
                     let rows: Vec<Value> = parse(reply)?;
                     rows.into_iter()
                         .map(parse::<Row>)
                         .collect::<Result<Vec<_>, _>>()
+                        .map(|rows| (rows, conn))
                 })
-                .and_then(|rows| one_each(rows, &places, "accept"));
+                .and_then(|(rows, conn)| Ok((one_each(rows, &places, "accept")?, conn)));
             let rows = match rows {
-                Ok(rows) => {
+                Ok((rows, conn)) => {
                     let new = rows
                         .iter()
                         .any(|r| r.first().and_then(|v| v.as_deref()) == Some(b"new"));
-                    match (self.waitaof && new).then(|| wait_aof(self.conn.clone(), base)) {
+                    match (self.waitaof && new).then(|| wait_aof(conn, base)) {
                         Some(waited) => waited.await.map(|()| rows),
                         None => Ok(rows),
                     }
@@ -194,15 +195,19 @@ impl BatchContext {
     }
 
     /// Runs the accept script; once more if the connection broke (the script may have run: a
-    /// second run recognises its callback ids).
+    /// second run recognises its callback ids). Its reply, and the connection that wrote it
+    /// (held to one server, [`Conn::pinned`]), for what waits for the write.
     async fn run_accept(
         &self,
         invocation: &redis::ScriptInvocation<'_>,
-    ) -> Result<Value, StoreError> {
-        match invocation.invoke_async(&mut self.conn.clone()).await {
-            Ok(value) => Ok(value),
+    ) -> Result<(Value, Conn), StoreError> {
+        let mut conn = self.conn.pinned();
+        match invocation.invoke_async(&mut conn).await {
+            Ok(value) => Ok((value, conn)),
             Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
-                Ok(invocation.invoke_async(&mut self.conn.clone()).await?)
+                // Pinned again: after a failover that was followed meanwhile, the new primary.
+                let mut conn = self.conn.pinned();
+                Ok((invocation.invoke_async(&mut conn).await?, conn))
             }
             Err(e) => Err(e.into()),
         }
@@ -236,7 +241,6 @@ async fn wait_aof(conn: Conn, base: &str) -> Result<(), StoreError> {
     let mut cmd = redis::cmd("WAITAOF");
     cmd.arg(1).arg(0).arg(WAITAOF_TIMEOUT_MS);
     let reply = match conn {
-        Conn::Single(mut c) => cmd.query_async(&mut c).await?,
         Conn::Cluster(mut c) => {
             let route = Route::with_slot(Slot::for_key(base), SlotAddr::Master);
             c.route_command(
@@ -245,6 +249,7 @@ async fn wait_aof(conn: Conn, base: &str) -> Result<(), StoreError> {
             )
             .await?
         }
+        mut c => cmd.query_async(&mut c).await?,
     };
     let counts: Vec<i64> = parse(reply)?;
     if counts.first().copied().unwrap_or(0) < 1 {

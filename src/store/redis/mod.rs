@@ -88,8 +88,9 @@ mod callbacks;
 mod dead_letters;
 mod options;
 mod scripts;
+mod sentinel;
 
-pub use self::options::RedisOptions;
+pub use self::options::{RedisNodes, RedisOptions};
 
 /// How many ids an instance reserves at once: one `INCRBY` per this many callbacks and jobs.
 const ID_BLOCK: u64 = 1024;
@@ -156,6 +157,7 @@ impl RedisStore {
         store.outcomes = Some(Batcher::spawn(move |items| context.clone().record(items)));
         info!(
             cluster = options.cluster,
+            sentinel_master = options.sentinel_master.as_deref(),
             urls = ?options.urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>(),
             key_prefix = %store.prefix,
             lease_ms = store.lease_ms,
@@ -232,7 +234,6 @@ impl RedisStore {
     /// A command for server settings: on a Cluster, asked of one primary.
     async fn ask_server(&self, cmd: Cmd) -> Result<Value, RedisError> {
         match self.conn() {
-            Conn::Single(mut c) => cmd.query_async(&mut c).await,
             Conn::Cluster(mut c) => {
                 c.route_command(
                     cmd,
@@ -240,6 +241,7 @@ impl RedisStore {
                 )
                 .await
             }
+            mut c => cmd.query_async(&mut c).await,
         }
     }
 
@@ -625,7 +627,6 @@ impl Store for RedisStore {
 
     async fn usage(&self) -> Result<Option<f64>, StoreError> {
         let info = match self.conn() {
-            Conn::Single(mut c) => redis::cmd("INFO").arg("memory").query_async(&mut c).await?,
             Conn::Cluster(mut c) => {
                 c.route_command(
                     redis::cmd("INFO").arg("memory").clone(),
@@ -633,6 +634,7 @@ impl Store for RedisStore {
                 )
                 .await?
             }
+            mut c => redis::cmd("INFO").arg("memory").query_async(&mut c).await?,
         };
         Ok(memory_usage(&info))
     }
