@@ -1879,8 +1879,8 @@ async fn redis_killed_and_restarted_keeps_what_was_accepted_and_the_store_recove
 /// Redis behind a Sentinel, issue 26: the primary's machine dies (SIGKILL) and the Sentinel
 /// promotes the replica; the same store value, neither reopened nor reconfigured, follows it by
 /// itself within seconds: it writes to the new primary, reads what the replica had, and stays
-/// there when the old primary comes back (restarted on its port and data, it becomes the new
-/// one's replica). Also what asynchronous replication loses: a write the old primary
+/// there although the old primary comes back at once (restarted on its port and data, a primary
+/// for some seconds until the Sentinel makes it the new one's replica). Also what asynchronous replication loses: a write the old primary
 /// acknowledged while the replica's link was cut is gone (the gap `min_replicas` closes).
 #[tokio::test]
 #[allow(clippy::print_stderr)] // its figures, for --nocapture
@@ -1917,6 +1917,9 @@ async fn redis_sentinel_a_store_follows_a_failover_by_itself() {
     let killed = std::time::Instant::now();
     set.replica.send_signal("CONT");
     let promoted = set.await_primary(set.replica.port, Duration::from_secs(15));
+    // The old primary comes back at once, on its port and data: a primary again for a few
+    // seconds, until the Sentinel makes it a replica. The store must not go back to it.
+    set.primary.restart();
 
     // The same store value writes again, to the new primary, by itself.
     let mut refused = 0;
@@ -1961,8 +1964,7 @@ async fn redis_sentinel_a_store_follows_a_failover_by_itself() {
          ({refused} accepts refused meanwhile)"
     );
 
-    // The old primary comes back as a replica; writes still go to the new one.
-    set.primary.restart();
+    // The old primary is the new one's replica now; writes still go to the new one.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while set.primary.info_field("role").as_deref() != Some("slave") {
         assert!(

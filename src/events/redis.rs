@@ -158,32 +158,39 @@ async fn publish(
                 connection = None;
             }
         }
-        if connection.is_none() {
-            connection = connect(&nodes).await;
-        }
-        let Some((open, _)) = connection.as_mut() else {
-            if !warned {
-                warn!(
-                    "cannot reach redis to share console events; other instances' consoles miss this one's until it can"
-                );
-                warned = true;
+        // A connection that broke is replaced once for this event (Redis restarted, or a
+        // failover moved the primary); if that fails too, the event is not shared.
+        for retry in [false, true] {
+            if connection.is_none() {
+                connection = connect(&nodes).await;
             }
-            continue;
-        };
-        let sent: Result<i64, _> = redis::cmd("PUBLISH")
-            .arg(&channel)
-            .arg(text)
-            .query_async(open)
-            .await;
-        match sent {
-            Ok(_) => warned = false,
-            Err(e) => {
+            let Some((open, _)) = connection.as_mut() else {
                 if !warned {
-                    warn!(error = %e, "sharing a console event through redis failed");
+                    warn!(
+                        "cannot reach redis to share console events; other instances' consoles miss this one's until it can"
+                    );
                     warned = true;
                 }
-                connection = None;
-            }
+                break;
+            };
+            let sent: Result<i64, _> = redis::cmd("PUBLISH")
+                .arg(&channel)
+                .arg(&text)
+                .query_async(open)
+                .await;
+            connection = match sent {
+                Ok(_) => {
+                    warned = false;
+                    break;
+                }
+                Err(e) => {
+                    if retry && !warned {
+                        warn!(error = %e, "sharing a console event through redis failed");
+                        warned = true;
+                    }
+                    None
+                }
+            };
         }
     }
 }

@@ -13,10 +13,11 @@ use std::sync::Arc;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{
-    Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisConnectionInfo, RedisFuture, Value,
+    AsyncConnectionConfig, Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisConnectionInfo,
+    RedisFuture, Value,
 };
 
-use super::sentinel::{Followed, Sentinels};
+use super::sentinel::{Followed, Pinned, Sentinels};
 use crate::config::{RedisConfig, redact_url};
 use crate::store::StoreError;
 
@@ -160,7 +161,10 @@ impl RedisOptions {
                     "store.redis.sentinel_master: not with cluster = true".into(),
                 ));
             }
-            let followed = Followed::connect(Arc::new(sentinels), manager_config()).await?;
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                .set_response_timeout(Some(RESPONSE_TIMEOUT));
+            let followed = Followed::connect(Arc::new(sentinels), config).await?;
             return Ok(Conn::Sentinel(followed, None));
         }
         let infos = self.connection_infos()?;
@@ -182,7 +186,7 @@ impl RedisOptions {
     }
 }
 
-/// The timeouts and retries of a standalone server's (or a Sentinel-named primary's) manager.
+/// The timeouts and retries of a standalone server's manager.
 fn manager_config() -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -212,8 +216,8 @@ impl std::fmt::Debug for RedisOptions {
 pub(super) enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
-    /// The followed primary, and the manager this clone is held to ([`Conn::pinned`]).
-    Sentinel(Arc<Followed>, Option<ConnectionManager>),
+    /// The followed primary, and the connection this clone is held to ([`Conn::pinned`]).
+    Sentinel(Arc<Followed>, Option<Pinned>),
 }
 
 impl Conn {
@@ -222,9 +226,7 @@ impl Conn {
     /// followed between them.
     pub(super) fn pinned(&self) -> Conn {
         match self {
-            Conn::Sentinel(followed, _) => {
-                Conn::Sentinel(followed.clone(), Some(followed.manager()))
-            }
+            Conn::Sentinel(followed, _) => Conn::Sentinel(followed.clone(), Some(followed.pin())),
             other => other.clone(),
         }
     }

@@ -2,14 +2,18 @@
 //! connection to it that follows a failover by itself.
 //!
 //! The `redis` crate's connection manager reconnects to the address it was given; after a
-//! failover that address is a dead machine, or a replica that answers writes with READONLY.
-//! [`Followed`] owns the manager of the current primary behind an [`ArcSwap`], and a task that
-//! asks the Sentinels again: at once when a request failed in a way a moved primary explains (a
-//! broken, refused or timed-out connection, READONLY, MASTERDOWN), every [`POLL`] regardless,
-//! and at most once per [`MIN_GAP`]. When they name another address it connects there, checks
-//! with `ROLE` that the server is a primary, and swaps: the next request goes there. A request
-//! that failed meanwhile is the caller's error (ingress answers 503 and WeChat resends; an
-//! accept sent twice is recognised by its callback id), never a hang: every wait is bounded.
+//! failover that address is a dead machine, a replica that answers writes with READONLY, or
+//! worse, the old primary restarted: a primary again, by its own account, until the Sentinel
+//! makes it a replica some seconds later and its data is dropped for the new primary's. Writes
+//! it accepted meanwhile would be answered 200 and lost. So no connection here reconnects by
+//! itself: [`Followed`] holds one multiplexed connection to the primary the Sentinels named,
+//! behind an [`ArcSwap`], and a task that asks the Sentinels again: at once when a request
+//! failed in a way a moved primary explains (a broken, refused or timed-out connection,
+//! READONLY, MASTERDOWN), every [`POLL`] regardless, and at most once per [`MIN_GAP`]. When
+//! they name another address, or the connection failed, it connects to the address they name,
+//! checks with `ROLE` that the server is a primary, and swaps: the next request goes there. A
+//! request that failed meanwhile is the caller's error (ingress answers 503 and WeChat resends;
+//! an accept sent twice is recognised by its callback id), never a hang: every wait is bounded.
 //!
 //! Why not the crate's `sentinel` feature: its lookup (`SENTINEL MASTERS`, then a new
 //! connection to the named primary for `ROLE`, without timeouts) opens connections on every
@@ -19,12 +23,12 @@
 //! This file imports nothing of its siblings: `options` builds the two types from
 //! `[store.redis]`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use redis::aio::MultiplexedConnection;
-use redis::aio::{ConnectionLike as _, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike as _, MultiplexedConnection};
 use redis::{
     AsyncConnectionConfig, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, Pipeline, RedisError,
     RedisFuture, RedisResult, Role, ServerErrorKind, Value,
@@ -145,15 +149,17 @@ impl Sentinels {
 /// The primary a [`Followed`] sends to now.
 struct Primary {
     addr: ConnectionAddr,
-    manager: ConnectionManager,
+    connection: MultiplexedConnection,
+    /// A request on it failed as a moved primary would make it fail: replace it.
+    failed: AtomicBool,
 }
 
 /// A connection to the primary the Sentinels name, that follows a failover (see the module
 /// doc). Shared: every clone of the store's connection is this one.
 pub(super) struct Followed {
     sentinels: Arc<Sentinels>,
-    /// The timeouts and retries of each primary's manager.
-    config: ConnectionManagerConfig,
+    /// The timeouts of each primary's connection.
+    config: AsyncConnectionConfig,
     current: ArcSwap<Primary>,
     /// Wakes the task that asks the Sentinels (a request failed).
     check: Arc<Notify>,
@@ -164,7 +170,7 @@ impl Followed {
     /// clone is dropped).
     pub(super) async fn connect(
         sentinels: Arc<Sentinels>,
-        config: ConnectionManagerConfig,
+        config: AsyncConnectionConfig,
     ) -> RedisResult<Arc<Followed>> {
         let primary = connect_primary(sentinels.primary().await?, &config).await?;
         info!(
@@ -183,22 +189,22 @@ impl Followed {
         Ok(followed)
     }
 
-    /// The current primary's manager: requests that must share one connection (a write and
-    /// the `WAITAOF` for it) take it once.
-    pub(super) fn manager(&self) -> ConnectionManager {
-        self.current.load().manager.clone()
+    /// The current primary's connection: requests that must share one connection (a write
+    /// and the `WAITAOF` for it) take it once.
+    pub(super) fn pin(&self) -> Pinned {
+        Pinned(self.current.load_full())
     }
 
-    /// Sends `cmd` over `pinned`, or the current primary's manager.
+    /// Sends `cmd` over `pinned`, or the current primary's connection.
     pub(super) fn request<'a>(
         &'a self,
         cmd: &'a Cmd,
-        pinned: Option<ConnectionManager>,
+        pinned: Option<Pinned>,
     ) -> RedisFuture<'a, Value> {
-        let mut manager = pinned.unwrap_or_else(|| self.manager());
+        let primary = pinned.unwrap_or_else(|| self.pin()).0;
         Box::pin(async move {
-            let result = manager.req_packed_command(cmd).await;
-            self.after(&result);
+            let result = primary.connection.clone().req_packed_command(cmd).await;
+            self.after(&primary, &result);
             result
         })
     }
@@ -208,25 +214,31 @@ impl Followed {
         pipeline: &'a Pipeline,
         offset: usize,
         count: usize,
-        pinned: Option<ConnectionManager>,
+        pinned: Option<Pinned>,
     ) -> RedisFuture<'a, Vec<Value>> {
-        let mut manager = pinned.unwrap_or_else(|| self.manager());
+        let primary = pinned.unwrap_or_else(|| self.pin()).0;
         Box::pin(async move {
-            let result = manager.req_packed_commands(pipeline, offset, count).await;
-            self.after(&result);
+            let result = primary
+                .connection
+                .clone()
+                .req_packed_commands(pipeline, offset, count)
+                .await;
+            self.after(&primary, &result);
             result
         })
     }
 
     pub(super) fn db(&self) -> i64 {
-        self.current.load().manager.get_db()
+        self.current.load().connection.get_db()
     }
 
-    /// Asks the Sentinels soon if `result` is an error a moved primary explains.
-    fn after<T>(&self, result: &RedisResult<T>) {
+    /// If `result` is an error a moved primary explains: `primary` is to be replaced, and the
+    /// Sentinels asked soon.
+    fn after<T>(&self, primary: &Primary, result: &RedisResult<T>) {
         if let Err(e) = result
             && may_have_moved(e)
         {
+            primary.failed.store(true, Ordering::Relaxed);
             self.check.notify_one();
         }
     }
@@ -240,15 +252,19 @@ impl Followed {
                 return;
             }
         };
-        let was = self.current.load().addr.clone();
-        if *info.addr() == was {
+        let current = self.current.load_full();
+        if *info.addr() == current.addr && !current.failed.load(Ordering::Relaxed) {
             return;
         }
         match connect_primary(info, &self.config).await {
+            Ok(primary) if primary.addr == current.addr => {
+                debug!(primary = %primary.addr, "store: connected to the redis primary again");
+                self.current.store(Arc::new(primary));
+            }
             Ok(primary) => {
                 warn!(
                     master = %self.sentinels.master(),
-                    from = %was,
+                    from = %current.addr,
                     to = %primary.addr,
                     "store: the Sentinels name another redis primary (a failover); writes go there now"
                 );
@@ -276,15 +292,21 @@ async fn follow(followed: Weak<Followed>, check: Arc<Notify>) {
     }
 }
 
-/// A manager of the server at `info`, if it says it is a primary.
+/// The current primary, held by the requests that must share one connection
+/// ([`Followed::pin`]).
+#[derive(Clone)]
+pub(super) struct Pinned(Arc<Primary>);
+
+/// A connection to the server at `info`, if it says it is a primary.
 async fn connect_primary(
     info: ConnectionInfo,
-    config: &ConnectionManagerConfig,
+    config: &AsyncConnectionConfig,
 ) -> RedisResult<Primary> {
     let addr = info.addr().clone();
-    let mut manager =
-        ConnectionManager::new_with_config(redis::Client::open(info)?, config.clone()).await?;
-    let role: Role = redis::cmd("ROLE").query_async(&mut manager).await?;
+    let mut connection = redis::Client::open(info)?
+        .get_multiplexed_async_connection_with_config(config)
+        .await?;
+    let role: Role = redis::cmd("ROLE").query_async(&mut connection).await?;
     if !matches!(role, Role::Primary { .. }) {
         return Err(RedisError::from((
             ErrorKind::Server(ServerErrorKind::ReadOnly),
@@ -292,7 +314,11 @@ async fn connect_primary(
             addr.to_string(),
         )));
     }
-    Ok(Primary { addr, manager })
+    Ok(Primary {
+        addr,
+        connection,
+        failed: AtomicBool::new(false),
+    })
 }
 
 /// Whether `e` may mean the primary moved: the connection broke, was refused or timed out, or
