@@ -89,7 +89,7 @@ impl RedisOptions {
     /// The Sentinels `urls` name, if `sentinel_master` is set: asked with their URL's password
     /// (or `sentinel_password`) and no database; the data nodes are reached with TLS as the
     /// first URL says, its database, and `password` alone.
-    fn sentinels(&self) -> Result<Option<Sentinels>, StoreError> {
+    pub(super) fn sentinels(&self) -> Result<Option<Sentinels>, StoreError> {
         let Some(master) = &self.sentinel_master else {
             return Ok(None);
         };

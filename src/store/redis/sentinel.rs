@@ -73,6 +73,12 @@ impl Sentinels {
         &self.master
     }
 
+    /// Where the Sentinels are.
+    #[cfg(test)]
+    pub(super) fn nodes(&self) -> &[ConnectionInfo] {
+        &self.nodes
+    }
+
     /// Where the primary is now, by the first Sentinel that answers; one that does not is
     /// skipped (and connected to again next time).
     pub(super) async fn primary(&self) -> RedisResult<ConnectionInfo> {
@@ -128,7 +134,7 @@ impl Sentinels {
     }
 
     /// The data node at `host:port`, reached as [`Sentinels::data`] says.
-    fn data_node(&self, host: String, port: u16) -> ConnectionInfo {
+    pub(super) fn data_node(&self, host: String, port: u16) -> ConnectionInfo {
         let addr = match self.data.addr() {
             ConnectionAddr::TcpTls {
                 insecure,
@@ -163,6 +169,8 @@ pub(super) struct Followed {
     current: ArcSwap<Primary>,
     /// Wakes the task that asks the Sentinels (a request failed).
     check: Arc<Notify>,
+    /// No Sentinel answered the last ask: said once, not every [`POLL`].
+    unanswered: AtomicBool,
 }
 
 impl Followed {
@@ -184,6 +192,7 @@ impl Followed {
             config,
             current: ArcSwap::from_pointee(primary),
             check: check.clone(),
+            unanswered: AtomicBool::new(false),
         });
         tokio::spawn(follow(Arc::downgrade(&followed), check));
         Ok(followed)
@@ -246,9 +255,18 @@ impl Followed {
     /// Asks the Sentinels, and moves to the primary they name if it is another.
     async fn check(&self) {
         let info = match self.sentinels.primary().await {
-            Ok(info) => info,
+            Ok(info) => {
+                self.unanswered.store(false, Ordering::Relaxed);
+                info
+            }
             Err(e) => {
-                warn!(master = %self.sentinels.master(), error = %e, "store: no Sentinel named the redis primary");
+                if !self.unanswered.swap(true, Ordering::Relaxed) {
+                    warn!(
+                        master = %self.sentinels.master(),
+                        error = %e,
+                        "store: no Sentinel named the redis primary; asking again every 2 s"
+                    );
+                }
                 return;
             }
         };
