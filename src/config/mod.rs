@@ -133,6 +133,10 @@ const MIN_QUERY_BYTES: usize = 512;
 /// Far beyond any disk: a larger `store.min_free_bytes` is a typo that would never be ready.
 const MAX_MIN_FREE_BYTES: u64 = 1 << 50;
 
+/// The longest an accept may wait for its replicas: within the store's response timeout (3 s)
+/// and WeChat's 5 s.
+const MAX_MIN_REPLICAS_TIMEOUT_MS: u64 = 2000;
+
 /// A shorter admin token is guessable: refuse it rather than protect the admin API with it.
 const MIN_ADMIN_TOKEN_BYTES: usize = 16;
 
@@ -360,6 +364,11 @@ pub struct RedisConfig {
     pub lease_ms: Millis,
     /// `/readyz` answers 503 once Redis uses this much of its `maxmemory` (percent).
     pub max_memory_used_percent: u8,
+    /// A callback is answered 200 only once this many replicas acknowledged its write (`WAIT`);
+    /// 0: at once (asynchronous replication).
+    pub min_replicas: u8,
+    /// How long an accept waits for `min_replicas` before it is answered 503.
+    pub min_replicas_timeout_ms: Millis,
     /// The environment variable holding the password (overrides one in the URLs). With
     /// Sentinels: the data nodes' password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -464,6 +473,15 @@ impl RedisConfig {
             return Err(invalid(
                 "store.redis.max_memory_used_percent",
                 "must be from 1 to 100",
+            ));
+        }
+        if !(1..=MAX_MIN_REPLICAS_TIMEOUT_MS).contains(&self.min_replicas_timeout_ms.0) {
+            return Err(invalid(
+                "store.redis.min_replicas_timeout_ms",
+                format!(
+                    "must be from 1 to {MAX_MIN_REPLICAS_TIMEOUT_MS}: WeChat waits 5 s for its answer, \
+                     which also has to be stored and relayed"
+                ),
             ));
         }
         if backend == Backend::Redis {

@@ -206,6 +206,8 @@ fn redis_keys_are_validated_and_named() {
     assert_eq!(config.store.backend, Backend::Redis);
     assert_eq!(config.store.redis.urls, vec!["redis://127.0.0.1:6379/0"]);
     assert_eq!(config.store.redis.lease_ms, Millis(30_000));
+    assert_eq!(config.store.redis.min_replicas, 0);
+    assert_eq!(config.store.redis.min_replicas_timeout_ms, Millis(1000));
     Config::from_toml(&redis("urls = [\"rediss://:pw@redis.internal:6380\"]")).unwrap();
     let cases = [
         ("urls = []", "store.redis.urls:"),
@@ -217,6 +219,15 @@ fn redis_keys_are_validated_and_named() {
         ("key_prefix = \"a{b}\"", "store.redis.key_prefix:"),
         ("key_prefix = \"\"", "store.redis.key_prefix:"),
         ("lease_ms = 10", "store.redis.lease_ms:"),
+        (
+            "min_replicas_timeout_ms = 0",
+            "store.redis.min_replicas_timeout_ms:",
+        ),
+        (
+            "min_replicas_timeout_ms = 5000",
+            "store.redis.min_replicas_timeout_ms:",
+        ),
+        ("min_replicas = -1", "min_replicas"),
         (
             "password_env = \"WECHAT_FANOUT_TEST_NO_SUCH_VARIABLE\"",
             "store.redis.password_env:",

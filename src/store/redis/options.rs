@@ -38,6 +38,10 @@ pub struct RedisOptions {
     pub lease_ms: u64,
     /// Not ready at or above this fraction of `maxmemory` in use.
     pub max_memory_used_ratio: f64,
+    /// Replicas that must acknowledge an accept before it is answered (0: none).
+    pub min_replicas: u32,
+    /// How long an accept waits for them.
+    pub min_replicas_timeout_ms: u64,
     /// The data nodes' password; overrides a password in the URLs (with Sentinels: the data
     /// nodes have only this one).
     pub password: Option<String>,
@@ -55,6 +59,8 @@ impl RedisOptions {
             key_prefix: config.key_prefix.clone(),
             lease_ms: config.lease_ms.0,
             max_memory_used_ratio: f64::from(config.max_memory_used_percent) / 100.0,
+            min_replicas: u32::from(config.min_replicas),
+            min_replicas_timeout_ms: config.min_replicas_timeout_ms.0,
             password: config
                 .password()
                 .map_err(|e| StoreError::Refused(e.to_string()))?,
@@ -206,6 +212,7 @@ impl std::fmt::Debug for RedisOptions {
             .field("sentinel_master", &self.sentinel_master)
             .field("key_prefix", &self.key_prefix)
             .field("lease_ms", &self.lease_ms)
+            .field("min_replicas", &self.min_replicas)
             .finish_non_exhaustive()
     }
 }

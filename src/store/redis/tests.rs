@@ -1,5 +1,6 @@
 use redis::IntoConnectionInfo as _;
 
+use super::settings::{persistence_risk, server_version};
 use super::*;
 
 #[test]
@@ -77,6 +78,8 @@ fn sentinels_and_the_primary_they_name_are_reached_each_with_their_own_settings(
         key_prefix: "p".to_owned(),
         lease_ms: 1000,
         max_memory_used_ratio: 0.95,
+        min_replicas: 0,
+        min_replicas_timeout_ms: 1000,
         password: Some("data-pw".to_owned()),
         sentinel_password: None,
     };
