@@ -92,6 +92,9 @@ pub async fn run_with(
         }
         None => Traces::off(),
     };
+    // The listen targets' connections on this process, for ingress (which opens them) and
+    // attempts (which deliver over them).
+    let hub = Arc::new(crate::outbound::listen::Hub::default());
     let shared = Arc::new(Shared {
         routes: Arc::new(ArcSwap::from_pointee(routes)),
         attempts: Attempts::new(
@@ -100,6 +103,7 @@ pub async fn run_with(
             events.clone(),
             api.clone(),
             traces.clone(),
+            hub.clone(),
         ),
         store: store.clone(),
         in_flight: InFlight::default(),
@@ -107,6 +111,7 @@ pub async fn run_with(
         metrics: metrics.clone(),
         events: events.clone(),
         traces: traces.clone(),
+        listeners: hub,
     });
     let (routes, in_flight) = (&shared.routes, &shared.in_flight);
 
@@ -158,6 +163,7 @@ pub async fn run_with(
         config.server.clone(),
         sources,
         shadows,
+        shutdown.clone(),
     ));
     info!(
         address = %listeners.wechat.local_addr()?,

@@ -13,6 +13,7 @@ use http::header::{CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue, USER_
 use crate::clock::{self, now_ms};
 use crate::events::{AttemptEvent, Event, EventFeed};
 use crate::metrics::Metrics;
+use crate::outbound::listen::{DeliveryFrame, Hub, ListenError};
 use crate::outbound::wechat_api::{ApiError, WechatApi};
 use crate::outbound::{Failure, Outbound, Outgoing, Response};
 use crate::routing::retry::{self, Verdict};
@@ -59,6 +60,8 @@ pub struct Shared {
     pub events: Arc<dyn EventFeed>,
     /// Spans of callbacks and attempts (off unless `traces.otlp_endpoint`).
     pub traces: Traces,
+    /// The `listen` targets' connections open on this process.
+    pub listeners: Arc<Hub>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -109,6 +112,8 @@ enum Unanswered {
     Resign(#[from] ResignError),
     #[error(transparent)]
     Outbound(#[from] Failure),
+    #[error(transparent)]
+    Listen(ListenError),
 }
 
 impl Unanswered {
@@ -118,6 +123,7 @@ impl Unanswered {
         match self {
             Unanswered::Resign(_) => true,
             Unanswered::Outbound(failure) => failure.belongs_to_the_request(),
+            Unanswered::Listen(_) => false,
         }
     }
 }
@@ -134,6 +140,8 @@ pub struct Attempts {
     api: Arc<WechatApi>,
     /// Each attempt's span, under its callback's trace.
     traces: Traces,
+    /// Where a `listen` target's deliveries go: the WebSockets its clients opened.
+    listeners: Arc<Hub>,
 }
 
 impl Attempts {
@@ -143,6 +151,7 @@ impl Attempts {
         events: Arc<dyn EventFeed>,
         api: Arc<WechatApi>,
         traces: Traces,
+        listeners: Arc<Hub>,
     ) -> Attempts {
         Attempts {
             outbound,
@@ -150,6 +159,7 @@ impl Attempts {
             events,
             api,
             traces,
+            listeners,
         }
     }
 
@@ -283,6 +293,11 @@ impl Attempts {
             None => (wechat_query, request.body.clone()),
         };
         let settings = &target.settings;
+        if target.listen.is_some() {
+            let headers = delivery_headers(None, job, authorizer, request.content_type.as_deref())
+                .map_err(Failure::from)?;
+            return self.over_listen(target, job, query, headers, &body).await;
+        }
         // Plain HTTP/1.1 goes over connections of our own: the request target is the path and
         // query alone, with the address in `Host`, as any client sends it.
         let origin = target.origin_for(authorizer).filter(|_| !settings.http2);
@@ -479,6 +494,39 @@ fn delivery_headers(
         headers.insert(CONTENT_TYPE, content_type);
     }
     Ok(headers)
+}
+
+impl Attempts {
+    /// A delivery to a `listen` target: one frame down one of its clients' WebSockets, its
+    /// answer back, within the target's timeout.
+    async fn over_listen(
+        &self,
+        target: &Target,
+        job: &Job,
+        query: &str,
+        headers: HeaderMap,
+        body: &[u8],
+    ) -> Result<Response, Unanswered> {
+        let headers = headers
+            .iter()
+            .filter(|(name, _)| *name != HOST && *name != USER_AGENT)
+            .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_owned())))
+            .collect();
+        let frame = DeliveryFrame::new(job.id.0, job.attempts + 1, query, headers, body);
+        let (account, name) = (&target.key.account, &target.key.target);
+        let answered = self
+            .listeners
+            .deliver(account, name, &frame, target.settings.timeout)
+            .await
+            .map_err(Unanswered::Listen)?;
+        Ok(Response {
+            status: answered.status,
+            retry_after: None,
+            content_type: answered.content_type,
+            body: answered.body,
+            whole: true,
+        })
+    }
 }
 
 /// The time, a nonce and a random prefix for a request the proxy signs itself now: what the

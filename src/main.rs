@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use clap::{CommandFactory as _, FromArgMatches as _};
 use tokio_util::sync::CancellationToken;
 use wechat_fanout::cmd::{Cli, Command};
-use wechat_fanout::cmd::{admin_client, probe, simulate};
+use wechat_fanout::cmd::{admin_client, listen, probe, simulate};
 use wechat_fanout::config::Config;
 use wechat_fanout::routing::Routes;
 use wechat_fanout::store::Readiness;
@@ -128,6 +128,7 @@ async fn execute(cli: Cli, config: Config, routes: Option<Routes>) -> anyhow::Re
         }
         (Command::Simulate(args), _) => simulate::run(&config, &args, &mut out).await,
         (Command::Probe(args), _) => probe::run(&config, &args, &mut out).await,
+        (Command::Listen(args), _) => listen::run(&args, &mut out).await,
     }
 }
 

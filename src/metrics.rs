@@ -19,7 +19,8 @@
 //! - `admin_refusals_total{reason}`: admin requests refused (foreign_host, no_token, bad_token,
 //!   guessing, cross_origin, csrf, too_large, event_streams_full);
 //! - `console_event_streams`: the console's event streams open now;
-//! - `store_ready`: 1 when this instance's store commits a test write at scrape time, else 0.
+//! - `store_ready`: 1 when this instance's store commits a test write at scrape time, else 0;
+//! - `listeners{account, target}`: listen clients connected to this instance.
 //!
 //! Deployment-wide:
 //! - `queue_jobs{account, target, state}`: pending, in_flight and dead jobs;
@@ -103,6 +104,7 @@ pub struct Metrics {
     queue: Family<QueueLabels, Gauge>,
     oldest_pending: Family<TargetLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     store_ready: Gauge,
+    listeners: Family<TargetLabels, Gauge>,
     /// A family of one unlabelled gauge: absent when the store has no limit.
     store_usage: Family<Vec<(String, String)>, Gauge<f64, std::sync::atomic::AtomicU64>>,
     shadow: Family<ShadowLabels, Counter>,
@@ -139,6 +141,7 @@ impl Metrics {
             queue: Family::default(),
             oldest_pending: Family::default(),
             store_ready: Gauge::default(),
+            listeners: Family::default(),
             store_usage: Family::default(),
             shadow: Family::default(),
             late_replies: Family::default(),
@@ -168,6 +171,11 @@ impl Metrics {
             std::borrow::Cow::Borrowed("instance_name"),
             std::borrow::Cow::Owned(instance_name.to_owned()),
         ));
+        registry.register(
+            "listeners",
+            "Listen clients connected to this instance, by target",
+            metrics.listeners.clone(),
+        );
         registry.register(
             "store_ready",
             "1 when this instance's store committed a test write at scrape time, else 0",
@@ -334,6 +342,16 @@ impl Metrics {
 }
 
 impl Metrics {
+    /// A listen target's client connected (`1`) or went away (`-1`).
+    pub fn listeners(&self, account: &str, target: &str, change: i64) {
+        self.listeners
+            .get_or_create(&TargetLabels {
+                account: account.to_owned(),
+                target: target.to_owned(),
+            })
+            .inc_by(change);
+    }
+
     /// The store's readiness and usage as a scrape found them (`usage` `None`: no limit, or
     /// unknown; the gauge is then absent).
     pub fn set_store(&self, ready: bool, usage: Option<f64>) {

@@ -4,6 +4,7 @@
 
 pub mod admin_client;
 mod letter;
+pub mod listen;
 pub mod probe;
 pub mod simulate;
 
@@ -112,6 +113,9 @@ pub enum Command {
     DeadLetters(DeadLettersCommand),
     /// Send a realistic, signed (and encrypted) callback for an account, as WeChat would.
     Simulate(SimulateArgs),
+    /// Receive a listen target's callbacks here (a laptop, an agent) over a WebSocket to the
+    /// proxy, forward them to a local service and send its answers back.
+    Listen(listen::ListenArgs),
     /// Check that every target answers WeChat's URL-verification GET (signed, fresh echostr)
     /// before pointing the console at the proxy; exit 0 only if all echo it exactly.
     Probe(ProbeArgs),

@@ -120,6 +120,8 @@ pub async fn probe(
         .iter()
         .flat_map(|a| a.targets.iter().map(move |t| ((*a).clone(), t.clone())))
         .filter(|(_, t)| target.is_none_or(|name| &*t.key.target == name))
+        // A listen target has no URL to probe: its client connects to the proxy.
+        .filter(|(_, t)| t.listen.is_none())
         .collect();
     if let Some(name) = target
         && chosen.is_empty()

@@ -11,8 +11,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use super::{
-    ConfigError, MAX_URI_BYTES, Millis, TargetDefaults, TargetSettings, invalid, written_url,
-    written_url_if_any,
+    ConfigError, MAX_URI_BYTES, Millis, TargetDefaults, TargetSettings, invalid, written_url_if_any,
 };
 
 /// `{authorizer}` in a target URL, as the URL parser writes it in a path and in a query.
@@ -91,8 +90,23 @@ pub struct AccountConfig {
 #[serde(deny_unknown_fields)]
 pub struct TargetConfig {
     pub name: String,
-    #[serde(deserialize_with = "written_url")]
-    pub url: Url,
+    /// Where deliveries are POSTed; none for a `listen` target.
+    #[serde(
+        default,
+        deserialize_with = "written_url_if_any",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub url: Option<Url>,
+    /// Reached over a WebSocket its client opens (`GET /listen/{account}/{target}` on
+    /// `server.listen`), not at a URL.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub listen: bool,
+    /// The token a `listen` client presents (`Authorization: Bearer …`), or the variable
+    /// holding it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen_token_env: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<Millis>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -119,6 +133,10 @@ pub struct TargetConfig {
     /// Open platform: only callbacks of these authorizer app ids.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorizers: Option<Vec<String>>,
+    /// Only callbacks from these senders (`FromUserName`: an openid; WeCom: a UserID), exact.
+    /// With `replies_to`, the target owns those senders' replies on its routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<Vec<String>>,
     /// The target's own token (and key): its deliveries are re-signed (and re-encrypted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resign: Option<ResignConfig>,
@@ -130,6 +148,9 @@ pub struct TargetConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow_of: Option<String>,
 }
+
+/// A shorter listen token is guessable: refused.
+pub const MIN_LISTEN_TOKEN_BYTES: usize = 16;
 
 /// `late_replies`: how an answer that missed the deadline still reaches the user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,6 +227,30 @@ impl AccountConfig {
 }
 
 impl TargetConfig {
+    /// The rules of a `listen` target: a token (the secret itself is read when the routing
+    /// table is built), and the settings; no URL-bound options.
+    fn check_listen(&self, key: &str, defaults: &TargetDefaults) -> Result<(), ConfigError> {
+        match (&self.listen_token, &self.listen_token_env) {
+            (None, None) => Err(invalid(
+                format!("{key}.listen_token"),
+                "missing: a listen target needs listen_token or listen_token_env (16+ characters)",
+            )),
+            (Some(_), Some(_)) => Err(invalid(
+                format!("{key}.listen_token"),
+                "set either listen_token or listen_token_env, not both",
+            )),
+            (Some(token), None) if token.len() < MIN_LISTEN_TOKEN_BYTES => Err(invalid(
+                format!("{key}.listen_token"),
+                format!("must be at least {MIN_LISTEN_TOKEN_BYTES} characters"),
+            )),
+            _ if self.authorizers.is_some() || self.info_types.is_some() => Err(invalid(
+                format!("{key}.listen"),
+                "a listen target takes no open platform filters (info_types, authorizers)",
+            )),
+            _ => self.settings(defaults).check(key),
+        }
+    }
+
     /// The field rules of one target (`key`: `accounts[i].targets[j]`) of an account of `kind`.
     fn check(
         &self,
@@ -214,14 +259,37 @@ impl TargetConfig {
         defaults: &TargetDefaults,
         max_query_bytes: usize,
     ) -> Result<(), ConfigError> {
-        if !matches!(self.url.scheme(), "http" | "https") {
+        let url = match (&self.url, self.listen) {
+            (Some(url), false) => url,
+            (None, true) => return self.check_listen(key, defaults),
+            (Some(_), true) => {
+                return Err(invalid(
+                    format!("{key}.url"),
+                    "a listen target has no url: its client connects to \
+                     /listen/{account}/{target} on server.listen",
+                ));
+            }
+            (None, false) => {
+                return Err(invalid(
+                    format!("{key}.url"),
+                    "missing: a target needs a url, or listen = true",
+                ));
+            }
+        };
+        if self.listen_token.is_some() || self.listen_token_env.is_some() {
+            return Err(invalid(
+                format!("{key}.listen_token"),
+                "is for listen = true targets",
+            ));
+        }
+        if !matches!(url.scheme(), "http" | "https") {
             return Err(invalid(
                 format!("{key}.url"),
                 "must be an http:// or https:// URL",
             ));
         }
         // The callback's query is appended: after a fragment it would not be sent at all.
-        if self.url.fragment().is_some() {
+        if url.fragment().is_some() {
             return Err(invalid(
                 format!("{key}.url"),
                 "must not have a #fragment (the callback's query is appended to the URL)",
@@ -229,8 +297,8 @@ impl TargetConfig {
         }
         // Every accepted query must fit, so that no accepted callback is undeliverable.
         // `{authorizer}` is replaced by an app id of up to 64 bytes.
-        let templated = authorizer_placeholders(self.url.as_str());
-        let longest = self.url.as_str().len() + 1 + max_query_bytes + templated * 48;
+        let templated = authorizer_placeholders(url.as_str());
+        let longest = url.as_str().len() + 1 + max_query_bytes + templated * 48;
         if longest > MAX_URI_BYTES {
             return Err(invalid(
                 format!("{key}.url"),
@@ -243,11 +311,20 @@ impl TargetConfig {
         let settings = self.settings(defaults);
         settings.check(key)?;
         // Pipelining is HTTP/1.1 over our own plain TCP connections.
-        if settings.pipelining && (settings.http2 || self.url.scheme() != "http") {
+        if settings.pipelining && (settings.http2 || url.scheme() != "http") {
             return Err(invalid(
                 format!("{key}.pipelining"),
                 "is for http:// targets without http2 (inherited from target_defaults \
                  unless the target sets pipelining = false)",
+            ));
+        }
+        if let Some(users) = &self.users
+            && (users.is_empty() || users.iter().any(|u| u.trim().is_empty() || u.trim() != u))
+        {
+            return Err(invalid(
+                format!("{key}.users"),
+                "must list at least one sender (FromUserName: an openid, or a WeCom UserID), \
+                 none blank or with spaces around it",
             ));
         }
         if kind != AccountKind::OpenPlatform {

@@ -15,8 +15,8 @@ mod accounts;
 mod load;
 
 pub use accounts::{
-    AUTHORIZER_IN_URL, AccountConfig, AccountKind, LATE_REPLIES_TARGET, LateReplies, Mode,
-    ResignConfig, TargetConfig, authorizer_placeholders,
+    AUTHORIZER_IN_URL, AccountConfig, AccountKind, LATE_REPLIES_TARGET, LateReplies,
+    MIN_LISTEN_TOKEN_BYTES, Mode, ResignConfig, TargetConfig, authorizer_placeholders,
 };
 
 use std::collections::HashSet;

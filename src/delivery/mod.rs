@@ -99,6 +99,17 @@ impl Delivery {
                 look_in_store = true;
                 continue;
             }
+            if target.listen.is_some() && !self.connected(&target) {
+                // No client of this listen target is connected: its jobs wait in the store
+                // with their attempts untouched, like a down target's, until one connects.
+                let (account, name) = (&target.key.account, &target.key.target);
+                tokio::select! {
+                    () = self.shared.listeners.connected(account, name) => {}
+                    () = stop.cancelled() => break,
+                }
+                look_in_store = true;
+                continue;
+            }
             if look_in_store {
                 look_in_store = false;
                 match self.lease_from_store(&target, &stop).await {
@@ -129,6 +140,12 @@ impl Delivery {
             }
         }
         self.release(&mut inbox, unstarted).await;
+    }
+
+    /// Whether a listen target has a client connected to this process.
+    fn connected(&self, target: &Target) -> bool {
+        let key = &target.key;
+        self.shared.listeners.connections(&key.account, &key.target) > 0
     }
 
     /// Leases due jobs from the store, at most as many as there are free permits, and starts

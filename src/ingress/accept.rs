@@ -200,8 +200,15 @@ impl Ingress {
             .targets
             .iter()
             .filter(|t| t.accepts(envelope, authorizer.as_deref()));
+        let hub = &self.shared.listeners;
         let starts: Vec<(&Arc<Target>, Start)> = matched
             .map(|target| {
+                // A listen target nobody is connected to: its job waits in the store, and as
+                // a reply owner it does not hold WeChat's answer.
+                let key = &target.key;
+                if target.listen.is_some() && hub.connections(&key.account, &key.target) == 0 {
+                    return (target, Start::Stored);
+                }
                 let relay = owner
                     .is_some_and(|p| Arc::ptr_eq(target, p))
                     .then(|| owner_permit.take())

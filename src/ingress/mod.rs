@@ -12,6 +12,7 @@
 
 mod accept;
 mod body;
+mod listen;
 pub mod rejection;
 mod relay;
 pub mod rescue;
@@ -33,7 +34,6 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
@@ -73,6 +73,8 @@ pub struct Ingress {
     sources: Arc<Sources>,
     /// Where shadow targets' comparisons are counted and their differences kept.
     shadows: Arc<ShadowLog>,
+    /// Fired at shutdown: the listen targets' WebSockets are closed with a close frame.
+    closing: CancellationToken,
 }
 
 impl std::fmt::Debug for Ingress {
@@ -89,6 +91,7 @@ impl Ingress {
         settings: ServerConfig,
         sources: Arc<Sources>,
         shadows: Arc<ShadowLog>,
+        closing: CancellationToken,
     ) -> Ingress {
         Ingress {
             shared,
@@ -96,6 +99,7 @@ impl Ingress {
             resends: Arc::default(),
             sources,
             shadows,
+            closing,
         }
     }
 
@@ -107,6 +111,9 @@ impl Ingress {
         let started = Instant::now();
         // Kept for the rejection line; a clone of the request's URI shares its bytes.
         let uri = request.uri().clone();
+        if let Some((account, target)) = listen::listen_path(uri.path()) {
+            return self.listen(request, account, target).await;
+        }
         let (account, authorizer) = match account_id(uri.path()) {
             Some((account, authorizer)) => (Some(account), authorizer),
             None => (None, None),
@@ -291,7 +298,8 @@ pub async fn serve(
     shutdown: CancellationToken,
     grace: Duration,
 ) {
-    let graceful = GracefulShutdown::new();
+    // Every connection's task, so that shutdown waits for them within the grace period.
+    let connections = tokio_util::task::TaskTracker::new();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(ingress.settings.header_read_timeout_ms.duration())
@@ -316,16 +324,30 @@ pub async fn serve(
             let ingress = ingress.clone();
             async move { Ok::<_, Infallible>(ingress.handle(request, peer.ip()).await) }
         });
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        // Upgrades: a listen target's client turns its request into a WebSocket.
+        let connection = http
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let closing = shutdown.clone();
         // Tracked, so a connection still open after the grace period is closed, not leaked.
-        in_flight.spawn(async move {
-            if let Err(e) = connection.await {
+        in_flight.spawn(connections.track_future(async move {
+            tokio::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                () = closing.cancelled() => {
+                    // Finish the request in progress, take no other.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = ended {
                 debug!(%peer, error = %e, "connection ended with an error");
             }
-        });
+        }));
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
+    connections.close();
+    if tokio::time::timeout(grace, connections.wait())
         .await
         .is_err()
     {

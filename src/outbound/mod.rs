@@ -27,6 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 pub use response::{MAX_RESPONSE_BYTES, Response};
 
 mod h1;
+pub mod listen;
 mod origin;
 mod pipeline;
 pub mod response;

@@ -12,12 +12,13 @@ use std::sync::Arc;
 
 use url::Url;
 
-use super::replies::{Owners, Route};
-use super::{Account, Allowed, Filter, Plumbing, Routes, Target};
+use super::replies::{Claim, Owners, Route};
+use super::{Account, Allowed, Filter, Listen, Plumbing, Routes, Target};
 use crate::cidr::Cidr;
 use crate::config::{
-    AccountConfig, AccountKind, Config, ConfigError, DEFAULT_API_BASE, LATE_REPLIES_TARGET, Mode,
-    TargetConfig, TargetSettings, WECOM_API_BASE, all_of, authorizer_placeholders, invalid, secret,
+    AccountConfig, AccountKind, Config, ConfigError, DEFAULT_API_BASE, LATE_REPLIES_TARGET,
+    MIN_LISTEN_TOKEN_BYTES, Mode, TargetConfig, TargetSettings, WECOM_API_BASE, all_of,
+    authorizer_placeholders, invalid, secret,
 };
 use crate::outbound::Origin;
 use crate::outbound::wechat_api::ApiAccount;
@@ -105,13 +106,44 @@ fn build_account(
             .and_then(|of| of[j])
             .map_or(t, |k| &account.targets[k]);
         let settings = t.settings(&config.target_defaults);
-        let needs_authorizer = authorizer_placeholders(t.url.as_str()) > 0;
+        let listen = if t.listen {
+            let token = secret(
+                &tkey,
+                "listen_token",
+                t.listen_token.as_deref(),
+                t.listen_token_env.as_deref(),
+            );
+            match kept(errors, token) {
+                Some(Some(token)) if token.len() >= MIN_LISTEN_TOKEN_BYTES => {
+                    Some(Listen::new(token))
+                }
+                Some(_) => {
+                    errors.push(invalid(
+                        format!("{tkey}.listen_token_env"),
+                        format!("the token must be at least {MIN_LISTEN_TOKEN_BYTES} characters"),
+                    ));
+                    None
+                }
+                None => None,
+            }
+        } else {
+            None
+        };
+        // A listen target's "URL" names where its client connects, for people.
+        let url = match &t.url {
+            Some(url) => url.to_string(),
+            None => format!("/listen/{}/{}", account.id, t.name),
+        };
+        let needs_authorizer = authorizer_placeholders(&url) > 0;
+        let origin = (!needs_authorizer && t.url.is_some())
+            .then(|| Origin::parse(&url))
+            .flatten();
         targets.push(Arc::new(Target {
             key: TargetKey {
                 account: id.clone(),
                 target: Arc::from(t.name.as_str()),
             },
-            url: t.url.to_string(),
+            url,
             plumbing: Plumbing::new(settings.max_concurrency, None),
             settings,
             filter: Filter {
@@ -120,13 +152,13 @@ fn build_account(
                 info_types: lower(&filtered.info_types),
                 authorizers: filtered.authorizers.clone(),
                 needs_authorizer,
+                users: filtered.users.clone(),
             },
             resign: resign.flatten(),
             shadow_of: t.shadow_of.as_deref().map(Arc::from),
             api: None,
-            origin: (!needs_authorizer)
-                .then(|| Origin::parse(t.url.as_str()))
-                .flatten(),
+            origin,
+            listen,
         }));
     }
     if errors.len() > before {
@@ -160,6 +192,7 @@ fn build_account(
             api: Some(Arc::new(api)),
             // Its calls go through the WeChat API client, never a target's connection.
             origin: None,
+            listen: None,
         })
     });
     let mut shadows = vec![Vec::new(); targets.len()];
@@ -226,13 +259,22 @@ fn owners(account: &AccountConfig, key: &str) -> Result<Owners, ConfigError> {
                 ),
             ));
         }
-        claims.push((j, target.name.as_str(), routes));
+        claims.push(Claim {
+            index: j,
+            name: target.name.as_str(),
+            routes,
+            users: target.users.as_deref(),
+        });
     }
     Owners::build(claims).map_err(|c| {
+        let whose = match &c.user {
+            Some(user) => format!(" for the sender {user:?} (both list it in users)"),
+            None => String::new(),
+        };
         invalid(
             format!("{key}.targets"),
             format!(
-                "targets {:?} and {:?} both claim the replies to route {} \
+                "targets {:?} and {:?} both claim the replies to route {}{whose} \
                  (replies_to, or primary = \"*\"); give it to one of them",
                 c.first, c.second, c.route
             ),

@@ -76,6 +76,31 @@ pub struct Target {
     pub api: Option<Arc<ApiAccount>>,
     /// Where requests go, for a plain `http://` URL without `{authorizer}`: parsed once here.
     origin: Option<Origin>,
+    /// Reached over WebSockets its clients open (`listen = true`), not at a URL.
+    pub listen: Option<Listen>,
+}
+
+/// What a `listen` target's clients must present.
+pub struct Listen {
+    token: String,
+}
+
+impl std::fmt::Debug for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listen").finish_non_exhaustive()
+    }
+}
+
+impl Listen {
+    pub fn new(token: String) -> Listen {
+        Listen { token }
+    }
+
+    /// Whether `presented` is the token, compared in constant time.
+    pub fn admits(&self, presented: &str) -> bool {
+        use subtle::ConstantTimeEq as _;
+        bool::from(self.token.as_bytes().ct_eq(presented.as_bytes()))
+    }
 }
 
 /// What ingress and delivery share about one target while the proxy runs, made in one place
@@ -122,6 +147,8 @@ struct Filter {
     authorizers: Option<Vec<String>>,
     /// The URL has `{authorizer}`: only callbacks with an authorizer can be sent.
     needs_authorizer: bool,
+    /// Only callbacks from these senders (`FromUserName`, exact).
+    users: Option<Vec<String>>,
 }
 
 impl Routes {
@@ -150,9 +177,11 @@ impl Routes {
 impl Account {
     /// The target whose answer becomes this callback's passive reply, if it gets the callback.
     pub fn owner(&self, envelope: &Envelope, authorizer: Option<&str>) -> Option<&Arc<Target>> {
-        let owner = &self.targets[self
-            .owners
-            .owner(envelope.msg_type.as_deref(), envelope.event.as_deref())?];
+        let owner = &self.targets[self.owners.owner(
+            envelope.msg_type.as_deref(),
+            envelope.event.as_deref(),
+            envelope.from_user_name.as_deref(),
+        )?];
         owner.accepts(envelope, authorizer).then_some(owner)
     }
 
@@ -210,6 +239,11 @@ impl Target {
             value.is_some_and(|v| list.iter().any(|item| item.eq_ignore_ascii_case(v)))
         };
         if self.filter.needs_authorizer && authorizer.is_none() {
+            return false;
+        }
+        if let Some(users) = &self.filter.users
+            && !(envelope.from_user_name.as_deref()).is_some_and(|u| users.iter().any(|i| i == u))
+        {
             return false;
         }
         if let Some(types) = &self.filter.info_types

@@ -3,9 +3,13 @@
 //! A route is a `MsgType` (`text`, `event`), an event (`event:CLICK`) or `*` (everything not
 //! claimed otherwise); values compare ignoring ASCII case, like the targets' filters. The owner
 //! of a callback is the target whose route matches it most specifically: its event, then its
-//! `MsgType`, then `*`. `primary = "x"` is `replies_to = ["*"]` on x. Pure: built from names and
-//! lists, so `config` validates with it and `targets` resolves with it, and neither duplicates
-//! the rules.
+//! `MsgType`, then `*`. `primary = "x"` is `replies_to = ["*"]` on x.
+//!
+//! A target that also lists `users` owns its routes for those senders only, and for a sender it
+//! lists it wins over every owner without `users`, whatever their routes: a tester's messages are
+//! answered by the tester's target while the production bot answers everyone else. Between
+//! owners that both list a sender, the route rules apply. Pure: built from names and lists, so
+//! the routing table's build checks and resolves with it, and nothing duplicates the rules.
 
 use std::collections::HashMap;
 
@@ -62,63 +66,116 @@ impl std::fmt::Display for Route {
     }
 }
 
-/// Two targets claim the same route.
+/// Two targets claim the same route (for the same sender, when both list it in `users`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conflict {
     pub route: Route,
     pub first: String,
     pub second: String,
+    pub user: Option<String>,
 }
 
-/// Route → the index of its owner among the account's targets.
+/// One target's claim: its index among the account's targets, its name, its routes, and the
+/// senders it is limited to (`users`), if any.
+#[derive(Debug, Clone)]
+pub struct Claim<'a> {
+    pub index: usize,
+    pub name: &'a str,
+    pub routes: Vec<Route>,
+    pub users: Option<&'a [String]>,
+}
+
+/// Route → the index of its owner among the account's targets; and per listed sender, the
+/// routes of the owners that list it.
 #[derive(Debug, Default, Clone)]
 pub struct Owners {
     routes: HashMap<Route, usize>,
+    by_user: HashMap<String, HashMap<Route, usize>>,
+}
+
+/// Adds `claim`'s routes to `routes`: a route listed twice by the same target is harmless; by
+/// two targets it is a conflict.
+fn add<'a>(
+    routes: &mut HashMap<Route, (usize, &'a str)>,
+    claim: &Claim<'a>,
+    user: Option<&str>,
+) -> Result<(), Conflict> {
+    for route in &claim.routes {
+        match routes.get(route) {
+            Some((other, other_name)) if *other != claim.index => {
+                return Err(Conflict {
+                    route: route.clone(),
+                    first: (*other_name).to_owned(),
+                    second: claim.name.to_owned(),
+                    user: user.map(str::to_owned),
+                });
+            }
+            _ => {
+                routes.insert(route.clone(), (claim.index, claim.name));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Owners {
-    /// `claims`: (target index, target name, its routes). A claim listed twice by the same
-    /// target is harmless; by two targets it is a conflict.
-    pub fn build<'a>(
-        claims: impl IntoIterator<Item = (usize, &'a str, Vec<Route>)>,
-    ) -> Result<Owners, Conflict> {
+    pub fn build<'a>(claims: impl IntoIterator<Item = Claim<'a>>) -> Result<Owners, Conflict> {
         let mut routes: HashMap<Route, (usize, &'a str)> = HashMap::new();
-        for (index, name, claimed) in claims {
-            for route in claimed {
-                match routes.get(&route) {
-                    Some((other, other_name)) if *other != index => {
-                        return Err(Conflict {
-                            route,
-                            first: (*other_name).to_owned(),
-                            second: name.to_owned(),
-                        });
-                    }
-                    _ => {
-                        routes.insert(route, (index, name));
+        let mut by_user: HashMap<String, HashMap<Route, (usize, &'a str)>> = HashMap::new();
+        for claim in claims {
+            match claim.users {
+                None => add(&mut routes, &claim, None)?,
+                Some(users) => {
+                    for user in users {
+                        add(by_user.entry(user.clone()).or_default(), &claim, Some(user))?;
                     }
                 }
             }
         }
+        let indexes = |routes: HashMap<Route, (usize, &str)>| {
+            routes.into_iter().map(|(r, (i, _))| (r, i)).collect()
+        };
         Ok(Owners {
-            routes: routes.into_iter().map(|(r, (i, _))| (r, i)).collect(),
+            routes: indexes(routes),
+            by_user: by_user
+                .into_iter()
+                .map(|(user, routes)| (user, indexes(routes)))
+                .filter(|(_, routes): &(String, HashMap<Route, usize>)| !routes.is_empty())
+                .collect(),
         })
     }
 
-    /// The owner's index for a callback of this `MsgType` and `Event`, most specific first.
-    pub fn owner(&self, msg_type: Option<&str>, event: Option<&str>) -> Option<usize> {
+    /// The owner's index for a callback of this `MsgType` and `Event` from `sender`: among the
+    /// owners that list the sender first, then among the others; most specific route first.
+    pub fn owner(
+        &self,
+        msg_type: Option<&str>,
+        event: Option<&str>,
+        sender: Option<&str>,
+    ) -> Option<usize> {
         let msg_type = msg_type.map(str::to_ascii_lowercase);
-        let is_event = msg_type.as_deref() == Some("event");
-        let by_event = event
-            .filter(|_| is_event)
-            .and_then(|e| self.routes.get(&Route::Event(e.to_ascii_lowercase())));
-        by_event
-            .or_else(|| msg_type.and_then(|t| self.routes.get(&Route::MsgType(t))))
-            .or_else(|| self.routes.get(&Route::Any))
-            .copied()
+        let event = event
+            .filter(|_| msg_type.as_deref() == Some("event"))
+            .map(str::to_ascii_lowercase);
+        let most_specific = |routes: &HashMap<Route, usize>| {
+            let by_event = event
+                .as_ref()
+                .and_then(|e| routes.get(&Route::Event(e.clone())));
+            by_event
+                .or_else(|| {
+                    (msg_type.as_ref()).and_then(|t| routes.get(&Route::MsgType(t.clone())))
+                })
+                .or_else(|| routes.get(&Route::Any))
+                .copied()
+        };
+        sender
+            .and_then(|s| self.by_user.get(s))
+            .and_then(most_specific)
+            .or_else(|| most_specific(&self.routes))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
+        self.routes.is_empty() && self.by_user.is_empty()
     }
 }
 
@@ -130,48 +187,153 @@ mod tests {
         list.iter().map(|r| Route::parse(r).unwrap()).collect()
     }
 
+    fn claims<'a>(list: &[(usize, &'a str, Vec<Route>)]) -> Vec<Claim<'a>> {
+        list.iter()
+            .map(|(index, name, routes)| Claim {
+                index: *index,
+                name,
+                routes: routes.clone(),
+                users: None,
+            })
+            .collect()
+    }
+
+    /// Issue 27: a target limited to some senders owns their replies on its routes, before any
+    /// owner without `users`, whatever that one's routes; everyone else is answered as before.
+    #[test]
+    fn an_owner_of_listed_senders_wins_for_them_only() {
+        let tester = vec!["oTester".to_owned()];
+        let both = vec!["oTester".to_owned(), "oOther".to_owned()];
+        let mut list = claims(&[
+            (0, "bot", routes(&["*"])),
+            (1, "menu", routes(&["event:CLICK"])),
+        ]);
+        list.push(Claim {
+            index: 2,
+            name: "laptop",
+            routes: routes(&["*"]),
+            users: Some(&tester),
+        });
+        list.push(Claim {
+            index: 3,
+            name: "voice-lab",
+            routes: routes(&["voice"]),
+            users: Some(&both),
+        });
+        let owners = Owners::build(list).unwrap();
+        // The tester: the laptop, even for a menu click that the menu owns for everyone else;
+        // a voice message: both listed targets list the tester, the more specific route wins.
+        assert_eq!(owners.owner(Some("text"), None, Some("oTester")), Some(2));
+        assert_eq!(
+            owners.owner(Some("event"), Some("CLICK"), Some("oTester")),
+            Some(2)
+        );
+        assert_eq!(owners.owner(Some("voice"), None, Some("oTester")), Some(3));
+        // Another listed sender: only voice is claimed for it; the rest falls back.
+        assert_eq!(owners.owner(Some("voice"), None, Some("oOther")), Some(3));
+        assert_eq!(owners.owner(Some("text"), None, Some("oOther")), Some(0));
+        assert_eq!(
+            owners.owner(Some("event"), Some("click"), Some("oOther")),
+            Some(1)
+        );
+        // Everyone else, and no sender at all.
+        assert_eq!(owners.owner(Some("text"), None, Some("oSomeone")), Some(0));
+        assert_eq!(owners.owner(Some("text"), None, None), Some(0));
+    }
+
+    #[test]
+    fn two_owners_listing_one_sender_on_one_route_conflict() {
+        let a = vec!["oTester".to_owned()];
+        let b = vec!["oX".to_owned(), "oTester".to_owned()];
+        let conflict = Owners::build([
+            Claim {
+                index: 0,
+                name: "laptop",
+                routes: routes(&["text"]),
+                users: Some(&a),
+            },
+            Claim {
+                index: 1,
+                name: "agent",
+                routes: routes(&["text"]),
+                users: Some(&b),
+            },
+        ])
+        .unwrap_err();
+        assert_eq!(
+            (
+                conflict.first.as_str(),
+                conflict.second.as_str(),
+                conflict.user.as_deref()
+            ),
+            ("laptop", "agent", Some("oTester"))
+        );
+        // Different senders, or different routes: no conflict.
+        let c = vec!["oX".to_owned()];
+        assert!(
+            Owners::build([
+                Claim {
+                    index: 0,
+                    name: "laptop",
+                    routes: routes(&["text"]),
+                    users: Some(&a)
+                },
+                Claim {
+                    index: 1,
+                    name: "agent",
+                    routes: routes(&["text"]),
+                    users: Some(&c)
+                },
+            ])
+            .is_ok()
+        );
+    }
+
     #[test]
     fn most_specific_route_wins() {
-        let owners = Owners::build([
+        let owners = Owners::build(claims(&[
             (0, "bot", routes(&["text", "voice", "*"])),
             (1, "menu", routes(&["event:CLICK"])),
             (2, "marketing", routes(&["event:subscribe", "event:SCAN"])),
             (3, "events", routes(&["event"])),
-        ])
+        ]))
         .unwrap();
-        assert_eq!(owners.owner(Some("text"), None), Some(0));
-        assert_eq!(owners.owner(Some("image"), None), Some(0));
-        assert_eq!(owners.owner(Some("event"), Some("CLICK")), Some(1));
-        assert_eq!(owners.owner(Some("event"), Some("click")), Some(1));
-        assert_eq!(owners.owner(Some("event"), Some("subscribe")), Some(2));
-        assert_eq!(owners.owner(Some("event"), Some("SCAN")), Some(2));
-        assert_eq!(owners.owner(Some("event"), Some("VIEW")), Some(3));
+        assert_eq!(owners.owner(Some("text"), None, None), Some(0));
+        assert_eq!(owners.owner(Some("image"), None, None), Some(0));
+        assert_eq!(owners.owner(Some("event"), Some("CLICK"), None), Some(1));
+        assert_eq!(owners.owner(Some("event"), Some("click"), None), Some(1));
+        assert_eq!(
+            owners.owner(Some("event"), Some("subscribe"), None),
+            Some(2)
+        );
+        assert_eq!(owners.owner(Some("event"), Some("SCAN"), None), Some(2));
+        assert_eq!(owners.owner(Some("event"), Some("VIEW"), None), Some(3));
         // An Event element on a message that is not an event is not an event.
-        assert_eq!(owners.owner(Some("text"), Some("CLICK")), Some(0));
-        assert_eq!(owners.owner(None, None), Some(0));
+        assert_eq!(owners.owner(Some("text"), Some("CLICK"), None), Some(0));
+        assert_eq!(owners.owner(None, None, None), Some(0));
     }
 
     #[test]
     fn no_catch_all_leaves_the_rest_unowned() {
-        let owners = Owners::build([(0, "menu", routes(&["event:CLICK"]))]).unwrap();
-        assert_eq!(owners.owner(Some("text"), None), None);
-        assert_eq!(owners.owner(Some("event"), Some("VIEW")), None);
+        let owners = Owners::build(claims(&[(0, "menu", routes(&["event:CLICK"]))])).unwrap();
+        assert_eq!(owners.owner(Some("text"), None, None), None);
+        assert_eq!(owners.owner(Some("event"), Some("VIEW"), None), None);
     }
 
     #[test]
     fn two_claims_of_one_route_conflict() {
-        let conflict = Owners::build([
+        let conflict = Owners::build(claims(&[
             (0, "bot", routes(&["text", "*"])),
             (1, "menu", routes(&["event:click"])),
             (2, "other", routes(&["event:CLICK"])),
-        ])
+        ]))
         .unwrap_err();
         assert_eq!(conflict.route, Route::Event("click".into()));
         assert_eq!(
             (conflict.first.as_str(), conflict.second.as_str()),
             ("menu", "other")
         );
-        assert!(Owners::build([(0, "a", routes(&["text", "TEXT"]))]).is_ok());
+        assert!(Owners::build(claims(&[(0, "a", routes(&["text", "TEXT"]))])).is_ok());
     }
 
     #[test]

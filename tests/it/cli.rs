@@ -194,7 +194,8 @@ fn serve_with_a_bad_config_exits_64_without_binding() {
 
 /// Every configuration shipped in `config/` is one a newcomer can start from: `check-config`
 /// accepts each (the Redis example names no password variable, so it needs none set; the safe
-/// mode example reads its secrets from `MAIN_TOKEN` and `MAIN_AES_KEY`). The defaults file is
+/// mode example reads its secrets from `MAIN_TOKEN` and `MAIN_AES_KEY`, the listen example
+/// its token from `LAPTOP_LISTEN_TOKEN`). The defaults file is
 /// not one: it has no account, and is compiled in under every other.
 #[test]
 fn every_shipped_config_passes_check_config() {
@@ -209,6 +210,7 @@ fn every_shipped_config_passes_check_config() {
             crate::support::binary::command(&["check-config", "--config", &path.to_string_lossy()])
                 .env("MAIN_TOKEN", crate::support::wx::TOKEN)
                 .env("MAIN_AES_KEY", wx_key())
+                .env("LAPTOP_LISTEN_TOKEN", "a-listen-token-0123456789")
                 .output()
                 .unwrap();
         assert_eq!(
@@ -223,7 +225,13 @@ fn every_shipped_config_passes_check_config() {
     checked.sort();
     assert_eq!(
         checked,
-        ["example.toml", "redis.toml", "replies.toml", "safe.toml"]
+        [
+            "example.toml",
+            "listen.toml",
+            "redis.toml",
+            "replies.toml",
+            "safe.toml"
+        ]
     );
 }
 

@@ -20,6 +20,7 @@ mod http2;
 mod ingress;
 mod instances;
 mod late_replies;
+mod listen;
 mod open_platform;
 mod operate;
 mod owners;

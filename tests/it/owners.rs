@@ -106,6 +106,67 @@ async fn primary_is_the_catch_all_and_a_specific_route_beats_it() {
     assert!(view.text().contains("from bot"), "{}", view.text());
 }
 
+/// Issue 27: `users` limits a target to some senders, and with `replies_to` it owns their
+/// replies before any owner without `users`, whatever that one's routes. The tester's messages
+/// are answered by the tester's service (a menu click too, which the menu owns for everyone
+/// else) and reach it; nobody else's do, and production's bot answers everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_testers_messages_are_answered_by_the_target_that_lists_the_tester() {
+    const TESTER: &str = "oTester_0123456789abcdefghij";
+    let bot = Target::start(200).await;
+    let menu = Target::start(200).await;
+    let laptop = Target::start(200).await;
+    for (target, name) in [(&bot, "bot"), (&menu, "menu"), (&laptop, "laptop")] {
+        target.set_reply("application/xml", &reply(name));
+    }
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
+    let toml = format!(
+        "{FAST}{}{}{}{}",
+        wx.account("main", "primary = \"bot\""),
+        Wx::target("bot", &bot.url("/bot"), ""),
+        Wx::target("menu", &menu.url("/menu"), "replies_to = [\"event:CLICK\"]"),
+        Wx::target(
+            "laptop",
+            &laptop.url("/laptop"),
+            &format!("users = [\"{TESTER}\"]\nreplies_to = [\"*\"]")
+        ),
+    );
+    let proxy = Proxy::start(&toml).await;
+    let tester_text = text_xml("from the tester").replace("oUpF8uMuAJO_M2pxb1Q9zNjWeS6o", TESTER);
+    assert!(tester_text.contains(TESTER));
+    let answer = proxy.post("main", &wx.seal(&tester_text)).await;
+    assert!(answer.text().contains("from laptop"), "{}", answer.text());
+    let click = format!(
+        "<xml><ToUserName><![CDATA[gh_a6a3d5e8ae7e]]></ToUserName>\
+         <FromUserName><![CDATA[{TESTER}]]></FromUserName><CreateTime>{}</CreateTime>\
+         <MsgType><![CDATA[event]]></MsgType><Event><![CDATA[CLICK]]></Event>\
+         <EventKey><![CDATA[K]]></EventKey></xml>",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    );
+    let answer = proxy.post("main", &wx.seal(&click)).await;
+    assert!(answer.text().contains("from laptop"), "{}", answer.text());
+
+    let someone = proxy
+        .post("main", &wx.seal(&text_xml("from someone")))
+        .await;
+    assert!(someone.text().contains("from bot"), "{}", someone.text());
+    let their_click = proxy.post("main", &wx.seal(&event_xml("CLICK", "K"))).await;
+    assert!(
+        their_click.text().contains("from menu"),
+        "{}",
+        their_click.text()
+    );
+
+    settle().await;
+    // The laptop got the tester's two callbacks and nothing else; the bot got all four.
+    let got = laptop.received();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(bot.count(), 4);
+}
+
 fn check(targets: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
@@ -180,6 +241,30 @@ fn conflicting_owners_are_refused_by_check_config() {
         "replies_to = [\"text\", \"*\"]",
     ));
     assert_eq!(code, Some(0), "{stderr}");
+
+    // Two owners listing one sender on one route (issue 27); apart, or on other routes, fine.
+    let (code, stderr) = check(&format!(
+        "{}{}",
+        Wx::target(
+            "laptop",
+            "http://127.0.0.1:9/a",
+            "users = [\"oTester\"]\nreplies_to = [\"text\"]"
+        ),
+        Wx::target(
+            "agent",
+            "http://127.0.0.1:9/b",
+            "users = [\"oX\", \"oTester\"]\nreplies_to = [\"text\"]"
+        ),
+    ));
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(
+        stderr.contains("\"laptop\" and \"agent\"")
+            && stderr.contains("route text for the sender \"oTester\""),
+        "{stderr}"
+    );
+    let (code, stderr) = check(&Wx::target("nobody", "http://127.0.0.1:9/a", "users = []"));
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("accounts[0].targets[0].users"), "{stderr}");
 }
 
 /// `shadow_of` must name another target of the account that is not itself a shadow, and a shadow

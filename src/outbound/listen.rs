@@ -1,0 +1,347 @@
+//! The wire to `listen` targets: WebSocket connections that their clients opened, and the frames
+//! that go over them. A delivery is one text frame down, its answer one text frame up, matched
+//! by the delivery id (a job is attempted once at a time, so the id is unique on the wire).
+//!
+//! The [`Hub`] keeps, per target, the connections open now; a delivery goes to one of them in
+//! turn. A connection's task (ingress) owns the socket: it takes frames from the connection's
+//! queue and hands answers back here. When it ends, every delivery waiting on it fails at once
+//! and is retried like any failed attempt. Knows no job and no target: names and bytes.
+//!
+//! The protocol, for clients in any language, is in docs/listen.md.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+/// Frames that may wait for one connection's socket before a delivery is refused as busy.
+const QUEUE: usize = 256;
+
+/// A delivery as its frame carries it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeliveryFrame {
+    /// Always `"delivery"`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `X-WeChat-Fanout-Delivery`: the same on every attempt of one delivery.
+    pub delivery: i64,
+    /// From 1.
+    pub attempt: u32,
+    /// WeChat's query string, as an HTTP target gets it appended to its URL (without `?`).
+    pub query: String,
+    /// The headers an HTTP target gets: `content-type` and the `x-wechat-fanout-*` ones.
+    pub headers: Vec<(String, String)>,
+    /// The body, base64 (standard, padded): byte for byte what WeChat sent.
+    pub body: String,
+}
+
+/// An answer as its frame carries it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AnswerFrame {
+    /// Always `"answer"`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub delivery: i64,
+    pub status: u16,
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    /// Base64, as in the delivery.
+    #[serde(default)]
+    pub body: String,
+}
+
+impl DeliveryFrame {
+    pub fn new(
+        delivery: i64,
+        attempt: u32,
+        query: &str,
+        headers: Vec<(String, String)>,
+        body: &[u8],
+    ) -> DeliveryFrame {
+        DeliveryFrame {
+            kind: "delivery".to_owned(),
+            delivery,
+            attempt,
+            query: query.to_owned(),
+            headers,
+            body: base64::engine::general_purpose::STANDARD.encode(body),
+        }
+    }
+
+    /// The body's bytes.
+    pub fn body(&self) -> Result<Vec<u8>, base64::DecodeError> {
+        base64::engine::general_purpose::STANDARD.decode(&self.body)
+    }
+}
+
+impl AnswerFrame {
+    pub fn new(delivery: i64, status: u16, headers: Vec<(String, String)>, body: &[u8]) -> Self {
+        AnswerFrame {
+            kind: "answer".to_owned(),
+            delivery,
+            status,
+            headers,
+            body: base64::engine::general_purpose::STANDARD.encode(body),
+        }
+    }
+
+    /// The value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why a delivery over a connection got no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ListenError {
+    #[error("no listen client is connected")]
+    NotConnected,
+    #[error("the listen client's connection is busy ({QUEUE} frames queued)")]
+    Busy,
+    #[error("the listen client's connection closed before it answered")]
+    Closed,
+    #[error("the listen client did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the listen client's answer is not valid: {0}")]
+    BadAnswer(String),
+}
+
+/// The answer a listen client gave: status, content type, body.
+#[derive(Debug, Clone)]
+pub struct Answered {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub body: Bytes,
+}
+
+/// One open connection: the queue its socket task reads, and the deliveries awaiting answers.
+#[derive(Debug)]
+struct Conn {
+    id: u64,
+    frames: mpsc::Sender<String>,
+    waiting: Mutex<HashMap<i64, oneshot::Sender<AnswerFrame>>>,
+}
+
+/// The connections of one target.
+#[derive(Debug, Default)]
+struct Slot {
+    conns: Mutex<Vec<Arc<Conn>>>,
+    /// Rung when a connection opens.
+    connected: Notify,
+    turn: AtomicUsize,
+}
+
+/// Every listen target's connections in this process.
+#[derive(Debug, Default)]
+pub struct Hub {
+    slots: Mutex<HashMap<(String, String), Arc<Slot>>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+/// A connection as its socket task holds it: the frames to write, and where answers go. Dropping
+/// it closes the connection for the hub: what waits on it fails.
+#[derive(Debug)]
+pub struct Connection {
+    slot: Arc<Slot>,
+    conn: Arc<Conn>,
+    /// The frames to write to the socket, in order.
+    pub frames: mpsc::Receiver<String>,
+}
+
+impl Hub {
+    fn slot(&self, account: &str, target: &str) -> Arc<Slot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots
+            .entry((account.to_owned(), target.to_owned()))
+            .or_default()
+            .clone()
+    }
+
+    /// A connection opened for `account`/`target`.
+    pub fn open(&self, account: &str, target: &str) -> Connection {
+        let slot = self.slot(account, target);
+        let (sender, frames) = mpsc::channel(QUEUE);
+        let conn = Arc::new(Conn {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            frames: sender,
+            waiting: Mutex::default(),
+        });
+        slot.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conn.clone());
+        slot.connected.notify_waiters();
+        Connection { slot, conn, frames }
+    }
+
+    /// How many connections `account`/`target` has now.
+    pub fn connections(&self, account: &str, target: &str) -> usize {
+        let slot = self.slot(account, target);
+        slot.conns.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Waits until `account`/`target` has a connection.
+    pub async fn connected(&self, account: &str, target: &str) {
+        let slot = self.slot(account, target);
+        loop {
+            let notified = slot.connected.notified();
+            if !slot
+                .conns
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+            {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Sends `frame` over one of the target's connections (in turn) and waits up to `timeout`
+    /// for its answer.
+    pub async fn deliver(
+        &self,
+        account: &str,
+        target: &str,
+        frame: &DeliveryFrame,
+        timeout: Duration,
+    ) -> Result<Answered, ListenError> {
+        let slot = self.slot(account, target);
+        let conn = {
+            let conns = slot.conns.lock().unwrap_or_else(|p| p.into_inner());
+            if conns.is_empty() {
+                return Err(ListenError::NotConnected);
+            }
+            let turn = slot.turn.fetch_add(1, Ordering::Relaxed);
+            conns[turn % conns.len()].clone()
+        };
+        let text =
+            serde_json::to_string(frame).map_err(|e| ListenError::BadAnswer(e.to_string()))?;
+        let (answer, answered) = oneshot::channel();
+        conn.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(frame.delivery, answer);
+        let forget = |conn: &Conn| {
+            conn.waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&frame.delivery);
+        };
+        if let Err(e) = conn.frames.try_send(text) {
+            forget(&conn);
+            return Err(match e {
+                mpsc::error::TrySendError::Full(_) => ListenError::Busy,
+                mpsc::error::TrySendError::Closed(_) => ListenError::Closed,
+            });
+        }
+        let frame = match tokio::time::timeout(timeout, answered).await {
+            Ok(Ok(frame)) => frame,
+            Ok(Err(_)) => return Err(ListenError::Closed),
+            Err(_) => {
+                forget(&conn);
+                return Err(ListenError::Timeout(timeout));
+            }
+        };
+        let body = base64::engine::general_purpose::STANDARD
+            .decode(&frame.body)
+            .map_err(|e| ListenError::BadAnswer(format!("body is not base64 ({e})")))?;
+        Ok(Answered {
+            status: frame.status,
+            content_type: frame.header("content-type").map(str::to_owned),
+            body: Bytes::from(body),
+        })
+    }
+}
+
+impl Connection {
+    /// Hands an answer frame (text from the socket) to the delivery waiting for it; an answer
+    /// nobody waits for (late, or unknown) is dropped. Errs on a frame that is no answer.
+    pub fn answer(&self, text: &str) -> Result<(), String> {
+        let frame: AnswerFrame =
+            serde_json::from_str(text).map_err(|e| format!("not an answer frame: {e}"))?;
+        if frame.kind != "answer" {
+            return Err(format!("unexpected frame type {:?}", frame.kind));
+        }
+        let waiting = self
+            .conn
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&frame.delivery);
+        if let Some(waiting) = waiting {
+            let _ = waiting.send(frame);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let mut conns = self.slot.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns.retain(|c| c.id != self.conn.id);
+        // Dropping the senders fails every delivery waiting on this connection at once.
+        self.conn
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_delivery_goes_to_a_connection_and_its_answer_comes_back() {
+        let hub = Arc::new(Hub::default());
+        let frame = DeliveryFrame::new(7, 1, "signature=a", vec![], b"<xml/>");
+        let none = hub.deliver("a", "t", &frame, Duration::from_secs(1)).await;
+        assert_eq!(none.unwrap_err(), ListenError::NotConnected);
+
+        let mut conn = hub.open("a", "t");
+        assert_eq!(hub.connections("a", "t"), 1);
+        let client = tokio::spawn(async move {
+            let text = conn.frames.recv().await.unwrap();
+            let got: DeliveryFrame = serde_json::from_str(&text).unwrap();
+            assert_eq!(got.body().unwrap(), b"<xml/>");
+            let answer = AnswerFrame::new(
+                got.delivery,
+                200,
+                vec![("Content-Type".into(), "text/xml".into())],
+                b"<xml>hi</xml>",
+            );
+            conn.answer(&serde_json::to_string(&answer).unwrap())
+                .unwrap();
+            conn
+        });
+        let answered = hub
+            .deliver("a", "t", &frame, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(answered.status, 200);
+        assert_eq!(answered.content_type.as_deref(), Some("text/xml"));
+        assert_eq!(&answered.body[..], b"<xml>hi</xml>");
+
+        // A connection that goes away fails what waits on it at once.
+        let conn = client.await.unwrap();
+        let waiting = {
+            let hub = hub.clone();
+            let frame = DeliveryFrame::new(8, 1, "", vec![], b"");
+            tokio::spawn(async move { hub.deliver("a", "t", &frame, Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(conn);
+        assert_eq!(waiting.await.unwrap().unwrap_err(), ListenError::Closed);
+        assert_eq!(hub.connections("a", "t"), 0);
+    }
+}

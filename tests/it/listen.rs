@@ -1,0 +1,191 @@
+//! Issue 27: a target reached over a WebSocket its client opens (`listen = true`), with the real
+//! binary and the real `wechat-fanout listen` client forwarding to a local service. The tester's
+//! callbacks reach the local service byte-identical and its reply reaches WeChat in time;
+//! nobody else's do; a client away and back gets what waited, once, in order, on its first
+//! attempt; a wrong token gets 401 and the client exits saying so.
+
+use std::process::{Child, Stdio};
+
+use wechat_fanout::config::Mode;
+use wechat_fanout::wechat::Kind;
+
+use crate::operate::{post_to_binary, write_binary_config};
+use crate::support::binary::{Binary, admin_url, command, run_async_with_env};
+use crate::support::{Target, Wx, eventually_async, free_addr, settle, text_xml};
+
+const TESTER: &str = "oTester_0123456789abcdefghij";
+const TOKEN: &str = "laptop-token-0123456789";
+const OPENID: &str = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o";
+
+/// A `wechat-fanout listen` process, killed when dropped.
+struct Client(Child);
+
+impl Client {
+    fn start(listen: std::net::SocketAddr, forward_to: &str, token: &str) -> Client {
+        let url = format!("http://{listen}");
+        let child = command(&[
+            "listen",
+            "--url",
+            &url,
+            "--account",
+            "main",
+            "--target",
+            "laptop",
+            "--forward-to",
+            forward_to,
+        ])
+        .env("WECHAT_FANOUT_LISTEN_TOKEN", token)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the listen client");
+        Client(child)
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until the proxy counts `n` listen clients of main/laptop.
+async fn connected(config: &std::path::Path, n: u32) {
+    let url = admin_url(config, "/metrics");
+    let series = "wechat_fanout_listeners{".to_owned();
+    eventually_async(&format!("{n} listen clients"), || {
+        let (url, series) = (url.clone(), series.clone());
+        async move {
+            let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+            let line = text.lines().find(|l| {
+                l.starts_with(&series)
+                    && l.contains("account=\"main\"")
+                    && l.contains("target=\"laptop\"")
+            });
+            let count = line.map_or(Some(0.0), |l| l.rsplit(' ').next()?.parse::<f64>().ok())?;
+            (count == f64::from(n)).then_some(())
+        }
+    })
+    .await;
+}
+
+fn reply(name: &str) -> String {
+    format!(
+        "<xml><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[from {name}]]></Content></xml>"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_testers_callbacks_reach_a_laptop_and_its_replies_reach_wechat() {
+    let bot = Target::start(200).await;
+    bot.set_reply("application/xml", &reply("bot"));
+    let laptop = Target::start(200).await;
+    laptop.set_reply("application/xml", &reply("laptop"));
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let accounts = format!(
+        "{}{}\n[[accounts.targets]]\nname = \"laptop\"\nlisten = true\nlisten_token = \"{TOKEN}\"\n\
+         users = [\"{TESTER}\"]\nreplies_to = [\"*\"]\nmax_concurrency = 1\n",
+        wx.account("main", "primary = \"bot\""),
+        Wx::target("bot", &bot.url("/bot"), ""),
+    );
+    let config = write_binary_config(dir.path(), listen, &accounts);
+    let mut binary = Binary::serve(&config, listen, &dir.path().join("serve.log")).await;
+    binary.wait_listening().await;
+
+    // Refused before any upgrade: no token, a wrong one, a target that is not a listen target.
+    let upgrade = |path: &str, token: Option<&str>| {
+        let mut request = reqwest::Client::new()
+            .get(format!("http://{listen}{path}"))
+            .header("upgrade", "websocket")
+            .header("connection", "Upgrade")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    for (path, token) in [
+        ("/listen/main/laptop", None),
+        ("/listen/main/laptop", Some("laptop-token-0123456780")),
+        ("/listen/main/bot", Some(TOKEN)),
+        ("/listen/nobody/laptop", Some(TOKEN)),
+    ] {
+        let refused = upgrade(path, token).await.unwrap();
+        assert_eq!(refused.status(), 401, "{path} {token:?}");
+    }
+    let wrong = run_async_with_env(
+        &[
+            "listen",
+            "--url",
+            &format!("http://{listen}"),
+            "--account",
+            "main",
+            "--target",
+            "laptop",
+        ],
+        &[("WECHAT_FANOUT_LISTEN_TOKEN", "not-the-token-0123456789")],
+    )
+    .await;
+    assert_eq!(wrong.code, Some(1), "{wrong:#?}");
+    assert!(
+        wrong.stderr.contains("refused the listen token"),
+        "{wrong:#?}"
+    );
+
+    let client = Client::start(listen, &laptop.url("/wx"), TOKEN);
+    connected(&config, 1).await;
+
+    // The tester: the laptop answers, in time, and gets WeChat's bytes as they came.
+    let sealed = wx.seal(&text_xml("from the tester").replace(OPENID, TESTER));
+    let (status, answer) = post_to_binary(listen, &sealed).await;
+    assert_eq!((status, answer.as_str()), (200, reply("laptop").as_str()));
+    let got = laptop.wait_for(1).await;
+    assert_eq!(got[0].body, sealed.body.as_bytes());
+    assert_eq!(got[0].path_and_query, format!("/wx?{}", sealed.query));
+    assert_eq!(got[0].header("content-type"), Some(sealed.content_type));
+    assert_eq!(got[0].header("x-wechat-fanout-account"), Some("main"));
+    assert_eq!(got[0].attempt(), 1);
+
+    // Someone else: the bot answers, and nothing reaches the laptop.
+    let (status, answer) = post_to_binary(listen, &wx.seal(&text_xml("from someone"))).await;
+    assert_eq!((status, answer.as_str()), (200, reply("bot").as_str()));
+    settle().await;
+    assert_eq!(laptop.count(), 1);
+
+    // The laptop goes away: the tester's callbacks are answered `success` at once and wait,
+    // their attempts untouched; back, it gets each once, in order, on its first attempt.
+    drop(client);
+    connected(&config, 0).await;
+    let waiting: Vec<_> = (0..3)
+        .map(|i| wx.seal(&text_xml(&format!("while away {i}")).replace(OPENID, TESTER)))
+        .collect();
+    for sealed in &waiting {
+        let (status, answer) = post_to_binary(listen, sealed).await;
+        assert_eq!((status, answer.as_str()), (200, "success"));
+    }
+    settle().await;
+    assert_eq!(
+        laptop.count(),
+        1,
+        "nothing is delivered while nobody listens"
+    );
+    let _back = Client::start(listen, &laptop.url("/wx"), TOKEN);
+    let got = laptop.wait_for(4).await;
+    let bodies: Vec<&[u8]> = got[1..].iter().map(|r| &r.body[..]).collect();
+    let sent: Vec<&[u8]> = waiting.iter().map(|s| s.body.as_bytes()).collect();
+    assert_eq!(
+        bodies, sent,
+        "one at a time (max_concurrency = 1), oldest first"
+    );
+    assert!(
+        got[1..].iter().all(|r| r.attempt() == 1),
+        "no attempt burnt while away"
+    );
+    settle().await;
+    assert_eq!(laptop.count(), 4, "each once");
+}
