@@ -12,6 +12,12 @@
 //! callback in it was a resend of one stored already, perhaps by another instance, or the
 //! script ran a second time after a broken connection), a small write of its own comes first:
 //! the replicas acknowledging it acknowledge everything written before it.
+//!
+//! Behind Sentinels the connection never reconnects by itself, so a `WAIT` fails rather than
+//! land on another connection than its write's. A standalone server's connection manager (and
+//! a Cluster's client) can reconnect between the two if the connection breaks in that instant
+//! and another request reconnects first: the `WAIT` then covers nothing. A narrow window, left
+//! open.
 
 use std::collections::BTreeMap;
 use std::future::Future;
