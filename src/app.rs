@@ -218,12 +218,12 @@ fn event_feed(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<A
         Backend::Redis => {
             let options = RedisOptions::from_config(&config.store.redis)?;
             let channel = format!("{}:events", options.key_prefix);
-            Arc::new(RedisFeed::start(
-                options.connection_infos()?,
-                channel,
-                local,
-                shutdown.clone(),
-            ))
+            let nodes = options.nodes()?;
+            let nodes: events::Nodes = Arc::new(move || {
+                let nodes = nodes.clone();
+                Box::pin(async move { nodes.now().await })
+            });
+            Arc::new(RedisFeed::start(nodes, channel, local, shutdown.clone()))
         }
     })
 }

@@ -133,6 +133,10 @@ const MIN_QUERY_BYTES: usize = 512;
 /// Far beyond any disk: a larger `store.min_free_bytes` is a typo that would never be ready.
 const MAX_MIN_FREE_BYTES: u64 = 1 << 50;
 
+/// The longest an accept may wait for its replicas: within the store's response timeout (3 s)
+/// and WeChat's 5 s.
+const MAX_MIN_REPLICAS_TIMEOUT_MS: u64 = 2000;
+
 /// A shorter admin token is guessable: refuse it rather than protect the admin API with it.
 const MIN_ADMIN_TOKEN_BYTES: usize = 16;
 
@@ -352,17 +356,30 @@ impl StoreConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// One URL (standalone), or a Cluster's seed nodes with `cluster = true`. May hold a
-    /// password: printed only redacted ([`redact_url`]).
+    /// One URL (standalone), a Cluster's seed nodes with `cluster = true`, or the Sentinels
+    /// with `sentinel_master`. May hold a password: printed only redacted ([`redact_url`]).
     pub urls: Vec<String>,
     pub cluster: bool,
     pub key_prefix: String,
     pub lease_ms: Millis,
     /// `/readyz` answers 503 once Redis uses this much of its `maxmemory` (percent).
     pub max_memory_used_percent: u8,
-    /// The environment variable holding the password (overrides one in the URLs).
+    /// A callback is answered 200 only once this many replicas acknowledged its write (`WAIT`);
+    /// 0: at once (asynchronous replication).
+    pub min_replicas: u8,
+    /// How long an accept waits for `min_replicas` before it is answered 503.
+    pub min_replicas_timeout_ms: Millis,
+    /// The environment variable holding the password (overrides one in the URLs). With
+    /// Sentinels: the data nodes' password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_env: Option<String>,
+    /// The primary's name in the Sentinels' configuration (`sentinel monitor <name> …`): with
+    /// it, `urls` are the Sentinels, asked where the primary is, and a failover is followed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel_master: Option<String>,
+    /// The environment variable holding the Sentinels' password (overrides one in the URLs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel_password_env: Option<String>,
 }
 
 impl RedisConfig {
@@ -373,6 +390,16 @@ impl RedisConfig {
             "password",
             None,
             self.password_env.as_deref(),
+        )
+    }
+
+    /// The Sentinels' password from `sentinel_password_env`, if set.
+    pub fn sentinel_password(&self) -> Result<Option<String>, ConfigError> {
+        secret(
+            "store.redis",
+            "sentinel_password",
+            None,
+            self.sentinel_password_env.as_deref(),
         )
     }
 
@@ -396,10 +423,36 @@ impl RedisConfig {
                 return Err(invalid(format!("store.redis.urls[{i}]"), "has no host"));
             }
         }
-        if !self.cluster && self.urls.len() > 1 {
+        if let Some(master) = &self.sentinel_master {
+            if master.is_empty() || master.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(invalid(
+                    "store.redis.sentinel_master",
+                    "must be the primary's name in the Sentinels' configuration (not empty, no spaces)",
+                ));
+            }
+            if self.cluster {
+                return Err(invalid(
+                    "store.redis.sentinel_master",
+                    "not with store.redis.cluster = true: a Cluster fails over by itself, and its URLs are seed nodes",
+                ));
+            }
+            let tls = |url: &String| url.starts_with("rediss:");
+            if self.urls.iter().any(tls) && !self.urls.iter().all(tls) {
+                return Err(invalid(
+                    "store.redis.urls",
+                    "the Sentinels' URLs all start with redis://, or all with rediss:// (TLS to the Sentinels and the data nodes)",
+                ));
+            }
+        } else if self.sentinel_password_env.is_some() {
+            return Err(invalid(
+                "store.redis.sentinel_password_env",
+                "only with store.redis.sentinel_master",
+            ));
+        }
+        if !self.cluster && self.sentinel_master.is_none() && self.urls.len() > 1 {
             return Err(invalid(
                 "store.redis.urls",
-                "a standalone server takes one URL (set store.redis.cluster = true for a Cluster's seed nodes)",
+                "a standalone server takes one URL (set store.redis.cluster = true for a Cluster's seed nodes, or store.redis.sentinel_master for Sentinels)",
             ));
         }
         if self.key_prefix.is_empty()
@@ -422,8 +475,18 @@ impl RedisConfig {
                 "must be from 1 to 100",
             ));
         }
+        if !(1..=MAX_MIN_REPLICAS_TIMEOUT_MS).contains(&self.min_replicas_timeout_ms.0) {
+            return Err(invalid(
+                "store.redis.min_replicas_timeout_ms",
+                format!(
+                    "must be from 1 to {MAX_MIN_REPLICAS_TIMEOUT_MS}: WeChat waits 5 s for its answer, \
+                     which also has to be stored and relayed"
+                ),
+            ));
+        }
         if backend == Backend::Redis {
             self.password()?;
+            self.sentinel_password()?;
         }
         Ok(())
     }

@@ -206,6 +206,8 @@ fn redis_keys_are_validated_and_named() {
     assert_eq!(config.store.backend, Backend::Redis);
     assert_eq!(config.store.redis.urls, vec!["redis://127.0.0.1:6379/0"]);
     assert_eq!(config.store.redis.lease_ms, Millis(30_000));
+    assert_eq!(config.store.redis.min_replicas, 0);
+    assert_eq!(config.store.redis.min_replicas_timeout_ms, Millis(1000));
     Config::from_toml(&redis("urls = [\"rediss://:pw@redis.internal:6380\"]")).unwrap();
     let cases = [
         ("urls = []", "store.redis.urls:"),
@@ -218,11 +220,41 @@ fn redis_keys_are_validated_and_named() {
         ("key_prefix = \"\"", "store.redis.key_prefix:"),
         ("lease_ms = 10", "store.redis.lease_ms:"),
         (
+            "min_replicas_timeout_ms = 0",
+            "store.redis.min_replicas_timeout_ms:",
+        ),
+        (
+            "min_replicas_timeout_ms = 5000",
+            "store.redis.min_replicas_timeout_ms:",
+        ),
+        ("min_replicas = -1", "min_replicas"),
+        (
             "password_env = \"WECHAT_FANOUT_TEST_NO_SUCH_VARIABLE\"",
             "store.redis.password_env:",
         ),
         ("cluster = \"yes\"", "cluster"),
         ("url = \"redis://x\"", "url"),
+        (
+            "cluster = true\nsentinel_master = \"mymaster\"",
+            "store.redis.sentinel_master:",
+        ),
+        ("sentinel_master = \"\"", "store.redis.sentinel_master:"),
+        (
+            "sentinel_master = \"my master\"",
+            "store.redis.sentinel_master:",
+        ),
+        (
+            "sentinel_password_env = \"WECHAT_FANOUT_TEST_NO_SUCH_VARIABLE\"",
+            "store.redis.sentinel_password_env:",
+        ),
+        (
+            "sentinel_master = \"m\"\nsentinel_password_env = \"WECHAT_FANOUT_TEST_NO_SUCH_VARIABLE\"",
+            "store.redis.sentinel_password_env:",
+        ),
+        (
+            "sentinel_master = \"m\"\nurls = [\"redis://a:26379\", \"rediss://b:26379\"]",
+            "store.redis.urls:",
+        ),
     ];
     for (section, key) in cases {
         let error = error_of(&redis(section));
@@ -235,6 +267,12 @@ fn redis_keys_are_validated_and_named() {
     assert!(!bad_url.contains("s3cret"), "{bad_url}");
     let seeds = redis("cluster = true\nurls = [\"redis://a:7000\", \"redis://b:7001\"]");
     assert!(Config::from_toml(&seeds).unwrap().store.redis.cluster);
+    let sentinels = redis(
+        "sentinel_master = \"mymaster\"\nurls = [\"redis://a:26379\", \"redis://b:26379\", \"redis://c:26379\"]",
+    );
+    let sentinels = Config::from_toml(&sentinels).unwrap().store.redis;
+    assert_eq!(sentinels.sentinel_master.as_deref(), Some("mymaster"));
+    assert_eq!(sentinels.urls.len(), 3);
     let backend = format!("{MINIMAL}\n[store]\nbackend = \"mongo\"");
     assert!(
         error_of(&backend).contains("backend"),

@@ -25,7 +25,7 @@ use tokio::sync::broadcast;
 
 mod redis;
 
-pub use self::redis::RedisFeed;
+pub use self::redis::{Nodes, RedisFeed};
 
 /// How many events a subscriber may fall behind before it loses the oldest.
 pub const BUFFER: usize = 1024;

@@ -9,9 +9,15 @@
 //! Publishing never waits: events go to a bounded queue that one task writes as JSON and sends,
 //! and a full queue drops them. On a Cluster, a PUBLISH reaches every node, so one connection to any seed node
 //! hears every instance.
+//!
+//! Behind Sentinels the nodes are the primary they name, asked anew at each connect and every
+//! [`RECHECK`]: after a failover both connections move to the new primary (a replica would
+//! neither pass this instance's events on to the primary's subscribers nor hear theirs).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 use redis::ConnectionInfo;
@@ -28,6 +34,13 @@ const OUTBOX: usize = 4096;
 /// How long to wait before trying Redis again after it failed.
 const RETRY: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a connection checks that its node is still one of the nodes (a failover).
+const RECHECK: Duration = Duration::from_secs(2);
+
+/// Where to publish and subscribe, asked anew at each connect: the first that accepts is used.
+/// Fixed for a standalone server or a Cluster; behind Sentinels, the primary they name now.
+pub type Nodes =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Vec<ConnectionInfo>> + Send>> + Send + Sync>;
 
 /// An event on the channel, `{"from": instance, "event": {…}}`, with the event's JSON as the
 /// console's streams send it (written once for both).
@@ -58,7 +71,7 @@ impl RedisFeed {
     /// Starts publishing to and listening on `channel` at the first of `nodes` that answers,
     /// until `shutdown`.
     pub fn start(
-        nodes: Vec<ConnectionInfo>,
+        nodes: Nodes,
         channel: String,
         local: LocalFeed,
         shutdown: CancellationToken,
@@ -66,7 +79,6 @@ impl RedisFeed {
         // Tags this instance's events, so they are not shown twice when they come back.
         let instance = rand::random();
         let (outbox, queued) = mpsc::channel(OUTBOX);
-        let nodes = Arc::new(nodes);
         tokio::spawn(publish(
             nodes.clone(),
             channel.clone(),
@@ -96,23 +108,30 @@ impl EventFeed for RedisFeed {
     }
 }
 
-/// A client of the first node that accepts a connection.
-async fn connect(nodes: &[ConnectionInfo]) -> Option<redis::aio::MultiplexedConnection> {
-    for node in nodes {
+/// A connection to the first node that accepts one, and that node.
+async fn connect(nodes: &Nodes) -> Option<(redis::aio::MultiplexedConnection, ConnectionInfo)> {
+    for node in nodes().await {
         let Ok(client) = redis::Client::open(node.clone()) else {
             continue;
         };
         if let Ok(Ok(connection)) =
             tokio::time::timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection()).await
         {
-            return Some(connection);
+            return Some((connection, node));
         }
     }
     None
 }
 
+/// Whether `node` is no longer one of the nodes (a failover moved the primary). A lookup that
+/// finds no node says nothing: the connection is kept.
+async fn moved(nodes: &Nodes, node: &ConnectionInfo) -> bool {
+    let now = nodes().await;
+    !now.is_empty() && !now.iter().any(|n| n.addr() == node.addr())
+}
+
 async fn publish(
-    nodes: Arc<Vec<ConnectionInfo>>,
+    nodes: Nodes,
     channel: String,
     instance: u64,
     mut queued: mpsc::Receiver<Arc<Published>>,
@@ -121,6 +140,7 @@ async fn publish(
     let mut connection = None;
     // One warning per outage, not one per event.
     let mut warned = false;
+    let mut checked = Instant::now();
     loop {
         let event = tokio::select! {
             event = queued.recv() => match event {
@@ -130,45 +150,60 @@ async fn publish(
             () = shutdown.cancelled() => return,
         };
         let text = outgoing(instance, &event);
-        if connection.is_none() {
-            connection = connect(&nodes).await;
-        }
-        let Some(open) = connection.as_mut() else {
-            if !warned {
-                warn!(
-                    "cannot reach redis to share console events; other instances' consoles miss this one's until it can"
-                );
-                warned = true;
-            }
-            continue;
-        };
-        let sent: Result<i64, _> = redis::cmd("PUBLISH")
-            .arg(&channel)
-            .arg(text)
-            .query_async(open)
-            .await;
-        match sent {
-            Ok(_) => warned = false,
-            Err(e) => {
-                if !warned {
-                    warn!(error = %e, "sharing a console event through redis failed");
-                    warned = true;
-                }
+        if checked.elapsed() >= RECHECK {
+            checked = Instant::now();
+            if let Some((_, node)) = &connection
+                && moved(&nodes, node).await
+            {
                 connection = None;
             }
+        }
+        // A connection that broke is replaced once for this event (Redis restarted, or a
+        // failover moved the primary); if that fails too, the event is not shared.
+        for retry in [false, true] {
+            if connection.is_none() {
+                connection = connect(&nodes).await;
+            }
+            let Some((open, _)) = connection.as_mut() else {
+                if !warned {
+                    warn!(
+                        "cannot reach redis to share console events; other instances' consoles miss this one's until it can"
+                    );
+                    warned = true;
+                }
+                break;
+            };
+            let sent: Result<i64, _> = redis::cmd("PUBLISH")
+                .arg(&channel)
+                .arg(&text)
+                .query_async(open)
+                .await;
+            connection = match sent {
+                Ok(_) => {
+                    warned = false;
+                    break;
+                }
+                Err(e) => {
+                    if retry && !warned {
+                        warn!(error = %e, "sharing a console event through redis failed");
+                        warned = true;
+                    }
+                    None
+                }
+            };
         }
     }
 }
 
 async fn listen(
-    nodes: Arc<Vec<ConnectionInfo>>,
+    nodes: Nodes,
     channel: String,
     local: LocalFeed,
     instance: u64,
     shutdown: CancellationToken,
 ) {
     loop {
-        for node in nodes.iter() {
+        for node in nodes().await {
             let subscribed = async {
                 let client = redis::Client::open(node.clone())?;
                 let mut pubsub = client.get_async_pubsub().await?;
@@ -184,9 +219,17 @@ async fn listen(
                 Err(_) => continue,
             };
             let mut messages = pubsub.into_on_message();
+            let mut recheck = tokio::time::interval(RECHECK);
+            recheck.tick().await;
             loop {
                 let message = tokio::select! {
                     message = messages.next() => message,
+                    _ = recheck.tick() => {
+                        if moved(&nodes, &node).await {
+                            break;
+                        }
+                        continue;
+                    }
                     () = shutdown.cancelled() => return,
                 };
                 // None: the connection is gone; subscribe again.

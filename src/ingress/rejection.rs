@@ -101,6 +101,8 @@ impl Rejection {
             Rejection::Source(Denied::ListUnknown(_)) => "source_list_unknown",
             Rejection::Source(Denied::BadHeader(_)) => "bad_forwarded_header",
             Rejection::Verify(e) => e.reason(),
+            // Its own label: an alert on it says the replicas are behind, not Redis down.
+            Rejection::Store(StoreError::NotReplicated(_)) => "store_not_replicated",
             Rejection::Store(_) => "store",
             Rejection::StoreTooSlow => "store_too_slow",
             Rejection::FirstCopyNotStored => "first_copy_not_stored",
@@ -136,5 +138,17 @@ mod tests {
             let chain = format!("{:#}", anyhow::Error::from(rejection));
             assert_eq!(chain.matches(cause).count(), 1, "{chain}");
         }
+    }
+
+    /// A write the replicas did not acknowledge in time is our fault (503, ERROR) under a label
+    /// of its own, so an alert can tell lagging replicas from a Redis that is down.
+    #[test]
+    fn a_write_not_replicated_is_503_under_its_own_label() {
+        let rejection = Rejection::Store(StoreError::NotReplicated("0 of 1".into()));
+        assert_eq!(rejection.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(rejection.level(), Level::ERROR);
+        assert_eq!(rejection.reason(), "store_not_replicated");
+        let other = Rejection::Store(StoreError::Unavailable("down".into()));
+        assert_eq!(other.reason(), "store");
     }
 }

@@ -45,7 +45,7 @@ mod redis;
 mod shape;
 mod sqlite;
 
-pub use self::redis::{RedisOptions, RedisStore};
+pub use self::redis::{RedisNodes, RedisOptions, RedisStore};
 pub use ids::IdBlocks;
 pub use shape::{Replay, SHAPE_VERSION};
 pub use sqlite::{Readiness, SqliteStore};
@@ -392,6 +392,10 @@ pub enum StoreError {
     /// fsync not confirmed in time); the write may still have happened.
     #[error("store timed out: {0}")]
     Timeout(String),
+    /// Written, but not acknowledged by as many replicas as `store.redis.min_replicas` asks
+    /// in time: a failover now could lose it. Retry later; the write itself stays.
+    #[error("store not replicated: {0}")]
+    NotReplicated(String),
     /// The store was closed: nothing more will be written by this process.
     #[error("store is closed")]
     Closed,
@@ -419,6 +423,7 @@ impl StoreError {
             StoreError::Unavailable(m) => StoreError::Unavailable(f(m)),
             StoreError::Full(m) => StoreError::Full(f(m)),
             StoreError::Timeout(m) => StoreError::Timeout(f(m)),
+            StoreError::NotReplicated(m) => StoreError::NotReplicated(f(m)),
             StoreError::Refused(m) => StoreError::Refused(f(m)),
             StoreError::Corrupt(m) => StoreError::Corrupt(f(m)),
             StoreError::Unexpected(m) => StoreError::Unexpected(f(m)),

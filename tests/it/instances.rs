@@ -2,7 +2,7 @@
 //! balancer sees them: a resend that reaches another instance gets the answer the first copy
 //! got, an attempt that outlasts its lease is not sent twice, and any instance shows the whole
 //! deployment. The faults (Redis restarted, an instance killed, a rolling restart) are in
-//! [`faults`].
+//! [`faults`]; a failover of Redis behind a Sentinel is in [`failover`].
 //!
 //! Each test starts its own `redis-server` (AOF `always`) and its own instances, with small
 //! leases (1 s) and fast polls so that expiry and renewal happen within a test's seconds.
@@ -24,6 +24,7 @@ use crate::support::redis::RedisServer;
 use crate::support::scrape::Scrape;
 use crate::support::{Received, Target, Wx, eventually_async, free_addr, settle, text_xml};
 
+mod failover;
 mod faults;
 
 /// The lease of the tests' instances: renewed every third of it.

@@ -26,7 +26,8 @@ pub(crate) struct RedisServer {
     dir: PathBuf,
     /// Keeps the folder (AOF, nodes.conf) alive; `None` once handed to a restarted server.
     _temp: Option<tempfile::TempDir>,
-    extra: Vec<String>,
+    /// `redis-server`'s whole argument list, for a restart.
+    args: Vec<String>,
     shell: Child,
     /// The server's pid (the shell's child), for signals.
     pub(crate) pid: u32,
@@ -76,11 +77,20 @@ impl RedisServer {
         }
     }
 
-    /// Starts the server again on the same port and folder (after [`RedisServer::signal`]).
+    /// Sends `signal` (e.g. "STOP", "CONT") to the server without waiting for anything.
+    pub(crate) fn send_signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid.to_string())
+            .status();
+    }
+
+    /// Starts the server again on the same port, folder and arguments (after
+    /// [`RedisServer::signal`]).
     pub(crate) fn restart(&mut self) {
         let _ = self.shell.kill();
         let _ = self.shell.wait();
-        let mut again = Self::spawn(self.port, &self.dir, &self.extra);
+        let mut again = Self::launch(self.port, &self.dir, self.args.clone());
         again._temp = self._temp.take();
         // Dropping the old value kills nothing that runs: its server has exited.
         *self = again;
@@ -111,6 +121,12 @@ impl RedisServer {
         .map(|s| (*s).to_owned())
         .collect();
         args.extend(extra.iter().cloned());
+        Self::launch(port, dir, args)
+    }
+
+    /// Runs `redis-server args…` (logging to `dir`/redis.log, or where the arguments say) and
+    /// waits until it answers PING on `port`.
+    fn launch(port: u16, dir: &Path, args: Vec<String>) -> RedisServer {
         // The shell starts the server, prints its pid, and kills it when stdin closes.
         let mut shell = Command::new("sh")
             .arg("-c")
@@ -135,14 +151,15 @@ impl RedisServer {
             port,
             dir: dir.to_path_buf(),
             _temp: None,
-            extra: extra.to_vec(),
+            args,
             shell,
             pid,
             _stdin: stdin,
         };
         let deadline = Instant::now() + START_WITHIN;
         while !server.answers_ping() {
-            let log = std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default();
+            let log = std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default()
+                + &std::fs::read_to_string(dir.join("sentinel.log")).unwrap_or_default();
             assert!(
                 Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline,
                 "redis-server on port {port} did not start (is redis-server on PATH?): {log}"
@@ -157,6 +174,26 @@ impl RedisServer {
         command_at(self.port, command).unwrap_or_default()
     }
 
+    /// Sends a command (inline) and returns its reply flattened: every string and number in it,
+    /// in order (nothing if no complete reply came).
+    pub(crate) fn values(&self, command: &str) -> Vec<String> {
+        parse_reply(self.command(command).as_bytes())
+            .map(|(values, _)| values)
+            .unwrap_or_default()
+    }
+
+    /// The value of `field` in `INFO`'s text (e.g. `role`, `master_link_status`).
+    pub(crate) fn info_field(&self, field: &str) -> Option<String> {
+        self.command("INFO").lines().find_map(|line| {
+            Some(
+                line.strip_prefix(field)?
+                    .strip_prefix(':')?
+                    .trim()
+                    .to_owned(),
+            )
+        })
+    }
+
     fn answers_ping(&self) -> bool {
         // A server with `--requirepass` answers NOAUTH: it is up all the same.
         command_at(self.port, "PING")
@@ -166,9 +203,11 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        // Quietly: after a restart the old pid is gone.
         let _ = Command::new("kill")
             .arg("-KILL")
             .arg(self.pid.to_string())
+            .stderr(Stdio::null())
             .status();
         let _ = self.shell.kill();
         let _ = self.shell.wait();
@@ -236,6 +275,113 @@ impl RedisCluster {
     }
 }
 
+/// The name the Sentinel knows the primary by.
+pub(crate) const MASTER_NAME: &str = "mymaster";
+
+/// A primary, one replica of it (`--replicaof`) and one Sentinel watching them as
+/// [`MASTER_NAME`] (quorum 1, `down-after-milliseconds` 1000): a failover within seconds.
+/// `primary` and `replica` are the roles they started in; after a failover
+/// [`RedisSentinelSet::primary_port`] says which one the Sentinel names.
+#[derive(Debug)]
+pub(crate) struct RedisSentinelSet {
+    pub(crate) primary: RedisServer,
+    pub(crate) replica: RedisServer,
+    pub(crate) sentinel: RedisServer,
+}
+
+impl RedisSentinelSet {
+    /// Starts the three and waits until the replica is in sync and the Sentinel knows it (so
+    /// that it can promote it).
+    pub(crate) fn start() -> RedisSentinelSet {
+        let primary = RedisServer::start(&[]);
+        let primary_port = primary.port.to_string();
+        let replica = RedisServer::start(&["--replicaof", "127.0.0.1", &primary_port]);
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().to_path_buf();
+        let port = free_port(u16::MAX);
+        // The Sentinel rewrites its file (what it learns, its epoch): it must be writable.
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {dir}/sentinel.log\n\
+                 sentinel monitor {MASTER_NAME} 127.0.0.1 {primary_port} 1\n\
+                 sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+                 sentinel failover-timeout {MASTER_NAME} 3000\n\
+                 sentinel parallel-syncs {MASTER_NAME} 1\n",
+                dir = dir.display()
+            ),
+        )
+        .unwrap();
+        let args = vec![conf.to_string_lossy().into_owned(), "--sentinel".to_owned()];
+        let mut sentinel = RedisServer::launch(port, &dir, args);
+        sentinel._temp = Some(temp);
+        let set = RedisSentinelSet {
+            primary,
+            replica,
+            sentinel,
+        };
+        let deadline = Instant::now() + START_WITHIN;
+        while !(set.replica.info_field("master_link_status").as_deref() == Some("up")
+            && set.sentinel_field("num-slaves").as_deref() == Some("1"))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the replica did not sync, or the Sentinel did not find it"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        set
+    }
+
+    /// The Sentinel's URL, `redis://127.0.0.1:<port>`.
+    pub(crate) fn sentinel_url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.sentinel.port)
+    }
+
+    /// The port of the primary the Sentinel names now (`SENTINEL get-master-addr-by-name`).
+    pub(crate) fn primary_port(&self) -> Option<u16> {
+        let reply = self
+            .sentinel
+            .values(&format!("SENTINEL get-master-addr-by-name {MASTER_NAME}"));
+        reply.get(1)?.parse().ok()
+    }
+
+    /// Waits until the Sentinel names the server on `port` as the primary and that server says
+    /// it is one; how long that took. Panics after `within`.
+    pub(crate) fn await_primary(&self, port: u16, within: Duration) -> Duration {
+        let start = Instant::now();
+        while !(self.primary_port() == Some(port)
+            && command_at(port, "ROLE")
+                .and_then(|r| parse_reply(r.as_bytes()))
+                .is_some_and(|(role, _)| role.first().is_some_and(|r| r == "master")))
+        {
+            assert!(
+                start.elapsed() < within,
+                "the Sentinel did not promote 127.0.0.1:{port} within {within:?}; it names {:?}",
+                self.primary_port()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        start.elapsed()
+    }
+
+    /// Closes the primary's links to its replicas (`CLIENT KILL TYPE replica` on `server`).
+    pub(crate) fn cut_replica_links(server: &RedisServer) {
+        let reply = server.command("CLIENT KILL TYPE replica");
+        assert!(reply.starts_with(':'), "CLIENT KILL answered {reply:?}");
+    }
+
+    /// A field of `SENTINEL master <name>` (e.g. `num-slaves`, `flags`).
+    fn sentinel_field(&self, field: &str) -> Option<String> {
+        let reply = self
+            .sentinel
+            .values(&format!("SENTINEL master {MASTER_NAME}"));
+        let at = reply.iter().position(|v| v == field)?;
+        reply.get(at + 1).cloned()
+    }
+}
+
 /// A loopback port that was free a moment ago, at most `max`.
 pub(crate) fn free_port(max: u16) -> u16 {
     loop {
@@ -274,17 +420,39 @@ fn command_at(port: u16, command: &str) -> Option<String> {
 }
 
 fn complete(reply: &[u8]) -> bool {
-    let Some(end) = reply.windows(2).position(|w| w == b"\r\n") else {
-        return false;
-    };
-    match reply.first() {
-        Some(b'$') => {
-            let length: i64 = std::str::from_utf8(&reply[1..end])
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(-1);
-            length < 0 || reply.len() >= end + 2 + usize::try_from(length).unwrap_or(0) + 2
+    parse_reply(reply).is_some()
+}
+
+/// The reply at the start of `bytes`, flattened (the text of each simple string, error,
+/// integer and bulk string, in order through arrays and maps), and its length in bytes; `None`
+/// while it is incomplete.
+fn parse_reply(bytes: &[u8]) -> Option<(Vec<String>, usize)> {
+    let end = bytes.windows(2).position(|w| w == b"\r\n")?;
+    let line = std::str::from_utf8(&bytes[1..end]).ok()?;
+    let rest = end + 2;
+    match bytes.first()? {
+        b'$' => {
+            let Ok(length) = usize::try_from(line.parse::<i64>().ok()?) else {
+                return Some((Vec::new(), rest)); // nil
+            };
+            let text = bytes.get(rest..rest + length)?;
+            bytes.get(rest + length + 1)?;
+            Some((
+                vec![String::from_utf8_lossy(text).into_owned()],
+                rest + length + 2,
+            ))
         }
-        _ => true,
+        kind @ (b'*' | b'%') => {
+            let count = usize::try_from(line.parse::<i64>().ok()?).unwrap_or(0);
+            let count = if *kind == b'%' { count * 2 } else { count };
+            let (mut leaves, mut at) = (Vec::new(), rest);
+            for _ in 0..count {
+                let (more, length) = parse_reply(&bytes[at..])?;
+                leaves.extend(more);
+                at += length;
+            }
+            Some((leaves, at))
+        }
+        _ => Some((vec![line.to_owned()], rest)),
     }
 }

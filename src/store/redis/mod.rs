@@ -27,6 +27,10 @@
 //! so a duplicate (which wrote nothing) is not covered by it: with `everysec`, a resend answered
 //! from a first copy that another instance stored a moment ago may be answered before that copy
 //! is on disk. At open, one WARN line says what a crash of Redis can lose with its settings.
+//! Replication is asynchronous: with `store.redis.min_replicas` an accept is answered only once
+//! that many replicas acknowledged it (`WAIT`; `WAITAOF 1 N` where the server has it), else it
+//! is [`StoreError::NotReplicated`] (503: WeChat resends); so are a resend answered from another
+//! copy's write and an id block, which a failover must not lose either (see `batch`).
 //!
 //! **Batches.** Accepts, and attempt outcomes, that arrive while earlier ones are on their way
 //! to Redis go together: one script call per account carries all of them (each applied as it
@@ -42,7 +46,8 @@
 //! Here: the public type, opening, and its [`Store`] impl. `options` says how to reach Redis,
 //! `batch` sends accepts and outcomes in batches, `scripts` loads the Lua of `lua/*.lua`,
 //! `dead_letters` lists, shows, replays and purges them, `callbacks` shows stored callbacks to
-//! the admin.
+//! the admin, `settings` reads the server's settings at open, `sentinel` follows the primary
+//! Sentinels name.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -52,9 +57,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, RedisError, Value};
-use tracing::{info, warn};
+use tracing::info;
 
-use self::batch::{BatchContext, BatchItem, Batcher, Row};
+use self::batch::{BatchContext, BatchItem, Batcher, Replicas, Row};
 use self::options::Conn;
 use self::scripts::Scripts;
 use super::shape::Stored;
@@ -88,8 +93,10 @@ mod callbacks;
 mod dead_letters;
 mod options;
 mod scripts;
+mod sentinel;
+mod settings;
 
-pub use self::options::RedisOptions;
+pub use self::options::{RedisNodes, RedisOptions};
 
 /// How many ids an instance reserves at once: one `INCRBY` per this many callbacks and jobs.
 const ID_BLOCK: u64 = 1024;
@@ -99,6 +106,12 @@ const PURGE_BATCH: usize = 1000;
 /// The Redis store. Cheap to share behind an `Arc`.
 pub struct RedisStore {
     conn: Conn,
+    /// The accepts' connection: their own with `replicas` (a `WAIT` blocks its connection,
+    /// and must not hold up lease renewals and outcomes); else `conn`. Ids are reserved, and
+    /// readiness checked, on it too.
+    accept_conn: Conn,
+    /// `store.redis.min_replicas`, if not 0.
+    replicas: Option<Replicas>,
     prefix: String,
     lease_ms: u64,
     /// `/readyz` fails at or above this fraction of `maxmemory` in use.
@@ -130,9 +143,19 @@ impl RedisStore {
     /// WARN line if a crash of Redis can lose accepted callbacks).
     pub async fn open(options: &RedisOptions) -> Result<RedisStore, StoreError> {
         let conn = options.connect().await?;
+        let replicas = (options.min_replicas > 0).then_some(Replicas {
+            count: options.min_replicas,
+            timeout_ms: options.min_replicas_timeout_ms,
+        });
+        let accept_conn = match replicas {
+            Some(_) => options.connect().await?,
+            None => conn.clone(),
+        };
         let prefix = options.key_prefix.clone();
         let mut store = RedisStore {
             conn,
+            accept_conn,
+            replicas,
             lease_ms: options.lease_ms,
             max_memory_used_ratio: options.max_memory_used_ratio,
             ids: IdBlocks::empty(),
@@ -144,10 +167,13 @@ impl RedisStore {
             prefix,
         };
         store.waitaof = store.check_persistence().await;
+        store.check_replicas().await;
         let context = Arc::new(BatchContext {
-            conn: store.conn(),
+            accept_conn: store.accept_conn.clone(),
+            record_conn: store.conn(),
             lease_ms: store.lease_ms,
             waitaof: store.waitaof,
+            replicas: store.replicas,
             accept: store.scripts.accept.clone(),
             record: store.scripts.record.clone(),
         });
@@ -156,10 +182,12 @@ impl RedisStore {
         store.outcomes = Some(Batcher::spawn(move |items| context.clone().record(items)));
         info!(
             cluster = options.cluster,
+            sentinel_master = options.sentinel_master.as_deref(),
             urls = ?options.urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>(),
             key_prefix = %store.prefix,
             lease_ms = store.lease_ms,
             waitaof = store.waitaof,
+            min_replicas = options.min_replicas,
             "store: redis"
         );
         Ok(store)
@@ -232,7 +260,6 @@ impl RedisStore {
     /// A command for server settings: on a Cluster, asked of one primary.
     async fn ask_server(&self, cmd: Cmd) -> Result<Value, RedisError> {
         match self.conn() {
-            Conn::Single(mut c) => cmd.query_async(&mut c).await,
             Conn::Cluster(mut c) => {
                 c.route_command(
                     cmd,
@@ -240,50 +267,8 @@ impl RedisStore {
                 )
                 .await
             }
+            mut c => cmd.query_async(&mut c).await,
         }
-    }
-
-    /// Reads the persistence settings, logs what a crash can lose, and says whether new
-    /// accepts should wait with `WAITAOF`.
-    async fn check_persistence(&self) -> bool {
-        let version = match self
-            .ask_server(redis::cmd("INFO").arg("server").clone())
-            .await
-        {
-            Ok(info) => server_version(&value_text(&info)),
-            Err(_) => None,
-        };
-        let has_waitaof = version.is_some_and(|v| v >= (7, 2));
-        let mut settings = BTreeMap::new();
-        for name in ["appendonly", "appendfsync", "save", "maxmemory-policy"] {
-            match self
-                .ask_server(redis::cmd("CONFIG").arg("GET").arg(name).clone())
-                .await
-            {
-                Ok(value) => {
-                    if let Ok(pairs) = redis::from_redis_value::<Vec<String>>(value)
-                        && let [_, value] = &pairs[..]
-                    {
-                        settings.insert(name, value.clone());
-                    }
-                }
-                Err(e) => {
-                    warn!(
-                        error = %e,
-                        "store: cannot read Redis's persistence settings (CONFIG GET refused?); \
-                         make sure it runs with appendonly yes, appendfsync always and \
-                         maxmemory-policy noeviction, or accepted callbacks can be lost"
-                    );
-                    return false;
-                }
-            }
-        }
-        let aof = settings.get("appendonly").is_some_and(|v| v == "yes");
-        let waitaof = has_waitaof && aof;
-        if let Some(risk) = persistence_risk(&settings, waitaof) {
-            warn!("store: {risk}");
-        }
-        waitaof
     }
 
     /// Groups leased jobs by account, for one script per account.
@@ -303,11 +288,18 @@ impl Store for RedisStore {
         // reservation.
         self.ids
             .next(n, ID_BLOCK, |count| async move {
+                let key = format!("{}:ids", self.prefix);
+                let conn = self.accept_conn.pinned();
                 let last: i64 = redis::cmd("INCRBY")
-                    .arg(format!("{}:ids", self.prefix))
+                    .arg(&key)
                     .arg(count)
-                    .query_async(&mut self.conn())
+                    .query_async(&mut conn.clone())
                     .await?;
+                // A block a failover forgot would be handed out again, and callbacks stored
+                // under its ids overwritten: it is on the replicas before an id of it is used.
+                if let Some(replicas) = self.replicas {
+                    batch::wait_replicas(conn, &key, replicas, self.waitaof).await?;
+                }
                 Ok(last)
             })
             .await
@@ -619,13 +611,19 @@ impl Store for RedisStore {
     }
 
     async fn check_writable(&self) -> Result<(), StoreError> {
+        let key = format!("{}:writable", self.prefix);
+        let conn = self.accept_conn.pinned();
         let () = redis::cmd("SET")
-            .arg(format!("{}:writable", self.prefix))
+            .arg(&key)
             .arg(rand::random::<u64>())
             .arg("PX")
             .arg(60_000)
-            .query_async(&mut self.conn())
+            .query_async(&mut conn.clone())
             .await?;
+        // Not ready while callbacks would be answered 503 for want of replicas.
+        if let Some(replicas) = self.replicas {
+            batch::wait_replicas(conn, &key, replicas, self.waitaof).await?;
+        }
         // Not ready well before Redis refuses writes at `maxmemory`: an alert and the load
         // balancer act while callbacks are still stored.
         if let Some(used) = self.usage().await?
@@ -643,7 +641,6 @@ impl Store for RedisStore {
 
     async fn usage(&self) -> Result<Option<f64>, StoreError> {
         let info = match self.conn() {
-            Conn::Single(mut c) => redis::cmd("INFO").arg("memory").query_async(&mut c).await?,
             Conn::Cluster(mut c) => {
                 c.route_command(
                     redis::cmd("INFO").arg("memory").clone(),
@@ -651,6 +648,7 @@ impl Store for RedisStore {
                 )
                 .await?
             }
+            mut c => redis::cmd("INFO").arg("memory").query_async(&mut c).await?,
         };
         Ok(memory_usage(&info))
     }
@@ -879,53 +877,6 @@ fn memory_usage(info: &Value) -> Option<f64> {
             Some(field("used_memory")? / max)
         })
         .reduce(f64::max)
-}
-
-/// `redis_version:7.2.4` in `INFO server` → (7, 2).
-fn server_version(info: &str) -> Option<(u32, u32)> {
-    let version = info
-        .lines()
-        .find_map(|line| line.strip_prefix("redis_version:"))?
-        .trim();
-    let mut parts = version.split('.');
-    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
-}
-
-/// What a crash (or a full memory) of Redis can lose with these settings, if anything.
-fn persistence_risk(settings: &BTreeMap<&str, String>, waitaof: bool) -> Option<String> {
-    let get = |name: &str| settings.get(name).map(String::as_str).unwrap_or("");
-    let mut risks = Vec::new();
-    if get("appendonly") != "yes" {
-        if get("save").is_empty() {
-            risks.push(
-                "appendonly no and no snapshots: a restart of Redis loses every stored callback and job"
-                    .to_owned(),
-            );
-        } else {
-            risks.push(format!(
-                "appendonly no (snapshots only, save \"{}\"): a crash of Redis loses the callbacks accepted since the last snapshot",
-                get("save")
-            ));
-        }
-    } else if !waitaof {
-        match get("appendfsync") {
-            "always" | "" => {}
-            "everysec" => risks.push(
-                "appendfsync everysec: a crash of the machine running Redis can lose up to about 1 s of accepted callbacks"
-                    .to_owned(),
-            ),
-            other => risks.push(format!(
-                "appendfsync {other}: a crash of the machine running Redis can lose the accepted callbacks the OS had not written yet (typically up to 30 s)"
-            )),
-        }
-    }
-    let policy = get("maxmemory-policy");
-    if !policy.is_empty() && policy != "noeviction" {
-        risks.push(format!(
-            "maxmemory-policy {policy}: when Redis is full it can evict stored callbacks and jobs; use noeviction"
-        ));
-    }
-    (!risks.is_empty()).then(|| risks.join("; "))
 }
 
 #[cfg(test)]
