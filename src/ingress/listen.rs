@@ -4,7 +4,8 @@
 //!
 //! A wrong or missing token is answered 401 before any upgrade, after the same pause whatever
 //! was presented (the comparison itself takes constant time), so tries are slow and tell
-//! nothing. The connection is pinged every [`PING_EVERY`]; one that sends nothing for
+//! nothing; and each client address has a handful of tries, then one a second (429 with
+//! `Retry-After` beyond them, the token not even looked at), as on the admin port. The connection is pinged every [`PING_EVERY`]; one that sends nothing for
 //! [`SILENT_FOR`] (not even the pong) is closed, and what waited on it is retried. At shutdown
 //! each socket gets a close frame.
 
@@ -50,9 +51,24 @@ impl Ingress {
         mut request: Request<Incoming>,
         account: &str,
         target: &str,
+        peer: std::net::IpAddr,
     ) -> Response<Full<Bytes>> {
         if request.method() != Method::GET {
             return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+        }
+        if let Err(spent) = self.guesses.take(peer, std::time::Instant::now()) {
+            if spent.first {
+                warn!(%peer, account, target, "listen: wrong tokens from this address; slowing it down");
+            }
+            let mut refused = text(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many wrong listen tokens from this address: try again later\n",
+            );
+            let seconds = spent.retry_after.as_secs().max(1);
+            refused
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
+            return refused;
         }
         let routes = self.shared.routes.load();
         let found = routes.account(account).and_then(|a| {
@@ -85,6 +101,8 @@ impl Ingress {
             return refused;
         };
         drop(routes);
+        // The right token costs no try.
+        self.guesses.give_back(peer, std::time::Instant::now());
         let headers = request.headers();
         let is_websocket = headers
             .get(UPGRADE)

@@ -75,6 +75,9 @@ pub struct Ingress {
     shadows: Arc<ShadowLog>,
     /// Fired at shutdown: the listen targets' WebSockets are closed with a close frame.
     closing: CancellationToken,
+    /// Wrong listen tokens per client address: a guesser gets a handful of tries, then one a
+    /// second.
+    guesses: crate::http::guesses::Guesses,
 }
 
 impl std::fmt::Debug for Ingress {
@@ -100,6 +103,7 @@ impl Ingress {
             sources,
             shadows,
             closing,
+            guesses: crate::http::guesses::Guesses::default(),
         }
     }
 
@@ -112,7 +116,7 @@ impl Ingress {
         // Kept for the rejection line; a clone of the request's URI shares its bytes.
         let uri = request.uri().clone();
         if let Some((account, target)) = listen::listen_path(uri.path()) {
-            return self.listen(request, account, target).await;
+            return self.listen(request, account, target, peer).await;
         }
         let (account, authorizer) = match account_id(uri.path()) {
             Some((account, authorizer)) => (Some(account), authorizer),

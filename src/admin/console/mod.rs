@@ -22,7 +22,6 @@
 //! threads that answer WeChat for every event, so one more gets 503 until one ends.
 
 mod auth;
-mod guesses;
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -46,8 +45,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::http::guesses::Guesses;
 pub use auth::{Auth, CSRF_HEADER, Session};
-use guesses::Guesses;
 
 use crate::clock::{now_ms, now_secs};
 use crate::config::{AdminConfig, ConfigError};

@@ -1,4 +1,8 @@
 //! Small answers both listeners send: plain text, JSON, and a JSON error.
+//!
+//! [`guesses`]: the per-address budget of token tries, for both listeners.
+
+pub mod guesses;
 
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;

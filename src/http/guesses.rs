@@ -1,4 +1,5 @@
-//! Slows down guessing of the admin token, for the whole admin listener: each client address
+//! Slows down guessing of a token (the admin token on the admin listener, a listen target's on
+//! the WeChat port), per listener: each client address
 //! (an IPv4 address; an IPv6 address by its /64, which one host can fill) has an allowance of
 //! [`BURST`] tries that refills by one a second. Each try takes one before the token is
 //! checked, and the right token gives it back, so neither a right token nor a valid session
@@ -15,11 +16,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Tries an address has at once.
-pub(super) const BURST: f64 = 5.0;
+pub const BURST: f64 = 5.0;
 /// Tries given back each second.
-pub(super) const PER_SECOND: f64 = 1.0;
+pub const PER_SECOND: f64 = 1.0;
 /// Addresses remembered at most (a few dozen bytes each).
-pub(super) const MAX_SOURCES: usize = 4096;
+pub const MAX_SOURCES: usize = 4096;
 
 /// Where tries come from: one address, or one IPv6 /64.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -55,13 +56,13 @@ impl Allowance {
 
 /// The tries of every address that guessed lately.
 #[derive(Debug, Default)]
-pub(super) struct Guesses {
+pub struct Guesses {
     sources: Mutex<HashMap<Source, Allowance>>,
 }
 
 /// No try is left to this address: how long until one is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Spent {
+pub struct Spent {
     pub retry_after: Duration,
     /// The first refusal since the address last had a try let through: worth a warning, the
     /// rest are not.
@@ -71,7 +72,7 @@ pub(super) struct Spent {
 impl Guesses {
     /// Takes one of `ip`'s tries, before its token is checked; [`Guesses::give_back`] returns
     /// it if the token was right.
-    pub(super) fn take(&self, ip: IpAddr, now: Instant) -> Result<(), Spent> {
+    pub fn take(&self, ip: IpAddr, now: Instant) -> Result<(), Spent> {
         let source = Source::from(ip);
         let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
         if !sources.contains_key(&source) {
@@ -102,7 +103,7 @@ impl Guesses {
 
     /// The token `ip` gave was right: its try is given back (and an address with all its tries
     /// is forgotten).
-    pub(super) fn give_back(&self, ip: IpAddr, now: Instant) {
+    pub fn give_back(&self, ip: IpAddr, now: Instant) {
         let source = Source::from(ip);
         let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(allowance) = sources.get_mut(&source) {
