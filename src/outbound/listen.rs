@@ -344,4 +344,39 @@ mod tests {
         assert_eq!(waiting.await.unwrap().unwrap_err(), ListenError::Closed);
         assert_eq!(hub.connections("a", "t"), 0);
     }
+
+    /// Two clients of one target share its deliveries in turn, each answering its own.
+    #[tokio::test]
+    async fn connections_of_one_target_take_deliveries_in_turn() {
+        let hub = Arc::new(Hub::default());
+        let mut clients = Vec::new();
+        for _ in 0..2 {
+            let mut conn = hub.open("a", "t");
+            clients.push(tokio::spawn(async move {
+                let mut got = Vec::new();
+                while let Some(text) = conn.frames.recv().await {
+                    let frame: DeliveryFrame = serde_json::from_str(&text).unwrap();
+                    got.push(frame.delivery);
+                    let answer = AnswerFrame::new(frame.delivery, 200, vec![], b"");
+                    conn.answer(&serde_json::to_string(&answer).unwrap())
+                        .unwrap();
+                    if got.len() == 2 {
+                        break;
+                    }
+                }
+                got
+            }));
+        }
+        for delivery in 1..=4 {
+            let frame = DeliveryFrame::new(delivery, 1, "", vec![], b"");
+            let answered = hub.deliver("a", "t", &frame, Duration::from_secs(1)).await;
+            assert_eq!(answered.unwrap().status, 200);
+        }
+        let mut got = Vec::new();
+        for client in clients {
+            got.push(client.await.unwrap());
+        }
+        got.sort();
+        assert_eq!(got, [vec![1, 3], vec![2, 4]]);
+    }
 }
