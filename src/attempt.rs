@@ -509,7 +509,7 @@ impl Attempts {
     ) -> Result<Response, Unanswered> {
         let headers = headers
             .iter()
-            .filter(|(name, _)| *name != HOST && *name != USER_AGENT)
+            .filter(|(name, _)| *name != USER_AGENT)
             .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_owned())))
             .collect();
         let frame = DeliveryFrame::new(job.id.0, job.attempts + 1, query, headers, body);

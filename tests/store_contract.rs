@@ -1168,8 +1168,9 @@ fn prefix() -> String {
     )
 }
 
-async fn open_redis(urls: Vec<String>, cluster: bool, prefix: &str, lease_ms: u64) -> RedisStore {
-    RedisStore::open(&RedisOptions {
+/// The options of a store on the test's Redis, as `[store.redis]`'s defaults would make them.
+fn redis_options(urls: Vec<String>, cluster: bool, prefix: &str, lease_ms: u64) -> RedisOptions {
+    RedisOptions {
         urls,
         cluster,
         key_prefix: prefix.to_owned(),
@@ -1180,9 +1181,13 @@ async fn open_redis(urls: Vec<String>, cluster: bool, prefix: &str, lease_ms: u6
         password: None,
         sentinel_master: None,
         sentinel_password: None,
-    })
-    .await
-    .expect("the store opens on the test's redis")
+    }
+}
+
+async fn open_redis(urls: Vec<String>, cluster: bool, prefix: &str, lease_ms: u64) -> RedisStore {
+    RedisStore::open(&redis_options(urls, cluster, prefix, lease_ms))
+        .await
+        .expect("the store opens on the test's redis")
 }
 
 fn standalone_urls() -> Vec<String> {
@@ -1825,16 +1830,8 @@ async fn redis_is_not_ready_before_its_maxmemory_refuses_writes() {
     assert_eq!(unlimited.usage().await.unwrap(), None);
     let server = RedisServer::start(&["--maxmemory", "8mb", "--maxmemory-policy", "noeviction"]);
     let store = RedisStore::open(&RedisOptions {
-        urls: vec![server.url()],
-        cluster: false,
-        key_prefix: prefix(),
-        lease_ms: 30_000,
         max_memory_used_ratio: 0.9,
-        min_replicas: 0,
-        min_replicas_timeout_ms: 1000,
-        password: None,
-        sentinel_master: None,
-        sentinel_password: None,
+        ..redis_options(vec![server.url()], false, &prefix(), 30_000)
     })
     .await
     .unwrap();
@@ -2018,16 +2015,10 @@ async fn open_behind_sentinel(
     min_replicas: u32,
 ) -> RedisStore {
     RedisStore::open(&RedisOptions {
-        urls: vec![set.sentinel_url()],
-        cluster: false,
         sentinel_master: Some(redis_server::MASTER_NAME.to_owned()),
-        key_prefix: prefix.to_owned(),
-        lease_ms: 30_000,
-        max_memory_used_ratio: 0.95,
         min_replicas,
         min_replicas_timeout_ms: 300,
-        password: None,
-        sentinel_password: None,
+        ..redis_options(vec![set.sentinel_url()], false, prefix, 30_000)
     })
     .await
     .expect("the store opens through the Sentinel")

@@ -252,11 +252,7 @@ fn letters_table(rows: &[Value]) -> String {
         .map(str::to_owned),
     ];
     for letter in rows {
-        let kind = match (letter["msg_type"].as_str(), letter["event"].as_str()) {
-            (Some(t), Some(e)) => format!("{t}/{e}"),
-            (Some(t), None) => t.to_owned(),
-            _ => "-".into(),
-        };
+        let kind = super::letter::kind(letter["msg_type"].as_str(), letter["event"].as_str());
         table.push([
             letter["id"].to_string(),
             text(&letter["account"]),

@@ -12,6 +12,15 @@ use crate::config::Config;
 use crate::privacy::{hide_user_ids, without_openid};
 use crate::wechat::{CallbackQuery, open_callback};
 
+/// A callback's kind as the CLI prints it: `text`, `event/CLICK`, or `-`.
+pub(super) fn kind(msg_type: Option<&str>, event: Option<&str>) -> String {
+    match (msg_type, event) {
+        (Some(t), Some(e)) => format!("{t}/{e}"),
+        (Some(t), None) => t.to_owned(),
+        _ => "-".into(),
+    }
+}
+
 /// A Unix time in ms as RFC 3339 in UTC, to the second: `2026-12-07T11:20:03Z`.
 pub(super) fn time(ms: i64) -> String {
     match u64::try_from(ms) {
@@ -32,11 +41,7 @@ pub(super) fn show(letter: &Value, config: &Config) -> String {
         "dead letter {} (callback {})",
         letter["id"], letter["callback"]
     );
-    let kind = match (letter["msg_type"].as_str(), letter["event"].as_str()) {
-        (Some(t), Some(e)) => format!("{t}/{e}"),
-        (Some(t), None) => t.to_owned(),
-        _ => "-".into(),
-    };
+    let kind = kind(letter["msg_type"].as_str(), letter["event"].as_str());
     let at = |field: &str| letter[field].as_i64().map_or("-".into(), time);
     let rows = [
         ("account", account.clone()),

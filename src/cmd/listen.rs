@@ -237,11 +237,12 @@ fn describe(body: &[u8]) -> String {
     if envelope.msg_type.is_none() && envelope.encrypt.is_some() {
         return "encrypted".to_owned();
     }
-    let kind = match (&envelope.msg_type, &envelope.event) {
-        (Some(t), Some(e)) if t == "event" => format!("event/{e}"),
-        (Some(t), _) => t.clone(),
-        _ => "-".to_owned(),
-    };
+    let msg_type = envelope.msg_type.as_deref();
+    let event = envelope
+        .event
+        .as_deref()
+        .filter(|_| msg_type == Some("event"));
+    let kind = super::letter::kind(msg_type, event);
     match &envelope.msg_id {
         Some(id) => format!("{kind} MsgId={id}"),
         None => kind,

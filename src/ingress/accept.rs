@@ -70,6 +70,13 @@ struct Dispatched<'a> {
 }
 
 impl Ingress {
+    /// Whether `target` can be sent to from here: any target but a listen target with no
+    /// client connected to this process.
+    fn reachable(&self, target: &Target) -> bool {
+        let key = &target.key;
+        target.listen.is_none() || self.shared.listeners.connections(&key.account, &key.target) > 0
+    }
+
     /// Takes a verified callback in: stored (or found stored), dispatched, answered.
     pub(super) async fn accept(
         self: Arc<Self>,
@@ -186,8 +193,10 @@ impl Ingress {
         } = verified;
         let owner = account.owner(envelope, authorizer.as_deref());
         let now = now_ms();
+        // An owner that cannot answer now (its circuit open; a listen target nobody is
+        // connected to) does not hold WeChat's answer, and nor do its shadows.
         let mut owner_permit = owner
-            .filter(|p| p.plumbing.breaker.open_for(now).is_none())
+            .filter(|p| p.plumbing.breaker.open_for(now).is_none() && self.reachable(p))
             .and_then(|p| p.plumbing.permits.clone().try_acquire_owned().ok());
         let shadows: Vec<&Arc<Target>> = match (owner, &owner_permit) {
             (Some(owner), Some(_)) => account
@@ -200,13 +209,11 @@ impl Ingress {
             .targets
             .iter()
             .filter(|t| t.accepts(envelope, authorizer.as_deref()));
-        let hub = &self.shared.listeners;
         let starts: Vec<(&Arc<Target>, Start)> = matched
             .map(|target| {
-                // A listen target nobody is connected to: its job waits in the store, and as
-                // a reply owner it does not hold WeChat's answer.
-                let key = &target.key;
-                if target.listen.is_some() && hub.connections(&key.account, &key.target) == 0 {
+                // Not handed to this process's worker: a client may connect to another
+                // instance, whose worker must find the job in the store.
+                if !self.reachable(target) {
                     return (target, Start::Stored);
                 }
                 let relay = owner

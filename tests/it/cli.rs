@@ -418,18 +418,23 @@ fn check_config_and_serve_name_every_problem_of_a_file_at_once() {
     );
 }
 
-/// The client commands read what they use: `healthcheck` and `dead-letters` run with a config
-/// whose account secrets come from variables that are not set (an operator's laptop), while
-/// `check-config` on the same file says which are missing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_commands_need_no_account_secret() {
-    let proxy = crate::support::Proxy::start_with_admin(&format!(
+/// A running proxy with its admin port: one plaintext account, a target nobody listens at.
+async fn plaintext_proxy() -> crate::support::Proxy {
+    crate::support::Proxy::start_with_admin(&format!(
         "{}{}{}",
         crate::support::FAST,
         Wx::new(Kind::OfficialAccount, Mode::Plaintext).account("main", ""),
         Wx::target("bot", "http://127.0.0.1:9/wx", ""),
     ))
-    .await;
+    .await
+}
+
+/// The client commands read what they use: `healthcheck` and `dead-letters` run with a config
+/// whose account secrets come from variables that are not set (an operator's laptop), while
+/// `check-config` on the same file says which are missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_commands_need_no_account_secret() {
+    let proxy = plaintext_proxy().await;
     let dir = tempfile::tempdir().unwrap();
     let written = std::fs::read_to_string(proxy.write_config(dir.path())).unwrap();
     let secretless = written
@@ -465,13 +470,7 @@ async fn client_commands_need_no_account_secret() {
 /// with the one name to use instead of being silently ignored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_commands_run_on_the_admin_url_alone() {
-    let proxy = crate::support::Proxy::start_with_admin(&format!(
-        "{}{}{}",
-        crate::support::FAST,
-        Wx::new(Kind::OfficialAccount, Mode::Plaintext).account("main", ""),
-        Wx::target("bot", "http://127.0.0.1:9/wx", ""),
-    ))
-    .await;
+    let proxy = plaintext_proxy().await;
     let url = proxy.admin_url();
     let up = crate::support::binary::run_async(&["healthcheck", "--admin-url", &url]).await;
     assert_eq!(up.code, Some(0), "{up:#?}");

@@ -11,6 +11,7 @@ use wechat_fanout::wechat::Kind;
 
 use crate::operate::{post_to_binary, write_binary_config};
 use crate::support::binary::{Binary, admin_url, command, run_async_with_env};
+use crate::support::scrape::Scrape;
 use crate::support::{Target, Wx, eventually_async, free_addr, settle, text_xml};
 
 const TESTER: &str = "oTester_0123456789abcdefghij";
@@ -54,17 +55,16 @@ impl Drop for Client {
 /// Waits until the proxy counts `n` listen clients of main/laptop.
 async fn connected(config: &std::path::Path, n: u32) {
     let url = admin_url(config, "/metrics");
-    let series = "wechat_fanout_listeners{".to_owned();
     eventually_async(&format!("{n} listen clients"), || {
-        let (url, series) = (url.clone(), series.clone());
+        let url = url.clone();
         async move {
             let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
-            let line = text.lines().find(|l| {
-                l.starts_with(&series)
-                    && l.contains("account=\"main\"")
-                    && l.contains("target=\"laptop\"")
-            });
-            let count = line.map_or(Some(0.0), |l| l.rsplit(' ').next()?.parse::<f64>().ok())?;
+            let family = Scrape::parse(&text).family("wechat_fanout_listeners");
+            // Absent until the first client connects.
+            let count = family
+                .get("account=main,target=laptop")
+                .copied()
+                .unwrap_or(0.0);
             (count == f64::from(n)).then_some(())
         }
     })
