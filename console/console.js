@@ -231,7 +231,9 @@ async function loadTargets() {
   try { targets = await api('GET', '/console/targets'); } catch { return; }
   const body = $('#targets-table tbody');
   body.replaceChildren(...targets.map((t) => el('tr', { 'data-target': t.target },
-    el('td', {}, t.account), el('td', {}, t.target),
+    el('td', {}, t.account),
+    el('td', {}, t.target, t.listeners == null ? '' : el('span', { class: 'listeners', title: 'listen target: clients connected to the deployment' },
+      ` · listen, ${t.listeners} ${t.listeners === 1 ? 'client' : 'clients'}`)),
     el('td', { class: 'pending' }, t.pending), el('td', {}, t.in_flight), el('td', { class: 'dead' }, t.dead),
     el('td', { class: 'oldest' }, t.oldest_pending_ms == null ? '-' : age(Date.now() - t.oldest_pending_ms)),
     el('td', { class: 'window', title: t.retry_window.text }, `${span(t.retry_window.earliest_ms)} (${t.retry_window.attempts} attempts)`),

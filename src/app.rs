@@ -95,6 +95,11 @@ pub async fn run_with(
     // The listen targets' connections on this process, for ingress (which opens them) and
     // attempts (which deliver over them).
     let hub = Arc::new(crate::outbound::listen::Hub::default());
+    if let Some((nodes, prefix)) = redis_nodes(&config)? {
+        // A client may be connected to any instance: deliveries made here reach it there. Kept
+        // until the attempts in flight are done.
+        hub.share(nodes, &prefix, keeper_stop.clone());
+    }
     let shared = Arc::new(Shared {
         routes: Arc::new(ArcSwap::from_pointee(routes)),
         attempts: Attempts::new(
@@ -212,20 +217,29 @@ pub async fn run_with(
 /// The console's feed: this process's events, and on Redis every instance's.
 fn event_feed(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<Arc<dyn EventFeed>> {
     let local = LocalFeed::new(events::BUFFER, config.admin.show_content);
-    Ok(match config.store.backend {
-        Backend::Sqlite => Arc::new(local),
+    Ok(match redis_nodes(config)? {
+        None => Arc::new(local),
         // Every instance's console shows every instance's callbacks.
-        Backend::Redis => {
-            let options = RedisOptions::from_config(&config.store.redis)?;
-            let channel = format!("{}:events", options.key_prefix);
-            let nodes = options.nodes()?;
-            let nodes: events::Nodes = Arc::new(move || {
-                let nodes = nodes.clone();
-                Box::pin(async move { nodes.now().await })
-            });
+        Some((nodes, prefix)) => {
+            let channel = format!("{prefix}:events");
             Arc::new(RedisFeed::start(nodes, channel, local, shutdown.clone()))
         }
     })
+}
+
+/// On Redis, the node the instances talk to each other through (asked anew at each connect,
+/// for a failover) and the key prefix their channels start with.
+fn redis_nodes(config: &Config) -> anyhow::Result<Option<(events::Nodes, String)>> {
+    if config.store.backend != Backend::Redis {
+        return Ok(None);
+    }
+    let options = RedisOptions::from_config(&config.store.redis)?;
+    let nodes = options.nodes()?;
+    let nodes: events::Nodes = Arc::new(move || {
+        let nodes = nodes.clone();
+        Box::pin(async move { nodes.now().await })
+    });
+    Ok(Some((nodes, options.key_prefix)))
 }
 
 /// The lists `allowed_sources` are checked against: `server.trusted_proxies`, and WeChat's

@@ -272,6 +272,10 @@ impl Admin {
                         "latest_ms": window.latest.as_millis() as u64,
                         "text": window.to_string(),
                     },
+                    // A listen target's clients, on every instance.
+                    "listeners": target.listen.as_ref().map(|_| {
+                        self.shared.listeners.connections_everywhere(account, name)
+                    }),
                     "breaker": if open_for.is_some() { "open" } else { "closed" },
                     "breaker_open_ms": open_for.map(|d| d.as_millis() as u64),
                     "recent": self.console.recent(account, name),

@@ -47,6 +47,9 @@ pub struct ListenArgs {
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long the local service may take to answer.
 const LOCAL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The proxy pings every 3 s: this long without a frame, its end is gone (a machine or a
+/// network that vanished without closing the connection), and the client connects again.
+const PROXY_SILENT: Duration = Duration::from_secs(12);
 
 /// Runs until the token is refused (an error) or the process is stopped.
 pub async fn run(args: &ListenArgs, out: &mut (impl Write + Send)) -> anyhow::Result<bool> {
@@ -124,9 +127,15 @@ where
 {
     let (mut sink, mut stream) = socket.split();
     let (answers, mut answered) = mpsc::channel::<(String, String)>(64);
+    let mut heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            incoming = stream.next() => match incoming {
+            () = tokio::time::sleep_until(heard + PROXY_SILENT) => {
+                return Ok("the proxy went silent");
+            }
+            incoming = stream.next() => {
+                heard = tokio::time::Instant::now();
+                match incoming {
                 Some(Ok(Message::Text(text))) => {
                     let frame: DeliveryFrame = match serde_json::from_str(text.as_str()) {
                         Ok(frame) => frame,
@@ -146,7 +155,8 @@ where
                 Some(Ok(Message::Close(_))) | None => return Ok("the proxy closed the connection"),
                 Some(Ok(_)) => {}
                 Some(Err(_)) => return Ok("the connection failed"),
-            },
+                }
+            }
             Some((text, line)) = answered.recv() => {
                 writeln!(out, "{line}")?;
                 out.flush()?;

@@ -23,9 +23,11 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+pub mod pubsub;
 mod redis;
 
-pub use self::redis::{Nodes, RedisFeed};
+pub use self::pubsub::Nodes;
+pub use self::redis::RedisFeed;
 
 /// How many events a subscriber may fall behind before it loses the oldest.
 pub const BUFFER: usize = 1024;

@@ -71,8 +71,15 @@ struct Dispatched<'a> {
 
 impl Ingress {
     /// Whether `target` can be sent to from here: any target but a listen target with no
-    /// client connected to this process.
+    /// client connected (to this instance, or to another that said so lately).
     fn reachable(&self, target: &Target) -> bool {
+        let key = &target.key;
+        target.listen.is_none() || self.shared.listeners.reachable(&key.account, &key.target)
+    }
+
+    /// Whether this process's worker can send to `target`: any target but a listen target with
+    /// no client connected to this instance.
+    fn worked_here(&self, target: &Target) -> bool {
         let key = &target.key;
         target.listen.is_none() || self.shared.listeners.connections(&key.account, &key.target) > 0
     }
@@ -211,15 +218,16 @@ impl Ingress {
             .filter(|t| t.accepts(envelope, authorizer.as_deref()));
         let starts: Vec<(&Arc<Target>, Start)> = matched
             .map(|target| {
-                // Not handed to this process's worker: a client may connect to another
-                // instance, whose worker must find the job in the store.
-                if !self.reachable(target) {
-                    return (target, Start::Stored);
-                }
                 let relay = owner
                     .is_some_and(|p| Arc::ptr_eq(target, p))
                     .then(|| owner_permit.take())
                     .flatten();
+                // Not handed to this process's worker, which sends to its own clients only: a
+                // client connected to another instance (or later) has that instance's worker
+                // find the job in the store. The owner's reply is asked of it, though.
+                if relay.is_none() && !self.worked_here(target) {
+                    return (target, Start::Stored);
+                }
                 let shadow = shadows
                     .iter()
                     .any(|s| Arc::ptr_eq(s, target))

@@ -29,10 +29,11 @@ use super::Ingress;
 use crate::http::text;
 use crate::outbound::listen::Connection;
 
-/// How often an open connection is pinged.
-const PING_EVERY: Duration = Duration::from_secs(10);
-/// A connection silent this long (no frame, no pong) is dead.
-const SILENT_FOR: Duration = Duration::from_secs(30);
+/// How often an open connection is pinged (docs/listen.md tells clients).
+const PING_EVERY: Duration = Duration::from_secs(3);
+/// A connection silent this long (no frame, no pong: three pings unanswered) is dead; so is
+/// one whose writes wait this long (a client that stopped reading).
+const SILENT_FOR: Duration = Duration::from_secs(10);
 /// The pause before a refusal: tries are slow, and all take as long.
 const REFUSAL_PAUSE: Duration = Duration::from_millis(300);
 
@@ -178,8 +179,10 @@ where
         tokio::select! {
             frame = connection.frames.recv() => {
                 let Some(frame) = frame else { return "closed" };
-                if socket.send(Message::text(frame)).await.is_err() {
-                    return "the socket failed";
+                match tokio::time::timeout(SILENT_FOR, socket.send(Message::text(frame))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return "the socket failed",
+                    Err(_) => return "the client stopped reading",
                 }
             }
             incoming = socket.next() => {
@@ -199,8 +202,10 @@ where
                 if heard.elapsed() > SILENT_FOR {
                     return "silent for too long";
                 }
-                if socket.send(Message::Ping(Bytes::new())).await.is_err() {
-                    return "the socket failed";
+                match tokio::time::timeout(SILENT_FOR, socket.send(Message::Ping(Bytes::new()))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return "the socket failed",
+                    Err(_) => return "the client stopped reading",
                 }
             }
             () = closing.cancelled() => {

@@ -32,7 +32,7 @@ const LEASE_MS: u64 = 1000;
 
 /// The `[store]` keys that put an instance on `redis` (they continue the `[store]` table that
 /// [`write_binary_config`] opens).
-fn on_redis(redis: &RedisServer) -> String {
+pub(crate) fn on_redis(redis: &RedisServer) -> String {
     on_redis_with_lease(redis, LEASE_MS)
 }
 

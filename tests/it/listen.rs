@@ -2,7 +2,9 @@
 //! binary and the real `wechat-fanout listen` client forwarding to a local service. The tester's
 //! callbacks reach the local service byte-identical and its reply reaches WeChat in time;
 //! nobody else's do; a client away and back gets what waited, once, in order, on its first
-//! attempt; a wrong token gets 401 and the client exits saying so.
+//! attempt; a wrong token gets 401 and the client exits saying so; a client gone silent is
+//! noticed within seconds; two clients share the deliveries; and with two instances on Redis,
+//! the reply of a client connected to one reaches WeChat calling the other.
 
 use std::process::{Child, Stdio};
 
@@ -42,6 +44,18 @@ impl Client {
         .spawn()
         .expect("start the listen client");
         Client(child)
+    }
+}
+
+impl Client {
+    /// Sends `signal` ("STOP", "CONT") to the client.
+    fn signal(&self, signal: &str) {
+        let sent = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.0.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{signal}");
     }
 }
 
@@ -270,4 +284,167 @@ async fn callbacks_nobody_listened_to_become_dead_letters_after_the_backlog() {
         "no listen client connected for listen_backlog_secs (1 s)"
     );
     assert_eq!(letters[0]["attempts"], 0, "never attempted");
+}
+
+/// A client that stops answering (SIGSTOP: its socket stays open, nothing comes back, not
+/// even the pongs) is noticed within seconds, not at the delivery's timeout; the delivery in
+/// flight on it is retried, and reaches the client once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_noticed_within_seconds_and_its_delivery_retried() {
+    let laptop = Target::start(200).await;
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let accounts = format!(
+        "{}\n[[accounts.targets]]\nname = \"laptop\"\nlisten = true\nlisten_token = \"{TOKEN}\"\n\
+         timeout_ms = 60000\nbackoff_initial_ms = 100\nbackoff_max_ms = 100\n",
+        wx.account("main", ""),
+    );
+    let config = write_binary_config(dir.path(), listen, &accounts);
+    let mut binary = Binary::serve(&config, listen, &dir.path().join("serve.log")).await;
+    binary.wait_listening().await;
+    let client = Client::start(listen, &laptop.url("/wx"), TOKEN);
+    connected(&config, 1).await;
+
+    client.signal("STOP");
+    let stopped = std::time::Instant::now();
+    let sealed = wx.seal(&text_xml("sent to a silent laptop"));
+    let (status, _) = post_to_binary(listen, &sealed).await;
+    assert_eq!(status, 200);
+    // Noticed by the missing pongs (3 s pings, 10 s of silence), long before the 60 s timeout.
+    let url = admin_url(&config, "/metrics");
+    loop {
+        let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        let family = Scrape::parse(&text).family("wechat_fanout_listeners");
+        if family.get("account=main,target=laptop").copied() == Some(0.0) {
+            break;
+        }
+        assert!(
+            stopped.elapsed() < std::time::Duration::from_secs(20),
+            "the silent connection was not noticed:\n{}",
+            binary.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(laptop.count(), 0);
+
+    // Back, the client connects again and gets the delivery on a later attempt.
+    client.signal("CONT");
+    eventually_async(
+        "the delivery retried on the client that came back",
+        || async {
+            let got = laptop.received();
+            got.iter().any(|r| r.attempt() >= 2).then_some(())
+        },
+    )
+    .await;
+    let got = laptop.received();
+    assert!(got.iter().all(|r| r.body == sealed.body.as_bytes()));
+    crate::support::no_jobs_left(
+        &crate::support::StoreView::admin_of(&config),
+        "the delivery recorded as delivered",
+    )
+    .await;
+}
+
+/// Two clients with one token share the target's deliveries: each callback reaches one of
+/// them, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_of_one_target_share_its_deliveries() {
+    let (left, right) = (Target::start(200).await, Target::start(200).await);
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let accounts = format!(
+        "{}\n[[accounts.targets]]\nname = \"laptop\"\nlisten = true\nlisten_token = \"{TOKEN}\"\n",
+        wx.account("main", ""),
+    );
+    let config = write_binary_config(dir.path(), listen, &accounts);
+    let mut binary = Binary::serve(&config, listen, &dir.path().join("serve.log")).await;
+    binary.wait_listening().await;
+    let _clients = (
+        Client::start(listen, &left.url("/wx"), TOKEN),
+        Client::start(listen, &right.url("/wx"), TOKEN),
+    );
+    connected(&config, 2).await;
+    let sent: Vec<_> = (0..6)
+        .map(|i| wx.seal(&text_xml(&format!("shared {i}"))))
+        .collect();
+    for sealed in &sent {
+        assert_eq!(post_to_binary(listen, sealed).await.0, 200);
+    }
+    eventually_async("all six delivered", || async {
+        (left.count() + right.count() == 6).then_some(())
+    })
+    .await;
+    settle().await;
+    let (left, right) = (left.received(), right.received());
+    assert!(
+        !left.is_empty() && !right.is_empty(),
+        "both clients take deliveries: {} and {}",
+        left.len(),
+        right.len()
+    );
+    let mut bodies: Vec<&[u8]> = left.iter().chain(&right).map(|r| &r.body[..]).collect();
+    bodies.sort();
+    let mut expected: Vec<&[u8]> = sent.iter().map(|s| s.body.as_bytes()).collect();
+    expected.sort();
+    assert_eq!(bodies, expected, "each once");
+}
+
+/// Two instances on one Redis, the laptop's client connected to B and WeChat calling A: the
+/// tester's callback is answered on A with the laptop's reply, asked of B through Redis, in
+/// time; the laptop gets WeChat's bytes once; A's console counts B's client; everyone else
+/// still gets the bot's reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_from_a_client_on_another_instance_reaches_wechat() {
+    let redis = crate::support::redis::RedisServer::start(&[]);
+    let bot = Target::start(200).await;
+    bot.set_reply("application/xml", &reply("bot"));
+    let laptop = Target::start(200).await;
+    laptop.set_reply("application/xml", &reply("laptop"));
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
+    let rest = format!(
+        "{}{}{}\n[[accounts.targets]]\nname = \"laptop\"\nlisten = true\nlisten_token = \"{TOKEN}\"\n\
+         users = [\"{TESTER}\"]\nreplies_to = [\"*\"]\n",
+        crate::instances::on_redis(&redis),
+        wx.account("main", "primary = \"bot\""),
+        Wx::target("bot", &bot.url("/bot"), ""),
+    );
+    let (a, b) = tokio::join!(
+        crate::instances::Instance::start(&rest),
+        crate::instances::Instance::start(&rest)
+    );
+    let _client = Client::start(b.listen, &laptop.url("/wx"), TOKEN);
+    connected(&b.config, 1).await;
+    // A hears of B's client (at once: B says so when it connects), and its console shows it.
+    eventually_async("A's console counting B's client", || async {
+        let (status, text) = a.admin("/console/targets").await;
+        let rows: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let laptop = rows.as_array()?.iter().find(|r| r["target"] == "laptop")?;
+        (status == 200 && laptop["listeners"] == 1).then_some(())
+    })
+    .await;
+
+    let sealed = wx.seal(&text_xml("from the tester").replace(OPENID, TESTER));
+    let sent = std::time::Instant::now();
+    let (status, answer) = a.post(&sealed).await;
+    assert_eq!(
+        (status, answer.as_str()),
+        (200, reply("laptop").as_str()),
+        "A:\n{}\nB:\n{}",
+        a.log(),
+        b.log()
+    );
+    assert!(sent.elapsed() < std::time::Duration::from_secs(5));
+    let got = laptop.wait_for(1).await;
+    assert_eq!(got[0].body, sealed.body.as_bytes());
+    assert_eq!(got[0].path_and_query, format!("/wx?{}", sealed.query));
+    assert_eq!(got[0].attempt(), 1);
+
+    let (status, answer) = a.post(&wx.seal(&text_xml("from someone"))).await;
+    assert_eq!((status, answer.as_str()), (200, reply("bot").as_str()));
+    a.drained().await;
+    settle().await;
+    assert_eq!(laptop.count(), 1, "once, and nobody else's");
 }

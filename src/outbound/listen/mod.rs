@@ -7,112 +7,29 @@
 //! queue and hands answers back here. When it ends, every delivery waiting on it fails at once
 //! and is retried like any failed attempt. Knows no job and no target: names and bytes.
 //!
+//! With several instances on Redis, a client's connection is held by one of them; a delivery
+//! made elsewhere (the reply owner's, at accept, on the instance WeChat called) goes through
+//! [`remote`]: asked of the instance holding a connection, its answer sent back.
+//!
 //! The protocol, for clients in any language, is in docs/listen.md.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
-/// Frames that may wait for one connection's socket before a delivery is refused as busy.
-const QUEUE: usize = 256;
+mod frames;
+mod remote;
 
-/// A delivery as its frame carries it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct DeliveryFrame {
-    /// Always `"delivery"`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// `X-WeChat-Fanout-Delivery`: the same on every attempt of one delivery.
-    pub delivery: i64,
-    /// From 1.
-    pub attempt: u32,
-    /// WeChat's query string, as an HTTP target gets it appended to its URL (without `?`).
-    pub query: String,
-    /// The headers an HTTP target gets: `content-type` and the `x-wechat-fanout-*` ones.
-    pub headers: Vec<(String, String)>,
-    /// The body, base64 (standard, padded): byte for byte what WeChat sent.
-    pub body: String,
-}
-
-/// An answer as its frame carries it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct AnswerFrame {
-    /// Always `"answer"`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub delivery: i64,
-    pub status: u16,
-    #[serde(default)]
-    pub headers: Vec<(String, String)>,
-    /// Base64, as in the delivery.
-    #[serde(default)]
-    pub body: String,
-}
-
-impl DeliveryFrame {
-    pub fn new(
-        delivery: i64,
-        attempt: u32,
-        query: &str,
-        headers: Vec<(String, String)>,
-        body: &[u8],
-    ) -> DeliveryFrame {
-        DeliveryFrame {
-            kind: "delivery".to_owned(),
-            delivery,
-            attempt,
-            query: query.to_owned(),
-            headers,
-            body: base64::engine::general_purpose::STANDARD.encode(body),
-        }
-    }
-
-    /// The body's bytes.
-    pub fn body(&self) -> Result<Vec<u8>, base64::DecodeError> {
-        base64::engine::general_purpose::STANDARD.decode(&self.body)
-    }
-}
-
-impl AnswerFrame {
-    pub fn new(delivery: i64, status: u16, headers: Vec<(String, String)>, body: &[u8]) -> Self {
-        AnswerFrame {
-            kind: "answer".to_owned(),
-            delivery,
-            status,
-            headers,
-            body: base64::engine::general_purpose::STANDARD.encode(body),
-        }
-    }
-
-    /// The value of header `name` (any case).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Why a delivery over a connection got no answer.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ListenError {
-    #[error("no listen client is connected")]
-    NotConnected,
-    #[error("the listen client's connection is busy ({QUEUE} frames queued)")]
-    Busy,
-    #[error("the listen client's connection closed before it answered")]
-    Closed,
-    #[error("the listen client did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("the listen client's answer is not valid: {0}")]
-    BadAnswer(String),
-}
+use self::frames::QUEUE;
+pub use self::frames::{AnswerFrame, DeliveryFrame, ListenError};
+use self::remote::{DeliverHere, Held, HeldHere, Remote};
+use crate::events::pubsub::Nodes;
 
 /// The answer a listen client gave: status, content type, body.
 #[derive(Debug, Clone)]
@@ -144,6 +61,10 @@ struct Slot {
 pub struct Hub {
     slots: Mutex<HashMap<(String, String), Arc<Slot>>>,
     next_id: std::sync::atomic::AtomicU64,
+    /// Rung when a connection opens or closes, for the other instances to hear it.
+    changed: Arc<Notify>,
+    /// The other instances, on Redis ([`Hub::share`]).
+    remote: OnceLock<Remote>,
 }
 
 /// A connection as its socket task holds it: the frames to write, and where answers go. Dropping
@@ -152,6 +73,7 @@ pub struct Hub {
 pub struct Connection {
     slot: Arc<Slot>,
     conn: Arc<Conn>,
+    changed: Arc<Notify>,
     /// The frames to write to the socket, in order.
     pub frames: mpsc::Receiver<String>,
 }
@@ -179,13 +101,72 @@ impl Hub {
             .unwrap_or_else(|p| p.into_inner())
             .push(conn.clone());
         slot.connected.notify_waiters();
-        Connection { slot, conn, frames }
+        self.changed.notify_one();
+        Connection {
+            slot,
+            conn,
+            changed: self.changed.clone(),
+            frames,
+        }
     }
 
-    /// How many connections `account`/`target` has now.
+    /// How many connections `account`/`target` has on this instance now.
     pub fn connections(&self, account: &str, target: &str) -> usize {
         let slot = self.slot(account, target);
         slot.conns.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// How many connections `account`/`target` has on every instance, as far as this one
+    /// heard (the others tell theirs every few seconds, and at once when they change).
+    pub fn connections_everywhere(&self, account: &str, target: &str) -> usize {
+        let elsewhere = (self.remote.get()).map_or(0, |r| r.connections(account, target));
+        self.connections(account, target) + elsewhere
+    }
+
+    /// Whether a delivery to `account`/`target` can be made from here now: a connection on
+    /// this instance, or on another one that said so lately.
+    pub fn reachable(&self, account: &str, target: &str) -> bool {
+        self.connections_everywhere(account, target) > 0
+    }
+
+    /// Makes this hub one of the deployment's: the other instances' connections become
+    /// reachable from here, and this one's from theirs, through the Redis at `nodes`, on
+    /// channels under `<key_prefix>:listen`, until `shutdown`.
+    pub fn share(self: &Arc<Self>, nodes: Nodes, key_prefix: &str, shutdown: CancellationToken) {
+        let here: DeliverHere = {
+            let hub = Arc::downgrade(self);
+            Arc::new(move |account, target, frame, timeout| {
+                let hub = hub.clone();
+                Box::pin(async move {
+                    let Some(hub) = hub.upgrade() else {
+                        return Err(ListenError::NotConnected);
+                    };
+                    hub.deliver_here(&account, &target, &frame, timeout).await
+                })
+            })
+        };
+        let held: HeldHere = {
+            let hub = Arc::downgrade(self);
+            Arc::new(move || hub.upgrade().map(|hub| hub.held()).unwrap_or_default())
+        };
+        let changed = self.changed.clone();
+        let remote = Remote::start(nodes, key_prefix, here, held, changed, shutdown);
+        let _ = self.remote.set(remote);
+    }
+
+    /// The targets with a connection on this instance, and how many each has.
+    fn held(&self) -> Vec<Held> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held: Vec<_> = slots
+            .iter()
+            .map(|((account, target), slot)| {
+                let count = slot.conns.lock().unwrap_or_else(|p| p.into_inner()).len();
+                (account.clone(), target.clone(), count)
+            })
+            .filter(|(_, _, count)| *count > 0)
+            .collect();
+        held.sort();
+        held
     }
 
     /// Waits until `account`/`target` has a connection.
@@ -206,7 +187,7 @@ impl Hub {
     }
 
     /// Sends `frame` over one of the target's connections (in turn) and waits up to `timeout`
-    /// for its answer.
+    /// for its answer: a connection of this instance's, else one another instance holds.
     pub async fn deliver(
         &self,
         account: &str,
@@ -214,6 +195,31 @@ impl Hub {
         frame: &DeliveryFrame,
         timeout: Duration,
     ) -> Result<Answered, ListenError> {
+        let frame = match self.deliver_here(account, target, frame, timeout).await {
+            Err(ListenError::NotConnected) => match self.remote.get() {
+                Some(remote) => remote.ask(account, target, frame, timeout).await?,
+                None => return Err(ListenError::NotConnected),
+            },
+            answered => answered?,
+        };
+        let body = base64::engine::general_purpose::STANDARD
+            .decode(&frame.body)
+            .map_err(|e| ListenError::BadAnswer(format!("body is not base64 ({e})")))?;
+        Ok(Answered {
+            status: frame.status,
+            content_type: frame.header("content-type").map(str::to_owned),
+            body: Bytes::from(body),
+        })
+    }
+
+    /// [`Hub::deliver`] over a connection of this instance's only: the answer frame.
+    async fn deliver_here(
+        &self,
+        account: &str,
+        target: &str,
+        frame: &DeliveryFrame,
+        timeout: Duration,
+    ) -> Result<AnswerFrame, ListenError> {
         let slot = self.slot(account, target);
         let conn = {
             let conns = slot.conns.lock().unwrap_or_else(|p| p.into_inner());
@@ -243,22 +249,14 @@ impl Hub {
                 mpsc::error::TrySendError::Closed(_) => ListenError::Closed,
             });
         }
-        let frame = match tokio::time::timeout(timeout, answered).await {
-            Ok(Ok(frame)) => frame,
-            Ok(Err(_)) => return Err(ListenError::Closed),
+        match tokio::time::timeout(timeout, answered).await {
+            Ok(Ok(frame)) => Ok(frame),
+            Ok(Err(_)) => Err(ListenError::Closed),
             Err(_) => {
                 forget(&conn);
-                return Err(ListenError::Timeout(timeout));
+                Err(ListenError::Timeout(timeout))
             }
-        };
-        let body = base64::engine::general_purpose::STANDARD
-            .decode(&frame.body)
-            .map_err(|e| ListenError::BadAnswer(format!("body is not base64 ({e})")))?;
-        Ok(Answered {
-            status: frame.status,
-            content_type: frame.header("content-type").map(str::to_owned),
-            body: Bytes::from(body),
-        })
+        }
     }
 }
 
@@ -288,6 +286,7 @@ impl Drop for Connection {
     fn drop(&mut self) {
         let mut conns = self.slot.conns.lock().unwrap_or_else(|p| p.into_inner());
         conns.retain(|c| c.id != self.conn.id);
+        self.changed.notify_one();
         // Dropping the senders fails every delivery waiting on this connection at once.
         self.conn
             .waiting
