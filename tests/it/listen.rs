@@ -395,7 +395,7 @@ async fn two_clients_of_one_target_share_its_deliveries() {
 /// Two instances on one Redis, the laptop's client connected to B and WeChat calling A: the
 /// tester's callback is answered on A with the laptop's reply, asked of B through Redis, in
 /// time; the laptop gets WeChat's bytes once; A's console counts B's client; everyone else
-/// still gets the bot's reply.
+/// still gets the bot's reply. Plaintext mode (the first test is in safe mode).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_from_a_client_on_another_instance_reaches_wechat() {
     let redis = crate::support::redis::RedisServer::start(&[]);
@@ -403,7 +403,7 @@ async fn a_reply_from_a_client_on_another_instance_reaches_wechat() {
     bot.set_reply("application/xml", &reply("bot"));
     let laptop = Target::start(200).await;
     laptop.set_reply("application/xml", &reply("laptop"));
-    let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
     let rest = format!(
         "{}{}{}\n[[accounts.targets]]\nname = \"laptop\"\nlisten = true\nlisten_token = \"{TOKEN}\"\n\
          users = [\"{TESTER}\"]\nreplies_to = [\"*\"]\n",
