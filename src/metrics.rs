@@ -105,6 +105,8 @@ pub struct Metrics {
     oldest_pending: Family<TargetLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     store_ready: Gauge,
     listeners: Family<TargetLabels, Gauge>,
+    paced: Family<TargetLabels, Counter>,
+    pace_wait: Family<TargetLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     /// A family of one unlabelled gauge: absent when the store has no limit.
     store_usage: Family<Vec<(String, String)>, Gauge<f64, std::sync::atomic::AtomicU64>>,
     shadow: Family<ShadowLabels, Counter>,
@@ -142,6 +144,8 @@ impl Metrics {
             oldest_pending: Family::default(),
             store_ready: Gauge::default(),
             listeners: Family::default(),
+            paced: Family::default(),
+            pace_wait: Family::default(),
             store_usage: Family::default(),
             shadow: Family::default(),
             late_replies: Family::default(),
@@ -207,6 +211,16 @@ impl Metrics {
             metrics.delivery_seconds.clone(),
         );
         registry.register(
+            "paced_deliveries",
+            "Deliveries that waited for their turn under the target's rate_limit_per_sec",
+            metrics.paced.clone(),
+        );
+        registry.register(
+            "pace_wait_seconds",
+            "Time deliveries waited for their turn under the target's rate_limit_per_sec",
+            metrics.pace_wait.clone(),
+        );
+        registry.register(
             "shadow",
             "Shadow targets' answers compared with the owner's: same, different, late, failed, \
              too_large",
@@ -231,6 +245,16 @@ impl Metrics {
             metrics.event_streams.clone(),
         );
         metrics
+    }
+
+    /// A delivery to a paced target waited `seconds` for its turn.
+    pub fn paced(&self, account: &str, target: &str, seconds: f64) {
+        let labels = TargetLabels {
+            account: account.to_owned(),
+            target: target.to_owned(),
+        };
+        self.paced.get_or_create(&labels).inc();
+        self.pace_wait.get_or_create(&labels).inc_by(seconds);
     }
 
     /// An admin request refused; `reason` as in [`Metrics::register`].

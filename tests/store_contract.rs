@@ -1099,6 +1099,30 @@ async fn the_oldest_open_job_of_each_target_is_told(store: Arc<dyn Store>) {
     );
 }
 
+/// A paced target's starts are reserved one interval apart, each target on its own; a target
+/// idle for a while starts at once again, with no burst saved up.
+async fn a_paced_targets_starts_are_reserved_one_interval_apart(store: Arc<dyn Store>) {
+    let every = Duration::from_millis(200);
+    let waits = [
+        store.pace(&key("crm"), every).await.unwrap(),
+        store.pace(&key("crm"), every).await.unwrap(),
+        store.pace(&key("crm"), every).await.unwrap(),
+    ];
+    assert_eq!(waits[0], Duration::ZERO);
+    let near = |wait: Duration, want: u64| {
+        let want = Duration::from_millis(want);
+        wait <= want && wait + Duration::from_millis(100) > want
+    };
+    assert!(near(waits[1], 200) && near(waits[2], 400), "{waits:?}");
+    assert_eq!(store.pace(&key("bi"), every).await.unwrap(), Duration::ZERO);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        store.pace(&key("crm"), every).await.unwrap(),
+        Duration::ZERO
+    );
+    assert!(near(store.pace(&key("crm"), every).await.unwrap(), 200));
+}
+
 /// The suite for one backend: `mod $backend` with one test per contract function, each on a
 /// fresh store from `$open` (the store and a guard that keeps its files alive).
 macro_rules! contract {
@@ -1131,6 +1155,7 @@ macro_rules! contract {
             #[tokio::test] the_oldest_open_job_of_each_target_is_told,
             #[tokio::test] the_trace_context_comes_back_with_each_lease,
             #[tokio::test] jobs_due_for_too_long_become_dead_letters,
+            #[tokio::test] a_paced_targets_starts_are_reserved_one_interval_apart,
         );
     };
     (@suite $backend:ident, $open:expr, $(#[$runtime:meta] $test:ident,)*) => {
@@ -1354,6 +1379,22 @@ async fn an_older_instance_finds_a_callback_of_this_build_under_its_key(
     }
 }
 
+/// Two instances pacing one target count against one limit: their reservations interleave.
+async fn instances_share_a_targets_pace(a: Arc<dyn Store>, b: Arc<dyn Store>) {
+    let every = Duration::from_millis(300);
+    let mut waits = Vec::new();
+    for store in [&a, &b, &a, &b] {
+        waits.push(store.pace(&key("crm"), every).await.unwrap());
+    }
+    for (i, wait) in waits.iter().enumerate() {
+        let want = every * u32::try_from(i).unwrap();
+        assert!(
+            *wait <= want && *wait + Duration::from_millis(150) > want,
+            "{waits:?}"
+        );
+    }
+}
+
 /// Tests of several instances for one Redis deployment: `mod $backend` with one test each.
 macro_rules! instances {
     ($backend:ident, $urls:expr, $cluster:expr) => {
@@ -1364,6 +1405,7 @@ macro_rules! instances {
             instances!(@test $urls, $cluster, every_instance_sees_the_whole_deployment);
             instances!(@test $urls, $cluster, instances_never_share_an_id);
             instances!(@test $urls, $cluster, an_older_instance_finds_a_callback_of_this_build_under_its_key);
+            instances!(@test $urls, $cluster, instances_share_a_targets_pace);
         }
     };
     (@test $urls:expr, $cluster:expr, $test:ident) => {

@@ -6,6 +6,7 @@
 //! commands load this file without an account's secrets.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -121,6 +122,10 @@ pub struct TargetConfig {
     pub backoff_max_ms: Option<Millis>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<usize>,
+    /// At most this many deliveries a second (attempts, retries included), on every instance
+    /// together; the rest wait in the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_per_sec: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http2: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -155,6 +160,9 @@ pub struct TargetConfig {
 
 /// How long a listen target's callbacks wait for a client by default: a day.
 pub const LISTEN_BACKLOG_SECS: u64 = 86_400;
+
+/// The highest `rate_limit_per_sec`: a delivery every microsecond (the limiter's unit).
+const MAX_RATE_PER_SEC: f64 = 1_000_000.0;
 
 /// A shorter listen token is guessable: refused.
 pub const MIN_LISTEN_TOKEN_BYTES: usize = 16;
@@ -262,6 +270,29 @@ impl TargetConfig {
         }
     }
 
+    /// `rate_limit_per_sec`: a positive rate, on a target whose deliveries may wait (a reply
+    /// owner's and a shadow's are made while WeChat waits, at once).
+    fn check_pace(&self, key: &str) -> Result<(), ConfigError> {
+        let Some(rate) = self.rate_limit_per_sec else {
+            return Ok(());
+        };
+        let key = format!("{key}.rate_limit_per_sec");
+        if !(rate.is_finite() && rate > 0.0 && rate <= MAX_RATE_PER_SEC) {
+            return Err(invalid(
+                key,
+                format!("must be a number greater than 0 and at most {MAX_RATE_PER_SEC}"),
+            ));
+        }
+        if self.replies_to.is_some() || self.shadow_of.is_some() {
+            return Err(invalid(
+                key,
+                "a reply owner's (replies_to) and a shadow's (shadow_of) deliveries are made \
+                 while WeChat waits and cannot wait their turn: pace another target",
+            ));
+        }
+        Ok(())
+    }
+
     /// The field rules of one target (`key`: `accounts[i].targets[j]`) of an account of `kind`.
     fn check(
         &self,
@@ -270,6 +301,7 @@ impl TargetConfig {
         defaults: &TargetDefaults,
         max_query_bytes: usize,
     ) -> Result<(), ConfigError> {
+        self.check_pace(key)?;
         let url = match (&self.url, self.listen) {
             (Some(url), false) => url,
             (None, true) => return self.check_listen(key, defaults),
@@ -377,6 +409,9 @@ impl TargetConfig {
             http2: self.http2.unwrap_or(defaults.http2),
             pipelining: self.pipelining.unwrap_or(defaults.pipelining),
             traceparent: self.traceparent.unwrap_or(defaults.traceparent),
+            pace: (self.rate_limit_per_sec)
+                .filter(|rate| rate.is_finite() && *rate > 0.0)
+                .map(|rate| Duration::from_secs_f64(1.0 / rate.min(MAX_RATE_PER_SEC))),
         }
     }
 }

@@ -550,6 +550,8 @@ pub struct TargetSettings {
     pub pipelining: bool,
     /// Deliveries carry the attempt's `traceparent` header (when traces are on).
     pub traceparent: bool,
+    /// `rate_limit_per_sec` as the time between two deliveries' starts.
+    pub pace: Option<Duration>,
 }
 
 impl Config {
@@ -747,6 +749,7 @@ impl TargetDefaults {
             http2: self.http2,
             pipelining: self.pipelining,
             traceparent: self.traceparent,
+            pace: None,
         }
     }
 

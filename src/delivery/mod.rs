@@ -8,7 +8,9 @@
 //! the queue and the retry timer: a worker sleeps until it is rung, the earliest due retry, or the
 //! poll interval, and never sleeps on behalf of a job. At most `max_concurrency` requests are in
 //! flight per target, a budget the primary relay in ingress shares; while the target's circuit
-//! breaker is open (it keeps failing), the worker starts nothing. On stop, jobs still in the
+//! breaker is open (it keeps failing), the worker starts nothing; a paced target's worker
+//! waits before each start for the turn the store reserves (`rate_limit_per_sec`, shared by every
+//! instance). On stop, jobs still in the
 //! handoff go back to the store as due; attempts in flight finish (the caller bounds that by the
 //! grace period) and anything unfinished is due again on restart.
 
@@ -28,6 +30,8 @@ use crate::store::{Disposition, Job, Leased};
 const BACKLOG_CHECK: Duration = Duration::from_secs(60);
 /// Most jobs leased at once, however large the target's concurrency.
 const LEASE_BATCH: usize = 256;
+/// How far ahead a paced target's worker leases jobs: about this long's worth at its rate.
+const PACE_LOOKAHEAD: Duration = Duration::from_secs(1);
 /// How long a stopping worker waits for jobs that ingress is handing over at that moment.
 const RELEASE_WAIT: Duration = Duration::from_secs(2);
 
@@ -132,6 +136,7 @@ impl Delivery {
                     let Some(job) = job else { break };
                     tokio::select! {
                         Ok(permit) = target.plumbing.permits.clone().acquire_owned() => {
+                            self.take_turn(&target).await;
                             self.spawn_attempt(&target, job, permit);
                         }
                         () = stop.cancelled() => {
@@ -190,7 +195,13 @@ impl Delivery {
                 () = stop.cancelled() => return Lease::Stopped,
             }
         }
-        let want = permits.available_permits().clamp(1, LEASE_BATCH);
+        let mut want = permits.available_permits().clamp(1, LEASE_BATCH);
+        if let Some(interval) = target.settings.pace {
+            // A paced target's leased jobs wait their turns here: lease about a second's worth,
+            // so that none waits long under a lease (nor long after a crash).
+            let per_second = (PACE_LOOKAHEAD.as_secs_f64() / interval.as_secs_f64()).ceil();
+            want = want.min(per_second as usize).max(1);
+        }
         let jobs = match self.shared.store.lease_due(&target.key, want).await {
             Ok(jobs) => jobs,
             Err(e) => {
@@ -208,6 +219,7 @@ impl Delivery {
                 Ok(permit) => permit,
                 Err(_) => return Lease::Stopped,
             };
+            self.take_turn(target).await;
             self.spawn_attempt(target, job, permit);
         }
         if full {
@@ -217,6 +229,26 @@ impl Delivery {
             Ok(Some(due_in)) => due_in.min(self.poll_interval),
             _ => self.poll_interval,
         })
+    }
+
+    /// For a paced target (`rate_limit_per_sec`), waits for the next start the store reserves
+    /// for this delivery: one at a time per worker, so a process that dies holds at most one
+    /// unused turn. A store that cannot say is not waited for.
+    async fn take_turn(&self, target: &Target) {
+        let Some(interval) = target.settings.pace else {
+            return;
+        };
+        match self.shared.store.pace(&target.key, interval).await {
+            Ok(wait) if wait.is_zero() => {}
+            Ok(wait) => {
+                let (account, name) = (&target.key.account, &target.key.target);
+                self.shared.metrics.paced(account, name, wait.as_secs_f64());
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => {
+                warn!(error = %e, "the target's pace could not be read from the store; delivering without waiting")
+            }
+        }
     }
 
     fn spawn_attempt(&self, target: &Arc<Target>, job: Job, permit: OwnedSemaphorePermit) {

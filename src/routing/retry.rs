@@ -219,6 +219,7 @@ mod tests {
             http2: false,
             pipelining: false,
             traceparent: false,
+            pace: None,
         }
     }
 
@@ -341,6 +342,7 @@ mod tests {
             http2: false,
             pipelining: false,
             traceparent: false,
+            pace: None,
         };
         let breaker = Breaker::default();
         let fail = Verdict::Retry { after: None };

@@ -41,12 +41,14 @@ use crate::config::{Backend, StoreConfig};
 
 mod ids;
 pub mod leases;
+mod pace;
 mod redis;
 mod shape;
 mod sqlite;
 
 pub use self::redis::{RedisNodes, RedisOptions, RedisStore};
 pub use ids::IdBlocks;
+pub use pace::LocalPace;
 pub use shape::{Replay, SHAPE_VERSION};
 pub use sqlite::{Readiness, SqliteStore};
 
@@ -483,6 +485,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// How long until the earliest pending job of `key` comes due (zero if due), if there is one.
     async fn next_due(&self, key: &TargetKey) -> Result<Option<Duration>, StoreError>;
+
+    /// Reserves the next start of a delivery to a paced target (`rate_limit_per_sec`), one
+    /// `interval` after the last start reserved on any instance sharing this store: how long
+    /// to wait for it (see `pace`).
+    async fn pace(&self, key: &TargetKey, interval: Duration) -> Result<Duration, StoreError>;
 
     /// Records the end of an attempt: removes, reschedules or buries the job, if the attempt's
     /// lease still holds.

@@ -24,6 +24,7 @@ mod listen;
 mod open_platform;
 mod operate;
 mod owners;
+mod pace;
 mod pipelining;
 mod probe;
 mod refusals;

@@ -463,6 +463,18 @@ impl Store for RedisStore {
         Ok(due_in.map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))))
     }
 
+    async fn pace(&self, key: &TargetKey, interval: Duration) -> Result<Duration, StoreError> {
+        let wait_us: i64 = self
+            .scripts
+            .pace
+            .key(self.base(&key.account))
+            .arg(&*key.target)
+            .arg(u64::try_from(interval.as_micros()).unwrap_or(u64::MAX))
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(Duration::from_micros(u64::try_from(wait_us).unwrap_or(0)))
+    }
+
     async fn record(&self, report: AttemptReport) -> Result<Recorded, StoreError> {
         let (kind, delay) = match report.disposition {
             Disposition::Delivered => ("delivered", 0),

@@ -43,6 +43,8 @@ pub(super) struct Scripts {
     pub(super) depths: Script,
     /// A callback with the jobs it still holds.
     pub(super) callback: Script,
+    /// Reserves a paced target's next delivery start.
+    pub(super) pace: Script,
 }
 
 impl Scripts {
@@ -65,6 +67,7 @@ impl Scripts {
             dead_detail: script(include_str!("lua/dead_detail.lua")),
             depths: script(include_str!("lua/depths.lua")),
             callback: script(include_str!("lua/callback.lua")),
+            pace: script(include_str!("lua/pace.lua")),
         }
     }
 }

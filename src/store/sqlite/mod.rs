@@ -38,7 +38,7 @@ use self::writer::{Command, Reply, WRITER_CHECKPOINT_PAGES};
 use super::shape::Stored;
 use super::{
     Accepted, Answer, AttemptReport, CallbackDetail, CallbackId, DeadLetter, DeadLetterDetail,
-    DeadLetterFilter, FailedAttempt, IdBlocks, Job, JobDetail, JobId, JobState, Leased,
+    DeadLetterFilter, FailedAttempt, IdBlocks, Job, JobDetail, JobId, JobState, Leased, LocalPace,
     NewCallback, QueueDepth, Recorded, Replay, Replayed, Store, StoreError, TargetKey,
     new_lease_token,
 };
@@ -85,6 +85,8 @@ pub struct SqliteStore {
     path: PathBuf,
     /// Ids reserved in the file, [`ID_BLOCK`] at a time.
     ids: IdBlocks,
+    /// The paced targets' next starts: one process owns the file, so memory is shared enough.
+    pace: LocalPace,
     /// Held for the life of the store: the exclusive lock on `<path>.lock`.
     _lock: File,
 }
@@ -137,6 +139,7 @@ impl SqliteStore {
             reader: Arc::new(Mutex::new(reader)),
             path: path.to_path_buf(),
             ids: IdBlocks::empty(),
+            pace: LocalPace::default(),
             _lock: lock,
         })
     }
@@ -279,6 +282,10 @@ impl Store for SqliteStore {
     async fn keep_value(&self, name: &str, value: Bytes) -> Result<(), StoreError> {
         let name = name.to_owned();
         self.call(|r| Command::Keep(name, value, r)).await
+    }
+
+    async fn pace(&self, key: &TargetKey, interval: Duration) -> Result<Duration, StoreError> {
+        Ok(self.pace.reserve(key, interval))
     }
 
     async fn bury_waiting(
