@@ -377,6 +377,7 @@ fn kind_name(kind: AccountKind) -> &'static str {
         AccountKind::MiniProgram => "mini_program",
         AccountKind::Wecom => "wecom",
         AccountKind::OpenPlatform => "open_platform",
+        AccountKind::WechatPay => "wechat_pay",
     }
 }
 

@@ -248,6 +248,7 @@ impl Ingress {
             body,
             authorizer: authorizer.clone(),
             trace: traced.traceparent(),
+            headers: Vec::new(),
         });
         let this = self.clone();
         let span = info_span!(

@@ -2,7 +2,7 @@
 //!
 //! `signature` and `crypto` are the primitives; `envelope` reads and builds bodies; `callback`
 //! combines them per account kind and mode (verify, open, handshake, seal); `dedupe` says which
-//! callbacks are resends of one another. The server uses this to verify and route callbacks; the
+//! callbacks are resends of one another; `pay` reads and checks WeChat Pay's notifications. The server uses this to verify and route callbacks; the
 //! CLI uses it to sign and encrypt simulated ones. Facts and sources:
 //! `shared/docs/wechat-protocol.md`.
 
@@ -11,6 +11,7 @@ pub mod callback;
 pub mod crypto;
 pub mod dedupe;
 pub mod envelope;
+pub mod pay;
 pub mod reply;
 pub mod resign;
 pub mod signature;
@@ -21,7 +22,7 @@ pub use callback::{
     VerifyError, open_callback, seal_callback, seal_handshake, verify_url,
 };
 pub use crypto::{AesKey, CryptoError};
-pub use dedupe::{DedupeKey, dedupe_key};
+pub use dedupe::{DedupeKey, dedupe_key, pay_dedupe_key};
 pub use envelope::{Envelope, EnvelopeError, Format, Sealed, encrypted_reply, push_cdata_element};
 pub use reply::{field as reply_field, is_empty_reply, open_reply, open_signed_reply, xml_fields};
 pub use resign::{Resign, ResignError};
