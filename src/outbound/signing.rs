@@ -48,7 +48,7 @@ impl WebhookSigner {
     }
 
     /// The `webhook-signature` value of `body` sent as message `id` at `timestamp`.
-    pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
+    pub fn sign(&self, id: &str, timestamp: u64, body: &[u8]) -> String {
         let mut context = hmac::Context::with_key(&self.key);
         context.update(id.as_bytes());
         context.update(b".");

@@ -224,13 +224,17 @@ pub fn signed_message(timestamp: &str, nonce: &str, body: &[u8]) -> Vec<u8> {
     message
 }
 
-/// Checks a notification's signature with the key its serial names. Returns its timestamp,
-/// whose window the caller checks.
-pub fn verify_notification<'a>(
-    keys: &PayKeys,
+/// Checks what can be checked before the body is read: every header is there, the signature
+/// type is the one there is, and the serial names a key.
+pub fn check_headers(keys: &PayKeys, headers: &PayHeaders<'_>) -> Result<(), PayError> {
+    signed_parts(keys, headers).map(|_| ())
+}
+
+/// The key the serial names, the signature, the timestamp and the nonce.
+fn signed_parts<'k, 'a>(
+    keys: &'k PayKeys,
     headers: &PayHeaders<'a>,
-    body: &[u8],
-) -> Result<&'a str, PayError> {
+) -> Result<(&'k PayKey, &'a str, &'a str, &'a str), PayError> {
     let serial = headers
         .serial
         .ok_or(PayError::MissingHeader("Wechatpay-Serial"))?;
@@ -247,6 +251,17 @@ pub fn verify_notification<'a>(
         return Err(PayError::SignatureType);
     }
     let key = keys.get(serial).ok_or(PayError::UnknownSerial)?;
+    Ok((key, signature, timestamp, nonce))
+}
+
+/// Checks a notification's signature with the key its serial names. Returns its timestamp,
+/// whose window the caller checks.
+pub fn verify_notification<'a>(
+    keys: &PayKeys,
+    headers: &PayHeaders<'a>,
+    body: &[u8],
+) -> Result<&'a str, PayError> {
+    let (key, signature, timestamp, nonce) = signed_parts(keys, headers)?;
     let signature = BASE64
         .decode(signature.trim())
         .map_err(|_| PayError::BadSignature)?;
