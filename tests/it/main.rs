@@ -24,6 +24,7 @@ mod listen;
 mod open_platform;
 mod operate;
 mod owners;
+mod pay;
 mod pipelining;
 mod probe;
 mod refusals;
