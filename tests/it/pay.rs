@@ -29,7 +29,9 @@ const PAY_HEADERS: [&str; 5] = [
 ];
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wechatpay").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/wechatpay")
+        .join(name)
 }
 
 fn signer(private_key: &str, serial: &str) -> PaySigner {
@@ -64,7 +66,13 @@ fn target(name: &str, url: &str, extra: &str) -> String {
 /// A notification `id` of `event_type` about order `out_trade_no`.
 fn notification(id: &str, event_type: &str, out_trade_no: &str) -> String {
     let key = ApiV3Key::new(APIV3_KEY).unwrap();
-    notification_body(&key, id, event_type, out_trade_no, "oPayer0000000000000000000001")
+    notification_body(
+        &key,
+        id,
+        event_type,
+        out_trade_no,
+        "oPayer0000000000000000000001",
+    )
 }
 
 /// The notification id of a received body.
@@ -142,7 +150,11 @@ fn openssl_verifies(received: &Received, key_pem: &Path) -> bool {
     message.extend_from_slice(&received.body);
     message.push(b'\n');
     std::fs::write(dir.path().join("message"), message).unwrap();
-    std::fs::write(dir.path().join("signature.b64"), header("wechatpay-signature")).unwrap();
+    std::fs::write(
+        dir.path().join("signature.b64"),
+        header("wechatpay-signature"),
+    )
+    .unwrap();
     let decoded = Command::new("openssl")
         .args(["base64", "-d", "-A", "-in"])
         .arg(dir.path().join("signature.b64"))
@@ -209,7 +221,10 @@ async fn both_key_kinds_reach_every_service_verifiable_by_an_independent_verifie
         sent.push((headers, body.clone()));
     }
     let dir = tempfile::tempdir().unwrap();
-    let keys = [fixture("public_key.pem"), certificate_public_key(dir.path())];
+    let keys = [
+        fixture("public_key.pem"),
+        certificate_public_key(dir.path()),
+    ];
     for service in [&orders, &ledger] {
         let mut got = service.wait_for(2).await;
         got.sort_by_key(id_of);
@@ -250,7 +265,10 @@ async fn forged_unknown_and_stale_notifications_are_refused_and_nothing_is_store
     let forger = signer("forger_private.pem", PUBLIC_KEY_ID);
     let answer = send(&proxy, &forger, now(), &body).await;
     assert_fail(&answer, 401, "signature does not verify");
-    let unknown = signer("public_key_private.pem", "PUB_KEY_ID_0000000000000000000000000000");
+    let unknown = signer(
+        "public_key_private.pem",
+        "PUB_KEY_ID_0000000000000000000000000000",
+    );
     let answer = send(&proxy, &unknown, now(), &body).await;
     assert_fail(&answer, 401, "names no configured WeChat Pay key");
     let answer = send(&proxy, &by_public_key(), now() - 600, &body).await;
@@ -258,9 +276,17 @@ async fn forged_unknown_and_stale_notifications_are_refused_and_nothing_is_store
     // Signed for another body: the body was changed on the way.
     let mut headers = by_public_key().headers(now(), body.as_bytes()).unwrap();
     let changed = body.replace("TRANSACTION.SUCCESS", "TRANSACTION.SUCCESZ");
-    assert_fail(&post(proxy.addr, "pay", &headers, &changed).await, 401, "signature");
+    assert_fail(
+        &post(proxy.addr, "pay", &headers, &changed).await,
+        401,
+        "signature",
+    );
     headers[4].1 = "HMAC-SHA256".to_owned();
-    assert_fail(&post(proxy.addr, "pay", &headers, &body).await, 401, "Signature-Type");
+    assert_fail(
+        &post(proxy.addr, "pay", &headers, &body).await,
+        401,
+        "Signature-Type",
+    );
     headers.remove(1);
     assert_fail(
         &post(proxy.addr, "pay", &headers, &body).await,
@@ -387,10 +413,18 @@ async fn refusals_on_a_pay_path_answer_fail_json() {
     let answer = send(&proxy, &by_public_key(), now(), r#"{"hello":"world"}"#).await;
     assert_fail(&answer, 400, "not a WeChat Pay notification");
     let headers = by_public_key().headers(now(), b"{}").unwrap();
-    assert_fail(&post(proxy.addr, "pay/more", &headers, "{}").await, 404, "no such account");
+    assert_fail(
+        &post(proxy.addr, "pay/more", &headers, "{}").await,
+        404,
+        "no such account",
+    );
     let big = format!("{{\"id\":\"{}\"}}", "x".repeat(5000));
     let headers = by_public_key().headers(now(), big.as_bytes()).unwrap();
-    assert_fail(&post(proxy.addr, "pay", &headers, &big).await, 413, "larger than");
+    assert_fail(
+        &post(proxy.addr, "pay", &headers, &big).await,
+        413,
+        "larger than",
+    );
     settle().await;
     assert_eq!(callbacks(&proxy.store()).await, 0);
     assert_eq!(orders.count(), 0);
@@ -548,7 +582,66 @@ async fn simulate_signs_a_notification_the_proxy_takes_and_probe_checks_reachabi
 
     let probed = crate::support::binary::run_async(&["--config", &config, "probe"]).await;
     let out = probed.ok();
-    assert!(out.contains("reachable") && out.contains("reachability only"), "{out}");
+    assert!(
+        out.contains("reachable") && out.contains("reachability only"),
+        "{out}"
+    );
     let methods: Vec<String> = orders.received().iter().map(|r| r.method.clone()).collect();
-    assert_eq!(methods, ["POST", "GET"], "the probe is a GET, no notification");
+    assert_eq!(
+        methods,
+        ["POST", "GET"],
+        "the probe is a GET, no notification"
+    );
+}
+
+/// Keys that make no sense for WeChat Pay are refused when the configuration is loaded, all of
+/// them at once and each named as written; `serve` exits 64 on them before binding a port.
+#[test]
+fn keys_that_make_no_sense_for_wechat_pay_are_refused_at_load() {
+    let toml = format!(
+        "{}\nprimary = \"orders\"\nlate_replies = \"customer_service\"\n\
+         allowed_sources = [\"wechat\"]\nmax_timestamp_skew_secs = 0\n{}",
+        pay_account("pay", "").trim_end(),
+        target(
+            "orders",
+            "http://127.0.0.1:9/n",
+            "replies_to = [\"*\"]\nshadow_of = \"x\"\nresign = { token_env = \"T\" }\n\
+             event_types = [\"TRANS*ACTION\"]"
+        ),
+    );
+    let message = crate::support::config_error(&toml);
+    for key in [
+        "accounts[0].primary",
+        "accounts[0].late_replies",
+        "accounts[0].allowed_sources",
+        "accounts[0].max_timestamp_skew_secs",
+        "accounts[0].targets[0].replies_to",
+        "accounts[0].targets[0].shadow_of",
+        "accounts[0].targets[0].resign",
+        "accounts[0].targets[0].event_types",
+    ] {
+        assert!(
+            message.contains(&format!("{key}: ")),
+            "{key} in:\n{message}"
+        );
+    }
+    // Unreadable key files and a short APIv3 key are caught when the table is built.
+    let broken = format!(
+        "{FAST}\n[[accounts]]\nid = \"pay\"\nkind = \"wechat_pay\"\nmchid = \"1900000100\"\n\
+         wechatpay_public_keys = [{{ id = \"{PUBLIC_KEY_ID}\", path = \"/nonexistent.pem\" }}]\n\
+         apiv3_key = \"short\"\n{}",
+        target("t", "http://127.0.0.1:9/n", "")
+    );
+    let message = crate::support::config_error(&broken);
+    assert!(
+        message.contains("accounts[0].wechatpay_public_keys[0].path"),
+        "{message}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pay.toml");
+    std::fs::write(&path, &toml).unwrap();
+    let output =
+        crate::support::binary::run(&["check-config", "--config", &path.to_string_lossy()]);
+    assert_eq!(output.status.code(), Some(64));
+    assert!(!String::from_utf8_lossy(&output.stderr).contains(APIV3_KEY));
 }
