@@ -381,7 +381,7 @@ impl Admin {
         }
         // WeChat Pay's, as received and replayed.
         for (name, value) in &request.headers {
-            if let Some(name) = crate::wechat::pay::PAY_HEADERS.iter().find(|n| **n == name) {
+            if let Some(name) = crate::wechat::PAY_HEADERS.iter().find(|n| **n == name) {
                 headers.push((name, value.clone()));
             }
         }
@@ -413,7 +413,7 @@ impl Admin {
         let routes = self.shared.routes.load();
         let account = routes.account(account)?;
         if let Some(pay) = &account.pay {
-            let notification = crate::wechat::pay::Notification::parse(&request.body).ok()?;
+            let notification = crate::wechat::Notification::parse(&request.body).ok()?;
             let plain = pay
                 .apiv3_key
                 .as_ref()?

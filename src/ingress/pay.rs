@@ -24,11 +24,11 @@ use super::rejection::Rejection;
 use super::{Ingress, Verified, body, check_freshness, replayable_content_type};
 use crate::routing::{Account, PayAccount};
 use crate::store::Replay;
-use crate::wechat::pay::{
+use crate::wechat::pay_dedupe_key;
+use crate::wechat::{
     NONCE_HEADER, Notification, PAY_HEADERS, PayError, PayHeaders, SERIAL_HEADER, SIGNATURE_HEADER,
     SIGNATURE_TYPE_HEADER, TIMESTAMP_HEADER, check_headers, out_trade_no, verify_notification,
 };
-use crate::wechat::pay_dedupe_key;
 
 /// WeChat Pay's failure answer.
 #[derive(Serialize)]

@@ -10,8 +10,8 @@ use tracing::Level;
 use crate::escape::Excerpt;
 use crate::ingress::sources::Denied;
 use crate::store::StoreError;
+use crate::wechat::PayError;
 use crate::wechat::VerifyError;
-use crate::wechat::pay::PayError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Rejection {

@@ -30,7 +30,7 @@ use crate::routing::replies::Owners;
 use crate::routing::retry::Breaker;
 use crate::store::{Job, TargetKey};
 
-use crate::wechat::pay::{ApiV3Key, PayKeys, event_type_matches};
+use crate::wechat::{ApiV3Key, PayKeys, event_type_matches};
 use crate::wechat::{Credentials, Envelope, Resign};
 
 /// Jobs that can wait in a target's handoff, per request it may have in flight. Past that,

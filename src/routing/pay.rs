@@ -9,7 +9,7 @@ use super::PayAccount;
 use crate::config::invalid;
 use crate::config::{AccountConfig, ConfigError, PAY_TIMESTAMP_SKEW_SECS, TargetConfig, secret};
 use crate::outbound::signing::{SECRET_PREFIX, WebhookSigner};
-use crate::wechat::pay::{ApiV3Key, PayKey, PayKeys, certificate_from_pem};
+use crate::wechat::{ApiV3Key, PayKey, PayKeys, certificate_from_pem};
 use crate::wechat::{Credentials, Kind, Security};
 
 /// The keys of a `kind = "wechat_pay"` account (`key`: `accounts[i]`).

@@ -24,6 +24,12 @@ pub use callback::{
 pub use crypto::{AesKey, CryptoError};
 pub use dedupe::{DedupeKey, dedupe_key, pay_dedupe_key};
 pub use envelope::{Envelope, EnvelopeError, Format, Sealed, encrypted_reply, push_cdata_element};
+pub use pay::{
+    ApiV3Key, KeyError, NONCE_HEADER, Notification, PAY_HEADERS, PAY_MSG_TYPE, PayError,
+    PayHeaders, PayKey, PayKeys, Resource, SERIAL_HEADER, SIGNATURE_HEADER, SIGNATURE_TYPE,
+    SIGNATURE_TYPE_HEADER, TIMESTAMP_HEADER, certificate_from_pem, check_headers,
+    event_type_matches, out_trade_no, signed_message, verify_notification,
+};
 pub use reply::{field as reply_field, is_empty_reply, open_reply, open_signed_reply, xml_fields};
 pub use resign::{Resign, ResignError};
 pub use signature::{Signature, msg_signature, signature};

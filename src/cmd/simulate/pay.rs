@@ -19,7 +19,7 @@ use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
 
 use super::{POST_PATIENCE, SimulateArgs, client, default_url, exchange};
 use crate::config::{AccountConfig, Config, secret};
-use crate::wechat::pay::{
+use crate::wechat::{
     ApiV3Key, NONCE_HEADER, SERIAL_HEADER, SIGNATURE_HEADER, SIGNATURE_TYPE, SIGNATURE_TYPE_HEADER,
     TIMESTAMP_HEADER, certificate_from_pem, signed_message,
 };
