@@ -14,6 +14,7 @@ use crate::clock::{self, now_ms};
 use crate::events::{AttemptEvent, Event, EventFeed};
 use crate::metrics::Metrics;
 use crate::outbound::listen::{DeliveryFrame, Hub, ListenError};
+use crate::outbound::signing::{WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP};
 use crate::outbound::wechat_api::{ApiError, WechatApi};
 use crate::outbound::{Failure, Outbound, Outgoing, Response};
 use crate::routing::retry::{self, Verdict};
@@ -294,8 +295,10 @@ impl Attempts {
         };
         let settings = &target.settings;
         if target.listen.is_some() {
-            let headers = delivery_headers(None, job, authorizer, request.content_type.as_deref())
-                .map_err(Failure::from)?;
+            let mut headers =
+                delivery_headers(None, job, authorizer, request.content_type.as_deref())
+                    .map_err(Failure::from)?;
+            sign(&mut headers, target, job, &body);
             return self.over_listen(target, job, query, headers, &body).await;
         }
         // Plain HTTP/1.1 goes over connections of our own: the request target is the path and
@@ -304,6 +307,7 @@ impl Attempts {
         let host = origin.as_ref().and_then(|o| o.host());
         let mut headers = delivery_headers(host, job, authorizer, request.content_type.as_deref())
             .map_err(Failure::from)?;
+        sign(&mut headers, target, job, &body);
         // The attempt's span, for a target that joins the trace (`traceparent = true`).
         if let Some(value) = traceparent.and_then(|v| HeaderValue::from_str(&v).ok()) {
             headers.insert(TRACEPARENT, value);
@@ -493,7 +497,32 @@ fn delivery_headers(
     if let Some(content_type) = content_type.and_then(|v| HeaderValue::from_str(v).ok()) {
         headers.insert(CONTENT_TYPE, content_type);
     }
+    // WeChat Pay's `Wechatpay-*`, exactly as received: each target's SDK checks them.
+    for (name, value) in &job.request.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.append(name, value);
+        }
+    }
     Ok(headers)
+}
+
+/// For a target with `signing_secret_env`: the proxy's own Standard Webhooks signature of
+/// `body` as this attempt sends it, at this attempt's time; the delivery id names the message,
+/// the same on every attempt.
+fn sign(headers: &mut HeaderMap, target: &Target, job: &Job, body: &[u8]) {
+    let Some(signer) = &target.signing else {
+        return;
+    };
+    let (id, now) = (job.id.0.to_string(), clock::now_secs());
+    let signature = signer.sign(&id, now, body);
+    headers.insert(WEBHOOK_ID, HeaderValue::from(job.id.0));
+    headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(now));
+    if let Ok(value) = HeaderValue::from_str(&signature) {
+        headers.insert(WEBHOOK_SIGNATURE, value);
+    }
 }
 
 impl Attempts {

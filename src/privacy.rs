@@ -82,6 +82,19 @@ pub fn hide_user_ids(message: &str) -> String {
     shown
 }
 
+/// The fields of a WeChat Pay resource that name the payer (`payer.openid`, and a service
+/// provider's `sp_openid`/`sub_openid`).
+const PAYER_FIELDS: [&str; 3] = ["openid", "sp_openid", "sub_openid"];
+
+/// A decrypted WeChat Pay resource (JSON) with the payer's openids shown as `(hidden)`.
+pub fn hide_payer_ids(resource: &str) -> String {
+    let mut shown = resource.to_owned();
+    for field in PAYER_FIELDS {
+        shown = hide_json_string(&shown, &format!("\"{field}\""));
+    }
+    shown
+}
+
 /// Every `open … close` with what is between them replaced.
 fn hide_between(text: &str, open: &str, close: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -165,6 +178,15 @@ fn hmac_sha1(key: &hmac::Key, message: &[u8]) -> [u8; 20] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pay_resource_shows_no_payer_openid() {
+        let resource = r#"{"out_trade_no":"A-1","payer":{"openid":"oUser","sub_openid":"oSub"},"amount":{"total":1}}"#;
+        assert_eq!(
+            hide_payer_ids(resource),
+            r#"{"out_trade_no":"A-1","payer":{"openid":"(hidden)","sub_openid":"(hidden)"},"amount":{"total":1}}"#
+        );
+    }
 
     #[test]
     fn user_ids_are_hidden_in_xml_json_and_queries() {

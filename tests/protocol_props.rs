@@ -1398,3 +1398,64 @@ proptest! {
         );
     }
 }
+
+/// A WeChat Pay notification shaped like the real ones around arbitrary field values.
+fn pay_notification_json(id: &str, event_type: &str, ciphertext: &str, extra: &str) -> String {
+    let s = |v: &str| serde_json::Value::from(v).to_string();
+    format!(
+        "{{\"id\":{},\"create_time\":\"2025-01-01T10:00:00+08:00\",\"resource_type\":\"encrypt-resource\",\
+         \"event_type\":{},\"summary\":\"ok\",{extra}\"resource\":{{\"original_type\":\"transaction\",\
+         \"algorithm\":\"AEAD_AES_256_GCM\",\"ciphertext\":{},\"associated_data\":\"transaction\",\
+         \"nonce\":\"abcdefghijkl\"}}}}",
+        s(id),
+        s(event_type),
+        s(ciphertext)
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// The notification parser and the signature check take any bytes and any headers without
+    /// panicking; with no key configured nothing ever verifies.
+    #[test]
+    fn pay_parsing_and_verifying_never_panic(
+        body in vec(any::<u8>(), 0..512),
+        serial in proptest::option::of(".{0,40}"),
+        signature in proptest::option::of("[A-Za-z0-9+/=]{0,400}"),
+        timestamp in proptest::option::of("[0-9]{0,12}"),
+    ) {
+        use wechat_fanout::wechat::pay::{Notification, PayHeaders, PayKeys, verify_notification};
+        let _ = Notification::parse(&body);
+        let headers = PayHeaders {
+            serial: serial.as_deref(),
+            signature: signature.as_deref(),
+            timestamp: timestamp.as_deref(),
+            nonce: Some("n"),
+            signature_type: None,
+        };
+        prop_assert!(verify_notification(&PayKeys::default(), &headers, &body).is_err());
+    }
+
+    /// Every well-formed notification is read with its id and event type exactly as written,
+    /// whatever other fields it has; its resource never decrypts under a wrong key.
+    #[test]
+    fn pay_notifications_are_read_field_for_field(
+        id in "[A-Za-z0-9_-]{1,64}",
+        event_type in "[A-Z]{1,12}\\.[A-Z_]{1,12}",
+        ciphertext in "[A-Za-z0-9+/]{0,80}",
+        extra in proptest::option::of("[a-z]{1,8}"),
+    ) {
+        use wechat_fanout::wechat::pay::{ApiV3Key, Notification};
+        let extra = extra.map(|k| format!("\"{k}\":[1,{{\"x\":null}}],")).unwrap_or_default();
+        let body = pay_notification_json(&id, &event_type, &ciphertext, &extra);
+        let read = Notification::parse(body.as_bytes());
+        prop_assert!(read.is_ok(), "{}: {:?}", body, read);
+        let read = read.unwrap();
+        prop_assert_eq!(&read.id, &id);
+        prop_assert_eq!(&read.event_type, &event_type);
+        prop_assert_eq!(&read.resource.ciphertext, &ciphertext);
+        let key = ApiV3Key::new("0123456789abcdef0123456789abcdef").unwrap();
+        prop_assert!(key.decrypt(&read.resource).is_err());
+    }
+}

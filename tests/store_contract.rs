@@ -41,6 +41,7 @@ async fn callback(store: &dyn Store, key: &str, targets: &[(&str, bool)]) -> New
             body: Bytes::from(format!("<xml><MsgId>{key}</MsgId></xml>")),
             authorizer: None,
             trace: None,
+            headers: Vec::new(),
         }),
         jobs: targets
             .iter()
@@ -967,13 +968,20 @@ async fn callbacks_are_listed_newest_first(store: Arc<dyn Store>) {
     assert_eq!(store.callbacks(None, 10).await.unwrap(), [l3, l2, l1]);
 }
 
-/// The callback's trace context (shape version 3) is stored with it and comes back with every
-/// lease, so an attempt made later, anywhere, joins the callback's trace.
+/// The callback's trace context (shape version 3) and its replayed headers (WeChat Pay's,
+/// version 4) are stored with it and come back with every lease, so an attempt made later,
+/// anywhere, joins the callback's trace and sends the headers as they were received.
 async fn the_trace_context_comes_back_with_each_lease(store: Arc<dyn Store>) {
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let headers = vec![
+        ("wechatpay-serial".to_owned(), "PUB_KEY_ID_0114".to_owned()),
+        ("wechatpay-signature".to_owned(), "mfI1+/k8==".to_owned()),
+        ("wechatpay-nonce".to_owned(), "d824f2e0: 86d3".to_owned()),
+    ];
     let mut traced = callback(&*store, "t1", &[("a", false)]).await;
     traced.request = Arc::new(Replay {
         trace: Some(traceparent.to_owned()),
+        headers: headers.clone(),
         ..(*traced.request).clone()
     });
     store.accept(traced).await.unwrap();
@@ -985,6 +993,8 @@ async fn the_trace_context_comes_back_with_each_lease(store: Arc<dyn Store>) {
     jobs.sort_by_key(|j| j.id);
     let traces: Vec<Option<&str>> = jobs.iter().map(|j| j.request.trace.as_deref()).collect();
     assert_eq!(traces, [Some(traceparent), None]);
+    assert_eq!(jobs[0].request.headers, headers);
+    assert!(jobs[1].request.headers.is_empty());
     // Again after a failed attempt: the retry is in the same trace.
     record(
         &*store,
@@ -994,6 +1004,7 @@ async fn the_trace_context_comes_back_with_each_lease(store: Arc<dyn Store>) {
     tokio::time::sleep(Duration::from_millis(20)).await;
     let again = lease_one(&*store, "a").await;
     assert_eq!(again.request.trace.as_deref(), Some(traceparent));
+    assert_eq!(again.request.headers, headers);
 }
 
 /// A listen target's callbacks that waited past its backlog become dead letters with the
@@ -1605,6 +1616,7 @@ async fn a_callback_of_the_build_before_is_delivered(store: &dyn Store, job: Job
         body: Bytes::copy_from_slice(body),
         authorizer: Some(OLD_AUTHORIZER.into()),
         trace: None,
+        headers: Vec::new(),
     };
     let leased = lease_one(store, "a").await;
     assert_eq!((leased.id, &*leased.request), (job, &expected));

@@ -383,6 +383,12 @@ impl Admin {
         if let Some(content_type) = &request.content_type {
             headers.insert(0, ("content-type", content_type.clone()));
         }
+        // WeChat Pay's, as received and replayed.
+        for (name, value) in &request.headers {
+            if let Some(name) = crate::wechat::PAY_HEADERS.iter().find(|n| **n == name) {
+                headers.push((name, value.clone()));
+            }
+        }
         // The console without `admin.show_content` gets neither openid nor body: neither is
         // written out only to be thrown away.
         if console && !self.console.show_content() {
@@ -405,10 +411,23 @@ impl Admin {
     }
 
     /// The message inside an encrypted callback of `account`, as text; `None` for plaintext
-    /// (its body is the message) or when the account's credentials no longer open it.
+    /// (its body is the message) or when the account's credentials no longer open it. For a
+    /// WeChat Pay account with its APIv3 key: the decrypted resource, the payer's ids hidden.
     fn decrypt(&self, account: &str, request: &Replay) -> Option<String> {
         let routes = self.shared.routes.load();
-        let credentials = &routes.account(account)?.credentials;
+        let account = routes.account(account)?;
+        if let Some(pay) = &account.pay {
+            let notification = crate::wechat::Notification::parse(&request.body).ok()?;
+            let plain = pay
+                .apiv3_key
+                .as_ref()?
+                .decrypt(&notification.resource)
+                .ok()?;
+            return Some(crate::privacy::hide_payer_ids(&String::from_utf8_lossy(
+                &plain,
+            )));
+        }
+        let credentials = &account.credentials;
         let query = crate::wechat::CallbackQuery::parse(&request.query).ok()?;
         let opened = crate::wechat::open_callback(credentials, &query, &request.body).ok()?;
         opened

@@ -112,7 +112,7 @@ pub enum Command {
     #[command(subcommand)]
     DeadLetters(DeadLettersCommand),
     /// Send a realistic, signed (and encrypted) callback for an account, as WeChat would.
-    Simulate(SimulateArgs),
+    Simulate(Box<SimulateArgs>),
     /// Receive a listen target's callbacks here (a laptop, an agent) over a WebSocket to the
     /// proxy, forward them to a local service and send its answers back.
     Listen(listen::ListenArgs),

@@ -5,6 +5,10 @@
 //! (signed; WeCom: with an encrypted `echostr`), with a fresh random `echostr`, at its configured
 //! URL. A target whose SDK is set up with the same token (and key) answers the `echostr`
 //! plaintext. Nothing message-shaped is ever sent: a target would act on a POST.
+//!
+//! A WeChat Pay account's targets are probed for reachability only: a notification is signed
+//! with WeChat Pay's private key, which the proxy does not have, and WeChat Pay has no handshake;
+//! the GET (no query) shows that the target answers HTTP at its URL, nothing more.
 
 use std::time::Instant;
 
@@ -48,6 +52,8 @@ pub enum Outcome {
     Rejected,
     /// No answer: connection refused, DNS, TLS, timeout.
     Unreachable,
+    /// A WeChat Pay account's target answered (any status): all that can be checked.
+    Reachable,
 }
 
 impl Outcome {
@@ -57,7 +63,13 @@ impl Outcome {
             Outcome::WrongEcho => "wrong echo",
             Outcome::Rejected => "rejected",
             Outcome::Unreachable => "unreachable",
+            Outcome::Reachable => "reachable",
         }
+    }
+
+    /// Whether the target is ready for what it is about to get, as far as a probe can tell.
+    pub fn passes(self) -> bool {
+        matches!(self, Outcome::Ok | Outcome::Reachable)
     }
 }
 
@@ -178,7 +190,12 @@ async fn probe_one(client: &reqwest::Client, account: &Account, target: &Target)
     // A URL with `{authorizer}` is probed for the first authorizer it filters on, else for a
     // placeholder app id.
     let base = target.url_for(Some(target.probe_authorizer().unwrap_or(PLACEHOLDER_APPID)));
-    let url = crate::outbound::with_query(&base, &query);
+    let pay = account.pay.is_some();
+    let url = if pay {
+        base.into_owned()
+    } else {
+        crate::outbound::with_query(&base, &query)
+    };
     let timeout = target.settings.timeout;
     let started = Instant::now();
     let answer = tokio::time::timeout(timeout, async {
@@ -207,6 +224,11 @@ async fn probe_one(client: &reqwest::Client, account: &Account, target: &Target)
             None,
             Some(crate::error::innermost(&e)),
         ),
+        Ok(Ok((status, _))) if pay => (
+            Outcome::Reachable,
+            Some(status),
+            Some(CANNOT_SIGN_AS_WECHAT_PAY.to_owned()),
+        ),
         Ok(Ok((status, body))) => {
             let shown = || Some(excerpt(&body));
             match status {
@@ -228,6 +250,11 @@ async fn probe_one(client: &reqwest::Client, account: &Account, target: &Target)
     }
 }
 
+/// Why a WeChat Pay account's targets are only checked for an answer.
+const CANNOT_SIGN_AS_WECHAT_PAY: &str = "reachability only: a notification is signed with WeChat \
+     Pay's private key, which the proxy does not have; try a target's SDK with `simulate \
+     --wechatpay-private-key` and a test key";
+
 /// The first 80 characters of an answer, escaped, for the report.
 fn excerpt(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
@@ -243,7 +270,7 @@ pub async fn run(
 ) -> anyhow::Result<bool> {
     let routes = crate::routing::build(config)?;
     let results = probe(&routes, args.account.as_deref(), args.target.as_deref()).await?;
-    let all_ok = results.iter().all(|r| r.outcome == Outcome::Ok);
+    let all_ok = results.iter().all(|r| r.outcome.passes());
     if args.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&report(&results))?)?;
         return Ok(all_ok);
@@ -273,7 +300,7 @@ pub async fn run(
                 .unwrap_or_default()
         )?;
     }
-    let ok = results.iter().filter(|r| r.outcome == Outcome::Ok).count();
+    let ok = results.iter().filter(|r| r.outcome.passes()).count();
     writeln!(out, "{ok} of {} targets ok", results.len())?;
     Ok(all_ok)
 }
@@ -281,7 +308,7 @@ pub async fn run(
 /// The JSON both the command (`--json`) and the admin API answer.
 pub fn report(results: &[Probed]) -> serde_json::Value {
     serde_json::json!({
-        "ok": results.iter().all(|r| r.outcome == Outcome::Ok),
+        "ok": results.iter().all(|r| r.outcome.passes()),
         "targets": results,
     })
 }

@@ -22,6 +22,8 @@ use reqwest::StatusCode;
 use reqwest::header::CONTENT_TYPE;
 use url::Url;
 
+pub mod pay;
+
 use crate::cmd::admin_client::reachable;
 use crate::config::{AccountKind, Config};
 use crate::wechat::{
@@ -83,6 +85,20 @@ pub struct SimulateArgs {
     /// component_verify_ticket, authorized, updateauthorized, unauthorized.
     #[arg(long, value_name = "NAME", conflicts_with_all = ["text", "event", "msg_id", "verify_url"])]
     pub info_type: Option<String>,
+    /// WeChat Pay: the test private key (PEM) to sign the notification with; the account must
+    /// list its public key (or a certificate of it).
+    #[arg(long, value_name = "PEM")]
+    pub wechatpay_private_key: Option<std::path::PathBuf>,
+    /// WeChat Pay: `Wechatpay-Serial` [default: the account's first public key id, else its
+    /// first platform certificate's serial].
+    #[arg(long, value_name = "SERIAL", requires = "wechatpay_private_key")]
+    pub wechatpay_serial: Option<String>,
+    /// WeChat Pay: the notification's event_type [default: TRANSACTION.SUCCESS].
+    #[arg(long, value_name = "TYPE", requires = "wechatpay_private_key")]
+    pub event_type: Option<String>,
+    /// WeChat Pay: the order number in the resource [default: random, SIM…].
+    #[arg(long, value_name = "NUMBER", requires = "wechatpay_private_key")]
+    pub out_trade_no: Option<String>,
 }
 
 /// The data format of a simulated body.
@@ -110,6 +126,16 @@ pub async fn run(
             ids.join(", ")
         );
     };
+    if account.kind == AccountKind::WechatPay {
+        return pay::run(config, account, index, args, out).await;
+    }
+    if args.wechatpay_private_key.is_some() {
+        bail!(
+            "--wechatpay-private-key is for wechat_pay accounts; account {:?} is {}",
+            account.id,
+            kind_name(account.kind)
+        );
+    }
     let credentials = crate::routing::credentials(account, &format!("accounts[{index}]"))?;
     let (kind, wecom) = (kind_name(account.kind), credentials.kind == Kind::WeCom);
     if args.format == BodyFormat::Json && account.kind != AccountKind::MiniProgram {
@@ -377,6 +403,7 @@ fn kind_name(kind: AccountKind) -> &'static str {
         AccountKind::MiniProgram => "mini_program",
         AccountKind::Wecom => "wecom",
         AccountKind::OpenPlatform => "open_platform",
+        AccountKind::WechatPay => "wechat_pay",
     }
 }
 

@@ -6,6 +6,7 @@
 //! commands load this file without an account's secrets.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -42,6 +43,8 @@ pub enum AccountKind {
     MiniProgram,
     Wecom,
     OpenPlatform,
+    /// WeChat Pay (APIv3) notifications: signed JSON, checked with WeChat Pay's keys.
+    WechatPay,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,8 +86,34 @@ pub struct AccountConfig {
     /// What to do with a reply owner's answer that comes after WeChat got `success`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub late_replies: Option<LateReplies>,
+    /// WeChat Pay: the merchant number (商户号) the notifications are for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mchid: Option<String>,
+    /// WeChat Pay: its public keys (微信支付公钥), each with the id that names it in
+    /// `Wechatpay-Serial` (`PUB_KEY_ID_…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wechatpay_public_keys: Option<Vec<PayPublicKeyConfig>>,
+    /// WeChat Pay: its platform certificates (PEM files); each one's serial is read from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wechatpay_platform_certificates: Option<Vec<PathBuf>>,
+    /// WeChat Pay: the APIv3 key (32 characters), to read the encrypted resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apiv3_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apiv3_key_env: Option<String>,
+    /// WeChat Pay: how far `Wechatpay-Timestamp` may be from the local clock (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_timestamp_skew_secs: Option<u64>,
     #[serde(default)]
     pub targets: Vec<TargetConfig>,
+}
+
+/// One of WeChat Pay's public keys: the id it is named by, and its PEM file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayPublicKeyConfig {
+    pub id: String,
+    pub path: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -156,6 +185,18 @@ pub struct TargetConfig {
     /// same deadline, and its answer is only compared, never sent to WeChat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow_of: Option<String>,
+    /// WeChat Pay: only notifications of these `event_type`s (`TRANSACTION.*` for a prefix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_types: Option<Vec<String>>,
+    /// WeChat Pay, with the APIv3 key: only notifications whose decrypted resource's
+    /// `out_trade_no` starts with one of these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out_trade_no_prefixes: Option<Vec<String>>,
+    /// The environment variable holding this target's Standard Webhooks secret
+    /// (`whsec_<base64>`): its deliveries carry `webhook-id`, `webhook-timestamp` and
+    /// `webhook-signature`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_secret_env: Option<String>,
 }
 
 /// How long a listen target's callbacks wait for a client by default: a day.
@@ -230,6 +271,7 @@ impl AccountConfig {
                 format!("the target name {LATE_REPLIES_TARGET:?} is reserved (late replies)"),
             ));
         }
+        super::pay::check(self, key, errors);
         if let Some(primary) = &self.primary
             && !names.contains(primary.as_str())
         {

@@ -13,11 +13,14 @@
 
 mod accounts;
 mod load;
+mod pay;
 
 pub use accounts::{
     AUTHORIZER_IN_URL, AccountConfig, AccountKind, LATE_REPLIES_TARGET, LISTEN_BACKLOG_SECS,
-    LateReplies, MIN_LISTEN_TOKEN_BYTES, Mode, ResignConfig, TargetConfig, authorizer_placeholders,
+    LateReplies, MIN_LISTEN_TOKEN_BYTES, Mode, PayPublicKeyConfig, ResignConfig, TargetConfig,
+    authorizer_placeholders,
 };
+pub use pay::{PAY_TIMESTAMP_SKEW_SECS, PUBLIC_KEY_ID_PREFIX};
 
 use std::collections::HashSet;
 use std::fmt;
@@ -565,7 +568,12 @@ impl Config {
             })?,
             None => String::new(),
         };
-        load::load(&text, true)
+        let mut config = load::load(&text, true)?;
+        // A pay account's PEM files are found beside the file that names them.
+        if let Some(dir) = path.and_then(Path::parent) {
+            pay::resolve_paths(&mut config.accounts, dir);
+        }
+        Ok(config)
     }
 
     /// Parses a TOML text layered over the defaults (no file, no environment): for tests and tools.
@@ -726,6 +734,7 @@ impl Config {
                 &mut account.token,
                 &mut account.encoding_aes_key,
                 &mut account.app_secret,
+                &mut account.apiv3_key,
             ] {
                 if secret.is_some() {
                     *secret = Some(REDACTED.to_owned());

@@ -13,6 +13,7 @@
 mod accept;
 mod body;
 mod listen;
+mod pay;
 pub mod rejection;
 mod relay;
 pub mod rescue;
@@ -143,13 +144,22 @@ impl Ingress {
                     account: if label.is_empty() { "-" } else { label }.to_owned(),
                     reason: reason.to_owned(),
                 });
+                // WeChat Pay's paths answer its FAIL JSON, so that its logs say why.
+                let pay = account.is_some_and(|id| {
+                    (self.shared.routes.load().account(id)).is_some_and(|a| a.pay.is_some())
+                });
                 let account = account.unwrap_or("-");
                 event_at!(rejection.level(), account, %method, reason, error = %rejection, "rejected");
-                let mut response = text(rejection.status(), format!("{rejection}\n"));
+                let mut response = if pay {
+                    pay::fail(rejection.status(), &rejection.to_string())
+                } else {
+                    text(rejection.status(), format!("{rejection}\n"))
+                };
                 if matches!(rejection, Rejection::Method) {
+                    let allow = if pay { "POST" } else { "GET, POST" };
                     response
                         .headers_mut()
-                        .insert(ALLOW, http::HeaderValue::from_static("GET, POST"));
+                        .insert(ALLOW, http::HeaderValue::from_static(allow));
                 }
                 response
             }
@@ -188,6 +198,12 @@ impl Ingress {
         let max_query = self.settings.max_query_bytes;
         if request.uri().query().is_some_and(|q| q.len() > max_query) {
             return Err(Rejection::QueryTooLong(max_query));
+        }
+        if let Some(pay) = account.pay.clone() {
+            return match *request.method() {
+                Method::POST => (self.pay_notification(account, &pay, request, started)).await,
+                _ => Err(Rejection::Method),
+            };
         }
         match *request.method() {
             Method::GET => {
@@ -248,35 +264,43 @@ impl Ingress {
             body,
             authorizer: authorizer.clone(),
             trace: traced.traceparent(),
+            headers: Vec::new(),
         });
+        let verified = Verified {
+            account,
+            envelope: opened.envelope,
+            authorizer,
+            key,
+            replay,
+            content,
+            traced,
+        };
+        let answer = self.accept_in_task(verified, started).await?;
+        Ok(answer_response(&answer))
+    }
+
+    /// Accepts a verified callback in a task of its own, so that it is handled to the end even
+    /// if the caller hangs up; its answer, or a 503 before WeChat would give up waiting.
+    async fn accept_in_task(
+        self: &Arc<Self>,
+        verified: Verified,
+        started: Instant,
+    ) -> Result<Answer, Rejection> {
         let this = self.clone();
         let span = info_span!(
             "callback",
-            account = &*account.id,
+            account = &*verified.account.id,
             callback = tracing::field::Empty
         );
         // From here on the callback may be stored: finish even if WeChat hangs up.
-        let handled = tokio::spawn(
-            async move {
-                let verified = Verified {
-                    account,
-                    envelope: opened.envelope,
-                    authorizer,
-                    key,
-                    replay,
-                    content,
-                    traced,
-                };
-                this.accept(verified, started).await
-            }
-            .instrument(span),
-        );
+        let handled =
+            tokio::spawn(async move { this.accept(verified, started).await }.instrument(span));
         // A stalled store must not keep WeChat waiting past its 5 s: answer 503 by then and let
         // the task finish (stored callbacks are delivered; the resend gets the stored answer).
         let reply_deadline = started + self.settings.reply_deadline_ms.duration();
         let answer_by = (started + ANSWER_WITHIN).max(reply_deadline + FOLLOWER_SLACK);
         match tokio::time::timeout_at(answer_by.into(), handled).await {
-            Ok(Ok(result)) => result.map(|answer| answer_response(&answer)),
+            Ok(Ok(result)) => result,
             Ok(Err(e)) => {
                 error!(error = %e, "callback task failed");
                 Err(Rejection::Internal)

@@ -10,6 +10,7 @@ use tracing::Level;
 use crate::escape::Excerpt;
 use crate::ingress::sources::Denied;
 use crate::store::StoreError;
+use crate::wechat::PayError;
 use crate::wechat::VerifyError;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,9 @@ pub enum Rejection {
     // (`{:#}`) does not print the cause twice.
     #[error(transparent)]
     Verify(#[from] VerifyError),
+    /// A WeChat Pay notification that is not signed by a configured key, or not one.
+    #[error(transparent)]
+    Pay(#[from] PayError),
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A resend that came while its first copy was being handled here, and that copy was not
@@ -66,6 +70,10 @@ impl Rejection {
             Rejection::Source(_) => StatusCode::FORBIDDEN,
             Rejection::Verify(e) if e.is_unauthorized() => StatusCode::UNAUTHORIZED,
             Rejection::Verify(_) => StatusCode::BAD_REQUEST,
+            Rejection::Pay(e) if e.is_unauthorized() => StatusCode::UNAUTHORIZED,
+            // Our APIv3 key does not open what WeChat Pay signed: ours to fix; it retries.
+            Rejection::Pay(PayError::Decrypt) => StatusCode::INTERNAL_SERVER_ERROR,
+            Rejection::Pay(_) => StatusCode::BAD_REQUEST,
             Rejection::Store(_) | Rejection::StoreTooSlow | Rejection::FirstCopyNotStored => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -77,7 +85,9 @@ impl Rejection {
     pub fn level(&self) -> Level {
         match self {
             Rejection::Store(_) | Rejection::StoreTooSlow | Rejection::Internal => Level::ERROR,
+            Rejection::Pay(PayError::Decrypt) => Level::ERROR,
             Rejection::Verify(e) if e.is_unauthorized() => Level::WARN,
+            Rejection::Pay(e) if e.is_unauthorized() => Level::WARN,
             // The first copy's failure was logged as an error already.
             Rejection::StaleTimestamp | Rejection::Source(_) | Rejection::FirstCopyNotStored => {
                 Level::WARN
@@ -101,6 +111,7 @@ impl Rejection {
             Rejection::Source(Denied::ListUnknown(_)) => "source_list_unknown",
             Rejection::Source(Denied::BadHeader(_)) => "bad_forwarded_header",
             Rejection::Verify(e) => e.reason(),
+            Rejection::Pay(e) => e.reason(),
             // Its own label: an alert on it says the replicas are behind, not Redis down.
             Rejection::Store(StoreError::NotReplicated(_)) => "store_not_replicated",
             Rejection::Store(_) => "store",

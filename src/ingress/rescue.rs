@@ -103,6 +103,7 @@ async fn rescue(
                 body: Bytes::from(message.to_string()),
                 authorizer: None,
                 trace: None,
+                headers: Vec::new(),
             }),
             jobs: vec![NewJob {
                 id: JobId(ids[1]),

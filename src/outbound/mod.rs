@@ -31,6 +31,7 @@ pub mod listen;
 mod origin;
 mod pipeline;
 pub mod response;
+pub mod signing;
 pub mod wechat_api;
 
 pub use origin::Origin;

@@ -63,7 +63,15 @@ fn build_account(
     errors: &mut Vec<ConfigError>,
 ) -> Option<Account> {
     let before = errors.len();
-    let credentials = kept(errors, credentials(account, key));
+    let pay = match account.kind {
+        AccountKind::WechatPay => kept(errors, super::pay::pay_account(account, key)).map(Some),
+        _ => Some(None),
+    };
+    let credentials = match &pay {
+        Some(Some(pay)) => Some(super::pay::placeholder_credentials(account, pay)),
+        Some(None) => kept(errors, credentials(account, key)),
+        None => None,
+    };
     let allowed = kept(errors, allowed_sources(account, key));
     // WeChat's callback IP list is fetched with the account's access token.
     let sources_api = match &allowed {
@@ -107,6 +115,7 @@ fn build_account(
             .and_then(|of| of[j])
             .map_or(t, |k| &account.targets[k]);
         let settings = t.settings(&config.target_defaults);
+        let signing = kept(errors, super::pay::signer(t, &tkey)).flatten();
         let listen = if t.listen {
             let token = secret(
                 &tkey,
@@ -155,12 +164,15 @@ fn build_account(
                 authorizers: filtered.authorizers.clone(),
                 needs_authorizer,
                 users: filtered.users.clone(),
+                event_types: filtered.event_types.clone(),
+                out_trade_no_prefixes: filtered.out_trade_no_prefixes.clone(),
             },
             resign: resign.flatten(),
             shadow_of: t.shadow_of.as_deref().map(Arc::from),
             api: None,
             origin,
             listen,
+            signing,
         }));
     }
     if errors.len() > before {
@@ -195,6 +207,7 @@ fn build_account(
             // Its calls go through the WeChat API client, never a target's connection.
             origin: None,
             listen: None,
+            signing: None,
         })
     });
     let mut shadows = vec![Vec::new(); targets.len()];
@@ -213,6 +226,7 @@ fn build_account(
         owners,
         shadows,
         late_replies,
+        pay: pay?.map(Arc::new),
     })
 }
 
@@ -428,6 +442,8 @@ fn kind(account: &AccountConfig) -> Kind {
         AccountKind::MiniProgram => Kind::MiniProgram,
         AccountKind::Wecom => Kind::WeCom,
         AccountKind::OpenPlatform => Kind::OpenPlatform,
+        // Never asked of a pay account: it has no credentials of WeChat's.
+        AccountKind::WechatPay => Kind::OfficialAccount,
     }
 }
 

@@ -8,6 +8,7 @@
 
 mod allowed;
 mod build;
+mod pay;
 pub mod replies;
 pub mod retry;
 
@@ -22,12 +23,14 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 
 use crate::config::{AUTHORIZER_IN_URL, TargetSettings};
 use crate::outbound::Origin;
+use crate::outbound::signing::WebhookSigner;
 use crate::outbound::wechat_api::ApiAccount;
 use crate::privacy::UserIds;
 use crate::routing::replies::Owners;
 use crate::routing::retry::Breaker;
 use crate::store::{Job, TargetKey};
 
+use crate::wechat::{ApiV3Key, PayKeys, event_type_matches};
 use crate::wechat::{Credentials, Envelope, Resign};
 
 /// Jobs that can wait in a target's handoff, per request it may have in flight. Past that,
@@ -57,6 +60,19 @@ pub struct Account {
     /// `late_replies = "customer_service"`: the internal target whose jobs are late replies,
     /// sent through the customer-service API. Never matched by a callback.
     pub late_replies: Option<Arc<Target>>,
+    /// A WeChat Pay account (`kind = "wechat_pay"`): its keys; `credentials` are then unused.
+    pub pay: Option<Arc<PayAccount>>,
+}
+
+/// What a WeChat Pay account checks and reads its notifications with.
+#[derive(Debug)]
+pub struct PayAccount {
+    /// WeChat Pay's public keys and platform certificates' keys, by serial.
+    pub keys: PayKeys,
+    /// The APIv3 key, when configured: the resource is decrypted for routing and the console.
+    pub apiv3_key: Option<ApiV3Key>,
+    /// How far `Wechatpay-Timestamp` may be from the local clock.
+    pub max_skew_secs: u64,
 }
 
 #[derive(Debug)]
@@ -78,6 +94,8 @@ pub struct Target {
     origin: Option<Origin>,
     /// Reached over WebSockets its clients open (`listen = true`), not at a URL.
     pub listen: Option<Listen>,
+    /// `signing_secret_env`: its deliveries are signed by the proxy (Standard Webhooks).
+    pub signing: Option<WebhookSigner>,
 }
 
 /// What a `listen` target's clients must present, and how long its callbacks wait for one.
@@ -151,6 +169,10 @@ struct Filter {
     needs_authorizer: bool,
     /// Only callbacks from these senders (`FromUserName`, exact).
     users: Option<Vec<String>>,
+    /// WeChat Pay: only notifications of these event types (a trailing `*`: a prefix).
+    event_types: Option<Vec<String>>,
+    /// WeChat Pay: only notifications whose order number starts with one of these.
+    out_trade_no_prefixes: Option<Vec<String>>,
 }
 
 impl Routes {
@@ -266,6 +288,18 @@ impl Target {
         if let Some(events) = &self.filter.events
             && envelope.is_msg_type("event")
             && !listed(events, envelope.event.as_deref())
+        {
+            return false;
+        }
+        if let Some(patterns) = &self.filter.event_types
+            && !(envelope.event.as_deref())
+                .is_some_and(|e| patterns.iter().any(|p| event_type_matches(p, e)))
+        {
+            return false;
+        }
+        if let Some(prefixes) = &self.filter.out_trade_no_prefixes
+            && !(envelope.out_trade_no.as_deref())
+                .is_some_and(|n| prefixes.iter().any(|p| n.starts_with(p.as_str())))
         {
             return false;
         }

@@ -169,6 +169,7 @@ mod tests {
                 body: bytes::Bytes::new(),
                 authorizer: None,
                 trace: None,
+                headers: Vec::new(),
             }),
         }
     }

@@ -3,7 +3,7 @@
 //!
 //! What is kept of a callback for its deliveries is a [`Replay`]: WeChat's query, content type
 //! and body, byte for byte, and what the proxy learnt about the callback when it arrived (the
-//! open platform's authorizer, the trace context; WeChat Pay's headers, a keyed hash of the
+//! open platform's authorizer, the trace context, WeChat Pay's headers; a keyed hash of the
 //! sender and its lane, the accepting instance and an arrival index are to come). Each backend keeps
 //! every field in a place of its own (a column in SQLite, a field of the callback's hash in
 //! Redis) and writes [`SHAPE_VERSION`] beside them (`shape_version`, `v`).
@@ -31,13 +31,19 @@
 //! * **3**: the trace context (a W3C `traceparent`) in a field of its own, written when traces
 //!   are on. Builds before ignore the field; a callback without it is delivered untraced (its
 //!   attempts start traces of their own).
+//! * **4**: the request headers that are replayed as received (WeChat Pay's five `Wechatpay-*`
+//!   headers), in a field of their own (`headers`), one `name: value` a line; written only
+//!   when there are some. Builds before ignore the field, and a callback without it has none.
+//!   Only WeChat Pay accounts' callbacks have headers, and a build before this one refuses a
+//!   configuration with such an account, so no instance of it has their targets and none of
+//!   them leases their jobs during a rolling deploy: the headers are never dropped on the way.
 
 use std::borrow::Cow;
 
 use bytes::Bytes;
 
 /// The version of the shape this build writes (see the module's doc for each version).
-pub const SHAPE_VERSION: u32 = 3;
+pub const SHAPE_VERSION: u32 = 4;
 
 /// Exactly what WeChat sent and every target gets again, with what the proxy learnt about the
 /// callback on arrival: the stored callback's shape.
@@ -53,9 +59,27 @@ pub struct Replay {
     /// The callback's trace (W3C `traceparent`), when traces were on where it was accepted:
     /// every attempt's span joins it, whenever and wherever it is made.
     pub trace: Option<String>,
+    /// Request headers replayed exactly as received (WeChat Pay's `Wechatpay-*`), names in
+    /// lower case, values as sent; in the order received.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Replay {
+    /// [`Replay::headers`] as the store keeps them: one `name: value` a line; `None` for none.
+    pub(super) fn stored_headers(&self) -> Option<String> {
+        if self.headers.is_empty() {
+            return None;
+        }
+        let mut text = String::new();
+        for (name, value) in &self.headers {
+            text.push_str(name);
+            text.push_str(": ");
+            text.push_str(value);
+            text.push('\n');
+        }
+        Some(text)
+    }
+
     /// The query as this build stores it: still tagged with the authorizer, for instances of
     /// the build before (version 1), which read it from there.
     pub(super) fn stored_query(&self) -> Cow<'_, str> {
@@ -79,6 +103,8 @@ pub(super) struct Stored {
     pub(super) body: Bytes,
     /// The trace context's own field (version 3 on).
     pub(super) trace: Option<String>,
+    /// The replayed headers' own field (version 4 on), as [`Replay::stored_headers`] writes it.
+    pub(super) headers: Option<String>,
 }
 
 impl Stored {
@@ -91,6 +117,7 @@ impl Stored {
             content_type,
             body,
             trace,
+            headers,
         } = self;
         let authorizer = match version {
             // Its own field says; the tag written beside it for version 1 comes off.
@@ -115,8 +142,17 @@ impl Stored {
             body,
             authorizer,
             trace,
+            headers: headers.as_deref().map(read_headers).unwrap_or_default(),
         }
     }
+}
+
+/// The headers of a stored `headers` field; a line without `: ` (never written) is skipped.
+pub(super) fn read_headers(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|line| line.split_once(": "))
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect()
 }
 
 /// The length of the tag `#{appid}#` that `stored` starts with, if it does.
@@ -144,6 +180,7 @@ mod tests {
             body: Bytes::from_static(b"<xml/>"),
             authorizer: authorizer.map(str::to_owned),
             trace: None,
+            headers: Vec::new(),
         }
     }
 
@@ -157,6 +194,7 @@ mod tests {
             content_type: replay.content_type.clone(),
             body: replay.body.clone(),
             trace: None,
+            headers: version.and(replay.stored_headers()),
         }
     }
 
@@ -186,6 +224,7 @@ mod tests {
             content_type: None,
             body: Bytes::new(),
             trace: None,
+            headers: None,
         };
         assert_eq!(empty.into_replay(), Replay::default());
     }
@@ -201,6 +240,7 @@ mod tests {
             content_type: None,
             body: Bytes::new(),
             trace: None,
+            headers: None,
         }
         .into_replay();
         assert_eq!(read.authorizer.as_deref(), Some("wxabc"));
@@ -212,11 +252,34 @@ mod tests {
             content_type: None,
             body: Bytes::new(),
             trace: None,
+            headers: None,
         }
         .into_replay();
         assert_eq!(
             (untagged.authorizer.as_deref(), &*untagged.query),
             (Some("wxabc"), QUERY)
         );
+    }
+
+    /// Version 4: WeChat Pay's headers come back exactly, in their order; a callback written
+    /// before (no field) has none.
+    #[test]
+    fn headers_come_back_as_received() {
+        let mut original = replay(None);
+        original.headers = vec![
+            ("wechatpay-serial".into(), "PUB_KEY_ID_0114".into()),
+            ("wechatpay-signature".into(), "a+b/c==".into()),
+            ("wechatpay-nonce".into(), "n: with a colon".into()),
+        ];
+        let read = stored(&original, Some(SHAPE_VERSION)).into_replay();
+        assert_eq!(read, original);
+        let before = stored(&original, Some(3)).into_replay();
+        assert_eq!(
+            before.headers.len(),
+            3,
+            "the field is read whatever the version"
+        );
+        assert!(stored(&original, None).into_replay().headers.is_empty());
+        assert_eq!(replay(None).stored_headers(), None);
     }
 }

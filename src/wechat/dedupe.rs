@@ -75,6 +75,16 @@ pub fn dedupe_key(account: &str, envelope: &Envelope, message: &[u8]) -> DedupeK
     DedupeKey { key, legacy }
 }
 
+/// The dedupe key of a WeChat Pay notification of `account`: its `id`, which WeChat Pay's
+/// resends (signed again, the same body) carry unchanged.
+pub fn pay_dedupe_key(account: &str, id: &str) -> DedupeKey {
+    let mut key = String::with_capacity(64);
+    push_part(&mut key, account);
+    key.push('p');
+    push_part(&mut key, id);
+    DedupeKey { key, legacy: None }
+}
+
 /// Open platform authorization events (a ticket every ten minutes) have no sender and no
 /// MsgId: the component, the time and the type name one push; the authorizer tells apart two
 /// authorizations in one second. `prefix` is the account's part.

@@ -50,6 +50,8 @@ pub struct Envelope {
     pub app_id: Option<String>,
     pub info_type: Option<String>,
     pub authorizer_appid: Option<String>,
+    /// WeChat Pay, with the APIv3 key: the decrypted resource's `out_trade_no`, for routing.
+    pub out_trade_no: Option<String>,
 }
 
 /// Why a body is not a usable envelope. The body may not be authenticated yet (safe mode reads

@@ -228,6 +228,7 @@ fn every_shipped_config_passes_check_config() {
         [
             "example.toml",
             "listen.toml",
+            "pay.toml",
             "redis.toml",
             "replies.toml",
             "safe.toml"

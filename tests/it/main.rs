@@ -25,6 +25,7 @@ mod open_platform;
 mod operate;
 mod owners;
 mod pace;
+mod pay;
 mod pipelining;
 mod probe;
 mod refusals;

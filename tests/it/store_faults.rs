@@ -390,6 +390,7 @@ fn new_callback(ids: Vec<i64>, dedupe_key: &str) -> NewCallback {
             body: Bytes::from(format!("<xml><MsgId>{dedupe_key}</MsgId></xml>")),
             authorizer: None,
             trace: None,
+            headers: Vec::new(),
         }),
         jobs: vec![NewJob {
             id: JobId(ids[1]),

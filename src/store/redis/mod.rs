@@ -62,7 +62,7 @@ use tracing::info;
 use self::batch::{BatchContext, BatchItem, Batcher, Replicas, Row};
 use self::options::Conn;
 use self::scripts::Scripts;
-use super::shape::Stored;
+use super::shape::{Stored, read_headers};
 use super::{
     Accepted, Answer, AttemptReport, CallbackDetail, CallbackId, DeadLetter, DeadLetterDetail,
     DeadLetterFilter, Disposition, IdBlocks, Job, JobId, Leased, NewCallback, QueueDepth, Recorded,
@@ -315,6 +315,7 @@ impl Store for RedisStore {
             request.content_type.is_some(),
             request.authorizer.is_some(),
             request.trace.is_some(),
+            !request.headers.is_empty(),
         ]
         .iter()
         .map(|p| if *p { '1' } else { '0' })
@@ -337,6 +338,7 @@ impl Store for RedisStore {
             bytes(callback.legacy_dedupe_key.as_deref().unwrap_or("")),
             bytes(request.authorizer.as_deref().unwrap_or("")),
             bytes(request.trace.as_deref().unwrap_or("")),
+            bytes(request.stored_headers().as_deref().unwrap_or("")),
         ];
         for job in &callback.jobs {
             args.push(job.id.to_string().into_bytes());
@@ -428,12 +430,12 @@ impl Store for RedisStore {
             .arg(self.lease_ms)
             .invoke_async(&mut self.conn())
             .await?;
-        // Rows of 9 fields for n jobs, then their n bodies; taken apart, not copied.
-        let n = rows.len() / 10;
+        // Rows of 10 fields for n jobs, then their n bodies; taken apart, not copied.
+        let n = rows.len() / 11;
         let mut fields = rows;
-        let bodies = fields.split_off(n * 9);
+        let bodies = fields.split_off(n * 10);
         fields
-            .chunks_exact_mut(9)
+            .chunks_exact_mut(10)
             .zip(bodies)
             .map(|(row, body)| {
                 let mut field = |i: usize| std::mem::take(&mut row[i]);
@@ -445,7 +447,8 @@ impl Store for RedisStore {
                     attempts: number(field(2))?,
                     retry_base: number(field(3)).unwrap_or(0),
                     request: Arc::new(
-                        shape(field(4), field(5), body, field(6), field(7)).traced(field(8)),
+                        shape(field(4), field(5), body, field(6), field(7))
+                            .traced(field(8), field(9)),
                     ),
                 })
             })
@@ -822,9 +825,11 @@ impl From<RedisError> for StoreError {
 }
 
 impl Replay {
-    /// With the trace context of the callback's hash (`trace`), where the script returns it.
-    fn traced(mut self, trace: Option<Vec<u8>>) -> Replay {
+    /// With the trace context and the replayed headers of the callback's hash (`trace`,
+    /// `headers`), where the script returns them.
+    fn traced(mut self, trace: Option<Vec<u8>>, headers: Option<Vec<u8>>) -> Replay {
         self.trace = trace.map(text);
+        self.headers = headers.map(|h| read_headers(&text(h))).unwrap_or_default();
         self
     }
 }
@@ -845,6 +850,7 @@ fn shape(
         content_type: content_type.map(text),
         body: Bytes::from(body.unwrap_or_default()),
         trace: None,
+        headers: None,
     }
     .into_replay()
 }

@@ -73,8 +73,8 @@ impl Writer {
         let inserted = self
             .conn
             .prepare_cached(
-                "INSERT INTO callbacks (id, account, dedupe_key, received_at, msg_type, event, query, content_type, body, answer_due, shape_version, authorizer, trace)
-                 VALUES (?9, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10, ?11, ?12, ?13)
+                "INSERT INTO callbacks (id, account, dedupe_key, received_at, msg_type, event, query, content_type, body, answer_due, shape_version, authorizer, trace, headers)
+                 VALUES (?9, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10, ?11, ?12, ?13, ?14)
                  ON CONFLICT (account, dedupe_key) DO NOTHING",
             )?
             .execute(params![
@@ -93,6 +93,7 @@ impl Writer {
                     SHAPE_VERSION,
                     request.authorizer,
                     request.trace,
+                    request.stored_headers(),
             ])?
             == 1;
         let new = || Accepted::New {

@@ -574,7 +574,7 @@ impl From<rusqlite::Error> for StoreError {
 
 /// The columns of a callback's shape, of `callbacks c`, in the order [`shape_at`] reads them.
 const SHAPE_COLUMNS: &str =
-    "c.shape_version, c.query, c.authorizer, c.content_type, c.body, c.trace";
+    "c.shape_version, c.query, c.authorizer, c.content_type, c.body, c.trace, c.headers";
 
 /// The callback's shape in the [`SHAPE_COLUMNS`] of `row` from column `first` on, as every
 /// version of it is read.
@@ -586,6 +586,7 @@ fn shape_at(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Replay> {
         content_type: row.get(first + 3)?,
         body: Bytes::from(row.get::<_, Vec<u8>>(first + 4)?),
         trace: row.get(first + 5)?,
+        headers: row.get(first + 6)?,
     }
     .into_replay())
 }

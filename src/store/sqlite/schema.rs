@@ -77,6 +77,8 @@ const MIGRATIONS: &[(&str, &str, &str)] = &[
     ("callbacks", "shape_version", "INTEGER"),
     ("callbacks", "authorizer", "TEXT"),
     ("callbacks", "trace", "TEXT"),
+    // Request headers replayed as received (WeChat Pay's), shape version 4 on.
+    ("callbacks", "headers", "TEXT"),
 ];
 
 /// Creates the tables a file lacks, and adds the columns of [`MIGRATIONS`] that a file made by

@@ -17,6 +17,7 @@ fn callback(key: &str) -> NewCallback {
             body: Bytes::from_static(b"<xml/>"),
             authorizer: None,
             trace: None,
+            headers: Vec::new(),
         }),
         jobs: vec![NewJob {
             id: JobId(2),
@@ -116,6 +117,7 @@ async fn the_checkpointer_copies_commits_into_the_database_file() {
             body: Bytes::from(vec![b'x'; 2000]),
             authorizer: None,
             trace: None,
+            headers: Vec::new(),
         });
         assert!(matches!(
             store.accept(new).await.unwrap(),

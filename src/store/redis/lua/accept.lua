@@ -1,12 +1,13 @@
 -- ARGV: lease ms, then per callback: id, dedupe key, received, msg_type, event,
 -- query, content type, body, answer pending ms, presence of (msg_type, event, content
--- type, authorizer, trace), job count, legacy dedupe key or '', authorizer, trace context,
--- then (job id, target, lease token or 0) per job. Each callback as if alone, in order; one reply each: {'new'},
+-- type, authorizer, trace, headers), job count, legacy dedupe key or '', authorizer, trace
+-- context, replayed headers, then (job id, target, lease token or 0) per job. Each callback as if alone, in order; one reply each: {'new'},
 -- or {'dup', id, answer, answer type, pending ms}.
 --
 -- The callback's hash holds its shape (`store::shape`): the version `v` this build writes,
 -- the query (still tagged with the authorizer, for instances of the build before), the
--- content type, the body, and the authorizer in a field of its own.
+-- content type, the body, and the authorizer, the trace context and the replayed headers in
+-- fields of their own.
 --
 -- The legacy key (the build before's key for this callback): a callback that build
 -- stored under it (its `dedupe` field is that key) within the window is this one's
@@ -63,10 +64,11 @@ local function accept(o, n)
   if string.sub(present, 3, 3) == '1' then table.insert(fields, 'ctype'); table.insert(fields, ARGV[o + 7]) end
   if string.sub(present, 4, 4) == '1' then table.insert(fields, 'authorizer'); table.insert(fields, ARGV[o + 13]) end
   if string.sub(present, 5, 5) == '1' then table.insert(fields, 'trace'); table.insert(fields, ARGV[o + 14]) end
+  if string.sub(present, 6, 6) == '1' then table.insert(fields, 'headers'); table.insert(fields, ARGV[o + 15]) end
   if ARGV[o + 9] ~= '' then table.insert(fields, 'answer_due'); table.insert(fields, now() + tonumber(ARGV[o + 9])) end
   redis.call('HSET', cb, unpack(fields))
   for i = 0, n - 1 do
-    local job, target, token = ARGV[o + 15 + 3 * i], ARGV[o + 16 + 3 * i], ARGV[o + 17 + 3 * i]
+    local job, target, token = ARGV[o + 16 + 3 * i], ARGV[o + 17 + 3 * i], ARGV[o + 18 + 3 * i]
     local state = 'f'
     if token == '0' then state = 'p' end
     redis.call('HSET', K .. ':job:' .. job, 'cb', id, 'target', target, 'state', state, 'lease', token, 'attempts', 0, 'base', 0)
@@ -87,7 +89,7 @@ local replies, o = {}, 1
 while o < #ARGV do
   local n = tonumber(ARGV[o + 11])
   table.insert(replies, accept(o, n))
-  o = o + 14 + 3 * n
+  o = o + 15 + 3 * n
 end
 for target in pairs(targets) do redis.call('SADD', K .. ':targets', target) end
 for set, members in pairs(leases) do redis.call('ZADD', set, unpack(members)) end

@@ -1,6 +1,7 @@
 -- ARGV: target, limit, token, lease ms. Jobs whose lease expired come first (they
--- waited longest), then due ones. Rows of 9 fields (job, callback, attempts, base, and the
--- shape's query, content type, authorizer, version and trace context), then the bodies.
+-- waited longest), then due ones. Rows of 10 fields (job, callback, attempts, base, and the
+-- shape's query, content type, authorizer, version, trace context and replayed headers), then
+-- the bodies.
 local target, limit, token = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local due_key, lease_key = K .. ':due:' .. target, K .. ':lease:' .. target
 local now = now_ms()
@@ -11,7 +12,7 @@ local function take(job, from)
   local j = K .. ':job:' .. job
   local f = redis.call('HMGET', j, 'cb', 'attempts', 'base')
   if not f[1] then return end
-  local c = redis.call('HMGET', K .. ':cb:' .. f[1], 'query', 'ctype', 'body', 'authorizer', 'v', 'trace')
+  local c = redis.call('HMGET', K .. ':cb:' .. f[1], 'query', 'ctype', 'body', 'authorizer', 'v', 'trace', 'headers')
   if not c[3] then return end
   redis.call('HSET', j, 'state', 'f', 'lease', token)
   redis.call('ZADD', lease_key, expiry, job)
@@ -20,6 +21,7 @@ local function take(job, from)
   table.insert(rows, c[4] or false)
   table.insert(rows, c[5] or false)
   table.insert(rows, c[6] or false)
+  table.insert(rows, c[7] or false)
   table.insert(bodies, c[3])
 end
 local expired = redis.call('ZRANGEBYSCORE', lease_key, '-inf', now, 'LIMIT', 0, limit)
