@@ -1005,6 +1005,13 @@ async fn the_trace_context_comes_back_with_each_lease(store: Arc<dyn Store>) {
     let again = lease_one(&*store, "a").await;
     assert_eq!(again.request.trace.as_deref(), Some(traceparent));
     assert_eq!(again.request.headers, headers);
+    // The admin's views show them too: the callback, and its dead letter.
+    let shown = store.callback(again.callback).await.unwrap().unwrap();
+    assert_eq!(shown.request.headers, headers);
+    record(&*store, report(&again, 2, Disposition::Dead)).await;
+    let letter = store.dead_letter(again.id).await.unwrap().unwrap();
+    assert_eq!(letter.request.headers, headers);
+    assert_eq!(letter.request.trace.as_deref(), Some(traceparent));
 }
 
 /// A listen target's callbacks that waited past its backlog become dead letters with the

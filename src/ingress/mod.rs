@@ -90,6 +90,26 @@ impl std::fmt::Debug for Ingress {
 }
 
 impl Ingress {
+    /// The request's body, read once into `Bytes`: bounded by `server.max_body_bytes` (the
+    /// declared length refused before a byte is read) and by the read timeout.
+    async fn read_body(
+        &self,
+        headers: &http::HeaderMap,
+        incoming: Incoming,
+    ) -> Result<Bytes, Rejection> {
+        let declared = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let body = body::read(
+            incoming,
+            declared,
+            self.settings.max_body_bytes,
+            self.settings.body_read_timeout_ms.duration(),
+        )
+        .await?;
+        Ok(body)
+    }
     pub fn new(
         shared: Arc<Shared>,
         settings: ServerConfig,
@@ -227,18 +247,7 @@ impl Ingress {
     ) -> Result<Response<Full<Bytes>>, Rejection> {
         let (parts, body) = request.into_parts();
         let content_type = replayable_content_type(&parts.headers)?;
-        let declared = parts
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
-        let body = body::read(
-            body,
-            declared,
-            self.settings.max_body_bytes,
-            self.settings.body_read_timeout_ms.duration(),
-        )
-        .await?;
+        let body = self.read_body(&parts.headers, body).await?;
         let raw_query = parts.uri.query().unwrap_or("");
         let query = CallbackQuery::parse(raw_query)?;
         let opened = open_callback(&account.credentials, &query, &body)?;

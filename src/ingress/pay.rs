@@ -14,14 +14,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, HeaderMap};
+use http::header::HeaderMap;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use serde::Serialize;
 
 use super::rejection::Rejection;
-use super::{Ingress, Verified, body, check_freshness, replayable_content_type};
+use super::{Ingress, Verified, check_freshness, replayable_content_type};
 use crate::routing::{Account, PayAccount};
 use crate::store::Replay;
 use crate::wechat::pay_dedupe_key;
@@ -75,18 +75,7 @@ impl Ingress {
         };
         // Refused before the body is read: no key, no signature, nothing to check it with.
         check_headers(&pay.keys, &headers)?;
-        let declared = parts
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
-        let body = body::read(
-            incoming,
-            declared,
-            self.settings.max_body_bytes,
-            self.settings.body_read_timeout_ms.duration(),
-        )
-        .await?;
+        let body = self.read_body(&parts.headers, incoming).await?;
         let timestamp = verify_notification(&pay.keys, &headers, &body)?;
         check_freshness(Some(timestamp), pay.max_skew_secs)?;
         let notification = Notification::parse(&body)?;

@@ -105,6 +105,25 @@ pub enum KeyError {
     Certificate(String),
     #[error("not an RSA key")]
     NotRsa,
+    #[error("an RSA key of {0} bits: WeChat Pay signs with RSA-2048 or longer")]
+    TooShort(usize),
+}
+
+/// The size in bits of the modulus of an `RSAPublicKey` (DER); `None` if it is not one.
+fn modulus_bits(der: &[u8]) -> Option<usize> {
+    use x509_cert::der::asn1::UintRef;
+    use x509_cert::der::{Decode as _, Reader as _, SliceReader};
+    let mut reader = SliceReader::new(der).ok()?;
+    let modulus = reader
+        .sequence(|inner| {
+            let modulus = UintRef::decode(inner)?;
+            let _exponent = UintRef::decode(inner)?;
+            Ok(modulus)
+        })
+        .ok()?;
+    let bytes = modulus.as_bytes();
+    let first = *bytes.first()?;
+    Some(bytes.len() * 8 - first.leading_zeros() as usize)
 }
 
 /// One of WeChat Pay's RSA public keys, as `RSAPublicKey` DER (what ring verifies with).
@@ -132,9 +151,13 @@ impl PayKey {
         if spki.algorithm.oid != RSA_ENCRYPTION {
             return Err(KeyError::NotRsa);
         }
-        Ok(PayKey {
-            der: spki.subject_public_key.raw_bytes().to_vec(),
-        })
+        let der = spki.subject_public_key.raw_bytes().to_vec();
+        match modulus_bits(&der) {
+            None => Err(KeyError::NotRsa),
+            // Refused at load, not at the first notification it could never verify.
+            Some(bits) if bits < 2048 => Err(KeyError::TooShort(bits)),
+            Some(_) => Ok(PayKey { der }),
+        }
     }
 
     /// Whether `signature` is this key's SHA256withRSA signature of `message`.
@@ -441,6 +464,17 @@ pub fn event_type_matches(pattern: &str, event_type: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_shorter_than_rsa_2048_are_refused_and_their_size_said() {
+        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/wechatpay/");
+        let read = |name: &str| std::fs::read(format!("{fixtures}{name}")).unwrap_or_default();
+        let short = PayKey::from_public_key_pem(&read("short_public_key.pem"));
+        assert_eq!(short, Err(KeyError::TooShort(1024)));
+        assert!(PayKey::from_public_key_pem(&read("public_key.pem")).is_ok());
+        let (_, certified) = certificate_from_pem(&read("platform_certificate.pem")).unwrap();
+        assert_eq!(modulus_bits(&certified.der), Some(2048));
+    }
 
     #[test]
     fn the_signed_message_has_three_lines_each_ended() {

@@ -81,6 +81,7 @@ fn detail(
     let received_at_ms = number(next())?;
     let (msg_type, event) = (next().map(text), next().map(text));
     let (query, content_type, body, authorizer, version) = (next(), next(), next(), next(), next());
+    let (trace, headers) = (next(), next());
     let (answer, answer_type) = (next(), next().map(text));
     let mut detail = CallbackDetail {
         id,
@@ -88,7 +89,7 @@ fn detail(
         received_at_ms,
         msg_type,
         event,
-        request: shape(query, content_type, body, authorizer, version),
+        request: shape(query, content_type, body, authorizer, version).traced(trace, headers),
         answer: answer.map(|body| Answer {
             content_type: answer_type,
             body: body.into(),

@@ -121,6 +121,8 @@ impl RedisStore {
             body,
             authorizer,
             version,
+            trace,
+            headers,
             attempts @ ..,
         ] = rest
         else {
@@ -141,7 +143,8 @@ impl RedisStore {
                 body.clone(),
                 authorizer.clone(),
                 version.clone(),
-            ),
+            )
+            .traced(trace.clone(), headers.clone()),
             attempts: records,
         }))
     }

@@ -827,7 +827,7 @@ impl From<RedisError> for StoreError {
 impl Replay {
     /// With the trace context and the replayed headers of the callback's hash (`trace`,
     /// `headers`), where the script returns them.
-    fn traced(mut self, trace: Option<Vec<u8>>, headers: Option<Vec<u8>>) -> Replay {
+    pub(super) fn traced(mut self, trace: Option<Vec<u8>>, headers: Option<Vec<u8>>) -> Replay {
         self.trace = trace.map(text);
         self.headers = headers.map(|h| read_headers(&text(h))).unwrap_or_default();
         self
