@@ -1141,6 +1141,104 @@ async fn a_paced_targets_starts_are_reserved_one_interval_apart(store: Arc<dyn S
     assert!(near(store.pace(&key("crm"), every).await.unwrap(), 200));
 }
 
+/// A window of arrivals lists the account's callbacks in order, page by page, each with the
+/// targets it was queued for; a backfill queues each of them once for a target it never had,
+/// however often it is asked.
+async fn a_backfill_queues_each_callback_of_a_window_once(store: Arc<dyn Store>) {
+    let mut stored = Vec::new();
+    for (i, targets) in [&[("a", false)][..], &[("a", false), ("b", false)], &[]]
+        .into_iter()
+        .enumerate()
+    {
+        let mut new = callback(&*store, &format!("bf{i}"), targets).await;
+        new.received_at_ms = 10_000 + 1_000 * i64::try_from(i).unwrap();
+        stored.push(new.id);
+        store.accept(new).await.unwrap();
+    }
+    let mut early = callback(&*store, "before", &[]).await;
+    early.received_at_ms = 5_000;
+    store.accept(early).await.unwrap();
+
+    let first = store
+        .arrivals("main", 10_000, 20_000, None, 2)
+        .await
+        .unwrap();
+    let rest = (store.arrivals("main", 10_000, 20_000, first.last().map(|a| a.id), 2))
+        .await
+        .unwrap();
+    let seen: Vec<CallbackId> = first.iter().chain(&rest).map(|a| a.id).collect();
+    assert_eq!(seen, stored, "the window, in arrival order, in two pages");
+    let routed: Vec<Option<Vec<String>>> = first
+        .iter()
+        .chain(&rest)
+        .map(|a| a.routed.clone())
+        .collect();
+    assert_eq!(
+        routed,
+        [
+            Some(vec!["a".to_owned()]),
+            Some(vec!["a".to_owned(), "b".to_owned()]),
+            Some(vec![])
+        ]
+    );
+    assert_eq!(
+        first[0].request.body,
+        Bytes::from("<xml><MsgId>bf0</MsgId></xml>")
+    );
+    assert_eq!(first[0].received_at_ms, 10_000);
+    assert!(
+        store
+            .arrivals("other", 0, 20_000, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let mut ids = store.next_ids(6).await.unwrap().into_iter().map(JobId);
+    let ask = |ids: &mut dyn Iterator<Item = JobId>| {
+        stored
+            .iter()
+            .map(|cb| (*cb, ids.next().unwrap()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(store.backfill(&key("b"), ask(&mut ids)).await.unwrap(), 2);
+    assert_eq!(
+        store.backfill(&key("b"), ask(&mut ids)).await.unwrap(),
+        0,
+        "once"
+    );
+    let mut jobs = store.lease_due(&key("b"), 10).await.unwrap();
+    jobs.sort_by_key(|j| j.callback);
+    let callbacks: Vec<CallbackId> = jobs.iter().map(|j| j.callback).collect();
+    // The second had a job of `b` from its accept: it got no second one.
+    assert_eq!(callbacks, stored);
+    assert_eq!(
+        jobs[2].request.body,
+        Bytes::from("<xml><MsgId>bf2</MsgId></xml>")
+    );
+    let listed = store
+        .arrivals("main", 10_000, 20_000, None, 10)
+        .await
+        .unwrap();
+    assert!(listed.iter().all(|a| {
+        a.routed
+            .as_ref()
+            .is_some_and(|r| r.contains(&"b".to_owned()))
+    }));
+    // Delivered, the callback with no other job is done again, and kept for the retention.
+    for job in &jobs {
+        record(&*store, report(job, 1, Disposition::Delivered)).await;
+    }
+    assert_eq!(
+        store
+            .arrivals("main", 10_000, 20_000, None, 10)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+}
+
 /// The suite for one backend: `mod $backend` with one test per contract function, each on a
 /// fresh store from `$open` (the store and a guard that keeps its files alive).
 macro_rules! contract {
@@ -1174,6 +1272,7 @@ macro_rules! contract {
             #[tokio::test] the_trace_context_comes_back_with_each_lease,
             #[tokio::test] jobs_due_for_too_long_become_dead_letters,
             #[tokio::test] a_paced_targets_starts_are_reserved_one_interval_apart,
+            #[tokio::test] a_backfill_queues_each_callback_of_a_window_once,
         );
     };
     (@suite $backend:ident, $open:expr, $(#[$runtime:meta] $test:ident,)*) => {

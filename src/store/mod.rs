@@ -305,6 +305,18 @@ pub struct CallbackDetail {
     pub jobs: Vec<JobDetail>,
 }
 
+/// A stored callback in a window of arrivals ([`Store::arrivals`]): what a backfill needs to
+/// route it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Arrival {
+    pub id: CallbackId,
+    pub received_at_ms: i64,
+    pub request: Replay,
+    /// The targets it was queued for, at accept or by a backfill; `None` when it was stored by
+    /// a build before shape version 5, which did not say.
+    pub routed: Option<Vec<String>>,
+}
+
 /// One job of a stored callback, in [`CallbackDetail::jobs`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobDetail {
@@ -573,6 +585,32 @@ pub trait Store: Send + Sync + 'static {
         account: Option<&str>,
         limit: usize,
     ) -> Result<Vec<CallbackId>, StoreError>;
+
+    /// A page of the callbacks `account` stored that arrived in `since_ms..until_ms`, in
+    /// arrival order, after callback `after` (the last of the previous page; `None`: from the
+    /// start), at most `limit`. For a backfill: each with its request and the targets it was
+    /// queued for. Callbacks are kept for `store.delivered_retention_secs` after their last
+    /// delivery: an older window finds only those still held (dead letters).
+    async fn arrivals(
+        &self,
+        account: &str,
+        since_ms: i64,
+        until_ms: i64,
+        after: Option<CallbackId>,
+        limit: usize,
+    ) -> Result<Vec<Arrival>, StoreError>;
+
+    /// Queues a new delivery for `key`'s target of each stored callback in `jobs` (callback,
+    /// the new job's id from [`Store::next_ids`]) that was never queued for that target, due
+    /// now; each callback's check and write are one atomic step, so two backfills of one window
+    /// queue each callback once. Callbacks gone (purged), stored by a build that did not record
+    /// their targets, or already queued for the target are skipped. Returns how many were
+    /// queued.
+    async fn backfill(
+        &self,
+        key: &TargetKey,
+        jobs: Vec<(CallbackId, JobId)>,
+    ) -> Result<u64, StoreError>;
 
     /// One dead letter with its request and attempts; `None` if `id` is not a dead letter.
     async fn dead_letter(&self, id: JobId) -> Result<Option<DeadLetterDetail>, StoreError>;

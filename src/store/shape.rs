@@ -37,13 +37,19 @@
 //!   Only WeChat Pay accounts' callbacks have headers, and a build before this one refuses a
 //!   configuration with such an account, so no instance of it has their targets and none of
 //!   them leases their jobs during a rolling deploy: the headers are never dropped on the way.
+//! * **5**: beside the shape, the targets the callback was queued for (`routed`, one name a
+//!   line), written at accept and extended by a backfill, which queues a callback for a target
+//!   only if that target is not listed; on Redis, the account's arrival index (`arrivals`, a
+//!   sorted set by arrival time) too. Builds before ignore both. A callback an instance of the
+//!   build before accepts during a rolling deploy has no `routed` and is not in the index: a
+//!   backfill skips it (and says how many it skipped), it never guesses.
 
 use std::borrow::Cow;
 
 use bytes::Bytes;
 
 /// The version of the shape this build writes (see the module's doc for each version).
-pub const SHAPE_VERSION: u32 = 4;
+pub const SHAPE_VERSION: u32 = 5;
 
 /// Exactly what WeChat sent and every target gets again, with what the proxy learnt about the
 /// callback on arrival: the stored callback's shape.
@@ -145,6 +151,24 @@ impl Stored {
             headers: headers.as_deref().map(read_headers).unwrap_or_default(),
         }
     }
+}
+
+/// The targets of a stored `routed` field (one name a line), as [`routed_field`] writes them.
+pub(crate) fn read_routed(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A `routed` field: the targets' names, one a line (a name has no control characters).
+pub(crate) fn routed_field<'a>(targets: impl IntoIterator<Item = &'a str>) -> String {
+    let mut field = String::new();
+    for target in targets {
+        field.push_str(target);
+        field.push('\n');
+    }
+    field
 }
 
 /// The headers of a stored `headers` field; a line without `: ` (never written) is skipped.

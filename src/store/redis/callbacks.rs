@@ -5,11 +5,18 @@
 //! jobs are looked for by `lua/callback.lua` (right after its id, else among every job its
 //! account holds), and an account's callbacks are read from its dedupe hash, which names every
 //! callback it keeps (`HSCAN`, so Redis is never busy long): O(callbacks the account keeps) per
-//! listing. The console's history is to bring an index of arrivals.
+//! listing. Callbacks stored from shape version 5 on are also in the account's arrival index
+//! (`arrivals`, by time received), which a backfill reads by window ([`RedisStore::arrivals_of`]).
 
 use super::dead_letters::attempt_record;
 use super::{RedisStore, number, shape, text};
-use crate::store::{Answer, CallbackDetail, CallbackId, JobDetail, JobState, StoreError};
+use crate::store::shape::read_routed;
+use crate::store::{
+    Answer, Arrival, CallbackDetail, CallbackId, JobDetail, JobId, JobState, StoreError, TargetKey,
+};
+
+/// Fields per callback in `lua/arrivals.lua`'s reply.
+const ARRIVAL_FIELDS: usize = 10;
 
 /// Fields of the dedupe hash read per `HSCAN` call.
 const SCAN_COUNT: usize = 1000;
@@ -33,6 +40,63 @@ impl RedisStore {
             }
         }
         Ok(None)
+    }
+
+    /// [`crate::store::Store::arrivals`], from the account's arrival index.
+    pub(super) async fn arrivals_of(
+        &self,
+        account: &str,
+        since_ms: i64,
+        until_ms: i64,
+        after: Option<CallbackId>,
+        limit: usize,
+    ) -> Result<Vec<Arrival>, StoreError> {
+        let row: Vec<Option<Vec<u8>>> = self
+            .scripts
+            .arrivals
+            .key(self.base(account))
+            .arg(since_ms)
+            .arg(until_ms)
+            .arg(after.map(|a| a.0.to_string()).unwrap_or_default())
+            .arg(limit)
+            .invoke_async(&mut self.conn())
+            .await?;
+        row.chunks_exact(ARRIVAL_FIELDS)
+            .map(|fields| {
+                let mut fields = fields.iter().cloned();
+                let mut next = move || fields.next().flatten();
+                let id = CallbackId(number(next())?);
+                let received_at_ms = number(next())?;
+                let (query, content_type, body) = (next(), next(), next());
+                let (authorizer, version, trace, headers) = (next(), next(), next(), next());
+                let routed = next().map(|r| read_routed(&text(r)));
+                Ok(Arrival {
+                    id,
+                    received_at_ms,
+                    request: shape(query, content_type, body, authorizer, version)
+                        .traced(trace, headers),
+                    routed,
+                })
+            })
+            .collect()
+    }
+
+    /// [`crate::store::Store::backfill`]: one script for the whole list (one account).
+    pub(super) async fn backfill_jobs(
+        &self,
+        key: &TargetKey,
+        jobs: Vec<(CallbackId, JobId)>,
+    ) -> Result<u64, StoreError> {
+        if jobs.is_empty() {
+            return Ok(0);
+        }
+        let mut invocation = self.scripts.backfill.key(self.base(&key.account));
+        invocation.arg(&*key.target);
+        for (callback, job) in jobs {
+            invocation.arg(callback.0).arg(job.0);
+        }
+        let queued: u64 = invocation.invoke_async(&mut self.conn()).await?;
+        Ok(queued)
     }
 
     pub(super) async fn latest_callbacks(

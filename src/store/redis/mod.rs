@@ -64,9 +64,9 @@ use self::options::Conn;
 use self::scripts::Scripts;
 use super::shape::{Stored, read_headers};
 use super::{
-    Accepted, Answer, AttemptReport, CallbackDetail, CallbackId, DeadLetter, DeadLetterDetail,
-    DeadLetterFilter, Disposition, IdBlocks, Job, JobId, Leased, NewCallback, QueueDepth, Recorded,
-    Replay, Replayed, Store, StoreError, TargetKey, new_lease_token,
+    Accepted, Answer, Arrival, AttemptReport, CallbackDetail, CallbackId, DeadLetter,
+    DeadLetterDetail, DeadLetterFilter, Disposition, IdBlocks, Job, JobId, Leased, NewCallback,
+    QueueDepth, Recorded, Replay, Replayed, Store, StoreError, TargetKey, new_lease_token,
 };
 use crate::config::redact_url;
 
@@ -762,6 +762,26 @@ impl Store for RedisStore {
         limit: usize,
     ) -> Result<Vec<CallbackId>, StoreError> {
         self.latest_callbacks(account, limit).await
+    }
+
+    async fn arrivals(
+        &self,
+        account: &str,
+        since_ms: i64,
+        until_ms: i64,
+        after: Option<CallbackId>,
+        limit: usize,
+    ) -> Result<Vec<Arrival>, StoreError> {
+        self.arrivals_of(account, since_ms, until_ms, after, limit)
+            .await
+    }
+
+    async fn backfill(
+        &self,
+        key: &TargetKey,
+        jobs: Vec<(CallbackId, JobId)>,
+    ) -> Result<u64, StoreError> {
+        self.backfill_jobs(key, jobs).await
     }
 
     async fn dead_letter(&self, id: JobId) -> Result<Option<DeadLetterDetail>, StoreError> {

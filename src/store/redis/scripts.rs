@@ -45,6 +45,10 @@ pub(super) struct Scripts {
     pub(super) callback: Script,
     /// Reserves a paced target's next delivery start.
     pub(super) pace: Script,
+    /// A page of an account's callbacks by arrival, for a backfill.
+    pub(super) arrivals: Script,
+    /// Queues stored callbacks for a target not yet queued for.
+    pub(super) backfill: Script,
 }
 
 impl Scripts {
@@ -68,6 +72,8 @@ impl Scripts {
             depths: script(include_str!("lua/depths.lua")),
             callback: script(include_str!("lua/callback.lua")),
             pace: script(include_str!("lua/pace.lua")),
+            arrivals: script(include_str!("lua/arrivals.lua")),
+            backfill: script(include_str!("lua/backfill.lua")),
         }
     }
 }

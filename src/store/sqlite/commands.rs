@@ -15,6 +15,7 @@ use super::schema::{DEAD, IN_FLIGHT, PENDING};
 use super::writer::Writer;
 use super::{DEAD_LETTER_MATCH, SHAPE_COLUMNS, matching, shape_at};
 use crate::clock::now_ms;
+use crate::store::shape::{read_routed, routed_field};
 use crate::store::{
     Accepted, Answer, AttemptReport, CallbackId, DeadLetterFilter, Disposition, Job, JobId,
     LEGACY_KEY_WINDOW, LeaseToken, Leased, NewCallback, Recorded, Replayed, SHAPE_VERSION,
@@ -73,8 +74,8 @@ impl Writer {
         let inserted = self
             .conn
             .prepare_cached(
-                "INSERT INTO callbacks (id, account, dedupe_key, received_at, msg_type, event, query, content_type, body, answer_due, shape_version, authorizer, trace, headers)
-                 VALUES (?9, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10, ?11, ?12, ?13, ?14)
+                "INSERT INTO callbacks (id, account, dedupe_key, received_at, msg_type, event, query, content_type, body, answer_due, shape_version, authorizer, trace, headers, routed)
+                 VALUES (?9, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10, ?11, ?12, ?13, ?14, ?15)
                  ON CONFLICT (account, dedupe_key) DO NOTHING",
             )?
             .execute(params![
@@ -94,6 +95,7 @@ impl Writer {
                     request.authorizer,
                     request.trace,
                     request.stored_headers(),
+                    routed_field(callback.jobs.iter().map(|job| &*job.target)),
             ])?
             == 1;
         let new = || Accepted::New {
@@ -452,6 +454,44 @@ impl Writer {
             attempts.execute(params![id])?;
         }
         Ok(ids.len() as u64)
+    }
+
+    /// [`crate::store::Store::backfill`]: each callback queued for `key`'s target unless it is
+    /// listed in its `routed` already (or has none: stored before builds said).
+    pub(super) fn backfill(
+        &mut self,
+        key: &TargetKey,
+        jobs: &[(CallbackId, JobId)],
+        now: i64,
+    ) -> Result<u64, StoreError> {
+        let mut queued = 0;
+        for (callback, job) in jobs {
+            let routed: Option<Option<String>> = self
+                .conn
+                .prepare_cached("SELECT routed FROM callbacks WHERE id = ?1 AND account = ?2")?
+                .query_row(params![callback, &*key.account], |row| row.get(0))
+                .optional()?;
+            let Some(Some(routed)) = routed else { continue };
+            let mut targets = read_routed(&routed);
+            if targets.iter().any(|t| **t == *key.target) {
+                continue;
+            }
+            targets.push(key.target.to_string());
+            self.conn
+                .prepare_cached("UPDATE callbacks SET routed = ?2 WHERE id = ?1")?
+                .execute(params![
+                    callback,
+                    routed_field(targets.iter().map(String::as_str))
+                ])?;
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO jobs (id, callback_id, account, target, state, attempts, next_at, updated_at, lease)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?6, 0)",
+                )?
+                .execute(params![job, callback, &*key.account, &*key.target, PENDING, now])?;
+            queued += 1;
+        }
+        Ok(queued)
     }
 
     pub(super) fn purge(&mut self, before: i64) -> Result<u64, StoreError> {

@@ -35,12 +35,12 @@ use tokio::sync::{mpsc, oneshot};
 use self::schema::{DEAD, IN_FLIGHT, PENDING};
 pub use self::writer::Readiness;
 use self::writer::{Command, Reply, WRITER_CHECKPOINT_PAGES};
-use super::shape::Stored;
+use super::shape::{Stored, read_routed};
 use super::{
-    Accepted, Answer, AttemptReport, CallbackDetail, CallbackId, DeadLetter, DeadLetterDetail,
-    DeadLetterFilter, FailedAttempt, IdBlocks, Job, JobDetail, JobId, JobState, Leased, LocalPace,
-    NewCallback, QueueDepth, Recorded, Replay, Replayed, Store, StoreError, TargetKey,
-    new_lease_token,
+    Accepted, Answer, Arrival, AttemptReport, CallbackDetail, CallbackId, DeadLetter,
+    DeadLetterDetail, DeadLetterFilter, FailedAttempt, IdBlocks, Job, JobDetail, JobId, JobState,
+    Leased, LocalPace, NewCallback, QueueDepth, Recorded, Replay, Replayed, Store, StoreError,
+    TargetKey, new_lease_token,
 };
 use crate::clock::now_ms;
 use crate::config::Synchronous;
@@ -493,6 +493,51 @@ impl Store for SqliteStore {
                 .collect::<Result<Vec<_>, _>>()?)
         })
         .await
+    }
+
+    async fn arrivals(
+        &self,
+        account: &str,
+        since_ms: i64,
+        until_ms: i64,
+        after: Option<CallbackId>,
+        limit: usize,
+    ) -> Result<Vec<Arrival>, StoreError> {
+        let account = account.to_owned();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // One process makes the ids in arrival order: a walk of the primary key from `after`
+        // (no index on arrival to keep up on every accept; a backfill reads the window once).
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(&format!(
+                    "SELECT c.id, c.received_at, c.routed, {SHAPE_COLUMNS} FROM callbacks c
+                     WHERE c.id > ?1 AND c.account = ?2 AND c.received_at >= ?3 AND c.received_at < ?4
+                     ORDER BY c.id LIMIT ?5"
+                ))?
+                .query_map(
+                    params![after.map_or(0, |a| a.0), account, since_ms, until_ms, limit],
+                    |row| {
+                        Ok(Arrival {
+                            id: row.get(0)?,
+                            received_at_ms: row.get(1)?,
+                            routed: row.get::<_, Option<String>>(2)?.as_deref().map(read_routed),
+                            request: shape_at(row, 3)?,
+                        })
+                    },
+                )?
+                .collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn backfill(
+        &self,
+        key: &TargetKey,
+        jobs: Vec<(CallbackId, JobId)>,
+    ) -> Result<u64, StoreError> {
+        let key = key.clone();
+        self.call(move |r| Command::Backfill(key, jobs, now_ms(), r))
+            .await
     }
 
     async fn dead_letter(&self, id: JobId) -> Result<Option<DeadLetterDetail>, StoreError> {

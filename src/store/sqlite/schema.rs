@@ -79,6 +79,9 @@ const MIGRATIONS: &[(&str, &str, &str)] = &[
     ("callbacks", "trace", "TEXT"),
     // Request headers replayed as received (WeChat Pay's), shape version 4 on.
     ("callbacks", "headers", "TEXT"),
+    // The targets the callback was queued for, one a line (shape version 5 on): a backfill
+    // queues it for a target not listed, once.
+    ("callbacks", "routed", "TEXT"),
 ];
 
 /// Creates the tables a file lacks, and adds the columns of [`MIGRATIONS`] that a file made by

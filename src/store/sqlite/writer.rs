@@ -72,6 +72,8 @@ pub(super) enum Command {
     BuryUnrouted(Vec<TargetKey>, String, i64, Reply<Vec<(TargetKey, u64)>>),
     /// A target's pending jobs due since before the first time: dead, with the reason.
     BuryWaiting(TargetKey, i64, String, i64, Reply<u64>),
+    /// Queues each callback for the target unless it was already: how many were.
+    Backfill(TargetKey, Vec<(CallbackId, JobId)>, i64, Reply<u64>),
     Purge(i64, Reply<u64>),
     ReplayDead(
         Option<JobId>,
@@ -520,6 +522,7 @@ impl Writer {
             Command::ReturnIds(_, _, r) => Done::Unit(r, Err(error.clone())),
             Command::BuryUnrouted(_, _, _, r) => Done::Buried(r, Err(error.clone())),
             Command::BuryWaiting(_, _, _, _, r) => Done::Count(r, Err(error.clone())),
+            Command::Backfill(_, _, _, r) => Done::Count(r, Err(error.clone())),
         }
     }
 
@@ -546,6 +549,7 @@ impl Writer {
             Command::BuryWaiting(key, before, reason, now, r) => {
                 Done::Count(r, self.bury_waiting(&key, before, &reason, now))
             }
+            Command::Backfill(key, jobs, now, r) => Done::Count(r, self.backfill(&key, &jobs, now)),
             // Nothing to do but to be in the transaction: its answer waits for the commit.
             Command::Flush(r) => Done::Unit(r, Ok(())),
             Command::Keep(name, value, r) => Done::Unit(r, self.keep(&name, &value)),

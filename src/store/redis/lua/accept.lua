@@ -7,7 +7,8 @@
 -- The callback's hash holds its shape (`store::shape`): the version `v` this build writes,
 -- the query (still tagged with the authorizer, for instances of the build before), the
 -- content type, the body, and the authorizer, the trace context and the replayed headers in
--- fields of their own.
+-- fields of their own; beside it, the targets it was queued for (`routed`, one a line). The
+-- account's arrival index (`arrivals`: id by time received) gets it too.
 --
 -- The legacy key (the build before's key for this callback): a callback that build
 -- stored under it (its `dedupe` field is that key) within the window is this one's
@@ -66,7 +67,11 @@ local function accept(o, n)
   if string.sub(present, 5, 5) == '1' then table.insert(fields, 'trace'); table.insert(fields, ARGV[o + 14]) end
   if string.sub(present, 6, 6) == '1' then table.insert(fields, 'headers'); table.insert(fields, ARGV[o + 15]) end
   if ARGV[o + 9] ~= '' then table.insert(fields, 'answer_due'); table.insert(fields, now() + tonumber(ARGV[o + 9])) end
+  local routed = {}
+  for i = 0, n - 1 do table.insert(routed, ARGV[o + 17 + 3 * i] .. '\n') end
+  table.insert(fields, 'routed'); table.insert(fields, table.concat(routed))
   redis.call('HSET', cb, unpack(fields))
+  redis.call('ZADD', K .. ':arrivals', received, id)
   for i = 0, n - 1 do
     local job, target, token = ARGV[o + 16 + 3 * i], ARGV[o + 17 + 3 * i], ARGV[o + 18 + 3 * i]
     local state = 'f'

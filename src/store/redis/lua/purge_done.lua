@@ -10,5 +10,6 @@ for _, cb in ipairs(ids) do
   end
   redis.call('DEL', key)
   redis.call('ZREM', K .. ':done', cb)
+  redis.call('ZREM', K .. ':arrivals', cb)
 end
 return #ids
