@@ -240,7 +240,30 @@ async function loadTargets() {
     el('td', {}, `${t.recent.delivered_1m} / ${t.recent.delivered_5m}`),
     el('td', {}, `${t.recent.failed_1m} / ${t.recent.failed_5m}`),
     el('td', { class: t.breaker === 'open' ? 'breaker-open' : '' }, t.breaker === 'open' ? `open (${Math.ceil(t.breaker_open_ms / 1000)} s)` : 'closed'),
-    el('td', { class: 'mono' }, t.recent.last_error ? `${time(t.recent.last_error_at_ms)} ${t.recent.last_error}` : '-'))));
+    el('td', { class: 'mono' }, t.recent.last_error ? `${time(t.recent.last_error_at_ms)} ${t.recent.last_error}` : '-'),
+    el('td', {}, el('button', { type: 'button', class: 'backfill', onclick: () => backfill(t.account, t.target) }, 'Backfill')))));
+}
+
+// `30m`, `6h`, `2d`, `90s` → milliseconds, or null.
+function ago(text) {
+  const m = /^\s*(\d+)\s*(s|m|h|d)\s*$/.exec(text);
+  return m ? Number(m[1]) * { s: 1e3, m: 6e4, h: 36e5, d: 864e5 }[m[2]] : null;
+}
+
+function backfill(account, target) {
+  const result = $('#backfill-result');
+  const span = ago($('#backfill-since').value);
+  const say = (text) => { result.textContent = text; result.hidden = false; };
+  if (span == null) { say('Backfill since: a time ago, like 30m, 6h or 2d.'); return; }
+  confirmThen(`Queue for ${account}/${target} the callbacks of the last ${$('#backfill-since').value.trim()} it never had?`, async () => {
+    const path = `/targets/${encodeURIComponent(account)}/${encodeURIComponent(target)}/backfill?since_ms=${Date.now() - span}`;
+    try {
+      const r = await api('POST', path);
+      say(`Backfill of ${account}/${target}: queued ${r.queued}; skipped ${r.already} already queued, ${r.filtered} not for it by its filters` +
+        (r.unknown ? `, ${r.unknown} stored by an older build` : '') + (r.unreadable ? `, ${r.unreadable} unreadable with the account's key` : '') + '.');
+    } catch (e) { say(`Backfill failed: ${e.message}`); }
+    loadTargets();
+  });
 }
 
 // ---- dead letters view ---------------------------------------------------------------------

@@ -153,6 +153,7 @@ pub async fn run_with(
                     &instance_name,
                 )?,
                 hosts: admin::Hosts::new(&config.admin.hosts),
+                retention: Duration::from_secs(config.store.delivered_retention_secs),
             });
             Some(tokio::spawn(admin::serve(
                 listener,

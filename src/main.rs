@@ -120,16 +120,27 @@ async fn execute(cli: Cli, config: Config, routes: Option<Routes>) -> anyhow::Re
         }
         (Command::DeadLetters(command), _) => {
             let base = admin_client::base_url(&config, cli.admin_url.as_deref());
-            let token = match cli.admin_token {
-                Some(token) => Some(token),
-                None => config.admin.token()?,
-            };
+            let token = admin_token(cli.admin_token, &config)?;
             admin_client::dead_letters(&base, token.as_deref(), &command, &config, &mut out).await
+        }
+        (Command::Backfill(args), _) => {
+            let base = admin_client::base_url(&config, cli.admin_url.as_deref());
+            let token = admin_token(cli.admin_token, &config)?;
+            admin_client::backfill(&base, token.as_deref(), &args, &mut out).await
         }
         (Command::Simulate(args), _) => simulate::run(&config, &args, &mut out).await,
         (Command::Probe(args), _) => probe::run(&config, &args, &mut out).await,
         (Command::Listen(args), _) => listen::run(&args, &mut out).await,
     }
+}
+
+/// The admin token a client command presents: `--admin-token` (or its variable), else the
+/// configuration's `admin.token`.
+fn admin_token(given: Option<String>, config: &Config) -> anyhow::Result<Option<String>> {
+    Ok(match given {
+        Some(token) => Some(token),
+        None => config.admin.token()?,
+    })
 }
 
 async fn serve(

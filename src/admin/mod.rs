@@ -15,6 +15,8 @@
 //!   callback with the jobs it still holds ([`callbacks`]).
 //! - `POST /targets/probe?account=&target=`: the URL-verification GET sent to each target now
 //!   (see [`crate::cmd::probe`]); 200 with each target's result, `"ok"` only if all echoed.
+//! - `POST /targets/{account}/{target}/backfill?since_ms=&until_ms=`: the stored callbacks of a
+//!   window queued for that target alone, each once ([`backfill`]).
 //! - `GET /shadow/differences`: shadow targets' recent answers that differed from the owner's.
 //!
 //! - The live console in the browser and its event stream: see [`crate::admin::console`], which also
@@ -27,6 +29,7 @@
 //!
 //! It never listens on the WeChat port.
 
+mod backfill;
 mod callbacks;
 pub mod console;
 mod dead_letters;
@@ -73,6 +76,8 @@ pub struct Admin {
     pub shadows: Arc<ShadowLog>,
     /// The host names requests may name (`admin.hosts`).
     pub hosts: Hosts,
+    /// `store.delivered_retention_secs`: how far back a backfill reaches.
+    pub retention: Duration,
 }
 
 impl std::fmt::Debug for Admin {
@@ -180,6 +185,9 @@ impl Admin {
             (Method::GET, ["callbacks"]) => self.callbacks(query).await,
             (Method::GET, ["callbacks", id]) => self.callback(id).await,
             (Method::POST, ["targets", "probe"]) => self.probe(query).await,
+            (Method::POST, ["targets", account, target, "backfill"]) => {
+                self.backfill(account, target, query).await
+            }
             (Method::GET, ["shadow", "differences"]) => Ok(json(
                 StatusCode::OK,
                 &serde_json::json!({ "differences": self.shadows.differences() }),

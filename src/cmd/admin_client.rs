@@ -1,4 +1,4 @@
-//! The CLI side of the admin API: `healthcheck` and `dead-letters`.
+//! The CLI side of the admin API: `healthcheck`, `dead-letters` and `backfill`.
 //!
 //! The CLI never opens the store itself: the running proxy owns it, and going through its API
 //! keeps one writer, wakes the right workers on replay, and works with any store backend.
@@ -83,6 +83,23 @@ pub struct FilterArgs {
     pub until: Option<i64>,
 }
 
+#[derive(Debug, Args)]
+pub struct BackfillArgs {
+    /// The account (its `id` in the configuration).
+    #[arg(long)]
+    pub account: String,
+    /// The target (its `name`) to fill; no other target gets anything.
+    #[arg(long)]
+    pub target: String,
+    /// From WHEN: a time ago (`90s`, `30m`, `6h`, `2d`) or an RFC 3339 time
+    /// (`2026-12-07T08:00:00Z`). At most `store.delivered_retention_secs` ago.
+    #[arg(long, value_name = "WHEN", value_parser = parse_when)]
+    pub since: i64,
+    /// Until WHEN (same forms; default now).
+    #[arg(long, value_name = "WHEN", value_parser = parse_when)]
+    pub until: Option<i64>,
+}
+
 /// `--since`/`--until`: a time ago or an RFC 3339 time, as Unix milliseconds.
 fn parse_when(text: &str) -> Result<i64, String> {
     let at = match humantime::parse_rfc3339_weak(text) {
@@ -107,6 +124,7 @@ fn parse_when(text: &str) -> Result<i64, String> {
 }
 
 const TIMEOUT: Duration = Duration::from_secs(5);
+const BACKFILL_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// `http://host:port` of the admin API: an unspecified listen address means this machine.
 pub fn base_url(config: &Config, explicit: Option<&str>) -> String {
@@ -230,6 +248,59 @@ pub async fn dead_letters(
             };
             let result = call(request).await?;
             writeln!(out, "purged {}", result["purged"])?;
+        }
+    }
+    Ok(true)
+}
+
+/// Queues for one target, through the admin API at `base`, the stored callbacks of a window
+/// it never had; prints how many.
+pub async fn backfill(
+    base: &str,
+    token: Option<&str>,
+    args: &BackfillArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<bool> {
+    let segment = |name: &str| {
+        percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    let url = format!(
+        "{base}/targets/{}/{}/backfill",
+        segment(&args.account),
+        segment(&args.target)
+    );
+    let mut query = vec![("since_ms", args.since.to_string())];
+    if let Some(until) = args.until {
+        query.push(("until_ms", until.to_string()));
+    }
+    // A long window is read page by page from the store: more than the usual few seconds.
+    let request = client(token)?
+        .post(url)
+        .query(&query)
+        .timeout(BACKFILL_TIMEOUT);
+    let done = call(request).await?;
+    let count = |key: &str| done[key].as_u64().unwrap_or(0);
+    writeln!(
+        out,
+        "queued {} for {}/{}",
+        count("queued"),
+        args.account,
+        args.target
+    )?;
+    for (key, what) in [
+        ("already", "already queued for it"),
+        ("filtered", "not for it by its filters"),
+        (
+            "unknown",
+            "stored by an older build that did not record their targets",
+        ),
+        (
+            "unreadable",
+            "no longer readable with the account's token or key",
+        ),
+    ] {
+        if count(key) > 0 {
+            writeln!(out, "skipped {} {what}", count(key))?;
         }
     }
     Ok(true)

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::telemetry::LogFormat;
-use admin_client::{DeadLettersCommand, HealthcheckArgs};
+use admin_client::{BackfillArgs, DeadLettersCommand, HealthcheckArgs};
 use probe::ProbeArgs;
 use simulate::SimulateArgs;
 
@@ -111,6 +111,10 @@ pub enum Command {
     /// List, show, replay or purge dead letters through the running proxy's admin API.
     #[command(subcommand)]
     DeadLetters(DeadLettersCommand),
+    /// Queue for one target, through the running proxy's admin API, the stored callbacks of a
+    /// past window that its filters take and it never had (a target added today); prints how
+    /// many. Nothing is sent to any other target, and a second run queues nothing twice.
+    Backfill(BackfillArgs),
     /// Send a realistic, signed (and encrypted) callback for an account, as WeChat would.
     Simulate(Box<SimulateArgs>),
     /// Receive a listen target's callbacks here (a laptop, an agent) over a WebSocket to the

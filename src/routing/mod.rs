@@ -28,10 +28,12 @@ use crate::outbound::wechat_api::ApiAccount;
 use crate::privacy::UserIds;
 use crate::routing::replies::Owners;
 use crate::routing::retry::Breaker;
-use crate::store::{Job, TargetKey};
+use crate::store::{Job, Replay, TargetKey};
 
 use crate::wechat::{ApiV3Key, PayKeys, event_type_matches};
-use crate::wechat::{Credentials, Envelope, Resign};
+use crate::wechat::{
+    CallbackQuery, Credentials, Envelope, Notification, Resign, open_callback, out_trade_no,
+};
 
 /// Jobs that can wait in a target's handoff, per request it may have in flight. Past that,
 /// ingress stores new jobs as pending and the worker leases them when it catches up.
@@ -207,6 +209,30 @@ impl Account {
             envelope.from_user_name.as_deref(),
         )?];
         owner.accepts(envelope, authorizer).then_some(owner)
+    }
+
+    /// Whether `target` would get a stored callback (`request`) if it arrived now, by the same
+    /// filters as at accept: the request opened again with the account's credentials (its
+    /// signature checked, its body decrypted; not its age). `None` when it cannot be opened
+    /// (the account's token or key changed since).
+    pub fn would_route(&self, target: &Target, request: &Replay) -> Option<bool> {
+        let envelope = match &self.pay {
+            Some(pay) => {
+                let notification = Notification::parse(&request.body).ok()?;
+                let order = match &pay.apiv3_key {
+                    Some(key) => out_trade_no(&key.decrypt(&notification.resource).ok()?),
+                    None => None,
+                };
+                notification.envelope(order)
+            }
+            None => {
+                let query = CallbackQuery::parse(&request.query).ok()?;
+                open_callback(&self.credentials, &query, &request.body)
+                    .ok()?
+                    .envelope
+            }
+        };
+        Some(target.accepts(&envelope, request.authorizer.as_deref()))
     }
 
     /// The targets that shadow `target` (`shadow_of`).

@@ -170,6 +170,23 @@ async fn a_failing_target_goes_retrying_then_dead_and_its_replay_turns_delivered
         .instance_name();
     assert_eq!(cells[2], format!("instance {name}"), "{cells}");
     browser.screenshot("targets").await;
+    // Issue 29: a target's Backfill button, confirmed, queues what it never had: the audit
+    // target had the callback, so nothing (the SIGHUP case is in operate::backfill).
+    browser
+        .click("#targets-table tr[data-target=audit] button.backfill")
+        .await;
+    browser.click("#confirm-yes").await;
+    let said = browser
+        .wait_for(
+            "the backfill's result",
+            "const p = document.querySelector('#backfill-result'); return !p.hidden && p.textContent;",
+        )
+        .await;
+    assert_eq!(
+        said.as_str().unwrap_or_default(),
+        "Backfill of main/audit: queued 0; skipped 1 already queued, 0 not for it by its filters.",
+        "{said}"
+    );
 
     browser.click("#tabs button[data-view=dead]").await;
     browser

@@ -16,6 +16,7 @@ pub(crate) use crate::support::binary::admin_url;
 use crate::support::binary::{Ran, run_async};
 use crate::support::{FAST, JobRow, StoreView, client, eventually_async, free_addr, jobs};
 
+mod backfill;
 mod callbacks;
 mod dead_letters;
 mod health;
