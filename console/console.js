@@ -1,9 +1,10 @@
 // wechat-fanout console: plain JavaScript, no build step, no external requests.
 // Reads the admin API and the event stream (/console/events) of the server that served it.
+// Its words come from i18n.js (t), a message's fields from message.js (messageView).
 'use strict';
 
 const $ = (selector) => document.querySelector(selector);
-const state = { csrf: '', showContent: false, stream: null, rows: new Map(), early: new Map(), view: 'live', letter: null, timer: null };
+const state = { status: 'stream.connecting', statusClass: '', csrf: '', showContent: false, stream: null, rows: new Map(), early: new Map(), view: 'live', letter: null, timer: null };
 const MAX_ROWS = 500;
 
 function el(tag, attrs, ...children) {
@@ -17,13 +18,13 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
-const time = (ms) => ms ? new Date(ms).toLocaleTimeString([], { hour12: false }) : '-';
-const dateTime = (ms) => ms ? new Date(ms).toLocaleString([], { hour12: false }) : '-';
+const time = (ms) => ms ? new Date(ms).toLocaleTimeString(i18n.lang, { hour12: false }) : '-';
+const dateTime = (ms) => ms ? new Date(ms).toLocaleString(i18n.lang, { hour12: false }) : '-';
 const kind = (type, event) => [type, event].filter(Boolean).join(' / ') || '-';
 
 async function api(method, path) {
   const response = await fetch(path, { method, credentials: 'same-origin', headers: { 'X-Console-Csrf': state.csrf } });
-  if (response.status === 401) { showLogin('Your session ended: sign in again.'); throw new Error('401'); }
+  if (response.status === 401) { showLogin(t('login.ended')); throw new Error('401'); }
   const body = await response.json().catch(() => ({}));
   if (!response.ok) throw new Error(body.error || response.statusText);
   return body;
@@ -33,13 +34,14 @@ async function api(method, path) {
 
 async function start() {
   const response = await fetch('/console/session', { credentials: 'same-origin' }).catch(() => null);
-  if (!response) { setStatus('offline', 'down'); setTimeout(start, 2000); return; }
+  if (!response) { setStatus('stream.offline', 'down'); setTimeout(start, 2000); return; }
   if (response.status === 401) { showLogin(''); return; }
   const info = await response.json();
   state.csrf = info.csrf;
   state.showContent = info.show_content;
   $('#logout').hidden = !info.login_required;
-  $('#instance').textContent = `instance ${info.instance_name}`;
+  state.instanceName = info.instance_name;
+  $('#instance').textContent = t('instance', { name: info.instance_name });
   $('#instance').hidden = false;
   document.querySelectorAll('.content-col').forEach((c) => { c.hidden = !state.showContent; });
   $('#login').hidden = true;
@@ -72,12 +74,12 @@ $('#login-form').addEventListener('submit', async (event) => {
   }).catch(() => null);
   $('#token').value = '';
   if (response && response.ok) { start(); return; }
-  $('#login-error').textContent = response ? `Wrong token (${response.status})` : 'The server does not answer';
+  $('#login-error').textContent = response ? t('login.wrong', { status: response.status }) : t('login.down');
 });
 
 $('#logout').addEventListener('click', async () => {
   await fetch('/console/logout', { method: 'POST', credentials: 'same-origin' });
-  showLogin('Signed out.');
+  showLogin(t('login.out'));
 });
 
 // ---- views ---------------------------------------------------------------------------------
@@ -92,9 +94,12 @@ function show(view) {
 }
 for (const button of document.querySelectorAll('#tabs button')) button.addEventListener('click', () => show(button.dataset.view));
 
-function setStatus(text, cls) {
+// The stream's state in the header, by its key in i18n.js.
+function setStatus(key, cls) {
+  state.status = key;
+  state.statusClass = cls;
   const status = $('#stream-status');
-  status.textContent = text;
+  status.textContent = t(key);
   status.className = `status ${cls || ''}`;
 }
 
@@ -104,9 +109,9 @@ function connect() {
   if (state.stream) state.stream.close();
   const stream = new EventSource('/console/events');
   state.stream = stream;
-  stream.onopen = () => setStatus('live', 'live');
+  stream.onopen = () => setStatus('stream.live', 'live');
   stream.onerror = () => {
-    setStatus('reconnecting…', 'down');
+    setStatus('stream.reconnecting', 'down');
     // The browser retries by itself; a refused stream (401) is closed for good: check the session.
     if (stream.readyState === EventSource.CLOSED) { state.stream = null; setTimeout(start, 2000); }
   };
@@ -120,26 +125,30 @@ function connect() {
 function handle(event) {
   switch (event.kind) {
     case 'callback': addCallback(event); break;
-    case 'answered': { const row = state.rows.get(event.callback); if (row) row.answer.textContent = event.answer; break; }
-    case 'duplicate': addRow(event, 'duplicate', 'resent copy', []); break;
-    case 'rejected': addRow(event, 'rejected', `rejected: ${event.reason}`, []); break;
+    case 'answered': { const row = state.rows.get(event.callback); if (row) setAnswer(row, event.answer); break; }
+    case 'duplicate': addRow(event, 'duplicate', ['answer.duplicate'], []); break;
+    case 'rejected': addRow(event, 'rejected', ['answer.rejected', { reason: event.reason }], []); break;
     case 'attempt': setJob(event.job, attemptState(event), event); break;
     case 'replayed': if (event.job != null) setJob(event.job, 'pending', { note: 'replayed' }); break;
     case 'dropped': {
-      const notice = $('#dropped');
       state.dropped = (state.dropped || 0) + event.count;
-      notice.textContent = `${state.dropped} events dropped: this page could not keep up. Rows may be missing; the targets and dead letters views are complete.`;
-      notice.hidden = false;
+      showDropped();
       break;
     }
     default: break;
   }
 }
 
+function showDropped() {
+  const notice = $('#dropped');
+  notice.textContent = t('live.dropped', { n: state.dropped });
+  notice.hidden = !state.dropped;
+}
+
 const attemptState = (event) => event.outcome === 'retrying' ? 'retrying' : event.outcome;
 
 function addCallback(event) {
-  const row = addRow(event, 'callback', '…', event.jobs);
+  const row = addRow(event, 'callback', null, event.jobs);
   if (!row) return;
   for (const job of event.jobs) {
     const early = state.early.get(job.job);
@@ -147,27 +156,45 @@ function addCallback(event) {
   }
 }
 
+// What WeChat got, in words: `relayed` and the rest are the server's names; `success` is the
+// body WeChat got, the same in every language.
+function answerText(answer) {
+  if (!answer) return '…';
+  if (Array.isArray(answer)) return t(answer[0], answer[1]);
+  return ['relayed', 'success'].includes(answer) ? t(`answer.${answer}`) : answer;
+}
+
+function setAnswer(row, answer) {
+  row.answerValue = answer;
+  row.answer.textContent = answerText(answer);
+}
+
 function addRow(event, cls, answer, jobs) {
   $('#live-empty').hidden = true;
-  const answerCell = el('td', { class: 'answer' }, answer);
-  const cells = el('td', { class: 'jobs' });
+  const cell = (label, attrs, ...children) => el('td', { ...attrs, 'data-label': label }, ...children);
+  const answerCell = cell('col.answer', { class: 'answer' });
+  const cells = cell('col.targets', { class: 'jobs' });
   const tr = el('tr', { class: cls, 'data-account': event.account, 'data-callback': event.callback ?? '' },
-    el('td', { class: 'mono' }, time(event.at_ms)),
-    el('td', {}, event.account),
-    el('td', {}, cls === 'rejected' ? '-' : kind(event.msg_type, event.event)),
-    el('td', { class: 'mono' }, event.msg_id || '-'),
+    cell('col.time', { class: 'mono' }, time(event.at_ms)),
+    cell('col.account', {}, event.account),
+    cell('col.kind', {}, cls === 'rejected' ? '-' : kind(event.msg_type, event.event)),
+    cell('col.msgid', { class: 'mono' }, event.msg_id || '-'),
     answerCell, cells);
   const row = { tr, answer: answerCell, jobs: new Map(), event };
+  tr.row = row;
+  setAnswer(row, answer);
   for (const job of jobs) {
-    const cell = el('span', { class: 'job', 'data-job': job.job, 'data-target': job.target, 'data-state': 'pending' }, `${job.target}: pending`);
-    cells.append(cell);
-    row.jobs.set(job.job, cell);
+    const span = el('span', { class: 'job', 'data-job': job.job, 'data-target': job.target, 'data-state': 'pending' });
+    cells.append(span);
+    row.jobs.set(job.job, span);
     state.rows.set(`job:${job.job}`, row);
+    showJob(span, 'pending', {});
   }
   if (state.showContent) {
-    const content = cls === 'callback' ? [event.from, event.content].filter(Boolean).join('\n') : '';
-    tr.append(el('td', { class: 'mono content' }, el('pre', {}, content)));
+    const content = cls === 'callback' ? contentView(event) : '';
+    tr.append(cell('col.content', { class: 'content' }, content));
   }
+  labelRow(tr);
   if (cls === 'callback') state.rows.set(event.callback, row);
   const body = $('#live-table tbody');
   body.prepend(tr);
@@ -176,20 +203,48 @@ function addRow(event, cls, answer, jobs) {
   return row;
 }
 
+// The message of a callback event as fields, its text one click away; the sender above them
+// when the message does not name it (a WeChat Pay resource names no openid).
+function contentView(event) {
+  const view = messageView(event.content || '');
+  const named = view.querySelector('dd[data-field=FromUserName]');
+  if (event.from && !named) view.prepend(el('div', { class: 'mono from' }, event.from));
+  return view;
+}
+
+// The labels a narrow screen shows before each cell of a row (see console.css).
+function labelRow(tr) {
+  for (const td of tr.querySelectorAll('td[data-label]')) td.dataset.caption = t(td.dataset.label);
+}
+
 function setJob(job, jobState, detail) {
   const row = state.rows.get(`job:${job}`);
   if (!row) { state.early.set(job, { state: jobState, detail }); return; }
-  const cell = row.jobs.get(job);
-  const target = cell.dataset.target;
+  showJob(row.jobs.get(job), jobState, detail);
+  applyFilter(row.tr);
+}
+
+// One target's cell: its state, and when it was delivered or is tried next.
+function showJob(cell, jobState, detail) {
   cell.dataset.state = jobState;
-  let text = `${target}: ${jobState}`;
-  if (jobState === 'delivered') text += ` ${detail.status ?? ''} · ${time(detail.at_ms)}`;
-  if (jobState === 'retrying') text += ` (attempt ${detail.attempt}, next ${time(detail.next_at_ms)})`;
-  if (jobState === 'dead') text += ` (attempt ${detail.attempt})`;
-  if (jobState === 'pending' && detail.note) text += ` (${detail.note})`;
+  cell.job = { state: jobState, detail };
+  let text = `${cell.dataset.target}: ${t(`state.${jobState}`)}`;
+  if (jobState === 'delivered') text += t('job.delivered', { status: detail.status ?? '', time: time(detail.at_ms) });
+  if (jobState === 'retrying') text += t('job.retrying', { attempt: detail.attempt, next: time(detail.next_at_ms) });
+  if (jobState === 'dead') text += t('job.dead', { attempt: detail.attempt });
+  if (jobState === 'pending' && detail.note) text += ` (${t(`job.${detail.note}`)})`;
   cell.textContent = text;
   cell.title = detail.error || '';
-  applyFilter(row.tr);
+}
+
+// The live rows again in the language just picked.
+function relabelLive() {
+  for (const tr of document.querySelectorAll('#live-table tbody tr')) {
+    labelRow(tr);
+    setAnswer(tr.row, tr.row.answerValue);
+    for (const cell of tr.row.jobs.values()) showJob(cell, cell.job.state, cell.job.detail);
+  }
+  showDropped();
 }
 
 function applyFilter(tr) {
@@ -212,59 +267,6 @@ $('#live-clear').addEventListener('click', () => {
   state.early.clear();
   $('#live-empty').hidden = false;
 });
-
-// ---- targets view --------------------------------------------------------------------------
-
-// A duration as a person reads it: 850 ms, 42 s, 3 min 5 s, 24 h 47 min.
-function span(ms) {
-  const s = Math.floor(ms / 1000);
-  if (s < 1) return `${Math.max(0, Math.round(ms))} ms`;
-  if (s < 60) return `${s} s`;
-  if (s < 3600) return s % 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s / 60} min`;
-  const m = Math.floor((s % 3600) / 60);
-  return m ? `${Math.floor(s / 3600)} h ${m} min` : `${Math.floor(s / 3600)} h`;
-}
-function age(ms) { return span(Math.max(0, ms)); }
-
-async function loadTargets() {
-  let targets;
-  try { targets = await api('GET', '/console/targets'); } catch { return; }
-  const body = $('#targets-table tbody');
-  body.replaceChildren(...targets.map((t) => el('tr', { 'data-target': t.target },
-    el('td', {}, t.account),
-    el('td', {}, t.target, t.listeners == null ? '' : el('span', { class: 'listeners', title: 'listen target: clients connected to the deployment' },
-      ` · listen, ${t.listeners} ${t.listeners === 1 ? 'client' : 'clients'}`)),
-    el('td', { class: 'pending' }, t.pending), el('td', {}, t.in_flight), el('td', { class: 'dead' }, t.dead),
-    el('td', { class: 'oldest' }, t.oldest_pending_ms == null ? '-' : age(Date.now() - t.oldest_pending_ms)),
-    el('td', { class: 'window', title: t.retry_window.text }, `${span(t.retry_window.earliest_ms)} (${t.retry_window.attempts} attempts)`),
-    el('td', {}, `${t.recent.delivered_1m} / ${t.recent.delivered_5m}`),
-    el('td', {}, `${t.recent.failed_1m} / ${t.recent.failed_5m}`),
-    el('td', { class: t.breaker === 'open' ? 'breaker-open' : '' }, t.breaker === 'open' ? `open (${Math.ceil(t.breaker_open_ms / 1000)} s)` : 'closed'),
-    el('td', { class: 'mono' }, t.recent.last_error ? `${time(t.recent.last_error_at_ms)} ${t.recent.last_error}` : '-'),
-    el('td', {}, el('button', { type: 'button', class: 'backfill', onclick: () => backfill(t.account, t.target) }, 'Backfill')))));
-}
-
-// `30m`, `6h`, `2d`, `90s` → milliseconds, or null.
-function ago(text) {
-  const m = /^\s*(\d+)\s*(s|m|h|d)\s*$/.exec(text);
-  return m ? Number(m[1]) * { s: 1e3, m: 6e4, h: 36e5, d: 864e5 }[m[2]] : null;
-}
-
-function backfill(account, target) {
-  const result = $('#backfill-result');
-  const span = ago($('#backfill-since').value);
-  const say = (text) => { result.textContent = text; result.hidden = false; };
-  if (span == null) { say('Backfill since: a time ago, like 30m, 6h or 2d.'); return; }
-  confirmThen(`Queue for ${account}/${target} the callbacks of the last ${$('#backfill-since').value.trim()} it never had?`, async () => {
-    const path = `/targets/${encodeURIComponent(account)}/${encodeURIComponent(target)}/backfill?since_ms=${Date.now() - span}`;
-    try {
-      const r = await api('POST', path);
-      say(`Backfill of ${account}/${target}: queued ${r.queued}; skipped ${r.already} already queued, ${r.filtered} not for it by its filters` +
-        (r.unknown ? `, ${r.unknown} stored by an older build` : '') + (r.unreadable ? `, ${r.unreadable} unreadable with the account's key` : '') + '.');
-    } catch (e) { say(`Backfill failed: ${e.message}`); }
-    loadTargets();
-  });
-}
 
 // ---- dead letters view ---------------------------------------------------------------------
 
@@ -290,22 +292,29 @@ async function loadDead() {
     el('td', { class: 'mono' }, l.id), el('td', {}, l.account), el('td', {}, l.target),
     el('td', {}, kind(l.msg_type, l.event)), el('td', {}, dateTime(l.received_at_ms)), el('td', {}, dateTime(l.died_at_ms)),
     el('td', {}, l.attempts), el('td', {}, l.last_status ?? '-'), el('td', { class: 'mono' }, l.last_error || '-'),
-    el('td', {}, el('button', { type: 'button', className: 'open-letter', onclick: () => openLetter(l.id) }, 'Open')))));
+    el('td', {}, el('button', { type: 'button', className: 'open-letter', onclick: () => openLetter(l.id) }, t('d.open'))))));
 }
 
+// One dead letter in full: its fields, with content shown the message as fields, and the request
+// as the target gets it (open at once when there is no message to read).
 async function openLetter(id) {
   let letter;
   try { letter = await api('GET', `/console/dead-letters/${id}`); } catch (e) { return note(e.message); }
   state.letter = id;
   $('#letter-id').textContent = id;
-  const fields = [['Account', letter.account], ['Target', letter.target], ['Type / event', kind(letter.msg_type, letter.event)],
-    ['Callback', letter.callback], ['Received', dateTime(letter.received_at_ms)], ['Died', dateTime(letter.died_at_ms)],
-    ['Attempts', letter.attempts], ['Last status', letter.last_status ?? '-'], ['Last error', letter.last_error || '-']];
-  $('#letter-fields').replaceChildren(...fields.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, String(v))]));
+  const fields = [['f.account', letter.account], ['f.target', letter.target], ['col.kind', kind(letter.msg_type, letter.event)],
+    ['d.callback', letter.callback], ['d.received', dateTime(letter.received_at_ms)], ['d.died', dateTime(letter.died_at_ms)],
+    ['d.attempts', letter.attempts], ['d.last_status', letter.last_status ?? '-'], ['t.last_error', letter.last_error || '-']];
+  $('#letter-fields').replaceChildren(...fields.flatMap(([k, v]) => [el('dt', {}, t(k)), el('dd', {}, String(v))]));
   const request = letter.request;
   const lines = [`${request.method} ?${request.query}`, ...request.headers.map(([k, v]) => `${k}: ${v}`), '', request.body];
-  if (request.decrypted) lines.push('', '-- decrypted --', request.decrypted);
+  if (request.decrypted) lines.push('', t('d.decrypted'), request.decrypted);
   $('#letter-request').textContent = lines.join('\n');
+  const message = state.showContent ? messageView(request.decrypted || request.body, false) : null;
+  const readable = Boolean(message && message.querySelector('dl.fields'));
+  $('#letter-message-fields').replaceChildren(...(readable ? [message] : []));
+  $('#letter-message').hidden = !readable;
+  $('#letter-raw').open = !readable;
   $('#letter-attempts tbody').replaceChildren(...letter.attempt_log.map((a) => el('tr', {},
     el('td', {}, a.attempt), el('td', {}, dateTime(a.at_ms)), el('td', {}, a.status ?? '-'), el('td', { class: 'mono' }, a.error || '-'))));
   $('#letter').hidden = false;
@@ -325,27 +334,41 @@ function confirmThen(text, action) {
 }
 
 async function act(method, path, done) {
-  try { const result = await api(method, path); note(done(result)); } catch (e) { note(`Failed: ${e.message}`); }
+  try { const result = await api(method, path); note(done(result)); } catch (e) { note(t('d.failed', { error: e.message })); }
   loadDead();
 }
 
-const replayed = (r) => `Replayed ${r.replayed}` + (r.not_configured ? `; ${r.not_configured} not replayed (target not configured)` : '');
+const replayed = (r) => t('d.replayed', { n: r.replayed }) + (r.not_configured ? t('d.not_configured', { n: r.not_configured }) : '');
+const purged = (r) => t('d.purged', { n: r.purged });
 $('#dead-filters').addEventListener('submit', (event) => { event.preventDefault(); loadDead(); });
 $('#letter-close').addEventListener('click', () => { $('#letter').hidden = true; });
 $('#letter-replay').addEventListener('click', () => { $('#letter').hidden = true; act('POST', `/dead-letters/${state.letter}/replay`, replayed); });
-$('#letter-purge').addEventListener('click', () => confirmThen(`Purge dead letter ${state.letter}? It cannot be replayed afterwards.`,
-  () => { $('#letter').hidden = true; act('DELETE', `/dead-letters/${state.letter}`, (r) => `Purged ${r.purged}`); }));
+$('#letter-purge').addEventListener('click', () => confirmThen(t('d.confirm_purge_one', { id: state.letter }),
+  () => { $('#letter').hidden = true; act('DELETE', `/dead-letters/${state.letter}`, purged); }));
 $('#dead-replay-matching').addEventListener('click', () => {
   const filter = deadFilter(false);
-  const scope = filter.toString() ? `matching ${filter}` : 'ALL dead letters';
-  confirmThen(`Replay ${scope}?`, () => act('POST', `/dead-letters/replay?${filter}`, replayed));
+  const scope = filter.toString() ? t('d.matching', { filter }) : t('d.all');
+  confirmThen(t('d.confirm_replay', { scope }), () => act('POST', `/dead-letters/replay?${filter}`, replayed));
 });
 $('#dead-purge-matching').addEventListener('click', () => {
   const filter = deadFilter(false);
   const all = !filter.toString();
+  const scope = all ? t('d.all') : t('d.matching_letters', { filter });
   if (all) filter.set('all', 'true');
-  confirmThen(`Purge ${all ? 'ALL dead letters' : `dead letters matching ${filter}`}? This cannot be undone.`,
-    () => act('DELETE', `/dead-letters?${filter}`, (r) => `Purged ${r.purged}`));
+  confirmThen(t('d.confirm_purge', { scope }), () => act('DELETE', `/dead-letters?${filter}`, purged));
+});
+
+// ---- language ------------------------------------------------------------------------------
+
+$('#lang').value = i18n.lang;
+$('#lang').addEventListener('change', () => {
+  setLang($('#lang').value);
+  if (state.instanceName != null) $('#instance').textContent = t('instance', { name: state.instanceName });
+  setStatus(state.status, state.statusClass);
+  relabelLive();
+  if (!$('#view-targets').hidden) loadTargets();
+  if (!$('#view-dead').hidden) loadDead();
+  if (!$('#letter').hidden && state.letter != null) openLetter(state.letter);
 });
 
 start();

@@ -19,6 +19,8 @@
 //!   window queued for that target alone, each once ([`backfill`]).
 //! - `GET /shadow/differences`: shadow targets' recent answers that differed from the owner's.
 //!
+//! - `GET /console/targets`, `GET /console/routes`: the console's targets view, each target's
+//!   state and configuration and each account's reply routes ([`targets`]).
 //! - The live console in the browser and its event stream: see [`crate::admin::console`], which also
 //!   decides who gets in (`admin.token`): everything above but health and readiness (and
 //!   metrics, unless `admin.protect_metrics`) answers 401 without the token.
@@ -34,6 +36,7 @@ mod callbacks;
 pub mod console;
 mod dead_letters;
 mod hosts;
+mod targets;
 
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -175,6 +178,7 @@ impl Admin {
             (Method::GET, ["metrics"]) => Ok(self.scrape().await),
             (Method::GET, ["console", "session"]) => Ok(self.console.session(&caller)),
             (Method::GET, ["console", "targets"]) => self.targets().await,
+            (Method::GET, ["console", "routes"]) => Ok(self.routes()),
             (Method::GET, ["console", "dead-letters", id]) => self.dead_letter(id, true).await,
             (Method::GET, ["dead-letters"]) => self.dead_letters(query).await,
             (Method::GET, ["dead-letters", id]) => self.dead_letter(id, false).await,
@@ -243,54 +247,6 @@ impl Admin {
             }
         }
         refusal.response().map(Either::Left)
-    }
-
-    /// The targets view: per configured target, its jobs by state, recent outcomes, circuit
-    /// breaker and last error.
-    async fn targets(&self) -> Result<Response<Full<Bytes>>, Failure> {
-        let depths = tokio::time::timeout(READY_TIMEOUT, self.shared.store.queue_depths())
-            .await
-            .map_err(|_| {
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the store did not answer within 2 s".to_owned(),
-                )
-            })?
-            .map_err(store_error)?;
-        let now = now_ms();
-        let rows: Vec<serde_json::Value> = (self.shared.routes.load().targets())
-            .map(|target| {
-                let (account, name) = (&*target.key.account, &*target.key.target);
-                let depth = depths
-                    .iter()
-                    .find(|d| d.account == account && d.target == name);
-                let count = |pick: fn(&crate::store::QueueDepth) -> i64| depth.map_or(0, pick);
-                let open_for = target.plumbing.breaker.open_for(now);
-                let window = crate::routing::retry::window(&target.settings);
-                serde_json::json!({
-                    "account": account,
-                    "target": name,
-                    "pending": count(|d| d.pending),
-                    "in_flight": count(|d| d.in_flight),
-                    "dead": count(|d| d.dead),
-                    "oldest_pending_ms": depth.and_then(|d| d.oldest_pending_ms),
-                    "retry_window": {
-                        "attempts": window.attempts,
-                        "earliest_ms": window.earliest.as_millis() as u64,
-                        "latest_ms": window.latest.as_millis() as u64,
-                        "text": window.to_string(),
-                    },
-                    // A listen target's clients, on every instance.
-                    "listeners": target.listen.as_ref().map(|_| {
-                        self.shared.listeners.connections_everywhere(account, name)
-                    }),
-                    "breaker": if open_for.is_some() { "open" } else { "closed" },
-                    "breaker_open_ms": open_for.map(|d| d.as_millis() as u64),
-                    "recent": self.console.recent(account, name),
-                })
-            })
-            .collect();
-        Ok(json(StatusCode::OK, &rows))
     }
 
     async fn probe(&self, query: &str) -> Result<Response<Full<Bytes>>, Failure> {

@@ -26,7 +26,7 @@ use crate::outbound::Origin;
 use crate::outbound::signing::WebhookSigner;
 use crate::outbound::wechat_api::ApiAccount;
 use crate::privacy::UserIds;
-use crate::routing::replies::Owners;
+use crate::routing::replies::{Owners, Route};
 use crate::routing::retry::Breaker;
 use crate::store::{Job, Replay, TargetKey};
 
@@ -235,6 +235,13 @@ impl Account {
         Some(target.accepts(&envelope, request.authorizer.as_deref()))
     }
 
+    /// The reply routes as configured: each route, the target that owns it, and the sender the
+    /// claim is limited to (its `users`), if any; in no order.
+    pub fn reply_routes(&self) -> impl Iterator<Item = (&Route, &Arc<Target>, Option<&str>)> {
+        (self.owners.entries())
+            .filter_map(|(route, i, user)| self.targets.get(i).map(|t| (route, t, user)))
+    }
+
     /// The targets that shadow `target` (`shadow_of`).
     pub fn shadows<'a>(&'a self, target: &Target) -> impl Iterator<Item = &'a Arc<Target>> {
         let index = self.targets.iter().position(|t| t.key == target.key);
@@ -279,6 +286,23 @@ impl Target {
     /// the account's.
     pub fn signing_credentials<'a>(&'a self, account: &'a Credentials) -> &'a Credentials {
         self.resign.as_ref().map_or(account, |r| &r.target)
+    }
+
+    /// The filters that are set, by their keys in the configuration, as the target applies them
+    /// (`msg_types`, `events` and `info_types` lower-cased). A shadow's are its target's.
+    pub fn filters(&self) -> impl Iterator<Item = (&'static str, &[String])> {
+        let f = &self.filter;
+        [
+            ("msg_types", &f.msg_types),
+            ("events", &f.events),
+            ("info_types", &f.info_types),
+            ("authorizers", &f.authorizers),
+            ("users", &f.users),
+            ("event_types", &f.event_types),
+            ("out_trade_no_prefixes", &f.out_trade_no_prefixes),
+        ]
+        .into_iter()
+        .filter_map(|(key, list)| list.as_deref().map(|list| (key, list)))
     }
 
     /// Does this target want this callback (about `authorizer`, on an open platform)? `MsgType`,

@@ -177,6 +177,18 @@ impl Owners {
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty() && self.by_user.is_empty()
     }
+
+    /// Every claimed route, its owner's index, and the sender the claim is limited to (`None`:
+    /// everyone): the table as configured, for people to read (the console), in no order.
+    pub fn entries(&self) -> impl Iterator<Item = (&Route, usize, Option<&str>)> {
+        let everyone = self.routes.iter().map(|(route, &i)| (route, i, None));
+        let listed = self.by_user.iter().flat_map(|(user, routes)| {
+            routes
+                .iter()
+                .map(move |(route, &i)| (route, i, Some(user.as_str())))
+        });
+        everyone.chain(listed)
+    }
 }
 
 #[cfg(test)]

@@ -2,12 +2,16 @@
 //! JavaScript from `console/`, compiled in), its login, the event stream it reads, and the
 //! per-target figures of its targets view.
 //!
-//! - `GET /`, `/console.css`, `/console.js`: the page; it holds no data, so it is always served.
+//! - `GET /`, `/console.css`, `/i18n.js` (its words in English and Chinese), `/message.js` (a
+//!   message as fields), `/targets.js`, `/console.js`: the page; it holds no data, so it is
+//!   always served.
 //! - `POST /console/login` `{"token": …}`: a session cookie; `POST /console/logout` ends it.
 //! - `GET /console/session`: whether the caller is in, the CSRF token, whether content is shown.
 //! - `GET /console/events`: Server-Sent Events, one JSON [`Event`] per message; a client that
 //!   cannot keep up gets `{"kind":"dropped","count":n}` instead of what it missed.
-//! - `GET /console/targets`: queue depths, recent outcomes, circuit breaker, last error.
+//! - `GET /console/targets`: queue depths, recent outcomes, circuit breaker, last error, and how
+//!   each target is configured; `GET /console/routes`: each account's reply routes (both in
+//!   [`crate::admin`]'s `targets`).
 //! - `GET /console/dead-letters/{id}`: one dead letter, its openid and body hidden unless
 //!   `admin.show_content`.
 //!
@@ -59,6 +63,9 @@ pub type Body = Either<Full<Bytes>, EventStream>;
 const INDEX_HTML: &str = include_str!("../../../console/index.html");
 const CONSOLE_CSS: &str = include_str!("../../../console/console.css");
 const CONSOLE_JS: &str = include_str!("../../../console/console.js");
+const I18N_JS: &str = include_str!("../../../console/i18n.js");
+const MESSAGE_JS: &str = include_str!("../../../console/message.js");
+const TARGETS_JS: &str = include_str!("../../../console/targets.js");
 
 /// A login's body is a small JSON object.
 const MAX_LOGIN_BYTES: usize = 4096;
@@ -156,6 +163,9 @@ impl Console {
             [] | ["index.html"] => (INDEX_HTML, "text/html; charset=utf-8"),
             ["console.css"] => (CONSOLE_CSS, "text/css; charset=utf-8"),
             ["console.js"] => (CONSOLE_JS, "text/javascript; charset=utf-8"),
+            ["i18n.js"] => (I18N_JS, "text/javascript; charset=utf-8"),
+            ["message.js"] => (MESSAGE_JS, "text/javascript; charset=utf-8"),
+            ["targets.js"] => (TARGETS_JS, "text/javascript; charset=utf-8"),
             _ => return None,
         };
         let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
