@@ -173,7 +173,8 @@ function addRow(event, cls, answer, jobs) {
   $('#live-empty').hidden = true;
   const cell = (label, attrs, ...children) => el('td', { ...attrs, 'data-label': label }, ...children);
   const answerCell = cell('col.answer', { class: 'answer' });
-  const cells = cell('col.targets', { class: 'jobs' });
+  const list = el('div', { class: 'job-list' });
+  const cells = cell('col.targets', { class: 'jobs' }, list);
   const tr = el('tr', { class: cls, 'data-account': event.account, 'data-callback': event.callback ?? '' },
     cell('col.time', { class: 'mono' }, time(event.at_ms)),
     cell('col.account', {}, event.account),
@@ -185,7 +186,7 @@ function addRow(event, cls, answer, jobs) {
   setAnswer(row, answer);
   for (const job of jobs) {
     const span = el('span', { class: 'job', 'data-job': job.job, 'data-target': job.target, 'data-state': 'pending' });
-    cells.append(span);
+    list.append(span);
     row.jobs.set(job.job, span);
     state.rows.set(`job:${job.job}`, row);
     showJob(span, 'pending', {});
@@ -243,6 +244,8 @@ function relabelLive() {
     labelRow(tr);
     setAnswer(tr.row, tr.row.answerValue);
     for (const cell of tr.row.jobs.values()) showJob(cell, cell.job.state, cell.job.detail);
+    const content = tr.querySelector('td.content');
+    if (content && tr.classList.contains('callback')) content.replaceChildren(contentView(tr.row.event));
   }
   showDropped();
 }

@@ -68,7 +68,7 @@ const WORDS = {
     'tab.live': '实时', 'tab.targets': '目标', 'tab.dead': '死信',
     'instance': '实例 {name}', 'instance.title': '提供本页面的实例（server.instance_name）',
     'lang.title': '语言',
-    'stream.connecting': '连接中…', 'stream.live': '实时', 'stream.reconnecting': '重新连接中…', 'stream.offline': '离线',
+    'stream.connecting': '连接中…', 'stream.live': '已连接', 'stream.reconnecting': '重新连接中…', 'stream.offline': '离线',
     'logout': '退出登录',
     'login.title': '登录', 'login.text': '此控制台需要管理令牌（admin.token）。',
     'login.placeholder': '管理令牌', 'login.button': '登录',

@@ -51,7 +51,7 @@ async fn wait_live(browser: &Browser) {
         .wait_for(
             "the live view with its stream connected",
             "return !document.querySelector('#view-live').hidden \
-             && document.querySelector('#stream-status').textContent === 'live';",
+             && document.querySelector('#stream-status').classList.contains('live');",
         )
         .await;
 }
@@ -65,7 +65,12 @@ async fn a_failing_target_goes_retrying_then_dead_and_its_replay_turns_delivered
     let target = Target::start(500).await;
     let audit = Target::start(200).await;
     let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
-    let audit_table = Wx::target("audit", &audit.url("/audit"), "");
+    // Limited to the test's sender: the targets view counts it, and shows no openid.
+    let audit_table = Wx::target(
+        "audit",
+        &audit.url("/audit"),
+        &format!("users = [\"{OPENID}\"]"),
+    );
     let proxy = Proxy::start_with_admin(&config(&wx, &target, &audit_table, "")).await;
     let browser = Browser::start().await;
 
@@ -169,6 +174,19 @@ async fn a_failing_target_goes_retrying_then_dead_and_its_replay_turns_delivered
         .server
         .instance_name();
     assert_eq!(cells[2], format!("instance {name}"), "{cells}");
+    // Issue 30: as configured, the sender it is limited to counted and hashed, never in clear.
+    let users = browser
+        .wait_for(
+            "the audit target's users filter",
+            "return document.querySelector('#config-table tr[data-target=audit] [data-filter=users]')?.textContent;",
+        )
+        .await;
+    let users = users.as_str().unwrap_or_default();
+    assert!(
+        users.starts_with("users: 1 user; ") && users.contains("h:"),
+        "{users}"
+    );
+    assert!(!browser.page_text().await.contains(OPENID));
     browser.screenshot("targets").await;
     // Issue 29: a target's Backfill button, confirmed, queues what it never had: the audit
     // target had the callback, so nothing (the SIGHUP case is in operate::backfill).
@@ -476,4 +494,216 @@ async fn the_console_opens_an_authorizers_dead_letter() {
         ])),
         "{letter}"
     );
+}
+
+/// Issue 30, in Chinese: a browser that asks for `zh-CN` gets the console in Chinese; the
+/// targets view shows each target as configured (URL without its password or query values,
+/// filters, pace, shadow) and the account's routing table, an owner per route; with
+/// `admin.show_content` a message reads as fields with its XML one click away, in the live view
+/// and in a dead letter; at 420 px wide the page never scrolls sideways and the dead letter and
+/// the live rows stay readable; English picked on the page is remembered after a reload.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chinese_browser_gets_a_chinese_dashboard_that_reads_messages_and_fits_a_phone() {
+    let ok = Target::start(200).await;
+    let failing = Target::start(500).await;
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let secret_url = format!(
+        "{}?key=s3cret-key",
+        ok.url("/bot").replace("http://", "http://bot:pa55word@")
+    );
+    let targets = [
+        Wx::target("bot", &secret_url, "replies_to = [\"*\"]"),
+        Wx::target(
+            "menu",
+            &ok.url("/menu"),
+            "msg_types = [\"event\"]\nevents = [\"CLICK\"]\nreplies_to = [\"event:CLICK\"]",
+        ),
+        Wx::target(
+            "tester",
+            &ok.url("/tester"),
+            &format!("users = [\"{OPENID}\"]\nreplies_to = [\"text\"]"),
+        ),
+        Wx::target(
+            "crm",
+            &failing.url("/crm"),
+            "msg_types = [\"text\"]\nrate_limit_per_sec = 5\nmax_attempts = 1",
+        ),
+        Wx::target("candidate", &ok.url("/candidate"), "shadow_of = \"bot\""),
+    ]
+    .concat();
+    let proxy = Proxy::start_with_admin(&format!(
+        "{FAST}[admin]\ntoken = \"{TOKEN}\"\nshow_content = true\n{}{targets}",
+        wx.account("main", ""),
+    ))
+    .await;
+    let browser = Browser::start_in("zh-CN").await;
+    sign_in(&browser, &proxy, TOKEN).await;
+    wait_live(&browser).await;
+    let words = browser
+        .run(
+            "return [document.documentElement.lang, \
+             ...[...document.querySelectorAll('#tabs button')].map((b) => b.textContent), \
+             document.querySelector('#stream-status').textContent];",
+            json!([]),
+        )
+        .await;
+    assert_eq!(words, json!(["zh-CN", "实时", "目标", "死信", "已连接"]));
+
+    // A message as fields, its XML one click away.
+    // The tester's target owns the reply: WeChat gets its (empty) answer.
+    let answer = proxy
+        .post("main", &wx.seal(&text_xml("看得懂的消息")))
+        .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let fields = browser
+        .wait_for(
+            "the message's fields",
+            "const row = document.querySelector('#live-table tbody tr.callback'); \
+             const content = row?.querySelector('dd[data-field=Content]'); \
+             return content && [content.textContent, row.querySelector('dt[data-field=Content]').textContent, \
+                    row.querySelector('dd[data-field=FromUserName]').textContent, \
+                    row.querySelector('dd[data-field=MsgType]').textContent, row.querySelector('details.raw').open];",
+        )
+        .await;
+    assert_eq!(
+        fields,
+        json!(["看得懂的消息", "内容", OPENID, "text", false])
+    );
+    browser
+        .click("#live-table tbody tr.callback details.raw summary")
+        .await;
+    let raw = browser
+        .wait_for(
+            "the message's XML",
+            "const pre = document.querySelector('#live-table tbody tr.callback details.raw pre'); \
+             return pre.offsetHeight > 0 && pre.textContent;",
+        )
+        .await;
+    assert!(
+        raw.as_str()
+            .unwrap_or_default()
+            .contains("<Content><![CDATA[看得懂的消息]]></Content>"),
+        "{raw}"
+    );
+    browser.screenshot("zh-live-message").await;
+
+    // The targets as configured, and who answers WeChat for which route.
+    browser.click("#tabs button[data-view=targets]").await;
+    let shown = browser
+        .wait_for(
+            "the targets as configured",
+            "const cfg = (t, sel) => document.querySelector(`#config-table tr[data-target=${t}] ${sel}`)?.textContent; \
+             const owner = (r) => document.querySelector(`#routes-table tr[data-route='${r}'] .owner`)?.textContent; \
+             const rows = document.querySelectorAll('#routes-table tr[data-route]').length; \
+             return rows === 3 && [cfg('bot', '.url'), cfg('menu', '[data-filter=msg_types]'), cfg('menu', '[data-filter=events]'), \
+                    cfg('tester', '[data-filter=users]'), cfg('menu', '.replies'), cfg('tester', '.replies'), cfg('crm', '.also'), \
+                    cfg('candidate', '.also'), owner('event:click'), owner('text'), owner('*')];",
+        )
+        .await;
+    let bot_url = secret_url
+        .replace("pa55word", "<redacted>")
+        .replace("s3cret-key", "<redacted>");
+    assert_eq!(
+        shown,
+        json!([
+            bot_url,
+            "msg_types: event",
+            "events: click",
+            format!("users: 1 个用户: {OPENID}"),
+            "event:click",
+            "text（仅限所列用户）",
+            "每秒最多投递 5 次",
+            "bot 的影子目标：其应答只用于比较，不会发给微信",
+            "menu",
+            "tester",
+            "bot"
+        ])
+    );
+    let text = browser.page_text().await;
+    assert!(
+        !text.contains("pa55word") && !text.contains("s3cret"),
+        "{text}"
+    );
+    assert!(
+        text.contains("路由：由谁回复微信") && text.contains("放弃时限"),
+        "{text}"
+    );
+    browser.screenshot("zh-targets").await;
+
+    // The dead letter reads as a message too; the request is one click away.
+    browser.click("#tabs button[data-view=dead]").await;
+    browser
+        .wait_for(
+            "the dead letter listed",
+            "return document.querySelector('#dead-table tr[data-letter]');",
+        )
+        .await;
+    browser.click("#dead-table .open-letter").await;
+    let letter = browser
+        .wait_for(
+            "the dead letter's message",
+            "const m = document.querySelector('#letter-message'); \
+             return !document.querySelector('#letter').hidden && !m.hidden \
+                && [m.querySelector('dd[data-field=Content]').textContent, document.querySelector('#letter-raw').open];",
+        )
+        .await;
+    assert_eq!(letter, json!(["看得懂的消息", false]));
+
+    // A phone: nothing scrolls sideways; the letter and the live rows stay readable.
+    browser.set_window_size(420, 900).await;
+    let fits = "const page = document.documentElement; \
+                return window.innerWidth <= 420 && page.scrollWidth <= page.clientWidth;";
+    browser
+        .wait_for("the narrow dead letter without sideways scrolling", fits)
+        .await;
+    let letter_box = browser
+        .run(
+            "const r = document.querySelector('#letter').getBoundingClientRect(); \
+             return [r.left >= 0, r.right <= window.innerWidth, r.width > 300];",
+            json!([]),
+        )
+        .await;
+    assert_eq!(letter_box, json!([true, true, true]));
+    browser.screenshot("zh-dead-letter-narrow").await;
+    browser.click("#tabs button[data-view=live]").await;
+    browser
+        .wait_for("the narrow live view without sideways scrolling", fits)
+        .await;
+    let card = browser
+        .run(
+            "const row = document.querySelector('#live-table tbody tr.callback'); \
+             const r = row.getBoundingClientRect(); \
+             const content = row.querySelector('dd[data-field=Content]').getBoundingClientRect(); \
+             return [getComputedStyle(document.querySelector('#live-table thead')).display, \
+                     r.right <= window.innerWidth, content.right <= window.innerWidth, content.width > 0];",
+            json!([]),
+        )
+        .await;
+    assert_eq!(card, json!(["none", true, true, true]));
+    browser.screenshot("zh-live-narrow").await;
+
+    // English, picked on the page, is kept after a reload though the browser asks for Chinese.
+    browser.set_window_size(1400, 900).await;
+    browser
+        .run(
+            "const s = document.querySelector('#lang'); s.value = 'en'; s.dispatchEvent(new Event('change'));",
+            json!([]),
+        )
+        .await;
+    let english = "return document.documentElement.lang === 'en' \
+                   && document.querySelector('#tabs button[data-view=targets]').textContent === 'Targets' \
+                   && document.querySelector('#live-table dd[data-field=Content]') !== null \
+                   && document.querySelector('#live-table td[data-label=\"col.answer\"]').dataset.caption === 'Answer';";
+    browser.wait_for("the page in English", english).await;
+    browser.goto(&format!("{}/", proxy.admin_url())).await;
+    wait_live(&browser).await;
+    let after = browser
+        .run(
+            "return [document.documentElement.lang, document.querySelector('#lang').value, \
+             document.querySelector('#tabs button[data-view=dead]').textContent];",
+            json!([]),
+        )
+        .await;
+    assert_eq!(after, json!(["en", "en", "Dead letters"]));
+    browser.quit().await;
 }

@@ -31,8 +31,15 @@ pub(crate) struct Browser {
 }
 
 impl Browser {
-    /// Starts chromedriver on a free loopback port and a headless Chromium session.
+    /// Starts chromedriver on a free loopback port and a headless Chromium session whose
+    /// visitor reads English.
     pub(crate) async fn start() -> Browser {
+        Browser::start_in("en-US").await
+    }
+
+    /// The same, for a visitor whose browser asks for `lang` (`zh-CN`): Chromium's own language
+    /// and the `Accept-Language` it sends (`navigator.languages`).
+    pub(crate) async fn start_in(lang: &str) -> Browser {
         for program in [CHROMIUM, CHROMEDRIVER] {
             assert!(
                 Path::new(program).exists(),
@@ -72,12 +79,17 @@ impl Browser {
             "--disable-sync".to_owned(),
             "--disable-dev-shm-usage".to_owned(),
             "--window-size=1400,900".to_owned(),
+            format!("--lang={lang}"),
             format!("--user-data-dir={}", profile.path().display()),
         ];
         let capabilities = json!({
             "capabilities": { "alwaysMatch": {
                 "browserName": "chrome",
-                "goog:chromeOptions": { "binary": CHROMIUM, "args": args },
+                "goog:chromeOptions": {
+                    "binary": CHROMIUM,
+                    "args": args,
+                    "prefs": { "intl.accept_languages": lang },
+                },
             }}
         });
         let mut browser = Browser {
@@ -199,6 +211,16 @@ impl Browser {
     pub(crate) async fn page_text(&self) -> String {
         let text = self.run("return document.body.innerText;", json!([])).await;
         text.as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Resizes the window (its outer size, in CSS pixels): what a phone's screen would be.
+    pub(crate) async fn set_window_size(&self, width: u32, height: u32) {
+        self.session_call(
+            reqwest::Method::POST,
+            "/window/rect",
+            json!({ "width": width, "height": height }),
+        )
+        .await;
     }
 
     /// Saves a PNG of the window as `{CARGO_TARGET_TMPDIR}/console/{name}.png`; its path.
