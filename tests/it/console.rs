@@ -391,6 +391,7 @@ async fn the_admin_api_asks_scripts_and_the_cli_for_the_token() {
     for path in [
         "/dead-letters",
         "/console/targets",
+        "/console/routes",
         "/console/session",
         "/console/events",
     ] {
