@@ -99,7 +99,7 @@ impl Admin {
             })
             .collect();
         // The routes it owns: for everyone, or for the senders it lists (one claim per sender).
-        let mut owned: BTreeMap<(u8, String), bool> = BTreeMap::new();
+        let mut owned: BTreeMap<Sorted, bool> = BTreeMap::new();
         for (route, owner, user) in account.reply_routes() {
             if owner.key == target.key {
                 *owned.entry(order(route)).or_default() |= user.is_some();
@@ -135,7 +135,7 @@ impl Admin {
         let shown: Vec<Value> = (accounts.into_iter())
             .map(|account| {
                 // (everyone first, route, owner) → the senders it is limited to.
-                let mut table: BTreeMap<(bool, (u8, String), &str), Vec<String>> = BTreeMap::new();
+                let mut table: BTreeMap<(bool, Sorted, &str), Vec<String>> = BTreeMap::new();
                 for (route, owner, user) in account.reply_routes() {
                     let users = table
                         .entry((user.is_some(), order(route), &owner.key.target))
@@ -183,9 +183,12 @@ impl Admin {
     }
 }
 
+/// A route as the console sorts and shows it: its rank, its text.
+type Sorted = (u8, String);
+
 /// A route as the console sorts and shows it: the most specific first (an event, a `MsgType`,
 /// then `*`).
-fn order(route: &Route) -> (u8, String) {
+fn order(route: &Route) -> Sorted {
     let rank = match route {
         Route::Event(_) => 0,
         Route::MsgType(_) => 1,

@@ -253,6 +253,33 @@ mod tests {
         assert_eq!(owners.owner(Some("text"), None, None), Some(0));
     }
 
+    /// What the console's routing table lists: every claim, for everyone or for one sender.
+    #[test]
+    fn entries_list_every_claim_with_its_sender() {
+        let tester = vec!["oTester".to_owned()];
+        let mut list = claims(&[(0, "bot", routes(&["*", "text"]))]);
+        list.push(Claim {
+            index: 1,
+            name: "laptop",
+            routes: routes(&["text"]),
+            users: Some(&tester),
+        });
+        let owners = Owners::build(list).unwrap();
+        let mut entries: Vec<(String, usize, Option<&str>)> = owners
+            .entries()
+            .map(|(route, i, user)| (route.to_string(), i, user))
+            .collect();
+        entries.sort();
+        assert_eq!(
+            entries,
+            [
+                ("*".to_owned(), 0, None),
+                ("text".to_owned(), 0, None),
+                ("text".to_owned(), 1, Some("oTester")),
+            ]
+        );
+    }
+
     #[test]
     fn two_owners_listing_one_sender_on_one_route_conflict() {
         let a = vec!["oTester".to_owned()];

@@ -46,6 +46,18 @@ async fn sign_in(browser: &Browser, proxy: &Proxy, token: &str) {
     browser.click("#login-button").await;
 }
 
+/// The dead letters view, and its first letter opened.
+async fn open_first_dead_letter(browser: &Browser) {
+    browser.click("#tabs button[data-view=dead]").await;
+    browser
+        .wait_for(
+            "the dead letter listed",
+            "return document.querySelector('#dead-table tr[data-letter]');",
+        )
+        .await;
+    browser.click("#dead-table .open-letter").await;
+}
+
 async fn wait_live(browser: &Browser) {
     browser
         .wait_for(
@@ -206,14 +218,7 @@ async fn a_failing_target_goes_retrying_then_dead_and_its_replay_turns_delivered
         "{said}"
     );
 
-    browser.click("#tabs button[data-view=dead]").await;
-    browser
-        .wait_for(
-            "the dead letter listed",
-            "return document.querySelector('#dead-table tr[data-letter]');",
-        )
-        .await;
-    browser.click("#dead-table .open-letter").await;
+    open_first_dead_letter(&browser).await;
     let request = browser
         .wait_for(
             "the dead letter in full",
@@ -632,14 +637,7 @@ async fn a_chinese_browser_gets_a_chinese_dashboard_that_reads_messages_and_fits
     browser.screenshot("zh-targets").await;
 
     // The dead letter reads as a message too; the request is one click away.
-    browser.click("#tabs button[data-view=dead]").await;
-    browser
-        .wait_for(
-            "the dead letter listed",
-            "return document.querySelector('#dead-table tr[data-letter]');",
-        )
-        .await;
-    browser.click("#dead-table .open-letter").await;
+    open_first_dead_letter(&browser).await;
     let letter = browser
         .wait_for(
             "the dead letter's message",
