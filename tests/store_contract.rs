@@ -42,6 +42,7 @@ async fn callback(store: &dyn Store, key: &str, targets: &[(&str, bool)]) -> New
             authorizer: None,
             trace: None,
             headers: Vec::new(),
+            lane: None,
         }),
         jobs: targets
             .iter()
@@ -50,6 +51,7 @@ async fn callback(store: &dyn Store, key: &str, targets: &[(&str, bool)]) -> New
                 id: JobId(id),
                 target: Arc::from(*name),
                 lease: leased.then(new_lease_token),
+                ordered: false,
             })
             .collect(),
         answer_pending_ms: None,
@@ -80,12 +82,16 @@ fn report_for(
         status: Some(500),
         error: Some("target answered 500".into()),
         disposition,
+        lane: None,
     }
 }
 
 /// The report of attempt `attempt` of a leased `job`.
 fn report(job: &Job, attempt: u32, disposition: Disposition) -> AttemptReport {
-    report_for(&job.key.target, job.id, job.lease, attempt, disposition)
+    AttemptReport {
+        lane: job.lane.clone(),
+        ..report_for(&job.key.target, job.id, job.lease, attempt, disposition)
+    }
 }
 
 async fn record(store: &dyn Store, report: AttemptReport) {
@@ -901,6 +907,7 @@ async fn a_callbacks_jobs_are_found_whatever_their_ids(store: Arc<dyn Store>) {
         id: JobId(new.id.0),
         target: Arc::from("d"),
         lease,
+        ordered: false,
     });
     new.jobs.swap(2, 3);
     new.id = CallbackId(ids[0]);
@@ -1617,6 +1624,7 @@ async fn a_callback_of_the_build_before_is_delivered(store: &dyn Store, job: Job
         authorizer: Some(OLD_AUTHORIZER.into()),
         trace: None,
         headers: Vec::new(),
+        lane: None,
     };
     let leased = lease_one(store, "a").await;
     assert_eq!((leased.id, &*leased.request), (job, &expected));

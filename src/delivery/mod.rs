@@ -23,6 +23,7 @@ use tracing::{Instrument, error, info_span, warn};
 
 use crate::attempt::Shared;
 use crate::clock::now_ms;
+use crate::config::Order;
 use crate::routing::Target;
 use crate::store::{Disposition, Job, Leased};
 
@@ -202,6 +203,11 @@ impl Delivery {
             let per_second = (PACE_LOOKAHEAD.as_secs_f64() / interval.as_secs_f64()).ceil();
             want = want.min(per_second as usize).max(1);
         }
+        if target.settings.order == Order::PerUser
+            && let Err(e) = self.shared.store.tend_lanes(&target.key).await
+        {
+            warn!(error = %e, "looking for lanes left blocked by an older build failed");
+        }
         let jobs = match self.shared.store.lease_due(&target.key, want).await {
             Ok(jobs) => jobs,
             Err(e) => {
@@ -295,8 +301,9 @@ impl Delivery {
             .finish(&*self.shared.store, &target, &job, &attempt)
             .await;
         self.shared.leases.let_go(job.id, job.lease);
-        if matches!(disposition, Disposition::RetryIn(_)) {
-            // The worker may be asleep for a whole poll interval; let it see the new due time.
+        if matches!(disposition, Disposition::RetryIn(_)) || job.lane.is_some() {
+            // The worker may be asleep for a whole poll interval; let it see the new due time,
+            // or the next job of the lane this one released.
             target.plumbing.wake.notify_one();
         }
     }

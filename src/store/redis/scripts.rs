@@ -45,6 +45,8 @@ pub(super) struct Scripts {
     pub(super) callback: Script,
     /// Reserves a paced target's next delivery start.
     pub(super) pace: Script,
+    /// Lets go of lanes an older build left blocked.
+    pub(super) lanes: Script,
 }
 
 impl Scripts {
@@ -68,6 +70,7 @@ impl Scripts {
             depths: script(include_str!("lua/depths.lua")),
             callback: script(include_str!("lua/callback.lua")),
             pace: script(include_str!("lua/pace.lua")),
+            lanes: script(include_str!("lua/lanes.lua")),
         }
     }
 }
