@@ -2302,7 +2302,7 @@ async fn a_lane_goes_one_job_at_a_time_in_order(store: Arc<dyn Store>) {
     record(&*store, report(&retried[0], 2, Disposition::Delivered)).await;
     for next in ["u2", "u3"] {
         let job = lease_one(&*store, "o").await;
-        assert_eq!(keys_of(&[job.clone()]), [next]);
+        assert_eq!(keys_of(std::slice::from_ref(&job)), [next]);
         assert!(store.lease_due(&key("o"), 10).await.unwrap().is_empty());
         record(&*store, report(&job, 1, Disposition::Delivered)).await;
     }
@@ -2322,7 +2322,7 @@ async fn a_dead_letter_releases_its_lane_and_rejoins_it_at_the_end(store: Arc<dy
     let first = lease_one(&*store, "o").await;
     record(&*store, report(&first, 1, Disposition::Dead)).await;
     let second = lease_one(&*store, "o").await;
-    assert_eq!(keys_of(&[second.clone()]), ["d2"]);
+    assert_eq!(keys_of(std::slice::from_ref(&second)), ["d2"]);
     let replayed = store
         .replay_dead(Some(first.id), &DeadLetterFilter::default(), vec![key("o")])
         .await
@@ -2331,7 +2331,7 @@ async fn a_dead_letter_releases_its_lane_and_rejoins_it_at_the_end(store: Arc<dy
     assert!(store.lease_due(&key("o"), 10).await.unwrap().is_empty());
     record(&*store, report(&second, 1, Disposition::Delivered)).await;
     let third = lease_one(&*store, "o").await;
-    assert_eq!(keys_of(&[third.clone()]), ["d3"]);
+    assert_eq!(keys_of(std::slice::from_ref(&third)), ["d3"]);
     record(&*store, report(&third, 1, Disposition::Delivered)).await;
     let again = lease_one(&*store, "o").await;
     assert_eq!((again.id, again.attempts), (first.id, 1));
@@ -2352,7 +2352,7 @@ async fn a_released_first_keeps_its_place_and_unrouted_lanes_are_buried(store: A
     let first = lease_one(&*store, "o").await;
     store.release(vec![first.leased()]).await.unwrap();
     let again = lease_one(&*store, "o").await;
-    assert_eq!(keys_of(&[again.clone()]), ["r1"]);
+    assert_eq!(keys_of(std::slice::from_ref(&again)), ["r1"]);
     store.release(vec![again.leased()]).await.unwrap();
     let buried = store.bury_unrouted(vec![], "gone", 5_000).await.unwrap();
     assert_eq!(buried, vec![(key("o"), 2)]);
@@ -2398,7 +2398,7 @@ async fn two_instances_never_hold_two_jobs_of_one_lane(a: Arc<dyn Store>, b: Arc
             break;
         }
         for (store, job) in leased {
-            seen.extend(keys_of(&[job.clone()]));
+            seen.extend(keys_of(std::slice::from_ref(&job)));
             record(&*store, report(&job, 1, Disposition::Delivered)).await;
         }
     }
@@ -2457,7 +2457,7 @@ async fn sqlite_reopen_keeps_each_lanes_order() {
     let reopened = open_when_released(&path).await;
     for next in ["k1", "k2", "k3"] {
         let job = lease_one(&reopened, "o").await;
-        assert_eq!(keys_of(&[job.clone()]), [next]);
+        assert_eq!(keys_of(std::slice::from_ref(&job)), [next]);
         assert!(reopened.lease_due(&key("o"), 10).await.unwrap().is_empty());
         record(
             &reopened,

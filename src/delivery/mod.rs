@@ -10,7 +10,9 @@
 //! flight per target, a budget the primary relay in ingress shares; while the target's circuit
 //! breaker is open (it keeps failing), the worker starts nothing; a paced target's worker
 //! waits before each start for the turn the store reserves (`rate_limit_per_sec`, shared by every
-//! instance). On stop, jobs still in the
+//! instance). A lane-ordered target's (`order = "per_user"`) jobs are never handed over: the
+//! store leases a lane's first job only, and a delivered or dead one lets the next go, so the
+//! worker is rung after each of them. On stop, jobs still in the
 //! handoff go back to the store as due; attempts in flight finish (the caller bounds that by the
 //! grace period) and anything unfinished is due again on restart.
 
