@@ -7,7 +7,9 @@
 //! `open` jobs), `job:<id>` (hash: state `p`ending, in `f`light or `d`ead, lease token,
 //! attempts…), `att:<id>` (hash: attempt → `at|status|E<error>`), per target `due:<t>` (zset by
 //! due time), `lease:<t>` (zset by lease expiry), `dead:<t>` (zset by time of death), `targets`
-//! (set), `done` (zset: callbacks with no job left, by arrival, for the retention purge). One
+//! (set), `done` (zset: callbacks with no job left, by arrival, for the retention purge); for
+//! lane-ordered targets only, `lane:<lane>:<t>` (zset: a lane's open jobs in order) and
+//! `held:<t>` (zset: jobs waiting behind their lane's first; see `lua/prelude.lua`). One
 //! key outside any account, `<prefix>:accounts`, lists the accounts for the deployment-wide
 //! reads (admin, metrics, dead letters by id); it is written before an account's first accept,
 //! idempotently. Kept values (WeChat's callback IP lists) are `<prefix>:kept:<name>`.
