@@ -470,6 +470,7 @@ impl Attempt {
                 self.verdict,
                 rand::random(),
             ),
+            lane: job.lane.clone(),
         }
     }
 }

@@ -37,13 +37,7 @@ impl UserIds {
     /// Hashes with a key derived from `secret` (the account's token), or shows values as they
     /// are when `show` is set.
     pub fn new(secret: &str, show: bool) -> UserIds {
-        let key = (!show).then(|| {
-            let derived = Sha1::new()
-                .chain_update(b"wechat-fanout user ids\0")
-                .chain_update(secret.as_bytes())
-                .finalize();
-            hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, &derived)
-        });
+        let key = (!show).then(|| user_key(secret));
         UserIds { key }
     }
 
@@ -53,6 +47,45 @@ impl UserIds {
             None => Shown::Plain(value),
             Some(key) => Shown::Hashed(hmac_sha1(key, value.as_bytes())),
         }
+    }
+}
+
+/// The key of an account's hashes of users, derived from `secret` (the account's token).
+fn user_key(secret: &str) -> hmac::Key {
+    let derived = Sha1::new()
+        .chain_update(b"wechat-fanout user ids\0")
+        .chain_update(secret.as_bytes())
+        .finalize();
+    hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, &derived)
+}
+
+/// A keyed hash of a user that is always a hash, whatever `log.show_user_ids` says: what the
+/// store keeps where it must tell users apart (a callback's lane), never the user. Keyed as
+/// [`UserIds`] is, so a user's hash here is the one its log lines show (after `h:`).
+#[derive(Clone)]
+pub struct UserHash {
+    key: hmac::Key,
+}
+
+impl fmt::Debug for UserHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserHash").finish_non_exhaustive()
+    }
+}
+
+impl UserHash {
+    /// Keyed by a hash of `secret` (the account's token).
+    pub fn new(secret: &str) -> UserHash {
+        UserHash {
+            key: user_key(secret),
+        }
+    }
+
+    /// `value`'s hash: 16 hex digits.
+    pub fn hex(&self, value: &str) -> String {
+        let digest = hmac_sha1(&self.key, value.as_bytes());
+        let shown = Shown::Hashed(digest).to_string();
+        shown.trim_start_matches("h:").to_owned()
     }
 }
 

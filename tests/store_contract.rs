@@ -42,6 +42,7 @@ async fn callback(store: &dyn Store, key: &str, targets: &[(&str, bool)]) -> New
             authorizer: None,
             trace: None,
             headers: Vec::new(),
+            lane: None,
         }),
         jobs: targets
             .iter()
@@ -50,6 +51,7 @@ async fn callback(store: &dyn Store, key: &str, targets: &[(&str, bool)]) -> New
                 id: JobId(id),
                 target: Arc::from(*name),
                 lease: leased.then(new_lease_token),
+                ordered: false,
             })
             .collect(),
         answer_pending_ms: None,
@@ -80,12 +82,16 @@ fn report_for(
         status: Some(500),
         error: Some("target answered 500".into()),
         disposition,
+        lane: None,
     }
 }
 
 /// The report of attempt `attempt` of a leased `job`.
 fn report(job: &Job, attempt: u32, disposition: Disposition) -> AttemptReport {
-    report_for(&job.key.target, job.id, job.lease, attempt, disposition)
+    AttemptReport {
+        lane: job.lane.clone(),
+        ..report_for(&job.key.target, job.id, job.lease, attempt, disposition)
+    }
 }
 
 async fn record(store: &dyn Store, report: AttemptReport) {
@@ -901,6 +907,7 @@ async fn a_callbacks_jobs_are_found_whatever_their_ids(store: Arc<dyn Store>) {
         id: JobId(new.id.0),
         target: Arc::from("d"),
         lease,
+        ordered: false,
     });
     new.jobs.swap(2, 3);
     new.id = CallbackId(ids[0]);
@@ -1273,6 +1280,9 @@ macro_rules! contract {
             #[tokio::test] jobs_due_for_too_long_become_dead_letters,
             #[tokio::test] a_paced_targets_starts_are_reserved_one_interval_apart,
             #[tokio::test] a_backfill_queues_each_callback_of_a_window_once,
+            #[tokio::test] a_lane_goes_one_job_at_a_time_in_order,
+            #[tokio::test] a_dead_letter_releases_its_lane_and_rejoins_it_at_the_end,
+            #[tokio::test] a_released_first_keeps_its_place_and_unrouted_lanes_are_buried,
         );
     };
     (@suite $backend:ident, $open:expr, $(#[$runtime:meta] $test:ident,)*) => {
@@ -1523,6 +1533,8 @@ macro_rules! instances {
             instances!(@test $urls, $cluster, instances_never_share_an_id);
             instances!(@test $urls, $cluster, an_older_instance_finds_a_callback_of_this_build_under_its_key);
             instances!(@test $urls, $cluster, instances_share_a_targets_pace);
+            instances!(@test $urls, $cluster, two_instances_never_hold_two_jobs_of_one_lane);
+            instances!(@test $urls, $cluster, a_lanes_first_whose_lease_expired_goes_first);
         }
     };
     (@test $urls:expr, $cluster:expr, $test:ident) => {
@@ -1723,6 +1735,7 @@ async fn a_callback_of_the_build_before_is_delivered(store: &dyn Store, job: Job
         authorizer: Some(OLD_AUTHORIZER.into()),
         trace: None,
         headers: Vec::new(),
+        lane: None,
     };
     let leased = lease_one(store, "a").await;
     assert_eq!((leased.id, &*leased.request), (job, &expected));
@@ -2326,4 +2339,271 @@ async fn redis_sentinel_without_min_replicas_a_failover_loses_answered_callbacks
     assert_eq!(seen.refused, 0, "{seen:?}");
     assert!(seen.answered > 0, "{seen:?}");
     assert!(!seen.lost.is_empty(), "{seen:?}");
+}
+
+// ---- Lanes (`order = "per_user"`) ----
+
+/// A callback of `lane` (`dedupe key` `key`) for the lane-ordered target `o`, and for `p`
+/// (not ordered) when `with_plain`.
+async fn in_lane(store: &dyn Store, key: &str, lane: &str, with_plain: bool) -> NewCallback {
+    let targets: &[(&str, bool)] = if with_plain {
+        &[("o", false), ("p", false)]
+    } else {
+        &[("o", false)]
+    };
+    let mut new = callback(store, key, targets).await;
+    let mut request = (*new.request).clone();
+    request.lane = Some(lane.to_owned());
+    new.request = Arc::new(request);
+    new.jobs[0].ordered = true;
+    new
+}
+
+/// The dedupe keys (`<MsgId>`) of leased jobs, in the order leased.
+fn keys_of(jobs: &[Job]) -> Vec<String> {
+    jobs.iter()
+        .map(|job| {
+            let body = String::from_utf8_lossy(&job.request.body).into_owned();
+            body.trim_start_matches("<xml><MsgId>")
+                .trim_end_matches("</MsgId></xml>")
+                .to_owned()
+        })
+        .collect()
+}
+
+/// One lane's jobs go one at a time, in the order stored: the second is not leased while the
+/// first is in flight or waiting to be retried; another lane's is; a target without order
+/// gets them all at once; a delivery, and a dead letter, let the next go.
+async fn a_lane_goes_one_job_at_a_time_in_order(store: Arc<dyn Store>) {
+    for (key, lane) in [("u1", "uA"), ("u2", "uA"), ("v1", "uB"), ("u3", "uA")] {
+        store
+            .accept(in_lane(&*store, key, lane, true).await)
+            .await
+            .unwrap();
+    }
+    let plain = store.lease_due(&key("p"), 10).await.unwrap();
+    assert_eq!(plain.len(), 4, "a target without order is not held back");
+    assert!(plain.iter().all(|job| job.lane.is_none()));
+    let first = store.lease_due(&key("o"), 10).await.unwrap();
+    assert_eq!(keys_of(&first), ["u1", "v1"], "each lane's first only");
+    assert_eq!(first[0].lane.as_deref(), Some("uA"));
+    assert_eq!(first[0].request.lane.as_deref(), Some("uA"));
+    let pending = depth(&*store, "o").await.unwrap();
+    assert_eq!(
+        (pending.pending, pending.in_flight),
+        (2, 2),
+        "held jobs count as pending"
+    );
+    // In flight: the lane waits.
+    assert!(store.lease_due(&key("o"), 10).await.unwrap().is_empty());
+    // Waiting to be retried: the lane still waits, the retry is its first.
+    record(
+        &*store,
+        report(&first[0], 1, Disposition::RetryIn(Duration::ZERO)),
+    )
+    .await;
+    record(&*store, report(&first[1], 1, Disposition::Delivered)).await;
+    let retried = store.lease_due(&key("o"), 10).await.unwrap();
+    assert_eq!(keys_of(&retried), ["u1"]);
+    record(&*store, report(&retried[0], 2, Disposition::Delivered)).await;
+    for next in ["u2", "u3"] {
+        let job = lease_one(&*store, "o").await;
+        assert_eq!(keys_of(std::slice::from_ref(&job)), [next]);
+        assert!(store.lease_due(&key("o"), 10).await.unwrap().is_empty());
+        record(&*store, report(&job, 1, Disposition::Delivered)).await;
+    }
+    assert!(store.lease_due(&key("o"), 10).await.unwrap().is_empty());
+    assert_eq!(store.next_due(&key("o")).await.unwrap(), None);
+}
+
+/// A dead letter releases its lane at once, and the lane's next job goes; replayed, the letter
+/// rejoins its lane at the end, behind the jobs open in it.
+async fn a_dead_letter_releases_its_lane_and_rejoins_it_at_the_end(store: Arc<dyn Store>) {
+    for key in ["d1", "d2", "d3"] {
+        store
+            .accept(in_lane(&*store, key, "uD", false).await)
+            .await
+            .unwrap();
+    }
+    let first = lease_one(&*store, "o").await;
+    record(&*store, report(&first, 1, Disposition::Dead)).await;
+    let second = lease_one(&*store, "o").await;
+    assert_eq!(keys_of(std::slice::from_ref(&second)), ["d2"]);
+    let replayed = store
+        .replay_dead(Some(first.id), &DeadLetterFilter::default(), vec![key("o")])
+        .await
+        .unwrap();
+    assert_eq!(replayed.targets, vec![key("o")]);
+    assert!(store.lease_due(&key("o"), 10).await.unwrap().is_empty());
+    record(&*store, report(&second, 1, Disposition::Delivered)).await;
+    let third = lease_one(&*store, "o").await;
+    assert_eq!(keys_of(std::slice::from_ref(&third)), ["d3"]);
+    record(&*store, report(&third, 1, Disposition::Delivered)).await;
+    let again = lease_one(&*store, "o").await;
+    assert_eq!((again.id, again.attempts), (first.id, 1));
+    record(&*store, report(&again, 2, Disposition::Delivered)).await;
+    assert!(store.lease_due(&key("o"), 10).await.unwrap().is_empty());
+    assert_eq!(depth(&*store, "o").await.map_or(0, |d| d.pending), 0);
+}
+
+/// A lane's first job handed back (a worker stopping) is still its first: the lane keeps its
+/// order; a target removed from the configuration buries its held jobs with the rest.
+async fn a_released_first_keeps_its_place_and_unrouted_lanes_are_buried(store: Arc<dyn Store>) {
+    for key in ["r1", "r2"] {
+        store
+            .accept(in_lane(&*store, key, "uR", false).await)
+            .await
+            .unwrap();
+    }
+    let first = lease_one(&*store, "o").await;
+    store.release(vec![first.leased()]).await.unwrap();
+    let again = lease_one(&*store, "o").await;
+    assert_eq!(keys_of(std::slice::from_ref(&again)), ["r1"]);
+    store.release(vec![again.leased()]).await.unwrap();
+    let buried = store.bury_unrouted(vec![], "gone", 5_000).await.unwrap();
+    assert_eq!(buried, vec![(key("o"), 2)]);
+    assert!(store.lease_due(&key("o"), 10).await.unwrap().is_empty());
+    assert_eq!(
+        depth(&*store, "o").await.map(|d| (d.pending, d.dead)),
+        Some((0, 2))
+    );
+}
+
+/// Two instances leasing at once, callbacks of 4 lanes arriving on both: at no time are two
+/// jobs of one lane in flight, and each lane's jobs are leased in the order stored.
+async fn two_instances_never_hold_two_jobs_of_one_lane(a: Arc<dyn Store>, b: Arc<dyn Store>) {
+    let lanes = ["uA", "uB", "uC", "uD"];
+    for i in 0..5 {
+        for (n, lane) in lanes.iter().enumerate() {
+            let on: &Arc<dyn Store> = if (i + n) % 2 == 0 { &a } else { &b };
+            let new = in_lane(&**on, &format!("{lane}-{i}"), lane, false).await;
+            on.accept(new).await.unwrap();
+        }
+    }
+    let mut seen: Vec<String> = Vec::new();
+    for round in 0..40 {
+        let o = key("o");
+        let (from_a, from_b) = tokio::join!(a.lease_due(&o, 10), b.lease_due(&o, 10));
+        let leased: Vec<(Arc<dyn Store>, Job)> =
+            (from_a.unwrap().into_iter().map(|j| (a.clone(), j)))
+                .chain(from_b.unwrap().into_iter().map(|j| (b.clone(), j)))
+                .collect();
+        let mut lanes_in_flight: Vec<&str> = leased
+            .iter()
+            .map(|(_, j)| j.lane.as_deref().unwrap())
+            .collect();
+        lanes_in_flight.sort_unstable();
+        let all = lanes_in_flight.len();
+        lanes_in_flight.dedup();
+        assert_eq!(
+            all,
+            lanes_in_flight.len(),
+            "round {round}: two jobs of one lane in flight"
+        );
+        if leased.is_empty() {
+            break;
+        }
+        for (store, job) in leased {
+            seen.extend(keys_of(std::slice::from_ref(&job)));
+            record(&*store, report(&job, 1, Disposition::Delivered)).await;
+        }
+    }
+    assert_eq!(seen.len(), 20, "{seen:?}");
+    for lane in lanes {
+        let order: Vec<&String> = seen.iter().filter(|k| k.starts_with(lane)).collect();
+        let expected: Vec<String> = (0..5).map(|i| format!("{lane}-{i}")).collect();
+        assert_eq!(order, expected.iter().collect::<Vec<_>>());
+    }
+}
+
+/// An instance that died with a lane's first job in flight: once its lease expires the other
+/// instance takes that job, not the next of the lane; the dead one's late outcome does not
+/// release the lane.
+async fn a_lanes_first_whose_lease_expired_goes_first(a: Arc<dyn Store>, b: Arc<dyn Store>) {
+    for key in ["e1", "e2"] {
+        a.accept(in_lane(&*a, key, "uE", false).await)
+            .await
+            .unwrap();
+    }
+    let first = lease_one(&*a, "o").await;
+    assert!(b.lease_due(&key("o"), 10).await.unwrap().is_empty());
+    tokio::time::sleep(SHORT_LEASE + Duration::from_millis(100)).await;
+    let taken = lease_one(&*b, "o").await;
+    assert_eq!(taken.id, first.id);
+    assert_eq!(
+        a.record(report(&first, 1, Disposition::Delivered))
+            .await
+            .unwrap(),
+        Recorded::LeaseLost
+    );
+    assert!(b.lease_due(&key("o"), 10).await.unwrap().is_empty());
+    record(&*b, report(&taken, 1, Disposition::Delivered)).await;
+    let second = lease_one(&*a, "o").await;
+    assert_eq!(keys_of(&[second]), ["e2"]);
+}
+
+/// SQLite only: after a restart a lane keeps its order: its first, in flight at the crash, is
+/// due again and still first; the jobs behind it still wait.
+#[tokio::test]
+async fn sqlite_reopen_keeps_each_lanes_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    {
+        let store = SqliteStore::open(&path, Synchronous::Full).unwrap();
+        for key in ["k1", "k2", "k3"] {
+            store
+                .accept(in_lane(&store, key, "uK", false).await)
+                .await
+                .unwrap();
+        }
+        let first = lease_one(&store, "o").await;
+        assert_eq!(keys_of(&[first]), ["k1"]);
+        store.flush().await.unwrap();
+    }
+    let reopened = open_when_released(&path).await;
+    for next in ["k1", "k2", "k3"] {
+        let job = lease_one(&reopened, "o").await;
+        assert_eq!(keys_of(std::slice::from_ref(&job)), [next]);
+        assert!(reopened.lease_due(&key("o"), 10).await.unwrap().is_empty());
+        record(
+            &reopened,
+            report(&job, job.attempts + 1, Disposition::Delivered),
+        )
+        .await;
+    }
+}
+
+/// Redis only: a lane whose first an older build delivered without releasing the lane (its
+/// record script knows no lanes) is let go by the next look at the target's lanes.
+#[tokio::test]
+async fn redis_a_lane_left_blocked_by_an_older_build_is_let_go() {
+    let prefix = prefix();
+    let store = open_redis(standalone_urls(), false, &prefix, 30_000).await;
+    for key in ["b1", "b2"] {
+        store
+            .accept(in_lane(&store, key, "uO", false).await)
+            .await
+            .unwrap();
+    }
+    let first = lease_one(&store, "o").await;
+    // What the build before's record script does with a delivered job: it deletes it, and
+    // leaves the lane as it was.
+    let client = redis::Client::open(standalone_urls()[0].as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let base = format!("{prefix}:{{main}}");
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{base}:job:{}", first.id))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("ZREM")
+        .arg(format!("{base}:lease:o"))
+        .arg(first.id.0)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(store.lease_due(&key("o"), 10).await.unwrap().is_empty());
+    store.tend_lanes(&key("o")).await.unwrap();
+    let second = lease_one(&store, "o").await;
+    assert_eq!(keys_of(&[second]), ["b2"]);
 }

@@ -155,6 +155,9 @@ pub struct TargetConfig {
     /// together; the rest wait in the store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_per_sec: Option<f64>,
+    /// `per_user`: one sender's callbacks one at a time, in the order received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<Order>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http2: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -207,6 +210,18 @@ const MAX_RATE_PER_SEC: f64 = 1_000_000.0;
 
 /// A shorter listen token is guessable: refused.
 pub const MIN_LISTEN_TOKEN_BYTES: usize = 16;
+
+/// `order`: whether a target gets one sender's callbacks one at a time, in order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Order {
+    /// In parallel, as they come (the default).
+    #[default]
+    None,
+    /// One at a time per lane (a user, by the rule of the account's kind: `routing::lanes`),
+    /// in the order received; other lanes are not held back.
+    PerUser,
+}
 
 /// `late_replies`: how an answer that missed the deadline still reaches the user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -280,6 +295,27 @@ impl AccountConfig {
                 format!("names no target of this account: {primary:?}"),
             ));
         }
+        // The primary is a reply owner the account names: it cannot wait in a lane nor for its
+        // turn, as `check_pace` and the order rule refuse for `replies_to`.
+        let primary = (self.primary.as_deref())
+            .and_then(|primary| (self.targets.iter()).position(|t| t.name == primary));
+        if let Some(j) = primary {
+            let target = &self.targets[j];
+            if target.order == Some(Order::PerUser) {
+                errors.push(invalid(
+                    format!("{key}.targets[{j}].order"),
+                    "the primary's deliveries are relayed while WeChat waits and cannot wait in \
+                     a lane: order another target",
+                ));
+            }
+            if target.rate_limit_per_sec.is_some() {
+                errors.push(invalid(
+                    format!("{key}.targets[{j}].rate_limit_per_sec"),
+                    "the primary's deliveries are relayed while WeChat waits and cannot wait \
+                     their turn: pace another target",
+                ));
+            }
+        }
     }
 }
 
@@ -335,6 +371,23 @@ impl TargetConfig {
         Ok(())
     }
 
+    /// `order = "per_user"`: not on a target whose deliveries are made while WeChat waits (a
+    /// reply owner's is relayed at accept, a shadow's asked beside it): they cannot wait in a
+    /// lane. `primary` is checked by the account, which names it.
+    fn check_order(&self, key: &str) -> Result<(), ConfigError> {
+        if self.order != Some(Order::PerUser) {
+            return Ok(());
+        }
+        if self.replies_to.is_some() || self.shadow_of.is_some() {
+            return Err(invalid(
+                format!("{key}.order"),
+                "a reply owner's (replies_to) and a shadow's (shadow_of) deliveries are made \
+                 while WeChat waits and cannot wait in a lane: order another target",
+            ));
+        }
+        Ok(())
+    }
+
     /// The field rules of one target (`key`: `accounts[i].targets[j]`) of an account of `kind`.
     fn check(
         &self,
@@ -344,6 +397,7 @@ impl TargetConfig {
         max_query_bytes: usize,
     ) -> Result<(), ConfigError> {
         self.check_pace(key)?;
+        self.check_order(key)?;
         let url = match (&self.url, self.listen) {
             (Some(url), false) => url,
             (None, true) => return self.check_listen(key, defaults),
@@ -454,6 +508,7 @@ impl TargetConfig {
             pace: (self.rate_limit_per_sec)
                 .filter(|rate| rate.is_finite() && *rate > 0.0)
                 .map(|rate| Duration::from_secs_f64(1.0 / rate.min(MAX_RATE_PER_SEC))),
+            order: self.order.unwrap_or_default(),
         }
     }
 }

@@ -17,8 +17,8 @@ mod pay;
 
 pub use accounts::{
     AUTHORIZER_IN_URL, AccountConfig, AccountKind, LATE_REPLIES_TARGET, LISTEN_BACKLOG_SECS,
-    LateReplies, MIN_LISTEN_TOKEN_BYTES, Mode, PayPublicKeyConfig, ResignConfig, TargetConfig,
-    authorizer_placeholders,
+    LateReplies, MIN_LISTEN_TOKEN_BYTES, Mode, Order, PayPublicKeyConfig, ResignConfig,
+    TargetConfig, authorizer_placeholders,
 };
 pub use pay::{PAY_TIMESTAMP_SKEW_SECS, PUBLIC_KEY_ID_PREFIX};
 
@@ -555,6 +555,8 @@ pub struct TargetSettings {
     pub traceparent: bool,
     /// `rate_limit_per_sec` as the time between two deliveries' starts.
     pub pace: Option<Duration>,
+    /// `order`: per lane, one at a time, or in parallel.
+    pub order: Order,
 }
 
 impl Config {
@@ -759,6 +761,7 @@ impl TargetDefaults {
             pipelining: self.pipelining,
             traceparent: self.traceparent,
             pace: None,
+            order: Order::None,
         }
     }
 

@@ -10,7 +10,9 @@
 //! flight per target, a budget the primary relay in ingress shares; while the target's circuit
 //! breaker is open (it keeps failing), the worker starts nothing; a paced target's worker
 //! waits before each start for the turn the store reserves (`rate_limit_per_sec`, shared by every
-//! instance). On stop, jobs still in the
+//! instance). A lane-ordered target's (`order = "per_user"`) jobs are never handed over: the
+//! store leases a lane's first job only, and a delivered or dead one lets the next go, so the
+//! worker is rung after each of them. On stop, jobs still in the
 //! handoff go back to the store as due; attempts in flight finish (the caller bounds that by the
 //! grace period) and anything unfinished is due again on restart.
 
@@ -23,6 +25,7 @@ use tracing::{Instrument, error, info_span, warn};
 
 use crate::attempt::Shared;
 use crate::clock::now_ms;
+use crate::config::Order;
 use crate::routing::Target;
 use crate::store::{Disposition, Job, Leased};
 
@@ -202,6 +205,11 @@ impl Delivery {
             let per_second = (PACE_LOOKAHEAD.as_secs_f64() / interval.as_secs_f64()).ceil();
             want = want.min(per_second as usize).max(1);
         }
+        if target.settings.order == Order::PerUser
+            && let Err(e) = self.shared.store.tend_lanes(&target.key).await
+        {
+            warn!(error = %e, "looking for lanes left blocked by an older build failed");
+        }
         let jobs = match self.shared.store.lease_due(&target.key, want).await {
             Ok(jobs) => jobs,
             Err(e) => {
@@ -295,8 +303,9 @@ impl Delivery {
             .finish(&*self.shared.store, &target, &job, &attempt)
             .await;
         self.shared.leases.let_go(job.id, job.lease);
-        if matches!(disposition, Disposition::RetryIn(_)) {
-            // The worker may be asleep for a whole poll interval; let it see the new due time.
+        if matches!(disposition, Disposition::RetryIn(_)) || job.lane.is_some() {
+            // The worker may be asleep for a whole poll interval; let it see the new due time,
+            // or the next job of the lane this one released.
             target.plumbing.wake.notify_one();
         }
     }

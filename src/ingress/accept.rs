@@ -16,6 +16,7 @@ use super::rejection::Rejection;
 use super::resends::{self, Leader, Role};
 use super::{FOLLOWER_SLACK, Ingress, Verified, rescue, shadow, success};
 use crate::clock::now_ms;
+use crate::config::Order;
 use crate::events::{CallbackEvent, Event, JobRef};
 use crate::metrics::CallbackOutcome;
 use crate::routing::Target;
@@ -228,6 +229,12 @@ impl Ingress {
                 if relay.is_none() && !self.worked_here(target) {
                     return (target, Start::Stored);
                 }
+                // A lane-ordered job waits behind its lane's open jobs, which only the store
+                // knows (on any instance): stored, due at once if its lane is empty. Never an
+                // owner or a shadow (refused at load).
+                if target.settings.order == Order::PerUser {
+                    return (target, Start::Stored);
+                }
                 let shadow = shadows
                     .iter()
                     .any(|s| Arc::ptr_eq(s, target))
@@ -313,6 +320,8 @@ impl Ingress {
                 attempts: 0,
                 retry_base: 0,
                 request: verified.replay.clone(),
+                // Started here only if not lane-ordered (see `plan`).
+                lane: None,
             };
             match start {
                 Start::Relay(permit) => {
@@ -543,6 +552,8 @@ fn new_callback(
                 id: job.id,
                 target: job.target.key.target.clone(),
                 lease: job.lease,
+                ordered: job.target.settings.order == Order::PerUser
+                    && verified.replay.lane.is_some(),
             })
             .collect(),
         answer_pending_ms,

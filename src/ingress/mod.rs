@@ -274,6 +274,8 @@ impl Ingress {
             authorizer: authorizer.clone(),
             trace: traced.traceparent(),
             headers: Vec::new(),
+            lane: (account.lanes.as_ref())
+                .map(|lanes| lanes.of(&opened.envelope, authorizer.as_deref())),
         });
         let verified = Verified {
             account,

@@ -98,6 +98,7 @@ impl Ingress {
             authorizer: None,
             trace: traced.traceparent(),
             headers: received,
+            lane: (account.lanes.as_ref()).map(|lanes| lanes.of(&envelope, None)),
         });
         let verified = Verified {
             account,

@@ -104,11 +104,13 @@ async fn rescue(
                 authorizer: None,
                 trace: None,
                 headers: Vec::new(),
+                lane: None,
             }),
             jobs: vec![NewJob {
                 id: JobId(ids[1]),
                 target: sender.key.target.clone(),
                 lease: None,
+                ordered: false,
             }],
             answer_pending_ms: None,
         })

@@ -14,11 +14,11 @@ use std::time::Duration;
 use url::Url;
 
 use super::replies::{Claim, Owners, Route};
-use super::{Account, Allowed, Filter, Listen, Plumbing, Routes, Target};
+use super::{Account, Allowed, Filter, Lanes, Listen, Plumbing, Routes, Target};
 use crate::cidr::Cidr;
 use crate::config::{
     AccountConfig, AccountKind, Config, ConfigError, DEFAULT_API_BASE, LATE_REPLIES_TARGET,
-    LISTEN_BACKLOG_SECS, MIN_LISTEN_TOKEN_BYTES, Mode, TargetConfig, TargetSettings,
+    LISTEN_BACKLOG_SECS, MIN_LISTEN_TOKEN_BYTES, Mode, Order, TargetConfig, TargetSettings,
     WECOM_API_BASE, all_of, authorizer_placeholders, invalid, secret,
 };
 use crate::outbound::Origin;
@@ -216,8 +216,10 @@ fn build_account(
             shadows[*k].push(j);
         }
     }
+    let ordered = (targets.iter()).any(|t| t.settings.order == Order::PerUser);
     Some(Account {
         user_ids: UserIds::new(&credentials.token, config.log.show_user_ids),
+        lanes: ordered.then(|| Lanes::new(account.kind, &credentials.token)),
         id,
         allowed: allowed?,
         sources_api: sources_api?,

@@ -8,12 +8,14 @@
 
 mod allowed;
 mod build;
+mod lanes;
 mod pay;
 pub mod replies;
 pub mod retry;
 
 pub use allowed::Allowed;
 pub use build::{build, credentials};
+pub use lanes::Lanes;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -55,6 +57,9 @@ pub struct Account {
     shadows: Vec<Vec<usize>>,
     /// How log lines name this account's users (a keyed hash unless `log.show_user_ids`).
     pub user_ids: UserIds,
+    /// How its callbacks are put in lanes, when a target of it has `order = "per_user"`:
+    /// only then is a callback's lane worked out and stored.
+    pub lanes: Option<Lanes>,
     /// `allowed_sources`: only these clients may call (`None`: anyone).
     pub allowed: Option<Allowed>,
     /// What WeChat's API needs to fetch the callback IP list, for `allowed_sources = ["wechat"]`.

@@ -220,6 +220,7 @@ mod tests {
             pipelining: false,
             traceparent: false,
             pace: None,
+            order: crate::config::Order::None,
         }
     }
 
@@ -343,6 +344,7 @@ mod tests {
             pipelining: false,
             traceparent: false,
             pace: None,
+            order: crate::config::Order::None,
         };
         let breaker = Breaker::default();
         let fail = Verdict::Retry { after: None };

@@ -170,7 +170,9 @@ mod tests {
                 authorizer: None,
                 trace: None,
                 headers: Vec::new(),
+                lane: None,
             }),
+            lane: None,
         }
     }
 

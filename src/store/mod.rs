@@ -6,6 +6,12 @@
 //!   race. Only after it returns may WeChat get its 200.
 //! * A job is *pending* (due at some time), *in flight* (leased), or *dead*. Delivered jobs are
 //!   removed. Retries are pending jobs due later: no task sleeps.
+//! * A job of a target with `order = "per_user"` is *lane-ordered* ([`NewJob::ordered`]): it
+//!   waits in its callback's lane ([`Replay::lane`]) for that target. Only the lane's first
+//!   open job is ever due or in flight; the others wait behind it, pending but never leased,
+//!   until it is delivered or dead (a dead letter releases the lane). The lane is kept in the
+//!   store, so it holds across instances and restarts. Jobs that are not lane-ordered cost
+//!   nothing of it.
 //! * The store never interprets bodies: it keeps and returns the original bytes.
 //! * What is stored of a callback has one shape, [`Replay`], versioned ([`SHAPE_VERSION`]) so
 //!   that builds of two releases share a store (`shape`).
@@ -150,7 +156,12 @@ pub struct NewJob {
     pub target: Arc<str>,
     /// `Some`: the caller attempts this job at once itself (primary relay, in-memory hand-off)
     /// under this lease: it is stored in flight rather than due, so no worker leases it twice.
+    /// Never set with `ordered`: whether a lane is free only the store knows.
     pub lease: Option<LeaseToken>,
+    /// The target delivers its callbacks per lane (`order = "per_user"`): this job waits behind
+    /// the open jobs of its callback's lane ([`Replay::lane`], which it must have) for that
+    /// target.
+    pub ordered: bool,
 }
 
 /// The answer WeChat got, kept so that its resends get the same.
@@ -191,6 +202,9 @@ pub struct Job {
     /// allowance of `max_attempts`, while attempt numbers keep counting.
     pub retry_base: u32,
     pub request: Arc<Replay>,
+    /// The lane this job holds (it is lane-ordered): its outcome, once delivered or dead,
+    /// lets the lane's next job go.
+    pub lane: Option<Arc<str>>,
 }
 
 impl Job {
@@ -375,6 +389,8 @@ pub struct AttemptReport {
     /// Why the attempt failed, if it did.
     pub error: Option<String>,
     pub disposition: Disposition,
+    /// The job's lane ([`Job::lane`]), released when it is delivered or dead.
+    pub lane: Option<Arc<str>>,
 }
 
 /// Whether [`Store::record`] applied an outcome.
@@ -515,6 +531,14 @@ pub trait Store: Send + Sync + 'static {
     /// the jobs whose lease was lost meanwhile.
     async fn renew(&self, jobs: &[Leased]) -> Result<Vec<JobId>, StoreError>;
 
+    /// For a lane-ordered target: lets go of a few of its lanes left blocked by a build that
+    /// keeps no lanes (its outcome of a lane's first job did not release the lane; see `shape`,
+    /// version 5), picked at random. Nothing to do where no such build can share the store
+    /// while this one runs (SQLite heals its lanes when it opens).
+    async fn tend_lanes(&self, _key: &TargetKey) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// How long a lease lasts unless [`Store::renew`]ed, after which another process may take
     /// the job; `None` when leases never expire (one process owns the store).
     fn lease_duration(&self) -> Option<Duration> {
@@ -617,7 +641,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes dead letters due now with a fresh allowance of attempts: the one with `id`, or all
     /// matching `filter`, of the targets in `routed`. Letters of other targets stay as they are:
-    /// no worker would send them (see [`Store::bury_unrouted`]).
+    /// no worker would send them (see [`Store::bury_unrouted`]). A lane-ordered letter rejoins
+    /// its lane at the end, behind the jobs open in it now; letters of one lane rejoin in the
+    /// order their callbacks arrived.
     async fn replay_dead(
         &self,
         id: Option<JobId>,

@@ -3,8 +3,8 @@
 //!
 //! What is kept of a callback for its deliveries is a [`Replay`]: WeChat's query, content type
 //! and body, byte for byte, and what the proxy learnt about the callback when it arrived (the
-//! open platform's authorizer, the trace context, WeChat Pay's headers; a keyed hash of the
-//! sender and its lane, the accepting instance and an arrival index are to come). Each backend keeps
+//! open platform's authorizer, the trace context, WeChat Pay's headers, the lane; the accepting
+//! instance and an arrival index are to come). Each backend keeps
 //! every field in a place of its own (a column in SQLite, a field of the callback's hash in
 //! Redis) and writes [`SHAPE_VERSION`] beside them (`shape_version`, `v`).
 //!
@@ -43,6 +43,27 @@
 //!   sorted set by arrival time) too. Builds before ignore both. A callback an instance of the
 //!   build before accepts during a rolling deploy has no `routed` and is not in the index: a
 //!   backfill skips it (and says how many it skipped), it never guesses.
+//! * **5**, also (one release, one version): the callback's lane (`lane`: a keyed hash of its sender, see `routing::lanes`),
+//!   written for accounts with a target of `order = "per_user"`, and per job whether it waits
+//!   in that lane. SQLite: the columns `callbacks.lane`, `jobs.lane` and `jobs.lane_seq` (set on
+//!   lane-ordered jobs only) and the job state 2, *held* (behind its lane's first open job).
+//!   Redis: the callback's field `lane`, the job's field `lane`, the state `h` (held), and per
+//!   target and lane a zset `lane:<lane>:<target>` of the lane's open jobs in order, with
+//!   `held:<target>` (a zset of the held jobs). A lane's first open job is an ordinary job in
+//!   `due`/`lease` (SQLite: state 0 or 1), so every build leases and renews it as before.
+//!
+//!   **What a build before does with them.** It refuses `order` in its configuration (unknown
+//!   key), so no build before makes lane-ordered jobs; but during a rolling deploy (Redis) or
+//!   after a rollback (SQLite) it may meet them. Held jobs it never sees: not due, not leased
+//!   (SQLite state 2 and Redis state `h` are in none of its queries or sets); a callback shown
+//!   by its admin with a held job is an error there. A lane's first job it may lease and
+//!   deliver once like any other (its lease token holds it); its outcome does not let the
+//!   lane's next job go. On Redis this build heals such a lane when it next touches it (a new
+//!   callback in the lane, an outcome in it, a lease of a lane-ordered target looks at a few
+//!   lanes): a first job that is gone or dead is taken off, and the next goes. On SQLite, where
+//!   the build before owns the file alone, held jobs wait until this build runs again. Hence:
+//!   set `order` only once every instance runs this build, and before rolling back, remove it
+//!   and let this build empty the lanes (the queue depth counts held jobs as pending).
 
 use std::borrow::Cow;
 
@@ -68,6 +89,10 @@ pub struct Replay {
     /// Request headers replayed exactly as received (WeChat Pay's `Wechatpay-*`), names in
     /// lower case, values as sent; in the order received.
     pub headers: Vec<(String, String)>,
+    /// The callback's lane (`order = "per_user"`): a keyed hash of its sender by the rule of its
+    /// account's kind (`routing::lanes`), never the sender itself; set for accounts with a
+    /// lane-ordered target. Targets do not get it.
+    pub lane: Option<String>,
 }
 
 impl Replay {
@@ -111,6 +136,8 @@ pub(super) struct Stored {
     pub(super) trace: Option<String>,
     /// The replayed headers' own field (version 4 on), as [`Replay::stored_headers`] writes it.
     pub(super) headers: Option<String>,
+    /// The lane's own field (version 5 on).
+    pub(super) lane: Option<String>,
 }
 
 impl Stored {
@@ -124,6 +151,7 @@ impl Stored {
             body,
             trace,
             headers,
+            lane,
         } = self;
         let authorizer = match version {
             // Its own field says; the tag written beside it for version 1 comes off.
@@ -149,6 +177,7 @@ impl Stored {
             authorizer,
             trace,
             headers: headers.as_deref().map(read_headers).unwrap_or_default(),
+            lane,
         }
     }
 }
@@ -205,6 +234,7 @@ mod tests {
             authorizer: authorizer.map(str::to_owned),
             trace: None,
             headers: Vec::new(),
+            lane: None,
         }
     }
 
@@ -219,6 +249,7 @@ mod tests {
             body: replay.body.clone(),
             trace: None,
             headers: version.and(replay.stored_headers()),
+            lane: version.and(replay.lane.clone()),
         }
     }
 
@@ -249,6 +280,7 @@ mod tests {
             body: Bytes::new(),
             trace: None,
             headers: None,
+            lane: None,
         };
         assert_eq!(empty.into_replay(), Replay::default());
     }
@@ -265,6 +297,7 @@ mod tests {
             body: Bytes::new(),
             trace: None,
             headers: None,
+            lane: None,
         }
         .into_replay();
         assert_eq!(read.authorizer.as_deref(), Some("wxabc"));
@@ -277,6 +310,7 @@ mod tests {
             body: Bytes::new(),
             trace: None,
             headers: None,
+            lane: None,
         }
         .into_replay();
         assert_eq!(

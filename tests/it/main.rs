@@ -19,6 +19,7 @@ mod delivery;
 mod http2;
 mod ingress;
 mod instances;
+mod lanes;
 mod late_replies;
 mod listen;
 mod open_platform;

@@ -115,8 +115,8 @@ async fn two_instances_on_redis_keep_one_rate_together() {
     a.drained().await;
 }
 
-/// A reply owner's (and a shadow's) deliveries are made while WeChat waits: pacing one is
-/// refused at load, exit 64, naming the key.
+/// A reply owner's (`replies_to`, `primary`) deliveries are made while WeChat waits: pacing
+/// one is refused at load, exit 64, naming the key.
 #[test]
 fn a_paced_reply_owner_or_shadow_is_refused() {
     for (extra, needle) in [
@@ -134,4 +134,16 @@ fn a_paced_reply_owner_or_shadow_is_refused() {
             "{error}"
         );
     }
+    // The primary too: the account names it its reply owner.
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let error = crate::support::config_error(&format!(
+        "{}{}",
+        wx.account("main", "primary = \"bot\""),
+        Wx::target("bot", "http://127.0.0.1:9/a", "rate_limit_per_sec = 5")
+    ));
+    assert!(
+        error.contains("accounts[0].targets[0].rate_limit_per_sec")
+            && error.contains("primary's deliveries"),
+        "{error}"
+    );
 }

@@ -391,11 +391,13 @@ fn new_callback(ids: Vec<i64>, dedupe_key: &str) -> NewCallback {
             authorizer: None,
             trace: None,
             headers: Vec::new(),
+            lane: None,
         }),
         jobs: vec![NewJob {
             id: JobId(ids[1]),
             target: Arc::from("t"),
             lease: None,
+            ordered: false,
         }],
         answer_pending_ms: None,
     }

@@ -165,7 +165,8 @@ fn detail(
         let id = number(next())?;
         let target = text(next().unwrap_or_default());
         let state = match next().as_deref() {
-            Some(b"p") => JobState::Pending,
+            // Held: pending behind its lane's first job.
+            Some(b"p" | b"h") => JobState::Pending,
             Some(b"f") => JobState::InFlight,
             Some(b"d") => JobState::Dead,
             other => {

@@ -155,7 +155,9 @@ impl RedisStore {
         filter: &DeadLetterFilter,
         routed: Vec<TargetKey>,
     ) -> Result<Replayed, StoreError> {
-        let letters = self.selected_letters(id, filter).await?;
+        let mut letters = self.selected_letters(id, filter).await?;
+        // In the order their callbacks arrived: lane-ordered letters rejoin their lanes so.
+        letters.sort_by_key(|l| (l.received_at_ms, l.callback, l.id));
         let mut replayed = Replayed::default();
         let mut by_account: BTreeMap<String, Vec<&DeadLetter>> = BTreeMap::new();
         for letter in &letters {

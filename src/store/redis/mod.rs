@@ -7,7 +7,9 @@
 //! `open` jobs), `job:<id>` (hash: state `p`ending, in `f`light or `d`ead, lease token,
 //! attempts…), `att:<id>` (hash: attempt → `at|status|E<error>`), per target `due:<t>` (zset by
 //! due time), `lease:<t>` (zset by lease expiry), `dead:<t>` (zset by time of death), `targets`
-//! (set), `done` (zset: callbacks with no job left, by arrival, for the retention purge). One
+//! (set), `done` (zset: callbacks with no job left, by arrival, for the retention purge); for
+//! lane-ordered targets only, `lane:<lane>:<t>` (zset: a lane's open jobs in order) and
+//! `held:<t>` (zset: jobs waiting behind their lane's first; see `lua/prelude.lua`). One
 //! key outside any account, `<prefix>:accounts`, lists the accounts for the deployment-wide
 //! reads (admin, metrics, dead letters by id); it is written before an account's first accept,
 //! idempotently. Kept values (WeChat's callback IP lists) are `<prefix>:kept:<name>`.
@@ -316,6 +318,7 @@ impl Store for RedisStore {
             request.authorizer.is_some(),
             request.trace.is_some(),
             !request.headers.is_empty(),
+            request.lane.is_some(),
         ]
         .iter()
         .map(|p| if *p { '1' } else { '0' })
@@ -339,11 +342,14 @@ impl Store for RedisStore {
             bytes(request.authorizer.as_deref().unwrap_or("")),
             bytes(request.trace.as_deref().unwrap_or("")),
             bytes(request.stored_headers().as_deref().unwrap_or("")),
+            bytes(request.lane.as_deref().unwrap_or("")),
         ];
         for job in &callback.jobs {
             args.push(job.id.to_string().into_bytes());
             args.push(bytes(&job.target));
             args.push(job.lease.unwrap_or(0).to_string().into_bytes());
+            let lane = request.lane.as_deref().filter(|_| job.ordered);
+            args.push(bytes(lane.unwrap_or("")));
         }
         let reply = self
             .accepts
@@ -430,12 +436,12 @@ impl Store for RedisStore {
             .arg(self.lease_ms)
             .invoke_async(&mut self.conn())
             .await?;
-        // Rows of 10 fields for n jobs, then their n bodies; taken apart, not copied.
-        let n = rows.len() / 11;
+        // Rows of 12 fields for n jobs, then their n bodies; taken apart, not copied.
+        let n = rows.len() / 13;
         let mut fields = rows;
-        let bodies = fields.split_off(n * 10);
+        let bodies = fields.split_off(n * 12);
         fields
-            .chunks_exact_mut(10)
+            .chunks_exact_mut(12)
             .zip(bodies)
             .map(|(row, body)| {
                 let mut field = |i: usize| std::mem::take(&mut row[i]);
@@ -448,8 +454,10 @@ impl Store for RedisStore {
                     retry_base: number(field(3)).unwrap_or(0),
                     request: Arc::new(
                         shape(field(4), field(5), body, field(6), field(7))
-                            .traced(field(8), field(9)),
+                            .traced(field(8), field(9))
+                            .in_lane(field(10)),
                     ),
+                    lane: field(11).map(|lane| Arc::from(text(lane))),
                 })
             })
             .collect()
@@ -543,6 +551,17 @@ impl Store for RedisStore {
 
     fn lease_duration(&self) -> Option<Duration> {
         Some(Duration::from_millis(self.lease_ms))
+    }
+
+    async fn tend_lanes(&self, key: &TargetKey) -> Result<(), StoreError> {
+        let _: i64 = self
+            .scripts
+            .lanes
+            .key(self.base(&key.account))
+            .arg(&*key.target)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(())
     }
 
     async fn bury_waiting(
@@ -845,6 +864,12 @@ impl From<RedisError> for StoreError {
 }
 
 impl Replay {
+    /// With the lane of the callback's hash (`lane`), where the script returns it.
+    fn in_lane(mut self, lane: Option<Vec<u8>>) -> Replay {
+        self.lane = lane.map(text);
+        self
+    }
+
     /// With the trace context and the replayed headers of the callback's hash (`trace`,
     /// `headers`), where the script returns them.
     pub(super) fn traced(mut self, trace: Option<Vec<u8>>, headers: Option<Vec<u8>>) -> Replay {
@@ -871,6 +896,7 @@ fn shape(
         body: Bytes::from(body.unwrap_or_default()),
         trace: None,
         headers: None,
+        lane: None,
     }
     .into_replay()
 }

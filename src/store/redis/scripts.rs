@@ -49,6 +49,8 @@ pub(super) struct Scripts {
     pub(super) arrivals: Script,
     /// Queues stored callbacks for a target not yet queued for.
     pub(super) backfill: Script,
+    /// Lets go of lanes an older build left blocked.
+    pub(super) lanes: Script,
 }
 
 impl Scripts {
@@ -74,6 +76,7 @@ impl Scripts {
             pace: script(include_str!("lua/pace.lua")),
             arrivals: script(include_str!("lua/arrivals.lua")),
             backfill: script(include_str!("lua/backfill.lua")),
+            lanes: script(include_str!("lua/lanes.lua")),
         }
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rusqlite::{OptionalExtension, params};
 
-use super::schema::{DEAD, IN_FLIGHT, PENDING};
+use super::schema::{DEAD, HELD, IN_FLIGHT, PENDING};
 use super::writer::Writer;
 use super::{DEAD_LETTER_MATCH, SHAPE_COLUMNS, matching, shape_at};
 use crate::clock::now_ms;
@@ -74,8 +74,8 @@ impl Writer {
         let inserted = self
             .conn
             .prepare_cached(
-                "INSERT INTO callbacks (id, account, dedupe_key, received_at, msg_type, event, query, content_type, body, answer_due, shape_version, authorizer, trace, headers, routed)
-                 VALUES (?9, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10, ?11, ?12, ?13, ?14, ?15)
+                "INSERT INTO callbacks (id, account, dedupe_key, received_at, msg_type, event, query, content_type, body, answer_due, shape_version, authorizer, trace, headers, routed, lane)
+                 VALUES (?9, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
                  ON CONFLICT (account, dedupe_key) DO NOTHING",
             )?
             .execute(params![
@@ -96,6 +96,7 @@ impl Writer {
                     request.trace,
                     request.stored_headers(),
                     routed_field(callback.jobs.iter().map(|job| &*job.target)),
+                    request.lane,
             ])?
             == 1;
         let new = || Accepted::New {
@@ -115,15 +116,25 @@ impl Writer {
         let id = callback.id;
         let now = now_ms();
         let mut insert_job = self.conn.prepare_cached(
-            "INSERT INTO jobs (id, callback_id, account, target, state, attempts, next_at, updated_at, lease)
-             VALUES (?6, ?1, ?2, ?3, ?4, 0, ?5, ?5, ?7)",
+            "INSERT INTO jobs (id, callback_id, account, target, state, attempts, next_at, updated_at, lease, lane, lane_seq)
+             VALUES (?6, ?1, ?2, ?3, ?4, 0, ?5, ?5, ?7, ?8, ?9)",
         )?;
         for job in &callback.jobs {
-            let state = if job.lease.is_some() {
+            let mut state = if job.lease.is_some() {
                 IN_FLIGHT
             } else {
                 PENDING
             };
+            // A lane-ordered job joins the end of its lane, held if the lane has an open job.
+            let lane = request.lane.as_deref().filter(|_| job.ordered);
+            let mut seq = None;
+            if let Some(lane) = lane {
+                let (held, place) = self.join_lane(&callback.account, &job.target, lane)?;
+                if held {
+                    state = HELD;
+                }
+                seq = Some(place);
+            }
             insert_job.execute(params![
                 id,
                 &*callback.account,
@@ -132,9 +143,44 @@ impl Writer {
                 now,
                 job.id,
                 lease_param(job.lease.unwrap_or(0)),
+                lane,
+                seq,
             ])?;
         }
         Ok(new())
+    }
+
+    /// Where a job joining the end of `lane` for `target` goes: whether it is held (the lane
+    /// has an open job: pending, in flight or held), and its place, after the last open one's.
+    fn join_lane(
+        &self,
+        account: &str,
+        target: &str,
+        lane: &str,
+    ) -> Result<(bool, i64), StoreError> {
+        let last: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT MAX(lane_seq) FROM jobs
+                 WHERE account = ?1 AND target = ?2 AND lane = ?3 AND state IN (0, 1, 2)",
+            )?
+            .query_row(params![account, target, lane], |row| row.get(0))?;
+        Ok((last.is_some(), last.unwrap_or(0) + 1))
+    }
+
+    /// Lets the next held job of `lane` go (pending, due since it arrived), unless the lane still
+    /// has a job pending or in flight: called when a job of the lane was delivered or died.
+    fn release_lane(&self, account: &str, target: &str, lane: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "UPDATE jobs SET state = 0 WHERE id = (
+                    SELECT id FROM jobs WHERE account = ?1 AND target = ?2 AND lane = ?3 AND state = 2
+                    ORDER BY lane_seq LIMIT 1)
+                 AND NOT EXISTS (SELECT 1 FROM jobs
+                    WHERE account = ?1 AND target = ?2 AND lane = ?3 AND state IN (0, 1))",
+            )?
+            .execute(params![account, target, lane])?;
+        Ok(())
     }
 
     /// Reserves the next `count` ids, in the transaction of the batch: the reservation is on
@@ -234,7 +280,7 @@ impl Writer {
         token: LeaseToken,
     ) -> Result<Vec<Job>, StoreError> {
         let mut select = self.conn.prepare_cached(&format!(
-            "SELECT j.id, j.callback_id, j.attempts, j.retry_base, {SHAPE_COLUMNS}
+            "SELECT j.id, j.callback_id, j.attempts, j.retry_base, j.lane, {SHAPE_COLUMNS}
              FROM jobs j JOIN callbacks c ON c.id = j.callback_id
              WHERE j.account = ?1 AND j.target = ?2 AND j.state = 0 AND j.next_at <= ?3
              ORDER BY j.next_at LIMIT ?4"
@@ -249,7 +295,8 @@ impl Writer {
                     lease: token,
                     attempts: row.get(2)?,
                     retry_base: row.get(3)?,
-                    request: Arc::new(shape_at(row, 4)?),
+                    lane: row.get::<_, Option<String>>(4)?.map(Arc::from),
+                    request: Arc::new(shape_at(row, 5)?),
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -294,6 +341,9 @@ impl Writer {
                         .prepare_cached("DELETE FROM attempts WHERE job_id = ?1")?
                         .execute(params![report.job])?;
                 }
+                if let Some(lane) = &report.lane {
+                    self.release_lane(&report.key.account, &report.key.target, lane)?;
+                }
                 return Ok(Recorded::Applied);
             }
             Disposition::RetryIn(delay) => (
@@ -329,6 +379,10 @@ impl Writer {
                 "INSERT OR REPLACE INTO attempts (job_id, attempt, at, status, error) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
             .execute(params![report.job, report.attempt, report.at_ms, report.status, report.error])?;
+        // A dead letter releases its lane; a retry keeps it.
+        if let (Some(lane), Disposition::Dead) = (&report.lane, report.disposition) {
+            self.release_lane(&report.key.account, &report.key.target, lane)?;
+        }
         Ok(Recorded::Applied)
     }
 
@@ -340,22 +394,33 @@ impl Writer {
         reason: &str,
         now: i64,
     ) -> Result<u64, StoreError> {
-        let n = self
+        let lanes = self
             .conn
             .prepare_cached(
                 "UPDATE jobs SET state = ?3, updated_at = ?4, last_error = ?5
-                 WHERE account = ?1 AND target = ?2 AND state = ?6 AND next_at <= ?7",
+                 WHERE account = ?1 AND target = ?2 AND state = ?6 AND next_at <= ?7 RETURNING lane",
             )?
-            .execute(params![
-                &*key.account,
-                &*key.target,
-                DEAD,
-                now,
-                reason,
-                PENDING,
-                before
-            ])?;
-        Ok(n as u64)
+            .query_map(
+                params![
+                    &*key.account,
+                    &*key.target,
+                    DEAD,
+                    now,
+                    reason,
+                    PENDING,
+                    before
+                ],
+                |row| row.get::<_, Option<String>>(0),
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        // Each lane-ordered job buried releases its lane, as any dead letter does.
+        let mut released: Vec<&str> = lanes.iter().flatten().map(String::as_str).collect();
+        released.sort_unstable();
+        released.dedup();
+        for lane in released {
+            self.release_lane(&key.account, &key.target, lane)?;
+        }
+        Ok(lanes.len() as u64)
     }
 
     pub(super) fn bury_unrouted(
@@ -382,9 +447,10 @@ impl Writer {
             pending.push((account.clone(), target.clone()));
         }
         drop(next_target);
+        // Held jobs too: they wait for a worker as much as due ones.
         let mut bury = self.conn.prepare_cached(
             "UPDATE jobs SET state = ?3, updated_at = ?4, last_error = ?5
-             WHERE account = ?1 AND target = ?2 AND state = ?6",
+             WHERE account = ?1 AND target = ?2 AND state IN (?6, 2)",
         )?;
         let mut buried = Vec::new();
         for (account, target) in pending {
@@ -410,27 +476,44 @@ impl Writer {
         routed: &[TargetKey],
         now: i64,
     ) -> Result<Replayed, StoreError> {
+        // In the order their callbacks arrived: lane-ordered letters rejoin their lanes so.
         let letters = self
             .conn
             .prepare_cached(&format!(
-                "SELECT j.id, j.account, j.target FROM jobs j WHERE {DEAD_LETTER_MATCH}"
+                "SELECT j.id, j.account, j.target, j.lane FROM jobs j WHERE {DEAD_LETTER_MATCH}
+                 ORDER BY j.callback_id, j.id"
             ))?
             .query_map(matching(&id, filter), |row| {
-                Ok((row.get::<_, JobId>(0)?, row.get(1)?, row.get(2)?))
+                Ok((
+                    row.get::<_, JobId>(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                ))
             })?
-            .collect::<Result<Vec<(JobId, String, String)>, _>>()?;
-        let mut replay = self.conn.prepare_cached(
-            "UPDATE jobs SET state = ?2, next_at = ?3, updated_at = ?3, retry_base = attempts WHERE id = ?1",
-        )?;
+            .collect::<Result<Vec<(JobId, String, String, Option<String>)>, _>>()?;
         let mut replayed = Replayed::default();
-        for (job, account, target) in letters {
-            match routed_key(routed, &account, &target) {
-                Some(key) => {
-                    replay.execute(params![job, PENDING, now])?;
-                    replayed.targets.push(key.clone());
+        for (job, account, target, lane) in letters {
+            let Some(key) = routed_key(routed, &account, &target) else {
+                replayed.not_routed += 1;
+                continue;
+            };
+            // A lane-ordered letter joins the end of its lane, held if the lane has an open job.
+            let (mut state, mut seq) = (PENDING, None);
+            if let Some(lane) = &lane {
+                let (held, place) = self.join_lane(&account, &target, lane)?;
+                if held {
+                    state = HELD;
                 }
-                None => replayed.not_routed += 1,
+                seq = Some(place);
             }
+            self.conn
+                .prepare_cached(
+                    "UPDATE jobs SET state = ?2, next_at = ?3, updated_at = ?3, retry_base = attempts,
+                     lane_seq = COALESCE(?4, lane_seq) WHERE id = ?1",
+                )?
+                .execute(params![job, state, now, seq])?;
+            replayed.targets.push(key.clone());
         }
         Ok(replayed)
     }

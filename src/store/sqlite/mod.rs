@@ -32,7 +32,7 @@ use bytes::Bytes;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params, params_from_iter};
 use tokio::sync::{mpsc, oneshot};
 
-use self::schema::{DEAD, IN_FLIGHT, PENDING};
+use self::schema::{DEAD, HELD, IN_FLIGHT, PENDING};
 pub use self::writer::Readiness;
 use self::writer::{Command, Reply, WRITER_CHECKPOINT_PAGES};
 use super::shape::{Stored, read_routed};
@@ -127,6 +127,14 @@ impl SqliteStore {
         conn.execute(
             "UPDATE jobs SET state = ?1 WHERE state = ?2",
             params![PENDING, IN_FLIGHT],
+        )?;
+        // A held job with nothing open before it in its lane goes: its lane's first was
+        // delivered or died under a build that keeps no lanes (a rollback; see `shape`, v5).
+        conn.execute(
+            "UPDATE jobs SET state = ?1 WHERE lane IS NOT NULL AND state = ?2 AND NOT EXISTS (
+                SELECT 1 FROM jobs o WHERE o.account = jobs.account AND o.target = jobs.target
+                AND o.lane = jobs.lane AND (o.state IN (0, 1) OR (o.state = 2 AND o.lane_seq < jobs.lane_seq)))",
+            params![PENDING, HELD],
         )?;
         let ids_reserved = schema::highest_id(&conn)?;
         let reader = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
@@ -370,7 +378,7 @@ impl Store for SqliteStore {
                 };
                 let depth = &mut depths[at];
                 match state {
-                    PENDING => depth.pending += count,
+                    PENDING | HELD => depth.pending += count,
                     IN_FLIGHT => depth.in_flight += count,
                     DEAD => depth.dead += count,
                     _ => continue,
@@ -449,7 +457,7 @@ impl Store for SqliteStore {
                 )?
                 .query_map(params![id], |row| {
                     let state = match row.get::<_, i64>(2)? {
-                        PENDING => JobState::Pending,
+                        PENDING | HELD => JobState::Pending,
                         IN_FLIGHT => JobState::InFlight,
                         _ => JobState::Dead,
                     };
@@ -619,7 +627,7 @@ impl From<rusqlite::Error> for StoreError {
 
 /// The columns of a callback's shape, of `callbacks c`, in the order [`shape_at`] reads them.
 const SHAPE_COLUMNS: &str =
-    "c.shape_version, c.query, c.authorizer, c.content_type, c.body, c.trace, c.headers";
+    "c.shape_version, c.query, c.authorizer, c.content_type, c.body, c.trace, c.headers, c.lane";
 
 /// The callback's shape in the [`SHAPE_COLUMNS`] of `row` from column `first` on, as every
 /// version of it is read.
@@ -632,6 +640,7 @@ fn shape_at(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Replay> {
         body: Bytes::from(row.get::<_, Vec<u8>>(first + 4)?),
         trace: row.get(first + 5)?,
         headers: row.get(first + 6)?,
+        lane: row.get(first + 7)?,
     }
     .into_replay())
 }

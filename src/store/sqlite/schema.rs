@@ -13,6 +13,9 @@ use crate::store::StoreError;
 pub(super) const PENDING: i64 = 0;
 /// Leased (`lease` holds the token).
 pub(super) const IN_FLIGHT: i64 = 1;
+/// Lane-ordered, behind its lane's first open job (which is pending or in flight): never
+/// leased until that one is delivered or dead (shape version 5; builds before never read it).
+pub(super) const HELD: i64 = 2;
 /// A dead letter.
 pub(super) const DEAD: i64 = 3;
 
@@ -82,7 +85,18 @@ const MIGRATIONS: &[(&str, &str, &str)] = &[
     // The targets the callback was queued for, one a line (shape version 5 on): a backfill
     // queues it for a target not listed, once.
     ("callbacks", "routed", "TEXT"),
+    // Shape version 5: the callback's lane, and on a lane-ordered job its lane and its place
+    // in it (NULL on every other job).
+    ("callbacks", "lane", "TEXT"),
+    ("jobs", "lane", "TEXT"),
+    ("jobs", "lane_seq", "INTEGER"),
 ];
+
+/// Made after [`MIGRATIONS`], whose columns it needs. Partial: jobs that are not lane-ordered
+/// (`lane` NULL) are not in it, so they cost it nothing.
+const LANE_INDEX: &str =
+    "CREATE INDEX IF NOT EXISTS jobs_lane ON jobs (account, target, lane, state, lane_seq)
+    WHERE lane IS NOT NULL";
 
 /// Creates the tables a file lacks, and adds the columns of [`MIGRATIONS`] that a file made by
 /// an older version lacks.
@@ -100,6 +114,7 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
             ))?;
         }
     }
+    conn.execute_batch(LANE_INDEX)?;
     Ok(())
 }
 

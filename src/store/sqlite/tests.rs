@@ -18,11 +18,13 @@ fn callback(key: &str) -> NewCallback {
             authorizer: None,
             trace: None,
             headers: Vec::new(),
+            lane: None,
         }),
         jobs: vec![NewJob {
             id: JobId(2),
             target: Arc::from("t"),
             lease: None,
+            ordered: false,
         }],
         answer_pending_ms: None,
     }
@@ -45,6 +47,7 @@ fn report(job: &Job, attempt: u32, disposition: Disposition) -> AttemptReport {
         status: Some(503),
         error: Some("target answered 503".into()),
         disposition,
+        lane: job.lane.clone(),
     }
 }
 
@@ -118,6 +121,7 @@ async fn the_checkpointer_copies_commits_into_the_database_file() {
             authorizer: None,
             trace: None,
             headers: Vec::new(),
+            lane: None,
         });
         assert!(matches!(
             store.accept(new).await.unwrap(),

@@ -39,7 +39,7 @@ pub(crate) use stored::{
     JobRow, StoreView, a_job_after, attempts, callbacks, job_states_of, jobs, no_jobs_left, stored,
 };
 pub(crate) use target::{Received, Target};
-pub(crate) use wx::{Wx, event_xml, text_json, text_xml};
+pub(crate) use wx::{Wx, event_xml, text_from, text_json, text_xml};
 
 /// The longest any test waits for something that should happen.
 pub(crate) const WAIT: Duration = Duration::from_secs(10);

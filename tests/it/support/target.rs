@@ -75,6 +75,9 @@ struct Behaviour {
     headers: Vec<(String, String)>,
     /// Verify every request with these credentials, as a stock WeChat SDK does.
     sdk: Option<Credentials>,
+    /// Requests whose body holds the first bytes are answered 503 this many more times
+    /// ([`Target::fail_times`]).
+    failing: Vec<(Vec<u8>, usize)>,
 }
 
 #[derive(Debug)]
@@ -128,6 +131,7 @@ impl Target {
                 chunked: false,
                 headers: Vec::new(),
                 sdk: None,
+                failing: Vec::new(),
             }),
             received: Mutex::new(Vec::new()),
             http2,
@@ -162,6 +166,11 @@ impl Target {
 
     fn behave(&self, change: impl FnOnce(&mut Behaviour)) {
         change(&mut self.shared.behaviour.lock().expect("behaviour lock"));
+    }
+
+    /// Answers the next `times` requests whose body holds `needle` 503, whatever the status.
+    pub(crate) fn fail_times(&self, needle: &str, times: usize) {
+        self.behave(|b| b.failing.push((needle.as_bytes().to_vec(), times)));
     }
 
     pub(crate) fn set_status(&self, status: u16) {
@@ -280,7 +289,14 @@ async fn answer(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let behaviour = shared.behaviour.lock().expect("behaviour lock").clone();
+    let (behaviour, failed) = {
+        let mut behaviour = shared.behaviour.lock().expect("behaviour lock");
+        let failing = behaviour.failing.iter_mut().find(|(needle, left)| {
+            *left > 0 && body.windows(needle.len()).any(|w| w == &needle[..])
+        });
+        let failed = failing.map(|(_, left)| *left -= 1).is_some();
+        (behaviour.clone(), failed)
+    };
     let is_get = parts.method == hyper::Method::GET;
     // A stock SDK's check, recorded with the request it belongs to.
     let verified = behaviour.sdk.as_ref().map(|credentials| {
@@ -322,6 +338,11 @@ async fn answer(
         };
         let mut response = Response::new(Reply::whole(Bytes::from(answer)));
         *response.status_mut() = hyper::StatusCode::from_u16(status).expect("a valid status");
+        return response;
+    }
+    if failed {
+        let mut response = Response::new(Reply::whole(Bytes::new()));
+        *response.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
         return response;
     }
     if !behaviour.delay.is_zero() {

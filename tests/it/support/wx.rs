@@ -154,6 +154,11 @@ pub(crate) fn text_xml(content: &str) -> String {
     )
 }
 
+/// A text message from `user` with a fresh `MsgId`, in XML.
+pub(crate) fn text_from(user: &str, content: &str) -> String {
+    text_xml(content).replace("oUpF8uMuAJO_M2pxb1Q9zNjWeS6o", user)
+}
+
 /// A mini program's text message in JSON format, with a fresh `MsgId`.
 pub(crate) fn text_json(content: &str) -> String {
     serde_json::json!({

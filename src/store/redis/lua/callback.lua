@@ -30,7 +30,7 @@ for n = 1, #targets do
 end
 local function scan()
   for _, target in ipairs(targets) do
-    for _, set in ipairs({'dead', 'lease', 'due'}) do
+    for _, set in ipairs({'dead', 'lease', 'due', 'held'}) do
       local key, from = K .. ':' .. set .. ':' .. target, 0
       while true do
         local chunk = redis.call('ZRANGE', key, from, from + 999)

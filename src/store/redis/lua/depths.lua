@@ -1,5 +1,6 @@
--- ARGV: lease ms, then targets. Per target: pending, in flight, dead, and the time (ms) the
--- oldest open job arrived, or '' when it has none.
+-- ARGV: lease ms, then targets. Per target: pending (held jobs of lanes too), in flight, dead,
+-- and the time (ms) the oldest open job arrived, or '' when it has none. A held job is never
+-- older than its lane's first, which is due or leased, so it needs no look of its own.
 --
 -- The oldest open job is the earliest of: the first of `retried:<t>` (jobs that failed at
 -- least once, by their callback's arrival), the first of `due:<t>` (a job never attempted is
@@ -30,7 +31,7 @@ for i = 2, #ARGV do
   if d and (not oldest or d < oldest) then oldest = d end
   local l = first(lease)
   if l and (not oldest or l - lease_ms < oldest) then oldest = l - lease_ms end
-  table.insert(counts, redis.call('ZCARD', due))
+  table.insert(counts, redis.call('ZCARD', due) + redis.call('ZCARD', K .. ':held:' .. target))
   table.insert(counts, redis.call('ZCARD', lease))
   table.insert(counts, redis.call('ZCARD', K .. ':dead:' .. target))
   table.insert(counts, oldest and tostring(oldest) or '')

@@ -4,6 +4,8 @@
 -- Leases ended and jobs delivered in this batch: one ZREM per lease set and one DEL at the end.
 -- `retried:<t>` holds the target's jobs that failed at least once, by their callback's
 -- arrival (how old its backlog is: see depths.lua); they leave it when delivered or dead.
+-- A lane-ordered job delivered or dead leaves its lane, and the lane's next job is due; a retry
+-- keeps the lane.
 local ended, gone, delivered, settled = {}, {}, {}, {}
 local function settle(target, job)
   local set = K .. ':retried:' .. target
@@ -15,7 +17,7 @@ local function record(o)
   local job = ARGV[o + 1]
   local j = K .. ':job:' .. job
   if delivered[job] then return 0 end
-  local f = redis.call('HMGET', j, 'state', 'lease', 'target', 'cb', 'attempts')
+  local f = redis.call('HMGET', j, 'state', 'lease', 'target', 'cb', 'attempts', 'lane')
   if f[1] ~= 'f' or f[2] ~= ARGV[o + 2] then return 0 end
   local target = f[3]
   local set = K .. ':lease:' .. target
@@ -27,6 +29,7 @@ local function record(o)
     table.insert(gone, j)
     table.insert(gone, K .. ':att:' .. job)
     close_job(f[4])
+    if f[6] then leave_lane(f[6], target, job) end
     return 1
   end
   local attempt, at, status = ARGV[o + 5], ARGV[o + 6], ARGV[o + 7]
@@ -45,6 +48,7 @@ local function record(o)
     redis.call('HSET', j, 'state', 'd', 'died', at)
     settle(target, job)
     redis.call('ZADD', K .. ':dead:' .. target, at, job)
+    if f[6] then leave_lane(f[6], target, job) end
   end
   return 1
 end
