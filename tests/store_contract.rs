@@ -13,10 +13,10 @@ use bytes::Bytes;
 use wechat_fanout::clock::now_ms;
 use wechat_fanout::config::Synchronous;
 use wechat_fanout::store::{
-    Accepted, Answer, AttemptReport, CallbackId, DeadLetterFilter, Disposition, FailedAttempt, Job,
-    JobId, JobState, LEGACY_KEY_WINDOW, LeaseToken, Leased, NewCallback, NewJob, QueueDepth,
-    Recorded, RedisOptions, RedisStore, Replay, Replayed, SHAPE_VERSION, SqliteStore, Store,
-    StoreError, TargetKey, new_lease_token,
+    Accepted, Answer, AttemptReport, CallbackId, DeadLetterFilter, Disposition, FailedAttempt,
+    HistoryEntry, HistoryQuery, Job, JobId, JobState, LEGACY_KEY_WINDOW, LeaseToken, Leased,
+    NewCallback, NewJob, QueueDepth, Recorded, RedisOptions, RedisStore, Replay, Replayed,
+    SHAPE_VERSION, SqliteStore, Store, StoreError, TargetKey, new_lease_token,
 };
 
 #[path = "support/redis.rs"]
@@ -35,6 +35,8 @@ async fn callback(store: &dyn Store, key: &str, targets: &[(&str, bool)]) -> New
         received_at_ms: 1_000,
         msg_type: Some("text".into()),
         event: None,
+        msg_id: None,
+        sender: None,
         request: Arc::new(Replay {
             query: "signature=abc&timestamp=1&nonce=2".into(),
             content_type: Some("text/xml".into()),
@@ -56,6 +58,113 @@ async fn callback(store: &dyn Store, key: &str, targets: &[(&str, bool)]) -> New
             .collect(),
         answer_pending_ms: None,
     }
+}
+
+/// Every callback `query` finds, following its cursors (a page may be short, even empty, and
+/// still have one: Redis examines a bounded number per call).
+async fn whole_history(store: &dyn Store, mut query: HistoryQuery) -> Vec<HistoryEntry> {
+    let mut found = Vec::new();
+    for _ in 0..100 {
+        let page = store.history(&query).await.unwrap();
+        assert!(page.callbacks.len() <= query.limit);
+        found.extend(page.callbacks);
+        match page.next {
+            Some(next) => query.before = Some(next),
+            None => return found,
+        }
+    }
+    panic!("the history never ended");
+}
+
+async fn history_pages_back_newest_first_and_filters(store: Arc<dyn Store>) {
+    // (account, received, msg type, event, MsgId, sender hash)
+    let stored = [
+        ("main", 1_000, "text", None, Some("m1"), Some("h-ann")),
+        (
+            "main",
+            2_000,
+            "event",
+            Some("subscribe"),
+            None,
+            Some("h-bob"),
+        ),
+        (
+            "other",
+            2_500,
+            "text",
+            None,
+            Some("m3"),
+            Some("h-ann-other"),
+        ),
+        ("main", 3_000, "text", None, Some("m4"), Some("h-ann")),
+        ("main", 3_000, "image", None, Some("m5"), None),
+        ("main", 4_000, "event", Some("CLICK"), None, Some("h-bob")),
+    ];
+    let mut ids = Vec::new();
+    for (i, (account, at, msg_type, event, msg_id, sender)) in stored.iter().enumerate() {
+        let mut cb = callback(&*store, &format!("history-{i}"), &[("t", false)]).await;
+        cb.account = Arc::from(*account);
+        cb.received_at_ms = *at;
+        cb.msg_type = Some((*msg_type).into());
+        cb.event = event.map(Into::into);
+        cb.msg_id = msg_id.map(Into::into);
+        cb.sender = sender.map(Into::into);
+        ids.push(cb.id);
+        assert!(matches!(
+            store.accept(cb).await.unwrap(),
+            Accepted::New { .. }
+        ));
+    }
+    let found = |entries: &[HistoryEntry]| entries.iter().map(|e| e.id).collect::<Vec<_>>();
+    let all = HistoryQuery {
+        limit: 2,
+        ..HistoryQuery::default()
+    };
+    // Newest first, by time then id (ties at 3,000 ms: the higher id first), pages of 2.
+    let every = whole_history(&*store, all.clone()).await;
+    assert_eq!(
+        found(&every),
+        [ids[5], ids[4], ids[3], ids[2], ids[1], ids[0]]
+    );
+    let first = store.history(&all).await.unwrap();
+    assert!(first.callbacks.len() <= 2 && first.next.is_some());
+    // What each entry says.
+    let click = &every[0];
+    assert_eq!(click.account, "main");
+    assert_eq!(click.received_at_ms, 4_000);
+    assert_eq!(click.event.as_deref(), Some("CLICK"));
+    assert_eq!(click.routed, Some(vec!["t".to_owned()]));
+    assert_eq!(every[2].msg_id.as_deref(), Some("m4"));
+    let search = |change: &dyn Fn(&mut HistoryQuery)| {
+        let mut query = HistoryQuery {
+            limit: 10,
+            ..HistoryQuery::default()
+        };
+        change(&mut query);
+        query
+    };
+    let by_msg_id = search(&|q| q.msg_id = Some("m3".into()));
+    assert_eq!(found(&whole_history(&*store, by_msg_id).await), [ids[2]]);
+    let by_user = search(&|q| q.senders = vec!["h-ann".into(), "h-ann-other".into()]);
+    assert_eq!(
+        found(&whole_history(&*store, by_user).await),
+        [ids[3], ids[2], ids[0]]
+    );
+    let by_event = search(&|q| q.kind = Some("click".into()));
+    assert_eq!(found(&whole_history(&*store, by_event).await), [ids[5]]);
+    let by_type = search(&|q| q.kind = Some("text".into()));
+    assert_eq!(
+        found(&whole_history(&*store, by_type).await),
+        [ids[3], ids[2], ids[0]]
+    );
+    let window = search(&|q| {
+        q.since_ms = Some(2_000);
+        q.until_ms = Some(3_000);
+        q.account = Some("main".into());
+    });
+    assert_eq!(found(&whole_history(&*store, window).await), [ids[1]]);
+    let none = search(&|q| q.msg_id = Some("nowhere".into()));
+    assert!(whole_history(&*store, none).await.is_empty());
 }
 
 fn key(target: &str) -> TargetKey {
@@ -1283,6 +1392,7 @@ macro_rules! contract {
             #[tokio::test] a_lane_goes_one_job_at_a_time_in_order,
             #[tokio::test] a_dead_letter_releases_its_lane_and_rejoins_it_at_the_end,
             #[tokio::test] a_released_first_keeps_its_place_and_unrouted_lanes_are_buried,
+            #[tokio::test] history_pages_back_newest_first_and_filters,
         );
     };
     (@suite $backend:ident, $open:expr, $(#[$runtime:meta] $test:ident,)*) => {

@@ -546,6 +546,10 @@ fn new_callback(
         received_at_ms: now_ms(),
         msg_type: verified.envelope.msg_type.clone(),
         event: verified.envelope.event.clone(),
+        msg_id: verified.envelope.msg_id.clone(),
+        sender: (verified.envelope.from_user_name.as_deref())
+            .filter(|user| !user.is_empty())
+            .map(|user| verified.account.user_hash.hex(user)),
         request: verified.replay.clone(),
         jobs: (plan.jobs.iter())
             .map(|job| NewJob {

@@ -97,6 +97,8 @@ async fn rescue(
             received_at_ms: now_ms(),
             msg_type: Some(msg_type),
             event: None,
+            msg_id: None,
+            sender: None,
             request: Arc::new(Replay {
                 query: String::new(),
                 content_type: Some("application/json".to_owned()),

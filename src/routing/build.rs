@@ -23,7 +23,7 @@ use crate::config::{
 };
 use crate::outbound::Origin;
 use crate::outbound::wechat_api::ApiAccount;
-use crate::privacy::UserIds;
+use crate::privacy::{UserHash, UserIds};
 use crate::store::TargetKey;
 use crate::wechat::{AesKey, Credentials, Kind, Resign, Security};
 
@@ -219,6 +219,7 @@ fn build_account(
     let ordered = (targets.iter()).any(|t| t.settings.order == Order::PerUser);
     Some(Account {
         user_ids: UserIds::new(&credentials.token, config.log.show_user_ids),
+        user_hash: UserHash::new(&credentials.token),
         lanes: ordered.then(|| Lanes::new(account.kind, &credentials.token)),
         id,
         allowed: allowed?,

@@ -27,7 +27,7 @@ use crate::config::{AUTHORIZER_IN_URL, TargetSettings};
 use crate::outbound::Origin;
 use crate::outbound::signing::WebhookSigner;
 use crate::outbound::wechat_api::ApiAccount;
-use crate::privacy::UserIds;
+use crate::privacy::{UserHash, UserIds};
 use crate::routing::replies::{Owners, Route};
 use crate::routing::retry::Breaker;
 use crate::store::{Job, Replay, TargetKey};
@@ -57,6 +57,9 @@ pub struct Account {
     shadows: Vec<Vec<usize>>,
     /// How log lines name this account's users (a keyed hash unless `log.show_user_ids`).
     pub user_ids: UserIds,
+    /// The keyed hash of its users the store keeps with each callback (`sender`), always a
+    /// hash: what the console's history search by user matches.
+    pub user_hash: UserHash,
     /// How its callbacks are put in lanes, when a target of it has `order = "per_user"`:
     /// only then is a callback's lane worked out and stored.
     pub lanes: Option<Lanes>,

@@ -45,6 +45,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Backend, StoreConfig};
 
+mod history;
 mod ids;
 pub mod leases;
 mod pace;
@@ -53,6 +54,7 @@ mod shape;
 mod sqlite;
 
 pub use self::redis::{RedisNodes, RedisOptions, RedisStore};
+pub use history::{HistoryCursor, HistoryEntry, HistoryPage, HistoryQuery};
 pub use ids::IdBlocks;
 pub use pace::LocalPace;
 pub use shape::{Replay, SHAPE_VERSION};
@@ -140,6 +142,11 @@ pub struct NewCallback {
     /// For listing and filtering dead letters; routing already happened.
     pub msg_type: Option<String>,
     pub event: Option<String>,
+    /// WeChat's `MsgId`, where the message has one: kept for searches of the history.
+    pub msg_id: Option<String>,
+    /// A keyed hash of the sender (`FromUserName`, `privacy::UserHash`), never the sender:
+    /// kept so that the history can be searched by user (shape version 5 on).
+    pub sender: Option<String>,
     pub request: Arc<Replay>,
     /// The targets whose filters matched, in order.
     pub jobs: Vec<NewJob>,
@@ -623,6 +630,12 @@ pub trait Store: Send + Sync + 'static {
         after: Option<CallbackId>,
         limit: usize,
     ) -> Result<Vec<Arrival>, StoreError>;
+
+    /// A page of the stored callbacks matching `query`, newest first (see `history`): for the
+    /// console's history and search, never on the way of a callback. SQLite reads its table
+    /// (no index of its own); Redis reads each account's arrival index, examining a bounded
+    /// number of callbacks per account and call.
+    async fn history(&self, query: &HistoryQuery) -> Result<HistoryPage, StoreError>;
 
     /// Queues a new delivery for `key`'s target of each stored callback in `jobs` (callback,
     /// the new job's id from [`Store::next_ids`]) that was never queued for that target, due

@@ -64,6 +64,12 @@
 //!   the build before owns the file alone, held jobs wait until this build runs again. Hence:
 //!   set `order` only once every instance runs this build, and before rolling back, remove it
 //!   and let this build empty the lanes (the queue depth counts held jobs as pending).
+//! * **5**, also: beside the shape, for the console's history search only, WeChat's `MsgId`
+//!   (`msg_id`) and a keyed hash of the sender (`sender`: `privacy::UserHash` of
+//!   `FromUserName`, never the user), written for every callback that has them. SQLite: the
+//!   columns `callbacks.msg_id` and `callbacks.sender`; Redis: fields of the callback's hash.
+//!   Builds before ignore them; a callback they stored is found by the history unfiltered, by
+//!   type or time, but never by MsgId or user.
 
 use std::borrow::Cow;
 

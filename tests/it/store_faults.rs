@@ -384,6 +384,8 @@ fn new_callback(ids: Vec<i64>, dedupe_key: &str) -> NewCallback {
         received_at_ms: 1_000,
         msg_type: Some("text".into()),
         event: None,
+        msg_id: None,
+        sender: None,
         request: Arc::new(Replay {
             query: "signature=abc&timestamp=1&nonce=2".into(),
             content_type: Some("text/xml".into()),

@@ -67,8 +67,9 @@ use self::scripts::Scripts;
 use super::shape::{Stored, read_headers};
 use super::{
     Accepted, Answer, Arrival, AttemptReport, CallbackDetail, CallbackId, DeadLetter,
-    DeadLetterDetail, DeadLetterFilter, Disposition, IdBlocks, Job, JobId, Leased, NewCallback,
-    QueueDepth, Recorded, Replay, Replayed, Store, StoreError, TargetKey, new_lease_token,
+    DeadLetterDetail, DeadLetterFilter, Disposition, HistoryPage, HistoryQuery, IdBlocks, Job,
+    JobId, Leased, NewCallback, QueueDepth, Recorded, Replay, Replayed, Store, StoreError,
+    TargetKey, new_lease_token,
 };
 use crate::config::redact_url;
 
@@ -93,6 +94,7 @@ id_value!(CallbackId, JobId);
 mod batch;
 mod callbacks;
 mod dead_letters;
+mod history;
 mod options;
 mod scripts;
 mod sentinel;
@@ -319,6 +321,8 @@ impl Store for RedisStore {
             request.trace.is_some(),
             !request.headers.is_empty(),
             request.lane.is_some(),
+            callback.msg_id.is_some(),
+            callback.sender.is_some(),
         ]
         .iter()
         .map(|p| if *p { '1' } else { '0' })
@@ -343,6 +347,8 @@ impl Store for RedisStore {
             bytes(request.trace.as_deref().unwrap_or("")),
             bytes(request.stored_headers().as_deref().unwrap_or("")),
             bytes(request.lane.as_deref().unwrap_or("")),
+            bytes(callback.msg_id.as_deref().unwrap_or("")),
+            bytes(callback.sender.as_deref().unwrap_or("")),
         ];
         for job in &callback.jobs {
             args.push(job.id.to_string().into_bytes());
@@ -793,6 +799,10 @@ impl Store for RedisStore {
     ) -> Result<Vec<Arrival>, StoreError> {
         self.arrivals_of(account, since_ms, until_ms, after, limit)
             .await
+    }
+
+    async fn history(&self, query: &HistoryQuery) -> Result<HistoryPage, StoreError> {
+        self.history_page(query).await
     }
 
     async fn backfill(

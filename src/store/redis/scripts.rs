@@ -51,6 +51,8 @@ pub(super) struct Scripts {
     pub(super) backfill: Script,
     /// Lets go of lanes an older build left blocked.
     pub(super) lanes: Script,
+    /// A page of an account's history, filtered.
+    pub(super) history: Script,
 }
 
 impl Scripts {
@@ -77,6 +79,7 @@ impl Scripts {
             arrivals: script(include_str!("lua/arrivals.lua")),
             backfill: script(include_str!("lua/backfill.lua")),
             lanes: script(include_str!("lua/lanes.lua")),
+            history: script(include_str!("lua/history.lua")),
         }
     }
 }

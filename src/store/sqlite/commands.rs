@@ -74,8 +74,8 @@ impl Writer {
         let inserted = self
             .conn
             .prepare_cached(
-                "INSERT INTO callbacks (id, account, dedupe_key, received_at, msg_type, event, query, content_type, body, answer_due, shape_version, authorizer, trace, headers, routed, lane)
-                 VALUES (?9, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+                "INSERT INTO callbacks (id, account, dedupe_key, received_at, msg_type, event, query, content_type, body, answer_due, shape_version, authorizer, trace, headers, routed, lane, msg_id, sender)
+                 VALUES (?9, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
                  ON CONFLICT (account, dedupe_key) DO NOTHING",
             )?
             .execute(params![
@@ -97,6 +97,8 @@ impl Writer {
                     request.stored_headers(),
                     routed_field(callback.jobs.iter().map(|job| &*job.target)),
                     request.lane,
+                    callback.msg_id,
+                    callback.sender,
             ])?
             == 1;
         let new = || Accepted::New {

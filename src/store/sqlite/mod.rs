@@ -38,14 +38,15 @@ use self::writer::{Command, Reply, WRITER_CHECKPOINT_PAGES};
 use super::shape::{Stored, read_routed};
 use super::{
     Accepted, Answer, Arrival, AttemptReport, CallbackDetail, CallbackId, DeadLetter,
-    DeadLetterDetail, DeadLetterFilter, FailedAttempt, IdBlocks, Job, JobDetail, JobId, JobState,
-    Leased, LocalPace, NewCallback, QueueDepth, Recorded, Replay, Replayed, Store, StoreError,
-    TargetKey, new_lease_token,
+    DeadLetterDetail, DeadLetterFilter, FailedAttempt, HistoryPage, HistoryQuery, IdBlocks, Job,
+    JobDetail, JobId, JobState, Leased, LocalPace, NewCallback, QueueDepth, Recorded, Replay,
+    Replayed, Store, StoreError, TargetKey, new_lease_token,
 };
 use crate::clock::now_ms;
 use crate::config::Synchronous;
 
 mod commands;
+mod history;
 mod schema;
 mod writer;
 
@@ -536,6 +537,10 @@ impl Store for SqliteStore {
                 .collect::<Result<Vec<_>, _>>()?)
         })
         .await
+    }
+
+    async fn history(&self, query: &HistoryQuery) -> Result<HistoryPage, StoreError> {
+        self.history_page(query).await
     }
 
     async fn backfill(

@@ -90,6 +90,10 @@ const MIGRATIONS: &[(&str, &str, &str)] = &[
     ("callbacks", "lane", "TEXT"),
     ("jobs", "lane", "TEXT"),
     ("jobs", "lane_seq", "INTEGER"),
+    // Shape version 5, also: WeChat's MsgId and a keyed hash of the sender, for the console's
+    // history search (read by a scan of the table, no index: see `history`).
+    ("callbacks", "msg_id", "TEXT"),
+    ("callbacks", "sender", "TEXT"),
 ];
 
 /// Made after [`MIGRATIONS`], whose columns it needs. Partial: jobs that are not lane-ordered

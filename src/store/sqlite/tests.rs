@@ -11,6 +11,8 @@ fn callback(key: &str) -> NewCallback {
         received_at_ms: 0,
         msg_type: None,
         event: None,
+        msg_id: None,
+        sender: None,
         request: Arc::new(Replay {
             query: "q".into(),
             content_type: None,

@@ -1,14 +1,16 @@
 -- ARGV: lease ms, then per callback: id, dedupe key, received, msg_type, event,
 -- query, content type, body, answer pending ms, presence of (msg_type, event, content
--- type, authorizer, trace, headers, lane), job count, legacy dedupe key or '', authorizer, trace
--- context, replayed headers, lane, then (job id, target, lease token or 0, lane or '') per job
+-- type, authorizer, trace, headers, lane, msg id, sender), job count, legacy dedupe key or '',
+-- authorizer, trace context, replayed headers, lane, msg id, sender hash, then (job id, target,
+-- lease token or 0, lane or '') per job
 -- (a lane: the job is lane-ordered). Each callback as if alone, in order; one reply each: {'new'},
 -- or {'dup', id, answer, answer type, pending ms}.
 --
 -- The callback's hash holds its shape (`store::shape`): the version `v` this build writes,
 -- the query (still tagged with the authorizer, for instances of the build before), the
 -- content type, the body, and the authorizer, the trace context and the replayed headers in
--- fields of their own; so is the lane (version 5). Beside it, the targets it was queued for
+-- fields of their own; so are the lane, WeChat's MsgId and the sender's keyed hash (version 5;
+-- the last two only for the console's history search, about 40 bytes a callback). Beside it, the targets it was queued for
 -- (`routed`, one a line); the account's arrival index (`arrivals`: id by time received) gets it
 -- too. A lane-ordered job joins its lane (see prelude.lua): the first of it is due (or in
 -- flight) as any job, the others are held.
@@ -70,14 +72,16 @@ local function accept(o, n)
   if string.sub(present, 5, 5) == '1' then table.insert(fields, 'trace'); table.insert(fields, ARGV[o + 14]) end
   if string.sub(present, 6, 6) == '1' then table.insert(fields, 'headers'); table.insert(fields, ARGV[o + 15]) end
   if string.sub(present, 7, 7) == '1' then table.insert(fields, 'lane'); table.insert(fields, ARGV[o + 16]) end
+  if string.sub(present, 8, 8) == '1' then table.insert(fields, 'msg_id'); table.insert(fields, ARGV[o + 17]) end
+  if string.sub(present, 9, 9) == '1' then table.insert(fields, 'sender'); table.insert(fields, ARGV[o + 18]) end
   if ARGV[o + 9] ~= '' then table.insert(fields, 'answer_due'); table.insert(fields, now() + tonumber(ARGV[o + 9])) end
   local routed = {}
-  for i = 0, n - 1 do table.insert(routed, ARGV[o + 18 + 4 * i] .. '\n') end
+  for i = 0, n - 1 do table.insert(routed, ARGV[o + 20 + 4 * i] .. '\n') end
   table.insert(fields, 'routed'); table.insert(fields, table.concat(routed))
   redis.call('HSET', cb, unpack(fields))
   redis.call('ZADD', K .. ':arrivals', received, id)
   for i = 0, n - 1 do
-    local b = o + 17 + 4 * i
+    local b = o + 19 + 4 * i
     local job, target, token, lane = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
     local state = 'f'
     if token == '0' then state = 'p' end
@@ -108,7 +112,7 @@ local replies, o = {}, 1
 while o < #ARGV do
   local n = tonumber(ARGV[o + 11])
   table.insert(replies, accept(o, n))
-  o = o + 16 + 4 * n
+  o = o + 18 + 4 * n
 end
 for target in pairs(targets) do redis.call('SADD', K .. ':targets', target) end
 for set, members in pairs(leases) do redis.call('ZADD', set, unpack(members)) end

@@ -1,0 +1,131 @@
+//! The history of stored callbacks on Redis ([`Store::history`](crate::store::Store::history)):
+//! per account, `lua/history.lua` walks its arrival index (`arrivals`, the sorted set by time
+//! received that accept writes from shape version 5 on, shared with backfills) newest first and
+//! filters in the script.
+//!
+//! No index of its own: MsgId and the sender's hash are two small fields of the callback's hash
+//! (about 40 bytes a callback, written by accept), read only here. The cost is the search's: a
+//! call examines at most [`BUDGET`] callbacks per account (an `HMGET` each, some milliseconds
+//! of Redis), and a search that needs more goes on from the cursor it returns, so Redis is
+//! never busy long for a rare MsgId in a large index. Callbacks an older build stored are not
+//! in the index, and not in the history.
+
+use super::{RedisStore, number, text};
+use crate::store::history::{HistoryPart, merge};
+use crate::store::shape::read_routed;
+use crate::store::{
+    CallbackId, HistoryCursor, HistoryEntry, HistoryPage, HistoryQuery, StoreError,
+};
+
+/// Callbacks one call examines per account, at most.
+const BUDGET: usize = 2000;
+
+impl RedisStore {
+    pub(super) async fn history_page(
+        &self,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, StoreError> {
+        let mut parts = Vec::new();
+        for account in self.accounts_for(&query.account).await? {
+            let mut invocation = self.scripts.history.key(self.base(&account));
+            let before = query.before;
+            invocation
+                .arg(
+                    before
+                        .map(|b| b.received_at_ms.to_string())
+                        .unwrap_or_default(),
+                )
+                .arg(before.map(|b| b.id.to_string()).unwrap_or_default())
+                .arg(query.since_ms.map(|ms| ms.to_string()).unwrap_or_default())
+                .arg(query.until_ms.map(|ms| ms.to_string()).unwrap_or_default())
+                .arg(query.msg_id.as_deref().unwrap_or(""))
+                .arg(query.kind.as_deref().unwrap_or("").to_lowercase())
+                .arg(query.limit.max(1))
+                .arg(BUDGET);
+            for sender in &query.senders {
+                invocation.arg(sender);
+            }
+            let row: Vec<Option<Vec<u8>>> = invocation.invoke_async(&mut self.conn()).await?;
+            parts.push(part(&account, row)?);
+        }
+        Ok(merge(parts, query.limit.max(1)))
+    }
+}
+
+/// One account's part of a page, as the script answers it.
+fn part(account: &str, row: Vec<Option<Vec<u8>>>) -> Result<HistoryPart, StoreError> {
+    let mut fields = row.into_iter();
+    let mut next = move || fields.next().flatten();
+    let (ms, id) = (
+        next().filter(|f| !f.is_empty()),
+        next().filter(|f| !f.is_empty()),
+    );
+    let reached = match (ms, id) {
+        (Some(ms), Some(id)) => Some(HistoryCursor {
+            received_at_ms: score(ms)?,
+            id: CallbackId(number(Some(id))?),
+        }),
+        _ => None,
+    };
+    let mut matched = Vec::new();
+    loop {
+        let Some(id) = next() else { break };
+        let received_at_ms = score(next().unwrap_or_default())?;
+        let (msg_type, event, msg_id) = (next().map(text), next().map(text), next().map(text));
+        let routed = next().map(|r| read_routed(&text(r)));
+        matched.push(HistoryEntry {
+            id: CallbackId(number(Some(id))?),
+            account: account.to_owned(),
+            received_at_ms,
+            msg_type,
+            event,
+            msg_id,
+            routed,
+        });
+    }
+    Ok(HistoryPart { matched, reached })
+}
+
+/// A time received as the index scores it (Redis may write a score as a float).
+fn score(field: Vec<u8>) -> Result<i64, StoreError> {
+    let value: f64 = number(Some(field))?;
+    Ok(value as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_part_reads_where_it_stopped_and_each_match() {
+        let f = |s: &str| Some(s.as_bytes().to_vec());
+        let row = vec![
+            f("1700"),
+            f("7"),
+            f("9"),
+            f("1800"),
+            f("text"),
+            None,
+            f("42"),
+            f("bot\n"),
+        ];
+        let part = part("acct", row).expect("a reply of the script");
+        assert_eq!(
+            part.reached,
+            Some(HistoryCursor {
+                received_at_ms: 1700,
+                id: CallbackId(7)
+            })
+        );
+        assert_eq!(part.matched.len(), 1);
+        assert_eq!(part.matched[0].msg_id.as_deref(), Some("42"));
+        assert_eq!(part.matched[0].routed, Some(vec!["bot".to_owned()]));
+        let done = part_of_nothing();
+        assert_eq!(done.reached, None);
+    }
+
+    fn part_of_nothing() -> HistoryPart {
+        let empty = Some(Vec::new());
+        part("acct", vec![empty.clone(), empty]).expect("an empty reply")
+    }
+}

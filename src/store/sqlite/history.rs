@@ -1,0 +1,101 @@
+//! The history of stored callbacks on SQLite ([`Store::history`](crate::store::Store::history)):
+//! one query of the `callbacks` table on the reader connection, newest first.
+//!
+//! No index serves it: one on the time received would cost every accept a write more, for a
+//! page an operator asks for now and then. SQLite walks the table (the callbacks kept for the
+//! retention) and keeps the newest `limit` that match (a top-N sort, small in memory), on the
+//! reader connection, so the writer and the callbacks it stores never wait for it. A search by
+//! MsgId or user of a table of a million callbacks takes some hundred milliseconds.
+
+use rusqlite::{ToSql, params_from_iter};
+
+use super::SqliteStore;
+use crate::store::shape::read_routed;
+use crate::store::{HistoryEntry, HistoryPage, HistoryQuery, StoreError};
+
+impl SqliteStore {
+    pub(super) async fn history_page(
+        &self,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, StoreError> {
+        let query = query.clone();
+        self.read(move |conn| {
+            let mut sql = String::from(
+                "SELECT id, account, received_at, msg_type, event, msg_id, routed FROM callbacks
+                 WHERE 1",
+            );
+            let mut args: Vec<Box<dyn ToSql>> = Vec::new();
+            let mut arg = |sql: &mut String, clause: &str, value: Box<dyn ToSql>| {
+                args.push(value);
+                sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+            };
+            if let Some(account) = &query.account {
+                arg(&mut sql, " AND account = ?", Box::new(account.clone()));
+            }
+            if let Some(msg_id) = &query.msg_id {
+                arg(&mut sql, " AND msg_id = ?", Box::new(msg_id.clone()));
+            }
+            if let Some(kind) = &query.kind {
+                let kind = kind.to_lowercase();
+                arg(
+                    &mut sql,
+                    " AND (lower(msg_type) = ?",
+                    Box::new(kind.clone()),
+                );
+                arg(&mut sql, " OR lower(event) = ?)", Box::new(kind));
+            }
+            if !query.senders.is_empty() {
+                sql.push_str(" AND sender IN (NULL");
+                for sender in &query.senders {
+                    arg(&mut sql, ", ?", Box::new(sender.clone()));
+                }
+                sql.push(')');
+            }
+            if let Some(since) = query.since_ms {
+                arg(&mut sql, " AND received_at >= ?", Box::new(since));
+            }
+            if let Some(until) = query.until_ms {
+                arg(&mut sql, " AND received_at < ?", Box::new(until));
+            }
+            if let Some(before) = query.before {
+                arg(
+                    &mut sql,
+                    " AND (received_at < ?",
+                    Box::new(before.received_at_ms),
+                );
+                arg(
+                    &mut sql,
+                    " OR (received_at = ?",
+                    Box::new(before.received_at_ms),
+                );
+                arg(&mut sql, " AND id < ?))", Box::new(before.id.0));
+            }
+            let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+            arg(
+                &mut sql,
+                " ORDER BY received_at DESC, id DESC LIMIT ?",
+                Box::new(limit),
+            );
+            let callbacks = conn
+                .prepare(&sql)?
+                .query_map(params_from_iter(args.iter()), |row| {
+                    Ok(HistoryEntry {
+                        id: row.get(0)?,
+                        account: row.get(1)?,
+                        received_at_ms: row.get(2)?,
+                        msg_type: row.get(3)?,
+                        event: row.get(4)?,
+                        msg_id: row.get(5)?,
+                        routed: row.get::<_, Option<String>>(6)?.as_deref().map(read_routed),
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            // Everything older was looked at: only a full page may have more after it.
+            let next = (callbacks.len() == query.limit)
+                .then(|| callbacks.last().map(|e| e.cursor()))
+                .flatten();
+            Ok(HistoryPage { callbacks, next })
+        })
+        .await
+    }
+}
