@@ -49,6 +49,7 @@ async function start() {
   $('#stream-status').hidden = false;
   show(state.view);
   connect();
+  searchHistory();
 }
 
 function showLogin(message) {
@@ -369,6 +370,7 @@ $('#lang').addEventListener('change', () => {
   if (state.instanceName != null) $('#instance').textContent = t('instance', { name: state.instanceName });
   setStatus(state.status, state.statusClass);
   relabelLive();
+  relabelHistory();
   if (!$('#view-targets').hidden) loadTargets();
   if (!$('#view-dead').hidden) loadDead();
   if (!$('#letter').hidden && state.letter != null) openLetter(state.letter);

@@ -62,6 +62,12 @@ const WORDS = {
     'd.confirm_purge': 'Purge {scope}? This cannot be undone.', 'd.matching_letters': 'dead letters matching {filter}',
     'confirm.yes': 'Yes', 'confirm.no': 'Cancel',
     'msg.raw': 'Raw {format}', 'msg.unreadable': 'Not a message the console can read: shown as received.',
+    'h.title': 'Stored callbacks', 'h.user': 'User openid',
+    'h.user.title': 'An openid (or WeCom UserID), matched against the keyed hash the store keeps of each sender; never stored or shown',
+    'h.since': 'Received since', 'h.reset': 'Latest', 'h.routed': 'Queued for', 'h.older': 'Older',
+    'h.callback': 'Callback', 'h.answer': 'The answer WeChat got', 'h.failed': 'Failed attempts',
+    'h.none': 'No stored callback matches.', 'h.nobody': 'no target', 'h.no_answer': 'success (no reply was relayed)',
+    'h.all_delivered': 'Every job was delivered.', 'state.in_flight': 'in flight',
   },
   'zh-CN': {
     'title': 'wechat-fanout 控制台',
@@ -117,6 +123,12 @@ const WORDS = {
     'd.confirm_purge': '清除{scope}？此操作无法撤销。', 'd.matching_letters': '符合 {filter} 的死信',
     'confirm.yes': '确定', 'confirm.no': '取消',
     'msg.raw': '原始 {format}', 'msg.unreadable': '控制台无法解析此消息，按收到的原样显示。',
+    'h.title': '已存储的回调', 'h.user': '用户 openid',
+    'h.user.title': '输入 openid（或企业微信 UserID），与存储中每个发送者的加密哈希比对；既不存储也不显示',
+    'h.since': '接收时间起', 'h.reset': '最新', 'h.routed': '已排队给', 'h.older': '更早',
+    'h.callback': '回调', 'h.answer': '微信收到的应答', 'h.failed': '失败的尝试',
+    'h.none': '没有匹配的已存储回调。', 'h.nobody': '无目标', 'h.no_answer': 'success（未转发回复）',
+    'h.all_delivered': '所有任务均已投递。', 'state.in_flight': '投递中',
   },
 };
 

@@ -3,8 +3,8 @@
 //! per-target figures of its targets view.
 //!
 //! - `GET /`, `/console.css`, `/i18n.js` (its words in English and Chinese), `/message.js` (a
-//!   message as fields), `/targets.js`, `/console.js`: the page; it holds no data, so it is
-//!   always served.
+//!   message as fields), `/targets.js`, `/history.js` (the stored callbacks, searched),
+//!   `/console.js`: the page; it holds no data, so it is always served.
 //! - `POST /console/login` `{"token": …}`: a session cookie; `POST /console/logout` ends it.
 //! - `GET /console/session`: whether the caller is in, the CSRF token, whether content is shown.
 //! - `GET /console/events`: Server-Sent Events, one JSON [`Event`] per message; a client that
@@ -66,6 +66,7 @@ const CONSOLE_JS: &str = include_str!("../../../console/console.js");
 const I18N_JS: &str = include_str!("../../../console/i18n.js");
 const MESSAGE_JS: &str = include_str!("../../../console/message.js");
 const TARGETS_JS: &str = include_str!("../../../console/targets.js");
+const HISTORY_JS: &str = include_str!("../../../console/history.js");
 
 /// A login's body is a small JSON object.
 const MAX_LOGIN_BYTES: usize = 4096;
@@ -166,6 +167,7 @@ impl Console {
             ["i18n.js"] => (I18N_JS, "text/javascript; charset=utf-8"),
             ["message.js"] => (MESSAGE_JS, "text/javascript; charset=utf-8"),
             ["targets.js"] => (TARGETS_JS, "text/javascript; charset=utf-8"),
+            ["history.js"] => (HISTORY_JS, "text/javascript; charset=utf-8"),
             _ => return None,
         };
         let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
