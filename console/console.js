@@ -49,7 +49,8 @@ async function start() {
   $('#stream-status').hidden = false;
   show(state.view);
   connect();
-  searchHistory();
+  // history.js comes after this script: if it is not there yet, it starts itself.
+  if (typeof searchHistory === 'function') searchHistory();
 }
 
 function showLogin(message) {
@@ -370,7 +371,7 @@ $('#lang').addEventListener('change', () => {
   if (state.instanceName != null) $('#instance').textContent = t('instance', { name: state.instanceName });
   setStatus(state.status, state.statusClass);
   relabelLive();
-  relabelHistory();
+  if (typeof relabelHistory === 'function') relabelHistory();
   if (!$('#view-targets').hidden) loadTargets();
   if (!$('#view-dead').hidden) loadDead();
   if (!$('#letter').hidden && state.letter != null) openLetter(state.letter);

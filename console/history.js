@@ -2,10 +2,10 @@
 // (so a reload is not empty), a page at a time ("Older"), searched by MsgId, user, type or
 // event and time; a callback's detail (each target's state and failed attempts, the answer
 // WeChat got) from /callbacks/{id}. The user typed is sent to the server, which hashes it; the
-// page never shows one. Uses the helpers of console.js ($, el, api, dateTime, kind, state).
+// page never shows one. Uses the helpers of console.js ($, el, api, dateTime, kind, state): loaded after it.
 'use strict';
 
-const history = { params: null, next: null, rows: [], loading: false };
+const hist = { params: null, next: null, rows: [], loading: false };
 
 // The search as the form says it (empty fields are no filter).
 function historyParams() {
@@ -25,9 +25,9 @@ function historyParams() {
 
 // The first page of a search (or of everything).
 function searchHistory() {
-  history.params = historyParams();
-  history.next = null;
-  history.rows = [];
+  hist.params = historyParams();
+  hist.next = null;
+  hist.rows = [];
   $('#history-table tbody').replaceChildren();
   return loadHistoryPage();
 }
@@ -36,14 +36,14 @@ function searchHistory() {
 // after it (the store looks at a bounded number of callbacks a call): then the next is asked
 // for at once, a few times.
 async function loadHistoryPage() {
-  if (history.loading) return;
-  history.loading = true;
+  if (hist.loading) return;
+  hist.loading = true;
   try {
     for (let tries = 0; tries < 5; tries++) {
-      const params = new URLSearchParams(history.params);
-      if (history.next) params.set('before', history.next);
+      const params = new URLSearchParams(hist.params);
+      if (hist.next) params.set('before', hist.next);
       const page = await api('GET', `/console/history?${params}`);
-      history.next = page.next;
+      hist.next = page.next;
       for (const entry of page.callbacks) addHistoryRow(entry);
       if (page.callbacks.length || !page.next) break;
     }
@@ -51,19 +51,19 @@ async function loadHistoryPage() {
   } catch (e) {
     showHistoryStatus(e.message);
   } finally {
-    history.loading = false;
+    hist.loading = false;
   }
 }
 
 function showHistoryStatus(error) {
   const status = $('#history-status');
-  status.textContent = error ? t('d.failed', { error }) : (history.rows.length ? '' : t('h.none'));
+  status.textContent = error ? t('d.failed', { error }) : (hist.rows.length ? '' : t('h.none'));
   status.hidden = !status.textContent;
-  $('#history-older').hidden = !history.next;
+  $('#history-older').hidden = !hist.next;
 }
 
 function addHistoryRow(entry) {
-  history.rows.push(entry);
+  hist.rows.push(entry);
   $('#history-table tbody').append(historyRow(entry));
 }
 
@@ -81,16 +81,16 @@ function historyRow(entry) {
 
 // The rows again in the language just picked.
 function relabelHistory() {
-  $('#history-table tbody').replaceChildren(...history.rows.map(historyRow));
+  $('#history-table tbody').replaceChildren(...hist.rows.map(historyRow));
   showHistoryStatus('');
-  if (!$('#stored').hidden && history.open != null) openStored(history.open);
+  if (!$('#stored').hidden && hist.open != null) openStored(hist.open);
 }
 
 // One stored callback in full.
 async function openStored(id) {
   let cb;
   try { cb = await api('GET', `/callbacks/${id}`); } catch (e) { return showHistoryStatus(e.message); }
-  history.open = id;
+  hist.open = id;
   $('#stored-id').textContent = id;
   const fields = [['f.account', cb.account], ['col.kind', kind(cb.msg_type, cb.event)], ['d.received', dateTime(cb.received_at_ms)]];
   $('#stored-fields').replaceChildren(...fields.flatMap(([k, v]) => [el('dt', {}, t(k)), el('dd', {}, String(v))]));
@@ -111,4 +111,6 @@ async function openStored(id) {
 $('#history-form').addEventListener('submit', (event) => { event.preventDefault(); searchHistory(); });
 $('#history-reset').addEventListener('click', () => { $('#history-form').reset(); searchHistory(); });
 $('#history-older').addEventListener('click', () => loadHistoryPage());
-$('#stored-close').addEventListener('click', () => { $('#stored').hidden = true; history.open = null; });
+$('#stored-close').addEventListener('click', () => { $('#stored').hidden = true; hist.open = null; });
+// Signed in before this script ran: the first page now.
+if (state.csrf && hist.params === null) searchHistory();

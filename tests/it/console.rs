@@ -13,6 +13,8 @@ use wechat_fanout::wechat::Kind;
 use crate::support::browser::Browser;
 use crate::support::{FAST, Proxy, Target, Wx, client, settle, text_xml};
 
+mod history;
+
 const TOKEN: &str = "console-test-token-0123456789";
 /// The sender of every test message: it must never be on screen unless content is shown.
 const OPENID: &str = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o";
