@@ -68,8 +68,7 @@ fn part(account: &str, row: Vec<Option<Vec<u8>>>) -> Result<HistoryPart, StoreEr
         _ => None,
     };
     let mut matched = Vec::new();
-    loop {
-        let Some(id) = next() else { break };
+    while let Some(id) = next() {
         let received_at_ms = score(next().unwrap_or_default())?;
         let (msg_type, event, msg_id) = (next().map(text), next().map(text), next().map(text));
         let routed = next().map(|r| read_routed(&text(r)));

@@ -4,8 +4,8 @@
 //! No index serves it: one on the time received would cost every accept a write more, for a
 //! page an operator asks for now and then. SQLite walks the table (the callbacks kept for the
 //! retention) and keeps the newest `limit` that match (a top-N sort, small in memory), on the
-//! reader connection, so the writer and the callbacks it stores never wait for it. A search by
-//! MsgId or user of a table of a million callbacks takes some hundred milliseconds.
+//! reader connection, so the writer and the callbacks it stores never wait for it. Measured on a
+//! file of a million callbacks (600 MB, warm cache): 0.3 to 0.5 s a page, filtered or not.
 
 use rusqlite::{ToSql, params_from_iter};
 
