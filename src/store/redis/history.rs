@@ -4,9 +4,9 @@
 //! filters in the script.
 //!
 //! No index of its own: MsgId and the sender's hash are two small fields of the callback's hash
-//! (about 50 bytes a callback with names, by count, not measured, written by accept), read only here. The cost is the search's: a
-//! call examines at most [`BUDGET`] callbacks per account (an `HMGET` each, some milliseconds
-//! of Redis), and a search that needs more goes on from the cursor it returns, so Redis is
+//! (about 50 bytes a callback with their names, counted, not measured), written by accept and
+//! read only here. The cost is the search's: a call examines at most [`BUDGET`] callbacks per
+//! account (an `HMGET` each, in one script; its time in Redis is not measured yet), and a search that needs more goes on from the cursor it returns, so Redis is
 //! never busy long for a rare MsgId in a large index. Callbacks an older build stored are not
 //! in the index, and not in the history.
 

@@ -10,7 +10,8 @@
 -- the query (still tagged with the authorizer, for instances of the build before), the
 -- content type, the body, and the authorizer, the trace context and the replayed headers in
 -- fields of their own; so are the lane, WeChat's MsgId and the sender's keyed hash (version 5;
--- the last two only for the console's history search, about 50 bytes a callback with names, by count, not measured). Beside it, the targets it was queued for
+-- the last two only for the console's history search, about 50 bytes a callback with their
+-- names, counted, not measured). Beside it, the targets it was queued for
 -- (`routed`, one a line); the account's arrival index (`arrivals`: id by time received) gets it
 -- too. A lane-ordered job joins its lane (see prelude.lua): the first of it is due (or in
 -- flight) as any job, the others are held.
