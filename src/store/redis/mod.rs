@@ -45,7 +45,8 @@
 //!
 //! Here: the public type, opening, and its [`Store`] impl. `options` says how to reach Redis,
 //! `batch` sends accepts and outcomes in batches, `scripts` loads the Lua of `lua/*.lua`,
-//! `dead_letters` lists, shows, replays and purges them, `callbacks` shows stored callbacks to
+//! `wait` waits for replicas (one `WAIT` shared by concurrent batches), `dead_letters` lists,
+//! shows, replays and purges them, `callbacks` shows stored callbacks to
 //! the admin, `settings` reads the server's settings at open, `sentinel` follows the primary
 //! Sentinels name.
 
@@ -59,7 +60,8 @@ use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRou
 use redis::{Cmd, RedisError, Value};
 use tracing::info;
 
-use self::batch::{BatchContext, BatchItem, Batcher, Replicas, Row};
+use self::batch::{BatchContext, BatchItem, Batcher, Row};
+use self::wait::{Replicas, Waits};
 use self::options::Conn;
 use self::scripts::Scripts;
 use super::shape::Stored;
@@ -95,6 +97,7 @@ mod options;
 mod scripts;
 mod sentinel;
 mod settings;
+mod wait;
 
 pub use self::options::{RedisNodes, RedisOptions};
 
@@ -112,6 +115,9 @@ pub struct RedisStore {
     accept_conn: Conn,
     /// `store.redis.min_replicas`, if not 0.
     replicas: Option<Replicas>,
+    /// With `replicas`: the `WAIT`s on `accept_conn`, one at a time per connection, shared by
+    /// the writes that finished meanwhile (set in `open`, once `waitaof` is known).
+    waits: Option<Arc<Waits>>,
     prefix: String,
     lease_ms: u64,
     /// `/readyz` fails at or above this fraction of `maxmemory` in use.
@@ -156,6 +162,7 @@ impl RedisStore {
             conn,
             accept_conn,
             replicas,
+            waits: None,
             lease_ms: options.lease_ms,
             max_memory_used_ratio: options.max_memory_used_ratio,
             ids: IdBlocks::empty(),
@@ -168,12 +175,15 @@ impl RedisStore {
         };
         store.waitaof = store.check_persistence().await;
         store.check_replicas().await;
+        store.waits = store
+            .replicas
+            .map(|replicas| Arc::new(Waits::new(replicas, store.waitaof)));
         let context = Arc::new(BatchContext {
             accept_conn: store.accept_conn.clone(),
             record_conn: store.conn(),
             lease_ms: store.lease_ms,
             waitaof: store.waitaof,
-            replicas: store.replicas,
+            waits: store.waits.clone(),
             accept: store.scripts.accept.clone(),
             record: store.scripts.record.clone(),
         });
@@ -297,8 +307,8 @@ impl Store for RedisStore {
                     .await?;
                 // A block a failover forgot would be handed out again, and callbacks stored
                 // under its ids overwritten: it is on the replicas before an id of it is used.
-                if let Some(replicas) = self.replicas {
-                    batch::wait_replicas(conn, &key, replicas, self.waitaof).await?;
+                if let Some(waits) = &self.waits {
+                    waits.replicated(&conn, &key).await?;
                 }
                 Ok(last)
             })
@@ -621,8 +631,8 @@ impl Store for RedisStore {
             .query_async(&mut conn.clone())
             .await?;
         // Not ready while callbacks would be answered 503 for want of replicas.
-        if let Some(replicas) = self.replicas {
-            batch::wait_replicas(conn, &key, replicas, self.waitaof).await?;
+        if let Some(waits) = &self.waits {
+            waits.replicated(&conn, &key).await?;
         }
         // Not ready well before Redis refuses writes at `maxmemory`: an alert and the load
         // balancer act while callbacks are still stored.
