@@ -154,7 +154,7 @@ impl RedisStore {
             timeout_ms: options.min_replicas_timeout_ms,
         });
         let accept_conn = match replicas {
-            Some(_) => options.connect().await?,
+            Some(_) => options.connect_for_waits().await?,
             None => conn.clone(),
         };
         let prefix = options.key_prefix.clone();

@@ -1,22 +1,31 @@
 //! Waiting for writes to last: on `store.redis.min_replicas` replicas (`WAIT`, or `WAITAOF 1 N`
 //! where the server has it), or fsynced (`WAITAOF 1 0`), before an accept is answered.
 //!
-//! Both commands wait for the writes *of the connection that sends them* (Redis remembers each
-//! connection's replication offset after its last write, which covers every write before it, by
-//! anyone), so they go over the connection that wrote. A `WAIT` also blocks its connection until
-//! it returns: the batches' scripts sent meanwhile queue behind it on the server. Each sending a
-//! `WAIT` of its own once its script ran would make the connection alternate script, `WAIT`,
-//! script, `WAIT`. So one `WAIT` at a time per connection, shared ([`Waits`]): the batches whose
-//! writes finish while one is on its way (or queued behind it) wait for the next one, sent once
-//! the first is answered, which covers them all. Under load one `WAIT` answers every batch that
-//! queued up meanwhile; an idle store sends each at once. A write waits for at most two `WAIT`s:
-//! with replicas that do not acknowledge, 503 after twice `min_replicas_timeout_ms` at worst.
+//! Both commands wait for the writes *of the connection that sends them*: Redis remembers each
+//! connection's replication offset after its last write, which covers every write before it, on
+//! that server, by anyone. So every `WAIT` here goes in one pipeline right behind a small write
+//! of its own (the mark, a key of the slot it waits for): it then covers whatever that server
+//! took before, whichever connection wrote it (a first copy another instance stored, which a
+//! resend is answered from; this connection's writes even if it reconnected in between). On a
+//! Cluster the pipeline is routed by the mark's key: it reaches the slot's primary, or fails
+//! (MOVED) where the client, unable to reach that primary, would send a keyless command to any
+//! node, whose replicas a `WAIT` would count instead (the Cluster test caught that).
 //!
-//! Where a connection is one: behind Sentinels, the primary a request was pinned to (a
-//! failover gives a new one); on a Cluster, the connection to the node that serves a slot (a
-//! group per slot); standalone, the one connection. Standalone and Cluster connections can
-//! reconnect between a write and its `WAIT` (see `batch`): the group is the same, the `WAIT`
-//! covers nothing of the broken connection's writes. A narrow window, left open.
+//! A `WAIT` also blocks its connection until it returns: the batches' scripts sent meanwhile
+//! queue behind it on the server. Each sending a `WAIT` of its own once its script ran would make
+//! the connection alternate script, `WAIT`, script, `WAIT`. So one `WAIT` at a time per
+//! connection, shared ([`Waits`]): the batches whose writes finish while one is on its way (or
+//! queued behind it) wait for the next one, sent once the first is answered, which covers them
+//! all. Under load one `WAIT` answers every batch that queued up meanwhile; an idle store sends
+//! each at once. A write waits for at most two `WAIT`s: with replicas that do not acknowledge,
+//! 503 after twice `min_replicas_timeout_ms` at worst.
+//!
+//! What is left: the mark and its `WAIT` go where the slot's primary is *now*. Behind Sentinels
+//! the accepts' connection is pinned to the primary that took the write, so they never go
+//! elsewhere. Standalone there is one server. On a Cluster, if a failover completed between a
+//! write and its `WAIT` (at most one other `WAIT`, `min_replicas_timeout_ms`, apart), they would
+//! go to the new primary, which may lack the write: `min_replicas_timeout_ms` is kept well below
+//! `cluster-node-timeout`, the least a failover takes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,7 +41,7 @@ use crate::store::StoreError;
 
 /// How long a new accept waits for `WAITAOF` (its fsync).
 const WAITAOF_TIMEOUT_MS: u64 = 2000;
-/// How long the small write before a `WAIT` lives (it only orders the replication stream).
+/// How long the mark before a `WAIT` lives (it only orders the replication stream).
 const MARK_TTL_MS: u64 = 60_000;
 /// Groups of primaries left behind by failovers are dropped beyond this many groups.
 const GROUPS_KEPT: usize = 64;
@@ -89,8 +98,8 @@ impl Waits {
         }
     }
 
-    /// Waits until a write that `conn` (pinned) just finished, on the node that serves `key`, is
-    /// on the replicas: a `WAIT` sent after it on the same connection, its own or a shared one.
+    /// Waits until a write that `conn` (pinned) just finished, or found, on the node that serves
+    /// `key`, is on the replicas: a mark and `WAIT` sent after it, its own or a shared one.
     pub(super) async fn replicated(&self, conn: &Conn, key: &str) -> Result<(), StoreError> {
         // Not pinned (behind Sentinels): the current primary, to which the `WAIT` is held too.
         let conn = match conn {
@@ -145,41 +154,47 @@ async fn on_node_of(conn: Conn, key: &str, cmd: Cmd) -> Result<Value, RedisError
     }
 }
 
-/// A small write of this connection's own on the node that serves `base`, so that a `WAIT`
-/// after it covers what was written there before it (by anyone).
-pub(super) async fn mark(conn: &Conn, base: &str) -> Result<(), StoreError> {
-    let () = redis::cmd("SET")
-        .arg(format!("{base}:replicated"))
-        .arg(rand::random::<u64>())
-        .arg("PX")
-        .arg(MARK_TTL_MS)
-        .query_async(&mut conn.clone())
-        .await?;
-    Ok(())
+/// The mark's key for `key`: in its slot (its hash tag, or `key` itself as the tag).
+fn mark_key(key: &str) -> String {
+    let tagged = format!("{key}:replicated");
+    if Slot::for_key(&tagged) == Slot::for_key(key) {
+        tagged
+    } else {
+        format!("{{{key}}}:replicated")
+    }
 }
 
-/// Waits until the writes so far on `conn`, to the node that serves `key`, are on
-/// `replicas.count` replicas: `WAIT`; with `waitaof` (the server has `WAITAOF`, its AOF is on)
-/// `WAITAOF 1 N`, which also waits for the local fsync and for the replicas' own AOF fsync.
+/// The mark, then `WAIT` (or `WAITAOF 1 N` with `waitaof`: the server has it and its AOF is on,
+/// which also waits for the local fsync and the replicas' own), in one pipeline to the node that
+/// serves `key`: until what that node took so far is on `replicas.count` replicas.
 async fn wait_replicas(
-    conn: Conn,
+    mut conn: Conn,
     key: &str,
     replicas: Replicas,
     waitaof: bool,
 ) -> Result<(), StoreError> {
     let Replicas { count, timeout_ms } = replicas;
+    let mut pipe = redis::pipe();
+    pipe.cmd("SET")
+        .arg(mark_key(key))
+        .arg(rand::random::<u64>())
+        .arg("PX")
+        .arg(MARK_TTL_MS)
+        .ignore();
+    if waitaof {
+        pipe.cmd("WAITAOF").arg(1).arg(count).arg(timeout_ms);
+    } else {
+        pipe.cmd("WAIT").arg(count).arg(timeout_ms);
+    }
+    let (reply,): (Value,) = pipe.query_async(&mut conn).await?;
     let (local, acknowledged) = if waitaof {
-        let mut cmd = redis::cmd("WAITAOF");
-        cmd.arg(1).arg(count).arg(timeout_ms);
-        let counts: Vec<i64> = parse(on_node_of(conn, key, cmd).await?)?;
+        let counts: Vec<i64> = parse(reply)?;
         (
             counts.first().copied().unwrap_or(0),
             counts.get(1).copied().unwrap_or(0),
         )
     } else {
-        let mut cmd = redis::cmd("WAIT");
-        cmd.arg(count).arg(timeout_ms);
-        (1, parse(on_node_of(conn, key, cmd).await?)?)
+        (1, parse(reply)?)
     };
     if local < 1 {
         return Err(StoreError::Timeout(

@@ -37,6 +37,8 @@ const STALLED: Duration = Duration::from_secs(2);
 struct Post {
     body: String,
     sent: Instant,
+    /// How long the answer took.
+    took: Duration,
     /// The answer's status; 0 if none came.
     status: u16,
 }
@@ -73,6 +75,7 @@ impl Load {
                             posts.lock().unwrap().push(Post {
                                 body: sealed.body.clone(),
                                 sent,
+                                took: sent.elapsed(),
                                 status,
                             });
                             if status == 200 || stop.is_cancelled() {
@@ -148,6 +151,9 @@ struct Seen {
     stalled_refused: usize,
     /// Callbacks answered 200 that the target never got (with 200).
     lost: usize,
+    /// Of those, when each was sent after the replica stalled (negative: before, in ms), and
+    /// how long its answer took.
+    lost_posts: Vec<(String, i64, Duration)>,
     /// From the primary's death to the first callback answered 200 after it.
     answering_again: Duration,
 }
@@ -175,6 +181,21 @@ impl Seen {
                 .iter()
                 .filter(|b| !delivered.contains(b.as_bytes()))
                 .count(),
+            lost_posts: posts
+                .iter()
+                .filter(|p| p.status == 200 && !delivered.contains(p.body.as_bytes()))
+                .map(|p| {
+                    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+                    let after = if p.sent >= stalled {
+                        ms(p.sent - stalled)
+                    } else {
+                        -ms(stalled - p.sent)
+                    };
+                    let content = p.body.split("CDATA[load ").nth(1).unwrap_or("");
+                    let content = content.split(']').next().unwrap_or("").to_owned();
+                    (content, after, p.took)
+                })
+                .collect(),
             answering_again: again,
         }
     }
