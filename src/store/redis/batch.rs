@@ -9,11 +9,11 @@
 //! it ([`super::wait`]). Both wait for the writes of the connection that sends them, so that
 //! connection is the one that wrote (and, with replicas, the accepts' own: a `WAIT` blocks its
 //! connection, and must not hold up lease renewals and outcomes); batches whose writes finish
-//! while a `WAIT` is on its way share the next one. A small write (the mark) goes right before
-//! each `WAIT`, in one pipeline: the replicas acknowledging it acknowledge everything the node
-//! took before it, so a batch that wrote nothing itself (every callback in it a resend of one
-//! stored already, perhaps by another instance, or the script run a second time after a broken
-//! connection) is covered too. What is left open is in [`super::wait`].
+//! while a `WAIT` is on its way share the next one. Where the batch wrote nothing itself (every
+//! callback in it was a resend of one stored already, perhaps by another instance, or the
+//! script ran a second time after a broken connection), a small write of its own comes first:
+//! the replicas acknowledging it acknowledge everything written before it. What is left open is
+//! in [`super::wait`].
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -24,7 +24,7 @@ use redis::{Script, Value};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::options::Conn;
-use super::wait::{Waits, wait_aof};
+use super::wait::{Waits, mark, wait_aof};
 use crate::store::StoreError;
 
 /// At most this many accepts (or outcomes) go in one batch…
@@ -179,7 +179,7 @@ impl BatchContext {
         let written = join_all(groups.iter().map(|(base, places)| async {
             let rows = self.write(base, places, &items).await;
             match rows {
-                Ok((rows, conn)) => self.last(base, &rows, conn).await.map(|()| rows),
+                Ok((rows, conn, again)) => self.last(base, &rows, conn, again).await.map(|()| rows),
                 Err(e) => Err(e),
             }
         }))
@@ -190,54 +190,66 @@ impl BatchContext {
         answered(answers, "accept")
     }
 
-    /// One account's accept script: its rows, and the connection that wrote them.
+    /// One account's accept script: its rows, the connection that wrote them, and whether the
+    /// script ran a second time.
     async fn write(
         &self,
         base: &str,
         places: &[usize],
         items: &[BatchItem],
-    ) -> Result<(Vec<Row>, Conn), StoreError> {
+    ) -> Result<(Vec<Row>, Conn, bool), StoreError> {
         let mut invocation = self.accept.key(base);
         invocation.arg(self.lease_ms);
         for &i in places {
             invocation.arg(&items[i].args);
         }
-        let (reply, conn) = self.run_accept(&invocation).await?;
+        let (reply, conn, again) = self.run_accept(&invocation).await?;
         let rows: Vec<Value> = parse(reply)?;
         let rows = rows
             .into_iter()
             .map(parse::<Row>)
             .collect::<Result<Vec<_>, _>>()?;
-        Ok((one_each(rows, places, "accept")?, conn))
+        Ok((one_each(rows, places, "accept")?, conn, again))
     }
 
     /// Runs the accept script; once more if the connection broke (the script may have run: a
     /// second run recognises its callback ids, and writes nothing). Its reply, the connection
-    /// that wrote it (held to one server, [`Conn::pinned`]) for what waits for the write.
+    /// that wrote it (held to one server, [`Conn::pinned`]) for what waits for the write, and
+    /// whether it ran a second time.
     async fn run_accept(
         &self,
         invocation: &redis::ScriptInvocation<'_>,
-    ) -> Result<(Value, Conn), StoreError> {
+    ) -> Result<(Value, Conn, bool), StoreError> {
         let mut conn = self.accept_conn.pinned();
         match invocation.invoke_async(&mut conn).await {
-            Ok(value) => Ok((value, conn)),
+            Ok(value) => Ok((value, conn, false)),
             Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
                 // Pinned again: after a failover that was followed meanwhile, the new primary.
                 let mut conn = self.accept_conn.pinned();
-                Ok((invocation.invoke_async(&mut conn).await?, conn))
+                Ok((invocation.invoke_async(&mut conn).await?, conn, true))
             }
             Err(e) => Err(e.into()),
         }
     }
 
     /// Makes the accepts of one account's group last before they are answered: on the
-    /// replicas `min_replicas` asks for (new or not: a resend is answered from a write that may
-    /// be another instance's, which the mark before the `WAIT` covers), else fsynced where the
-    /// server has `WAITAOF`.
-    async fn last(&self, base: &str, rows: &[Row], conn: Conn) -> Result<(), StoreError> {
+    /// replicas `min_replicas` asks for, else fsynced where the server has `WAITAOF`. `again`:
+    /// the script ran a second time (and wrote nothing then).
+    async fn last(
+        &self,
+        base: &str,
+        rows: &[Row],
+        conn: Conn,
+        again: bool,
+    ) -> Result<(), StoreError> {
         let new = |r: &Row| r.first().and_then(|v| v.as_deref()) == Some(b"new");
         match &self.waits {
-            Some(waits) => waits.replicated(&conn, base).await,
+            Some(waits) => {
+                if again || !rows.iter().all(new) {
+                    mark(&conn, base).await?;
+                }
+                waits.replicated(&conn, base).await
+            }
             None if self.waitaof && rows.iter().any(new) => wait_aof(conn, base).await,
             None => Ok(()),
         }

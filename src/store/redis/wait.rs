@@ -3,13 +3,15 @@
 //!
 //! Both commands wait for the writes *of the connection that sends them*: Redis remembers each
 //! connection's replication offset after its last write, which covers every write before it, on
-//! that server, by anyone. So every `WAIT` here goes in one pipeline right behind a small write
-//! of its own (the mark, a key of the slot it waits for): it then covers whatever that server
-//! took before, whichever connection wrote it (a first copy another instance stored, which a
-//! resend is answered from; this connection's writes even if it reconnected in between). On a
-//! Cluster the pipeline is routed by the mark's key: it reaches the slot's primary, or fails
-//! (MOVED) where the client, unable to reach that primary, would send a keyless command to any
-//! node, whose replicas a `WAIT` would count instead (the Cluster test caught that).
+//! that server, by anyone. So they go over the connection that wrote, and a write that wrote
+//! nothing (a resend answered from a first copy another instance stored, an accept script run a
+//! second time) makes a small write of its own first ([`mark`]). Every `WAIT` goes in one
+//! pipeline behind a read of a key in the slot it waits for: on a Cluster the pipeline is routed
+//! by that key, so it reaches the slot's primary or fails (MOVED), where the client, unable to
+//! reach that primary, would send a keyless command to any node, whose replicas a bare `WAIT`
+//! would count instead (the Cluster test caught that). A read, not a write: a write would cost
+//! an fsync of its own per `WAIT` with `appendfsync always` (on the load bench, 0.8× the
+//! throughput).
 //!
 //! A `WAIT` also blocks its connection until it returns: the batches' scripts sent meanwhile
 //! queue behind it on the server. Each sending a `WAIT` of its own once its script ran would make
@@ -20,12 +22,14 @@
 //! each at once. A write waits for at most two `WAIT`s: with replicas that do not acknowledge,
 //! 503 after twice `min_replicas_timeout_ms` at worst.
 //!
-//! What is left: the mark and its `WAIT` go where the slot's primary is *now*. Behind Sentinels
-//! the accepts' connection is pinned to the primary that took the write, so they never go
-//! elsewhere. Standalone there is one server. On a Cluster, if a failover completed between a
-//! write and its `WAIT` (at most one other `WAIT`, `min_replicas_timeout_ms`, apart), they would
-//! go to the new primary, which may lack the write: `min_replicas_timeout_ms` is kept well below
-//! `cluster-node-timeout`, the least a failover takes.
+//! What is left open. Behind Sentinels the accepts' connection is pinned to the primary that took
+//! the write, and never reconnects by itself: a `WAIT` fails rather than land elsewhere. A
+//! standalone server's connection manager, and a Cluster node's connection, can reconnect between
+//! a write and its `WAIT` if the connection breaks in that instant: the `WAIT` then covers
+//! nothing of the broken connection's writes. And on a Cluster, a failover that completed between
+//! a write and its `WAIT` (at most one other `WAIT`, `min_replicas_timeout_ms`, apart) sends the
+//! `WAIT` to the new primary, which may lack the write: `min_replicas_timeout_ms` is kept well
+//! below `cluster-node-timeout`, the least a failover takes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,7 +45,7 @@ use crate::store::StoreError;
 
 /// How long a new accept waits for `WAITAOF` (its fsync).
 const WAITAOF_TIMEOUT_MS: u64 = 2000;
-/// How long the mark before a `WAIT` lives (it only orders the replication stream).
+/// How long the mark lives (it only orders the replication stream).
 const MARK_TTL_MS: u64 = 60_000;
 /// Groups of primaries left behind by failovers are dropped beyond this many groups.
 const GROUPS_KEPT: usize = 64;
@@ -98,8 +102,8 @@ impl Waits {
         }
     }
 
-    /// Waits until a write that `conn` (pinned) just finished, or found, on the node that serves
-    /// `key`, is on the replicas: a mark and `WAIT` sent after it, its own or a shared one.
+    /// Waits until a write that `conn` (pinned) just finished, on the node that serves `key`, is
+    /// on the replicas: a `WAIT` sent after it on the same connection, its own or a shared one.
     pub(super) async fn replicated(&self, conn: &Conn, key: &str) -> Result<(), StoreError> {
         // Not pinned (behind Sentinels): the current primary, to which the `WAIT` is held too.
         let conn = match conn {
@@ -154,6 +158,19 @@ async fn on_node_of(conn: Conn, key: &str, cmd: Cmd) -> Result<Value, RedisError
     }
 }
 
+/// A small write of this connection's own on the node that serves `base`, so that a `WAIT`
+/// after it covers what was written there before it (by anyone).
+pub(super) async fn mark(conn: &Conn, base: &str) -> Result<(), StoreError> {
+    let () = redis::cmd("SET")
+        .arg(mark_key(base))
+        .arg(rand::random::<u64>())
+        .arg("PX")
+        .arg(MARK_TTL_MS)
+        .query_async(&mut conn.clone())
+        .await?;
+    Ok(())
+}
+
 /// The mark's key for `key`: in its slot (its hash tag, or `key` itself as the tag).
 fn mark_key(key: &str) -> String {
     let tagged = format!("{key}:replicated");
@@ -164,9 +181,10 @@ fn mark_key(key: &str) -> String {
     }
 }
 
-/// The mark, then `WAIT` (or `WAITAOF 1 N` with `waitaof`: the server has it and its AOF is on,
-/// which also waits for the local fsync and the replicas' own), in one pipeline to the node that
-/// serves `key`: until what that node took so far is on `replicas.count` replicas.
+/// `WAIT` (or `WAITAOF 1 N` with `waitaof`: the server has it and its AOF is on, which also
+/// waits for the local fsync and the replicas' own), behind a read in `key`'s slot in one
+/// pipeline to the node that serves it: until the writes so far on `conn` are on
+/// `replicas.count` replicas.
 async fn wait_replicas(
     mut conn: Conn,
     key: &str,
@@ -175,12 +193,7 @@ async fn wait_replicas(
 ) -> Result<(), StoreError> {
     let Replicas { count, timeout_ms } = replicas;
     let mut pipe = redis::pipe();
-    pipe.cmd("SET")
-        .arg(mark_key(key))
-        .arg(rand::random::<u64>())
-        .arg("PX")
-        .arg(MARK_TTL_MS)
-        .ignore();
+    pipe.cmd("EXISTS").arg(mark_key(key)).ignore();
     if waitaof {
         pipe.cmd("WAITAOF").arg(1).arg(count).arg(timeout_ms);
     } else {
