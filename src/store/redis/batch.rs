@@ -8,8 +8,9 @@
 //! `WAITAOF 1 N` where the server has it), else fsynced (`WAITAOF 1 0`) where the server has
 //! it ([`super::wait`]). Both wait for the writes of the connection that sends them, so that
 //! connection is the one that wrote (and, with replicas, the accepts' own: a `WAIT` blocks its
-//! connection, and must not hold up lease renewals and outcomes); batches whose writes finish
-//! while a `WAIT` is on its way share the next one. Where the batch wrote nothing itself (every
+//! connection, and what was sent behind it, and must not hold up lease renewals and outcomes:
+//! the accepts have several connections, a batch on each in turn). Where the batch wrote
+//! nothing itself (every
 //! callback in it was a resend of one stored already, perhaps by another instance, or the
 //! script ran a second time after a broken connection), a small write of its own comes first:
 //! the replicas acknowledging it acknowledge everything written before it. What is left open is
@@ -18,13 +19,14 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures_util::future::join_all;
 use redis::{Script, Value};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::options::Conn;
-use super::wait::{Waits, mark, wait_aof};
+use super::wait::{Replicas, mark, wait_aof, wait_replicas};
 use crate::store::StoreError;
 
 /// At most this many accepts (or outcomes) go in one batch…
@@ -101,15 +103,18 @@ pub(super) struct BatchItem {
 
 /// What the batches need of the store.
 pub(super) struct BatchContext {
-    /// The accepts' connection: their own with `replicas` (a `WAIT` blocks its connection).
-    pub(super) accept_conn: Conn,
+    /// The accepts' connections: with `replicas`, [`super::ACCEPT_CONNECTIONS`] of their own,
+    /// a batch on each in turn (a `WAIT` blocks its connection, and what was sent behind it);
+    /// else the store's one.
+    pub(super) accept_conns: Vec<Conn>,
+    /// The batches sent so far: which connection is next.
+    pub(super) sent: AtomicUsize,
     /// The outcomes' connection, the store's.
     pub(super) record_conn: Conn,
     pub(super) lease_ms: u64,
     pub(super) waitaof: bool,
-    /// With `store.redis.min_replicas`: the `WAIT`s, shared with the store's id blocks and
-    /// readiness checks.
-    pub(super) waits: Option<Arc<Waits>>,
+    /// `store.redis.min_replicas`, if not 0.
+    pub(super) replicas: Option<Replicas>,
     pub(super) accept: Script,
     pub(super) record: Script,
 }
@@ -176,8 +181,10 @@ impl BatchContext {
         let mut answers: Vec<Option<Result<Row, StoreError>>> =
             items.iter().map(|_| None).collect();
         let groups = by_base(&items);
+        let turn = self.sent.fetch_add(1, Ordering::Relaxed);
+        let conn = &self.accept_conns[turn % self.accept_conns.len()];
         let written = join_all(groups.iter().map(|(base, places)| async {
-            let rows = self.write(base, places, &items).await;
+            let rows = self.write(conn, base, places, &items).await;
             match rows {
                 Ok((rows, conn, again)) => self.last(base, &rows, conn, again).await.map(|()| rows),
                 Err(e) => Err(e),
@@ -194,6 +201,7 @@ impl BatchContext {
     /// script ran a second time.
     async fn write(
         &self,
+        conn: &Conn,
         base: &str,
         places: &[usize],
         items: &[BatchItem],
@@ -203,33 +211,13 @@ impl BatchContext {
         for &i in places {
             invocation.arg(&items[i].args);
         }
-        let (reply, conn, again) = self.run_accept(&invocation).await?;
+        let (reply, conn, again) = run_accept(conn, &invocation).await?;
         let rows: Vec<Value> = parse(reply)?;
         let rows = rows
             .into_iter()
             .map(parse::<Row>)
             .collect::<Result<Vec<_>, _>>()?;
         Ok((one_each(rows, places, "accept")?, conn, again))
-    }
-
-    /// Runs the accept script; once more if the connection broke (the script may have run: a
-    /// second run recognises its callback ids, and writes nothing). Its reply, the connection
-    /// that wrote it (held to one server, [`Conn::pinned`]) for what waits for the write, and
-    /// whether it ran a second time.
-    async fn run_accept(
-        &self,
-        invocation: &redis::ScriptInvocation<'_>,
-    ) -> Result<(Value, Conn, bool), StoreError> {
-        let mut conn = self.accept_conn.pinned();
-        match invocation.invoke_async(&mut conn).await {
-            Ok(value) => Ok((value, conn, false)),
-            Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
-                // Pinned again: after a failover that was followed meanwhile, the new primary.
-                let mut conn = self.accept_conn.pinned();
-                Ok((invocation.invoke_async(&mut conn).await?, conn, true))
-            }
-            Err(e) => Err(e.into()),
-        }
     }
 
     /// Makes the accepts of one account's group last before they are answered: on the
@@ -243,12 +231,12 @@ impl BatchContext {
         again: bool,
     ) -> Result<(), StoreError> {
         let new = |r: &Row| r.first().and_then(|v| v.as_deref()) == Some(b"new");
-        match &self.waits {
-            Some(waits) => {
+        match self.replicas {
+            Some(replicas) => {
                 if again || !rows.iter().all(new) {
                     mark(&conn, base).await?;
                 }
-                waits.replicated(&conn, base).await
+                wait_replicas(conn, base, replicas, self.waitaof).await
             }
             None if self.waitaof && rows.iter().any(new) => wait_aof(conn, base).await,
             None => Ok(()),
@@ -275,6 +263,26 @@ impl BatchContext {
             spread(&mut answers, &places, applied);
         }
         answered(answers, "outcome")
+    }
+}
+
+/// Runs the accept script on `accept_conn`; once more if the connection broke (the script may have run: a
+/// second run recognises its callback ids, and writes nothing). Its reply, the connection
+/// that wrote it (held to one server, [`Conn::pinned`]) for what waits for the write, and
+/// whether it ran a second time.
+async fn run_accept(
+    accept_conn: &Conn,
+    invocation: &redis::ScriptInvocation<'_>,
+) -> Result<(Value, Conn, bool), StoreError> {
+    let mut conn = accept_conn.pinned();
+    match invocation.invoke_async(&mut conn).await {
+        Ok(value) => Ok((value, conn, false)),
+        Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
+            // Pinned again: after a failover that was followed meanwhile, the new primary.
+            let mut conn = accept_conn.pinned();
+            Ok((invocation.invoke_async(&mut conn).await?, conn, true))
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -45,12 +45,13 @@
 //!
 //! Here: the public type, opening, and its [`Store`] impl. `options` says how to reach Redis,
 //! `batch` sends accepts and outcomes in batches, `scripts` loads the Lua of `lua/*.lua`,
-//! `wait` waits for replicas (one `WAIT` shared by concurrent batches), `dead_letters` lists,
+//! `wait` waits for replicas (or the fsync), `dead_letters` lists,
 //! shows, replays and purges them, `callbacks` shows stored callbacks to
 //! the admin, `settings` reads the server's settings at open, `sentinel` follows the primary
 //! Sentinels name.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -61,7 +62,7 @@ use redis::{Cmd, RedisError, Value};
 use tracing::info;
 
 use self::batch::{BatchContext, BatchItem, Batcher, Row};
-use self::wait::{Replicas, Waits};
+use self::wait::Replicas;
 use self::options::Conn;
 use self::scripts::Scripts;
 use super::shape::Stored;
@@ -101,6 +102,9 @@ mod wait;
 
 pub use self::options::{RedisNodes, RedisOptions};
 
+/// With `min_replicas`, the accepts' connections: a batch's `WAIT` blocks only its own, while
+/// the next batch writes on another (as many as batches of accepts on their way at once).
+const ACCEPT_CONNECTIONS: usize = 4;
 /// How many ids an instance reserves at once: one `INCRBY` per this many callbacks and jobs.
 const ID_BLOCK: u64 = 1024;
 /// Callbacks purged per account per call (one script; bounds how long Redis is busy).
@@ -109,15 +113,12 @@ const PURGE_BATCH: usize = 1000;
 /// The Redis store. Cheap to share behind an `Arc`.
 pub struct RedisStore {
     conn: Conn,
-    /// The accepts' connection: their own with `replicas` (a `WAIT` blocks its connection,
-    /// and must not hold up lease renewals and outcomes); else `conn`. Ids are reserved, and
-    /// readiness checked, on it too.
-    accept_conn: Conn,
+    /// The accepts' connections: [`ACCEPT_CONNECTIONS`] of their own with `replicas` (a `WAIT`
+    /// blocks its connection, and must not hold up lease renewals and outcomes, nor the other
+    /// batches); else `conn`. Ids are reserved, and readiness checked, on the first.
+    accept_conns: Vec<Conn>,
     /// `store.redis.min_replicas`, if not 0.
     replicas: Option<Replicas>,
-    /// With `replicas`: the `WAIT`s on `accept_conn`, one at a time per connection, shared by
-    /// the writes that finished meanwhile (set in `open`, once `waitaof` is known).
-    waits: Option<Arc<Waits>>,
     prefix: String,
     lease_ms: u64,
     /// `/readyz` fails at or above this fraction of `maxmemory` in use.
@@ -153,16 +154,18 @@ impl RedisStore {
             count: options.min_replicas,
             timeout_ms: options.min_replicas_timeout_ms,
         });
-        let accept_conn = match replicas {
-            Some(_) => options.connect_for_waits().await?,
-            None => conn.clone(),
-        };
+        let mut accept_conns = vec![conn.clone()];
+        if replicas.is_some() {
+            accept_conns.clear();
+            for _ in 0..ACCEPT_CONNECTIONS {
+                accept_conns.push(options.connect_for_waits().await?);
+            }
+        }
         let prefix = options.key_prefix.clone();
         let mut store = RedisStore {
             conn,
-            accept_conn,
+            accept_conns,
             replicas,
-            waits: None,
             lease_ms: options.lease_ms,
             max_memory_used_ratio: options.max_memory_used_ratio,
             ids: IdBlocks::empty(),
@@ -175,15 +178,13 @@ impl RedisStore {
         };
         store.waitaof = store.check_persistence().await;
         store.check_replicas().await;
-        store.waits = store
-            .replicas
-            .map(|replicas| Arc::new(Waits::new(replicas, store.waitaof)));
         let context = Arc::new(BatchContext {
-            accept_conn: store.accept_conn.clone(),
+            accept_conns: store.accept_conns.clone(),
+            sent: AtomicUsize::new(0),
             record_conn: store.conn(),
             lease_ms: store.lease_ms,
             waitaof: store.waitaof,
-            waits: store.waits.clone(),
+            replicas: store.replicas,
             accept: store.scripts.accept.clone(),
             record: store.scripts.record.clone(),
         });
@@ -205,6 +206,11 @@ impl RedisStore {
 
     fn conn(&self) -> Conn {
         self.conn.clone()
+    }
+
+    /// The first of the accepts' connections (there is always one).
+    fn accept_conn(&self) -> &Conn {
+        self.accept_conns.first().unwrap_or(&self.conn)
     }
 
     /// The key every key of `account` starts with: `<prefix>:{<account>}`.
@@ -299,7 +305,7 @@ impl Store for RedisStore {
         self.ids
             .next(n, ID_BLOCK, |count| async move {
                 let key = format!("{}:ids", self.prefix);
-                let conn = self.accept_conn.pinned();
+                let conn = self.accept_conn().pinned();
                 let last: i64 = redis::cmd("INCRBY")
                     .arg(&key)
                     .arg(count)
@@ -307,8 +313,8 @@ impl Store for RedisStore {
                     .await?;
                 // A block a failover forgot would be handed out again, and callbacks stored
                 // under its ids overwritten: it is on the replicas before an id of it is used.
-                if let Some(waits) = &self.waits {
-                    waits.replicated(&conn, &key).await?;
+                if let Some(replicas) = self.replicas {
+                    wait::wait_replicas(conn, &key, replicas, self.waitaof).await?;
                 }
                 Ok(last)
             })
@@ -622,7 +628,7 @@ impl Store for RedisStore {
 
     async fn check_writable(&self) -> Result<(), StoreError> {
         let key = format!("{}:writable", self.prefix);
-        let conn = self.accept_conn.pinned();
+        let conn = self.accept_conn().pinned();
         let () = redis::cmd("SET")
             .arg(&key)
             .arg(rand::random::<u64>())
@@ -631,8 +637,8 @@ impl Store for RedisStore {
             .query_async(&mut conn.clone())
             .await?;
         // Not ready while callbacks would be answered 503 for want of replicas.
-        if let Some(waits) = &self.waits {
-            waits.replicated(&conn, &key).await?;
+        if let Some(replicas) = self.replicas {
+            wait::wait_replicas(conn, &key, replicas, self.waitaof).await?;
         }
         // Not ready well before Redis refuses writes at `maxmemory`: an alert and the load
         // balancer act while callbacks are still stored.

@@ -23,7 +23,7 @@
 //! This file imports nothing of its siblings: `options` builds the two types from
 //! `[store.redis]`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -158,9 +158,6 @@ struct Primary {
     connection: MultiplexedConnection,
     /// A request on it failed as a moved primary would make it fail: replace it.
     failed: AtomicBool,
-    /// Which connection this is, of all this process opened: what waits for the writes of one
-    /// connection (`WAIT`) tells them apart by it.
-    serial: u64,
 }
 
 /// A connection to the primary the Sentinels name, that follows a failover (see the module
@@ -318,13 +315,6 @@ async fn follow(followed: Weak<Followed>, check: Arc<Notify>) {
 #[derive(Clone)]
 pub(super) struct Pinned(Arc<Primary>);
 
-impl Pinned {
-    /// Which connection it is (see [`Primary::serial`]): never 0.
-    pub(super) fn serial(&self) -> u64 {
-        self.0.serial
-    }
-}
-
 /// A connection to the server at `info`, if it says it is a primary.
 async fn connect_primary(
     info: ConnectionInfo,
@@ -342,14 +332,10 @@ async fn connect_primary(
             addr.to_string(),
         )));
     }
-    // A counter of the process, not a setting: numbers stay distinct between the store's
-    // connections too.
-    static SERIAL: AtomicU64 = AtomicU64::new(1);
     Ok(Primary {
         addr,
         connection,
         failed: AtomicBool::new(false),
-        serial: SERIAL.fetch_add(1, Ordering::Relaxed),
     })
 }
 

@@ -9,46 +9,37 @@
 //! pipeline behind a read of a key in the slot it waits for: on a Cluster the pipeline is routed
 //! by that key, so it reaches the slot's primary or fails (MOVED), where the client, unable to
 //! reach that primary, would send a keyless command to any node, whose replicas a bare `WAIT`
-//! would count instead (the Cluster test caught that). A read, not a write: a write would cost
-//! an fsync of its own per `WAIT` with `appendfsync always` (on the load bench, 0.8× the
-//! throughput).
+//! would count instead (the Cluster test caught that). A read, not a write: a write would cost an
+//! fsync of its own per `WAIT` with `appendfsync always`.
 //!
-//! A `WAIT` also blocks its connection until it returns: the batches' scripts sent meanwhile
-//! queue behind it on the server. Each sending a `WAIT` of its own once its script ran would make
-//! the connection alternate script, `WAIT`, script, `WAIT`. So one `WAIT` at a time per
-//! connection, shared ([`Waits`]): the batches whose writes finish while one is on its way (or
-//! queued behind it) wait for the next one, sent once the first is answered, which covers them
-//! all. Under load one `WAIT` answers every batch that queued up meanwhile; an idle store sends
-//! each at once. A write waits for at most two `WAIT`s: with replicas that do not acknowledge,
-//! 503 after twice `min_replicas_timeout_ms` at worst.
+//! Each batch sends its own `WAIT`. Redis shares them by itself: a `WAIT` queued behind another
+//! returns at once when the replicas' last acknowledgement already covers its connection's
+//! writes, which it does for every batch written before that acknowledgement was asked for.
+//! (Sharing them here instead, one `WAIT` at a time and the batches that finished meanwhile
+//! waiting for the next, measured 0.86× the throughput on the load bench: a batch then waited for
+//! a fresh acknowledgement although the last one covered it.) What costs is that a `WAIT` blocks
+//! its connection until the replicas answer, and the scripts sent behind it wait too; so the
+//! accepts have connections of their own, several, one batch on each in turn (see `batch`).
 //!
-//! What is left open. Behind Sentinels the accepts' connection is pinned to the primary that took
-//! the write, and never reconnects by itself: a `WAIT` fails rather than land elsewhere. A
-//! standalone server's connection manager, and a Cluster node's connection, can reconnect between
-//! a write and its `WAIT` if the connection breaks in that instant: the `WAIT` then covers
+//! What is left open. Behind Sentinels the accepts' connections are pinned to the primary that
+//! took the write, and never reconnect by themselves: a `WAIT` fails rather than land elsewhere.
+//! A standalone server's connection manager, and a Cluster node's connection, can reconnect
+//! between a write and its `WAIT` if the connection breaks in that instant: the `WAIT` then covers
 //! nothing of the broken connection's writes. And on a Cluster, a failover that completed between
-//! a write and its `WAIT` (at most one other `WAIT`, `min_replicas_timeout_ms`, apart) sends the
-//! `WAIT` to the new primary, which may lack the write: `min_replicas_timeout_ms` is kept well
-//! below `cluster-node-timeout`, the least a failover takes.
-
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+//! a write and its `WAIT` would send the `WAIT` to the new primary, which may lack the write; a
+//! failover takes at least `cluster-node-timeout` after the primary stopped answering.
 
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
 use redis::{Cmd, RedisError, Value};
 
 use super::batch::parse;
 use super::options::Conn;
-use super::sentinel::Pinned;
 use crate::store::StoreError;
 
 /// How long a new accept waits for `WAITAOF` (its fsync).
 const WAITAOF_TIMEOUT_MS: u64 = 2000;
 /// How long the mark lives (it only orders the replication stream).
 const MARK_TTL_MS: u64 = 60_000;
-/// Groups of primaries left behind by failovers are dropped beyond this many groups.
-const GROUPS_KEPT: usize = 64;
 
 /// How many replicas must acknowledge a write before it is answered
 /// (`store.redis.min_replicas`), and how long to wait for them.
@@ -56,90 +47,6 @@ const GROUPS_KEPT: usize = 64;
 pub(super) struct Replicas {
     pub(super) count: u32,
     pub(super) timeout_ms: u64,
-}
-
-/// The `WAIT`s of a store: one at a time per connection, shared by the writes that finished
-/// while one was on its way (see the module doc).
-pub(super) struct Waits {
-    replicas: Replicas,
-    /// The server has `WAITAOF` and AOF is on: `WAITAOF 1 N` instead of `WAIT N`.
-    waitaof: bool,
-    groups: Mutex<HashMap<Group, Arc<Shared>>>,
-}
-
-/// What one connection is, for sharing its `WAIT`s.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Group {
-    Single,
-    Slot(Slot),
-    Primary(u64),
-}
-
-/// One connection's shared `WAIT`.
-struct Shared {
-    /// Writes finished on the connection and waiting for replicas, counted since the start.
-    written: AtomicU64,
-    /// The last `WAIT`: how many writes it covered (the count of `written` when it was sent),
-    /// and its answer. Held while one is on its way, so that the next waits for it.
-    last: tokio::sync::Mutex<(u64, Result<(), StoreError>)>,
-}
-
-impl Default for Shared {
-    fn default() -> Self {
-        Shared {
-            written: AtomicU64::new(0),
-            last: tokio::sync::Mutex::new((0, Ok(()))),
-        }
-    }
-}
-
-impl Waits {
-    pub(super) fn new(replicas: Replicas, waitaof: bool) -> Waits {
-        Waits {
-            replicas,
-            waitaof,
-            groups: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Waits until a write that `conn` (pinned) just finished, on the node that serves `key`, is
-    /// on the replicas: a `WAIT` sent after it on the same connection, its own or a shared one.
-    pub(super) async fn replicated(&self, conn: &Conn, key: &str) -> Result<(), StoreError> {
-        // Not pinned (behind Sentinels): the current primary, to which the `WAIT` is held too.
-        let conn = match conn {
-            Conn::Sentinel(_, None) => conn.pinned(),
-            other => other.clone(),
-        };
-        let group = match &conn {
-            Conn::Single(_) => Group::Single,
-            Conn::Cluster(_) => Group::Slot(Slot::for_key(key)),
-            Conn::Sentinel(_, pinned) => Group::Primary(pinned.as_ref().map_or(0, Pinned::serial)),
-        };
-        let shared = self.shared(group);
-        let mine = shared.written.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut last = shared.last.lock().await;
-        if last.0 >= mine {
-            // A `WAIT` sent after this write finished answered for it.
-            return last.1.clone();
-        }
-        // The scripts answered with this one (queued behind the last `WAIT`) have their tasks
-        // woken: one turn lets them count themselves in.
-        tokio::task::yield_now().await;
-        // Every write counted so far finished before this `WAIT` is sent on their connection.
-        let covered = shared.written.load(Ordering::SeqCst);
-        let result = wait_replicas(conn, key, self.replicas, self.waitaof).await;
-        *last = (covered, result.clone());
-        result
-    }
-
-    fn shared(&self, group: Group) -> Arc<Shared> {
-        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
-        if groups.len() >= GROUPS_KEPT && !groups.contains_key(&group) {
-            // Primaries of failovers past that nothing waits on.
-            groups.retain(|g, shared| !matches!(g, Group::Primary(_)) || Arc::strong_count(shared) > 1);
-        }
-        groups.entry(group).or_default().clone()
-    }
 }
 
 /// Sends `cmd` (a `WAIT` or `WAITAOF`, which name no key) to the node that serves `key`, over
@@ -185,7 +92,7 @@ fn mark_key(key: &str) -> String {
 /// waits for the local fsync and the replicas' own), behind a read in `key`'s slot in one
 /// pipeline to the node that serves it: until the writes so far on `conn` are on
 /// `replicas.count` replicas.
-async fn wait_replicas(
+pub(super) async fn wait_replicas(
     mut conn: Conn,
     key: &str,
     replicas: Replicas,
