@@ -662,6 +662,8 @@ run_proxy() {
     stop proxy2
     stop redis
     stop replica
+    # A run's AOF (up to ~100 MB per server) is not kept unless asked: many runs fill a disk.
+    [[ $KEEP == 1 ]] || rm -rf "$dir/redis/appendonlydir" "$dir/replica/appendonlydir"
     stop sink_a
     stop sink_b
     record "{\"scenario\":\"$scenario\",\"run\":$i,\"wrk\":$w,\"cpu\":$cpu,\"threads\":$threads,\"accepted\":$acc,\"duplicates\":$dup,

@@ -62,9 +62,9 @@ use redis::{Cmd, RedisError, Value};
 use tracing::info;
 
 use self::batch::{BatchContext, BatchItem, Batcher, Row};
-use self::wait::Replicas;
 use self::options::Conn;
 use self::scripts::Scripts;
+use self::wait::Replicas;
 use super::shape::Stored;
 use super::{
     Accepted, Answer, AttemptReport, CallbackDetail, CallbackId, DeadLetter, DeadLetterDetail,

@@ -102,7 +102,12 @@ impl Load {
 
     /// Waits (bounded by `within` from `since`) until a callback sent after `since` is answered
     /// 200; how long after `since` that answer was sent.
-    async fn until_answered(&self, since: Instant, within: Duration, log: &dyn Fn() -> String) -> Duration {
+    async fn until_answered(
+        &self,
+        since: Instant,
+        within: Duration,
+        log: &dyn Fn() -> String,
+    ) -> Duration {
         loop {
             if let Some(post) = self
                 .posts()
@@ -160,7 +165,13 @@ struct Seen {
 }
 
 impl Seen {
-    fn of(posts: &[Post], target: &Target, stalled: Instant, killed: Instant, again: Duration) -> Seen {
+    fn of(
+        posts: &[Post],
+        target: &Target,
+        stalled: Instant,
+        killed: Instant,
+        again: Duration,
+    ) -> Seen {
         let delivered: HashSet<Vec<u8>> = target
             .received()
             .into_iter()
@@ -176,8 +187,16 @@ impl Seen {
         Seen {
             answered: answered.len(),
             refused: posts.iter().filter(|p| p.status != 200).count(),
-            stalled_answered: posts.iter().filter(in_stall).filter(|p| p.status == 200).count(),
-            stalled_refused: posts.iter().filter(in_stall).filter(|p| p.status != 200).count(),
+            stalled_answered: posts
+                .iter()
+                .filter(in_stall)
+                .filter(|p| p.status == 200)
+                .count(),
+            stalled_refused: posts
+                .iter()
+                .filter(in_stall)
+                .filter(|p| p.status != 200)
+                .count(),
             lost: answered
                 .iter()
                 .filter(|b| !delivered.contains(b.as_bytes()))
@@ -356,7 +375,11 @@ async fn cluster_primary_dies_under_load(min_replicas: u32) -> Seen {
 fn await_role(server: &RedisServer, role: &str, within: Duration) -> Duration {
     let start = Instant::now();
     while server.info_field("role").as_deref() != Some(role) {
-        assert!(start.elapsed() < within, "127.0.0.1:{} is not a {role}", server.port);
+        assert!(
+            start.elapsed() < within,
+            "127.0.0.1:{} is not a {role}",
+            server.port
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     start.elapsed()
