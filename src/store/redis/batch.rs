@@ -26,7 +26,7 @@ use redis::{Script, Value};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::options::Conn;
-use super::wait::{Replicas, mark, wait_aof, wait_replicas};
+use super::wait::{Replicas, mark, parse, wait_aof, wait_replicas};
 use crate::store::StoreError;
 
 /// At most this many accepts (or outcomes) go in one batch…
@@ -284,10 +284,4 @@ async fn run_accept(
         }
         Err(e) => Err(e.into()),
     }
-}
-
-/// A script's reply as `T`; a reply of another shape is the store's unexpected error.
-pub(super) fn parse<T: redis::FromRedisValue>(value: Value) -> Result<T, StoreError> {
-    redis::from_redis_value(value)
-        .map_err(|e| StoreError::Unexpected(format!("unexpected reply: {e}")))
 }

@@ -32,7 +32,6 @@
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
 use redis::{Cmd, RedisError, Value};
 
-use super::batch::parse;
 use super::options::Conn;
 use crate::store::StoreError;
 
@@ -147,4 +146,10 @@ pub(super) async fn wait_aof(conn: Conn, base: &str) -> Result<(), StoreError> {
         ));
     }
     Ok(())
+}
+
+/// A script's reply as `T`; a reply of another shape is the store's unexpected error.
+pub(super) fn parse<T: redis::FromRedisValue>(value: Value) -> Result<T, StoreError> {
+    redis::from_redis_value(value)
+        .map_err(|e| StoreError::Unexpected(format!("unexpected reply: {e}")))
 }
