@@ -10,11 +10,10 @@
 //! connection is the one that wrote (and, with replicas, the accepts' own: a `WAIT` blocks its
 //! connection, and what was sent behind it, and must not hold up lease renewals and outcomes:
 //! the accepts have several connections, a batch on each in turn). Where the batch wrote
-//! nothing itself (every
-//! callback in it was a resend of one stored already, perhaps by another instance, or the
-//! script ran a second time after a broken connection), a small write of its own comes first:
-//! the replicas acknowledging it acknowledge everything written before it. What is left open is
-//! in [`super::wait`].
+//! nothing itself (every callback in it was a resend of one stored already, perhaps by another
+//! instance, or the script ran a second time after a broken connection), a small write of its
+//! own comes first: the replicas acknowledging it acknowledge everything written before it.
+//! What is left open is in [`super::wait`].
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -171,9 +170,8 @@ fn answered<O>(
 }
 
 impl BatchContext {
-    /// One accept script per account for the batch (sent together), each callback's reply row
-    /// once its group's writes last (waited for together: one `WAIT` for the batch where its
-    /// accounts share a connection).
+    /// One accept script per account for the batch (sent together, on the batch's connection),
+    /// each callback's reply row once its account's writes last.
     pub(super) async fn accept(
         self: Arc<Self>,
         items: Vec<BatchItem>,
