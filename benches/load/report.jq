@@ -27,9 +27,11 @@ def title:
     "redis-always": "wechat-fanout on Redis (AOF always), 2 fast targets",
     "redis-everysec": "wechat-fanout on Redis (AOF everysec), 2 fast targets",
     "redis-two": "2 × wechat-fanout on one Redis (always), 2 fast targets",
-    "redis-rate": "wechat-fanout on Redis (always) at a fixed rate" }[.] // . end;
+    "redis-rate": "wechat-fanout on Redis (always) at a fixed rate",
+    "redis-replica": "wechat-fanout on Redis (always) + a replica, min_replicas 0",
+    "redis-min1": "wechat-fanout on Redis (always) + a replica, min_replicas 1 (WAIT)" }[.] // . end;
 
-def redis_capacity: ltrimstr("alt-") | IN("redis-always", "redis-everysec", "redis-two");
+def redis_capacity: ltrimstr("alt-") | IN("redis-always", "redis-everysec", "redis-two", "redis-replica", "redis-min1");
 
 # Deliveries column: what each sink received (distinct callbacks) against what was accepted.
 def deliveries:
@@ -192,6 +194,16 @@ def drain:
           + (if $core_us.fast and $core_us["redis-always"] then
               "; by server-core time per callback (\($core_us.fast | round) µs vs \($core_us["redis-always"] | round) µs), what an unshared core would give: \($core_us.fast / $core_us["redis-always"] | ratio)"
             else "" end)
+      else empty end ),
+    ( if $med["redis-min1"] and $med["redis-replica"] then
+        # Each min_replicas = 1 run against the min_replicas = 0 runs of the same round.
+        ($runs | map(select(.scenario == "redis-replica")) | group_by(.run)
+          | map({key: "\(.[0].run)", value: (map(rps) | median)}) | from_entries) as $plain
+        | ($runs | map(select(.scenario == "redis-min1") | ($plain["\(.run)"]) as $p
+            | if $p then rps / $p else empty end)) as $pairs
+        | "- min_replicas = 1 on Redis with a replica: \($med["redis-min1"] | int)/s vs \($med["redis-replica"] | int)/s with 0: \($med["redis-min1"] / $med["redis-replica"] | ratio)"
+          + (if ($pairs | length) > 0 then " (each run against its round's min_replicas = 0 runs: \($pairs | min | ratio)–\($pairs | max | ratio), median \($pairs | median | ratio))" else "" end)
+          + "; p99 answer \($p99["redis-min1"] | ms) vs \($p99["redis-replica"] | ms)"
       else empty end ),
     ( if $p99["redis-rate"] then
         "- p99 answer on Redis (always) at a fixed \($med["redis-rate"] | int)/s: \($p99["redis-rate"] | ms) ≤ 5 ms: \(verdict($p99["redis-rate"] <= 5000))"

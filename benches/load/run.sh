@@ -6,6 +6,7 @@
 #   BACKLOG=1 bash benches/load/run.sh    # adds the 1,000,000-callback backlog (memory) scenario
 #   SCENARIOS="fast down" bash benches/load/run.sh   # a subset of: bare nginx fast fast-h2 fast-pipe events
 #                                     #   slow down safe rate redis-always redis-everysec redis-two redis-rate
+#                                     #   redis-replica redis-min1 (a name may repeat: ABBA orders)
 #   BACKLOG=1 SCENARIOS= bash benches/load/run.sh    # the backlog scenario alone
 #   CORES=2 bash benches/load/run.sh      # two-core mode: the proxy gets both cores (see below)
 #
@@ -50,6 +51,10 @@
 # per instance, with CONNS/2 connections each and disjoint callback numbers; their rates add up.
 # (Not nginx as a round-robin balancer in front: it would run on the server core and take a
 # share of it that neither proxy needs, so the two-instance figure would measure nginx too.)
+# redis-replica and redis-min1: redis-always with a replica on the same machine (its own
+# redis-server, AOF always too, with the server), `store.redis.min_replicas` 0 and 1: what waiting
+# for the replica's acknowledgement (WAIT) costs. A replica on another machine adds one network
+# round trip per WAIT on top. Redis's CPU in the report is the primary's alone.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -94,6 +99,7 @@ P_SINK_B=$((PORT_BASE + 5))
 P_PROXY2=$((PORT_BASE + 6))
 P_ADMIN2=$((PORT_BASE + 7))
 P_REDIS=$((PORT_BASE + 8))
+P_REPLICA=$((PORT_BASE + 9))
 ECHO_MODULE=/usr/lib/nginx/modules/ngx_http_echo_module.so
 # Bench-only credentials; the same as benches/load/corpus.rs.
 TOKEN=fanoutLoadBench2024
@@ -406,18 +412,34 @@ start_sink_b() {
     wait_http "http://127.0.0.1:$P_SINK_B/_sink/stats" sink_b
 }
 
-# A redis-server of the run's own, in its folder, with AOF on and appendfsync $1.
-start_redis() { # $1: always|everysec; $2: run folder
+# A redis-server of the run's own, in its folder, with AOF on and appendfsync $1; with $3 = 1, a
+# replica of it too (same settings, its own folder), waited for until it is in sync.
+start_redis() { # $1: always|everysec; $2: run folder; $3: 1 for a replica
     mkdir -p "$2/redis"
     start redis "$2/redis/redis.log" redis-server --bind 127.0.0.1 --port "$P_REDIS" --dir "$2/redis" \
         --appendonly yes --appendfsync "$1" --save "" --maxmemory-policy noeviction --logfile "" \
         --latency-monitor-threshold 5
+    wait_redis "$P_REDIS" redis || return 1
+    [[ ${3:-0} == 1 ]] || return 0
+    mkdir -p "$2/replica"
+    start replica "$2/replica/redis.log" redis-server --bind 127.0.0.1 --port "$P_REPLICA" --dir "$2/replica" \
+        --appendonly yes --appendfsync "$1" --save "" --maxmemory-policy noeviction --logfile "" \
+        --replicaof 127.0.0.1 "$P_REDIS"
+    wait_redis "$P_REPLICA" replica || return 1
     for _ in $(seq 200); do
-        [[ $(redis-cli -p "$P_REDIS" ping 2>/dev/null) == PONG ]] && return 0
-        kill -0 "${PIDS[redis]}" 2>/dev/null || { log "redis-server exited during start"; return 1; }
+        redis-cli -p "$P_REPLICA" info replication 2>/dev/null | grep -q '^master_link_status:up' && return 0
         sleep 0.05
     done
-    log "redis-server did not answer on port $P_REDIS"
+    log "the replica on port $P_REPLICA did not sync"
+    return 1
+}
+wait_redis() { # $1: port; $2: its name in PIDS
+    for _ in $(seq 200); do
+        [[ $(redis-cli -p "$1" ping 2>/dev/null) == PONG ]] && return 0
+        kill -0 "${PIDS[$2]}" 2>/dev/null || { log "redis-server ($2) exited during start"; return 1; }
+        sleep 0.05
+    done
+    log "redis-server ($2) did not answer on port $1"
     return 1
 }
 
@@ -436,7 +458,8 @@ proxy_config() {
         store="backend = \"redis\"
 [store.redis]
 urls = [\"redis://127.0.0.1:$P_REDIS/0\"]
-key_prefix = \"bench\""
+key_prefix = \"bench\"
+min_replicas = ${MIN_REPLICAS:-0}"
     else
         store="path = \"$dir/store/fanout.db\"
 synchronous = \"$SYNC\""
@@ -536,11 +559,15 @@ run_reference() { # $1: bare|nginx; $2: run number
     record "{\"scenario\":\"nginx\",\"run\":$i,\"wrk\":$w,\"cpu\":$cpu,\"accepted\":$answered,\"drain\":\"$drain\",\"a\":$a,\"b\":$b}"
 }
 
-# $1: fast|fast-h2|fast-pipe|events|slow|down|safe|rate|redis-always|redis-everysec|redis-two|redis-rate, or one of these
+# $1: fast|fast-h2|fast-pipe|events|slow|down|safe|rate|redis-always|redis-everysec|redis-two|redis-rate|
+# redis-replica|redis-min1, or one of these
 # prefixed with alt- (run with ALT_BIN); $2: run number
 run_proxy() {
     local scenario=$1 i=$2 dir=$WORK/runs/$1-$2 expect=plain mode=plaintext data=$PLAIN_DATA
     local store=sqlite fsync="" two=0 admins=("$P_ADMIN") pids w acc dup rss hwm drain a b c0 cpu
+    local replica=0 MIN_REPLICAS=0
+    # A scenario named twice in SCENARIOS (ABBA) runs twice per round: a folder each.
+    while [[ -e $dir ]]; do dir=$dir+; done
     local t0 threads wire
     local store_hwm=null each=null base=${1#alt-}
     PROXY_BIN=${MAIN_BIN:-$BIN/wechat-fanout}
@@ -553,13 +580,15 @@ run_proxy() {
         redis-always | redis-rate) store=redis fsync=always ;;
         redis-everysec) store=redis fsync=everysec ;;
         redis-two) store=redis fsync=always two=1 admins+=("$P_ADMIN2") ;;
+        redis-replica) store=redis fsync=always replica=1 ;;
+        redis-min1) store=redis fsync=always replica=1 MIN_REPLICAS=1 ;;
     esac
     case $base in
         slow) start_sinks "$expect" "$dir" ab "$SLOW_MS" ;;
         down) start_sinks "$expect" "$dir" a ;;
         *) start_sinks "$expect" "$dir" ab ;;
     esac
-    [[ $store == redis ]] && start_redis "$fsync" "$dir"
+    [[ $store == redis ]] && start_redis "$fsync" "$dir" "$replica"
     start_proxy "$mode" "$dir" "$store" 1 "$wire"
     ((two)) && start_proxy "$mode" "$dir" "$store" 2 "$wire"
     pids=("${PIDS[proxy]}")
@@ -632,6 +661,9 @@ run_proxy() {
     stop proxy
     stop proxy2
     stop redis
+    stop replica
+    # A run's AOF (up to ~100 MB per server) is not kept unless asked: many runs fill a disk.
+    [[ $KEEP == 1 ]] || rm -rf "$dir/redis/appendonlydir" "$dir/replica/appendonlydir"
     stop sink_a
     stop sink_b
     record "{\"scenario\":\"$scenario\",\"run\":$i,\"wrk\":$w,\"cpu\":$cpu,\"threads\":$threads,\"accepted\":$acc,\"duplicates\":$dup,
@@ -694,7 +726,7 @@ log "results in $OUT; $PINNING; $RUNS run(s) of ${DURATION}s, $CONNS connections
 for scenario in $SCENARIOS; do
     case ${scenario#alt-} in
         bare | nginx) [[ $scenario != alt-* ]] || { echo "alt- applies to the proxy's scenarios" >&2; exit 1; } ;;
-        fast | fast-h2 | fast-pipe | events | slow | down | safe | rate | redis-always | redis-everysec | redis-two | redis-rate) ;;
+        fast | fast-h2 | fast-pipe | events | slow | down | safe | rate | redis-always | redis-everysec | redis-two | redis-rate | redis-replica | redis-min1) ;;
         *) echo "unknown scenario $scenario" >&2; exit 1 ;;
     esac
     if [[ $scenario == alt-* && ! -x $ALT_BIN ]]; then

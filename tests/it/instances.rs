@@ -2,7 +2,8 @@
 //! balancer sees them: a resend that reaches another instance gets the answer the first copy
 //! got, an attempt that outlasts its lease is not sent twice, and any instance shows the whole
 //! deployment. The faults (Redis restarted, an instance killed, a rolling restart) are in
-//! [`faults`]; a failover of Redis behind a Sentinel is in [`failover`].
+//! [`faults`]; a failover of Redis behind a Sentinel is in [`failover`], and the primary's
+//! machine dying under load (behind a Sentinel, and on a Cluster) in [`primary_lost`].
 //!
 //! Each test starts its own `redis-server` (AOF `always`) and its own instances, with small
 //! leases (1 s) and fast polls so that expiry and renewal happen within a test's seconds.
@@ -26,6 +27,7 @@ use crate::support::{Received, Target, Wx, eventually_async, free_addr, settle, 
 
 mod failover;
 mod faults;
+mod primary_lost;
 
 /// The lease of the tests' instances: renewed every third of it.
 const LEASE_MS: u64 = 1000;

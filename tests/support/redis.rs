@@ -214,15 +214,27 @@ impl Drop for RedisServer {
     }
 }
 
-/// A Redis Cluster of `masters` nodes without replicas, ready (`cluster_state:ok` on every node).
+/// A Redis Cluster, ready (`cluster_state:ok` on every node, every replica in sync).
 #[derive(Debug)]
 pub(crate) struct RedisCluster {
     pub(crate) nodes: Vec<RedisServer>,
 }
 
 impl RedisCluster {
+    /// `masters` nodes without replicas.
     pub(crate) fn start(masters: usize) -> RedisCluster {
-        let nodes: Vec<RedisServer> = (0..masters)
+        Self::create(masters, 0, 5000)
+    }
+
+    /// `masters` primaries with one replica each (`redis-cli --cluster create --cluster-replicas
+    /// 1`), and `cluster-node-timeout` `node_timeout_ms`: a dead primary's replica is promoted a
+    /// second or two after that.
+    pub(crate) fn start_with_replicas(masters: usize, node_timeout_ms: u64) -> RedisCluster {
+        Self::create(masters, 1, node_timeout_ms)
+    }
+
+    fn create(masters: usize, replicas: usize, node_timeout_ms: u64) -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..masters * (1 + replicas))
             .map(|_| {
                 let temp = tempfile::tempdir().unwrap();
                 let dir = temp.path().to_path_buf();
@@ -234,7 +246,7 @@ impl RedisCluster {
                     "--cluster-config-file",
                     "nodes.conf",
                     "--cluster-node-timeout",
-                    "5000",
+                    &node_timeout_ms.to_string(),
                 ]
                 .iter()
                 .map(|s| (*s).to_owned())
@@ -248,7 +260,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(nodes.iter().map(RedisServer::addr))
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
             .expect("redis-cli must run to create the cluster");
@@ -258,20 +270,66 @@ impl RedisCluster {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
+        let cluster = RedisCluster { nodes };
         let deadline = Instant::now() + START_WITHIN;
-        while !nodes
-            .iter()
-            .all(|n| n.command("CLUSTER INFO").contains("cluster_state:ok"))
-        {
-            assert!(Instant::now() < deadline, "the cluster did not become ok");
+        while !cluster.nodes.iter().all(|n| {
+            n.command("CLUSTER INFO").contains("cluster_state:ok")
+                && (n.info_field("role").as_deref() == Some("master")
+                    || n.info_field("master_link_status").as_deref() == Some("up"))
+        }) {
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not become ok, or a replica did not sync"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
-        RedisCluster { nodes }
+        cluster
     }
 
     /// The seed URLs, one per node.
     pub(crate) fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// The node (its index in `nodes`) that serves `key` as a primary now, and its replica's,
+    /// by `CLUSTER NODES` as the first answering node sees it.
+    pub(crate) fn shard_of(&self, key: &str) -> (usize, Option<usize>) {
+        let asked = self
+            .nodes
+            .iter()
+            .find(|n| !n.values("CLUSTER KEYSLOT x").is_empty())
+            .expect("a node answers");
+        let slot: u16 = asked.values(&format!("CLUSTER KEYSLOT {key}"))[0]
+            .parse()
+            .unwrap();
+        let text = asked.values("CLUSTER NODES").concat();
+        let lines: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        let index = |addr: &str| {
+            let port: u16 = addr.split(['@', ':']).nth(1)?.parse().ok()?;
+            self.nodes.iter().position(|n| n.port == port)
+        };
+        let serves = |fields: &Vec<&str>| {
+            fields.iter().skip(8).any(|range| {
+                let mut ends = range.split('-').map(|n| n.parse::<u16>().ok());
+                match (ends.next().flatten(), ends.next()) {
+                    (Some(first), None) => first == slot,
+                    (Some(first), Some(Some(last))) => (first..=last).contains(&slot),
+                    _ => false,
+                }
+            })
+        };
+        let primary = lines
+            .iter()
+            .find(|f| f.len() > 8 && f[2].contains("master") && serves(f))
+            .unwrap_or_else(|| panic!("no primary serves slot {slot}: {text}"));
+        let replica = lines
+            .iter()
+            .find(|f| f.len() > 3 && f[2].contains("slave") && f[3] == primary[0])
+            .and_then(|f| index(f[1]));
+        (index(primary[1]).expect("a node of this cluster"), replica)
     }
 }
 

@@ -6,34 +6,28 @@
 //! once more (the script recognises its own callback ids). Before a batch of accepts is
 //! answered, its writes are made to last: on `store.redis.min_replicas` replicas (`WAIT`, or
 //! `WAITAOF 1 N` where the server has it), else fsynced (`WAITAOF 1 0`) where the server has
-//! it. Both wait for the writes of the connection that sends them, so that connection is the
-//! one that wrote (and, with replicas, the accepts' own: a `WAIT` blocks its connection, and
-//! must not hold up lease renewals and outcomes). Where the batch wrote nothing itself (every
-//! callback in it was a resend of one stored already, perhaps by another instance, or the
-//! script ran a second time after a broken connection), a small write of its own comes first:
-//! the replicas acknowledging it acknowledge everything written before it.
-//!
-//! Behind Sentinels the connection never reconnects by itself, so a `WAIT` fails rather than
-//! land on another connection than its write's. A standalone server's connection manager (and
-//! a Cluster's client) can reconnect between the two if the connection breaks in that instant
-//! and another request reconnects first: the `WAIT` then covers nothing. A narrow window, left
-//! open.
+//! it ([`super::wait`]). Both wait for the writes of the connection that sends them, so that
+//! connection is the one that wrote (and, with replicas, the accepts' own: a `WAIT` blocks its
+//! connection, and what was sent behind it, and must not hold up lease renewals and outcomes:
+//! the accepts have several connections, a batch on each in turn). Where the batch wrote
+//! nothing itself (every callback in it was a resend of one stored already, perhaps by another
+//! instance, or the script ran a second time after a broken connection), a small write of its
+//! own comes first: the replicas acknowledging it acknowledge everything written before it.
+//! What is left open is in [`super::wait`].
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
-use redis::{Cmd, RedisError, Script, Value};
+use futures_util::future::join_all;
+use redis::{Script, Value};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::options::Conn;
+use super::wait::{Replicas, mark, parse, wait_aof, wait_replicas};
 use crate::store::StoreError;
 
-/// How long a new accept waits for `WAITAOF` (its fsync).
-const WAITAOF_TIMEOUT_MS: u64 = 2000;
-/// How long the small write before a `WAIT` lives (it only orders the replication stream).
-const MARK_TTL_MS: u64 = 60_000;
 /// At most this many accepts (or outcomes) go in one batch…
 const BATCH_MAX: usize = 64;
 /// …and at most this many batches of a kind are on their way at once; more wait and grow.
@@ -106,22 +100,19 @@ pub(super) struct BatchItem {
     pub(super) args: Vec<Vec<u8>>,
 }
 
-/// How many replicas must acknowledge a write before it is answered
-/// (`store.redis.min_replicas`), and how long to wait for them.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Replicas {
-    pub(super) count: u32,
-    pub(super) timeout_ms: u64,
-}
-
 /// What the batches need of the store.
 pub(super) struct BatchContext {
-    /// The accepts' connection: their own with `replicas` (a `WAIT` blocks its connection).
-    pub(super) accept_conn: Conn,
+    /// The accepts' connections: with `replicas`, [`super::ACCEPT_CONNECTIONS`] of their own,
+    /// a batch on each in turn (a `WAIT` blocks its connection, and what was sent behind it);
+    /// else the store's one.
+    pub(super) accept_conns: Vec<Conn>,
+    /// The batches sent so far: which connection is next.
+    pub(super) sent: AtomicUsize,
     /// The outcomes' connection, the store's.
     pub(super) record_conn: Conn,
     pub(super) lease_ms: u64,
     pub(super) waitaof: bool,
+    /// `store.redis.min_replicas`, if not 0.
     pub(super) replicas: Option<Replicas>,
     pub(super) accept: Script,
     pub(super) record: Script,
@@ -179,59 +170,52 @@ fn answered<O>(
 }
 
 impl BatchContext {
-    /// One accept script per account for the batch; each callback's reply row.
+    /// One accept script per account for the batch (sent together, on the batch's connection),
+    /// each callback's reply row once its account's writes last.
     pub(super) async fn accept(
         self: Arc<Self>,
         items: Vec<BatchItem>,
     ) -> Vec<Result<Row, StoreError>> {
         let mut answers: Vec<Option<Result<Row, StoreError>>> =
             items.iter().map(|_| None).collect();
-        for (base, places) in by_base(&items) {
-            let mut invocation = self.accept.key(base);
-            invocation.arg(self.lease_ms);
-            for &i in &places {
-                invocation.arg(&items[i].args);
-            }
-            let rows = self
-                .run_accept(&invocation)
-                .await
-                .and_then(|(reply, conn, again)| {
-                    let rows: Vec<Value> = parse(reply)?;
-                    rows.into_iter()
-                        .map(parse::<Row>)
-                        .collect::<Result<Vec<_>, _>>()
-                        .map(|rows| (rows, conn, again))
-                })
-                .and_then(|(rows, conn, again)| {
-                    Ok((one_each(rows, &places, "accept")?, conn, again))
-                });
-            let rows = match rows {
+        let groups = by_base(&items);
+        let turn = self.sent.fetch_add(1, Ordering::Relaxed);
+        let conn = &self.accept_conns[turn % self.accept_conns.len()];
+        let written = join_all(groups.iter().map(|(base, places)| async {
+            let rows = self.write(conn, base, places, &items).await;
+            match rows {
                 Ok((rows, conn, again)) => self.last(base, &rows, conn, again).await.map(|()| rows),
                 Err(e) => Err(e),
-            };
-            spread(&mut answers, &places, rows);
+            }
+        }))
+        .await;
+        for ((_, places), rows) in groups.iter().zip(written) {
+            spread(&mut answers, places, rows);
         }
         answered(answers, "accept")
     }
 
-    /// Runs the accept script; once more if the connection broke (the script may have run: a
-    /// second run recognises its callback ids, and writes nothing). Its reply, the connection
-    /// that wrote it (held to one server, [`Conn::pinned`]) for what waits for the write, and
-    /// whether it ran a second time.
-    async fn run_accept(
+    /// One account's accept script: its rows, the connection that wrote them, and whether the
+    /// script ran a second time.
+    async fn write(
         &self,
-        invocation: &redis::ScriptInvocation<'_>,
-    ) -> Result<(Value, Conn, bool), StoreError> {
-        let mut conn = self.accept_conn.pinned();
-        match invocation.invoke_async(&mut conn).await {
-            Ok(value) => Ok((value, conn, false)),
-            Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
-                // Pinned again: after a failover that was followed meanwhile, the new primary.
-                let mut conn = self.accept_conn.pinned();
-                Ok((invocation.invoke_async(&mut conn).await?, conn, true))
-            }
-            Err(e) => Err(e.into()),
+        conn: &Conn,
+        base: &str,
+        places: &[usize],
+        items: &[BatchItem],
+    ) -> Result<(Vec<Row>, Conn, bool), StoreError> {
+        let mut invocation = self.accept.key(base);
+        invocation.arg(self.lease_ms);
+        for &i in places {
+            invocation.arg(&items[i].args);
         }
+        let (reply, conn, again) = run_accept(conn, &invocation).await?;
+        let rows: Vec<Value> = parse(reply)?;
+        let rows = rows
+            .into_iter()
+            .map(parse::<Row>)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((one_each(rows, places, "accept")?, conn, again))
     }
 
     /// Makes the accepts of one account's group last before they are answered: on the
@@ -280,93 +264,22 @@ impl BatchContext {
     }
 }
 
-/// Sends `cmd` (a `WAIT` or `WAITAOF`, which name no key) to the node that serves `key`, over
-/// `conn`: on a Cluster, the primary of its slot.
-async fn on_node_of(conn: Conn, key: &str, cmd: Cmd) -> Result<Value, RedisError> {
-    match conn {
-        Conn::Cluster(mut c) => {
-            let route = Route::with_slot(Slot::for_key(key), SlotAddr::Master);
-            c.route_command(
-                cmd,
-                RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
-            )
-            .await
+/// Runs the accept script on `accept_conn`; once more if the connection broke (the script may have run: a
+/// second run recognises its callback ids, and writes nothing). Its reply, the connection
+/// that wrote it (held to one server, [`Conn::pinned`]) for what waits for the write, and
+/// whether it ran a second time.
+async fn run_accept(
+    accept_conn: &Conn,
+    invocation: &redis::ScriptInvocation<'_>,
+) -> Result<(Value, Conn, bool), StoreError> {
+    let mut conn = accept_conn.pinned();
+    match invocation.invoke_async(&mut conn).await {
+        Ok(value) => Ok((value, conn, false)),
+        Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
+            // Pinned again: after a failover that was followed meanwhile, the new primary.
+            let mut conn = accept_conn.pinned();
+            Ok((invocation.invoke_async(&mut conn).await?, conn, true))
         }
-        mut c => cmd.query_async(&mut c).await,
+        Err(e) => Err(e.into()),
     }
-}
-
-/// A small write of this connection's own on the node that serves `base`, so that a `WAIT`
-/// after it covers what was written there before it (by anyone).
-pub(super) async fn mark(conn: &Conn, base: &str) -> Result<(), StoreError> {
-    let () = redis::cmd("SET")
-        .arg(format!("{base}:replicated"))
-        .arg(rand::random::<u64>())
-        .arg("PX")
-        .arg(MARK_TTL_MS)
-        .query_async(&mut conn.clone())
-        .await?;
-    Ok(())
-}
-
-/// Waits until the writes so far on `conn`, to the node that serves `key`, are on
-/// `replicas.count` replicas: `WAIT`; with `waitaof` (the server has `WAITAOF`, its AOF is on)
-/// `WAITAOF 1 N`, which also waits for the local fsync and for the replicas' own AOF fsync.
-pub(super) async fn wait_replicas(
-    conn: Conn,
-    key: &str,
-    replicas: Replicas,
-    waitaof: bool,
-) -> Result<(), StoreError> {
-    let Replicas { count, timeout_ms } = replicas;
-    let (local, acknowledged) = if waitaof {
-        let mut cmd = redis::cmd("WAITAOF");
-        cmd.arg(1).arg(count).arg(timeout_ms);
-        let counts: Vec<i64> = parse(on_node_of(conn, key, cmd).await?)?;
-        (
-            counts.first().copied().unwrap_or(0),
-            counts.get(1).copied().unwrap_or(0),
-        )
-    } else {
-        let mut cmd = redis::cmd("WAIT");
-        cmd.arg(count).arg(timeout_ms);
-        (1, parse(on_node_of(conn, key, cmd).await?)?)
-    };
-    if local < 1 {
-        return Err(StoreError::Timeout(
-            "redis did not write the callback to its append-only file in time".into(),
-        ));
-    }
-    if acknowledged < i64::from(count) {
-        return Err(StoreError::NotReplicated(format!(
-            "written, but {acknowledged} of the {count} replicas store.redis.min_replicas asks \
-             for acknowledged it within {timeout_ms} ms{}",
-            if waitaof {
-                " (WAITAOF: in their append-only file, so their appendonly must be yes)"
-            } else {
-                ""
-            }
-        )));
-    }
-    Ok(())
-}
-
-/// Waits until the writes so far on the connection that serves `base` are fsynced.
-async fn wait_aof(conn: Conn, base: &str) -> Result<(), StoreError> {
-    let mut cmd = redis::cmd("WAITAOF");
-    cmd.arg(1).arg(0).arg(WAITAOF_TIMEOUT_MS);
-    let reply = on_node_of(conn, base, cmd).await?;
-    let counts: Vec<i64> = parse(reply)?;
-    if counts.first().copied().unwrap_or(0) < 1 {
-        return Err(StoreError::Timeout(
-            "redis did not write the callback to its append-only file in time".into(),
-        ));
-    }
-    Ok(())
-}
-
-/// A script's reply as `T`; a reply of another shape is the store's unexpected error.
-pub(super) fn parse<T: redis::FromRedisValue>(value: Value) -> Result<T, StoreError> {
-    redis::from_redis_value(value)
-        .map_err(|e| StoreError::Unexpected(format!("unexpected reply: {e}")))
 }

@@ -47,11 +47,13 @@
 //!
 //! Here: the public type, opening, and its [`Store`] impl. `options` says how to reach Redis,
 //! `batch` sends accepts and outcomes in batches, `scripts` loads the Lua of `lua/*.lua`,
-//! `dead_letters` lists, shows, replays and purges them, `callbacks` shows stored callbacks to
+//! `wait` waits for replicas (or the fsync), `dead_letters` lists,
+//! shows, replays and purges them, `callbacks` shows stored callbacks to
 //! the admin, `settings` reads the server's settings at open, `sentinel` follows the primary
 //! Sentinels name.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -61,9 +63,10 @@ use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRou
 use redis::{Cmd, RedisError, Value};
 use tracing::info;
 
-use self::batch::{BatchContext, BatchItem, Batcher, Replicas, Row};
+use self::batch::{BatchContext, BatchItem, Batcher, Row};
 use self::options::Conn;
 use self::scripts::Scripts;
+use self::wait::Replicas;
 use super::shape::{Stored, read_headers};
 use super::{
     Accepted, Answer, Arrival, AttemptReport, CallbackDetail, CallbackId, DeadLetter,
@@ -99,9 +102,13 @@ mod options;
 mod scripts;
 mod sentinel;
 mod settings;
+mod wait;
 
 pub use self::options::{RedisNodes, RedisOptions};
 
+/// With `min_replicas`, the accepts' connections: a batch's `WAIT` blocks only its own, while
+/// the next batch writes on another (as many as batches of accepts on their way at once).
+const ACCEPT_CONNECTIONS: usize = 4;
 /// How many ids an instance reserves at once: one `INCRBY` per this many callbacks and jobs.
 const ID_BLOCK: u64 = 1024;
 /// Callbacks purged per account per call (one script; bounds how long Redis is busy).
@@ -110,10 +117,10 @@ const PURGE_BATCH: usize = 1000;
 /// The Redis store. Cheap to share behind an `Arc`.
 pub struct RedisStore {
     conn: Conn,
-    /// The accepts' connection: their own with `replicas` (a `WAIT` blocks its connection,
-    /// and must not hold up lease renewals and outcomes); else `conn`. Ids are reserved, and
-    /// readiness checked, on it too.
-    accept_conn: Conn,
+    /// The accepts' connections: [`ACCEPT_CONNECTIONS`] of their own with `replicas` (a `WAIT`
+    /// blocks its connection, and must not hold up lease renewals and outcomes, nor the other
+    /// batches); else `conn`. Ids are reserved, and readiness checked, on the first.
+    accept_conns: Vec<Conn>,
     /// `store.redis.min_replicas`, if not 0.
     replicas: Option<Replicas>,
     prefix: String,
@@ -151,14 +158,17 @@ impl RedisStore {
             count: options.min_replicas,
             timeout_ms: options.min_replicas_timeout_ms,
         });
-        let accept_conn = match replicas {
-            Some(_) => options.connect().await?,
-            None => conn.clone(),
-        };
+        let mut accept_conns = vec![conn.clone()];
+        if replicas.is_some() {
+            accept_conns.clear();
+            for _ in 0..ACCEPT_CONNECTIONS {
+                accept_conns.push(options.connect_for_waits().await?);
+            }
+        }
         let prefix = options.key_prefix.clone();
         let mut store = RedisStore {
             conn,
-            accept_conn,
+            accept_conns,
             replicas,
             lease_ms: options.lease_ms,
             max_memory_used_ratio: options.max_memory_used_ratio,
@@ -173,7 +183,8 @@ impl RedisStore {
         store.waitaof = store.check_persistence().await;
         store.check_replicas().await;
         let context = Arc::new(BatchContext {
-            accept_conn: store.accept_conn.clone(),
+            accept_conns: store.accept_conns.clone(),
+            sent: AtomicUsize::new(0),
             record_conn: store.conn(),
             lease_ms: store.lease_ms,
             waitaof: store.waitaof,
@@ -199,6 +210,11 @@ impl RedisStore {
 
     fn conn(&self) -> Conn {
         self.conn.clone()
+    }
+
+    /// The first of the accepts' connections (there is always one).
+    fn accept_conn(&self) -> &Conn {
+        self.accept_conns.first().unwrap_or(&self.conn)
     }
 
     /// The key every key of `account` starts with: `<prefix>:{<account>}`.
@@ -293,7 +309,7 @@ impl Store for RedisStore {
         self.ids
             .next(n, ID_BLOCK, |count| async move {
                 let key = format!("{}:ids", self.prefix);
-                let conn = self.accept_conn.pinned();
+                let conn = self.accept_conn().pinned();
                 let last: i64 = redis::cmd("INCRBY")
                     .arg(&key)
                     .arg(count)
@@ -302,7 +318,7 @@ impl Store for RedisStore {
                 // A block a failover forgot would be handed out again, and callbacks stored
                 // under its ids overwritten: it is on the replicas before an id of it is used.
                 if let Some(replicas) = self.replicas {
-                    batch::wait_replicas(conn, &key, replicas, self.waitaof).await?;
+                    wait::wait_replicas(conn, &key, replicas, self.waitaof).await?;
                 }
                 Ok(last)
             })
@@ -652,7 +668,7 @@ impl Store for RedisStore {
 
     async fn check_writable(&self) -> Result<(), StoreError> {
         let key = format!("{}:writable", self.prefix);
-        let conn = self.accept_conn.pinned();
+        let conn = self.accept_conn().pinned();
         let () = redis::cmd("SET")
             .arg(&key)
             .arg(rand::random::<u64>())
@@ -662,7 +678,7 @@ impl Store for RedisStore {
             .await?;
         // Not ready while callbacks would be answered 503 for want of replicas.
         if let Some(replicas) = self.replicas {
-            batch::wait_replicas(conn, &key, replicas, self.waitaof).await?;
+            wait::wait_replicas(conn, &key, replicas, self.waitaof).await?;
         }
         // Not ready well before Redis refuses writes at `maxmemory`: an alert and the load
         // balancer act while callbacks are still stored.

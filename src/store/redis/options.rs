@@ -161,6 +161,19 @@ impl RedisOptions {
     /// Connects: to the Cluster the URLs seed, to the primary the Sentinels name (following
     /// it), or to the one standalone server (reconnecting).
     pub(super) async fn connect(&self) -> Result<Conn, StoreError> {
+        self.connect_with(true).await
+    }
+
+    /// The same for writes that a `WAIT` must follow on the node that took them: on a Cluster,
+    /// the client does not send a request again by itself (after a broken connection or a
+    /// redirect it would send it to the slot's new primary, where a `WAIT` proves nothing of a
+    /// write the old one took). Such a request fails instead; the slots are refreshed all the
+    /// same, for the next.
+    pub(super) async fn connect_for_waits(&self) -> Result<Conn, StoreError> {
+        self.connect_with(false).await
+    }
+
+    async fn connect_with(&self, resend: bool) -> Result<Conn, StoreError> {
         if let Some(sentinels) = self.sentinels()? {
             if self.cluster {
                 return Err(StoreError::Refused(
@@ -178,6 +191,9 @@ impl RedisOptions {
             let mut builder = redis::cluster::ClusterClient::builder(infos)
                 .connection_timeout(CONNECT_TIMEOUT)
                 .response_timeout(RESPONSE_TIMEOUT);
+            if !resend {
+                builder = builder.retries(0);
+            }
             if let Some(password) = &self.password {
                 builder = builder.password(password.clone());
             }

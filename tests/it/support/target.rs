@@ -41,6 +41,9 @@ pub(crate) struct Received {
     /// For a target playing a stock SDK ([`Target::start_sdk`]): what its check made of the
     /// request: the message (decrypted when encrypted; the echo for a handshake) or why it failed.
     pub(crate) verified: Option<Result<Vec<u8>, String>>,
+    /// The status it was answered with, as [`Target::set_status`] said then (an SDK target
+    /// answers by its check instead).
+    pub(crate) status: u16,
 }
 
 impl Received {
@@ -329,6 +332,7 @@ async fn answer(
             at,
             version: parts.version,
             verified: verified.clone(),
+            status: behaviour.status,
         });
     if let Some(verified) = verified {
         let (status, answer) = match verified {
