@@ -8,7 +8,9 @@
 //! store checks and records "queued for this target" per callback in one step, so a second
 //! backfill of the same window (or two at once) delivers nothing twice. How far back it reaches
 //! is what the store keeps: callbacks are forgotten `store.delivered_retention_secs` after their
-//! last delivery, so a window that starts before that is refused rather than half served.
+//! last delivery, so a window that starts before that is refused rather than half served. A
+//! target with `order = "per_user"` is refused: its users' newer callbacks are in its lanes
+//! already, and older ones would come after them.
 //!
 //! The answer counts what was seen: `queued`, `already` (queued for the target before, at
 //! accept or by a backfill), `filtered` (its filters do not take it), `unknown` (stored by a
@@ -24,6 +26,7 @@ use tracing::info;
 
 use super::{Admin, Failure, store_error};
 use crate::clock::now_ms;
+use crate::config::Order;
 use crate::http::json;
 use crate::store::{CallbackId, JobId};
 
@@ -101,6 +104,15 @@ impl Admin {
         let chosen = (owner.targets.iter())
             .find(|t| &*t.key.target == target)
             .ok_or_else(not_found)?;
+        if chosen.settings.order == Order::PerUser {
+            // Its lanes hold the users' newer callbacks already: older ones queued now would reach
+            // it after them, out of the order the key promises.
+            return Err(bad(format!(
+                "{account}/{target} has order = \"per_user\": a backfill would deliver each \
+                 user's older callbacks after the newer ones it has, so it is refused; backfill \
+                 before setting order, or use a target without it"
+            )));
+        }
         let store = &self.shared.store;
         let mut done = Backfilled {
             account: account.to_owned(),

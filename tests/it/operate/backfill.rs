@@ -92,3 +92,33 @@ async fn a_target_added_by_sighup_is_backfilled_once_and_others_are_untouched() 
     assert_eq!(refused.code, Some(1), "{refused:#?}");
     assert!(refused.stderr.contains("404"), "{refused:#?}");
 }
+
+/// A target with `order = "per_user"` is not backfilled: its users' newer callbacks are in its
+/// lanes already. The admin API says why (400), as it does for an unknown target (404).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordered_target_is_not_backfilled() {
+    let crm = Target::start(200).await;
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let toml = format!(
+        "{}{}",
+        wx.account("main", ""),
+        Wx::target("crm", &crm.url("/crm"), "order = \"per_user\"")
+    );
+    let proxy = crate::support::Proxy::start_with_admin(&toml).await;
+    let since = wechat_fanout::clock::now_ms() - 60_000;
+    let refused = proxy
+        .admin(
+            reqwest::Method::POST,
+            &format!("/targets/main/crm/backfill?since_ms={since}"),
+        )
+        .await;
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert!(refused.text().contains("per_user"), "{}", refused.text());
+    let unknown = proxy
+        .admin(
+            reqwest::Method::POST,
+            &format!("/targets/main/nobody/backfill?since_ms={since}"),
+        )
+        .await;
+    assert_eq!(unknown.status, 404, "{}", unknown.text());
+}
