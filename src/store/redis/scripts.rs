@@ -3,7 +3,8 @@
 //! reply described at its top, and the Rust side only names it.
 //!
 //! Every script begins with `lua/prelude.lua` (the account's key base `K`, Redis's clock,
-//! closing a job, a dead letter's fields), joined at load. Two constants of this build are
+//! closing a job, a dead letter's fields), joined at load; the two that walk an account's
+//! arrival index (history, and a backfill's arrivals) also `lua/walk.lua`. Two constants of this build are
 //! written into the accept script's text: the window for legacy dedupe keys
 //! ([`LEGACY_KEY_WINDOW`]) where it says `LEGACY_WINDOW_MS`, and the version of the stored
 //! callback's shape ([`SHAPE_VERSION`]) where it says `SHAPE_VERSION`.
@@ -76,12 +77,17 @@ impl Scripts {
             depths: script(include_str!("lua/depths.lua")),
             callback: script(include_str!("lua/callback.lua")),
             pace: script(include_str!("lua/pace.lua")),
-            arrivals: script(include_str!("lua/arrivals.lua")),
+            arrivals: script(&walking(include_str!("lua/arrivals.lua"))),
             backfill: script(include_str!("lua/backfill.lua")),
             lanes: script(include_str!("lua/lanes.lua")),
-            history: script(include_str!("lua/history.lua")),
+            history: script(&walking(include_str!("lua/history.lua"))),
         }
     }
+}
+
+/// A script that walks an account's arrival index: `lua/walk.lua`, then `body`.
+fn walking(body: &str) -> String {
+    format!("{}{body}", include_str!("lua/walk.lua"))
 }
 
 /// A script as Redis runs it: the prelude, then `body`.

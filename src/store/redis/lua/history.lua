@@ -5,8 +5,8 @@
 -- filters; it examines at most `budget` of them (one HMGET each), so a call stays short
 -- whatever the index holds. Replies {reached ms, reached id, then per match: id, received,
 -- msg_type, event, msg_id, routed}; reached ('' and '' when everything was examined) is the
--- last callback examined when it stopped early, at `limit` matches or its budget.
-local index = K .. ':arrivals'
+-- last callback examined when it stopped early, at `limit` matches or its budget. The index is
+-- walked by `walk_arrivals` (walk.lua).
 local before_ms, before_id = tonumber(ARGV[1]), tonumber(ARGV[2])
 local since, till = ARGV[3], ARGV[4]
 local msg_id, kind = ARGV[5], ARGV[6]
@@ -39,32 +39,5 @@ local function examine(id, score)
   end
   return false
 end
--- Members of one score come back in the order of their text, not of their id: each
--- millisecond's callbacks are gathered, then examined by id, highest first.
-local group, group_score, group_ms = {}, nil, nil
-local function flush()
-  table.sort(group, function(a, b) return a[1] > b[1] end)
-  for _, m in ipairs(group) do
-    if not (before_ms and group_ms == before_ms and m[1] >= before_id) then
-      if examine(m[2], group_score) then return true end
-    end
-  end
-  group = {}
-  return false
-end
-local offset, chunk = 0, 200
-while true do
-  local page = redis.call('ZREVRANGEBYSCORE', index, top, bottom, 'WITHSCORES', 'LIMIT', offset, chunk)
-  if #page == 0 then break end
-  offset = offset + #page / 2
-  for i = 1, #page, 2 do
-    local ms = tonumber(page[i + 1])
-    if ms ~= group_ms then
-      if group_ms and flush() then return out end
-      group_score, group_ms = page[i + 1], ms
-    end
-    table.insert(group, {tonumber(page[i]), page[i]})
-  end
-end
-if group_ms then flush() end
+walk_arrivals(bottom, top, true, before_ms, before_id, examine)
 return out
