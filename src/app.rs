@@ -75,7 +75,9 @@ pub async fn run_with(
     let mut registry = prometheus_client::registry::Registry::default();
     let instance_name = config.server.instance_name();
     let metrics = Arc::new(Metrics::register(&mut registry, &instance_name));
-    let events = event_feed(&config, &shutdown)?;
+    // On Redis, where the instances reach each other: asked once, for the feed and the relay.
+    let redis = redis_nodes(&config)?;
+    let events = event_feed(&config, redis.clone(), &shutdown);
     // One token cache per process, for every feature that calls WeChat's API.
     let api = Arc::new(WechatApi::new());
     let grace = config.server.shutdown_grace_ms.duration();
@@ -95,7 +97,7 @@ pub async fn run_with(
     // The listen targets' connections on this process, for ingress (which opens them) and
     // attempts (which deliver over them).
     let hub = Arc::new(crate::outbound::listen::Hub::default());
-    if let Some((nodes, prefix)) = redis_nodes(&config)? {
+    if let Some((nodes, prefix)) = redis {
         // A client may be connected to any instance: deliveries made here reach it there. Kept
         // until the attempts in flight are done.
         hub.share(nodes, &prefix, keeper_stop.clone());
@@ -216,16 +218,20 @@ pub async fn run_with(
 }
 
 /// The console's feed: this process's events, and on Redis every instance's.
-fn event_feed(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<Arc<dyn EventFeed>> {
+fn event_feed(
+    config: &Config,
+    redis: Option<(events::Nodes, String)>,
+    shutdown: &CancellationToken,
+) -> Arc<dyn EventFeed> {
     let local = LocalFeed::new(events::BUFFER, config.admin.show_content);
-    Ok(match redis_nodes(config)? {
+    match redis {
         None => Arc::new(local),
         // Every instance's console shows every instance's callbacks.
         Some((nodes, prefix)) => {
             let channel = format!("{prefix}:events");
             Arc::new(RedisFeed::start(nodes, channel, local, shutdown.clone()))
         }
-    })
+    }
 }
 
 /// On Redis, the node the instances talk to each other through (asked anew at each connect,

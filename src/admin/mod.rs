@@ -385,12 +385,7 @@ impl Admin {
         let routes = self.shared.routes.load();
         let account = routes.account(account)?;
         if let Some(pay) = &account.pay {
-            let notification = crate::wechat::Notification::parse(&request.body).ok()?;
-            let plain = pay
-                .apiv3_key
-                .as_ref()?
-                .decrypt(&notification.resource)
-                .ok()?;
+            let plain = pay.open(&request.body).ok()?.resource?;
             return Some(crate::privacy::hide_payer_ids(&String::from_utf8_lossy(
                 &plain,
             )));

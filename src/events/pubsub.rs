@@ -42,12 +42,12 @@ pub type Heard = Arc<dyn Fn(&str, &[u8]) + Send + Sync>;
 /// A message as queued: written to bytes by the publishing task, off the publisher's path
 /// (ingress publishes before WeChat has its answer).
 pub trait Outgoing: Send + 'static {
-    fn bytes(&self) -> Vec<u8>;
+    fn into_bytes(self) -> Vec<u8>;
 }
 
 impl Outgoing for Vec<u8> {
-    fn bytes(&self) -> Vec<u8> {
-        self.clone()
+    fn into_bytes(self) -> Vec<u8> {
+        self
     }
 }
 
@@ -120,7 +120,7 @@ async fn publish<M: Outgoing>(
             },
             () = shutdown.cancelled() => return,
         };
-        let payload = message.bytes();
+        let payload = message.into_bytes();
         if checked.elapsed() >= RECHECK {
             checked = Instant::now();
             if let Some((_, node)) = &connection

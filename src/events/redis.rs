@@ -27,7 +27,7 @@ struct Tagged {
 impl Outgoing for Tagged {
     /// `{"from": instance, "event": {…}}`, with the event's JSON as the console's streams send
     /// it (written once for both).
-    fn bytes(&self) -> Vec<u8> {
+    fn into_bytes(self) -> Vec<u8> {
         outgoing(self.from, &self.event)
     }
 }

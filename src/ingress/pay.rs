@@ -22,12 +22,12 @@ use serde::Serialize;
 
 use super::rejection::Rejection;
 use super::{Ingress, Verified, check_freshness, replayable_content_type};
-use crate::routing::{Account, PayAccount};
+use crate::routing::{Account, OpenedNotification, PayAccount};
 use crate::store::Replay;
 use crate::wechat::pay_dedupe_key;
 use crate::wechat::{
-    NONCE_HEADER, Notification, PAY_HEADERS, PayError, PayHeaders, SERIAL_HEADER, SIGNATURE_HEADER,
-    SIGNATURE_TYPE_HEADER, TIMESTAMP_HEADER, check_headers, out_trade_no, verify_notification,
+    NONCE_HEADER, PAY_HEADERS, PayError, PayHeaders, SERIAL_HEADER, SIGNATURE_HEADER,
+    SIGNATURE_TYPE_HEADER, TIMESTAMP_HEADER, check_headers, verify_notification,
 };
 
 /// WeChat Pay's failure answer.
@@ -78,12 +78,11 @@ impl Ingress {
         let body = self.read_body(&parts.headers, incoming).await?;
         let timestamp = verify_notification(&pay.keys, &headers, &body)?;
         check_freshness(Some(timestamp), pay.max_skew_secs)?;
-        let notification = Notification::parse(&body)?;
-        let resource = match &pay.apiv3_key {
-            Some(key) => Some(key.decrypt(&notification.resource)?),
-            None => None,
-        };
-        let envelope = notification.envelope(resource.as_deref().and_then(out_trade_no));
+        let OpenedNotification {
+            notification,
+            resource,
+            envelope,
+        } = pay.open(&body)?;
         let key = pay_dedupe_key(&account.id, &notification.id);
         // The console shows the decrypted resource where it can, the payer's ids hidden.
         let content = (self.shared.events.carries_content()).then(|| match &resource {
@@ -124,11 +123,12 @@ fn pay_headers(headers: &HeaderMap) -> Result<Vec<(String, String)>, Rejection> 
     for name in PAY_HEADERS {
         let mut values = headers.get_all(name).iter();
         let Some(value) = values.next() else { continue };
-        let printable = |_| Rejection::Pay(PayError::MissingHeader(display_name(name)));
+        // Twice, or not visible ASCII: refused as if it were not there.
+        let unusable = || Rejection::Pay(PayError::MissingHeader(display_name(name)));
         if values.next().is_some() {
-            return Err(printable(()));
+            return Err(unusable());
         }
-        let text = value.to_str().map_err(|_| printable(()))?;
+        let text = value.to_str().map_err(|_| unusable())?;
         kept.push((name.to_owned(), text.to_owned()));
     }
     Ok(kept)

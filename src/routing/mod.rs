@@ -34,7 +34,8 @@ use crate::store::{Job, Replay, TargetKey};
 
 use crate::wechat::{ApiV3Key, PayKeys, event_type_matches};
 use crate::wechat::{
-    CallbackQuery, Credentials, Envelope, Notification, Resign, open_callback, out_trade_no,
+    CallbackQuery, Credentials, Envelope, Notification, PayError, Resign, open_callback,
+    out_trade_no,
 };
 
 /// Jobs that can wait in a target's handoff, per request it may have in flight. Past that,
@@ -83,6 +84,34 @@ pub struct PayAccount {
     pub apiv3_key: Option<ApiV3Key>,
     /// How far `Wechatpay-Timestamp` may be from the local clock.
     pub max_skew_secs: u64,
+}
+
+/// A WeChat Pay notification's body as routing reads it ([`PayAccount::open`]).
+#[derive(Debug)]
+pub struct OpenedNotification {
+    pub notification: Notification,
+    /// The resource decrypted, with the account's APIv3 key (`None` without one).
+    pub resource: Option<Vec<u8>>,
+    /// What the filters read: the event type and, from the resource, the order number.
+    pub envelope: Envelope,
+}
+
+impl PayAccount {
+    /// A notification's body read, its resource decrypted where the account has the APIv3 key:
+    /// the one reading for ingress, a backfill's routing and the admin's view.
+    pub fn open(&self, body: &[u8]) -> Result<OpenedNotification, PayError> {
+        let notification = Notification::parse(body)?;
+        let resource = match &self.apiv3_key {
+            Some(key) => Some(key.decrypt(&notification.resource)?),
+            None => None,
+        };
+        let envelope = notification.envelope(resource.as_deref().and_then(out_trade_no));
+        Ok(OpenedNotification {
+            notification,
+            resource,
+            envelope,
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -225,14 +254,7 @@ impl Account {
     /// (the account's token or key changed since).
     pub fn would_route(&self, target: &Target, request: &Replay) -> Option<bool> {
         let envelope = match &self.pay {
-            Some(pay) => {
-                let notification = Notification::parse(&request.body).ok()?;
-                let order = match &pay.apiv3_key {
-                    Some(key) => out_trade_no(&key.decrypt(&notification.resource).ok()?),
-                    None => None,
-                };
-                notification.envelope(order)
-            }
+            Some(pay) => pay.open(&request.body).ok()?.envelope,
             None => {
                 let query = CallbackQuery::parse(&request.query).ok()?;
                 open_callback(&self.credentials, &query, &request.body)

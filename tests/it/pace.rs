@@ -134,6 +134,22 @@ fn a_paced_reply_owner_or_shadow_is_refused() {
             "{error}"
         );
     }
+    // A shadow: its deliveries are made beside the owner's, while WeChat waits.
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    let error = crate::support::config_error(&format!(
+        "{}{}{}",
+        wx.account("main", ""),
+        Wx::target("bot", "http://127.0.0.1:9/a", "replies_to = [\"*\"]"),
+        Wx::target(
+            "candidate",
+            "http://127.0.0.1:9/b",
+            "shadow_of = \"bot\"\nrate_limit_per_sec = 5"
+        ),
+    ));
+    assert!(
+        error.contains("accounts[0].targets[1].rate_limit_per_sec") && error.contains("shadow_of"),
+        "{error}"
+    );
     // The primary too: the account names it its reply owner.
     let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
     let error = crate::support::config_error(&format!(
