@@ -39,9 +39,13 @@ const STREAMS: usize = 6000;
 const RATE: u32 = 50;
 const RUN: Duration = Duration::from_secs(5);
 /// How much later the p99 answer may come with the streams open. Each event is written once and
-/// sent to at most `admin.max_event_streams` (64) streams: a few hundred small writes a second
-/// on a machine that answers a callback in a few ms. Before the cap, the p99 was seconds.
-const MARGIN: Duration = Duration::from_millis(5);
+/// sent to at most `admin.max_event_streams` (64) streams: a few hundred small writes a second,
+/// which on this machine moves the p99 by well under 1 ms. Before the cap, the p99 was seconds.
+/// The margin is wide because CI machines are shared: one CI run measured 20 ms with the streams
+/// open (twice) against 4 ms without, where this machine measures 3.9 against 3.7; a margin that
+/// tight measures the neighbours, and the fault it guards against is a hundred times larger. The
+/// streams' cost itself is measured by the load benchmark, not here.
+const MARGIN: Duration = Duration::from_millis(50);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_event_streams_do_not_slow_the_answers_to_wechat() {
