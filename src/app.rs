@@ -22,6 +22,7 @@ use crate::ingress::shadow::ShadowLog;
 use crate::ingress::sources::{self, Sources};
 use crate::ingress::{self, Ingress};
 use crate::metrics::Metrics;
+use crate::metrics::minutes::{MinuteCount, OLDEST_SECONDS, PENDING, minute_now};
 use crate::outbound::Outbound;
 use crate::outbound::wechat_api::{ApiAccount, WechatApi};
 use crate::routing::{self, Routes};
@@ -140,6 +141,12 @@ pub async fn run_with(
         Duration::from_secs(config.store.delivered_retention_secs),
         shutdown.clone(),
     ));
+    // Until the attempts in flight are done: their outcomes are counted too.
+    let minutes = tokio::spawn(minutes_loop(
+        store.clone(),
+        metrics.clone(),
+        keeper_stop.clone(),
+    ));
     let shadows = Arc::new(ShadowLog::new(metrics.clone()));
     let admin = match listeners.admin {
         Some(listener) => {
@@ -206,6 +213,7 @@ pub async fn run_with(
     }
     keeper_stop.cancel();
     let _ = keeper.await;
+    let _ = minutes.await;
     store.flush().await?;
     // The next start goes on from the last id used (a crash skips the rest of a block).
     if let Err(e) = store.close().await {
@@ -428,6 +436,61 @@ async fn purge_loop(store: Arc<dyn Store>, retention: Duration, shutdown: Cancel
             Ok(0) => {}
             Ok(n) => info!(callbacks = n, "purged delivered callbacks past retention"),
             Err(e) => warn!(error = %e, "purging delivered callbacks failed"),
+        }
+    }
+}
+
+/// How often this instance adds what it counted to the store's per-minute counts (the
+/// console's charts are that far behind at most); the queue is read for them once a minute.
+const MINUTES_EVERY: Duration = Duration::from_secs(10);
+/// Counts kept for a later try while the store refuses them, at most (about a day of a busy
+/// deployment's); the charts lose the rest, the callbacks nothing.
+const MINUTES_HELD: usize = 100_000;
+
+/// Adds this instance's per-minute counts to the store's, and once a minute a reading of the
+/// queue (each target's open jobs and the age of its oldest), until `stop`, then once more.
+async fn minutes_loop(store: Arc<dyn Store>, metrics: Arc<Metrics>, stop: CancellationToken) {
+    let mut held = Vec::new();
+    let mut queue_read = None;
+    loop {
+        let stopping = tokio::select! {
+            () = tokio::time::sleep(MINUTES_EVERY) => false,
+            () = stop.cancelled() => true,
+        };
+        held.extend(metrics.take_minutes());
+        let minute = minute_now();
+        if !stopping && queue_read != Some(minute) {
+            queue_read = Some(minute);
+            match store.queue_depths().await {
+                Ok(depths) => held.extend(depths.into_iter().flat_map(|d| {
+                    let oldest = d
+                        .oldest_pending_ms
+                        .map_or(0, |ms| (now_ms() - ms).max(0) / 1000);
+                    [(PENDING, d.pending + d.in_flight), (OLDEST_SECONDS, oldest)].map(
+                        |(name, value)| MinuteCount {
+                            minute,
+                            account: d.account.clone(),
+                            target: d.target.clone(),
+                            name: name.to_owned(),
+                            value,
+                        },
+                    )
+                })),
+                Err(e) => warn!(error = %e, "reading the queue for the console's charts failed"),
+            }
+        }
+        if !held.is_empty() {
+            match store.add_minutes(held.clone()).await {
+                Ok(()) => held.clear(),
+                Err(e) => {
+                    warn!(error = %e, "storing the console charts' counts failed; tried again later");
+                    let over = held.len().saturating_sub(MINUTES_HELD);
+                    held.drain(..over);
+                }
+            }
+        }
+        if stopping {
+            return;
         }
     }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use wechat_fanout::clock::now_ms;
 use wechat_fanout::config::Synchronous;
+use wechat_fanout::metrics::minutes::{MinuteCount, PENDING, minute_now};
 use wechat_fanout::store::{
     Accepted, Answer, AttemptReport, CallbackId, DeadLetterFilter, Disposition, FailedAttempt,
     HistoryEntry, HistoryQuery, Job, JobId, JobState, LEGACY_KEY_WINDOW, LeaseToken, Leased,
@@ -266,6 +267,53 @@ async fn history_searches_by_instance_and_target_state(store: Arc<dyn Store>) {
     assert_eq!(every[0].instance, None);
     let detail = store.callback(one.id).await.unwrap().unwrap();
     assert_eq!(detail.instance.as_deref(), Some("one"));
+}
+
+/// Per-minute counts of several instances make the deployment's: counts add up, readings of
+/// the queue keep the highest, and a minute older than what is kept is gone.
+async fn minute_counts_of_instances_add_up(store: Arc<dyn Store>) {
+    let now = minute_now();
+    let count = |minute: i64, target: &str, name: &str, value: i64| MinuteCount {
+        minute,
+        account: "main".into(),
+        target: target.into(),
+        name: name.into(),
+        value,
+    };
+    // Two instances' counts of the same minutes.
+    for (accepted, pending) in [(3, 7), (4, 5)] {
+        store
+            .add_minutes(vec![
+                count(now, "", "accepted", accepted),
+                count(now - 1, "crm", "delivered", 2),
+                count(now, "crm", PENDING, pending),
+                count(now - 3 * 24 * 60, "", "accepted", 1),
+            ])
+            .await
+            .unwrap();
+    }
+    let mut read: Vec<(i64, String, String, i64)> = (store.minutes(now - 5).await.unwrap())
+        .into_iter()
+        .map(|c| (now - c.minute, c.target, c.name, c.value))
+        .collect();
+    read.sort();
+    let own = |ago: i64, target: &str, name: &str, value: i64| {
+        (ago, target.to_owned(), name.to_owned(), value)
+    };
+    assert_eq!(
+        read,
+        [
+            own(0, "", "accepted", 7),
+            own(0, "crm", PENDING, 7),
+            own(1, "crm", "delivered", 4),
+        ]
+    );
+    // Older than what is kept: forgotten.
+    assert!(
+        (store.minutes(now - 4 * 24 * 60).await.unwrap())
+            .iter()
+            .all(|c| c.minute > now - 2 * 24 * 60)
+    );
 }
 
 fn key(target: &str) -> TargetKey {
@@ -1521,6 +1569,7 @@ macro_rules! contract {
             #[tokio::test] a_released_first_keeps_its_place_and_unrouted_lanes_are_buried,
             #[tokio::test] history_pages_back_newest_first_and_filters,
             #[tokio::test] history_searches_by_instance_and_target_state,
+            #[tokio::test] minute_counts_of_instances_add_up,
         );
     };
     (@suite $backend:ident, $open:expr, $(#[$runtime:meta] $test:ident,)*) => {

@@ -21,8 +21,10 @@
 //!
 //! - `GET /console/targets`, `GET /console/routes`: the console's targets view, each target's
 //!   state and configuration and each account's reply routes ([`targets`]).
-//! - `GET /console/history?account=&msg_id=&user=&type=&since_ms=&until_ms=&before=&limit=`:
+//! - `GET /console/history?account=&msg_id=&user=&type=&since_ms=&until_ms=&instance=&target=&state=&before=&limit=`:
 //!   stored callbacks newest first, a page at a time, searched ([`history`]).
+//! - `GET /console/charts?minutes=`: the deployment's per-minute counts for the console's
+//!   charts ([`charts`]).
 //! - The live console in the browser and its event stream: see [`crate::admin::console`], which also
 //!   decides who gets in (`admin.token`): everything above but health and readiness (and
 //!   metrics, unless `admin.protect_metrics`) answers 401 without the token.
@@ -35,6 +37,7 @@
 
 mod backfill;
 mod callbacks;
+mod charts;
 pub mod console;
 mod dead_letters;
 mod history;
@@ -183,6 +186,7 @@ impl Admin {
             (Method::GET, ["console", "targets"]) => self.targets().await,
             (Method::GET, ["console", "routes"]) => Ok(self.routes()),
             (Method::GET, ["console", "history"]) => self.history(query).await,
+            (Method::GET, ["console", "charts"]) => self.charts(query).await,
             (Method::GET, ["console", "dead-letters", id]) => self.dead_letter(id, true).await,
             (Method::GET, ["dead-letters"]) => self.dead_letters(query).await,
             (Method::GET, ["dead-letters", id]) => self.dead_letter(id, false).await,

@@ -44,6 +44,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Backend, StoreConfig};
+use crate::metrics::minutes::MinuteCount;
 
 mod history;
 mod ids;
@@ -58,6 +59,14 @@ pub use history::{HistoryCursor, HistoryEntry, HistoryPage, HistoryQuery, Target
 pub use ids::IdBlocks;
 pub use pace::LocalPace;
 pub use shape::{Replay, SHAPE_VERSION};
+
+/// How long the per-minute counts of the console's charts are kept ([`Store::add_minutes`]).
+pub const MINUTES_KEPT: Duration = Duration::from_secs(24 * 3600);
+
+/// The first minute (Unix minutes) still kept now: older ones are forgotten.
+fn first_minute_kept() -> i64 {
+    crate::metrics::minutes::minute_now() - (MINUTES_KEPT.as_secs() / 60) as i64
+}
 pub use sqlite::{Readiness, SqliteStore};
 
 /// Opens the store `config` names: the one place that knows every backend. Its errors do not
@@ -653,6 +662,15 @@ pub trait Store: Send + Sync + 'static {
         key: &TargetKey,
         jobs: Vec<(CallbackId, JobId)>,
     ) -> Result<u64, StoreError>;
+
+    /// Adds one instance's per-minute counts ([`MinuteCount`]) to the deployment's: counts add
+    /// up, readings of the queue keep the highest ([`Merge`](crate::metrics::minutes::Merge)); minutes older than
+    /// [`MINUTES_KEPT`] are forgotten. For the console's charts, never on a callback's way.
+    async fn add_minutes(&self, counts: Vec<MinuteCount>) -> Result<(), StoreError>;
+
+    /// The deployment's per-minute counts of every account from minute `since` (Unix minutes)
+    /// on, in no order.
+    async fn minutes(&self, since: i64) -> Result<Vec<MinuteCount>, StoreError>;
 
     /// One dead letter with its request and attempts; `None` if `id` is not a dead letter.
     async fn dead_letter(&self, id: JobId) -> Result<Option<DeadLetterDetail>, StoreError>;

@@ -75,6 +75,7 @@ use super::{
     new_lease_token,
 };
 use crate::config::redact_url;
+use crate::metrics::minutes::MinuteCount;
 
 // The ids are decimal integers in keys, fields and script arguments.
 macro_rules! id_value {
@@ -99,6 +100,7 @@ mod callbacks;
 mod dead_letters;
 mod fields;
 mod history;
+mod minutes;
 mod options;
 mod scripts;
 mod sentinel;
@@ -658,6 +660,14 @@ impl Store for RedisStore {
             .query_async(&mut self.conn())
             .await?;
         Ok(value.map(Bytes::from))
+    }
+
+    async fn add_minutes(&self, counts: Vec<MinuteCount>) -> Result<(), StoreError> {
+        self.add_minute_counts(counts).await
+    }
+
+    async fn minutes(&self, since: i64) -> Result<Vec<MinuteCount>, StoreError> {
+        self.minute_counts(since).await
     }
 
     async fn keep_value(&self, name: &str, value: Bytes) -> Result<(), StoreError> {

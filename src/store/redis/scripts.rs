@@ -54,6 +54,10 @@ pub(super) struct Scripts {
     pub(super) lanes: Script,
     /// A page of an account's history, filtered.
     pub(super) history: Script,
+    /// Adds an instance's per-minute counts of the console's charts (deployment-wide).
+    pub(super) minutes_add: Script,
+    /// The per-minute counts of a span of minutes.
+    pub(super) minutes: Script,
 }
 
 impl Scripts {
@@ -81,6 +85,8 @@ impl Scripts {
             backfill: script(include_str!("lua/backfill.lua")),
             lanes: script(include_str!("lua/lanes.lua")),
             history: script(&walking(include_str!("lua/history.lua"))),
+            minutes_add: script(include_str!("lua/minutes_add.lua")),
+            minutes: script(include_str!("lua/minutes.lua")),
         }
     }
 }

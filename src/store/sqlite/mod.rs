@@ -40,13 +40,15 @@ use super::{
     Accepted, Answer, Arrival, AttemptReport, CallbackDetail, CallbackId, DeadLetter,
     DeadLetterDetail, DeadLetterFilter, FailedAttempt, HistoryPage, HistoryQuery, IdBlocks, Job,
     JobDetail, JobId, JobState, Leased, LocalPace, NewCallback, QueueDepth, Recorded, Replay,
-    Replayed, Store, StoreError, TargetKey, new_lease_token,
+    Replayed, Store, StoreError, TargetKey, first_minute_kept, new_lease_token,
 };
 use crate::clock::now_ms;
 use crate::config::Synchronous;
+use crate::metrics::minutes::MinuteCount;
 
 mod commands;
 mod history;
+mod minutes;
 mod schema;
 mod writer;
 
@@ -286,6 +288,14 @@ impl Store for SqliteStore {
                 .map(Bytes::from))
         })
         .await
+    }
+
+    async fn add_minutes(&self, counts: Vec<MinuteCount>) -> Result<(), StoreError> {
+        self.add_minute_counts(counts, first_minute_kept()).await
+    }
+
+    async fn minutes(&self, since: i64) -> Result<Vec<MinuteCount>, StoreError> {
+        self.minute_counts(since).await
     }
 
     async fn keep_value(&self, name: &str, value: Bytes) -> Result<(), StoreError> {

@@ -58,6 +58,15 @@ CREATE TABLE IF NOT EXISTS readiness_probe (body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS kept (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 -- The last id of the latest block reserved: every id up to it may have been handed out.
 CREATE TABLE IF NOT EXISTS ids_reserved (one INTEGER PRIMARY KEY CHECK (one = 1), last INTEGER NOT NULL);
+-- The console charts' per-minute counts (`minutes.rs`); builds before never read it.
+CREATE TABLE IF NOT EXISTS minutes (
+    minute INTEGER NOT NULL,
+    account TEXT NOT NULL,
+    target TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    PRIMARY KEY (minute, account, target, name)
+) WITHOUT ROWID;
 -- Columns added since the first release are added by MIGRATIONS, for files made before them.
 CREATE TABLE IF NOT EXISTS attempts (
     job_id INTEGER NOT NULL,

@@ -14,6 +14,7 @@ use rusqlite::{Connection, params};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::now_ms;
+use crate::metrics::minutes::MinuteCount;
 use crate::store::{
     Accepted, Answer, AttemptReport, CallbackId, DeadLetterFilter, Job, JobId, LeaseToken, Leased,
     NewCallback, Recorded, Replayed, StoreError, TargetKey,
@@ -65,6 +66,8 @@ pub(super) enum Command {
     Accept(NewCallback, Reply<Accepted>),
     SaveAnswer(CallbackId, Answer, Reply<()>),
     Keep(String, Bytes, Reply<()>),
+    /// Adds per-minute counts, forgetting minutes before the given one.
+    AddMinutes(Vec<MinuteCount>, i64, Reply<()>),
     Lease(TargetKey, usize, LeaseToken, Reply<Vec<Job>>),
     NextDue(TargetKey, Reply<Option<Duration>>),
     Record(AttemptReport, Reply<Recorded>),
@@ -508,6 +511,7 @@ impl Writer {
             Command::Accept(_, r) => Done::Accept(r, Err(error.clone())),
             Command::SaveAnswer(_, _, r)
             | Command::Keep(_, _, r)
+            | Command::AddMinutes(_, _, r)
             | Command::Release(_, r)
             | Command::Flush(r)
             | Command::Probe(_, r) => Done::Unit(r, Err(error.clone())),
@@ -553,6 +557,9 @@ impl Writer {
             // Nothing to do but to be in the transaction: its answer waits for the commit.
             Command::Flush(r) => Done::Unit(r, Ok(())),
             Command::Keep(name, value, r) => Done::Unit(r, self.keep(&name, &value)),
+            Command::AddMinutes(counts, forget, r) => {
+                Done::Unit(r, self.add_minutes(&counts, forget))
+            }
             // `run_batch` takes probes out of the batch; one that got here is answered after
             // the commit like a flush.
             Command::Probe(_, r) => Done::Unit(r, Ok(())),

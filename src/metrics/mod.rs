@@ -28,6 +28,11 @@
 //!   (pending or in flight) has waited since its callback arrived; 0 when there is none;
 //! - `store_usage_ratio`: the fraction of the store's room in use (SQLite: its file system;
 //!   Redis: `used_memory` of `maxmemory`, absent without one).
+//!
+//! Beside them, per minute, the counts the console's charts draw ([`minutes`]): taken from here
+//! and added up in the store, so the charts show the deployment, not one instance.
+
+pub mod minutes;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -35,6 +40,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use minutes::{MinuteCount, Minutes, latency_bucket};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallbackLabels {
@@ -113,6 +120,7 @@ pub struct Metrics {
     late_replies: Family<PrimaryLabels, Counter>,
     admin_refusals: Family<ReasonLabels, Counter>,
     event_streams: Gauge,
+    minutes: Minutes,
 }
 
 /// 100 µs … 1.6 s doubling, then every half second from 2 to 5 s and 6.5 s: an alert on answers
@@ -151,6 +159,7 @@ impl Metrics {
             late_replies: Family::default(),
             admin_refusals: Family::default(),
             event_streams: Gauge::default(),
+            minutes: Minutes::default(),
         };
         let registry = registry.sub_registry_with_prefix("wechat_fanout");
         registry.register(
@@ -296,6 +305,7 @@ impl Metrics {
             CallbackOutcome::Duplicate => ("duplicate", ""),
             CallbackOutcome::Rejected(reason) => ("rejected", reason),
         };
+        self.minutes.add(account, "", outcome);
         self.callbacks
             .get_or_create(&CallbackLabels {
                 account: account.to_owned(),
@@ -325,6 +335,8 @@ impl Metrics {
 
     /// `result`: delivered, retry or dead.
     pub fn attempt(&self, account: &str, target: &str, result: &'static str, seconds: f64) {
+        self.minutes.add(account, target, result);
+        self.minutes.add(account, target, latency_bucket(seconds));
         self.attempts
             .get_or_create(&AttemptLabels {
                 account: account.to_owned(),
@@ -366,6 +378,11 @@ impl Metrics {
 }
 
 impl Metrics {
+    /// The per-minute counts made since they were last taken, for the store.
+    pub fn take_minutes(&self) -> Vec<MinuteCount> {
+        self.minutes.take()
+    }
+
     /// A listen target's client connected (`1`) or went away (`-1`).
     pub fn listeners(&self, account: &str, target: &str, change: i64) {
         self.listeners
