@@ -105,10 +105,13 @@ pub fn percentile_ms(counts: &[i64; 13], q: f64) -> Option<f64> {
     LATENCY_BOUNDS_MS.last().map(|b| *b as f64)
 }
 
+/// (minute, account, target, name) of a count held in memory.
+type Key = (i64, String, String, &'static str);
+
 /// This instance's counts since they were last taken.
 #[derive(Debug, Default)]
 pub(super) struct Minutes {
-    counts: Mutex<HashMap<(i64, String, String, &'static str), i64>>,
+    counts: Mutex<HashMap<Key, i64>>,
 }
 
 impl Minutes {
