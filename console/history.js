@@ -13,8 +13,7 @@ const LIVE_STORED = 50;
 
 // Both at sign-in (and again when the session starts over): the live rows and the table.
 function openHistory() {
-  loadLiveStored();
-  return searchHistory();
+  return Promise.all([loadLiveStored(), searchHistory()]);
 }
 
 // The newest stored callbacks as live rows, those the stream already brought left as they are.
