@@ -16,7 +16,7 @@ use wechat_fanout::store::{
     Accepted, Answer, AttemptReport, CallbackId, DeadLetterFilter, Disposition, FailedAttempt,
     HistoryEntry, HistoryQuery, Job, JobId, JobState, LEGACY_KEY_WINDOW, LeaseToken, Leased,
     NewCallback, NewJob, QueueDepth, Recorded, RedisOptions, RedisStore, Replay, Replayed,
-    SHAPE_VERSION, SqliteStore, Store, StoreError, TargetKey, new_lease_token,
+    SHAPE_VERSION, SqliteStore, Store, StoreError, TargetKey, TargetState, new_lease_token,
 };
 
 #[path = "support/redis.rs"]
@@ -37,6 +37,7 @@ async fn callback(store: &dyn Store, key: &str, targets: &[(&str, bool)]) -> New
         event: None,
         msg_id: None,
         sender: None,
+        instance: None,
         request: Arc::new(Replay {
             query: "signature=abc&timestamp=1&nonce=2".into(),
             content_type: Some("text/xml".into()),
@@ -165,6 +166,106 @@ async fn history_pages_back_newest_first_and_filters(store: Arc<dyn Store>) {
     assert_eq!(found(&whole_history(&*store, window).await), [ids[1]]);
     let none = search(&|q| q.msg_id = Some("nowhere".into()));
     assert!(whole_history(&*store, none).await.is_empty());
+}
+
+/// The history finds callbacks by the instance that accepted them and by where they stand for
+/// a target (delivered, pending, failing, dead), and each entry says where it stands for each
+/// of its targets, a backfill's too.
+async fn history_searches_by_instance_and_target_state(store: Arc<dyn Store>) {
+    let mut stored = Vec::new();
+    for (key, instance, targets) in [
+        ("state-1", Some("one"), &[("a", true), ("b", true)][..]),
+        ("state-2", Some("two"), &[("a", true), ("b", true)][..]),
+        ("state-3", None, &[("a", false)][..]),
+    ] {
+        let mut cb = callback(&*store, key, targets).await;
+        cb.instance = instance.map(Arc::from);
+        store.accept(cb.clone()).await.unwrap();
+        stored.push(cb);
+    }
+    let lease = |cb: &NewCallback, i: usize| cb.jobs[i].lease.unwrap();
+    let (one, two, three) = (&stored[0], &stored[1], &stored[2]);
+    for (target, cb, i, disposition) in [
+        ("a", one, 0, Disposition::Delivered),
+        ("b", one, 1, Disposition::RetryIn(Duration::from_secs(3600))),
+        ("a", two, 0, Disposition::Dead),
+    ] {
+        let report = report_for(target, cb.jobs[i].id, lease(cb, i), 1, disposition);
+        record(&*store, report).await;
+    }
+    let find = |change: &dyn Fn(&mut HistoryQuery)| {
+        let mut query = HistoryQuery {
+            limit: 10,
+            ..HistoryQuery::default()
+        };
+        change(&mut query);
+        let store = store.clone();
+        async move {
+            let entries = whole_history(&*store, query).await;
+            entries.iter().map(|e| e.id).collect::<Vec<_>>()
+        }
+    };
+    let in_state = |target: &'static str, state: Option<TargetState>| {
+        move |q: &mut HistoryQuery| {
+            q.target = Some(target.into());
+            q.target_state = state;
+        }
+    };
+    assert_eq!(find(&|q| q.instance = Some("one".into())).await, [one.id]);
+    assert_eq!(find(&|q| q.instance = Some("two".into())).await, [two.id]);
+    use TargetState::{Dead, Delivered, Failing, Pending};
+    assert_eq!(find(&in_state("a", Some(Delivered))).await, [one.id]);
+    assert_eq!(find(&in_state("a", Some(Dead))).await, [two.id]);
+    assert_eq!(find(&in_state("a", Some(Pending))).await, [three.id]);
+    assert_eq!(find(&in_state("b", Some(Failing))).await, [one.id]);
+    assert_eq!(find(&in_state("b", Some(Pending))).await, [two.id]);
+    assert!(find(&in_state("b", Some(Delivered))).await.is_empty());
+    assert_eq!(find(&in_state("b", None)).await, [two.id, one.id]);
+
+    // A backfill's job, whose id does not follow the callback's, is found too.
+    let job = JobId(store.next_ids(1).await.unwrap()[0]);
+    assert_eq!(
+        store
+            .backfill(&key("b"), vec![(three.id, job)])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        find(&in_state("b", Some(Pending))).await,
+        [three.id, two.id]
+    );
+    let every = whole_history(
+        &*store,
+        HistoryQuery {
+            limit: 10,
+            ..HistoryQuery::default()
+        },
+    )
+    .await;
+    let states = |e: &HistoryEntry| {
+        (e.targets.iter())
+            .map(|t| (t.target.clone(), t.state, t.job))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        states(&every[0]),
+        [
+            ("a".to_owned(), Pending, Some(three.jobs[0].id)),
+            ("b".to_owned(), Pending, Some(job)),
+        ]
+    );
+    assert_eq!(
+        states(&every[2]),
+        [
+            ("a".to_owned(), Delivered, None),
+            ("b".to_owned(), Failing, Some(one.jobs[1].id)),
+        ]
+    );
+    assert_eq!(every[2].instance.as_deref(), Some("one"));
+    assert_eq!(every[0].instance, None);
+    let detail = store.callback(one.id).await.unwrap().unwrap();
+    assert_eq!(detail.instance.as_deref(), Some("one"));
 }
 
 fn key(target: &str) -> TargetKey {
@@ -1419,6 +1520,7 @@ macro_rules! contract {
             #[tokio::test] a_dead_letter_releases_its_lane_and_rejoins_it_at_the_end,
             #[tokio::test] a_released_first_keeps_its_place_and_unrouted_lanes_are_buried,
             #[tokio::test] history_pages_back_newest_first_and_filters,
+            #[tokio::test] history_searches_by_instance_and_target_state,
         );
     };
     (@suite $backend:ident, $open:expr, $(#[$runtime:meta] $test:ident,)*) => {

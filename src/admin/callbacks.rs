@@ -77,6 +77,7 @@ impl Admin {
             received_at_ms: detail.received_at_ms,
             msg_type: detail.msg_type.as_deref(),
             event: detail.event.as_deref(),
+            instance: detail.instance.as_deref(),
             request: self.shown_request(&detail.account, &detail.request, true),
             answer,
             jobs: (detail.jobs.iter())
@@ -105,6 +106,9 @@ struct Shown<'a> {
     received_at_ms: i64,
     msg_type: Option<&'a str>,
     event: Option<&'a str>,
+    /// The instance that accepted it (`server.instance_name`); `null` for callbacks a build
+    /// before shape version 6 stored.
+    instance: Option<&'a str>,
     /// As the deliveries send it.
     request: ShownRequest,
     /// What WeChat got, if it was saved (a reply owner's relayed reply).

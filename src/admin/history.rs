@@ -1,12 +1,14 @@
 //! The history of stored callbacks, as the console pages back through it and searches it.
 //!
-//! - `GET /console/history?account=&msg_id=&user=&type=&since_ms=&until_ms=&before=&limit=`: a
+//! - `GET /console/history?account=&msg_id=&user=&type=&since_ms=&until_ms=&instance=&target=&state=&before=&limit=`: a
 //!   page of stored callbacks, newest first (`limit`, 50 unless set, at most 500), and `next`,
 //!   the cursor of the page after it (`before=<next>`; `null`: nothing older matches). Every
 //!   filter is optional; an empty value is no filter. `type` matches the `MsgType` or the
 //!   `Event`; `user` is an openid (or a WeCom UserID), matched against the keyed hash the store
 //!   keeps of each callback's sender: it is hashed here with each account's key, and neither
-//!   stored, logged nor shown. A page may be short, even empty, and still have a `next` (on
+//!   stored, logged nor shown. `instance` is the accepting instance's name; `target` a target
+//!   the callback was queued for and `state` (`delivered`, `pending`, `failing` or `dead`, with
+//!   `target` only) where it stands for it. Each entry lists where it stands for each target. A page may be short, even empty, and still have a `next` (on
 //!   Redis a call examines a bounded number of callbacks per account: see `store::history`).
 //!
 //! A page shows no openid and no content (MsgId, type and event are neither): the detail of
@@ -44,6 +46,15 @@ impl Admin {
                 "msg_id" => history.msg_id = Some(value.to_owned()),
                 "user" => user = Some(value.to_owned()),
                 "type" => history.kind = Some(value.to_owned()),
+                "instance" => history.instance = Some(value.to_owned()),
+                "target" => history.target = Some(value.to_owned()),
+                "state" => {
+                    history.target_state = Some(
+                        value
+                            .parse()
+                            .map_err(|e: &str| (StatusCode::BAD_REQUEST, format!("state: {e}")))?,
+                    );
+                }
                 "since_ms" => history.since_ms = Some(value.parse().map_err(|_| bad("since_ms"))?),
                 "until_ms" => history.until_ms = Some(value.parse().map_err(|_| bad("until_ms"))?),
                 "limit" => {
@@ -63,6 +74,12 @@ impl Admin {
                     ));
                 }
             }
+        }
+        if history.target_state.is_some() && history.target.is_none() {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "state needs a target: the state of the callback for which target?".to_owned(),
+            ));
         }
         if let Some(user) = user {
             // The store keeps each account's own hash of a user: the typed user hashed for

@@ -123,7 +123,12 @@ impl Ingress {
         let stored = self
             .shared
             .store
-            .accept(new_callback(&verified, &plan, answer_pending_ms))
+            .accept(new_callback(
+                &verified,
+                &plan,
+                answer_pending_ms,
+                &self.instance,
+            ))
             .await;
         if let Err(e) = &stored {
             storing.fail(e.to_string());
@@ -537,6 +542,7 @@ fn new_callback(
     verified: &Verified,
     plan: &Plan<'_>,
     answer_pending_ms: Option<u64>,
+    instance: &Arc<str>,
 ) -> NewCallback {
     NewCallback {
         id: plan.callback,
@@ -550,6 +556,7 @@ fn new_callback(
         sender: (verified.envelope.from_user_name.as_deref())
             .filter(|user| !user.is_empty())
             .map(|user| verified.account.user_hash.hex(user)),
+        instance: Some(instance.clone()),
         request: verified.replay.clone(),
         jobs: (plan.jobs.iter())
             .map(|job| NewJob {

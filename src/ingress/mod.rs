@@ -69,6 +69,8 @@ pub struct Ingress {
     /// The process's shared parts: routes, store, attempts, metrics, events…
     shared: Arc<Shared>,
     settings: ServerConfig,
+    /// This instance's name (`server.instance_name`), stored with each callback it accepts.
+    instance: Arc<str>,
     resends: Arc<Resends>,
     /// Trusted proxies and WeChat's callback IPs, for accounts with `allowed_sources`.
     sources: Arc<Sources>,
@@ -119,6 +121,7 @@ impl Ingress {
     ) -> Ingress {
         Ingress {
             shared,
+            instance: Arc::from(settings.instance_name()),
             settings,
             resends: Arc::default(),
             sources,

@@ -99,6 +99,8 @@ async fn rescue(
             event: None,
             msg_id: None,
             sender: None,
+            // Made here, not accepted from WeChat.
+            instance: None,
             request: Arc::new(Replay {
                 query: String::new(),
                 content_type: Some("application/json".to_owned()),

@@ -1,7 +1,8 @@
 //! The history of stored callbacks, as the console pages back through it and searches it
 //! ([`Store::history`](super::Store::history)): newest first, by time received then id, with a
-//! cursor ([`HistoryCursor`]) to go on from, filtered by account, MsgId, type or event, time
-//! and sender.
+//! cursor ([`HistoryCursor`]) to go on from, filtered by account, MsgId, type or event, time,
+//! sender, accepting instance and a target's state ([`TargetState`]). Each entry says where
+//! each of its targets stands ([`TargetAt`]), so the console's live view opens with them.
 //!
 //! The sender is matched by its keyed hash ([`NewCallback::sender`](super::NewCallback::sender)),
 //! which the store keeps instead of the openid: the caller hashes what an operator typed with
@@ -13,7 +14,7 @@
 
 use serde::Serialize;
 
-use super::CallbackId;
+use super::{CallbackId, JobId};
 
 /// Where a page of history ends: the next page holds callbacks strictly older, by
 /// (time received, id). Written `ms.id` in URLs.
@@ -64,6 +65,11 @@ pub struct HistoryQuery {
     pub since_ms: Option<i64>,
     /// Received before (Unix ms).
     pub until_ms: Option<i64>,
+    /// Accepted by this instance (`server.instance_name`), exactly.
+    pub instance: Option<String>,
+    /// Queued for this target and, with [`HistoryQuery::target_state`], in that state for it.
+    pub target: Option<String>,
+    pub target_state: Option<TargetState>,
     /// Older than this (the previous page's [`HistoryPage::next`]); `None`: the newest.
     pub before: Option<HistoryCursor>,
     /// At most this many.
@@ -83,6 +89,68 @@ pub struct HistoryEntry {
     pub msg_id: Option<String>,
     /// The targets it was queued for; `None` when stored by a build before shape version 5.
     pub routed: Option<Vec<String>>,
+    /// Where each of the [`HistoryEntry::routed`] targets stands now, in that order.
+    pub targets: Vec<TargetAt>,
+    /// The instance that accepted it; `None` when a build before shape version 6 did.
+    pub instance: Option<String>,
+}
+
+/// Where a callback stands for one target it was queued for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetState {
+    /// No job left: delivered (or, for a dead letter purged since, given up on).
+    Delivered,
+    /// Not attempted yet (due, in flight for the first time, or held in its lane).
+    Pending,
+    /// Attempted and failed at least once, to be tried again.
+    Failing,
+    /// A dead letter.
+    Dead,
+}
+
+impl std::str::FromStr for TargetState {
+    type Err = &'static str;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(match text {
+            "delivered" => TargetState::Delivered,
+            "pending" => TargetState::Pending,
+            "failing" => TargetState::Failing,
+            "dead" => TargetState::Dead,
+            _ => return Err("a state is delivered, pending, failing or dead"),
+        })
+    }
+}
+
+impl TargetState {
+    /// The state of a target's job still held: dead, or failed `attempts` times so far.
+    pub(super) fn of_job(dead: bool, attempts: u32) -> TargetState {
+        match (dead, attempts) {
+            (true, _) => TargetState::Dead,
+            (false, 0) => TargetState::Pending,
+            (false, _) => TargetState::Failing,
+        }
+    }
+
+    /// The name the store's scripts and the admin API use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetState::Delivered => "delivered",
+            TargetState::Pending => "pending",
+            TargetState::Failing => "failing",
+            TargetState::Dead => "dead",
+        }
+    }
+}
+
+/// One target of a callback in the history, and where the callback stands for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TargetAt {
+    pub target: String,
+    pub state: TargetState,
+    /// Its job, while one is held (not delivered).
+    pub job: Option<JobId>,
 }
 
 impl HistoryEntry {
@@ -93,6 +161,39 @@ impl HistoryEntry {
             id: self.id,
         }
     }
+}
+
+/// Where a callback stands for each target it was queued for (`routed`, in order), from the
+/// jobs still held for it (target, job, state): a target without one was delivered. Jobs of a
+/// target not listed (stored by a build before shape version 5, which did not list them) come
+/// after, so a callback never hides a job it holds.
+pub(super) fn targets_of(
+    routed: Option<&[String]>,
+    mut jobs: Vec<(String, JobId, TargetState)>,
+) -> Vec<TargetAt> {
+    let mut targets = Vec::with_capacity(jobs.len().max(routed.map_or(0, <[_]>::len)));
+    for target in routed.unwrap_or_default() {
+        let held = jobs.iter().position(|(t, ..)| t == target);
+        targets.push(match held.map(|at| jobs.swap_remove(at)) {
+            Some((target, job, state)) => TargetAt {
+                target,
+                state,
+                job: Some(job),
+            },
+            None => TargetAt {
+                target: target.clone(),
+                state: TargetState::Delivered,
+                job: None,
+            },
+        });
+    }
+    jobs.sort_unstable_by_key(|(_, job, _)| *job);
+    targets.extend(jobs.into_iter().map(|(target, job, state)| TargetAt {
+        target,
+        state,
+        job: Some(job),
+    }));
+    targets
 }
 
 /// A page of history, newest first.
@@ -143,6 +244,8 @@ mod tests {
             event: None,
             msg_id: None,
             routed: None,
+            targets: Vec::new(),
+            instance: None,
         }
     }
 
@@ -151,6 +254,32 @@ mod tests {
             received_at_ms: ms,
             id: CallbackId(id),
         }
+    }
+
+    #[test]
+    fn a_target_without_a_job_was_delivered_and_an_unlisted_job_is_shown() {
+        let routed = ["a".to_owned(), "b".to_owned()];
+        let jobs = vec![
+            ("z".to_owned(), JobId(9), TargetState::Dead),
+            ("b".to_owned(), JobId(3), TargetState::Failing),
+        ];
+        let targets = targets_of(Some(&routed), jobs);
+        let states: Vec<(&str, TargetState, Option<i64>)> = (targets.iter())
+            .map(|t| (t.target.as_str(), t.state, t.job.map(|j| j.0)))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("a", TargetState::Delivered, None),
+                ("b", TargetState::Failing, Some(3)),
+                ("z", TargetState::Dead, Some(9)),
+            ]
+        );
+        assert_eq!(TargetState::of_job(false, 0), TargetState::Pending);
+        assert_eq!(TargetState::of_job(false, 2), TargetState::Failing);
+        assert_eq!(TargetState::of_job(true, 0), TargetState::Dead);
+        assert_eq!("failing".parse(), Ok(TargetState::Failing));
+        assert!("late".parse::<TargetState>().is_err());
     }
 
     #[test]

@@ -54,7 +54,7 @@ mod shape;
 mod sqlite;
 
 pub use self::redis::{RedisNodes, RedisOptions, RedisStore};
-pub use history::{HistoryCursor, HistoryEntry, HistoryPage, HistoryQuery};
+pub use history::{HistoryCursor, HistoryEntry, HistoryPage, HistoryQuery, TargetAt, TargetState};
 pub use ids::IdBlocks;
 pub use pace::LocalPace;
 pub use shape::{Replay, SHAPE_VERSION};
@@ -147,6 +147,9 @@ pub struct NewCallback {
     /// A keyed hash of the sender (`FromUserName`, `privacy::UserHash`), never the sender:
     /// kept so that the history can be searched by user (shape version 5 on).
     pub sender: Option<String>,
+    /// The instance that accepted it (`server.instance_name`), shown with it in the console and
+    /// searched by (shape version 6 on).
+    pub instance: Option<Arc<str>>,
     pub request: Arc<Replay>,
     /// The targets whose filters matched, in order.
     pub jobs: Vec<NewJob>,
@@ -322,6 +325,8 @@ pub struct CallbackDetail {
     pub request: Replay,
     /// The answer WeChat got, if one was saved ([`Store::save_answer`]).
     pub answer: Option<Answer>,
+    /// The instance that accepted it; `None` when a build before shape version 6 did.
+    pub instance: Option<String>,
     /// One per job still held, by id.
     pub jobs: Vec<JobDetail>,
 }

@@ -3,8 +3,8 @@
 //!
 //! What is kept of a callback for its deliveries is a [`Replay`]: WeChat's query, content type
 //! and body, byte for byte, and what the proxy learnt about the callback when it arrived (the
-//! open platform's authorizer, the trace context, WeChat Pay's headers, the lane; the accepting
-//! instance and an arrival index are to come). Each backend keeps
+//! open platform's authorizer, the trace context, WeChat Pay's headers, the lane; beside it, the
+//! accepting instance and, on Redis, an arrival index). Each backend keeps
 //! every field in a place of its own (a column in SQLite, a field of the callback's hash in
 //! Redis) and writes [`SHAPE_VERSION`] beside them (`shape_version`, `v`).
 //!
@@ -70,13 +70,20 @@
 //!   columns `callbacks.msg_id` and `callbacks.sender`; Redis: fields of the callback's hash.
 //!   Builds before ignore them; a callback they stored is found by the history unfiltered, by
 //!   type or time, but never by MsgId or user.
+//! * **6**: beside the shape, the instance that accepted the callback (`instance`, its
+//!   `server.instance_name`), shown with it in the console and searched by. SQLite: the column
+//!   `callbacks.instance`; Redis: a field of the callback's hash. On Redis, a backfill also
+//!   names the job it queued in the callback's hash (`job:<target>`), where the history finds
+//!   it (a callback's own jobs follow its id). Builds before ignore both: a callback one of them
+//!   accepts has no instance (the console says it does not know), and the history takes a
+//!   target of a backfill made by a build before without a job where it looks as delivered.
 
 use std::borrow::Cow;
 
 use bytes::Bytes;
 
 /// The version of the shape this build writes (see the module's doc for each version).
-pub const SHAPE_VERSION: u32 = 5;
+pub const SHAPE_VERSION: u32 = 6;
 
 /// Exactly what WeChat sent and every target gets again, with what the proxy learnt about the
 /// callback on arrival: the stored callback's shape.

@@ -386,6 +386,7 @@ fn new_callback(ids: Vec<i64>, dedupe_key: &str) -> NewCallback {
         event: None,
         msg_id: None,
         sender: None,
+        instance: None,
         request: Arc::new(Replay {
             query: "signature=abc&timestamp=1&nonce=2".into(),
             content_type: Some("text/xml".into()),

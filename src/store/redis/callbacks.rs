@@ -146,7 +146,7 @@ fn detail(
     let (msg_type, event) = (next().map(text), next().map(text));
     let (query, content_type, body, authorizer, version) = (next(), next(), next(), next(), next());
     let (trace, headers) = (next(), next());
-    let (answer, answer_type) = (next(), next().map(text));
+    let (answer, answer_type, instance) = (next(), next().map(text), next().map(text));
     let mut detail = CallbackDetail {
         id,
         account,
@@ -158,6 +158,7 @@ fn detail(
             content_type: answer_type,
             body: body.into(),
         }),
+        instance,
         jobs: Vec::new(),
     };
     let jobs: usize = number(next())?;

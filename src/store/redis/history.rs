@@ -14,7 +14,8 @@ use super::{RedisStore, number, text};
 use crate::store::history::{HistoryPart, merge};
 use crate::store::shape::read_routed;
 use crate::store::{
-    CallbackId, HistoryCursor, HistoryEntry, HistoryPage, HistoryQuery, StoreError,
+    CallbackId, HistoryCursor, HistoryEntry, HistoryPage, HistoryQuery, JobId, StoreError,
+    TargetAt, TargetState,
 };
 
 /// Callbacks one call examines per account, at most.
@@ -41,7 +42,10 @@ impl RedisStore {
                 .arg(query.msg_id.as_deref().unwrap_or(""))
                 .arg(query.kind.as_deref().unwrap_or("").to_lowercase())
                 .arg(query.limit.max(1))
-                .arg(BUDGET);
+                .arg(BUDGET)
+                .arg(query.instance.as_deref().unwrap_or(""))
+                .arg(query.target.as_deref().unwrap_or(""))
+                .arg(query.target_state.map_or("", TargetState::as_str));
             for sender in &query.senders {
                 invocation.arg(sender);
             }
@@ -72,6 +76,21 @@ fn part(account: &str, row: Vec<Option<Vec<u8>>>) -> Result<HistoryPart, StoreEr
         let received_at_ms = score(next().unwrap_or_default())?;
         let (msg_type, event, msg_id) = (next().map(text), next().map(text), next().map(text));
         let routed = next().map(|r| read_routed(&text(r)));
+        let instance = next().map(text);
+        let count: usize = number(next())?;
+        let mut targets = Vec::with_capacity(count);
+        for _ in 0..count {
+            let target = text(next().unwrap_or_default());
+            let job = next().filter(|j| !j.is_empty());
+            let state = text(next().unwrap_or_default());
+            targets.push(TargetAt {
+                target,
+                job: job.map(|j| number(Some(j)).map(JobId)).transpose()?,
+                state: state.parse().map_err(|e: &str| {
+                    StoreError::Corrupt(format!("a history target's state {state:?}: {e}"))
+                })?,
+            });
+        }
         matched.push(HistoryEntry {
             id: CallbackId(number(Some(id))?),
             account: account.to_owned(),
@@ -80,6 +99,8 @@ fn part(account: &str, row: Vec<Option<Vec<u8>>>) -> Result<HistoryPart, StoreEr
             event,
             msg_id,
             routed,
+            targets,
+            instance,
         });
     }
     Ok(HistoryPart { matched, reached })
@@ -107,6 +128,11 @@ mod tests {
             None,
             f("42"),
             f("bot\n"),
+            f("eu-1"),
+            f("1"),
+            f("bot"),
+            f("10"),
+            f("failing"),
         ];
         let part = part("acct", row).expect("a reply of the script");
         assert_eq!(
@@ -119,6 +145,15 @@ mod tests {
         assert_eq!(part.matched.len(), 1);
         assert_eq!(part.matched[0].msg_id.as_deref(), Some("42"));
         assert_eq!(part.matched[0].routed, Some(vec!["bot".to_owned()]));
+        assert_eq!(part.matched[0].instance.as_deref(), Some("eu-1"));
+        assert_eq!(
+            part.matched[0].targets,
+            [TargetAt {
+                target: "bot".into(),
+                state: TargetState::Failing,
+                job: Some(JobId(10)),
+            }]
+        );
         let done = part_of_nothing();
         assert_eq!(done.reached, None);
     }

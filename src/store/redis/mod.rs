@@ -340,6 +340,7 @@ impl Store for RedisStore {
             request.lane.is_some(),
             callback.msg_id.is_some(),
             callback.sender.is_some(),
+            callback.instance.is_some(),
         ]
         .iter()
         .map(|p| if *p { '1' } else { '0' })
@@ -366,6 +367,7 @@ impl Store for RedisStore {
             bytes(request.lane.as_deref().unwrap_or("")),
             bytes(callback.msg_id.as_deref().unwrap_or("")),
             bytes(callback.sender.as_deref().unwrap_or("")),
+            bytes(callback.instance.as_deref().unwrap_or("")),
         ];
         for job in &callback.jobs {
             args.push(job.id.to_string().into_bytes());

@@ -74,8 +74,8 @@ impl Writer {
         let inserted = self
             .conn
             .prepare_cached(
-                "INSERT INTO callbacks (id, account, dedupe_key, received_at, msg_type, event, query, content_type, body, answer_due, shape_version, authorizer, trace, headers, routed, lane, msg_id, sender)
-                 VALUES (?9, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
+                "INSERT INTO callbacks (id, account, dedupe_key, received_at, msg_type, event, query, content_type, body, answer_due, shape_version, authorizer, trace, headers, routed, lane, msg_id, sender, instance)
+                 VALUES (?9, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
                  ON CONFLICT (account, dedupe_key) DO NOTHING",
             )?
             .execute(params![
@@ -99,6 +99,7 @@ impl Writer {
                     request.lane,
                     callback.msg_id,
                     callback.sender,
+                    callback.instance.as_deref(),
             ])?
             == 1;
         let new = || Accepted::New {

@@ -427,7 +427,7 @@ impl Store for SqliteStore {
             let found = snapshot
                 .prepare_cached(&format!(
                     "SELECT c.account, c.received_at, c.msg_type, c.event, c.answer_type, c.answer,
-                     {SHAPE_COLUMNS} FROM callbacks c WHERE c.id = ?1"
+                     c.instance, {SHAPE_COLUMNS} FROM callbacks c WHERE c.id = ?1"
                 ))?
                 .query_row(params![id], |row| {
                     let (answer_type, answer): (Option<String>, Option<Vec<u8>>) =
@@ -442,7 +442,8 @@ impl Store for SqliteStore {
                             content_type: answer_type,
                             body: Bytes::from(body),
                         }),
-                        request: shape_at(row, 6)?,
+                        instance: row.get(6)?,
+                        request: shape_at(row, 7)?,
                         jobs: Vec::new(),
                     })
                 })

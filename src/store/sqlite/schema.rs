@@ -94,6 +94,8 @@ const MIGRATIONS: &[(&str, &str, &str)] = &[
     // history search (read by a scan of the table, no index: see `history`).
     ("callbacks", "msg_id", "TEXT"),
     ("callbacks", "sender", "TEXT"),
+    // Shape version 6: the instance that accepted the callback (`server.instance_name`).
+    ("callbacks", "instance", "TEXT"),
 ];
 
 /// Made after [`MIGRATIONS`], whose columns it needs. Partial: jobs that are not lane-ordered

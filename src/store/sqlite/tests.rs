@@ -13,6 +13,7 @@ fn callback(key: &str) -> NewCallback {
         event: None,
         msg_id: None,
         sender: None,
+        instance: None,
         request: Arc::new(Replay {
             query: "q".into(),
             content_type: None,

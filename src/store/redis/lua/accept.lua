@@ -1,7 +1,8 @@
 -- ARGV: lease ms, then per callback: id, dedupe key, received, msg_type, event,
 -- query, content type, body, answer pending ms, presence of (msg_type, event, content
--- type, authorizer, trace, headers, lane, msg id, sender), job count, legacy dedupe key or '',
--- authorizer, trace context, replayed headers, lane, msg id, sender hash, then (job id, target,
+-- type, authorizer, trace, headers, lane, msg id, sender, instance), job count, legacy dedupe
+-- key or '', authorizer, trace context, replayed headers, lane, msg id, sender hash, accepting
+-- instance, then (job id, target,
 -- lease token or 0, lane or '') per job
 -- (a lane: the job is lane-ordered). Each callback as if alone, in order; one reply each: {'new'},
 -- or {'dup', id, answer, answer type, pending ms}.
@@ -11,7 +12,8 @@
 -- content type, the body, and the authorizer, the trace context and the replayed headers in
 -- fields of their own; so are the lane, WeChat's MsgId and the sender's keyed hash (version 5;
 -- the last two only for the console's history search, about 50 bytes a callback with their
--- names, counted, not measured). Beside it, the targets it was queued for
+-- names, counted, not measured), and the instance that accepted it (version 6). Beside it, the
+-- targets it was queued for
 -- (`routed`, one a line); the account's arrival index (`arrivals`: id by time received) gets it
 -- too. A lane-ordered job joins its lane (see prelude.lua): the first of it is due (or in
 -- flight) as any job, the others are held.
@@ -75,14 +77,15 @@ local function accept(o, n)
   if string.sub(present, 7, 7) == '1' then table.insert(fields, 'lane'); table.insert(fields, ARGV[o + 16]) end
   if string.sub(present, 8, 8) == '1' then table.insert(fields, 'msg_id'); table.insert(fields, ARGV[o + 17]) end
   if string.sub(present, 9, 9) == '1' then table.insert(fields, 'sender'); table.insert(fields, ARGV[o + 18]) end
+  if string.sub(present, 10, 10) == '1' then table.insert(fields, 'instance'); table.insert(fields, ARGV[o + 19]) end
   if ARGV[o + 9] ~= '' then table.insert(fields, 'answer_due'); table.insert(fields, now() + tonumber(ARGV[o + 9])) end
   local routed = {}
-  for i = 0, n - 1 do table.insert(routed, ARGV[o + 20 + 4 * i] .. '\n') end
+  for i = 0, n - 1 do table.insert(routed, ARGV[o + 21 + 4 * i] .. '\n') end
   table.insert(fields, 'routed'); table.insert(fields, table.concat(routed))
   redis.call('HSET', cb, unpack(fields))
   redis.call('ZADD', K .. ':arrivals', received, id)
   for i = 0, n - 1 do
-    local b = o + 19 + 4 * i
+    local b = o + 20 + 4 * i
     local job, target, token, lane = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
     local state = 'f'
     if token == '0' then state = 'p' end
@@ -113,7 +116,7 @@ local replies, o = {}, 1
 while o < #ARGV do
   local n = tonumber(ARGV[o + 11])
   table.insert(replies, accept(o, n))
-  o = o + 18 + 4 * n
+  o = o + 19 + 4 * n
 end
 for target in pairs(targets) do redis.call('SADD', K .. ':targets', target) end
 for set, members in pairs(leases) do redis.call('ZADD', set, unpack(members)) end

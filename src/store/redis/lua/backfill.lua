@@ -9,7 +9,9 @@ for i = 2, #ARGV, 2 do
   local key = K .. ':cb:' .. cb
   local routed = redis.call('HGET', key, 'routed')
   if routed and not string.find('\n' .. routed, '\n' .. target .. '\n', 1, true) then
-    redis.call('HSET', key, 'routed', routed .. target .. '\n')
+    -- Its job's id beside it: not in the block after the callback's id, where the history
+    -- looks first.
+    redis.call('HSET', key, 'routed', routed .. target .. '\n', 'job:' .. target, job)
     -- A callback with no job left waits in `done` for its purge: it holds one again.
     if redis.call('HINCRBY', key, 'open', 1) == 1 then redis.call('ZREM', K .. ':done', cb) end
     redis.call('HSET', K .. ':job:' .. job, 'cb', cb, 'target', target, 'state', 'p', 'lease', 0, 'attempts', 0, 'base', 0)

@@ -1,5 +1,6 @@
 -- ARGV: callback id. Nothing if the account has no such callback; else its fields received,
--- msg_type, event, query, ctype, body, authorizer, v, trace, headers, answer and answer_type,
+-- msg_type, event, query, ctype, body, authorizer, v, trace, headers, answer, answer_type and
+-- instance,
 -- the number of
 -- jobs it still holds, then per job: id, target, state (p, f or d), attempts, ms until due (a
 -- pending job), status, error, the number n of attempts recorded, and n (attempt, record)
@@ -14,7 +15,7 @@ local id = ARGV[1]
 local cb = K .. ':cb:' .. id
 if redis.call('EXISTS', cb) == 0 then return {} end
 local out = redis.call('HMGET', cb, 'received', 'msg_type', 'event', 'query', 'ctype', 'body',
-  'authorizer', 'v', 'trace', 'headers', 'answer', 'answer_type')
+  'authorizer', 'v', 'trace', 'headers', 'answer', 'answer_type', 'instance')
 local open = tonumber(redis.call('HGET', cb, 'open') or '0')
 local targets = redis.call('SMEMBERS', K .. ':targets')
 local jobs, seen = {}, {}
