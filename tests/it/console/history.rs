@@ -17,10 +17,6 @@ const ROWS: &str = "return document.querySelectorAll('#history-table tbody tr').
 /// Rows of the live table listed from the store.
 const STORED_ROWS: &str = "return document.querySelectorAll('#live-table tbody tr.stored').length;";
 
-/// Whether `/console/history` on this branch says each target's state (`targets`). Until it
-/// does, a stored row's pill names its target with the state unknown.
-const HISTORY_HAS_TARGETS: bool = false;
-
 /// The MsgId of a test message.
 fn msg_id(xml: &str) -> String {
     let start = xml.find("<MsgId>").expect("a MsgId") + "<MsgId>".len();
@@ -105,7 +101,7 @@ const LIVE_STORED: &str = "return [...document.querySelectorAll('#live-table tbo
      tr.querySelector('td[data-label=\"col.answer\"]').textContent]);";
 
 /// Callbacks sent before the page opens are rows of the live table, newest first, at sign-in
-/// and after a reload, each with its target's pill (delivered, once the store says so) and a
+/// and after a reload, each with its target's pill (delivered) and a
 /// "stored" marker that opens the callback's detail; one sent afterwards comes from the stream,
 /// once; the words are in both languages, and a phone shows the rows as cards.
 #[tokio::test(flavor = "multi_thread")]
@@ -143,12 +139,7 @@ async fn the_live_view_opens_with_the_stored_callbacks_after_a_reload_and_adds_n
         assert_eq!(ids, newest_first, "{when}: {shown:?}");
         for row in &shown {
             assert_eq!(row[2], json!("stored"), "{when}: {row}");
-            if HISTORY_HAS_TARGETS {
-                assert_eq!(row[1], json!("delivered"), "{when}: {row}");
-            } else {
-                // Only the target's name (`routed`) until the store says its state.
-                assert_eq!(row[1], json!("unknown"), "{when}: {row}");
-            }
+            assert_eq!(row[1], json!("delivered"), "{when}: {row}");
         }
         let waiting = browser
             .run(
@@ -156,12 +147,18 @@ async fn the_live_view_opens_with_the_stored_callbacks_after_a_reload_and_adds_n
                 json!([]),
             )
             .await;
-        assert_eq!(waiting, json!(true), "{when}: 'waiting for callbacks' shown");
+        assert_eq!(
+            waiting,
+            json!(true),
+            "{when}: 'waiting for callbacks' shown"
+        );
     }
     browser.screenshot("live-after-reload").await;
 
     // The marker opens the stored callback's detail.
-    browser.click("#live-table tbody tr.stored .open-stored").await;
+    browser
+        .click("#live-table tbody tr.stored .open-stored")
+        .await;
     let opened = browser
         .wait_for(
             "the stored callback's detail",
@@ -221,12 +218,7 @@ async fn the_live_view_opens_with_the_stored_callbacks_after_a_reload_and_adds_n
             json!([]),
         )
         .await;
-    let pill = if HISTORY_HAS_TARGETS {
-        "crm: 已投递"
-    } else {
-        "crm: 已排队"
-    };
-    assert_eq!(zh, json!(["已存储", pill]));
+    assert_eq!(zh, json!(["已存储", "crm: 已投递"]));
 
     // A phone: the stored rows are cards, captioned, and nothing scrolls sideways.
     browser.set_window_size(420, 900).await;
@@ -242,5 +234,72 @@ async fn the_live_view_opens_with_the_stored_callbacks_after_a_reload_and_adds_n
         .await;
     assert_eq!(card, json!([true, "给微信的应答"]));
     browser.screenshot("live-stored-narrow").await;
+    browser.quit().await;
+}
+
+/// A stored callback still failing for a target shows it retrying; the stream's next attempt
+/// turns the same pill delivered. An entry from a store that names only the targets
+/// (`routed`, no `targets`) gets neutral pills.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stored_rows_failing_target_turns_delivered_from_the_stream() {
+    let ok = Target::start(200).await;
+    let failing = Target::start(500).await;
+    let wx = Wx::new(Kind::OfficialAccount, Mode::Plaintext);
+    // Retried every 3 s: the page opens between two attempts, whenever it does.
+    let slow = Wx::target(
+        "slow",
+        &failing.url("/slow"),
+        "max_attempts = 20\nbackoff_initial_ms = 3000\nbackoff_max_ms = 3000",
+    );
+    let proxy = Proxy::start_with_admin(&config(&wx, &ok, &slow, "")).await;
+    proxy
+        .post("main", &wx.seal(&text_xml("failing for slow")))
+        .await
+        .assert_success();
+    failing.wait_for(1).await;
+    ok.wait_for(1).await;
+
+    let browser = Browser::start().await;
+    sign_in(&browser, &proxy, TOKEN).await;
+    wait_live(&browser).await;
+    let pill = "return document.querySelector('#live-table tbody tr.stored .job[data-target=slow]')?.dataset.state ?? null;";
+    let stored = browser
+        .wait_for(
+            "the stored row's pills",
+            "const tr = document.querySelector('#live-table tbody tr.stored'); \
+             return tr && [...tr.querySelectorAll('.job')].map((j) => [j.dataset.target, j.dataset.state, Boolean(j.dataset.job)]);",
+        )
+        .await;
+    assert_eq!(
+        stored,
+        json!([["slow", "retrying", true], ["crm", "delivered", false]])
+    );
+    failing.set_status(200);
+    browser
+        .wait_for(
+            "the slow pill delivered by the stream",
+            &pill.replace("?? null", "=== 'delivered'"),
+        )
+        .await;
+    let rows = browser
+        .run(
+            "return document.querySelectorAll('#live-table tbody tr').length;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(rows, json!(1));
+
+    // A store that lists only where a callback was queued.
+    let old = browser
+        .run(
+            "addStoredRow({ id: 900000001, account: 'main', received_at_ms: 1, msg_type: 'text', event: null, msg_id: null, routed: ['crm'] }); \
+             const tr = document.querySelector('#live-table tbody tr[data-callback=\"900000001\"]'); \
+             const job = tr.querySelector('.job'); \
+             return [document.querySelector('#live-table tbody').lastElementChild === tr, job.dataset.state, job.textContent];",
+            json!([]),
+        )
+        .await;
+    assert_eq!(old, json!([true, "unknown", "crm: queued"]));
+    browser.screenshot("live-stored-states").await;
     browser.quit().await;
 }
