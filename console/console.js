@@ -20,6 +20,8 @@ function el(tag, attrs, ...children) {
 
 const time = (ms) => ms ? new Date(ms).toLocaleTimeString(i18n.lang, { hour12: false }) : '-';
 const dateTime = (ms) => ms ? new Date(ms).toLocaleString(i18n.lang, { hour12: false }) : '-';
+// A live row's time: the date too when it is not today's (stored rows go back days).
+const when = (ms) => ms && new Date(ms).toDateString() !== new Date().toDateString() ? dateTime(ms) : time(ms);
 const kind = (type, event) => [type, event].filter(Boolean).join(' / ') || '-';
 
 async function api(method, path) {
@@ -49,8 +51,9 @@ async function start() {
   $('#stream-status').hidden = false;
   show(state.view);
   connect();
-  // history.js comes after this script: if it is not there yet, it starts itself.
-  if (typeof searchHistory === 'function') searchHistory();
+  // history.js comes after this script: if it is not there yet, it starts itself. After
+  // connect(): a callback stored meanwhile comes from the stream, not missed in between.
+  if (typeof openHistory === 'function') openHistory();
 }
 
 function showLogin(message) {
@@ -150,12 +153,33 @@ function showDropped() {
 const attemptState = (event) => event.outcome === 'retrying' ? 'retrying' : event.outcome;
 
 function addCallback(event) {
-  const row = addRow(event, 'callback', null, event.jobs);
-  if (!row) return;
-  for (const job of event.jobs) {
-    const early = state.early.get(job.job);
-    if (early) { setJob(job.job, early.state, early.detail); state.early.delete(job.job); }
+  // Listed from the store before the stream brought it: the same row, given the jobs' ids.
+  const stored = state.rows.get(event.callback);
+  if (stored) { adoptJobs(stored, event.jobs); return; }
+  addRow(event, 'callback', null, event.jobs);
+  for (const job of event.jobs) applyEarly(job.job);
+}
+
+// An attempt that came before its job's row: shown now.
+function applyEarly(job) {
+  const early = state.early.get(job);
+  if (early) { setJob(job, early.state, early.detail); state.early.delete(job); }
+}
+
+// A stored row's pills by target name take the jobs' ids the stream names, so that their
+// attempts reach them (a stored delivered job has no id; the fallback pills have none either).
+function adoptJobs(row, jobs) {
+  for (const job of jobs) {
+    if (row.jobs.has(job.job)) continue;
+    let span = [...row.tr.querySelectorAll('.job')].find((s) => s.dataset.target === job.target && !s.dataset.job);
+    if (!span) { span = el('span', { class: 'job', 'data-target': job.target }); row.tr.querySelector('.job-list').append(span); }
+    span.dataset.job = job.job;
+    row.jobs.set(job.job, span);
+    state.rows.set(`job:${job.job}`, row);
+    if (span.dataset.state === 'unknown' || !span.dataset.state) showJob(span, 'pending', {});
+    applyEarly(job.job);
   }
+  applyFilter(row.tr);
 }
 
 // What WeChat got, in words: `relayed` and the rest are the server's names; `success` is the
@@ -172,13 +196,28 @@ function setAnswer(row, answer) {
 }
 
 function addRow(event, cls, answer, jobs) {
+  const row = makeRow(event, cls, answer, jobs);
+  $('#live-table tbody').prepend(row.tr);
+  trimLive();
+  applyFilter(row.tr);
+  return row;
+}
+
+function trimLive() {
+  const body = $('#live-table tbody');
+  while (body.rows.length > MAX_ROWS) body.lastElementChild.remove();
+}
+
+// A live row, not yet in the table: `jobs` are `{job, target}`, with `state` for a stored
+// callback's (its `job` null when delivered: no attempt will come for it).
+function makeRow(event, cls, answer, jobs) {
   $('#live-empty').hidden = true;
   const cell = (label, attrs, ...children) => el('td', { ...attrs, 'data-label': label }, ...children);
   const answerCell = cell('col.answer', { class: 'answer' });
   const list = el('div', { class: 'job-list' });
   const cells = cell('col.targets', { class: 'jobs' }, list);
   const tr = el('tr', { class: cls, 'data-account': event.account, 'data-callback': event.callback ?? '' },
-    cell('col.time', { class: 'mono' }, time(event.at_ms)),
+    cell('col.time', { class: 'mono' }, when(event.at_ms)),
     cell('col.account', {}, event.account),
     cell('col.kind', {}, cls === 'rejected' ? '-' : kind(event.msg_type, event.event)),
     cell('col.msgid', { class: 'mono' }, event.msg_id || '-'),
@@ -187,22 +226,21 @@ function addRow(event, cls, answer, jobs) {
   tr.row = row;
   setAnswer(row, answer);
   for (const job of jobs) {
-    const span = el('span', { class: 'job', 'data-job': job.job, 'data-target': job.target, 'data-state': 'pending' });
+    const span = el('span', { class: 'job', 'data-target': job.target });
     list.append(span);
-    row.jobs.set(job.job, span);
-    state.rows.set(`job:${job.job}`, row);
-    showJob(span, 'pending', {});
+    if (job.job != null) {
+      span.dataset.job = job.job;
+      row.jobs.set(job.job, span);
+      state.rows.set(`job:${job.job}`, row);
+    }
+    showJob(span, job.state || 'pending', {});
   }
   if (state.showContent) {
     const content = cls === 'callback' ? contentView(event) : '';
     tr.append(cell('col.content', { class: 'content' }, content));
   }
   labelRow(tr);
-  if (cls === 'callback') state.rows.set(event.callback, row);
-  const body = $('#live-table tbody');
-  body.prepend(tr);
-  while (body.rows.length > MAX_ROWS) body.lastElementChild.remove();
-  applyFilter(tr);
+  if (cls === 'callback' || cls === 'stored') state.rows.set(event.callback, row);
   return row;
 }
 
@@ -227,14 +265,15 @@ function setJob(job, jobState, detail) {
   applyFilter(row.tr);
 }
 
-// One target's cell: its state, and when it was delivered or is tried next.
+// One target's cell: its state, and when it was delivered or is tried next (a stored state
+// comes without those).
 function showJob(cell, jobState, detail) {
   cell.dataset.state = jobState;
   cell.job = { state: jobState, detail };
   let text = `${cell.dataset.target}: ${t(`state.${jobState}`)}`;
-  if (jobState === 'delivered') text += t('job.delivered', { status: detail.status ?? '', time: time(detail.at_ms) });
-  if (jobState === 'retrying') text += t('job.retrying', { attempt: detail.attempt, next: time(detail.next_at_ms) });
-  if (jobState === 'dead') text += t('job.dead', { attempt: detail.attempt });
+  if (jobState === 'delivered' && detail.at_ms) text += t('job.delivered', { status: detail.status ?? '', time: time(detail.at_ms) });
+  if (jobState === 'retrying' && detail.attempt) text += t('job.retrying', { attempt: detail.attempt, next: time(detail.next_at_ms) });
+  if (jobState === 'dead' && detail.attempt) text += t('job.dead', { attempt: detail.attempt });
   if (jobState === 'pending' && detail.note) text += ` (${t(`job.${detail.note}`)})`;
   cell.textContent = text;
   cell.title = detail.error || '';
@@ -245,7 +284,7 @@ function relabelLive() {
   for (const tr of document.querySelectorAll('#live-table tbody tr')) {
     labelRow(tr);
     setAnswer(tr.row, tr.row.answerValue);
-    for (const cell of tr.row.jobs.values()) showJob(cell, cell.job.state, cell.job.detail);
+    for (const cell of tr.querySelectorAll('.job')) showJob(cell, cell.job.state, cell.job.detail);
     const content = tr.querySelector('td.content');
     if (content && tr.classList.contains('callback')) content.replaceChildren(contentView(tr.row.event));
   }

@@ -1,11 +1,73 @@
-// wechat-fanout console: the stored callbacks under the live view, newest first from the store
-// (so a reload is not empty), a page at a time ("Older"), searched by MsgId, user, type or
+// wechat-fanout console: the store behind the live view. The live table opens with the most
+// recent stored callbacks (so a reload is not empty), each target's pill in its stored state;
+// under it the stored callbacks a page at a time ("Older"), searched by MsgId, user, type or
 // event and time; a callback's detail (each target's state and failed attempts, the answer
 // WeChat got) from /callbacks/{id}. The user typed is sent to the server, which hashes it; the
-// page never shows one. Uses the helpers of console.js ($, el, api, dateTime, kind, state): loaded after it.
+// page never shows one. Uses the helpers of console.js ($, el, api, dateTime, kind, state,
+// makeRow, …): loaded after it.
 'use strict';
 
 const hist = { params: null, next: null, rows: [], loading: false };
+// Stored callbacks the live view opens with: the first page, as the search table's.
+const LIVE_STORED = 50;
+
+// Both at sign-in (and again when the session starts over): the live rows and the table.
+function openHistory() {
+  return Promise.all([loadLiveStored(), searchHistory()]);
+}
+
+// The newest stored callbacks as live rows, those the stream already brought left as they are.
+// A page may come back short, even empty, with more after it: a few more are asked for then.
+async function loadLiveStored() {
+  let before = null;
+  let got = 0;
+  try {
+    for (let tries = 0; tries < 5 && got < LIVE_STORED; tries++) {
+      const params = new URLSearchParams({ limit: String(LIVE_STORED - got) });
+      if (before) params.set('before', before);
+      const page = await api('GET', `/console/history?${params}`);
+      for (const entry of page.callbacks) addStoredRow(entry);
+      got += page.callbacks.length;
+      before = page.next;
+      if (!before) break;
+    }
+  } catch { /* the search table below says what failed */ }
+}
+
+// A stored target's state as the live view names it; `routed` (a store without `targets`)
+// only names them.
+const STORED_STATES = { delivered: 'delivered', pending: 'pending', failing: 'retrying', dead: 'dead' };
+function storedJobs(entry) {
+  if (entry.targets) return entry.targets.map((j) => ({ job: j.job, target: j.target, state: STORED_STATES[j.state] || 'unknown' }));
+  return (entry.routed || []).map((target) => ({ job: null, target, state: 'unknown' }));
+}
+
+function addStoredRow(entry) {
+  if (state.rows.has(entry.id)) return;
+  const event = { at_ms: entry.received_at_ms, account: entry.account, callback: entry.id, msg_type: entry.msg_type, event: entry.event, msg_id: entry.msg_id };
+  const jobs = storedJobs(entry);
+  const row = makeRow(event, 'stored', null, jobs);
+  // The answer WeChat got is in the callback's detail, not in the page: a button opens it.
+  const open = el('button', { type: 'button', className: 'open-stored', 'data-i18n-title': 'live.stored.title', title: t('live.stored.title'),
+    onclick: async () => { await openStored(entry.id); $('#stored').scrollIntoView({ block: 'nearest' }); } });
+  row.answer.replaceChildren(open);
+  row.answer = open;
+  setAnswer(row, ['live.stored']);
+  placeStored(row.tr);
+  for (const job of jobs) if (job.job != null) applyEarly(job.job);
+  trimLive();
+  applyFilter(row.tr);
+}
+
+// Newest first, whatever came first: before the first row older than it.
+function placeStored(tr) {
+  const { at_ms: at, callback: id } = tr.row.event;
+  const older = [...$('#live-table tbody').rows].find((r) => {
+    const e = r.row.event;
+    return e.at_ms < at || (e.at_ms === at && (e.callback ?? 0) < id);
+  });
+  $('#live-table tbody').insertBefore(tr, older || null);
+}
 
 // The search as the form says it (empty fields are no filter).
 function historyParams() {
@@ -113,4 +175,4 @@ $('#history-reset').addEventListener('click', () => { $('#history-form').reset()
 $('#history-older').addEventListener('click', () => loadHistoryPage());
 $('#stored-close').addEventListener('click', () => { $('#stored').hidden = true; hist.open = null; });
 // Signed in before this script ran: the first page now.
-if (state.csrf && hist.params === null) searchHistory();
+if (state.csrf && hist.params === null) openHistory();

@@ -68,6 +68,8 @@ const WORDS = {
     'h.callback': 'Callback', 'h.answer': 'The answer WeChat got', 'h.failed': 'Failed attempts',
     'h.none': 'No stored callback matches.', 'h.nobody': 'no target', 'h.no_answer': 'success (no reply was relayed)',
     'h.all_delivered': 'Every job was delivered.', 'state.in_flight': 'in flight',
+    'live.stored': 'stored', 'live.stored.title': 'Received before this page opened: open it for the answer WeChat got',
+    'state.unknown': 'queued',
   },
   'zh-CN': {
     'title': 'wechat-fanout 控制台',
@@ -129,6 +131,8 @@ const WORDS = {
     'h.callback': '回调', 'h.answer': '微信收到的应答', 'h.failed': '失败的尝试',
     'h.none': '没有匹配的已存储回调。', 'h.nobody': '无目标', 'h.no_answer': 'success（未转发回复）',
     'h.all_delivered': '所有任务均已投递。', 'state.in_flight': '投递中',
+    'live.stored': '已存储', 'live.stored.title': '在本页面打开之前收到：打开查看微信收到的应答',
+    'state.unknown': '已排队',
   },
 };
 

@@ -3,8 +3,9 @@
 //! per-target figures of its targets view.
 //!
 //! - `GET /`, `/console.css`, `/i18n.js` (its words in English and Chinese), `/message.js` (a
-//!   message as fields), `/targets.js`, `/history.js` (the stored callbacks, searched),
-//!   `/console.js`: the page; it holds no data, so it is always served.
+//!   message as fields), `/targets.js`, `/history.js` (the stored callbacks: the live view's
+//!   first rows, and searched), `/console.js`: the page; it holds no data, so it is always
+//!   served.
 //! - `POST /console/login` `{"token": …}`: a session cookie; `POST /console/logout` ends it.
 //! - `GET /console/session`: whether the caller is in, the CSRF token, whether content is shown.
 //! - `GET /console/events`: Server-Sent Events, one JSON [`Event`] per message; a client that
