@@ -96,6 +96,7 @@ function show(view) {
   clearInterval(state.timer);
   if (view === 'targets') { loadTargets(); state.timer = setInterval(loadTargets, 2000); }
   if (view === 'dead') loadDead();
+  if (view === 'charts') { loadCharts(); state.timer = setInterval(loadCharts, 10000); }
 }
 for (const button of document.querySelectorAll('#tabs button')) button.addEventListener('click', () => show(button.dataset.view));
 
@@ -411,6 +412,7 @@ $('#lang').addEventListener('change', () => {
   setStatus(state.status, state.statusClass);
   relabelLive();
   if (typeof relabelHistory === 'function') relabelHistory();
+  if (typeof drawCharts === 'function') drawCharts();
   if (!$('#view-targets').hidden) loadTargets();
   if (!$('#view-dead').hidden) loadDead();
   if (!$('#letter').hidden && state.letter != null) openLetter(state.letter);

@@ -77,6 +77,9 @@ function historyParams() {
   set('msg_id', '#history-msgid');
   set('user', '#history-user');
   set('type', '#history-type');
+  set('target', '#history-target');
+  set('state', '#history-state');
+  set('instance', '#history-instance');
   const since = $('#history-since').value;
   const until = $('#history-until').value;
   if (since) params.set('since_ms', String(new Date(since).getTime()));
@@ -154,7 +157,7 @@ async function openStored(id) {
   try { cb = await api('GET', `/callbacks/${id}`); } catch (e) { return showHistoryStatus(e.message); }
   hist.open = id;
   $('#stored-id').textContent = id;
-  const fields = [['f.account', cb.account], ['col.kind', kind(cb.msg_type, cb.event)], ['d.received', dateTime(cb.received_at_ms)]];
+  const fields = [['f.account', cb.account], ['col.kind', kind(cb.msg_type, cb.event)], ['d.received', dateTime(cb.received_at_ms)], ['h.instance', cb.instance || t('h.instance_unknown')]];
   $('#stored-fields').replaceChildren(...fields.flatMap(([k, v]) => [el('dt', {}, t(k)), el('dd', {}, String(v))]));
   const answer = cb.answer;
   $('#stored-answer').textContent = answer ? [answer.content_type || '', answer.body ?? ''].filter(Boolean).join('\n') : t('h.no_answer');

@@ -13,6 +13,7 @@ use wechat_fanout::wechat::Kind;
 use crate::support::browser::Browser;
 use crate::support::{FAST, Proxy, Target, Wx, client, settle, text_xml};
 
+mod charts;
 mod history;
 
 const TOKEN: &str = "console-test-token-0123456789";

@@ -4,7 +4,8 @@
 //!
 //! - `GET /`, `/console.css`, `/i18n.js` (its words in English and Chinese), `/message.js` (a
 //!   message as fields), `/targets.js`, `/history.js` (the stored callbacks: the live view's
-//!   first rows, and searched), `/console.js`: the page; it holds no data, so it is always
+//!   first rows, and searched), `/charts.js` (the charts, from `GET /console/charts`),
+//!   `/console.js`: the page; it holds no data, so it is always
 //!   served.
 //! - `POST /console/login` `{"token": …}`: a session cookie; `POST /console/logout` ends it.
 //! - `GET /console/session`: whether the caller is in, the CSRF token, whether content is shown.
@@ -68,6 +69,7 @@ const I18N_JS: &str = include_str!("../../../console/i18n.js");
 const MESSAGE_JS: &str = include_str!("../../../console/message.js");
 const TARGETS_JS: &str = include_str!("../../../console/targets.js");
 const HISTORY_JS: &str = include_str!("../../../console/history.js");
+const CHARTS_JS: &str = include_str!("../../../console/charts.js");
 
 /// A login's body is a small JSON object.
 const MAX_LOGIN_BYTES: usize = 4096;
@@ -169,6 +171,7 @@ impl Console {
             ["message.js"] => (MESSAGE_JS, "text/javascript; charset=utf-8"),
             ["targets.js"] => (TARGETS_JS, "text/javascript; charset=utf-8"),
             ["history.js"] => (HISTORY_JS, "text/javascript; charset=utf-8"),
+            ["charts.js"] => (CHARTS_JS, "text/javascript; charset=utf-8"),
             _ => return None,
         };
         let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
