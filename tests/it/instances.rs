@@ -302,7 +302,8 @@ async fn attempts_and_handoffs_longer_than_the_lease_are_sent_once() {
 
 /// An operator asks either instance: both show the whole deployment. A callback accepted by one
 /// instance whose target refuses it (400) is a dead letter listed by the other's `/dead-letters`
-/// and `dead-letters` CLI, and counted in the other's `/metrics` queue gauges.
+/// and `dead-letters` CLI, and counted in the other's `/metrics` queue gauges; each instance's
+/// console charts count the callbacks both accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_instance_shows_the_whole_deployments_queue_and_dead_letters() {
     let redis = RedisServer::start(&[]);
@@ -338,6 +339,34 @@ async fn every_instance_shows_the_whole_deployments_queue_and_dead_letters() {
         assert!(listed.contains("\"audit\""), "{listed}");
         let letters = listed_dead_letters(&instance.config).await;
         assert_eq!(targets_of(&letters), ["audit"], "{letters:?}");
+    }
+
+    // The console's charts: a callback accepted by each instance, counted by each and added up
+    // in Redis, so either instance's charts show both (each adds its counts every 10 s).
+    let other = wx.seal(&text_xml("accepted by the other instance"));
+    assert_eq!(b.post(&other).await, (200, "success".to_owned()));
+    for instance in [&b, &a] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, text) = instance.admin("/console/charts?minutes=5").await;
+            assert_eq!(status, 200, "{text}");
+            let charts: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let sum = |series: &serde_json::Value| -> i64 {
+                series.as_array().unwrap().iter().filter_map(|v| v.as_i64()).sum()
+            };
+            let accepted = sum(&charts["callbacks"]["accepted"]);
+            let audit = (charts["targets"].as_array().unwrap().iter())
+                .find(|t| t["target"] == "audit")
+                .map(|t| sum(&t["dead"]));
+            if (accepted, audit) == (2, Some(2)) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the charts never showed both instances' callbacks: {text}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 }
 
