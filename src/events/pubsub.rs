@@ -25,6 +25,11 @@ use tracing::{debug, warn};
 
 /// Messages waiting to be published; beyond this they are dropped.
 const OUTBOX: usize = 4096;
+/// How long a message that may share its PUBLISH ([`Outgoing::JOINED`]) waits for others…
+const LINGER: Duration = Duration::from_millis(10);
+/// …and how many share one at most, and how many bytes.
+const JOINED_MAX: usize = 64;
+const JOINED_MAX_BYTES: usize = 256 * 1024;
 /// How long to wait before trying Redis again after it failed.
 const RETRY: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -42,6 +47,11 @@ pub type Heard = Arc<dyn Fn(&str, &[u8]) + Send + Sync>;
 /// A message as queued: written to bytes by the publishing task, off the publisher's path
 /// (ingress publishes before WeChat has its answer).
 pub trait Outgoing: Send + 'static {
+    /// Messages of a kind whose bytes never hold a newline may travel several to a PUBLISH, a
+    /// line each, after waiting up to [`LINGER`] for company: Redis's cost is per PUBLISH and
+    /// per subscriber it reaches, not per byte. Those that hear them split the lines.
+    const JOINED: bool = false;
+
     fn into_bytes(self) -> Vec<u8>;
 }
 
@@ -112,15 +122,23 @@ async fn publish<M: Outgoing>(
     // One warning per outage, not one per message.
     let mut warned = false;
     let mut checked = Instant::now();
+    // A message taken while joining that was for another channel: the next to send.
+    let mut next = None;
     loop {
-        let (channel, message) = tokio::select! {
-            message = queued.recv() => match message {
-                Some(message) => message,
-                None => return,
+        let (channel, message) = match next.take() {
+            Some(message) => message,
+            None => tokio::select! {
+                message = queued.recv() => match message {
+                    Some(message) => message,
+                    None => return,
+                },
+                () = shutdown.cancelled() => return,
             },
-            () = shutdown.cancelled() => return,
         };
-        let payload = message.into_bytes();
+        let mut payload = message.into_bytes();
+        if M::JOINED {
+            next = join(&mut queued, &channel, &mut payload).await;
+        }
         if checked.elapsed() >= RECHECK {
             checked = Instant::now();
             if let Some((_, node)) = &connection
@@ -162,6 +180,31 @@ async fn publish<M: Outgoing>(
             };
         }
     }
+}
+
+/// Adds to `payload` (one message) the messages for `channel` that come within [`LINGER`], a
+/// line each, up to [`JOINED_MAX`] of them and [`JOINED_MAX_BYTES`]; the first message for
+/// another channel ends it, and is returned.
+async fn join<M: Outgoing>(
+    queued: &mut mpsc::Receiver<(Arc<str>, M)>,
+    channel: &Arc<str>,
+    payload: &mut Vec<u8>,
+) -> Option<(Arc<str>, M)> {
+    let until = tokio::time::Instant::now() + LINGER;
+    for _ in 1..JOINED_MAX {
+        if payload.len() >= JOINED_MAX_BYTES {
+            break;
+        }
+        let Ok(Some((to, message))) = tokio::time::timeout_at(until, queued.recv()).await else {
+            break;
+        };
+        if to != *channel {
+            return Some((to, message));
+        }
+        payload.push(b'\n');
+        payload.extend_from_slice(&message.into_bytes());
+    }
+    None
 }
 
 async fn listen(
@@ -210,5 +253,47 @@ async fn listen(
             () = tokio::time::sleep(RETRY) => {}
             () = shutdown.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Line(&'static str);
+
+    impl Outgoing for Line {
+        const JOINED: bool = true;
+
+        fn into_bytes(self) -> Vec<u8> {
+            self.0.as_bytes().to_vec()
+        }
+    }
+
+    /// What comes within the linger for the same channel shares the PUBLISH, a line each; the
+    /// first message for another channel ends it and is sent next.
+    #[tokio::test]
+    async fn messages_of_a_channel_share_a_publish_until_another_channel_comes() {
+        let (outbox, mut queued) = mpsc::channel(16);
+        let (events, other): (Arc<str>, Arc<str>) = (Arc::from("events"), Arc::from("other"));
+        for (channel, text) in [
+            (&events, "b"),
+            (&events, "c"),
+            (&other, "x"),
+            (&events, "d"),
+        ] {
+            assert!(outbox.try_send((channel.clone(), Line(text))).is_ok());
+        }
+        let mut payload = b"a".to_vec();
+        let next = join(&mut queued, &events, &mut payload).await;
+        assert_eq!(payload, b"a\nb\nc");
+        let (channel, message) = next.expect("the other channel's message");
+        assert_eq!((&*channel, message.0), ("other", "x"));
+        // Alone within the linger: sent alone.
+        let mut payload = b"d".to_vec();
+        let (_, message) = queued.recv().await.expect("queued");
+        assert_eq!(message.0, "d");
+        assert!(join(&mut queued, &events, &mut payload).await.is_none());
+        assert_eq!(payload, b"d");
     }
 }

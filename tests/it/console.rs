@@ -556,7 +556,10 @@ async fn a_chinese_browser_gets_a_chinese_dashboard_that_reads_messages_and_fits
             json!([]),
         )
         .await;
-    assert_eq!(words, json!(["zh-CN", "实时", "图表", "目标", "死信", "已连接"]));
+    assert_eq!(
+        words,
+        json!(["zh-CN", "实时", "图表", "目标", "死信", "已连接"])
+    );
 
     // A message as fields, its XML one click away.
     // The tester's target owns the reply: WeChat gets its (empty) answer.

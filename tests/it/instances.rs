@@ -352,7 +352,12 @@ async fn every_instance_shows_the_whole_deployments_queue_and_dead_letters() {
             assert_eq!(status, 200, "{text}");
             let charts: serde_json::Value = serde_json::from_str(&text).unwrap();
             let sum = |series: &serde_json::Value| -> i64 {
-                series.as_array().unwrap().iter().filter_map(|v| v.as_i64()).sum()
+                series
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|v| v.as_i64())
+                    .sum()
             };
             let accepted = sum(&charts["callbacks"]["accepted"]);
             let audit = (charts["targets"].as_array().unwrap().iter())
