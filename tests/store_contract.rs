@@ -406,27 +406,38 @@ async fn insert_if_absent_is_the_dedupe(store: Arc<dyn Store>) {
     assert_eq!(store.lease_due(&key("a"), 10).await.unwrap().len(), 1);
 }
 
-/// Concurrent accepts of one key: exactly one is new.
+/// Concurrent accepts of two keys (on Redis most of them in one batch): exactly one of each is
+/// new, and every other names it as its first copy.
 async fn concurrent_resends_create_one_callback(store: Arc<dyn Store>) {
-    let tasks: Vec<_> = (0..16)
-        .map(|_| {
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
             let store = store.clone();
+            let key = if i % 2 == 0 { "same" } else { "other" };
             tokio::spawn(async move {
-                store
-                    .accept(callback(&*store, "same", &[("a", false)]).await)
+                let accepted = store
+                    .accept(callback(&*store, key, &[("a", false)]).await)
                     .await
-                    .unwrap()
+                    .unwrap();
+                (key, accepted)
             })
         })
         .collect();
-    let mut new = 0;
+    let mut new = std::collections::HashMap::new();
+    let mut firsts = Vec::new();
     for task in tasks {
-        if matches!(task.await.unwrap(), Accepted::New { .. }) {
-            new += 1;
+        match task.await.unwrap() {
+            (key, Accepted::New { callback, .. }) => {
+                assert!(new.insert(key, callback).is_none(), "{key} stored twice");
+            }
+            (key, Accepted::Duplicate { callback, .. }) => firsts.push((key, callback)),
         }
     }
-    assert_eq!(new, 1);
-    assert_eq!(store.lease_due(&key("a"), 100).await.unwrap().len(), 1);
+    assert_eq!(new.len(), 2);
+    assert_eq!(firsts.len(), 30);
+    for (key, first) in firsts {
+        assert_eq!(first, new[key], "a resend of {key} names another callback");
+    }
+    assert_eq!(store.lease_due(&key("a"), 100).await.unwrap().len(), 2);
 }
 
 /// Leasing returns the original bytes, never the same job twice, and leased jobs are not due.

@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use futures_util::future::join_all;
 use redis::{Script, Value};
@@ -28,10 +29,8 @@ use super::options::Conn;
 use super::wait::{Replicas, mark, parse, wait_aof, wait_replicas};
 use crate::store::StoreError;
 
-/// At most this many accepts (or outcomes) go in one batch…
+/// At most this many accepts (or outcomes) go in one batch.
 const BATCH_MAX: usize = 64;
-/// …and at most this many batches of a kind are on their way at once; more wait and grow.
-const BATCHES_IN_FLIGHT: usize = 4;
 
 /// A script's reply row: fields that may be nil.
 pub(super) type Row = Vec<Option<Vec<u8>>>;
@@ -40,21 +39,28 @@ pub(super) type Row = Vec<Option<Vec<u8>>>;
 type Reply<O> = oneshot::Sender<Result<O, StoreError>>;
 
 /// Sends items in batches: whatever queued up while earlier batches were on their way goes in
-/// the next one (at most [`BATCH_MAX`]; at most [`BATCHES_IN_FLIGHT`] at once).
+/// the next one (at most [`BATCH_MAX`]).
+///
+/// Redis's cost is mostly per call (a script's start, a round trip's reads and writes, an AOF
+/// write), hardly per item: the fewer batches on their way at once, the larger each one grows
+/// under load. One on its way makes batches form by themselves at moderate rates (items wait at
+/// most one round trip); several are for round trips that wait on something else (a `WAIT` for
+/// replicas). Where no item waits on the answer, `linger` gathers more at low rates too.
 pub(super) struct Batcher<I, O> {
     queue: mpsc::UnboundedSender<(I, Reply<O>)>,
 }
 
 impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
-    /// `send` takes a batch and answers each item, in order. The task ends when the batcher is
-    /// dropped.
-    pub(super) fn spawn<F, Fut>(send: F) -> Batcher<I, O>
+    /// `send` takes a batch and answers each item, in order; at most `in_flight` batches are on
+    /// their way at once, and a batch not full waits up to `linger` for more. The task ends
+    /// when the batcher is dropped.
+    pub(super) fn spawn<F, Fut>(in_flight: usize, linger: Duration, send: F) -> Batcher<I, O>
     where
         F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<Result<O, StoreError>>> + Send + 'static,
     {
         let (queue, mut items) = mpsc::unbounded_channel::<(I, Reply<O>)>();
-        let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+        let slots = Arc::new(Semaphore::new(in_flight.max(1)));
         let send = Arc::new(send);
         tokio::spawn(async move {
             while let Some(first) = items.recv().await {
@@ -62,10 +68,16 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
                     return;
                 };
                 let mut batch = vec![first];
-                while batch.len() < BATCH_MAX
-                    && let Ok(item) = items.try_recv()
-                {
-                    batch.push(item);
+                let until = tokio::time::Instant::now() + linger;
+                while batch.len() < BATCH_MAX {
+                    match items.try_recv() {
+                        Ok(item) => batch.push(item),
+                        Err(_) if linger.is_zero() => break,
+                        Err(_) => match tokio::time::timeout_at(until, items.recv()).await {
+                            Ok(Some(item)) => batch.push(item),
+                            _ => break,
+                        },
+                    }
                 }
                 let send = send.clone();
                 tokio::spawn(async move {

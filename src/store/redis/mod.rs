@@ -71,8 +71,8 @@ use self::wait::Replicas;
 use super::{
     Accepted, Answer, Arrival, AttemptReport, CallbackDetail, CallbackId, DeadLetter,
     DeadLetterDetail, DeadLetterFilter, Disposition, HistoryPage, HistoryQuery, IdBlocks, Job,
-    JobId, Leased, NewCallback, QueueDepth, Recorded, Replayed, Store, StoreError, TargetKey,
-    new_lease_token,
+    JobId, Leased, NewCallback, NewJob, QueueDepth, Recorded, Replayed, Store, StoreError,
+    TargetKey, new_lease_token,
 };
 use crate::config::redact_url;
 use crate::metrics::minutes::MinuteCount;
@@ -94,6 +94,10 @@ macro_rules! id_value {
     )*};
 }
 id_value!(CallbackId, JobId);
+
+/// How long an attempt's outcome waits for others to share its script call: off WeChat's way,
+/// and long enough for the outcomes of one callback's targets, which answer about together.
+const OUTCOME_LINGER: Duration = Duration::from_millis(2);
 
 mod batch;
 mod callbacks;
@@ -135,7 +139,9 @@ pub struct RedisStore {
     /// The server has `WAITAOF` and AOF is on: new accepts wait for their fsync.
     waitaof: bool,
     scripts: Scripts,
-    /// Accounts this process has listed in `<prefix>:accounts` already.
+    /// Accounts this process has listed in `<prefix>:accounts` already, and targets (as
+    /// `account\ntarget`) it has listed in their account's `targets` set: an accept lists
+    /// only those not listed yet (the sets only grow).
     listed: Mutex<HashSet<Arc<str>>>,
     /// Accepts and outcomes on their way to Redis, in batches (set at the end of `open`).
     accepts: Option<Batcher<BatchItem, Row>>,
@@ -196,8 +202,20 @@ impl RedisStore {
             record: store.scripts.record.clone(),
         });
         let accepts = context.clone();
-        store.accepts = Some(Batcher::spawn(move |items| accepts.clone().accept(items)));
-        store.outcomes = Some(Batcher::spawn(move |items| context.clone().record(items)));
+        // Accepts: one batch on its way, or one per connection of their own with replicas
+        // (each waits for them); never a linger, WeChat waits for the answer. Outcomes: one
+        // on its way, gathered for OUTCOME_LINGER (a callback's targets answer together).
+        let in_flight = if store.replicas.is_some() {
+            ACCEPT_CONNECTIONS
+        } else {
+            1
+        };
+        store.accepts = Some(Batcher::spawn(in_flight, Duration::ZERO, move |items| {
+            accepts.clone().accept(items)
+        }));
+        store.outcomes = Some(Batcher::spawn(1, OUTCOME_LINGER, move |items| {
+            context.clone().record(items)
+        }));
         info!(
             cluster = options.cluster,
             sentinel_master = options.sentinel_master.as_deref(),
@@ -273,6 +291,19 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Whether this process listed every target of `jobs` in `account`'s `targets` set.
+    fn targets_listed(&self, account: &str, jobs: &[NewJob]) -> bool {
+        let listed = self.listed.lock().unwrap_or_else(|p| p.into_inner());
+        (jobs.iter()).all(|job| listed.contains(&*format!("{account}\n{}", job.target)))
+    }
+
+    fn list_targets(&self, account: &str, jobs: &[NewJob]) {
+        let mut listed = self.listed.lock().unwrap_or_else(|p| p.into_inner());
+        for job in jobs {
+            listed.insert(Arc::from(format!("{account}\n{}", job.target)));
+        }
+    }
+
     fn listed_already(&self, account: &str) -> bool {
         self.listed
             .lock()
@@ -343,6 +374,7 @@ impl Store for RedisStore {
             callback.msg_id.is_some(),
             callback.sender.is_some(),
             callback.instance.is_some(),
+            !self.targets_listed(&callback.account, &callback.jobs),
         ]
         .iter()
         .map(|p| if *p { '1' } else { '0' })
@@ -387,6 +419,7 @@ impl Store for RedisStore {
         match reply.first().and_then(|v| v.as_deref()) {
             Some(b"new") => {
                 // Stored (and, where the server has WAITAOF, fsynced) with its batch.
+                self.list_targets(&callback.account, &callback.jobs);
                 Ok(Accepted::New {
                     callback: callback.id,
                     jobs: callback.jobs.iter().map(|j| j.id).collect(),

@@ -1,11 +1,17 @@
 -- ARGV: lease ms, then per callback: id, dedupe key, received, msg_type, event,
 -- query, content type, body, answer pending ms, presence of (msg_type, event, content
--- type, authorizer, trace, headers, lane, msg id, sender, instance), job count, legacy dedupe
--- key or '', authorizer, trace context, replayed headers, lane, msg id, sender hash, accepting
--- instance, then (job id, target,
--- lease token or 0, lane or '') per job
--- (a lane: the job is lane-ordered). Each callback as if alone, in order; one reply each: {'new'},
--- or {'dup', id, answer, answer type, pending ms}.
+-- type, authorizer, trace, headers, lane, msg id, sender, instance, and whether the account's
+-- `targets` set must get its targets), job count, legacy dedupe key or '', authorizer, trace
+-- context, replayed headers, lane, msg id, sender hash, accepting instance, then (job id,
+-- target, lease token or 0, lane or '') per job (a lane: the job is lane-ordered). Each
+-- callback as if alone, in order; one reply each: {'new'}, or {'dup', id, answer, answer type,
+-- pending ms}.
+--
+-- Redis's cost is mostly per command a script calls, hardly per argument: what the whole batch
+-- reads or writes in one key is one command (the dedupe keys read with one HMGET and written
+-- with one HSET, the arrival index, each target's due and lease sets, the targets set), so a
+-- batch of n callbacks with t targets each costs n·(1 + t) commands and a few more, not about
+-- 10·n. A dedupe key taken by an earlier callback of the same batch is seen as taken.
 --
 -- The callback's hash holds its shape (`store::shape`): the version `v` this build writes,
 -- the query (still tagged with the authorizer, for instances of the build before), the
@@ -13,10 +19,9 @@
 -- fields of their own; so are the lane, WeChat's MsgId and the sender's keyed hash (version 5;
 -- the last two only for the console's history search, about 50 bytes a callback with their
 -- names, counted, not measured), and the instance that accepted it (version 6). Beside it, the
--- targets it was queued for
--- (`routed`, one a line); the account's arrival index (`arrivals`: id by time received) gets it
--- too. A lane-ordered job joins its lane (see prelude.lua): the first of it is due (or in
--- flight) as any job, the others are held.
+-- targets it was queued for (`routed`, one a line); the account's arrival index (`arrivals`:
+-- id by time received) gets it too. A lane-ordered job joins its lane (see prelude.lua): the
+-- first of it is due (or in flight) as any job, the others are held.
 --
 -- The legacy key (the build before's key for this callback): a callback that build
 -- stored under it (its `dedupe` field is that key) within the window is this one's
@@ -27,14 +32,27 @@
 local lease_ms = tonumber(ARGV[1])
 local legacy_window_ms = tonumber('LEGACY_WINDOW_MS')
 local shape_version = 'SHAPE_VERSION'
--- One clock reading, one SADD per target and one ZADD per lease set for the whole batch.
+-- One clock reading for the whole batch.
 local clock
 local function now()
   if not clock then clock = now_ms() end
   return clock
 end
-local targets, leases = {}, {}
--- The callback whose arguments follow ARGV[o], with n jobs.
+-- Written once for the batch, at the end: the targets to list, and per sorted set (each
+-- target's due and lease sets, the arrival index, `done`) its (score, member) pairs in order.
+local targets, zsets, zorder = {}, {}, {}
+local function zadd(key, score, member)
+  local members = zsets[key]
+  if not members then
+    members = {}
+    zsets[key] = members
+    table.insert(zorder, key)
+  end
+  table.insert(members, score)
+  table.insert(members, member)
+end
+-- The dedupe keys this batch took (key → id), and the (key, id) pairs to write.
+local taken, dedupe_pairs = {}, {}
 local function duplicate(existing)
   local a = redis.call('HMGET', K .. ':cb:' .. existing, 'answer', 'answer_type', 'answer_due')
   local pending = false
@@ -44,16 +62,18 @@ local function duplicate(existing)
   end
   return {'dup', existing, a[1] or false, a[2] or false, pending}
 end
-local function accept(o, n)
+-- The callback whose arguments follow ARGV[o], with n jobs; `existing`: the callback its
+-- dedupe key named when the batch began (false: none).
+local function accept(o, n, existing)
   local id, dedupe, received = ARGV[o + 1], ARGV[o + 2], ARGV[o + 3]
-  local existing = redis.call('HGET', K .. ':dedupe', dedupe)
+  existing = taken[dedupe] or existing
   if existing then
     if existing == id then return {'new'} end
     return duplicate(existing)
   end
   local legacy = ARGV[o + 12]
   if legacy ~= '' then
-    local first = redis.call('HGET', K .. ':dedupe', legacy)
+    local first = taken[legacy] or redis.call('HGET', K .. ':dedupe', legacy)
     if first and first ~= id then
       local c = redis.call('HMGET', K .. ':cb:' .. first, 'dedupe', 'received')
       if c[1] == legacy and tonumber(c[2]) >= tonumber(received) - legacy_window_ms then
@@ -62,10 +82,13 @@ local function accept(o, n)
     end
   end
   local present = ARGV[o + 10]
-  redis.call('HSET', K .. ':dedupe', dedupe, id)
+  taken[dedupe] = id
+  table.insert(dedupe_pairs, dedupe)
+  table.insert(dedupe_pairs, id)
   local cb = K .. ':cb:' .. id
   local fields = {'v', shape_version, 'dedupe', dedupe, 'received', received, 'query', ARGV[o + 6], 'body', ARGV[o + 8], 'open', n}
-  if legacy ~= '' and redis.call('HSETNX', K .. ':dedupe', legacy, id) == 1 then
+  if legacy ~= '' and not taken[legacy] and redis.call('HSETNX', K .. ':dedupe', legacy, id) == 1 then
+    taken[legacy] = id
     table.insert(fields, 'legacy'); table.insert(fields, legacy)
   end
   if string.sub(present, 1, 1) == '1' then table.insert(fields, 'msg_type'); table.insert(fields, ARGV[o + 4]) end
@@ -78,12 +101,14 @@ local function accept(o, n)
   if string.sub(present, 8, 8) == '1' then table.insert(fields, 'msg_id'); table.insert(fields, ARGV[o + 17]) end
   if string.sub(present, 9, 9) == '1' then table.insert(fields, 'sender'); table.insert(fields, ARGV[o + 18]) end
   if string.sub(present, 10, 10) == '1' then table.insert(fields, 'instance'); table.insert(fields, ARGV[o + 19]) end
+  -- '0': this instance listed its targets already (the set only grows).
+  local list_targets = string.sub(present, 11, 11) ~= '0'
   if ARGV[o + 9] ~= '' then table.insert(fields, 'answer_due'); table.insert(fields, now() + tonumber(ARGV[o + 9])) end
   local routed = {}
   for i = 0, n - 1 do table.insert(routed, ARGV[o + 21 + 4 * i] .. '\n') end
   table.insert(fields, 'routed'); table.insert(fields, table.concat(routed))
   redis.call('HSET', cb, unpack(fields))
-  redis.call('ZADD', K .. ':arrivals', received, id)
+  zadd(K .. ':arrivals', received, id)
   for i = 0, n - 1 do
     local b = o + 20 + 4 * i
     local job, target, token, lane = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
@@ -97,27 +122,35 @@ local function accept(o, n)
       if held then state = 'h' end
       redis.call('HSET', K .. ':job:' .. job, 'cb', id, 'target', target, 'state', state, 'lease', token, 'attempts', 0, 'base', 0, 'lane', lane)
     end
-    targets[target] = true
+    if list_targets then targets[target] = true end
     if held then
       -- Waits in its lane (listed in held:<t> by join_lane).
     elseif token == '0' then
-      redis.call('ZADD', K .. ':due:' .. target, now(), job)
+      zadd(K .. ':due:' .. target, now(), job)
     else
-      local set = K .. ':lease:' .. target
-      if not leases[set] then leases[set] = {} end
-      table.insert(leases[set], now() + lease_ms)
-      table.insert(leases[set], job)
+      zadd(K .. ':lease:' .. target, now() + lease_ms, job)
     end
   end
-  if n == 0 then redis.call('ZADD', K .. ':done', received, id) end
+  if n == 0 then zadd(K .. ':done', received, id) end
   return {'new'}
 end
-local replies, o = {}, 1
+-- Every callback's place in ARGV; their dedupe keys are read at once.
+local places, keys, o = {}, {}, 1
 while o < #ARGV do
-  local n = tonumber(ARGV[o + 11])
-  table.insert(replies, accept(o, n))
-  o = o + 19 + 4 * n
+  table.insert(places, o)
+  table.insert(keys, ARGV[o + 2])
+  o = o + 19 + 4 * tonumber(ARGV[o + 11])
 end
-for target in pairs(targets) do redis.call('SADD', K .. ':targets', target) end
-for set, members in pairs(leases) do redis.call('ZADD', set, unpack(members)) end
+local replies = {}
+if #keys > 0 then
+  local found = redis.call('HMGET', K .. ':dedupe', unpack(keys))
+  for i, at in ipairs(places) do
+    table.insert(replies, accept(at, tonumber(ARGV[at + 11]), found[i]))
+  end
+end
+if #dedupe_pairs > 0 then redis.call('HSET', K .. ':dedupe', unpack(dedupe_pairs)) end
+for _, key in ipairs(zorder) do redis.call('ZADD', key, unpack(zsets[key])) end
+local listed = {}
+for target in pairs(targets) do table.insert(listed, target) end
+if #listed > 0 then redis.call('SADD', K .. ':targets', unpack(listed)) end
 return replies
