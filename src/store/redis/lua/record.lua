@@ -1,12 +1,16 @@
 -- ARGV, per outcome (9 each): job, token, delivered|retry|dead, delay ms, attempt,
 -- at ms, status, error, error present. Each as if alone, in order; one reply each:
 -- 1: applied, 0: the lease does not hold.
--- Leases ended and jobs delivered in this batch: one ZREM per lease set and one DEL at the end.
+-- Leases ended and jobs delivered in this batch: one ZREM per lease set and one DEL at the end,
+-- and one HINCRBY per callback whose jobs were delivered.
 -- `retried:<t>` holds the target's jobs that failed at least once, by their callback's
 -- arrival (how old its backlog is: see depths.lua); they leave it when delivered or dead.
 -- A lane-ordered job delivered or dead leaves its lane, and the lane's next job is due; a retry
 -- keeps the lane.
 local ended, gone, delivered, settled = {}, {}, {}, {}
+-- Callbacks whose jobs were delivered in this batch, with how many each (closed at the end: one
+-- HINCRBY per callback, one ZADD to `done` for those with none left, as close_job does).
+local closing, closing_order = {}, {}
 local function settle(target, job)
   local set = K .. ':retried:' .. target
   if not settled[set] then settled[set] = {} end
@@ -28,7 +32,11 @@ local function record(o)
     if f[5] and f[5] ~= '0' then settle(target, job) end
     table.insert(gone, j)
     table.insert(gone, K .. ':att:' .. job)
-    close_job(f[4])
+    if not closing[f[4]] then
+      closing[f[4]] = 0
+      table.insert(closing_order, f[4])
+    end
+    closing[f[4]] = closing[f[4]] + 1
     if f[6] then leave_lane(f[6], target, job) end
     return 1
   end
@@ -57,4 +65,16 @@ for o = 0, #ARGV - 1, 9 do table.insert(replies, record(o)) end
 for set, jobs in pairs(ended) do redis.call('ZREM', set, unpack(jobs)) end
 for set, jobs in pairs(settled) do redis.call('ZREM', set, unpack(jobs)) end
 if #gone > 0 then redis.call('DEL', unpack(gone)) end
+local done = {}
+for _, cb in ipairs(closing_order) do
+  local key = K .. ':cb:' .. cb
+  if redis.call('HINCRBY', key, 'open', -closing[cb]) <= 0 then
+    local received = redis.call('HGET', key, 'received')
+    if received then
+      table.insert(done, received)
+      table.insert(done, cb)
+    end
+  end
+end
+if #done > 0 then redis.call('ZADD', K .. ':done', unpack(done)) end
 return replies
