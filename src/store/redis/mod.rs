@@ -98,6 +98,8 @@ id_value!(CallbackId, JobId);
 /// How long an attempt's outcome waits for others to share its script call: off WeChat's way,
 /// and long enough for the outcomes of one callback's targets, which answer about together.
 const OUTCOME_LINGER: Duration = Duration::from_millis(2);
+/// Batches of outcomes on their way at once.
+const OUTCOMES_IN_FLIGHT: usize = 4;
 
 mod batch;
 mod callbacks;
@@ -213,9 +215,11 @@ impl RedisStore {
         store.accepts = Some(Batcher::spawn(in_flight, Duration::ZERO, move |items| {
             accepts.clone().accept(items)
         }));
-        store.outcomes = Some(Batcher::spawn(1, OUTCOME_LINGER, move |items| {
-            context.clone().record(items)
-        }));
+        store.outcomes = Some(Batcher::spawn(
+            OUTCOMES_IN_FLIGHT,
+            OUTCOME_LINGER,
+            move |items| context.clone().record(items),
+        ));
         info!(
             cluster = options.cluster,
             sentinel_master = options.sentinel_master.as_deref(),
