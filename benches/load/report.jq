@@ -28,6 +28,7 @@ def title:
     "redis-everysec": "wechat-fanout on Redis (AOF everysec), 2 fast targets",
     "redis-two": "2 × wechat-fanout on one Redis (always), 2 fast targets",
     "redis-rate": "wechat-fanout on Redis (always) at a fixed rate",
+    "redis-rate-everysec": "wechat-fanout on Redis (everysec) at a fixed rate",
     "redis-replica": "wechat-fanout on Redis (always) + a replica, min_replicas 0",
     "redis-min1": "wechat-fanout on Redis (always) + a replica, min_replicas 1 (WAIT)" }[.] // . end;
 
@@ -151,8 +152,8 @@ def drain:
       + "| \($g | core) | \($g | per_callback) "
       + "| \($g | proxy_cores) | \($g | per_core) | \($g | by_thread) "
       # A fixed rate is not a capacity: no ratio.
-      + "| \(if $med.bare and ($s | ltrimstr("alt-") | IN("bare", "rate", "redis-rate") | not) then ($r | median) / $med.bare | ratio else "–" end) "
-      + "| \(if $med.nginx and ($s | ltrimstr("alt-") | IN("nginx", "rate", "redis-rate") | not) then ($r | median) / $med.nginx | ratio else "–" end) "
+      + "| \(if $med.bare and ($s | ltrimstr("alt-") | IN("bare", "rate", "redis-rate", "redis-rate-everysec") | not) then ($r | median) / $med.bare | ratio else "–" end) "
+      + "| \(if $med.nginx and ($s | ltrimstr("alt-") | IN("nginx", "rate", "redis-rate", "redis-rate-everysec") | not) then ($r | median) / $med.nginx | ratio else "–" end) "
       + "| \(if $med.fast and ($s | redis_capacity) then (($r | median) / $med.fast | ratio)
               + (if ($paired[$s] | length) > 0 then " (\($paired[$s] | min | ratio)–\($paired[$s] | max | ratio))" else "" end)
             else "–" end) |"
@@ -205,6 +206,16 @@ def drain:
           + (if ($pairs | length) > 0 then " (each run against its round's min_replicas = 0 runs: \($pairs | min | ratio)–\($pairs | max | ratio), median \($pairs | median | ratio))" else "" end)
           + "; p99 answer \($p99["redis-min1"] | ms) vs \($p99["redis-replica"] | ms)"
       else empty end ),
+    # Redis is one thread per primary, and an account's keys are in one slot: its CPU per
+    # callback sets the ceiling of a deployment for one account, however many instances.
+    ( $groups[] | select(all(.[]; (.cpu.store // 0) > 0)) | . as $g
+      | ($g | map(core_us(.cpu.store)) | median) as $us
+      | "- Redis's CPU per callback, \($g[0].scenario | title): \($us | . * 10 | round / 10) µs (runs \($g | map(core_us(.cpu.store)) | min | round)–\($g | map(core_us(.cpu.store)) | max | round)), a ceiling of ~\(1000000 / $us | round)/s per primary" ),
+    # The goals of Redis's cost per callback (AOF everysec): saturated, and at a fixed rate.
+    ( [["redis-everysec", 15], ["redis-rate-everysec", 50]][] as [$s, $goal]
+      | $groups[] | select(.[0].scenario == $s and all(.[]; (.cpu.store // 0) > 0))
+      | (map(core_us(.cpu.store)) | median) as $us
+      | "- Redis's CPU per callback, \($s | title): \($us | round) µs ≤ \($goal) µs: \(verdict($us <= $goal))" ),
     ( if $p99["redis-rate"] then
         "- p99 answer on Redis (always) at a fixed \($med["redis-rate"] | int)/s: \($p99["redis-rate"] | ms) ≤ 5 ms: \(verdict($p99["redis-rate"] <= 5000))"
       else empty end )

@@ -6,6 +6,7 @@
 #   BACKLOG=1 bash benches/load/run.sh    # adds the 1,000,000-callback backlog (memory) scenario
 #   SCENARIOS="fast down" bash benches/load/run.sh   # a subset of: bare nginx fast fast-h2 fast-pipe events
 #                                     #   slow down safe rate redis-always redis-everysec redis-two redis-rate
+#                                     #   redis-rate-everysec
 #                                     #   redis-replica redis-min1 (a name may repeat: ABBA orders)
 #   BACKLOG=1 SCENARIOS= bash benches/load/run.sh    # the backlog scenario alone
 #   CORES=2 bash benches/load/run.sh      # two-core mode: the proxy gets both cores (see below)
@@ -47,7 +48,8 @@
 # Redis scenarios (installs Debian's redis-server when missing): one instance on a standalone
 # redis-server with AOF and `appendfsync always` (redis-always) or `everysec` (redis-everysec);
 # two instances sharing one redis-server (always), each with the same two targets (redis-two);
-# the fixed rate on one instance (redis-rate). For redis-two the load is two wrk processes, one
+# the fixed rate on one instance (redis-rate; redis-rate-everysec with `everysec`: the moderate
+# load Redis's cost per callback is judged at, small batches). For redis-two the load is two wrk processes, one
 # per instance, with CONNS/2 connections each and disjoint callback numbers; their rates add up.
 # (Not nginx as a round-robin balancer in front: it would run on the server core and take a
 # share of it that neither proxy needs, so the two-instance figure would measure nginx too.)
@@ -559,7 +561,7 @@ run_reference() { # $1: bare|nginx; $2: run number
     record "{\"scenario\":\"nginx\",\"run\":$i,\"wrk\":$w,\"cpu\":$cpu,\"accepted\":$answered,\"drain\":\"$drain\",\"a\":$a,\"b\":$b}"
 }
 
-# $1: fast|fast-h2|fast-pipe|events|slow|down|safe|rate|redis-always|redis-everysec|redis-two|redis-rate|
+# $1: fast|fast-h2|fast-pipe|events|slow|down|safe|rate|redis-always|redis-everysec|redis-two|redis-rate|redis-rate-everysec|
 # redis-replica|redis-min1, or one of these
 # prefixed with alt- (run with ALT_BIN); $2: run number
 run_proxy() {
@@ -578,6 +580,7 @@ run_proxy() {
     wire=$(wire_of "$base")
     case $base in
         redis-always | redis-rate) store=redis fsync=always ;;
+        redis-rate-everysec) store=redis fsync=everysec ;;
         redis-everysec) store=redis fsync=everysec ;;
         redis-two) store=redis fsync=always two=1 admins+=("$P_ADMIN2") ;;
         redis-replica) store=redis fsync=always replica=1 ;;
@@ -603,7 +606,7 @@ run_proxy() {
     fi
     t0=$(thread_ticks "${pids[@]}")
     c0=$(cpu_snapshot "${pids[@]}")
-    if [[ $base == rate || $base == redis-rate ]]; then
+    if [[ $base == rate || $base == redis-rate || $base == redis-rate-everysec ]]; then
         local r
         r=$($CLIENT_CPU "$BIN/examples/load-gen" rate --addr "127.0.0.1:$P_PROXY" --rate "$RATE" \
             --duration "$DURATION" | grep '^RATE ' | cut -c6-)
@@ -726,7 +729,7 @@ log "results in $OUT; $PINNING; $RUNS run(s) of ${DURATION}s, $CONNS connections
 for scenario in $SCENARIOS; do
     case ${scenario#alt-} in
         bare | nginx) [[ $scenario != alt-* ]] || { echo "alt- applies to the proxy's scenarios" >&2; exit 1; } ;;
-        fast | fast-h2 | fast-pipe | events | slow | down | safe | rate | redis-always | redis-everysec | redis-two | redis-rate | redis-replica | redis-min1) ;;
+        fast | fast-h2 | fast-pipe | events | slow | down | safe | rate | redis-always | redis-everysec | redis-two | redis-rate | redis-rate-everysec | redis-replica | redis-min1) ;;
         *) echo "unknown scenario $scenario" >&2; exit 1 ;;
     esac
     if [[ $scenario == alt-* && ! -x $ALT_BIN ]]; then
