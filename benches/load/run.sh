@@ -6,7 +6,7 @@
 #   BACKLOG=1 bash benches/load/run.sh    # adds the 1,000,000-callback backlog (memory) scenario
 #   SCENARIOS="fast down" bash benches/load/run.sh   # a subset of: bare nginx fast fast-h2 fast-pipe events
 #                                     #   slow down safe rate redis-always redis-everysec redis-two redis-rate
-#                                     #   redis-rate-everysec
+#                                     #   redis-rate-everysec redis-min1-rate
 #                                     #   redis-replica redis-min1 (a name may repeat: ABBA orders)
 #   BACKLOG=1 SCENARIOS= bash benches/load/run.sh    # the backlog scenario alone
 #   CORES=2 bash benches/load/run.sh      # two-core mode: the proxy gets both cores (see below)
@@ -56,7 +56,8 @@
 # redis-replica and redis-min1: redis-always with a replica on the same machine (its own
 # redis-server, AOF always too, with the server), `store.redis.min_replicas` 0 and 1: what waiting
 # for the replica's acknowledgement (WAIT) costs. A replica on another machine adds one network
-# round trip per WAIT on top. Redis's CPU in the report is the primary's alone.
+# round trip per WAIT on top; redis-min1-rate: redis-min1 at the fixed rate (its p99 answer).
+# Redis's CPU in the report is the primary's alone.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -584,7 +585,7 @@ run_proxy() {
         redis-everysec) store=redis fsync=everysec ;;
         redis-two) store=redis fsync=always two=1 admins+=("$P_ADMIN2") ;;
         redis-replica) store=redis fsync=always replica=1 ;;
-        redis-min1) store=redis fsync=always replica=1 MIN_REPLICAS=1 ;;
+        redis-min1 | redis-min1-rate) store=redis fsync=always replica=1 MIN_REPLICAS=1 ;;
     esac
     case $base in
         slow) start_sinks "$expect" "$dir" ab "$SLOW_MS" ;;
@@ -606,7 +607,7 @@ run_proxy() {
     fi
     t0=$(thread_ticks "${pids[@]}")
     c0=$(cpu_snapshot "${pids[@]}")
-    if [[ $base == rate || $base == redis-rate || $base == redis-rate-everysec ]]; then
+    if [[ $base == rate || $base == redis-rate || $base == redis-rate-everysec || $base == redis-min1-rate ]]; then
         local r
         r=$($CLIENT_CPU "$BIN/examples/load-gen" rate --addr "127.0.0.1:$P_PROXY" --rate "$RATE" \
             --duration "$DURATION" | grep '^RATE ' | cut -c6-)
@@ -729,7 +730,7 @@ log "results in $OUT; $PINNING; $RUNS run(s) of ${DURATION}s, $CONNS connections
 for scenario in $SCENARIOS; do
     case ${scenario#alt-} in
         bare | nginx) [[ $scenario != alt-* ]] || { echo "alt- applies to the proxy's scenarios" >&2; exit 1; } ;;
-        fast | fast-h2 | fast-pipe | events | slow | down | safe | rate | redis-always | redis-everysec | redis-two | redis-rate | redis-rate-everysec | redis-replica | redis-min1) ;;
+        fast | fast-h2 | fast-pipe | events | slow | down | safe | rate | redis-always | redis-everysec | redis-two | redis-rate | redis-rate-everysec | redis-replica | redis-min1 | redis-min1-rate) ;;
         *) echo "unknown scenario $scenario" >&2; exit 1 ;;
     esac
     if [[ $scenario == alt-* && ! -x $ALT_BIN ]]; then
