@@ -1185,6 +1185,29 @@ async fn a_callbacks_jobs_are_found_whatever_their_ids(store: Arc<dyn Store>) {
     for job in store.lease_due(&key("b"), 10).await.unwrap() {
         record(&*store, report(&job, 1, Disposition::Dead)).await;
     }
+    // The history finds each job where it stands, whatever its id.
+    let history = store
+        .history(&HistoryQuery {
+            limit: 10,
+            ..HistoryQuery::default()
+        })
+        .await
+        .unwrap();
+    let entry = (history.callbacks.iter())
+        .find(|e| e.id == new.id)
+        .expect("the callback in the history");
+    let states: Vec<(&str, TargetState, Option<JobId>)> = (entry.targets.iter())
+        .map(|t| (t.target.as_str(), t.state, t.job))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("a", TargetState::Pending, Some(new.jobs[0].id)),
+            ("b", TargetState::Dead, Some(new.jobs[1].id)),
+            ("d", TargetState::Pending, Some(new.jobs[2].id)),
+            ("c", TargetState::Pending, Some(new.jobs[3].id)),
+        ]
+    );
     let detail = store.callback(new.id).await.unwrap().unwrap();
     let mut expected: Vec<(JobId, &str, JobState)> = vec![
         (new.jobs[0].id, "a", JobState::Pending),

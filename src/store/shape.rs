@@ -72,9 +72,10 @@
 //!   type or time, but never by MsgId or user.
 //! * **6**: beside the shape, the instance that accepted the callback (`instance`, its
 //!   `server.instance_name`), shown with it in the console and searched by. SQLite: the column
-//!   `callbacks.instance`; Redis: a field of the callback's hash. On Redis, a backfill also
-//!   names the job it queued in the callback's hash (`job:<target>`), where the history finds
-//!   it (a callback's own jobs follow its id). Builds before ignore both: a callback one of them
+//!   `callbacks.instance`; Redis: a field of the callback's hash. On Redis, a job whose id
+//!   does not follow its callback's in `routed`'s order (a backfill's; rarely, an accept's) is
+//!   named in the callback's hash (`job:<target>`), where the history finds it (it looks right
+//!   after the callback's id first). Builds before ignore both: a callback one of them
 //!   accepts has no instance (the console says it does not know), and the history takes a
 //!   target of a backfill made by a build before without a job where it looks as delivered.
 

@@ -105,7 +105,15 @@ local function accept(o, n, existing)
   local list_targets = string.sub(present, 11, 11) ~= '0'
   if ARGV[o + 9] ~= '' then table.insert(fields, 'answer_due'); table.insert(fields, now() + tonumber(ARGV[o + 9])) end
   local routed = {}
-  for i = 0, n - 1 do table.insert(routed, ARGV[o + 21 + 4 * i] .. '\n') end
+  for i = 0, n - 1 do
+    local job, target = ARGV[o + 20 + 4 * i], ARGV[o + 21 + 4 * i]
+    table.insert(routed, target .. '\n')
+    -- A job whose id does not follow the callback's in `routed`'s order is named beside it,
+    -- where the history looks when it is not there (as for a backfill's job).
+    if tonumber(job) ~= tonumber(id) + i + 1 then
+      table.insert(fields, 'job:' .. target); table.insert(fields, job)
+    end
+  end
   table.insert(fields, 'routed'); table.insert(fields, table.concat(routed))
   redis.call('HSET', cb, unpack(fields))
   zadd(K .. ':arrivals', received, id)
