@@ -8,6 +8,12 @@
 -- A lane-ordered job delivered or dead leaves its lane, and the lane's next job is due; a retry
 -- keeps the lane.
 local ended, gone, delivered, settled = {}, {}, {}, {}
+-- One clock reading for the batch's retries.
+local clock
+local function now()
+  if not clock then clock = now_ms() end
+  return clock
+end
 -- Callbacks whose jobs were delivered in this batch, with how many each (closed at the end: one
 -- HINCRBY per callback, one ZADD to `done` for those with none left, as close_job does).
 local closing, closing_order = {}, {}
@@ -44,16 +50,31 @@ local function record(o)
   local err = '-'
   if ARGV[o + 9] == '1' then err = 'E' .. ARGV[o + 8] end
   redis.call('HSET', K .. ':att:' .. job, attempt, at .. '|' .. status .. '|' .. err)
-  redis.call('HSET', j, 'attempts', attempt, 'updated', at)
-  if status ~= '' then redis.call('HSET', j, 'status', status) else redis.call('HDEL', j, 'status') end
-  if ARGV[o + 9] == '1' then redis.call('HSET', j, 'error', ARGV[o + 8]) else redis.call('HDEL', j, 'error') end
+  -- The job's fields in one HSET, and what this attempt did not have in one HDEL.
+  local set, gone_fields = {'attempts', attempt, 'updated', at}, {}
+  if status ~= '' then
+    table.insert(set, 'status'); table.insert(set, status)
+  else
+    table.insert(gone_fields, 'status')
+  end
+  if ARGV[o + 9] == '1' then
+    table.insert(set, 'error'); table.insert(set, ARGV[o + 8])
+  else
+    table.insert(gone_fields, 'error')
+  end
   if ARGV[o + 3] == 'retry' then
-    redis.call('HSET', j, 'state', 'p')
-    redis.call('ZADD', K .. ':due:' .. target, now_ms() + tonumber(ARGV[o + 4]), job)
+    table.insert(set, 'state'); table.insert(set, 'p')
+  else
+    table.insert(set, 'state'); table.insert(set, 'd')
+    table.insert(set, 'died'); table.insert(set, at)
+  end
+  redis.call('HSET', j, unpack(set))
+  if #gone_fields > 0 then redis.call('HDEL', j, unpack(gone_fields)) end
+  if ARGV[o + 3] == 'retry' then
+    redis.call('ZADD', K .. ':due:' .. target, now() + tonumber(ARGV[o + 4]), job)
     local received = redis.call('HGET', K .. ':cb:' .. f[4], 'received')
     if received then redis.call('ZADD', K .. ':retried:' .. target, 'NX', received, job) end
   else
-    redis.call('HSET', j, 'state', 'd', 'died', at)
     settle(target, job)
     redis.call('ZADD', K .. ':dead:' .. target, at, job)
     if f[6] then leave_lane(f[6], target, job) end
