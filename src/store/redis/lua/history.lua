@@ -46,14 +46,19 @@ local function targets_of(routed)
   for t in string.gmatch(routed or '', '([^\n]+)') do table.insert(list, t) end
   return list
 end
+-- Where a callback stands for its i-th target ({job or '', state}), read once per callback
+-- however often it is asked (the filter, then the reply).
+local function state_of(id, targets, known, i)
+  if not known[i] then
+    local job, st = job_of(id, i, targets[i])
+    known[i] = {job or '', st or 'delivered'}
+  end
+  return known[i]
+end
 -- Whether the callback stands in the state wanted for the target wanted.
-local function in_state(id, routed)
-  for i, t in ipairs(targets_of(routed)) do
-    if t == target then
-      if target_state == '' then return true end
-      local _, st = job_of(id, i, t)
-      return (st or 'delivered') == target_state
-    end
+local function in_state(id, targets, known)
+  for i, t in ipairs(targets) do
+    if t == target then return target_state == '' or state_of(id, targets, known, i)[2] == target_state end
   end
   return false
 end
@@ -61,22 +66,26 @@ end
 local function examine(id, score)
   examined = examined + 1
   local c = redis.call('HMGET', K .. ':cb:' .. id, 'received', 'msg_type', 'event', 'msg_id', 'sender', 'routed', 'instance')
+  local targets, known = nil, {}
   local ok = c[1]
     and (msg_id == '' or c[4] == msg_id)
     and (kind == '' or lower(c[2]) == kind or lower(c[3]) == kind)
     and (any_sender or (c[5] and senders[c[5]]))
     and (instance == '' or c[7] == instance)
-    and (target == '' or in_state(id, c[6]))
+  if ok and target ~= '' then
+    targets = targets_of(c[6])
+    ok = in_state(id, targets, known)
+  end
   if ok then
     local fields = {id, c[1], c[2] or false, c[3] or false, c[4] or false, c[6] or false, c[7] or false}
     for f = 1, 7 do table.insert(out, fields[f]) end
-    local targets = targets_of(c[6])
+    targets = targets or targets_of(c[6])
     table.insert(out, tostring(#targets))
     for i, t in ipairs(targets) do
-      local job, st = job_of(id, i, t)
+      local stands = state_of(id, targets, known, i)
       table.insert(out, t)
-      table.insert(out, job or '')
-      table.insert(out, st or 'delivered')
+      table.insert(out, stands[1])
+      table.insert(out, stands[2])
     end
     count = count + 1
   end
