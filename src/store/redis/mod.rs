@@ -141,10 +141,12 @@ pub struct RedisStore {
     /// The server has `WAITAOF` and AOF is on: new accepts wait for their fsync.
     waitaof: bool,
     scripts: Scripts,
-    /// Accounts this process has listed in `<prefix>:accounts` already, and targets (as
-    /// `account\ntarget`) it has listed in their account's `targets` set: an accept lists
-    /// only those not listed yet (the sets only grow).
+    /// Accounts this process has listed in `<prefix>:accounts` already.
     listed: Mutex<HashSet<Arc<str>>>,
+    /// Targets it has listed in their account's `targets` set: an accept lists only those not
+    /// listed yet (the sets only grow). Keyed by the callback's own `Arc`s: no allocation on
+    /// an accept's way.
+    listed_targets: Mutex<HashSet<(Arc<str>, Arc<str>)>>,
     /// Accepts and outcomes on their way to Redis, in batches (set at the end of `open`).
     accepts: Option<Batcher<BatchItem, Row>>,
     outcomes: Option<Batcher<BatchItem, i64>>,
@@ -187,6 +189,7 @@ impl RedisStore {
             waitaof: false,
             scripts: Scripts::new(),
             listed: Mutex::new(HashSet::new()),
+            listed_targets: Mutex::new(HashSet::new()),
             accepts: None,
             outcomes: None,
             prefix,
@@ -296,16 +299,14 @@ impl RedisStore {
     }
 
     /// Whether this process listed every target of `jobs` in `account`'s `targets` set.
-    fn targets_listed(&self, account: &str, jobs: &[NewJob]) -> bool {
-        let listed = self.listed.lock().unwrap_or_else(|p| p.into_inner());
-        (jobs.iter()).all(|job| listed.contains(&*format!("{account}\n{}", job.target)))
+    fn targets_listed(&self, account: &Arc<str>, jobs: &[NewJob]) -> bool {
+        let listed = (self.listed_targets.lock()).unwrap_or_else(|p| p.into_inner());
+        (jobs.iter()).all(|job| listed.contains(&(account.clone(), job.target.clone())))
     }
 
-    fn list_targets(&self, account: &str, jobs: &[NewJob]) {
-        let mut listed = self.listed.lock().unwrap_or_else(|p| p.into_inner());
-        for job in jobs {
-            listed.insert(Arc::from(format!("{account}\n{}", job.target)));
-        }
+    fn list_targets(&self, account: &Arc<str>, jobs: &[NewJob]) {
+        let mut listed = (self.listed_targets.lock()).unwrap_or_else(|p| p.into_inner());
+        listed.extend(jobs.iter().map(|job| (account.clone(), job.target.clone())));
     }
 
     fn listed_already(&self, account: &str) -> bool {
