@@ -10,7 +10,7 @@
 //!   was read once a minute: `pending` (jobs not delivered yet) and `oldest_s` (the age of the
 //!   oldest), `null` for a minute not read.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
@@ -115,16 +115,13 @@ impl Admin {
             },
             targets: Vec::new(),
         };
-        // Configured targets first, in their order, then any other the counts name.
-        let mut targets: BTreeMap<(String, String), TargetSeries> = BTreeMap::new();
-        let mut order = Vec::new();
+        // Configured targets first, in their order, then any other the counts name; `place`
+        // finds each one's series in `charts.targets`.
+        let mut place: HashMap<(String, String), usize> = HashMap::new();
         for target in self.shared.routes.load().targets() {
-            let key = (
-                target.key.account.to_string(),
-                target.key.target.to_string(),
-            );
-            order.push(key.clone());
-            targets.insert(key.clone(), TargetSeries::new(&key.0, &key.1, n));
+            let (account, name) = (&*target.key.account, &*target.key.target);
+            place.insert((account.to_owned(), name.to_owned()), charts.targets.len());
+            charts.targets.push(TargetSeries::new(account, name, n));
         }
         for count in counts {
             let Some(at) = usize::try_from(count.minute - first)
@@ -143,11 +140,13 @@ impl Admin {
                 series[at] += count.value;
                 continue;
             }
-            let key = (count.account, count.target);
-            let series = targets.entry(key.clone()).or_insert_with(|| {
-                order.push(key.clone());
-                TargetSeries::new(&key.0, &key.1, n)
-            });
+            let at_target = *place
+                .entry((count.account, count.target))
+                .or_insert_with_key(|(account, target)| {
+                    charts.targets.push(TargetSeries::new(account, target, n));
+                    charts.targets.len() - 1
+                });
+            let series = &mut charts.targets[at_target];
             match &*count.name {
                 "delivered" => series.delivered[at] += count.value,
                 "retry" => series.failed[at] += count.value,
@@ -164,15 +163,11 @@ impl Admin {
                 }
             }
         }
-        for key in order {
-            let Some(mut series) = targets.remove(&key) else {
-                continue;
-            };
+        for series in &mut charts.targets {
             for (at, buckets) in series.buckets.iter().enumerate() {
                 series.p50_ms[at] = percentile_ms(buckets, 0.5);
                 series.p99_ms[at] = percentile_ms(buckets, 0.99);
             }
-            charts.targets.push(series);
         }
         Ok(json(StatusCode::OK, &charts))
     }

@@ -113,17 +113,20 @@ impl std::str::FromStr for TargetState {
     type Err = &'static str;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        Ok(match text {
-            "delivered" => TargetState::Delivered,
-            "pending" => TargetState::Pending,
-            "failing" => TargetState::Failing,
-            "dead" => TargetState::Dead,
-            _ => return Err("a state is delivered, pending, failing or dead"),
-        })
+        (TargetState::ALL.into_iter())
+            .find(|state| state.as_str() == text)
+            .ok_or("a state is delivered, pending, failing or dead")
     }
 }
 
 impl TargetState {
+    const ALL: [TargetState; 4] = [
+        TargetState::Delivered,
+        TargetState::Pending,
+        TargetState::Failing,
+        TargetState::Dead,
+    ];
+
     /// The state of a target's job still held: dead, or failed `attempts` times so far.
     pub(super) fn of_job(dead: bool, attempts: u32) -> TargetState {
         match (dead, attempts) {
@@ -133,7 +136,7 @@ impl TargetState {
         }
     }
 
-    /// The name the store's scripts and the admin API use.
+    /// The name the store's scripts and the admin API use (and serde's, `snake_case`).
     pub fn as_str(self) -> &'static str {
         match self {
             TargetState::Delivered => "delivered",
@@ -279,6 +282,11 @@ mod tests {
         assert_eq!(TargetState::of_job(false, 2), TargetState::Failing);
         assert_eq!(TargetState::of_job(true, 0), TargetState::Dead);
         assert_eq!("failing".parse(), Ok(TargetState::Failing));
+        for state in TargetState::ALL {
+            let json = serde_json::to_string(&state).unwrap_or_default();
+            assert_eq!(json, format!("\"{}\"", state.as_str()));
+            assert_eq!(state.as_str().parse(), Ok(state));
+        }
         assert!("late".parse::<TargetState>().is_err());
     }
 

@@ -17,12 +17,17 @@ use crate::support::{Proxy, Target, Wx, text_xml};
 /// reads them again every 10 s.
 const CHARTS_WAIT: Duration = Duration::from_secs(40);
 
-/// The sum of a chart's bars or points of one series, per the page.
-fn series_sum(chart: &str, series: &str) -> String {
+/// The sum of a chart's bars or points of one series, per the page: an expression…
+fn series_total(chart: &str, series: &str) -> String {
     format!(
-        "return [...document.querySelectorAll('svg[data-chart=\"{chart}\"] [data-series=\"{series}\"]')]\
-         .reduce((sum, n) => sum + Number(n.dataset.value), 0);"
+        "[...document.querySelectorAll('svg[data-chart=\"{chart}\"] [data-series=\"{series}\"]')]\
+         .reduce((sum, n) => sum + Number(n.dataset.value), 0)"
     )
+}
+
+/// …and a script that returns it.
+fn series_sum(chart: &str, series: &str) -> String {
+    format!("return {};", series_total(chart, series))
 }
 
 /// Polls `script` until `done` says yes of what it returns, for at most [`CHARTS_WAIT`].
@@ -73,15 +78,9 @@ async fn charts_draw_the_deployments_traffic_per_minute() {
     browser.click("#tabs button[data-view=charts]").await;
     let outcomes = format!(
         "return [{}, {}, {}];",
-        series_sum("callbacks", "accepted")
-            .trim_start_matches("return ")
-            .trim_end_matches(';'),
-        series_sum("callbacks", "duplicate")
-            .trim_start_matches("return ")
-            .trim_end_matches(';'),
-        series_sum("callbacks", "rejected")
-            .trim_start_matches("return ")
-            .trim_end_matches(';'),
+        series_total("callbacks", "accepted"),
+        series_total("callbacks", "duplicate"),
+        series_total("callbacks", "rejected"),
     );
     wait_until(&browser, "the callbacks by outcome", &outcomes, |v| {
         *v == json!([5, 1, 1])
