@@ -459,6 +459,7 @@ impl Attempt {
         AttemptReport {
             key: job.key.clone(),
             job: job.id,
+            callback: job.callback,
             lease: job.lease,
             attempt: job.attempts + 1,
             at_ms: now_ms,

@@ -191,7 +191,7 @@ async fn history_searches_by_instance_and_target_state(store: Arc<dyn Store>) {
         ("b", one, 1, Disposition::RetryIn(Duration::from_secs(3600))),
         ("a", two, 0, Disposition::Dead),
     ] {
-        let report = report_for(target, cb.jobs[i].id, lease(cb, i), 1, disposition);
+        let report = report_for(target, cb.id, cb.jobs[i].id, lease(cb, i), 1, disposition);
         record(&*store, report).await;
     }
     let find = |change: &dyn Fn(&mut HistoryQuery)| {
@@ -326,6 +326,7 @@ fn key(target: &str) -> TargetKey {
 /// The report of a failed (500) attempt of `job` of `target` under `lease`, at 2,000 ms.
 fn report_for(
     target: &str,
+    callback: CallbackId,
     job: JobId,
     lease: LeaseToken,
     attempt: u32,
@@ -334,6 +335,7 @@ fn report_for(
     AttemptReport {
         key: key(target),
         job,
+        callback,
         lease,
         attempt,
         at_ms: 2_000,
@@ -348,7 +350,7 @@ fn report_for(
 fn report(job: &Job, attempt: u32, disposition: Disposition) -> AttemptReport {
     AttemptReport {
         lane: job.lane.clone(),
-        ..report_for(&job.key.target, job.id, job.lease, attempt, disposition)
+        ..report_for(&job.key.target, job.callback, job.id, job.lease, attempt, disposition)
     }
 }
 
@@ -601,13 +603,14 @@ async fn kept_values_read_back_and_are_replaced(store: Arc<dyn Store>) {
 async fn release_returns_jobs_in_flight_to_the_queue(store: Arc<dyn Store>) {
     let new = callback(&*store, "h1", &[("a", true), ("b", false), ("c", true)]).await;
     let tokens: Vec<Option<LeaseToken>> = new.jobs.iter().map(|j| j.lease).collect();
-    let Accepted::New { jobs, .. } = store.accept(new).await.unwrap() else {
+    let Accepted::New { jobs, callback: h1 } = store.accept(new).await.unwrap() else {
         panic!("h1 is new");
     };
     assert!(store.lease_due(&key("a"), 10).await.unwrap().is_empty());
     let leased = |target: &str, job, token| Leased {
         key: key(target),
         job,
+        callback: h1,
         token,
     };
     store
@@ -641,7 +644,7 @@ async fn bury_unrouted_turns_orphaned_jobs_into_dead_letters(store: Arc<dyn Stor
     )
     .await;
     let running = new.jobs[2].lease.unwrap();
-    let Accepted::New { jobs, .. } = store.accept(new).await.unwrap() else {
+    let Accepted::New { jobs, callback: o1 } = store.accept(new).await.unwrap() else {
         panic!("o1 is new");
     };
     store
@@ -675,7 +678,7 @@ async fn bury_unrouted_turns_orphaned_jobs_into_dead_letters(store: Arc<dyn Stor
     // The job in flight finishes its attempt as usual.
     record(
         &*store,
-        report_for("running", jobs[2], running, 1, Disposition::Delivered),
+        report_for("running", o1, jobs[2], running, 1, Disposition::Delivered),
     )
     .await;
     assert!(
@@ -1114,7 +1117,7 @@ async fn a_callback_is_shown_with_the_jobs_it_still_holds(store: Arc<dyn Store>)
     record(&*store, report(&a, 1, Disposition::RetryIn(later))).await;
     record(
         &*store,
-        report_for("b", jobs[1], b_lease, 1, Disposition::Dead),
+        report_for("b", id, jobs[1], b_lease, 1, Disposition::Dead),
     )
     .await;
     let c = lease_one(&*store, "c").await;
@@ -1701,7 +1704,7 @@ async fn two_instances(urls: Vec<String>, cluster: bool) -> (Arc<dyn Store>, Arc
 /// one's late outcome is not applied.
 async fn lease_expiry_hands_the_job_to_another_instance(a: Arc<dyn Store>, b: Arc<dyn Store>) {
     let new = callback(&*a, "x1", &[("a", true)]).await;
-    let (job_id, token) = (new.jobs[0].id, new.jobs[0].lease.unwrap());
+    let (job_id, token, cb) = (new.jobs[0].id, new.jobs[0].lease.unwrap(), new.id);
     a.accept(new).await.unwrap();
     assert!(b.lease_due(&key("a"), 10).await.unwrap().is_empty());
     assert_eq!(b.next_due(&key("a")).await.unwrap(), None);
@@ -1711,7 +1714,7 @@ async fn lease_expiry_hands_the_job_to_another_instance(a: Arc<dyn Store>, b: Ar
     assert_eq!(&taken.request.body[..], b"<xml><MsgId>x1</MsgId></xml>");
     assert_ne!(taken.lease, token);
     assert_eq!(
-        a.record(report_for("a", job_id, token, 1, Disposition::Delivered))
+        a.record(report_for("a", cb, job_id, token, 1, Disposition::Delivered))
             .await
             .unwrap(),
         Recorded::LeaseLost

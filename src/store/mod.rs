@@ -237,6 +237,7 @@ impl Job {
         Leased {
             key: self.key.clone(),
             job: self.id,
+            callback: self.callback,
             token: self.lease,
         }
     }
@@ -247,6 +248,8 @@ impl Job {
 pub struct Leased {
     pub key: TargetKey,
     pub job: JobId,
+    /// The job's callback: on Redis, a job leased at accept is held in its callback's hash.
+    pub callback: CallbackId,
     pub token: LeaseToken,
 }
 
@@ -400,6 +403,8 @@ pub enum Disposition {
 pub struct AttemptReport {
     pub key: TargetKey,
     pub job: JobId,
+    /// The job's callback: on Redis, a job leased at accept is held in its callback's hash.
+    pub callback: CallbackId,
     /// The lease the attempt ran under: the outcome applies only if it still holds.
     pub lease: LeaseToken,
     /// This attempt's number, from 1.

@@ -78,13 +78,30 @@
 //!   after the callback's id first). Builds before ignore both: a callback one of them
 //!   accepts has no instance (the console says it does not know), and the history takes a
 //!   target of a backfill made by a build before without a job where it looks as delivered.
+//! * **7** (Redis only; SQLite writes the number, its tables are as for 6): a job leased at
+//!   accept (the accepting instance sends it at once, most jobs) is held in its callback's
+//!   hash until its first outcome: the field `l:<target>` holds its lease token, and the
+//!   account's zset `inline` lists such callbacks by lease expiry. It gets no hash of its own
+//!   (`job:<id>`) and no entry in `lease:<target>`: delivered, it costs its callback's one
+//!   `HSET`. Failed, released, or left by a process that died (its lease expired), it moves to
+//!   a hash of its own and the sets every build reads. Outcomes name the job's callback and
+//!   target, so this build finds either form.
+//!
+//!   **With a build before during a rolling deploy.** Both builds accept, lease, renew and
+//!   record their own jobs; a job either build moved to its own hash and sets, either build
+//!   delivers, under its lease token, once. What the build before cannot do is take over a job
+//!   held in a hash: if an instance of this build dies while only instances of the build before
+//!   run, its held jobs wait (never lost) until an instance of this build runs again and finds
+//!   their leases expired. Its console shows such a job as delivered while it is held, and its
+//!   queue depth does not count it. Rolling back, drain first: stop this build's instances
+//!   gracefully (they release what they hold: it moves to the shared sets).
 
 use std::borrow::Cow;
 
 use bytes::Bytes;
 
 /// The version of the shape this build writes (see the module's doc for each version).
-pub const SHAPE_VERSION: u32 = 6;
+pub const SHAPE_VERSION: u32 = 7;
 
 /// Exactly what WeChat sent and every target gets again, with what the proxy learnt about the
 /// callback on arrival: the stored callback's shape.

@@ -572,6 +572,8 @@ impl Store for RedisStore {
                 .map_or(Vec::new(), |s| s.to_string().into_bytes()),
             report.error.as_deref().unwrap_or("").as_bytes().to_vec(),
             if report.error.is_some() { b"1" } else { b"0" }.to_vec(),
+            report.callback.to_string().into_bytes(),
+            report.key.target.as_bytes().to_vec(),
         ];
         let applied = self
             .outcomes
@@ -593,7 +595,11 @@ impl Store for RedisStore {
         for (account, jobs) in Self::by_account(&jobs) {
             let mut invocation = self.scripts.release.key(self.base(account));
             for job in jobs {
-                invocation.arg(job.job).arg(job.token);
+                invocation
+                    .arg(job.job)
+                    .arg(job.token)
+                    .arg(job.callback)
+                    .arg(&*job.key.target);
             }
             let _: i64 = invocation.invoke_async(&mut self.conn()).await?;
         }
@@ -606,7 +612,11 @@ impl Store for RedisStore {
             let mut invocation = self.scripts.renew.key(self.base(account));
             invocation.arg(self.lease_ms);
             for job in jobs {
-                invocation.arg(job.job).arg(job.token);
+                invocation
+                    .arg(job.job)
+                    .arg(job.token)
+                    .arg(job.callback)
+                    .arg(&*job.key.target);
             }
             let gone: Vec<JobId> = invocation.invoke_async(&mut self.conn()).await?;
             lost.extend(gone);

@@ -44,6 +44,7 @@ fn report(job: &Job, attempt: u32, disposition: Disposition) -> AttemptReport {
     AttemptReport {
         key: key(),
         job: job.id,
+        callback: job.callback,
         lease: job.lease,
         attempt,
         at_ms: 0,

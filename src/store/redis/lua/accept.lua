@@ -20,8 +20,10 @@
 -- the last two only for the console's history search, about 50 bytes a callback with their
 -- names, counted, not measured), and the instance that accepted it (version 6). Beside it, the
 -- targets it was queued for (`routed`, one a line); the account's arrival index (`arrivals`:
--- id by time received) gets it too. A lane-ordered job joins its lane (see prelude.lua): the
--- first of it is due (or in flight) as any job, the others are held.
+-- id by time received) gets it too. A job leased here (the accepting instance sends it at once)
+-- is held in the callback's hash, one field, not a hash and a lease set entry of its own
+-- (version 7, see prelude.lua). A lane-ordered job joins its lane (see prelude.lua): the
+-- first of it is due (or in flight) in a hash of its own as any job, the others are held.
 --
 -- The legacy key (the build before's key for this callback): a callback that build
 -- stored under it (its `dedupe` field is that key) within the window is this one's
@@ -115,30 +117,36 @@ local function accept(o, n, existing)
     end
   end
   table.insert(fields, 'routed'); table.insert(fields, table.concat(routed))
-  redis.call('HSET', cb, unpack(fields))
-  zadd(K .. ':arrivals', received, id)
+  local inline = false
   for i = 0, n - 1 do
     local b = o + 20 + 4 * i
     local job, target, token, lane = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
-    local state = 'f'
-    if token == '0' then state = 'p' end
-    local held = false
-    if lane == '' then
-      redis.call('HSET', K .. ':job:' .. job, 'cb', id, 'target', target, 'state', state, 'lease', token, 'attempts', 0, 'base', 0)
-    else
-      held = not join_lane(lane, target, job)
-      if held then state = 'h' end
-      redis.call('HSET', K .. ':job:' .. job, 'cb', id, 'target', target, 'state', state, 'lease', token, 'attempts', 0, 'base', 0, 'lane', lane)
-    end
     if list_targets then targets[target] = true end
-    if held then
-      -- Waits in its lane (listed in held:<t> by join_lane).
-    elseif token == '0' then
+    if token ~= '0' and lane == '' then
+      -- Leased at accept: held in the callback's hash (see prelude.lua).
+      table.insert(fields, 'l:' .. target); table.insert(fields, token)
+      inline = true
+    elseif lane == '' then
+      redis.call('HSET', K .. ':job:' .. job, 'cb', id, 'target', target, 'state', 'p', 'lease', 0, 'attempts', 0, 'base', 0)
       zadd(K .. ':due:' .. target, now(), job)
     else
-      zadd(K .. ':lease:' .. target, now() + lease_ms, job)
+      local state = 'f'
+      if token == '0' then state = 'p' end
+      local held = not join_lane(lane, target, job)
+      if held then state = 'h' end
+      redis.call('HSET', K .. ':job:' .. job, 'cb', id, 'target', target, 'state', state, 'lease', token, 'attempts', 0, 'base', 0, 'lane', lane)
+      if held then
+        -- Waits in its lane (listed in held:<t> by join_lane).
+      elseif token == '0' then
+        zadd(K .. ':due:' .. target, now(), job)
+      else
+        zadd(K .. ':lease:' .. target, now() + lease_ms, job)
+      end
     end
   end
+  if inline then zadd(K .. ':inline', now() + lease_ms, id) end
+  redis.call('HSET', cb, unpack(fields))
+  zadd(K .. ':arrivals', received, id)
   if n == 0 then zadd(K .. ':done', received, id) end
   return {'new'}
 end

@@ -10,7 +10,8 @@
 -- First right after the callback's id, one look per target the account has: ingress takes a
 -- callback's id and its jobs' in one block, so that is where they are. Only if fewer than the
 -- callback's `open` jobs are found there, in the dead, leased and due sets of every target of
--- the account: a read of every job it holds, slow on a backlog of millions.
+-- the account: a read of every job it holds, slow on a backlog of millions. Jobs held in the
+-- callback's hash (see prelude.lua) are read from it, in flight.
 local id = ARGV[1]
 local cb = K .. ':cb:' .. id
 if redis.call('EXISTS', cb) == 0 then return {} end
@@ -18,6 +19,9 @@ local out = redis.call('HMGET', cb, 'received', 'msg_type', 'event', 'query', 'c
   'authorizer', 'v', 'trace', 'headers', 'answer', 'answer_type', 'instance')
 local open = tonumber(redis.call('HGET', cb, 'open') or '0')
 local targets = redis.call('SMEMBERS', K .. ':targets')
+-- Jobs held in the callback's hash (leased at accept, no outcome yet; see prelude.lua).
+local inline = inline_jobs(id)
+open = open - #inline
 local jobs, seen = {}, {}
 local function look(job)
   if not seen[job] and redis.call('HGET', K .. ':job:' .. job, 'cb') == id then
@@ -46,7 +50,12 @@ local function scan()
   end
 end
 if #jobs < open then scan() end
-table.insert(out, tostring(#jobs))
+table.insert(out, tostring(#jobs + #inline))
+for _, held in ipairs(inline) do
+  for _, v in ipairs({held[2], held[1], 'f', '0', false, false, false, '0'}) do
+    table.insert(out, v)
+  end
+end
 local now
 for _, job in ipairs(jobs) do
   local j = redis.call('HMGET', K .. ':job:' .. job, 'target', 'state', 'attempts', 'status', 'error')

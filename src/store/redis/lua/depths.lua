@@ -15,6 +15,26 @@ local function first(key)
   if head[2] then return tonumber(head[2]) end
   return nil
 end
+-- Jobs held in callbacks' hashes (leased at accept, see prelude.lua) are in flight too: the
+-- first 1,000 such callbacks are read, by lease expiry, so the first seen per target is its
+-- oldest (taken a lease before its expiry).
+local held, held_since = {}, {}
+do
+  local fields = {}
+  for i = 2, #ARGV do table.insert(fields, 'l:' .. ARGV[i]) end
+  local entries = redis.call('ZRANGE', K .. ':inline', 0, 999, 'WITHSCORES')
+  for e = 1, #entries, 2 do
+    local tokens = redis.call('HMGET', K .. ':cb:' .. entries[e], unpack(fields))
+    for i = 2, #ARGV do
+      local token = tokens[i - 1]
+      if token and token ~= '0' then
+        local target = ARGV[i]
+        held[target] = (held[target] or 0) + 1
+        if not held_since[target] then held_since[target] = tonumber(entries[e + 1]) - lease_ms end
+      end
+    end
+  end
+end
 for i = 2, #ARGV do
   local target = ARGV[i]
   local due, lease = K .. ':due:' .. target, K .. ':lease:' .. target
@@ -31,8 +51,10 @@ for i = 2, #ARGV do
   if d and (not oldest or d < oldest) then oldest = d end
   local l = first(lease)
   if l and (not oldest or l - lease_ms < oldest) then oldest = l - lease_ms end
+  local h = held_since[target]
+  if h and (not oldest or h < oldest) then oldest = h end
   table.insert(counts, redis.call('ZCARD', due) + redis.call('ZCARD', K .. ':held:' .. target))
-  table.insert(counts, redis.call('ZCARD', lease))
+  table.insert(counts, redis.call('ZCARD', lease) + (held[target] or 0))
   table.insert(counts, redis.call('ZCARD', K .. ':dead:' .. target))
   table.insert(counts, oldest and tostring(oldest) or '')
 end

@@ -2,12 +2,14 @@
 -- longest), then due ones. Rows of 12 fields (job, callback, attempts, base, and the shape's
 -- query, content type, authorizer, version, trace context, replayed headers and lane, and the
 -- job's lane), then the bodies. Only a lane's first job is ever due or leased (see
--- prelude.lua), so nothing here needs to know lanes.
+-- prelude.lua), so nothing here needs to know lanes. Jobs held in callbacks' hashes whose lease
+-- expired are made due first, whatever their target (see prelude.lua).
 local target, limit, token = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local due_key, lease_key = K .. ':due:' .. target, K .. ':lease:' .. target
 local now = now_ms()
 local expiry = now + tonumber(ARGV[4])
 local rows, bodies = {}, {}
+sweep_inline(now, limit)
 local function take(job, from)
   redis.call('ZREM', from, job)
   local j = K .. ':job:' .. job

@@ -1,8 +1,13 @@
--- ARGV, per outcome (9 each): job, token, delivered|retry|dead, delay ms, attempt,
--- at ms, status, error, error present. Each as if alone, in order; one reply each:
--- 1: applied, 0: the lease does not hold.
--- Leases ended and jobs delivered in this batch: one ZREM per lease set and one DEL at the end,
--- and one HINCRBY per callback whose jobs were delivered.
+-- ARGV, per outcome (11 each): job, token, delivered|retry|dead, delay ms, attempt,
+-- at ms, status, error, error present, callback, target. Each as if alone, in order; one reply
+-- each: 1: applied, 0: the lease does not hold.
+--
+-- Each callback's hash is read once for the batch (`open`, `received`, and the lease tokens of
+-- its jobs held there), so a job leased at accept and delivered on its first attempt (most
+-- of them) costs no command of its own: its callback's hash is written once at the end, its
+-- jobs' tokens cleared and `open` lowered in one HSET. A job held there that failed moves to a
+-- hash of its own first (see prelude.lua); jobs in hashes of their own are read from those.
+-- Leases ended and jobs delivered in this batch: one ZREM per lease set and one DEL at the end.
 -- `retried:<t>` holds the target's jobs that failed at least once, by their callback's
 -- arrival (how old its backlog is: see depths.lua); they leave it when delivered or dead.
 -- A lane-ordered job delivered or dead leaves its lane, and the lane's next job is due; a retry
@@ -14,9 +19,35 @@ local function now()
   if not clock then clock = now_ms() end
   return clock
 end
--- Callbacks whose jobs were delivered in this batch, with how many each (closed at the end: one
--- HINCRBY per callback, one ZADD to `done` for those with none left, as close_job does).
-local closing, closing_order = {}, {}
+-- Per callback of the batch, in order: {open, received, tokens = {target → token}, whether it
+-- had tokens}, read at once; `closing` counts its jobs delivered in this batch, `cleared` the targets of those
+-- delivered from its hash.
+local cbs, cb_order = {}, {}
+do
+  local wanted = {}
+  for o = 0, #ARGV - 1, 11 do
+    local cb, target = ARGV[o + 10], ARGV[o + 11]
+    if not wanted[cb] then
+      wanted[cb] = {}
+      table.insert(cb_order, cb)
+    end
+    wanted[cb][target] = true
+  end
+  for _, cb in ipairs(cb_order) do
+    local fields, order = {'open', 'received'}, {}
+    for target in pairs(wanted[cb]) do
+      table.insert(fields, 'l:' .. target)
+      table.insert(order, target)
+    end
+    local f = redis.call('HMGET', K .. ':cb:' .. cb, unpack(fields))
+    local tokens, inline = {}, false
+    for i, target in ipairs(order) do
+      tokens[target] = f[i + 2]
+      if f[i + 2] then inline = true end
+    end
+    cbs[cb] = {open = tonumber(f[1] or '0'), received = f[2], tokens = tokens, inline = inline, closing = 0, cleared = {}}
+  end
+end
 local function settle(target, job)
   local set = K .. ':retried:' .. target
   if not settled[set] then settled[set] = {} end
@@ -24,25 +55,36 @@ local function settle(target, job)
 end
 -- The outcome whose arguments follow ARGV[o].
 local function record(o)
-  local job = ARGV[o + 1]
+  local job, token, cb, target = ARGV[o + 1], ARGV[o + 2], ARGV[o + 10], ARGV[o + 11]
+  local c = cbs[cb]
   local j = K .. ':job:' .. job
-  if delivered[job] then return 0 end
-  local f = redis.call('HMGET', j, 'state', 'lease', 'target', 'cb', 'attempts', 'lane')
-  if f[1] ~= 'f' or f[2] ~= ARGV[o + 2] then return 0 end
-  local target = f[3]
-  local set = K .. ':lease:' .. target
-  if not ended[set] then ended[set] = {} end
-  table.insert(ended[set], job)
+  local f
+  if c.tokens[target] == token then
+    -- Held in the callback's hash under this lease.
+    c.tokens[target] = '0'
+    if ARGV[o + 3] == 'delivered' then
+      delivered[job] = true
+      c.closing = c.closing + 1
+      table.insert(c.cleared, target)
+      return 1
+    end
+    own_hash(cb, target, job, 'f', token)
+    f = {'f', token, target, cb, '0', false}
+  else
+    if delivered[job] then return 0 end
+    f = redis.call('HMGET', j, 'state', 'lease', 'target', 'cb', 'attempts', 'lane')
+    if f[1] ~= 'f' or f[2] ~= token then return 0 end
+    target = f[3]
+    local set = K .. ':lease:' .. target
+    if not ended[set] then ended[set] = {} end
+    table.insert(ended[set], job)
+  end
   if ARGV[o + 3] == 'delivered' then
     delivered[job] = true
     if f[5] and f[5] ~= '0' then settle(target, job) end
     table.insert(gone, j)
     table.insert(gone, K .. ':att:' .. job)
-    if not closing[f[4]] then
-      closing[f[4]] = 0
-      table.insert(closing_order, f[4])
-    end
-    closing[f[4]] = closing[f[4]] + 1
+    c.closing = c.closing + 1
     if f[6] then leave_lane(f[6], target, job) end
     return 1
   end
@@ -72,8 +114,7 @@ local function record(o)
   if #gone_fields > 0 then redis.call('HDEL', j, unpack(gone_fields)) end
   if ARGV[o + 3] == 'retry' then
     redis.call('ZADD', K .. ':due:' .. target, now() + tonumber(ARGV[o + 4]), job)
-    local received = redis.call('HGET', K .. ':cb:' .. f[4], 'received')
-    if received then redis.call('ZADD', K .. ':retried:' .. target, 'NX', received, job) end
+    if c.received then redis.call('ZADD', K .. ':retried:' .. target, 'NX', c.received, job) end
   else
     settle(target, job)
     redis.call('ZADD', K .. ':dead:' .. target, at, job)
@@ -82,20 +123,31 @@ local function record(o)
   return 1
 end
 local replies = {}
-for o = 0, #ARGV - 1, 9 do table.insert(replies, record(o)) end
+for o = 0, #ARGV - 1, 11 do table.insert(replies, record(o)) end
 for set, jobs in pairs(ended) do redis.call('ZREM', set, unpack(jobs)) end
 for set, jobs in pairs(settled) do redis.call('ZREM', set, unpack(jobs)) end
 if #gone > 0 then redis.call('DEL', unpack(gone)) end
-local done = {}
-for _, cb in ipairs(closing_order) do
-  local key = K .. ':cb:' .. cb
-  if redis.call('HINCRBY', key, 'open', -closing[cb]) <= 0 then
-    local received = redis.call('HGET', key, 'received')
-    if received then
-      table.insert(done, received)
+-- Each callback with jobs delivered: one HSET (its `open` count and the tokens cleared);
+-- those with none left are done, and no longer hold jobs in their hash.
+local done, closed = {}, {}
+for _, cb in ipairs(cb_order) do
+  local c = cbs[cb]
+  if c.closing > 0 and c.received then
+    local open = c.open - c.closing
+    local fields = {'open', open}
+    for _, target in ipairs(c.cleared) do
+      table.insert(fields, 'l:' .. target); table.insert(fields, '0')
+    end
+    redis.call('HSET', K .. ':cb:' .. cb, unpack(fields))
+    if open <= 0 then
+      table.insert(done, c.received)
       table.insert(done, cb)
+      if c.inline then table.insert(closed, cb) end
     end
   end
 end
-if #done > 0 then redis.call('ZADD', K .. ':done', unpack(done)) end
+if #done > 0 then
+  redis.call('ZADD', K .. ':done', unpack(done))
+end
+if #closed > 0 then redis.call('ZREM', K .. ':inline', unpack(closed)) end
 return replies
