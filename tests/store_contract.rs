@@ -1743,6 +1743,66 @@ async fn renew_keeps_a_lease(a: Arc<dyn Store>, b: Arc<dyn Store>) {
     record(&*b, report(&taken, 1, Disposition::Delivered)).await;
 }
 
+/// Jobs handed over in memory at accept: counted in flight with their callback's arrival as
+/// the oldest; renewed, no other instance takes them; released, another does (under a new
+/// lease, the old one's outcome not applied). When their holder dies, the one lease call that
+/// finds them expired makes every target's job of the callback due, not only its own.
+async fn jobs_taken_at_accept_renew_release_and_outlive_their_holder(
+    a: Arc<dyn Store>,
+    b: Arc<dyn Store>,
+) {
+    let received = now_ms();
+    let mut kept = callback(&*a, "k1", &[("a", true), ("b", true)]).await;
+    kept.received_at_ms = received;
+    let held: Vec<Leased> = kept
+        .jobs
+        .iter()
+        .map(|j| Leased {
+            key: key(&j.target),
+            job: j.id,
+            callback: kept.id,
+            token: j.lease.unwrap(),
+        })
+        .collect();
+    a.accept(kept).await.unwrap();
+    let d = depth(&*b, "a").await.unwrap();
+    assert_eq!((d.pending, d.in_flight), (0, 1), "{d:?}");
+    let oldest = d.oldest_pending_ms.unwrap();
+    assert!((oldest - received).abs() < 1_000, "{oldest} vs {received}");
+    for _ in 0..4 {
+        tokio::time::sleep(SHORT_LEASE / 2).await;
+        assert!(a.renew(&held).await.unwrap().is_empty());
+        assert!(b.lease_due(&key("a"), 10).await.unwrap().is_empty());
+        assert!(b.lease_due(&key("b"), 10).await.unwrap().is_empty());
+    }
+    a.release(vec![held[0].clone()]).await.unwrap();
+    let released = lease_one(&*b, "a").await;
+    assert_eq!((released.id, released.attempts), (held[0].job, 0));
+    assert_eq!(a.renew(&held[..1]).await.unwrap(), vec![held[0].job]);
+    let late = AttemptReport {
+        lease: held[0].token,
+        ..report(&released, 1, Disposition::Delivered)
+    };
+    assert_eq!(a.record(late).await.unwrap(), Recorded::LeaseLost);
+    record(&*b, report(&released, 1, Disposition::Delivered)).await;
+
+    // Its holder dies: b's job is found once its lease expires, by a lease of another target.
+    let lost = callback(&*a, "k2", &[("a", true), ("b", true)]).await;
+    let (lost_a, lost_b) = (lost.jobs[0].id, lost.jobs[1].id);
+    a.accept(lost).await.unwrap();
+    tokio::time::sleep(SHORT_LEASE + Duration::from_millis(100)).await;
+    assert!(a.renew(&held[1..]).await.unwrap().is_empty(), "renewed in time");
+    assert_eq!(lease_one(&*b, "a").await.id, lost_a);
+    assert_eq!(b.next_due(&key("b")).await.unwrap(), Some(Duration::ZERO));
+    let taken = b.lease_due(&key("b"), 10).await.unwrap();
+    assert_eq!(
+        taken.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![lost_b],
+        "k1's job for b is still held"
+    );
+    assert_eq!(&taken[0].request.body[..], b"<xml><MsgId>k2</MsgId></xml>");
+}
+
 /// Dead letters, queue depths and purges cover the whole deployment, not one instance's work:
 /// what one instance buried, another lists, shows, counts and replays.
 async fn every_instance_sees_the_whole_deployment(a: Arc<dyn Store>, b: Arc<dyn Store>) {
@@ -1853,6 +1913,7 @@ macro_rules! instances {
             use super::*;
             instances!(@test $urls, $cluster, lease_expiry_hands_the_job_to_another_instance);
             instances!(@test $urls, $cluster, renew_keeps_a_lease);
+            instances!(@test $urls, $cluster, jobs_taken_at_accept_renew_release_and_outlive_their_holder);
             instances!(@test $urls, $cluster, every_instance_sees_the_whole_deployment);
             instances!(@test $urls, $cluster, instances_never_share_an_id);
             instances!(@test $urls, $cluster, an_older_instance_finds_a_callback_of_this_build_under_its_key);
