@@ -350,7 +350,14 @@ fn report_for(
 fn report(job: &Job, attempt: u32, disposition: Disposition) -> AttemptReport {
     AttemptReport {
         lane: job.lane.clone(),
-        ..report_for(&job.key.target, job.callback, job.id, job.lease, attempt, disposition)
+        ..report_for(
+            &job.key.target,
+            job.callback,
+            job.id,
+            job.lease,
+            attempt,
+            disposition,
+        )
     }
 }
 
@@ -1714,9 +1721,16 @@ async fn lease_expiry_hands_the_job_to_another_instance(a: Arc<dyn Store>, b: Ar
     assert_eq!(&taken.request.body[..], b"<xml><MsgId>x1</MsgId></xml>");
     assert_ne!(taken.lease, token);
     assert_eq!(
-        a.record(report_for("a", cb, job_id, token, 1, Disposition::Delivered))
-            .await
-            .unwrap(),
+        a.record(report_for(
+            "a",
+            cb,
+            job_id,
+            token,
+            1,
+            Disposition::Delivered
+        ))
+        .await
+        .unwrap(),
         Recorded::LeaseLost
     );
     record(&*b, report(&taken, 1, Disposition::Delivered)).await;
@@ -1791,7 +1805,10 @@ async fn jobs_taken_at_accept_renew_release_and_outlive_their_holder(
     let (lost_a, lost_b) = (lost.jobs[0].id, lost.jobs[1].id);
     a.accept(lost).await.unwrap();
     tokio::time::sleep(SHORT_LEASE + Duration::from_millis(100)).await;
-    assert!(a.renew(&held[1..]).await.unwrap().is_empty(), "renewed in time");
+    assert!(
+        a.renew(&held[1..]).await.unwrap().is_empty(),
+        "renewed in time"
+    );
     assert_eq!(lease_one(&*b, "a").await.id, lost_a);
     assert_eq!(b.next_due(&key("b")).await.unwrap(), Some(Duration::ZERO));
     let taken = b.lease_due(&key("b"), 10).await.unwrap();

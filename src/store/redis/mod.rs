@@ -101,6 +101,7 @@ const OUTCOME_LINGER: Duration = Duration::from_millis(2);
 /// Batches of outcomes on their way at once.
 const OUTCOMES_IN_FLIGHT: usize = 4;
 
+mod args;
 mod batch;
 mod callbacks;
 mod dead_letters;
@@ -367,54 +368,8 @@ impl Store for RedisStore {
     async fn accept(&self, callback: NewCallback) -> Result<Accepted, StoreError> {
         self.list_account(&callback.account).await?;
         let base = self.base(&callback.account);
-        let request = &callback.request;
-        let present = [
-            callback.msg_type.is_some(),
-            callback.event.is_some(),
-            request.content_type.is_some(),
-            request.authorizer.is_some(),
-            request.trace.is_some(),
-            !request.headers.is_empty(),
-            request.lane.is_some(),
-            callback.msg_id.is_some(),
-            callback.sender.is_some(),
-            callback.instance.is_some(),
-            !self.targets_listed(&callback.account, &callback.jobs),
-        ]
-        .iter()
-        .map(|p| if *p { '1' } else { '0' })
-        .collect::<String>();
-        let bytes = |s: &str| s.as_bytes().to_vec();
-        let mut args = vec![
-            callback.id.to_string().into_bytes(),
-            bytes(&callback.dedupe_key),
-            callback.received_at_ms.to_string().into_bytes(),
-            bytes(callback.msg_type.as_deref().unwrap_or("")),
-            bytes(callback.event.as_deref().unwrap_or("")),
-            bytes(&request.stored_query()),
-            bytes(request.content_type.as_deref().unwrap_or("")),
-            request.body.to_vec(),
-            callback
-                .answer_pending_ms
-                .map_or(Vec::new(), |ms| ms.to_string().into_bytes()),
-            present.into_bytes(),
-            callback.jobs.len().to_string().into_bytes(),
-            bytes(callback.legacy_dedupe_key.as_deref().unwrap_or("")),
-            bytes(request.authorizer.as_deref().unwrap_or("")),
-            bytes(request.trace.as_deref().unwrap_or("")),
-            bytes(request.stored_headers().as_deref().unwrap_or("")),
-            bytes(request.lane.as_deref().unwrap_or("")),
-            bytes(callback.msg_id.as_deref().unwrap_or("")),
-            bytes(callback.sender.as_deref().unwrap_or("")),
-            bytes(callback.instance.as_deref().unwrap_or("")),
-        ];
-        for job in &callback.jobs {
-            args.push(job.id.to_string().into_bytes());
-            args.push(bytes(&job.target));
-            args.push(job.lease.unwrap_or(0).to_string().into_bytes());
-            let lane = request.lane.as_deref().filter(|_| job.ordered);
-            args.push(bytes(lane.unwrap_or("")));
-        }
+        let list = !self.targets_listed(&callback.account, &callback.jobs);
+        let args = args::accept_args(&callback, list);
         let reply = self
             .accepts
             .as_ref()

@@ -4,21 +4,18 @@
 //!
 //! Every script begins with `lua/prelude.lua` (the account's key base `K`, Redis's clock,
 //! closing a job, a dead letter's fields), joined at load; the two that walk an account's
-//! arrival index (history, and a backfill's arrivals) also `lua/walk.lua`. Two constants of this build are
-//! written into the accept script's text: the window for legacy dedupe keys
-//! ([`LEGACY_KEY_WINDOW`]) where it says `LEGACY_WINDOW_MS`, and the version of the stored
-//! callback's shape ([`SHAPE_VERSION`]) where it says `SHAPE_VERSION`.
+//! arrival index (history, and a backfill's arrivals) also `lua/walk.lua`. The window for
+//! legacy dedupe keys ([`LEGACY_KEY_WINDOW`]) is written into the accept script's text where it
+//! says `LEGACY_WINDOW_MS` (the shape's version comes with the callback's fields: `args.rs`).
 
 use redis::Script;
 
-use crate::store::{LEGACY_KEY_WINDOW, SHAPE_VERSION};
+use crate::store::LEGACY_KEY_WINDOW;
 
 const PRELUDE: &str = include_str!("lua/prelude.lua");
 
 /// What the accept script reads as its legacy window, replaced by the window in milliseconds.
 const LEGACY_WINDOW_PLACEHOLDER: &str = "LEGACY_WINDOW_MS";
-/// What the accept script writes as the shape's version, replaced by [`SHAPE_VERSION`].
-const SHAPE_VERSION_PLACEHOLDER: &str = "SHAPE_VERSION";
 
 /// The scripts, hashed once (`EVALSHA`, loaded again by the client on `NOSCRIPT`).
 pub(super) struct Scripts {
@@ -101,14 +98,12 @@ fn source(body: &str) -> String {
     format!("{PRELUDE}{body}")
 }
 
-/// The accept script with this build's legacy window and shape version written in.
+/// The accept script with this build's legacy window written in.
 fn accept_body() -> String {
-    include_str!("lua/accept.lua")
-        .replace(
-            LEGACY_WINDOW_PLACEHOLDER,
-            &LEGACY_KEY_WINDOW.as_millis().to_string(),
-        )
-        .replace(SHAPE_VERSION_PLACEHOLDER, &SHAPE_VERSION.to_string())
+    include_str!("lua/accept.lua").replace(
+        LEGACY_WINDOW_PLACEHOLDER,
+        &LEGACY_KEY_WINDOW.as_millis().to_string(),
+    )
 }
 
 #[cfg(test)]
@@ -116,16 +111,13 @@ mod tests {
     use super::*;
 
     /// The window is a number in the script Redis runs: a placeholder left in its text would
-    /// make `tonumber` nil, and every accept with a legacy key fail. The shape's version is
-    /// this build's, or callbacks would be read as another version's.
+    /// make `tonumber` nil, and every accept with a legacy key fail.
     #[test]
-    fn the_accept_script_has_the_legacy_window_and_the_shape_version_written_in() {
+    fn the_accept_script_has_the_legacy_window_written_in() {
         let accept = source(&accept_body());
         assert!(!accept.contains(LEGACY_WINDOW_PLACEHOLDER), "{accept}");
         let window = format!("tonumber('{}')", LEGACY_KEY_WINDOW.as_millis());
         assert!(accept.contains(&window), "{accept}");
-        let version = format!("local shape_version = '{SHAPE_VERSION}'");
-        assert!(accept.contains(&version), "{accept}");
         assert!(accept.starts_with(PRELUDE));
     }
 }

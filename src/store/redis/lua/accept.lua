@@ -1,29 +1,27 @@
--- ARGV: lease ms, then per callback: id, dedupe key, received, msg_type, event,
--- query, content type, body, answer pending ms, presence of (msg_type, event, content
--- type, authorizer, trace, headers, lane, msg id, sender, instance, and whether the account's
--- `targets` set must get its targets), job count, legacy dedupe key or '', authorizer, trace
--- context, replayed headers, lane, msg id, sender hash, accepting instance, then (job id,
--- target, lease token or 0, lane or '') per job (a lane: the job is lane-ordered). Each
--- callback as if alone, in order; one reply each: {'new'}, or {'dup', id, answer, answer type,
--- pending ms}.
+-- ARGV: lease ms, then per callback: id, dedupe key, received, legacy dedupe key or '', answer
+-- pending ms or '', 'inline' (some of its jobs are held in its hash), 'done' (it has no
+-- jobs) or '', the number t of targets to add to the account's `targets` set, the number q of
+-- jobs queued in hashes of their own, the t targets, q (job id, target, lease token or 0, lane
+-- or '') quads (a lane: the job is lane-ordered), then the number f and f arguments: the
+-- field and value pairs of the callback's hash (`args.rs` builds them). Each callback as if
+-- alone, in order; one reply each: {'new'}, or {'dup', id, answer, answer type, pending ms}.
 --
--- Redis's cost is mostly per command a script calls, hardly per argument: what the whole batch
--- reads or writes in one key is one command (the dedupe keys read with one HMGET and written
--- with one HSET, the arrival index, each target's due and lease sets, the targets set), so a
--- batch of n callbacks with t targets each costs n·(1 + t) commands and a few more, not about
--- 10·n. A dedupe key taken by an earlier callback of the same batch is seen as taken.
+-- Redis's cost is mostly per command a script calls, and per line of Lua it runs: what the
+-- whole batch reads or writes in one key is one command (the dedupe keys read with one HMGET
+-- and written with one HSET, the arrival index, each target's due and lease sets, the
+-- targets set), and the callback's hash comes ready to write. A dedupe key taken by an
+-- earlier callback of the same batch is seen as taken.
 --
--- The callback's hash holds its shape (`store::shape`): the version `v` this build writes,
--- the query (still tagged with the authorizer, for instances of the build before), the
--- content type, the body, and the authorizer, the trace context and the replayed headers in
--- fields of their own; so are the lane, WeChat's MsgId and the sender's keyed hash (version 5;
--- the last two only for the console's history search, about 50 bytes a callback with their
--- names, counted, not measured), and the instance that accepted it (version 6). Beside it, the
--- targets it was queued for (`routed`, one a line); the account's arrival index (`arrivals`:
--- id by time received) gets it too. A job leased here (the accepting instance sends it at once)
--- is held in the callback's hash, one field, not a hash and a lease set entry of its own
--- (version 7, see prelude.lua). A lane-ordered job joins its lane (see prelude.lua): the
--- first of it is due (or in flight) in a hash of its own as any job, the others are held.
+-- The callback's hash holds its shape (`store::shape`): the version, the query (still tagged
+-- with the authorizer, for instances of the build before), the content type, the body, and
+-- the authorizer, the trace context, the replayed headers, the lane, WeChat's MsgId, the
+-- sender's keyed hash and the instance that accepted it, in fields of their own; beside it,
+-- the targets it was queued for (`routed`, one a line), a job whose id does not follow the
+-- callback's there (`job:<t>`), and the lease tokens of jobs held in it (`l:<t>`, version 7:
+-- a job leased here, which the accepting instance sends at once, gets no hash and no lease
+-- set entry of its own; see prelude.lua). The account's arrival index (`arrivals`: id by time
+-- received) gets it too. A lane-ordered job joins its lane (see prelude.lua): the first of it
+-- is due (or in flight) in a hash of its own as any job, the others are held.
 --
 -- The legacy key (the build before's key for this callback): a callback that build
 -- stored under it (its `dedupe` field is that key) within the window is this one's
@@ -33,7 +31,6 @@
 -- callbacks that key merged.
 local lease_ms = tonumber(ARGV[1])
 local legacy_window_ms = tonumber('LEGACY_WINDOW_MS')
-local shape_version = 'SHAPE_VERSION'
 -- One clock reading for the whole batch.
 local clock
 local function now()
@@ -48,10 +45,10 @@ local function zadd(key, score, member)
   if not members then
     members = {}
     zsets[key] = members
-    table.insert(zorder, key)
+    zorder[#zorder + 1] = key
   end
-  table.insert(members, score)
-  table.insert(members, member)
+  members[#members + 1] = score
+  members[#members + 1] = member
 end
 -- The dedupe keys this batch took (key → id), and the (key, id) pairs to write.
 local taken, dedupe_pairs = {}, {}
@@ -64,16 +61,16 @@ local function duplicate(existing)
   end
   return {'dup', existing, a[1] or false, a[2] or false, pending}
 end
--- The callback whose arguments follow ARGV[o], with n jobs; `existing`: the callback its
--- dedupe key named when the batch began (false: none).
-local function accept(o, n, existing)
+-- The callback whose arguments follow ARGV[o]; `existing`: the callback its dedupe key named
+-- when the batch began (false: none).
+local function accept(o, existing)
   local id, dedupe, received = ARGV[o + 1], ARGV[o + 2], ARGV[o + 3]
   existing = taken[dedupe] or existing
   if existing then
     if existing == id then return {'new'} end
     return duplicate(existing)
   end
-  local legacy = ARGV[o + 12]
+  local legacy = ARGV[o + 4]
   if legacy ~= '' then
     local first = taken[legacy] or redis.call('HGET', K .. ':dedupe', legacy)
     if first and first ~= id then
@@ -83,50 +80,32 @@ local function accept(o, n, existing)
       end
     end
   end
-  local present = ARGV[o + 10]
   taken[dedupe] = id
-  table.insert(dedupe_pairs, dedupe)
-  table.insert(dedupe_pairs, id)
+  dedupe_pairs[#dedupe_pairs + 1] = dedupe
+  dedupe_pairs[#dedupe_pairs + 1] = id
+  local t, q = tonumber(ARGV[o + 7]), tonumber(ARGV[o + 8])
+  local at = o + 8 + t + 4 * q + 1
+  local from, to = at + 1, at + tonumber(ARGV[at])
   local cb = K .. ':cb:' .. id
-  local fields = {'v', shape_version, 'dedupe', dedupe, 'received', received, 'query', ARGV[o + 6], 'body', ARGV[o + 8], 'open', n}
+  local extra = {}
   if legacy ~= '' and not taken[legacy] and redis.call('HSETNX', K .. ':dedupe', legacy, id) == 1 then
     taken[legacy] = id
-    table.insert(fields, 'legacy'); table.insert(fields, legacy)
+    extra[1], extra[2] = 'legacy', legacy
   end
-  if string.sub(present, 1, 1) == '1' then table.insert(fields, 'msg_type'); table.insert(fields, ARGV[o + 4]) end
-  if string.sub(present, 2, 2) == '1' then table.insert(fields, 'event'); table.insert(fields, ARGV[o + 5]) end
-  if string.sub(present, 3, 3) == '1' then table.insert(fields, 'ctype'); table.insert(fields, ARGV[o + 7]) end
-  if string.sub(present, 4, 4) == '1' then table.insert(fields, 'authorizer'); table.insert(fields, ARGV[o + 13]) end
-  if string.sub(present, 5, 5) == '1' then table.insert(fields, 'trace'); table.insert(fields, ARGV[o + 14]) end
-  if string.sub(present, 6, 6) == '1' then table.insert(fields, 'headers'); table.insert(fields, ARGV[o + 15]) end
-  if string.sub(present, 7, 7) == '1' then table.insert(fields, 'lane'); table.insert(fields, ARGV[o + 16]) end
-  if string.sub(present, 8, 8) == '1' then table.insert(fields, 'msg_id'); table.insert(fields, ARGV[o + 17]) end
-  if string.sub(present, 9, 9) == '1' then table.insert(fields, 'sender'); table.insert(fields, ARGV[o + 18]) end
-  if string.sub(present, 10, 10) == '1' then table.insert(fields, 'instance'); table.insert(fields, ARGV[o + 19]) end
-  -- '0': this instance listed its targets already (the set only grows).
-  local list_targets = string.sub(present, 11, 11) ~= '0'
-  if ARGV[o + 9] ~= '' then table.insert(fields, 'answer_due'); table.insert(fields, now() + tonumber(ARGV[o + 9])) end
-  local routed = {}
-  for i = 0, n - 1 do
-    local job, target = ARGV[o + 20 + 4 * i], ARGV[o + 21 + 4 * i]
-    table.insert(routed, target .. '\n')
-    -- A job whose id does not follow the callback's in `routed`'s order is named beside it,
-    -- where the history looks when it is not there (as for a backfill's job).
-    if tonumber(job) ~= tonumber(id) + i + 1 then
-      table.insert(fields, 'job:' .. target); table.insert(fields, job)
-    end
+  if ARGV[o + 5] ~= '' then
+    extra[#extra + 1] = 'answer_due'
+    extra[#extra + 1] = now() + tonumber(ARGV[o + 5])
   end
-  table.insert(fields, 'routed'); table.insert(fields, table.concat(routed))
-  local inline = false
-  for i = 0, n - 1 do
-    local b = o + 20 + 4 * i
+  if #extra == 0 then
+    redis.call('HSET', cb, unpack(ARGV, from, to))
+  else
+    for k = from, to do extra[#extra + 1] = ARGV[k] end
+    redis.call('HSET', cb, unpack(extra))
+  end
+  for k = o + 9, o + 8 + t do targets[ARGV[k]] = true end
+  for b = o + 9 + t, o + 8 + t + 4 * q, 4 do
     local job, target, token, lane = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
-    if list_targets then targets[target] = true end
-    if token ~= '0' and lane == '' then
-      -- Leased at accept: held in the callback's hash (see prelude.lua).
-      table.insert(fields, 'l:' .. target); table.insert(fields, token)
-      inline = true
-    elseif lane == '' then
+    if lane == '' then
       redis.call('HSET', K .. ':job:' .. job, 'cb', id, 'target', target, 'state', 'p', 'lease', 0, 'attempts', 0, 'base', 0)
       zadd(K .. ':due:' .. target, now(), job)
     else
@@ -144,24 +123,28 @@ local function accept(o, n, existing)
       end
     end
   end
-  if inline then zadd(K .. ':inline', now() + lease_ms, id) end
-  redis.call('HSET', cb, unpack(fields))
+  local flag = ARGV[o + 6]
+  if flag == 'inline' then
+    zadd(K .. ':inline', now() + lease_ms, id)
+  elseif flag == 'done' then
+    zadd(K .. ':done', received, id)
+  end
   zadd(K .. ':arrivals', received, id)
-  if n == 0 then zadd(K .. ':done', received, id) end
   return {'new'}
 end
 -- Every callback's place in ARGV; their dedupe keys are read at once.
 local places, keys, o = {}, {}, 1
 while o < #ARGV do
-  table.insert(places, o)
-  table.insert(keys, ARGV[o + 2])
-  o = o + 19 + 4 * tonumber(ARGV[o + 11])
+  places[#places + 1] = o
+  keys[#keys + 1] = ARGV[o + 2]
+  local at = o + 8 + tonumber(ARGV[o + 7]) + 4 * tonumber(ARGV[o + 8]) + 1
+  o = at + tonumber(ARGV[at])
 end
 local replies = {}
 if #keys > 0 then
   local found = redis.call('HMGET', K .. ':dedupe', unpack(keys))
   for i, at in ipairs(places) do
-    table.insert(replies, accept(at, tonumber(ARGV[at + 11]), found[i]))
+    replies[i] = accept(at, found[i])
   end
 end
 if #dedupe_pairs > 0 then redis.call('HSET', K .. ':dedupe', unpack(dedupe_pairs)) end
