@@ -4,8 +4,10 @@
 //! operation on an account touches one Cluster slot and runs as one Lua script: an accept (the
 //! dedupe insert-if-absent, the callback and all its jobs) is atomic across its targets. Per
 //! account: `dedupe` (hash: dedupe key → callback id), `cb:<id>` (hash: the request, the answer,
-//! `open` jobs), `job:<id>` (hash: state `p`ending, in `f`light or `d`ead, lease token,
-//! attempts…), `att:<id>` (hash: attempt → `at|status|E<error>`), per target `due:<t>` (zset by
+//! `open` jobs, and the lease tokens of jobs leased at accept, `l:<t>`, held there until their
+//! first outcome), `inline` (zset: callbacks holding such jobs, by lease expiry; see
+//! `lua/prelude.lua`), `job:<id>` (hash, for every other job: state `p`ending, in `f`light or
+//! `d`ead, lease token, attempts…), `att:<id>` (hash: attempt → `at|status|E<error>`), per target `due:<t>` (zset by
 //! due time), `lease:<t>` (zset by lease expiry), `dead:<t>` (zset by time of death), `targets`
 //! (set), `done` (zset: callbacks with no job left, by arrival, for the retention purge); for
 //! lane-ordered targets only, `lane:<lane>:<t>` (zset: a lane's open jobs in order) and
