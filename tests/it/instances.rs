@@ -3,14 +3,16 @@
 //! got, an attempt that outlasts its lease is not sent twice, and any instance shows the whole
 //! deployment. The faults (Redis restarted, an instance killed, a rolling restart) are in
 //! [`faults`]; a failover of Redis behind a Sentinel is in [`failover`], and the primary's
-//! machine dying under load (behind a Sentinel, and on a Cluster) in [`primary_lost`].
+//! machine dying under load (behind a Sentinel, and on a Cluster) in [`primary_lost`]. A
+//! rolling deploy from the build before (a pinned earlier commit) to the build now, and back, is
+//! in [`rolling`].
 //!
 //! Each test starts its own `redis-server` (AOF `always`) and its own instances, with small
 //! leases (1 s) and fast polls so that expiry and renewal happen within a test's seconds.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use wechat_fanout::config::Mode;
@@ -20,7 +22,7 @@ use crate::operate::{
     admin_url, get_admin_of_binary, listed_dead_letters, post_to_binary, targets_of,
     write_binary_config,
 };
-use crate::support::binary::Binary;
+use crate::support::binary::{Binary, EXE};
 use crate::support::redis::RedisServer;
 use crate::support::scrape::Scrape;
 use crate::support::{Received, Target, Wx, eventually_async, free_addr, settle, text_xml};
@@ -28,6 +30,7 @@ use crate::support::{Received, Target, Wx, eventually_async, free_addr, settle, 
 mod failover;
 mod faults;
 mod primary_lost;
+mod rolling;
 
 /// The lease of the tests' instances: renewed every third of it.
 const LEASE_MS: u64 = 1000;
@@ -54,33 +57,58 @@ pub(crate) struct Instance {
     dir: tempfile::TempDir,
     binary: Option<Binary>,
     starts: u32,
+    /// The build each start ran, in order.
+    programs: Vec<PathBuf>,
 }
 
 impl Instance {
     /// Starts an instance with `rest` (the Redis keys, accounts and targets) and waits until it
     /// serves.
     pub(crate) async fn start(rest: &str) -> Instance {
+        Instance::start_of(Path::new(EXE), None, rest).await
+    }
+
+    /// Starts the build at `program` with `rest`, named `name` (`server.instance_name`) when
+    /// given, and waits until it serves.
+    pub(crate) async fn start_of(program: &Path, name: Option<&str>, rest: &str) -> Instance {
         let dir = tempfile::tempdir().unwrap();
         let listen = free_addr();
         let config = write_binary_config(dir.path(), listen, rest);
+        if let Some(name) = name {
+            let text = std::fs::read_to_string(&config).unwrap();
+            let named = text.replacen(
+                "[server]\n",
+                &format!("[server]\ninstance_name = \"{name}\"\n"),
+                1,
+            );
+            assert_ne!(named, text, "the config has a [server] table");
+            std::fs::write(&config, named).unwrap();
+        }
         let mut instance = Instance {
             listen,
             config,
             dir,
             binary: None,
             starts: 0,
+            programs: Vec::new(),
         };
-        instance.start_again().await;
+        instance.start_again_as(program).await;
         instance
     }
 
     /// Starts the binary again (after [`Instance::stop`] or [`Instance::kill`]) on the same
     /// ports and config, and waits until it serves.
     pub(crate) async fn start_again(&mut self) {
+        self.start_again_as(Path::new(EXE)).await;
+    }
+
+    /// The same with the build at `program`: a deploy of another version.
+    pub(crate) async fn start_again_as(&mut self, program: &Path) {
         assert!(self.binary.is_none(), "the instance is still running");
         self.starts += 1;
+        self.programs.push(program.to_path_buf());
         let log = self.dir.path().join(format!("serve-{}.log", self.starts));
-        let mut binary = Binary::spawn(&self.config, &log, &[], &[]);
+        let mut binary = Binary::spawn_of(program, &self.config, &log, &[], &[]);
         binary
             .wait_for_port(self.listen, Duration::from_millis(10))
             .await;
@@ -108,7 +136,8 @@ impl Instance {
             .map(|n| {
                 let path = self.dir.path().join(format!("serve-{n}.log"));
                 let text = std::fs::read_to_string(path).unwrap_or_default();
-                format!("--- start {n} ---\n{text}")
+                let program = self.programs[n as usize - 1].display();
+                format!("--- start {n} ({program}) ---\n{text}")
             })
             .collect()
     }

@@ -25,12 +25,12 @@ const PER_SECOND: u32 = 30;
 
 /// One callback of the load, and the answer it finally got.
 #[derive(Debug, Clone)]
-struct Sent {
-    sealed: SealedRequest,
+pub(super) struct Sent {
+    pub(super) sealed: SealedRequest,
     /// The status and body, or why no instance answered.
-    answer: Result<(u16, String), String>,
+    pub(super) answer: Result<(u16, String), String>,
     /// How many instances did not answer it at all before one did.
-    unanswered: usize,
+    pub(super) unanswered: usize,
 }
 
 /// Steady load through a load balancer in front of `instances`, until [`Load::finish`].
@@ -87,8 +87,8 @@ impl Load {
 }
 
 /// POSTs `sealed` to instance `n % len`, and to the next one whenever an instance does not
-/// answer at all.
-async fn balance(
+/// answer at all (also the rolling deploy's, in [`super::rolling`]).
+pub(super) async fn balance(
     client: reqwest::Client,
     instances: Vec<SocketAddr>,
     n: usize,

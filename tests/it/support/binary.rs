@@ -13,7 +13,13 @@ pub(crate) const EXE: &str = env!("CARGO_BIN_EXE_wechat-fanout");
 
 /// A command for the binary with no `WECHAT_FANOUT_*` configuration leaking in from outside.
 pub(crate) fn command(args: &[&str]) -> Command {
-    let mut command = Command::new(EXE);
+    command_of(Path::new(EXE), args)
+}
+
+/// The same for another build of the proxy at `program` (the build before, in a rolling
+/// deploy).
+pub(crate) fn command_of(program: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(program);
     command.args(args).env("RUST_LOG", "info");
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("WECHAT_FANOUT_") {
@@ -124,11 +130,22 @@ impl Binary {
 
     /// Starts `serve` without waiting for anything.
     pub(crate) fn spawn(config: &Path, log: &Path, args: &[&str], env: &[(&str, &str)]) -> Binary {
+        Binary::spawn_of(Path::new(EXE), config, log, args, env)
+    }
+
+    /// The same with the build of the proxy at `program`.
+    pub(crate) fn spawn_of(
+        program: &Path,
+        config: &Path,
+        log: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Binary {
         let file = std::fs::File::create(log).expect("create the log file");
         let config = config.to_string_lossy();
         let mut all: Vec<&str> = args.to_vec();
         all.extend(["serve", "--config", &config]);
-        let mut command = command(&all);
+        let mut command = command_of(program, &all);
         command.envs(env.iter().copied());
         let child = command
             .stdin(Stdio::null())

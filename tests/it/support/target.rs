@@ -4,7 +4,7 @@
 //! (status, extra headers, body, its framing, delay) can change mid-test, to play a service that
 //! fails, recovers, throttles, is slow, or never answers. Dropping it stops it.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -81,6 +81,9 @@ struct Behaviour {
     /// Requests whose body holds the first bytes are answered 503 this many more times
     /// ([`Target::fail_times`]).
     failing: Vec<(Vec<u8>, usize)>,
+    /// The first request with a body not seen before is answered this status, whatever the
+    /// status ([`Target::fail_first_of_each`]).
+    first_of_each: Option<u16>,
 }
 
 #[derive(Debug)]
@@ -91,6 +94,8 @@ struct Shared {
     http2: bool,
     /// Connections accepted so far.
     connections: AtomicUsize,
+    /// Every body received so far, for [`Behaviour::first_of_each`].
+    seen: Mutex<HashSet<Bytes>>,
 }
 
 /// A running fake service; see the module docs.
@@ -135,10 +140,12 @@ impl Target {
                 headers: Vec::new(),
                 sdk: None,
                 failing: Vec::new(),
+                first_of_each: None,
             }),
             received: Mutex::new(Vec::new()),
             http2,
             connections: AtomicUsize::new(0),
+            seen: Mutex::new(HashSet::new()),
         });
         let stop = CancellationToken::new();
         tokio::spawn(accept_loop(listener, shared.clone(), stop.clone()));
@@ -174,6 +181,12 @@ impl Target {
     /// Answers the next `times` requests whose body holds `needle` 503, whatever the status.
     pub(crate) fn fail_times(&self, needle: &str, times: usize) {
         self.behave(|b| b.failing.push((needle.as_bytes().to_vec(), times)));
+    }
+
+    /// Answers `status` to the first request with each body (the first attempt of each
+    /// callback), and as told to any request with a body it got before (its retries).
+    pub(crate) fn fail_first_of_each(&self, status: u16) {
+        self.behave(|b| b.first_of_each = Some(status));
     }
 
     pub(crate) fn set_status(&self, status: u16) {
@@ -298,7 +311,14 @@ async fn answer(
             *left > 0 && body.windows(needle.len()).any(|w| w == &needle[..])
         });
         let failed = failing.map(|(_, left)| *left -= 1).is_some();
-        (behaviour.clone(), failed)
+        let mut behaviour = behaviour.clone();
+        if let Some(status) = behaviour.first_of_each {
+            let new = (shared.seen.lock().expect("seen lock")).insert(body.clone());
+            if new && !failed {
+                behaviour.status = status;
+            }
+        }
+        (behaviour, failed)
     };
     let is_get = parts.method == hyper::Method::GET;
     // A stock SDK's check, recorded with the request it belongs to.
