@@ -228,6 +228,12 @@ impl LocalFeed {
         }
     }
 
+    /// Whether anyone subscribes (a console's stream is open): with nobody, an event need not
+    /// be made.
+    fn watched(&self) -> bool {
+        self.sender.receiver_count() > 0
+    }
+
     /// Hands an event that another feed shares (see [`RedisFeed`]) to every subscriber.
     fn send(&self, event: Arc<Published>) {
         // No subscriber is not an error: nobody is watching.

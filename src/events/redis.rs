@@ -40,10 +40,16 @@ impl Outgoing for Tagged {
 
 fn outgoing(from: u64, event: &Published) -> Vec<u8> {
     let json = event.json();
-    let mut text = format!("{{\"from\":{from},\"event\":").into_bytes();
+    let mut text = own_prefix(from);
+    text.extend_from_slice(b"\"event\":");
     text.extend_from_slice(&json);
     text.push(b'}');
     text
+}
+
+/// How the events of instance `from` begin on the channel (the comma ends the number).
+fn own_prefix(from: u64) -> Vec<u8> {
+    format!("{{\"from\":{from},").into_bytes()
 }
 
 #[derive(Deserialize)]
@@ -74,9 +80,18 @@ impl RedisFeed {
         let instance = rand::random();
         let heard = {
             let local = local.clone();
+            // This instance's own events come back first of all: told by how `outgoing` begins,
+            // they are not parsed; nor is anything while no console here watches.
+            let own = own_prefix(instance);
             Arc::new(move |_: &str, payload: &[u8]| {
+                if !local.watched() {
+                    return;
+                }
                 // Several events to a message, a line each (one, from a build before).
                 for line in payload.split(|b| *b == b'\n') {
+                    if line.starts_with(&own) {
+                        continue;
+                    }
                     match serde_json::from_slice::<Incoming>(line) {
                         Ok(incoming) if incoming.from != instance => local.publish(incoming.event),
                         Ok(_) => {}
@@ -142,6 +157,10 @@ mod tests {
                 count: 0,
             },
         });
-        assert_eq!((back.from, back.event), (7, event));
+        assert_eq!((back.from, back.event), (7, event.clone()));
+        // Told apart by their beginning: 7's own, not 71's.
+        assert!(text.starts_with(&own_prefix(7)));
+        let other = outgoing(71, &Published::new(event));
+        assert!(!other.starts_with(&own_prefix(7)));
     }
 }

@@ -1,18 +1,48 @@
-//! The accept script's arguments for one callback, built here rather than in Lua: Redis runs
+//! Scripts' arguments as the batches carry them ([`Arg`]: a field's name is not copied, nor
+//! the body), and the accept script's for one callback, built here rather than in Lua: Redis runs
 //! one script at a time on its one thread, and its Lua interprets every line each call (about
 //! a third of its work per callback, callgrind says), while this side runs on the proxy's
 //! cores. So the callback's hash comes as its field and value pairs, ready to be written as
 //! they are, and the script only decides (the dedupe) and adds what needs Redis's clock.
 
-use crate::store::{NewCallback, SHAPE_VERSION};
+use bytes::Bytes;
+
+use crate::store::{NewCallback, NewJob, SHAPE_VERSION};
+
+/// One argument of a script: a name spelled in this build, bytes of the callback shared with
+/// it (its body), or made for the call.
+#[derive(Debug, Clone)]
+pub(super) enum Arg {
+    Static(&'static str),
+    Shared(Bytes),
+    Owned(Vec<u8>),
+}
+
+impl Arg {
+    pub(super) fn number(n: impl ToString) -> Arg {
+        Arg::Owned(n.to_string().into_bytes())
+    }
+
+    pub(super) fn text(s: &str) -> Arg {
+        Arg::Owned(s.as_bytes().to_vec())
+    }
+}
+
+impl redis::ToRedisArgs for Arg {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        out.write_arg(match self {
+            Arg::Static(s) => s.as_bytes(),
+            Arg::Shared(b) => b,
+            Arg::Owned(v) => v,
+        });
+    }
+}
 
 /// The accept script's arguments for `callback` (see the top of `lua/accept.lua`); `list`: its
 /// targets are to be added to the account's `targets` set.
-pub(super) fn accept_args(callback: &NewCallback, list: bool) -> Vec<Vec<u8>> {
+pub(super) fn accept_args(callback: &NewCallback, list: bool) -> Vec<Arg> {
     let request = &callback.request;
-    let text = |s: &str| s.as_bytes().to_vec();
-    let number = |n: i64| n.to_string().into_bytes();
-    let inline = |job: &crate::store::NewJob| job.lease.is_some() && !job.ordered;
+    let inline = |job: &NewJob| job.lease.is_some() && !job.ordered;
     let flag = if callback.jobs.is_empty() {
         "done"
     } else if callback.jobs.iter().any(inline) {
@@ -21,41 +51,45 @@ pub(super) fn accept_args(callback: &NewCallback, list: bool) -> Vec<Vec<u8>> {
         ""
     };
     let queued: Vec<_> = callback.jobs.iter().filter(|j| !inline(j)).collect();
+    let listed = if list { callback.jobs.len() } else { 0 };
     let mut args = vec![
-        number(callback.id.0),
-        text(&callback.dedupe_key),
-        number(callback.received_at_ms),
-        text(callback.legacy_dedupe_key.as_deref().unwrap_or("")),
+        Arg::number(callback.id.0),
+        Arg::text(&callback.dedupe_key),
+        Arg::number(callback.received_at_ms),
+        Arg::text(callback.legacy_dedupe_key.as_deref().unwrap_or("")),
         callback
             .answer_pending_ms
-            .map_or(Vec::new(), |ms| ms.to_string().into_bytes()),
-        text(flag),
-        number(if list { callback.jobs.len() as i64 } else { 0 }),
-        number(queued.len() as i64),
+            .map_or(Arg::Static(""), Arg::number),
+        Arg::Static(flag),
+        Arg::number(listed),
+        Arg::number(queued.len()),
     ];
     if list {
-        args.extend(callback.jobs.iter().map(|j| text(&j.target)));
+        args.extend(callback.jobs.iter().map(|j| Arg::text(&j.target)));
     }
     for job in queued {
-        args.push(number(job.id.0));
-        args.push(text(&job.target));
-        args.push(job.lease.unwrap_or(0).to_string().into_bytes());
+        args.push(Arg::number(job.id.0));
+        args.push(Arg::text(&job.target));
+        args.push(Arg::number(job.lease.unwrap_or(0)));
         let lane = request.lane.as_deref().filter(|_| job.ordered);
-        args.push(text(lane.unwrap_or("")));
+        args.push(Arg::text(lane.unwrap_or("")));
     }
     // The callback's hash (`store::shape`), field and value pairs, after their count.
     let at = args.len();
-    args.push(Vec::new());
-    let mut field = |name: &str, value: Vec<u8>| {
-        args.push(text(name));
+    args.push(Arg::Static(""));
+    let mut field = |name: Arg, value: Arg| {
+        args.push(name);
         args.push(value);
     };
-    field("v", number(i64::from(SHAPE_VERSION)));
-    field("dedupe", text(&callback.dedupe_key));
-    field("received", number(callback.received_at_ms));
-    field("query", text(&request.stored_query()));
-    field("body", request.body.to_vec());
-    field("open", number(callback.jobs.len() as i64));
+    field(Arg::Static("v"), Arg::number(SHAPE_VERSION));
+    field(Arg::Static("dedupe"), Arg::text(&callback.dedupe_key));
+    field(
+        Arg::Static("received"),
+        Arg::number(callback.received_at_ms),
+    );
+    field(Arg::Static("query"), Arg::text(&request.stored_query()));
+    field(Arg::Static("body"), Arg::Shared(request.body.clone()));
+    field(Arg::Static("open"), Arg::number(callback.jobs.len()));
     let optional = [
         ("msg_type", callback.msg_type.as_deref()),
         ("event", callback.event.as_deref()),
@@ -69,11 +103,11 @@ pub(super) fn accept_args(callback: &NewCallback, list: bool) -> Vec<Vec<u8>> {
     ];
     for (name, value) in optional {
         if let Some(value) = value {
-            field(name, text(value));
+            field(Arg::Static(name), Arg::text(value));
         }
     }
     if let Some(headers) = request.stored_headers() {
-        field("headers", text(&headers));
+        field(Arg::Static("headers"), Arg::Owned(headers.into_bytes()));
     }
     let mut routed = String::new();
     for (i, job) in callback.jobs.iter().enumerate() {
@@ -82,15 +116,20 @@ pub(super) fn accept_args(callback: &NewCallback, list: bool) -> Vec<Vec<u8>> {
         // A job whose id does not follow the callback's in `routed`'s order is named beside
         // it, where the history looks when it is not there (as for a backfill's job).
         if job.id.0 != callback.id.0 + i as i64 + 1 {
-            field(&format!("job:{}", job.target), number(job.id.0));
+            field(
+                Arg::Owned(format!("job:{}", job.target).into_bytes()),
+                Arg::number(job.id.0),
+            );
         }
         if let Some(token) = job.lease.filter(|_| inline(job)) {
             // Held in the callback's hash (see lua/prelude.lua).
-            field(&format!("l:{}", job.target), token.to_string().into_bytes());
+            field(
+                Arg::Owned(format!("l:{}", job.target).into_bytes()),
+                Arg::number(token),
+            );
         }
     }
-    field("routed", routed.into_bytes());
-    let count = args.len() - at - 1;
-    args[at] = number(count as i64);
+    field(Arg::Static("routed"), Arg::Owned(routed.into_bytes()));
+    args[at] = Arg::number(args.len() - at - 1);
     args
 }

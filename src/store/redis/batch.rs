@@ -25,6 +25,7 @@ use futures_util::future::join_all;
 use redis::{Script, Value};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use super::args::Arg;
 use super::options::Conn;
 use super::wait::{Replicas, mark, parse, wait_aof, wait_replicas};
 use crate::store::StoreError;
@@ -109,7 +110,7 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
 /// arguments for it.
 pub(super) struct BatchItem {
     pub(super) base: String,
-    pub(super) args: Vec<Vec<u8>>,
+    pub(super) args: Vec<Arg>,
 }
 
 /// What the batches need of the store.

@@ -65,6 +65,7 @@ use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRou
 use redis::{Cmd, RedisError, Value};
 use tracing::info;
 
+use self::args::Arg;
 use self::batch::{BatchContext, BatchItem, Batcher, Row};
 use self::fields::{memory_usage, number, shape, text, value_text};
 use self::options::Conn;
@@ -518,19 +519,17 @@ impl Store for RedisStore {
             Disposition::Dead => ("dead", 0),
         };
         let args = vec![
-            report.job.to_string().into_bytes(),
-            report.lease.to_string().into_bytes(),
-            kind.as_bytes().to_vec(),
-            delay.to_string().into_bytes(),
-            report.attempt.to_string().into_bytes(),
-            report.at_ms.to_string().into_bytes(),
-            report
-                .status
-                .map_or(Vec::new(), |s| s.to_string().into_bytes()),
-            report.error.as_deref().unwrap_or("").as_bytes().to_vec(),
-            if report.error.is_some() { b"1" } else { b"0" }.to_vec(),
-            report.callback.to_string().into_bytes(),
-            report.key.target.as_bytes().to_vec(),
+            Arg::number(report.job.0),
+            Arg::number(report.lease),
+            Arg::Static(kind),
+            Arg::number(delay),
+            Arg::number(report.attempt),
+            Arg::number(report.at_ms),
+            report.status.map_or(Arg::Static(""), Arg::number),
+            report.error.as_deref().map_or(Arg::Static(""), Arg::text),
+            Arg::Static(if report.error.is_some() { "1" } else { "0" }),
+            Arg::number(report.callback.0),
+            Arg::text(&report.key.target),
         ];
         let applied = self
             .outcomes
