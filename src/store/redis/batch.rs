@@ -24,6 +24,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use redis::{Script, Value};
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::args::Arg;
 use super::options::Conn;
@@ -39,6 +40,49 @@ pub(super) type Row = Vec<Option<Vec<u8>>>;
 /// One item's answer from a batch.
 type Reply<O> = oneshot::Sender<Result<O, StoreError>>;
 
+/// How long a batch not full waits for more items.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Linger {
+    /// Always this long (outcomes: nothing waits on them).
+    Fixed(Duration),
+    /// Twice the recent gap between items, if that is under this: while items come often, a
+    /// batch waits for the next one or two; after a quiet spell it goes at once. An item
+    /// waits at most this long more, and only when others follow it closely.
+    Paced(Duration),
+}
+
+/// The recent gap between items: a moving average (7/8 the last one), from the time each was
+/// submitted. It starts at a second: no waiting until items come often.
+#[derive(Debug)]
+struct Gap {
+    last: Option<Instant>,
+    average: Duration,
+}
+
+impl Gap {
+    fn new() -> Gap {
+        Gap {
+            last: None,
+            average: Duration::from_secs(1),
+        }
+    }
+
+    fn saw(&mut self, at: Instant) {
+        if let Some(last) = self.last.replace(at) {
+            let gap = at.saturating_duration_since(last);
+            self.average = (self.average * 7 + gap) / 8;
+        }
+    }
+
+    fn linger(&self, linger: Linger) -> Duration {
+        match linger {
+            Linger::Fixed(d) => d,
+            Linger::Paced(max) if self.average * 2 < max => self.average * 2,
+            Linger::Paced(_) => Duration::ZERO,
+        }
+    }
+}
+
 /// Sends items in batches: whatever queued up while earlier batches were on their way goes in
 /// the next one (at most [`BATCH_MAX`]).
 ///
@@ -48,37 +92,42 @@ type Reply<O> = oneshot::Sender<Result<O, StoreError>>;
 /// most one round trip); several are for round trips that wait on something else (a `WAIT` for
 /// replicas). Where no item waits on the answer, `linger` gathers more at low rates too.
 pub(super) struct Batcher<I, O> {
-    queue: mpsc::UnboundedSender<(I, Reply<O>)>,
+    queue: mpsc::UnboundedSender<(I, Reply<O>, Instant)>,
 }
 
 impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     /// `send` takes a batch and answers each item, in order; at most `in_flight` batches are on
-    /// their way at once, and a batch not full waits up to `linger` for more. The task ends
+    /// their way at once, and a batch not full waits as `linger` says for more. The task ends
     /// when the batcher is dropped.
-    pub(super) fn spawn<F, Fut>(in_flight: usize, linger: Duration, send: F) -> Batcher<I, O>
+    pub(super) fn spawn<F, Fut>(in_flight: usize, linger: Linger, send: F) -> Batcher<I, O>
     where
         F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<Result<O, StoreError>>> + Send + 'static,
     {
-        let (queue, mut items) = mpsc::unbounded_channel::<(I, Reply<O>)>();
+        let (queue, mut items) = mpsc::unbounded_channel::<(I, Reply<O>, Instant)>();
         let slots = Arc::new(Semaphore::new(in_flight.max(1)));
         let send = Arc::new(send);
         tokio::spawn(async move {
-            while let Some(first) = items.recv().await {
+            let mut gap = Gap::new();
+            while let Some((item, reply, at)) = items.recv().await {
+                gap.saw(at);
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     return;
                 };
-                let mut batch = vec![first];
-                let until = tokio::time::Instant::now() + linger;
+                let mut batch = vec![(item, reply)];
+                let linger = gap.linger(linger);
+                let until = Instant::now() + linger;
                 while batch.len() < BATCH_MAX {
-                    match items.try_recv() {
-                        Ok(item) => batch.push(item),
+                    let next = match items.try_recv() {
+                        Ok(next) => next,
                         Err(_) if linger.is_zero() => break,
                         Err(_) => match tokio::time::timeout_at(until, items.recv()).await {
-                            Ok(Some(item)) => batch.push(item),
+                            Ok(Some(next)) => next,
                             _ => break,
                         },
-                    }
+                    };
+                    gap.saw(next.2);
+                    batch.push((next.0, next.1));
                 }
                 let send = send.clone();
                 tokio::spawn(async move {
@@ -98,7 +147,7 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     pub(super) async fn submit(&self, item: I) -> Result<O, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send((item, reply))
+            .send((item, reply, Instant::now()))
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| {
             StoreError::Unexpected("a batch of store writes ended without an answer".into())
