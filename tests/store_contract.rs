@@ -1661,6 +1661,7 @@ fn redis_options(urls: Vec<String>, cluster: bool, prefix: &str, lease_ms: u64) 
         max_memory_used_ratio: 0.95,
         min_replicas: 0,
         min_replicas_timeout_ms: 1000,
+        accept_linger_ms: 1,
         password: None,
         sentinel_master: None,
         sentinel_password: None,
@@ -2593,6 +2594,7 @@ async fn open_behind_sentinel(
         sentinel_master: Some(redis_server::MASTER_NAME.to_owned()),
         min_replicas,
         min_replicas_timeout_ms: 300,
+        accept_linger_ms: 1,
         ..redis_options(vec![set.sentinel_url()], false, prefix, 30_000)
     })
     .await

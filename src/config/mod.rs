@@ -139,6 +139,9 @@ const MAX_MIN_FREE_BYTES: u64 = 1 << 50;
 /// The longest an accept may wait for its replicas: within the store's response timeout (3 s)
 /// and WeChat's 5 s.
 const MAX_MIN_REPLICAS_TIMEOUT_MS: u64 = 2000;
+/// The most `store.redis.accept_linger_ms` may be: a wait before WeChat's answer, which only
+/// pays while it stays small against the round trip it saves.
+const MAX_ACCEPT_LINGER_MS: u64 = 20;
 
 /// A shorter admin token is guessable: refuse it rather than protect the admin API with it.
 const MIN_ADMIN_TOKEN_BYTES: usize = 16;
@@ -372,6 +375,9 @@ pub struct RedisConfig {
     pub min_replicas: u8,
     /// How long an accept waits for `min_replicas` before it is answered 503.
     pub min_replicas_timeout_ms: Millis,
+    /// The most an accept waits for others to share its script call with, while callbacks
+    /// come often (less than half this apart); 0: never.
+    pub accept_linger_ms: Millis,
     /// The environment variable holding the password (overrides one in the URLs). With
     /// Sentinels: the data nodes' password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -485,6 +491,12 @@ impl RedisConfig {
                     "must be from 1 to {MAX_MIN_REPLICAS_TIMEOUT_MS}: WeChat waits 5 s for its answer, \
                      which also has to be stored and relayed"
                 ),
+            ));
+        }
+        if self.accept_linger_ms.0 > MAX_ACCEPT_LINGER_MS {
+            return Err(invalid(
+                "store.redis.accept_linger_ms",
+                format!("must be from 0 to {MAX_ACCEPT_LINGER_MS}"),
             ));
         }
         if backend == Backend::Redis {

@@ -208,6 +208,8 @@ fn redis_keys_are_validated_and_named() {
     assert_eq!(config.store.redis.lease_ms, Millis(30_000));
     assert_eq!(config.store.redis.min_replicas, 0);
     assert_eq!(config.store.redis.min_replicas_timeout_ms, Millis(1000));
+    assert_eq!(config.store.redis.accept_linger_ms, Millis(1));
+    Config::from_toml(&redis("accept_linger_ms = 0")).unwrap();
     Config::from_toml(&redis("urls = [\"rediss://:pw@redis.internal:6380\"]")).unwrap();
     let cases = [
         ("urls = []", "store.redis.urls:"),
@@ -227,6 +229,7 @@ fn redis_keys_are_validated_and_named() {
             "min_replicas_timeout_ms = 5000",
             "store.redis.min_replicas_timeout_ms:",
         ),
+        ("accept_linger_ms = 21", "store.redis.accept_linger_ms:"),
         ("min_replicas = -1", "min_replicas"),
         (
             "password_env = \"WECHAT_FANOUT_TEST_NO_SUCH_VARIABLE\"",

@@ -345,3 +345,43 @@ async fn run_accept(
         Err(e) => Err(e.into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A paced linger waits twice the recent gap while items come often, and not at all
+    /// when they do not, or after a quiet spell; a fixed one always waits.
+    #[test]
+    fn a_paced_linger_follows_the_gap_between_items() {
+        let max = Linger::Paced(Duration::from_millis(1));
+        let mut gap = Gap::new();
+        let start = Instant::now();
+        assert_eq!(
+            gap.linger(max),
+            Duration::ZERO,
+            "no waiting before items come often"
+        );
+        for i in 0..200 {
+            gap.saw(start + Duration::from_micros(300) * i);
+        }
+        let waits = gap.linger(max);
+        assert!(
+            waits > Duration::from_micros(500) && waits < Duration::from_micros(700),
+            "{waits:?}"
+        );
+        // A quiet spell: the next item goes at once.
+        gap.saw(start + Duration::from_secs(2));
+        assert_eq!(gap.linger(max), Duration::ZERO);
+        // Items 0.6 ms apart would wait 1.2 ms: more than the most, so not at all.
+        let mut slow = Gap::new();
+        for i in 0..200 {
+            slow.saw(start + Duration::from_micros(600) * i);
+        }
+        assert_eq!(slow.linger(max), Duration::ZERO);
+        assert_eq!(
+            slow.linger(Linger::Fixed(Duration::from_millis(2))),
+            Duration::from_millis(2)
+        );
+    }
+}

@@ -103,11 +103,6 @@ id_value!(CallbackId, JobId);
 const OUTCOME_LINGER: Duration = Duration::from_millis(2);
 /// Batches of outcomes on their way at once.
 const OUTCOMES_IN_FLIGHT: usize = 4;
-/// The most an accept waits for company, while callbacks come less than half this apart
-/// ([`Linger::Paced`]): at a steady 2,000/s a script call and a round trip serve two or three
-/// callbacks instead of one each (what Redis spends per call, not per callback, is most of its
-/// work at such rates). WeChat waits up to 5 s for the answer.
-const ACCEPT_LINGER: Duration = Duration::from_millis(1);
 
 mod args;
 mod batch;
@@ -218,7 +213,9 @@ impl RedisStore {
         let accepts = context.clone();
         // Accepts: one batch on its way, or one per connection of their own with replicas
         // (each waits for them), waiting for company only while callbacks come often
-        // (ACCEPT_LINGER). Outcomes: gathered for OUTCOME_LINGER (a callback's targets answer
+        // (`accept_linger_ms`, [`Linger::Paced`]): at a steady 2,000/s a script call and a round
+        // trip serve two or three callbacks instead of one each, and what Redis spends per
+        // call, not per callback, is most of its work at such rates. Outcomes: gathered for OUTCOME_LINGER (a callback's targets answer
         // together).
         let in_flight = if store.replicas.is_some() {
             ACCEPT_CONNECTIONS
@@ -227,7 +224,7 @@ impl RedisStore {
         };
         store.accepts = Some(Batcher::spawn(
             in_flight,
-            Linger::Paced(ACCEPT_LINGER),
+            Linger::Paced(Duration::from_millis(options.accept_linger_ms)),
             move |items| accepts.clone().accept(items),
         ));
         store.outcomes = Some(Batcher::spawn(

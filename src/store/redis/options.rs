@@ -42,6 +42,8 @@ pub struct RedisOptions {
     pub min_replicas: u32,
     /// How long an accept waits for them.
     pub min_replicas_timeout_ms: u64,
+    /// The most an accept waits for company ([`super::batch::Linger::Paced`]).
+    pub accept_linger_ms: u64,
     /// The data nodes' password; overrides a password in the URLs (with Sentinels: the data
     /// nodes have only this one).
     pub password: Option<String>,
@@ -61,6 +63,7 @@ impl RedisOptions {
             max_memory_used_ratio: f64::from(config.max_memory_used_percent) / 100.0,
             min_replicas: u32::from(config.min_replicas),
             min_replicas_timeout_ms: config.min_replicas_timeout_ms.0,
+            accept_linger_ms: config.accept_linger_ms.0,
             password: config
                 .password()
                 .map_err(|e| StoreError::Refused(e.to_string()))?,

@@ -80,6 +80,7 @@ fn sentinels_and_the_primary_they_name_are_reached_each_with_their_own_settings(
         max_memory_used_ratio: 0.95,
         min_replicas: 0,
         min_replicas_timeout_ms: 1000,
+        accept_linger_ms: 1,
         password: Some("data-pw".to_owned()),
         sentinel_password: None,
     };
