@@ -20,8 +20,8 @@ local function now()
   return clock
 end
 -- Per callback of the batch, in order: {open, received, tokens = {target → token}, whether it
--- had tokens}, read at once; `closing` counts its jobs delivered in this batch, `cleared` the targets of those
--- delivered from its hash.
+-- had tokens}, read at once; `closing` counts its jobs delivered in this batch, `cleared` the
+-- targets of those delivered from its hash.
 local cbs, cb_order = {}, {}
 do
   local wanted = {}
@@ -73,7 +73,8 @@ local function record(o)
   else
     if delivered[job] then return 0 end
     f = redis.call('HMGET', j, 'state', 'lease', 'target', 'cb', 'attempts', 'lane')
-    if f[1] ~= 'f' or f[2] ~= token then return 0 end
+    -- Another callback's job is never counted against this one's `open`.
+    if f[1] ~= 'f' or f[2] ~= token or f[4] ~= cb then return 0 end
     target = f[3]
     local set = K .. ':lease:' .. target
     if not ended[set] then ended[set] = {} end
