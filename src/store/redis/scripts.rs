@@ -3,7 +3,9 @@
 //! reply described at its top, and the Rust side only names it.
 //!
 //! Every script begins with `lua/prelude.lua` (the account's key base `K`, Redis's clock,
-//! closing a job, a dead letter's fields), joined at load; the two that walk an account's
+//! closing a job), then the parts of `lua/prelude_*.lua` it uses (a dead letter's fields,
+//! lanes, jobs held in their callback's hash: Lua defines each function given to a script on
+//! every call, so each gets only its own), joined at load; the two that walk an account's
 //! arrival index (history, and a backfill's arrivals) also `lua/walk.lua`. The window for
 //! legacy dedupe keys ([`LEGACY_KEY_WINDOW`]) is written into the accept script's text where it
 //! says `LEGACY_WINDOW_MS` (the shape's version comes with the callback's fields: `args.rs`).
@@ -13,6 +15,12 @@ use redis::Script;
 use crate::store::LEGACY_KEY_WINDOW;
 
 const PRELUDE: &str = include_str!("lua/prelude.lua");
+/// A dead letter's fields.
+const LETTERS: &str = include_str!("lua/prelude_letters.lua");
+/// Lanes: joining, leaving, a lane's first.
+const LANES: &str = include_str!("lua/prelude_lanes.lua");
+/// Jobs held in their callback's hash (shape version 7).
+const INLINE: &str = include_str!("lua/prelude_inline.lua");
 
 /// What the accept script reads as its legacy window, replaced by the window in milliseconds.
 const LEGACY_WINDOW_PLACEHOLDER: &str = "LEGACY_WINDOW_MS";
@@ -59,31 +67,31 @@ pub(super) struct Scripts {
 
 impl Scripts {
     pub(super) fn new() -> Scripts {
-        let script = |body: &str| Script::new(&source(body));
+        let script = |parts: &[&str], body: &str| Script::new(&source(parts, body));
         Scripts {
-            accept: script(&accept_body()),
-            save_answer: script(include_str!("lua/save_answer.lua")),
-            lease: script(include_str!("lua/lease.lua")),
-            next_due: script(include_str!("lua/next_due.lua")),
-            record: script(include_str!("lua/record.lua")),
-            release: script(include_str!("lua/release.lua")),
-            renew: script(include_str!("lua/renew.lua")),
-            bury: script(include_str!("lua/bury.lua")),
-            bury_waiting: script(include_str!("lua/bury_waiting.lua")),
-            replay: script(include_str!("lua/replay.lua")),
-            purge_dead: script(include_str!("lua/purge_dead.lua")),
-            purge_done: script(include_str!("lua/purge_done.lua")),
-            dead_list: script(include_str!("lua/dead_list.lua")),
-            dead_detail: script(include_str!("lua/dead_detail.lua")),
-            depths: script(include_str!("lua/depths.lua")),
-            callback: script(include_str!("lua/callback.lua")),
-            pace: script(include_str!("lua/pace.lua")),
-            arrivals: script(&walking(include_str!("lua/arrivals.lua"))),
-            backfill: script(include_str!("lua/backfill.lua")),
-            lanes: script(include_str!("lua/lanes.lua")),
-            history: script(&walking(include_str!("lua/history.lua"))),
-            minutes_add: script(include_str!("lua/minutes_add.lua")),
-            minutes: script(include_str!("lua/minutes.lua")),
+            accept: script(&[LANES], &accept_body()),
+            save_answer: script(&[], include_str!("lua/save_answer.lua")),
+            lease: script(&[INLINE], include_str!("lua/lease.lua")),
+            next_due: script(&[], include_str!("lua/next_due.lua")),
+            record: script(&[LANES, INLINE], include_str!("lua/record.lua")),
+            release: script(&[INLINE], include_str!("lua/release.lua")),
+            renew: script(&[], include_str!("lua/renew.lua")),
+            bury: script(&[LANES], include_str!("lua/bury.lua")),
+            bury_waiting: script(&[LANES], include_str!("lua/bury_waiting.lua")),
+            replay: script(&[LANES], include_str!("lua/replay.lua")),
+            purge_dead: script(&[], include_str!("lua/purge_dead.lua")),
+            purge_done: script(&[], include_str!("lua/purge_done.lua")),
+            dead_list: script(&[LETTERS], include_str!("lua/dead_list.lua")),
+            dead_detail: script(&[LETTERS], include_str!("lua/dead_detail.lua")),
+            depths: script(&[], include_str!("lua/depths.lua")),
+            callback: script(&[INLINE], include_str!("lua/callback.lua")),
+            pace: script(&[], include_str!("lua/pace.lua")),
+            arrivals: script(&[], &walking(include_str!("lua/arrivals.lua"))),
+            backfill: script(&[], include_str!("lua/backfill.lua")),
+            lanes: script(&[LANES], include_str!("lua/lanes.lua")),
+            history: script(&[], &walking(include_str!("lua/history.lua"))),
+            minutes_add: script(&[], include_str!("lua/minutes_add.lua")),
+            minutes: script(&[], include_str!("lua/minutes.lua")),
         }
     }
 }
@@ -93,9 +101,14 @@ fn walking(body: &str) -> String {
     format!("{}{body}", include_str!("lua/walk.lua"))
 }
 
-/// A script as Redis runs it: the prelude, then `body`.
-fn source(body: &str) -> String {
-    format!("{PRELUDE}{body}")
+/// A script as Redis runs it: the prelude, the `parts` of it this script uses, then `body`.
+fn source(parts: &[&str], body: &str) -> String {
+    let mut text = String::from(PRELUDE);
+    for part in parts {
+        text.push_str(part);
+    }
+    text.push_str(body);
+    text
 }
 
 /// The accept script with this build's legacy window written in.
@@ -114,7 +127,7 @@ mod tests {
     /// make `tonumber` nil, and every accept with a legacy key fail.
     #[test]
     fn the_accept_script_has_the_legacy_window_written_in() {
-        let accept = source(&accept_body());
+        let accept = source(&[LANES], &accept_body());
         assert!(!accept.contains(LEGACY_WINDOW_PLACEHOLDER), "{accept}");
         let window = format!("tonumber('{}')", LEGACY_KEY_WINDOW.as_millis());
         assert!(accept.contains(&window), "{accept}");
