@@ -33,14 +33,30 @@ pub(super) struct Sent {
     pub(super) unanswered: usize,
 }
 
-/// Steady load through a load balancer in front of `instances`, until [`Load::finish`].
-struct Load {
+/// One callback of the load: its copies (two for a resend to another instance), each with the
+/// answer it finally got.
+#[derive(Debug)]
+pub(super) struct Posted {
+    pub(super) sealed: SealedRequest,
+    pub(super) copies: Vec<Sent>,
+}
+
+/// Steady load through a load balancer in front of `instances`, until [`Load::finish`]: `tag`
+/// and a number make each callback's text; with `resend_every`, every so many callbacks go to
+/// two instances at once (the same bytes: a WeChat resend that lands on the other instance).
+pub(super) struct Load {
     stop: CancellationToken,
-    task: tokio::task::JoinHandle<Vec<Sent>>,
+    task: tokio::task::JoinHandle<Vec<Posted>>,
 }
 
 impl Load {
-    fn start(wx: Wx, instances: Vec<SocketAddr>, tag: &'static str) -> Load {
+    pub(super) fn start(
+        wx: Wx,
+        instances: Vec<SocketAddr>,
+        tag: &'static str,
+        per_second: u32,
+        resend_every: Option<usize>,
+    ) -> Load {
         let stop = CancellationToken::new();
         let until = stop.clone();
         let task = tokio::spawn(async move {
@@ -52,7 +68,7 @@ impl Load {
                 .timeout(WAIT)
                 .build()
                 .expect("HTTP client");
-            let mut ticks = tokio::time::interval(Duration::from_secs(1) / PER_SECOND);
+            let mut ticks = tokio::time::interval(Duration::from_secs(1) / per_second);
             let mut posts = Vec::new();
             for n in 0usize.. {
                 tokio::select! {
@@ -60,29 +76,44 @@ impl Load {
                     () = until.cancelled() => break,
                 }
                 let sealed = wx.seal(&text_xml(&format!("{tag} {n}")));
-                posts.push(tokio::spawn(balance(
-                    client.clone(),
-                    instances.clone(),
-                    n,
-                    sealed,
-                )));
+                let (client, instances) = (client.clone(), instances.clone());
+                let resend = resend_every.is_some_and(|every| n % every == 0);
+                posts.push(tokio::spawn(async move {
+                    let copies = if resend {
+                        // The same bytes to this instance and the next, at once.
+                        let (first, second) = tokio::join!(
+                            balance(client.clone(), instances.clone(), n, sealed.clone()),
+                            balance(client, instances, n + 1, sealed.clone()),
+                        );
+                        vec![first, second]
+                    } else {
+                        vec![balance(client, instances, n, sealed.clone()).await]
+                    };
+                    Posted { sealed, copies }
+                }));
             }
-            let mut sent = Vec::with_capacity(posts.len());
+            let mut posted = Vec::with_capacity(posts.len());
             for post in posts {
-                sent.push(post.await.expect("the POST's task"));
+                posted.push(post.await.expect("the POST's task"));
             }
-            sent
+            posted
         });
         Load { stop, task }
     }
 
     /// Stops sending; every callback sent, once all are answered.
-    async fn finish(self) -> Vec<Sent> {
+    pub(super) async fn finish(self) -> Vec<Posted> {
         self.stop.cancel();
         tokio::time::timeout(WAIT * 2, self.task)
             .await
             .expect("the load's answers within the wait")
             .expect("the load's task")
+    }
+
+    /// [`Load::finish`], each copy sent on its own.
+    async fn finish_copies(self) -> Vec<Sent> {
+        let posted = self.finish().await;
+        posted.into_iter().flat_map(|p| p.copies).collect()
     }
 }
 
@@ -176,7 +207,7 @@ async fn redis_restarts_under_load(signal: &'static str) {
     let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
     let rest = two_targets(&on_redis_with_lease(&redis, 6000), &wx, &crm, &audit);
     let (a, b) = tokio::join!(Instance::start(&rest), Instance::start(&rest));
-    let load = Load::start(wx, vec![a.listen, b.listen], signal);
+    let load = Load::start(wx, vec![a.listen, b.listen], signal, PER_SECOND, None);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     tokio::task::block_in_place(|| redis.signal(signal));
@@ -190,7 +221,7 @@ async fn redis_restarts_under_load(signal: &'static str) {
     tokio::join!(ready_becomes(&a, 200), ready_becomes(&b, 200));
     let recovered = up.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let sent = load.finish().await;
+    let sent = load.finish_copies().await;
 
     let failed: Vec<&Sent> = sent
         .iter()
@@ -316,7 +347,7 @@ async fn a_rolling_restart_under_load_loses_nothing_and_answers_no_5xx() {
     let wx = Wx::new(Kind::OfficialAccount, Mode::Safe);
     let rest = two_targets(&on_redis(&redis), &wx, &crm, &audit);
     let (mut a, mut b) = tokio::join!(Instance::start(&rest), Instance::start(&rest));
-    let load = Load::start(wx, vec![a.listen, b.listen], "rolling");
+    let load = Load::start(wx, vec![a.listen, b.listen], "rolling", PER_SECOND, None);
     tokio::time::sleep(Duration::from_millis(500)).await;
     for instance in [&mut a, &mut b] {
         instance.stop().await;
@@ -326,7 +357,7 @@ async fn a_rolling_restart_under_load_loses_nothing_and_answers_no_5xx() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let sent = load.finish().await;
+    let sent = load.finish_copies().await;
 
     let not_200: Vec<&Sent> = sent
         .iter()

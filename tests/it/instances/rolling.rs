@@ -18,19 +18,17 @@
 #![allow(clippy::print_stderr)]
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tokio_util::sync::CancellationToken;
 use wechat_fanout::config::Mode;
-use wechat_fanout::wechat::{Kind, SealedRequest};
+use wechat_fanout::wechat::Kind;
 
-use super::faults::{Sent, balance};
+use super::faults::{Load, Posted};
 use super::{Instance, LEASE_MS, by_body, on_redis};
 use crate::support::binary::{EXE, command_of};
 use crate::support::redis::RedisServer;
-use crate::support::{Received, Target, WAIT, Wx, text_xml};
+use crate::support::{Received, Target, WAIT, Wx};
 
 /// Callbacks per second of the load.
 const PER_SECOND: u32 = 40;
@@ -91,74 +89,6 @@ fn build_before() -> PathBuf {
         path.display()
     );
     path
-}
-
-/// One callback of the load: its copies (two for a resend to another instance), each with the
-/// answer it finally got.
-#[derive(Debug)]
-struct Posted {
-    sealed: SealedRequest,
-    copies: Vec<Sent>,
-}
-
-/// Steady load through a load balancer in front of `instances`, until [`Load::finish`].
-struct Load {
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<Vec<Posted>>,
-}
-
-impl Load {
-    fn start(wx: Wx, instances: Vec<SocketAddr>) -> Load {
-        let stop = CancellationToken::new();
-        let until = stop.clone();
-        let task = tokio::spawn(async move {
-            // A connection per request, as a load balancer in front of restarting backends.
-            let client = reqwest::Client::builder()
-                .no_proxy()
-                .pool_max_idle_per_host(0)
-                .timeout(WAIT)
-                .build()
-                .expect("HTTP client");
-            let mut ticks = tokio::time::interval(Duration::from_secs(1) / PER_SECOND);
-            let mut posts = Vec::new();
-            for n in 0usize.. {
-                tokio::select! {
-                    _ = ticks.tick() => {}
-                    () = until.cancelled() => break,
-                }
-                let sealed = wx.seal(&text_xml(&format!("rolling {n}")));
-                let (client, instances) = (client.clone(), instances.clone());
-                posts.push(tokio::spawn(async move {
-                    let copies = if n % RESEND_EVERY == 0 {
-                        // The same bytes to this instance and the next, at once.
-                        let (first, second) = tokio::join!(
-                            balance(client.clone(), instances.clone(), n, sealed.clone()),
-                            balance(client, instances, n + 1, sealed.clone()),
-                        );
-                        vec![first, second]
-                    } else {
-                        vec![balance(client, instances, n, sealed.clone()).await]
-                    };
-                    Posted { sealed, copies }
-                }));
-            }
-            let mut posted = Vec::with_capacity(posts.len());
-            for post in posts {
-                posted.push(post.await.expect("the POST's task"));
-            }
-            posted
-        });
-        Load { stop, task }
-    }
-
-    /// Stops sending; every callback sent, once all are answered.
-    async fn finish(self) -> Vec<Posted> {
-        self.stop.cancel();
-        tokio::time::timeout(WAIT * 2, self.task)
-            .await
-            .expect("the load's answers within the wait")
-            .expect("the load's task")
-    }
 }
 
 /// Stops `instance` (SIGTERM), starts `program` in its place, and lets the load run a step.
@@ -248,7 +178,13 @@ async fn a_rolling_deploy_from_the_build_before_and_back_loses_nothing_and_sends
         Instance::start_of(&before, Some("a"), &rest),
         Instance::start_of(&before, Some("b"), &rest),
     );
-    let load = Load::start(wx, vec![a.listen, b.listen]);
+    let load = Load::start(
+        wx,
+        vec![a.listen, b.listen],
+        "rolling",
+        PER_SECOND,
+        Some(RESEND_EVERY),
+    );
     tokio::time::sleep(STEP).await;
 
     replace(&mut b, &now).await;
