@@ -73,7 +73,7 @@ impl Scripts {
             save_answer: script(&[], include_str!("lua/save_answer.lua")),
             lease: script(&[INLINE], include_str!("lua/lease.lua")),
             next_due: script(&[], include_str!("lua/next_due.lua")),
-            record: script(&[LANES, INLINE], include_str!("lua/record.lua")),
+            record: script(&[LANES], include_str!("lua/record.lua")),
             release: script(&[INLINE], include_str!("lua/release.lua")),
             renew: script(&[], include_str!("lua/renew.lua")),
             bury: script(&[LANES], include_str!("lua/bury.lua")),

@@ -6,7 +6,8 @@
 -- its jobs held there), so a job leased at accept and delivered on its first attempt (most
 -- of them) costs no command of its own: its callback's hash is written once at the end, its
 -- jobs' tokens cleared and `open` lowered in one HSET. A job held there that failed moves to a
--- hash of its own first (see prelude.lua); jobs in hashes of their own are read from those.
+-- hash of its own (see prelude_inline.lua) in its attempt's one HSET, its token cleared in that
+-- same HSET of its callback; jobs in hashes of their own are read from those.
 -- Leases ended and jobs delivered in this batch: one ZREM per lease set and one DEL at the end.
 -- `retried:<t>` holds the target's jobs that failed at least once, by their callback's
 -- arrival (how old its backlog is: see depths.lua); they leave it when delivered or dead.
@@ -58,7 +59,7 @@ local function record(o)
   local job, token, cb, target = ARGV[o + 1], ARGV[o + 2], ARGV[o + 10], ARGV[o + 11]
   local c = cbs[cb]
   local j = K .. ':job:' .. job
-  local f
+  local f, moved
   if c.tokens[target] == token then
     -- Held in the callback's hash under this lease.
     c.tokens[target] = '0'
@@ -68,8 +69,10 @@ local function record(o)
       table.insert(c.cleared, target)
       return 1
     end
-    own_hash(cb, target, job, 'f', token)
-    f = {'f', token, target, cb, '0', false}
+    -- It failed: it moves to a hash of its own (see prelude.lua), written whole by this
+    -- attempt's HSET below, and its token is cleared with the callback's at the end.
+    table.insert(c.cleared, target)
+    f, moved = {'f', token, target, cb, '0', false}, true
   else
     if delivered[job] then return 0 end
     f = redis.call('HMGET', j, 'state', 'lease', 'target', 'cb', 'attempts', 'lane')
@@ -95,6 +98,9 @@ local function record(o)
   redis.call('HSET', K .. ':att:' .. job, attempt, at .. '|' .. status .. '|' .. err)
   -- The job's fields in one HSET, and what this attempt did not have in one HDEL.
   local set, gone_fields = {'attempts', attempt, 'updated', at}, {}
+  if moved then
+    for _, v in ipairs({'cb', cb, 'target', target, 'lease', token, 'base', 0}) do table.insert(set, v) end
+  end
   if status ~= '' then
     table.insert(set, 'status'); table.insert(set, status)
   else
@@ -128,12 +134,12 @@ for o = 0, #ARGV - 1, 11 do table.insert(replies, record(o)) end
 for set, jobs in pairs(ended) do redis.call('ZREM', set, unpack(jobs)) end
 for set, jobs in pairs(settled) do redis.call('ZREM', set, unpack(jobs)) end
 if #gone > 0 then redis.call('DEL', unpack(gone)) end
--- Each callback with jobs delivered: one HSET (its `open` count and the tokens cleared);
--- those with none left are done, and no longer hold jobs in their hash.
+-- Each callback with jobs delivered or moved out of its hash: one HSET (its `open` count and
+-- the tokens cleared); those with none left are done, and no longer hold jobs in their hash.
 local done, closed = {}, {}
 for _, cb in ipairs(cb_order) do
   local c = cbs[cb]
-  if c.closing > 0 and c.received then
+  if (c.closing > 0 or #c.cleared > 0) and c.received then
     local open = c.open - c.closing
     local fields = {'open', open}
     for _, target in ipairs(c.cleared) do
