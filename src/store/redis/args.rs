@@ -122,7 +122,7 @@ pub(super) fn accept_args(callback: &NewCallback, list: bool) -> Vec<Arg> {
             );
         }
         if let Some(token) = job.lease.filter(|_| inline(job)) {
-            // Held in the callback's hash (see lua/prelude.lua).
+            // Held in the callback's hash (see lua/prelude_inline.lua).
             field(
                 Arg::Owned(format!("l:{}", job.target).into_bytes()),
                 Arg::number(token),

@@ -6,12 +6,12 @@
 //! account: `dedupe` (hash: dedupe key → callback id), `cb:<id>` (hash: the request, the answer,
 //! `open` jobs, and the lease tokens of jobs leased at accept, `l:<t>`, held there until their
 //! first outcome), `inline` (zset: callbacks holding such jobs, by lease expiry; see
-//! `lua/prelude.lua`), `job:<id>` (hash, for every other job: state `p`ending, in `f`light or
+//! `lua/prelude_inline.lua`), `job:<id>` (hash, for every other job: state `p`ending, in `f`light or
 //! `d`ead, lease token, attempts…), `att:<id>` (hash: attempt → `at|status|E<error>`), per target `due:<t>` (zset by
 //! due time), `lease:<t>` (zset by lease expiry), `dead:<t>` (zset by time of death), `targets`
 //! (set), `done` (zset: callbacks with no job left, by arrival, for the retention purge); for
 //! lane-ordered targets only, `lane:<lane>:<t>` (zset: a lane's open jobs in order) and
-//! `held:<t>` (zset: jobs waiting behind their lane's first; see `lua/prelude.lua`). One
+//! `held:<t>` (zset: jobs waiting behind their lane's first; see `lua/prelude_lanes.lua`). One
 //! key outside any account, `<prefix>:accounts`, lists the accounts for the deployment-wide
 //! reads (admin, metrics, dead letters by id); it is written before an account's first accept,
 //! idempotently. Kept values (WeChat's callback IP lists) are `<prefix>:kept:<name>`.

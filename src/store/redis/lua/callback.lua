@@ -11,7 +11,7 @@
 -- callback's id and its jobs' in one block, so that is where they are. Only if fewer than the
 -- callback's `open` jobs are found there, in the dead, leased and due sets of every target of
 -- the account: a read of every job it holds, slow on a backlog of millions. Jobs held in the
--- callback's hash (see prelude.lua) are read from it, in flight.
+-- callback's hash (see prelude_inline.lua) are read from it, in flight.
 local id = ARGV[1]
 local cb = K .. ':cb:' .. id
 if redis.call('EXISTS', cb) == 0 then return {} end
@@ -19,7 +19,7 @@ local out = redis.call('HMGET', cb, 'received', 'msg_type', 'event', 'query', 'c
   'authorizer', 'v', 'trace', 'headers', 'answer', 'answer_type', 'instance')
 local open = tonumber(redis.call('HGET', cb, 'open') or '0')
 local targets = redis.call('SMEMBERS', K .. ':targets')
--- Jobs held in the callback's hash (leased at accept, no outcome yet; see prelude.lua).
+-- Jobs held in the callback's hash (leased at accept, no outcome yet; see prelude_inline.lua).
 local inline = inline_jobs(id)
 open = open - #inline
 local jobs, seen = {}, {}

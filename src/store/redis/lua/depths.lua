@@ -15,7 +15,7 @@ local function first(key)
   if head[2] then return tonumber(head[2]) end
   return nil
 end
--- Jobs held in callbacks' hashes (leased at accept, see prelude.lua) are in flight too: the
+-- Jobs held in callbacks' hashes (leased at accept, see prelude_inline.lua) are in flight too: the
 -- first 1,000 such callbacks are read, by lease expiry, so the first seen per target is its
 -- oldest (taken a lease before its expiry).
 local held, held_since = {}, {}

@@ -31,7 +31,7 @@ local function job_of(id, i, t)
   local job = string.format('%d', tonumber(id) + i)
   local j = redis.call('HMGET', K .. ':job:' .. job, 'cb', 'target', 'state', 'attempts')
   if j[1] ~= id or j[2] ~= t then
-    -- Named in the callback's hash, or held there (leased at accept: see prelude.lua).
+    -- Named in the callback's hash, or held there (leased at accept: see prelude_inline.lua).
     local c = redis.call('HMGET', K .. ':cb:' .. id, 'job:' .. t, 'l:' .. t)
     if c[2] and c[2] ~= '0' then return c[1] or job, 'pending' end
     job = c[1]

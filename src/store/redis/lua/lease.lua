@@ -2,8 +2,8 @@
 -- longest), then due ones. Rows of 12 fields (job, callback, attempts, base, and the shape's
 -- query, content type, authorizer, version, trace context, replayed headers and lane, and the
 -- job's lane), then the bodies. Only a lane's first job is ever due or leased (see
--- prelude.lua), so nothing here needs to know lanes. Jobs held in callbacks' hashes whose lease
--- expired are made due first, whatever their target (see prelude.lua).
+-- prelude_lanes.lua), so nothing here needs to know lanes. Jobs held in callbacks' hashes
+-- whose lease expired are made due first, whatever their target (see prelude_inline.lua).
 local target, limit, token = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local due_key, lease_key = K .. ':due:' .. target, K .. ':lease:' .. target
 local now = now_ms()

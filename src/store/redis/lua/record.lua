@@ -69,7 +69,7 @@ local function record(o)
       table.insert(c.cleared, target)
       return 1
     end
-    -- It failed: it moves to a hash of its own (see prelude.lua), written whole by this
+    -- It failed: it moves to a hash of its own (see prelude_inline.lua), written whole by this
     -- attempt's HSET below, and its token is cleared with the callback's at the end.
     table.insert(c.cleared, target)
     f, moved = {'f', token, target, cb, '0', false}, true

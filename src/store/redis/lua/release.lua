@@ -1,5 +1,5 @@
 -- ARGV: (job, token, callback, target) quads. Jobs still held under that token are due now; one
--- held in its callback's hash moves to a hash of its own (see prelude.lua).
+-- held in its callback's hash moves to a hash of its own (see prelude_inline.lua).
 local now, n = now_ms(), 0
 for i = 1, #ARGV, 4 do
   local job, token, cb, target = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]

@@ -1,5 +1,5 @@
 -- ARGV: lease ms, then (job, token, callback, target) quads. Returns the jobs whose lease was
--- lost. A job held in its callback's hash (see prelude.lua) renews its callback's place in
+-- lost. A job held in its callback's hash (see prelude_inline.lua) renews its callback's place in
 -- `inline` (never earlier: another job of it may hold a later lease).
 local expiry = now_ms() + tonumber(ARGV[1])
 local lost, inline = {}, {}
