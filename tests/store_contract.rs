@@ -3011,3 +3011,57 @@ async fn redis_a_lane_left_blocked_by_an_older_build_is_let_go() {
     let second = lease_one(&store, "o").await;
     assert_eq!(keys_of(&[second]), ["b2"]);
 }
+
+/// Redis only: an accept writes its callback's hash ahead of the script, in one transaction.
+/// A resend's hash (a copy alone, a copy beside its first in one batch, a copy of one whose
+/// jobs were leased at accept) is deleted again, so only first copies have one; and after the
+/// server lost its scripts (`SCRIPT FLUSH`, as after a restart), the next accept loads the
+/// script and is stored once.
+#[tokio::test]
+async fn a_resend_leaves_no_hash_behind_and_a_lost_script_is_loaded_again() {
+    let prefix = prefix();
+    let store: Arc<dyn Store> =
+        Arc::new(open_redis(standalone_urls(), false, &prefix, 30_000).await);
+    let first = store
+        .accept(callback(&*store, "r1", &[("a", true), ("b", true)]).await)
+        .await
+        .unwrap();
+    assert!(matches!(first, Accepted::New { .. }), "{first:?}");
+    let again = store
+        .accept(callback(&*store, "r1", &[("a", true), ("b", true)]).await)
+        .await
+        .unwrap();
+    assert!(matches!(again, Accepted::Duplicate { .. }), "{again:?}");
+    concurrent_resends_create_one_callback(store.clone()).await;
+    let client = redis::Client::open(standalone_urls()[0].as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let hashes = |conn: &mut redis::aio::MultiplexedConnection| {
+        let mut conn = conn.clone();
+        let pattern = format!("{prefix}:{{main}}:cb:*");
+        async move {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(pattern)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            keys.len()
+        }
+    };
+    assert_eq!(hashes(&mut conn).await, 3, "r1, same and other");
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let next = store
+        .accept(callback(&*store, "r2", &[("a", false)]).await)
+        .await
+        .unwrap();
+    assert!(matches!(next, Accepted::New { .. }), "{next:?}");
+    let resend = store
+        .accept(callback(&*store, "r2", &[("a", false)]).await)
+        .await
+        .unwrap();
+    assert!(matches!(resend, Accepted::Duplicate { .. }), "{resend:?}");
+    assert_eq!(hashes(&mut conn).await, 4);
+}

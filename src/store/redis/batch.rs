@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use redis::{Script, Value};
+use redis::{Cmd, Pipeline, Script, ServerErrorKind, Value};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -155,11 +155,13 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     }
 }
 
-/// An accept or an attempt's outcome on its way: the account's key base and the script's
-/// arguments for it.
+/// An accept or an attempt's outcome on its way: the account's key base, the script's
+/// arguments for it, and for an accept the `HSET` of its callback's hash, sent ahead of the
+/// script in the batch's transaction.
 pub(super) struct BatchItem {
     pub(super) base: String,
     pub(super) args: Vec<Arg>,
+    pub(super) hash: Option<Cmd>,
 }
 
 /// What the batches need of the store.
@@ -257,8 +259,8 @@ impl BatchContext {
         answered(answers, "accept")
     }
 
-    /// One account's accept script: its rows, the connection that wrote them, and whether the
-    /// script ran a second time.
+    /// One account's accepts: the callbacks' hashes and the accept script in one transaction.
+    /// Its rows, the connection that wrote them, and whether it ran a second time.
     async fn write(
         &self,
         conn: &Conn,
@@ -268,10 +270,18 @@ impl BatchContext {
     ) -> Result<(Vec<Row>, Conn, bool), StoreError> {
         let mut invocation = self.accept.key(base);
         invocation.arg(self.lease_ms);
+        let mut pipe = redis::pipe();
+        // Errors come back as values, so that a script missing from the server's cache (after a
+        // restart or a failover) is told apart, loaded, and the whole sent again.
+        pipe.atomic().ignore_errors();
         for &i in places {
             invocation.arg(&items[i].args);
+            if let Some(hash) = &items[i].hash {
+                pipe.add_command(hash.clone());
+            }
         }
-        let (reply, conn, again) = run_accept(conn, &invocation).await?;
+        pipe.invoke_script(&invocation);
+        let (reply, conn, again) = run_accept(conn, &pipe, &invocation).await?;
         let rows: Vec<Value> = parse(reply)?;
         let rows = rows
             .into_iter()
@@ -326,24 +336,53 @@ impl BatchContext {
     }
 }
 
-/// Runs the accept script on `accept_conn`; once more if the connection broke (the script may have run: a
-/// second run recognises its callback ids, and writes nothing). Its reply, the connection
-/// that wrote it (held to one server, [`Conn::pinned`]) for what waits for the write, and
-/// whether it ran a second time.
+/// Sends an accept transaction (`pipe`: the callbacks' hashes, then `invocation`, the script)
+/// on `accept_conn`; once more if the connection broke (it may have run: the hashes are written
+/// again as they were, and the script recognises its callback ids and writes nothing), or if
+/// the server did not have the script. Its reply, the connection that wrote it (held to one
+/// server, [`Conn::pinned`]) for what waits for the write, and whether it ran a second time.
 async fn run_accept(
     accept_conn: &Conn,
+    pipe: &Pipeline,
     invocation: &redis::ScriptInvocation<'_>,
 ) -> Result<(Value, Conn, bool), StoreError> {
     let mut conn = accept_conn.pinned();
-    match invocation.invoke_async(&mut conn).await {
-        Ok(value) => Ok((value, conn, false)),
+    let (conn, again, reply) = match transaction(&mut conn, pipe).await {
+        Ok(reply) => (conn, false, reply),
         Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
             // Pinned again: after a failover that was followed meanwhile, the new primary.
             let mut conn = accept_conn.pinned();
-            Ok((invocation.invoke_async(&mut conn).await?, conn, true))
+            let reply = transaction(&mut conn, pipe).await?;
+            (conn, true, reply)
         }
-        Err(e) => Err(e.into()),
+        Err(e) => return Err(e.into()),
+    };
+    match reply {
+        Value::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript) => {
+            let mut conn = conn;
+            invocation.load_async(&mut conn).await?;
+            match transaction(&mut conn, pipe).await? {
+                Value::ServerError(e) => Err(redis::RedisError::from(e).into()),
+                reply => Ok((reply, conn, again)),
+            }
+        }
+        Value::ServerError(e) => Err(redis::RedisError::from(e).into()),
+        reply => Ok((reply, conn, again)),
     }
+}
+
+/// Runs an accept transaction: the script's reply (a server error as a value), once every
+/// `HSET` before it succeeded.
+async fn transaction(conn: &mut Conn, pipe: &Pipeline) -> redis::RedisResult<Value> {
+    let mut replies: Vec<Value> = pipe.query_async(conn).await?;
+    let script = replies.pop().unwrap_or(Value::Nil);
+    if let Some(Value::ServerError(e)) = replies
+        .into_iter()
+        .find(|r| matches!(r, Value::ServerError(_)))
+    {
+        return Err(e.into());
+    }
+    Ok(script)
 }
 
 #[cfg(test)]

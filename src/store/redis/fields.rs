@@ -14,6 +14,16 @@ use crate::store::{Replay, StoreError};
 impl From<RedisError> for StoreError {
     fn from(e: RedisError) -> StoreError {
         use redis::{ErrorKind, ServerErrorKind};
+        // A transaction the server refused whole (`EXECABORT`, as an accept's at `maxmemory`):
+        // read as what its first refused command was told.
+        if e.kind() == ErrorKind::Server(ServerErrorKind::ExecAbort)
+            && let Some(first) = e
+                .clone()
+                .into_server_errors()
+                .and_then(|errors| errors.first().map(|(_, error)| error.clone()))
+        {
+            return StoreError::from(RedisError::from(first));
+        }
         let message = e.to_string();
         if e.is_timeout() {
             return StoreError::Timeout(message);

@@ -1,8 +1,10 @@
 //! The shared store: Redis (standalone or Cluster), so several instances act as one proxy.
 //!
 //! **Keys.** Every key of an account shares one hash tag, `<prefix>:{<account>}:…`, so each
-//! operation on an account touches one Cluster slot and runs as one Lua script: an accept (the
-//! dedupe insert-if-absent, the callback and all its jobs) is atomic across its targets. Per
+//! operation on an account touches one Cluster slot and runs as one Lua script, or, for an accept,
+//! one transaction (`MULTI`: each callback's hash by a plain `HSET`, then the script, which
+//! decides the dedupe insert-if-absent, deletes a resend's hash, and writes the jobs and
+//! indexes): an accept is atomic across its targets. Per
 //! account: `dedupe` (hash: dedupe key → callback id), `cb:<id>` (hash: the request, the answer,
 //! `open` jobs, and the lease tokens of jobs leased at accept, `l:<t>`, held there until their
 //! first outcome), `inline` (zset: callbacks holding such jobs, by lease expiry; see
@@ -22,7 +24,7 @@
 //! scripts.
 //!
 //! **Twice is once.** Every script can run twice with the same arguments (a resend after a
-//! reconnect): accept recognises its own callback id, a lease is taken with a new token that an
+//! reconnect): accept recognises its own callback id (its hash is written again as it was), a lease is taken with a new token that an
 //! outcome must match, and an outcome whose token no longer holds writes nothing.
 //!
 //! **Durability** is Redis's: with `appendfsync always` an accepted callback is on disk when the
@@ -378,11 +380,18 @@ impl Store for RedisStore {
         let base = self.base(&callback.account);
         let list = !self.targets_listed(&callback.account, &callback.jobs);
         let args = args::accept_args(&callback, list);
+        let mut hash = redis::cmd("HSET");
+        hash.arg(format!("{base}:cb:{}", callback.id.0))
+            .arg(args::callback_hash(&callback));
         let reply = self
             .accepts
             .as_ref()
             .ok_or(StoreError::Closed)?
-            .submit(BatchItem { base, args })
+            .submit(BatchItem {
+                base,
+                args,
+                hash: Some(hash),
+            })
             .await?;
         match reply.first().and_then(|v| v.as_deref()) {
             Some(b"new") => {
@@ -543,6 +552,7 @@ impl Store for RedisStore {
             .submit(BatchItem {
                 base: self.base(&report.key.account),
                 args,
+                hash: None,
             })
             .await?;
         Ok(if applied == 1 {

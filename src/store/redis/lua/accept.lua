@@ -2,15 +2,17 @@
 -- pending ms or '', 'inline' (some of its jobs are held in its hash), 'done' (it has no
 -- jobs) or '', the number t of targets to add to the account's `targets` set, the number q of
 -- jobs queued in hashes of their own, the t targets, q (job id, target, lease token or 0, lane
--- or '') quads (a lane: the job is lane-ordered), then the number f and f arguments: the
--- field and value pairs of the callback's hash (`args.rs` builds them). Each callback as if
--- alone, in order; one reply each: {'new'}, or {'dup', id, answer, answer type, pending ms}.
+-- or '') quads (a lane: the job is lane-ordered). The callback's hash (`args.rs` builds it) is
+-- written ahead of the script, by a plain HSET in the same transaction; a resend's is deleted
+-- here. Each callback as if alone, in order; one reply each: {'new'}, or {'dup', id, answer,
+-- answer type, pending ms}.
 --
 -- Redis's cost is mostly per command a script calls, and per line of Lua it runs: what the
 -- whole batch reads or writes in one key is one command (the dedupe keys read with one HMGET
 -- and written with one HSET, the arrival index, each target's due and lease sets, the
--- targets set), and the callback's hash comes ready to write. A dedupe key taken by an
--- earlier callback of the same batch is seen as taken.
+-- targets set), and the callback's hash is written before (its arguments would cost as much
+-- again passing through Lua). A dedupe key taken by an earlier callback of the same batch is
+-- seen as taken.
 --
 -- The callback's hash holds its shape (`store::shape`): the version, the query (still tagged
 -- with the authorizer, for instances of the build before), the content type, the body, and
@@ -65,9 +67,12 @@ end
 -- when the batch began (false: none).
 local function accept(o, existing)
   local id, dedupe, received = ARGV[o + 1], ARGV[o + 2], ARGV[o + 3]
+  local cb = K .. ':cb:' .. id
   existing = taken[dedupe] or existing
   if existing then
+    -- This callback's own id: the script runs a second time (a broken connection).
     if existing == id then return {'new'} end
+    redis.call('DEL', cb)
     return duplicate(existing)
   end
   local legacy = ARGV[o + 4]
@@ -76,6 +81,7 @@ local function accept(o, existing)
     if first and first ~= id then
       local c = redis.call('HMGET', K .. ':cb:' .. first, 'dedupe', 'received')
       if c[1] == legacy and tonumber(c[2]) >= tonumber(received) - legacy_window_ms then
+        redis.call('DEL', cb)
         return duplicate(first)
       end
     end
@@ -84,9 +90,6 @@ local function accept(o, existing)
   dedupe_pairs[#dedupe_pairs + 1] = dedupe
   dedupe_pairs[#dedupe_pairs + 1] = id
   local t, q = tonumber(ARGV[o + 7]), tonumber(ARGV[o + 8])
-  local at = o + 8 + t + 4 * q + 1
-  local from, to = at + 1, at + tonumber(ARGV[at])
-  local cb = K .. ':cb:' .. id
   local extra = {}
   if legacy ~= '' and not taken[legacy] and redis.call('HSETNX', K .. ':dedupe', legacy, id) == 1 then
     taken[legacy] = id
@@ -96,12 +99,7 @@ local function accept(o, existing)
     extra[#extra + 1] = 'answer_due'
     extra[#extra + 1] = now() + tonumber(ARGV[o + 5])
   end
-  if #extra == 0 then
-    redis.call('HSET', cb, unpack(ARGV, from, to))
-  else
-    for k = from, to do extra[#extra + 1] = ARGV[k] end
-    redis.call('HSET', cb, unpack(extra))
-  end
+  if #extra > 0 then redis.call('HSET', cb, unpack(extra)) end
   for k = o + 9, o + 8 + t do targets[ARGV[k]] = true end
   for b = o + 9 + t, o + 8 + t + 4 * q, 4 do
     local job, target, token, lane = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
@@ -137,8 +135,7 @@ local places, keys, o = {}, {}, 1
 while o < #ARGV do
   places[#places + 1] = o
   keys[#keys + 1] = ARGV[o + 2]
-  local at = o + 8 + tonumber(ARGV[o + 7]) + 4 * tonumber(ARGV[o + 8]) + 1
-  o = at + tonumber(ARGV[at])
+  o = o + 8 + tonumber(ARGV[o + 7]) + 4 * tonumber(ARGV[o + 8])
 end
 local replies = {}
 if #keys > 0 then
