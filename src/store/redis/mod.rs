@@ -532,19 +532,25 @@ impl Store for RedisStore {
             ),
             Disposition::Dead => ("dead", 0),
         };
-        let args = vec![
+        // See the top of lua/record.lua: a delivery's attempt is not kept, so it carries only
+        // what names its job and lease (each argument costs Redis a Lua string).
+        let mut args = vec![
+            Arg::Static(kind),
             Arg::number(report.job.0),
             Arg::number(report.lease),
-            Arg::Static(kind),
-            Arg::number(delay),
-            Arg::number(report.attempt),
-            Arg::number(report.at_ms),
-            report.status.map_or(Arg::Static(""), Arg::number),
-            report.error.as_deref().map_or(Arg::Static(""), Arg::text),
-            Arg::Static(if report.error.is_some() { "1" } else { "0" }),
             Arg::number(report.callback.0),
             Arg::text(&report.key.target),
         ];
+        if kind != "delivered" {
+            args.extend([
+                Arg::number(delay),
+                Arg::number(report.attempt),
+                Arg::number(report.at_ms),
+                report.status.map_or(Arg::Static(""), Arg::number),
+                report.error.as_deref().map_or(Arg::Static(""), Arg::text),
+                Arg::Static(if report.error.is_some() { "1" } else { "0" }),
+            ]);
+        }
         let applied = self
             .outcomes
             .as_ref()

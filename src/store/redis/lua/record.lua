@@ -1,6 +1,7 @@
--- ARGV, per outcome (11 each): job, token, delivered|retry|dead, delay ms, attempt,
--- at ms, status, error, error present, callback, target. Each as if alone, in order; one reply
--- each: 1: applied, 0: the lease does not hold.
+-- ARGV, per outcome: delivered|retry|dead, job, token, callback, target, and for a retry or a
+-- death (11 in all) delay ms, attempt, at ms, status, error, error present (a delivery's
+-- attempt is not kept: 5). Each as if alone, in order; one reply each: 1: applied, 0: the
+-- lease does not hold.
 --
 -- Each callback's hash is read once for the batch (`open`, `received`, and the lease tokens of
 -- its jobs held there), so a job leased at accept and delivered on its first attempt (most
@@ -14,6 +15,12 @@
 -- A lane-ordered job delivered or dead leaves its lane, and the lane's next job is due; a retry
 -- keeps the lane.
 local ended, gone, delivered, settled = {}, {}, {}, {}
+-- Each outcome's place in ARGV.
+local outcomes, o = {}, 0
+while o < #ARGV do
+  table.insert(outcomes, o)
+  if ARGV[o + 1] == 'delivered' then o = o + 5 else o = o + 11 end
+end
 -- One clock reading for the batch's retries.
 local clock
 local function now()
@@ -26,8 +33,8 @@ end
 local cbs, cb_order = {}, {}
 do
   local wanted = {}
-  for o = 0, #ARGV - 1, 11 do
-    local cb, target = ARGV[o + 10], ARGV[o + 11]
+  for _, o in ipairs(outcomes) do
+    local cb, target = ARGV[o + 4], ARGV[o + 5]
     if not wanted[cb] then
       wanted[cb] = {}
       table.insert(cb_order, cb)
@@ -56,14 +63,14 @@ local function settle(target, job)
 end
 -- The outcome whose arguments follow ARGV[o].
 local function record(o)
-  local job, token, cb, target = ARGV[o + 1], ARGV[o + 2], ARGV[o + 10], ARGV[o + 11]
+  local kind, job, token, cb, target = ARGV[o + 1], ARGV[o + 2], ARGV[o + 3], ARGV[o + 4], ARGV[o + 5]
   local c = cbs[cb]
   local j = K .. ':job:' .. job
   local f, moved
   if c.tokens[target] == token then
     -- Held in the callback's hash under this lease.
     c.tokens[target] = '0'
-    if ARGV[o + 3] == 'delivered' then
+    if kind == 'delivered' then
       delivered[job] = true
       c.closing = c.closing + 1
       table.insert(c.cleared, target)
@@ -83,7 +90,7 @@ local function record(o)
     if not ended[set] then ended[set] = {} end
     table.insert(ended[set], job)
   end
-  if ARGV[o + 3] == 'delivered' then
+  if kind == 'delivered' then
     delivered[job] = true
     if f[5] and f[5] ~= '0' then settle(target, job) end
     table.insert(gone, j)
@@ -92,9 +99,9 @@ local function record(o)
     if f[6] then leave_lane(f[6], target, job) end
     return 1
   end
-  local attempt, at, status = ARGV[o + 5], ARGV[o + 6], ARGV[o + 7]
+  local attempt, at, status = ARGV[o + 7], ARGV[o + 8], ARGV[o + 9]
   local err = '-'
-  if ARGV[o + 9] == '1' then err = 'E' .. ARGV[o + 8] end
+  if ARGV[o + 11] == '1' then err = 'E' .. ARGV[o + 10] end
   redis.call('HSET', K .. ':att:' .. job, attempt, at .. '|' .. status .. '|' .. err)
   -- The job's fields in one HSET, and what this attempt did not have in one HDEL.
   local set, gone_fields = {'attempts', attempt, 'updated', at}, {}
@@ -106,12 +113,12 @@ local function record(o)
   else
     table.insert(gone_fields, 'status')
   end
-  if ARGV[o + 9] == '1' then
-    table.insert(set, 'error'); table.insert(set, ARGV[o + 8])
+  if ARGV[o + 11] == '1' then
+    table.insert(set, 'error'); table.insert(set, ARGV[o + 10])
   else
     table.insert(gone_fields, 'error')
   end
-  if ARGV[o + 3] == 'retry' then
+  if kind == 'retry' then
     table.insert(set, 'state'); table.insert(set, 'p')
   else
     table.insert(set, 'state'); table.insert(set, 'd')
@@ -119,8 +126,8 @@ local function record(o)
   end
   redis.call('HSET', j, unpack(set))
   if #gone_fields > 0 then redis.call('HDEL', j, unpack(gone_fields)) end
-  if ARGV[o + 3] == 'retry' then
-    redis.call('ZADD', K .. ':due:' .. target, now() + tonumber(ARGV[o + 4]), job)
+  if kind == 'retry' then
+    redis.call('ZADD', K .. ':due:' .. target, now() + tonumber(ARGV[o + 6]), job)
     if c.received then redis.call('ZADD', K .. ':retried:' .. target, 'NX', c.received, job) end
   else
     settle(target, job)
@@ -130,7 +137,7 @@ local function record(o)
   return 1
 end
 local replies = {}
-for o = 0, #ARGV - 1, 11 do table.insert(replies, record(o)) end
+for _, o in ipairs(outcomes) do table.insert(replies, record(o)) end
 for set, jobs in pairs(ended) do redis.call('ZREM', set, unpack(jobs)) end
 for set, jobs in pairs(settled) do redis.call('ZREM', set, unpack(jobs)) end
 if #gone > 0 then redis.call('DEL', unpack(gone)) end
