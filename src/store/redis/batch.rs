@@ -238,20 +238,30 @@ impl BatchContext {
     /// each callback's reply row once its account's writes last.
     pub(super) async fn accept(
         self: Arc<Self>,
-        items: Vec<BatchItem>,
+        mut items: Vec<BatchItem>,
     ) -> Vec<Result<Row, StoreError>> {
         let mut answers: Vec<Option<Result<Row, StoreError>>> =
             items.iter().map(|_| None).collect();
+        // The hashes' commands move into their group's transaction, not copied.
+        let mut hashes: Vec<Option<Cmd>> = items.iter_mut().map(|i| i.hash.take()).collect();
         let groups = by_base(&items);
+        let group_hashes: Vec<Vec<Cmd>> = groups
+            .values()
+            .map(|places| places.iter().filter_map(|&i| hashes[i].take()).collect())
+            .collect();
         let turn = self.sent.fetch_add(1, Ordering::Relaxed);
         let conn = &self.accept_conns[turn % self.accept_conns.len()];
-        let written = join_all(groups.iter().map(|(base, places)| async {
-            let rows = self.write(conn, base, places, &items).await;
-            match rows {
-                Ok((rows, conn, again)) => self.last(base, &rows, conn, again).await.map(|()| rows),
-                Err(e) => Err(e),
-            }
-        }))
+        let written = join_all(groups.iter().zip(group_hashes).map(
+            |((base, places), hashes)| async {
+                let rows = self.write(conn, base, places, &items, hashes).await;
+                match rows {
+                    Ok((rows, conn, again)) => {
+                        self.last(base, &rows, conn, again).await.map(|()| rows)
+                    }
+                    Err(e) => Err(e),
+                }
+            },
+        ))
         .await;
         for ((_, places), rows) in groups.iter().zip(written) {
             spread(&mut answers, places, rows);
@@ -267,6 +277,7 @@ impl BatchContext {
         base: &str,
         places: &[usize],
         items: &[BatchItem],
+        hashes: Vec<Cmd>,
     ) -> Result<(Vec<Row>, Conn, bool), StoreError> {
         let mut invocation = self.accept.key(base);
         invocation.arg(self.lease_ms);
@@ -274,11 +285,11 @@ impl BatchContext {
         // Errors come back as values, so that a script missing from the server's cache (after a
         // restart or a failover) is told apart, loaded, and the whole sent again.
         pipe.atomic().ignore_errors();
+        for hash in hashes {
+            pipe.add_command(hash);
+        }
         for &i in places {
             invocation.arg(&items[i].args);
-            if let Some(hash) = &items[i].hash {
-                pipe.add_command(hash.clone());
-            }
         }
         pipe.invoke_script(&invocation);
         let (reply, conn, again) = run_accept(conn, &pipe, &invocation).await?;
