@@ -1,9 +1,11 @@
 //! Accepts, and attempts' outcomes, on their way to Redis in batches: whatever queued up while
-//! earlier batches were on their way goes in the next one, one script call per account, each
-//! item applied as it would be alone, in arrival order. An idle store sends each at once.
+//! earlier batches were on their way goes in the next one, one script call per account (for
+//! accepts, in one transaction behind the callbacks' hashes), each item applied as it would be
+//! alone, in arrival order. An idle store sends each at once.
 //!
 //! A batch's error is every one of its items' error; an accept whose connection broke is sent
-//! once more (the script recognises its own callback ids). Before a batch of accepts is
+//! once more (its hashes are written again as they were, and the script recognises its own
+//! callback ids). Before a batch of accepts is
 //! answered, its writes are made to last: on `store.redis.min_replicas` replicas (`WAIT`, or
 //! `WAITAOF 1 N` where the server has it), else fsynced (`WAITAOF 1 0`) where the server has
 //! it ([`super::wait`]). Both wait for the writes of the connection that sends them, so that
