@@ -387,7 +387,15 @@ async fn run_accept(
 /// Runs an accept transaction: the script's reply (a server error as a value), once every
 /// `HSET` before it succeeded.
 async fn transaction(conn: &mut Conn, pipe: &Pipeline) -> redis::RedisResult<Value> {
-    let mut replies: Vec<Value> = pipe.query_async(conn).await?;
+    let mut replies: Vec<Value> = match pipe.query_async(conn).await {
+        Ok(replies) => replies,
+        Err(e) => {
+            if redirected(&e) {
+                follow_the_slots(conn, pipe).await;
+            }
+            return Err(e);
+        }
+    };
     let script = replies.pop().unwrap_or(Value::Nil);
     if let Some(Value::ServerError(e)) = replies
         .into_iter()
@@ -396,6 +404,31 @@ async fn transaction(conn: &mut Conn, pipe: &Pipeline) -> redis::RedisResult<Val
         return Err(e.into());
     }
     Ok(script)
+}
+
+/// A Cluster node answered that another has the slot (`MOVED`, `ASK`), itself or inside the
+/// aborted transaction: the slot moved (a failover).
+fn redirected(e: &redis::RedisError) -> bool {
+    let redirect = |kind: Option<ServerErrorKind>| {
+        matches!(kind, Some(ServerErrorKind::Moved | ServerErrorKind::Ask))
+    };
+    e.redirect_node().is_some()
+        || e.clone()
+            .into_server_errors()
+            .is_some_and(|errors| errors.iter().any(|(_, error)| redirect(error.kind())))
+}
+
+/// The Cluster client learns where slots moved from a single command's redirect, not from
+/// one inside a transaction, and would send every next accept to the node that lost the slot:
+/// a read of the transaction's first key makes it rebuild its map (this accept fails as
+/// unavailable, and WeChat resends it).
+async fn follow_the_slots(conn: &mut Conn, pipe: &Pipeline) {
+    let Conn::Cluster(_) = conn else { return };
+    let Some(key) = pipe.cmd_iter().find_map(|cmd| cmd.args_iter().nth(1)) else {
+        return;
+    };
+    let redis::Arg::Simple(key) = key else { return };
+    let _: redis::RedisResult<Value> = redis::cmd("EXISTS").arg(key).query_async(conn).await;
 }
 
 #[cfg(test)]
