@@ -3013,8 +3013,8 @@ async fn redis_a_lane_left_blocked_by_an_older_build_is_let_go() {
 }
 
 /// Redis only: an accept writes its callback's hash ahead of the script, in one transaction.
-/// A resend's hash (a copy alone, a copy beside its first in one batch, a copy of one whose
-/// jobs were leased at accept) is deleted again, so only first copies have one; and after the
+/// A resend's hash (a copy alone, copies beside their first in one batch or the next, a copy
+/// of one whose jobs were leased at accept) is deleted again, so only first copies have one; and after the
 /// server lost its scripts (`SCRIPT FLUSH`, as after a restart), the next accept loads the
 /// script and is stored once.
 #[tokio::test]
@@ -3035,8 +3035,9 @@ async fn a_resend_leaves_no_hash_behind_and_a_lost_script_is_loaded_again() {
     concurrent_resends_create_one_callback(store.clone()).await;
     let client = redis::Client::open(standalone_urls()[0].as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let hashes = |conn: &mut redis::aio::MultiplexedConnection| {
-        let mut conn = conn.clone();
+    let reader = conn.clone();
+    let hashes = || {
+        let mut conn = reader.clone();
         let pattern = format!("{prefix}:{{main}}:cb:*");
         async move {
             let keys: Vec<String> = redis::cmd("KEYS")
@@ -3047,7 +3048,7 @@ async fn a_resend_leaves_no_hash_behind_and_a_lost_script_is_loaded_again() {
             keys.len()
         }
     };
-    assert_eq!(hashes(&mut conn).await, 3, "r1, same and other");
+    assert_eq!(hashes().await, 3, "r1, same and other");
     let _: () = redis::cmd("SCRIPT")
         .arg("FLUSH")
         .query_async(&mut conn)
@@ -3063,5 +3064,5 @@ async fn a_resend_leaves_no_hash_behind_and_a_lost_script_is_loaded_again() {
         .await
         .unwrap();
     assert!(matches!(resend, Accepted::Duplicate { .. }), "{resend:?}");
-    assert_eq!(hashes(&mut conn).await, 4);
+    assert_eq!(hashes().await, 4);
 }

@@ -25,15 +25,16 @@
 #[path = "corpus.rs"]
 mod corpus;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
+use wechat_fanout::clock::now_ms;
 
 /// The account's keys, under one hash tag as the store writes them.
 const BASE: &str = "{bench:bench}";
 /// How long the inline jobs' lease runs from arrival (ms), as `ZADD inline` scores it.
-const LEASE_MS: u64 = 30_000;
+const LEASE_MS: i64 = 30_000;
 
 #[derive(Debug, Parser)]
 #[command(about = "Redis's CPU per callback for the stored shape's bare commands, no Lua")]
@@ -180,21 +181,19 @@ impl Callback {
     }
 }
 
-/// Milliseconds since the epoch: the `received` field and the arrival scores.
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+/// A command on one of the account's keys (`set`), its members to follow.
+fn on_set(name: &str, set: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd(name);
+    cmd.arg(format!("{BASE}:{set}"));
+    cmd
 }
 
 /// The accept's commands for a batch, one round trip.
 fn accept(con: &mut redis::Connection, batch: &[Callback]) -> anyhow::Result<()> {
     let received = now_ms();
     let mut pipe = redis::pipe();
-    let mut inline = redis::cmd("ZADD");
-    inline.arg(format!("{BASE}:inline"));
-    let mut arrivals = redis::cmd("ZADD");
-    arrivals.arg(format!("{BASE}:arrivals"));
+    let mut inline = on_set("ZADD", "inline");
+    let mut arrivals = on_set("ZADD", "arrivals");
     for c in batch {
         let dedupe = format!("msg:{}", c.msg_id);
         pipe.cmd("HSETNX")
@@ -245,10 +244,8 @@ fn accept(con: &mut redis::Connection, batch: &[Callback]) -> anyhow::Result<()>
 fn outcomes(con: &mut redis::Connection, batch: &[Callback]) -> anyhow::Result<()> {
     let received = now_ms();
     let mut pipe = redis::pipe();
-    let mut inline = redis::cmd("ZREM");
-    inline.arg(format!("{BASE}:inline"));
-    let mut done = redis::cmd("ZADD");
-    done.arg(format!("{BASE}:done"));
+    let mut inline = on_set("ZREM", "inline");
+    let mut done = on_set("ZADD", "done");
     for c in batch {
         let cb = format!("{BASE}:cb:{}", c.id);
         // Read back, not ignored: recording checks the callback is still open and its tokens.

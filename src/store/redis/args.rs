@@ -84,12 +84,16 @@ pub(super) fn accept_args(callback: &NewCallback, list: bool) -> Vec<Arg> {
     args
 }
 
-/// The callback's hash (`store::shape`) as field and value pairs, written by a plain `HSET` in
-/// the accept's transaction, ahead of the script (which deletes it again if the callback is a
-/// resend of one stored already).
-pub(super) fn callback_hash(callback: &NewCallback) -> Vec<Arg> {
+/// The `HSET` arguments of the callback's hash (`store::shape`) under the account's key `base`:
+/// its key, then field and value pairs. Written by a plain `HSET` in the accept's transaction,
+/// ahead of the script (which deletes it again if the callback is a resend of one stored
+/// already).
+pub(super) fn callback_hash(base: &str, callback: &NewCallback) -> Vec<Arg> {
     let request = &callback.request;
-    let mut args = Vec::with_capacity(32);
+    let mut args = Vec::with_capacity(33);
+    args.push(Arg::Owned(
+        format!("{base}:cb:{}", callback.id.0).into_bytes(),
+    ));
     let mut field = |name: Arg, value: Arg| {
         args.push(name);
         args.push(value);

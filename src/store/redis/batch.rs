@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use redis::{Cmd, Pipeline, Script, ServerErrorKind, Value};
+use redis::{Pipeline, Script, ServerErrorKind, Value};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -117,12 +117,12 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
                     return;
                 };
                 let mut batch = vec![(item, reply)];
-                let linger = gap.linger(linger);
-                let until = Instant::now() + linger;
+                let wait = gap.linger(linger);
+                let until = Instant::now() + wait;
                 while batch.len() < BATCH_MAX {
                     let next = match items.try_recv() {
                         Ok(next) => next,
-                        Err(_) if linger.is_zero() => break,
+                        Err(_) if wait.is_zero() => break,
                         Err(_) => match tokio::time::timeout_at(until, items.recv()).await {
                             Ok(Some(next)) => next,
                             _ => break,
@@ -158,12 +158,13 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
 }
 
 /// An accept or an attempt's outcome on its way: the account's key base, the script's
-/// arguments for it, and for an accept the `HSET` of its callback's hash, sent ahead of the
-/// script in the batch's transaction.
+/// arguments for it, and for an accept the `HSET` arguments of its callback's hash (its key,
+/// then field and value pairs: [`super::args::callback_hash`]), sent ahead of the script in the
+/// batch's transaction; none for an outcome.
 pub(super) struct BatchItem {
     pub(super) base: String,
     pub(super) args: Vec<Arg>,
-    pub(super) hash: Option<Cmd>,
+    pub(super) hash: Vec<Arg>,
 }
 
 /// What the batches need of the store.
@@ -240,30 +241,20 @@ impl BatchContext {
     /// each callback's reply row once its account's writes last.
     pub(super) async fn accept(
         self: Arc<Self>,
-        mut items: Vec<BatchItem>,
+        items: Vec<BatchItem>,
     ) -> Vec<Result<Row, StoreError>> {
         let mut answers: Vec<Option<Result<Row, StoreError>>> =
             items.iter().map(|_| None).collect();
-        // The hashes' commands move into their group's transaction, not copied.
-        let mut hashes: Vec<Option<Cmd>> = items.iter_mut().map(|i| i.hash.take()).collect();
         let groups = by_base(&items);
-        let group_hashes: Vec<Vec<Cmd>> = groups
-            .values()
-            .map(|places| places.iter().filter_map(|&i| hashes[i].take()).collect())
-            .collect();
         let turn = self.sent.fetch_add(1, Ordering::Relaxed);
         let conn = &self.accept_conns[turn % self.accept_conns.len()];
-        let written = join_all(groups.iter().zip(group_hashes).map(
-            |((base, places), hashes)| async {
-                let rows = self.write(conn, base, places, &items, hashes).await;
-                match rows {
-                    Ok((rows, conn, again)) => {
-                        self.last(base, &rows, conn, again).await.map(|()| rows)
-                    }
-                    Err(e) => Err(e),
-                }
-            },
-        ))
+        let written = join_all(groups.iter().map(|(base, places)| async {
+            let rows = self.write(conn, base, places, &items).await;
+            match rows {
+                Ok((rows, conn, again)) => self.last(base, &rows, conn, again).await.map(|()| rows),
+                Err(e) => Err(e),
+            }
+        }))
         .await;
         for ((_, places), rows) in groups.iter().zip(written) {
             spread(&mut answers, places, rows);
@@ -279,7 +270,6 @@ impl BatchContext {
         base: &str,
         places: &[usize],
         items: &[BatchItem],
-        hashes: Vec<Cmd>,
     ) -> Result<(Vec<Row>, Conn, bool), StoreError> {
         let mut invocation = self.accept.key(base);
         invocation.arg(self.lease_ms);
@@ -287,10 +277,8 @@ impl BatchContext {
         // Errors come back as values, so that a script missing from the server's cache (after a
         // restart or a failover) is told apart, loaded, and the whole sent again.
         pipe.atomic().ignore_errors();
-        for hash in hashes {
-            pipe.add_command(hash);
-        }
         for &i in places {
+            pipe.cmd("HSET").arg(&items[i].hash);
             invocation.arg(&items[i].args);
         }
         pipe.invoke_script(&invocation);
@@ -370,15 +358,15 @@ async fn run_accept(
         }
         Err(e) => return Err(e.into()),
     };
-    match reply {
+    let mut conn = conn;
+    let reply = match reply {
         Value::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript) => {
-            let mut conn = conn;
             invocation.load_async(&mut conn).await?;
-            match transaction(&mut conn, pipe).await? {
-                Value::ServerError(e) => Err(redis::RedisError::from(e).into()),
-                reply => Ok((reply, conn, again)),
-            }
+            transaction(&mut conn, pipe).await?
         }
+        reply => reply,
+    };
+    match reply {
         Value::ServerError(e) => Err(redis::RedisError::from(e).into()),
         reply => Ok((reply, conn, again)),
     }
@@ -387,15 +375,7 @@ async fn run_accept(
 /// Runs an accept transaction: the script's reply (a server error as a value), once every
 /// `HSET` before it succeeded.
 async fn transaction(conn: &mut Conn, pipe: &Pipeline) -> redis::RedisResult<Value> {
-    let mut replies: Vec<Value> = match pipe.query_async(conn).await {
-        Ok(replies) => replies,
-        Err(e) => {
-            if redirected(&e) {
-                follow_the_slots(conn, pipe).await;
-            }
-            return Err(e);
-        }
-    };
+    let mut replies: Vec<Value> = pipe.query_async(conn).await?;
     let script = replies.pop().unwrap_or(Value::Nil);
     if let Some(Value::ServerError(e)) = replies
         .into_iter()
@@ -404,31 +384,6 @@ async fn transaction(conn: &mut Conn, pipe: &Pipeline) -> redis::RedisResult<Val
         return Err(e.into());
     }
     Ok(script)
-}
-
-/// A Cluster node answered that another has the slot (`MOVED`, `ASK`), itself or inside the
-/// aborted transaction: the slot moved (a failover).
-fn redirected(e: &redis::RedisError) -> bool {
-    let redirect = |kind: Option<ServerErrorKind>| {
-        matches!(kind, Some(ServerErrorKind::Moved | ServerErrorKind::Ask))
-    };
-    e.redirect_node().is_some()
-        || e.clone()
-            .into_server_errors()
-            .is_some_and(|errors| errors.iter().any(|(_, error)| redirect(error.kind())))
-}
-
-/// The Cluster client learns where slots moved from a single command's redirect, not from
-/// one inside a transaction, and would send every next accept to the node that lost the slot:
-/// a read of the transaction's first key makes it rebuild its map (this accept fails as
-/// unavailable, and WeChat resends it).
-async fn follow_the_slots(conn: &mut Conn, pipe: &Pipeline) {
-    let Conn::Cluster(_) = conn else { return };
-    let Some(key) = pipe.cmd_iter().find_map(|cmd| cmd.args_iter().nth(1)) else {
-        return;
-    };
-    let redis::Arg::Simple(key) = key else { return };
-    let _: redis::RedisResult<Value> = redis::cmd("EXISTS").arg(key).query_async(conn).await;
 }
 
 #[cfg(test)]

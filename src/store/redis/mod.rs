@@ -2,21 +2,21 @@
 //!
 //! **Keys.** Every key of an account shares one hash tag, `<prefix>:{<account>}:…`, so each
 //! operation on an account touches one Cluster slot and runs as one Lua script, or, for an accept,
-//! one transaction (`MULTI`: each callback's hash by a plain `HSET`, then the script, which
-//! decides the dedupe insert-if-absent, deletes a resend's hash, and writes the jobs and
-//! indexes): an accept is atomic across its targets. Per
-//! account: `dedupe` (hash: dedupe key → callback id), `cb:<id>` (hash: the request, the answer,
-//! `open` jobs, and the lease tokens of jobs leased at accept, `l:<t>`, held there until their
-//! first outcome), `inline` (zset: callbacks holding such jobs, by lease expiry; see
-//! `lua/prelude_inline.lua`), `job:<id>` (hash, for every other job: state `p`ending, in `f`light or
-//! `d`ead, lease token, attempts…), `att:<id>` (hash: attempt → `at|status|E<error>`), per target `due:<t>` (zset by
-//! due time), `lease:<t>` (zset by lease expiry), `dead:<t>` (zset by time of death), `targets`
-//! (set), `done` (zset: callbacks with no job left, by arrival, for the retention purge); for
-//! lane-ordered targets only, `lane:<lane>:<t>` (zset: a lane's open jobs in order) and
-//! `held:<t>` (zset: jobs waiting behind their lane's first; see `lua/prelude_lanes.lua`). One
-//! key outside any account, `<prefix>:accounts`, lists the accounts for the deployment-wide
-//! reads (admin, metrics, dead letters by id); it is written before an account's first accept,
-//! idempotently. Kept values (WeChat's callback IP lists) are `<prefix>:kept:<name>`.
+//! one transaction (`MULTI`: each callback's hash by a plain `HSET`, then the script, which decides
+//! the dedupe insert-if-absent, deletes a resend's hash, and writes the jobs and indexes): an
+//! accept is atomic across its targets. Per account: `dedupe` (hash: dedupe key → callback id),
+//! `cb:<id>` (hash: the request, the answer, `open` jobs, and the lease tokens of jobs leased at
+//! accept, `l:<t>`, held there until their first outcome), `inline` (zset: callbacks holding such
+//! jobs, by lease expiry; see `lua/prelude_inline.lua`), `job:<id>` (hash, for every other job:
+//! state `p`ending, in `f`light or `d`ead, lease token, attempts…), `att:<id>` (hash: attempt →
+//! `at|status|E<error>`), per target `due:<t>` (zset by due time), `lease:<t>` (zset by lease
+//! expiry), `dead:<t>` (zset by time of death), `targets` (set), `done` (zset: callbacks with no
+//! job left, by arrival, for the retention purge); for lane-ordered targets only, `lane:<lane>:<t>`
+//! (zset: a lane's open jobs in order) and `held:<t>` (zset: jobs waiting behind their lane's
+//! first; see `lua/prelude_lanes.lua`). One key outside any account, `<prefix>:accounts`, lists the
+//! accounts for the deployment-wide reads (admin, metrics, dead letters by id); it is written
+//! before an account's first accept, idempotently. Kept values (WeChat's callback IP lists) are
+//! `<prefix>:kept:<name>`.
 //!
 //! **Clocks.** Due times and lease expiries are Redis's `TIME`, read inside the scripts: the
 //! instances' clocks never meet. Ids are made by the caller, from blocks each instance
@@ -24,8 +24,9 @@
 //! scripts.
 //!
 //! **Twice is once.** Every script can run twice with the same arguments (a resend after a
-//! reconnect): accept recognises its own callback id (its hash is written again as it was), a lease is taken with a new token that an
-//! outcome must match, and an outcome whose token no longer holds writes nothing.
+//! reconnect): accept recognises its own callback id (its hash is written again as it was), a
+//! lease is taken with a new token that an outcome must match, and an outcome whose token no
+//! longer holds writes nothing.
 //!
 //! **Durability** is Redis's: with `appendfsync always` an accepted callback is on disk when the
 //! script returns; where the server has `WAITAOF` (Redis ≥ 7.2, Valkey) and AOF is on, a new
@@ -217,8 +218,8 @@ impl RedisStore {
         // (each waits for them), waiting for company only while callbacks come often
         // (`accept_linger_ms`, [`Linger::Paced`]): at a steady 2,000/s a script call and a round
         // trip serve two or three callbacks instead of one each, and what Redis spends per
-        // call, not per callback, is most of its work at such rates. Outcomes: gathered for OUTCOME_LINGER (a callback's targets answer
-        // together).
+        // call, not per callback, is most of its work at such rates. Outcomes: gathered for
+        // OUTCOME_LINGER (a callback's targets answer together).
         let in_flight = if store.replicas.is_some() {
             ACCEPT_CONNECTIONS
         } else {
@@ -379,19 +380,16 @@ impl Store for RedisStore {
         self.list_account(&callback.account).await?;
         let base = self.base(&callback.account);
         let list = !self.targets_listed(&callback.account, &callback.jobs);
-        let args = args::accept_args(&callback, list);
-        let mut hash = redis::cmd("HSET");
-        hash.arg(format!("{base}:cb:{}", callback.id.0))
-            .arg(args::callback_hash(&callback));
+        let item = BatchItem {
+            args: args::accept_args(&callback, list),
+            hash: args::callback_hash(&base, &callback),
+            base,
+        };
         let reply = self
             .accepts
             .as_ref()
             .ok_or(StoreError::Closed)?
-            .submit(BatchItem {
-                base,
-                args,
-                hash: Some(hash),
-            })
+            .submit(item)
             .await?;
         match reply.first().and_then(|v| v.as_deref()) {
             Some(b"new") => {
@@ -541,7 +539,7 @@ impl Store for RedisStore {
             Arg::number(report.callback.0),
             Arg::text(&report.key.target),
         ];
-        if kind != "delivered" {
+        if !matches!(report.disposition, Disposition::Delivered) {
             args.extend([
                 Arg::number(delay),
                 Arg::number(report.attempt),
@@ -558,7 +556,7 @@ impl Store for RedisStore {
             .submit(BatchItem {
                 base: self.base(&report.key.account),
                 args,
-                hash: None,
+                hash: Vec::new(),
             })
             .await?;
         Ok(if applied == 1 {

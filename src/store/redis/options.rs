@@ -14,7 +14,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{
     AsyncConnectionConfig, Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisConnectionInfo,
-    RedisFuture, Value,
+    RedisError, RedisFuture, ServerErrorKind, Value,
 };
 
 use super::sentinel::{Followed, Pinned, Sentinels};
@@ -275,7 +275,15 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => Box::pin(async move {
+                let replies = c.req_packed_commands(pipeline, offset, count).await;
+                if let Err(e) = &replies
+                    && redirected(e)
+                {
+                    follow_the_slots(c, pipeline).await;
+                }
+                replies
+            }),
             Conn::Sentinel(c, pinned) => c.requests(pipeline, offset, count, pinned.clone()),
         }
     }
@@ -287,4 +295,28 @@ impl ConnectionLike for Conn {
             Conn::Sentinel(c, _) => c.db(),
         }
     }
+}
+
+/// A Cluster node answered that another has the slot (`MOVED`, `ASK`), itself or inside an
+/// aborted transaction: the slot moved (a failover).
+fn redirected(e: &RedisError) -> bool {
+    let redirect = |kind: Option<ServerErrorKind>| {
+        matches!(kind, Some(ServerErrorKind::Moved | ServerErrorKind::Ask))
+    };
+    e.redirect_node().is_some()
+        || e.clone()
+            .into_server_errors()
+            .is_some_and(|errors| errors.iter().any(|(_, error)| redirect(error.kind())))
+}
+
+/// The Cluster client learns where slots moved from a single command's redirect, not from one
+/// inside a transaction (an accept's), and would send every next transaction to the node that
+/// lost the slot: a read of the pipeline's first key makes it rebuild its map (the transaction
+/// itself fails as unavailable; an accept's is resent by WeChat).
+async fn follow_the_slots(conn: &mut ClusterConnection, pipeline: &Pipeline) {
+    let Some(redis::Arg::Simple(key)) = pipeline.cmd_iter().find_map(|cmd| cmd.args_iter().nth(1))
+    else {
+        return;
+    };
+    let _: redis::RedisResult<Value> = redis::cmd("EXISTS").arg(key).query_async(conn).await;
 }

@@ -21,6 +21,8 @@ const LETTERS: &str = include_str!("lua/prelude_letters.lua");
 const LANES: &str = include_str!("lua/prelude_lanes.lua");
 /// Jobs held in their callback's hash (shape version 7).
 const INLINE: &str = include_str!("lua/prelude_inline.lua");
+/// Walking an account's arrival index.
+const WALK: &str = include_str!("lua/walk.lua");
 
 /// What the accept script reads as its legacy window, replaced by the window in milliseconds.
 const LEGACY_WINDOW_PLACEHOLDER: &str = "LEGACY_WINDOW_MS";
@@ -86,19 +88,14 @@ impl Scripts {
             depths: script(&[], include_str!("lua/depths.lua")),
             callback: script(&[INLINE], include_str!("lua/callback.lua")),
             pace: script(&[], include_str!("lua/pace.lua")),
-            arrivals: script(&[], &walking(include_str!("lua/arrivals.lua"))),
+            arrivals: script(&[WALK], include_str!("lua/arrivals.lua")),
             backfill: script(&[], include_str!("lua/backfill.lua")),
             lanes: script(&[LANES], include_str!("lua/lanes.lua")),
-            history: script(&[], &walking(include_str!("lua/history.lua"))),
+            history: script(&[WALK], include_str!("lua/history.lua")),
             minutes_add: script(&[], include_str!("lua/minutes_add.lua")),
             minutes: script(&[], include_str!("lua/minutes.lua")),
         }
     }
-}
-
-/// A script that walks an account's arrival index: `lua/walk.lua`, then `body`.
-fn walking(body: &str) -> String {
-    format!("{}{body}", include_str!("lua/walk.lua"))
 }
 
 /// A script as Redis runs it: the prelude, the `parts` of it this script uses, then `body`.

@@ -21,9 +21,9 @@
 -- the targets it was queued for (`routed`, one a line), a job whose id does not follow the
 -- callback's there (`job:<t>`), and the lease tokens of jobs held in it (`l:<t>`, version 7:
 -- a job leased here, which the accepting instance sends at once, gets no hash and no lease
--- set entry of its own; see prelude_inline.lua). The account's arrival index (`arrivals`: id by time
--- received) gets it too. A lane-ordered job joins its lane (see prelude_lanes.lua): the first of it
--- is due (or in flight) in a hash of its own as any job, the others are held.
+-- set entry of its own; see prelude_inline.lua). The account's arrival index (`arrivals`: id
+-- by time received) gets it too. A lane-ordered job joins its lane (see prelude_lanes.lua):
+-- the first of it is due (or in flight) in a hash of its own as any job, the others are held.
 --
 -- The legacy key (the build before's key for this callback): a callback that build
 -- stored under it (its `dedupe` field is that key) within the window is this one's

@@ -63,7 +63,8 @@ local function settle(target, job)
 end
 -- The outcome whose arguments follow ARGV[o].
 local function record(o)
-  local kind, job, token, cb, target = ARGV[o + 1], ARGV[o + 2], ARGV[o + 3], ARGV[o + 4], ARGV[o + 5]
+  local kind, job, token = ARGV[o + 1], ARGV[o + 2], ARGV[o + 3]
+  local cb, target = ARGV[o + 4], ARGV[o + 5]
   local c = cbs[cb]
   local j = K .. ':job:' .. job
   local f, moved
@@ -106,7 +107,9 @@ local function record(o)
   -- The job's fields in one HSET, and what this attempt did not have in one HDEL.
   local set, gone_fields = {'attempts', attempt, 'updated', at}, {}
   if moved then
-    for _, v in ipairs({'cb', cb, 'target', target, 'lease', token, 'base', 0}) do table.insert(set, v) end
+    for _, v in ipairs({'cb', cb, 'target', target, 'lease', token, 'base', 0}) do
+      table.insert(set, v)
+    end
   end
   if status ~= '' then
     table.insert(set, 'status'); table.insert(set, status)
