@@ -6,7 +6,7 @@
 //! exits (even servers kept in a `static` for the whole binary), the pipe closes and the shell
 //! kills its server, so no server outlives its tests. Drop kills it too.
 //!
-//! Shared by `tests/store_contract.rs` and `tests/it` (`#[path]`); not every user needs every
+//! Shared by `tests/store_contract/` and `tests/it` (`#[path]`); not every user needs every
 //! function.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 

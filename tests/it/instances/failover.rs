@@ -4,7 +4,7 @@
 //! and the console of one shows the other's callbacks again (the feed's publisher and subscriber
 //! moved to the new primary too). And `min_replicas` as WeChat and a load balancer see it: 503
 //! while the replica cannot acknowledge. (The failover with `min_replicas`, and the loss without
-//! it, are measured on the store in `tests/store_contract.rs`.)
+//! it, are measured on the store in `tests/store_contract/sentinel.rs`.)
 #![allow(clippy::print_stderr)]
 
 use std::collections::HashSet;
