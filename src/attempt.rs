@@ -333,7 +333,7 @@ impl Attempts {
         target: &Target,
         job: &Job,
         attempt: &Attempt,
-    ) -> Disposition {
+    ) -> Finished {
         let now = now_ms();
         let report = attempt.report(target, job, now);
         let disposition = report.disposition;
@@ -404,27 +404,39 @@ impl Attempts {
             },
             elapsed_ms,
         });
-        record_until_stored(store, job.id, report).await;
+        let lane_next_due = record_until_stored(store, job.id, report).await;
         self.events.publish(event);
-        disposition
+        Finished {
+            disposition,
+            lane_next_due,
+        }
     }
+}
+
+/// How a recorded attempt ended, for its target's worker.
+#[derive(Debug, Clone, Copy)]
+pub struct Finished {
+    pub disposition: Disposition,
+    /// Its job let its lane's next job go, due now ([`Recorded::LaneNextDue`]).
+    pub lane_next_due: bool,
 }
 
 /// Records an attempt's outcome, trying again with backoff until the store takes it: until then
 /// the job stays in flight, and only a restart would send it again (a full disk refuses every
 /// write for a while). Recording the same outcome twice changes nothing. Gives up only when the
 /// store is closed; shutdown abandons it after the grace period; the next start resends the job.
-async fn record_until_stored(store: &dyn Store, job: JobId, report: AttemptReport) {
+/// True when the outcome let the job's lane's next job go.
+async fn record_until_stored(store: &dyn Store, job: JobId, report: AttemptReport) -> bool {
     let delivery = job.0;
     let mut delay = RECORD_RETRY_FIRST;
     let mut tries = 1u32;
     loop {
         match store.record(report.clone()).await {
-            Ok(Recorded::Applied) => {
+            Ok(recorded @ (Recorded::Applied | Recorded::LaneNextDue)) => {
                 if tries > 1 {
                     tracing::info!(delivery, tries, "attempt recorded once the store took it");
                 }
-                return;
+                return recorded == Recorded::LaneNextDue;
             }
             Ok(Recorded::LeaseLost) => {
                 tracing::warn!(
@@ -432,14 +444,14 @@ async fn record_until_stored(store: &dyn Store, job: JobId, report: AttemptRepor
                     "the job's lease expired during the attempt and another attempt owns it now; \
                      this outcome was not recorded"
                 );
-                return;
+                return false;
             }
             Err(StoreError::Closed) => {
                 tracing::error!(
                     delivery,
                     "could not record an attempt: the store is closed; it will be sent again after a restart"
                 );
-                return;
+                return false;
             }
             Err(e) => {
                 if tries == 1 {

@@ -30,10 +30,12 @@ def title:
     "redis-rate": "wechat-fanout on Redis (always) at a fixed rate",
     "redis-rate-everysec": "wechat-fanout on Redis (everysec) at a fixed rate",
     "redis-min1-rate": "wechat-fanout on Redis (always) + a replica, min_replicas 1, at a fixed rate",
+    "redis-lanes": "wechat-fanout on Redis (everysec), 2 fast targets in per-user order (lanes)",
+    "redis-lanes-rate": "wechat-fanout on Redis (everysec), per-user order (lanes), at a fixed rate",
     "redis-replica": "wechat-fanout on Redis (always) + a replica, min_replicas 0",
     "redis-min1": "wechat-fanout on Redis (always) + a replica, min_replicas 1 (WAIT)" }[.] // . end;
 
-def redis_capacity: ltrimstr("alt-") | IN("redis-always", "redis-everysec", "redis-two", "redis-replica", "redis-min1");
+def redis_capacity: ltrimstr("alt-") | IN("redis-always", "redis-everysec", "redis-two", "redis-replica", "redis-min1", "redis-lanes");
 
 # Deliveries column: what each sink received (distinct callbacks) against what was accepted.
 def deliveries:
@@ -153,8 +155,8 @@ def drain:
       + "| \($g | core) | \($g | per_callback) "
       + "| \($g | proxy_cores) | \($g | per_core) | \($g | by_thread) "
       # A fixed rate is not a capacity: no ratio.
-      + "| \(if $med.bare and ($s | ltrimstr("alt-") | IN("bare", "rate", "redis-rate", "redis-rate-everysec", "redis-min1-rate") | not) then ($r | median) / $med.bare | ratio else "–" end) "
-      + "| \(if $med.nginx and ($s | ltrimstr("alt-") | IN("nginx", "rate", "redis-rate", "redis-rate-everysec", "redis-min1-rate") | not) then ($r | median) / $med.nginx | ratio else "–" end) "
+      + "| \(if $med.bare and ($s | ltrimstr("alt-") | IN("bare", "rate", "redis-rate", "redis-rate-everysec", "redis-min1-rate", "redis-lanes-rate") | not) then ($r | median) / $med.bare | ratio else "–" end) "
+      + "| \(if $med.nginx and ($s | ltrimstr("alt-") | IN("nginx", "rate", "redis-rate", "redis-rate-everysec", "redis-min1-rate", "redis-lanes-rate") | not) then ($r | median) / $med.nginx | ratio else "–" end) "
       + "| \(if $med.fast and ($s | redis_capacity) then (($r | median) / $med.fast | ratio)
               + (if ($paired[$s] | length) > 0 then " (\($paired[$s] | min | ratio)–\($paired[$s] | max | ratio))" else "" end)
             else "–" end) |"
@@ -213,7 +215,7 @@ def drain:
       | ($g | map(core_us(.cpu.store)) | median) as $us
       | "- Redis's CPU per callback, \($g[0].scenario | title): \($us | . * 10 | round / 10) µs (runs \($g | map(core_us(.cpu.store)) | min | round)–\($g | map(core_us(.cpu.store)) | max | round)), a ceiling of ~\(1000000 / $us | round)/s per primary" ),
     # The goals of Redis's cost per callback (AOF everysec): saturated, and at a fixed rate.
-    ( [["redis-everysec", 15], ["redis-rate-everysec", 50]][] as [$s, $goal]
+    ( [["redis-everysec", 15], ["redis-rate-everysec", 50], ["redis-lanes", 15], ["redis-lanes-rate", 50]][] as [$s, $goal]
       | $groups[] | select(.[0].scenario == $s and all(.[]; (.cpu.store // 0) > 0))
       | (map(core_us(.cpu.store)) | median) as $us
       | "- Redis's CPU per callback, \($s | title): \($us | round) µs ≤ \($goal) µs: \(verdict($us <= $goal))" ),

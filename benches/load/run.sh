@@ -6,7 +6,7 @@
 #   BACKLOG=1 bash benches/load/run.sh    # adds the 1,000,000-callback backlog (memory) scenario
 #   SCENARIOS="fast down" bash benches/load/run.sh   # a subset of: bare nginx fast fast-h2 fast-pipe events
 #                                     #   slow down safe rate redis-always redis-everysec redis-two redis-rate
-#                                     #   redis-rate-everysec redis-min1-rate
+#                                     #   redis-rate-everysec redis-min1-rate redis-lanes redis-lanes-rate
 #                                     #   redis-replica redis-min1 (a name may repeat: ABBA orders)
 #   BACKLOG=1 SCENARIOS= bash benches/load/run.sh    # the backlog scenario alone
 #   CORES=2 bash benches/load/run.sh      # two-core mode: the proxy gets both cores (see below)
@@ -57,6 +57,9 @@
 # redis-server, AOF always too, with the server), `store.redis.min_replicas` 0 and 1: what waiting
 # for the replica's acknowledgement (WAIT) costs. A replica on another machine adds one network
 # round trip per WAIT on top; redis-min1-rate: redis-min1 at the fixed rate (its p99 answer).
+# redis-lanes and redis-lanes-rate: redis-everysec and redis-rate-everysec with both targets
+# `order = "per_user"` (each sender's callbacks delivered one at a time, in order: a lane per
+# sender and target; the corpus has 1,000 senders), what lanes cost Redis.
 # Redis's CPU in the report is the primary's alone.
 set -euo pipefail
 
@@ -448,7 +451,8 @@ wait_redis() { # $1: port; $2: its name in PIDS
 
 # Prints a proxy's configuration. $1: mode (plaintext|safe); $2: run folder; $3: sqlite|redis;
 # $4: instance (1|2); $5: how deliveries go: h1 (HTTP/1.1, the default), h2 (both targets speak
-# HTTP/2 with prior knowledge, h2c) or pipe (HTTP/1.1 pipelining to both).
+# HTTP/2 with prior knowledge, h2c) or pipe (HTTP/1.1 pipelining to both). ORDER (environment):
+# the targets' `order` (per_user), none when empty.
 proxy_config() {
     local dir=$2 key="" store listen=$P_PROXY admin=$P_ADMIN setting=""
     [[ $1 == safe ]] && key="encoding_aes_key = \"$AES_KEY\""
@@ -457,6 +461,8 @@ proxy_config() {
         h2) setting="http2 = true" ;;
         pipe) setting="pipelining = true" ;;
     esac
+    [[ -n ${ORDER:-} ]] && setting="$setting
+order = \"$ORDER\""
     if [[ ${3:-sqlite} == redis ]]; then
         store="backend = \"redis\"
 [store.redis]
@@ -568,7 +574,7 @@ run_reference() { # $1: bare|nginx; $2: run number
 run_proxy() {
     local scenario=$1 i=$2 dir=$WORK/runs/$1-$2 expect=plain mode=plaintext data=$PLAIN_DATA
     local store=sqlite fsync="" two=0 admins=("$P_ADMIN") pids w acc dup rss hwm drain a b c0 cpu
-    local replica=0 MIN_REPLICAS=0
+    local replica=0 MIN_REPLICAS=0 ORDER=""
     # A scenario named twice in SCENARIOS (ABBA) runs twice per round: a folder each.
     while [[ -e $dir ]]; do dir=$dir+; done
     local t0 threads wire
@@ -586,6 +592,7 @@ run_proxy() {
         redis-two) store=redis fsync=always two=1 admins+=("$P_ADMIN2") ;;
         redis-replica) store=redis fsync=always replica=1 ;;
         redis-min1 | redis-min1-rate) store=redis fsync=always replica=1 MIN_REPLICAS=1 ;;
+        redis-lanes | redis-lanes-rate) store=redis fsync=everysec ORDER=per_user ;;
     esac
     case $base in
         slow) start_sinks "$expect" "$dir" ab "$SLOW_MS" ;;
@@ -607,7 +614,7 @@ run_proxy() {
     fi
     t0=$(thread_ticks "${pids[@]}")
     c0=$(cpu_snapshot "${pids[@]}")
-    if [[ $base == rate || $base == redis-rate || $base == redis-rate-everysec || $base == redis-min1-rate ]]; then
+    if [[ $base == rate || $base == redis-rate || $base == redis-rate-everysec || $base == redis-min1-rate || $base == redis-lanes-rate ]]; then
         local r
         r=$($CLIENT_CPU "$BIN/examples/load-gen" rate --addr "127.0.0.1:$P_PROXY" --rate "$RATE" \
             --duration "$DURATION" | grep '^RATE ' | cut -c6-)
@@ -730,7 +737,7 @@ log "results in $OUT; $PINNING; $RUNS run(s) of ${DURATION}s, $CONNS connections
 for scenario in $SCENARIOS; do
     case ${scenario#alt-} in
         bare | nginx) [[ $scenario != alt-* ]] || { echo "alt- applies to the proxy's scenarios" >&2; exit 1; } ;;
-        fast | fast-h2 | fast-pipe | events | slow | down | safe | rate | redis-always | redis-everysec | redis-two | redis-rate | redis-rate-everysec | redis-replica | redis-min1 | redis-min1-rate) ;;
+        fast | fast-h2 | fast-pipe | events | slow | down | safe | rate | redis-always | redis-everysec | redis-two | redis-rate | redis-rate-everysec | redis-replica | redis-min1 | redis-min1-rate | redis-lanes | redis-lanes-rate) ;;
         *) echo "unknown scenario $scenario" >&2; exit 1 ;;
     esac
     if [[ $scenario == alt-* && ! -x $ALT_BIN ]]; then

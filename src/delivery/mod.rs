@@ -37,6 +37,9 @@ const LEASE_BATCH: usize = 256;
 const PACE_LOOKAHEAD: Duration = Duration::from_secs(1);
 /// How long a stopping worker waits for jobs that ingress is handing over at that moment.
 const RELEASE_WAIT: Duration = Duration::from_secs(2);
+/// How often a lane-ordered target's worker looks for lanes an older build left blocked, at
+/// most: a rolling deploy's leftover, not worth a script call on every look into the store.
+const TEND_LANES_EVERY: Duration = Duration::from_secs(1);
 
 /// What a look into the store found.
 enum Lease {
@@ -97,6 +100,8 @@ impl Delivery {
         let mut next_look = tokio::time::Instant::now();
         // A job taken from the handoff but not started when stop fired: it goes back too.
         let mut unstarted = Vec::new();
+        // When this worker last looked for blocked lanes (lane-ordered targets only).
+        let mut tended: Option<tokio::time::Instant> = None;
         loop {
             if let Some(cool_down) = target.plumbing.breaker.open_for(now_ms()) {
                 // The target keeps failing: start nothing until the cool-down ends. New jobs
@@ -125,7 +130,7 @@ impl Delivery {
             }
             if look_in_store {
                 look_in_store = false;
-                match self.lease_from_store(&target, &stop).await {
+                match self.lease_from_store(&target, &stop, &mut tended).await {
                     Lease::Full => {
                         look_in_store = true;
                         continue;
@@ -184,8 +189,14 @@ impl Delivery {
     }
 
     /// Leases due jobs from the store, at most as many as there are free permits, and starts
-    /// their attempts; says how long until the store should be looked at again.
-    async fn lease_from_store(&self, target: &Arc<Target>, stop: &CancellationToken) -> Lease {
+    /// their attempts; says how long until the store should be looked at again. `tended`: when
+    /// the worker last looked for blocked lanes.
+    async fn lease_from_store(
+        &self,
+        target: &Arc<Target>,
+        stop: &CancellationToken,
+        tended: &mut Option<tokio::time::Instant>,
+    ) -> Lease {
         // Lease only when there is room, but hold no permit while the store is asked: a reply
         // owner's relay takes one without waiting, and a worker that merely polls the store
         // (most polls find nothing) must not make it skip the relay. A permit taken meanwhile
@@ -206,9 +217,12 @@ impl Delivery {
             want = want.min(per_second as usize).max(1);
         }
         if target.settings.order == Order::PerUser
-            && let Err(e) = self.shared.store.tend_lanes(&target.key).await
+            && tended.is_none_or(|at| at.elapsed() >= TEND_LANES_EVERY)
         {
-            warn!(error = %e, "looking for lanes left blocked by an older build failed");
+            *tended = Some(tokio::time::Instant::now());
+            if let Err(e) = self.shared.store.tend_lanes(&target.key).await {
+                warn!(error = %e, "looking for lanes left blocked by an older build failed");
+            }
         }
         let jobs = match self.shared.store.lease_due(&target.key, want).await {
             Ok(jobs) => jobs,
@@ -297,15 +311,16 @@ impl Delivery {
     async fn deliver(self, target: Arc<Target>, job: Job, permit: OwnedSemaphorePermit) {
         let attempt = self.shared.attempts.attempt(&target, &job).await;
         drop(permit);
-        let disposition = self
+        let finished = self
             .shared
             .attempts
             .finish(&*self.shared.store, &target, &job, &attempt)
             .await;
         self.shared.leases.let_go(job.id, job.lease);
-        if matches!(disposition, Disposition::RetryIn(_)) || job.lane.is_some() {
+        if matches!(finished.disposition, Disposition::RetryIn(_)) || finished.lane_next_due {
             // The worker may be asleep for a whole poll interval; let it see the new due time,
-            // or the next job of the lane this one released.
+            // or the next job of the lane this one released (an empty lane wakes no one: most
+            // lanes, at everyday rates).
             target.plumbing.wake.notify_one();
         }
     }

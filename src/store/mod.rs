@@ -424,6 +424,9 @@ pub struct AttemptReport {
 #[must_use]
 pub enum Recorded {
     Applied,
+    /// Applied, and the job (lane-ordered, delivered or dead) let its lane's next job go: that
+    /// one is due now, and its target's worker should look in the store.
+    LaneNextDue,
     /// The job is no longer leased with that token (the lease expired and another process took
     /// the job, or it was released): nothing was written.
     LeaseLost,

@@ -7,8 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use wechat_fanout::config::Synchronous;
 use wechat_fanout::store::{
-    CallbackId, DeadLetterFilter, Disposition, Job, JobId, NewCallback, Recorded, SqliteStore,
-    Store,
+    AttemptReport, CallbackId, DeadLetterFilter, Disposition, Job, JobId, NewCallback, Recorded,
+    SqliteStore, Store,
 };
 
 use crate::backends::{SHORT_LEASE, open_redis, open_when_released, prefix, standalone_urls};
@@ -217,20 +217,27 @@ pub(crate) async fn a_lane_goes_one_job_at_a_time_in_order(store: Arc<dyn Store>
     // In flight: the lane waits.
     assert!(store.lease_due(&key("o"), 10).await.unwrap().is_empty());
     // Waiting to be retried: the lane still waits, the retry is its first.
-    record(
+    record_in_lane(
         &*store,
         report(&first[0], 1, Disposition::RetryIn(Duration::ZERO)),
+        false,
     )
     .await;
-    record(&*store, report(&first[1], 1, Disposition::Delivered)).await;
+    // Its lane empty now: no next job to tell of.
+    record_in_lane(&*store, report(&first[1], 1, Disposition::Delivered), false).await;
     let retried = store.lease_due(&key("o"), 10).await.unwrap();
     assert_eq!(keys_of(&retried), ["u1"]);
-    record(&*store, report(&retried[0], 2, Disposition::Delivered)).await;
-    for next in ["u2", "u3"] {
+    record_in_lane(
+        &*store,
+        report(&retried[0], 2, Disposition::Delivered),
+        true,
+    )
+    .await;
+    for (next, more) in [("u2", true), ("u3", false)] {
         let job = lease_one(&*store, "o").await;
         assert_eq!(keys_of(std::slice::from_ref(&job)), [next]);
         assert!(store.lease_due(&key("o"), 10).await.unwrap().is_empty());
-        record(&*store, report(&job, 1, Disposition::Delivered)).await;
+        record_in_lane(&*store, report(&job, 1, Disposition::Delivered), more).await;
     }
     assert!(store.lease_due(&key("o"), 10).await.unwrap().is_empty());
     assert_eq!(store.next_due(&key("o")).await.unwrap(), None);
@@ -248,7 +255,7 @@ pub(crate) async fn a_dead_letter_releases_its_lane_and_rejoins_it_at_the_end(
             .unwrap();
     }
     let first = lease_one(&*store, "o").await;
-    record(&*store, report(&first, 1, Disposition::Dead)).await;
+    record_in_lane(&*store, report(&first, 1, Disposition::Dead), true).await;
     let second = lease_one(&*store, "o").await;
     assert_eq!(keys_of(std::slice::from_ref(&second)), ["d2"]);
     let replayed = store
@@ -257,13 +264,13 @@ pub(crate) async fn a_dead_letter_releases_its_lane_and_rejoins_it_at_the_end(
         .unwrap();
     assert_eq!(replayed.targets, vec![key("o")]);
     assert!(store.lease_due(&key("o"), 10).await.unwrap().is_empty());
-    record(&*store, report(&second, 1, Disposition::Delivered)).await;
+    record_in_lane(&*store, report(&second, 1, Disposition::Delivered), true).await;
     let third = lease_one(&*store, "o").await;
     assert_eq!(keys_of(std::slice::from_ref(&third)), ["d3"]);
-    record(&*store, report(&third, 1, Disposition::Delivered)).await;
+    record_in_lane(&*store, report(&third, 1, Disposition::Delivered), true).await;
     let again = lease_one(&*store, "o").await;
     assert_eq!((again.id, again.attempts), (first.id, 1));
-    record(&*store, report(&again, 2, Disposition::Delivered)).await;
+    record_in_lane(&*store, report(&again, 2, Disposition::Delivered), false).await;
     assert!(store.lease_due(&key("o"), 10).await.unwrap().is_empty());
     assert_eq!(depth(&*store, "o").await.map_or(0, |d| d.pending), 0);
 }
@@ -331,8 +338,11 @@ pub(crate) async fn two_instances_never_hold_two_jobs_of_one_lane(
             break;
         }
         for (store, job) in leased {
-            seen.extend(keys_of(std::slice::from_ref(&job)));
-            record(&*store, report(&job, 1, Disposition::Delivered)).await;
+            let key = keys_of(std::slice::from_ref(&job)).remove(0);
+            // The lane's last (its fifth) lets no next job go.
+            let more = !key.ends_with("-4");
+            seen.push(key);
+            record_in_lane(&*store, report(&job, 1, Disposition::Delivered), more).await;
         }
     }
     assert_eq!(seen.len(), 20, "{seen:?}");
@@ -367,7 +377,7 @@ pub(crate) async fn a_lanes_first_whose_lease_expired_goes_first(
         Recorded::LeaseLost
     );
     assert!(b.lease_due(&key("o"), 10).await.unwrap().is_empty());
-    record(&*b, report(&taken, 1, Disposition::Delivered)).await;
+    record_in_lane(&*b, report(&taken, 1, Disposition::Delivered), true).await;
     let second = lease_one(&*a, "o").await;
     assert_eq!(keys_of(&[second]), ["e2"]);
 }
@@ -391,13 +401,14 @@ async fn sqlite_reopen_keeps_each_lanes_order() {
         store.flush().await.unwrap();
     }
     let reopened = open_when_released(&path).await;
-    for next in ["k1", "k2", "k3"] {
+    for (next, more) in [("k1", true), ("k2", true), ("k3", false)] {
         let job = lease_one(&reopened, "o").await;
         assert_eq!(keys_of(std::slice::from_ref(&job)), [next]);
         assert!(reopened.lease_due(&key("o"), 10).await.unwrap().is_empty());
-        record(
+        record_in_lane(
             &reopened,
             report(&job, job.attempts + 1, Disposition::Delivered),
+            more,
         )
         .await;
     }
@@ -436,4 +447,15 @@ async fn redis_a_lane_left_blocked_by_an_older_build_is_let_go() {
     store.tend_lanes(&key("o")).await.unwrap();
     let second = lease_one(&store, "o").await;
     assert_eq!(keys_of(&[second]), ["b2"]);
+}
+
+/// Records a lane-ordered job's outcome, which tells whether it let its lane's next job go
+/// (`next_due`): the worker is woken for that, not for every outcome in a lane.
+async fn record_in_lane(store: &dyn Store, report: AttemptReport, next_due: bool) {
+    let expected = if next_due {
+        Recorded::LaneNextDue
+    } else {
+        Recorded::Applied
+    };
+    assert_eq!(store.record(report).await.unwrap(), expected);
 }

@@ -559,10 +559,10 @@ impl Store for RedisStore {
                 hash: Vec::new(),
             })
             .await?;
-        Ok(if applied == 1 {
-            Recorded::Applied
-        } else {
-            Recorded::LeaseLost
+        Ok(match applied {
+            1 => Recorded::Applied,
+            2 => Recorded::LaneNextDue,
+            _ => Recorded::LeaseLost,
         })
     }
 

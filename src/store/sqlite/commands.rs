@@ -173,8 +173,9 @@ impl Writer {
 
     /// Lets the next held job of `lane` go (pending, due since it arrived), unless the lane still
     /// has a job pending or in flight: called when a job of the lane was delivered or died.
-    fn release_lane(&self, account: &str, target: &str, lane: &str) -> Result<(), StoreError> {
-        self.conn
+    fn release_lane(&self, account: &str, target: &str, lane: &str) -> Result<bool, StoreError> {
+        let released = self
+            .conn
             .prepare_cached(
                 "UPDATE jobs SET state = 0 WHERE id = (
                     SELECT id FROM jobs WHERE account = ?1 AND target = ?2 AND lane = ?3 AND state = 2
@@ -183,7 +184,7 @@ impl Writer {
                     WHERE account = ?1 AND target = ?2 AND lane = ?3 AND state IN (0, 1))",
             )?
             .execute(params![account, target, lane])?;
-        Ok(())
+        Ok(released > 0)
     }
 
     /// Reserves the next `count` ids, in the transaction of the batch: the reservation is on
@@ -344,8 +345,10 @@ impl Writer {
                         .prepare_cached("DELETE FROM attempts WHERE job_id = ?1")?
                         .execute(params![report.job])?;
                 }
-                if let Some(lane) = &report.lane {
-                    self.release_lane(&report.key.account, &report.key.target, lane)?;
+                if let Some(lane) = &report.lane
+                    && self.release_lane(&report.key.account, &report.key.target, lane)?
+                {
+                    return Ok(Recorded::LaneNextDue);
                 }
                 return Ok(Recorded::Applied);
             }
@@ -383,8 +386,10 @@ impl Writer {
             )?
             .execute(params![report.job, report.attempt, report.at_ms, report.status, report.error])?;
         // A dead letter releases its lane; a retry keeps it.
-        if let (Some(lane), Disposition::Dead) = (&report.lane, report.disposition) {
-            self.release_lane(&report.key.account, &report.key.target, lane)?;
+        if let (Some(lane), Disposition::Dead) = (&report.lane, report.disposition)
+            && self.release_lane(&report.key.account, &report.key.target, lane)?
+        {
+            return Ok(Recorded::LaneNextDue);
         }
         Ok(Recorded::Applied)
     }

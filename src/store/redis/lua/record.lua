@@ -1,6 +1,7 @@
 -- ARGV, per outcome: delivered|retry|dead, job, token, callback, target, and for a retry or a
 -- death (11 in all) delay ms, attempt, at ms, status, error, error present (a delivery's
--- attempt is not kept: 5). Each as if alone, in order; one reply each: 1: applied, 0: the
+-- attempt is not kept: 5). Each as if alone, in order; one reply each: 1: applied, 2:
+-- applied, and the job's lane let its next job go (due now: its worker should look), 0: the
 -- lease does not hold.
 --
 -- Each callback's hash is read once for the batch (`open`, `received`, and the lease tokens of
@@ -97,7 +98,7 @@ local function record(o)
     table.insert(gone, j)
     table.insert(gone, K .. ':att:' .. job)
     c.closing = c.closing + 1
-    if f[6] then leave_lane(f[6], target, job) end
+    if f[6] and leave_lane(f[6], target, job) then return 2 end
     return 1
   end
   local attempt, at, status = ARGV[o + 7], ARGV[o + 8], ARGV[o + 9]
@@ -135,7 +136,7 @@ local function record(o)
   else
     settle(target, job)
     redis.call('ZADD', K .. ':dead:' .. target, at, job)
-    if f[6] then leave_lane(f[6], target, job) end
+    if f[6] and leave_lane(f[6], target, job) then return 2 end
   end
   return 1
 end
