@@ -141,8 +141,10 @@ impl Ingress {
         };
         verified.traced.set("wechat_fanout.callback", callback.0);
         verified.traced.set("wechat_fanout.outcome", outcome);
-        let callback = match stored {
-            Accepted::New { callback, .. } => callback,
+        let (callback, waiting) = match stored {
+            Accepted::New {
+                callback, waiting, ..
+            } => (callback, waiting),
             Accepted::Duplicate {
                 callback,
                 answer,
@@ -174,7 +176,7 @@ impl Ingress {
         self.publish_callback(&verified, &plan);
         let owner = plan.owner;
         let targets: Vec<&Arc<Target>> = plan.jobs.iter().map(|j| j.target).collect();
-        let dispatched = self.dispatch(&verified, plan);
+        let dispatched = self.dispatch(&verified, plan, &waiting);
         let answer = self
             .answer(&verified, callback, owner, dispatched, deadline)
             .await;
@@ -234,12 +236,9 @@ impl Ingress {
                 if relay.is_none() && !self.worked_here(target) {
                     return (target, Start::Stored);
                 }
-                // A lane-ordered job waits behind its lane's open jobs, which only the store
-                // knows (on any instance): stored, due at once if its lane is empty. Never an
-                // owner or a shadow (refused at load).
-                if target.settings.order == Order::PerUser {
-                    return (target, Start::Stored);
-                }
+                // A lane-ordered job (never an owner or a shadow: refused at load) is handed
+                // off like any other, under a lease the store grants only if its lane has no
+                // open job (on any instance): else it waits there, and is not started here.
                 let shadow = shadows
                     .iter()
                     .any(|s| Arc::ptr_eq(s, target))
@@ -302,9 +301,14 @@ impl Ingress {
         }));
     }
 
-    /// Starts each stored job as planned; returns the owner's job to relay and the shadows'
-    /// attempts to compare.
-    fn dispatch<'a>(&self, verified: &Verified, plan: Plan<'a>) -> Dispatched<'a> {
+    /// Starts each stored job as planned, but those `waiting` behind their lane; returns the
+    /// owner's job to relay and the shadows' attempts to compare.
+    fn dispatch<'a>(
+        &self,
+        verified: &Verified,
+        plan: Plan<'a>,
+        waiting: &[JobId],
+    ) -> Dispatched<'a> {
         let mut dispatched = Dispatched {
             relay: None,
             shadowed: Vec::new(),
@@ -317,6 +321,12 @@ impl Ingress {
             lease,
         } in plan.jobs
         {
+            if waiting.contains(&id) {
+                // Its handoff place goes back unused (dropped); the store lets it go when the
+                // job before it in its lane ends, and the worker then leases it.
+                continue;
+            }
+            let ordered = target.settings.order == Order::PerUser;
             let job = Job {
                 id,
                 callback: plan.callback,
@@ -325,8 +335,9 @@ impl Ingress {
                 attempts: 0,
                 retry_base: 0,
                 request: verified.replay.clone(),
-                // Started here only if not lane-ordered (see `plan`).
-                lane: None,
+                lane: (verified.replay.lane.as_deref())
+                    .filter(|_| ordered)
+                    .map(Arc::from),
             };
             match start {
                 Start::Relay(permit) => {

@@ -175,7 +175,8 @@ pub struct NewJob {
     pub target: Arc<str>,
     /// `Some`: the caller attempts this job at once itself (primary relay, in-memory hand-off)
     /// under this lease: it is stored in flight rather than due, so no worker leases it twice.
-    /// Never set with `ordered`: whether a lane is free only the store knows.
+    /// With `ordered`, only if its lane has no open job (which only the store knows): else it
+    /// waits behind them, and the store says so ([`Accepted::New`]'s `waiting`).
     pub lease: Option<LeaseToken>,
     /// The target delivers its callbacks per lane (`order = "per_user"`): this job waits behind
     /// the open jobs of its callback's lane ([`Replay::lane`], which it must have) for that
@@ -196,6 +197,10 @@ pub enum Accepted {
     New {
         callback: CallbackId,
         jobs: Vec<JobId>,
+        /// Jobs stored with a lease that wait behind their lane instead (lane-ordered jobs whose
+        /// lane had an open job): the caller must not start them; the store lets each go when
+        /// the job before it in its lane ends.
+        waiting: Vec<JobId>,
     },
     /// A resend: nothing was written. `answer` is the stored answer, if one was saved.
     Duplicate {

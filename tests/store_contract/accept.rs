@@ -17,7 +17,10 @@ pub(crate) async fn insert_if_absent_is_the_dedupe(store: Arc<dyn Store>) {
         .accept(callback(&*store, "k1", &[("a", false), ("b", false)]).await)
         .await
         .unwrap();
-    let Accepted::New { callback: id, jobs } = first else {
+    let Accepted::New {
+        callback: id, jobs, ..
+    } = first
+    else {
         panic!("first accept must be new: {first:?}")
     };
     assert_eq!(jobs.len(), 2);
@@ -96,6 +99,7 @@ pub(crate) async fn accept_sent_twice_writes_once(store: Arc<dyn Store>) {
     let expected = Accepted::New {
         callback: new.id,
         jobs: new.jobs.iter().map(|j| j.id).collect(),
+        waiting: vec![],
     };
     assert_eq!(first, expected);
     assert_eq!(store.accept(new.clone()).await.unwrap(), expected);
@@ -271,7 +275,7 @@ pub(crate) async fn the_trace_context_comes_back_with_each_lease(store: Arc<dyn 
 pub(crate) async fn delivery_ids_are_never_reused(store: Arc<dyn Store>) {
     let mut seen = std::collections::HashSet::new();
     for n in 0..3 {
-        let Accepted::New { callback, jobs } = store
+        let Accepted::New { callback, jobs, .. } = store
             .accept(callback(&*store, &format!("r{n}"), &[("a", false)]).await)
             .await
             .unwrap()

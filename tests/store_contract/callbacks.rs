@@ -19,7 +19,10 @@ use crate::support::{callback, depth, key, lease_one, record, report, report_for
 pub(crate) async fn a_callback_is_shown_with_the_jobs_it_still_holds(store: Arc<dyn Store>) {
     let new = callback(&*store, "s1", &[("a", false), ("b", true), ("c", false)]).await;
     let b_lease = new.jobs[1].lease.unwrap();
-    let Accepted::New { callback: id, jobs } = store.accept(new.clone()).await.unwrap() else {
+    let Accepted::New {
+        callback: id, jobs, ..
+    } = store.accept(new.clone()).await.unwrap()
+    else {
         panic!("new is new")
     };
     let detail = store.callback(id).await.unwrap().unwrap();

@@ -18,7 +18,10 @@ pub(crate) async fn bury_unrouted_turns_orphaned_jobs_into_dead_letters(store: A
     )
     .await;
     let running = new.jobs[2].lease.unwrap();
-    let Accepted::New { jobs, callback: o1 } = store.accept(new).await.unwrap() else {
+    let Accepted::New {
+        jobs, callback: o1, ..
+    } = store.accept(new).await.unwrap()
+    else {
         panic!("o1 is new");
     };
     store

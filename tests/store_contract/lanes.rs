@@ -7,8 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use wechat_fanout::config::Synchronous;
 use wechat_fanout::store::{
-    AttemptReport, CallbackId, DeadLetterFilter, Disposition, Job, JobId, NewCallback, Recorded,
-    SqliteStore, Store,
+    Accepted, AttemptReport, CallbackId, DeadLetterFilter, Disposition, Job, JobId, NewCallback,
+    Recorded, SqliteStore, Store, new_lease_token,
 };
 
 use crate::backends::{SHORT_LEASE, open_redis, open_when_released, prefix, standalone_urls};
@@ -177,6 +177,62 @@ async fn in_lane(store: &dyn Store, key: &str, lane: &str, with_plain: bool) -> 
     new.request = Arc::new(request);
     new.jobs[0].ordered = true;
     new
+}
+
+/// A lane-ordered job leased at accept (handed to the accepting instance's worker) starts only
+/// if its lane has no open job; the store names the one that waits instead, the same when the
+/// write is sent twice (a reconnect). Delivered under the accept's lease, the first lets it go.
+pub(crate) async fn a_lane_ordered_job_leased_at_accept_starts_only_in_an_empty_lane(
+    store: Arc<dyn Store>,
+) {
+    let leased_in_lane = |key: &'static str| {
+        let store = store.clone();
+        async move {
+            let mut new = in_lane(&*store, key, "uW", false).await;
+            new.jobs[0].lease = Some(new_lease_token());
+            new
+        }
+    };
+    let waiting_of = |accepted: Accepted| match accepted {
+        Accepted::New { waiting, .. } => waiting,
+        other => panic!("not new: {other:?}"),
+    };
+    let first = leased_in_lane("w1").await;
+    let second = leased_in_lane("w2").await;
+    assert_eq!(waiting_of(store.accept(first.clone()).await.unwrap()), []);
+    assert_eq!(
+        waiting_of(store.accept(second.clone()).await.unwrap()),
+        [second.jobs[0].id],
+        "its lane's first is in flight"
+    );
+    // Sent again: the same answers.
+    assert_eq!(waiting_of(store.accept(first.clone()).await.unwrap()), []);
+    assert_eq!(
+        waiting_of(store.accept(second.clone()).await.unwrap()),
+        [second.jobs[0].id]
+    );
+    assert!(store.lease_due(&key("o"), 10).await.unwrap().is_empty());
+    let started = Job {
+        id: first.jobs[0].id,
+        callback: first.id,
+        key: key("o"),
+        lease: first.jobs[0].lease.unwrap_or(0),
+        attempts: 0,
+        retry_base: 0,
+        request: first.request.clone(),
+        lane: Some(Arc::from("uW")),
+    };
+    record_in_lane(&*store, report(&started, 1, Disposition::Delivered), true).await;
+    let next = lease_one(&*store, "o").await;
+    assert_eq!(keys_of(std::slice::from_ref(&next)), ["w2"]);
+    // Its accept's token no longer holds: the lease is the worker's.
+    let stale = AttemptReport {
+        lease: second.jobs[0].lease.unwrap_or(0),
+        ..report(&next, 1, Disposition::Delivered)
+    };
+    assert_eq!(store.record(stale).await.unwrap(), Recorded::LeaseLost);
+    record_in_lane(&*store, report(&next, 1, Disposition::Delivered), false).await;
+    assert_eq!(store.next_due(&key("o")).await.unwrap(), None);
 }
 
 /// The dedupe keys (`<MsgId>`) of leased jobs, in the order leased.

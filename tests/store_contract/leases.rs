@@ -105,7 +105,10 @@ pub(crate) async fn purge_keeps_undelivered(store: Arc<dyn Store>) {
 pub(crate) async fn release_returns_jobs_in_flight_to_the_queue(store: Arc<dyn Store>) {
     let new = callback(&*store, "h1", &[("a", true), ("b", false), ("c", true)]).await;
     let tokens: Vec<Option<LeaseToken>> = new.jobs.iter().map(|j| j.lease).collect();
-    let Accepted::New { jobs, callback: h1 } = store.accept(new).await.unwrap() else {
+    let Accepted::New {
+        jobs, callback: h1, ..
+    } = store.accept(new).await.unwrap()
+    else {
         panic!("h1 is new");
     };
     assert!(store.lease_due(&key("a"), 10).await.unwrap().is_empty());

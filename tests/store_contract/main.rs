@@ -65,6 +65,7 @@ macro_rules! contract {
             #[tokio::test] lanes::a_backfill_queues_each_callback_of_a_window_once,
             #[tokio::test] lanes::arrivals_of_one_millisecond_come_page_by_page_in_id_order,
             #[tokio::test] lanes::a_lane_goes_one_job_at_a_time_in_order,
+            #[tokio::test] lanes::a_lane_ordered_job_leased_at_accept_starts_only_in_an_empty_lane,
             #[tokio::test] lanes::a_dead_letter_releases_its_lane_and_rejoins_it_at_the_end,
             #[tokio::test] lanes::a_released_first_keeps_its_place_and_unrouted_lanes_are_buried,
             #[tokio::test] history::history_pages_back_newest_first_and_filters,

@@ -43,7 +43,9 @@ async fn sqlite_reopen_after_everything_was_purged_never_hands_out_an_id_again()
     let mut last = JobId(0);
     for round in 0..3 {
         let store = open_when_released(&path).await;
-        let Accepted::New { callback: id, jobs } = store
+        let Accepted::New {
+            callback: id, jobs, ..
+        } = store
             .accept(callback(&store, &format!("r{round}"), &[("a", false)]).await)
             .await
             .unwrap()

@@ -398,6 +398,9 @@ impl Store for RedisStore {
                 Ok(Accepted::New {
                     callback: callback.id,
                     jobs: callback.jobs.iter().map(|j| j.id).collect(),
+                    waiting: (reply.iter().skip(1))
+                        .map(|id| number(id.clone()))
+                        .collect::<Result<_, _>>()?,
                 })
             }
             Some(b"dup") => {

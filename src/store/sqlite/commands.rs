@@ -102,17 +102,27 @@ impl Writer {
                     callback.instance.as_deref(),
             ])?
             == 1;
-        let new = || Accepted::New {
+        let new = |waiting| Accepted::New {
             callback: callback.id,
             jobs: callback.jobs.iter().map(|job| job.id).collect(),
+            waiting,
         };
         if !inserted {
             let first = self
                 .stored_copy(&callback.account, &callback.dedupe_key, i64::MIN)?
                 .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
             if first.0 == callback.id {
-                // This very write, sent again: it is stored already.
-                return Ok(new());
+                // This very write, sent again: it is stored already. A job it leased waits
+                // unless it is still in flight under that lease.
+                let mut waiting = Vec::new();
+                for job in callback.jobs.iter().filter(|job| job.ordered) {
+                    if let Some(lease) = job.lease
+                        && !self.in_flight_under(job.id, lease)?
+                    {
+                        waiting.push(job.id);
+                    }
+                }
+                return Ok(new(waiting));
             }
             return Ok(duplicate_of(first));
         }
@@ -122,6 +132,7 @@ impl Writer {
             "INSERT INTO jobs (id, callback_id, account, target, state, attempts, next_at, updated_at, lease, lane, lane_seq)
              VALUES (?6, ?1, ?2, ?3, ?4, 0, ?5, ?5, ?7, ?8, ?9)",
         )?;
+        let mut waiting = Vec::new();
         for job in &callback.jobs {
             let mut state = if job.lease.is_some() {
                 IN_FLIGHT
@@ -135,6 +146,9 @@ impl Writer {
                 let (held, place) = self.join_lane(&callback.account, &job.target, lane)?;
                 if held {
                     state = HELD;
+                    if job.lease.is_some() {
+                        waiting.push(job.id);
+                    }
                 }
                 seq = Some(place);
             }
@@ -150,7 +164,17 @@ impl Writer {
                 seq,
             ])?;
         }
-        Ok(new())
+        Ok(new(waiting))
+    }
+
+    /// Whether job `id` is in flight under `lease`.
+    fn in_flight_under(&self, id: JobId, lease: LeaseToken) -> Result<bool, StoreError> {
+        let found = self
+            .conn
+            .prepare_cached("SELECT 1 FROM jobs WHERE id = ?1 AND state = ?2 AND lease = ?3")?
+            .query_row(params![id, IN_FLIGHT, lease_param(lease)], |_| Ok(()))
+            .optional()?;
+        Ok(found.is_some())
     }
 
     /// Where a job joining the end of `lane` for `target` goes: whether it is held (the lane

@@ -4,8 +4,9 @@
 -- jobs queued in hashes of their own, the t targets, q (job id, target, lease token or 0, lane
 -- or '') quads (a lane: the job is lane-ordered). The callback's hash (`args.rs` builds it) is
 -- written ahead of the script, by a plain HSET in the same transaction; a resend's is deleted
--- here. Each callback as if alone, in order; one reply each: {'new'}, or {'dup', id, answer,
--- answer type, pending ms}.
+-- here. Each callback as if alone, in order; one reply each: {'new', waiting job ids...} (a
+-- lane-ordered job passed with a lease token that waits behind its lane instead: its caller
+-- must not start it), or {'dup', id, answer, answer type, pending ms}.
 --
 -- Redis's cost is mostly per command a script calls, and per line of Lua it runs: what the
 -- whole batch reads or writes in one key is one command (the dedupe keys read with one HMGET
@@ -69,9 +70,21 @@ local function accept(o, existing)
   local id, dedupe, received = ARGV[o + 1], ARGV[o + 2], ARGV[o + 3]
   local cb = K .. ':cb:' .. id
   existing = taken[dedupe] or existing
+  local t, q = tonumber(ARGV[o + 7]), tonumber(ARGV[o + 8])
   if existing then
-    -- This callback's own id: the script runs a second time (a broken connection).
-    if existing == id then return {'new'} end
+    -- This callback's own id: the script runs a second time (a broken connection). A job it
+    -- leased waits unless it is still in flight under that lease.
+    if existing == id then
+      local reply = {'new'}
+      for b = o + 9 + t, o + 8 + t + 4 * q, 4 do
+        local job, token, lane = ARGV[b], ARGV[b + 2], ARGV[b + 3]
+        if lane ~= '' and token ~= '0' then
+          local f = redis.call('HMGET', K .. ':job:' .. job, 'state', 'lease')
+          if f[1] ~= 'f' or f[2] ~= token then reply[#reply + 1] = job end
+        end
+      end
+      return reply
+    end
     redis.call('DEL', cb)
     return duplicate(existing)
   end
@@ -89,7 +102,7 @@ local function accept(o, existing)
   taken[dedupe] = id
   dedupe_pairs[#dedupe_pairs + 1] = dedupe
   dedupe_pairs[#dedupe_pairs + 1] = id
-  local t, q = tonumber(ARGV[o + 7]), tonumber(ARGV[o + 8])
+  local reply = {'new'}
   local extra = {}
   if legacy ~= '' and not taken[legacy] and redis.call('HSETNX', K .. ':dedupe', legacy, id) == 1 then
     taken[legacy] = id
@@ -110,7 +123,10 @@ local function accept(o, existing)
       local state = 'f'
       if token == '0' then state = 'p' end
       local held = not join_lane(lane, target, job)
-      if held then state = 'h' end
+      if held then
+        state = 'h'
+        if token ~= '0' then reply[#reply + 1] = job end
+      end
       redis.call('HSET', K .. ':job:' .. job, 'cb', id, 'target', target, 'state', state, 'lease', token, 'attempts', 0, 'base', 0, 'lane', lane)
       if held then
         -- Waits in its lane (listed in held:<t> by join_lane).
@@ -128,7 +144,7 @@ local function accept(o, existing)
     zadd(K .. ':done', received, id)
   end
   zadd(K .. ':arrivals', received, id)
-  return {'new'}
+  return reply
 end
 -- Every callback's place in ARGV; their dedupe keys are read at once.
 local places, keys, o = {}, {}, 1
