@@ -326,7 +326,6 @@ impl Ingress {
                 // job before it in its lane ends, and the worker then leases it.
                 continue;
             }
-            let ordered = target.settings.order == Order::PerUser;
             let job = Job {
                 id,
                 callback: plan.callback,
@@ -335,9 +334,7 @@ impl Ingress {
                 attempts: 0,
                 retry_base: 0,
                 request: verified.replay.clone(),
-                lane: (verified.replay.lane.as_deref())
-                    .filter(|_| ordered)
-                    .map(Arc::from),
+                lane: lane_for(target, verified).map(Arc::from),
             };
             match start {
                 Start::Relay(permit) => {
@@ -574,12 +571,16 @@ fn new_callback(
                 id: job.id,
                 target: job.target.key.target.clone(),
                 lease: job.lease,
-                ordered: job.target.settings.order == Order::PerUser
-                    && verified.replay.lane.is_some(),
+                ordered: lane_for(job.target, verified).is_some(),
             })
             .collect(),
         answer_pending_ms,
     }
+}
+
+/// The lane `target` delivers the callback in: its lane, for a target in per-user order.
+fn lane_for<'v>(target: &Target, verified: &'v Verified) -> Option<&'v str> {
+    (verified.replay.lane.as_deref()).filter(|_| target.settings.order == Order::PerUser)
 }
 
 /// What WeChat got, in a word: `relayed` (the owner's answer) or `success`.

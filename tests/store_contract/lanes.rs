@@ -12,7 +12,7 @@ use wechat_fanout::store::{
 };
 
 use crate::backends::{SHORT_LEASE, open_redis, open_when_released, prefix, standalone_urls};
-use crate::support::{callback, depth, key, lease_one, record, report};
+use crate::support::{callback, depth, key, lease_one, record, report, report_for};
 
 /// A paced target's starts are reserved one interval apart, each target on its own; a target
 /// idle for a while starts at once again, with no burst saved up.
@@ -185,20 +185,12 @@ async fn in_lane(store: &dyn Store, key: &str, lane: &str, with_plain: bool) -> 
 pub(crate) async fn a_lane_ordered_job_leased_at_accept_starts_only_in_an_empty_lane(
     store: Arc<dyn Store>,
 ) {
-    let leased_in_lane = |key: &'static str| {
-        let store = store.clone();
-        async move {
-            let mut new = in_lane(&*store, key, "uW", false).await;
-            new.jobs[0].lease = Some(new_lease_token());
-            new
-        }
-    };
     let waiting_of = |accepted: Accepted| match accepted {
         Accepted::New { waiting, .. } => waiting,
         other => panic!("not new: {other:?}"),
     };
-    let first = leased_in_lane("w1").await;
-    let second = leased_in_lane("w2").await;
+    let first = leased_in_lane(&*store, "w1").await;
+    let second = leased_in_lane(&*store, "w2").await;
     assert_eq!(waiting_of(store.accept(first.clone()).await.unwrap()), []);
     assert_eq!(
         waiting_of(store.accept(second.clone()).await.unwrap()),
@@ -212,27 +204,37 @@ pub(crate) async fn a_lane_ordered_job_leased_at_accept_starts_only_in_an_empty_
         [second.jobs[0].id]
     );
     assert!(store.lease_due(&key("o"), 10).await.unwrap().is_empty());
-    let started = Job {
-        id: first.jobs[0].id,
-        callback: first.id,
-        key: key("o"),
-        lease: first.jobs[0].lease.unwrap_or(0),
-        attempts: 0,
-        retry_base: 0,
-        request: first.request.clone(),
-        lane: Some(Arc::from("uW")),
-    };
-    record_in_lane(&*store, report(&started, 1, Disposition::Delivered), true).await;
+    record_in_lane(&*store, delivered_at_accept(&first), true).await;
     let next = lease_one(&*store, "o").await;
     assert_eq!(keys_of(std::slice::from_ref(&next)), ["w2"]);
     // Its accept's token no longer holds: the lease is the worker's.
-    let stale = AttemptReport {
-        lease: second.jobs[0].lease.unwrap_or(0),
-        ..report(&next, 1, Disposition::Delivered)
-    };
+    let stale = delivered_at_accept(&second);
     assert_eq!(store.record(stale).await.unwrap(), Recorded::LeaseLost);
     record_in_lane(&*store, report(&next, 1, Disposition::Delivered), false).await;
     assert_eq!(store.next_due(&key("o")).await.unwrap(), None);
+}
+
+/// A callback of lane `uW` for `o` whose job the accept is asked to lease.
+async fn leased_in_lane(store: &dyn Store, key: &str) -> NewCallback {
+    let mut new = in_lane(store, key, "uW", false).await;
+    new.jobs[0].lease = Some(new_lease_token());
+    new
+}
+
+/// The delivery of `new`'s job under the lease its accept asked for.
+fn delivered_at_accept(new: &NewCallback) -> AttemptReport {
+    let job = &new.jobs[0];
+    AttemptReport {
+        lane: Some(Arc::from("uW")),
+        ..report_for(
+            "o",
+            new.id,
+            job.id,
+            job.lease.unwrap_or(0),
+            1,
+            Disposition::Delivered,
+        )
+    }
 }
 
 /// The dedupe keys (`<MsgId>`) of leased jobs, in the order leased.
